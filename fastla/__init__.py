@@ -1,0 +1,37 @@
+"""fastla: Numba linear-algebra kernels for machine learning, drop-in for NumPy/SciPy.
+
+Every operation has a ``loop`` (pure Python), a ``numba`` (compiled, blocked, parallel) and a
+``numpy`` (BLAS/LAPACK) implementation with one contract; ``auto`` picks per call and
+:func:`explain` says which and why.
+
+Examples
+--------
+>>> import numpy as np, fastla as fl
+>>> fl.matmul(np.eye(2), np.array([[1.0, 2.0], [3.0, 4.0]]))
+array([[1., 2.],
+       [3., 4.]])
+"""
+
+from fastla._config import backend, get_backend, get_num_threads, set_backend, set_num_threads
+from fastla._registry import (
+    BackendUnavailable,
+    explain,
+    implementations,
+    operations,
+)
+from fastla.matmul import matmul
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailable",
+    "backend",
+    "explain",
+    "get_backend",
+    "get_num_threads",
+    "implementations",
+    "matmul",
+    "operations",
+    "set_backend",
+    "set_num_threads",
+]

@@ -1,0 +1,132 @@
+"""Command line: ``python -m fastla {info,explain,bench}``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+
+import numpy as np
+
+
+def machine_facts():
+    """Facts that decide kernel speed, for ``info``, the benchmark JSON and report header."""
+    import fastla
+    from fastla import _jit
+
+    facts = {
+        "fastla": fastla.__version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "cpu": _cpu_model(),
+        "llvm_cpu": _jit.host_cpu()[0],
+        "simd_bytes": _jit.simd_bytes(),
+        "caches": _jit.cache_sizes(),
+        "cores": os.cpu_count(),
+        "numba": None,
+        "llvm": None,
+        "threading_layer": _jit.threading_layer(),
+        "fastla_threads": fastla.get_num_threads(),
+        "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
+        "blas": [],
+        "backends": {
+            "numba": "available"
+            if _jit.JIT_ENABLED
+            else (_jit.NUMBA_IMPORT_ERROR or "numba installed, JIT disabled (NUMBA_DISABLE_JIT=1)"),
+            "numpy": "available",
+            "loop": "available",
+        },
+        "default_backend": fastla.get_backend(),
+    }
+    if _jit.NUMBA_AVAILABLE:
+        import llvmlite.binding as ll
+
+        facts["numba"] = _jit.numba.__version__
+        facts["llvm"] = ".".join(map(str, ll.llvm_version_info))
+    try:
+        from threadpoolctl import threadpool_info
+
+        facts["blas"] = [
+            {k: d.get(k) for k in ("internal_api", "version", "num_threads", "architecture")}
+            for d in threadpool_info()
+            if d.get("user_api") == "blas"
+        ]
+    except ImportError:
+        facts["blas"] = "threadpoolctl not installed"
+    return facts
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _cmd_info(args):
+    facts = machine_facts()
+    width = max(map(len, facts))
+    for key, value in facts.items():
+        if key == "blas" and isinstance(value, list):
+            value = (
+                "; ".join(
+                    f"{d['internal_api']} {d['version']} ({d['architecture']}, {d['num_threads']} threads)"
+                    for d in value
+                )
+                or "none found"
+            )
+        elif isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def _parse_shape(text):
+    try:
+        return tuple(int(x) for x in text.lower().split("x")) if text else ()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad shape {text!r}: use e.g. 1000x1000") from None
+
+
+def _cmd_explain(args):
+    import fastla
+
+    arrays = [np.zeros(shape, dtype=args.dtype) for shape in args.shape]
+    impl, reason = fastla.explain(args.op, *arrays)
+    print(f"{args.op}: {impl} — {reason}")
+    return 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m fastla", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p_info = sub.add_parser("info", help="versions, threads, BLAS, available backends")
+    p_info.set_defaults(func=_cmd_info)
+    p_exp = sub.add_parser("explain", help="which implementation auto picks, and why")
+    p_exp.add_argument("op")
+    p_exp.add_argument(
+        "--shape",
+        nargs="+",
+        type=_parse_shape,
+        required=True,
+        help="one shape per array argument, e.g. 1000x1000 1000x1000",
+    )
+    p_exp.add_argument("--dtype", default="float64")
+    p_exp.set_defaults(func=_cmd_explain)
+    try:
+        from fastla.bench import cli as bench_cli
+    except ImportError:  # pragma: no cover - bench ships with the package
+        bench_cli = None
+    if bench_cli is not None:
+        bench_cli.add_parser(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,390 @@
+"""Compiled GEMM: BLIS/Goto blocking, packing and an LLVM-vector-IR register micro-kernel.
+
+Structure (row-major ``C[m, n] = A[m, k] @ B[k, n]``), as in Goto & van de Geijn (2008) and BLIS:
+
+``jc`` over NC columns of B -> ``pc`` over KC of the inner dimension (pack a KC x NC slab of B into
+NR-wide micro-panels, once, in parallel) -> ``ic`` over MC rows of A, *in parallel* (each thread
+packs its own MC x KC block of A into MR-tall micro-panels) -> ``jr`` over NR panels -> ``ir`` over
+MR panels -> micro-kernel. The B micro-panel (KC x NR) stays in L1 while the A micro-panels of the
+block stream from L2; the packed B slab lives in L3/L2.
+
+The micro-kernel computes an MR x NR tile with the accumulator held in registers: MR x NV vectors of
+W lanes (NR = NV * W), one broadcast of A and NV vector loads of packed B per k step, ``llvm.fma``.
+Plain Numba cannot express this well (its SLP vectoriser is off, so scalar accumulators get
+vectorised along k instead and spill), so the kernel is written as LLVM IR through an
+``@intrinsic``. Its plain-Python twin (NumPy on the same packed panels) runs when JIT is off.
+
+Edge tiles are not special-cased in the inner loop: packing pads A and B micro-panels with zeros and
+the micro-kernel writes such a tile into a small scratch tile that is then added to the valid part of
+C. Operands of any strides (transposed, F-order, negative strides) are read by the packing routines,
+so no extra full copy is made.
+
+This module is private to :mod:`fastla.matmul` (and reused by LU, cosine similarity, attention);
+the intrinsic's twin lives beside its IR rather than in ``_jit.py`` because the two must change
+together.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from fastla import _jit
+from fastla._jit import jit, prange
+
+# --------------------------------------------------------------------------- shapes from the host
+#
+# MR x NR (rows x columns of the register tile) from the SIMD width, MR x NV vectors of W lanes:
+# * AVX-512 (32 zmm): 6 x 4 -> 24 accumulators, 4 vector loads of B + 6 broadcasts of A per 24 FMAs
+#   (BLIS zen4's 32x6 column-major kernel, transposed). Measured on Zen 4, 1024^3, one thread
+#   (ratio to OpenBLAS, f64/f32): 6x4 0.84/0.82, 12x2 0.80/0.80, 14x2 0.80/0.75, 8x3 0.82/0.76;
+#   more broadcasts per FMA compete with the FMAs for ports.
+# * AVX2 (16 ymm): 6 x 2 -> 12 accumulators (BLIS haswell's 6x8 f64 / 6x16 f32); 8x2 spills.
+# * SSE only: 4 x 2 vectors.
+_SIMD = _jit.simd_bytes()
+_MR, _NV = {64: (6, 4), 32: (6, 2)}.get(_SIMD, (4, 2))
+if os.environ.get("FASTLA_GEMM_TILE"):  # "MRxNV", for tuning studies
+    _MR, _NV = (int(x) for x in os.environ["FASTLA_GEMM_TILE"].split("x"))
+
+
+def _env_int(name, default):
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+class Blocking:
+    """Block sizes for one dtype, derived from the host's SIMD width and cache sizes.
+
+    * KC: depth of one rank-KC update. Measured: 256 on AVX-512 (128/256/384 tried on Zen 4),
+      384 on AVX2 (Zen 3). Longer KC amortises the C-tile load/store over more FMAs; too long and
+      the B micro-panel (KC x NR) falls out of L1.
+    * MC: the packed A block (MC x KC) should take about half of L2 (a multiple of MR).
+    * NC: the packed B slab (KC x NC) takes a share of L3 (a multiple of NR); for the matrices this
+      library targets, NC >= n, so B is packed once per KC step.
+    ``FASTLA_GEMM_KC/MC/NC`` override them (for tuning studies).
+    """
+
+    def __init__(self, itemsize):
+        caches = _jit.cache_sizes()
+        self.itemsize = itemsize
+        self.W = _SIMD // itemsize
+        self.MR = _MR
+        self.NV = _NV
+        self.NR = self.NV * self.W
+        self.KC = _env_int("FASTLA_GEMM_KC", 256 if _SIMD >= 64 else 384)
+        mc = (caches["L2"] // 2) // (self.KC * itemsize)
+        self.MC = _env_int("FASTLA_GEMM_MC", max(self.MR, mc // self.MR * self.MR))
+        nc = (min(caches["L3"], 16 * 2**20) // 4) // (self.KC * itemsize)
+        self.NC = _env_int("FASTLA_GEMM_NC", max(self.NR, min(8192, nc) // self.NR * self.NR))
+
+    def as_dict(self):
+        return {k: getattr(self, k) for k in ("MR", "NR", "KC", "MC", "NC")}
+
+    def __repr__(self):
+        return "Blocking({})".format(", ".join(f"{k}={v}" for k, v in self.as_dict().items()))
+
+
+BLOCKING = {np.dtype(np.float64): Blocking(8), np.dtype(np.float32): Blocking(4)}
+
+
+# --------------------------------------------------------------------------- micro-kernel
+
+
+def _microkernel_twin(kc, A, aoff, B, boff, C, coff, ldc):
+    """Python twin: ``C[tile] += Apanel.T @ Bpanel`` on the same packed layout as the IR."""
+    blk = BLOCKING[A.dtype]
+    mr, nr = blk.MR, blk.NR
+    a = A[aoff : aoff + kc * mr].reshape(kc, mr)
+    b = B[boff : boff + kc * nr].reshape(kc, nr)
+    tile = a.T @ b
+    for i in range(mr):
+        C[coff + i * ldc : coff + i * ldc + nr] += tile[i]
+
+
+@_jit.intrinsic(_microkernel_twin)
+def microkernel(typingctx, kc, A, aoff, B, boff, C, coff, ldc):
+    """``C[coff + i*ldc + j] += sum_p A[aoff + p*MR + i] * B[boff + p*NR + j]`` for the MR x NR tile.
+
+    A and B are packed micro-panels (1-D arrays), C any 1-D array with unit stride along a row.
+    """
+    from llvmlite import ir
+    from numba.core import cgutils
+
+    nbt = _jit.nb_types
+    if not all(isinstance(t, nbt.Array) for t in (A, B, C)):
+        return None
+    if not (A.dtype == B.dtype == C.dtype) or A.dtype not in (nbt.float32, nbt.float64):
+        return None
+    blk = BLOCKING[np.dtype(str(A.dtype))]
+    mr, nv, w = blk.MR, blk.NV, blk.W
+    nr = blk.NR
+    sig = nbt.void(kc, A, aoff, B, boff, C, coff, ldc)
+
+    def codegen(context, builder, sig, args):
+        kc_v, a_v, aoff_v, b_v, boff_v, c_v, coff_v, ldc_v = args
+        i64 = ir.IntType(64)
+        fty = context.get_value_type(sig.args[1].dtype)
+        vty = ir.VectorType(fty, w)
+        vptr = vty.as_pointer()
+        align = blk.itemsize
+
+        def as_i64(val, ty):
+            return context.cast(builder, val, ty, nbt.int64)
+
+        kc_i = as_i64(kc_v, sig.args[0])
+        a_ptr = context.make_array(sig.args[1])(context, builder, a_v).data
+        b_ptr = context.make_array(sig.args[3])(context, builder, b_v).data
+        c_ptr = context.make_array(sig.args[5])(context, builder, c_v).data
+        a_base = builder.gep(a_ptr, [as_i64(aoff_v, sig.args[2])])
+        b_base = builder.gep(b_ptr, [as_i64(boff_v, sig.args[4])])
+        c_base = builder.gep(c_ptr, [as_i64(coff_v, sig.args[6])])
+        ldc_i = as_i64(ldc_v, sig.args[7])
+
+        fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vty, [vty, vty, vty]), f"llvm.fma.v{w}f{8 * align}"
+        )
+        zero = ir.Constant(vty, None)
+        splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), w), [0] * w)
+        undef = ir.Constant(vty, ir.Undefined)
+
+        fn = builder.function
+        pre = builder.block
+        loop = fn.append_basic_block("uk.loop")
+        done = fn.append_basic_block("uk.done")
+        builder.cbranch(builder.icmp_signed(">", kc_i, ir.Constant(i64, 0)), loop, done)
+
+        builder.position_at_end(loop)
+        k = builder.phi(i64, "k")
+        k.add_incoming(ir.Constant(i64, 0), pre)
+        accs = []
+        for _ in range(mr * nv):
+            phi = builder.phi(vty)
+            phi.add_incoming(zero, pre)
+            accs.append(phi)
+        bp = builder.gep(b_base, [builder.mul(k, ir.Constant(i64, nr))])
+        bvec = [
+            builder.load(builder.bitcast(builder.gep(bp, [ir.Constant(i64, v * w)]), vptr), align=align)
+            for v in range(nv)
+        ]
+        ap = builder.gep(a_base, [builder.mul(k, ir.Constant(i64, mr))])
+        new = []
+        for i in range(mr):
+            a = builder.load(builder.gep(ap, [ir.Constant(i64, i)]), align=align)
+            splat = builder.shuffle_vector(
+                builder.insert_element(undef, a, ir.Constant(ir.IntType(32), 0)), undef, splat_mask
+            )
+            for v in range(nv):
+                new.append(builder.call(fma, [splat, bvec[v], accs[i * nv + v]]))
+        k_next = builder.add(k, ir.Constant(i64, 1))
+        k.add_incoming(k_next, loop)
+        for phi, val in zip(accs, new, strict=False):
+            phi.add_incoming(val, loop)
+        builder.cbranch(builder.icmp_signed("<", k_next, kc_i), loop, done)
+
+        builder.position_at_end(done)
+        final = []
+        for val in new:  # phis first: LLVM wants them grouped at the top of the block
+            fin = builder.phi(vty)
+            fin.add_incoming(zero, pre)
+            fin.add_incoming(val, loop)
+            final.append(fin)
+        for i in range(mr):
+            row = builder.gep(c_base, [builder.mul(ldc_i, ir.Constant(i64, i))])
+            for v in range(nv):
+                cp = builder.bitcast(builder.gep(row, [ir.Constant(i64, v * w)]), vptr)
+                acc = builder.fadd(builder.load(cp, align=align), final[i * nv + v])
+                builder.store(acc, cp, align=align)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _tile_typer(attr):
+    def typer(typingctx, arr):
+        nbt = _jit.nb_types
+        if not isinstance(arr, nbt.Array) or arr.dtype not in (nbt.float32, nbt.float64):
+            return None
+        value = getattr(BLOCKING[np.dtype(str(arr.dtype))], attr)
+
+        def codegen(context, builder, sig, args):
+            return context.get_constant(nbt.intp, value)
+
+        return nbt.intp(arr), codegen
+
+    return typer
+
+
+@_jit.intrinsic(lambda arr: BLOCKING[arr.dtype].MR)
+def tile_mr(typingctx, arr):
+    """MR of the micro-kernel for ``arr``'s dtype, as a compile-time constant."""
+    return _tile_typer("MR")(typingctx, arr)
+
+
+@_jit.intrinsic(lambda arr: BLOCKING[arr.dtype].NR)
+def tile_nr(typingctx, arr):
+    """NR of the micro-kernel for ``arr``'s dtype, as a compile-time constant."""
+    return _tile_typer("NR")(typingctx, arr)
+
+
+# --------------------------------------------------------------------------- packing
+
+
+@jit
+def _aligned_empty(n, dtype_like):
+    """Uninitialised 1-D scratch of ``n`` elements whose first element is 64-byte aligned."""
+    size = dtype_like.itemsize
+    raw = np.empty(n + 64 // size, dtype_like.dtype)
+    shift = ((64 - raw.ctypes.data % 64) % 64) // size
+    return raw[shift : shift + n]
+
+
+@jit
+def pack_a(a, i0, mc, p0, kc, mr, out, off):
+    """Pack ``a[i0:i0+mc, p0:p0+kc]`` into MR-tall micro-panels: ``out[off + panel, p, i]``.
+
+    Rows past ``mc`` are zero so that edge tiles run the same micro-kernel.
+    """
+    for ir in range(0, mc, mr):
+        base = off + (ir // mr) * kc * mr
+        rows = min(mr, mc - ir)
+        for i in range(rows):
+            src = i0 + ir + i
+            for p in range(kc):
+                out[base + p * mr + i] = a[src, p0 + p]
+        for i in range(rows, mr):
+            for p in range(kc):
+                out[base + p * mr + i] = 0
+
+
+@jit
+def pack_b_panel(b, p0, kc, j0, cols, nr, out, off):
+    """Pack ``b[p0:p0+kc, j0:j0+cols]`` into one NR-wide micro-panel ``out[off + p, j]`` (zero pad)."""
+    for p in range(kc):
+        row = off + p * nr
+        for j in range(cols):
+            out[row + j] = b[p0 + p, j0 + j]
+        for j in range(cols, nr):
+            out[row + j] = 0
+
+
+@jit
+def _macro(ap, aoff, bp, npan, kc, mc, nc, c, coff, ldc, tile):
+    """All micro-kernel calls of one packed (MC x KC) A block against the packed B slab."""
+    mr = tile_mr(c)
+    nr = tile_nr(c)
+    for jp in range(npan):
+        cols = min(nr, nc - jp * nr)
+        boff = jp * kc * nr
+        for ir in range(0, mc, mr):
+            rows = min(mr, mc - ir)
+            a_at = aoff + (ir // mr) * kc * mr
+            c_at = coff + ir * ldc + jp * nr
+            if rows == mr and cols == nr:
+                microkernel(kc, ap, a_at, bp, boff, c, c_at, ldc)
+            else:
+                tile[:] = 0
+                microkernel(kc, ap, a_at, bp, boff, tile, 0, nr)
+                for i in range(rows):
+                    for j in range(cols):
+                        c[c_at + i * ldc + j] += tile[i * nr + j]
+
+
+@jit(parallel=True)
+def gemm_into(a, b, c, kc_max, mc_max, nc_max):
+    """``c[:] = a @ b`` where ``c`` is the flat (m*n,) C-contiguous output. Any strides for a, b."""
+    mr = tile_mr(c)
+    nr = tile_nr(c)
+    m, k = a.shape
+    n = b.shape[1]
+    for t in prange(c.size):
+        c[t] = 0
+    if m == 0 or n == 0 or k == 0:
+        return
+    n_ic = (m + mc_max - 1) // mc_max
+    mc_pad = (mc_max + mr - 1) // mr * mr
+    kc_max = min(kc_max, k)
+    nc_pad = (min(nc_max, n) + nr - 1) // nr * nr
+    ap = _aligned_empty(n_ic * mc_pad * kc_max, c)
+    bp = _aligned_empty(nc_pad * kc_max, c)
+    tiles = _aligned_empty(n_ic * mr * nr, c)
+    for jc in range(0, n, nc_max):
+        nc = min(nc_max, n - jc)
+        npan = (nc + nr - 1) // nr
+        for pc in range(0, k, kc_max):
+            kc = min(kc_max, k - pc)
+            for jp in prange(npan):
+                pack_b_panel(b, pc, kc, jc + jp * nr, min(nr, nc - jp * nr), nr, bp, jp * kc * nr)
+            for ib in prange(n_ic):
+                i0 = ib * mc_max
+                mc = min(mc_max, m - i0)
+                aoff = ib * mc_pad * kc
+                pack_a(a, i0, mc, pc, kc, mr, ap, aoff)
+                _macro(
+                    ap,
+                    aoff,
+                    bp,
+                    npan,
+                    kc,
+                    mc,
+                    nc,
+                    c,
+                    i0 * n + jc,
+                    n,
+                    tiles[ib * mr * nr : (ib + 1) * mr * nr],
+                )
+
+
+def gemm(a, b, out=None, *, threads=None):
+    """``a @ b`` for 2-D float32/float64 arrays of one dtype (any strides) via the packed kernel.
+
+    ``out``, if given, must be C-contiguous of the right shape and dtype; it is overwritten.
+    """
+    m, n = a.shape[0], b.shape[1]
+    blk = BLOCKING[a.dtype]
+    c = np.empty((m, n), dtype=a.dtype) if out is None else out
+    if threads is None:
+        from fastla._config import get_num_threads
+
+        threads = get_num_threads()
+    # Give every thread at least one MC block: for short A this shrinks MC (a multiple of MR).
+    per_thread = -(-m // max(1, threads))
+    mc = max(blk.MR, min(blk.MC, -(-per_thread // blk.MR) * blk.MR))
+    gemm_into(a, b, c.reshape(-1), blk.KC, mc, blk.NC)
+    return c
+
+
+# --------------------------------------------------------------------------- simple kernels
+
+
+@jit(parallel=True)
+def gemm_naive(a, b, c):
+    """Textbook i-k-j loop (parallel over rows; the j loop vectorises). ``c`` 2-D, overwritten."""
+    m, k = a.shape
+    n = b.shape[1]
+    for i in prange(m):
+        for j in range(n):
+            c[i, j] = 0
+        for p in range(k):
+            aip = a[i, p]
+            for j in range(n):
+                c[i, j] += aip * b[p, j]
+
+
+@jit(parallel=True)
+def batched_small(a, b, c):
+    """``c[t] = a[t] @ b[t]`` for a stack of small matrices; parallel over the stack.
+
+    For tiny m, k, n the cost is the per-matrix work itself, so the loops are plain: i-k-j with the
+    running row kept in ``c`` (L1-resident), no packing and no per-matrix allocation.
+    """
+    nb, m, k = a.shape
+    n = b.shape[2]
+    for t in prange(nb):
+        for i in range(m):
+            for j in range(n):
+                c[t, i, j] = 0
+            for p in range(k):
+                aip = a[t, i, p]
+                for j in range(n):
+                    c[t, i, j] += aip * b[t, p, j]

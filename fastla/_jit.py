@@ -1,0 +1,254 @@
+"""The one Numba entry point.
+
+Every compiled kernel in fastla is decorated through :func:`jit` from here; no other module imports
+numba. This module decides:
+
+* whether Numba is usable (``NUMBA_AVAILABLE``, ``NUMBA_IMPORT_ERROR``) and whether it compiles
+  (``JIT_ENABLED`` is False under ``NUMBA_DISABLE_JIT=1``, where kernels run as plain Python);
+* the one fastmath set (:data:`FASTMATH`): reassociation and contraction let LLVM vectorise
+  reductions and fuse multiply-adds; ``nnan``/``ninf`` are never set because masked attention uses
+  ``-inf`` and NaN must propagate as in NumPy;
+* the threading layer. Numba's default ``workqueue`` layer aborts the process when two Python threads
+  launch parallel regions at once. We ask for the ``threadsafe`` layer (TBB or OpenMP) when one of
+  them can be loaded, and otherwise serialise fastla's parallel regions with a lock
+  (:func:`parallel_region`). A user's own ``NUMBA_THREADING_LAYER`` is respected.
+* host facts used to pick kernel shapes: SIMD width from LLVM's view of the host CPU (Numba compiles
+  for that CPU) and cache sizes from sysfs, with safe defaults.
+
+Intrinsics (hand-written LLVM IR) have no Python body; :func:`intrinsic` pairs each with a
+plain-Python twin that is used when JIT is off or Numba is absent, and the tests check the two agree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import struct
+import threading
+
+try:
+    import numba
+    from numba import types as nb_types
+    from numba.extending import intrinsic as _nb_intrinsic
+
+    NUMBA_AVAILABLE = True
+    NUMBA_IMPORT_ERROR = None
+except ImportError as exc:  # fastla still works: auto falls back to numpy
+    numba = None
+    nb_types = None
+    _nb_intrinsic = None
+    NUMBA_AVAILABLE = False
+    NUMBA_IMPORT_ERROR = f"numba cannot be imported ({exc})"
+
+JIT_ENABLED = NUMBA_AVAILABLE and not numba.config.DISABLE_JIT
+
+#: The fastmath flags of every kernel (DESIGN §4): no ``nnan``/``ninf``.
+FASTMATH = frozenset({"contract", "reassoc", "nsz", "arcp", "afn"})
+
+prange = numba.prange if NUMBA_AVAILABLE else range
+
+#: Environment overrides that change generated code (kernel shapes). Numba's cache key knows the
+#: host CPU but not these, so a cached kernel compiled without them would be reused wrongly:
+#: while any is set, fastla compiles without the on-disk cache.
+CODEGEN_OVERRIDES = ("FASTLA_GEMM_TILE", "FASTLA_SIMD_BYTES")
+CACHE = not any(os.environ.get(v) for v in CODEGEN_OVERRIDES)
+
+
+def jit(fn=None, *, parallel=False, fastmath=FASTMATH, inline="never"):
+    """Compile ``fn`` with fastla's settings: nopython, ``cache=True``, ``nogil=True``.
+
+    Compilation is lazy (no signature), so ``import fastla`` compiles nothing. Without numba the
+    function is returned unchanged and runs as Python.
+    """
+
+    def wrap(f):
+        if not NUMBA_AVAILABLE:
+            return f
+        return numba.njit(
+            cache=CACHE,
+            nogil=True,
+            parallel=parallel,
+            fastmath=set(fastmath) if fastmath else False,
+            inline=inline,
+            error_model="numpy",  # x/0 gives inf/nan like NumPy instead of raising
+        )(f)
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def intrinsic(twin):
+    """Decorator pairing an ``@intrinsic`` typer with its plain-Python ``twin``.
+
+    With JIT on, the decorated typer becomes a Numba intrinsic (callable only from compiled code);
+    with JIT off or numba absent, the twin is returned instead, so the kernels that call it still run
+    as Python.
+    """
+
+    def wrap(typer):
+        if not JIT_ENABLED:
+            return twin
+        return _nb_intrinsic(typer)
+
+    return wrap
+
+
+# --------------------------------------------------------------------------- bit casts
+
+
+def _i64_as_f64_twin(i):
+    return struct.unpack("<d", struct.pack("<q", int(i)))[0]
+
+
+def _i32_as_f32_twin(i):
+    import numpy as np
+
+    return np.float32(struct.unpack("<f", struct.pack("<i", int(i)))[0])
+
+
+def _bitcast_typer(int_bits, float_ty_name):
+    def typer(typingctx, x):
+        if not isinstance(x, nb_types.Integer):
+            return None
+        ity = nb_types.int64 if int_bits == 64 else nb_types.int32
+        fty = getattr(nb_types, float_ty_name)
+
+        def codegen(context, builder, sig, args):
+            v = context.cast(builder, args[0], sig.args[0], ity)
+            return builder.bitcast(v, context.get_value_type(fty))
+
+        return fty(x), codegen
+
+    return typer
+
+
+@intrinsic(_i64_as_f64_twin)
+def i64_as_f64(typingctx, x):
+    """Reinterpret the bits of an int64 as a float64 (used to build 2**n in exp)."""
+    return _bitcast_typer(64, "float64")(typingctx, x)
+
+
+@intrinsic(_i32_as_f32_twin)
+def i32_as_f32(typingctx, x):
+    """Reinterpret the bits of an int32 as a float32."""
+    return _bitcast_typer(32, "float32")(typingctx, x)
+
+
+# --------------------------------------------------------------------------- threading
+
+
+def _choose_threading_layer():
+    """Pick a layer that survives concurrent launches; return True if a lock is still needed."""
+    if not JIT_ENABLED:
+        return False
+    if os.environ.get("NUMBA_THREADING_LAYER"):
+        return numba.config.THREADING_LAYER in ("workqueue", "default")
+    for mod in ("tbbpool", "omppool"):
+        try:
+            __import__(f"numba.np.ufunc.{mod}")
+        except ImportError:
+            continue
+        numba.config.THREADING_LAYER = "threadsafe"
+        return False
+    return True
+
+
+_NEEDS_LOCK = _choose_threading_layer()
+_PARALLEL_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def parallel_region():
+    """Guard a call into a parallel kernel.
+
+    Applies fastla's thread count on this thread (numba's is thread-local), and serialises the call
+    when only the non-thread-safe ``workqueue`` layer is available.
+    """
+    apply_num_threads()
+    if _NEEDS_LOCK:
+        with _PARALLEL_LOCK:
+            yield
+    else:
+        yield
+
+
+def max_threads():
+    """Number of threads numba was started with (1 without numba)."""
+    if not NUMBA_AVAILABLE:
+        return 1
+    return numba.config.NUMBA_NUM_THREADS
+
+
+def apply_num_threads():
+    from fastla._config import configured_num_threads
+
+    n = configured_num_threads()
+    if n is not None and NUMBA_AVAILABLE:
+        numba.set_num_threads(n)
+
+
+def threading_layer():
+    """The active layer after the first parallel launch, else what was configured."""
+    if not NUMBA_AVAILABLE:
+        return None
+    try:
+        return numba.threading_layer()
+    except ValueError:  # no parallel region run yet
+        return f"{numba.config.THREADING_LAYER} (not yet started)"
+
+
+# --------------------------------------------------------------------------- host facts
+
+
+@functools.cache
+def host_cpu():
+    """(cpu name, set of LLVM feature names enabled) of the host, as Numba compiles for it."""
+    try:
+        import llvmlite.binding as ll
+
+        name = ll.get_host_cpu_name()
+        feats = {f[1:] for f in ll.get_host_cpu_features().flatten().split(",") if f[:1] == "+"}
+        return name, frozenset(feats)
+    except Exception:  # llvmlite missing or a platform it cannot probe
+        return "unknown", frozenset()
+
+
+@functools.cache
+def simd_bytes():
+    """Width of the SIMD registers the compiled kernels use: 64 (AVX-512), 32 (AVX2) or 16."""
+    if os.environ.get("FASTLA_SIMD_BYTES"):  # for studying the AVX2 kernels on an AVX-512 host
+        return int(os.environ["FASTLA_SIMD_BYTES"])
+    feats = host_cpu()[1]
+    if "avx512f" in feats:
+        return 64
+    if "avx2" in feats and "fma" in feats:
+        return 32
+    return 16
+
+
+@functools.cache
+def cache_sizes():
+    """Per-core data cache sizes in bytes as ``{"L1": .., "L2": .., "L3": ..}``.
+
+    Read from Linux sysfs; defaults (32 KiB / 512 KiB / 8 MiB, a Zen 3-like core) where unreadable.
+    """
+    sizes = {"L1": 32 * 1024, "L2": 512 * 1024, "L3": 8 * 1024 * 1024}
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for entry in sorted(os.listdir(base)):
+            if not entry.startswith("index"):
+                continue
+            path = os.path.join(base, entry)
+            with open(os.path.join(path, "type")) as f:
+                kind = f.read().strip()
+            if kind not in ("Data", "Unified"):
+                continue
+            with open(os.path.join(path, "level")) as f:
+                level = int(f.read())
+            with open(os.path.join(path, "size")) as f:
+                raw = f.read().strip().upper()
+            mult = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(raw[-1:], 1)
+            sizes[f"L{level}"] = int(raw.rstrip("KMG")) * mult
+    except (OSError, ValueError):
+        pass
+    return sizes

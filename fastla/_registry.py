@@ -1,0 +1,167 @@
+"""Operation registry: op name -> {impl name -> kernel}, plus each op's validation and auto rule.
+
+Tests and benchmarks iterate :func:`implementations` only, so adding an impl to an op adds it to the
+test matrix and to the benchmark tables. The callables it returns run the *public* call path with
+the backend forced (validation included), so every impl is exercised exactly as users call it.
+
+The call path (DESIGN §3) is ``public fn -> Operation.prepare (validate once) -> Operation.select
+(backend setting + the op's auto rule) -> kernel``. Shared rules live here: input that no kernel
+compiles (ints for matmul, complex, float16, object, subclasses) goes to ``numpy`` under ``auto``;
+forcing a compiled backend on it is a ``TypeError``; forcing ``numba`` without numba is
+:class:`BackendUnavailable`.
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastla import _config, _jit
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend was asked for explicitly but cannot run here (e.g. numba is not installed)."""
+
+
+@dataclass
+class Impl:
+    name: str
+    fn: Callable
+    needs_numba: bool = False  # raises BackendUnavailable without numba; runs in a parallel region
+    any_dtype: bool = False  # True for numpy: accepts what NumPy accepts
+    doc: str = ""
+
+
+@dataclass
+class Prepared:
+    """What validation hands to the rule and the kernel.
+
+    ``compiled`` is None when a compiled kernel can run, else the reason it cannot (a sentence).
+    ``facts`` holds what the auto rule reads (shapes, dtype, sizes); ``args`` the clean inputs.
+    """
+
+    args: tuple
+    kwargs: dict = field(default_factory=dict)
+    compiled: str | None = None
+    facts: dict = field(default_factory=dict)
+
+
+@dataclass
+class Operation:
+    name: str
+    prepare: Callable[..., Prepared]
+    rule: Callable[[Prepared], tuple[str, str]]
+    public: Callable | None = None
+    impls: dict[str, Impl] = field(default_factory=dict)
+
+    def register(self, name, *, needs_numba=False, any_dtype=False):
+        """Decorator adding a kernel under ``name``."""
+
+        def deco(fn):
+            doc = (fn.__doc__ or "").strip().splitlines()
+            self.impls[name] = Impl(name, fn, needs_numba, any_dtype, doc[0] if doc else "")
+            return fn
+
+        return deco
+
+    def choose(self, backend, prep):
+        """Return ``(impl name, reason)`` for this call, raising for an impossible forced backend."""
+        requested = _config.get_backend() if backend is None else backend
+        _config.check_backend(requested, ("auto", *self.impls))
+        if requested == "auto":
+            if prep.compiled is not None:
+                return "numpy", prep.compiled
+            if not _jit.NUMBA_AVAILABLE:
+                return "numpy", f"{_jit.NUMBA_IMPORT_ERROR}; using numpy"
+            return self.rule(prep)
+        impl = self.impls[requested]
+        if impl.needs_numba and not _jit.NUMBA_AVAILABLE:
+            raise BackendUnavailable(f"{self.name}: backend {requested!r}: {_jit.NUMBA_IMPORT_ERROR}")
+        if not impl.any_dtype and prep.compiled is not None:
+            raise TypeError(f"{self.name}: backend {requested!r} cannot run this input: {prep.compiled}")
+        how = "per-call backend=" if backend is not None else "global backend "
+        return requested, f"{how}{requested!r}"
+
+    def run(self, backend, prep):
+        """Choose the impl for ``prep`` and run it on the clean arguments."""
+        name, _ = self.choose(backend, prep)
+        impl = self.impls[name]
+        if impl.needs_numba:
+            with _jit.parallel_region():
+                return impl.fn(*prep.args, **prep.kwargs)
+        return impl.fn(*prep.args, **prep.kwargs)
+
+
+_OPERATIONS: dict[str, Operation] = {}
+
+
+def operation(name, prepare, rule):
+    """Create and register an :class:`Operation`."""
+    op = Operation(name, prepare, rule)
+    _OPERATIONS[name] = op
+    return op
+
+
+def _get(op_name):
+    try:
+        return _OPERATIONS[op_name]
+    except KeyError:
+        raise ValueError(f"unknown operation {op_name!r}; known: {', '.join(sorted(_OPERATIONS))}") from None
+
+
+def operations():
+    """Names of all registered operations, sorted."""
+    return sorted(_OPERATIONS)
+
+
+def implementations(op_name) -> types.MappingProxyType:
+    """Mapping impl name -> callable for ``op_name``.
+
+    Each callable is the public function with ``backend=`` fixed to that impl, so it validates its
+    input exactly as users' calls do.
+
+    Examples
+    --------
+    >>> import fastla
+    >>> sorted(fastla.implementations("matmul"))
+    ['loop', 'numba', 'numba_naive', 'numpy']
+    """
+    op = _get(op_name)
+    out = {}
+    for name in op.impls:
+        f = functools.partial(op.public, backend=name)
+        functools.update_wrapper(f, op.public)
+        f.__name__ = f"{op_name}[{name}]"
+        out[name] = f
+    return types.MappingProxyType(out)
+
+
+def kernels(op_name) -> dict[str, Impl]:
+    """The raw kernels (no validation) of ``op_name``: for studies and internal reuse."""
+    return dict(_get(op_name).impls)
+
+
+def explain(op_name, *args, backend=None, **kwargs) -> tuple[str, str]:
+    """Return ``(impl name, reason)`` that a call ``op(*args, **kwargs)`` would use.
+
+    Examples
+    --------
+    >>> import numpy as np, fastla
+    >>> fastla.explain("matmul", np.ones((2, 2), dtype=np.int64), np.ones((2, 2)))[0]
+    'numpy'
+    """
+    op = _get(op_name)
+    return op.choose(backend, op.prepare(*args, **kwargs))
+
+
+def public(op: Operation) -> Callable[[Callable], Callable]:
+    """Decorator marking the public function of ``op`` (used by :func:`implementations`)."""
+
+    def deco(fn: Callable[..., Any]):
+        op.public = fn
+        return fn
+
+    return deco

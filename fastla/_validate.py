@@ -1,0 +1,96 @@
+"""Shared argument checks and dtype promotion (validation happens once, in the public function).
+
+Kernels receive arrays that are float32/float64, native byte order and of the documented ndim; they
+never re-check. Anything a kernel does not compile is described by a reason string
+(``Prepared.compiled``) so that ``auto`` sends it to NumPy and ``explain`` can say why.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+
+COMPILED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_COMPILED_NAMES = "float32, float64"
+
+
+def is_subclass_input(*xs):
+    """True if any input is an ndarray subclass (np.matrix, masked arrays, ...)."""
+    return any(isinstance(x, np.ndarray) and type(x) is not np.ndarray for x in xs)
+
+
+def compute_dtype(arrays, *, ints_to_float64):
+    """Return ``(dtype, reason)``: the float dtype a kernel computes in, or ``(None, why not)``.
+
+    ``ints_to_float64`` follows the anchor: ``np.linalg``/SciPy convert integer and bool input to
+    float64 (and so can we); ``np.matmul``/``scipy.special`` keep integers, which only NumPy
+    reproduces exactly.
+    """
+    dtypes = [a.dtype for a in arrays]
+    for dt in dtypes:
+        if dt.kind in "biu" and ints_to_float64:
+            continue
+        if dt.kind != "f" or dt.itemsize not in (4, 8):
+            return None, f"dtype {dt} is not compiled (compiled: {_COMPILED_NAMES})"
+    floats = [dt for dt in dtypes if dt.kind == "f"]
+    if not floats:
+        return np.dtype(np.float64), None
+    res = np.result_type(*floats)
+    if any(dt.kind in "biu" for dt in dtypes):  # like np.linalg: an int forces float64
+        res = np.promote_types(res, np.float64)
+    return res.newbyteorder("="), None
+
+
+def native(a, dtype):
+    """``a`` as ``dtype`` in native byte order; copies only when the dtype or byte order differs.
+
+    Strides are kept (kernels handle strided input), so views stay views.
+    """
+    if a.dtype == dtype and a.dtype.isnative:
+        return a
+    return a.astype(dtype)
+
+
+def check_finite(a, name="array"):
+    """Raise ``ValueError`` like SciPy when ``a`` holds inf or NaN."""
+    if a.dtype.kind in "fc" and not np.isfinite(a).all():
+        raise ValueError("array must not contain infs or NaNs")
+
+
+def normalize_axis(axis, ndim, name="axis"):
+    """Normalise one axis index like NumPy (``AxisError``, a ValueError and IndexError)."""
+    try:
+        axis = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(axis).__name__}") from None
+    if not -ndim <= axis < ndim:
+        raise np.exceptions.AxisError(axis, ndim)
+    return axis % ndim
+
+
+def normalize_axes(axis, ndim):
+    """Normalise ``None`` (all axes), an int or a tuple of ints into a sorted tuple."""
+    if axis is None:
+        return tuple(range(ndim))
+    if isinstance(axis, tuple):
+        axes = tuple(normalize_axis(a, ndim) for a in axis)
+        if len(set(axes)) != len(axes):
+            raise ValueError(f"repeated axis in {axis}")
+        return tuple(sorted(axes))
+    return (normalize_axis(axis, ndim),)
+
+
+def check_out(out, shape, dtype, name="out"):
+    """Validate an ``out=`` argument like NumPy ufuncs do (shape exact, same-kind cast)."""
+    if out is None:
+        return None
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"{name} has shape {out.shape}, expected {tuple(shape)}")
+    if not np.can_cast(dtype, out.dtype, casting="same_kind"):
+        raise TypeError(f"cannot cast result of dtype {dtype} to {name} of dtype {out.dtype}")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    return out

@@ -1,0 +1,241 @@
+"""Matrix product with ``np.matmul`` semantics: ``fastla.matmul``.
+
+Implementations (one contract, see :func:`fastla.implementations`):
+
+* ``numpy`` — ``np.matmul`` (OpenBLAS/MKL). Also the fallback for what no kernel compiles: integer,
+  bool, complex, float16 and object arrays, and ndarray subclasses, get NumPy's exact result and
+  errors.
+* ``numba`` — BLIS-style packed GEMM with an LLVM-vector-IR micro-kernel (``_gemm_kernels``), and a
+  dedicated kernel over the whole stack for small matrices (``m, k, n <= 32``).
+* ``numba_naive`` — the textbook i-k-j loop jitted and parallel over rows: what packing and register
+  blocking buy, in the benchmark tables.
+* ``loop`` — the pure-Python triple loop; the baseline of the study, for small sizes only.
+
+Stacks broadcast as in NumPy. A stack times a single matrix (``(..., m, k) @ (k, n)``, the dense
+layer) is folded into one ``(batch*m, k) @ (k, n)`` GEMM instead of a loop over the batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fastla import _gemm_kernels as _gk
+from fastla import _registry, _validate
+
+__all__ = ["matmul"]
+
+# --------------------------------------------------------------------------- auto rule (data)
+#
+# Where the compiled kernels beat np.matmul on this project's machines (2 cores, Zen 3 / Zen 4,
+# OpenBLAS), measured with `python -m fastla bench --ops matmul` (ratios in benchmarks/targets.toml
+# and the README table):
+# * stacks of small matrices: NumPy loops over the stack calling a small-matrix kernel per matrix;
+#   one parallel compiled loop over the whole stack wins by several times once the stack is long.
+# * single large GEMMs: OpenBLAS's hand-written assembly still wins (our packed kernel runs at
+#   ~0.8x of it), so auto keeps numpy there.
+AUTO_RULE = {
+    "small_max_dim": 32,  # m, k, n all <= this counts as "small"
+    "small_min_batch": 16,  # and at least this many matrices in the stack
+}
+
+
+def _prepare(a, b, out=None):
+    a_in, b_in = a, b
+    a = np.asanyarray(a)
+    b = np.asanyarray(b)
+    for idx, (name, x) in enumerate((("a", a), ("b", b))):
+        if x.ndim == 0:
+            raise ValueError(
+                f"matmul: input operand {idx} ({name}) does not have enough dimensions "
+                f"(has 0, needs at least 1), shapes {a.shape} and {b.shape}"
+            )
+    k_a = a.shape[-1]
+    k_b = b.shape[-2] if b.ndim >= 2 else b.shape[0]
+    if k_a != k_b:
+        raise ValueError(
+            f"matmul: mismatch in the contracted dimension: a has shape {a.shape} (k={k_a}) and "
+            f"b has shape {b.shape} (k={k_b})"
+        )
+    try:
+        batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    except ValueError:
+        raise ValueError(
+            f"matmul: stack dimensions of a {a.shape} and b {b.shape} do not broadcast"
+        ) from None
+    m = a.shape[-2] if a.ndim >= 2 else None
+    n = b.shape[-1] if b.ndim >= 2 else None
+    shape = batch + tuple(d for d in (m, n) if d is not None)
+
+    dtype, why = _validate.compute_dtype((a, b), ints_to_float64=False)
+    if why is None and _validate.is_subclass_input(a_in, b_in):
+        why = f"input is an ndarray subclass ({type(a_in).__name__}/{type(b_in).__name__})"
+    if why is None:
+        _validate.check_out(out, shape, dtype)
+        args = (_validate.native(a, dtype), _validate.native(b, dtype), out)
+    else:  # NumPy's own rules (and errors) for out= and for what we don't compile
+        args = (a_in, b_in, out)
+    facts = {
+        "m": 1 if m is None else m,
+        "k": k_a,
+        "n": 1 if n is None else n,
+        "batch": int(np.prod(batch, dtype=np.int64)),
+        "b_stacked": b.ndim > 2,
+        "dtype": dtype,
+    }
+    return _registry.Prepared(args, compiled=why, facts=facts)
+
+
+def _rule(prep):
+    f = prep.facts
+    small = max(f["m"], f["k"], f["n"]) <= AUTO_RULE["small_max_dim"]
+    if small and f["b_stacked"] and f["batch"] >= AUTO_RULE["small_min_batch"]:
+        return "numba", (
+            f"stack of {f['batch']} small matrices ({f['m']}x{f['k']} @ {f['k']}x{f['n']}): one "
+            "compiled loop over the stack beats per-matrix BLAS calls"
+        )
+    return "numpy", (
+        f"{f['m']}x{f['k']} @ {f['k']}x{f['n']} (batch {f['batch']}): OpenBLAS is faster than the "
+        "packed Numba GEMM for a single or folded GEMM on this hardware"
+    )
+
+
+_OP = _registry.operation("matmul", _prepare, _rule)
+
+
+@_registry.public(_OP)
+def matmul(a, b, /, out=None, *, backend=None):
+    """Matrix product of two arrays, like :func:`numpy.matmul`.
+
+    Parameters
+    ----------
+    a, b : array_like
+        Operands. 1-D operands are promoted to a row (``a``) or a column (``b``) and the added
+        dimension is removed from the result; leading (stack) dimensions broadcast.
+    out : ndarray, optional
+        Where to store the result; must have the result's shape and a dtype the result casts to
+        (same-kind).
+    backend : {None, "auto", "numba", "numba_naive", "numpy", "loop"}, optional
+        Implementation; ``None`` uses the global setting (:func:`fastla.set_backend`).
+
+    Returns
+    -------
+    ndarray or scalar
+        ``a @ b``; a NumPy scalar for two 1-D inputs. float32 inputs give float32.
+
+    Raises
+    ------
+    ValueError
+        0-d operand, mismatched contracted dimension, stacks that do not broadcast, ``out`` of the
+        wrong shape.
+    TypeError
+        ``out`` dtype the result cannot be cast to; a compiled backend forced on a dtype it does not
+        compile (integers, complex, ...).
+
+    Examples
+    --------
+    >>> import numpy as np, fastla as fl
+    >>> a = np.arange(6.0).reshape(2, 3)
+    >>> fl.matmul(a, np.ones(3))
+    array([ 3., 12.])
+    >>> fl.matmul(a, a.T, backend="loop")
+    array([[ 5., 14.],
+           [14., 50.]])
+    """
+    return _OP.run(backend, _prepare(a, b, out))
+
+
+# --------------------------------------------------------------------------- shared stacking
+
+
+def _stacked(a, b, out, gemm2d, batched=None):
+    """Apply a 2-D kernel ``gemm2d(a2, b2, c2)`` with np.matmul's 1-D promotion and broadcasting.
+
+    ``batched(A, B, C)`` on 3-D stacks is used for stacks when given. ``c2``/``C`` are C-contiguous
+    results the kernels overwrite.
+    """
+    a2 = a[None, :] if a.ndim == 1 else a
+    b2 = b[:, None] if b.ndim == 1 else b
+    batch = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
+    m, k = a2.shape[-2:]
+    n = b2.shape[-1]
+    dtype = np.result_type(a, b)
+    full = (*batch, m, n)
+    res_shape = batch + ((m,) if a.ndim > 1 else ()) + ((n,) if b.ndim > 1 else ())
+    direct = (
+        out is not None
+        and out.dtype == dtype
+        and out.flags.c_contiguous
+        and not np.may_share_memory(out, a)
+        and not np.may_share_memory(out, b)
+    )
+    c = out.reshape(full) if direct else np.empty(full, dtype=dtype)
+    if not batch:
+        gemm2d(a2, b2, c)
+    elif b2.ndim == 2:  # (..., m, k) @ (k, n): one tall GEMM, no loop over the stack
+        gemm2d(a2.reshape(-1, k), b2, c.reshape(-1, n))
+    else:
+        A = np.broadcast_to(a2, (*batch, m, k)).reshape(-1, m, k)
+        B = np.broadcast_to(b2, (*batch, k, n)).reshape(-1, k, n)
+        C = c.reshape(-1, m, n)
+        if batched is not None:
+            batched(A, B, C)
+        else:
+            for t in range(C.shape[0]):
+                gemm2d(A[t], B[t], C[t])
+    if direct:
+        return out
+    if out is not None:
+        np.copyto(out, c.reshape(res_shape), casting="same_kind")
+        return out
+    res = c.reshape(res_shape)
+    return res[()] if res.ndim == 0 else res
+
+
+# --------------------------------------------------------------------------- implementations
+
+
+@_OP.register("numpy", any_dtype=True)
+def _matmul_numpy(a, b, out):
+    """np.matmul (BLAS)."""
+    return np.matmul(a, b, out=out)
+
+
+def _loop2d(a, b, c):
+    m, k = a.shape
+    n = b.shape[1]
+    for i in range(m):
+        for j in range(n):
+            s = 0.0
+            for p in range(k):
+                s += a[i, p] * b[p, j]
+            c[i, j] = s
+
+
+@_OP.register("loop")
+def _matmul_loop(a, b, out):
+    """Pure-Python triple loop (the textbook definition)."""
+    return _stacked(a, b, out, _loop2d)
+
+
+@_OP.register("numba_naive", needs_numba=True)
+def _matmul_numba_naive(a, b, out):
+    """Textbook i-k-j loop, jitted, parallel over rows (no blocking, no packing)."""
+    return _stacked(a, b, out, _gk.gemm_naive, _gk.batched_small)
+
+
+def _gemm2d(a, b, c):
+    _gk.gemm(a, b, out=c)
+
+
+def _small_or_packed(A, B, C):
+    if max(A.shape[1], A.shape[2], B.shape[2]) <= AUTO_RULE["small_max_dim"]:
+        _gk.batched_small(A, B, C)
+    else:
+        for t in range(C.shape[0]):
+            _gk.gemm(A[t], B[t], out=C[t])
+
+
+@_OP.register("numba", needs_numba=True)
+def _matmul_numba(a, b, out):
+    """Packed BLIS-style GEMM (vector-IR micro-kernel); small stacks in one parallel kernel."""
+    return _stacked(a, b, out, _gemm2d, _small_or_packed)

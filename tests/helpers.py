@@ -1,0 +1,63 @@
+"""The shared input matrix of DESIGN §6: dtypes, layouts, tolerances. Every op's tests reuse it."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import fastla
+
+DTYPES = (np.float32, np.float64)
+#: Ways an input can arrive; ``variant`` makes each from a C-contiguous array.
+LAYOUTS = ("C", "F", "strided", "negstride", "readonly", "byteswapped")
+ODD_SIZES = (1, 7, 33, 65, 127)
+LOOP_MAX = 40  # the pure-Python loop impl only runs on sizes up to this (seconds otherwise)
+
+
+def variant(x, layout):
+    """Return an array equal to ``x`` but laid out as ``layout`` (a view where possible)."""
+    x = np.ascontiguousarray(x)
+    if layout == "C":
+        return x.copy()
+    if layout == "F":
+        return np.asfortranarray(x)
+    if layout == "strided":  # every other element along each axis of a larger array
+        big = np.zeros(tuple(2 * s for s in x.shape), dtype=x.dtype)
+        view = big[tuple(slice(None, None, 2) for _ in x.shape)]
+        view[...] = x
+        return view
+    if layout == "negstride":
+        rev = x[tuple(slice(None, None, -1) for _ in x.shape)].copy()
+        return rev[tuple(slice(None, None, -1) for _ in x.shape)]
+    if layout == "readonly":
+        y = x.copy()
+        y.flags.writeable = False
+        return y
+    if layout == "byteswapped":
+        return x.astype(x.dtype.newbyteorder("S"))
+    raise ValueError(layout)
+
+
+def impl_names(op, size=0):
+    """Registry impls of ``op`` that should run at problem size ``size`` (loop only when small)."""
+    return [n for n in fastla.implementations(op) if n != "loop" or size <= LOOP_MAX]
+
+
+def eps(dtype):
+    return float(np.finfo(dtype).eps)
+
+
+def rtol(dtype):
+    """DESIGN §4: float64 1e-10, float32 1e-5."""
+    return 1e-5 if np.dtype(dtype) == np.float32 else 1e-10
+
+
+def assert_matmul_close(c, a, b, dtype):
+    """Error bound of a k-term dot product: |c - ref| <= 4 k eps (|a| @ |b|) elementwise."""
+    a64 = np.asarray(a, dtype=np.float64)
+    b64 = np.asarray(b, dtype=np.float64)
+    ref = a64 @ b64
+    k = a64.shape[-1]
+    bound = 4 * max(k, 1) * eps(dtype) * (np.abs(a64) @ np.abs(b64)) + np.finfo(dtype).tiny
+    err = np.abs(np.asarray(c, dtype=np.float64) - ref)
+    assert c.shape == ref.shape, (c.shape, ref.shape)
+    assert np.all(err <= bound), f"max err {err.max()} vs bound {bound[err > bound].min()}"

@@ -1,0 +1,208 @@
+"""Backend selection, the registry, explain, numba-absent fallback, thread settings."""
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+
+import fastla
+from fastla import _jit
+
+needs_jit = pytest.mark.skipif(not _jit.JIT_ENABLED, reason="needs numba with JIT enabled")
+
+
+def run_python(code, **env):
+    full_env = {**os.environ, **env}
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=300,
+    )
+
+
+def test_set_backend_and_unknown_name():
+    fastla.set_backend("numpy")
+    assert fastla.get_backend() == "numpy"
+    with pytest.raises(ValueError, match="auto, numba, numpy, loop"):
+        fastla.set_backend("blas")
+    assert fastla.get_backend() == "numpy"
+
+
+def test_per_call_unknown_backend_lists_the_op_impls():
+    with pytest.raises(ValueError, match="numba_naive"):
+        fastla.matmul(np.eye(2), np.eye(2), backend="fortran")
+
+
+def test_context_manager_restores_on_exception():
+    fastla.set_backend("numpy")
+    with pytest.raises(RuntimeError), fastla.backend("loop"):
+        assert fastla.get_backend() == "loop"
+        assert fastla.explain("matmul", np.eye(2), np.eye(2))[0] == "loop"
+        raise RuntimeError
+    assert fastla.get_backend() == "numpy"
+
+
+def test_context_manager_is_per_thread():
+    seen = []
+    with fastla.backend("loop"):
+        t = threading.Thread(target=lambda: seen.append(fastla.get_backend()))
+        t.start()
+        t.join()
+    assert seen == ["auto"]
+
+
+def test_env_var_sets_default():
+    r = run_python("import fastla; print(fastla.get_backend())", FASTLA_BACKEND="numpy")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "numpy"
+    r = run_python("import fastla", FASTLA_BACKEND="nope")
+    assert r.returncode != 0 and "FASTLA_BACKEND" in r.stderr
+
+
+def test_explain_reasons():
+    impl, reason = fastla.explain("matmul", np.ones((3, 3), dtype=np.int32), np.ones((3, 3)))
+    assert impl == "numpy" and "int32" in reason
+    impl, reason = fastla.explain("matmul", np.eye(3), np.eye(3), backend="loop")
+    assert impl == "loop" and "backend" in reason
+    with pytest.raises(ValueError, match="unknown operation"):
+        fastla.explain("nope", 1)
+
+
+def test_implementations_are_the_public_path():
+    impls = fastla.implementations("matmul")
+    assert {"numpy", "loop", "numba", "numba_naive"} <= set(impls)
+    with pytest.raises(ValueError, match="shape"):
+        impls["loop"](np.ones((2, 3)), np.ones((2, 3)))
+    with pytest.raises(TypeError):
+        impls["__missing__"] = None  # read-only mapping
+
+
+def test_forced_compiled_backend_on_int_is_type_error():
+    a = np.arange(4).reshape(2, 2)
+    with pytest.raises(TypeError, match=r"int64.*float32, float64"):
+        fastla.matmul(a, a, backend="numba")
+    with pytest.raises(TypeError, match="int64"):
+        fastla.matmul(a, a, backend="loop")
+
+
+NO_NUMBA = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "numba" or name.startswith("numba.") or name == "llvmlite":
+            raise ImportError("blocked for the test")
+sys.meta_path.insert(0, Block())
+import numpy as np, fastla
+a = np.arange(6.0).reshape(2, 3)
+assert np.array_equal(fastla.matmul(a, a.T), a @ a.T)
+impl, reason = fastla.explain("matmul", np.ones((100, 4, 4)), np.ones((100, 4, 4)))
+assert impl == "numpy" and "numba" in reason, (impl, reason)
+try:
+    fastla.matmul(a, a.T, backend="numba")
+except fastla.BackendUnavailable as exc:
+    assert isinstance(exc, RuntimeError)
+    print("unavailable:", exc)
+else:
+    raise SystemExit("numba backend should be unavailable")
+assert "numba" not in sys.modules
+"""
+
+
+def test_numba_absent_falls_back_to_numpy():
+    r = run_python(NO_NUMBA)
+    assert r.returncode == 0, r.stderr
+    assert "unavailable: matmul" in r.stdout
+
+
+def test_set_num_threads_validates():
+    with pytest.raises(ValueError):
+        fastla.set_num_threads(0)
+    with pytest.raises(TypeError):
+        fastla.set_num_threads(1.5)
+    n = fastla.get_num_threads()
+    fastla.set_num_threads(1)
+    try:
+        assert fastla.get_num_threads() == 1
+    finally:
+        fastla.set_num_threads(n)
+
+
+@needs_jit
+def test_threads_setting_reaches_numba_in_new_threads():
+    """numba's thread count is thread-local; fastla applies its own in every calling thread."""
+    n = fastla.get_num_threads()
+    fastla.set_num_threads(1)
+    seen = []
+    try:
+
+        def work():
+            fastla.matmul(np.ones((40, 4, 4)), np.ones((40, 4, 4)), backend="numba")
+            seen.append(_jit.numba.get_num_threads())
+
+        t = threading.Thread(target=work)
+        t.start()
+        t.join()
+    finally:
+        fastla.set_num_threads(n)
+    assert seen == [1]
+
+
+@pytest.mark.slow
+def test_concurrent_calls_from_python_threads(rng):
+    """8 threads hammering parallel kernels must neither crash nor mix up results."""
+    inputs = [(rng.standard_normal((130, 70)), rng.standard_normal((70, 90))) for _ in range(8)]
+    stacks = [(rng.standard_normal((64, 4, 4)), rng.standard_normal((64, 4, 4))) for _ in range(8)]
+    results, errors = {}, []
+
+    def work(i):
+        try:
+            for _ in range(5):
+                c = fastla.matmul(*inputs[i], backend="numba")
+                s = fastla.matmul(*stacks[i], backend="numba")
+            results[i] = (c, s)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for i in range(8):
+        np.testing.assert_allclose(results[i][0], inputs[i][0] @ inputs[i][1], rtol=1e-10)
+        np.testing.assert_allclose(results[i][1], stacks[i][0] @ stacks[i][1], rtol=1e-10)
+
+
+def test_import_compiles_nothing():
+    r = run_python(
+        """
+        import fastla, fastla._jit as j
+        if j.NUMBA_AVAILABLE:
+            from numba.core.registry import CPUDispatcher
+            import gc
+            compiled = [d for d in gc.get_objects() if isinstance(d, CPUDispatcher)
+                        and d.__module__.startswith("fastla") and d.signatures]
+            assert not compiled, compiled
+        print("ok")
+        """
+    )
+    assert r.returncode == 0, r.stderr
+
+
+def test_cli_info_and_explain():
+    r = run_python("from fastla.__main__ import main; main(['info'])")
+    assert r.returncode == 0, r.stderr
+    assert "numpy" in r.stdout and "OPENBLAS_CORETYPE" in r.stdout and "threading_layer" in r.stdout
+    r = run_python(
+        "from fastla.__main__ import main; "
+        "main(['explain', 'matmul', '--shape', '1000x1000', '1000x1000', '--dtype', 'float32'])"
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("matmul: numpy")

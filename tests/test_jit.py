@@ -1,0 +1,86 @@
+"""The hand-written LLVM intrinsics against their plain-Python twins (DESIGN §5)."""
+
+import numpy as np
+import pytest
+
+from fastla import _gemm_kernels as gk
+from fastla import _jit
+
+needs_jit = pytest.mark.skipif(not _jit.JIT_ENABLED, reason="needs numba with JIT enabled")
+
+
+@_jit.jit
+def _bitcasts(i, j):
+    return _jit.i64_as_f64(i), _jit.i32_as_f32(j)
+
+
+def test_bitcast_intrinsics_match_twins():
+    for i, j in [(1023 << 52, 127 << 23), (0, 0), (-1, -1), (0x7FF0000000000000, 0x7F800000)]:
+        got = _bitcasts(i, j)
+        assert got[0] == _jit._i64_as_f64_twin(i) or (np.isnan(got[0]) and np.isnan(_jit._i64_as_f64_twin(i)))
+        assert got[1] == _jit._i32_as_f32_twin(j) or (np.isnan(got[1]) and np.isnan(_jit._i32_as_f32_twin(j)))
+    assert _bitcasts(1023 << 52, 127 << 23) == (1.0, 1.0)
+
+
+@_jit.jit
+def _call_microkernel(kc, ap, aoff, bp, boff, c, coff, ldc):
+    gk.microkernel(kc, ap, aoff, bp, boff, c, coff, ldc)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kc", [0, 1, 5, 64])
+def test_microkernel_matches_twin(dtype, kc, rng):
+    blk = gk.BLOCKING[np.dtype(dtype)]
+    mr, nr = blk.MR, blk.NR
+    ap = rng.standard_normal(3 + kc * mr).astype(dtype)
+    bp = rng.standard_normal(5 + kc * nr).astype(dtype)
+    ldc = nr + 7
+    c0 = rng.standard_normal(2 + mr * ldc).astype(dtype)
+    c_ir, c_py = c0.copy(), c0.copy()
+    _call_microkernel(kc, ap, 3, bp, 5, c_ir, 2, ldc)
+    gk._microkernel_twin(kc, ap, 3, bp, 5, c_py, 2, ldc)
+    np.testing.assert_allclose(c_ir, c_py, rtol=1e-5 if dtype == np.float32 else 1e-13)
+    # outside the tile nothing moved
+    mask = np.ones_like(c0, dtype=bool)
+    for i in range(mr):
+        mask[2 + i * ldc : 2 + i * ldc + nr] = False
+    np.testing.assert_array_equal(c_ir[mask], c0[mask])
+
+
+@needs_jit
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_microkernel_asm_uses_vector_fma_without_spills(dtype):
+    """The k loop must be packed FMAs on full-width registers with no stack traffic (no spills)."""
+    import re
+
+    from numba import njit
+
+    @njit(cache=False)
+    def f(kc, ap, bp, c):
+        gk.microkernel(kc, ap, 0, bp, 0, c, 0, 64)
+
+    blk = gk.BLOCKING[np.dtype(dtype)]
+    f(4, np.zeros(4 * blk.MR, dtype), np.zeros(4 * blk.NR, dtype), np.zeros(blk.MR * 64, dtype))
+    asm = next(iter(f.inspect_asm().values())).splitlines()
+    reg = {64: "zmm", 32: "ymm"}.get(_jit.simd_bytes(), "xmm")
+    suffix = "ps" if dtype == np.float32 else "pd"
+    labels = {line.rstrip(":"): i for i, line in enumerate(asm) if line.startswith(".LBB")}
+    loops = []
+    for i, line in enumerate(asm):
+        m = re.match(r"\s+j\w+\s+(\.LBB\w+)", line)
+        if m and labels.get(m.group(1), i) < i:
+            body = asm[labels[m.group(1)] : i + 1]
+            if any("vfmadd" in x and suffix in x for x in body):
+                loops.append(body)
+    assert loops, "no FMA loop found"
+    body = max(loops, key=len)
+    assert sum(bool(re.search(rf"vfmadd\w*{suffix}\s+.*%{reg}", x)) for x in body) >= blk.MR * blk.NV
+    assert not any("rsp" in x or "rbp" in x for x in body), "accumulators spill to the stack"
+
+
+def test_host_facts():
+    assert _jit.simd_bytes() in (16, 32, 64)
+    caches = _jit.cache_sizes()
+    assert caches["L1"] > 0 and caches["L2"] >= caches["L1"]
+    for blk in gk.BLOCKING.values():
+        assert blk.NR % blk.W == 0 and blk.MC % blk.MR == 0

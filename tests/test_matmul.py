@@ -1,0 +1,218 @@
+"""fastla.matmul: every registry impl against NumPy over the input matrix of DESIGN §6."""
+
+import numpy as np
+import pytest
+from helpers import ODD_SIZES, assert_matmul_close, impl_names, variant
+
+import fastla
+from fastla import _gemm_kernels
+
+SHAPES = [(0, 0, 0), (1, 1, 1), (0, 3, 2), (3, 0, 2), (2, 3, 0)] + [
+    (m, k, n) for m, k, n in zip(ODD_SIZES, ODD_SIZES[::-1], ODD_SIZES[1:] + ODD_SIZES[:1], strict=False)
+]
+
+
+@pytest.mark.parametrize("m,k,n", SHAPES)
+def test_shapes_all_impls(m, k, n, dtype, rng):
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal((k, n)).astype(dtype)
+    for name, fn in fastla.implementations("matmul").items():
+        if name == "loop" and m * k * n > 40**3:
+            continue
+        c = fn(a, b)
+        assert c.dtype == dtype, name
+        assert_matmul_close(c, a, b, dtype)
+
+
+def _edge_sizes():
+    blk = _gemm_kernels.BLOCKING[np.dtype(np.float64)]
+    return sorted({blk.MR - 1, blk.MR + 1, blk.NR - 1, blk.NR + 1, blk.KC - 1, blk.KC + 1})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("edge", _edge_sizes())
+def test_block_edges(edge, dtype, rng):
+    """Sizes one off the register tile and the KC block, in every position (m, k and n)."""
+    for m, k, n in ((edge, 19, 23), (19, edge, 23), (19, 23, edge)):
+        a = rng.standard_normal((m, k)).astype(dtype)
+        b = rng.standard_normal((k, n)).astype(dtype)
+        assert_matmul_close(fastla.matmul(a, b, backend="numba"), a, b, dtype)
+
+
+@pytest.mark.slow
+def test_mc_edge_and_several_blocks(rng):
+    """More rows than one MC block, and more than one KC step: the parallel ic loop and C updates."""
+    blk = _gemm_kernels.BLOCKING[np.dtype(np.float64)]
+    for m in (blk.MC - 1, blk.MC + 1, 2 * blk.MC + 5):
+        a = rng.standard_normal((m, blk.KC + 3))
+        b = rng.standard_normal((blk.KC + 3, 45))
+        assert_matmul_close(fastla.matmul(a, b, backend="numba"), a, b, np.float64)
+
+
+@pytest.mark.parametrize("layout_b", ["C", "F", "negstride"])
+def test_layouts(layout, layout_b, dtype, rng):
+    a0 = rng.standard_normal((23, 17)).astype(dtype)
+    b0 = rng.standard_normal((17, 29)).astype(dtype)
+    a, b = variant(a0, layout), variant(b0, layout_b)
+    a_copy, b_copy = a.copy(), b.copy()
+    for name in impl_names("matmul", 29):
+        c = fastla.matmul(a, b, backend=name)
+        assert c.dtype == dtype
+        assert_matmul_close(c, a0, b0, dtype)
+    np.testing.assert_array_equal(a, a_copy)  # inputs never modified
+    np.testing.assert_array_equal(b, b_copy)
+
+
+def test_transposed_views(rng):
+    a = rng.standard_normal((31, 19))
+    for name in impl_names("matmul", 31):
+        assert_matmul_close(fastla.matmul(a.T, a, backend=name), a.T, a, np.float64)
+        assert_matmul_close(fastla.matmul(a, a.T, backend=name), a, a.T, np.float64)
+
+
+@pytest.mark.parametrize(
+    "sa,sb",
+    [
+        ((5,), (5,)),
+        ((5,), (5, 3)),
+        ((4, 5), (5,)),
+        ((2, 4, 5), (5, 3)),
+        ((2, 4, 5), (2, 5, 3)),
+        ((4, 5), (3, 5, 2)),
+        ((2, 1, 4, 5), (3, 5, 2)),
+        ((7,), (2, 7, 3)),
+        ((2, 3, 7), (7,)),
+        ((0, 4, 5), (5, 3)),
+        ((200, 4, 4), (200, 4, 4)),
+        ((50, 8, 3), (1, 3, 8)),
+    ],
+)
+def test_stacks_and_1d(sa, sb, dtype, rng):
+    a = rng.standard_normal(sa).astype(dtype)
+    b = rng.standard_normal(sb).astype(dtype)
+    ref = np.matmul(a.astype(np.float64), b.astype(np.float64))
+    for name in impl_names("matmul", 0 if np.prod(sa) * np.prod(sb) < 4000 else 99):
+        c = fastla.matmul(a, b, backend=name)
+        assert np.shape(c) == ref.shape, name
+        np.testing.assert_allclose(c, ref, rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-5)
+    if len(sa) == len(sb) == 1:
+        assert np.isscalar(fastla.matmul(a, b, backend="numba"))
+
+
+def test_small_stack_uses_numba_under_auto(rng):
+    a = rng.standard_normal((1000, 4, 4))
+    assert fastla.explain("matmul", a, a)[0] == "numba"
+    np.testing.assert_allclose(fastla.matmul(a, a), a @ a, rtol=1e-12)
+
+
+def test_mixed_precision_promotes(rng):
+    a = rng.standard_normal((6, 5)).astype(np.float32)
+    b = rng.standard_normal((5, 4))
+    for name in impl_names("matmul", 6):
+        c = fastla.matmul(a, b, backend=name)
+        assert c.dtype == np.float64
+        assert_matmul_close(c, a, b, np.float64)
+
+
+def test_out_argument(dtype, rng):
+    a = rng.standard_normal((8, 5)).astype(dtype)
+    b = rng.standard_normal((5, 6)).astype(dtype)
+    for name in impl_names("matmul", 8):
+        out = np.full((8, 6), np.nan, dtype=dtype)
+        r = fastla.matmul(a, b, out=out, backend=name)
+        assert r is out
+        assert_matmul_close(out, a, b, dtype)
+        out64 = np.empty((8, 6))  # same-kind cast float32 -> float64 allowed
+        fastla.matmul(a, b, out=out64, backend=name)
+        assert_matmul_close(out64, a, b, dtype)
+        outf = np.empty((6, 8), dtype=dtype).T  # non-contiguous out
+        fastla.matmul(a, b, out=outf, backend=name)
+        assert_matmul_close(outf, a, b, dtype)
+
+
+def test_out_aliasing_input(rng):
+    a = rng.standard_normal((6, 6))
+    expected = a @ a
+    for name in impl_names("matmul", 6):
+        x = a.copy()
+        fastla.matmul(x, x, out=x, backend=name)
+        np.testing.assert_allclose(x, expected, rtol=1e-12)
+
+
+def test_bad_input():
+    for name in fastla.implementations("matmul"):
+        with pytest.raises(ValueError, match=r"\(2, 3\).*\(2, 3\)"):
+            fastla.matmul(np.ones((2, 3)), np.ones((2, 3)), backend=name)
+        with pytest.raises(ValueError, match="dimensions"):
+            fastla.matmul(np.float64(1.0), np.ones(3), backend=name)
+        with pytest.raises(ValueError, match="broadcast"):
+            fastla.matmul(np.ones((2, 2, 3)), np.ones((3, 3, 2)), backend=name)
+        with pytest.raises(ValueError, match="out has shape"):
+            fastla.matmul(np.ones((2, 3)), np.ones((3, 2)), out=np.empty((3, 3)), backend=name)
+    with pytest.raises(TypeError, match="cast"):
+        fastla.matmul(np.ones((2, 3)), np.ones((3, 2)), out=np.empty((2, 2), dtype=np.int64))
+
+
+@pytest.mark.parametrize("dt", [np.int64, np.int8, np.bool_, np.complex128, np.float16, np.uint32, object])
+def test_uncompiled_dtypes_follow_numpy_exactly(dt):
+    a = (np.arange(12).reshape(3, 4) % 3).astype(dt)
+    b = (np.arange(8).reshape(4, 2) % 2).astype(dt)
+    c = fastla.matmul(a, b)
+    expected = np.matmul(a, b)
+    assert c.dtype == expected.dtype
+    np.testing.assert_array_equal(c, expected)
+    assert fastla.explain("matmul", a, b)[0] == "numpy"
+    with pytest.raises(TypeError, match="not compiled"):
+        fastla.matmul(a, b, backend="numba")
+
+
+class Tagged(np.ndarray):
+    """A user's ndarray subclass: NumPy keeps the subclass through matmul, so must we."""
+
+
+def test_subclass_goes_to_numpy():
+    m = np.array([[1.0, 2.0], [3.0, 4.0]]).view(Tagged)
+    assert fastla.explain("matmul", m, m)[0] == "numpy"
+    r = fastla.matmul(m, m)
+    assert type(r) is Tagged
+    np.testing.assert_array_equal(r, np.asarray(m) @ np.asarray(m))
+
+
+def test_nan_inf_propagate_like_numpy(dtype):
+    a = np.arange(1, 50, dtype=dtype).reshape(7, 7)
+    a[1, 2] = np.nan
+    a[3, 3] = np.inf
+    a[5, 0] = -np.inf
+    b = np.eye(7, dtype=dtype)
+    b[2, 6] = 2.0
+    # NumPy's ufunc machinery warns on inf*0 (FP flags); the compiled kernels do not check flags.
+    with np.errstate(invalid="ignore"):
+        ref = np.matmul(a.astype(np.float64), b.astype(np.float64))
+    for name in impl_names("matmul", 7):
+        with np.errstate(invalid="ignore"):
+            c = fastla.matmul(a, b, backend=name)
+        np.testing.assert_array_equal(np.isnan(c), np.isnan(ref), err_msg=name)
+        np.testing.assert_array_equal(np.isinf(c), np.isinf(ref), err_msg=name)
+
+
+def test_k_zero_gives_zeros(dtype):
+    for name in fastla.implementations("matmul"):
+        c = fastla.matmul(np.ones((3, 0), dtype=dtype), np.ones((0, 4), dtype=dtype), backend=name)
+        np.testing.assert_array_equal(c, np.zeros((3, 4)))
+
+
+def test_lists_accepted():
+    assert fastla.matmul([[1.0, 2.0]], [[3.0], [4.0]]).tolist() == [[11.0]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("threads", [1, 2])
+def test_large_float32_error_scaled_by_k(threads, rng):
+    n0 = fastla.get_num_threads()
+    fastla.set_num_threads(min(threads, n0))
+    try:
+        a = rng.standard_normal((300, 1100)).astype(np.float32)
+        b = rng.standard_normal((1100, 333)).astype(np.float32)
+        assert_matmul_close(fastla.matmul(a, b, backend="numba"), a, b, np.float32)
+    finally:
+        fastla.set_num_threads(n0)
