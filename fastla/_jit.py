@@ -21,11 +21,12 @@ plain-Python twin that is used when JIT is off or Numba is absent, and the tests
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import struct
 import threading
+
+from fastla import _config
 
 try:
     import numba
@@ -157,9 +158,8 @@ _NEEDS_LOCK = _choose_threading_layer()
 _PARALLEL_LOCK = threading.RLock()
 
 
-@contextlib.contextmanager
-def parallel_region():
-    """Guard a call into a parallel kernel.
+def run_parallel(fn, *args, **kwargs):
+    """Call ``fn`` (which may launch parallel kernels) safely from any Python thread.
 
     Applies fastla's thread count on this thread (numba's is thread-local), and serialises the call
     when only the non-thread-safe ``workqueue`` layer is available.
@@ -167,9 +167,8 @@ def parallel_region():
     apply_num_threads()
     if _NEEDS_LOCK:
         with _PARALLEL_LOCK:
-            yield
-    else:
-        yield
+            return fn(*args, **kwargs)
+    return fn(*args, **kwargs)
 
 
 def max_threads():
@@ -180,9 +179,7 @@ def max_threads():
 
 
 def apply_num_threads():
-    from fastla._config import configured_num_threads
-
-    n = configured_num_threads()
+    n = _config.configured_num_threads()
     if n is not None and NUMBA_AVAILABLE:
         numba.set_num_threads(n)
 

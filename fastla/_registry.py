@@ -53,7 +53,7 @@ class Prepared:
 class Operation:
     name: str
     prepare: Callable[..., Prepared]
-    rule: Callable[[Prepared], tuple[str, str]]
+    rule: Callable[[Prepared], tuple[str, str | Callable[[], str]]]  # a reason may be lazy
     public: Callable | None = None
     impls: dict[str, Impl] = field(default_factory=dict)
 
@@ -68,7 +68,11 @@ class Operation:
         return deco
 
     def choose(self, backend, prep):
-        """Return ``(impl name, reason)`` for this call, raising for an impossible forced backend."""
+        """Return ``(impl name, reason)`` for this call, raising for an impossible forced backend.
+
+        Rules may return the reason as a zero-argument callable so that the hot path does not
+        format strings that only :func:`explain` reads.
+        """
         requested = _config.get_backend() if backend is None else backend
         _config.check_backend(requested, ("auto", *self.impls))
         if requested == "auto":
@@ -90,8 +94,7 @@ class Operation:
         name, _ = self.choose(backend, prep)
         impl = self.impls[name]
         if impl.needs_numba:
-            with _jit.parallel_region():
-                return impl.fn(*prep.args, **prep.kwargs)
+            return _jit.run_parallel(impl.fn, *prep.args, **prep.kwargs)
         return impl.fn(*prep.args, **prep.kwargs)
 
 
@@ -154,7 +157,8 @@ def explain(op_name, *args, backend=None, **kwargs) -> tuple[str, str]:
     'numpy'
     """
     op = _get(op_name)
-    return op.choose(backend, op.prepare(*args, **kwargs))
+    name, reason = op.choose(backend, op.prepare(*args, **kwargs))
+    return name, reason() if callable(reason) else reason
 
 
 def public(op: Operation) -> Callable[[Callable], Callable]:

@@ -28,6 +28,9 @@ def compute_dtype(arrays, *, ints_to_float64):
     reproduces exactly.
     """
     dtypes = [a.dtype for a in arrays]
+    first = dtypes[0]
+    if first in COMPILED_DTYPES and all(dt is first for dt in dtypes):  # fast path, native floats
+        return first, None
     for dt in dtypes:
         if dt.kind in "biu" and ints_to_float64:
             continue

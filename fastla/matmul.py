@@ -17,6 +17,8 @@ layer) is folded into one ``(batch*m, k) @ (k, n)`` GEMM instead of a loop over 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from fastla import _gemm_kernels as _gk
@@ -27,28 +29,36 @@ __all__ = ["matmul"]
 # --------------------------------------------------------------------------- auto rule (data)
 #
 # Where the compiled kernels beat np.matmul on this project's machines (2 cores, Zen 3 / Zen 4,
-# OpenBLAS), measured with `python -m fastla bench --ops matmul` (ratios in benchmarks/targets.toml
+# OpenBLAS), measured in one run with 2 threads on both sides (`python -m fastla bench --ops matmul`
 # and the README table):
 # * stacks of small matrices: NumPy loops over the stack calling a small-matrix kernel per matrix;
-#   one parallel compiled loop over the whole stack wins by several times once the stack is long.
+#   one parallel compiled loop over the whole stack wins once the stack is long enough to pay for
+#   fastla's ~11 us of Python-side validation + parallel launch. Zen 4, f64, stack of 4x4:
+#   0.8x at 256 matrices, 2.4x at 1024, 2.7x at 100k; 16x16: 1.05x at 256, 1.75x at 1024; 32x32:
+#   0.4x (BLAS per matrix wins), hence the 16 limit.
 # * single large GEMMs: OpenBLAS's hand-written assembly still wins (our packed kernel runs at
 #   ~0.8x of it), so auto keeps numpy there.
 AUTO_RULE = {
-    "small_max_dim": 32,  # m, k, n all <= this counts as "small"
-    "small_min_batch": 16,  # and at least this many matrices in the stack
+    "small_max_dim": 16,  # m, k, n all <= this counts as "small"
+    "small_min_batch": 256,  # and at least this many matrices in the stack
 }
+
+
+def _batch_shape(sa, sb):
+    # np.broadcast_shapes costs microseconds; equal stacks (the common case) need no work.
+    return sa if sa == sb else np.broadcast_shapes(sa, sb)
 
 
 def _prepare(a, b, out=None):
     a_in, b_in = a, b
     a = np.asanyarray(a)
     b = np.asanyarray(b)
-    for idx, (name, x) in enumerate((("a", a), ("b", b))):
-        if x.ndim == 0:
-            raise ValueError(
-                f"matmul: input operand {idx} ({name}) does not have enough dimensions "
-                f"(has 0, needs at least 1), shapes {a.shape} and {b.shape}"
-            )
+    if a.ndim == 0 or b.ndim == 0:
+        idx = 0 if a.ndim == 0 else 1
+        raise ValueError(
+            f"matmul: input operand {idx} ({'ab'[idx]}) does not have enough dimensions "
+            f"(has 0, needs at least 1), shapes {a.shape} and {b.shape}"
+        )
     k_a = a.shape[-1]
     k_b = b.shape[-2] if b.ndim >= 2 else b.shape[0]
     if k_a != k_b:
@@ -57,17 +67,21 @@ def _prepare(a, b, out=None):
             f"b has shape {b.shape} (k={k_b})"
         )
     try:
-        batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        batch = _batch_shape(a.shape[:-2], b.shape[:-2])
     except ValueError:
         raise ValueError(
             f"matmul: stack dimensions of a {a.shape} and b {b.shape} do not broadcast"
         ) from None
     m = a.shape[-2] if a.ndim >= 2 else None
     n = b.shape[-1] if b.ndim >= 2 else None
-    shape = batch + tuple(d for d in (m, n) if d is not None)
+    shape = batch + ((m,) if m is not None else ()) + ((n,) if n is not None else ())
 
     dtype, why = _validate.compute_dtype((a, b), ints_to_float64=False)
-    if why is None and _validate.is_subclass_input(a_in, b_in):
+    if (
+        why is None
+        and (type(a_in) is not np.ndarray or type(b_in) is not np.ndarray)
+        and (_validate.is_subclass_input(a_in, b_in))
+    ):
         why = f"input is an ndarray subclass ({type(a_in).__name__}/{type(b_in).__name__})"
     if why is None:
         _validate.check_out(out, shape, dtype)
@@ -78,7 +92,7 @@ def _prepare(a, b, out=None):
         "m": 1 if m is None else m,
         "k": k_a,
         "n": 1 if n is None else n,
-        "batch": int(np.prod(batch, dtype=np.int64)),
+        "batch": math.prod(batch),
         "b_stacked": b.ndim > 2,
         "dtype": dtype,
     }
@@ -89,13 +103,19 @@ def _rule(prep):
     f = prep.facts
     small = max(f["m"], f["k"], f["n"]) <= AUTO_RULE["small_max_dim"]
     if small and f["b_stacked"] and f["batch"] >= AUTO_RULE["small_min_batch"]:
-        return "numba", (
-            f"stack of {f['batch']} small matrices ({f['m']}x{f['k']} @ {f['k']}x{f['n']}): one "
-            "compiled loop over the stack beats per-matrix BLAS calls"
+        return (
+            "numba",
+            lambda: (
+                f"stack of {f['batch']} small matrices ({f['m']}x{f['k']} @ {f['k']}x{f['n']}): one "
+                "compiled loop over the stack beats per-matrix BLAS calls"
+            ),
         )
-    return "numpy", (
-        f"{f['m']}x{f['k']} @ {f['k']}x{f['n']} (batch {f['batch']}): OpenBLAS is faster than the "
-        "packed Numba GEMM for a single or folded GEMM on this hardware"
+    return (
+        "numpy",
+        lambda: (
+            f"{f['m']}x{f['k']} @ {f['k']}x{f['n']} (batch {f['batch']}): OpenBLAS is faster than the "
+            "packed Numba GEMM for a single or folded GEMM on this hardware"
+        ),
     )
 
 
@@ -155,10 +175,10 @@ def _stacked(a, b, out, gemm2d, batched=None):
     """
     a2 = a[None, :] if a.ndim == 1 else a
     b2 = b[:, None] if b.ndim == 1 else b
-    batch = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
+    batch = _batch_shape(a2.shape[:-2], b2.shape[:-2])
     m, k = a2.shape[-2:]
     n = b2.shape[-1]
-    dtype = np.result_type(a, b)
+    dtype = a.dtype  # validation gave both operands the compute dtype
     full = (*batch, m, n)
     res_shape = batch + ((m,) if a.ndim > 1 else ()) + ((n,) if b.ndim > 1 else ())
     direct = (
@@ -174,8 +194,8 @@ def _stacked(a, b, out, gemm2d, batched=None):
     elif b2.ndim == 2:  # (..., m, k) @ (k, n): one tall GEMM, no loop over the stack
         gemm2d(a2.reshape(-1, k), b2, c.reshape(-1, n))
     else:
-        A = np.broadcast_to(a2, (*batch, m, k)).reshape(-1, m, k)
-        B = np.broadcast_to(b2, (*batch, k, n)).reshape(-1, k, n)
+        A = _as_stack(a2, batch)
+        B = _as_stack(b2, batch)
         C = c.reshape(-1, m, n)
         if batched is not None:
             batched(A, B, C)
@@ -189,6 +209,13 @@ def _stacked(a, b, out, gemm2d, batched=None):
         return out
     res = c.reshape(res_shape)
     return res[()] if res.ndim == 0 else res
+
+
+def _as_stack(x, batch):
+    """``x`` broadcast to ``batch`` stacks and flattened to 3-D (a view unless it must copy)."""
+    if x.shape[:-2] != batch:
+        x = np.broadcast_to(x, batch + x.shape[-2:])
+    return x.reshape(-1, *x.shape[-2:])
 
 
 # --------------------------------------------------------------------------- implementations
@@ -228,7 +255,11 @@ def _gemm2d(a, b, c):
 
 
 def _small_or_packed(A, B, C):
-    if max(A.shape[1], A.shape[2], B.shape[2]) <= AUTO_RULE["small_max_dim"]:
+    _, m, k = A.shape
+    n = B.shape[2]
+    if 0 < min(m, k, n) and max(m, k, n) <= _gk.SMALL_FIXED_MAX:
+        _gk.small_fixed_kernel(m, k, n)(A, B, C)
+    elif max(m, k, n) <= 32:
         _gk.batched_small(A, B, C)
     else:
         for t in range(C.shape[0]):
