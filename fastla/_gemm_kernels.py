@@ -335,6 +335,10 @@ def gemm_into(a, b, c, kc_max, mc_max, nc_max):
                 )
 
 
+def _ceil_div(a, b):
+    return -(-a // b)
+
+
 def gemm(a, b, out=None, *, threads=None):
     """``a @ b`` for 2-D float32/float64 arrays of one dtype (any strides) via the packed kernel.
 
@@ -347,9 +351,12 @@ def gemm(a, b, out=None, *, threads=None):
         from fastla._config import get_num_threads
 
         threads = get_num_threads()
-    # Give every thread at least one MC block: for short A this shrinks MC (a multiple of MR).
-    per_thread = -(-m // max(1, threads))
-    mc = max(blk.MR, min(blk.MC, -(-per_thread // blk.MR) * blk.MR))
+    # The ic loop is the parallel one: use a multiple of `threads` blocks of (nearly) equal height,
+    # each at most MC rows and a multiple of MR. (1024 rows in MC=252 blocks would be 5 blocks, 3
+    # for one thread and 2 for the other: 0.6x of OpenBLAS on 2 threads instead of 0.8x.)
+    threads = max(1, threads)
+    n_blocks = max(1, threads * _ceil_div(m, threads * blk.MC))
+    mc = max(blk.MR, _ceil_div(_ceil_div(m, n_blocks), blk.MR) * blk.MR)
     gemm_into(a, b, c.reshape(-1), blk.KC, mc, blk.NC)
     return c
 

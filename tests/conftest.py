@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
-from helpers import DTYPES, LAYOUTS
 
 import fastla
+from tests.helpers import DTYPES, LAYOUTS
 
 
 @pytest.fixture(params=DTYPES, ids=lambda d: np.dtype(d).name)

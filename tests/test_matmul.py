@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
-from helpers import ODD_SIZES, assert_matmul_close, impl_names, variant
 
 import fastla
 from fastla import _gemm_kernels
+from tests.helpers import ODD_SIZES, assert_matmul_close, impl_names, variant
 
 SHAPES = [(0, 0, 0), (1, 1, 1), (0, 3, 2), (3, 0, 2), (2, 3, 0)] + [
     (m, k, n) for m, k, n in zip(ODD_SIZES, ODD_SIZES[::-1], ODD_SIZES[1:] + ODD_SIZES[:1], strict=False)

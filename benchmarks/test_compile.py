@@ -1,0 +1,11 @@
+"""Cold JIT compile time and first-call time with a warm cache, each in a fresh interpreter."""
+
+import pytest
+
+from fastla.bench import compile_time, runner
+
+
+@pytest.mark.parametrize("op", compile_time.ops_for(runner.current_set(), runner.current_ops()))
+@pytest.mark.parametrize("cache", ["cold", "warm"])
+def test_first_call(benchmark, op, cache, tmp_path_factory):
+    compile_time.run(benchmark, op, cache, tmp_path_factory.getbasetemp() / f"numba-cache-{op}")

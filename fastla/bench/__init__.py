@@ -1,0 +1,1 @@
+"""Benchmark harness: workloads (one definition), the pytest-benchmark runner, report and CLI."""

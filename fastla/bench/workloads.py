@@ -1,0 +1,166 @@
+"""Benchmark workloads: the single definition used by ``benchmarks/`` and ``python -m fastla bench``.
+
+A :class:`Workload` is one op at one size: a deterministic input generator, the FLOP and byte counts
+(for GFLOP/s and GB/s columns), which registry impls run on it (``loop`` only where a call finishes
+in about a second), optional *anchors* (non-fastla reference code such as ``scipy.special.softmax``
+or the ``np.copyto`` memory bound) and, where a target ratio needs it, a fixed thread count.
+
+Sets: ``smoke`` (the smallest workloads of each op; what plain ``pytest`` runs once per benchmark),
+``quick`` (the CI set, under two minutes on 2 cores) and ``full`` (for study).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+
+SETS = ("smoke", "quick", "full")
+SEED = 20261123
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    op: str
+    name: str
+    make: Callable[[np.random.Generator], tuple[tuple, dict]]
+    flops: float = 0.0
+    bytes: float = 0.0
+    sets: tuple[str, ...] = ("quick", "full")
+    loop: bool = False  # whether the pure-Python loop impl runs at this size
+    skip_impls: tuple[str, ...] = ()
+    anchors: tuple[str, ...] = ()  # names in ANCHORS
+    threads: int | None = None  # pin this workload's threads (numba and BLAS) to this count
+
+    @property
+    def id(self):
+        return f"{self.op}[{self.name}]"
+
+    def inputs(self):
+        """Fresh deterministic inputs ``(args, kwargs)``."""
+        return self.make(np.random.default_rng(SEED))
+
+    def impls(self):
+        import fastla
+
+        names = [n for n in fastla.implementations(self.op) if n not in self.skip_impls]
+        if not self.loop:
+            names = [n for n in names if n != "loop"]
+        return names + [f"anchor:{a}" for a in self.anchors]
+
+    def callable(self, impl):
+        import fastla
+
+        if impl.startswith("anchor:"):
+            return ANCHORS[impl.split(":", 1)[1]]
+        return fastla.implementations(self.op)[impl]
+
+
+# --------------------------------------------------------------------------- anchors
+# Reference code that is not a fastla impl. Each takes the workload's args and kwargs.
+
+
+def _copyto(x, *args, **kwargs):
+    """Memory-bandwidth bound: read + write the array once (``np.copyto`` into a preallocated out)."""
+    out = _copyto.buffers.get((*x.shape, x.dtype.str))
+    if out is None:
+        out = _copyto.buffers[(*x.shape, x.dtype.str)] = np.empty_like(x)
+    np.copyto(out, x)
+    return out
+
+
+_copyto.buffers = {}
+
+ANCHORS: dict[str, Callable] = {"copyto": _copyto}
+
+
+def register_anchor(name):
+    def deco(fn):
+        ANCHORS[name] = fn
+        return fn
+
+    return deco
+
+
+# --------------------------------------------------------------------------- generators
+
+
+def _gemm_inputs(m, k, n, dtype, transpose_b=False):
+    def make(rng):
+        a = rng.standard_normal((m, k)).astype(dtype)
+        b = rng.standard_normal((n, k) if transpose_b else (k, n)).astype(dtype)
+        return (a, b.T if transpose_b else b), {}
+
+    return make
+
+
+def _stack_inputs(batch, m, k, n, dtype):
+    def make(rng):
+        a = rng.standard_normal((batch, m, k)).astype(dtype)
+        b = rng.standard_normal((batch, k, n)).astype(dtype)
+        return (a, b), {}
+
+    return make
+
+
+def _dt(dtype):
+    return "f32" if np.dtype(dtype) == np.float32 else "f64"
+
+
+def gemm(m, k, n, dtype, sets=("quick", "full"), threads=None, label=None, **kw):
+    size = np.dtype(dtype).itemsize
+    name = label or (f"{m}^3" if m == k == n else f"{m}x{k}x{n}")
+    name = f"{name} {_dt(dtype)}" + (f" {threads}t" if threads else "")
+    return Workload(
+        "matmul",
+        name,
+        _gemm_inputs(m, k, n, dtype, **kw),
+        flops=2.0 * m * k * n,
+        bytes=float(size * (m * k + k * n + m * n)),
+        sets=sets,
+        loop=m * k * n <= 50**3,
+        threads=threads,
+        skip_impls=() if m * k * n <= 1200**3 else ("numba_naive",),
+    )
+
+
+def stack(batch, m, k, n, dtype, sets=("quick", "full")):
+    size = np.dtype(dtype).itemsize
+    return Workload(
+        "matmul",
+        f"{batch // 1000}k {m}x{k}@{k}x{n} {_dt(dtype)}",
+        _stack_inputs(batch, m, k, n, dtype),
+        flops=2.0 * batch * m * k * n,
+        bytes=float(size * batch * (m * k + k * n + m * n)),
+        sets=sets,
+        loop=batch * m * k * n <= 2e5,
+    )
+
+
+WORKLOADS: list[Workload] = [
+    gemm(48, 48, 48, np.float64, sets=("smoke", "full")),
+    gemm(256, 256, 256, np.float64, sets=("full",)),
+    gemm(1024, 1024, 1024, np.float64, threads=1),
+    gemm(1024, 1024, 1024, np.float64),
+    gemm(1024, 1024, 1024, np.float32, threads=1),
+    gemm(1024, 1024, 1024, np.float32, sets=("full",)),
+    gemm(1000, 37, 1000, np.float64, threads=1),
+    gemm(37, 1000, 1000, np.float64, threads=1),
+    gemm(1023, 1023, 1023, np.float64, threads=1, sets=("full",)),
+    gemm(1024, 1024, 1024, np.float64, threads=1, transpose_b=True, label="1024^3 B.T", sets=("full",)),
+    gemm(2048, 2048, 2048, np.float64, sets=("full",)),
+    stack(1000, 4, 4, 4, np.float64, sets=("smoke",)),
+    stack(100_000, 3, 3, 3, np.float64, sets=("full",)),
+    stack(100_000, 4, 4, 4, np.float64),
+    stack(100_000, 8, 8, 8, np.float64, sets=("full",)),
+    stack(10_000, 16, 16, 16, np.float64, sets=("full",)),
+]
+
+
+def select(set_name="quick", ops=None):
+    """Workloads of ``set_name`` that belong to ``ops`` (all ops when None)."""
+    if set_name not in SETS:
+        raise ValueError(f"unknown benchmark set {set_name!r}; valid: {', '.join(SETS)}")
+    chosen = [w for w in WORKLOADS if ops is None or w.op in ops]
+    return [w for w in chosen if set_name in w.sets]
