@@ -20,18 +20,22 @@ from fastla._registry import (
     operations,
 )
 from fastla.matmul import matmul
+from fastla.softmax import cross_entropy, log_softmax, softmax
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailable",
     "backend",
+    "cross_entropy",
     "explain",
     "get_backend",
     "get_num_threads",
     "implementations",
+    "log_softmax",
     "matmul",
     "operations",
     "set_backend",
     "set_num_threads",
+    "softmax",
 ]

@@ -94,6 +94,26 @@ def intrinsic(twin):
     return wrap
 
 
+def overload_by_dtype(pyfunc, impls, fastmath=frozenset({"contract"})):
+    """Give the Python function ``pyfunc`` compiled implementations chosen by argument dtype.
+
+    ``impls`` maps a dtype name (``"float32"``/``"float64"``) to a plain-Python implementation that
+    numba compiles when ``pyfunc`` is called from a kernel with a scalar (or array) of that dtype. ``pyfunc``
+    itself stays the Python version (used without JIT). ``fastmath`` defaults to contraction only:
+    these are careful numerical routines that reassociation would break.
+    """
+    if not JIT_ENABLED:
+        return pyfunc
+    from numba.extending import overload
+
+    @overload(pyfunc, jit_options={"fastmath": set(fastmath)})
+    def _typed(x):
+        dtype = x.dtype if isinstance(x, nb_types.Array) else x
+        return impls.get(str(dtype)) if isinstance(dtype, nb_types.Float) else None
+
+    return pyfunc
+
+
 # --------------------------------------------------------------------------- bit casts
 
 
@@ -107,18 +127,29 @@ def _i32_as_f32_twin(i):
     return np.float32(struct.unpack("<f", struct.pack("<i", int(i)))[0])
 
 
-def _bitcast_typer(int_bits, float_ty_name):
+def _f64_as_i64_twin(x):
+    return struct.unpack("<q", struct.pack("<d", float(x)))[0]
+
+
+def _f32_as_i32_twin(x):
+    return struct.unpack("<i", struct.pack("<f", float(x)))[0]
+
+
+def _bitcast_typer(src_kind, bits):
+    """Typer of a same-width bit cast: ``src_kind`` "int" (int -> float) or "float" (float -> int)."""
+
     def typer(typingctx, x):
-        if not isinstance(x, nb_types.Integer):
+        ity = nb_types.int64 if bits == 64 else nb_types.int32
+        fty = nb_types.float64 if bits == 64 else nb_types.float32
+        src, dst = (ity, fty) if src_kind == "int" else (fty, ity)
+        if not isinstance(x, nb_types.Integer if src_kind == "int" else nb_types.Float):
             return None
-        ity = nb_types.int64 if int_bits == 64 else nb_types.int32
-        fty = getattr(nb_types, float_ty_name)
 
         def codegen(context, builder, sig, args):
-            v = context.cast(builder, args[0], sig.args[0], ity)
-            return builder.bitcast(v, context.get_value_type(fty))
+            v = context.cast(builder, args[0], sig.args[0], src)
+            return builder.bitcast(v, context.get_value_type(dst))
 
-        return fty(x), codegen
+        return dst(x), codegen
 
     return typer
 
@@ -126,13 +157,25 @@ def _bitcast_typer(int_bits, float_ty_name):
 @intrinsic(_i64_as_f64_twin)
 def i64_as_f64(typingctx, x):
     """Reinterpret the bits of an int64 as a float64 (used to build 2**n in exp)."""
-    return _bitcast_typer(64, "float64")(typingctx, x)
+    return _bitcast_typer("int", 64)(typingctx, x)
 
 
 @intrinsic(_i32_as_f32_twin)
 def i32_as_f32(typingctx, x):
     """Reinterpret the bits of an int32 as a float32."""
-    return _bitcast_typer(32, "float32")(typingctx, x)
+    return _bitcast_typer("int", 32)(typingctx, x)
+
+
+@intrinsic(_f64_as_i64_twin)
+def f64_as_i64(typingctx, x):
+    """Reinterpret the bits of a float64 as an int64."""
+    return _bitcast_typer("float", 64)(typingctx, x)
+
+
+@intrinsic(_f32_as_i32_twin)
+def f32_as_i32(typingctx, x):
+    """Reinterpret the bits of a float32 as an int32."""
+    return _bitcast_typer("float", 32)(typingctx, x)
 
 
 # --------------------------------------------------------------------------- threading
@@ -165,10 +208,24 @@ def run_parallel(fn, *args, **kwargs):
     when only the non-thread-safe ``workqueue`` layer is available.
     """
     apply_num_threads()
+    if not JIT_ENABLED:
+        return python_rendering(fn, *args, **kwargs)
     if _NEEDS_LOCK:
         with _PARALLEL_LOCK:
             return fn(*args, **kwargs)
     return fn(*args, **kwargs)
+
+
+def python_rendering(fn, *args, **kwargs):
+    """Run compiled-kernel code as Python (JIT off) with NumPy's FP warnings silenced.
+
+    Compiled kernels never check floating-point flags (overflow to inf in exp, log(0) = -inf are
+    their intended results); run as Python on NumPy scalars the same operations would warn.
+    """
+    import numpy as np
+
+    with np.errstate(all="ignore"):
+        return fn(*args, **kwargs)
 
 
 def max_threads():

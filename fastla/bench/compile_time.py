@@ -20,6 +20,10 @@ SNIPPETS = {
         "a = np.ones((64, 64)); s = np.ones((300, 4, 4))",
         "fastla.matmul(a, a, backend='numba'); fastla.matmul(s, s, backend='numba')",
     ),
+    "softmax": (
+        "x = np.ones((64, 64)); y = np.ones((64, 64), np.float32)",
+        "fastla.softmax(x, backend='numba'); fastla.softmax(y, backend='numba')",
+    ),
 }
 #: cheaper versions for the smoke run inside plain ``pytest``.
 SMOKE_SNIPPETS = {

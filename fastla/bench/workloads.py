@@ -158,6 +158,49 @@ WORKLOADS: list[Workload] = [
 ]
 
 
+def rows(op, r, n, dtype, sets=("quick", "full"), axis=-1, anchors=("copyto",)):
+    """softmax / log_softmax of an (r, n) array along ``axis``: bytes = one read + one write."""
+    size = np.dtype(dtype).itemsize
+
+    def make(rng):
+        return ((rng.standard_normal((r, n)) * 3).astype(dtype),), {"axis": axis}
+
+    label = f"{r}x{n} {_dt(dtype)}" + (f" axis={axis}" if axis != -1 else "")
+    return Workload(
+        op, label, make, bytes=2.0 * r * n * size, sets=sets, loop=r * n <= 50_000, anchors=anchors
+    )
+
+
+def ce(r, n, dtype, sets=("quick", "full")):
+    size = np.dtype(dtype).itemsize
+
+    def make(rng):
+        return ((rng.standard_normal((r, n)) * 3).astype(dtype), rng.integers(0, n, r)), {}
+
+    return Workload(
+        "cross_entropy",
+        f"{r}x{n} {_dt(dtype)} int",
+        make,
+        bytes=float(r * n * size),
+        sets=sets,
+        loop=r * n <= 50_000,
+    )
+
+
+WORKLOADS += [
+    rows("softmax", 100, 100, np.float64, sets=("smoke",), anchors=()),
+    rows("softmax", 4096, 4096, np.float32),
+    rows("softmax", 100_000, 10, np.float64),
+    rows("softmax", 4096, 4096, np.float32, axis=0, sets=("full",)),
+    rows("softmax", 4096, 4096, np.float64, sets=("full",)),
+    rows("log_softmax", 100, 100, np.float64, sets=("smoke",), anchors=()),
+    rows("log_softmax", 4096, 4096, np.float32),
+    rows("log_softmax", 100_000, 10, np.float64),
+    ce(100, 100, np.float32, sets=("smoke",)),
+    ce(65_536, 1000, np.float32),
+]
+
+
 def select(set_name="quick", ops=None):
     """Workloads of ``set_name`` that belong to ``ops`` (all ops when None)."""
     if set_name not in SETS:

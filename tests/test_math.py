@@ -1,0 +1,82 @@
+"""The shared vectorisable exp and row max against NumPy over the whole float range."""
+
+import numpy as np
+import pytest
+
+from fastla import _jit, _math
+
+
+@_jit.jit
+def _vexp(x, out):
+    for i in range(x.size):
+        out[i] = _math.exp(x[i])
+
+
+@_jit.jit
+def _rowmax(x):
+    return _math.row_max(x)
+
+
+def _range_inputs(dtype, n):
+    lo, hi = (-760.0, 720.0) if dtype == np.float64 else (-110.0, 95.0)
+    grid = np.linspace(lo, hi, n).astype(dtype)
+    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-30, -1e-30, 1.0, -1.0], dtype)
+    rand = np.random.default_rng(3).standard_normal(n // 4).astype(dtype) * 30
+    return np.concatenate([grid, special, rand])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_exp_matches_numpy_over_the_range(dtype):
+    n = 400_000 if _jit.JIT_ENABLED else 4_000
+    x = _range_inputs(dtype, n)
+    out = np.empty_like(x)
+    _vexp(x, out)
+    with np.errstate(over="ignore", under="ignore"):
+        ref = np.exp(x.astype(np.float64)).astype(dtype)
+    normal = np.isfinite(ref) & (ref >= np.finfo(dtype).tiny)
+    ulp = np.abs(out[normal].astype(np.float64) - ref[normal]) / np.spacing(ref[normal]).astype(np.float64)
+    assert ulp.max() <= 2, ulp.max()  # documented bound in fastla._math
+    # subnormal outputs: within one subnormal ulp; overflow/underflow/specials exact
+    sub = ~normal & np.isfinite(ref)
+    assert np.all(np.abs(out[sub].astype(np.float64) - ref[sub]) <= 2 * np.finfo(dtype).smallest_subnormal)
+    np.testing.assert_array_equal(out[np.isinf(ref)], ref[np.isinf(ref)])
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
+    assert out.dtype == dtype
+
+
+def test_exp_exact_at_zero_and_specials():
+    for dtype in (np.float32, np.float64):
+        x = np.array([0.0, -np.inf, np.inf, np.nan], dtype)
+        out = np.empty_like(x)
+        _vexp(x, out)
+        assert out[0] == 1 and out[1] == 0 and out[2] == np.inf and np.isnan(out[3])
+    assert _math.exp(0.0) == 1.0 and _math.exp(np.float32(0)) == 1
+
+
+@pytest.mark.skipif(not _jit.JIT_ENABLED, reason="needs JIT")
+@pytest.mark.parametrize("dtype,reg", [(np.float32, "ps"), (np.float64, "pd")])
+def test_exp_loop_vectorises(dtype, reg):
+    from numba import njit
+
+    @njit(cache=False, fastmath=set(_jit.FASTMATH))
+    def f(x, out):
+        for i in range(x.size):
+            out[i] = _math.exp(x[i])
+
+    x = np.ones(64, dtype)
+    f(x, np.empty_like(x))
+    asm = next(iter(f.inspect_asm().values()))
+    width = {64: "zmm", 32: "ymm"}.get(_jit.simd_bytes(), "xmm")
+    assert any("vfmadd" in line and reg in line and width in line for line in asm.splitlines())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_max(dtype):
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 7, 100, 1001):
+        x = (rng.standard_normal(n) * 1e3).astype(dtype)
+        assert _rowmax(x) == x.max()
+    assert _rowmax(np.array([-np.inf, -np.inf], dtype)) == -np.inf
+    assert _rowmax(np.array([-5.0, -0.0, -1.0], dtype)) == 0
+    assert np.isnan(_rowmax(np.array([1.0, np.nan, 2.0], dtype)))
+    assert _rowmax(np.array([np.inf, 3.0], dtype)) == np.inf

@@ -1,0 +1,177 @@
+"""softmax, log_softmax, cross_entropy: every impl against SciPy/NumPy over the input matrix."""
+
+import numpy as np
+import pytest
+import scipy.special as sps
+
+import fastla
+from tests.helpers import impl_names, rtol, variant
+
+OPS = [(fastla.softmax, sps.softmax, "softmax"), (fastla.log_softmax, sps.log_softmax, "log_softmax")]
+
+
+def _close(actual, expected, dtype):
+    tol = rtol(dtype)
+    np.testing.assert_allclose(actual, expected, rtol=tol * 10, atol=tol, equal_nan=True)
+
+
+@pytest.mark.parametrize("fn,ref,op", OPS)
+@pytest.mark.parametrize(
+    "shape,axis",
+    [
+        ((7,), -1),
+        ((1, 1), -1),
+        ((33, 65), -1),
+        ((33, 65), 0),
+        ((5, 127), 1),
+        ((3, 4, 5), 1),
+        ((3, 4, 5), None),
+        ((3, 4, 5), (0, 2)),
+        ((100, 10), -1),
+        ((4, 600, 3), 1),
+    ],
+)
+def test_against_scipy(fn, ref, op, shape, axis, dtype, rng):
+    x = (rng.standard_normal(shape) * 4).astype(dtype)
+    expected = ref(x.astype(np.float64), axis=axis)
+    for name in impl_names(op, 40 if x.size <= 2000 else 99):
+        out = fn(x, axis=axis, backend=name)
+        assert out.dtype == dtype and out.shape == x.shape
+        _close(out, expected, dtype)
+
+
+@pytest.mark.parametrize("fn,ref,op", OPS)
+def test_layouts_and_no_mutation(fn, ref, op, layout, dtype, rng):
+    base = (rng.standard_normal((9, 13)) * 3).astype(dtype)
+    x = variant(base, layout)
+    keep = x.copy()
+    for axis in (-1, 0):
+        expected = ref(base.astype(np.float64), axis=axis)
+        for name in impl_names(op, 13):
+            _close(fn(x, axis=axis, backend=name), expected, dtype)
+    np.testing.assert_array_equal(x, keep)
+
+
+@pytest.mark.parametrize("fn,ref,op", OPS)
+def test_extremes_like_scipy(fn, ref, op):
+    inf, nan = np.inf, np.nan
+    rows = [[1000.0, 1.0], [-inf, -inf], [inf, 1.0], [inf, inf], [nan, 1.0], [-inf, 1.0], [-1000, -1001]]
+    for dtype in (np.float32, np.float64):
+        x = np.array(rows, dtype)
+        with np.errstate(invalid="ignore"):
+            expected = ref(x, axis=-1)
+        for name in fastla.implementations(op):
+            with np.errstate(invalid="ignore"):
+                got = fn(x, backend=name)
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(expected), err_msg=name)
+            _close(got, expected, dtype)
+    assert fastla.log_softmax(np.array([1000.0, 1.0]), backend="numba").tolist() == [0.0, -999.0]
+
+
+@pytest.mark.parametrize("fn,ref,op", OPS)
+def test_empty_and_out_and_ints(fn, ref, op):
+    for name in fastla.implementations(op):
+        assert fn(np.zeros((0, 3)), backend=name).shape == (0, 3)
+        assert fn(np.zeros((3, 0)), backend=name).shape == (3, 0)
+        x = np.arange(12.0).reshape(3, 4)
+        out = np.empty((3, 4))
+        assert fn(x, out=out, backend=name) is out
+        _close(out, ref(x, axis=-1), np.float64)
+        out32 = np.empty((3, 4), np.float32)
+        fn(x, out=out32, backend=name)
+        _close(out32, ref(x, axis=-1), np.float32)
+    ints = np.arange(6).reshape(2, 3)
+    r = fn(ints)
+    assert r.dtype == np.float64
+    _close(r, ref(ints, axis=-1), np.float64)
+    h = np.ones(3, np.float16)
+    assert fn(h).dtype == ref(h).dtype  # float16: NumPy/SciPy's own result
+    with pytest.raises(TypeError, match="float16"):
+        fn(h, backend="numba")
+
+
+def test_bad_axis_and_out():
+    with pytest.raises(np.exceptions.AxisError):
+        fastla.softmax(np.ones((2, 3)), axis=2)
+    with pytest.raises(ValueError, match="repeated"):
+        fastla.softmax(np.ones((2, 3)), axis=(1, 1))
+    with pytest.raises(ValueError, match="out has shape"):
+        fastla.softmax(np.ones((2, 3)), out=np.empty((3, 2)))
+
+
+def test_auto_rule():
+    assert fastla.explain("softmax", np.ones((4, 4)))[0] == "numpy"
+    big = np.ones((256, 256), np.float32)
+    assert fastla.explain("softmax", big)[0] == "numba"
+    assert fastla.explain("softmax", big, axis=0)[0] == "numpy"
+    assert fastla.explain("softmax", np.asfortranarray(big), axis=0)[0] == "numba"
+
+
+# --------------------------------------------------------------------------- cross-entropy
+
+
+def _ce_reference(logits, target, smoothing=0.0, reduction="mean", ignore_index=-100):
+    """The formula of torch.nn.functional.cross_entropy, class axis last, in float64."""
+    logp = sps.log_softmax(logits.astype(np.float64), axis=-1)
+    c = logits.shape[-1]
+    if target.dtype.kind in "iu":
+        mask = target != ignore_index
+        safe = np.where(mask, target, 0)
+        nll = -np.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
+        smooth = -logp.mean(axis=-1)
+        loss = np.where(mask, (1 - smoothing) * nll + smoothing * smooth, 0.0)
+        if reduction == "mean":
+            return loss.sum() / mask.sum()
+    else:
+        t = (1 - smoothing) * target + smoothing / c
+        loss = -(t * logp).sum(axis=-1)
+        if reduction == "mean":
+            return loss.mean()
+    return loss.sum() if reduction == "sum" else loss
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_cross_entropy_index_targets(reduction, smoothing, dtype, rng):
+    logits = (rng.standard_normal((37, 11)) * 3).astype(dtype)
+    target = rng.integers(0, 11, 37)
+    target[[3, 10]] = -100
+    expected = _ce_reference(logits, target, smoothing, reduction)
+    for name in impl_names("cross_entropy", 37):
+        got = fastla.cross_entropy(
+            logits, target, reduction=reduction, label_smoothing=smoothing, backend=name
+        )
+        _close(got, expected, dtype)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_probability_targets(reduction, dtype, rng):
+    logits = (rng.standard_normal((4, 6, 9)) * 3).astype(dtype)
+    target = sps.softmax(rng.standard_normal((4, 6, 9)), axis=-1).astype(dtype)
+    expected = _ce_reference(logits, target, 0.2, reduction)
+    for name in impl_names("cross_entropy", 24):
+        got = fastla.cross_entropy(logits, target, reduction=reduction, label_smoothing=0.2, backend=name)
+        _close(got, expected, dtype)
+
+
+def test_cross_entropy_class_axis_and_errors(rng):
+    logits = rng.standard_normal((5, 3, 7))
+    target = rng.integers(0, 3, (5, 7))
+    expected = _ce_reference(np.moveaxis(logits, 1, -1), target)
+    for name in fastla.implementations("cross_entropy"):
+        _close(fastla.cross_entropy(logits, target, axis=1, backend=name), expected, np.float64)
+        with pytest.raises(IndexError, match="7"):
+            fastla.cross_entropy(np.ones((2, 4)), np.array([1, 7]), backend=name)
+    with pytest.raises(ValueError, match="shape"):
+        fastla.cross_entropy(np.ones((2, 4)), np.array([1, 2, 3]))
+    with pytest.raises(ValueError, match="reduction"):
+        fastla.cross_entropy(np.ones((2, 4)), np.array([1, 2]), reduction="avg")
+    with pytest.raises(TypeError, match="target"):
+        fastla.cross_entropy(np.ones((2, 4)), np.array(["a", "b"]))
+
+
+def test_cross_entropy_all_ignored_is_nan():
+    for name in fastla.implementations("cross_entropy"):
+        with np.errstate(invalid="ignore"):
+            r = fastla.cross_entropy(np.ones((2, 3)), np.array([-100, -100]), backend=name)
+        assert np.isnan(r)
