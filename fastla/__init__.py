@@ -19,6 +19,7 @@ from fastla._registry import (
     implementations,
     operations,
 )
+from fastla.lu import LinAlgWarning, lu_factor, lu_solve, solve
 from fastla.matmul import matmul
 from fastla.softmax import cross_entropy, log_softmax, softmax
 
@@ -26,6 +27,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailable",
+    "LinAlgWarning",
     "backend",
     "cross_entropy",
     "explain",
@@ -33,9 +35,12 @@ __all__ = [
     "get_num_threads",
     "implementations",
     "log_softmax",
+    "lu_factor",
+    "lu_solve",
     "matmul",
     "operations",
     "set_backend",
     "set_num_threads",
     "softmax",
+    "solve",
 ]

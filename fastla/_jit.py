@@ -49,6 +49,85 @@ FASTMATH = frozenset({"contract", "reassoc", "nsz", "arcp", "afn"})
 
 prange = numba.prange if NUMBA_AVAILABLE else range
 
+
+def _thread_id_python():
+    return 0
+
+
+#: index of the executing thread inside a parallel region (0 when running as Python), for
+#: per-thread scratch buffers sized ``max_threads()``.
+thread_id = numba.get_thread_id if JIT_ENABLED else _thread_id_python
+
+
+@functools.cache
+def package_source_stamp():
+    """Hash of every fastla source file: part of each cached kernel's freshness stamp."""
+    import hashlib
+
+    root = os.path.dirname(os.path.abspath(__file__))
+    digest = hashlib.sha256()
+    for folder, _, files in sorted(os.walk(root)):
+        for name in sorted(files):
+            if name.endswith(".py"):
+                with open(os.path.join(folder, name), "rb") as f:
+                    digest.update(name.encode() + f.read())
+    return digest.hexdigest()
+
+
+def _install_package_wide_cache_stamp():
+    """Make a change to *any* fastla source file invalidate *every* cached fastla kernel.
+
+    Numba judges a cached function fresh by its own source file only, but fastla's kernels compile
+    in code from other modules (LU's factorisation inlines the GEMM driver; softmax the exp): after
+    an edit or upgrade of one module, a stale cache of another could run against the new code and
+    crash. This wraps whichever locator numba picks for fastla's files and adds the package-wide
+    source hash to its stamp. It uses numba's cache-locator hook (``CacheImpl._locator_classes``);
+    if that hook is missing in some numba version, numba's own per-file behaviour remains.
+    """
+    try:
+        from numba.core import caching
+    except ImportError:  # pragma: no cover
+        return
+    impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl", None)
+    base = getattr(caching, "_CacheLocator", None)
+    if impl is None or base is None or not isinstance(getattr(impl, "_locator_classes", None), list):
+        return
+    root = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+    class PackageStampLocator(base):
+        def __init__(self, inner):
+            self._inner = inner
+
+        def ensure_cache_path(self):
+            return self._inner.ensure_cache_path()
+
+        def get_cache_path(self):
+            return self._inner.get_cache_path()
+
+        def get_disambiguator(self):
+            return self._inner.get_disambiguator()
+
+        def get_source_stamp(self):
+            return (self._inner.get_source_stamp(), package_source_stamp())
+
+        @classmethod
+        def from_function(cls, py_func, py_file):
+            if not os.path.abspath(py_file).startswith(root):
+                return None
+            for other in impl._locator_classes:
+                if other is not cls:
+                    inner = other.from_function(py_func, py_file)
+                    if inner is not None:
+                        return cls(inner)
+            return None
+
+    if not any(c.__name__ == "PackageStampLocator" for c in impl._locator_classes):
+        impl._locator_classes.insert(0, PackageStampLocator)
+
+
+if JIT_ENABLED:
+    _install_package_wide_cache_stamp()
+
 #: Environment overrides that change generated code (kernel shapes). Numba's cache key knows the
 #: host CPU but not these, so a cached kernel compiled without them would be reused wrongly:
 #: while any is set, fastla compiles without the on-disk cache.

@@ -84,3 +84,16 @@ def test_host_facts():
     assert caches["L1"] > 0 and caches["L2"] >= caches["L1"]
     for blk in gk.BLOCKING.values():
         assert blk.NR % blk.W == 0 and blk.MC % blk.MR == 0
+
+
+@needs_jit
+def test_cache_stamp_covers_the_whole_package():
+    """A kernel's cache must go stale when *another* fastla module it compiles in changes."""
+    import sys
+
+    lu = sys.modules["fastla.lu"]
+    lu.small_solver(2, 1)  # any fastla kernel
+    locator = lu._getrf._cache._impl._locator
+    assert type(locator).__name__ == "PackageStampLocator"
+    stamp = locator.get_source_stamp()
+    assert stamp[1] == _jit.package_source_stamp()

@@ -20,6 +20,10 @@ SNIPPETS = {
         "a = np.ones((64, 64)); s = np.ones((300, 4, 4))",
         "fastla.matmul(a, a, backend='numba'); fastla.matmul(s, s, backend='numba')",
     ),
+    "solve": (
+        "a = np.ones((300, 4, 4)) + np.eye(4); b = np.ones((300, 4, 1)); c = np.eye(80) + 1",
+        "fastla.solve(a, b, backend='numba'); fastla.lu_factor(c, backend='numba')",
+    ),
     "softmax": (
         "x = np.ones((64, 64)); y = np.ones((64, 64), np.float32)",
         "fastla.softmax(x, backend='numba'); fastla.softmax(y, backend='numba')",

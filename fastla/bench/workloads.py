@@ -42,19 +42,29 @@ class Workload:
         return self.make(np.random.default_rng(SEED))
 
     def impls(self):
-        import fastla
-
-        names = [n for n in fastla.implementations(self.op) if n not in self.skip_impls]
+        names = [n for n in _implementations(self.op) if n not in self.skip_impls]
         if not self.loop:
             names = [n for n in names if n != "loop"]
         return names + [f"anchor:{a}" for a in self.anchors]
 
     def callable(self, impl):
-        import fastla
-
         if impl.startswith("anchor:"):
             return ANCHORS[impl.split(":", 1)[1]]
-        return fastla.implementations(self.op)[impl]
+        return _implementations(self.op)[impl]
+
+
+def _implementations(op):
+    """The registry's impls of ``op``; ``a+b`` is the composite ``b(a(x), *rest)`` per impl."""
+    import fastla
+
+    if "+" not in op:
+        return fastla.implementations(op)
+    first, second = (fastla.implementations(o) for o in op.split("+"))
+
+    def compose(f, g):
+        return lambda a, *rest, **kw: g(f(a), *rest, **kw)
+
+    return {name: compose(first[name], second[name]) for name in first if name in second}
 
 
 # --------------------------------------------------------------------------- anchors
@@ -198,6 +208,52 @@ WORKLOADS += [
     rows("log_softmax", 100_000, 10, np.float64),
     ce(100, 100, np.float32, sets=("smoke",)),
     ce(65_536, 1000, np.float32),
+]
+
+
+def lu_factor_solve(n, dtype=np.float64, sets=("quick", "full"), threads=None):
+    """``lu_solve(lu_factor(a), b)`` with one right-hand side (SciPy anchor: getrf + getrs)."""
+
+    def make(rng):
+        a = rng.standard_normal((n, n)).astype(dtype) + n**0.5 * np.eye(n, dtype=dtype)
+        return (a, rng.standard_normal(n).astype(dtype)), {}
+
+    return Workload(
+        "lu_factor+lu_solve",
+        f"{n} {_dt(dtype)}" + (f" {threads}t" if threads else ""),
+        make,
+        flops=2.0 / 3.0 * n**3 + 2.0 * n**2,
+        sets=sets,
+        loop=n <= 64,
+        threads=threads,
+    )
+
+
+def systems(batch, n, sets=("quick", "full")):
+    def make(rng):
+        a = rng.standard_normal((batch, n, n)) + 2 * np.eye(n)
+        return (a, rng.standard_normal((batch, n, 1))), {}
+
+    return Workload(
+        "solve",
+        f"{batch // 1000}k {n}x{n} f64",
+        make,
+        flops=batch * (2.0 / 3.0 * n**3 + 2 * n**2),
+        sets=sets,
+        loop=batch * n**3 <= 2e5,
+    )
+
+
+WORKLOADS += [
+    lu_factor_solve(48, sets=("smoke",)),
+    lu_factor_solve(1000, threads=1),
+    lu_factor_solve(1000, sets=("full",)),
+    lu_factor_solve(2000, threads=1, sets=("full",)),
+    lu_factor_solve(2000, sets=("full",)),
+    systems(1000, 3, sets=("smoke",)),
+    systems(100_000, 3),
+    systems(100_000, 4),
+    systems(100_000, 8),
 ]
 
 

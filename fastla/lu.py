@@ -1,0 +1,650 @@
+"""LU factorisation and solve: ``fastla.lu_factor``, ``fastla.lu_solve``, ``fastla.solve``.
+
+``lu_factor``/``lu_solve`` follow ``scipy.linalg`` (``(lu, piv)`` with L below the unit diagonal,
+U on and above it, ``piv`` 0-based LAPACK getrf row interchanges as int32; ``trans`` 0/1/2), extended
+to stacks ``(..., n, n)``. ``solve`` follows ``np.linalg.solve`` of NumPy 2 (``b`` is a vector only
+when it is 1-D; stacks broadcast; integers become float64; 0 x 0 works).
+
+Errors as the anchors: a singular matrix (an exactly zero pivot) makes ``solve`` raise
+``numpy.linalg.LinAlgError("Singular matrix")``, also when one matrix of a stack is singular;
+``lu_factor`` then warns ``scipy.linalg.LinAlgWarning`` (:class:`LinAlgWarning` without SciPy) and
+returns the factors, as SciPy does. ``check_finite=True`` rejects inf/NaN with ``ValueError``.
+
+Implementations:
+
+* ``numba`` — right-looking blocked LU on a C-contiguous copy: the panel (NB columns) is factored
+  unblocked with partial pivoting, swapping whole rows (contiguous in row-major order, so no
+  separate laswp pass); the U12 block by a unit-lower triangular solve with row operations; the
+  trailing update ``A22 -= L21 @ U12`` through the packed GEMM of :mod:`fastla.matmul` (alpha = -1
+  folded into its packing, accumulating straight into A22). Systems with n <= 16 (stacks of them)
+  use one parallel kernel over the stack, compiled for the exact n: elimination with partial
+  pivoting in place in a working copy of the stack, failures recorded per system (no ``return``
+  inside ``prange``, no per-system allocation).
+* ``numpy`` — ``scipy.linalg.lu_factor``/``lu_solve`` (LAPACK getrf/getrs) when SciPy is
+  importable, else fastla's own kernels; ``solve`` uses ``np.linalg.solve`` (LAPACK gesv).
+* ``loop`` — textbook Doolittle elimination with partial pivoting in pure Python.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+
+from fastla import _gemm_kernels as _gk
+from fastla import _registry, _validate
+from fastla._jit import jit, prange
+from fastla._jit import thread_id as _thread_id
+
+__all__ = ["LinAlgWarning", "lu_factor", "lu_solve", "solve"]
+
+try:
+    from scipy.linalg import LinAlgWarning
+except ImportError:  # pragma: no cover - SciPy is in the test extra
+
+    class LinAlgWarning(RuntimeWarning):
+        """Warned when a matrix is exactly singular (SciPy's class when SciPy is installed)."""
+
+
+# --------------------------------------------------------------------------- tuning data
+#
+# NB (panel width), measured on Zen 4, one thread, f64, ratio to scipy lu_factor:
+#   n=1000: NB 32 0.68, 64 0.64, 96 0.45, 128 0.42;  n=2000: 32 0.65, 64 0.71, 96 0.67, 128 0.52.
+# The unblocked panel (rank-1 updates of short rows) is the slow part, so wide panels lose; too
+# narrow and the trailing GEMM (k = NB) is too thin and re-reads A22 too often.
+NB_BY_N = ((1500, 32), (math.inf, 64))
+#: systems up to this n in a stack go to the fixed-size batched kernel
+SMALL_N = 16
+AUTO_RULE = {
+    # np.linalg.solve on stacks of small systems pays LAPACK call overhead per system: the compiled
+    # batched kernel wins from a few hundred systems on (README table).
+    "small_n": SMALL_N,
+    "small_min_batch": 64,
+    # a single large system: LAPACK's getrf (recursive panel, tuned dgemm) is faster than ours
+    "large_numba": False,
+}
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+@jit
+def _panel(a, k0, k1, piv, info):
+    """Unblocked partial-pivoting LU of columns k0:k1 (rows k0:n); swaps whole rows. Returns info."""
+    n = a.shape[0]
+    for j in range(k0, k1):
+        p = j
+        best = abs(a[j, j])
+        for i in range(j + 1, n):
+            v = abs(a[i, j])
+            if v > best:  # strict: the first maximum, as LAPACK's idamax
+                best = v
+                p = i
+        piv[j] = p
+        if a[p, j] != 0:
+            if p != j:
+                for c in range(n):
+                    tmp = a[j, c]
+                    a[j, c] = a[p, c]
+                    a[p, c] = tmp
+            inv = 1.0 / a[j, j]
+            for i in range(j + 1, n):
+                a[i, j] *= inv
+        elif info == 0:
+            info = j + 1
+        for i in range(j + 1, n):
+            lij = a[i, j]
+            for c in range(j + 1, k1):
+                a[i, c] -= lij * a[j, c]
+    return info
+
+
+@jit
+def _trsm_unit_lower_rows(a, k0, k1):
+    """U12 := L11^-1 A12 for rows k0:k1, columns k1:n (row operations, vectorised along columns)."""
+    n = a.shape[1]
+    for i in range(k0 + 1, k1):
+        for r in range(k0, i):
+            lir = a[i, r]
+            for c in range(k1, n):
+                a[i, c] -= lir * a[r, c]
+
+
+@jit
+def _getrf(a, piv, nb, neg_one, kc, mc, nc):
+    """Blocked LU in place on C-contiguous square ``a``; returns LAPACK's info (0 or 1-based j)."""
+    n = a.shape[0]
+    flat = a.reshape(n * n)
+    info = 0
+    for k0 in range(0, n, nb):
+        k1 = min(k0 + nb, n)
+        info = _panel(a, k0, k1, piv, info)
+        if k1 < n:
+            _trsm_unit_lower_rows(a, k0, k1)
+            _gk.gemm_into(a[k1:, k0:k1], a[k0:k1, k1:], flat, k1 * n + k1, n, neg_one, True, kc, mc, nc)
+    return info
+
+
+@jit
+def _getrs(lu, piv, b, trans):
+    """Solve with the factors in place on C-contiguous ``b`` (n, k): trans 0 (A x = b) or 1 (A^T)."""
+    n, k = b.shape
+    if trans == 0:
+        for i in range(n):
+            p = piv[i]
+            if p != i:
+                for c in range(k):
+                    tmp = b[i, c]
+                    b[i, c] = b[p, c]
+                    b[p, c] = tmp
+        for i in range(n):  # L y = P b, L unit lower
+            for r in range(i):
+                lir = lu[i, r]
+                for c in range(k):
+                    b[i, c] -= lir * b[r, c]
+        for i in range(n - 1, -1, -1):  # U x = y
+            for r in range(i + 1, n):
+                uir = lu[i, r]
+                for c in range(k):
+                    b[i, c] -= uir * b[r, c]
+            inv = 1.0 / lu[i, i]
+            for c in range(k):
+                b[i, c] *= inv
+    else:
+        for i in range(n):  # U^T z = b, U^T lower
+            for r in range(i):
+                uri = lu[r, i]
+                for c in range(k):
+                    b[i, c] -= uri * b[r, c]
+            inv = 1.0 / lu[i, i]
+            for c in range(k):
+                b[i, c] *= inv
+        for i in range(n - 1, -1, -1):  # L^T w = z, unit upper
+            for r in range(i + 1, n):
+                lri = lu[r, i]
+                for c in range(k):
+                    b[i, c] -= lri * b[r, c]
+        for i in range(n - 1, -1, -1):  # x = P w: interchanges in reverse
+            p = piv[i]
+            if p != i:
+                for c in range(k):
+                    tmp = b[i, c]
+                    b[i, c] = b[p, c]
+                    b[p, c] = tmp
+
+
+_SMALL_SOLVERS = {}
+_CHUNK = 256  # systems per parallel task
+_SPREAD = 8  # scratch blocks between two threads' blocks: >= 64 bytes even for n = 1
+
+
+def small_solver(n, k):
+    """Parallel kernel solving a stack of n x n systems with k right-hand sides (n <= 16).
+
+    Compiled for this n (and k when k <= 4), so the elimination unrolls. ``kernel(a, b, x, scratch,
+    info)``: each system is copied from ``a`` into the calling thread's ``scratch[thread]`` (n x n)
+    and from ``b`` into ``x`` while it is cache-hot (``scratch`` has ``_SPREAD * threads`` blocks),
+    eliminated in place with partial pivoting, and
+    ``x`` receives the solution; ``info[t] = j+1`` records a zero pivot in column j (no return from
+    inside ``prange``).
+    """
+    key = (n, k if k <= 4 else 0)
+    kernel = _SMALL_SOLVERS.get(key)
+    if kernel is None:
+        kernel = _SMALL_SOLVERS[key] = _make_small_solver(*key)
+    return kernel
+
+
+def _make_small_solver(N, K):
+    @jit(parallel=True)
+    def kernel(a, b, x, scratch, info):
+        batch = a.shape[0]
+        k = K if K > 0 else b.shape[2]
+        n_chunks = (batch + _CHUNK - 1) // _CHUNK
+        for ch in prange(n_chunks):
+            # once per chunk (the lookup costs about as much as a 3x3 solve); blocks _SPREAD apart so
+            # two threads' scratch never share a cache line (false sharing halved the speed)
+            w = scratch[_SPREAD * _thread_id()]
+            for t in range(ch * _CHUNK, min(batch, (ch + 1) * _CHUNK)):
+                _solve_one(a, b, x, w, info, t, N, k)
+
+    return kernel
+
+
+@jit(inline="always")
+def _solve_one(a, b, x, w, info, t, N, k):
+    """Gaussian elimination with partial pivoting of system t (see :func:`small_solver`)."""
+    for i in range(N):
+        for c in range(N):
+            w[i, c] = a[t, i, c]
+        for c in range(k):
+            x[t, i, c] = b[t, i, c]
+    for j in range(N):
+        p = j
+        best = abs(w[j, j])
+        for i in range(j + 1, N):
+            v = abs(w[i, j])
+            if v > best:
+                best = v
+                p = i
+        if w[p, j] == 0:
+            info[t] = j + 1
+            break
+        if p != j:
+            for c in range(j, N):
+                tmp = w[j, c]
+                w[j, c] = w[p, c]
+                w[p, c] = tmp
+            for c in range(k):
+                tmp = x[t, j, c]
+                x[t, j, c] = x[t, p, c]
+                x[t, p, c] = tmp
+        inv = 1.0 / w[j, j]
+        for i in range(j + 1, N):
+            f = w[i, j] * inv
+            for c in range(j + 1, N):
+                w[i, c] -= f * w[j, c]
+            for c in range(k):
+                x[t, i, c] -= f * x[t, j, c]
+    if info[t] == 0:
+        for i in range(N - 1, -1, -1):
+            inv = 1.0 / w[i, i]
+            for c in range(k):
+                s = x[t, i, c]
+                for r in range(i + 1, N):
+                    s -= w[i, r] * x[t, r, c]
+                x[t, i, c] = s * inv
+
+
+def _factor_numba(work):
+    """Blocked LU of one C-contiguous square working copy in place; returns (piv, info)."""
+    n = work.shape[0]
+    piv = np.empty(n, dtype=np.int32)
+    if n == 0:
+        return piv, 0
+    from fastla._config import get_num_threads
+
+    blk = _gk.BLOCKING[work.dtype]
+    nb = next(width for limit, width in NB_BY_N if n <= limit)
+    mc = _gk.row_blocking(max(n - nb, 1), work.dtype.itemsize, get_num_threads())
+    info = _getrf(work, piv, nb, work.dtype.type(-1), blk.KC, mc, blk.NC)
+    return piv, info
+
+
+# --------------------------------------------------------------------------- loop (textbook)
+
+
+def _factor_loop(work):
+    """Doolittle elimination with partial pivoting, in place, pure Python."""
+    n = work.shape[0]
+    piv = np.empty(n, dtype=np.int32)
+    info = 0
+    for j in range(n):
+        p = max(range(j, n), key=lambda i: abs(work[i, j]))
+        piv[j] = p
+        if work[p, j] == 0:
+            info = info or j + 1
+            continue
+        work[[j, p]] = work[[p, j]]
+        for i in range(j + 1, n):
+            work[i, j] = work[i, j] / work[j, j]
+            for c in range(j + 1, n):
+                work[i, c] = work[i, c] - work[i, j] * work[j, c]
+    return piv, info
+
+
+def _solve_loop(lu, piv, b, trans):
+    n = lu.shape[0]
+    if trans == 0:
+        for i in range(n):
+            b[[i, piv[i]]] = b[[piv[i], i]]
+        for i in range(n):
+            for r in range(i):
+                b[i] = b[i] - lu[i, r] * b[r]
+        for i in range(n - 1, -1, -1):
+            for r in range(i + 1, n):
+                b[i] = b[i] - lu[i, r] * b[r]
+            b[i] = b[i] / lu[i, i]
+    else:
+        for i in range(n):
+            for r in range(i):
+                b[i] = b[i] - lu[r, i] * b[r]
+            b[i] = b[i] / lu[i, i]
+        for i in range(n - 1, -1, -1):
+            for r in range(i + 1, n):
+                b[i] = b[i] - lu[r, i] * b[r]
+        for i in range(n - 1, -1, -1):
+            b[[i, piv[i]]] = b[[piv[i], i]]
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _square(a, name, fn):
+    if a.ndim < 2 or a.shape[-1] != a.shape[-2]:
+        raise ValueError(f"{fn}: {name} must be square (..., n, n), got shape {a.shape}")
+
+
+def _float_or_reason(arrays):
+    dtype, why = _validate.compute_dtype(arrays, ints_to_float64=True)
+    return dtype, why
+
+
+def _prepare_factor(a, overwrite_a=False, check_finite=True):
+    a_in = a
+    a = np.asarray(a)
+    _square(a, "a", "lu_factor")
+    dtype, why = _float_or_reason((a,))
+    if check_finite:
+        _validate.check_finite(a)
+    args = (a if why else _validate.native(a, dtype), overwrite_a and a is a_in)
+    facts = {"n": a.shape[-1], "batch": math.prod(a.shape[:-2])}
+    return _registry.Prepared(args, compiled=why, facts=facts)
+
+
+def _prepare_solve(lu_and_piv, b, trans=0, overwrite_b=False, check_finite=True):
+    try:
+        lu, piv = lu_and_piv
+    except (TypeError, ValueError):
+        raise ValueError("lu_solve: lu_and_piv must be the (lu, piv) pair from lu_factor") from None
+    lu = np.asarray(lu)
+    piv = np.asarray(piv)
+    b_in = b
+    b = np.asarray(b)
+    _square(lu, "lu", "lu_solve")
+    if trans not in (0, 1, 2):
+        raise ValueError(f"lu_solve: trans must be 0, 1 or 2, got {trans!r}")
+    n = lu.shape[-1]
+    if piv.shape != lu.shape[:-1] or piv.dtype.kind not in "iu":
+        raise ValueError(f"lu_solve: piv of shape {piv.shape} does not match lu of shape {lu.shape}")
+    stack = lu.shape[:-2]
+    vector = b.ndim == len(stack) + 1
+    if b.shape[: len(stack)] != stack or b.ndim < len(stack) + 1 or b.shape[len(stack)] != n:
+        raise ValueError(f"lu_solve: b of shape {b.shape} is incompatible with lu of shape {lu.shape}")
+    dtype, why = _float_or_reason((lu, b))
+    if check_finite:
+        _validate.check_finite(lu)
+        _validate.check_finite(b)
+    if why is None:
+        lu, b = _validate.native(lu, dtype), _validate.native(b, dtype)
+    args = (lu, piv, b, 1 if trans else 0, vector, overwrite_b and b is b_in)
+    return _registry.Prepared(args, compiled=why, facts={"n": n, "batch": math.prod(stack)})
+
+
+def _prepare_linsolve(a, b):
+    a = np.asarray(a)
+    b = np.asarray(b)
+    _square(a, "a", "solve")
+    n = a.shape[-1]
+    vector = b.ndim == 1
+    bb = b[:, None] if vector else b
+    if bb.ndim < 2 or bb.shape[-2] != n:
+        raise ValueError(f"solve: b of shape {b.shape} does not match a of shape {a.shape}")
+    try:
+        stack = np.broadcast_shapes(a.shape[:-2], bb.shape[:-2])
+    except ValueError:
+        raise ValueError(f"solve: stacks of a {a.shape} and b {b.shape} do not broadcast") from None
+    dtype, why = _float_or_reason((a, b))
+    if why is None:
+        a, b = _validate.native(a, dtype), _validate.native(b, dtype)
+    facts = {"n": n, "batch": math.prod(stack)}
+    return _registry.Prepared((a, b), compiled=why, facts=facts)
+
+
+def _rule(prep):
+    f = prep.facts
+    if f["n"] <= AUTO_RULE["small_n"] and f["batch"] >= AUTO_RULE["small_min_batch"]:
+        return (
+            "numba",
+            lambda: (
+                f"stack of {f['batch']} systems of size {f['n']}: one compiled kernel over the stack beats "
+                "a LAPACK call per system"
+            ),
+        )
+    if AUTO_RULE["large_numba"]:
+        return "numba", "compiled blocked LU"
+    return "numpy", lambda: f"n={f['n']} (batch {f['batch']}): LAPACK is faster per system here"
+
+
+_FACTOR = _registry.operation("lu_factor", _prepare_factor, _rule)
+_SOLVE = _registry.operation("lu_solve", _prepare_solve, _rule)
+_LINSOLVE = _registry.operation("solve", _prepare_linsolve, _rule)
+
+
+# --------------------------------------------------------------------------- public
+
+
+@_registry.public(_FACTOR)
+def lu_factor(a, *, overwrite_a=False, check_finite=True, backend=None):
+    """LU factorisation with partial pivoting, like :func:`scipy.linalg.lu_factor`.
+
+    Parameters
+    ----------
+    a : array_like, shape (..., n, n)
+    overwrite_a : bool
+        Allow the factors to be written into ``a`` (when it is a C-contiguous float array).
+    check_finite : bool
+        Raise ``ValueError`` if ``a`` has inf or NaN.
+    backend : {None, "auto", "numba", "numpy", "loop"}
+
+    Returns
+    -------
+    lu : ndarray, shape (..., n, n)
+        U on and above the diagonal, L (unit diagonal implied) below.
+    piv : ndarray of int32, shape (..., n)
+        Row ``i`` was interchanged with row ``piv[i]`` (0-based, in order).
+
+    Warns
+    -----
+    LinAlgWarning
+        When a pivot is exactly zero (the matrix is singular); the factors are still returned.
+
+    Examples
+    --------
+    >>> import numpy as np, fastla as fl
+    >>> lu, piv = fl.lu_factor(np.array([[1.0, 2.0], [3.0, 4.0]]), backend="numba")
+    >>> lu, piv
+    (array([[3.        , 4.        ],
+           [0.33333333, 0.66666667]]), array([1, 1], dtype=int32))
+    """
+    return _FACTOR.run(backend, _prepare_factor(a, overwrite_a, check_finite))
+
+
+@_registry.public(_SOLVE)
+def lu_solve(lu_and_piv, b, *, trans=0, overwrite_b=False, check_finite=True, backend=None):
+    """Solve ``a x = b`` (``trans=0``) or ``a^T x = b`` (1, 2) from :func:`lu_factor`'s factors.
+
+    Like :func:`scipy.linalg.lu_solve`; ``b`` of shape (..., n) or (..., n, k) against a stack of
+    factors (..., n, n).
+
+    Examples
+    --------
+    >>> import numpy as np, fastla as fl
+    >>> a = np.array([[3.0, 1.0], [1.0, 2.0]])
+    >>> fl.lu_solve(fl.lu_factor(a), np.array([9.0, 8.0]))
+    array([2., 3.])
+    """
+    return _SOLVE.run(backend, _prepare_solve(lu_and_piv, b, trans, overwrite_b, check_finite))
+
+
+@_registry.public(_LINSOLVE)
+def solve(a, b, *, backend=None):
+    """Solve ``a x = b`` like :func:`numpy.linalg.solve` (NumPy 2 semantics).
+
+    ``b`` is treated as a vector only when it is 1-D; otherwise it is (..., n, k). Stacks broadcast.
+
+    Raises
+    ------
+    numpy.linalg.LinAlgError
+        "Singular matrix" when any matrix of the stack has an exactly zero pivot.
+
+    Examples
+    --------
+    >>> import numpy as np, fastla as fl
+    >>> fl.solve(np.array([[3.0, 1.0], [1.0, 2.0]]), np.array([9.0, 8.0]))
+    array([2., 3.])
+    """
+    return _LINSOLVE.run(backend, _prepare_linsolve(a, b))
+
+
+# --------------------------------------------------------------------------- impls
+
+
+def _warn_singular(info):
+    warnings.warn(f"Diagonal number {info} is exactly zero. Singular matrix.", LinAlgWarning, stacklevel=4)
+
+
+def _factor_stack(a, overwrite, factor):
+    n = a.shape[-1]
+    inplace = overwrite and a.flags.c_contiguous and a.flags.writeable
+    lu = a if inplace else np.array(a, order="C", copy=True)
+    piv = np.empty(a.shape[:-1], dtype=np.int32)
+    batch = math.prod(a.shape[:-2])
+    lu3 = lu.reshape(batch, n, n)
+    piv2 = piv.reshape(batch, n)
+    first_bad = 0
+    for t in range(lu3.shape[0]):
+        p, info = factor(lu3[t])
+        piv2[t] = p
+        first_bad = first_bad or info
+    if first_bad:
+        _warn_singular(first_bad)
+    return lu, piv
+
+
+@_FACTOR.register("numba", needs_numba=True)
+def _lu_factor_numba(a, overwrite):
+    """Blocked right-looking LU; trailing update through the packed GEMM."""
+    return _factor_stack(a, overwrite, _factor_numba)
+
+
+@_FACTOR.register("loop")
+def _lu_factor_loop(a, overwrite):
+    """Textbook Doolittle with partial pivoting (pure Python)."""
+    return _factor_stack(a, overwrite, _factor_loop)
+
+
+@_FACTOR.register("numpy", any_dtype=True)
+def _lu_factor_numpy(a, overwrite):
+    """scipy.linalg.lu_factor (LAPACK getrf) per matrix; fastla's kernels without SciPy."""
+    try:
+        import scipy.linalg as sla
+    except ImportError:
+        return _factor_stack(np.asarray(a, dtype=np.result_type(a, np.float64)), overwrite, _factor_loop)
+    a = np.asarray(a)
+    if a.ndim == 2:
+        return sla.lu_factor(a, overwrite_a=overwrite, check_finite=False)
+    n = a.shape[-1]
+    out = [sla.lu_factor(m, check_finite=False) for m in a.reshape(-1, n, n)]
+    dtype = out[0][0].dtype if out else np.result_type(a, np.float32)
+    lu = np.array([o[0] for o in out], dtype=dtype).reshape(a.shape)
+    piv = np.array([o[1] for o in out], dtype=np.int32).reshape(a.shape[:-1])
+    return lu, piv
+
+
+def _solve_stack(lu, piv, b, trans, vector, overwrite, solver):
+    n = lu.shape[-1]
+    inplace = overwrite and b.flags.c_contiguous and b.flags.writeable
+    x = b if inplace else np.array(b, order="C", copy=True)
+    batch = math.prod(lu.shape[:-2])
+    x3 = x.reshape(batch, n, 1) if vector else x.reshape(batch, n, x.shape[-1])
+    lu3 = lu.reshape(batch, n, n)
+    piv2 = piv.reshape(batch, n)
+    for t in range(lu3.shape[0]):
+        solver(lu3[t], piv2[t].astype(np.int64), x3[t], trans)
+    return x
+
+
+@_SOLVE.register("numba", needs_numba=True)
+def _lu_solve_numba(lu, piv, b, trans, vector, overwrite):
+    """Compiled forward/back substitution (row operations vectorised over the right-hand sides)."""
+    return _solve_stack(np.ascontiguousarray(lu), piv, b, trans, vector, overwrite, _getrs)
+
+
+@_SOLVE.register("loop")
+def _lu_solve_loop(lu, piv, b, trans, vector, overwrite):
+    """Textbook substitution (pure Python)."""
+    return _solve_stack(lu, piv, b, trans, vector, overwrite, _solve_loop)
+
+
+@_SOLVE.register("numpy", any_dtype=True)
+def _lu_solve_numpy(lu, piv, b, trans, vector, overwrite):
+    """scipy.linalg.lu_solve (LAPACK getrs) per matrix; fastla's kernels without SciPy."""
+    try:
+        import scipy.linalg as sla
+    except ImportError:
+        return _solve_stack(lu, piv, b, trans, vector, overwrite, _solve_loop)
+    if lu.ndim == 2:
+        return sla.lu_solve((lu, piv), b, trans=trans, overwrite_b=overwrite, check_finite=False)
+    n = lu.shape[-1]
+    b3 = b.reshape(-1, n) if vector else b.reshape(-1, n, b.shape[-1])
+    xs = [
+        sla.lu_solve((m, p), bb, trans=trans, check_finite=False)
+        for m, p, bb in zip(lu.reshape(-1, n, n), piv.reshape(-1, n), b3, strict=True)
+    ]
+    return np.array(xs).reshape(b.shape)
+
+
+def _broadcast_system(a, b):
+    """(A stack, B stack (batch, n, k), result shape) for np.linalg.solve's NumPy 2 rules."""
+    n = a.shape[-1]
+    vector = b.ndim == 1
+    bb = b[:, None] if vector else b
+    stack = np.broadcast_shapes(a.shape[:-2], bb.shape[:-2])
+    batch = math.prod(stack)
+    A = np.broadcast_to(a, (*stack, n, n)).reshape(batch, n, n)
+    B = np.broadcast_to(bb, (*stack, n, bb.shape[-1])).reshape(batch, n, bb.shape[-1])
+    out_shape = (*stack, n) if vector else (*stack, n, bb.shape[-1])
+    return A, B, out_shape
+
+
+@_LINSOLVE.register("numpy", any_dtype=True)
+def _solve_numpy(a, b):
+    """np.linalg.solve (LAPACK gesv)."""
+    return np.linalg.solve(a, b)
+
+
+def _singular():
+    return np.linalg.LinAlgError("Singular matrix")
+
+
+@_LINSOLVE.register("numba", needs_numba=True)
+def _solve_numba(a, b):
+    """Fixed-size batched kernel for n <= 16; blocked LU + substitution per system above."""
+    A, B, out_shape = _broadcast_system(a, b)
+    n = A.shape[-1]
+    if n == 0 or B.size == 0:
+        return np.array(B, order="C", copy=True).reshape(out_shape)
+    if n <= SMALL_N:
+        from fastla._jit import max_threads
+
+        x = np.empty(B.shape, dtype=B.dtype)
+        scratch = np.empty((_SPREAD * max_threads(), n, n), dtype=A.dtype)
+        info = np.zeros(A.shape[0], dtype=np.int64)
+        small_solver(n, B.shape[2])(A, B, x, scratch, info)
+        if info.any():
+            raise _singular()
+        return x.reshape(out_shape)
+    x = np.array(B, order="C", copy=True)
+    for t in range(A.shape[0]):
+        work = np.array(A[t], order="C", copy=True)
+        piv, info = _factor_numba(work)
+        if info:
+            raise _singular()
+        _getrs(work, piv.astype(np.int64), x[t], 0)
+    return x.reshape(out_shape)
+
+
+@_LINSOLVE.register("loop")
+def _solve_loop_impl(a, b):
+    """Textbook LU + substitution per system (pure Python)."""
+    A, B, out_shape = _broadcast_system(a, b)
+    x = np.array(B, order="C", copy=True)
+    for t in range(A.shape[0]):
+        work = np.array(A[t], copy=True)
+        piv, info = _factor_loop(work)
+        if info:
+            raise _singular()
+        _solve_loop(work, piv, x[t], 0)
+    return x.reshape(out_shape)

@@ -1,0 +1,210 @@
+"""lu_factor / lu_solve / solve: every impl against SciPy/NumPy, backward errors, errors."""
+
+import numpy as np
+import pytest
+import scipy.linalg as sla
+
+import fastla
+from tests.helpers import ODD_SIZES, eps, impl_names, variant
+
+
+def _unpack(lu, piv):
+    n = lu.shape[0]
+    L = np.tril(lu, -1) + np.eye(n)
+    U = np.triu(lu)
+    perm = np.arange(n)
+    for i, p in enumerate(piv):
+        perm[[i, p]] = perm[[p, i]]
+    return L, U, perm
+
+
+def _with_condition(n, cond, rng, dtype=np.float64):
+    u, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    v, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    s = np.logspace(0, -np.log10(cond), n)
+    return ((u * s) @ v.T).astype(dtype)
+
+
+def _backward_error(a, x, b):
+    a, x, b = (np.asarray(t, np.float64) for t in (a, x, b))
+    return np.linalg.norm(a @ x - b) / (np.linalg.norm(a, 2) * np.linalg.norm(x) + np.linalg.norm(b))
+
+
+@pytest.mark.parametrize("n", (0, *ODD_SIZES))
+def test_lu_factor_reconstructs(n, dtype, rng):
+    a = rng.standard_normal((n, n)).astype(dtype)
+    for name in impl_names("lu_factor", n):
+        lu, piv = fastla.lu_factor(a, backend=name)
+        assert lu.dtype == dtype and piv.dtype == np.int32 and piv.shape == (n,)
+        L, U, perm = _unpack(lu.astype(np.float64), piv)
+        err = np.abs(L @ U - a[perm]).max() if n else 0.0
+        assert err <= 20 * n * eps(dtype) * max(1.0, np.abs(a).max(initial=0.0)), (name, err)
+        if n and dtype == np.float64:
+            np.testing.assert_array_equal(piv, sla.lu_factor(a)[1])  # same pivots as LAPACK
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", [200, 333])
+def test_blocked_lu_large(n, rng):
+    a = rng.standard_normal((n, n))
+    b = rng.standard_normal((n, 3))
+    lu, piv = fastla.lu_factor(a, backend="numba")
+    lu_ref, piv_ref = sla.lu_factor(a)
+    np.testing.assert_array_equal(piv, piv_ref)
+    np.testing.assert_allclose(lu, lu_ref, atol=1e-10 * n)
+    x = fastla.lu_solve((lu, piv), b, backend="numba")
+    assert _backward_error(a, x, b) <= 10 * n * eps(np.float64)
+
+
+@pytest.mark.parametrize("cond", [1e2, 1e6, 1e10])
+def test_backward_error_with_condition(cond, rng):
+    n = 70
+    a = _with_condition(n, cond, rng)
+    b = rng.standard_normal(n)
+    for name in impl_names("solve", n):
+        x = fastla.solve(a, b, backend=name)
+        assert _backward_error(a, x, b) <= 10 * n * eps(np.float64), name
+        xs = fastla.lu_solve(fastla.lu_factor(a, backend=name), b, backend=name)
+        assert _backward_error(a, xs, b) <= 10 * n * eps(np.float64), name
+
+
+def test_hilbert_like_numpy():
+    n = 8
+    h = 1.0 / (np.arange(n)[:, None] + np.arange(n) + 1)
+    b = np.ones(n)
+    ref = np.linalg.solve(h, b)
+    for name in fastla.implementations("solve"):
+        x = fastla.solve(h, b, backend=name)
+        # cond(H8) ~ 1.5e10: agree with LAPACK to cond * eps
+        np.testing.assert_allclose(x, ref, rtol=np.linalg.cond(h) * eps(np.float64) * 10)
+
+
+@pytest.mark.parametrize("trans", [0, 1, 2])
+@pytest.mark.parametrize("bshape", [(9,), (9, 4)])
+def test_lu_solve_trans(trans, bshape, dtype, rng):
+    a = (rng.standard_normal((9, 9)) + 3 * np.eye(9)).astype(dtype)
+    b = rng.standard_normal(bshape).astype(dtype)
+    lu_piv = sla.lu_factor(a)
+    expected = sla.lu_solve(lu_piv, b, trans=trans)
+    for name in impl_names("lu_solve", 9):
+        x = fastla.lu_solve(lu_piv, b, trans=trans, backend=name)
+        assert x.shape == b.shape and x.dtype == dtype
+        np.testing.assert_allclose(x, expected, rtol=1e-4 if dtype == np.float32 else 1e-11, atol=1e-5)
+
+
+def test_stacked_factor_and_solve(rng):
+    a = rng.standard_normal((3, 2, 6, 6)) + 4 * np.eye(6)
+    b = rng.standard_normal((3, 2, 6))
+    for name in impl_names("lu_factor", 6):
+        lu, piv = fastla.lu_factor(a, backend=name)
+        assert lu.shape == a.shape and piv.shape == (3, 2, 6)
+        x = fastla.lu_solve((lu, piv), b, backend=name)
+        np.testing.assert_allclose(np.einsum("...ij,...j->...i", a, x), b, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "sa,sb",
+    [
+        ((5, 5), (5,)),
+        ((5, 5), (5, 3)),
+        ((4, 5, 5), (4, 5, 2)),
+        ((5, 5), (4, 5, 2)),
+        ((4, 5, 5), (5, 1)),
+        ((0, 0), (0,)),
+        ((3, 3), (3, 0)),
+        ((2000, 3, 3), (2000, 3, 1)),
+        ((300, 4, 4), (300, 4, 2)),
+        ((200, 8, 8), (200, 8, 5)),
+        ((20, 20), (20,)),
+        ((3, 40, 40), (3, 40, 2)),
+    ],
+)
+def test_solve_shapes_like_numpy(sa, sb, dtype, rng):
+    a = (rng.standard_normal(sa) + 3 * np.eye(sa[-1])).astype(dtype)
+    b = rng.standard_normal(sb).astype(dtype)
+    expected = np.linalg.solve(a.astype(np.float64), b.astype(np.float64))
+    n = sa[-1]
+    for name in impl_names("solve", 0 if np.prod(sa) <= 2000 else 99):
+        x = fastla.solve(a, b, backend=name)
+        assert x.shape == expected.shape and x.dtype == dtype, name
+        # backward error per system (forward error would need each system's condition number)
+        xs = x[..., None] if len(sb) == 1 else x
+        bs = np.broadcast_to(b[..., None] if len(sb) == 1 else b, xs.shape).astype(np.float64)
+        r = np.einsum("...ij,...jk->...ik", a.astype(np.float64), xs.astype(np.float64)) - bs
+        scale = np.abs(a).sum(axis=-1).max(axis=-1, initial=0.0)[..., None, None] * np.abs(xs).max(initial=0.0) + np.abs(bs).max(initial=0.0)
+        assert np.all(np.abs(r) <= 10 * max(n, 1) * eps(dtype) * scale), name
+
+
+def test_solve_layouts_and_no_mutation(layout, rng):
+    a0 = rng.standard_normal((7, 7)) + 3 * np.eye(7)
+    b0 = rng.standard_normal((7, 2))
+    a, b = variant(a0, layout), variant(b0, layout)
+    keep_a, keep_b = a.copy(), b.copy()
+    for name in impl_names("solve", 7):
+        np.testing.assert_allclose(fastla.solve(a, b, backend=name), np.linalg.solve(a0, b0), rtol=1e-10)
+        lu, piv = fastla.lu_factor(a, backend=name)
+        fastla.lu_solve((lu, piv), b, backend=name)
+    np.testing.assert_array_equal(a, keep_a)
+    np.testing.assert_array_equal(b, keep_b)
+
+
+def test_ints_become_float64():
+    a = np.array([[2, 1], [1, 3]])
+    b = np.array([3, 5])
+    for name in fastla.implementations("solve"):
+        x = fastla.solve(a, b, backend=name)
+        assert x.dtype == np.float64
+        np.testing.assert_allclose(x, np.linalg.solve(a, b))
+
+
+def test_singular_raises_and_warns(rng):
+    sing = np.array([[1.0, 2.0], [2.0, 4.0]])
+    stack = rng.standard_normal((500, 2, 2)) + 2 * np.eye(2)
+    stack[123] = sing
+    big = rng.standard_normal((30, 30))
+    big[:, 7] = 0.0
+    for name in fastla.implementations("solve"):
+        for a in (sing, stack, big):
+            with pytest.raises(np.linalg.LinAlgError, match="Singular matrix"):
+                fastla.solve(
+                    a, np.ones((*a.shape[:-1], 1)) if a.ndim == 3 else np.ones(a.shape[0]), backend=name
+                )
+    for name in fastla.implementations("lu_factor"):
+        with pytest.warns(fastla.LinAlgWarning, match="exactly zero"):
+            lu, _ = fastla.lu_factor(big, backend=name)
+        assert lu.shape == big.shape
+
+
+def test_check_finite_and_bad_shapes():
+    for name in fastla.implementations("lu_factor"):
+        with pytest.raises(ValueError, match="infs or NaNs"):
+            fastla.lu_factor(np.array([[1.0, np.nan], [0.0, 1.0]]), backend=name)
+        with pytest.raises(ValueError, match="square"):
+            fastla.lu_factor(np.ones((2, 3)), backend=name)
+    lu_piv = fastla.lu_factor(np.eye(3))
+    with pytest.raises(ValueError, match="infs or NaNs"):
+        fastla.lu_solve(lu_piv, np.array([1.0, np.inf, 0.0]))
+    with pytest.raises(ValueError, match="incompatible"):
+        fastla.lu_solve(lu_piv, np.ones(4))
+    with pytest.raises(ValueError, match="trans"):
+        fastla.lu_solve(lu_piv, np.ones(3), trans=3)
+    with pytest.raises(ValueError, match="square"):
+        fastla.solve(np.ones((2, 3)), np.ones(2))
+    with pytest.raises(ValueError, match="does not match"):
+        fastla.solve(np.eye(3), np.ones(4))
+    # like NumPy, solve does not check finiteness: NaN in gives NaN out
+    assert np.isnan(fastla.solve(np.array([[1.0, np.nan], [0.0, 1.0]]), np.ones(2), backend="numba")).any()
+
+
+def test_overwrite_a_in_place(rng):
+    a = rng.standard_normal((5, 5))
+    expected = sla.lu_factor(a)[0]
+    work = a.copy()
+    lu, _ = fastla.lu_factor(work, overwrite_a=True, backend="numba")
+    assert lu is work
+    np.testing.assert_allclose(work, expected, rtol=1e-12)
+
+
+def test_auto_rule():
+    assert fastla.explain("solve", np.ones((1000, 4, 4)), np.ones((1000, 4, 1)))[0] == "numba"
+    assert fastla.explain("solve", np.ones((500, 500)), np.ones(500))[0] == "numpy"
