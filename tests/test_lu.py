@@ -131,7 +131,8 @@ def test_solve_shapes_like_numpy(sa, sb, dtype, rng):
         xs = x[..., None] if len(sb) == 1 else x
         bs = np.broadcast_to(b[..., None] if len(sb) == 1 else b, xs.shape).astype(np.float64)
         r = np.einsum("...ij,...jk->...ik", a.astype(np.float64), xs.astype(np.float64)) - bs
-        scale = np.abs(a).sum(axis=-1).max(axis=-1, initial=0.0)[..., None, None] * np.abs(xs).max(initial=0.0) + np.abs(bs).max(initial=0.0)
+        norm_a = np.abs(a).sum(axis=-1).max(axis=-1, initial=0.0)[..., None, None]
+        scale = norm_a * np.abs(xs).max(initial=0.0) + np.abs(bs).max(initial=0.0)
         assert np.all(np.abs(r) <= 10 * max(n, 1) * eps(dtype) * scale), name
 
 
