@@ -19,6 +19,7 @@ from fastla._registry import (
     implementations,
     operations,
 )
+from fastla.eigen import ConvergenceError, power_iteration
 from fastla.lu import LinAlgWarning, lu_factor, lu_solve, solve
 from fastla.matmul import matmul
 from fastla.softmax import cross_entropy, log_softmax, softmax
@@ -27,6 +28,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailable",
+    "ConvergenceError",
     "LinAlgWarning",
     "backend",
     "cross_entropy",
@@ -39,6 +41,7 @@ __all__ = [
     "lu_solve",
     "matmul",
     "operations",
+    "power_iteration",
     "set_backend",
     "set_num_threads",
     "softmax",

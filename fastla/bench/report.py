@@ -198,6 +198,8 @@ def plot(rows, path):
     if not ops:
         return False
     fig, axes = plt.subplots(len(ops), 1, figsize=(10, 3.6 * len(ops)), squeeze=False)
+    impls = list(dict.fromkeys(["numba", "numpy", "numba_naive", "loop"] + [r.impl for r in rows]))
+    colour = {impl: f"C{i % 10}" for i, impl in enumerate(impls)}  # one colour per impl, all panels
     for ax, op in zip(axes[:, 0], ops, strict=True):
         op_rows = [r for r in rows if r.op == op]
         sizes = list(dict.fromkeys(r.size for r in op_rows))
@@ -209,7 +211,7 @@ def plot(rows, path):
                     if r.impl == impl and r.size == size:
                         xs.append(i)
                         ys.append((r.flops if use_flops else r.bytes) / r.median / 1e9)
-            ax.plot(xs, ys, marker="o", label=impl)
+            ax.plot(xs, ys, marker="o", label=impl, color=colour[impl])
         ax.set_xticks(range(len(sizes)))
         ax.set_xticklabels(sizes, rotation=20, ha="right", fontsize=8)
         ax.set_ylabel("GFLOP/s" if use_flops else "GB/s")

@@ -257,6 +257,46 @@ WORKLOADS += [
 ]
 
 
+@register_anchor("eigh")
+def _eigh(a, *args, **kwargs):
+    return np.linalg.eigh(a)
+
+
+@register_anchor("eigsh")
+def _eigsh(a, *args, k=1, tol=1e-8, **kwargs):
+    from scipy.sparse.linalg import eigsh
+
+    return eigsh(a, k=k, tol=tol)
+
+
+@register_anchor("randomized_svd")
+def _randomized_svd(a, *args, k=1, **kwargs):
+    from sklearn.utils.extmath import randomized_svd
+
+    return randomized_svd(a, k, random_state=0)
+
+
+def eig_workload(n, k, gap=0.9, sets=("quick", "full"), anchors=("eigh", "eigsh")):
+    """Symmetric n x n with lambda_2 / lambda_1 = gap (the rest in +-0.8 gap), top-k pairs."""
+
+    def make(rng):
+        q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+        top = [gap**i for i in range(k + 1)]
+        lam = np.concatenate([top, rng.uniform(-0.8 * top[-1], 0.8 * top[-1], n - k - 1)])
+        return ((q * lam) @ q.T,), {"k": k, "tol": 1e-8, "seed": 0}
+
+    return Workload(
+        "power_iteration", f"{n} f64 k={k}", make, bytes=8.0 * n * n, sets=sets, loop=n <= 64, anchors=anchors
+    )
+
+
+WORKLOADS += [
+    eig_workload(48, 1, sets=("smoke",), anchors=()),
+    eig_workload(2000, 1),
+    eig_workload(4000, 10, sets=("full",), anchors=("eigsh", "randomized_svd")),
+]
+
+
 def select(set_name="quick", ops=None):
     """Workloads of ``set_name`` that belong to ``ops`` (all ops when None)."""
     if set_name not in SETS:

@@ -1,0 +1,120 @@
+"""power_iteration against numpy.linalg.eigh/eig; convergence failures raise."""
+
+import numpy as np
+import pytest
+
+import fastla
+from tests.helpers import impl_names, variant
+
+
+def sym_with_spectrum(n, top, seed=0, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    rest = rng.uniform(-0.5 * abs(top[-1]), 0.5 * abs(top[-1]), n - len(top))
+    lam = np.concatenate([top, rest])
+    return ((q * lam) @ q.T).astype(dtype), lam
+
+
+def _check_pairs(a, w, v, tol):
+    a64 = a.astype(np.float64)
+    for i in range(len(w)):
+        res = np.linalg.norm(a64 @ v[:, i] - w[i] * v[:, i])
+        assert res <= 2 * tol * abs(w[i]) + 1e-12, (i, res)
+        assert abs(np.linalg.norm(v[:, i]) - 1) < 1e-5
+        assert v[np.argmax(np.abs(v[:, i])), i] > 0  # sign convention
+
+
+@pytest.mark.parametrize("n", [5, 33, 65])
+def test_top1_matches_eigh(n):
+    a, _ = sym_with_spectrum(n, [3.0, 1.5])
+    ref_w, ref_v = np.linalg.eigh(a)
+    for name in impl_names("power_iteration", n):
+        w, v = fastla.power_iteration(a, seed=0, backend=name)
+        assert w.shape == (1,) and v.shape == (n, 1)
+        np.testing.assert_allclose(w[0], ref_w[-1], rtol=1e-8)
+        np.testing.assert_allclose(np.abs(v[:, 0]), np.abs(ref_v[:, -1]), atol=1e-7)
+        _check_pairs(a, w, v, 1e-8)
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_topk_symmetric_subspace(k):
+    n = 40
+    a, lam = sym_with_spectrum(n, [5.0, -4.0, 3.0, 2.5, 2.0][: k + 1])
+    expected = sorted(lam, key=abs, reverse=True)[:k]
+    for name in impl_names("power_iteration", n):
+        w, v = fastla.power_iteration(a, k=k, seed=1, backend=name)
+        np.testing.assert_allclose(w, expected, rtol=1e-8)
+        _check_pairs(a, w, v, 1e-8)
+        np.testing.assert_allclose(v.T @ v, np.eye(k), atol=1e-7)
+
+
+def test_float32_and_layouts(layout):
+    a, _ = sym_with_spectrum(24, [2.0, 1.0], dtype=np.float32)
+    x = variant(a, layout)
+    keep = x.copy()
+    for name in impl_names("power_iteration", 24):
+        w, v = fastla.power_iteration(x, tol=1e-5, seed=0, backend=name)
+        assert w.dtype == np.float32 and v.dtype == np.float32
+        np.testing.assert_allclose(w[0], 2.0, rtol=1e-5)
+    np.testing.assert_array_equal(x, keep)
+
+
+def test_nonsymmetric_dominant_real():
+    rng = np.random.default_rng(2)
+    s = rng.standard_normal((6, 6))
+    a = s @ np.diag([4.0, 2.0, 1.0, 0.5, 0.3, 0.1]) @ np.linalg.inv(s)
+    for name in fastla.implementations("power_iteration"):
+        w, v = fastla.power_iteration(a, seed=0, tol=1e-9, backend=name)
+        np.testing.assert_allclose(w[0], 4.0, rtol=1e-7)
+        assert np.linalg.norm(a @ v[:, 0] - w[0] * v[:, 0]) <= 1e-7 * 4
+    with pytest.raises(ValueError, match="symmetric"):
+        fastla.power_iteration(a, k=2)
+
+
+@pytest.mark.parametrize(
+    "a",
+    [
+        np.array([[0.0, -1.0], [1.0, 0.0]]),  # rotation: |l| tied, complex
+        np.diag([1.0, -1.0, 0.5]),  # +1 / -1 tie: the iterate oscillates
+        np.array([[0.5, -1.0], [1.0, 0.5]]),  # complex pair 0.5 +- i
+    ],
+    ids=["rotation", "plus-minus-tie", "complex-pair"],
+)
+def test_ill_cases_raise(a):
+    for name in fastla.implementations("power_iteration"):
+        with pytest.raises(fastla.ConvergenceError) as info:
+            fastla.power_iteration(a, seed=0, maxiter=200, backend=name)
+        assert isinstance(info.value, np.linalg.LinAlgError)
+        assert info.value.iterations == 200 and info.value.eigenvalues.shape == (1,)
+
+
+def test_repeated_top_eigenvalue_is_a_valid_answer():
+    a = np.diag([2.0, 2.0, 1.0])
+    w, v = fastla.power_iteration(a, seed=0)
+    np.testing.assert_allclose(w, [2.0])
+    # any vector of the eigenspace, to the documented residual bound tol * |l| = 2e-8
+    assert np.linalg.norm(a @ v[:, 0] - 2.0 * v[:, 0]) <= 1e-8 * 2.0
+
+
+def test_v0_seed_and_errors():
+    a, _ = sym_with_spectrum(10, [3.0, 1.0])
+    w1, v1 = fastla.power_iteration(a, seed=5)
+    _, v2 = fastla.power_iteration(a, seed=5)
+    np.testing.assert_array_equal(v1, v2)
+    w3, _ = fastla.power_iteration(a, v0=np.ones(10))
+    np.testing.assert_allclose(w3, w1, rtol=1e-8)
+    assert fastla.power_iteration(a, seed=0, return_eigenvectors=False).shape == (1,)
+    with pytest.raises(ValueError, match="zeros"):
+        fastla.power_iteration(a, v0=np.zeros(10))
+    with pytest.raises(ValueError, match="v0"):
+        fastla.power_iteration(a, v0=np.ones(3))
+    with pytest.raises(ValueError, match="square"):
+        fastla.power_iteration(np.ones((2, 3)))
+    with pytest.raises(ValueError, match="k must"):
+        fastla.power_iteration(a, k=11)
+    with pytest.raises(ValueError, match="infs or NaNs"):
+        fastla.power_iteration(np.array([[1.0, np.nan], [np.nan, 1.0]]))
+    with pytest.raises(TypeError, match="complex"):
+        fastla.power_iteration(np.eye(2, dtype=complex))
+    w, _ = fastla.power_iteration(np.eye(3, dtype=int) * 2 + 1, seed=0)  # ints -> float64
+    assert w.dtype == np.float64
