@@ -69,6 +69,16 @@ AUTO_RULE = {
 # --------------------------------------------------------------------------- kernels
 
 
+@jit(inline="always")
+def _swap_rows(m, i, p):
+    """Swap rows i and p of the 2-D array m (no-op when i == p); contiguous in row-major order."""
+    if i != p:
+        for c in range(m.shape[1]):
+            tmp = m[i, c]
+            m[i, c] = m[p, c]
+            m[p, c] = tmp
+
+
 @jit
 def _panel(a, k0, k1, piv, info):
     """Unblocked partial-pivoting LU of columns k0:k1 (rows k0:n); swaps whole rows. Returns info."""
@@ -83,11 +93,7 @@ def _panel(a, k0, k1, piv, info):
                 p = i
         piv[j] = p
         if a[p, j] != 0:
-            if p != j:
-                for c in range(n):
-                    tmp = a[j, c]
-                    a[j, c] = a[p, c]
-                    a[p, c] = tmp
+            _swap_rows(a, j, p)
             inv = 1.0 / a[j, j]
             for i in range(j + 1, n):
                 a[i, j] *= inv
@@ -132,12 +138,7 @@ def _getrs(lu, piv, b, trans):
     n, k = b.shape
     if trans == 0:
         for i in range(n):
-            p = piv[i]
-            if p != i:
-                for c in range(k):
-                    tmp = b[i, c]
-                    b[i, c] = b[p, c]
-                    b[p, c] = tmp
+            _swap_rows(b, i, piv[i])
         for i in range(n):  # L y = P b, L unit lower
             for r in range(i):
                 lir = lu[i, r]
@@ -166,12 +167,7 @@ def _getrs(lu, piv, b, trans):
                 for c in range(k):
                     b[i, c] -= lri * b[r, c]
         for i in range(n - 1, -1, -1):  # x = P w: interchanges in reverse
-            p = piv[i]
-            if p != i:
-                for c in range(k):
-                    tmp = b[i, c]
-                    b[i, c] = b[p, c]
-                    b[p, c] = tmp
+            _swap_rows(b, i, piv[i])
 
 
 _SMALL_SOLVERS = {}
