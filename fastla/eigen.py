@@ -82,27 +82,32 @@ def _matvec_stats(a, v, w):
 
 
 @jit
-def _symmetric_kernel(a, rtol):
-    """True if ``|a_ij - a_ji| <= rtol * max(|a_ij|, |a_ji|)`` everywhere; 64 x 64 tiles, early exit."""
+def _symmetric_kernel(a, atol):
+    """True if ``|a_ij - a_ji| <= atol`` everywhere; 64 x 64 tiles, early exit on the first miss."""
     n = a.shape[0]
     for i0 in range(0, n, 64):
         for j0 in range(0, i0 + 1, 64):
             for i in range(i0, min(i0 + 64, n)):
                 for j in range(j0, min(j0 + 64, i)):
-                    x = a[i, j]
-                    y = a[j, i]
-                    if abs(x - y) > rtol * max(abs(x), abs(y)):
+                    if abs(a[i, j] - a[j, i]) > atol:
                         return False
     return True
 
 
 def _is_symmetric(a):
+    """Symmetric up to rounding: ``|a - a.T| <= rtol * max|a|`` elementwise.
+
+    The tolerance scales with the matrix, not with each entry: ``Q diag(l) Q^T`` is symmetric to
+    rounding relative to its norm, while its small entries can differ by far more than their own
+    relative precision.
+    """
     from fastla import _jit
 
     rtol = 1e-10 if a.dtype == np.float64 else 1e-5
+    atol = rtol * max(float(a.max()), -float(a.min()), 0.0)
     if _jit.JIT_ENABLED:
-        return bool(_symmetric_kernel(a, rtol))
-    return bool(np.allclose(a, a.T, rtol=rtol, atol=0))
+        return bool(_symmetric_kernel(a, atol))
+    return bool(np.all(np.abs(a - a.T) <= atol))
 
 
 def _numba_matvec(a, v, w):

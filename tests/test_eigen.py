@@ -118,3 +118,15 @@ def test_v0_seed_and_errors():
         fastla.power_iteration(np.eye(2, dtype=complex))
     w, _ = fastla.power_iteration(np.eye(3, dtype=int) * 2 + 1, seed=0)  # ints -> float64
     assert w.dtype == np.float64
+
+
+def test_symmetry_detection_is_relative_to_the_matrix():
+    """Q diag(l) Q^T is symmetric only to rounding: its tiny entries must not fail the check."""
+    rng = np.random.default_rng(4)
+    q, _ = np.linalg.qr(rng.standard_normal((120, 120)))
+    a = (q * np.linspace(1.0, 0.01, 120)) @ q.T
+    assert not np.array_equal(a, a.T)
+    w, _ = fastla.power_iteration(a, k=3, seed=0)
+    np.testing.assert_allclose(w, [1.0, 1.0 - 0.99 / 119, 1.0 - 2 * 0.99 / 119], rtol=1e-8)
+    with pytest.raises(ValueError, match="symmetric"):
+        fastla.power_iteration(a + np.triu(np.full_like(a, 1e-3), 1), k=2)
