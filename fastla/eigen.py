@@ -22,15 +22,14 @@ component is positive (reproducible signs). The oracle in the tests is ``numpy.l
 
 Implementations share this algorithm and differ in the O(n^2) step: ``numba`` (k = 1: one parallel
 pass over A computing ``A v``, ``v.Av`` and ``||Av||^2`` together, so A is read once per sweep;
-k > 1: ``A V`` through fastla's packed GEMM), ``numpy`` (``@``, BLAS gemv/gemm), ``loop`` (pure-Python
-matrix-vector loops).
+k > 1: ``A V`` in one parallel pass over A for the thin block V), ``numpy`` (``@``, BLAS
+gemv/gemm), ``loop`` (pure-Python matrix-vector loops).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from fastla import _gemm_kernels as _gk
 from fastla import _registry, _validate
 from fastla._jit import jit, prange
 
@@ -128,8 +127,45 @@ def _loop_matvec(a, v, w):
     return sum(vv[i] * float(w[i]) for i in range(n)), sum(float(x) * float(x) for x in w)
 
 
+@jit(parallel=True)
+def _matmat_thin(a, v, out):
+    """``out = a @ v`` for a thin ``v`` (n x b, b small): one parallel pass over ``a``, four rows of
+    ``a`` at a time so that each row of ``v`` loaded from L2 feeds four accumulating rows of ``out``.
+    """
+    n, m = a.shape
+    b = v.shape[1]
+    for blk in prange((n + 3) // 4):
+        i0 = 4 * blk
+        rows = min(4, n - i0)
+        for r in range(rows):
+            for c in range(b):
+                out[i0 + r, c] = 0
+        if rows == 4:
+            for j in range(m):
+                a0 = a[i0, j]
+                a1 = a[i0 + 1, j]
+                a2 = a[i0 + 2, j]
+                a3 = a[i0 + 3, j]
+                for c in range(b):
+                    vj = v[j, c]
+                    out[i0, c] += a0 * vj
+                    out[i0 + 1, c] += a1 * vj
+                    out[i0 + 2, c] += a2 * vj
+                    out[i0 + 3, c] += a3 * vj
+        else:
+            for r in range(rows):
+                for j in range(m):
+                    arj = a[i0 + r, j]
+                    for c in range(b):
+                        out[i0 + r, c] += arj * v[j, c]
+
+
 def _numba_matmat(a, v):
-    return _gk.gemm(a, np.ascontiguousarray(v))
+    # The subspace block is thin (2k columns): the packed GEMM would run every tile as an edge tile
+    # (measured 5.9 s vs 1.3 s for BLAS at n = 4000, k = 10), so A V is one pass over A instead.
+    out = np.empty((a.shape[0], v.shape[1]), dtype=a.dtype)
+    _matmat_thin(a, np.ascontiguousarray(v), out)
+    return out
 
 
 def _numpy_matmat(a, v):
