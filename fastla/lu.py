@@ -142,7 +142,22 @@ def _getrf(a, piv, nb, neg_one, kc, mc, nc):
 def _getrs(lu, piv, b, trans):
     """Solve with the factors in place on C-contiguous ``b`` (n, k): trans 0 (A x = b) or 1 (A^T)."""
     n, k = b.shape
-    if trans == 0:
+    if trans == 0 and k == 1:
+        # One right-hand side: each step is a dot product of a contiguous row of the factors with
+        # the solution so far (vectorised), instead of axpys of length 1.
+        for i in range(n):
+            _swap_rows(b, i, piv[i])
+        for i in range(n):  # L y = P b
+            s = b[i, 0]
+            for r in range(i):
+                s -= lu[i, _U(r)] * b[_U(r), 0]
+            b[i, 0] = s
+        for i in range(n - 1, -1, -1):  # U x = y
+            s = b[i, 0]
+            for r in range(i + 1, n):
+                s -= lu[i, _U(r)] * b[_U(r), 0]
+            b[i, 0] = s / lu[i, i]
+    elif trans == 0:
         for i in range(n):
             _swap_rows(b, i, piv[i])
         for i in range(n):  # L y = P b, L unit lower
@@ -365,8 +380,7 @@ def _prepare_solve(lu_and_piv, b, trans=0, overwrite_b=False, check_finite=True)
     if b.shape[: len(stack)] != stack or b.ndim < len(stack) + 1 or b.shape[len(stack)] != n:
         raise ValueError(f"lu_solve: b of shape {b.shape} is incompatible with lu of shape {lu.shape}")
     dtype, why = _float_or_reason((lu, b))
-    if check_finite:
-        _validate.check_finite(lu)
+    if check_finite:  # like SciPy: only b (lu comes from lu_factor, which checked its input)
         _validate.check_finite(b)
     if why is None:
         lu, b = _validate.native(lu, dtype), _validate.native(b, dtype)
