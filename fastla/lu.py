@@ -138,6 +138,15 @@ def _getrf(a, piv, nb, neg_one, kc, mc, nc):
     return info
 
 
+@jit(inline="always")
+def _row_dot(lu, b, i, lo, hi):
+    """``sum(lu[i, lo:hi] * b[lo:hi, 0])``: contiguous in both, vectorised."""
+    s = 0.0
+    for r in range(lo, hi):
+        s += lu[i, _U(r)] * b[_U(r), 0]
+    return s
+
+
 @jit
 def _getrs(lu, piv, b, trans):
     """Solve with the factors in place on C-contiguous ``b`` (n, k): trans 0 (A x = b) or 1 (A^T)."""
@@ -148,15 +157,9 @@ def _getrs(lu, piv, b, trans):
         for i in range(n):
             _swap_rows(b, i, piv[i])
         for i in range(n):  # L y = P b
-            s = b[i, 0]
-            for r in range(i):
-                s -= lu[i, _U(r)] * b[_U(r), 0]
-            b[i, 0] = s
+            b[i, 0] -= _row_dot(lu, b, i, 0, i)
         for i in range(n - 1, -1, -1):  # U x = y
-            s = b[i, 0]
-            for r in range(i + 1, n):
-                s -= lu[i, _U(r)] * b[_U(r), 0]
-            b[i, 0] = s / lu[i, i]
+            b[i, 0] = (b[i, 0] - _row_dot(lu, b, i, i + 1, n)) / lu[i, i]
     elif trans == 0:
         for i in range(n):
             _swap_rows(b, i, piv[i])
