@@ -11,7 +11,7 @@ numba. This module decides:
 * the threading layer. Numba's default ``workqueue`` layer aborts the process when two Python threads
   launch parallel regions at once. We ask for the ``threadsafe`` layer (TBB or OpenMP) when one of
   them can be loaded, and otherwise serialise fastla's parallel regions with a lock
-  (:func:`parallel_region`). A user's own ``NUMBA_THREADING_LAYER`` is respected.
+  (:func:`run_parallel`). A user's own ``NUMBA_THREADING_LAYER`` is respected.
 * host facts used to pick kernel shapes: SIMD width from LLVM's view of the host CPU (Numba compiles
   for that CPU) and cache sizes from sysfs, with safe defaults.
 

@@ -346,16 +346,11 @@ def _square(a, name, fn):
         raise ValueError(f"{fn}: {name} must be square (..., n, n), got shape {a.shape}")
 
 
-def _float_or_reason(arrays):
-    dtype, why = _validate.compute_dtype(arrays, ints_to_float64=True)
-    return dtype, why
-
-
 def _prepare_factor(a, overwrite_a=False, check_finite=True):
     a_in = a
     a = np.asarray(a)
     _square(a, "a", "lu_factor")
-    dtype, why = _float_or_reason((a,))
+    dtype, why = _validate.compute_dtype((a,), ints_to_float64=True)
     if check_finite:
         _validate.check_finite(a)
     args = (a if why else _validate.native(a, dtype), overwrite_a and a is a_in)
@@ -382,7 +377,7 @@ def _prepare_solve(lu_and_piv, b, trans=0, overwrite_b=False, check_finite=True)
     vector = b.ndim == len(stack) + 1
     if b.shape[: len(stack)] != stack or b.ndim < len(stack) + 1 or b.shape[len(stack)] != n:
         raise ValueError(f"lu_solve: b of shape {b.shape} is incompatible with lu of shape {lu.shape}")
-    dtype, why = _float_or_reason((lu, b))
+    dtype, why = _validate.compute_dtype((lu, b), ints_to_float64=True)
     if check_finite:  # like SciPy: only b (lu comes from lu_factor, which checked its input)
         _validate.check_finite(b)
     if why is None:
@@ -404,7 +399,7 @@ def _prepare_linsolve(a, b):
         stack = np.broadcast_shapes(a.shape[:-2], bb.shape[:-2])
     except ValueError:
         raise ValueError(f"solve: stacks of a {a.shape} and b {b.shape} do not broadcast") from None
-    dtype, why = _float_or_reason((a, b))
+    dtype, why = _validate.compute_dtype((a, b), ints_to_float64=True)
     if why is None:
         a, b = _validate.native(a, dtype), _validate.native(b, dtype)
     facts = {"n": n, "batch": math.prod(stack)}

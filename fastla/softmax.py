@@ -197,10 +197,6 @@ def _rule(prep):
     return "numba", lambda: f"{size} elements: fused compiled passes beat SciPy's NumPy passes"
 
 
-def _rule_ce(prep):
-    return _rule(prep)
-
-
 _SOFTMAX = _registry.operation("softmax", lambda x, axis=-1, out=None: _prepare(x, axis, out, False), _rule)
 _LOG_SOFTMAX = _registry.operation(
     "log_softmax", lambda x, axis=-1, out=None: _prepare(x, axis, out, True), _rule
@@ -427,7 +423,7 @@ def _prepare_ce(logits, target, axis=-1, reduction="mean", label_smoothing=0.0, 
     return _registry.Prepared(args, compiled=why, facts={"size": x.size})
 
 
-_CE = _registry.operation("cross_entropy", _prepare_ce, _rule_ce)
+_CE = _registry.operation("cross_entropy", _prepare_ce, _rule)
 
 
 @_registry.public(_CE)
