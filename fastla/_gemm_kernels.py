@@ -86,27 +86,32 @@ class Blocking:
 
 
 BLOCKING = {np.dtype(np.float64): Blocking(8), np.dtype(np.float32): Blocking(4)}
+#: Empty scale vectors: "no row/column scaling" for :func:`gemm_into`.
+NO_SCALE = {dt: np.empty(0, dt) for dt in BLOCKING}
 
 
 # --------------------------------------------------------------------------- micro-kernel
 
 
-def _microkernel_twin(kc, A, aoff, B, boff, C, coff, ldc):
-    """Python twin: ``C[tile] += Apanel.T @ Bpanel`` on the same packed layout as the IR."""
+def _microkernel_twin(kc, A, aoff, B, boff, C, coff, ldc, load_c):
+    """Python twin: ``C[tile] (+)= Apanel.T @ Bpanel`` on the same packed layout as the IR."""
     blk = BLOCKING[A.dtype]
     mr, nr = blk.MR, blk.NR
     a = A[aoff : aoff + kc * mr].reshape(kc, mr)
     b = B[boff : boff + kc * nr].reshape(kc, nr)
     tile = a.T @ b
     for i in range(mr):
-        C[coff + i * ldc : coff + i * ldc + nr] += tile[i]
+        row = slice(coff + i * ldc, coff + i * ldc + nr)
+        C[row] = C[row] + tile[i] if load_c else tile[i]
 
 
 @_jit.intrinsic(_microkernel_twin)
-def microkernel(typingctx, kc, A, aoff, B, boff, C, coff, ldc):
+def microkernel(typingctx, kc, A, aoff, B, boff, C, coff, ldc, load_c):
     """``C[coff + i*ldc + j] += sum_p A[aoff + p*MR + i] * B[boff + p*NR + j]`` for the MR x NR tile.
 
     A and B are packed micro-panels (1-D arrays), C any 1-D array with unit stride along a row.
+    With ``load_c`` false the tile is stored without reading C first (``C = A @ B``): the first
+    rank-KC update of a product then needs no zeroing pass over C.
     """
     from llvmlite import ir
     from numba.core import cgutils
@@ -119,10 +124,10 @@ def microkernel(typingctx, kc, A, aoff, B, boff, C, coff, ldc):
     blk = BLOCKING[np.dtype(str(A.dtype))]
     mr, nv, w = blk.MR, blk.NV, blk.W
     nr = blk.NR
-    sig = nbt.void(kc, A, aoff, B, boff, C, coff, ldc)
+    sig = nbt.void(kc, A, aoff, B, boff, C, coff, ldc, load_c)
 
     def codegen(context, builder, sig, args):
-        kc_v, a_v, aoff_v, b_v, boff_v, c_v, coff_v, ldc_v = args
+        kc_v, a_v, aoff_v, b_v, boff_v, c_v, coff_v, ldc_v, load_v = args
         i64 = ir.IntType(64)
         fty = context.get_value_type(sig.args[1].dtype)
         vty = ir.VectorType(fty, w)
@@ -189,12 +194,18 @@ def microkernel(typingctx, kc, A, aoff, B, boff, C, coff, ldc):
             fin.add_incoming(zero, pre)
             fin.add_incoming(val, loop)
             final.append(fin)
+        ptrs = []
         for i in range(mr):
             row = builder.gep(c_base, [builder.mul(ldc_i, ir.Constant(i64, i))])
-            for v in range(nv):
-                cp = builder.bitcast(builder.gep(row, [ir.Constant(i64, v * w)]), vptr)
-                acc = builder.fadd(builder.load(cp, align=align), final[i * nv + v])
-                builder.store(acc, cp, align=align)
+            ptrs += [builder.bitcast(builder.gep(row, [ir.Constant(i64, v * w)]), vptr) for v in range(nv)]
+        load_c_i1 = context.cast(builder, load_v, sig.args[8], nbt.boolean)
+        with builder.if_else(load_c_i1) as (then, otherwise):
+            with then:
+                for cp, val in zip(ptrs, final, strict=True):
+                    builder.store(builder.fadd(builder.load(cp, align=align), val), cp, align=align)
+            with otherwise:
+                for cp, val in zip(ptrs, final, strict=True):
+                    builder.store(val, cp, align=align)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -246,39 +257,55 @@ def _aligned_empty(n, dtype_like):
 
 
 @jit
-def pack_a(a, i0, mc, p0, kc, mr, alpha, out, off):
+def pack_a(a, i0, mc, p0, kc, mr, alpha, row_scale, out, off):
     """Pack ``alpha * a[i0:i0+mc, p0:p0+kc]`` into MR-tall micro-panels: ``out[off + panel, p, i]``.
 
     Rows past ``mc`` are zero so that edge tiles run the same micro-kernel. Folding ``alpha`` in
     here makes ``C += alpha * A @ B`` cost nothing extra (LU's trailing update uses alpha = -1).
+    A non-empty ``row_scale`` also multiplies row ``i`` by ``row_scale[i]`` (cosine similarity's
+    inverse norms), again for free.
     """
+    scaled = row_scale.size > 0
     for ir in range(0, mc, mr):
         base = off + (ir // mr) * kc * mr
         rows = min(mr, mc - ir)
         for i in range(rows):
             src = _U(i0 + ir + i)
+            s = alpha * row_scale[src] if scaled else alpha
             for p in range(kc):
-                out[_U(base + p * mr + i)] = alpha * a[src, _U(p0 + p)]
+                out[_U(base + p * mr + i)] = s * a[src, _U(p0 + p)]
         for i in range(rows, mr):
             for p in range(kc):
                 out[_U(base + p * mr + i)] = 0
 
 
 @jit
-def pack_b_panel(b, p0, kc, j0, cols, nr, out, off):
-    """Pack ``b[p0:p0+kc, j0:j0+cols]`` into one NR-wide micro-panel ``out[off + p, j]`` (zero pad)."""
+def pack_b_panel(b, p0, kc, j0, cols, nr, col_scale, out, off):
+    """Pack ``b[p0:p0+kc, j0:j0+cols]`` into one NR-wide micro-panel ``out[off + p, j]`` (zero pad).
+
+    A non-empty ``col_scale`` multiplies column ``j`` by ``col_scale[j]``.
+    """
+    scaled = col_scale.size > 0
     for p in range(kc):
         row = off + p * nr
         src = _U(p0 + p)
-        for j in range(cols):
-            out[_U(row + j)] = b[src, _U(j0 + j)]
+        if scaled:
+            for j in range(cols):
+                out[_U(row + j)] = b[src, _U(j0 + j)] * col_scale[_U(j0 + j)]
+        else:
+            for j in range(cols):
+                out[_U(row + j)] = b[src, _U(j0 + j)]
         for j in range(cols, nr):
             out[_U(row + j)] = 0
 
 
 @jit
-def _macro(ap, aoff, bp, npan, kc, mc, nc, c, coff, ldc, tile):
-    """All micro-kernel calls of one packed (MC x KC) A block against the packed B slab."""
+def macro_kernel(ap, aoff, bp, npan, kc, mc, nc, c, coff, ldc, load_c, tile):
+    """All micro-kernel calls of one packed (MC x KC) A block against ``npan`` packed B panels.
+
+    ``C (+)= A_block @ B_slab`` on the ``mc x nc`` block of the flat ``c`` at ``coff`` (row stride
+    ``ldc``); ``tile`` is MR*NR scratch for the edge tiles.
+    """
     mr = tile_mr(c)
     nr = tile_nr(c)
     for jp in range(npan):
@@ -289,31 +316,35 @@ def _macro(ap, aoff, bp, npan, kc, mc, nc, c, coff, ldc, tile):
             a_at = aoff + (ir // mr) * kc * mr
             c_at = coff + ir * ldc + jp * nr
             if rows == mr and cols == nr:
-                microkernel(kc, ap, a_at, bp, boff, c, c_at, ldc)
+                microkernel(kc, ap, a_at, bp, boff, c, c_at, ldc, load_c)
             else:
-                tile[:] = 0
-                microkernel(kc, ap, a_at, bp, boff, tile, 0, nr)
+                microkernel(kc, ap, a_at, bp, boff, tile, 0, nr, False)
                 for i in range(rows):
                     for j in range(cols):
-                        c[_U(c_at + i * ldc + j)] += tile[_U(i * nr + j)]
+                        at = _U(c_at + i * ldc + j)
+                        c[at] = c[at] + tile[_U(i * nr + j)] if load_c else tile[_U(i * nr + j)]
 
 
 @jit(parallel=True)
-def gemm_into(a, b, c, coff, ldc, alpha, accumulate, kc_max, mc_max, nc_max):
-    """``C = alpha * a @ b`` (or ``C += ...`` when ``accumulate``), any strides for a and b.
+def gemm_into(a, b, c, coff, ldc, alpha, accumulate, row_scale, col_scale, kc_max, mc_max, nc_max):
+    """``C = alpha * diag(row_scale) @ a @ b @ diag(col_scale)`` (or ``C += ...`` when ``accumulate``).
 
-    ``C`` is the m x n block of the flat array ``c`` that starts at ``coff`` with row stride ``ldc``
-    (unit column stride): a whole C-contiguous result, or a sub-block of a larger matrix.
+    ``a`` and ``b`` may have any strides. ``C`` is the m x n block of the flat array ``c`` that
+    starts at ``coff`` with row stride ``ldc`` (unit column stride): a whole C-contiguous result, or
+    a sub-block of a larger matrix. Empty ``row_scale``/``col_scale`` mean no scaling. The first
+    rank-KC update stores into C without reading it, so ``C = ...`` costs no zeroing pass.
     """
     mr = tile_mr(c)
     nr = tile_nr(c)
     m, k = a.shape
     n = b.shape[1]
-    if not accumulate:
-        for i in prange(m):
-            for j in range(n):
-                c[_U(coff + i * ldc + j)] = 0
-    if m == 0 or n == 0 or k == 0:
+    if m == 0 or n == 0:
+        return
+    if k == 0:
+        if not accumulate:
+            for i in prange(m):
+                for j in range(n):
+                    c[_U(coff + i * ldc + j)] = 0
         return
     n_ic = (m + mc_max - 1) // mc_max
     mc_pad = (mc_max + mr - 1) // mr * mr
@@ -327,14 +358,16 @@ def gemm_into(a, b, c, coff, ldc, alpha, accumulate, kc_max, mc_max, nc_max):
         npan = (nc + nr - 1) // nr
         for pc in range(0, k, kc_max):
             kc = min(kc_max, k - pc)
+            load_c = accumulate or pc > 0
             for jp in prange(npan):
-                pack_b_panel(b, pc, kc, jc + jp * nr, min(nr, nc - jp * nr), nr, bp, jp * kc * nr)
+                j0 = jc + jp * nr
+                pack_b_panel(b, pc, kc, j0, min(nr, nc - jp * nr), nr, col_scale, bp, jp * kc * nr)
             for ib in prange(n_ic):
                 i0 = ib * mc_max
                 mc = min(mc_max, m - i0)
                 aoff = ib * mc_pad * kc
-                pack_a(a, i0, mc, pc, kc, mr, alpha, ap, aoff)
-                _macro(
+                pack_a(a, i0, mc, pc, kc, mr, alpha, row_scale, ap, aoff)
+                macro_kernel(
                     ap,
                     aoff,
                     bp,
@@ -345,6 +378,7 @@ def gemm_into(a, b, c, coff, ldc, alpha, accumulate, kc_max, mc_max, nc_max):
                     c,
                     coff + i0 * ldc + jc,
                     ldc,
+                    load_c,
                     tiles[ib * mr * nr : (ib + 1) * mr * nr],
                 )
 
@@ -378,7 +412,8 @@ def gemm(a, b, out=None, *, threads=None):
 
         threads = get_num_threads()
     mc = row_blocking(m, a.dtype.itemsize, threads)
-    gemm_into(a, b, c.reshape(-1), 0, n, a.dtype.type(1), False, blk.KC, mc, blk.NC)
+    gemm_into(a, b, c.reshape(-1), 0, n, a.dtype.type(1), False, NO_SCALE[a.dtype], NO_SCALE[a.dtype],
+              blk.KC, mc, blk.NC)
     return c
 
 

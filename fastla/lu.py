@@ -128,13 +128,16 @@ def _getrf(a, piv, nb, neg_one, kc, mc, nc):
     """Blocked LU in place on C-contiguous square ``a``; returns LAPACK's info (0 or 1-based j)."""
     n = a.shape[0]
     flat = a.reshape(n * n)
+    no_scale = np.empty(0, a.dtype)
     info = 0
     for k0 in range(0, n, nb):
         k1 = min(k0 + nb, n)
         info = _panel(a, k0, k1, piv, info)
         if k1 < n:
             _trsm_unit_lower_rows(a, k0, k1)
-            _gk.gemm_into(a[k1:, k0:k1], a[k0:k1, k1:], flat, k1 * n + k1, n, neg_one, True, kc, mc, nc)
+            _gk.gemm_into(
+                a[k1:, k0:k1], a[k0:k1, k1:], flat, k1 * n + k1, n, neg_one, True, no_scale, no_scale, kc, mc, nc
+            )
     return info
 
 

@@ -23,13 +23,14 @@ def test_bitcast_intrinsics_match_twins():
 
 
 @_jit.jit
-def _call_microkernel(kc, ap, aoff, bp, boff, c, coff, ldc):
-    gk.microkernel(kc, ap, aoff, bp, boff, c, coff, ldc)
+def _call_microkernel(kc, ap, aoff, bp, boff, c, coff, ldc, load_c):
+    gk.microkernel(kc, ap, aoff, bp, boff, c, coff, ldc, load_c)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("kc", [0, 1, 5, 64])
-def test_microkernel_matches_twin(dtype, kc, rng):
+@pytest.mark.parametrize("load_c", [True, False])
+def test_microkernel_matches_twin(dtype, kc, load_c, rng):
     blk = gk.BLOCKING[np.dtype(dtype)]
     mr, nr = blk.MR, blk.NR
     ap = rng.standard_normal(3 + kc * mr).astype(dtype)
@@ -37,9 +38,12 @@ def test_microkernel_matches_twin(dtype, kc, rng):
     ldc = nr + 7
     c0 = rng.standard_normal(2 + mr * ldc).astype(dtype)
     c_ir, c_py = c0.copy(), c0.copy()
-    _call_microkernel(kc, ap, 3, bp, 5, c_ir, 2, ldc)
-    gk._microkernel_twin(kc, ap, 3, bp, 5, c_py, 2, ldc)
+    _call_microkernel(kc, ap, 3, bp, 5, c_ir, 2, ldc, load_c)
+    gk._microkernel_twin(kc, ap, 3, bp, 5, c_py, 2, ldc, load_c)
     np.testing.assert_allclose(c_ir, c_py, rtol=1e-5 if dtype == np.float32 else 1e-13)
+    tile = ap[3 : 3 + kc * mr].reshape(kc, mr).T @ bp[5 : 5 + kc * nr].reshape(kc, nr)
+    expect = c0[2 : 2 + mr * ldc].reshape(mr, ldc)[:, :nr] * load_c + tile
+    np.testing.assert_allclose(c_ir[2 : 2 + mr * ldc].reshape(mr, ldc)[:, :nr], expect, rtol=1e-4, atol=1e-4)
     # outside the tile nothing moved
     mask = np.ones_like(c0, dtype=bool)
     for i in range(mr):
@@ -57,7 +61,7 @@ def test_microkernel_asm_uses_vector_fma_without_spills(dtype):
 
     @njit(cache=False)
     def f(kc, ap, bp, c):
-        gk.microkernel(kc, ap, 0, bp, 0, c, 0, 64)
+        gk.microkernel(kc, ap, 0, bp, 0, c, 0, 64, True)
 
     blk = gk.BLOCKING[np.dtype(dtype)]
     f(4, np.zeros(4 * blk.MR, dtype), np.zeros(4 * blk.NR, dtype), np.zeros(blk.MR * 64, dtype))
