@@ -412,8 +412,20 @@ def gemm(a, b, out=None, *, threads=None):
 
         threads = get_num_threads()
     mc = row_blocking(m, a.dtype.itemsize, threads)
-    gemm_into(a, b, c.reshape(-1), 0, n, a.dtype.type(1), False, NO_SCALE[a.dtype], NO_SCALE[a.dtype],
-              blk.KC, mc, blk.NC)
+    gemm_into(
+        a,
+        b,
+        c.reshape(-1),
+        0,
+        n,
+        a.dtype.type(1),
+        False,
+        NO_SCALE[a.dtype],
+        NO_SCALE[a.dtype],
+        blk.KC,
+        mc,
+        blk.NC,
+    )
     return c
 
 

@@ -136,7 +136,18 @@ def _getrf(a, piv, nb, neg_one, kc, mc, nc):
         if k1 < n:
             _trsm_unit_lower_rows(a, k0, k1)
             _gk.gemm_into(
-                a[k1:, k0:k1], a[k0:k1, k1:], flat, k1 * n + k1, n, neg_one, True, no_scale, no_scale, kc, mc, nc
+                a[k1:, k0:k1],
+                a[k0:k1, k1:],
+                flat,
+                k1 * n + k1,
+                n,
+                neg_one,
+                True,
+                no_scale,
+                no_scale,
+                kc,
+                mc,
+                nc,
             )
     return info
 
