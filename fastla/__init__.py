@@ -22,6 +22,7 @@ from fastla._registry import (
 from fastla.eigen import ConvergenceError, power_iteration
 from fastla.lu import LinAlgWarning, lu_factor, lu_solve, solve
 from fastla.matmul import matmul
+from fastla.similarity import cosine_similarity, cosine_topk
 from fastla.softmax import cross_entropy, log_softmax, softmax
 
 __version__ = "0.1.0"
@@ -31,6 +32,8 @@ __all__ = [
     "ConvergenceError",
     "LinAlgWarning",
     "backend",
+    "cosine_similarity",
+    "cosine_topk",
     "cross_entropy",
     "explain",
     "get_backend",

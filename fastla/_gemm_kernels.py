@@ -248,7 +248,7 @@ _U = np.uint64
 
 
 @jit
-def _aligned_empty(n, dtype_like):
+def aligned_empty(n, dtype_like):
     """Uninitialised 1-D scratch of ``n`` elements whose first element is 64-byte aligned."""
     size = dtype_like.itemsize
     raw = np.empty(n + 64 // size, dtype_like.dtype)
@@ -350,9 +350,9 @@ def gemm_into(a, b, c, coff, ldc, alpha, accumulate, row_scale, col_scale, kc_ma
     mc_pad = (mc_max + mr - 1) // mr * mr
     kc_max = min(kc_max, k)
     nc_pad = (min(nc_max, n) + nr - 1) // nr * nr
-    ap = _aligned_empty(n_ic * mc_pad * kc_max, c)
-    bp = _aligned_empty(nc_pad * kc_max, c)
-    tiles = _aligned_empty(n_ic * mr * nr, c)
+    ap = aligned_empty(n_ic * mc_pad * kc_max, c)
+    bp = aligned_empty(nc_pad * kc_max, c)
+    tiles = aligned_empty(n_ic * mr * nr, c)
     for jc in range(0, n, nc_max):
         nc = min(nc_max, n - jc)
         npan = (nc + nr - 1) // nr

@@ -1,0 +1,277 @@
+"""cosine_similarity and cosine_topk: every impl against a float64 reference over the input matrix."""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import fastla
+from fastla import similarity
+from tests.helpers import eps, impl_names, variant
+
+
+def _ref_matrix(x, y):
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y, np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        nx = np.linalg.norm(x, axis=-1, keepdims=True)
+        ny = np.linalg.norm(y, axis=-1, keepdims=True)
+        # a zero row stays zero; NaN or inf in a row makes it NaN (NaN * 0, inf * 0)
+        xn = x * np.where(nx > 0, 1 / nx, 0)
+        yn = y * np.where(ny > 0, 1 / ny, 0)
+        return xn @ yn.T
+
+
+def _close(actual, expected, dtype, d):
+    tol = 8 * max(d, 1) * eps(dtype)
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=tol, equal_nan=True)
+
+
+def _ref_topk(q, c, k):
+    full = _ref_matrix(q, c)
+    rows = [sorted(range(c.shape[0]), key=lambda j, r=r: (np.isnan(r[j]), -r[j], j))[:k] for r in full]
+    idx = np.array(rows, dtype=np.intp).reshape(len(full), k)
+    return np.take_along_axis(full, idx, axis=1), idx, full
+
+
+# --------------------------------------------------------------------------- matrix
+
+
+@pytest.mark.parametrize(
+    "n,m,d",
+    [(1, 1, 1), (7, 33, 5), (33, 7, 65), (65, 127, 33), (40, 70, 300), (0, 5, 3), (5, 0, 3), (3, 4, 0)],
+)
+def test_matrix_against_reference(n, m, d, dtype, rng):
+    x = rng.standard_normal((n, d)).astype(dtype)
+    y = rng.standard_normal((m, d)).astype(dtype)
+    if n > 2:
+        x[1] = 0  # a zero row: similarity 0, no warning
+    expected = _ref_matrix(x, y)
+    for name in impl_names("cosine_similarity", max(n, m)):
+        res = fastla.cosine_similarity(x, y, backend=name)
+        assert res.dtype == dtype and res.shape == (n, m), name
+        _close(res, expected, dtype, d)
+        if n > 2:
+            assert np.all(res[1] == 0)
+
+
+@pytest.mark.parametrize("n", [1, 7, 65, 700])
+def test_symmetric_is_exact(n, dtype, rng):
+    d = 300 if n == 65 else 20  # d > KC: several rank-KC updates per block
+    x = rng.standard_normal((n, d)).astype(dtype)
+    x[0] = 0
+    expected = _ref_matrix(x, x)
+    np.fill_diagonal(expected, 1)
+    expected[0, 0] = 0
+    for name in impl_names("cosine_similarity", n):
+        for res in (fastla.cosine_similarity(x, backend=name), fastla.cosine_similarity(x, x, backend=name)):
+            assert res.dtype == dtype
+            np.testing.assert_array_equal(res, res.T)
+            assert res[0, 0] == 0 and np.all(np.diag(res)[1:] == 1)
+            _close(res, expected, dtype, d)
+
+
+def test_vector_forms(dtype, rng):
+    a = rng.standard_normal(9).astype(dtype)
+    b = rng.standard_normal((4, 9)).astype(dtype)
+    ref = _ref_matrix(a[None], b)[0]
+    for name in impl_names("cosine_similarity", 9):
+        s = fastla.cosine_similarity(a, b[0], backend=name)
+        assert type(s) is float
+        assert abs(s - ref[0]) < 1e-5
+        r1 = fastla.cosine_similarity(a, b, backend=name)
+        r2 = fastla.cosine_similarity(b, a, backend=name)
+        assert r1.shape == r2.shape == (4,) and r1.dtype == dtype
+        _close(r1, ref, dtype, 9)
+        _close(r2, ref, dtype, 9)
+    assert fastla.cosine_similarity([1.0, 0.0], [0.0, 0.0]) == 0.0
+
+
+def test_layouts_and_no_mutation(layout, dtype, rng):
+    x0 = rng.standard_normal((13, 9)).astype(dtype)
+    y0 = rng.standard_normal((6, 9)).astype(dtype)
+    x, y = variant(x0, layout), variant(y0, layout)
+    kx, ky = x.copy(), y.copy()
+    for name in impl_names("cosine_similarity", 13):
+        _close(fastla.cosine_similarity(x, y, backend=name), _ref_matrix(x0, y0), dtype, 9)
+        res = fastla.cosine_similarity(x, backend=name)
+        np.testing.assert_array_equal(res, res.T)
+        s, i = fastla.cosine_topk(y, x, 3, backend=name)
+        _close(s, np.sort(_ref_matrix(y0, x0), axis=1)[:, ::-1][:, :3], dtype, 9)
+    np.testing.assert_array_equal(x, kx)
+    np.testing.assert_array_equal(y, ky)
+
+
+def test_extreme_scales_do_not_overflow(dtype, rng):
+    big, small = (1e200, 1e-200) if dtype == np.float64 else (1e30, 1e-30)
+    x = rng.standard_normal((5, 16)).astype(dtype)
+    y = rng.standard_normal((4, 16)).astype(dtype)
+    xs = x.copy()
+    xs[1] *= dtype(big)
+    xs[2] *= dtype(small)
+    expected = _ref_matrix(x, y)
+    for name in impl_names("cosine_similarity", 5):
+        _close(fastla.cosine_similarity(xs, y, backend=name), expected, dtype, 16)
+
+
+def test_nan_and_inf_propagate_rowwise(dtype, rng):
+    x = rng.standard_normal((4, 6)).astype(dtype)
+    y = rng.standard_normal((3, 6)).astype(dtype)
+    x[1, 2] = np.nan
+    x[2, 0] = np.inf
+    expected = _ref_matrix(np.delete(x, [1, 2], axis=0), y)
+    for name in impl_names("cosine_similarity", 4):
+        res = fastla.cosine_similarity(x, y, backend=name)
+        assert np.isnan(res[1]).all() and np.isnan(res[2]).all(), name
+        _close(res[[0, 3]], expected, dtype, 6)
+        sym = fastla.cosine_similarity(x, backend=name)
+        assert np.isnan(sym[1, 1]) and np.isnan(sym[0, 1]) and sym[0, 0] == 1
+
+
+def test_dtype_rules(rng):
+    xi = rng.integers(-5, 5, (6, 4))
+    assert fastla.cosine_similarity(xi).dtype == np.float64
+    x32 = xi.astype(np.float32)
+    assert fastla.cosine_similarity(x32, xi).dtype == np.float64
+    assert fastla.cosine_similarity(x32, x32.astype(np.float16)).dtype == np.float32
+    assert fastla.cosine_similarity(x32.astype(np.float16)).dtype == np.float32
+    with pytest.raises(TypeError):
+        fastla.cosine_similarity(xi.astype(complex))
+    with pytest.raises(TypeError):
+        fastla.cosine_similarity(np.array([["a"]]))
+
+
+def test_errors_and_out(rng):
+    x = rng.standard_normal((3, 4))
+    with pytest.raises(ValueError, match=r"\(3, 4\).*\(2, 5\)"):
+        fastla.cosine_similarity(x, np.ones((2, 5)))
+    with pytest.raises(ValueError, match="1-D or 2-D"):
+        fastla.cosine_similarity(np.ones((2, 3, 4)))
+    with pytest.raises(ValueError, match="shape"):
+        fastla.cosine_similarity(x, out=np.empty((3, 4)))
+    for name in impl_names("cosine_similarity", 3):
+        out = np.empty((3, 3), np.float64)
+        assert fastla.cosine_similarity(x, out=out, backend=name) is out
+        _close(out, _ref_matrix(x, x), np.float64, 4)
+        out_t = np.empty((3, 3), np.float64).T  # not C-contiguous: filled by a copy
+        assert fastla.cosine_similarity(x, x[:3], out=out_t, backend=name) is out_t
+        _close(out_t, _ref_matrix(x, x), np.float64, 4)
+        out1 = np.empty(3, np.float32)
+        assert fastla.cosine_similarity(x[0], x, out=out1, backend=name) is out1
+
+
+def test_auto_rule():
+    small = np.ones((4, 4))
+    big = np.ones((400, 256))
+    assert fastla.explain("cosine_similarity", small)[0] == "numpy"
+    assert fastla.explain("cosine_similarity", big, big)[0] == (
+        "numba" if fastla._jit.NUMBA_AVAILABLE else "numpy"
+    )
+    assert fastla.explain("cosine_topk", big, big, 5)[0] == (
+        "numba" if fastla._jit.NUMBA_AVAILABLE else "numpy"
+    )
+
+
+# --------------------------------------------------------------------------- top-k
+
+
+@pytest.mark.parametrize(
+    "nq,nc,d,k", [(1, 1, 1, 1), (7, 33, 5, 3), (33, 200, 65, 10), (9, 150, 300, 150), (5, 40, 8, 0)]
+)
+def test_topk_against_reference(nq, nc, d, k, dtype, rng):
+    q = rng.standard_normal((nq, d)).astype(dtype)
+    c = rng.standard_normal((nc, d)).astype(dtype)
+    s_ref, i_ref, full = _ref_topk(q, c, k)
+    for name in impl_names("cosine_topk", 40 if nq * nc <= 2000 else 99):
+        s, i = fastla.cosine_topk(q, c, k, backend=name)
+        assert s.shape == i.shape == (nq, k) and s.dtype == dtype and i.dtype == np.intp
+        _close(s, s_ref, dtype, d)
+        # each index is a real row whose score is the reported one, and no row repeats
+        _close(np.take_along_axis(full, i, axis=1), s, dtype, d)
+        assert all(len(set(r)) == k for r in i.tolist())
+        if dtype == np.float64:
+            np.testing.assert_array_equal(i, i_ref)
+
+
+@pytest.mark.parametrize("k", [1, 5, 70])
+def test_topk_across_many_tiles(k, dtype, rng, monkeypatch):
+    """Tiny tiles: tile edges, and a k larger than one tile (the first-k fill spans tiles)."""
+    blk = fastla._gemm_kernels.BLOCKING[np.dtype(dtype)]
+    monkeypatch.setattr(similarity, "_topk_blocking", lambda nq, it, th: (blk.MR, blk.NR))
+    q = rng.standard_normal((2 * blk.MR + 1, 12)).astype(dtype)
+    c = rng.standard_normal((5 * blk.NR + 3, 12)).astype(dtype)
+    s_ref, i_ref, _ = _ref_topk(q, c, k)
+    s, i = fastla.cosine_topk(q, c, k, backend="numba")
+    _close(s, s_ref, dtype, 12)
+    if dtype == np.float64:
+        np.testing.assert_array_equal(i, i_ref)
+
+
+def test_topk_ties_and_nan_order_exactly(dtype, rng):
+    """Duplicate corpus rows tie exactly (one-hot rows): lower index first; NaN rows come last."""
+    d = 6
+    hot = rng.integers(0, d, 60)
+    c = np.zeros((60, d), dtype)
+    c[np.arange(60), hot] = 2.0 ** rng.integers(-3, 4, 60)
+    c[7] = np.nan
+    c[11] = 0  # zero row: score 0
+    q = rng.standard_normal((5, d)).astype(dtype)
+    q[4] = np.nan  # every score NaN: the first k rows, in index order
+    s_ref, i_ref, _ = _ref_topk(q, c, 60)
+    for name in impl_names("cosine_topk", 40):
+        for k in (1, 13, 60):
+            s, i = fastla.cosine_topk(q, c, k, backend=name)
+            np.testing.assert_array_equal(i, i_ref[:, :k], err_msg=name)
+            _close(s, s_ref[:, :k], dtype, d)
+        assert fastla.cosine_topk(q, c, 60, backend=name)[1][0, -1] == 7  # NaN ranks last
+
+
+def test_topk_numpy_batches_agree(rng):
+    q = rng.standard_normal((10, 5))
+    c = rng.standard_normal((30, 5))
+    ref = fastla.cosine_topk(q, c, 4, backend="numpy")
+    for bs in (1, 3, 100):
+        s, i = fastla.cosine_topk(q, c, 4, batch_size=bs, backend="numpy")
+        np.testing.assert_array_equal(i, ref[1])
+        np.testing.assert_allclose(s, ref[0], rtol=1e-14)  # BLAS gemv (one row) rounds differently
+
+
+def test_topk_shapes_and_errors(rng):
+    c = rng.standard_normal((20, 4))
+    for name in impl_names("cosine_topk", 20):
+        s, i = fastla.cosine_topk(c[3], c, 2, backend=name)
+        assert s.shape == i.shape == (2,) and i[0] == 3
+        s, i = fastla.cosine_topk(np.empty((0, 4)), c, 2, backend=name)
+        assert s.shape == (0, 2)
+        s, i = fastla.cosine_topk(c[:2], c, 20, backend=name)
+        assert sorted(i[0]) == list(range(20))
+        s, i = fastla.cosine_topk(c[:3, :0], c[:, :0], 4, backend=name)  # d = 0: all scores 0
+        np.testing.assert_array_equal(i, [[0, 1, 2, 3]] * 3)
+    with pytest.raises(ValueError, match="k=21"):
+        fastla.cosine_topk(c, c, 21)
+    with pytest.raises(ValueError, match="k=-1"):
+        fastla.cosine_topk(c, c, -1)
+    with pytest.raises(TypeError, match="integer"):
+        fastla.cosine_topk(c, c, 2.0)
+    with pytest.raises(ValueError, match="corpus must be 2-D"):
+        fastla.cosine_topk(c, c[0], 1)
+    with pytest.raises(ValueError, match=r"\(20, 4\).*\(3, 5\)"):
+        fastla.cosine_topk(c, np.ones((3, 5)), 1)
+    with pytest.raises(ValueError, match="batch_size"):
+        fastla.cosine_topk(c, c, 1, batch_size=0)
+
+
+@pytest.mark.slow
+def test_topk_memory_is_not_n_queries_by_n_corpus(rng):
+    """All of the compiled path's memory is numpy-allocated (tracemalloc sees it): far below n x m."""
+    q = rng.standard_normal((300, 16)).astype(np.float32)
+    c = rng.standard_normal((40_000, 16)).astype(np.float32)
+    fastla.cosine_topk(q[:2], c[:100], 3, backend="numba")  # compile outside the measurement
+    tracemalloc.start()
+    try:
+        fastla.cosine_topk(q, c, 10, backend="numba")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    full = q.shape[0] * c.shape[0] * 4
+    assert peak < full / 8, (peak, full)
