@@ -45,7 +45,7 @@ class Workload:
         names = [n for n in _implementations(self.op) if n not in self.skip_impls]
         if not self.loop:
             names = [n for n in names if n != "loop"]
-        return names + [f"anchor:{a}" for a in self.anchors]
+        return names + [f"anchor:{a}" for a in self.anchors if _available(a)]
 
     def callable(self, impl):
         if impl.startswith("anchor:"):
@@ -83,14 +83,25 @@ def _copyto(x, *args, **kwargs):
 _copyto.buffers = {}
 
 ANCHORS: dict[str, Callable] = {"copyto": _copyto}
+#: Anchor name -> the optional module it needs (the ``bench`` extra); skipped where it is missing.
+ANCHOR_REQUIRES: dict[str, str] = {}
 
 
-def register_anchor(name):
+def register_anchor(name, requires=None):
     def deco(fn):
         ANCHORS[name] = fn
+        if requires:
+            ANCHOR_REQUIRES[name] = requires
         return fn
 
     return deco
+
+
+def _available(anchor):
+    import importlib.util
+
+    module = ANCHOR_REQUIRES.get(anchor)
+    return module is None or importlib.util.find_spec(module) is not None
 
 
 # --------------------------------------------------------------------------- generators
@@ -269,7 +280,7 @@ def _eigsh(a, *args, k=1, tol=1e-8, **kwargs):
     return eigsh(a, k=k, tol=tol)
 
 
-@register_anchor("randomized_svd")
+@register_anchor("randomized_svd", requires="sklearn")
 def _randomized_svd(a, *args, k=1, **kwargs):
     from sklearn.utils.extmath import randomized_svd
 
@@ -294,6 +305,72 @@ WORKLOADS += [
     eig_workload(48, 1, sets=("smoke",), anchors=()),
     eig_workload(2000, 1),
     eig_workload(4000, 10, sets=("full",), anchors=("eigsh", "randomized_svd")),
+]
+
+
+@register_anchor("sklearn", requires="sklearn")
+def _sklearn_cosine(x, y=None, **kwargs):
+    from sklearn.metrics.pairwise import cosine_similarity
+
+    return cosine_similarity(x, y)
+
+
+@register_anchor("full_argpartition")
+def _full_argpartition(q, c, k, **kwargs):
+    """Top-k the way NumPy code usually does it: the whole n x m score matrix, then argpartition."""
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    cn = c / np.linalg.norm(c, axis=1, keepdims=True)
+    scores = qn @ cn.T
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    top = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-top, axis=1)
+    return np.take_along_axis(top, order, axis=1), np.take_along_axis(part, order, axis=1)
+
+
+def cosine_matrix(n, m, d, dtype, sets=("quick", "full"), symmetric=False):
+    size = np.dtype(dtype).itemsize
+
+    def make(rng):
+        x = rng.standard_normal((n, d)).astype(dtype)
+        return ((x,) if symmetric else (x, rng.standard_normal((m, d)).astype(dtype))), {}
+
+    return Workload(
+        "cosine_similarity",
+        f"{n}x{d}" + (" sym" if symmetric else f" vs {m}x{d}") + f" {_dt(dtype)}",
+        make,
+        flops=2.0 * n * m * d,
+        bytes=float(size * (n * d + m * d + n * m)),
+        sets=sets,
+        loop=n * m * d <= 2e5,
+        anchors=("sklearn",),
+    )
+
+
+def cosine_topk(nq, nc, d, k, dtype, sets=("quick", "full"), anchors=("full_argpartition",)):
+    def make(rng):
+        q = rng.standard_normal((nq, d)).astype(dtype)
+        return (q, rng.standard_normal((nc, d)).astype(dtype), k), {}
+
+    return Workload(
+        "cosine_topk",
+        f"{nq}x{nc}x{d} {_dt(dtype)} k={k}",
+        make,
+        flops=2.0 * nq * nc * d,
+        sets=sets,
+        loop=nq * nc * d <= 2e5,
+        anchors=anchors,
+    )
+
+
+WORKLOADS += [
+    cosine_matrix(40, 50, 30, np.float64, sets=("smoke",)),
+    cosine_matrix(10_000, 10_000, 256, np.float32),
+    cosine_matrix(10_000, 10_000, 256, np.float32, symmetric=True),
+    cosine_matrix(2000, 2000, 300, np.float64, sets=("full",)),
+    cosine_topk(20, 500, 16, 5, np.float64, sets=("smoke",)),
+    cosine_topk(1000, 100_000, 256, 10, np.float32),
+    # the issue's size; its full-matrix anchor would need 4 GB of scores + 8 GB of argpartition
+    cosine_topk(10_000, 100_000, 256, 10, np.float32, sets=("full",), anchors=()),
 ]
 
 
