@@ -19,6 +19,7 @@ from fastla._registry import (
     implementations,
     operations,
 )
+from fastla.attention import scaled_dot_product_attention
 from fastla.eigen import ConvergenceError, power_iteration
 from fastla.lu import LinAlgWarning, lu_factor, lu_solve, solve
 from fastla.matmul import matmul
@@ -45,6 +46,7 @@ __all__ = [
     "matmul",
     "operations",
     "power_iteration",
+    "scaled_dot_product_attention",
     "set_backend",
     "set_num_threads",
     "softmax",

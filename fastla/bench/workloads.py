@@ -374,6 +374,44 @@ WORKLOADS += [
 ]
 
 
+def _torch_sdpa_anchor():
+    from fastla.bench.isolated import IsolatedAnchor
+
+    return IsolatedAnchor("torch_sdpa")
+
+
+ANCHORS["torch"] = _torch_sdpa_anchor()
+ANCHOR_REQUIRES["torch"] = "torch"
+
+
+def attention(b, h, L, S, E, dtype, causal=False, sets=("quick", "full"), anchors=("torch",)):
+    def make(rng):
+        q = rng.standard_normal((b, h, L, E)).astype(dtype)
+        k = rng.standard_normal((b, h, S, E)).astype(dtype)
+        v = rng.standard_normal((b, h, S, E)).astype(dtype)
+        return (q, k, v), {"is_causal": causal}
+
+    pairs = b * h * (L * S - (L * (L - 1) // 2 if causal else 0))  # causal: keys j <= i only
+    return Workload(
+        "scaled_dot_product_attention",
+        f"B{b} H{h} L{L} S{S} E{E} {_dt(dtype)}" + (" causal" if causal else ""),
+        make,
+        flops=4.0 * pairs * E,
+        sets=sets,
+        loop=b * h * L * S * E <= 2e5,
+        anchors=anchors,
+    )
+
+
+WORKLOADS += [
+    attention(1, 2, 16, 24, 8, np.float64, sets=("smoke",), anchors=()),
+    attention(1, 8, 4096, 4096, 64, np.float32),
+    attention(1, 8, 4096, 4096, 64, np.float32, causal=True),
+    attention(4, 8, 512, 512, 64, np.float32, sets=("full",)),
+    attention(1, 8, 2048, 2048, 64, np.float64, sets=("full",)),
+]
+
+
 def select(set_name="quick", ops=None):
     """Workloads of ``set_name`` that belong to ``ops`` (all ops when None)."""
     if set_name not in SETS:

@@ -1,0 +1,525 @@
+"""Scaled dot-product attention: ``fastla.scaled_dot_product_attention``.
+
+Semantics of ``torch.nn.functional.scaled_dot_product_attention`` on NumPy arrays:
+``softmax(Q Kᵀ · scale + mask) V`` with ``query (..., L, E)``, ``key (..., S, E)``,
+``value (..., S, Ev)`` -> ``(..., L, Ev)``; leading dimensions broadcast; ``enable_gqa`` lets key and
+value have fewer heads (dimension -3) than the query, each shared by ``Hq / Hkv`` query heads, as
+``repeat_interleave`` does in PyTorch; ``attn_mask`` is boolean (True = attend) or float (added to the
+scores) and broadcasts to ``(..., L, S)``; ``is_causal`` is the top-left lower-triangular mask (query
+``i`` sees keys ``j <= i``); ``scale`` defaults to ``1/sqrt(E)``.
+
+Choices of ours, written down:
+
+* A query row whose every key is masked (or that has no keys, ``S == 0``) returns **zeros**, and its
+  weights are zeros; PyTorch's math path returns NaN there. NaN in the inputs still propagates.
+* Operands of different float dtypes are promoted (PyTorch raises); float16 is computed by NumPy.
+  Integer operands are a TypeError, as in PyTorch.
+* ``return_weights=True`` also returns the ``(..., L, S)`` attention weights. That output *is* the
+  L x S matrix the fused kernel otherwise never builds: the ``numba`` impl computes it in a second
+  pass over the key tiles from the row maxima and sums of the first.
+
+Implementations:
+
+* ``numpy`` — the formula as written, batched through ``@``: materialises the ``(..., L, S)`` scores
+  and their exponentials.
+* ``numba`` — flash-style: parallel over (batch·head, block of query rows); for each block of keys
+  the score tile is computed by the GEMM micro-kernel, the online softmax keeps a running maximum
+  and sum per query, and the output block is rescaled and accumulated by the micro-kernel again —
+  memory O(L·E + tiles), never L x S. The tile is computed *transposed* (keys x queries) so that the
+  softmax steps run across queries in SIMD lanes (no horizontal reductions) and the probabilities are
+  already in the packed layout the second product reads. Causal blocks skip the keys past the
+  diagonal. The exp is :func:`fastla._math.exp` (vectorised), shared with softmax.
+* ``loop`` — pure Python over rows and keys; small inputs only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from fastla import _gemm_kernels as _gk
+from fastla import _math, _registry, _validate
+from fastla._jit import jit, prange
+
+__all__ = ["scaled_dot_product_attention"]
+
+# --------------------------------------------------------------------------- auto rule (data)
+#
+# Measured with `python -m fastla bench --ops scaled_dot_product_attention` (2 threads both sides,
+# Zen 4): see the README table. Below ~2^20 score entries both sides are dominated by per-call
+# overhead.
+AUTO_RULE = {"min_scores": 2**20}
+
+#: Keys per tile (rounded to a multiple of MR): the transposed score tile (BK x BQ) stays in L1/L2.
+KEY_TILE = 256
+#: Query rows per block (rounded up to a multiple of NR).
+QUERY_BLOCK = 64
+
+_U = np.uint64
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _lead_index(lead_in, lead, heads_repeat=1):
+    """Flat index into an operand's own stack for every position of the broadcast ``lead`` shape.
+
+    ``heads_repeat > 1`` repeats the operand's last leading axis (GQA: ``repeat_interleave``).
+    """
+    idx = np.arange(math.prod(lead_in), dtype=np.intp).reshape(lead_in)
+    if heads_repeat > 1:
+        idx = np.repeat(idx, heads_repeat, axis=-1)
+    return np.ascontiguousarray(np.broadcast_to(idx, lead).reshape(-1))
+
+
+def _prepare(
+    query, key, value, attn_mask=None, is_causal=False, scale=None, enable_gqa=False, return_weights=False
+):
+    q, k, v = (np.asarray(x) for x in (query, key, value))
+    for name, x in (("query", q), ("key", k), ("value", v)):
+        if x.ndim < 2:
+            raise ValueError(
+                f"scaled_dot_product_attention: {name} must have at least 2 dimensions, got {x.shape}"
+            )
+        if x.dtype.kind != "f":
+            raise TypeError(
+                f"scaled_dot_product_attention: {name} must be a floating-point array, got {x.dtype}"
+            )
+    L, E = q.shape[-2:]
+    S, Ev = v.shape[-2:]
+    if k.shape[-1] != E or k.shape[-2] != S:
+        raise ValueError(
+            "scaled_dot_product_attention: shapes do not match: query (..., L, E) "
+            f"{q.shape}, key (..., S, E) {k.shape}, value (..., S, Ev) {v.shape}"
+        )
+    if attn_mask is not None and is_causal:
+        raise ValueError("scaled_dot_product_attention: give attn_mask or is_causal=True, not both")
+    reps = [1, 1]
+    k_lead, v_lead = k.shape[:-2], v.shape[:-2]
+    if enable_gqa:
+        if min(q.ndim, k.ndim, v.ndim) < 3:
+            raise ValueError("scaled_dot_product_attention: enable_gqa needs a heads dimension (-3)")
+        hq = q.shape[-3]
+        for i, x in enumerate((k, v)):
+            if x.shape[-3] == 0 or hq % x.shape[-3]:
+                raise ValueError(
+                    f"scaled_dot_product_attention: enable_gqa: query heads ({hq}) must be a multiple of "
+                    f"key/value heads ({k.shape[-3]}, {v.shape[-3]})"
+                )
+            reps[i] = hq // x.shape[-3]
+        k_lead = (*k_lead[:-1], hq)
+        v_lead = (*v_lead[:-1], hq)
+    mask = None
+    m_lead = ()
+    if attn_mask is not None:
+        mask = np.asarray(attn_mask)
+        if mask.dtype.kind not in "bf":
+            raise TypeError(
+                f"scaled_dot_product_attention: attn_mask must be bool or float, got {mask.dtype}"
+            )
+        if mask.ndim < 2:
+            mask = mask.reshape((1,) * (2 - mask.ndim) + mask.shape)
+        if mask.shape[-2] not in (1, L) or mask.shape[-1] not in (1, S):
+            raise ValueError(
+                f"scaled_dot_product_attention: attn_mask of shape {mask.shape} does not broadcast to "
+                f"(..., L={L}, S={S})"
+            )
+        m_lead = mask.shape[:-2]
+    try:
+        lead = np.broadcast_shapes(q.shape[:-2], k_lead, v_lead, m_lead)
+    except ValueError:
+        raise ValueError(
+            "scaled_dot_product_attention: leading dimensions do not broadcast: query "
+            f"{q.shape}, key {k.shape}, value {v.shape}"
+            + (f", attn_mask {mask.shape}" if mask is not None else "")
+        ) from None
+    dtype = np.result_type(q, k, v).newbyteorder("=")
+    why = None if dtype in _validate.COMPILED_DTYPES else f"dtype {dtype} is not compiled"
+    if scale is None:
+        scale = 1.0 / math.sqrt(E) if E else 1.0
+    scale = float(scale)
+    if mask is not None and mask.dtype.kind == "b":  # one additive form for every impl
+        mask = np.where(mask, dtype.type(0), dtype.type(-np.inf))
+    elif mask is not None:
+        mask = mask.astype(dtype, copy=False)
+    plan = {
+        "lead": lead,
+        "dims": (L, S, E, Ev),
+        "q": _lead_index(q.shape[:-2], lead),
+        "k": _lead_index(k.shape[:-2], lead, reps[0]),
+        "v": _lead_index(v.shape[:-2], lead, reps[1]),
+        "mask": _lead_index(m_lead, lead) if mask is not None else None,
+        "causal": bool(is_causal),
+        "scale": scale,
+        "weights": bool(return_weights),
+    }
+    stacks = tuple(
+        _validate.native(x, dtype).reshape(-1, *x.shape[-2:])
+        if x.size
+        else np.empty((0, *x.shape[-2:]), dtype)
+        for x in (q, k, v)
+    )
+    m3 = None if mask is None else mask.reshape(-1, *mask.shape[-2:])
+    facts = {"scores": math.prod(lead) * L * S, "L": L, "S": S, "E": E, "dtype": dtype}
+    return _registry.Prepared((*stacks, m3, plan), compiled=why, facts=facts)
+
+
+def _rule(prep):
+    f = prep.facts
+    if f["scores"] < AUTO_RULE["min_scores"]:
+        return "numpy", lambda: f"{f['scores']} scores: too few for the tiled kernel to pay"
+    return "numba", lambda: f"{f['scores']} scores: tiled online-softmax kernel, no L x S buffer"
+
+
+_OP = _registry.operation("scaled_dot_product_attention", _prepare, _rule)
+
+
+@_registry.public(_OP)
+def scaled_dot_product_attention(
+    query,
+    key,
+    value,
+    attn_mask=None,
+    *,
+    is_causal=False,
+    scale=None,
+    enable_gqa=False,
+    return_weights=False,
+    backend=None,
+):
+    """``softmax(query @ keyᵀ * scale + mask) @ value``, like PyTorch's SDPA, on NumPy arrays.
+
+    Parameters
+    ----------
+    query : array_like, shape (..., L, E)
+    key : array_like, shape (..., S, E)
+    value : array_like, shape (..., S, Ev)
+    attn_mask : array_like of bool or float, optional
+        Broadcastable to ``(..., L, S)``: True = attend (bool) or added to the scores (float).
+    is_causal : bool
+        Query ``i`` attends keys ``j <= i`` (top-left aligned). Not together with ``attn_mask``.
+    scale : float, optional
+        Default ``1 / sqrt(E)``.
+    enable_gqa : bool
+        Key and value may have fewer heads (dimension -3) than the query, dividing its count.
+    return_weights : bool
+        Also return the ``(..., L, S)`` attention weights (materialised).
+    backend : {None, "auto", "numba", "numpy", "loop"}, optional
+
+    Returns
+    -------
+    out : ndarray, shape (..., L, Ev)
+        A query row with every key masked gives zeros (PyTorch gives NaN).
+    weights : ndarray, shape (..., L, S)
+        Only with ``return_weights=True``.
+
+    Raises
+    ------
+    ValueError
+        Mismatched shapes, a mask that does not broadcast, ``attn_mask`` with ``is_causal``.
+    TypeError
+        Non-float operands, a mask that is neither bool nor float.
+
+    Examples
+    --------
+    >>> import numpy as np, fastla as fl
+    >>> q = np.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> k = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    >>> v = np.array([[1.0], [2.0], [3.0]])
+    >>> out = fl.scaled_dot_product_attention(q, k, v, is_causal=True)
+    >>> out.round(4)
+    array([[1.    ],
+           [1.6698]])
+    """
+    return _OP.run(
+        backend, _prepare(query, key, value, attn_mask, is_causal, scale, enable_gqa, return_weights)
+    )
+
+
+# --------------------------------------------------------------------------- shared pieces
+
+
+def _result(out3, w3, plan):
+    L, S, _, Ev = plan["dims"]
+    out = out3.reshape(*plan["lead"], L, Ev)
+    return (out, w3.reshape(*plan["lead"], L, S)) if plan["weights"] else out
+
+
+def _causal_additive(L, S, dtype):
+    return np.where(np.tri(L, S, dtype=bool), dtype.type(0), dtype.type(-np.inf))
+
+
+# --------------------------------------------------------------------------- numpy
+
+
+@_OP.register("numpy", any_dtype=True)
+def _sdpa_numpy(q, k, v, mask, plan):
+    """The formula with ``@`` over the stack: materialises the (..., L, S) scores."""
+    L, S, _, Ev = plan["dims"]
+    dtype = np.result_type(q, k, v)
+    nb = plan["q"].size
+    out = np.empty((nb, L, Ev), dtype)
+    weights = np.empty((nb, L, S), dtype) if plan["weights"] else None
+    qb, kb, vb = q[plan["q"]], k[plan["k"]], v[plan["v"]]
+    scores = (qb @ kb.swapaxes(-1, -2)) * dtype.type(plan["scale"])
+    if mask is not None:
+        scores += mask[plan["mask"]]
+    elif plan["causal"]:
+        scores += _causal_additive(L, S, dtype)
+    with np.errstate(invalid="ignore"):
+        m = scores.max(axis=-1, keepdims=True, initial=-np.inf)
+        m[np.isneginf(m)] = 0  # fully masked row: every exp is 0, no -inf - -inf
+        np.exp(scores - m, out=scores)
+        total = scores.sum(axis=-1, keepdims=True)
+        np.divide(scores, total, out=scores, where=total != 0)
+        scores[np.broadcast_to(total == 0, scores.shape)] = 0
+    np.matmul(scores, vb, out=out)
+    if weights is not None:
+        weights[...] = scores
+    return _result(out, weights, plan)
+
+
+# --------------------------------------------------------------------------- loop
+
+
+@_OP.register("loop")
+def _sdpa_loop(q, k, v, mask, plan):
+    """Pure Python: per query row, the scores, their softmax, the weighted sum of value rows."""
+    L, S, E, Ev = plan["dims"]
+    nb = plan["q"].size
+    out = np.zeros((nb, L, Ev), q.dtype)
+    weights = np.zeros((nb, L, S), q.dtype)
+    scale = plan["scale"]
+    for b in range(nb):
+        qm, km, vm = q[plan["q"][b]].tolist(), k[plan["k"][b]].tolist(), v[plan["v"][b]].tolist()
+        mm = mask[plan["mask"][b]].tolist() if mask is not None else None
+        for i in range(L):
+            row = []
+            for j in range(S):
+                s = sum(qm[i][e] * km[j][e] for e in range(E)) * scale
+                if mm is not None:
+                    s += mm[i if len(mm) > 1 else 0][j if len(mm[0]) > 1 else 0]
+                elif plan["causal"] and j > i:
+                    s = -math.inf
+                row.append(s)
+            top = max(row, default=-math.inf)
+            shift = top if top != -math.inf else 0.0
+            ex = [math.exp(s - shift) if s == s else s for s in row]
+            total = sum(ex)
+            p = [x / total if total != 0 else 0.0 for x in ex]
+            weights[b, i] = p
+            for e in range(Ev):
+                out[b, i, e] = sum(p[j] * vm[j][e] for j in range(S))
+    return _result(out, weights if plan["weights"] else None, plan)
+
+
+# --------------------------------------------------------------------------- numba
+
+
+@jit(parallel=True)
+def _pack_kv(k, v, kp, vp, scale, one):
+    """Pack every key matrix (scaled) as MR-tall micro-panels over keys (the A operand of the score
+    tile) and every value matrix transposed as MR-tall panels over Ev (the A operand of the output
+    tile). Done once per call, shared by all query blocks: O(size of K and V) memory."""
+    nk, S, E = k.shape
+    Ev = v.shape[2]
+    mr = _gk.tile_mr(kp)
+    s_pad = (S + mr - 1) // mr * mr
+    ev_pad = (Ev + mr - 1) // mr * mr
+    none = kp[:0]
+    for t in prange(nk + v.shape[0]):
+        if t < nk:
+            _gk.pack_a(k[t], 0, S, 0, E, mr, scale, none, kp, t * s_pad * E)
+        else:
+            u = t - nk
+            _gk.pack_a(v[u].T, 0, Ev, 0, S, mr, one, none, vp, u * ev_pad * S)
+
+
+@jit(inline="always")
+def _score_tile(qp, kp, k_at, st, E, cols, npq, mr, nr, bk):
+    """Transposed scores ``st[pn, c, r] = scale * <k_(j0+c), q_(i0+pn*NR+r)>`` for ``c < cols``."""
+    for pn in range(npq):
+        for t in range(0, cols, mr):
+            _gk.microkernel(E, kp, k_at + t * E, qp, pn * E * nr, st, pn * bk * nr + t * nr, nr, False)
+
+
+@jit(inline="always")
+def _mask_tile(st, mask, mb, i0, j0, rows, cols, npq, nr, bk, has_mask, causal):
+    """Add the float mask / apply the causal rule to the transposed tile (valid rows only)."""
+    if has_mask:
+        lm = mask.shape[1]
+        sm = mask.shape[2]
+        for pn in range(npq):
+            for c in range(cols):
+                jj = j0 + c if sm > 1 else 0
+                base = pn * bk * nr + c * nr
+                for r in range(min(nr, rows - pn * nr)):
+                    ii = i0 + pn * nr + r if lm > 1 else 0
+                    st[base + r] += mask[mb, ii, jj]
+    elif causal and j0 + cols - 1 > i0:
+        ninf = -np.inf
+        for pn in range(npq):
+            for c in range(cols):
+                base = pn * bk * nr + c * nr
+                for r in range(nr):
+                    if j0 + c > i0 + pn * nr + r:
+                        st[base + r] = ninf
+
+
+@jit(parallel=True)
+def _flash(q, kp, vp, mask, qi, ki, vi, mi, L, S, Ev, has_mask, causal, bq, bk, zero, out, row_max, row_sum):
+    """Online-softmax attention for every (stack entry, query block); see the module docstring."""
+    nb = qi.shape[0]
+    E = q.shape[2]
+    mr = _gk.tile_mr(kp)
+    nr = _gk.tile_nr(kp)
+    npq = bq // nr
+    s_pad = (S + mr - 1) // mr * mr
+    ev_pad = (Ev + mr - 1) // mr * mr
+    nqb = (L + bq - 1) // bq
+    ninf = -np.inf
+    for task in prange(nb * nqb):
+        b = task // nqb
+        i0 = (task % nqb) * bq
+        rows = min(bq, L - i0)
+        qp = np.empty(npq * E * nr, kp.dtype)
+        st = np.empty(npq * bk * nr, kp.dtype)
+        acc = np.zeros(npq * ev_pad * nr, kp.dtype)
+        m = np.full(bq, ninf, kp.dtype)
+        l = np.zeros(bq, kp.dtype)
+        alpha = np.empty(bq, kp.dtype)
+        qt = q[qi[b]].T
+        for pn in range(npq):
+            _gk.pack_b_panel(
+                qt, 0, E, i0 + pn * nr, max(0, min(nr, rows - pn * nr)), nr, kp[:0], qp, pn * E * nr
+            )
+        k_base = ki[b] * s_pad * E
+        v_base = vi[b] * ev_pad * S
+        kv_end = min(S, i0 + rows) if causal else S
+        for j0 in range(0, kv_end, bk):
+            cols = min(bk, kv_end - j0)
+            _score_tile(qp, kp, k_base + j0 * E, st, E, cols, npq, mr, nr, bk)
+            _mask_tile(st, mask, mi[b] if has_mask else 0, i0, j0, rows, cols, npq, nr, bk, has_mask, causal)
+            for pn in range(npq):
+                sb = pn * bk * nr
+                mo = pn * nr
+                # running max over this tile's keys, per query lane
+                for r in range(nr):
+                    alpha[mo + r] = m[mo + r]
+                for c in range(cols):
+                    base = _U(sb + c * nr)
+                    for r in range(nr):
+                        v = st[base + _U(r)]
+                        alpha[mo + r] = v if v > alpha[mo + r] else alpha[mo + r]
+                # alpha <- exp(m_old - m_new); m <- m_new (0 stands in for an all -inf row)
+                for r in range(nr):
+                    new = alpha[mo + r]
+                    new = new if new != ninf else zero
+                    alpha[mo + r] = _math.exp(m[mo + r] - new)
+                    m[mo + r] = new
+                for c in range(cols):
+                    base = _U(sb + c * nr)
+                    for r in range(nr):
+                        st[base + _U(r)] = _math.exp(st[base + _U(r)] - m[mo + r])
+                for r in range(nr):
+                    l[mo + r] *= alpha[mo + r]
+                for c in range(cols):
+                    base = _U(sb + c * nr)
+                    for r in range(nr):
+                        l[mo + r] += st[base + _U(r)]
+                ab = pn * ev_pad * nr
+                for e in range(ev_pad):
+                    for r in range(nr):
+                        acc[_U(ab + e * nr + r)] *= alpha[mo + r]
+                for pe in range(0, Ev, mr):
+                    _gk.microkernel(cols, vp, v_base + pe * S + j0 * mr, st, sb, acc, ab + pe * nr, nr, True)
+        for r in range(rows):
+            pn = r // nr
+            lr = l[r]
+            inv = 1 / lr if lr != 0 else zero
+            ab = pn * ev_pad * nr + (r % nr)
+            for e in range(Ev):
+                out[b, i0 + r, e] = acc[ab + e * nr] * inv
+            row_max[b, i0 + r] = m[r]
+            row_sum[b, i0 + r] = lr
+
+
+@jit(parallel=True)
+def _flash_weights(q, kp, mask, qi, ki, mi, L, S, has_mask, causal, bq, bk, zero, row_max, row_sum, w):
+    """The weights ``exp(s - max) / sum`` from the first pass's row maxima and sums (second pass)."""
+    nb = qi.shape[0]
+    E = q.shape[2]
+    mr = _gk.tile_mr(kp)
+    nr = _gk.tile_nr(kp)
+    npq = bq // nr
+    s_pad = (S + mr - 1) // mr * mr
+    nqb = (L + bq - 1) // bq
+    for task in prange(nb * nqb):
+        b = task // nqb
+        i0 = (task % nqb) * bq
+        rows = min(bq, L - i0)
+        qp = np.empty(npq * E * nr, kp.dtype)
+        st = np.empty(npq * bk * nr, kp.dtype)
+        qt = q[qi[b]].T
+        for pn in range(npq):
+            _gk.pack_b_panel(
+                qt, 0, E, i0 + pn * nr, max(0, min(nr, rows - pn * nr)), nr, kp[:0], qp, pn * E * nr
+            )
+        k_base = ki[b] * s_pad * E
+        kv_end = min(S, i0 + rows) if causal else S
+        for r in range(rows):
+            for j in range(kv_end, S):
+                w[b, i0 + r, j] = zero
+        for j0 in range(0, kv_end, bk):
+            cols = min(bk, kv_end - j0)
+            _score_tile(qp, kp, k_base + j0 * E, st, E, cols, npq, mr, nr, bk)
+            _mask_tile(st, mask, mi[b] if has_mask else 0, i0, j0, rows, cols, npq, nr, bk, has_mask, causal)
+            for r in range(rows):
+                lr = row_sum[b, i0 + r]
+                inv = 1 / lr if lr != 0 else zero
+                mx = row_max[b, i0 + r]
+                base = (r // nr) * bk * nr + r % nr
+                for c in range(cols):
+                    w[b, i0 + r, j0 + c] = _math.exp(st[base + c * nr] - mx) * inv
+
+
+def _c(x):
+    return x if x.flags.c_contiguous else np.ascontiguousarray(x)
+
+
+@_OP.register("numba", needs_numba=True)
+def _sdpa_numba(q, k, v, mask, plan):
+    """Flash-style tiles: online softmax, micro-kernel products, no L x S buffer."""
+    L, S, E, Ev = plan["dims"]
+    dt = q.dtype
+    nb = plan["q"].size
+    out = np.empty((nb, L, Ev), dt)
+    weights = np.empty((nb, L, S), dt) if plan["weights"] else None
+    if nb == 0 or L == 0 or (Ev == 0 and weights is None):
+        return _result(out, weights, plan)
+    if S == 0:  # no keys: every row is fully masked
+        out[:] = 0
+        return _result(out, weights, plan)
+    blk = _gk.BLOCKING[dt]
+    mr, nr = blk.MR, blk.NR
+    q, k, v = _c(q), _c(k), _c(v)
+    s_pad = -(-S // mr) * mr
+    ev_pad = -(-Ev // mr) * mr
+    kp = np.empty(k.shape[0] * s_pad * E, dt)
+    vp = np.empty(v.shape[0] * ev_pad * S, dt)
+    _pack_kv(k, v, kp, vp, dt.type(plan["scale"]), dt.type(1))
+    has_mask = mask is not None
+    mask = _c(mask) if has_mask else np.zeros((1, 1, 1), dt)
+    mi = plan["mask"] if has_mask else plan["q"]
+    bq = nr * max(1, QUERY_BLOCK // nr)
+    bk = mr * max(1, round(KEY_TILE / mr))
+    row_max = np.empty((nb, L), dt)
+    row_sum = np.empty((nb, L), dt)
+    args = (plan["q"], plan["k"])
+    _flash(q, kp, vp, mask, *args, plan["v"], mi, L, S, Ev, has_mask, plan["causal"], bq, bk, dt.type(0),
+           out, row_max, row_sum)  # fmt: skip
+    if weights is not None:
+        _flash_weights(q, kp, mask, *args, mi, L, S, has_mask, plan["causal"], bq, bk, dt.type(0),
+                       row_max, row_sum, weights)  # fmt: skip
+    return _result(out, weights, plan)

@@ -1,0 +1,220 @@
+"""scaled_dot_product_attention: every impl against a float64 reference (and PyTorch when installed)."""
+
+import numpy as np
+import pytest
+
+import fastla
+from tests.helpers import impl_names, variant
+
+sdpa = fastla.scaled_dot_product_attention
+
+
+def _reference(q, k, v, mask=None, causal=False, scale=None, gqa=False):
+    """The formula in float64 with explicit broadcasting; fully masked rows -> 0."""
+    q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+    if gqa:
+        k = np.repeat(k, q.shape[-3] // k.shape[-3], axis=-3)
+        v = np.repeat(v, q.shape[-3] // v.shape[-3], axis=-3)
+    L, E = q.shape[-2:]
+    S = k.shape[-2]
+    scale = 1 / np.sqrt(E) if scale is None else scale
+    s = q @ np.swapaxes(k, -1, -2) * scale
+    if causal:
+        mask = np.tri(L, S, dtype=bool)
+    if mask is not None:
+        mask = np.asarray(mask)
+        s = np.where(mask, s, -np.inf) if mask.dtype == bool else s + mask
+    with np.errstate(invalid="ignore"):
+        m = np.max(s, axis=-1, keepdims=True, initial=-np.inf)
+        m = np.where(np.isneginf(m), 0, m)
+        e = np.exp(s - m)
+        tot = e.sum(-1, keepdims=True)
+        w = np.where(tot == 0, 0, e / np.where(tot == 0, 1, tot))
+    return w @ v, w
+
+
+def _tol(dtype):
+    return 2e-5 if np.dtype(dtype) == np.float32 else 1e-12
+
+
+def _check(impl_out, ref, dtype):
+    np.testing.assert_allclose(impl_out, ref, rtol=_tol(dtype), atol=_tol(dtype), equal_nan=True)
+
+
+def _qkv(rng, lead, L, S, E, Ev, dtype, k_lead=None):
+    k_lead = lead if k_lead is None else k_lead
+    return (
+        rng.standard_normal((*lead, L, E)).astype(dtype),
+        rng.standard_normal((*k_lead, S, E)).astype(dtype),
+        rng.standard_normal((*k_lead, S, Ev)).astype(dtype),
+    )
+
+
+CASES = [
+    # lead, L, S, E, Ev
+    ((), 1, 1, 1, 1),
+    ((2,), 7, 5, 3, 4),
+    ((1, 2), 33, 65, 16, 8),
+    ((2, 1), 65, 33, 7, 9),
+    ((1, 1), 130, 600, 64, 64),  # several query blocks and key tiles
+    ((3,), 127, 127, 32, 5),
+]
+
+
+@pytest.mark.parametrize("lead,L,S,E,Ev", CASES)
+@pytest.mark.parametrize("causal", [False, True])
+def test_against_reference(lead, L, S, E, Ev, causal, dtype, rng):
+    q, k, v = _qkv(rng, lead, L, S, E, Ev, dtype)
+    ref, _ = _reference(q, k, v, causal=causal)
+    for name in impl_names("scaled_dot_product_attention", 40 if L * S * E <= 5000 else 99):
+        out = sdpa(q, k, v, is_causal=causal, backend=name)
+        assert out.shape == (*lead, L, Ev) and out.dtype == dtype, name
+        _check(out, ref, dtype)
+
+
+@pytest.mark.parametrize(
+    "mask_shape",
+    [(33, 70), (70,), (2, 1, 1, 70), (1, 3, 33, 1), (2, 3, 33, 70)],
+)
+@pytest.mark.parametrize("kind", ["bool", "float"])
+def test_masks_broadcast(mask_shape, kind, dtype, rng):
+    q, k, v = _qkv(rng, (2, 3), 33, 70, 8, 6, dtype)
+    if kind == "bool":
+        mask = rng.random(mask_shape) > 0.3
+    else:
+        mask = (rng.standard_normal(mask_shape) * 2).astype(dtype)
+        mask[..., :1] = -np.inf
+    ref, _ = _reference(q, k, v, mask=mask)
+    for name in impl_names("scaled_dot_product_attention", 99):
+        _check(sdpa(q, k, v, mask, backend=name), ref, dtype)
+
+
+def test_fully_masked_rows_are_zero(dtype, rng):
+    q, k, v = _qkv(rng, (2,), 70, 300, 8, 5, dtype)
+    mask = rng.random((2, 70, 300)) > 0.5
+    mask[0, 3] = False
+    mask[1, 69] = False
+    fmask = np.where(mask, 0, -np.inf).astype(dtype)
+    for name in impl_names("scaled_dot_product_attention", 99):
+        for m in (mask, fmask):
+            out, w = sdpa(q, k, v, m, return_weights=True, backend=name)
+            assert not np.isnan(out).any()
+            assert np.all(out[0, 3] == 0) and np.all(out[1, 69] == 0)
+            assert np.all(w[0, 3] == 0)
+            _check(out, _reference(q, k, v, mask=mask)[0], dtype)
+    # no keys at all: every row is fully masked
+    out = sdpa(q, k[:, :0], v[:, :0], backend="numba" if fastla._jit.NUMBA_AVAILABLE else "numpy")
+    assert out.shape == (2, 70, 5) and np.all(out == 0)
+
+
+def test_return_weights(dtype, rng):
+    q, k, v = _qkv(rng, (2,), 70, 300, 16, 4, dtype)
+    for causal in (False, True):
+        ref_out, ref_w = _reference(q, k, v, causal=causal)
+        for name in impl_names("scaled_dot_product_attention", 99):
+            out, w = sdpa(q, k, v, is_causal=causal, return_weights=True, backend=name)
+            assert w.shape == (2, 70, 300) and w.dtype == dtype
+            _check(out, ref_out, dtype)
+            _check(w, ref_w, dtype)
+            if causal:
+                assert np.all(np.triu(w[0], 1) == 0)
+
+
+@pytest.mark.parametrize("hk", [1, 2, 3])
+def test_gqa(hk, dtype, rng):
+    q = rng.standard_normal((2, 6, 40, 8)).astype(dtype)
+    k = rng.standard_normal((2, hk, 50, 8)).astype(dtype)
+    v = rng.standard_normal((2, hk, 50, 5)).astype(dtype)
+    ref, _ = _reference(q, k, v, gqa=True)
+    for name in impl_names("scaled_dot_product_attention", 99):
+        _check(sdpa(q, k, v, enable_gqa=True, backend=name), ref, dtype)
+    with pytest.raises(ValueError, match="heads"):
+        sdpa(q, k[:, :1].repeat(4, axis=1), v[:, :1].repeat(4, axis=1), enable_gqa=True)
+    if hk != 6:
+        with pytest.raises(ValueError):  # without enable_gqa the heads must broadcast
+            sdpa(q, k[:, :1].repeat(4, axis=1), v[:, :1].repeat(4, axis=1))
+
+
+def test_scale_leading_broadcast_and_2d(dtype, rng):
+    q = rng.standard_normal((2, 3, 9, 4)).astype(dtype)
+    k = rng.standard_normal((3, 11, 4)).astype(dtype)
+    v = rng.standard_normal((1, 11, 2)).astype(dtype)
+    ref, _ = _reference(q, k, v, scale=0.3)
+    for name in impl_names("scaled_dot_product_attention", 40):
+        _check(sdpa(q, k, v, scale=0.3, backend=name), ref, dtype)
+        _check(sdpa(q[0, 0], k[0], v[0], backend=name), _reference(q[0, 0], k[0], v[0])[0], dtype)
+
+
+def test_layouts_and_no_mutation(layout, dtype, rng):
+    q0, k0, v0 = _qkv(rng, (2,), 9, 13, 4, 3, dtype)
+    q, k, v = (variant(x, layout) for x in (q0, k0, v0))
+    keep = [x.copy() for x in (q, k, v)]
+    ref, _ = _reference(q0, k0, v0, causal=True)
+    for name in impl_names("scaled_dot_product_attention", 13):
+        _check(sdpa(q, k, v, is_causal=True, backend=name), ref, dtype)
+    for x, x0 in zip((q, k, v), keep, strict=True):
+        np.testing.assert_array_equal(x, x0)
+
+
+def test_nan_propagates(rng):
+    q, k, v = _qkv(rng, (1,), 70, 80, 8, 3, np.float64)
+    q[0, 5, 2] = np.nan
+    v[0, 7, 1] = np.nan
+    for name in impl_names("scaled_dot_product_attention", 99):
+        out = sdpa(q, k, v, backend=name)
+        assert np.isnan(out[0, 5]).all()
+        assert np.isnan(out[0, :, 1]).all() and not np.isnan(out[0, np.arange(70) != 5][:, [0, 2]]).any()
+
+
+def test_mixed_dtypes_promote_and_float16(rng):
+    q, k, v = _qkv(rng, (), 5, 6, 3, 2, np.float32)
+    assert sdpa(q, k.astype(np.float64), v).dtype == np.float64
+    out16 = sdpa(q.astype(np.float16), k.astype(np.float16), v.astype(np.float16))
+    assert out16.dtype == np.float16
+    np.testing.assert_allclose(out16, _reference(q, k, v)[0], atol=3e-2)
+
+
+def test_errors(rng):
+    q, k, v = _qkv(rng, (2,), 5, 6, 3, 2, np.float64)
+    with pytest.raises(ValueError, match="not both"):
+        sdpa(q, k, v, np.ones((5, 6), bool), is_causal=True)
+    with pytest.raises(ValueError, match="shapes do not match"):
+        sdpa(q, k[..., :2], v)
+    with pytest.raises(ValueError, match="shapes do not match"):
+        sdpa(q, k, v[:, :5])
+    with pytest.raises(ValueError, match="broadcast"):
+        sdpa(q, k, v, np.ones((4, 6), bool))
+    with pytest.raises(ValueError, match="broadcast"):
+        sdpa(q, k[:1].repeat(3, axis=0), v[:1].repeat(3, axis=0))
+    with pytest.raises(ValueError, match="at least 2"):
+        sdpa(q[0, 0], k, v)
+    with pytest.raises(TypeError, match="floating"):
+        sdpa(q.astype(int), k, v)
+    with pytest.raises(TypeError, match="bool or float"):
+        sdpa(q, k, v, np.ones((5, 6), int))
+    with pytest.raises(ValueError, match="heads"):
+        sdpa(q, k[[0, 1, 1]], v[[0, 1, 1]], enable_gqa=True)  # 2 query heads, 3 key/value heads
+
+
+def test_auto_rule():
+    small = np.ones((4, 8))
+    assert fastla.explain("scaled_dot_product_attention", small, small, small)[0] == "numpy"
+    big = np.ones((8, 512, 64), np.float32)
+    expect = "numba" if fastla._jit.NUMBA_AVAILABLE else "numpy"
+    assert fastla.explain("scaled_dot_product_attention", big, big, big)[0] == expect
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_against_torch(causal, dtype, rng):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    q = rng.standard_normal((2, 6, 70, 16)).astype(dtype)
+    k = rng.standard_normal((2, 3, 90, 16)).astype(dtype)
+    v = rng.standard_normal((2, 3, 90, 12)).astype(dtype)
+    t = [torch.from_numpy(x) for x in (q, k, v)]
+    expected = F.scaled_dot_product_attention(*t, is_causal=causal, enable_gqa=True).numpy()
+    mask = rng.random((70, 90)) > 0.2
+    expected_m = F.scaled_dot_product_attention(*t, attn_mask=torch.from_numpy(mask), enable_gqa=True).numpy()
+    for name in impl_names("scaled_dot_product_attention", 99):
+        _check(sdpa(q, k, v, is_causal=causal, enable_gqa=True, backend=name), expected, dtype)
+        _check(sdpa(q, k, v, mask, enable_gqa=True, backend=name), expected_m, dtype)
