@@ -77,7 +77,8 @@ class IsolatedAnchor:
         from fastla import get_num_threads
 
         conn = self._worker()
-        key = (tuple((id(a), getattr(a, 'shape', None)) for a in args), tuple(sorted(kwargs.items())), get_num_threads())
+        shapes = tuple((id(a), getattr(a, "shape", None)) for a in args)
+        key = (shapes, tuple(sorted(kwargs.items())), get_num_threads())
         if key != self._loaded:
             conn.send(("load", args, kwargs, get_num_threads()))
             conn.recv()
