@@ -12,6 +12,7 @@ array([[1., 2.],
        [3., 4.]])
 """
 
+from fastla import ml
 from fastla._config import backend, get_backend, get_num_threads, set_backend, set_num_threads
 from fastla._registry import (
     BackendUnavailable,
@@ -44,6 +45,7 @@ __all__ = [
     "lu_factor",
     "lu_solve",
     "matmul",
+    "ml",
     "operations",
     "power_iteration",
     "scaled_dot_product_attention",

@@ -239,8 +239,8 @@ def cosine_topk(queries, corpus, k, *, batch_size=None, backend=None):
     >>> scores, idx = fl.cosine_topk([[1.0, 0.1]], corpus, 2)
     >>> idx
     array([[0, 2]])
-    >>> np.round(scores, 4)
-    array([[0.995 , 0.7741]])
+    >>> np.round(scores, 3)
+    array([[0.995, 0.774]])
     """
     return _TOPK.run(backend, _prepare_topk(queries, corpus, k, batch_size))
 

@@ -1,0 +1,346 @@
+"""Classic machine-learning workloads on fastla's kernels: ``fastla.ml``.
+
+Small, honest building blocks that show the kernels end to end; each says which kernel it runs on
+and where NumPy is used instead because no kernel would win:
+
+* :func:`linear_regression` — normal equations ``XᵀX w = Xᵀy`` (ridge with ``alpha``) through
+  :func:`fastla.matmul` and :func:`fastla.lu_factor` / :func:`fastla.lu_solve` (what
+  :func:`fastla.solve` runs; the LU pivots also give the rank check).
+* :func:`pca` — top eigenpairs of the covariance by :func:`fastla.power_iteration` (subspace
+  iteration for k > 1); signs as scikit-learn's (largest-magnitude loading positive).
+* :func:`dense_forward`, :func:`mlp_forward`, :func:`dense_backward` — a dense layer's forward and
+  backward passes; the products run through :func:`fastla.matmul`.
+* :func:`norm` — L1/L2 vector norms with NumPy's semantics. NumPy's reduction already streams at
+  memory bandwidth, so no kernel is used.
+* :func:`euclidean_distances` — scikit-learn's formula ``|x|² - 2 x·y + |y|²`` with the product
+  through :func:`fastla.matmul`; float32 input is computed in float64 as scikit-learn does.
+  The GEMM is the whole cost, and it runs at BLAS speed, no faster.
+
+Inputs are validated like the kernels' (shapes named in errors, integers -> float64, float32 kept).
+"""
+
+from __future__ import annotations
+
+import operator
+import warnings
+
+import numpy as np
+
+from fastla.eigen import power_iteration
+from fastla.lu import LinAlgWarning, lu_factor, lu_solve
+from fastla.matmul import matmul
+
+__all__ = [
+    "dense_backward",
+    "dense_forward",
+    "euclidean_distances",
+    "linear_regression",
+    "mlp_forward",
+    "norm",
+    "pca",
+]
+
+
+def _float(x, name, ndims):
+    x = np.asarray(x)
+    if x.ndim not in ndims:
+        dims = " or ".join(f"{d}-D" for d in ndims)
+        raise ValueError(f"{name} must be {dims}, got shape {x.shape}")
+    if x.dtype.kind in "biu":
+        return x.astype(np.float64)
+    if x.dtype.kind != "f":
+        raise TypeError(f"{name} must hold real numbers, got dtype {x.dtype}")
+    return x
+
+
+def _common(*arrays):
+    dtype = np.result_type(*arrays)
+    return tuple(a.astype(dtype, copy=False) for a in arrays)
+
+
+# --------------------------------------------------------------------------- regression
+
+
+def linear_regression(X, y, *, fit_intercept=True, alpha=0.0, backend=None):
+    """Least-squares (``alpha=0``) or ridge weights by the normal equations.
+
+    Parameters
+    ----------
+    X : array_like, shape (n_samples, n_features)
+    y : array_like, shape (n_samples,) or (n_samples, n_targets)
+    fit_intercept : bool
+        Prepend an intercept (not penalised by ``alpha``).
+    alpha : float
+        Ridge penalty ``alpha * |w|²`` (>= 0).
+    backend : str, optional
+        Passed to the kernels.
+
+    Returns
+    -------
+    w : ndarray, shape (n_features [+ 1],) or (n_features [+ 1], n_targets)
+        The intercept first when fitted.
+
+    Raises
+    ------
+    numpy.linalg.LinAlgError
+        ``XᵀX`` is singular or numerically rank-deficient (collinear features, fewer samples than
+        features): use ``alpha > 0``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastla import ml
+    >>> X = np.array([[0.0], [1.0], [2.0], [3.0]])
+    >>> ml.linear_regression(X, 1.0 + 2.0 * X[:, 0]).round(12)
+    array([1., 2.])
+    """
+    X = _float(X, "X", (2,))
+    y = _float(y, "y", (1, 2))
+    if y.shape[0] != X.shape[0]:
+        raise ValueError(f"X and y have different numbers of samples: X {X.shape}, y {y.shape}")
+    alpha = float(alpha)
+    if not alpha >= 0:
+        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    X, y = _common(X, y)
+    if fit_intercept:
+        X = np.concatenate([np.ones((X.shape[0], 1), X.dtype), X], axis=1)
+    gram = matmul(X.T, X, backend=backend)
+    rhs = matmul(X.T, y, backend=backend)
+    p = gram.shape[0]
+    if alpha:
+        idx = np.arange(int(fit_intercept), p)
+        gram[idx, idx] += alpha
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LinAlgWarning)  # judged below, with a better message
+        lu, piv = lu_factor(gram, overwrite_a=True, backend=backend)
+    pivots = np.abs(np.diag(lu))
+    if p and not pivots.min() > p * np.finfo(lu.dtype).eps * pivots.max():
+        raise np.linalg.LinAlgError(
+            f"XᵀX ({p}x{p}) is singular or numerically rank-deficient (collinear features or fewer "
+            "samples than features); use alpha > 0 (ridge) to regularise"
+        )
+    return lu_solve((lu, piv), rhs, backend=backend)
+
+
+# --------------------------------------------------------------------------- PCA
+
+
+def pca(X, n_components, *, center=True, tol=None, seed=0, backend=None):
+    """Principal components from the covariance's top eigenpairs (power / subspace iteration).
+
+    Parameters
+    ----------
+    X : array_like, shape (n_samples, n_features)
+    n_components : int
+        1 <= n_components <= n_features.
+    center : bool
+        Subtract the column means first (as PCA does; ``False`` for pre-centred data).
+    tol : float, optional
+        Relative residual of the eigenpairs; default 1e-10 (float64) or 1e-5 (float32).
+    seed : int
+        Start of :func:`fastla.power_iteration`.
+
+    Returns
+    -------
+    components : ndarray, shape (n_components, n_features)
+        Unit principal axes, by decreasing variance, each with its largest-magnitude entry positive
+        (scikit-learn's sign rule).
+    explained_variance : ndarray, shape (n_components,)
+        Covariance eigenvalues (denominator ``n_samples - 1``), as ``PCA.explained_variance_``.
+    transformed : ndarray, shape (n_samples, n_components)
+        The data in the principal axes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastla import ml
+    >>> X = np.array([[2.0, 0.0], [-2.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    >>> comps, var, Z = ml.pca(X, 1)
+    >>> comps.round(6) + 0.0, var.round(6)  # + 0.0 turns a -0. into 0.
+    (array([[1., 0.]]), array([2.666667]))
+    """
+    X = _float(X, "X", (2,))
+    n, d = X.shape
+    k = operator.index(n_components)
+    if not 1 <= k <= d:
+        raise ValueError(f"n_components must be in [1, n_features={d}], got {k}")
+    if n < 2:
+        raise ValueError(f"pca needs at least 2 samples, got X of shape {X.shape}")
+    Xc = X - X.mean(axis=0) if center else X
+    cov = matmul(Xc.T, Xc, backend=backend) / X.dtype.type(n - 1)
+    if tol is None:
+        tol = 1e-5 if X.dtype == np.float32 else 1e-10
+    var, vecs = power_iteration(cov, k, tol=tol, symmetric=True, seed=seed, backend=backend)
+    components = np.ascontiguousarray(vecs.T)
+    return components, var, matmul(Xc, vecs, backend=backend)
+
+
+# --------------------------------------------------------------------------- dense layers
+
+
+def _relu(z):
+    return np.maximum(z, 0)
+
+
+def _relu_grad(z, a):
+    return (z > 0).astype(z.dtype)
+
+
+def _sigmoid(z):
+    return np.exp(-np.logaddexp(z.dtype.type(0), -z))  # no overflow for large |z|
+
+
+def _sigmoid_grad(z, a):
+    return a * (1 - a)
+
+
+def _identity(z):
+    return z
+
+
+def _one(z, a):
+    return np.ones_like(z)
+
+
+_ACTIVATIONS = {
+    None: (_identity, _one),
+    "none": (_identity, _one),
+    "relu": (_relu, _relu_grad),
+    "sigmoid": (_sigmoid, _sigmoid_grad),
+}
+
+
+def _activation(name):
+    try:
+        return _ACTIVATIONS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown activation {name!r}; use one of None, 'relu', 'sigmoid'") from None
+
+
+def _dense_args(x, W, b):
+    x = _float(x, "x", (1, 2))
+    W = _float(W, "W", (2,))
+    if x.shape[-1] != W.shape[0]:
+        raise ValueError(
+            f"x has {x.shape[-1]} features but W has shape {W.shape} (expected ({x.shape[-1]}, out))"
+        )
+    if b is None:
+        b = np.zeros(W.shape[1], W.dtype)
+    b = _float(b, "b", (1,))
+    if b.shape[0] != W.shape[1]:
+        raise ValueError(f"b has shape {b.shape}, expected ({W.shape[1]},) for W of shape {W.shape}")
+    return _common(x, W, b)
+
+
+def dense_forward(x, W, b=None, activation=None, *, backend=None):
+    """``activation(x @ W + b)`` for one sample ``(d_in,)`` or a batch ``(n, d_in)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastla import ml
+    >>> ml.dense_forward(np.array([1.0, -2.0]), np.eye(2), np.zeros(2), "relu")
+    array([1., 0.])
+    """
+    x, W, b = _dense_args(x, W, b)
+    f, _ = _activation(activation)
+    return f(matmul(x, W, backend=backend) + b)
+
+
+def mlp_forward(x, layers, *, backend=None):
+    """Forward pass through ``layers``: a sequence of ``(W, b, activation)``."""
+    for i, layer in enumerate(layers):
+        if len(layer) != 3:
+            raise ValueError(f"layer {i} must be (W, b, activation), got {len(layer)} items")
+        x = dense_forward(x, *layer, backend=backend)
+    return x
+
+
+def dense_backward(x, W, b, grad_out, activation=None, *, backend=None):
+    """Gradients of a dense layer: ``(dW, db, dx)`` given ``grad_out = dL/d(output)``.
+
+    With ``z = x @ W + b`` and ``out = activation(z)``: ``dz = grad_out * activation'(z)``,
+    ``dW = xᵀ dz``, ``db = sum(dz)`` over the batch, ``dx = dz Wᵀ``. A 1-D ``x`` is one sample.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastla import ml
+    >>> dW, db, dx = ml.dense_backward(np.array([1.0, 2.0]), np.eye(2), np.zeros(2), np.ones(2))
+    >>> dW
+    array([[1., 1.],
+           [2., 2.]])
+    """
+    x, W, b = _dense_args(x, W, b)
+    f, df = _activation(activation)
+    z = matmul(x, W, backend=backend) + b
+    grad_out = np.asarray(grad_out, dtype=z.dtype)
+    if grad_out.shape != z.shape:
+        raise ValueError(f"grad_out has shape {grad_out.shape}, expected the output's {z.shape}")
+    dz = grad_out * df(z, f(z))
+    x2 = x[None, :] if x.ndim == 1 else x
+    dz2 = dz[None, :] if dz.ndim == 1 else dz
+    dW = matmul(x2.T, dz2, backend=backend)
+    db = dz2.sum(axis=0)
+    dx = matmul(dz, W.T, backend=backend)
+    return dW, db, dx
+
+
+# --------------------------------------------------------------------------- norms and distances
+
+
+def norm(x, ord=2, axis=None, keepdims=False):
+    """L1 or L2 vector norm(s), as :func:`numpy.linalg.norm` with ``ord`` 1 or 2 on vectors.
+
+    ``axis=None`` takes the norm of the flattened array (NumPy would take a matrix norm of a 2-D
+    array; this function is for vectors only). float32 stays float32.
+
+    Examples
+    --------
+    >>> from fastla import ml
+    >>> float(ml.norm([3.0, -4.0])), float(ml.norm([3.0, -4.0], ord=1))
+    (5.0, 7.0)
+    """
+    x = np.asarray(x)
+    if x.dtype.kind not in "biuf":
+        raise TypeError(f"norm: x must hold real numbers, got dtype {x.dtype}")
+    if ord not in (1, 2):
+        raise ValueError(f"norm: ord must be 1 or 2, got {ord!r}")
+    if axis is None:
+        res = np.linalg.norm(x.reshape(-1), ord=ord)
+        return np.reshape(res, (1,) * x.ndim) if keepdims else res
+    return np.linalg.norm(x, ord=ord, axis=axis, keepdims=keepdims)
+
+
+def euclidean_distances(X, Y=None, *, squared=False, backend=None):
+    """Pairwise Euclidean distances between rows, as ``sklearn.metrics.pairwise.euclidean_distances``.
+
+    ``|x|² - 2 x·y + |y|²`` clipped at 0, with ``Y=None`` giving an exactly zero diagonal; float32
+    input is computed in float64 (as scikit-learn does, for accuracy) and returned as float32.
+
+    Examples
+    --------
+    >>> from fastla import ml
+    >>> ml.euclidean_distances([[0.0, 0.0], [3.0, 4.0]])
+    array([[0., 5.],
+           [5., 0.]])
+    """
+    X = _float(X, "X", (2,))
+    Y_ = X if Y is None else _float(Y, "Y", (2,))
+    if X.shape[1] != Y_.shape[1]:
+        raise ValueError(f"incompatible dimension for X and Y: X.shape == {X.shape}, Y.shape == {Y_.shape}")
+    out_dtype = np.result_type(X, Y_)
+    X64 = X.astype(np.float64, copy=False)
+    Y64 = X64 if Y is None else Y_.astype(np.float64, copy=False)
+    xx = np.einsum("ij,ij->i", X64, X64)
+    yy = xx if Y is None else np.einsum("ij,ij->i", Y64, Y64)
+    d = matmul(X64, Y64.T, backend=backend)
+    d *= -2
+    d += xx[:, None]
+    d += yy[None, :]
+    np.maximum(d, 0, out=d)
+    if Y is None:
+        np.fill_diagonal(d, 0)
+    if not squared:
+        np.sqrt(d, out=d)
+    return d.astype(out_dtype, copy=False)

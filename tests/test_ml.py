@@ -1,0 +1,187 @@
+"""fastla.ml: the ML workloads against NumPy (and scikit-learn when installed)."""
+
+import numpy as np
+import pytest
+
+from fastla import ml
+
+
+def _data(rng, n=60, d=5, dtype=np.float64):
+    X = rng.standard_normal((n, d)).astype(dtype)
+    w = rng.standard_normal(d)
+    y = (X @ w + 0.7 + 0.01 * rng.standard_normal(n)).astype(dtype)
+    return X, y
+
+
+@pytest.mark.parametrize("fit_intercept", [True, False])
+@pytest.mark.parametrize("multi", [False, True])
+def test_linear_regression_matches_lstsq(fit_intercept, multi, dtype, rng):
+    X, y = _data(rng, dtype=dtype)
+    if multi:
+        y = np.stack([y, 2 * y + 1], axis=1)
+    A = np.hstack([np.ones((len(X), 1)), X]) if fit_intercept else X
+    expected = np.linalg.lstsq(A.astype(np.float64), y.astype(np.float64), rcond=None)[0]
+    w = ml.linear_regression(X, y, fit_intercept=fit_intercept)
+    assert w.dtype == dtype and w.shape == expected.shape
+    np.testing.assert_allclose(w, expected, rtol=1e-3 if dtype == np.float32 else 1e-9, atol=1e-4)
+
+
+def test_ridge_does_not_penalise_intercept(rng):
+    X, y = _data(rng)
+    alpha = 3.0
+    A = np.hstack([np.ones((len(X), 1)), X])
+    G = A.T @ A + alpha * np.diag([0.0] + [1.0] * X.shape[1])
+    expected = np.linalg.solve(G, A.T @ y)
+    np.testing.assert_allclose(ml.linear_regression(X, y, alpha=alpha), expected, rtol=1e-10)
+    sklearn = pytest.importorskip("sklearn.linear_model")
+    ridge = sklearn.Ridge(alpha=alpha).fit(X, y)
+    np.testing.assert_allclose(
+        ml.linear_regression(X, y, alpha=alpha), [ridge.intercept_, *ridge.coef_], rtol=1e-8
+    )
+
+
+def test_rank_deficient_raises_with_hint(rng):
+    X, y = _data(rng)
+    X[:, 3] = 2 * X[:, 1]  # collinear
+    with pytest.raises(np.linalg.LinAlgError, match="alpha"):
+        ml.linear_regression(X, y)
+    assert np.all(np.isfinite(ml.linear_regression(X, y, alpha=1e-3)))
+    with pytest.raises(np.linalg.LinAlgError):
+        ml.linear_regression(X[:3], y[:3])  # fewer samples than parameters
+
+
+def test_linear_regression_errors(rng):
+    X, y = _data(rng)
+    with pytest.raises(ValueError, match="samples"):
+        ml.linear_regression(X, y[:-1])
+    with pytest.raises(ValueError, match="alpha"):
+        ml.linear_regression(X, y, alpha=-1)
+    with pytest.raises(ValueError, match="2-D"):
+        ml.linear_regression(X[0], y)
+    assert ml.linear_regression(np.arange(8).reshape(4, 2) ** 2, np.arange(4)).dtype == np.float64
+
+
+def _pca_reference(X, k):
+    Xc = X - X.mean(axis=0)
+    w, v = np.linalg.eigh(Xc.T @ Xc / (len(X) - 1))
+    w, v = w[::-1][:k], v[:, ::-1][:, :k]
+    v = v * np.sign(v[np.abs(v).argmax(axis=0), np.arange(k)])
+    return v.T, w, Xc @ v
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_pca_matches_eigh(k, dtype, rng):
+    scales = np.array([5.0, 3.0, 2.0, 1.0, 0.5, 0.2])
+    X = (rng.standard_normal((200, 6)) * scales) @ np.linalg.qr(rng.standard_normal((6, 6)))[0]
+    X = (X + 3).astype(dtype)
+    comps, var, Z = ml.pca(X, k)
+    rc, rv, rz = _pca_reference(X.astype(np.float64), k)
+    tol = 1e-3 if dtype == np.float32 else 1e-7
+    assert comps.shape == (k, 6) and var.shape == (k,) and Z.shape == (200, k)
+    np.testing.assert_allclose(comps, rc, atol=tol)
+    np.testing.assert_allclose(var, rv, rtol=tol)
+    np.testing.assert_allclose(Z, rz, atol=tol * 10)
+
+
+def test_pca_matches_sklearn(rng):
+    decomposition = pytest.importorskip("sklearn.decomposition")
+    X = rng.standard_normal((100, 4)) * [4.0, 2.0, 1.0, 0.3]
+    ref = decomposition.PCA(2).fit(X)
+    comps, var, Z = ml.pca(X, 2)
+    np.testing.assert_allclose(comps, ref.components_, atol=1e-7)
+    np.testing.assert_allclose(var, ref.explained_variance_, rtol=1e-8)
+    np.testing.assert_allclose(Z, ref.transform(X), atol=1e-6)
+
+
+def test_pca_errors(rng):
+    X = rng.standard_normal((10, 3))
+    for bad in (0, 4):
+        with pytest.raises(ValueError, match="n_components"):
+            ml.pca(X, bad)
+    with pytest.raises(ValueError, match="2 samples"):
+        ml.pca(X[:1], 1)
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "sigmoid"])
+def test_dense_forward(activation, dtype, rng):
+    x = rng.standard_normal((7, 4)).astype(dtype)
+    W = rng.standard_normal((4, 3)).astype(dtype)
+    b = rng.standard_normal(3).astype(dtype)
+    z = x.astype(np.float64) @ W + b
+    expected = {None: z, "relu": np.maximum(z, 0), "sigmoid": 1 / (1 + np.exp(-z))}[activation]
+    out = ml.dense_forward(x, W, b, activation)
+    assert out.dtype == dtype
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ml.dense_forward(x[2], W, b, activation), out[2], rtol=1e-6)
+    layers = [(W, b, activation), (rng.standard_normal((3, 2)).astype(dtype), np.zeros(2, dtype), None)]
+    np.testing.assert_allclose(ml.mlp_forward(x, layers), ml.dense_forward(out, *layers[1]), rtol=1e-6)
+
+
+def test_sigmoid_extremes_no_warning():
+    out = ml.dense_forward(np.array([[1000.0, -1000.0]]), np.eye(2), None, "sigmoid")
+    np.testing.assert_array_equal(out, [[1.0, 0.0]])
+
+
+def test_dense_errors(rng):
+    with pytest.raises(ValueError, match="features"):
+        ml.dense_forward(np.ones(3), np.ones((4, 2)))
+    with pytest.raises(ValueError, match="b has shape"):
+        ml.dense_forward(np.ones(4), np.ones((4, 2)), np.ones(3))
+    with pytest.raises(ValueError, match="activation"):
+        ml.dense_forward(np.ones(4), np.ones((4, 2)), None, "tanh")
+    with pytest.raises(ValueError, match="grad_out"):
+        ml.dense_backward(np.ones(4), np.ones((4, 2)), None, np.ones(3))
+
+
+def test_two_layer_backward_matches_numeric_gradient(rng):
+    """The seed's 2-layer network: relu hidden layer, sigmoid output, loss = sum(out * G)."""
+    x = rng.standard_normal((5, 4))
+    W1, b1 = rng.standard_normal((4, 6)), rng.standard_normal(6)
+    W2, b2 = rng.standard_normal((6, 3)), rng.standard_normal(3)
+    G = rng.standard_normal((5, 3))
+
+    def loss(x, W1, b1, W2, b2):
+        h = ml.dense_forward(x, W1, b1, "relu")
+        return float(np.sum(ml.dense_forward(h, W2, b2, "sigmoid") * G))
+
+    h = ml.dense_forward(x, W1, b1, "relu")
+    dW2, db2, dh = ml.dense_backward(h, W2, b2, G, "sigmoid")
+    dW1, db1, dx = ml.dense_backward(x, W1, b1, dh, "relu")
+    params = [x, W1, b1, W2, b2]
+    for i, grad in enumerate([dx, dW1, db1, dW2, db2]):
+        num = np.zeros_like(params[i])
+        for idx in np.ndindex(params[i].shape):
+            plus = [p.copy() for p in params]
+            minus = [p.copy() for p in params]
+            plus[i][idx] += 1e-6
+            minus[i][idx] -= 1e-6
+            num[idx] = (loss(*plus) - loss(*minus)) / 2e-6
+        np.testing.assert_allclose(grad, num, rtol=1e-5, atol=1e-7)
+
+
+def test_norm(dtype, rng):
+    x = rng.standard_normal((4, 5)).astype(dtype)
+    for ord_ in (1, 2):
+        assert ml.norm(x, ord_) == pytest.approx(np.linalg.norm(x.ravel(), ord_), rel=1e-6)
+        np.testing.assert_allclose(ml.norm(x, ord_, axis=1), np.linalg.norm(x, ord_, axis=1), rtol=1e-6)
+        assert ml.norm(x, ord_, axis=0, keepdims=True).shape == (1, 5)
+        assert ml.norm(x, ord_, keepdims=True).shape == (1, 1)
+    assert ml.norm(x, axis=1).dtype == dtype
+    with pytest.raises(ValueError, match="ord"):
+        ml.norm(x, 3)
+
+
+def test_euclidean_distances(dtype, rng):
+    X = rng.standard_normal((9, 4)).astype(dtype)
+    Y = rng.standard_normal((6, 4)).astype(dtype)
+    expected = np.sqrt(((X[:, None, :].astype(np.float64) - Y[None]) ** 2).sum(-1))
+    d = ml.euclidean_distances(X, Y)
+    assert d.dtype == dtype and d.shape == (9, 6)
+    np.testing.assert_allclose(d, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ml.euclidean_distances(X, Y, squared=True), expected**2, rtol=1e-5, atol=1e-5)
+    dxx = ml.euclidean_distances(X)
+    assert np.all(np.diag(dxx) == 0)
+    with pytest.raises(ValueError, match="incompatible"):
+        ml.euclidean_distances(X, Y[:, :3])
+    pairwise = pytest.importorskip("sklearn.metrics.pairwise")
+    np.testing.assert_allclose(d, pairwise.euclidean_distances(X, Y), rtol=1e-5, atol=1e-6)
