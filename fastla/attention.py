@@ -341,7 +341,7 @@ def _score_tile(qp, kp, k_at, st, E, cols, npq, mr, nr, bk):
     """Transposed scores ``st[pn, c, r] = scale * <k_(j0+c), q_(i0+pn*NR+r)>`` for ``c < cols``."""
     for pn in range(npq):
         for t in range(0, cols, mr):
-            _gk.microkernel(E, kp, k_at + t * E, qp, pn * E * nr, st, pn * bk * nr + t * nr, nr, False)
+            _gk.microkernel(E, kp, k_at + t * E, qp, pn * E * nr, nr, st, pn * bk * nr + t * nr, nr, False)
 
 
 @jit(inline="always")
@@ -433,7 +433,9 @@ def _flash(q, kp, vp, mask, qi, ki, vi, mi, L, S, Ev, has_mask, causal, bq, bk, 
                     for r in range(nr):
                         acc[_U(ab + e * nr + r)] *= alpha[mo + r]
                 for pe in range(0, Ev, mr):
-                    _gk.microkernel(cols, vp, v_base + pe * S + j0 * mr, st, sb, acc, ab + pe * nr, nr, True)
+                    _gk.microkernel(
+                        cols, vp, v_base + pe * S + j0 * mr, st, sb, nr, acc, ab + pe * nr, nr, True
+                    )
         for r in range(rows):
             pn = r // nr
             lr = l[r]

@@ -3,10 +3,13 @@
 For the common need of PCA and spectral methods, the few largest eigenpairs of a big matrix, an
 O(n^2)-per-step iteration beats a full O(n^3) decomposition by orders of magnitude.
 
-* symmetric, k = 1: power iteration with the Rayleigh quotient as the eigenvalue estimate;
-* symmetric, k > 1: block subspace (orthogonal) iteration with Rayleigh-Ritz, on a block of
-  ``k + extra`` vectors (extra guard vectors speed convergence from ``|l_{k+1}/l_k|`` to
-  ``|l_{b+1}/l_k|``);
+* symmetric: block subspace (orthogonal) iteration with Rayleigh-Ritz (the Rayleigh quotient's
+  block form) on ``b`` vectors: ``b = 4`` for k = 1, ``b = 2k`` for k > 1. The guard vectors speed
+  convergence from ``|l_{k+1}/l_k|`` to ``|l_{b+1}/l_k|``: with l2/l1 = 0.9 and the rest of the
+  spectrum below 0.72, a 1e-8 residual took ~170 sweeps of plain power iteration and ~55 with the
+  block, each sweep still one pass over A (the block costs FMAs, not memory traffic). Eigenvalues
+  tied in magnitude with opposite signs at the k-th place (``+l`` and ``-l``) make "the top k by
+  |l|" ambiguous: that raises :class:`ConvergenceError` rather than returning one arbitrarily;
 * non-symmetric, k = 1: classic power iteration for the dominant real eigenvalue;
 * non-symmetric, k > 1: ``ValueError`` (use a symmetric matrix, or ``numpy.linalg.eig``).
 
@@ -20,16 +23,17 @@ Results: ``w`` sorted by decreasing ``|l|``, ``v`` with unit-norm columns whose 
 component is positive (reproducible signs). The oracle in the tests is ``numpy.linalg.eigh``
 (symmetric) / ``numpy.linalg.eig``.
 
-Implementations share this algorithm and differ in the O(n^2) step: ``numba`` (k = 1: one parallel
-pass over A computing ``A v``, ``v.Av`` and ``||Av||^2`` together, so A is read once per sweep;
-k > 1: ``A V`` in one parallel pass over A for the thin block V), ``numpy`` (``@``, BLAS
-gemv/gemm), ``loop`` (pure-Python matrix-vector loops).
+Implementations share this algorithm and differ in the O(n^2) step: ``numba`` (non-symmetric: one
+parallel pass over A computing ``A v``, ``v.Av`` and ``||Av||^2`` together; symmetric: ``A V`` as
+``(Vᵀ A)ᵀ`` by the GEMM micro-kernel reading A in place; either way A is read once per sweep),
+``numpy`` (``@``, BLAS gemv/gemm), ``loop`` (pure-Python matrix-vector loops).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from fastla import _gemm_kernels as _gk
 from fastla import _registry, _validate
 from fastla._jit import jit, prange
 
@@ -54,10 +58,11 @@ class ConvergenceError(np.linalg.LinAlgError):
         self.iterations = iterations
 
 
-# Measured (Zen 4, 2 threads, symmetric, gap 0.9, tol 1e-8): the fused numba sweep runs at BLAS
-# gemv's speed (591 vs 608 us per sweep at n = 2000; whole solve 97 vs 97 ms at n = 2000, 653 vs
-# 657 ms at n = 4000): both read A at memory bandwidth, so the compiled kernel gains nothing and
-# auto keeps numpy. The fused kernel matters where BLAS is single-threaded or absent.
+# Measured (Zen 4, 2 threads, gap 0.9, tol 1e-8, one run each): symmetric k = 1 at n = 2000, numba
+# 117-127 ms vs numpy 135-182 ms (both the 4-vector block, ~61 sweeps); k = 10 at n = 4000, numba
+# 1.23 s vs numpy 1.02-1.21 s. Every sweep reads A from memory once either way, so neither side wins
+# by much and the ranking flips with the shape: auto keeps numpy. The fused kernel matters where BLAS
+# is single-threaded or absent.
 AUTO_RULE = {"numba_wins": False}
 
 
@@ -127,49 +132,16 @@ def _loop_matvec(a, v, w):
     return sum(vv[i] * float(w[i]) for i in range(n)), sum(float(x) * float(x) for x in w)
 
 
-@jit(parallel=True)
-def _matmat_thin(a, v, out):
-    """``out = a @ v`` for a thin ``v`` (n x b, b small): one parallel pass over ``a``, four rows of
-    ``a`` at a time so that each row of ``v`` loaded from L2 feeds four accumulating rows of ``out``.
-    """
-    n, m = a.shape
-    b = v.shape[1]
-    for blk in prange((n + 3) // 4):
-        i0 = 4 * blk
-        rows = min(4, n - i0)
-        for r in range(rows):
-            for c in range(b):
-                out[i0 + r, c] = 0
-        if rows == 4:
-            for j in range(m):
-                a0 = a[i0, j]
-                a1 = a[i0 + 1, j]
-                a2 = a[i0 + 2, j]
-                a3 = a[i0 + 3, j]
-                for c in range(b):
-                    vj = v[j, c]
-                    out[i0, c] += a0 * vj
-                    out[i0 + 1, c] += a1 * vj
-                    out[i0 + 2, c] += a2 * vj
-                    out[i0 + 3, c] += a3 * vj
-        else:
-            for r in range(rows):
-                for j in range(m):
-                    arj = a[i0 + r, j]
-                    for c in range(b):
-                        out[i0 + r, c] += arj * v[j, c]
-
-
 def _numba_matmat(a, v):
-    # The subspace block is thin (2k columns): the packed GEMM would run every tile as an edge tile
-    # (measured 5.9 s vs 1.3 s for BLAS at n = 4000, k = 10), so A V is one pass over A instead.
-    out = np.empty((a.shape[0], v.shape[1]), dtype=a.dtype)
-    _matmat_thin(a, np.ascontiguousarray(v), out)
-    return out
+    # A V for symmetric A as (Vᵀ A)ᵀ: the GEMM micro-kernel reading A in place, once per sweep
+    # (packing A, as a general GEMM would, triples the memory traffic of this memory-bound step).
+    return _gk.thin_product(np.ascontiguousarray(a), v).T
 
 
 def _numpy_matmat(a, v):
-    return a @ v
+    # (Vᵀ A)ᵀ, as the numba impl: OpenBLAS ran A @ V (n x 4) in 2.7-2.8 ms and Vᵀ A in 1.65 ms
+    # at n = 2000 (2 threads, Zen 4), against 0.53 ms for one matrix-vector product.
+    return (v.T @ a).T
 
 
 def _loop_matmat(a, v):
@@ -216,6 +188,7 @@ def _subspace(a, v, k, tol, maxiter, matmat):
     """Block orthogonal iteration with Rayleigh-Ritz (symmetric a); returns (w, V, iterations)."""
     theta = np.zeros(k)
     x = v[:, :k]
+    tie_rtol = max(1e-6, 100 * float(np.finfo(a.dtype).eps))
     for it in range(1, maxiter + 1):
         av = matmat(a, v)
         h = v.T @ av
@@ -227,6 +200,15 @@ def _subspace(a, v, k, tol, maxiter, matmat):
         res = np.linalg.norm(ax[:, :k] - x[:, :k] * theta_all[:k], axis=0)
         theta = theta_all[:k]
         if np.all(res <= tol * np.abs(theta)) and np.all(theta != 0):
+            if len(theta_all) > k and theta_all[k] * theta[-1] < 0:
+                if abs(abs(theta_all[k]) - abs(theta[-1])) <= tie_rtol * abs(theta[-1]):
+                    raise ConvergenceError(
+                        f"eigenvalues {theta[-1]:.6g} and {theta_all[k]:.6g} are tied in magnitude: the top "
+                        f"{k} by |eigenvalue| is not unique",
+                        theta,
+                        x[:, :k],
+                        it,
+                    )
             return theta, x[:, :k], it
         v, _ = np.linalg.qr(ax)
     raise ConvergenceError(
@@ -260,7 +242,7 @@ def _prepare(a, k=1, tol=1e-8, maxiter=None, v0=None, symmetric=None, seed=None,
             "power_iteration: k > 1 needs a symmetric matrix (block subspace iteration); for "
             "non-symmetric matrices use numpy.linalg.eig"
         )
-    block = k if k == 1 else min(n, k + max(2, k))
+    block = (min(n, 4) if k == 1 else min(n, 2 * k)) if symmetric else 1
     if v0 is not None:
         v0 = np.asarray(v0, dtype=dtype)
         if v0.shape not in ((n,), (n, k), (n, block)):
@@ -343,7 +325,7 @@ def power_iteration(
 
 
 def _run(a, k, tol, maxiter, start, symmetric, return_vectors, matvec, matmat):
-    if k == 1:
+    if not symmetric:
         v = start[:, 0] / np.linalg.norm(start[:, 0])
         lam, v, _ = _power1(a, v, tol, maxiter, matvec)
         w, vecs = np.array([lam], dtype=a.dtype), v[:, None]
@@ -357,8 +339,15 @@ def _run(a, k, tol, maxiter, start, symmetric, return_vectors, matvec, matmat):
 
 @_OP.register("numba", needs_numba=True)
 def _power_numba(*args):
-    """Fused parallel matvec (A read once per sweep); A V through the packed GEMM for k > 1."""
-    return _run(*args, _numba_matvec, _numba_matmat)
+    """Fused parallel matvec (non-symmetric); symmetric: A V by the micro-kernel reading A in place."""
+    # The small dense steps between sweeps (QR of the n x b block, Vᵀ(AV), V S) go to BLAS. With
+    # BLAS multi-threaded, OpenBLAS's idle threads keep spinning after each of them and take the
+    # cores from the next compiled sweep: measured (Zen 4, 2 cores) 37.8 ms per sweep at n = 4000,
+    # k = 10 with 2 BLAS threads against 20.5 ms with one. The small steps gain nothing from threads.
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _run(*args, _numba_matvec, _numba_matmat)
 
 
 @_OP.register("numpy")

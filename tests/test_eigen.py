@@ -85,7 +85,8 @@ def test_ill_cases_raise(a):
         with pytest.raises(fastla.ConvergenceError) as info:
             fastla.power_iteration(a, seed=0, maxiter=200, backend=name)
         assert isinstance(info.value, np.linalg.LinAlgError)
-        assert info.value.iterations == 200 and info.value.eigenvalues.shape == (1,)
+        # non-symmetric: runs out of iterations; symmetric +-1: the block sees the tie and stops early
+        assert info.value.iterations <= 200 and info.value.eigenvalues.shape == (1,)
 
 
 def test_repeated_top_eigenvalue_is_a_valid_answer():

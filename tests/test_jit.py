@@ -23,25 +23,28 @@ def test_bitcast_intrinsics_match_twins():
 
 
 @_jit.jit
-def _call_microkernel(kc, ap, aoff, bp, boff, c, coff, ldc, load_c):
-    gk.microkernel(kc, ap, aoff, bp, boff, c, coff, ldc, load_c)
+def _call_microkernel(kc, ap, aoff, bp, boff, ldb, c, coff, ldc, load_c):
+    gk.microkernel(kc, ap, aoff, bp, boff, ldb, c, coff, ldc, load_c)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("kc", [0, 1, 5, 64])
 @pytest.mark.parametrize("load_c", [True, False])
-def test_microkernel_matches_twin(dtype, kc, load_c, rng):
+@pytest.mark.parametrize("ldb_extra", [0, 5])
+def test_microkernel_matches_twin(dtype, kc, load_c, ldb_extra, rng):
+    """Packed B (ldb = NR) and B read in place from a matrix with a longer row (ldb > NR)."""
     blk = gk.BLOCKING[np.dtype(dtype)]
     mr, nr = blk.MR, blk.NR
+    ldb = nr + ldb_extra
     ap = rng.standard_normal(3 + kc * mr).astype(dtype)
-    bp = rng.standard_normal(5 + kc * nr).astype(dtype)
+    bp = rng.standard_normal(5 + kc * ldb).astype(dtype)
     ldc = nr + 7
     c0 = rng.standard_normal(2 + mr * ldc).astype(dtype)
     c_ir, c_py = c0.copy(), c0.copy()
-    _call_microkernel(kc, ap, 3, bp, 5, c_ir, 2, ldc, load_c)
-    gk._microkernel_twin(kc, ap, 3, bp, 5, c_py, 2, ldc, load_c)
+    _call_microkernel(kc, ap, 3, bp, 5, ldb, c_ir, 2, ldc, load_c)
+    gk._microkernel_twin(kc, ap, 3, bp, 5, ldb, c_py, 2, ldc, load_c)
     np.testing.assert_allclose(c_ir, c_py, rtol=1e-5 if dtype == np.float32 else 1e-13)
-    tile = ap[3 : 3 + kc * mr].reshape(kc, mr).T @ bp[5 : 5 + kc * nr].reshape(kc, nr)
+    tile = ap[3 : 3 + kc * mr].reshape(kc, mr).T @ bp[5 : 5 + kc * ldb].reshape(kc, ldb)[:, :nr]
     expect = c0[2 : 2 + mr * ldc].reshape(mr, ldc)[:, :nr] * load_c + tile
     np.testing.assert_allclose(c_ir[2 : 2 + mr * ldc].reshape(mr, ldc)[:, :nr], expect, rtol=1e-4, atol=1e-4)
     # outside the tile nothing moved
@@ -59,11 +62,13 @@ def test_microkernel_asm_uses_vector_fma_without_spills(dtype):
 
     from numba import njit
 
+    blk = gk.BLOCKING[np.dtype(dtype)]
+    nr = blk.NR
+
     @njit(cache=False)
     def f(kc, ap, bp, c):
-        gk.microkernel(kc, ap, 0, bp, 0, c, 0, 64, True)
+        gk.microkernel(kc, ap, 0, bp, 0, nr, c, 0, 64, True)
 
-    blk = gk.BLOCKING[np.dtype(dtype)]
     f(4, np.zeros(4 * blk.MR, dtype), np.zeros(4 * blk.NR, dtype), np.zeros(blk.MR * 64, dtype))
     asm = next(iter(f.inspect_asm().values())).splitlines()
     reg = {64: "zmm", 32: "ymm"}.get(_jit.simd_bytes(), "xmm")
