@@ -337,6 +337,19 @@ def _pack_kv(k, v, kp, vp, scale, one):
 
 
 @jit(inline="always")
+def _pack_queries(qm, i0, rows, npq, kp):
+    """Queries ``i0 : i0 + rows`` of ``qm`` (L x E) transposed into ``npq`` NR-wide panels (zero pad):
+    the B operand of the score tile."""
+    E = qm.shape[1]
+    nr = _gk.tile_nr(kp)
+    qp = np.empty(npq * E * nr, kp.dtype)
+    qt = qm.T
+    for pn in range(npq):
+        _gk.pack_b_panel(qt, 0, E, i0 + pn * nr, max(0, min(nr, rows - pn * nr)), nr, kp[:0], qp, pn * E * nr)
+    return qp
+
+
+@jit(inline="always")
 def _score_tile(qp, kp, k_at, st, E, cols, npq, mr, nr, bk):
     """Transposed scores ``st[pn, c, r] = scale * <k_(j0+c), q_(i0+pn*NR+r)>`` for ``c < cols``."""
     for pn in range(npq):
@@ -383,17 +396,12 @@ def _flash(q, kp, vp, mask, qi, ki, vi, mi, L, S, Ev, has_mask, causal, bq, bk, 
         b = task // nqb
         i0 = (task % nqb) * bq
         rows = min(bq, L - i0)
-        qp = np.empty(npq * E * nr, kp.dtype)
+        qp = _pack_queries(q[qi[b]], i0, rows, npq, kp)
         st = np.empty(npq * bk * nr, kp.dtype)
         acc = np.zeros(npq * ev_pad * nr, kp.dtype)
         m = np.full(bq, ninf, kp.dtype)
         l = np.zeros(bq, kp.dtype)
         alpha = np.empty(bq, kp.dtype)
-        qt = q[qi[b]].T
-        for pn in range(npq):
-            _gk.pack_b_panel(
-                qt, 0, E, i0 + pn * nr, max(0, min(nr, rows - pn * nr)), nr, kp[:0], qp, pn * E * nr
-            )
         k_base = ki[b] * s_pad * E
         v_base = vi[b] * ev_pad * S
         kv_end = min(S, i0 + rows) if causal else S
@@ -461,13 +469,8 @@ def _flash_weights(q, kp, mask, qi, ki, mi, L, S, has_mask, causal, bq, bk, zero
         b = task // nqb
         i0 = (task % nqb) * bq
         rows = min(bq, L - i0)
-        qp = np.empty(npq * E * nr, kp.dtype)
+        qp = _pack_queries(q[qi[b]], i0, rows, npq, kp)
         st = np.empty(npq * bk * nr, kp.dtype)
-        qt = q[qi[b]].T
-        for pn in range(npq):
-            _gk.pack_b_panel(
-                qt, 0, E, i0 + pn * nr, max(0, min(nr, rows - pn * nr)), nr, kp[:0], qp, pn * E * nr
-            )
         k_base = ki[b] * s_pad * E
         kv_end = min(S, i0 + rows) if causal else S
         for r in range(rows):
