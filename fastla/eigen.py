@@ -219,24 +219,29 @@ def _subspace(a, v, k, tol, maxiter, matmat):
 # --------------------------------------------------------------------------- validation / public
 
 
-def _prepare(a, k=1, tol=1e-8, maxiter=None, v0=None, symmetric=None, seed=None, return_eigenvectors=True):
-    a = np.asarray(a)
-    if a.ndim != 2 or a.shape[0] != a.shape[1]:
-        raise ValueError(f"power_iteration: a must be a square 2-D array, got shape {a.shape}")
-    n = a.shape[0]
+def check_options(shape, k, tol):
+    """Validate the matrix shape, ``k`` and ``tol`` (shape only: no data is read)."""
+    if len(shape) != 2 or shape[0] != shape[1]:
+        raise ValueError(f"power_iteration: a must be a square 2-D array, got shape {shape}")
+    n = shape[0]
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= max(n, 1):
         raise ValueError(f"power_iteration: k must be an integer in [1, n={n}], got {k!r}")
     if n == 0:
         raise ValueError("power_iteration: a is empty (0 x 0)")
     if not (np.isfinite(tol) and tol > 0):
         raise ValueError(f"power_iteration: tol must be positive, got {tol}")
-    dtype, why = _validate.compute_dtype((a,), ints_to_float64=True)
+
+
+def compute_dtype(dtype):
+    """The float dtype the iteration runs in for a matrix of ``dtype`` (ints -> float64)."""
+    dtype, why = _validate.compute_dtype((np.empty(0, dtype),), ints_to_float64=True)
     if why is not None:
         raise TypeError(f"power_iteration: {why}")
-    a = _validate.native(a, dtype)
-    _validate.check_finite(a)
-    if symmetric is None:
-        symmetric = _is_symmetric(a)
+    return dtype
+
+
+def start_block(n, dtype, k, maxiter, v0, symmetric, seed):
+    """``(start vectors (n, b), maxiter)``: ``v0`` in the first columns, seeded normals after."""
     if k > 1 and not symmetric:
         raise ValueError(
             "power_iteration: k > 1 needs a symmetric matrix (block subspace iteration); for "
@@ -254,7 +259,19 @@ def _prepare(a, k=1, tol=1e-8, maxiter=None, v0=None, symmetric=None, seed=None,
     start = rng.standard_normal((n, block)).astype(dtype)
     if v0 is not None:
         start[:, : v0.shape[1]] = v0
-    maxiter = max(1000, 10 * n) if maxiter is None else int(maxiter)
+    return start, max(1000, 10 * n) if maxiter is None else int(maxiter)
+
+
+def _prepare(a, k=1, tol=1e-8, maxiter=None, v0=None, symmetric=None, seed=None, return_eigenvectors=True):
+    a = np.asarray(a)
+    check_options(a.shape, k, tol)
+    dtype = compute_dtype(a.dtype)
+    a = _validate.native(a, dtype)
+    _validate.check_finite(a)
+    if symmetric is None:
+        symmetric = _is_symmetric(a)
+    n = a.shape[0]
+    start, maxiter = start_block(n, dtype, k, maxiter, v0, symmetric, seed)
     args = (a, k, float(tol), maxiter, start, symmetric, return_eigenvectors)
     return _registry.Prepared(args, facts={"n": n, "k": k})
 
@@ -324,7 +341,8 @@ def power_iteration(
     return _OP.run(backend, prep)
 
 
-def _run(a, k, tol, maxiter, start, symmetric, return_vectors, matvec, matmat):
+def run(a, k, tol, maxiter, start, symmetric, return_vectors, matvec, matmat):
+    """The algorithm on ``a`` (any object with ``dtype`` the two products accept)."""
     if not symmetric:
         v = start[:, 0] / np.linalg.norm(start[:, 0])
         lam, v, _ = _power1(a, v, tol, maxiter, matvec)
@@ -347,16 +365,16 @@ def _power_numba(*args):
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1, user_api="blas"):
-        return _run(*args, _numba_matvec, _numba_matmat)
+        return run(*args, _numba_matvec, _numba_matmat)
 
 
 @_OP.register("numpy")
 def _power_numpy(*args):
     """Same algorithm with ``@`` (BLAS gemv/gemm)."""
-    return _run(*args, _numpy_matvec, _numpy_matmat)
+    return run(*args, _numpy_matvec, _numpy_matmat)
 
 
 @_OP.register("loop")
 def _power_loop(*args):
     """Same algorithm with pure-Python matrix-vector products."""
-    return _run(*args, _loop_matvec, _loop_matmat)
+    return run(*args, _loop_matvec, _loop_matmat)

@@ -400,19 +400,27 @@ def _prepare_solve(lu_and_piv, b, trans=0, overwrite_b=False, check_finite=True)
     return _registry.Prepared(args, compiled=why, facts={"n": n, "batch": math.prod(stack)})
 
 
-def _prepare_linsolve(a, b):
-    a = np.asarray(a)
-    b = np.asarray(b)
+def linsolve_shape(a, b):
+    """``(stack, vector)`` of ``solve(a, b)`` under NumPy 2's rules (b is a vector only when 1-D);
+    ``a``/``b`` need only ``ndim`` and ``shape``. Raises the ``ValueError`` of a bad pair."""
     _square(a, "a", "solve")
     n = a.shape[-1]
     vector = b.ndim == 1
-    bb = b[:, None] if vector else b
-    if bb.ndim < 2 or bb.shape[-2] != n:
+    b_shape = (*b.shape, 1) if vector else b.shape
+    if len(b_shape) < 2 or b_shape[-2] != n:
         raise ValueError(f"solve: b of shape {b.shape} does not match a of shape {a.shape}")
     try:
-        stack = np.broadcast_shapes(a.shape[:-2], bb.shape[:-2])
+        stack = np.broadcast_shapes(a.shape[:-2], b_shape[:-2])
     except ValueError:
         raise ValueError(f"solve: stacks of a {a.shape} and b {b.shape} do not broadcast") from None
+    return stack, vector
+
+
+def _prepare_linsolve(a, b):
+    a = np.asarray(a)
+    b = np.asarray(b)
+    n = a.shape[-1] if a.ndim else 0
+    stack, _ = linsolve_shape(a, b)
     dtype, why = _validate.compute_dtype((a, b), ints_to_float64=True)
     if why is None:
         a, b = _validate.native(a, dtype), _validate.native(b, dtype)

@@ -49,33 +49,37 @@ def _batch_shape(sa, sb):
     return sa if sa == sb else np.broadcast_shapes(sa, sb)
 
 
+def result_shape(sa, sb):
+    """``(m, k, n, batch, shape)`` of ``a @ b`` for operand shapes ``sa``, ``sb`` (``m``/``n`` None
+    for a 1-D operand), raising NumPy's ``ValueError`` cases with both shapes named."""
+    if len(sa) == 0 or len(sb) == 0:
+        idx = 0 if len(sa) == 0 else 1
+        raise ValueError(
+            f"matmul: input operand {idx} ({'ab'[idx]}) does not have enough dimensions "
+            f"(has 0, needs at least 1), shapes {sa} and {sb}"
+        )
+    k_a = sa[-1]
+    k_b = sb[-2] if len(sb) >= 2 else sb[0]
+    if k_a != k_b:
+        raise ValueError(
+            f"matmul: mismatch in the contracted dimension: a has shape {sa} (k={k_a}) and "
+            f"b has shape {sb} (k={k_b})"
+        )
+    try:
+        batch = _batch_shape(sa[:-2], sb[:-2])
+    except ValueError:
+        raise ValueError(f"matmul: stack dimensions of a {sa} and b {sb} do not broadcast") from None
+    m = sa[-2] if len(sa) >= 2 else None
+    n = sb[-1] if len(sb) >= 2 else None
+    shape = batch + ((m,) if m is not None else ()) + ((n,) if n is not None else ())
+    return m, k_a, n, batch, shape
+
+
 def _prepare(a, b, out=None):
     a_in, b_in = a, b
     a = np.asanyarray(a)
     b = np.asanyarray(b)
-    if a.ndim == 0 or b.ndim == 0:
-        idx = 0 if a.ndim == 0 else 1
-        raise ValueError(
-            f"matmul: input operand {idx} ({'ab'[idx]}) does not have enough dimensions "
-            f"(has 0, needs at least 1), shapes {a.shape} and {b.shape}"
-        )
-    k_a = a.shape[-1]
-    k_b = b.shape[-2] if b.ndim >= 2 else b.shape[0]
-    if k_a != k_b:
-        raise ValueError(
-            f"matmul: mismatch in the contracted dimension: a has shape {a.shape} (k={k_a}) and "
-            f"b has shape {b.shape} (k={k_b})"
-        )
-    try:
-        batch = _batch_shape(a.shape[:-2], b.shape[:-2])
-    except ValueError:
-        raise ValueError(
-            f"matmul: stack dimensions of a {a.shape} and b {b.shape} do not broadcast"
-        ) from None
-    m = a.shape[-2] if a.ndim >= 2 else None
-    n = b.shape[-1] if b.ndim >= 2 else None
-    shape = batch + ((m,) if m is not None else ()) + ((n,) if n is not None else ())
-
+    m, k_a, n, batch, shape = result_shape(a.shape, b.shape)
     dtype, why = _validate.compute_dtype((a, b), ints_to_float64=False)
     if (
         why is None

@@ -67,11 +67,40 @@ _U = np.uint64
 # --------------------------------------------------------------------------- validation
 
 
-def _as_matrix(x, name, fname):
-    x = np.asarray(x)  # subclasses (np.matrix, masked) are viewed as plain arrays, as sklearn does
+def _check_ndim(x, name, fname):
     if x.ndim not in (1, 2):
         raise ValueError(f"{fname}: {name} must be 1-D or 2-D, got shape {x.shape}")
-    return x
+
+
+def check_pair(x, y):
+    """Shape checks of ``cosine_similarity(x, y)`` (``x``, ``y`` need only ``ndim``/``shape``)."""
+    _check_ndim(x, "X", "cosine_similarity")
+    _check_ndim(y, "Y", "cosine_similarity")
+    if x.shape[-1] != y.shape[-1]:
+        raise ValueError(
+            f"cosine_similarity: incompatible dimension for X and Y matrices: X.shape == {x.shape} "
+            f"while Y.shape == {y.shape}"
+        )
+
+
+def check_topk(q, c, k, batch_size):
+    """Shape and argument checks of ``cosine_topk``; returns ``(k, batch_size)`` as ints."""
+    _check_ndim(q, "queries", "cosine_topk")
+    if c.ndim != 2:
+        raise ValueError(f"cosine_topk: corpus must be 2-D (n_corpus, d), got shape {c.shape}")
+    if q.shape[-1] != c.shape[1]:
+        raise ValueError(f"cosine_topk: incompatible dimension for queries {q.shape} and corpus {c.shape}")
+    try:
+        k = operator.index(k)
+    except TypeError:
+        raise TypeError(f"cosine_topk: k must be an integer, got {type(k).__name__}") from None
+    if not 0 <= k <= c.shape[0]:
+        raise ValueError(f"cosine_topk: k={k} must be in [0, n_corpus={c.shape[0]}]")
+    if batch_size is not None:
+        batch_size = operator.index(batch_size)
+        if batch_size < 1:
+            raise ValueError(f"cosine_topk: batch_size must be >= 1, got {batch_size}")
+    return k, batch_size
 
 
 def _float_dtype(x, y, fname):
@@ -89,13 +118,10 @@ def _float_dtype(x, y, fname):
 
 def _prepare_matrix(X, Y=None, out=None):
     sym = Y is None or Y is X
-    x = _as_matrix(X, "X", "cosine_similarity")
-    y = x if sym else _as_matrix(Y, "Y", "cosine_similarity")
-    if x.shape[-1] != y.shape[-1]:
-        raise ValueError(
-            f"cosine_similarity: incompatible dimension for X and Y matrices: X.shape == {x.shape} "
-            f"while Y.shape == {y.shape}"
-        )
+    # subclasses (np.matrix, masked) are viewed as plain arrays, as sklearn does
+    x = np.asarray(X)
+    y = x if sym else np.asarray(Y)
+    check_pair(x, y)
     kind = ("m" if x.ndim == 2 else "v") + ("m" if y.ndim == 2 else "v")
     sym = sym and kind == "mm"
     shape = {"mm": (x.shape[0], y.shape[0]), "vm": (y.shape[0],), "mv": (x.shape[0],), "vv": ()}[kind]
@@ -130,22 +156,9 @@ _MATRIX = _registry.operation("cosine_similarity", _prepare_matrix, _rule_matrix
 
 
 def _prepare_topk(queries, corpus, k, batch_size=None):
-    q = _as_matrix(queries, "queries", "cosine_topk")
-    c = _as_matrix(corpus, "corpus", "cosine_topk")
-    if c.ndim != 2:
-        raise ValueError(f"cosine_topk: corpus must be 2-D (n_corpus, d), got shape {c.shape}")
-    if q.shape[-1] != c.shape[1]:
-        raise ValueError(f"cosine_topk: incompatible dimension for queries {q.shape} and corpus {c.shape}")
-    try:
-        k = operator.index(k)
-    except TypeError:
-        raise TypeError(f"cosine_topk: k must be an integer, got {type(k).__name__}") from None
-    if not 0 <= k <= c.shape[0]:
-        raise ValueError(f"cosine_topk: k={k} must be in [0, n_corpus={c.shape[0]}]")
-    if batch_size is not None:
-        batch_size = operator.index(batch_size)
-        if batch_size < 1:
-            raise ValueError(f"cosine_topk: batch_size must be >= 1, got {batch_size}")
+    q = np.asarray(queries)
+    c = np.asarray(corpus)
+    k, batch_size = check_topk(q, c, k, batch_size)
     dtype, why = _float_dtype(q, c, "cosine_topk")
     q = _validate.native(q, dtype)
     c = _validate.native(c, dtype)

@@ -377,9 +377,9 @@ _LOG_SOFTMAX.register("numba", needs_numba=True)(_numba_impl)
 _REDUCTIONS = ("mean", "sum", "none")
 
 
-def _prepare_ce(logits, target, axis=-1, reduction="mean", label_smoothing=0.0, ignore_index=-100):
-    x = np.asanyarray(logits)
-    t = np.asanyarray(target)
+def check_ce(x, t, axis, reduction, label_smoothing, ignore_index):
+    """``(class axis, target kind, label_smoothing, ignore_index)`` after the checks that need only
+    shapes and dtypes (``x``, ``t`` need ``ndim``, ``shape`` and ``dtype``)."""
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     label_smoothing = float(label_smoothing)
@@ -388,30 +388,36 @@ def _prepare_ce(logits, target, axis=-1, reduction="mean", label_smoothing=0.0, 
     if x.ndim == 0:
         raise ValueError("cross_entropy: logits must have at least 1 dimension (the class axis)")
     ax = _validate.normalize_axis(axis, x.ndim)
-    n_classes = x.shape[ax]
-    x_last = np.moveaxis(x, ax, -1)
     if t.dtype.kind in "iu":
-        if t.shape != x_last.shape[:-1]:
+        if t.shape != x.shape[:ax] + x.shape[ax + 1 :]:
             raise ValueError(
                 f"cross_entropy: class-index target of shape {t.shape} must have the logits' shape "
                 f"{x.shape} without the class axis {ax}"
             )
-        ignore_index = operator.index(ignore_index)
+        return ax, "index", label_smoothing, operator.index(ignore_index)
+    if t.dtype.kind == "f":
+        if t.shape != x.shape:
+            raise ValueError(
+                f"cross_entropy: probability target of shape {t.shape} must have the logits' shape {x.shape}"
+            )
+        return ax, "prob", label_smoothing, ignore_index
+    raise TypeError(f"cross_entropy: target must be integer class indices or floats, got {t.dtype}")
+
+
+def _prepare_ce(logits, target, axis=-1, reduction="mean", label_smoothing=0.0, ignore_index=-100):
+    x = np.asanyarray(logits)
+    t = np.asanyarray(target)
+    ax, kind, label_smoothing, ignore_index = check_ce(x, t, axis, reduction, label_smoothing, ignore_index)
+    n_classes = x.shape[ax]
+    x_last = np.moveaxis(x, ax, -1)
+    if kind == "index":
         bad = (t != ignore_index) & ((t < 0) | (t >= n_classes))
         if bad.any():
             raise IndexError(
                 f"cross_entropy: target index {t[bad].flat[0]} is out of bounds for {n_classes} classes"
             )
-        kind = "index"
-    elif t.dtype.kind == "f":
-        if t.shape != x.shape:
-            raise ValueError(
-                f"cross_entropy: probability target of shape {t.shape} must have the logits' shape {x.shape}"
-            )
-        t = np.moveaxis(t, ax, -1)
-        kind = "prob"
     else:
-        raise TypeError(f"cross_entropy: target must be integer class indices or floats, got {t.dtype}")
+        t = np.moveaxis(t, ax, -1)
     dtype, why = _validate.compute_dtype((x,), ints_to_float64=True)
     if why is None and kind == "prob":
         dtype = np.promote_types(dtype, t.dtype)
