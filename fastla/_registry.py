@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from fastla import _config, _jit
 
 
@@ -157,15 +159,49 @@ def explain(op_name, *args, backend=None, **kwargs) -> tuple[str, str]:
     'numpy'
     """
     op = _get(op_name)
+    if _any_dask(args, kwargs):
+        from fastla import dask as fdask
+
+        return fdask.explain(op, backend)
     name, reason = op.choose(backend, op.prepare(*args, **kwargs))
     return name, reason() if callable(reason) else reason
 
 
+def is_dask(x) -> bool:
+    """Whether ``x`` is a dask collection (checked by type, without importing dask)."""
+    return type(x).__module__.startswith("dask.") and hasattr(x, "__dask_graph__")
+
+
+def _any_dask(args, kwargs):
+    for x in args:
+        if type(x) is not np.ndarray and is_dask(x):
+            return True
+    return any(is_dask(x) for x in kwargs.values())
+
+
 def public(op: Operation) -> Callable[[Callable], Callable]:
-    """Decorator marking the public function of ``op`` (used by :func:`implementations`)."""
+    """Decorator marking the public function of ``op`` (used by :func:`implementations`).
+
+    The one branch of the call path for dask arrays is here: a call with a ``dask.array.Array``
+    argument goes to the function of the same name in :mod:`fastla.dask`, which builds a lazy graph
+    running ``fn`` (this very function, any ``backend=``) on each chunk.
+    """
 
     def deco(fn: Callable[..., Any]):
-        op.public = fn
-        return fn
+        any_dask = _any_dask
+
+        def call(*args, **kwargs):
+            if any_dask(args, kwargs):
+                from fastla import dask as fdask
+
+                return fdask.dispatch(op.name, *args, **kwargs)
+            return fn(*args, **kwargs)
+
+        # The wrapper gets the op module's globals (it reads only its closure): doctest, pydoc and
+        # friends decide where a function belongs by its globals, not by ``__module__``.
+        call = types.FunctionType(call.__code__, fn.__globals__, fn.__name__, None, call.__closure__)
+        functools.update_wrapper(call, fn)
+        op.public = call
+        return call
 
     return deco
