@@ -34,6 +34,9 @@ threads at the worker's thread count (applied once per worker process), so that
 2 x 2 threads fighting for the cores. That configuration (one worker process per core, one thread
 each) is the recommended one: fastla's kernels release the GIL, but one process per core also keeps
 each worker's BLAS and OpenMP pools to one thread. On the local schedulers nothing is changed.
+In-process workers (``LocalCluster(processes=False)``) share the client's process, so the caps
+would apply to the client's own calls too: they are applied only in a process that hosts one
+worker and no other (``processes=True``, the default, or ``dask worker``).
 """
 
 from __future__ import annotations
@@ -89,10 +92,13 @@ def limit_worker_threads():
         worker = get_worker()
     except (ImportError, ValueError):  # not in a distributed worker
         return
+    from distributed import Worker
     from threadpoolctl import threadpool_limits
 
     from fastla import _jit
 
+    if len(Worker._instances) != 1:  # in-process workers: the client's process, leave it alone
+        return
     n = max(1, int(worker.state.nthreads))
     if _jit.NUMBA_AVAILABLE:
         fastla.set_num_threads(min(n, _jit.max_threads()))

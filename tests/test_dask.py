@@ -292,6 +292,22 @@ def test_worker_threads_capped(client):
         assert numba_threads == 1 and all(n == 1 for n in blas)
 
 
+def test_in_process_workers_leave_the_client_threads_alone(monkeypatch):
+    import fastla.dask as fdask
+
+    monkeypatch.setattr(fdask, "_limited_pid", None)
+    before = fl.get_num_threads()
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0", silence_logs=40
+        ) as cluster,
+        distributed.Client(cluster, set_as_default=False) as c,
+    ):
+        X = da.from_array(RNG.standard_normal((64, 64)), chunks=32)
+        c.compute(fl.matmul(X, X, backend="numba"), sync=True)
+    assert fl.get_num_threads() == before
+
+
 def test_worker_lost_mid_computation(client):
     """A worker process killed while it holds tasks: the scheduler reruns them; the result is exact."""
     # generated on the workers (a graph embedding 10 MB of data would warn)
