@@ -178,7 +178,7 @@ def _one_chunk(x, axes, fname, rechunk, what="axis"):
 
 def _meta_dtype(fn, *xs, **kwargs):
     """Result dtype of ``fn`` on tiny arrays of the inputs' dtypes (raising its dtype errors now)."""
-    tiny = [np.ones((1,) * x.ndim, x.dtype) if x.ndim else np.ones((), x.dtype) for x in xs]
+    tiny = [np.ones((1,) * x.ndim, x.dtype) for x in xs]
     return np.asarray(fn(*tiny, **kwargs)).dtype
 
 
@@ -520,8 +520,7 @@ def power_iteration(
     if not bool(da.isfinite(a).all().compute()):
         raise ValueError("array must not contain infs or NaNs")
     if symmetric is None:
-        rtol = 1e-10 if dtype == np.float64 else 1e-5  # eigen._is_symmetric's rule
-        atol = rtol * float(abs(a).max().compute())
+        atol = _eigen.symmetry_atol(dtype, float(abs(a).max().compute()))
         symmetric = bool((abs(a - a.T) <= atol).all().compute())
     start, maxiter = _eigen.start_block(a.shape[0], dtype, k, maxiter, v0, symmetric, seed)
     be = _backend(backend)

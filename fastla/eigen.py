@@ -98,6 +98,11 @@ def _symmetric_kernel(a, atol):
     return True
 
 
+def symmetry_atol(dtype, max_abs):
+    """The absolute tolerance of the symmetry test for a matrix whose largest ``|entry|`` is ``max_abs``."""
+    return (1e-10 if dtype == np.float64 else 1e-5) * max_abs
+
+
 def _is_symmetric(a):
     """Symmetric up to rounding: ``|a - a.T| <= rtol * max|a|`` elementwise.
 
@@ -107,8 +112,7 @@ def _is_symmetric(a):
     """
     from fastla import _jit
 
-    rtol = 1e-10 if a.dtype == np.float64 else 1e-5
-    atol = rtol * max(float(a.max()), -float(a.min()), 0.0)
+    atol = symmetry_atol(a.dtype, max(float(a.max()), -float(a.min()), 0.0))
     if _jit.JIT_ENABLED:
         return bool(_symmetric_kernel(a, atol))
     return bool(np.all(np.abs(a - a.T) <= atol))
