@@ -209,3 +209,43 @@ def test_overwrite_a_in_place(rng):
 def test_auto_rule():
     assert fastla.explain("solve", np.ones((1000, 4, 4)), np.ones((1000, 4, 1)))[0] == "numba"
     assert fastla.explain("solve", np.ones((500, 500)), np.ones(500))[0] == "numpy"
+
+
+@pytest.mark.parametrize("n,k", [(1, 1), (5, 6), (16, 1)])
+def test_small_stack_lanes(n, k, rng):
+    """The batched tiny-system kernel (one system per SIMD lane): a short last group, pivoting
+    in some lanes and not in others, a NaN system that must not leak into its neighbours, and more
+    right-hand sides than one pass takes (k = 6)."""
+    batch = 37  # not a multiple of any lane count
+    a = rng.standard_normal((batch, n, n)) + np.eye(n)
+    a[3] = np.eye(n)[::-1] * 2.0  # anti-diagonal: every column needs a row interchange
+    a[4, :, 0] = 0.0
+    a[4, -1, 0] = 1e-3  # tiny but non-zero pivot, found in the last row
+    if n > 1:
+        a[5, :, 0] = 1.5  # equal |pivot candidates| in column 0
+        a[5, ::2, 0] = -1.5
+    a[9, 0, 0] = np.nan
+    b = rng.standard_normal((batch, n, k))
+    keep_a, keep_b = a.copy(), b.copy()
+    x = fastla.solve(a, b, backend="numba")
+    np.testing.assert_array_equal(a, keep_a)
+    np.testing.assert_array_equal(b, keep_b)
+    assert x.shape == b.shape
+    assert np.isnan(x[9]).all()
+    ok = np.arange(batch) != 9
+    r = np.einsum("tij,tjk->tik", a[ok], x[ok]) - b[ok]
+    scale = np.abs(a[ok]).sum(axis=-1).max(axis=-1)[:, None, None] * np.abs(x[ok]).max() + np.abs(b).max()
+    assert np.all(np.abs(r) <= 10 * n * eps(np.float64) * scale)
+    np.testing.assert_allclose(x[ok], np.linalg.solve(a[ok], b[ok]), rtol=1e-8, atol=1e-10)
+    f32 = fastla.solve(a[:8].astype(np.float32), b[:8, :, :1].astype(np.float32), backend="numba")
+    assert f32.dtype == np.float32
+    np.testing.assert_allclose(f32[:4], np.linalg.solve(a[:4], b[:4, :, :1]), rtol=2e-3, atol=1e-4)
+
+
+def test_small_stack_singular_in_one_lane(rng):
+    a = rng.standard_normal((21, 4, 4)) + 4 * np.eye(4)
+    a[13, :, 2] = 0.0  # singular: the zero pivot appears in column 2
+    with pytest.raises(np.linalg.LinAlgError, match="Singular matrix"):
+        fastla.solve(a, np.ones((21, 4, 1)), backend="numba")
+    a[13] = np.eye(4)
+    np.testing.assert_allclose(fastla.solve(a, np.ones((21, 4, 1)), backend="numba")[13], 1.0)
