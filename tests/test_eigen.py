@@ -131,3 +131,51 @@ def test_symmetry_detection_is_relative_to_the_matrix():
     np.testing.assert_allclose(w, [1.0, 1.0 - 0.99 / 119, 1.0 - 2 * 0.99 / 119], rtol=1e-8)
     with pytest.raises(ValueError, match="symmetric"):
         fastla.power_iteration(a + np.triu(np.full_like(a, 1e-3), 1), k=2)
+
+
+def test_repeated_eigenvalues_inside_top_k():
+    """A triple eigenvalue inside the top k: a one-vector Krylov space holds only one direction of
+    it; the block (b = min(k, 4) vectors) must find all three copies, not skip to the next value."""
+    a, _ = sym_with_spectrum(80, [5.0, 5.0, 5.0, 3.0, 2.0], seed=3)
+    for name in impl_names("power_iteration", 80):
+        w, v = fastla.power_iteration(a, k=4, seed=0, backend=name)
+        np.testing.assert_allclose(w, [5.0, 5.0, 5.0, 3.0], rtol=1e-8)
+        _check_pairs(a, w, v, 1e-8)
+        np.testing.assert_allclose(v.T @ v, np.eye(4), atol=1e-7)
+
+
+@pytest.mark.parametrize("n,k,gap", [(300, 1, 0.99), (150, 10, 0.97)])
+def test_thick_restarts(n, k, gap):
+    """A small gap needs more sweeps than the basis holds: the restarts must keep the progress."""
+    top = [gap**i for i in range(k + 1)]
+    a, lam = sym_with_spectrum(n, top, seed=5)
+    expected = sorted(lam, key=abs, reverse=True)[:k]
+    for name in impl_names("power_iteration", 64):  # no loop impl: hundreds of pure-Python sweeps
+        w, v = fastla.power_iteration(a, k=k, seed=0, backend=name)
+        np.testing.assert_allclose(w, expected, rtol=1e-8)
+        _check_pairs(a, w, v, 1e-8)
+
+
+def test_invariant_start_space_is_left():
+    """v0 spanning an invariant subspace (an eigenvector of a smaller eigenvalue) must not end the
+    search there: the basis grows with a random direction and finds the dominant pair."""
+    a = np.diag([1.0, 3.0, 0.5, 0.25, -2.0])
+    for name in fastla.implementations("power_iteration"):
+        w, v = fastla.power_iteration(a, v0=np.eye(5)[0], symmetric=True, backend=name)
+        np.testing.assert_allclose(w, [3.0])
+        np.testing.assert_allclose(np.abs(v[:, 0]), np.eye(5)[1], atol=1e-8)
+
+
+def test_whole_space_and_iteration_limits():
+    a, _ = sym_with_spectrum(12, [4.0, 3.9, 3.8], seed=6)
+    for name in fastla.implementations("power_iteration"):
+        # n = 12 < the basis size: the Krylov space becomes all of R^n, every Ritz pair exact
+        w, _ = fastla.power_iteration(a, k=3, seed=0, backend=name)
+        np.testing.assert_allclose(w, [4.0, 3.9, 3.8], rtol=1e-10)
+        with pytest.raises(fastla.ConvergenceError, match="spans all") as info:
+            fastla.power_iteration(a, k=3, tol=1e-30, seed=0, backend=name)
+        assert info.value.eigenvalues.shape == (3,) and info.value.eigenvectors.shape == (12, 3)
+        b, _ = sym_with_spectrum(200, [1.0, 0.999], seed=7)
+        with pytest.raises(fastla.ConvergenceError, match="3 sweeps") as info:
+            fastla.power_iteration(b, maxiter=3, seed=0, backend=name)
+        assert info.value.iterations == 3
