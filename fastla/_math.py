@@ -51,7 +51,8 @@ _HI_F = _F32(89.0)
 def _exp_f64(x):
     xc = x if x > -746.0 else -746.0  # NaN compares false: clamped here, restored below
     xc = xc if xc < 710.0 else 710.0
-    nf = math.floor(xc * _LOG2E + 0.5)
+    nf = np.floor(xc * _LOG2E + 0.5)  # a float floor: math.floor gives int64, and AVX2 has no
+    # vector int64 -> float conversion (the whole loop then stayed scalar on Zen 1-3)
     r = xc - nf * _LN2_HI
     r = r - nf * _LN2_LO
     p = _C13
@@ -80,7 +81,7 @@ def _exp_f64(x):
 def _exp_f32(x):
     xc = x if x > _LO_F else _LO_F
     xc = xc if xc < _HI_F else _HI_F
-    nf = np.float32(math.floor(xc * _LOG2E_F + _HALF_F))
+    nf = np.floor(xc * _LOG2E_F + _HALF_F)
     r = xc - nf * _LN2_HI_F
     r = r - nf * _LN2_LO_F
     p = _D7
