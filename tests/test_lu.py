@@ -237,9 +237,10 @@ def test_small_stack_lanes(n, k, rng):
     scale = np.abs(a[ok]).sum(axis=-1).max(axis=-1)[:, None, None] * np.abs(x[ok]).max() + np.abs(b).max()
     assert np.all(np.abs(r) <= 10 * n * eps(np.float64) * scale)
     np.testing.assert_allclose(x[ok], np.linalg.solve(a[ok], b[ok]), rtol=1e-8, atol=1e-10)
-    f32 = fastla.solve(a[:8].astype(np.float32), b[:8, :, :1].astype(np.float32), backend="numba")
-    assert f32.dtype == np.float32
-    np.testing.assert_allclose(f32[:4], np.linalg.solve(a[:4], b[:4, :, :1]), rtol=2e-3, atol=1e-4)
+    if n == 5:  # float32 lanes (twice as many per register); one size keeps the compile time down
+        f32 = fastla.solve(a[:8].astype(np.float32), b[:8, :, :1].astype(np.float32), backend="numba")
+        assert f32.dtype == np.float32
+        np.testing.assert_allclose(f32[:4], np.linalg.solve(a[:4], b[:4, :, :1]), rtol=2e-3, atol=1e-4)
 
 
 def test_small_stack_singular_in_one_lane(rng):
