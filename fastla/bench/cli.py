@@ -35,6 +35,9 @@ def add_parser(sub):
     p.set_defaults(set="quick", func=main)
     p.add_argument("--ops", help="comma-separated ops, e.g. matmul,softmax (default: all)")
     p.add_argument("--threads", type=int, help="threads for numba and BLAS (default: all cores)")
+    p.add_argument(
+        "--rounds", type=int, default=5, help="minimum timed rounds per benchmark (default 5; CI uses 3)"
+    )
     p.add_argument("--json", help="where to write pytest-benchmark's JSON (default bench-results/)")
     p.add_argument("--plot", help="write a PNG plot here (needs matplotlib)")
     p.add_argument("--check", action="store_true", help="exit 1 if a target ratio is below its floor")
@@ -59,7 +62,7 @@ def _run_pytest(bench_dir, args, json_path):
         "--benchmark-enable",
         "--benchmark-only",
         f"--benchmark-json={json_path}",
-        "--benchmark-min-rounds=5",
+        f"--benchmark-min-rounds={args.rounds}",
         "--benchmark-max-time=0.5",
         "--benchmark-warmup=off",  # each test makes its own untimed warm-up (JIT) call
         "--benchmark-quiet",
