@@ -117,7 +117,7 @@ def exp(x):
         return _exp_compiled(x if isinstance(x, np.float32) else float(x))
     if isinstance(x, np.float32):
         return _jit.python_rendering(_exp_f32, x)
-    return _jit.python_rendering(_exp_f64, float(x))
+    return float(_jit.python_rendering(_exp_f64, float(x)))  # np.floor makes it an np.float64
 
 
 _jit.overload_by_dtype(exp, {"float64": _exp_f64, "float32": _exp_f32})
