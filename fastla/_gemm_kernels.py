@@ -31,7 +31,7 @@ import os
 import numpy as np
 
 from fastla import _jit
-from fastla._jit import jit, prange
+from fastla._jit import jit, prange, wide_vectors
 
 # --------------------------------------------------------------------------- shapes from the host
 #
@@ -270,6 +270,7 @@ def pack_a(a, i0, mc, p0, kc, mr, alpha, row_scale, out, off):
     A non-empty ``row_scale`` also multiplies row ``i`` by ``row_scale[i]`` (cosine similarity's
     inverse norms), again for free.
     """
+    wide_vectors()
     scaled = row_scale.size > 0
     for ir in range(0, mc, mr):
         base = off + (ir // mr) * kc * mr
@@ -290,6 +291,7 @@ def pack_b_panel(b, p0, kc, j0, cols, nr, col_scale, out, off):
 
     A non-empty ``col_scale`` multiplies column ``j`` by ``col_scale[j]``.
     """
+    wide_vectors()
     scaled = col_scale.size > 0
     for p in range(kc):
         row = off + p * nr
@@ -517,6 +519,7 @@ def gemm_naive(a, b, c):
     m, k = a.shape
     n = b.shape[1]
     for i in prange(m):
+        wide_vectors()
         for j in range(n):
             c[i, j] = 0
         for p in range(k):
@@ -535,6 +538,7 @@ def batched_small(a, b, c):
     nb, m, k = a.shape
     n = b.shape[2]
     for t in prange(nb):
+        wide_vectors()
         for i in range(m):
             for j in range(n):
                 c[t, i, j] = 0
@@ -569,6 +573,7 @@ def _make_small_fixed(M, K, N):
     @jit(parallel=True)
     def kernel(a, b, c):
         for t in prange(a.shape[0]):
+            wide_vectors()
             for i in range(M):
                 for j in range(N):
                     s = a[t, i, 0] * b[t, 0, j]

@@ -141,6 +141,7 @@ _MAG32 = np.int32(0x7FFFFFFF)
 
 
 def _row_max_f64(x):
+    _jit.wide_vectors()
     row = x
     b = _jit.f64_as_i64(row[0])
     k = b ^ ((b >> 63) & _MAG64)
@@ -152,6 +153,7 @@ def _row_max_f64(x):
 
 
 def _row_max_f32(x):
+    _jit.wide_vectors()
     row = x
     b = _jit.f32_as_i32(row[0])
     k = b ^ ((b >> 31) & _MAG32)

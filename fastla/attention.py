@@ -40,7 +40,7 @@ import numpy as np
 
 from fastla import _gemm_kernels as _gk
 from fastla import _math, _registry, _validate
-from fastla._jit import jit, prange
+from fastla._jit import jit, prange, wide_vectors
 
 __all__ = ["scaled_dot_product_attention"]
 
@@ -329,6 +329,7 @@ def _pack_kv(k, v, kp, vp, scale, one):
     ev_pad = (Ev + mr - 1) // mr * mr
     none = kp[:0]
     for t in prange(nk + v.shape[0]):
+        wide_vectors()
         if t < nk:
             _gk.pack_a(k[t], 0, S, 0, E, mr, scale, none, kp, t * s_pad * E)
         else:
@@ -393,6 +394,7 @@ def _flash(q, kp, vp, mask, qi, ki, vi, mi, L, S, Ev, has_mask, causal, bq, bk, 
     nqb = (L + bq - 1) // bq
     ninf = -np.inf
     for task in prange(nb * nqb):
+        wide_vectors()
         b = task // nqb
         i0 = (task % nqb) * bq
         rows = min(bq, L - i0)
@@ -466,6 +468,7 @@ def _flash_weights(q, kp, mask, qi, ki, mi, L, S, has_mask, causal, bq, bk, zero
     s_pad = (S + mr - 1) // mr * mr
     nqb = (L + bq - 1) // bq
     for task in prange(nb * nqb):
+        wide_vectors()
         b = task // nqb
         i0 = (task % nqb) * bq
         rows = min(bq, L - i0)

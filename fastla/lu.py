@@ -35,7 +35,7 @@ import numpy as np
 
 from fastla import _gemm_kernels as _gk
 from fastla import _jit, _registry, _validate
-from fastla._jit import jit, prange
+from fastla._jit import jit, prange, wide_vectors
 from fastla._jit import thread_id as _thread_id
 
 __all__ = ["LinAlgWarning", "lu_factor", "lu_solve", "solve"]
@@ -89,6 +89,7 @@ def _swap_rows(m, i, p):
 @jit
 def _panel(a, k0, k1, piv, info):
     """Unblocked partial-pivoting LU of columns k0:k1 (rows k0:n); swaps whole rows. Returns info."""
+    wide_vectors()
     n = a.shape[0]
     for j in range(k0, k1):
         p = j
@@ -116,6 +117,7 @@ def _panel(a, k0, k1, piv, info):
 @jit
 def _trsm_unit_lower_rows(a, k0, k1):
     """U12 := L11^-1 A12 for rows k0:k1, columns k1:n (row operations, vectorised along columns)."""
+    wide_vectors()
     n = a.shape[1]
     for i in range(k0 + 1, k1):
         for r in range(k0, i):
@@ -165,6 +167,7 @@ def _row_dot(lu, b, i, lo, hi):
 @jit
 def _getrs(lu, piv, b, trans):
     """Solve with the factors in place on C-contiguous ``b`` (n, k): trans 0 (A x = b) or 1 (A^T)."""
+    wide_vectors()
     n, k = b.shape
     if trans == 0 and k == 1:
         # One right-hand side: each step is a dot product of a contiguous row of the factors with

@@ -33,7 +33,7 @@ import operator
 import numpy as np
 
 from fastla import _math, _registry, _validate
-from fastla._jit import jit, prange
+from fastla._jit import jit, prange, wide_vectors
 
 __all__ = ["cross_entropy", "log_softmax", "softmax"]
 
@@ -64,6 +64,7 @@ def _softmax_rows(x, out, log, zero):
     """
     rows, n = x.shape
     for r in prange(rows):
+        wide_vectors()
         m = _math.row_max(x[r])
         if log:
             mm = m if np.isfinite(m) else zero
@@ -90,6 +91,7 @@ def _softmax_mid(x, out, log, chunk):
     pre, n, post = x.shape
     nchunks = (post + chunk - 1) // chunk
     for task in prange(pre * nchunks):
+        wide_vectors()
         p = task // nchunks
         c0 = (task % nchunks) * chunk
         w = min(chunk, post - c0)
@@ -128,6 +130,7 @@ def _ce_index_rows(x, target, smoothing, ignore_index, loss, zero):
     """Per-row cross-entropy with class indices: ``lse - x[t]`` (+ label smoothing)."""
     rows, n = x.shape
     for r in prange(rows):
+        wide_vectors()
         t = target[r]
         if t == ignore_index:
             loss[r] = 0.0
@@ -152,6 +155,7 @@ def _ce_prob_rows(x, target, smoothing, loss, zero):
     """Per-row cross-entropy with probability targets: ``-sum_c t'_c (x_c - lse)``."""
     rows, n = x.shape
     for r in prange(rows):
+        wide_vectors()
         m = _math.row_max(x[r])
         mm = m if np.isfinite(m) else zero
         s = 0.0

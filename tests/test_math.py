@@ -53,23 +53,63 @@ def test_exp_exact_at_zero_and_specials():
     assert _math.exp(0.0) == 1.0 and _math.exp(np.float32(0)) == 1
 
 
-@pytest.mark.skipif(not _jit.JIT_ENABLED, reason="needs JIT")
-@pytest.mark.parametrize("dtype,reg", [(np.float32, "ps"), (np.float64, "pd")])
-def test_exp_loop_vectorises(dtype, reg):
+_REGS = ("xmm", "ymm", "zmm")
+
+
+def _widest_packed_register(asm, suffix):
+    """The widest register of a packed ``suffix`` (ps/pd) multiply or FMA in ``asm``, or None."""
+    import re
+
+    found = [
+        m.group(1)
+        for line in asm.splitlines()
+        if re.search(rf"\b(v?fn?m(add|sub)\w*|v?mul){suffix}\b", line)
+        for m in [re.search(r"%(xmm|ymm|zmm)", line)]
+        if m
+    ]
+    return max(found, key=_REGS.index) if found else None
+
+
+def _compiled_asm(body, dtype):
     from numba import njit
 
-    @njit(cache=False, fastmath=set(_jit.FASTMATH))
-    def f(x, out):
-        for i in range(x.size):
-            out[i] = _math.exp(x[i])
-
-    x = np.ones(64, dtype)
+    f = njit(cache=False, fastmath=set(_jit.FASTMATH))(body)
+    x = np.ones(256, dtype)
     f(x, np.empty_like(x))
-    asm = next(iter(f.inspect_asm().values()))
-    # LLVM targets the real host (FASTLA_SIMD_BYTES only changes fastla's GEMM tile shapes)
-    feats = _jit.host_cpu()[1]
-    width = "zmm" if "avx512f" in feats else "ymm" if "avx2" in feats else "xmm"
-    assert any("vfmadd" in line and reg in line and width in line for line in asm.splitlines())
+    return next(iter(f.inspect_asm().values()))
+
+
+def _scale_loop(x, out):
+    _jit.wide_vectors()
+    for i in range(x.size):
+        out[i] = x[i] * x[i] + x[i]
+
+
+def _exp_loop(x, out):
+    _jit.wide_vectors()
+    for i in range(x.size):
+        out[i] = _math.exp(x[i])
+
+
+@pytest.mark.skipif(not _jit.JIT_ENABLED, reason="needs JIT")
+@pytest.mark.parametrize("dtype,suffix", [(np.float32, "ps"), (np.float64, "pd")])
+def test_wide_vectors_sets_the_loop_width(dtype, suffix):
+    """LLVM honours fastla's width request: a plain loop comes out at ``vector_bytes``.
+
+    Without the request LLVM's skylake-avx512/icelake/rocketlake targets prefer 256-bit vectors; the
+    register is read from what LLVM emitted, never guessed from CPU flags.
+    """
+    want = {16: "xmm", 32: "ymm", 64: "zmm"}[_jit.vector_bytes()]
+    assert _widest_packed_register(_compiled_asm(_scale_loop, dtype), suffix) == want
+
+
+@pytest.mark.skipif(not _jit.JIT_ENABLED, reason="needs JIT")
+@pytest.mark.parametrize("dtype,suffix", [(np.float32, "ps"), (np.float64, "pd")])
+def test_exp_loop_vectorises(dtype, suffix):
+    """The exp loop vectorises as wide as LLVM vectorises a plain multiply-add loop on this target."""
+    reference = _widest_packed_register(_compiled_asm(_scale_loop, dtype), suffix)
+    assert reference is not None
+    assert _widest_packed_register(_compiled_asm(_exp_loop, dtype), suffix) == reference
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
