@@ -41,7 +41,9 @@ class Impl:
 class Prepared:
     """What validation hands to the rule and the kernel.
 
-    ``compiled`` is None when a compiled kernel can run, else the reason it cannot (a sentence).
+    ``compiled`` is None when a compiled kernel can run, else the reason it cannot (a sentence);
+    ``forced_error``, when set, is what a forced compiled backend raises for such input instead of
+    the generic TypeError (e.g. NumPy's error for a bad ``out=``, which ``numpy`` raises itself).
     ``facts`` holds what the auto rule reads (shapes, dtype, sizes); ``args`` the clean inputs.
     """
 
@@ -49,6 +51,7 @@ class Prepared:
     kwargs: dict = field(default_factory=dict)
     compiled: str | None = None
     facts: dict = field(default_factory=dict)
+    forced_error: Exception | None = None
 
 
 @dataclass
@@ -87,6 +90,8 @@ class Operation:
         if impl.needs_numba and not _jit.NUMBA_AVAILABLE:
             raise BackendUnavailable(f"{self.name}: backend {requested!r}: {_jit.NUMBA_IMPORT_ERROR}")
         if not impl.any_dtype and prep.compiled is not None:
+            if prep.forced_error is not None:
+                raise prep.forced_error
             raise TypeError(f"{self.name}: backend {requested!r} cannot run this input: {prep.compiled}")
         how = "per-call backend=" if backend is not None else "global backend "
         return requested, f"{how}{requested!r}"

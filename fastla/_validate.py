@@ -84,16 +84,41 @@ def normalize_axes(axis, ndim):
     return (normalize_axis(axis, ndim),)
 
 
-def check_out(out, shape, dtype, name="out"):
-    """Validate an ``out=`` argument like NumPy ufuncs do (shape exact, same-kind cast)."""
-    if out is None:
-        return None
+def out_problem(out, shape, dtype, fname, name="out"):
+    """What is wrong with an ``out=`` argument, as the exception NumPy's ufuncs raise, or None.
+
+    The rules of a ufunc's ``out``: an ndarray of exactly the result's shape, writeable, and a dtype
+    the result casts to under ``same_kind``. The wording follows NumPy's where its tests check it.
+    """
     if not isinstance(out, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
+        return TypeError(f"{fname}: {name} must be a numpy.ndarray (return arrays must be of ArrayType)")
     if out.shape != tuple(shape):
-        raise ValueError(f"{name} has shape {out.shape}, expected {tuple(shape)}")
+        return ValueError(
+            f"{fname}: non-broadcastable output operand with shape {out.shape} doesn't match the "
+            f"result shape {tuple(shape)}"
+        )
     if not np.can_cast(dtype, out.dtype, casting="same_kind"):
-        raise TypeError(f"cannot cast result of dtype {dtype} to {name} of dtype {out.dtype}")
+        return TypeError(
+            f"Cannot cast ufunc '{fname}' output from {np.dtype(dtype)!r} to {out.dtype!r} with "
+            "casting rule 'same_kind'"
+        )
     if not out.flags.writeable:
-        raise ValueError(f"{name} is read-only")
+        return ValueError(f"{fname}: output array is read-only")
+    return None
+
+
+def check_out(out, shape, dtype, fname, name="out"):
+    """Raise :func:`out_problem`'s exception for a bad ``out=``; return ``out``."""
+    if out is not None:
+        problem = out_problem(out, shape, dtype, fname, name)
+        if problem is not None:
+            raise problem
     return out
+
+
+def wrap_like(template, result):
+    """``result`` as ``template``'s ndarray subclass, as ``np.linalg`` returns its ``b``'s type
+    (NumPy's ``_makearray`` wrap); plain input gives ``result`` unchanged."""
+    if type(template) is np.ndarray or not isinstance(template, np.ndarray):
+        return result
+    return template.__array_wrap__(result)

@@ -536,8 +536,14 @@ def _prepare_solve(lu_and_piv, b, trans=0, overwrite_b=False, check_finite=True)
 
 def linsolve_shape(a, b):
     """``(stack, vector)`` of ``solve(a, b)`` under NumPy 2's rules (b is a vector only when 1-D);
-    ``a``/``b`` need only ``ndim`` and ``shape``. Raises the ``ValueError`` of a bad pair."""
-    _square(a, "a", "solve")
+    ``a``/``b`` need only ``ndim`` and ``shape``. Raises NumPy's ``LinAlgError`` for an ``a`` that is
+    not a stack of square matrices and the ``ValueError`` of a bad pair."""
+    if a.ndim < 2:
+        raise np.linalg.LinAlgError(
+            f"solve: {a.ndim}-dimensional array given. Array must be at least two-dimensional"
+        )
+    if a.shape[-1] != a.shape[-2]:
+        raise np.linalg.LinAlgError(f"solve: Last 2 dimensions of the array must be square, got a {a.shape}")
     n = a.shape[-1]
     vector = b.ndim == 1
     b_shape = (*b.shape, 1) if vector else b.shape
@@ -655,7 +661,7 @@ def solve(a, b, *, backend=None):
     >>> fl.solve(np.array([[3.0, 1.0], [1.0, 2.0]]), np.array([9.0, 8.0]))
     array([2., 3.])
     """
-    return _LINSOLVE.run(backend, _prepare_linsolve(a, b))
+    return _validate.wrap_like(b, _LINSOLVE.run(backend, _prepare_linsolve(a, b)))
 
 
 # --------------------------------------------------------------------------- impls

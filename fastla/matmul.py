@@ -87,8 +87,12 @@ def _prepare(a, b, out=None):
         and (_validate.is_subclass_input(a_in, b_in))
     ):
         why = f"input is an ndarray subclass ({type(a_in).__name__}/{type(b_in).__name__})"
+    problem = None
+    if why is None and out is not None:
+        problem = _validate.out_problem(out, shape, dtype, "matmul")
+        if problem is not None:  # np.matmul raises its own error (or broadcasts out, as gufuncs do)
+            why = f"out= that NumPy's rules handle ({problem})"
     if why is None:
-        _validate.check_out(out, shape, dtype)
         args = (_validate.native(a, dtype), _validate.native(b, dtype), out)
     else:  # NumPy's own rules (and errors) for out= and for what we don't compile
         args = (a_in, b_in, out)
@@ -100,7 +104,7 @@ def _prepare(a, b, out=None):
         "b_stacked": b.ndim > 2,
         "dtype": dtype,
     }
-    return _registry.Prepared(args, compiled=why, facts=facts)
+    return _registry.Prepared(args, compiled=why, facts=facts, forced_error=problem)
 
 
 def _rule(prep):

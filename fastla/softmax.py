@@ -183,7 +183,7 @@ def _prepare(x, axis, out, log):
     if why is None and x.ndim == 0:
         why = "0-d input"
     if why is None:
-        _validate.check_out(out, x.shape, dtype)
+        _validate.check_out(out, x.shape, dtype, name)
         args = (_validate.native(x, dtype), axes, out, log)
     else:
         args = (x_in, axis, out, log)
