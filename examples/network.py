@@ -1,4 +1,8 @@
-"""A 2-layer network (relu hidden layer, sigmoid output): forward, backward, a few SGD steps."""
+"""A 2-layer network (relu hidden layer, sigmoid output): forward, backward, a few SGD steps.
+
+Weights are (out, in), as in torch.nn.functional.linear: a layer computes W @ x + b for one sample
+and X @ W.T + b for a batch of rows.
+"""
 
 import numpy as np
 
@@ -7,8 +11,8 @@ import fastla as fl
 rng = np.random.default_rng(0)
 X = rng.standard_normal((256, 4))
 y = (X[:, 0] * X[:, 1] > 0).astype(float)[:, None]  # XOR-like labels
-W1, b1 = 0.5 * rng.standard_normal((4, 16)), np.zeros(16)
-W2, b2 = 0.5 * rng.standard_normal((16, 1)), np.zeros(1)
+W1, b1 = 0.5 * rng.standard_normal((16, 4)), np.zeros(16)
+W2, b2 = 0.5 * rng.standard_normal((1, 16)), np.zeros(1)
 
 print("one sample forward:", np.round(fl.ml.mlp_forward(X[0], [(W1, b1, "relu"), (W2, b2, "sigmoid")]), 4))
 lr = 0.5

@@ -9,7 +9,9 @@ and where NumPy is used instead because no kernel would win:
 * :func:`pca` — top eigenpairs of the covariance by :func:`fastla.power_iteration` (subspace
   iteration for k > 1); signs as scikit-learn's (largest-magnitude loading positive).
 * :func:`dense_forward`, :func:`mlp_forward`, :func:`dense_backward` — a dense layer's forward and
-  backward passes; the products run through :func:`fastla.matmul`.
+  backward passes; the products run through :func:`fastla.matmul`. The convention is the seed
+  examples' and ``torch.nn.functional.linear``'s: ``W`` has shape ``(out, in)``, one sample is
+  ``z = W @ x + b``, a batch ``(n, in)`` is ``Z = X @ W.T + b``, and ``dW`` has ``W``'s shape.
 * :func:`norm` — L1/L2 vector norms with NumPy's semantics. NumPy's reduction already streams at
   memory bandwidth, so no kernel is used.
 * :func:`euclidean_distances` — scikit-learn's formula ``|x|² - 2 x·y + |y|²`` with the product
@@ -220,35 +222,64 @@ def _activation(name):
 def _dense_args(x, W, b):
     x = _float(x, "x", (1, 2))
     W = _float(W, "W", (2,))
-    if x.shape[-1] != W.shape[0]:
+    n_out, n_in = W.shape
+    if x.shape[-1] != n_in:
         raise ValueError(
-            f"x has {x.shape[-1]} features but W has shape {W.shape} (expected ({x.shape[-1]}, out))"
+            f"x of shape {x.shape} does not fit W of shape {W.shape}: W is (out, in) and x is (in,) "
+            f"or (n, in), so x needs {n_in} features (z = W @ x + b, as torch.nn.functional.linear)"
         )
     if b is None:
-        b = np.zeros(W.shape[1], W.dtype)
+        b = np.zeros(n_out, W.dtype)
     b = _float(b, "b", (1,))
-    if b.shape[0] != W.shape[1]:
-        raise ValueError(f"b has shape {b.shape}, expected ({W.shape[1]},) for W of shape {W.shape}")
+    if b.shape[0] != n_out:
+        raise ValueError(f"b has shape {b.shape}, expected ({n_out},) for W of shape {W.shape} (out, in)")
     return _common(x, W, b)
 
 
+def _affine(x, W, b, backend):
+    """``W @ x + b`` for one sample ``(in,)``, ``X @ W.T + b`` for a batch ``(n, in)``."""
+    return matmul(W, x, backend=backend) + b if x.ndim == 1 else matmul(x, W.T, backend=backend) + b
+
+
 def dense_forward(x, W, b=None, activation=None, *, backend=None):
-    """``activation(x @ W + b)`` for one sample ``(d_in,)`` or a batch ``(n, d_in)``.
+    """A dense layer, ``activation(W @ x + b)``, for one sample or a batch.
+
+    Parameters
+    ----------
+    x : array_like, shape (in,) or (n, in)
+        One sample, or a batch of ``n`` samples as rows.
+    W : array_like, shape (out, in)
+        The weights, as in ``torch.nn.functional.linear`` and the seed examples
+        (``W1 = np.random.randn(8, 4)`` maps 4 inputs to 8 outputs).
+    b : array_like, shape (out,), optional
+        The bias (zeros when omitted).
+    activation : {None, "relu", "sigmoid"}
+
+    Returns
+    -------
+    ndarray, shape (out,) or (n, out)
+        ``activation(W @ x + b)``; a batch gives ``activation(X @ W.T + b)``.
+
+    Raises
+    ------
+    ValueError
+        Shapes that do not fit ``W (out, in)`` (the message names both shapes), an unknown activation.
 
     Examples
     --------
     >>> import numpy as np
     >>> from fastla import ml
-    >>> ml.dense_forward(np.array([1.0, -2.0]), np.eye(2), np.zeros(2), "relu")
-    array([1., 0.])
+    >>> W = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # 2 inputs -> 3 outputs
+    >>> ml.dense_forward(np.array([1.0, -2.0]), W, np.zeros(3), "relu")
+    array([1., 0., 0.])
     """
     x, W, b = _dense_args(x, W, b)
     f, _ = _activation(activation)
-    return f(matmul(x, W, backend=backend) + b)
+    return f(_affine(x, W, b, backend))
 
 
 def mlp_forward(x, layers, *, backend=None):
-    """Forward pass through ``layers``: a sequence of ``(W, b, activation)``."""
+    """Forward pass through ``layers``: a sequence of ``(W, b, activation)`` with ``W`` (out, in)."""
     for i, layer in enumerate(layers):
         if len(layer) != 3:
             raise ValueError(f"layer {i} must be (W, b, activation), got {len(layer)} items")
@@ -259,31 +290,35 @@ def mlp_forward(x, layers, *, backend=None):
 def dense_backward(x, W, b, grad_out, activation=None, *, backend=None):
     """Gradients of a dense layer: ``(dW, db, dx)`` given ``grad_out = dL/d(output)``.
 
-    With ``z = x @ W + b`` and ``out = activation(z)``: ``dz = grad_out * activation'(z)``,
-    ``dW = xᵀ dz``, ``db = sum(dz)`` over the batch, ``dx = dz Wᵀ``. A 1-D ``x`` is one sample.
+    With ``z = W @ x + b`` and ``out = activation(z)``: ``dz = grad_out * activation'(z)``,
+    ``dW = outer(dz, x)`` (a batch sums ``dZᵀ X`` over its rows), ``db = dz`` (summed over the
+    batch) and ``dx = Wᵀ dz`` (a batch: ``dZ W``). ``dW`` has ``W``'s shape ``(out, in)``.
 
     Examples
     --------
     >>> import numpy as np
     >>> from fastla import ml
-    >>> dW, db, dx = ml.dense_backward(np.array([1.0, 2.0]), np.eye(2), np.zeros(2), np.ones(2))
+    >>> W = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    >>> dW, db, dx = ml.dense_backward(np.array([1.0, 2.0]), W, np.zeros(3), np.ones(3))
     >>> dW
-    array([[1., 1.],
-           [2., 2.]])
+    array([[1., 2.],
+           [1., 2.],
+           [1., 2.]])
+    >>> db, dx
+    (array([1., 1., 1.]), array([2., 2.]))
     """
     x, W, b = _dense_args(x, W, b)
     f, df = _activation(activation)
-    z = matmul(x, W, backend=backend) + b
+    z = _affine(x, W, b, backend)
     grad_out = np.asarray(grad_out, dtype=z.dtype)
     if grad_out.shape != z.shape:
         raise ValueError(f"grad_out has shape {grad_out.shape}, expected the output's {z.shape}")
     dz = grad_out * df(z, f(z))
-    x2 = x[None, :] if x.ndim == 1 else x
-    dz2 = dz[None, :] if dz.ndim == 1 else dz
-    dW = matmul(x2.T, dz2, backend=backend)
-    db = dz2.sum(axis=0)
-    dx = matmul(dz, W.T, backend=backend)
-    return dW, db, dx
+    if x.ndim == 1:
+        dW = matmul(dz[:, None], x[None, :], backend=backend)
+        return dW, dz, matmul(W.T, dz, backend=backend)
+    dW = matmul(dz.T, x, backend=backend)
+    return dW, dz.sum(axis=0), matmul(dz, W, backend=backend)
 
 
 # --------------------------------------------------------------------------- norms and distances

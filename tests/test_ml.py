@@ -104,17 +104,29 @@ def test_pca_errors(rng):
 
 @pytest.mark.parametrize("activation", [None, "relu", "sigmoid"])
 def test_dense_forward(activation, dtype, rng):
+    """W is (out, in): one sample is W @ x + b, a batch X @ W.T + b (torch.nn.functional.linear)."""
     x = rng.standard_normal((7, 4)).astype(dtype)
-    W = rng.standard_normal((4, 3)).astype(dtype)
+    W = rng.standard_normal((3, 4)).astype(dtype)
     b = rng.standard_normal(3).astype(dtype)
-    z = x.astype(np.float64) @ W + b
+    z = x.astype(np.float64) @ W.T.astype(np.float64) + b
     expected = {None: z, "relu": np.maximum(z, 0), "sigmoid": 1 / (1 + np.exp(-z))}[activation]
     out = ml.dense_forward(x, W, b, activation)
-    assert out.dtype == dtype
+    assert out.dtype == dtype and out.shape == (7, 3)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(ml.dense_forward(x[2], W, b, activation), out[2], rtol=1e-6)
-    layers = [(W, b, activation), (rng.standard_normal((3, 2)).astype(dtype), np.zeros(2, dtype), None)]
+    one = ml.dense_forward(x[2], W, b, activation)
+    assert one.shape == (3,)
+    np.testing.assert_allclose(one, out[2], rtol=1e-6)
+    layers = [(W, b, activation), (rng.standard_normal((2, 3)).astype(dtype), np.zeros(2, dtype), None)]
     np.testing.assert_allclose(ml.mlp_forward(x, layers), ml.dense_forward(out, *layers[1]), rtol=1e-6)
+
+
+def test_dense_forward_matches_torch_linear(rng):
+    F = pytest.importorskip("torch.nn.functional")
+    import torch
+
+    x, W, b = rng.standard_normal((5, 4)), rng.standard_normal((3, 4)), rng.standard_normal(3)
+    ref = F.linear(torch.from_numpy(x), torch.from_numpy(W), torch.from_numpy(b)).numpy()
+    np.testing.assert_allclose(ml.dense_forward(x, W, b), ref, rtol=1e-12)
 
 
 def test_sigmoid_extremes_no_warning():
@@ -123,21 +135,71 @@ def test_sigmoid_extremes_no_warning():
 
 
 def test_dense_errors(rng):
-    with pytest.raises(ValueError, match="features"):
+    # x with 3 features against W (out=4, in=2); the old (in, out) layout W (3, 2) is rejected too
+    with pytest.raises(ValueError, match=r"x of shape \(3,\) does not fit W of shape \(4, 2\)"):
         ml.dense_forward(np.ones(3), np.ones((4, 2)))
+    with pytest.raises(ValueError, match=r"\(5, 3\) does not fit W of shape \(3, 2\).*\(out, in\)"):
+        ml.dense_forward(np.ones((5, 3)), np.ones((3, 2)))
     with pytest.raises(ValueError, match="b has shape"):
-        ml.dense_forward(np.ones(4), np.ones((4, 2)), np.ones(3))
+        ml.dense_forward(np.ones(2), np.ones((4, 2)), np.ones(3))
     with pytest.raises(ValueError, match="activation"):
-        ml.dense_forward(np.ones(4), np.ones((4, 2)), None, "tanh")
+        ml.dense_forward(np.ones(2), np.ones((4, 2)), None, "tanh")
     with pytest.raises(ValueError, match="grad_out"):
-        ml.dense_backward(np.ones(4), np.ones((4, 2)), None, np.ones(3))
+        ml.dense_backward(np.ones(2), np.ones((4, 2)), None, np.ones(3))
+
+
+def _relu(z):
+    return np.maximum(0, z)
+
+
+def _sigmoid(z):
+    return 1 / (1 + np.exp(-z))
+
+
+def test_seed_three_layer_network():
+    """The seed examples' 3-layer network in their own NumPy style (np.random.seed(42); W1 (8, 4),
+    W2 (6, 8), W3 (2, 6); relu, relu, sigmoid; z = W @ x + b), reproduced by fastla.ml to 1e-12."""
+    np.random.seed(42)
+    x = np.random.randn(4)
+    W1, b1 = np.random.randn(8, 4), np.random.randn(8)
+    W2, b2 = np.random.randn(6, 8), np.random.randn(6)
+    W3, b3 = np.random.randn(2, 6), np.random.randn(2)
+    a1 = _relu(W1 @ x + b1)
+    a2 = _relu(W2 @ a1 + b2)
+    expected = _sigmoid(W3 @ a2 + b3)
+    layers = [(W1, b1, "relu"), (W2, b2, "relu"), (W3, b3, "sigmoid")]
+    out = ml.mlp_forward(x, layers)
+    assert out.shape == (2,)
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-12)
+    X = np.random.randn(10, 4)  # the batch form: one sample per row, X @ W.T + b
+    expected_batch = np.stack([ml.mlp_forward(row, layers) for row in X])
+    np.testing.assert_allclose(ml.mlp_forward(X, layers), expected_batch, rtol=0, atol=1e-12)
+
+
+def test_seed_backprop_small():
+    """The seed's backprop example: W1_small (3, 2), sigmoid, squared error; dW1 = outer(dz1, x)."""
+    np.random.seed(42)
+    x = np.random.randn(2)
+    W1_small, b1_small = np.random.randn(3, 2), np.random.randn(3)
+    y = np.random.randn(3)
+    z1 = W1_small @ x + b1_small
+    a1 = _sigmoid(z1)
+    da1 = 2 * (a1 - y)  # d/da of sum((a - y)^2)
+    dz1 = da1 * a1 * (1 - a1)
+    dW1 = np.outer(dz1, x)
+    db1 = dz1
+    dx = W1_small.T @ dz1
+    got = ml.dense_backward(x, W1_small, b1_small, da1, "sigmoid")
+    assert got[0].shape == W1_small.shape == (3, 2)
+    for g, e in zip(got, (dW1, db1, dx), strict=True):
+        np.testing.assert_allclose(g, e, rtol=0, atol=1e-12)
 
 
 def test_two_layer_backward_matches_numeric_gradient(rng):
-    """The seed's 2-layer network: relu hidden layer, sigmoid output, loss = sum(out * G)."""
+    """A 2-layer network (relu hidden layer, sigmoid output, loss = sum(out * G)) on a batch."""
     x = rng.standard_normal((5, 4))
-    W1, b1 = rng.standard_normal((4, 6)), rng.standard_normal(6)
-    W2, b2 = rng.standard_normal((6, 3)), rng.standard_normal(3)
+    W1, b1 = rng.standard_normal((6, 4)), rng.standard_normal(6)
+    W2, b2 = rng.standard_normal((3, 6)), rng.standard_normal(3)
     G = rng.standard_normal((5, 3))
 
     def loss(x, W1, b1, W2, b2):
@@ -149,6 +211,7 @@ def test_two_layer_backward_matches_numeric_gradient(rng):
     dW1, db1, dx = ml.dense_backward(x, W1, b1, dh, "relu")
     params = [x, W1, b1, W2, b2]
     for i, grad in enumerate([dx, dW1, db1, dW2, db2]):
+        assert grad.shape == params[i].shape
         num = np.zeros_like(params[i])
         for idx in np.ndindex(params[i].shape):
             plus = [p.copy() for p in params]
