@@ -12,8 +12,11 @@ itself. Choices of ours, written down:
   formula does); sklearn instead refuses non-finite input.
 * Integer and bool input is converted to float64 (as sklearn does); float32 stays float32 (the norms
   of float32 rows are accumulated in float64).
-* Norms do not overflow or underflow: rows whose sum of squares leaves [2^-960, 2^960] are rescaled
-  by their largest entry first (LAPACK ``nrm2``-style), so rows of 1e200 or 1e-200 still work.
+* Exact over the whole float range: a row whose norm (or inverse norm) would leave the dtype's
+  comfortable range (subnormal rows, rows near the overflow threshold) is first scaled by a power of
+  two, ``2^-e`` with ``2^e`` its largest magnitude. That is exact and cosine is scale-invariant, so
+  ``cosine_similarity([[1e-320]], [[0.04], [0.8]])`` is ``[[1, 1]]`` and mixed scales in one matrix
+  do not disturb each other. The scaled copy is made only of the rows that need it.
 
 ``cosine_topk`` orders by decreasing score, ties by lower corpus index, NaN scores last (after
 -inf); these rules are exact in every impl.
@@ -41,7 +44,7 @@ import numpy as np
 
 from fastla import _gemm_kernels as _gk
 from fastla import _registry, _validate
-from fastla._jit import jit, prange
+from fastla._jit import jit, prange, wide_vectors
 
 __all__ = ["cosine_similarity", "cosine_topk"]
 
@@ -56,10 +59,10 @@ AUTO_RULE = {
     "topk_min_work": 2**20,
 }
 
-#: Rescale rows whose sum of squares leaves [2^-960, 2^960] (float64 only; float32 rows accumulate
-#: in float64 and cannot leave it).
-_SQ_LO = 2.0**-960
-_SQ_HI = 2.0**960
+#: Sums of squares (accumulated in float64) inside these bounds give a norm and an inverse norm that
+#: are normal numbers of the dtype, far from overflow; rows outside them are scaled by a power of two
+#: first (see the module docstring). float32 needs the tighter bounds: its inverse norm is a float32.
+_SQ_RANGE = {np.dtype(np.float64): (2.0**-960, 2.0**960), np.dtype(np.float32): (2.0**-200, 2.0**200)}
 
 _U = np.uint64
 
@@ -131,7 +134,7 @@ def _prepare_matrix(X, Y=None, out=None):
     if out is not None:
         if kind == "vv":
             raise ValueError("cosine_similarity: out= is not supported for two 1-D vectors")
-        _validate.check_out(out, shape, dtype)
+        _validate.check_out(out, shape, dtype, "cosine_similarity")
     x2 = x[None, :] if x.ndim == 1 else x
     y2 = y[None, :] if y.ndim == 1 else y
     facts = {"n": x2.shape[0], "m": y2.shape[0], "d": x2.shape[1], "dtype": dtype, "sym": sym}
@@ -280,29 +283,33 @@ def _direct_out(out, kind, dtype):
 
 
 def _inv_norms_numpy(x):
-    """``1/|x_i|`` per row (0 for zero or non-finite norms) and the norms, float64."""
+    """``(x', inv, norms)``: ``x`` with its out-of-range rows scaled by a power of two (a copy only
+    when there are such rows), ``1/|x'_i|`` in x's dtype (0 for a zero or non-finite norm) and the
+    norms ``|x'_i|`` (float64)."""
     sq = np.einsum("ij,ij->i", x, x, dtype=np.float64)
-    norms = np.sqrt(sq)
-    bad = ~((sq >= _SQ_LO) & (sq <= _SQ_HI))
+    lo, hi = _SQ_RANGE[x.dtype]
+    with np.errstate(invalid="ignore"):
+        bad = ~((sq >= lo) & (sq <= hi))
     if bad.any():
-        xb = x[bad].astype(np.float64)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mx = np.abs(xb).max(axis=1) if xb.shape[1] else np.zeros(len(xb))
-            ok = (mx > 0) & np.isfinite(mx)
-            scaled = np.sqrt(np.einsum("ij,ij->i", xb[ok] / mx[ok, None], xb[ok] / mx[ok, None]))
-            norms_b = mx.copy()
-            norms_b[ok] = mx[ok] * scaled
-        norms[bad] = norms_b
-    inv = np.zeros_like(norms)
-    np.divide(1.0, norms, out=inv, where=norms > 0)
-    return inv, norms
+        with np.errstate(invalid="ignore"):
+            mx = np.abs(x[bad]).max(axis=1) if x.shape[1] else np.zeros(np.count_nonzero(bad), x.dtype)
+        ok = (mx > 0) & np.isfinite(mx)
+        if ok.any():
+            rows = np.flatnonzero(bad)[ok]
+            x = x.copy()
+            x[rows] = np.ldexp(x[rows], -np.frexp(mx[ok])[1][:, None])
+            sq[rows] = np.einsum("ij,ij->i", x[rows], x[rows], dtype=np.float64)
+    norms = np.sqrt(sq)
+    inv = np.zeros(len(norms), x.dtype)
+    np.divide(1.0, norms, out=inv, where=(norms > 0) & np.isfinite(norms), casting="unsafe")
+    return x, inv, norms
 
 
 def _normalised(x):
     """``x`` with unit rows (zero rows stay zero; a row with inf becomes NaN, silently) and the norms."""
-    inv, norms = _inv_norms_numpy(x)
+    x, inv, norms = _inv_norms_numpy(x)
     with np.errstate(invalid="ignore"):
-        return x * inv.astype(x.dtype)[:, None], norms
+        return x * inv[:, None], norms
 
 
 def _unit_diagonal(c, norms):
@@ -384,23 +391,28 @@ def _topk_numpy(q, c, k, batch_size, squeeze):
 # --------------------------------------------------------------------------- loop
 
 
-def _inv_norm_loop(row):
-    norm = math.hypot(*row)  # scaled internally: no overflow or underflow
-    return (1.0 / norm if norm > 0 else 0.0), norm
+def _unit_row_loop(row):
+    """The row divided by its norm and the norm; a zero row stays zero and a row with inf or NaN gets
+    NaN (``a * 0``), as the kernels. The row is first scaled by a power of two near its largest
+    magnitude (exact), so the norm of a row near the overflow threshold is finite."""
+    big = max((abs(a) for a in row), default=0.0)
+    if 0 < big < math.inf:
+        e = math.frexp(big)[1]
+        row = [math.ldexp(a, -e) for a in row]
+    norm = math.hypot(*row)
+    return ([a / norm for a in row] if 0 < norm < math.inf else [a * 0.0 for a in row]), norm
 
 
 def _matrix_loop_2d(x, y):
-    xl = x.tolist()
-    yl = xl if y is None else y.tolist()
-    inv_x = [_inv_norm_loop(r) for r in xl]
-    inv_y = inv_x if y is None else [_inv_norm_loop(r) for r in yl]
-    res = np.empty((len(xl), len(yl)), x.dtype)
-    for i, (xi, (si, _)) in enumerate(zip(xl, inv_x, strict=True)):
-        for j, (yj, (sj, _)) in enumerate(zip(yl, inv_y, strict=True)):
-            res[i, j] = sum((a * si) * (b * sj) for a, b in zip(xi, yj, strict=True))
+    ux = [_unit_row_loop(r) for r in x.tolist()]
+    uy = ux if y is None else [_unit_row_loop(r) for r in y.tolist()]
+    res = np.empty((len(ux), len(uy)), x.dtype)
+    for i, (xi, _) in enumerate(ux):
+        for j, (yj, _) in enumerate(uy):
+            res[i, j] = sum(a * b for a, b in zip(xi, yj, strict=True))
     if y is None:
         res = np.triu(res) + np.triu(res, 1).T
-        _unit_diagonal(res, np.array([n for _, n in inv_x]))
+        _unit_diagonal(res, np.array([n for _, n in ux]))
     return res
 
 
@@ -432,38 +444,50 @@ def _topk_loop(q, c, k, batch_size, squeeze):
 
 
 @jit(parallel=True)
-def _inv_norms(x, inv, norms):
-    """``inv[i] = 1/|x_i|`` (0 for a zero or non-finite norm), ``norms[i] = |x_i|``; f64 sums."""
+def _inv_norms(x, lo, hi, inv, norms, exps):
+    """``norms[i] = |x_i|`` (float64 sums) and ``inv[i] = 1/norms[i]`` (0 for a zero or non-finite
+    norm); a row whose sum of squares leaves ``[lo, hi]`` is measured scaled by ``2^-exps[i]``
+    (``2^exps[i]`` its largest magnitude), else ``exps[i] = 0``."""
     n, d = x.shape
     for i in prange(n):
+        wide_vectors()
         s = 0.0
         for j in range(d):
             v = np.float64(x[i, _U(j)])
             s += v * v
-        if not (s >= _SQ_LO and s <= _SQ_HI):  # zero, tiny, huge or NaN: rescale by max |x_ij|
+        e = 0
+        if not (s >= lo and s <= hi):  # zero, tiny, huge or NaN
             mx = 0.0
             for j in range(d):
                 v = abs(np.float64(x[i, j]))
                 mx = v if v > mx else mx
             if mx > 0 and mx < np.inf:
+                e = math.frexp(mx)[1]
                 s = 0.0
                 for j in range(d):
-                    v = np.float64(x[i, j]) / mx
+                    v = math.ldexp(np.float64(x[i, j]), -e)  # exact: a power of two
                     s += v * v
-                nrm = mx * np.sqrt(s)
-            else:
-                nrm = mx if s == s else s  # 0, inf, or NaN
-        else:
-            nrm = np.sqrt(s)
+            elif s == s:
+                s = mx  # 0 or inf
+        nrm = np.sqrt(s)
         norms[i] = nrm
-        inv[i] = 1.0 / nrm if nrm > 0 else 0.0
+        inv[i] = 1.0 / nrm if nrm > 0 and nrm < np.inf else 0.0
+        exps[i] = e
 
 
 def _inv_norms_numba(x):
-    inv = np.empty(x.shape[0], x.dtype)
-    norms = np.empty(x.shape[0])
-    _inv_norms(x, inv, norms)
-    return inv, norms
+    """``(x', inv, norms)`` as :func:`_inv_norms_numpy`, by the compiled pass."""
+    n = x.shape[0]
+    inv = np.empty(n, x.dtype)
+    norms = np.empty(n)
+    exps = np.empty(n, np.int64)
+    lo, hi = _SQ_RANGE[x.dtype]
+    _inv_norms(x, lo, hi, inv, norms, exps)
+    rows = np.flatnonzero(exps)
+    if rows.size:
+        x = x.copy()
+        x[rows] = np.ldexp(x[rows], -exps[rows, None])
+    return x, inv, norms
 
 
 @jit
@@ -501,7 +525,7 @@ def _matrix_numba_2d(x, y, out):
 
     threads = get_num_threads()
     one = dt.type(1)
-    inv_x, norms = _inv_norms_numba(x)
+    x, inv_x, norms = _inv_norms_numba(x)
     if y is None:
         c = np.empty((n, n), dt) if out is None else out
         flat = c.reshape(-1)
@@ -521,7 +545,7 @@ def _matrix_numba_2d(x, y, out):
         return c
     y = _c_writable(y)
     m = y.shape[0]
-    inv_y = _inv_norms_numba(y)[0]
+    y, inv_y, _ = _inv_norms_numba(y)
     c = np.empty((n, m), dt) if out is None else out
     mc = _gk.row_blocking(n, dt.itemsize, threads)
     _gk.gemm_into(x, y.T, c.reshape(-1), 0, m, one, False, inv_x, inv_y, blk.KC, mc, blk.NC)
@@ -652,8 +676,8 @@ def _topk_numba(q, c, k, batch_size, squeeze):
             ap = _aligned(threads * mc_pad * kc, dt)
             sc = _aligned(threads * mc_pad * tn, dt)
             tiles = _aligned(threads * blk.MR * blk.NR, dt)
-            inv_q = _inv_norms_numba(q)[0]
-            inv_c = _inv_norms_numba(c)[0]
+            q, inv_q, _ = _inv_norms_numba(q)
+            c, inv_c, _ = _inv_norms_numba(c)
             _topk_kernel(
                 q, c, inv_q, inv_c, dt.type(1), mc, tn, blk.KC, threads, bp, ap, sc, tiles, scores, idx
             )

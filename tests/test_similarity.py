@@ -114,6 +114,71 @@ def test_extreme_scales_do_not_overflow(dtype, rng):
         _close(fastla.cosine_similarity(xs, y, backend=name), expected, dtype, 16)
 
 
+def _ref_rescaled(x, y):
+    """The reference over the whole float range: each row divided by its max |x| (in float64) before
+    it is normalised (cosine is scale-invariant per row; zero rows stay zero)."""
+
+    def unit(a):
+        a = np.asarray(a, np.float64)
+        mx = np.abs(a).max(axis=1, keepdims=True) if a.shape[1] else np.zeros((len(a), 1))
+        a = a / np.where(mx > 0, mx, 1)
+        nrm = np.linalg.norm(a, axis=1, keepdims=True)
+        return a / np.where(nrm > 0, nrm, 1)
+
+    return unit(x) @ unit(y).T
+
+
+def _range_rows(dtype, rng, n, d):
+    """Rows at every scale of the dtype: subnormal, tiny, normal, huge, near overflow, mixed in one
+    matrix, plus a zero row."""
+    fi = np.finfo(dtype)
+    base = rng.standard_normal((n, d))
+    base /= np.abs(base).max(axis=1, keepdims=True)  # max |x| = 1 per row
+    scales = [fi.smallest_subnormal * 7, fi.smallest_normal / 3, fi.smallest_normal * 5, 1e-3, 1.0, 1e3]
+    scales += [float(fi.max) ** 0.5 * 4, float(fi.max) / 2, float(fi.max) / d, 1.0]
+    x = np.stack([base[i] * scales[i % len(scales)] for i in range(n)]).astype(dtype)
+    x[n // 2] = 0
+    return x
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_exact_over_the_whole_float_range(symmetric, dtype, rng):
+    d = 9
+    x = _range_rows(dtype, rng, 23, d)
+    y = x if symmetric else _range_rows(dtype, rng, 17, d)[::-1].copy()
+    expected = _ref_rescaled(x, y)
+    for name in impl_names("cosine_similarity", 23):
+        res = fastla.cosine_similarity(x, None if symmetric else y, backend=name)
+        assert np.all(np.isfinite(res)), name
+        _close(res, expected, dtype, d)
+        assert np.all(res[23 // 2] == 0), name
+
+
+def test_subnormal_examples_from_the_issue():
+    for name in impl_names("cosine_similarity", 2):
+        res = fastla.cosine_similarity(np.array([[1e-320]]), np.array([[0.04], [0.8]]), backend=name)
+        np.testing.assert_allclose(res, [[1.0, 1.0]], rtol=4 * eps(np.float64))
+        x, y = np.array([[1.47], [1e-320]]), np.array([[-198.2], [1e-320]])
+        res = fastla.cosine_similarity(x, y, backend=name)
+        np.testing.assert_allclose(res, [[-1.0, 1.0], [-1.0, 1.0]], rtol=4 * eps(np.float64))
+        res = fastla.cosine_similarity(np.array([[1.7e308, 1.7e308]]), np.array([[1.0, 1.0]]), backend=name)
+        np.testing.assert_allclose(res, [[1.0]], rtol=1e-15)
+
+
+def test_topk_exact_over_the_whole_float_range(dtype, rng):
+    d = 9
+    q = _range_rows(dtype, rng, 12, d)
+    c = _range_rows(dtype, rng, 40, d)
+    full = _ref_rescaled(q, c)
+    for name in impl_names("cosine_topk", 40):
+        scores, idx = fastla.cosine_topk(q, c, 5, backend=name)
+        ref = np.take_along_axis(full, idx, axis=1)
+        _close(scores, ref, dtype, d)
+        # the chosen rows are the best ones: the k-th score is the k-th largest of the reference
+        kth = -np.sort(-full, axis=1)[:, 4]
+        assert np.all(ref[:, 4] >= kth - 16 * d * eps(dtype)), name
+
+
 def test_nan_and_inf_propagate_rowwise(dtype, rng):
     x = rng.standard_normal((4, 6)).astype(dtype)
     y = rng.standard_normal((3, 6)).astype(dtype)
