@@ -45,6 +45,17 @@ def compute_dtype(arrays, *, ints_to_float64):
     return res.newbyteorder("="), None
 
 
+def lapack_dtype(arrays):
+    """Return ``(dtype, reason)`` as :func:`compute_dtype`, by SciPy's LAPACK type rule
+    (``scipy.linalg.lu_factor`` and friends): bool, 8- and 16-bit integers and float16 compute in
+    float32, wider integers in float64; complex, object and long double are not compiled."""
+    dtypes = [a.dtype for a in arrays]
+    if all(dt.kind in "biu" or (dt.kind == "f" and dt.itemsize <= 8) for dt in dtypes):
+        return np.result_type(*dtypes, np.float32).newbyteorder("="), None
+    bad = next(dt for dt in dtypes if not (dt.kind in "biu" or (dt.kind == "f" and dt.itemsize <= 8)))
+    return None, f"dtype {bad} is not compiled (compiled: {_COMPILED_NAMES})"
+
+
 def native(a, dtype):
     """``a`` as ``dtype`` in native byte order; copies only when the dtype or byte order differs.
 

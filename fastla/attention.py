@@ -154,11 +154,9 @@ def _prepare(
         "scale": scale,
         "weights": bool(return_weights),
     }
+    # explicit stack sizes: reshape(-1, ...) is ambiguous when L, S or E is 0
     stacks = tuple(
-        _validate.native(x, dtype).reshape(-1, *x.shape[-2:])
-        if x.size
-        else np.empty((0, *x.shape[-2:]), dtype)
-        for x in (q, k, v)
+        _validate.native(x, dtype).reshape(math.prod(x.shape[:-2]), *x.shape[-2:]) for x in (q, k, v)
     )
     m3 = None if mask is None else mask.reshape(-1, *mask.shape[-2:])
     facts = {"scores": math.prod(lead) * L * S, "L": L, "S": S, "E": E, "dtype": dtype}

@@ -504,7 +504,7 @@ def power_iteration(
     a,
     k=1,
     *,
-    tol=1e-8,
+    tol=None,
     maxiter=None,
     v0=None,
     symmetric=None,
@@ -532,6 +532,7 @@ def power_iteration(
         w[:] = matmat(m, v)
         return float(v @ w), float(w @ w)
 
+    tol = _eigen.default_tol(dtype, tol)
     return _eigen.run(a, k, float(tol), maxiter, start, symmetric, return_eigenvectors, matvec, matmat)
 
 

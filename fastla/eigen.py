@@ -200,7 +200,8 @@ def symmetry_atol(dtype, max_abs):
 
 
 def _finite_and_symmetric(a):
-    """Check finiteness (``ValueError`` like SciPy) and return whether ``a`` is symmetric up to rounding.
+    """Check finiteness (``ValueError`` like SciPy); return whether ``a`` is symmetric up to rounding,
+    and ``max |a_ij|``.
 
     Symmetric means ``|a - a.T| <= rtol * max|a|`` elementwise: the tolerance scales with the matrix,
     not with each entry, because ``Q diag(l) Q^T`` is symmetric to rounding relative to its norm while
@@ -219,7 +220,7 @@ def _finite_and_symmetric(a):
         bad = not np.isfinite(big)
     if bad:
         raise ValueError("array must not contain infs or NaNs")
-    return bool(asym <= symmetry_atol(a.dtype, big))
+    return bool(asym <= symmetry_atol(a.dtype, big)), float(big)
 
 
 def _numba_matvec(a, v, w):
@@ -452,6 +453,27 @@ def _lanczos(a, start, k, tol, maxiter, matvec, matmat):
 # --------------------------------------------------------------------------- validation / public
 
 
+#: The default ``tol`` per dtype: float32 cannot reach float64's 1e-8 (its residuals stop near
+#: sqrt(n) * 6e-8 * |A|), and a default must never raise ConvergenceError on a well-posed matrix.
+DEFAULT_TOL = {np.dtype(np.float64): 1e-8, np.dtype(np.float32): 1e-5}
+
+#: A matrix whose largest |entry| leaves these bounds is scaled by a power of two first (exact;
+#: eigenvectors are unchanged and eigenvalues scale): subnormal matrices lose every product to
+#: underflow, and matrices near the overflow threshold overflow A v.
+_MAG_RANGE = {np.dtype(np.float64): (2.0**-400, 2.0**400), np.dtype(np.float32): (2.0**-40, 2.0**40)}
+
+
+def default_tol(dtype, tol):
+    """``tol``, or the default of the computation's ``dtype`` when it is None."""
+    return DEFAULT_TOL[np.dtype(dtype)] if tol is None else tol
+
+
+def magnitude_exponent(dtype, big):
+    """``e`` such that ``A * 2^-e`` has its largest |entry| ``big * 2^-e`` in range (0 when it is)."""
+    lo, hi = _MAG_RANGE[np.dtype(dtype)]
+    return 0 if big == 0 or lo <= big <= hi else int(np.frexp(big)[1])
+
+
 def check_options(shape, k, tol):
     """Validate the matrix shape, ``k`` and ``tol`` (shape only: no data is read)."""
     if len(shape) != 2 or shape[0] != shape[1]:
@@ -461,7 +483,7 @@ def check_options(shape, k, tol):
         raise ValueError(f"power_iteration: k must be an integer in [1, n={n}], got {k!r}")
     if n == 0:
         raise ValueError("power_iteration: a is empty (0 x 0)")
-    if not (np.isfinite(tol) and tol > 0):
+    if tol is not None and not (np.isfinite(tol) and tol > 0):
         raise ValueError(f"power_iteration: tol must be positive, got {tol}")
 
 
@@ -496,19 +518,23 @@ def start_block(n, dtype, k, maxiter, v0, symmetric, seed):
     return start, max(1000, 10 * n) if maxiter is None else int(maxiter)
 
 
-def _prepare(a, k=1, tol=1e-8, maxiter=None, v0=None, symmetric=None, seed=None, return_eigenvectors=True):
+def _prepare(a, k=1, tol=None, maxiter=None, v0=None, symmetric=None, seed=None, return_eigenvectors=True):
     a = np.asarray(a)
     check_options(a.shape, k, tol)
     dtype = compute_dtype(a.dtype)
     a = _validate.native(a, dtype)
     if symmetric is None:
-        symmetric = _finite_and_symmetric(a)
+        symmetric, big = _finite_and_symmetric(a)
     else:
         _validate.check_finite(a)
+        big = float(np.abs(a).max())
+    exp = magnitude_exponent(dtype, big)
+    if exp:
+        a = np.ldexp(a, -exp).astype(dtype, copy=False)
     n = a.shape[0]
     start, maxiter = start_block(n, dtype, k, maxiter, v0, symmetric, seed)
-    args = (a, k, float(tol), maxiter, start, symmetric, return_eigenvectors)
-    return _registry.Prepared(args, facts={"n": n, "k": k})
+    args = (a, k, float(default_tol(dtype, tol)), maxiter, start, symmetric, return_eigenvectors)
+    return _registry.Prepared(args, facts={"n": n, "k": k, "exp": exp})
 
 
 def _rule(prep):
@@ -525,7 +551,7 @@ def power_iteration(
     a,
     k=1,
     *,
-    tol=1e-8,
+    tol=None,
     maxiter=None,
     v0=None,
     symmetric=None,
@@ -540,8 +566,9 @@ def power_iteration(
     a : array_like, shape (n, n)
     k : int
         Number of eigenpairs (k > 1 needs a symmetric matrix).
-    tol : float
-        Stop when ``||A v - l v|| <= tol * |l|`` for every returned pair.
+    tol : float, optional
+        Stop when ``||A v - l v|| <= tol * |l|`` for every returned pair. Default 1e-8 for float64
+        and 1e-5 for float32 (float32 rounding stops the residuals near ``sqrt(n) * 6e-8``).
     maxiter : int, optional
         Default ``max(1000, 10 n)``.
     v0 : array_like, optional
@@ -573,7 +600,11 @@ def power_iteration(
     (array([3.]), array([0.707107, 0.707107]))
     """
     prep = _prepare(a, k, tol, maxiter, v0, symmetric, seed, return_eigenvectors)
-    return _OP.run(backend, prep)
+    res = _OP.run(backend, prep)
+    exp = prep.facts["exp"]
+    if not exp:  # the matrix was scaled by 2^-exp: so were its eigenvalues
+        return res
+    return (np.ldexp(res[0], exp).astype(res[0].dtype), res[1]) if return_eigenvectors else np.ldexp(res, exp)
 
 
 def run(a, k, tol, maxiter, start, symmetric, return_vectors, matvec, matmat):

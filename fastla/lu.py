@@ -497,13 +497,18 @@ def _square(a, name, fn):
 def _prepare_factor(a, overwrite_a=False, check_finite=True):
     a_in = a
     a = np.asarray(a)
-    _square(a, "a", "lu_factor")
-    dtype, why = _validate.compute_dtype((a,), ints_to_float64=True)
+    if a.ndim < 2:
+        raise ValueError(f"lu_factor: a must be a matrix (..., m, n), got shape {a.shape}")
+    dtype, why = _validate.lapack_dtype((a,))
     if check_finite:
         _validate.check_finite(a)
+    forced = None
+    if why is None and a.shape[-1] != a.shape[-2]:  # SciPy factors rectangular matrices (getrf)
+        why = f"a rectangular {a.shape[-2]} x {a.shape[-1]} matrix: LAPACK getrf"
+        forced = ValueError(f"lu_factor: the compiled and loop kernels factor square matrices, got {a.shape}")
     args = (a if why else _validate.native(a, dtype), overwrite_a and a is a_in)
     facts = {"n": a.shape[-1], "batch": math.prod(a.shape[:-2])}
-    return _registry.Prepared(args, compiled=why, facts=facts)
+    return _registry.Prepared(args, compiled=why, facts=facts, forced_error=forced)
 
 
 def _prepare_solve(lu_and_piv, b, trans=0, overwrite_b=False, check_finite=True):
@@ -525,7 +530,7 @@ def _prepare_solve(lu_and_piv, b, trans=0, overwrite_b=False, check_finite=True)
     vector = b.ndim == len(stack) + 1
     if b.shape[: len(stack)] != stack or b.ndim < len(stack) + 1 or b.shape[len(stack)] != n:
         raise ValueError(f"lu_solve: b of shape {b.shape} is incompatible with lu of shape {lu.shape}")
-    dtype, why = _validate.compute_dtype((lu, b), ints_to_float64=True)
+    dtype, why = _validate.lapack_dtype((lu, b))
     if check_finite:  # like SciPy: only b (lu comes from lu_factor, which checked its input)
         _validate.check_finite(b)
     if why is None:
@@ -711,11 +716,11 @@ def _lu_factor_numpy(a, overwrite):
     a = np.asarray(a)
     if a.ndim == 2:
         return sla.lu_factor(a, overwrite_a=overwrite, check_finite=False)
-    n = a.shape[-1]
-    out = [sla.lu_factor(m, check_finite=False) for m in a.reshape(-1, n, n)]
+    m, n = a.shape[-2:]
+    out = [sla.lu_factor(x, check_finite=False) for x in a.reshape(-1, m, n)]
     dtype = out[0][0].dtype if out else np.result_type(a, np.float32)
     lu = np.array([o[0] for o in out], dtype=dtype).reshape(a.shape)
-    piv = np.array([o[1] for o in out], dtype=np.int32).reshape(a.shape[:-1])
+    piv = np.array([o[1] for o in out], dtype=np.int32).reshape(*a.shape[:-2], min(m, n))
     return lu, piv
 
 

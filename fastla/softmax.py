@@ -182,6 +182,8 @@ def _prepare(x, axis, out, log):
         why = f"input is an ndarray subclass ({type(x_in).__name__})"
     if why is None and x.ndim == 0:
         why = "0-d input"
+    if why is None and x.dtype.kind == "b":
+        why = "bool input: SciPy's rules apply (it rejects bool: there is no boolean subtract)"
     if why is None:
         _validate.check_out(out, x.shape, dtype, name)
         args = (_validate.native(x, dtype), axes, out, log)
@@ -389,6 +391,8 @@ def check_ce(x, t, axis, reduction, label_smoothing, ignore_index):
     label_smoothing = float(label_smoothing)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    if x.dtype.kind not in "iuf":
+        raise TypeError(f"cross_entropy: logits must be real numbers (integer or float), got {x.dtype}")
     if x.ndim == 0:
         raise ValueError("cross_entropy: logits must have at least 1 dimension (the class axis)")
     ax = _validate.normalize_axis(axis, x.ndim)
@@ -481,34 +485,44 @@ def cross_entropy(
     return _CE.run(backend, prep)
 
 
-def _reduce(loss, kind, target, reduction, ignore_index):
+def _reduce(loss, kind, target, reduction, ignore_index, dtype=None):
+    """The reduction of the per-entry losses, in ``dtype`` (the logits' float dtype, as torch)."""
+    dtype = loss.dtype if dtype is None else np.dtype(dtype)
     if reduction == "none":
-        return loss
+        return loss.astype(dtype, copy=False)
     if reduction == "sum":
-        return loss.sum()
+        return dtype.type(loss.sum())
     if kind == "index":
         with np.errstate(invalid="ignore", divide="ignore"):
-            return loss.sum() / np.count_nonzero(target != ignore_index)
-    return loss.mean() if loss.size else loss.dtype.type(np.nan)
+            return dtype.type(loss.sum() / np.count_nonzero(target != ignore_index))
+    return dtype.type(loss.mean() if loss.size else np.nan)
 
 
 @_CE.register("numpy", any_dtype=True)
 def _ce_numpy(x, t, kind, reduction, smoothing, ignore_index):
-    """log_softmax (SciPy) + take_along_axis: materialises the log-probabilities."""
+    """NumPy log-sum-exp per row (max, exp, sum, log) and the target term; no log-probabilities."""
     x = np.asarray(x)
-    if x.dtype.kind not in "f":
-        x = x.astype(np.float64)
-    logp = _numpy_impl(x, -1, None, True) if x.size else np.zeros(x.shape, x.dtype)
-    if kind == "index":
-        safe = np.where(t == ignore_index, 0, t)
-        nll = -np.take_along_axis(logp, safe[..., None].astype(np.intp), axis=-1)[..., 0]
-        if smoothing:
-            nll = (1 - smoothing) * nll - smoothing * logp.mean(axis=-1)
-        loss = np.where(t == ignore_index, 0, nll).astype(logp.dtype)
-    else:
-        tt = (1 - smoothing) * t + smoothing / x.shape[-1] if smoothing else t
-        loss = -(tt * logp).sum(axis=-1)
-    return _reduce(loss, kind, t, reduction, ignore_index)
+    dtype = x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
+    x = x.astype(np.promote_types(dtype, np.float32), copy=False)  # float16 computes in float32
+    n = x.shape[-1]
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        if n:
+            m = x.max(axis=-1, keepdims=True)
+            m[~np.isfinite(m)] = 0
+            lse = (m + np.log(np.exp(x - m).sum(axis=-1, keepdims=True)))[..., 0]
+        else:
+            lse = np.full(x.shape[:-1], np.nan, x.dtype)
+        if kind == "index":
+            ignored = t == ignore_index
+            safe = np.where(ignored, 0, t)[..., None].astype(np.intp)
+            nll = lse - (np.take_along_axis(x, safe, axis=-1)[..., 0] if n else 0)
+            if smoothing:
+                nll = (1 - smoothing) * nll + smoothing * (lse - x.mean(axis=-1))
+            loss = np.where(ignored, 0, nll).astype(x.dtype, copy=False)
+        else:
+            tt = (1 - smoothing) * t + smoothing / n if smoothing else t
+            loss = (tt * (lse[..., None] - x)).sum(axis=-1).astype(x.dtype, copy=False)
+    return _reduce(loss, kind, t, reduction, ignore_index, dtype)
 
 
 @_CE.register("loop")
