@@ -27,6 +27,7 @@ together.
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import numpy as np
 
@@ -245,11 +246,56 @@ def tile_nr(typingctx, arr):
 
 # --------------------------------------------------------------------------- packing
 #
+# Literal arguments: a compiled caller that passes a constant (``pack_a(op, 0, ...)``, ``True``) to
+# another compiled function types it as a literal and compiles a separate specialisation of the
+# callee for that value, besides the general one. Callers in compiled code pass run-time values
+# instead (``zero = n - n``); one compile of the GEMM driver costs seconds.
+#
 # Indices are cast to unsigned (_U) in the copy loops: with a signed index Numba emits a
 # negative-index wrap-around check per access, which keeps LLVM from vectorising the copy. Measured:
 # packing a 1000 x 1000 B took 5.7 ms with signed and 0.42 ms with unsigned indices (the thin
 # 37 x 1000 x 1000 product is mostly packing).
 _U = np.uint64
+
+
+class Operand(NamedTuple):
+    """A ``rows x cols`` GEMM operand of any strides: element ``(i, j)`` is ``data[off + i*rs + j*cs]``.
+
+    ``data`` is a read-only 1-D view of the memory the operand spans, so the packing routines and
+    every driver that calls them compile once per dtype, whatever the operand's layout (C, F,
+    transposed, sliced, negative strides, read-only): a 2-D array argument would compile them once
+    per layout (see ``_jit``'s read-only views). Strides are in elements and may be negative.
+    """
+
+    data: np.ndarray
+    off: int
+    rs: int
+    cs: int
+    rows: int
+    cols: int
+
+
+def operand(x):
+    """The :class:`Operand` of a 2-D float array: a view of its memory, copied only when a stride is
+    not a whole number of elements."""
+    item = x.itemsize
+    if any(st % item for st in x.strides):
+        x = np.ascontiguousarray(x)
+    rows, cols = x.shape
+    if x.size == 0:
+        return Operand(_jit.readonly(np.empty(1, x.dtype)), 0, 0, 0, rows, cols)
+    # the view that starts at the lowest address spans the memory with positive strides
+    low = x[tuple(slice(None, None, -1) if st < 0 else slice(None) for st in x.strides)]
+    span = sum((n - 1) * abs(st) for n, st in zip(x.shape, x.strides, strict=True)) // item + 1
+    data = np.lib.stride_tricks.as_strided(low, shape=(span,), strides=(item,), writeable=False)
+    off = sum((n - 1) * -st for n, st in zip(x.shape, x.strides, strict=True) if st < 0) // item
+    return Operand(data, off, x.strides[0] // item, x.strides[1] // item, rows, cols)
+
+
+@jit(inline="always")
+def flat_operand(flat, off, rs, cs, rows, cols):
+    """:class:`Operand` of a block of the 1-D array ``flat`` in compiled code (read-only typed)."""
+    return Operand(_jit.as_readonly(flat), off, rs, cs, rows, cols)
 
 
 @jit
@@ -263,23 +309,32 @@ def aligned_empty(n, dtype_like):
 
 @jit
 def pack_a(a, i0, mc, p0, kc, mr, alpha, row_scale, out, off):
-    """Pack ``alpha * a[i0:i0+mc, p0:p0+kc]`` into MR-tall micro-panels: ``out[off + panel, p, i]``.
+    """Pack ``alpha * a[i0:i0+mc, p0:p0+kc]`` (``a`` an :class:`Operand`) into MR-tall micro-panels:
+    ``out[off + panel, p, i]``.
 
     Rows past ``mc`` are zero so that edge tiles run the same micro-kernel. Folding ``alpha`` in
     here makes ``C += alpha * A @ B`` cost nothing extra (LU's trailing update uses alpha = -1).
     A non-empty ``row_scale`` also multiplies row ``i`` by ``row_scale[i]`` (cosine similarity's
-    inverse norms), again for free.
+    inverse norms), again for free. A unit column stride gets its own loop, so that LLVM sees the
+    contiguous reads it vectorises.
     """
     wide_vectors()
     scaled = row_scale.size > 0
+    d = a.data
+    cs = a.cs
     for ir in range(0, mc, mr):
         base = off + (ir // mr) * kc * mr
         rows = min(mr, mc - ir)
         for i in range(rows):
-            src = _U(i0 + ir + i)
-            s = alpha * row_scale[src] if scaled else alpha
-            for p in range(kc):
-                out[_U(base + p * mr + i)] = s * a[src, _U(p0 + p)]
+            src = i0 + ir + i
+            s = alpha * row_scale[_U(src)] if scaled else alpha
+            at = a.off + src * a.rs + p0 * cs
+            if cs == 1:
+                for p in range(kc):
+                    out[_U(base + p * mr + i)] = s * d[_U(at + p)]
+            else:
+                for p in range(kc):
+                    out[_U(base + p * mr + i)] = s * d[_U(at + p * cs)]
         for i in range(rows, mr):
             for p in range(kc):
                 out[_U(base + p * mr + i)] = 0
@@ -287,21 +342,27 @@ def pack_a(a, i0, mc, p0, kc, mr, alpha, row_scale, out, off):
 
 @jit
 def pack_b_panel(b, p0, kc, j0, cols, nr, col_scale, out, off):
-    """Pack ``b[p0:p0+kc, j0:j0+cols]`` into one NR-wide micro-panel ``out[off + p, j]`` (zero pad).
+    """Pack ``b[p0:p0+kc, j0:j0+cols]`` (``b`` an :class:`Operand`) into one NR-wide micro-panel
+    ``out[off + p, j]`` (zero pad).
 
     A non-empty ``col_scale`` multiplies column ``j`` by ``col_scale[j]``.
     """
     wide_vectors()
     scaled = col_scale.size > 0
+    d = b.data
+    cs = b.cs
     for p in range(kc):
         row = off + p * nr
-        src = _U(p0 + p)
+        at = b.off + (p0 + p) * b.rs + j0 * cs
         if scaled:
             for j in range(cols):
-                out[_U(row + j)] = b[src, _U(j0 + j)] * col_scale[_U(j0 + j)]
+                out[_U(row + j)] = d[_U(at + j * cs)] * col_scale[_U(j0 + j)]
+        elif cs == 1:
+            for j in range(cols):
+                out[_U(row + j)] = d[_U(at + j)]
         else:
             for j in range(cols):
-                out[_U(row + j)] = b[src, _U(j0 + j)]
+                out[_U(row + j)] = d[_U(at + j * cs)]
         for j in range(cols, nr):
             out[_U(row + j)] = 0
 
@@ -336,20 +397,20 @@ def macro_kernel(ap, aoff, bp, npan, kc, mc, nc, c, coff, ldc, load_c, tile):
 def gemm_into(a, b, c, coff, ldc, alpha, accumulate, row_scale, col_scale, kc_max, mc_max, nc_max):
     """``C = alpha * diag(row_scale) @ a @ b @ diag(col_scale)`` (or ``C += ...`` when ``accumulate``).
 
-    ``a`` and ``b`` may have any strides. ``C`` is the m x n block of the flat array ``c`` that
-    starts at ``coff`` with row stride ``ldc`` (unit column stride): a whole C-contiguous result, or
-    a sub-block of a larger matrix. Empty ``row_scale``/``col_scale`` mean no scaling. The first
-    rank-KC update stores into C without reading it, so ``C = ...`` costs no zeroing pass.
+    ``a`` and ``b`` are :class:`Operand` s (any strides). ``C`` is the m x n block of the flat array
+    ``c`` that starts at ``coff`` with row stride ``ldc`` (unit column stride): a whole C-contiguous
+    result, or a sub-block of a larger matrix. Empty ``row_scale``/``col_scale`` mean no scaling.
+    The first rank-KC update stores into C without reading it, so ``C = ...`` costs no zeroing pass.
     """
     mr = tile_mr(c)
     nr = tile_nr(c)
-    m, k = a.shape
-    n = b.shape[1]
+    m, k = a.rows, a.cols
+    n = b.cols
     if m == 0 or n == 0:
         return
-    if k == 0:
+    if k == 0:  # rare: a serial loop, not another parallel region to compile
         if not accumulate:
-            for i in prange(m):
+            for i in range(m):
                 for j in range(n):
                     c[_U(coff + i * ldc + j)] = 0
         return
@@ -458,9 +519,9 @@ def thin_product(a, v, threads=None):
     threads = max(1, min(threads or get_num_threads(), n))
     npb = _ceil_div(b, mr)
     vp = np.empty(npb * mr * n, a.dtype)
-    pack_a(np.ascontiguousarray(v.T), 0, b, 0, n, mr, a.dtype.type(1), NO_SCALE[a.dtype], vp, 0)
+    pack_a(operand(v.T), 0, b, 0, n, mr, a.dtype.type(1), NO_SCALE[a.dtype], vp, 0)
     out = np.empty((threads, npb * mr, _ceil_div(m, nr) * nr), a.dtype)
-    vt_times_a(vp, a, out, np.empty(n * nr, a.dtype), THIN_KC.get(npb, THIN_KC_MANY))
+    vt_times_a(vp, _jit.readonly(a), out, np.empty(n * nr, a.dtype), THIN_KC.get(npb, THIN_KC_MANY))
     return out.sum(axis=0)[:b, :m] if threads > 1 else out[0, :b, :m]
 
 
@@ -494,8 +555,8 @@ def gemm(a, b, out=None, *, threads=None):
         threads = get_num_threads()
     mc = row_blocking(m, a.dtype.itemsize, threads)
     gemm_into(
-        a,
-        b,
+        operand(a),
+        operand(b),
         c.reshape(-1),
         0,
         n,

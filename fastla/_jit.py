@@ -128,6 +128,7 @@ def _install_package_wide_cache_stamp():
 if JIT_ENABLED:
     _install_package_wide_cache_stamp()
 
+
 #: Environment overrides that change generated code (kernel shapes). Numba's cache key knows the
 #: host CPU but not these, so a cached kernel compiled without them would be reused wrongly:
 #: while any is set, fastla compiles without the on-disk cache.
@@ -145,14 +146,14 @@ def jit(fn=None, *, parallel=False, fastmath=FASTMATH, inline="never"):
     def wrap(f):
         if not NUMBA_AVAILABLE:
             return f
-        return numba.njit(
-            cache=CACHE,
-            nogil=True,
-            parallel=parallel,
-            fastmath=set(fastmath) if fastmath else False,
-            inline=inline,
-            error_model="numpy",  # x/0 gives inf/nan like NumPy instead of raising
-        )(f)
+        options = {
+            "nogil": True,
+            "parallel": parallel,
+            "fastmath": set(fastmath) if fastmath else False,
+            "inline": inline,
+            "error_model": "numpy",  # x/0 gives inf/nan like NumPy instead of raising
+        }
+        return numba.njit(cache=CACHE, **options)(f)
 
     return wrap(fn) if fn is not None else wrap
 
@@ -255,6 +256,48 @@ def f64_as_i64(typingctx, x):
 def f32_as_i32(typingctx, x):
     """Reinterpret the bits of a float32 as an int32."""
     return _bitcast_typer("float", 32)(typingctx, x)
+
+
+# --------------------------------------------------------------------------- read-only views
+#
+# Numba compiles a kernel once per argument *type*, and an array's type includes its layout (C, F,
+# any) and whether it is writeable. Inputs that arrive read-only, transposed or strided would each
+# compile the kernel again (5 s for the GEMM driver): the test suite once compiled it 26 times.
+# Kernels therefore receive their *inputs* as read-only views (``readonly``; in compiled code
+# ``as_readonly``), and the GEMM reads its operands through one strided-view type whatever their
+# layout (``_gemm_kernels.Operand``). A read-only type also lets Numba refuse a write to an input.
+
+
+def readonly(x):
+    """A read-only view of ``x`` (no copy): the one array type a kernel compiles for its inputs."""
+    v = x.view()
+    v.flags.writeable = False
+    return v
+
+
+def kernel_input(x):
+    """``x`` as a kernel input: C-contiguous (copied only if it is not) and read-only typed."""
+    import numpy as np
+
+    return readonly(x if x.flags.c_contiguous else np.ascontiguousarray(x))
+
+
+def _as_readonly_twin(x):
+    return readonly(x)
+
+
+@intrinsic(_as_readonly_twin)
+def as_readonly(typingctx, x):
+    """``x`` typed read-only in compiled code (the same array, no copy), as :func:`readonly`."""
+    if not isinstance(x, nb_types.Array):
+        return None
+
+    def codegen(context, builder, sig, args):
+        from numba.core.imputils import impl_ret_borrowed
+
+        return impl_ret_borrowed(context, builder, sig.return_type, args[0])
+
+    return x.copy(readonly=True)(x), codegen
 
 
 # --------------------------------------------------------------------------- threading

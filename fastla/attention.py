@@ -39,7 +39,7 @@ import math
 import numpy as np
 
 from fastla import _gemm_kernels as _gk
-from fastla import _math, _registry, _validate
+from fastla import _jit, _math, _registry, _validate
 from fastla._jit import jit, prange, wide_vectors
 
 __all__ = ["scaled_dot_product_attention"]
@@ -326,25 +326,32 @@ def _pack_kv(k, v, kp, vp, scale, one):
     s_pad = (S + mr - 1) // mr * mr
     ev_pad = (Ev + mr - 1) // mr * mr
     none = kp[:0]
+    kf = k.reshape(k.size)
+    vf = v.reshape(v.size)
+    zero = nk - nk  # a run-time 0, not a literal one (see _gemm_kernels' "literal arguments")
     for t in prange(nk + v.shape[0]):
         wide_vectors()
         if t < nk:
-            _gk.pack_a(k[t], 0, S, 0, E, mr, scale, none, kp, t * s_pad * E)
+            kt = _gk.flat_operand(kf, t * S * E, E, 1, S, E)
+            _gk.pack_a(kt, zero, S, zero, E, mr, scale, none, kp, t * s_pad * E)
         else:
             u = t - nk
-            _gk.pack_a(v[u].T, 0, Ev, 0, S, mr, one, none, vp, u * ev_pad * S)
+            vt = _gk.flat_operand(vf, u * S * Ev, 1, Ev, Ev, S)  # v[u].T
+            _gk.pack_a(vt, zero, Ev, zero, S, mr, one, none, vp, u * ev_pad * S)
 
 
 @jit(inline="always")
-def _pack_queries(qm, i0, rows, npq, kp):
-    """Queries ``i0 : i0 + rows`` of ``qm`` (L x E) transposed into ``npq`` NR-wide panels (zero pad):
-    the B operand of the score tile."""
-    E = qm.shape[1]
+def _pack_queries(q, b, i0, rows, npq, kp):
+    """Queries ``i0 : i0 + rows`` of ``q[b]`` (L x E) transposed into ``npq`` NR-wide panels (zero
+    pad): the B operand of the score tile."""
+    _, L, E = q.shape
     nr = _gk.tile_nr(kp)
     qp = np.empty(npq * E * nr, kp.dtype)
-    qt = qm.T
+    qt = _gk.flat_operand(q.reshape(q.size), b * L * E, 1, E, E, L)  # q[b].T
+    zero = L - L  # a run-time 0 (see _gemm_kernels' "literal arguments")
     for pn in range(npq):
-        _gk.pack_b_panel(qt, 0, E, i0 + pn * nr, max(0, min(nr, rows - pn * nr)), nr, kp[:0], qp, pn * E * nr)
+        cols = max(zero, min(nr, rows - pn * nr))
+        _gk.pack_b_panel(qt, zero, E, i0 + pn * nr, cols, nr, kp[:0], qp, pn * E * nr)
     return qp
 
 
@@ -396,7 +403,7 @@ def _flash(q, kp, vp, mask, qi, ki, vi, mi, L, S, Ev, has_mask, causal, bq, bk, 
         b = task // nqb
         i0 = (task % nqb) * bq
         rows = min(bq, L - i0)
-        qp = _pack_queries(q[qi[b]], i0, rows, npq, kp)
+        qp = _pack_queries(q, qi[b], i0, rows, npq, kp)
         st = np.empty(npq * bk * nr, kp.dtype)
         acc = np.zeros(npq * ev_pad * nr, kp.dtype)
         m = np.full(bq, ninf, kp.dtype)
@@ -470,7 +477,7 @@ def _flash_weights(q, kp, mask, qi, ki, mi, L, S, has_mask, causal, bq, bk, zero
         b = task // nqb
         i0 = (task % nqb) * bq
         rows = min(bq, L - i0)
-        qp = _pack_queries(q[qi[b]], i0, rows, npq, kp)
+        qp = _pack_queries(q, qi[b], i0, rows, npq, kp)
         st = np.empty(npq * bk * nr, kp.dtype)
         k_base = ki[b] * s_pad * E
         kv_end = min(S, i0 + rows) if causal else S
@@ -490,8 +497,7 @@ def _flash_weights(q, kp, mask, qi, ki, mi, L, S, has_mask, causal, bq, bk, zero
                     w[b, i0 + r, j0 + c] = _math.exp(st[base + c * nr] - mx) * inv
 
 
-def _c(x):
-    return x if x.flags.c_contiguous else np.ascontiguousarray(x)
+_c = _jit.kernel_input
 
 
 @_OP.register("numba", needs_numba=True)
@@ -516,14 +522,14 @@ def _sdpa_numba(q, k, v, mask, plan):
     vp = np.empty(v.shape[0] * ev_pad * S, dt)
     _pack_kv(k, v, kp, vp, dt.type(plan["scale"]), dt.type(1))
     has_mask = mask is not None
-    mask = _c(mask) if has_mask else np.zeros((1, 1, 1), dt)
-    mi = plan["mask"] if has_mask else plan["q"]
+    mask = _c(mask if has_mask else np.zeros((1, 1, 1), dt))
+    mi = _c(plan["mask"] if has_mask else plan["q"])
     bq = nr * max(1, QUERY_BLOCK // nr)
     bk = mr * max(1, round(KEY_TILE / mr))
     row_max = np.empty((nb, L), dt)
     row_sum = np.empty((nb, L), dt)
-    args = (plan["q"], plan["k"])
-    _flash(q, kp, vp, mask, *args, plan["v"], mi, L, S, Ev, has_mask, plan["causal"], bq, bk, dt.type(0),
+    args = (_c(plan["q"]), _c(plan["k"]))
+    _flash(q, kp, vp, mask, *args, _c(plan["v"]), mi, L, S, Ev, has_mask, plan["causal"], bq, bk, dt.type(0),
            out, row_max, row_sum)  # fmt: skip
     if weights is not None:
         _flash_weights(q, kp, mask, *args, mi, L, S, has_mask, plan["causal"], bq, bk, dt.type(0),

@@ -44,7 +44,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastla import _gemm_kernels as _gk
-from fastla import _registry, _validate
+from fastla import _jit, _registry, _validate
 from fastla._jit import jit, prange
 
 __all__ = ["ConvergenceError", "power_iteration"]
@@ -209,8 +209,6 @@ def _finite_and_symmetric(a):
     A for all three facts (separate passes for max, finiteness and symmetry cost 20 ms against a 1.8 ms
     sweep at n = 2000).
     """
-    from fastla import _jit
-
     if _jit.JIT_ENABLED:
         out = np.zeros((-(-a.shape[0] // _TILE), 3))
         _scan_kernel(a, out)
@@ -522,7 +520,9 @@ def _prepare(a, k=1, tol=None, maxiter=None, v0=None, symmetric=None, seed=None,
     a = np.asarray(a)
     check_options(a.shape, k, tol)
     dtype = compute_dtype(a.dtype)
-    a = _validate.native(a, dtype)
+    # every sweep reads A: one C-contiguous, read-only typed copy (if it is not one already) keeps
+    # each kernel to one compiled signature per dtype (see ``_jit``)
+    a = _jit.kernel_input(_validate.native(a, dtype))
     if symmetric is None:
         symmetric, big = _finite_and_symmetric(a)
     else:
@@ -530,7 +530,7 @@ def _prepare(a, k=1, tol=None, maxiter=None, v0=None, symmetric=None, seed=None,
         big = float(np.abs(a).max())
     exp = magnitude_exponent(dtype, big)
     if exp:
-        a = np.ldexp(a, -exp).astype(dtype, copy=False)
+        a = _jit.readonly(np.ldexp(a, -exp).astype(dtype, copy=False))
     n = a.shape[0]
     start, maxiter = start_block(n, dtype, k, maxiter, v0, symmetric, seed)
     args = (a, k, float(default_tol(dtype, tol)), maxiter, start, symmetric, return_eigenvectors)

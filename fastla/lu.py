@@ -28,7 +28,9 @@ Implementations:
 
 from __future__ import annotations
 
+import functools
 import math
+import sys
 import warnings
 
 import numpy as np
@@ -40,12 +42,27 @@ from fastla._jit import thread_id as _thread_id
 
 __all__ = ["LinAlgWarning", "lu_factor", "lu_solve", "solve"]
 
-try:
+# SciPy is imported lazily (it costs ~0.3 s at import): LinAlgWarning is SciPy's class when SciPy is
+# already imported, else fastla's own. A warning raised after SciPy was imported is an instance of
+# both classes (_singular_warning_class), so filters on either catch it.
+if "scipy.linalg" in sys.modules:
     from scipy.linalg import LinAlgWarning
-except ImportError:  # pragma: no cover - SciPy is in the test extra
+else:
 
     class LinAlgWarning(RuntimeWarning):
-        """Warned when a matrix is exactly singular (SciPy's class when SciPy is installed)."""
+        """Warned when a matrix is exactly singular (``scipy.linalg.LinAlgWarning`` when SciPy was
+        imported before fastla; a singular-matrix warning is an instance of both)."""
+
+
+@functools.cache
+def _both_warnings(scipy_class):
+    return type("LinAlgWarning", (LinAlgWarning, scipy_class), {"__module__": __name__})
+
+
+def _singular_warning_class():
+    scipy_linalg = sys.modules.get("scipy.linalg")
+    scipy_class = getattr(scipy_linalg, "LinAlgWarning", LinAlgWarning)
+    return LinAlgWarning if scipy_class is LinAlgWarning else _both_warnings(scipy_class)
 
 
 # --------------------------------------------------------------------------- tuning data
@@ -132,20 +149,22 @@ def _getrf(a, piv, nb, neg_one, kc, mc, nc):
     n = a.shape[0]
     flat = a.reshape(n * n)
     no_scale = np.empty(0, a.dtype)
-    info = 0
+    # run-time values, not literals (see _gemm_kernels' "literal arguments")
+    accumulate = n > 0
+    info = n * 0
     for k0 in range(0, n, nb):
         k1 = min(k0 + nb, n)
         info = _panel(a, k0, k1, piv, info)
         if k1 < n:
             _trsm_unit_lower_rows(a, k0, k1)
             _gk.gemm_into(
-                a[k1:, k0:k1],
-                a[k0:k1, k1:],
+                _gk.flat_operand(flat, k1 * n + k0, n, 1, n - k1, k1 - k0),  # L21
+                _gk.flat_operand(flat, k0 * n + k1, n, 1, k1 - k0, n - k1),  # U12
                 flat,
                 k1 * n + k1,
                 n,
                 neg_one,
-                True,
+                accumulate,
                 no_scale,
                 no_scale,
                 kc,
@@ -673,7 +692,9 @@ def solve(a, b, *, backend=None):
 
 
 def _warn_singular(info):
-    warnings.warn(f"Diagonal number {info} is exactly zero. Singular matrix.", LinAlgWarning, stacklevel=4)
+    warnings.warn(
+        f"Diagonal number {info} is exactly zero. Singular matrix.", _singular_warning_class(), stacklevel=4
+    )
 
 
 def _factor_stack(a, overwrite, factor):
@@ -714,13 +735,20 @@ def _lu_factor_numpy(a, overwrite):
     except ImportError:
         return _factor_stack(np.asarray(a, dtype=np.result_type(a, np.float64)), overwrite, _factor_loop)
     a = np.asarray(a)
-    if a.ndim == 2:
-        return sla.lu_factor(a, overwrite_a=overwrite, check_finite=False)
     m, n = a.shape[-2:]
-    out = [sla.lu_factor(x, check_finite=False) for x in a.reshape(-1, m, n)]
-    dtype = out[0][0].dtype if out else np.result_type(a, np.float32)
-    lu = np.array([o[0] for o in out], dtype=dtype).reshape(a.shape)
-    piv = np.array([o[1] for o in out], dtype=np.int32).reshape(*a.shape[:-2], min(m, n))
+    with warnings.catch_warnings():  # re-warned below as fastla's LinAlgWarning, once per stack
+        warnings.simplefilter("ignore", sla.LinAlgWarning)
+        if a.ndim == 2:
+            lu, piv = sla.lu_factor(a, overwrite_a=overwrite, check_finite=False)
+        else:
+            out = [sla.lu_factor(x, check_finite=False) for x in a.reshape(-1, m, n)]
+            dtype = out[0][0].dtype if out else np.result_type(a, np.float32)
+            lu = np.array([o[0] for o in out], dtype=dtype).reshape(a.shape)
+            piv = np.array([o[1] for o in out], dtype=np.int32).reshape(*a.shape[:-2], min(m, n))
+    diag = np.diagonal(lu, axis1=-2, axis2=-1)
+    zero = diag.reshape(-1, min(m, n)) == 0 if diag.size else np.zeros((0, 0), bool)
+    if zero.any():  # getrf's info: the first zero pivot of the first singular matrix, 1-based
+        _warn_singular(int(np.argmax(zero[zero.any(axis=1)][0])) + 1)
     return lu, piv
 
 
@@ -740,7 +768,7 @@ def _solve_stack(lu, piv, b, trans, vector, overwrite, solver):
 @_SOLVE.register("numba", needs_numba=True)
 def _lu_solve_numba(lu, piv, b, trans, vector, overwrite):
     """Compiled forward/back substitution (row operations vectorised over the right-hand sides)."""
-    return _solve_stack(np.ascontiguousarray(lu), piv, b, trans, vector, overwrite, _getrs)
+    return _solve_stack(_jit.kernel_input(lu), piv, b, trans, vector, overwrite, _getrs)
 
 
 @_SOLVE.register("loop")
@@ -806,7 +834,7 @@ def _solve_numba(a, b):
         xs = np.empty((slots, n, min(k, LANE_RHS), nl), dtype=A.dtype)
         s = np.empty((slots, nl), dtype=np.int64)
         info = np.zeros(A.shape[0], dtype=np.int64)
-        small_solver(n, k)(A, B, x, w, xs, s, info)
+        small_solver(n, k)(_jit.kernel_input(A), _jit.kernel_input(B), x, w, xs, s, info)
         if info.any():
             raise _singular()
         return x.reshape(out_shape)
@@ -816,7 +844,7 @@ def _solve_numba(a, b):
         piv, info = _factor_numba(work)
         if info:
             raise _singular()
-        _getrs(work, piv.astype(np.int64), x[t], 0)
+        _getrs(_jit.readonly(work), piv.astype(np.int64), x[t], 0)
     return x.reshape(out_shape)
 
 

@@ -22,7 +22,7 @@ import math
 import numpy as np
 
 from fastla import _gemm_kernels as _gk
-from fastla import _registry, _validate
+from fastla import _jit, _registry, _validate
 
 __all__ = ["matmul"]
 
@@ -255,7 +255,17 @@ def _matmul_loop(a, b, out):
 @_OP.register("numba_naive", needs_numba=True)
 def _matmul_numba_naive(a, b, out):
     """Textbook i-k-j loop, jitted, parallel over rows (no blocking, no packing)."""
-    return _stacked(a, b, out, _gk.gemm_naive, _gk.batched_small)
+    return _stacked(a, b, out, _naive2d, _naive_stack)
+
+
+# The compiled kernels get C-contiguous, read-only typed inputs (one compiled signature per dtype,
+# see ``_jit``); the packed GEMM reads any strides through its operands instead.
+def _naive2d(a, b, c):
+    _gk.gemm_naive(_jit.kernel_input(a), _jit.kernel_input(b), c)
+
+
+def _naive_stack(A, B, C):
+    _gk.batched_small(_jit.kernel_input(A), _jit.kernel_input(B), C)
 
 
 def _gemm2d(a, b, c):
@@ -266,9 +276,9 @@ def _small_or_packed(A, B, C):
     _, m, k = A.shape
     n = B.shape[2]
     if 0 < min(m, k, n) and max(m, k, n) <= _gk.SMALL_FIXED_MAX:
-        _gk.small_fixed_kernel(m, k, n)(A, B, C)
+        _gk.small_fixed_kernel(m, k, n)(_jit.kernel_input(A), _jit.kernel_input(B), C)
     elif max(m, k, n) <= 32:
-        _gk.batched_small(A, B, C)
+        _naive_stack(A, B, C)
     else:
         for t in range(C.shape[0]):
             _gk.gemm(A[t], B[t], out=C[t])

@@ -43,7 +43,7 @@ import operator
 import numpy as np
 
 from fastla import _gemm_kernels as _gk
-from fastla import _registry, _validate
+from fastla import _jit, _registry, _validate
 from fastla._jit import jit, prange, wide_vectors
 
 __all__ = ["cosine_similarity", "cosine_topk"]
@@ -325,9 +325,8 @@ def _aligned(n, dtype):
     return raw[shift : shift + n]
 
 
-def _c_writable(x):
-    """C-contiguous writeable ``x`` (one compiled signature per dtype; copying n x d is cheap)."""
-    return x if x.flags.c_contiguous and x.flags.writeable else np.array(x, order="C")
+# kernel inputs C-contiguous (copying n x d is cheap next to the n x m work) and read-only typed
+_c_input = _jit.kernel_input
 
 
 # --------------------------------------------------------------------------- numpy
@@ -517,7 +516,7 @@ def _mirror_upper(c, bs):
 
 
 def _matrix_numba_2d(x, y, out):
-    x = _c_writable(x)
+    x = _c_input(x)
     n = x.shape[0]
     dt = x.dtype
     blk = _gk.BLOCKING[dt]
@@ -537,18 +536,19 @@ def _matrix_numba_2d(x, y, out):
             i1 = min(n, i0 + bs)
             mc = _gk.row_blocking(i1 - i0, dt.itemsize, threads)
             _gk.gemm_into(
-                x[i0:i1], x[i0:].T, flat, i0 * n + i0, n, one, False, inv_x[i0:i1], inv_x[i0:],
-                blk.KC, mc, blk.NC,
+                _gk.operand(x[i0:i1]), _gk.operand(x[i0:].T), flat, i0 * n + i0, n, one, False,
+                inv_x[i0:i1], inv_x[i0:], blk.KC, mc, blk.NC,
             )  # fmt: skip
         _mirror_upper(c, 64)
         _unit_diagonal(c, norms)
         return c
-    y = _c_writable(y)
+    y = _c_input(y)
     m = y.shape[0]
     y, inv_y, _ = _inv_norms_numba(y)
     c = np.empty((n, m), dt) if out is None else out
     mc = _gk.row_blocking(n, dt.itemsize, threads)
-    _gk.gemm_into(x, y.T, c.reshape(-1), 0, m, one, False, inv_x, inv_y, blk.KC, mc, blk.NC)
+    a, b = _gk.operand(x), _gk.operand(y.T)
+    _gk.gemm_into(a, b, c.reshape(-1), 0, m, one, False, inv_x, inv_y, blk.KC, mc, blk.NC)
     return c
 
 
@@ -598,15 +598,15 @@ def _merge_row(sc, off, cols, j0, s_row, i_row):
 
 
 @jit(parallel=True)
-def _topk_kernel(q, corpus, inv_q, inv_c, alpha, mc, tn, kc_max, threads, bp, ap, sc, tiles, scores, index):
+def _topk_kernel(q, b, inv_q, inv_c, alpha, mc, tn, kc_max, threads, bp, ap, sc, tiles, scores, index):
     """Fused top-k: corpus tiles of ``tn`` rows (packed once into ``bp``, shared) and query blocks
     of ``mc`` rows per thread (packed into ``ap``), scored by the GEMM macro-kernel into the
-    thread's score block in ``sc`` and merged into ``scores``/``index`` at once."""
-    nq, d = q.shape
-    ncorp = corpus.shape[0]
-    mr = _gk.tile_mr(q)
-    nr = _gk.tile_nr(q)
-    b = corpus.T
+    thread's score block in ``sc`` and merged into ``scores``/``index`` at once. ``q`` (queries) and
+    ``b`` (the corpus transposed) are GEMM operands (``_gemm_kernels.Operand``)."""
+    nq, d = q.rows, q.cols
+    ncorp = b.cols
+    mr = _gk.tile_mr(ap)
+    nr = _gk.tile_nr(ap)
     kc_max = min(kc_max, d)
     mc_pad = (mc + mr - 1) // mr * mr
     nblk = (nq + mc - 1) // mc
@@ -664,8 +664,8 @@ def _topk_numba(q, c, k, batch_size, squeeze):
             scores[:] = 0
             idx[:] = np.arange(k)
         else:
-            q = _c_writable(q)
-            c = _c_writable(c)
+            q = _c_input(q)
+            c = _c_input(c)
             threads = get_num_threads()
             mc, tn = _topk_blocking(nq, dt.itemsize, threads)
             blk = _gk.BLOCKING[dt]
@@ -678,7 +678,8 @@ def _topk_numba(q, c, k, batch_size, squeeze):
             tiles = _aligned(threads * blk.MR * blk.NR, dt)
             q, inv_q, _ = _inv_norms_numba(q)
             c, inv_c, _ = _inv_norms_numba(c)
+            a, b = _gk.operand(q), _gk.operand(c.T)
             _topk_kernel(
-                q, c, inv_q, inv_c, dt.type(1), mc, tn, blk.KC, threads, bp, ap, sc, tiles, scores, idx
+                a, b, inv_q, inv_c, dt.type(1), mc, tn, blk.KC, threads, bp, ap, sc, tiles, scores, idx
             )
     return _topk_result(scores, idx, squeeze)

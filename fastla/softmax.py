@@ -33,7 +33,7 @@ import operator
 import numpy as np
 
 from fastla import _math, _registry, _validate
-from fastla._jit import jit, prange, wide_vectors
+from fastla._jit import jit, kernel_input, prange, readonly, wide_vectors
 
 __all__ = ["cross_entropy", "log_softmax", "softmax"]
 
@@ -364,13 +364,13 @@ def _numba_impl(x, axes, out, log):
         direct = out is not None and out.dtype == x.dtype and out.flags.c_contiguous
         res = out if direct else np.empty(x.shape, dtype=x.dtype)
         if post == 1:
-            _softmax_rows(x.reshape(pre, n), res.reshape(pre, n), log, x.dtype.type(0))
+            _softmax_rows(readonly(x.reshape(pre, n)), res.reshape(pre, n), log, x.dtype.type(0))
         else:
-            _softmax_mid(x.reshape(pre, n, post), res.reshape(pre, n, post), log, _CHUNK)
+            _softmax_mid(readonly(x.reshape(pre, n, post)), res.reshape(pre, n, post), log, _CHUNK)
         return res if direct else _finish(res, out)
     x2, moved_shape, keep = _to_rows(x, axes)
     res2 = np.empty_like(x2)
-    _softmax_rows(x2, res2, log, x.dtype.type(0))
+    _softmax_rows(readonly(x2), res2, log, x.dtype.type(0))
     return _finish(_from_rows(res2, moved_shape, keep, axes), out)
 
 
@@ -552,14 +552,15 @@ def _ce_loop(x, t, kind, reduction, smoothing, ignore_index):
 def _ce_numba(x, t, kind, reduction, smoothing, ignore_index):
     """One compiled pass pair per row: max + log-sum-exp + the target term; nothing materialised."""
     n = x.shape[-1]
-    x2 = np.ascontiguousarray(x).reshape(-1, n)
+    x2 = kernel_input(x).reshape(-1, n)
     loss = np.empty(x2.shape[0], dtype=x.dtype)
     if x2.shape[0] and n:
         if kind == "index":
-            tgt = t.reshape(-1).astype(np.int64, copy=False)
+            tgt = readonly(np.ascontiguousarray(t.reshape(-1), dtype=np.int64))
             _ce_index_rows(x2, tgt, smoothing, ignore_index, loss, x.dtype.type(0))
         else:
-            _ce_prob_rows(x2, np.ascontiguousarray(t).reshape(-1, n), smoothing, loss, x.dtype.type(0))
+            tt = kernel_input(t).reshape(-1, n)
+            _ce_prob_rows(x2, tt, smoothing, loss, x.dtype.type(0))
     elif x2.shape[0]:
         loss[:] = np.nan
     return _reduce(loss.reshape(x.shape[:-1]), kind, t, reduction, ignore_index)
