@@ -20,6 +20,7 @@ from fastla._registry import (
     implementations,
     operations,
 )
+from fastla._warmup import warmup
 from fastla.attention import scaled_dot_product_attention
 from fastla.eigen import ConvergenceError, power_iteration
 from fastla.lu import LinAlgWarning, lu_factor, lu_solve, solve
@@ -53,4 +54,5 @@ __all__ = [
     "set_num_threads",
     "softmax",
     "solve",
+    "warmup",
 ]

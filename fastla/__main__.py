@@ -1,4 +1,4 @@
-"""Command line: ``python -m fastla {info,explain,bench}``."""
+"""Command line: ``python -m fastla {info,explain,warmup,bench}``."""
 
 from __future__ import annotations
 
@@ -102,6 +102,19 @@ def _cmd_explain(args):
     return 0
 
 
+def _cmd_warmup(args):
+    from fastla import _warmup
+
+    ops = args.ops.split(",") if args.ops else None
+    dtypes = args.dtypes.split(",") if args.dtypes else _warmup.DTYPES
+    try:
+        _warmup.warmup(ops, dtypes, jobs=args.jobs)
+    except (ValueError, RuntimeError) as exc:
+        print(f"fastla warmup: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m fastla", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -118,6 +131,11 @@ def main(argv=None):
     )
     p_exp.add_argument("--dtype", default="float64")
     p_exp.set_defaults(func=_cmd_explain)
+    p_warm = sub.add_parser("warmup", help="compile the kernels into the on-disk cache ahead of first use")
+    p_warm.add_argument("--ops", help="comma-separated ops (default: all)")
+    p_warm.add_argument("--dtypes", help="comma-separated: float32,float64 (default: both)")
+    p_warm.add_argument("--jobs", type=int, help="processes compiling at once (default: one per core)")
+    p_warm.set_defaults(func=_cmd_warmup)
     try:
         from fastla.bench import cli as bench_cli
     except ImportError:  # pragma: no cover - bench ships with the package

@@ -129,6 +129,76 @@ if JIT_ENABLED:
     _install_package_wide_cache_stamp()
 
 
+def _safe_cache_file_class():
+    """A Numba cache file that two processes can fill at once (pytest-xdist workers, ``fastla
+    warmup``'s jobs) without corrupting it.
+
+    Numba names a new overload's data file by the first free number in the index it just read, so
+    two processes adding different overloads at once both write ``<name>.1.nbc``, and one index then
+    points at the other's machine code: a segfault on the next load (seen here: two warmup jobs, the
+    float32 and float64 LU). This class names each data file after a hash of its key (different
+    overloads never share a file), writes the data before the index entry that points at it, and
+    holds an exclusive lock on ``<index>.lock`` while it reads, updates and writes the index, so that
+    no process's entry is lost. Without ``fcntl`` (Windows) the lock is skipped; the hashed names
+    still prevent corruption.
+    """
+    from numba.core import caching
+
+    base = getattr(caching, "IndexDataCacheFile", None)
+    if base is None or not all(hasattr(base, a) for a in ("_load_index", "_save_index", "_save_data")):
+        return None
+
+    class SafeIndexDataCacheFile(base):
+        def save(self, key, data):
+            import hashlib
+            import pickle
+
+            with self._locked():
+                overloads = self._load_index()
+                name = overloads.get(key)
+                if name is None:
+                    digest = hashlib.sha256(pickle.dumps(key, protocol=4)).hexdigest()[:20]
+                    name = f"{self._index_name[: -len('.nbi')]}.{digest}.nbc"
+                self._save_data(name, data)
+                if overloads.get(key) != name:
+                    overloads[key] = name
+                    self._save_index(overloads)
+
+        def _locked(self):
+            import contextlib
+
+            try:
+                import fcntl
+            except ImportError:  # pragma: no cover - not on Linux/macOS
+                return contextlib.nullcontext()
+
+            @contextlib.contextmanager
+            def lock():
+                with open(self._index_path + ".lock", "a+b") as f:
+                    fcntl.flock(f, fcntl.LOCK_EX)
+                    try:
+                        yield
+                    finally:
+                        fcntl.flock(f, fcntl.LOCK_UN)
+
+            return lock()
+
+    return SafeIndexDataCacheFile
+
+
+_SAFE_CACHE_FILE = _safe_cache_file_class() if JIT_ENABLED else None
+
+
+def _use_safe_cache_file(dispatcher):
+    """Give ``dispatcher``'s on-disk cache the process-safe file of :func:`_safe_cache_file_class`."""
+    cache = getattr(dispatcher, "_cache", None)
+    old = getattr(cache, "_cache_file", None)
+    if _SAFE_CACHE_FILE is None or old is None or not hasattr(old, "_index_name"):
+        return dispatcher
+    cache._cache_file = _SAFE_CACHE_FILE(old._cache_path, old._index_name[: -len(".nbi")], old._source_stamp)
+    return dispatcher
+
+
 #: Environment overrides that change generated code (kernel shapes). Numba's cache key knows the
 #: host CPU but not these, so a cached kernel compiled without them would be reused wrongly:
 #: while any is set, fastla compiles without the on-disk cache.
@@ -153,9 +223,46 @@ def jit(fn=None, *, parallel=False, fastmath=FASTMATH, inline="never"):
             "inline": inline,
             "error_model": "numpy",  # x/0 gives inf/nan like NumPy instead of raising
         }
-        return numba.njit(cache=CACHE, **options)(f)
+        if CACHE:
+            try:
+                return _use_safe_cache_file(numba.njit(cache=True, **options)(f))
+            except RuntimeError as exc:  # "cannot cache function ...: no locator available"
+                _warn_uncached(exc)
+        return numba.njit(cache=False, **options)(f)
 
     return wrap(fn) if fn is not None else wrap
+
+
+_UNCACHED = []
+
+
+def _warn_uncached(exc):
+    """Warn once that no cache location is writable: kernels then compile in every process."""
+    if not _UNCACHED:
+        import warnings
+
+        warnings.warn(
+            "fastla: no writable location for Numba's kernel cache (the package directory, "
+            f"NUMBA_CACHE_DIR and the per-user cache directory all failed: {exc}); kernels will "
+            "be compiled in every process. Set NUMBA_CACHE_DIR to a writable directory.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    _UNCACHED.append(exc)
+
+
+def cache_dirs():
+    """The directories holding fastla's cached kernels (empty when caching is off)."""
+    import sys
+
+    dirs = set()
+    for name, module in list(sys.modules.items()):
+        if name == "fastla" or name.startswith("fastla."):
+            for obj in vars(module).values():
+                path = getattr(getattr(obj, "_cache", None), "_cache_path", None)
+                if path:
+                    dirs.add(path)
+    return dirs
 
 
 def intrinsic(twin):
@@ -332,10 +439,28 @@ def run_parallel(fn, *args, **kwargs):
     apply_num_threads()
     if not JIT_ENABLED:
         return python_rendering(fn, *args, **kwargs)
+    ensure_threads()
     if _NEEDS_LOCK:
         with _PARALLEL_LOCK:
             return fn(*args, **kwargs)
     return fn(*args, **kwargs)
+
+
+_THREADS = []
+
+
+def ensure_threads():
+    """Start Numba's threading layer before the first compiled call of this process.
+
+    A kernel loaded from the on-disk cache that calls a parallel kernel (LU's factorisation calls
+    the parallel GEMM driver) crashes if the threading layer has not been started: Numba records
+    "start the threads on load" for a function with parallel loops, but when the callee itself came
+    from the cache while the caller compiled, the caller's cache entry lacks that record. Seen here:
+    ``lu_factor`` segfaulted in a fresh process after ``fastla warmup`` had filled the cache.
+    """
+    if not _THREADS and JIT_ENABLED:
+        numba.get_num_threads()  # starts the layer as a side effect
+        _THREADS.append(True)
 
 
 def python_rendering(fn, *args, **kwargs):

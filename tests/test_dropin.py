@@ -112,17 +112,23 @@ def _outcome(fn, args, kwargs):
                 return None, exc
 
 
-def _tolerance(dtype):
+def _tolerance(dtype, loose=False):
+    """(rtol, atol relative to the largest |value|); ``loose`` for iterates (see LOOSE)."""
     if dtype.kind not in "fc":
         return 0, 0
-    return {2: (5e-3, 1e-3), 4: (1e-4, 1e-5), 8: (1e-9, 1e-11)}.get(np.dtype(dtype).itemsize, (1e-4, 1e-5))
+    table = (
+        {2: (5e-3, 1e-3), 4: (1e-3, 1e-4), 8: (1e-5, 1e-7)}
+        if loose
+        else {2: (5e-3, 1e-3), 4: (1e-4, 1e-5), 8: (1e-9, 1e-11)}
+    )
+    return table.get(np.dtype(dtype).itemsize, table[4])
 
 
-def _assert_same_result(got, exp, where):
+def _assert_same_result(got, exp, where, loose=False):
     if isinstance(exp, tuple):
         assert isinstance(got, tuple) and len(got) == len(exp), where
         for g, e in zip(got, exp, strict=True):
-            _assert_same_result(g, e, where)
+            _assert_same_result(g, e, where, loose)
         return
     assert type(got) is type(exp), f"{where}: type {type(got).__name__} != {type(exp).__name__}"
     g, e = np.asarray(got), np.asarray(exp)
@@ -130,7 +136,7 @@ def _assert_same_result(got, exp, where):
     assert g.shape == e.shape, f"{where}: shape {g.shape} != {e.shape}"
     if e.dtype == object:
         e, g = e.astype(np.float64), g.astype(np.float64)
-    rtol, atol = _tolerance(e.dtype)
+    rtol, atol = _tolerance(e.dtype, loose)
     scale = np.max(np.abs(e[np.isfinite(e)]), initial=0) if e.dtype.kind in "fc" else 0
     np.testing.assert_allclose(g, e, rtol=rtol, atol=atol * max(scale, 1), equal_nan=True, err_msg=where)
 
@@ -147,7 +153,12 @@ def _assert_unchanged(snap, where):
         assert same, f"{where}: an input was modified"
 
 
-def check(fl_fn, anchor, args, kwargs=None, where=""):
+#: Results that are iterates, not exact: the eigenpair meets its residual tolerance (1e-8 relative
+#: for float64), so the eigenvector agrees with eigh's to about tol / gap, not to rounding.
+LOOSE = {"power_iteration"}
+
+
+def check(fl_fn, anchor, args, kwargs=None, where="", loose=False):
     """fastla and the anchor agree on ``fn(*args, **kwargs)``; the inputs stay unchanged."""
     kwargs = kwargs or {}
     snap = _snapshot(args, kwargs)
@@ -162,7 +173,7 @@ def check(fl_fn, anchor, args, kwargs=None, where=""):
         assert str(got_err), f"{where}: an error without a message"
         return
     assert got_err is None, f"{where}: fastla raised {got_err!r}, the anchor returned a result"
-    _assert_same_result(got, exp, where)
+    _assert_same_result(got, exp, where, loose)
 
 
 # --------------------------------------------------------------------------- anchors
@@ -369,13 +380,13 @@ def test_like_the_anchor(case, variant_name):
         args = ((_apply((lu,), VARIANTS[variant_name])[0], piv), *_apply((b,), VARIANTS[variant_name]))
     else:
         args = _apply(args, VARIANTS[variant_name])
-    check(fn, anchor, args, kwargs, where=f"{case} / {variant_name}")
+    check(fn, anchor, args, kwargs, where=f"{case} / {variant_name}", loose=case in LOOSE)
 
 
 @pytest.mark.parametrize("case", sorted(c for c in CASES if c != "lu_solve"))
 def test_mixed_dtypes(case):
     fn, anchor, args, kwargs = CASES[case]
-    check(fn, anchor, _mixed(args), kwargs, where=f"{case} / float32 + float64")
+    check(fn, anchor, _mixed(args), kwargs, where=f"{case} / float32 + float64", loose=case in LOOSE)
 
 
 def _shape_cases():
@@ -418,7 +429,7 @@ def _shape_cases():
 def test_shapes_like_the_anchor(i):
     case, args = _shape_cases()[i]
     fn, anchor, _, kwargs = CASES[case]
-    check(fn, anchor, args, kwargs, where=f"{case} {[np.shape(a) for a in args]}")
+    check(fn, anchor, args, kwargs, where=f"{case} {[np.shape(a) for a in args]}", loose=case in LOOSE)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,308 @@
+"""Ahead-of-time compilation into Numba's on-disk cache: ``fastla.warmup`` and ``python -m fastla warmup``.
+
+A compiled kernel's first call in a fresh environment compiles it (seconds; the GEMM-based ops the
+longest), and so does the first call after every upgrade of fastla, because the cache is keyed to
+the machine and to the package's sources. Warming up once, for example in a Docker image's build or
+a post-install step, moves that wait out of the first request:
+
+    RUN pip install fastla && python -m fastla warmup
+
+Each op's warm-up call runs the kernels a typical call of that op compiles, on tiny inputs, for one
+dtype. The kernels take their inputs in one canonical type (C-contiguous or strided views, read-only
+typed; see ``fastla._jit``), so a warmed kernel serves every layout of the same dtype. Kernels
+compiled for exact sizes (stacks of 3x3/4x4 products and systems) are warmed for those sizes only;
+other small sizes compile on their first call.
+
+Numba compiles one function at a time in a process, so each (op, dtype) runs in its own process,
+``jobs`` at a time (default: one per core), the slowest first. Processes filling the same cache
+at once do not corrupt it (``fastla._jit``'s cache file: hashed data file names, a locked index).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+
+__all__ = ["OPS", "cache_report", "warmup"]
+
+
+def _matmul(dt):
+    import fastla
+
+    a = np.ones((40, 40), dt)
+    fastla.matmul(a, a, backend="numba")
+    for n in (3, 4):
+        s = np.ones((64, n, n), dt)
+        fastla.matmul(s, s, backend="numba")
+
+
+def _solve(dt):
+    import fastla
+
+    for n in (3, 4):
+        a = np.ones((64, n, n), dt) + np.eye(n, dtype=dt)
+        fastla.solve(a, np.ones((64, n, 1), dt), backend="numba")
+    a = np.eye(40, dtype=dt) + 0.5
+    fastla.solve(a, np.ones(40, dt), backend="numba")
+
+
+def _lu(dt):
+    import fastla
+
+    a = np.eye(40, dtype=dt) + 0.5
+    fastla.lu_solve(fastla.lu_factor(a, backend="numba"), np.ones(40, dt), backend="numba")
+
+
+def _softmax(dt):
+    import fastla
+
+    x = np.ones((8, 16), dt)
+    for fn in (fastla.softmax, fastla.log_softmax):
+        fn(x, backend="numba")
+        fn(x, axis=0, backend="numba")
+
+
+def _cross_entropy(dt):
+    import fastla
+
+    x = np.ones((8, 16), dt)
+    fastla.cross_entropy(x, np.zeros(8, np.int64), backend="numba")
+    fastla.cross_entropy(x, np.full((8, 16), 1 / 16, dt), backend="numba")
+
+
+def _cosine_similarity(dt):
+    import fastla
+
+    x = np.ones((20, 8), dt)
+    fastla.cosine_similarity(x, x[:5], backend="numba")
+    fastla.cosine_similarity(x, backend="numba")
+
+
+def _cosine_topk(dt):
+    import fastla
+
+    x = np.ones((20, 8), dt)
+    fastla.cosine_topk(x, x, 3, backend="numba")
+
+
+def _power_iteration(dt):
+    import fastla
+
+    a = np.diag(np.arange(1.0, 21.0)).astype(dt)
+    fastla.power_iteration(a, backend="numba")
+    fastla.power_iteration(a, 2, backend="numba")
+    fastla.power_iteration(a + np.triu(np.ones_like(a), 1), backend="numba")  # non-symmetric
+
+
+def _attention(dt):
+    import fastla
+
+    q = np.ones((2, 16, 8), dt)
+    fastla.scaled_dot_product_attention(q, q, q, backend="numba")
+    fastla.scaled_dot_product_attention(q, q, q, is_causal=True, return_weights=True, backend="numba")
+
+
+#: op name -> the warm-up call for one dtype (the tests check that every registered op has one)
+OPS = {
+    "matmul": _matmul,
+    "solve": _solve,
+    "lu_factor": _lu,
+    "lu_solve": _lu,
+    "softmax": _softmax,
+    "log_softmax": _softmax,
+    "cross_entropy": _cross_entropy,
+    "cosine_similarity": _cosine_similarity,
+    "cosine_topk": _cosine_topk,
+    "power_iteration": _power_iteration,
+    "scaled_dot_product_attention": _attention,
+}
+DTYPES = ("float32", "float64")
+#: Cold compile seconds of each op's warm-up call for one dtype (Intel Xeon, 2 cores, 2 jobs at once),
+#: to start the slowest first: with the two attention jobs last, 18 jobs took 128 s instead of 80 s.
+_COST = {
+    "scaled_dot_product_attention": 20,
+    "solve": 15,
+    "lu_factor": 13,
+    "matmul": 10,
+    "cosine_topk": 8,
+    "softmax": 7,
+    "power_iteration": 7,
+    "cross_entropy": 4,
+    "cosine_similarity": 4,
+}
+
+
+def run_one(op, dtype):
+    """Run ``op``'s warm-up call for ``dtype`` in this process; return the seconds it took."""
+    t0 = time.perf_counter()
+    OPS[op](np.dtype(dtype))
+    return time.perf_counter() - t0
+
+
+def run_op(op, dtypes):
+    """Run ``op``'s warm-up calls for each of ``dtypes`` in this process; return the seconds."""
+    return sum(run_one(op, dt) for dt in dtypes)
+
+
+def _jobs(ops, dtypes):
+    ops = list(OPS) if ops is None else [ops] if isinstance(ops, str) else list(ops)
+    unknown = sorted(set(ops) - set(OPS))
+    if unknown:
+        raise ValueError(f"warmup: unknown op(s) {', '.join(unknown)}; known: {', '.join(OPS)}")
+    dtypes = [dtypes] if isinstance(dtypes, str) else list(dtypes)
+    for dt in dtypes:
+        if np.dtype(dt) not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise ValueError(f"warmup: dtype {dt} is not compiled (float32, float64)")
+    names = list(dict.fromkeys(np.dtype(dt).name for dt in dtypes))
+    seen, jobs = set(), []
+    for op in sorted(ops, key=lambda o: -_COST.get(o, 0)):  # the slowest first: the best packing
+        if OPS[op] not in seen:  # ops sharing a warm-up call (lu_factor / lu_solve) run it once
+            seen.add(OPS[op])
+            jobs += [(op, (dt,)) for dt in names]
+    return jobs
+
+
+def _spawn(op, dtypes):
+    code = f"import fastla._warmup as w; print(w.run_op({op!r}, {dtypes!r}))"
+    return subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _bar(done, total, width=24):
+    filled = width * done // max(total, 1)
+    return "[" + "#" * filled + "." * (width - filled) + f"] {done}/{total}"
+
+
+def _run_all(jobs, n_jobs, progress, stream):
+    """Run the (op, dtypes) jobs in subprocesses, ``n_jobs`` at a time; return ``{op: seconds}``."""
+    pending = list(jobs)
+    running = {}
+    times = {}
+    failures = []
+    t0 = time.perf_counter()
+    while pending or running:
+        while pending and len(running) < n_jobs:
+            job = pending.pop(0)
+            running[job] = _spawn(*job)
+        time.sleep(0.05)
+        for job, proc in list(running.items()):
+            if proc.poll() is None:
+                continue
+            out, err = proc.communicate()
+            del running[job]
+            op, dtypes = job
+            if proc.returncode != 0:
+                last = err.strip().splitlines()[-1] if err.strip() else f"exit {proc.returncode}"
+                failures.append(f"{op}: {last}")
+                times[op] = float("nan")
+            else:
+                times[op] = float(out.strip().splitlines()[-1])
+            if progress:
+                line = f"{_bar(len(times), len(jobs))} {op} ({', '.join(dtypes)}): {times[op]:.1f} s"
+                print(line, file=stream, flush=True)
+    if failures:
+        raise RuntimeError("warmup failed for: " + "; ".join(failures))
+    if progress:
+        print(f"warmup: {len(jobs)} jobs in {time.perf_counter() - t0:.1f} s", file=stream, flush=True)
+    return times
+
+
+def warmup(ops=None, dtypes=DTYPES, *, background=False, jobs=None, progress=True, stream=None):
+    """Compile fastla's kernels into Numba's on-disk cache ahead of their first use.
+
+    Parameters
+    ----------
+    ops : str or sequence of str, optional
+        Operations to warm (default: all; see :data:`OPS`).
+    dtypes : str or sequence of str
+        ``"float32"`` and/or ``"float64"``.
+    background : bool
+        Start the work in a daemon thread and return that thread at once (for a server that must not
+        stall its first request). After compiling into the cache, the thread also loads the kernels
+        into this process, so that the first request finds them ready. ``thread.join()`` waits for
+        it; ``thread.result`` then holds the timings (or ``thread.error`` the exception).
+    jobs : int, optional
+        Processes compiling at once (default: the number of cores).
+    progress : bool
+        Print a progress line per job, then the cache location and size (to ``stream``, default
+        stderr).
+
+    Returns
+    -------
+    dict or threading.Thread
+        ``{op: seconds}`` (the time of each op's warm-up calls: compiling, or loading from the
+        cache), or the thread.
+
+    Examples
+    --------
+    >>> import fastla
+    >>> times = fastla.warmup(["softmax"], ["float64"], progress=False)  # doctest: +SKIP
+    """
+    from fastla import _jit
+
+    todo = _jobs(ops, dtypes)
+    n_jobs = max(1, jobs or os.cpu_count() or 1)
+    stream = sys.stderr if stream is None else stream
+    if not _jit.NUMBA_AVAILABLE or not _jit.JIT_ENABLED:
+        if progress:
+            print("warmup: nothing to compile (numba is unavailable or the JIT is disabled)", file=stream)
+        return {} if not background else _finished_thread({})
+
+    def work():
+        times = _run_all(todo, n_jobs, progress, stream)
+        if progress:
+            print(cache_report(), file=stream, flush=True)
+        return times
+
+    if not background:
+        return work()
+
+    def work_and_load():
+        times = work()
+        for op, dtypes in todo:  # from the cache now: milliseconds each
+            run_op(op, dtypes)
+        return times
+
+    class Warmup(threading.Thread):
+        result = None
+        error = None
+
+        def run(self):
+            try:
+                self.result = work_and_load()
+            except Exception as exc:  # reported on the thread; a server keeps running uncached
+                self.error = exc
+
+    thread = Warmup(name="fastla-warmup", daemon=True)
+    thread.start()
+    return thread
+
+
+def _finished_thread(result):
+    thread = threading.Thread(target=lambda: None, daemon=True)
+    thread.result, thread.error = result, None
+    thread.start()
+    return thread
+
+
+def cache_report():
+    """Where fastla's compiled kernels are cached, and how much space they take."""
+    from fastla import _jit
+
+    dirs = _jit.cache_dirs()
+    if not dirs:
+        return "cache: off (no writable cache location; kernels compile in each process)"
+    total = files = 0
+    for d in dirs:
+        for name in os.listdir(d) if os.path.isdir(d) else ():
+            if name.endswith((".nbi", ".nbc")):
+                total += os.path.getsize(os.path.join(d, name))
+                files += 1
+    where = ", ".join(sorted(dirs))
+    return f"cache: {where} ({files} files, {total / 2**20:.1f} MiB)"

@@ -1,0 +1,279 @@
+"""First use: ``fastla.warmup``, the on-disk cache's robustness, and an import that compiles nothing.
+
+Each test that needs a cold cache runs its code in a subprocess with its own ``NUMBA_CACHE_DIR``.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import fastla
+from fastla import _jit, _warmup
+
+needs_jit = pytest.mark.skipif(not _jit.JIT_ENABLED, reason="needs the JIT")
+needs_cache = pytest.mark.skipif(not _jit.CACHE, reason="on-disk cache off (a codegen override is set)")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fastla.__file__)))
+
+
+def _python(code, cache_dir, extra_env=None, cwd=None, check=True):
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir), **(extra_env or {})}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [cwd or ROOT, os.environ.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd or ROOT,
+        timeout=600,
+        check=False,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"subprocess failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def test_every_registered_op_has_a_warmup():
+    assert set(fastla.operations()) <= set(_warmup.OPS)
+
+
+def test_warmup_arguments():
+    with pytest.raises(ValueError, match="unknown op"):
+        fastla.warmup(["nope"], progress=False)
+    with pytest.raises(ValueError, match="not compiled"):
+        fastla.warmup(["softmax"], ["float16"], progress=False)
+    # lu_factor and lu_solve share one warm-up call: one job per dtype
+    assert _warmup._jobs(["lu_factor", "lu_solve"], ["float64"]) == [("lu_factor", ("float64",))]
+    jobs = _warmup._jobs(["softmax", "scaled_dot_product_attention"], ["float64", "float32"])
+    assert jobs[0] == ("scaled_dot_product_attention", ("float64",)) and len(jobs) == 4
+
+
+@needs_jit
+def test_import_compiles_nothing(tmp_path):
+    proc = _python(
+        """
+        import sys, numba, fastla
+        compiled = [f"{m}.{n}" for m, mod in list(sys.modules.items()) if m.startswith("fastla")
+                    for n, f in vars(mod).items()
+                    if isinstance(f, numba.core.registry.CPUDispatcher) and f.signatures]
+        print(len(compiled), compiled)
+        """,
+        tmp_path,
+    )
+    assert proc.stdout.startswith("0 "), proc.stdout
+
+
+@needs_jit
+@needs_cache
+def test_warmup_fills_the_cache_then_a_new_process_loads_it(tmp_path):
+    proc = _python(
+        """
+        import fastla, io
+        s = io.StringIO()
+        times = fastla.warmup(["softmax"], ["float64"], jobs=1, stream=s)
+        print(sorted(times), s.getvalue())
+        """,
+        tmp_path,
+    )
+    assert "['softmax']" in proc.stdout
+    assert "1/1" in proc.stdout and "cache:" in proc.stdout and "MiB" in proc.stdout
+    loaded = _python(
+        """
+        import sys, numpy as np, fastla
+        fastla.softmax(np.ones((4, 5)), backend="numba")
+        k = sys.modules["fastla.softmax"]._softmax_rows
+        print(sum(k.stats.cache_hits.values()), sum(k.stats.cache_misses.values()))
+        """,
+        tmp_path,
+    )
+    hits, misses = loaded.stdout.split()[-2:]
+    assert int(misses) == 0 and int(hits) >= 1, loaded.stdout
+
+
+@needs_jit
+def test_background_warmup_returns_a_thread(tmp_path):
+    proc = _python(
+        """
+        import fastla
+        t = fastla.warmup(["cross_entropy"], ["float64"], background=True, progress=False, jobs=1)
+        print(type(t).__name__, flush=True)
+        t.join(600)
+        print(t.error, sorted(t.result))
+        """,
+        tmp_path,
+    )
+    first, second = proc.stdout.strip().splitlines()
+    assert first == "Warmup"
+    assert second == "None ['cross_entropy']"
+
+
+@needs_jit
+def test_no_writable_cache_location_warns_once_and_works(tmp_path):
+    """Every cache location unwritable (only a NUMBA_CACHE_DIR under /proc offered): import and
+    calls work uncached, with one warning."""
+    proc = _python(
+        """
+        import warnings
+        warnings.simplefilter("always")
+        import numpy as np, fastla
+        print(float(fastla.softmax(np.zeros(4), backend="numba")[0]))
+        """,
+        "/proc/fastla-cannot-write-here",
+        extra_env={"NUMBA_CACHE_LOCATOR_CLASSES": "numba.core.caching.UserProvidedCacheLocator"},
+    )
+    assert proc.stdout.strip() == "0.25"
+    assert proc.stderr.count("no writable location for Numba's kernel cache") == 1, proc.stderr
+
+
+@needs_jit
+def test_unwritable_numba_cache_dir_falls_back(tmp_path):
+    """An unwritable NUMBA_CACHE_DIR: Numba's next locator (the package directory or the per-user
+    cache) takes over; no warning, no crash."""
+    proc = _python(
+        """
+        import warnings
+        warnings.simplefilter("error")
+        import numpy as np, fastla
+        from fastla import _jit
+        print(float(fastla.softmax(np.zeros(4), backend="numba")[0]), bool(_jit.cache_dirs()))
+        """,
+        "/proc/fastla-cannot-write-here",
+    )
+    assert proc.stdout.split() == ["0.25", "True"]
+
+
+@needs_jit
+@needs_cache
+def test_concurrent_warmups_do_not_corrupt_the_cache(tmp_path):
+    """Two processes fill one cache at once (as pytest-xdist workers do); then every index entry
+    points at its own data file and a third process runs everything from the cache correctly.
+
+    Numba's own cache file numbers data files by the first free slot it saw, so two processes once
+    wrote different overloads into the same file; a later load ran the wrong machine code."""
+    # the two processes add the float32 and float64 overloads of the same kernels in opposite orders
+    code = """
+        import sys, fastla._warmup as w
+        for dt in sys.argv[1:]:
+            w.run_one("softmax", dt)
+    """
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "PYTHONPATH": ROOT}
+    cmd = [sys.executable, "-c", textwrap.dedent(code)]
+    procs = [
+        subprocess.Popen([*cmd, *order], env=env, stderr=subprocess.PIPE)
+        for order in (("float64", "float32"), ("float32", "float64"))
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err.decode()[-2000:]
+    for index in glob.glob(str(tmp_path / "**" / "*.nbi"), recursive=True):
+        with open(index, "rb") as f:
+            pickle.load(f)  # numba's version
+            _, overloads = pickle.loads(f.read())
+        names = list(overloads.values())
+        assert len(names) == len(set(names)), index
+        assert all(os.path.exists(os.path.join(os.path.dirname(index), n)) for n in names), index
+    check = _python(
+        """
+        import sys, numpy as np, scipy.special as sps, fastla
+        for dt in (np.float64, np.float32):
+            x = np.random.default_rng(1).standard_normal((8, 16)).astype(dt)
+            for fn, ref in ((fastla.softmax, sps.softmax), (fastla.log_softmax, sps.log_softmax)):
+                for axis in (-1, 0):
+                    assert np.allclose(fn(x, axis=axis, backend="numba"), ref(x, axis=axis), atol=1e-5)
+        k = sys.modules["fastla.softmax"]._softmax_rows
+        print("ok", sum(k.stats.cache_misses.values()))
+        """,
+        tmp_path,
+    )
+    assert check.stdout.split() == ["ok", "0"]  # loaded from the cache, and correct
+
+
+@needs_jit
+@needs_cache
+def test_changed_source_recompiles(tmp_path):
+    """A cached kernel goes stale when any fastla source changes (an upgrade): it is recompiled,
+    never run stale."""
+    pkg = tmp_path / "src"
+    skip = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(os.path.join(ROOT, "fastla"), pkg / "fastla", ignore=skip)
+    code = """
+        import sys, numpy as np, fastla
+        fastla.softmax(np.ones((4, 5)), backend="numba")
+        k = sys.modules["fastla.softmax"]._softmax_rows
+        print(sum(k.stats.cache_hits.values()), sum(k.stats.cache_misses.values()))
+    """
+    cache = tmp_path / "cache"
+    run = lambda: _python(code, cache, cwd=str(pkg)).stdout.split()[-2:]  # noqa: E731
+    assert run() == ["0", "1"]  # compiled
+    assert run() == ["1", "0"]  # loaded
+    with open(pkg / "fastla" / "_math.py", "a") as f:  # a module the kernel compiles in
+        f.write("\n# an edit\n")
+    assert run() == ["0", "1"]  # recompiled, not run stale
+
+
+def test_cache_report_names_a_location():
+    text = _warmup.cache_report()
+    assert text.startswith("cache: ")
+
+
+@needs_jit
+def test_warmup_calls_run_in_process():
+    for op in ("softmax", "cosine_topk"):
+        assert _warmup.run_one(op, np.float64) >= 0
+
+
+@needs_jit
+def test_cache_file_never_shares_a_data_file_between_overloads(tmp_path):
+    """The race behind the corruption, made deterministic: a second process adds an overload from an
+    index read before the first one's entry landed. Numba's numbering gives both overloads
+    ``<name>.1.nbc`` (the second overwrites the first's machine code); fastla's hashed names keep
+    them apart."""
+    safe = _jit._SAFE_CACHE_FILE
+    assert safe is not None
+
+    class Stale(safe):
+        def _load_index(self):
+            return {}  # the index as it was before the other process wrote
+
+    first, second = safe(str(tmp_path), "k", "stamp"), Stale(str(tmp_path), "k", "stamp")
+    first.save(("sig-f64", "host"), ("code f64",))
+    name_first = first._load_index()[("sig-f64", "host")]
+    second.save(("sig-f32", "host"), ("code f32",))
+    name_second = first._load_index()[("sig-f32", "host")]
+    assert name_first != name_second
+    assert first._load_data(name_first) == ("code f64",)
+    assert first._load_data(name_second) == ("code f32",)
+
+
+@needs_jit
+@needs_cache
+def test_cached_caller_of_a_parallel_kernel_runs_first_in_a_fresh_process(tmp_path):
+    """LU's factorisation calls the parallel GEMM driver. Compiled in a process that loaded the
+    driver from the cache, its cache entry lacks Numba's "start the threads on load" record, and
+    it segfaulted when it was the first kernel a new process ran (after ``fastla warmup``)."""
+    _python(
+        "import numpy as np, fastla; fastla.matmul(np.ones((40, 40)), np.ones((40, 40)), backend='numba')",
+        tmp_path,
+    )
+    _python(
+        "import numpy as np, fastla; fastla.solve(np.eye(40) + 1, np.ones(40), backend='numba')", tmp_path
+    )
+    proc = _python(
+        """
+        import numpy as np, fastla
+        lu, piv = fastla.lu_factor(np.eye(40) + 1, backend="numba")
+        print(piv[:3])
+        """,
+        tmp_path,
+        check=False,
+    )
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-1000:]}"
