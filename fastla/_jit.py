@@ -59,16 +59,24 @@ def _thread_id_python():
 thread_id = numba.get_thread_id if JIT_ENABLED else _thread_id_python
 
 
+#: fastla sources no compiled kernel is built from (the benchmark harness, the command line, the
+#: warm-up driver, the dask and ML layers above the public functions): editing them must not make
+#: every cached kernel stale.
+NOT_COMPILED_IN = ("bench", "__main__.py", "_warmup.py", "dask.py", "ml.py")
+
+
 @functools.cache
 def package_source_stamp():
-    """Hash of every fastla source file: part of each cached kernel's freshness stamp."""
+    """Hash of every fastla source file kernels may be compiled from (all but
+    :data:`NOT_COMPILED_IN`): part of each cached kernel's freshness stamp."""
     import hashlib
 
     root = os.path.dirname(os.path.abspath(__file__))
     digest = hashlib.sha256()
-    for folder, _, files in sorted(os.walk(root)):
+    for folder, dirs, files in sorted(os.walk(root)):
+        dirs[:] = sorted(d for d in dirs if not (folder == root and d in NOT_COMPILED_IN))
         for name in sorted(files):
-            if name.endswith(".py"):
+            if name.endswith(".py") and not (folder == root and name in NOT_COMPILED_IN):
                 with open(os.path.join(folder, name), "rb") as f:
                     digest.update(name.encode() + f.read())
     return digest.hexdigest()
@@ -523,16 +531,24 @@ def host_cpu():
 
 
 @functools.cache
-def simd_bytes():
-    """Width of the SIMD registers the compiled kernels use: 64 (AVX-512), 32 (AVX2) or 16."""
-    if os.environ.get("FASTLA_SIMD_BYTES"):  # for studying the AVX2 kernels on an AVX-512 host
-        return int(os.environ["FASTLA_SIMD_BYTES"])
+def native_simd_bytes():
+    """Width of the widest SIMD registers of the target Numba compiles for: 64, 32 or 16."""
     feats = host_cpu()[1]
     if "avx512f" in feats:
         return 64
     if "avx2" in feats and "fma" in feats:
         return 32
     return 16
+
+
+@functools.cache
+def simd_bytes():
+    """Width of the SIMD registers the compiled kernels use: :func:`native_simd_bytes`, or
+    ``FASTLA_SIMD_BYTES`` (to study or test another width's kernel shapes on this host; a width the
+    host lacks still runs, LLVM splitting each vector into the registers it has)."""
+    if os.environ.get("FASTLA_SIMD_BYTES"):
+        return int(os.environ["FASTLA_SIMD_BYTES"])
+    return native_simd_bytes()
 
 
 # --------------------------------------------------------------------------- vector width

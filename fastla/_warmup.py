@@ -180,11 +180,13 @@ def _bar(done, total, width=24):
 
 
 def _run_all(jobs, n_jobs, progress, stream):
-    """Run the (op, dtypes) jobs in subprocesses, ``n_jobs`` at a time; return ``{op: seconds}``."""
+    """Run the (op, dtypes) jobs in subprocesses, ``n_jobs`` at a time; return ``{op: seconds}``
+    (summed over the op's jobs)."""
     pending = list(jobs)
     running = {}
     times = {}
     failures = []
+    done = 0
     t0 = time.perf_counter()
     while pending or running:
         while pending and len(running) < n_jobs:
@@ -196,15 +198,17 @@ def _run_all(jobs, n_jobs, progress, stream):
                 continue
             out, err = proc.communicate()
             del running[job]
+            done += 1
             op, dtypes = job
             if proc.returncode != 0:
                 last = err.strip().splitlines()[-1] if err.strip() else f"exit {proc.returncode}"
-                failures.append(f"{op}: {last}")
-                times[op] = float("nan")
+                failures.append(f"{op} ({', '.join(dtypes)}): {last}")
+                seconds = float("nan")
             else:
-                times[op] = float(out.strip().splitlines()[-1])
+                seconds = float(out.strip().splitlines()[-1])
+            times[op] = times.get(op, 0.0) + seconds
             if progress:
-                line = f"{_bar(len(times), len(jobs))} {op} ({', '.join(dtypes)}): {times[op]:.1f} s"
+                line = f"{_bar(done, len(jobs))} {op} ({', '.join(dtypes)}): {seconds:.1f} s"
                 print(line, file=stream, flush=True)
     if failures:
         raise RuntimeError("warmup failed for: " + "; ".join(failures))

@@ -215,6 +215,9 @@ def test_changed_source_recompiles(tmp_path):
     run = lambda: _python(code, cache, cwd=str(pkg)).stdout.split()[-2:]  # noqa: E731
     assert run() == ["0", "1"]  # compiled
     assert run() == ["1", "0"]  # loaded
+    with open(pkg / "fastla" / "ml.py", "a") as f:  # no kernel compiles ml.py in
+        f.write("\n# an edit\n")
+    assert run() == ["1", "0"]  # still loaded
     with open(pkg / "fastla" / "_math.py", "a") as f:  # a module the kernel compiles in
         f.write("\n# an edit\n")
     assert run() == ["0", "1"]  # recompiled, not run stale
