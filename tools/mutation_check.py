@@ -1,0 +1,276 @@
+"""Mutation check: do the tests notice plausible kernel bugs?
+
+Each mutant is one small edit of a kernel (a wrong pivot rule, a dropped accumulation, an
+off-by-one at a tile edge, a sign error, ...). For each, this copies ``fastla/`` and ``tests/`` to a
+temporary directory, applies the edit, and runs the tests that guard that kernel with a fresh Numba
+cache. A mutant the tests do not kill (pytest exits 0) *survived*: a gap in the suite.
+
+    python tools/mutation_check.py            # all mutants, 2 at a time
+    python tools/mutation_check.py --list
+    python tools/mutation_check.py lu-pivot-only-on-zero topk-drop-kc-accumulation --jobs 1
+
+Exit status 1 if any mutant survived (or could not be applied: its source line changed). Not run in
+CI (each mutant recompiles the kernels it touches: a few minutes in all); run it before closing work
+that changes a kernel, and add a mutant for every kernel change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    file: str  # relative to fastla/
+    old: str  # must occur exactly once
+    new: str
+    tests: tuple[str, ...]  # pytest arguments (paths, node ids, -k expressions)
+    what: str
+
+
+MUTANTS = [
+    Mutant(
+        "lu-lane-pivot-only-on-zero",
+        "lu.py",
+        'g = builder.fcmp_ordered(">", val, best)',
+        'g = builder.and_(builder.fcmp_ordered(">", val, best), builder.fcmp_ordered("==", best, zero_f))',
+        ("tests/test_lu.py", "-k", "small or pivoting or lanes"),
+        "batched tiny solver swaps rows only when the pivot is exactly zero (the audit's mutant)",
+    ),
+    Mutant(
+        "lu-panel-pivot-only-on-zero",
+        "lu.py",
+        "            if v > best:  # strict: the first maximum, as LAPACK's idamax",
+        "            if v > best and best == 0:",
+        ("tests/test_lu.py",),
+        "blocked LU's panel pivots only on an exactly zero diagonal",
+    ),
+    Mutant(
+        "lu-substitution-off-by-one",
+        "lu.py",
+        "            b[i, 0] -= _row_dot(lu, b, i, 0, i)",
+        "            b[i, 0] -= _row_dot(lu, b, i, 0, i - 1)",
+        ("tests/test_lu.py",),
+        "forward substitution skips the last term of each row",
+    ),
+    Mutant(
+        "gemm-drop-kc-accumulation",
+        "_gemm_kernels.py",
+        "            load_c = accumulate or pc > 0",
+        "            load_c = accumulate",
+        ("tests/test_matmul.py",),
+        "each rank-KC update overwrites C instead of adding to it",
+    ),
+    Mutant(
+        "gemm-edge-tile-off-by-one",
+        "_gemm_kernels.py",
+        "                    for j in range(cols):\n                        at = _U(c_at + i * ldc + j)",
+        "                    for j in range(cols - 1):\n                        at = _U(c_at + i * ldc + j)",
+        ("tests/test_matmul.py",),
+        "edge tiles copy one column short",
+    ),
+    Mutant(
+        "small-matmul-drop-last-k",
+        "_gemm_kernels.py",
+        "                    for p in range(1, K):",
+        "                    for p in range(1, K - 1):",
+        ("tests/test_matmul.py",),
+        "the fixed-size small-matrix kernel drops the last term of the dot product",
+    ),
+    Mutant(
+        "topk-drop-kc-accumulation",
+        "similarity.py",
+        "ap, a_off, bp[pc * tn :], npan, kc, rows, cols, sc, s_off, tn, pc > 0, tile",
+        "ap, a_off, bp[pc * tn :], npan, kc, rows, cols, sc, s_off, tn, False, tile",
+        ("tests/test_similarity.py",),
+        "fused top-k keeps only the last KC block of each score (the audit's mutant)",
+    ),
+    Mutant(
+        "topk-ties-to-higher-index",
+        "similarity.py",
+        "    return v == v and (s != s or v > s)",
+        "    return v == v and (s != s or v >= s)",
+        ("tests/test_similarity.py",),
+        "a later corpus row with an equal score displaces the earlier one",
+    ),
+    Mutant(
+        "topk-nan-not-last",
+        "similarity.py",
+        "    return v == v and (s != s or v > s)",
+        "    return s != s or v > s or v != v",
+        ("tests/test_similarity.py",),
+        "NaN scores enter the top-k",
+    ),
+    Mutant(
+        "cosine-no-rescale-of-extreme-rows",
+        "similarity.py",
+        "                e = math.frexp(mx)[1]",
+        "                e = 0",
+        ("tests/test_similarity.py",),
+        "subnormal / near-overflow rows are not rescaled by the compiled norm pass",
+    ),
+    Mutant(
+        "exp-drop-ln2-lo",
+        "_math.py",
+        "    r = r - nf * _LN2_LO\n",
+        "    r = r\n",
+        ("tests/test_math.py",),
+        "exp's Cody-Waite range reduction loses its low part (float64)",
+    ),
+    Mutant(
+        "exp-f32-wrong-coefficient",
+        "_math.py",
+        "    p = p * r + _D2\n",
+        "    p = p * r + _D3\n",
+        ("tests/test_math.py",),
+        "float32 exp polynomial with a wrong coefficient",
+    ),
+    Mutant(
+        "row-max-is-min",
+        "_math.py",
+        "        k = kj if kj > k else k\n    return _jit.i64_as_f64",
+        "        k = kj if kj < k else k\n    return _jit.i64_as_f64",
+        ("tests/test_math.py", "tests/test_softmax.py"),
+        "float64 row max returns the minimum (softmax still sums to 1: only extremes show it)",
+    ),
+    Mutant(
+        "softmax-sum-drops-chunks",
+        "softmax.py",
+        '        total += part\n    return total\n\n\n@jit(inline="always")\ndef _row_sum',
+        '        total = part\n    return total\n\n\n@jit(inline="always")\ndef _row_sum',
+        ("tests/test_softmax.py",),
+        "softmax's row sum keeps only the last chunk (rows longer than _SUM_CHUNK)",
+    ),
+    Mutant(
+        "log-softmax-sign",
+        "softmax.py",
+        "                out[r, j] = x[r, j] - shift",
+        "                out[r, j] = x[r, j] + shift",
+        ("tests/test_softmax.py",),
+        "log_softmax adds the log-sum-exp instead of subtracting it",
+    ),
+    Mutant(
+        "cross-entropy-sign",
+        "softmax.py",
+        "        nll = lse - x[r, t]",
+        "        nll = lse + x[r, t]",
+        ("tests/test_softmax.py",),
+        "cross-entropy adds the target logit",
+    ),
+    Mutant(
+        "attention-causal-off-by-one",
+        "attention.py",
+        "                    if j0 + c > i0 + pn * nr + r:",
+        "                    if j0 + c >= i0 + pn * nr + r:",
+        ("tests/test_attention.py",),
+        "the causal mask also hides the diagonal",
+    ),
+    Mutant(
+        "attention-mask-ignored",
+        "attention.py",
+        "                    st[base + r] += mask[mb, ii, jj]",
+        "                    st[base + r] += 0 * mask[mb, ii, jj]",
+        ("tests/test_attention.py",),
+        "the float/bool attention mask is not applied",
+    ),
+    Mutant(
+        "attention-online-softmax-no-rescale",
+        "attention.py",
+        "                    l[mo + r] *= alpha[mo + r]",
+        "                    l[mo + r] *= 1",
+        ("tests/test_attention.py",),
+        "the running sum is not rescaled when the running max grows",
+    ),
+    Mutant(
+        "power-iteration-rayleigh-term-dropped",
+        "eigen.py",
+        "            vw += v[i] * s0 + v[i + 1] * s1 + v[i + 2] * s2 + v[i + 3] * s3",
+        "            vw += v[i] * s0 + v[i + 1] * s1 + v[i + 2] * s2",
+        ("tests/test_eigen.py",),
+        "the fused A v pass drops a term of v . Av (non-symmetric power iteration)",
+    ),
+]
+
+
+def _run(mutant, keep):
+    work = tempfile.mkdtemp(prefix=f"mutant-{mutant.name}-")
+    try:
+        for folder in ("fastla", "tests"):
+            shutil.copytree(os.path.join(ROOT, folder), os.path.join(work, folder),
+                            ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+        shutil.copy(os.path.join(ROOT, "pyproject.toml"), work)
+        path = os.path.join(work, "fastla", mutant.file)
+        with open(path) as f:
+            source = f.read()
+        if source.count(mutant.old) != 1:
+            return "NOT APPLIED", 0.0, f"the original text occurs {source.count(mutant.old)} times"
+        with open(path, "w") as f:
+            f.write(source.replace(mutant.old, mutant.new))
+        env = {
+            **os.environ,
+            "PYTHONPATH": work,
+            "NUMBA_CACHE_DIR": os.path.join(work, ".numba"),
+            "FASTLA_TEST_WARMUP": "0",
+        }
+        t0 = time.perf_counter()
+        cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+               "--benchmark-disable", *mutant.tests]  # fmt: skip
+        proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, check=False)
+        seconds = time.perf_counter() - t0
+        summary = (proc.stdout.strip().splitlines() or [""])[-1]
+        if proc.returncode == 0:
+            return "SURVIVED", seconds, summary
+        if proc.returncode in (1,):
+            return "killed", seconds, summary
+        return f"killed (exit {proc.returncode})", seconds, summary
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("names", nargs="*", help="mutants to run (default: all)")
+    parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    parser.add_argument("--jobs", type=int, default=2, help="mutants run at once (default 2)")
+    parser.add_argument("--keep", action="store_true", help="keep the mutated copies")
+    args = parser.parse_args(argv)
+    by_name = {m.name: m for m in MUTANTS}
+    if args.list:
+        for m in MUTANTS:
+            print(f"{m.name:40s} {m.file:18s} {m.what}")
+        return 0
+    unknown = [n for n in args.names if n not in by_name]
+    if unknown:
+        parser.error(f"unknown mutant(s): {', '.join(unknown)}")
+    chosen = [by_name[n] for n in args.names] if args.names else MUTANTS
+    from concurrent.futures import ThreadPoolExecutor
+
+    results = {}
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        futures = {pool.submit(_run, m, args.keep): m for m in chosen}
+        for fut in futures:
+            m = futures[fut]
+            status, seconds, detail = fut.result()
+            results[m.name] = status
+            print(f"{status:14s} {m.name:40s} {seconds:6.1f} s  {detail}", flush=True)
+    bad = [n for n, s in results.items() if s in ("SURVIVED", "NOT APPLIED")]
+    killed = sum(s.startswith("killed") for s in results.values())
+    print(f"\n{killed}/{len(results)} mutants killed; survivors or not applied: {', '.join(bad) or 'none'}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
