@@ -32,28 +32,32 @@ def _restore_global_settings():
 
 
 _WARMUP = {}
+_SESSION_START = time.perf_counter()  # conftest is imported as the session starts
+#: warm up only for a run this large (the whole suite); a few tests compile less than a warm-up does
+WARMUP_MIN_TESTS = 300
 
 
-def pytest_configure(config):
-    """With pytest-xdist workers (``-n N``), fill the kernel cache once, N processes at a time, before
-    the workers start: otherwise each worker compiles the same kernels itself. ``FASTLA_TEST_WARMUP=0``
-    skips it. With a warm cache this takes a few seconds."""
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_node_collection_finished(node, ids):
+    """With pytest-xdist workers (``-n N``) on the whole suite, fill the kernel cache once, N
+    processes at a time, before the first test is sent to a worker: otherwise each worker compiles
+    the same kernels itself. ``FASTLA_TEST_WARMUP=0`` skips it; with a warm cache it takes seconds."""
     from fastla import _jit
 
-    workers = getattr(config.option, "numprocesses", None)
-    if hasattr(config, "workerinput") or not workers or os.environ.get("FASTLA_TEST_WARMUP") == "0":
+    if _WARMUP or len(ids) < WARMUP_MIN_TESTS or os.environ.get("FASTLA_TEST_WARMUP") == "0":
         return
+    _WARMUP["start"] = time.perf_counter()
     if not (_jit.JIT_ENABLED and _jit.CACHE):
+        _WARMUP["seconds"] = 0.0
         return
-    jobs = workers if isinstance(workers, int) else os.cpu_count()
-    t0 = time.perf_counter()
-    fastla.warmup(jobs=jobs)
-    _WARMUP.update(seconds=time.perf_counter() - t0, start=t0)
+    workers = node.config.getoption("numprocesses", None)
+    fastla.warmup(jobs=workers if isinstance(workers, int) else os.cpu_count())
+    _WARMUP["seconds"] = time.perf_counter() - _WARMUP["start"]
 
 
 def pytest_terminal_summary(terminalreporter):
-    if _WARMUP:
-        total = time.perf_counter() - _WARMUP["start"]
+    if _WARMUP.get("seconds"):
+        total = time.perf_counter() - _SESSION_START
         terminalreporter.write_line(
             f"fastla: kernel warm-up (compiling into the cache) took {_WARMUP['seconds']:.0f} s of this "
             f"session's {total:.0f} s ({100 * _WARMUP['seconds'] / total:.0f}%)"

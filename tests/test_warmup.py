@@ -232,6 +232,11 @@ def test_cache_report_names_a_location():
 def test_warmup_calls_run_in_process():
     for op in ("softmax", "cosine_topk"):
         assert _warmup.run_one(op, np.float64) >= 0
+        assert _warmup.run_first(op, np.float64) >= 0
+
+
+def test_every_op_has_a_first_call():
+    assert set(_warmup._first_calls()) == set(_warmup.OPS)
 
 
 @needs_jit

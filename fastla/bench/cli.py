@@ -36,13 +36,23 @@ def add_parser(sub):
     p.add_argument("--ops", help="comma-separated ops, e.g. matmul,softmax (default: all)")
     p.add_argument("--threads", type=int, help="threads for numba and BLAS (default: all cores)")
     p.add_argument(
+        "--compile-ops",
+        help="ops whose cold/warm first call is measured: all, none or a comma list (default: the set's)",
+    )
+    p.add_argument(
         "--rounds", type=int, default=5, help="minimum timed rounds per benchmark (default 5; CI uses 3)"
     )
     p.add_argument("--json", help="where to write pytest-benchmark's JSON (default bench-results/)")
     p.add_argument("--plot", help="write a PNG plot here (needs matplotlib)")
-    p.add_argument("--check", action="store_true", help="exit 1 if a target ratio is below its floor")
-    p.add_argument("--compare", help="baseline JSON: exit 1 on a ratio regression past the tolerance")
-    p.add_argument("--save-baseline", help="write this run's ratios as a baseline JSON")
+    p.add_argument("--check", action="store_true", help="exit 1 if a measured target is below its floor")
+    p.add_argument(
+        "--compare",
+        help="baseline JSON, or a folder of them named by machine key (benchmarks/baselines): exit 1 on a "
+        "ratio regression past the tolerance; a baseline of another machine kind is not compared",
+    )
+    p.add_argument(
+        "--save-baseline", help="write this run's ratios as a baseline JSON (a folder: <key>.json)"
+    )
     p.add_argument("--readme", help="regenerate the benchmark section of this README")
     p.add_argument("--from-json", help="skip running: report on an existing pytest-benchmark JSON")
     return p
@@ -54,6 +64,8 @@ def _run_pytest(bench_dir, args, json_path):
         env["FASTLA_BENCH_OPS"] = args.ops
     if args.threads:
         env["FASTLA_BENCH_THREADS"] = str(args.threads)
+    if args.compile_ops:
+        env["FASTLA_BENCH_COMPILE_OPS"] = args.compile_ops
     cmd = [
         sys.executable,
         "-m",
@@ -89,13 +101,19 @@ def main(args):
             print(f"fastla bench: pytest exited with {rc}", file=sys.stderr)
             return rc
     rows, machine = report.load_rows(json_path)
-    settings, targets = report.load_targets(bench_dir / "targets.toml")
-    results = report.target_results(rows, targets, settings.get("tolerance", 0.75))
-    results = [r for r in results if r[2] != "not run"]
+    from fastla.bench import workloads as _w
+
+    settings, targets = report.load_targets(bench_dir / "targets.toml", _w.WORKLOADS)
+    tolerance = settings.get("tolerance", 0.75)
+    ops = args.ops.split(",") if args.ops else None
+    results = report.target_results(rows, targets, tolerance, _w.WORKLOADS, args.set, ops)
     text = report.header(machine) + "\n" + report.tables(rows)
     if results:
-        text += "\n**Targets** (ratio = fastla speed / anchor speed, same run, threads and dtype)\n\n"
-        text += report.targets_table(results)
+        text += (
+            "\n**Targets** (ratio = fastla speed / anchor speed, same run and dtype; mode: all-core = both "
+            "sides on all cores, per-core = one thread each side; --check fails below the floor)\n\n"
+        )
+        text += report.targets_table(results, tolerance)
     print(text)
     print(f"pytest-benchmark JSON: {json_path}")
     status = 0
@@ -107,25 +125,55 @@ def main(args):
     if args.readme:
         report.update_readme(args.readme, text)
         print(f"updated the benchmark section of {args.readme}")
+    key = report.machine_key(machine)
     if args.save_baseline:
         import json
 
-        with open(args.save_baseline, "w") as f:
-            json.dump({"machine": machine, "ratios": report.all_ratios(rows)}, f, indent=1, sort_keys=True)
-        print(f"baseline written: {args.save_baseline}")
+        path = Path(args.save_baseline)
+        path = path / f"{key}.json" if path.is_dir() else path
+        with open(path, "w") as f:
+            data = {"key": key, "set": args.set, "machine": machine, "ratios": report.all_ratios(rows)}
+            json.dump(data, f, indent=1, sort_keys=True)
+        print(f"baseline written: {path} (machine key {key})")
     if args.check:
         low = [r for r in results if r[2] == "BELOW FLOOR"]
         for t, measured, _ in low:
+            what = f"{t['impl']} vs {t['anchor']}" if "anchor" in t else t["impl"]
+            floor = report.target_floor(t, tolerance)
             print(
-                f"CHECK FAILED: {t['op']} {t['size']} {t['impl']} vs {t['anchor']}: {measured:.2f}× < floor"
+                f"CHECK FAILED: {t['op']} [{t['size']}] {what}: {measured:.3g} beyond the floor {floor:.3g}"
             )
+        if not low:
+            measured = sum(m is not None for _, m, _ in results)
+            print(f"target floors: all {measured} measured targets within their floor")
         status = status or (1 if low else 0)
     if args.compare:
-        tol = settings.get("compare_tolerance", 0.5)
-        regressions = report.compare(rows, args.compare, tol)
-        for key, base, now in regressions:
-            print(f"REGRESSION: {key}: {now:.2f}× now vs {base:.2f}× in the baseline (tolerance {tol})")
-        if not regressions:
-            print(f"no ratio regressions against {args.compare} (tolerance {tol})")
-        status = status or (1 if regressions else 0)
+        status = _compare(rows, machine, key, args, settings) or status
     return status
+
+
+def _compare(rows, machine, key, args, settings):
+    """The baseline comparison; returns the exit status it asks for (0 or 1)."""
+    tol = settings.get("compare_tolerance", 0.6)
+    path = Path(args.compare)
+    if path.is_dir():
+        path = path / f"{key}.json"
+        if not path.is_file():
+            print(
+                f"no baseline for this machine kind ({key}) in {args.compare}: checked the target floors only"
+            )
+            return 0
+    ops = args.ops.split(",") if args.ops else None
+    try:
+        regressions = report.compare(rows, path, tol, machine, ops)
+    except report.NotComparable as exc:
+        print(f"not comparable: {exc}; checked the target floors only")
+        return 0
+    except ValueError as exc:
+        print(f"BASELINE MISMATCH: {exc}")
+        return 1
+    for name, base, now in regressions:
+        print(f"REGRESSION: {name}: {now:.2f}× now vs {base:.2f}× in the baseline (tolerance {tol})")
+    if not regressions:
+        print(f"no ratio regressions against {path} (tolerance {tol})")
+    return 1 if regressions else 0

@@ -3,8 +3,8 @@
 ``cold``: an empty Numba cache directory, so the time is JIT compilation. ``warm``: the cache the
 cold run filled, so the time is loading machine code from disk (plus Numba's one-time start-up in
 that process). Both run in a subprocess, and the time reported (``extra_info["first_call_s"]``) is
-measured around the call itself, excluding interpreter start and imports. The calls are the op's
-warm-up calls (``fastla._warmup.OPS``, float64): the kernels a typical call of the op compiles.
+measured around the call itself, excluding interpreter start and imports. The call is the op's
+typical first call (``fastla._warmup.run_first``, float64: one 2-D call of its numba impl).
 """
 
 from __future__ import annotations
@@ -19,11 +19,24 @@ import textwrap
 DTYPE = "float64"
 
 
+#: ops whose first call the quick (CI) set measures: a cold compile of every op takes ~3 minutes on
+#: 2 cores, so the quick set takes the cheapest op and the GEMM driver most ops are built on; the
+#: full set (or ``--compile-ops all``) measures every op.
+QUICK_OPS = ("softmax", "matmul")
+
+
 def ops_for(set_name, ops):
-    """Ops measured in ``set_name``: every op with a warm-up call (the smoke set: one cheap op)."""
+    """Ops whose first call is measured: ``FASTLA_BENCH_COMPILE_OPS`` (``all``, ``none`` or a comma
+    list) if set, else every op with a warm-up call (full set), :data:`QUICK_OPS` (quick) or softmax
+    (smoke)."""
     from fastla import _warmup
 
-    names = ["softmax"] if set_name == "smoke" else list(dict.fromkeys(_warmup.OPS))
+    every = list(dict.fromkeys(_warmup.OPS))
+    chosen = os.environ.get("FASTLA_BENCH_COMPILE_OPS", "").strip()
+    if chosen:
+        names = every if chosen == "all" else [] if chosen == "none" else chosen.split(",")
+    else:
+        names = {"smoke": ["softmax"], "quick": list(QUICK_OPS)}.get(set_name, every)
     return [op for op in names if ops is None or op in ops]
 
 
@@ -33,7 +46,7 @@ def _child(op):
         import json, time
         import fastla._warmup as w
         t0 = time.perf_counter()
-        w.run_one({op!r}, {DTYPE!r})
+        w.run_first({op!r}, {DTYPE!r})
         print(json.dumps({{"first_call_s": time.perf_counter() - t0}}))
         """
     )

@@ -52,7 +52,23 @@ def _torch_sdpa():
     return load
 
 
-_SETUPS = {"torch_sdpa": _torch_sdpa}
+def _torch_ce():
+    import torch
+
+    def load(args, kwargs, threads):
+        torch.set_num_threads(threads)
+        logits, target = torch.from_numpy(args[0]), torch.from_numpy(args[1])
+
+        def call():
+            with torch.no_grad():
+                torch.nn.functional.cross_entropy(logits, target)
+
+        return call
+
+    return load
+
+
+_SETUPS = {"torch_sdpa": _torch_sdpa, "torch_ce": _torch_ce}
 
 
 class IsolatedAnchor:

@@ -110,24 +110,85 @@ def tables(rows):
     return "\n".join(lines)
 
 
-def load_targets(path):
+MODES = ("all-core", "per-core")
+
+
+def load_targets(path, workloads=None):
+    """``(settings, targets)`` from ``targets.toml``. With ``workloads`` (all of them, every set),
+    each target must name an existing workload (``op`` + ``size``) and a ``mode``: a target that
+    matches nothing would otherwise vanish from the report, so it is a ``ValueError``."""
     with open(path, "rb") as f:
         data = tomllib.load(f)
-    return data.get("settings", {}), data.get("target", [])
+    targets = data.get("target", [])
+    if workloads is not None:
+        known = {(w.op, w.name): w for w in workloads}
+        for op in {w.op for w in workloads}:
+            known[("compile", op)] = None
+        bad = [
+            f"{t.get('op')} [{t.get('size')}]" for t in targets if (t.get("op"), t.get("size")) not in known
+        ]
+        if bad:
+            raise ValueError(f"{path}: targets matching no benchmark workload: {', '.join(bad)}")
+        for t in targets:
+            if t.get("mode") not in MODES:
+                raise ValueError(f"{path}: target {t['op']} [{t['size']}] needs mode = one of {MODES}")
+    return data.get("settings", {}), targets
 
 
-def target_results(rows, targets, tolerance):
-    """``(target, measured ratio or None, status)`` for each target; status met/stretch/missed."""
+def _not_run_reason(t, rows, workloads, set_name, ops):
+    """Why a target has no measurement in this run."""
+    if ops is not None and t["op"] not in ops and t["op"] != "compile":
+        return "op not selected (--ops)"
+    w = next((w for w in workloads or () if (w.op, w.name) == (t["op"], t["size"])), None)
+    if w is not None and set_name not in w.sets:
+        return f"workload in the {'/'.join(w.sets)} set only"
+    anchor = t.get("anchor", "")
+    if anchor.startswith("anchor:"):
+        from fastla.bench import workloads as _w
+
+        name = anchor.split(":", 1)[1]
+        if not _w._available(name):
+            return f"anchor needs {_w.ANCHOR_REQUIRES.get(name)} (not installed)"
+    have = {r.impl for r in rows if (r.op, r.size) == (t["op"], t["size"])}
+    missing = [x for x in (t.get("impl"), anchor) if x and x not in have]
+    return f"{', '.join(missing)} not measured" if missing else "not measured"
+
+
+def target_floor(t, tolerance):
+    """The level below which ``--check`` fails: ``floor`` if given, else ``ratio * tolerance`` (for
+    a time target, ``max_seconds / tolerance``)."""
+    if "max_seconds" in t:
+        return t.get("floor", t["max_seconds"] / tolerance)
+    return t.get("floor", t["ratio"] * tolerance)
+
+
+def _measure(rows, t):
+    if "max_seconds" in t:  # a time target: the first call's seconds
+        g = _groups(rows).get((t["op"], t["size"]), {})
+        r = g.get(t["impl"])
+        return None if r is None else r.first_call_s
+    return ratio(rows, t["op"], t["size"], t["impl"], t["anchor"])
+
+
+def target_results(rows, targets, tolerance, workloads=None, set_name=None, ops=None):
+    """``(target, measured, status)`` for every target; status met / stretch met / missed (above
+    floor) / BELOW FLOOR / "not run: <why>"."""
     out = []
     for t in targets:
-        measured = ratio(rows, t["op"], t["size"], t["impl"], t["anchor"])
+        measured = _measure(rows, t)
+        floor = target_floor(t, tolerance)
         if measured is None:
-            status = "not run"
+            status = "not run: " + _not_run_reason(t, rows, workloads, set_name, ops)
+        elif "max_seconds" in t:
+            if measured <= t["max_seconds"]:
+                status = "met"
+            else:
+                status = "missed (above floor)" if measured <= floor else "BELOW FLOOR"
         elif "stretch" in t and measured >= t["stretch"]:
             status = "stretch met"
         elif measured >= t["ratio"]:
             status = "met"
-        elif measured >= t["ratio"] * tolerance:
+        elif measured >= floor:
             status = "missed (above floor)"
         else:
             status = "BELOW FLOOR"
@@ -135,39 +196,77 @@ def target_results(rows, targets, tolerance):
     return out
 
 
-def targets_table(results):
+def targets_table(results, tolerance=0.75):
     lines = [
-        "| op | size | impl vs anchor | target | measured | status |",
-        "|---|---|---|---|---|---|",
+        "| op | size | mode | impl vs anchor | target | floor | measured | status |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for t, measured, status in results:
-        target = f"≥ {t['ratio']}×" + (f" (stretch {t['stretch']}×)" if "stretch" in t else "")
-        lines.append(
-            f"| {t['op']} | {t['size']} | {t['impl']} vs {t['anchor']} | {target} | "
-            f"{_fmt_ratio(measured)} | {status} |"
-        )
+        floor = target_floor(t, tolerance)
+        if "max_seconds" in t:
+            target, what = f"≤ {t['max_seconds']} s", f"{t['impl']} first call"
+            shown, floor_s = ("-" if measured is None else f"{measured:.2f} s"), f"{floor:.2g} s"
+        else:
+            target = f"≥ {t['ratio']}×" + (f" (stretch {t['stretch']}×)" if "stretch" in t else "")
+            what = f"{t['impl']} vs {t['anchor']}"
+            shown, floor_s = _fmt_ratio(measured), f"{floor:.2g}×"
+        cells = (t["op"], t["size"], t.get("mode", "-"), what, target, floor_s, shown, status)
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def all_ratios(rows):
-    """Every ``op|size|numba/numpy`` ratio of the run (the baseline's content).
-
-    Only the compiled impl against the NumPy anchor: the study variants (loop, numba_naive) are not
-    what CI guards.
+    """Every ``op|size|numba/<anchor>`` ratio of the run (the baseline's content): the compiled impl
+    against the numpy impl and against every external anchor (torch, eigsh, scikit-learn, the copy
+    bound, the bare GEMM). The study variants (loop, numba_naive) are not what CI guards.
     """
     out = {}
     for (op, size), g in _groups(rows).items():
-        if "numpy" in g and "numba" in g:
-            out[f"{op}|{size}|numba/numpy"] = g["numpy"].median / g["numba"].median
+        if "numba" not in g:
+            continue
+        for anchor in g:
+            if anchor == "numpy" or anchor.startswith("anchor:"):
+                out[f"{op}|{size}|numba/{anchor}"] = g[anchor].median / g["numba"].median
     return out
 
 
-def compare(rows, baseline_path, tolerance):
-    """Ratios that fell below ``baseline * tolerance``: list of (key, baseline, now)."""
+def machine_key(machine):
+    """The key under which baselines are kept: ratios are only comparable on the same kind of
+    machine (CPU model and LLVM target, SIMD width, BLAS library and kernel, core count)."""
+    blas = machine.get("blas")
+    if isinstance(blas, list) and blas:
+        blas = f"{blas[0].get('internal_api')}-{blas[0].get('architecture')}"
+    parts = [machine.get("llvm_cpu"), f"simd{machine.get('simd_bytes')}", blas, f"{machine.get('cores')}c"]
+    coretype = machine.get("OPENBLAS_CORETYPE")
+    if coretype:
+        parts.append(f"coretype-{coretype}")
+    return "-".join(str(p) for p in parts).replace(" ", "_").lower()
+
+
+class NotComparable(Exception):
+    """The baseline was measured on another kind of machine (see :func:`machine_key`)."""
+
+
+def compare(rows, baseline_path, tolerance, machine=None, ops=None):
+    """Ratios that fell below ``baseline * tolerance``: list of ``(key, baseline, now)``.
+
+    Raises :class:`NotComparable` when the baseline's machine key differs from ``machine``'s, and
+    ``ValueError`` when a baseline ratio is missing from the run (a smoke run compared with the quick
+    baseline once printed "no ratio regressions"); with ``ops``, only those ops' keys are required.
+    """
     with open(baseline_path) as f:
-        base = json.load(f)["ratios"]
+        data = json.load(f)
+    base = data["ratios"]
+    if machine is not None:
+        want, have = data.get("key") or machine_key(data.get("machine", {})), machine_key(machine)
+        if want != have:
+            raise NotComparable(f"baseline {baseline_path} is for machine {want}, this is {have}")
     now = all_ratios(rows)
-    return [(k, base[k], now[k]) for k in sorted(base) if k in now and now[k] < base[k] * tolerance]
+    required = [k for k in base if ops is None or k.split("|")[0] in ops]
+    missing = [k for k in required if k not in now]
+    if missing:
+        raise ValueError(f"{len(missing)} baseline ratio(s) missing from this run: {', '.join(missing[:8])}")
+    return [(k, base[k], now[k]) for k in sorted(required) if now[k] < base[k] * tolerance]
 
 
 def header(machine):

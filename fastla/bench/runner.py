@@ -32,7 +32,7 @@ def params(op):
     return [
         pytest.param(w, impl, id=f"{w.name}-{impl}")
         for w in _w.select(current_set(), [op])
-        for impl in w.impls()
+        for impl in w.impls(current_set())
     ]
 
 
@@ -65,8 +65,45 @@ def threads_for(workload):
     return max(1, min(n, fastla._jit.max_threads()))
 
 
+#: workload id -> the numpy impl's result, the reference every other impl's result is checked against
+_REFERENCE = {}
+
+
+def _parts(op, result):
+    """The parts of a result that must agree between impls: top-k's scores (indices may differ
+    between exactly tied scores), power iteration's eigenvalues (eigenvectors are iterates)."""
+    if isinstance(result, tuple):
+        if op.endswith(("cosine_topk", "power_iteration")):
+            return [result[0]]
+        return list(result)
+    return [result]
+
+
+def verify(workload, impl, result):
+    """Raise AssertionError if a fastla impl's ``result`` disagrees with the numpy impl's on the same
+    inputs (computed once per workload, outside any timing): a kernel that skipped work would
+    otherwise just look fast. Anchors (other libraries) are not checked."""
+    import numpy as np
+
+    if impl.startswith("anchor:") or impl == "numpy" or "numpy" not in workload.impls():
+        return
+    if workload.id not in _REFERENCE:
+        args, kwargs = workload.inputs()
+        _REFERENCE[workload.id] = workload.callable("numpy")(*args, **kwargs)
+    ref = _REFERENCE[workload.id]
+    for got, want in zip(_parts(workload.op, result), _parts(workload.op, ref), strict=True):
+        got, want = np.asarray(got), np.asarray(want)
+        assert got.shape == want.shape, f"{workload.id} {impl}: shape {got.shape} != numpy's {want.shape}"
+        tol = 2e-3 if want.dtype == np.float32 else 1e-7
+        scale = float(np.max(np.abs(want[np.isfinite(want)]), initial=1.0))
+        np.testing.assert_allclose(
+            got, want, rtol=tol, atol=tol * scale, equal_nan=True, err_msg=f"{workload.id} {impl} vs numpy"
+        )
+
+
 def run(benchmark, workload, impl):
-    """Benchmark ``impl`` on ``workload``; the first (JIT-compiling) call is not timed."""
+    """Benchmark ``impl`` on ``workload``; the first (JIT-compiling) call is not timed, and its
+    result is checked against the numpy impl's (:func:`verify`)."""
     args, kwargs = workload.inputs()
     fn = workload.callable(impl)
     threads = threads_for(workload)
@@ -80,5 +117,6 @@ def run(benchmark, workload, impl):
         threads=threads,
     )
     with pinned_threads(threads):
-        fn(*args, **kwargs)  # warm-up: compile / load from cache, fault in buffers
+        result = fn(*args, **kwargs)  # warm-up: compile / load from cache, fault in buffers
+        verify(workload, impl, result)
         return benchmark(fn, *args, **kwargs)

@@ -30,6 +30,7 @@ class Workload:
     sets: tuple[str, ...] = ("quick", "full")
     loop: bool = False  # whether the pure-Python loop impl runs at this size
     skip_impls: tuple[str, ...] = ()
+    study: bool = False  # run the study variants (numba_naive) in the quick set too, not only in full
     anchors: tuple[str, ...] = ()  # names in ANCHORS
     threads: int | None = None  # pin this workload's threads (numba and BLAS) to this count
 
@@ -41,8 +42,12 @@ class Workload:
         """Fresh deterministic inputs ``(args, kwargs)``."""
         return self.make(np.random.default_rng(SEED))
 
-    def impls(self):
+    def impls(self, set_name="full"):
+        """Impl names to run (registry impls, then anchors). The study variants (``numba_naive``)
+        run in the full set, and in the quick set only where a target needs them (``study``)."""
         names = [n for n in _implementations(self.op) if n not in self.skip_impls]
+        if set_name == "quick" and not self.study:
+            names = [n for n in names if n != "numba_naive"]
         if not self.loop:
             names = [n for n in names if n != "loop"]
         return names + [f"anchor:{a}" for a in self.anchors if _available(a)]
@@ -85,7 +90,13 @@ def _copyto(x, *args, **kwargs):
 
 _copyto.buffers = {}
 
-ANCHORS: dict[str, Callable] = {"copyto": _copyto}
+
+def _copy(x, *args, **kwargs):
+    """Memory bound of an allocating call: ``x.copy()`` (a new result array, one read + one write)."""
+    return x.copy()
+
+
+ANCHORS: dict[str, Callable] = {"copyto": _copyto, "copy": _copy}
 #: Anchor name -> the optional module it needs (the ``bench`` extra); skipped where it is missing.
 ANCHOR_REQUIRES: dict[str, str] = {}
 
@@ -132,7 +143,7 @@ def _dt(dtype):
     return "f32" if np.dtype(dtype) == np.float32 else "f64"
 
 
-def gemm(m, k, n, dtype, sets=("quick", "full"), threads=None, label=None, **kw):
+def gemm(m, k, n, dtype, sets=("quick", "full"), threads=None, label=None, study=False, **kw):
     size = np.dtype(dtype).itemsize
     name = label or (f"{m}^3" if m == k == n else f"{m}x{k}x{n}")
     name = f"{name} {_dt(dtype)}" + (f" {threads}t" if threads else "")
@@ -146,26 +157,34 @@ def gemm(m, k, n, dtype, sets=("quick", "full"), threads=None, label=None, **kw)
         loop=m * k * n <= 50**3,
         threads=threads,
         skip_impls=() if m * k * n <= 1200**3 else ("numba_naive",),
+        study=study,
     )
 
 
-def stack(batch, m, k, n, dtype, sets=("quick", "full")):
+def stack(batch, m, k, n, dtype, sets=("quick", "full"), threads=None):
     size = np.dtype(dtype).itemsize
     return Workload(
         "matmul",
-        f"{batch // 1000}k {m}x{k}@{k}x{n} {_dt(dtype)}",
+        f"{batch // 1000}k {m}x{k}@{k}x{n} {_dt(dtype)}" + (f" {threads}t" if threads else ""),
         _stack_inputs(batch, m, k, n, dtype),
         flops=2.0 * batch * m * k * n,
         bytes=float(size * batch * (m * k + k * n + m * n)),
         sets=sets,
         loop=batch * m * k * n <= 2e5,
+        threads=threads,
     )
+
+
+def per_core(w, sets=None):
+    """``w`` with one thread on each side (fastla's and the anchor's): the per-core ratio, for ops
+    where NumPy runs single-threaded whatever the pin (its ufuncs, stacked LAPACK/BLAS calls)."""
+    return dataclasses.replace(w, name=f"{w.name} 1t", threads=1, sets=sets or w.sets)
 
 
 WORKLOADS: list[Workload] = [
     gemm(48, 48, 48, np.float64, sets=("smoke", "full")),
     gemm(256, 256, 256, np.float64, sets=("full",)),
-    gemm(1024, 1024, 1024, np.float64, threads=1),
+    gemm(1024, 1024, 1024, np.float64, threads=1, study=True),
     gemm(1024, 1024, 1024, np.float64),
     gemm(1024, 1024, 1024, np.float32, threads=1),
     gemm(1024, 1024, 1024, np.float32, sets=("full",)),
@@ -174,28 +193,42 @@ WORKLOADS: list[Workload] = [
     gemm(1023, 1023, 1023, np.float64, threads=1, sets=("full",)),
     gemm(1024, 1024, 1024, np.float64, threads=1, transpose_b=True, label="1024^3 B.T", sets=("full",)),
     gemm(2048, 2048, 2048, np.float64, sets=("full",)),
+    gemm(1024, 1024, 1024, np.float32, threads=2, sets=("full",)),
+    gemm(1023, 1023, 1023, np.float64, sets=("full",)),
+    gemm(128, 128, 128, np.float64, sets=("full",)),
+    gemm(512, 512, 512, np.float64, sets=("full",)),
+    gemm(64, 64, 64, np.float32, sets=("full",)),
     stack(1000, 4, 4, 4, np.float64, sets=("smoke",)),
     stack(100_000, 3, 3, 3, np.float64, sets=("full",)),
     stack(100_000, 4, 4, 4, np.float64),
+    stack(100_000, 4, 4, 4, np.float64, threads=1),
+    stack(100_000, 4, 4, 4, np.float32, sets=("full",)),
     stack(100_000, 8, 8, 8, np.float64, sets=("full",)),
+    stack(100_000, 8, 8, 8, np.float32, sets=("full",)),
     stack(10_000, 16, 16, 16, np.float64, sets=("full",)),
+    stack(100_000, 16, 16, 16, np.float64, sets=("full",)),
+    stack(100_000, 32, 32, 32, np.float64, sets=("full",)),
 ]
 
 
-def rows(op, r, n, dtype, sets=("quick", "full"), axis=-1, anchors=("copyto",)):
-    """softmax / log_softmax of an (r, n) array along ``axis``: bytes = one read + one write."""
+def rows(op, r, n, dtype, sets=("quick", "full"), axis=-1, anchors=("copy",), out=False):
+    """softmax / log_softmax of an (r, n) array along ``axis``: bytes = one read + one write.
+
+    The memory-bound anchor is ``x.copy()`` for the allocating call, ``np.copyto`` for ``out=``.
+    """
     size = np.dtype(dtype).itemsize
 
     def make(rng):
-        return ((rng.standard_normal((r, n)) * 3).astype(dtype),), {"axis": axis}
+        x = (rng.standard_normal((r, n)) * 3).astype(dtype)
+        return (x,), ({"axis": axis, "out": np.empty_like(x)} if out else {"axis": axis})
 
-    label = f"{r}x{n} {_dt(dtype)}" + (f" axis={axis}" if axis != -1 else "")
+    label = f"{r}x{n} {_dt(dtype)}" + (f" axis={axis}" if axis != -1 else "") + (" out=" if out else "")
     return Workload(
         op, label, make, bytes=2.0 * r * n * size, sets=sets, loop=r * n <= 50_000, anchors=anchors
     )
 
 
-def ce(r, n, dtype, sets=("quick", "full")):
+def ce(r, n, dtype, sets=("quick", "full"), anchors=("torch_ce",)):
     size = np.dtype(dtype).itemsize
 
     def make(rng):
@@ -208,20 +241,24 @@ def ce(r, n, dtype, sets=("quick", "full")):
         bytes=float(r * n * size),
         sets=sets,
         loop=r * n <= 50_000,
+        anchors=anchors,
     )
 
 
 WORKLOADS += [
     rows("softmax", 100, 100, np.float64, sets=("smoke",), anchors=()),
     rows("softmax", 4096, 4096, np.float32),
+    per_core(rows("softmax", 4096, 4096, np.float32)),
+    rows("softmax", 4096, 4096, np.float32, out=True, anchors=("copyto",)),
     rows("softmax", 100_000, 10, np.float64),
     rows("softmax", 4096, 4096, np.float32, axis=0, sets=("full",)),
     rows("softmax", 4096, 4096, np.float64, sets=("full",)),
     rows("log_softmax", 100, 100, np.float64, sets=("smoke",), anchors=()),
     rows("log_softmax", 4096, 4096, np.float32),
     rows("log_softmax", 100_000, 10, np.float64),
-    ce(100, 100, np.float32, sets=("smoke",)),
+    ce(100, 100, np.float32, sets=("smoke",), anchors=()),
     ce(65_536, 1000, np.float32),
+    per_core(ce(65_536, 1000, np.float32)),
 ]
 
 
@@ -243,14 +280,16 @@ def lu_factor_solve(n, dtype=np.float64, sets=("quick", "full"), threads=None):
     )
 
 
-def systems(batch, n, sets=("quick", "full")):
+def systems(batch, n, sets=("quick", "full"), dtype=np.float64):
+    """A stack of random systems (not diagonally dominant: partial pivoting is exercised)."""
+
     def make(rng):
-        a = rng.standard_normal((batch, n, n)) + 2 * np.eye(n)
-        return (a, rng.standard_normal((batch, n, 1))), {}
+        a = rng.standard_normal((batch, n, n)).astype(dtype)
+        return (a, rng.standard_normal((batch, n, 1)).astype(dtype)), {}
 
     return Workload(
         "solve",
-        f"{batch // 1000}k {n}x{n} f64",
+        f"{batch // 1000}k {n}x{n} {_dt(dtype)}",
         make,
         flops=batch * (2.0 / 3.0 * n**3 + 2 * n**2),
         sets=sets,
@@ -267,7 +306,13 @@ WORKLOADS += [
     systems(1000, 3, sets=("smoke",)),
     systems(100_000, 3),
     systems(100_000, 4),
+    per_core(systems(100_000, 4)),
     systems(100_000, 8),
+    systems(100_000, 3, sets=("full",), dtype=np.float32),
+    systems(100_000, 4, sets=("full",), dtype=np.float32),
+    systems(100_000, 8, sets=("full",), dtype=np.float32),
+    systems(10_000, 16, sets=("full",)),
+    systems(10_000, 32, sets=("full",)),
 ]
 
 
@@ -349,7 +394,24 @@ def cosine_matrix(n, m, d, dtype, sets=("quick", "full"), symmetric=False):
     )
 
 
-def cosine_topk(nq, nc, d, k, dtype, sets=("quick", "full"), anchors=("full_argpartition",)):
+@register_anchor("bare_gemm")
+def _bare_gemm(q, c, k, **kwargs):
+    """The bound the fused top-k should beat: one BLAS GEMM of the already normalised operands into
+    a preallocated n x m output (normalising, allocating and selecting are not timed)."""
+    key = (id(q), id(c))
+    if _bare_gemm.cache.get("key") != key:
+        qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+        cn = c / np.linalg.norm(c, axis=1, keepdims=True)
+        out = np.empty((len(q), len(c)), q.dtype)
+        _bare_gemm.cache.update(key=key, qn=qn, cn=cn, out=out)
+    m = _bare_gemm.cache
+    return np.matmul(m["qn"], m["cn"].T, out=m["out"])
+
+
+_bare_gemm.cache = {}
+
+
+def cosine_topk(nq, nc, d, k, dtype, sets=("quick", "full"), anchors=("full_argpartition", "bare_gemm")):
     def make(rng):
         q = rng.standard_normal((nq, d)).astype(dtype)
         return (q, rng.standard_normal((nc, d)).astype(dtype), k), {}
@@ -367,11 +429,15 @@ def cosine_topk(nq, nc, d, k, dtype, sets=("quick", "full"), anchors=("full_argp
 
 WORKLOADS += [
     cosine_matrix(40, 50, 30, np.float64, sets=("smoke",)),
-    cosine_matrix(10_000, 10_000, 256, np.float32),
-    cosine_matrix(10_000, 10_000, 256, np.float32, symmetric=True),
+    # the issue's size in the full set; a quarter of the work in the quick (CI) set
+    cosine_matrix(10_000, 10_000, 256, np.float32, sets=("full",)),
+    cosine_matrix(5000, 5000, 256, np.float32, sets=("quick",)),
+    cosine_matrix(10_000, 10_000, 256, np.float32, symmetric=True, sets=("full",)),
+    cosine_matrix(5000, 5000, 256, np.float32, symmetric=True, sets=("quick",)),
     cosine_matrix(2000, 2000, 300, np.float64, sets=("full",)),
     cosine_topk(20, 500, 16, 5, np.float64, sets=("smoke",)),
     cosine_topk(1000, 100_000, 256, 10, np.float32),
+    cosine_topk(1000, 100_000, 256, 1000, np.float32, sets=("full",), anchors=("bare_gemm",)),
     # the issue's size; its full-matrix anchor would need 4 GB of scores + 8 GB of argpartition
     cosine_topk(10_000, 100_000, 256, 10, np.float32, sets=("full",), anchors=()),
 ]
@@ -385,6 +451,16 @@ def _torch_sdpa_anchor():
 
 ANCHORS["torch"] = _torch_sdpa_anchor()
 ANCHOR_REQUIRES["torch"] = "torch"
+
+
+def _torch_ce_anchor():
+    from fastla.bench.isolated import IsolatedAnchor
+
+    return IsolatedAnchor("torch_ce")
+
+
+ANCHORS["torch_ce"] = _torch_ce_anchor()
+ANCHOR_REQUIRES["torch_ce"] = "torch"
 
 
 def attention(b, h, L, S, E, dtype, causal=False, sets=("quick", "full"), anchors=("torch",)):
@@ -408,8 +484,13 @@ def attention(b, h, L, S, E, dtype, causal=False, sets=("quick", "full"), anchor
 
 WORKLOADS += [
     attention(1, 2, 16, 24, 8, np.float64, sets=("smoke",), anchors=()),
-    attention(1, 8, 4096, 4096, 64, np.float32),
-    attention(1, 8, 4096, 4096, 64, np.float32, causal=True),
+    # the issue's sizes in the full set; L = S = 2048 (a quarter of the work) in the quick (CI) set
+    attention(1, 8, 4096, 4096, 64, np.float32, sets=("full",)),
+    attention(1, 8, 4096, 4096, 64, np.float32, causal=True, sets=("full",)),
+    attention(1, 8, 2048, 2048, 64, np.float32, sets=("quick",)),
+    attention(1, 8, 2048, 2048, 64, np.float32, causal=True, sets=("quick",)),
+    attention(1, 8, 1024, 1024, 64, np.float32, sets=("full",)),
+    attention(1, 8, 1024, 1024, 64, np.float32, causal=True, sets=("full",)),
     attention(4, 8, 512, 512, 64, np.float32, sets=("full",)),
     attention(1, 8, 2048, 2048, 64, np.float64, sets=("full",)),
 ]

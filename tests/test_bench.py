@@ -1,0 +1,107 @@
+"""The benchmark report and gate: targets resolve, every target is reported, baselines are keyed by
+machine and complete, results are checked against the numpy impl."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from fastla.bench import report, runner
+from fastla.bench import workloads as W
+
+TARGETS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "targets.toml"
+)
+MACHINE = {
+    "llvm_cpu": "cpu",
+    "simd_bytes": 64,
+    "cores": 2,
+    "blas": [{"internal_api": "b", "architecture": "x"}],
+}
+
+
+def _row(op, size, impl, median, first_call_s=None):
+    return report.Row(op, size, impl, median, 0.0, 0.0, 2, first_call_s)
+
+
+def test_every_target_names_a_workload_and_a_mode():
+    _, targets = report.load_targets(TARGETS, W.WORKLOADS)
+    assert targets
+    assert all(t["mode"] in report.MODES for t in targets)
+
+
+def test_a_target_matching_no_workload_is_an_error(tmp_path):
+    bad = tmp_path / "targets.toml"
+    bad.write_text('[[target]]\nop = "matmul"\nsize = "no such size"\nmode = "all-core"\nimpl = "numba"\n'
+                   'anchor = "numpy"\nratio = 1.0\n')  # fmt: skip
+    with pytest.raises(ValueError, match="matching no benchmark workload"):
+        report.load_targets(bad, W.WORKLOADS)
+
+
+def test_every_target_is_reported_with_a_reason_when_not_run():
+    _, targets = report.load_targets(TARGETS, W.WORKLOADS)
+    rows = [_row("softmax", "4096x4096 f32", "numba", 1.0), _row("softmax", "4096x4096 f32", "numpy", 4.0)]
+    results = report.target_results(rows, targets, 0.75, W.WORKLOADS, "quick", None)
+    assert len(results) == len(targets)
+    by = {(t["op"], t["size"], t["anchor"] if "anchor" in t else t["impl"]): s for t, _, s in results}
+    assert by[("softmax", "4096x4096 f32", "numpy")] == "met"
+    assert by[("matmul", "512^3 f64", "numpy")] == "not run: workload in the full set only"
+    assert by[("matmul", "1024^3 f64 1t", "numpy")].startswith("not run: numba, numpy not measured")
+    text = report.targets_table(results)
+    assert text.count("\n") == len(targets) + 2
+
+
+def test_floors_and_time_targets():
+    t = {"op": "softmax", "size": "s", "impl": "numba", "anchor": "numpy", "ratio": 3.0, "mode": "all-core"}
+    rows = [_row("softmax", "s", "numba", 1.0), _row("softmax", "s", "numpy", 2.0)]
+    assert report.target_results(rows, [t], 0.75)[0][2] == "BELOW FLOOR"  # 2.0 < 3.0 * 0.75
+    assert report.target_results(rows, [{**t, "floor": 1.5}], 0.75)[0][2] == "missed (above floor)"
+    c = {"op": "compile", "size": "matmul", "impl": "numba (cold cache)", "max_seconds": 3.0, "floor": 30.0}
+    timed = [_row("compile", "matmul", "numba (cold cache)", 1.0, first_call_s=7.5)]
+    assert report.target_results(timed, [c], 0.75)[0][1:] == (7.5, "missed (above floor)")
+
+
+def _baseline(tmp_path, ratios, key=None):
+    path = tmp_path / "base.json"
+    path.write_text(
+        json.dumps({"key": key or report.machine_key(MACHINE), "machine": MACHINE, "ratios": ratios})
+    )
+    return path
+
+
+def test_baseline_compare_gates_anchor_ratios_and_missing_keys(tmp_path):
+    rows = [
+        _row("softmax", "s", "numba", 1.0),
+        _row("softmax", "s", "numpy", 4.0),
+        _row("softmax", "s", "anchor:copy", 0.5),
+    ]
+    now = report.all_ratios(rows)
+    assert now == {"softmax|s|numba/numpy": 4.0, "softmax|s|numba/anchor:copy": 0.5}
+    same = _baseline(tmp_path, now)
+    assert report.compare(rows, same, 0.6, MACHINE) == []
+    slower = _baseline(tmp_path, {**now, "softmax|s|numba/anchor:copy": 1.0})  # the anchor ratio halved
+    assert [k for k, _, _ in report.compare(rows, slower, 0.6, MACHINE)] == ["softmax|s|numba/anchor:copy"]
+    missing = _baseline(tmp_path, {**now, "matmul|m|numba/numpy": 1.0})
+    with pytest.raises(ValueError, match="missing from this run"):
+        report.compare(rows, missing, 0.6, MACHINE)
+    assert report.compare(rows, missing, 0.6, MACHINE, ops=["softmax"]) == []  # --ops: only those
+
+
+def test_baseline_of_another_machine_kind_is_not_compared(tmp_path):
+    rows = [_row("softmax", "s", "numba", 1.0), _row("softmax", "s", "numpy", 4.0)]
+    other = _baseline(tmp_path, {"softmax|s|numba/numpy": 40.0}, key="zen1-simd32-openblas-haswell-2c")
+    with pytest.raises(report.NotComparable, match="zen1"):
+        report.compare(rows, other, 0.6, MACHINE)
+
+
+def test_runner_verify_catches_a_wrong_result():
+    w = next(w for w in W.WORKLOADS if w.op == "softmax" and "smoke" in w.sets)
+    args, kwargs = w.inputs()
+    good = w.callable("numba")(*args, **kwargs)
+    runner.verify(w, "numba", good)
+    with pytest.raises(AssertionError):
+        runner.verify(w, "numba", good[::-1])
+    runner.verify(w, "anchor:copy", np.zeros(1))  # other libraries' outputs are not checked
