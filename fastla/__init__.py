@@ -12,8 +12,9 @@ array([[1., 2.],
        [3., 4.]])
 """
 
-from fastla import ml
-from fastla._config import backend, get_backend, get_num_threads, set_backend, set_num_threads
+from fastla import _registry, ml
+from fastla._config import backend, get_backend, set_backend
+from fastla._jit import get_num_threads, set_num_threads
 from fastla._registry import (
     BackendUnavailable,
     explain,
@@ -29,6 +30,22 @@ from fastla.similarity import cosine_similarity, cosine_topk
 from fastla.softmax import cross_entropy, log_softmax, softmax
 
 __version__ = "0.1.0"
+
+
+def _dask_dispatch(op_name, *args, **kwargs):
+    # imported on the first call with a dask array: dask is optional and slow to import
+    from fastla import dask
+
+    return dask.dispatch(op_name, *args, **kwargs)
+
+
+def _dask_explain(op, backend):
+    from fastla import dask
+
+    return dask.explain(op, backend)
+
+
+_registry.set_dask_handlers(_dask_dispatch, _dask_explain)
 
 __all__ = [
     "BackendUnavailable",

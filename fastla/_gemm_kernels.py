@@ -120,7 +120,6 @@ def microkernel(typingctx, kc, A, aoff, B, boff, ldb, C, coff, ldc, load_c):
     rank-KC update of a product then needs no zeroing pass over C.
     """
     from llvmlite import ir
-    from numba.core import cgutils
 
     nbt = _jit.nb_types
     if not all(isinstance(t, nbt.Array) for t in (A, B, C)):
@@ -152,9 +151,7 @@ def microkernel(typingctx, kc, A, aoff, B, boff, ldb, C, coff, ldc, load_c):
         ldc_i = as_i64(ldc_v, sig.args[8])
         ldb_i = as_i64(ldb_v, sig.args[5])
 
-        fma = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vty, [vty, vty, vty]), f"llvm.fma.v{w}f{8 * align}"
-        )
+        fma = _jit.llvm_function(builder, f"llvm.fma.v{w}f{8 * align}", vty, [vty, vty, vty])
         zero = ir.Constant(vty, None)
         splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), w), [0] * w)
         undef = ir.Constant(vty, ir.Undefined)
@@ -255,7 +252,7 @@ def tile_nr(typingctx, arr):
 # negative-index wrap-around check per access, which keeps LLVM from vectorising the copy. Measured:
 # packing a 1000 x 1000 B took 5.7 ms with signed and 0.42 ms with unsigned indices (the thin
 # 37 x 1000 x 1000 product is mostly packing).
-_U = np.uint64
+_U = _jit.U
 
 
 class Operand(NamedTuple):
@@ -510,13 +507,11 @@ THIN_KC_MANY = 64
 
 def thin_product(a, v, threads=None):
     """``Vᵀ A`` (b x m) for C-contiguous ``a`` (n x m) and thin ``v`` (n x b), A read once."""
-    from fastla._config import get_num_threads
-
     blk = BLOCKING[a.dtype]
     n, b = v.shape
     m = a.shape[1]
     mr, nr = blk.MR, blk.NR
-    threads = max(1, min(threads or get_num_threads(), n))
+    threads = max(1, min(threads or _jit.get_num_threads(), n))
     npb = _ceil_div(b, mr)
     vp = np.empty(npb * mr * n, a.dtype)
     pack_a(operand(v.T), 0, b, 0, n, mr, a.dtype.type(1), NO_SCALE[a.dtype], vp, 0)
@@ -550,9 +545,7 @@ def gemm(a, b, out=None, *, threads=None):
     blk = BLOCKING[a.dtype]
     c = np.empty((m, n), dtype=a.dtype) if out is None else out
     if threads is None:
-        from fastla._config import get_num_threads
-
-        threads = get_num_threads()
+        threads = _jit.get_num_threads()
     mc = row_blocking(m, a.dtype.itemsize, threads)
     gemm_into(
         operand(a),

@@ -165,9 +165,7 @@ def explain(op_name, *args, backend=None, **kwargs) -> tuple[str, str]:
     """
     op = _get(op_name)
     if _any_dask(args, kwargs):
-        from fastla import dask as fdask
-
-        return fdask.explain(op, backend)
+        return _DASK["explain"](op, backend)
     name, reason = op.choose(backend, op.prepare(*args, **kwargs))
     return name, reason() if callable(reason) else reason
 
@@ -184,22 +182,37 @@ def _any_dask(args, kwargs):
     return any(is_dask(x) for x in kwargs.values())
 
 
+def _no_dask(*args, **kwargs):
+    raise TypeError("fastla: no dask layer is installed (fastla.set_dask_handlers was not called)")
+
+
+#: The dask layer's entry points: ``dispatch(op_name, *args, **kwargs)`` and ``explain(op, backend)``.
+#: ``fastla/__init__.py`` installs them (:func:`set_dask_handlers`); the registry never imports the
+#: dask layer, which sits above every op module.
+_DASK = {"dispatch": _no_dask, "explain": _no_dask}
+
+
+def set_dask_handlers(dispatch, explain):
+    """Install the dask layer's ``dispatch`` and ``explain`` (see :data:`_DASK`)."""
+    _DASK.update(dispatch=dispatch, explain=explain)
+
+
 def public(op: Operation) -> Callable[[Callable], Callable]:
     """Decorator marking the public function of ``op`` (used by :func:`implementations`).
 
     The one branch of the call path for dask arrays is here: a call with a ``dask.array.Array``
-    argument goes to the function of the same name in :mod:`fastla.dask`, which builds a lazy graph
-    running ``fn`` (this very function, any ``backend=``) on each chunk.
+    argument goes to the dask layer's dispatch (the function of the same name in
+    :mod:`fastla.dask`, which builds a lazy graph running ``fn`` (this very function, any
+    ``backend=``) on each chunk).
     """
 
     def deco(fn: Callable[..., Any]):
         any_dask = _any_dask
+        handlers = _DASK
 
         def call(*args, **kwargs):
             if any_dask(args, kwargs):
-                from fastla import dask as fdask
-
-                return fdask.dispatch(op.name, *args, **kwargs)
+                return handlers["dispatch"](op.name, *args, **kwargs)
             return fn(*args, **kwargs)
 
         # The wrapper gets the op module's globals (it reads only its closure): doctest, pydoc and

@@ -56,7 +56,7 @@ KEY_TILE = 256
 #: Query rows per block (rounded up to a multiple of NR).
 QUERY_BLOCK = 64
 
-_U = np.uint64
+_U = _jit.U
 
 
 # --------------------------------------------------------------------------- validation

@@ -551,12 +551,22 @@ _FUNCTIONS = {
 }
 
 
+#: Operations without a dask form, and why.
+NOT_ON_DASK = {
+    "lu_factor": "the factors of a chunked matrix are not chunk-wise (pivoting couples all rows)",
+    "lu_solve": "it needs lu_factor's factors, which have no dask form",
+    "scaled_dot_product_attention": "every query attends to every key: chunking L or S couples the "
+    "chunks through the softmax (map a fastla call over the batch chunks with map_blocks instead)",
+}
+
+
 def dispatch(op_name, *args, **kwargs):
     """Run ``op_name`` on arguments of which at least one is a dask array."""
     fn = _FUNCTIONS.get(op_name)
     if fn is None:
+        why = NOT_ON_DASK.get(op_name, "no dask form")
         raise TypeError(
-            f"{op_name}: dask arrays are not supported (supported: {', '.join(sorted(_FUNCTIONS))}); "
+            f"{op_name}: dask arrays are not supported ({why}; supported: {', '.join(sorted(_FUNCTIONS))}); "
             "call .compute() on the inputs, or map the function over the chunks with map_blocks"
         )
     return fn(*args, **kwargs)

@@ -37,8 +37,8 @@ import numpy as np
 
 from fastla import _gemm_kernels as _gk
 from fastla import _jit, _registry, _validate
-from fastla._jit import jit, prange, wide_vectors
-from fastla._jit import thread_id as _thread_id
+from fastla._jit import jit, wide_vectors
+from fastla._lane_solver import _SPREAD, LANE_RHS, lanes, small_solver
 
 __all__ = ["LinAlgWarning", "lu_factor", "lu_solve", "solve"]
 
@@ -75,7 +75,7 @@ def _singular_warning_class():
 NB_BY_N = ((1500, 32), (math.inf, 64))
 # Unsigned column indices where a loop starts at a run-time offset: with a signed index Numba
 # checks each access for a negative index, which keeps LLVM from vectorising the row operation.
-_U = np.uint64
+_U = _jit.U
 
 #: systems up to this n in a stack go to the fixed-size batched kernel
 SMALL_N = 16
@@ -231,230 +231,15 @@ def _getrs(lu, piv, b, trans):
             _swap_rows(b, i, piv[i])
 
 
-# --------------------------------------------------------------------------- tiny systems
-#
-# Stacks of n <= 16 systems are solved LANES at a time, one system per SIMD lane: each group is
-# transposed into a per-thread scratch W[i, c, lane] / X[i, c, lane] and eliminated by straight-line
-# vector code emitted for the exact n and number of right-hand sides (the intrinsic below). Partial
-# pivoting is branch-free: the pivot row is found by compare + select per lane and the rows are swapped
-# by selects, so lanes that pick different pivots never diverge. Measured on Zen 1 (AVX2, 4 f64
-# lanes), 100k systems, 2 threads, f64, ratio to np.linalg.solve: one system per loop iteration
-# (elimination unrolled for the exact n) 12x / 9x / 7x for n = 3 / 4 / 8; this kernel 18-20x /
-# 12-16x / 12x. Numba loops over a lane axis stayed scalar (LLVM fully unrolls the short lane loops
-# before the loop vectoriser runs, and Numba disables the SLP vectoriser): 8x / 6x / 3x. Generated
-# Python with one local per element compiled for minutes (n = 8) and was no faster.
-
-#: right-hand sides solved per pass (more are done in passes of this many, refactoring each time)
-LANE_RHS = 4
-
-
-def lanes(dtype):
-    """Systems per group for ``dtype``: one SIMD register's worth of elements."""
-    return max(_jit.simd_bytes() // np.dtype(dtype).itemsize, 2)
-
-
-def _lane_solve_twin(N, K, W, X, S):
-    """Python twin of :func:`lane_solve` on the same layouts (numpy over the lane axis)."""
-    for j in range(N):
-        col = np.abs(W[j:, j])  # (N - j, lanes)
-        best = col[0].copy()
-        p = np.full(best.shape, j)
-        for i in range(1, N - j):
-            g = col[i] > best
-            best = np.where(g, col[i], best)
-            p = np.where(g, j + i, p)
-        for i in range(j + 1, N):
-            m = p == i
-            for arr, lo in ((W, j), (X, 0)):
-                top, row = arr[j, lo:].copy(), arr[i, lo:].copy()
-                arr[j, lo:] = np.where(m, row, top)
-                arr[i, lo:] = np.where(m, top, row)
-        S[:] = np.where((S == 0) & (W[j, j] == 0), j + 1, S)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            nrd = -1 / W[j, j]
-            W[j, j] = nrd
-            for i in range(j + 1, N):
-                f = W[i, j] * nrd
-                W[i, j + 1 :] += f * W[j, j + 1 :]
-                X[i] += f * X[j]
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        for i in range(N - 1, -1, -1):
-            u = -X[i]
-            for r in range(i + 1, N):
-                u = u + W[i, r] * X[r]
-            X[i] = u * W[i, i]
-
-
-@_jit.intrinsic(_lane_solve_twin)
-def lane_solve(typingctx, N, K, W, X, S):
-    """Solve ``lanes`` n x n systems at once, one per SIMD lane, for compile-time ``N`` and ``K``.
-
-    ``W`` (C-contiguous, ``(N, N, lanes)``) holds the matrices, ``X`` (``(N, K, lanes)``) the right-hand
-    sides and receives the solutions; ``S`` (``(lanes,)`` int64, zeroed by the caller) receives, per
-    lane, ``j + 1`` for the first column whose pivot is exactly zero (the lane's result is then
-    meaningless). ``W`` is overwritten. Gaussian elimination with partial pivoting as LAPACK getrf
-    (the first largest |a_ij| wins; NaN never does), all in vector registers.
-    """
-    from llvmlite import ir
-    from numba.core import cgutils
-
-    nbt = _jit.nb_types
-    if not (isinstance(N, nbt.IntegerLiteral) and isinstance(K, nbt.IntegerLiteral)):
-        return None
-    if not all(isinstance(t, nbt.Array) for t in (W, X, S)) or W.dtype != X.dtype:
-        return None
-    if W.dtype not in (nbt.float32, nbt.float64) or S.dtype != nbt.int64:
-        return None
-    n, k = N.literal_value, K.literal_value
-    itemsize = np.dtype(str(W.dtype)).itemsize
-    v = lanes(np.dtype(str(W.dtype)))
-    sig = nbt.void(N, K, W, X, S)
-
-    def codegen(context, builder, sig, args):
-        i64 = ir.IntType(64)
-        fty = context.get_value_type(sig.args[2].dtype)
-        vty = ir.VectorType(fty, v)
-        ity = ir.VectorType(i64, v)
-        w_ptr = context.make_array(sig.args[2])(context, builder, args[2]).data
-        x_ptr = context.make_array(sig.args[3])(context, builder, args[3]).data
-        s_ptr = context.make_array(sig.args[4])(context, builder, args[4]).data
-
-        def ptr(base, offset, ty):
-            return builder.bitcast(builder.gep(base, [ir.Constant(i64, offset)]), ty.as_pointer())
-
-        def load(base, offset):
-            return builder.load(ptr(base, offset, vty), align=itemsize)
-
-        def store(val, base, offset):
-            builder.store(val, ptr(base, offset, vty), align=itemsize)
-
-        def splat(ty, value):
-            return ir.Constant(ty, [value] * v)
-
-        def fn(name, nargs):
-            return cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(vty, [vty] * nargs), f"llvm.{name}.v{v}f{8 * itemsize}"
-            )
-
-        fabs, fma = fn("fabs", 1), fn("fma", 3)
-        a = [[load(w_ptr, (i * n + c) * v) for c in range(n)] for i in range(n)]
-        x = [[load(x_ptr, (i * k + c) * v) for c in range(k)] for i in range(n)]
-        s = builder.load(ptr(s_ptr, 0, ity), align=8)
-        zero_f, minus_one = splat(vty, 0.0), splat(vty, -1.0)
-        zero_i = splat(ity, 0)
-        nrd = [None] * n
-        for j in range(n):
-            best = builder.call(fabs, [a[j][j]])
-            p = splat(ity, j)
-            for i in range(j + 1, n):
-                val = builder.call(fabs, [a[i][j]])
-                g = builder.fcmp_ordered(">", val, best)
-                best = builder.select(g, val, best)
-                p = builder.select(g, splat(ity, i), p)
-            for i in range(j + 1, n):
-                m = builder.icmp_signed("==", p, splat(ity, i))
-                for row_j, row_i, lo in ((a[j], a[i], j), (x[j], x[i], 0)):
-                    for c in range(lo, len(row_j)):
-                        row_j[c], row_i[c] = (
-                            builder.select(m, row_i[c], row_j[c]),
-                            builder.select(m, row_j[c], row_i[c]),
-                        )
-            first = builder.and_(
-                builder.fcmp_ordered("==", a[j][j], zero_f), builder.icmp_signed("==", s, zero_i)
-            )
-            s = builder.select(first, splat(ity, j + 1), s)
-            nrd[j] = builder.fdiv(minus_one, a[j][j])
-            for i in range(j + 1, n):
-                f = builder.fmul(a[i][j], nrd[j])
-                for c in range(j + 1, n):
-                    a[i][c] = builder.call(fma, [f, a[j][c], a[i][c]])
-                for c in range(k):
-                    x[i][c] = builder.call(fma, [f, x[j][c], x[i][c]])
-        for i in range(n - 1, -1, -1):
-            for c in range(k):
-                u = builder.fneg(x[i][c])
-                for r in range(i + 1, n):
-                    u = builder.call(fma, [a[i][r], x[r][c], u])
-                x[i][c] = builder.fmul(u, nrd[i])
-        for i in range(n):
-            for c in range(k):
-                store(x[i][c], x_ptr, (i * k + c) * v)
-        builder.store(s, ptr(s_ptr, 0, ity), align=8)
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-_SMALL_SOLVERS = {}
-_GROUPS = 16  # groups of `lanes` systems per parallel task
-_SPREAD = 8  # scratch blocks between two threads' blocks (no false sharing)
-
-
-def small_solver(n, k):
-    """Parallel kernel solving a stack of n x n systems with k right-hand sides (n <= 16).
-
-    ``kernel(a, b, x, w, xs, s, info)``: ``a`` (batch, n, n), ``b`` (batch, n, k), ``x`` receives the
-    solutions; ``w`` (``_SPREAD * threads``, n, n, lanes), ``xs`` (``_SPREAD * threads``, n,
-    LANE_RHS-or-k, lanes) and ``s`` (``_SPREAD * threads``, lanes) are per-thread scratch, ``info[t] =
-    j+1`` records a zero pivot in column j of system t (no return from inside ``prange``). Compiled
-    for this n and k (k > LANE_RHS: passes of LANE_RHS columns).
-    """
-    key = (n, min(k, LANE_RHS))
-    kernel = _SMALL_SOLVERS.get(key)
-    if kernel is None:
-        kernel = _SMALL_SOLVERS[key] = _make_small_solver(*key)
-    return kernel
-
-
-def _make_small_solver(N, K):
-    @jit(parallel=True)
-    def kernel(a, b, x, w, xs, s, info):
-        batch, k, nl_max = a.shape[0], b.shape[2], w.shape[-1]
-        groups = (batch + nl_max - 1) // nl_max
-        for task in prange((groups + _GROUPS - 1) // _GROUPS):
-            slot = _SPREAD * _thread_id()
-            ws, xw, sw = w[slot], xs[slot], s[slot]
-            for g in range(task * _GROUPS, min(groups, (task + 1) * _GROUPS)):
-                t0 = g * nl_max
-                nl = min(nl_max, batch - t0)
-                for c0 in range(0, k, K):
-                    kk = min(K, k - c0)
-                    for t in range(nl):  # transpose the group in
-                        for i in range(N):
-                            for c in range(N):
-                                ws[i, c, t] = a[t0 + t, i, c]
-                            for c in range(kk):
-                                xw[i, c, t] = b[t0 + t, i, c0 + c]
-                            for c in range(kk, K):
-                                xw[i, c, t] = 0.0
-                    for t in range(nl, nl_max):  # a short last group: identity systems
-                        for i in range(N):
-                            for c in range(N):
-                                ws[i, c, t] = 1.0 if i == c else 0.0
-                            for c in range(K):
-                                xw[i, c, t] = 0.0
-                    sw[:] = 0
-                    lane_solve(N, K, ws, xw, sw)
-                    for t in range(nl):
-                        info[t0 + t] = sw[t]
-                        for i in range(N):
-                            for c in range(kk):
-                                x[t0 + t, i, c0 + c] = xw[i, c, t]
-
-    return kernel
-
-
 def _factor_numba(work):
     """Blocked LU of one C-contiguous square working copy in place; returns (piv, info)."""
     n = work.shape[0]
     piv = np.empty(n, dtype=np.int32)
     if n == 0:
         return piv, 0
-    from fastla._config import get_num_threads
-
     blk = _gk.BLOCKING[work.dtype]
     nb = next(width for limit, width in NB_BY_N if n <= limit)
-    mc = _gk.row_blocking(max(n - nb, 1), work.dtype.itemsize, get_num_threads())
+    mc = _gk.row_blocking(max(n - nb, 1), work.dtype.itemsize, _jit.get_num_threads())
     info = _getrf(work, piv, nb, work.dtype.type(-1), blk.KC, mc, blk.NC)
     return piv, info
 

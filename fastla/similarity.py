@@ -64,7 +64,7 @@ AUTO_RULE = {
 #: first (see the module docstring). float32 needs the tighter bounds: its inverse norm is a float32.
 _SQ_RANGE = {np.dtype(np.float64): (2.0**-960, 2.0**960), np.dtype(np.float32): (2.0**-200, 2.0**200)}
 
-_U = np.uint64
+_U = _jit.U
 
 
 # --------------------------------------------------------------------------- validation
@@ -520,9 +520,7 @@ def _matrix_numba_2d(x, y, out):
     n = x.shape[0]
     dt = x.dtype
     blk = _gk.BLOCKING[dt]
-    from fastla._config import get_num_threads
-
-    threads = get_num_threads()
+    threads = _jit.get_num_threads()
     one = dt.type(1)
     x, inv_x, norms = _inv_norms_numba(x)
     if y is None:
@@ -653,8 +651,6 @@ def _topk_blocking(nq, itemsize, threads):
 @_TOPK.register("numba", needs_numba=True)
 def _topk_numba(q, c, k, batch_size, squeeze):
     """Corpus tiles scored by the packed GEMM micro-kernel, merged into per-query sorted top-k."""
-    from fastla._config import get_num_threads
-
     nq, d = q.shape
     dt = q.dtype
     scores = np.empty((nq, k), dt)
@@ -666,7 +662,7 @@ def _topk_numba(q, c, k, batch_size, squeeze):
         else:
             q = _c_input(q)
             c = _c_input(c)
-            threads = get_num_threads()
+            threads = _jit.get_num_threads()
             mc, tn = _topk_blocking(nq, dt.itemsize, threads)
             blk = _gk.BLOCKING[dt]
             kc = min(blk.KC, d)

@@ -32,7 +32,7 @@ import operator
 
 import numpy as np
 
-from fastla import _math, _registry, _validate
+from fastla import _jit, _math, _registry, _validate
 from fastla._jit import jit, kernel_input, prange, readonly, wide_vectors
 
 __all__ = ["cross_entropy", "log_softmax", "softmax"]
@@ -49,7 +49,7 @@ AUTO_RULE = {"min_size": 2048, "rows_only": False}
 _CHUNK = 512  # trailing elements per task in the middle-axis kernel: vector-friendly, L1-sized
 # Unsigned index where it is computed (c0 + c): a signed one gets Numba's negative-index check per
 # access, which keeps LLVM from vectorising the loop (see _gemm_kernels' packing).
-_U = np.uint64
+_U = _jit.U
 
 
 # --------------------------------------------------------------------------- kernels

@@ -41,7 +41,7 @@ class Mutant:
 MUTANTS = [
     Mutant(
         "lu-lane-pivot-only-on-zero",
-        "lu.py",
+        "_lane_solver.py",
         'g = builder.fcmp_ordered(">", val, best)',
         'g = builder.and_(builder.fcmp_ordered(">", val, best), builder.fcmp_ordered("==", best, zero_f))',
         ("tests/test_lu.py", "-k", "small or pivoting or lanes"),

@@ -1,0 +1,122 @@
+"""The add-an-operation checklist of ARCHITECTURE.md, made executable, and the module rules."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+
+import pytest
+
+import fastla
+from fastla import _warmup
+from fastla.bench import report
+from fastla.bench import workloads as W
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fastla.__file__)))
+OPS = fastla.operations()
+
+
+def _read(*parts):
+    with open(os.path.join(ROOT, *parts)) as f:
+        return f.read()
+
+
+def _workload_ops(set_name):
+    """Registry ops covered by the set's workloads (a composite ``a+b`` covers both)."""
+    ops = set()
+    for w in W.select(set_name):
+        if not w.op.startswith("dask:"):
+            ops.update(w.op.split("+"))
+    return ops
+
+
+def test_checklist_items_are_in_architecture_md():
+    text = _read("ARCHITECTURE.md")
+    assert "## Adding an operation: the checklist" in text
+    assert "tests/test_architecture.py" in text
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_op_has_the_three_impls(op):
+    assert {"numpy", "loop", "numba"} <= set(fastla.implementations(op))
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_op_is_exported_and_in_the_readme_api_table(op):
+    assert getattr(fastla, op).__name__ == op
+    readme = _read("README.md")
+    assert re.search(rf"^\| `{op}\(", readme, re.MULTILINE), f"no README API row for {op}"
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_op_is_in_the_dropin_matrix(op):
+    from tests import test_dropin
+
+    assert any(fn is getattr(fastla, op) for fn, *_ in test_dropin.CASES.values())
+
+
+@pytest.mark.parametrize("set_name", ["smoke", "quick", "full"])
+def test_every_op_has_a_workload_in_every_set(set_name):
+    assert set(OPS) <= _workload_ops(set_name)
+
+
+def test_every_workload_op_has_a_benchmark_file():
+    files = "".join(
+        _read("benchmarks", f) for f in os.listdir(os.path.join(ROOT, "benchmarks")) if f.endswith(".py")
+    )
+    for op in {w.op for w in W.WORKLOADS}:
+        assert f'runner.params("{op}")' in files, f"no benchmarks/test_*.py runs workloads of {op}"
+
+
+def test_every_target_resolves():
+    report.load_targets(os.path.join(ROOT, "benchmarks", "targets.toml"), W.WORKLOADS)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_op_has_a_warmup_call(op):
+    assert op in _warmup.OPS
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_op_has_a_dask_form_or_a_reason(op):
+    pytest.importorskip("dask")
+    from fastla import dask as fdask
+
+    assert (op in fdask._FUNCTIONS) != (op in fdask.NOT_ON_DASK), op
+    if op in fdask.NOT_ON_DASK:
+        assert len(fdask.NOT_ON_DASK[op]) > 20
+
+
+def _imports(path):
+    tree = ast.parse(_read(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            yield node.module
+
+
+def _sources():
+    for folder, _, files in os.walk(os.path.join(ROOT, "fastla")):
+        for name in files:
+            if name.endswith(".py"):
+                yield os.path.relpath(os.path.join(folder, name), ROOT)
+
+
+def test_only_jit_imports_numba():
+    offenders = [p for p in _sources() if p != os.path.join("fastla", "_jit.py")
+                 and any(m == "numba" or m.startswith("numba.") for m in _imports(p))]  # fmt: skip
+    assert offenders == []
+
+
+def test_the_registry_does_not_import_the_dask_layer_and_config_imports_no_fastla_module():
+    assert not any(m.startswith("fastla.dask") or m == "dask" for m in _imports("fastla/_registry.py"))
+    assert not any(m.startswith("fastla") for m in _imports("fastla/_config.py"))
+    assert not any(m.startswith("fastla") for m in _imports("fastla/_jit.py"))
+
+
+def test_benchmarks_do_not_import_the_command_line():
+    for f in os.listdir(os.path.join(ROOT, "benchmarks")):
+        if f.endswith(".py"):
+            assert "fastla.__main__" not in _read("benchmarks", f), f
