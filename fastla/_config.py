@@ -61,6 +61,12 @@ def get_backend():
     return _default_backend if scoped is None else scoped
 
 
+def auto():
+    """Whether ``auto`` is the backend in force here (the public functions' fast-path check)."""
+    scoped = _scoped_backend.get()
+    return (_default_backend if scoped is None else scoped) == "auto"
+
+
 @contextlib.contextmanager
 def backend(name):
     """Context manager that selects a backend for the calls inside the block.

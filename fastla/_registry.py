@@ -176,10 +176,15 @@ def is_dask(x) -> bool:
 
 
 def _any_dask(args, kwargs):
+    # on every call: ndarrays, the common case, cost one type check each
     for x in args:
         if type(x) is not np.ndarray and is_dask(x):
             return True
-    return any(is_dask(x) for x in kwargs.values())
+    if kwargs:
+        for x in kwargs.values():
+            if type(x) is not np.ndarray and is_dask(x):
+                return True
+    return False
 
 
 def _no_dask(*args, **kwargs):

@@ -35,8 +35,8 @@ import warnings
 
 import numpy as np
 
+from fastla import _config, _jit, _registry, _validate
 from fastla import _gemm_kernels as _gk
-from fastla import _jit, _registry, _validate
 from fastla._jit import jit, wide_vectors
 from fastla._lane_solver import _SPREAD, LANE_RHS, lanes, small_solver
 
@@ -377,9 +377,14 @@ def _prepare_linsolve(a, b):
     return _registry.Prepared((a, b), compiled=why, facts=facts)
 
 
+def _batched_wins(n, batch):
+    """The auto rule for stacks on plain numbers (used by :func:`_rule` and by ``solve``'s fast path)."""
+    return n <= AUTO_RULE["small_n"] and batch >= AUTO_RULE["small_min_batch"]
+
+
 def _rule(prep):
     f = prep.facts
-    if f["n"] <= AUTO_RULE["small_n"] and f["batch"] >= AUTO_RULE["small_min_batch"]:
+    if _batched_wins(f["n"], f["batch"]):
         return (
             "numba",
             lambda: (
@@ -470,6 +475,18 @@ def solve(a, b, *, backend=None):
     >>> fl.solve(np.array([[3.0, 1.0], [1.0, 2.0]]), np.array([9.0, 8.0]))
     array([2., 3.])
     """
+    if backend is None and type(a) is np.ndarray and type(b) is np.ndarray and not AUTO_RULE["large_numba"]:
+        # The fast path of the common call (see matmul): one system, or a stack of one length with
+        # the same stack of right-hand-side blocks, float32/float64 of one dtype, under auto.
+        dt = a.dtype
+        if dt is b.dtype and dt in _validate.COMPILED_DTYPES and _config.auto() and a.ndim >= 2:
+            n = a.shape[-1]
+            if a.ndim == 2 and a.shape[0] == n and 1 <= b.ndim <= 2 and b.shape[0] == n:
+                return _solve_numpy(a, b)
+            if a.ndim == 3 and a.shape[1] == n and b.ndim == 3 and b.shape[:2] == a.shape[:2]:
+                if _batched_wins(n, a.shape[0]):
+                    return _jit.run_parallel(_solve_numba, a, b)
+                return _solve_numpy(a, b)
     return _validate.wrap_like(b, _LINSOLVE.run(backend, _prepare_linsolve(a, b)))
 
 

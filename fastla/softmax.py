@@ -27,12 +27,13 @@ Compiled kernels (``numba``), parallel over rows:
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 
 import numpy as np
 
-from fastla import _jit, _math, _registry, _validate
+from fastla import _config, _jit, _math, _registry, _validate
 from fastla._jit import jit, kernel_input, prange, readonly, wide_vectors
 
 __all__ = ["cross_entropy", "log_softmax", "softmax"]
@@ -216,11 +217,35 @@ def _prepare(x, axis, out, log):
 
 def _rule(prep):
     size = prep.facts["size"]
-    if size < AUTO_RULE["min_size"]:
+    if not _compiled_wins(size):
         return "numpy", lambda: f"{size} elements: too small for the compiled kernel to pay off"
     if AUTO_RULE["rows_only"] and not prep.facts.get("rows", True):
         return "numpy", lambda: "reduction over a non-contiguous axis: SciPy's passes measured faster"
     return "numba", lambda: f"{size} elements: fused compiled passes beat SciPy's NumPy passes"
+
+
+def _compiled_wins(size):
+    """The auto rule's size test (used by :func:`_rule` and by the fast path)."""
+    return size >= AUTO_RULE["min_size"]
+
+
+def _fast(x, axis, out, backend, log):
+    """The fast path of the common call (see matmul): a plain float32/float64 array of at least one
+    dimension, the last axis, no ``out=``, under auto; None when the call needs the full path."""
+    if (
+        out is None
+        and backend is None
+        and type(x) is np.ndarray
+        and axis == -1
+        and type(axis) is int
+        and x.dtype in _validate.COMPILED_DTYPES
+        and x.ndim
+        and _config.auto()
+    ):
+        if _compiled_wins(x.size):
+            return _jit.run_parallel(_numba_impl, x, (x.ndim - 1,), None, log)
+        return _numpy_impl(x, -1, None, log)
+    return None
 
 
 _SOFTMAX = _registry.operation("softmax", lambda x, axis=-1, out=None: _prepare(x, axis, out, False), _rule)
@@ -253,7 +278,8 @@ def softmax(x, axis=-1, *, out=None, backend=None):
     >>> np.round(fl.softmax(np.array([2.0, 1.0, 0.5])), 4)
     array([0.6285, 0.2312, 0.1402])
     """
-    return _SOFTMAX.run(backend, _prepare(x, axis, out, False))
+    res = _fast(x, axis, out, backend, False)
+    return _SOFTMAX.run(backend, _prepare(x, axis, out, False)) if res is None else res
 
 
 @_registry.public(_LOG_SOFTMAX)
@@ -268,12 +294,14 @@ def log_softmax(x, axis=-1, *, out=None, backend=None):
     >>> fl.log_softmax(np.array([1000.0, 1.0]))
     array([   0., -999.])
     """
-    return _LOG_SOFTMAX.run(backend, _prepare(x, axis, out, True))
+    res = _fast(x, axis, out, backend, True)
+    return _LOG_SOFTMAX.run(backend, _prepare(x, axis, out, True)) if res is None else res
 
 
 # --------------------------------------------------------------------------- impls
 
 
+@functools.cache
 def _scipy_or_seed(log):
     try:
         import scipy.special as sps

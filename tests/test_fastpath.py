@@ -1,0 +1,121 @@
+"""The fast path of the common call gives what the full call path gives, and runs what ``explain`` says.
+
+A call with ``backend=None`` under ``auto`` may take a public function's fast path (a few cheap
+checks, then the impl); ``backend="auto"`` always takes the full path (validation + the auto rule).
+Both must agree on every input of the shared matrix: the same result, or the same error.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+import fastla
+from tests.helpers import variant
+
+rng = np.random.default_rng(5)
+
+
+def _same(call):
+    """``call(backend)`` with ``None`` (fast path eligible) and ``"auto"`` (full path) agree."""
+    outcomes = []
+    for backend in (None, "auto"):
+        try:
+            outcomes.append(("ok", call(backend)))
+        except Exception as exc:  # the error is part of the contract
+            outcomes.append(("error", exc))
+    (kind_a, a), (kind_b, b) = outcomes
+    assert kind_a == kind_b, outcomes
+    if kind_a == "error":
+        assert type(a) is type(b) and str(a) == str(b)
+        return
+    assert type(a) is type(b)
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.dtype == b.dtype and a.shape == b.shape
+    np.testing.assert_array_equal(a, b)
+
+
+def _inputs():
+    m = {
+        "2d": (rng.standard_normal((5, 4)), rng.standard_normal((4, 3))),
+        "stack-small": (rng.standard_normal((300, 4, 4)), rng.standard_normal((300, 4, 4))),
+        "stack-short": (rng.standard_normal((10, 4, 4)), rng.standard_normal((10, 4, 4))),
+        "stack-large-mats": (rng.standard_normal((300, 20, 20)), rng.standard_normal((300, 20, 20))),
+        "mismatch": (rng.standard_normal((5, 4)), rng.standard_normal((5, 3))),
+        "1d": (rng.standard_normal(4), rng.standard_normal((4, 3))),
+    }
+    return m
+
+
+@pytest.mark.parametrize("case", sorted(_inputs()))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+@pytest.mark.parametrize("layout", ["C", "F", "readonly", "byteswapped", "negstride"])
+def test_matmul_fast_path_is_the_full_path(case, dtype, layout):
+    a, b = (variant(x.astype(dtype), layout) for x in _inputs()[case])
+    _same(lambda be: fastla.matmul(a, b, backend=be))
+
+
+def _systems():
+    a1 = rng.standard_normal((6, 6))
+    return {
+        "one": (a1, rng.standard_normal(6)),
+        "one-multi-rhs": (a1, rng.standard_normal((6, 2))),
+        "stack-small": (rng.standard_normal((100, 3, 3)), rng.standard_normal((100, 3, 1))),
+        "stack-short": (rng.standard_normal((10, 3, 3)), rng.standard_normal((10, 3, 2))),
+        "singular": (np.zeros((6, 6)), np.ones(6)),
+        "singular-in-stack": (np.stack([np.eye(3)] * 99 + [np.zeros((3, 3))]), np.ones((100, 3, 1))),
+        "bad-b": (a1, np.ones(5)),
+        "not-square": (rng.standard_normal((3, 4)), np.ones(3)),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_systems()))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", ["C", "F", "readonly"])
+def test_solve_fast_path_is_the_full_path(case, dtype, layout):
+    a, b = (variant(x.astype(dtype), layout) for x in _systems()[case])
+    _same(lambda be: fastla.solve(a, b, backend=be))
+
+
+@pytest.mark.parametrize("fn", [fastla.softmax, fastla.log_softmax])
+@pytest.mark.parametrize("shape", [(7,), (4, 10), (3, 5000), (0, 3), ()])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64, bool])
+def test_softmax_fast_path_is_the_full_path(fn, shape, dtype):
+    x = (rng.standard_normal(shape) * 3).astype(dtype)
+    _same(lambda be: fn(x, backend=be))
+    _same(lambda be: fn(x.astype(dtype).view(np.ndarray)[...], backend=be))
+
+
+def test_the_fast_path_runs_what_explain_names(monkeypatch):
+    ran = []
+    modules = {"matmul": "fastla.matmul", "solve": "fastla.lu", "softmax": "fastla.softmax"}
+    names = {
+        "matmul": ("_matmul_numpy", "_matmul_numba"),
+        "solve": ("_solve_numpy", "_solve_numba"),
+        "softmax": ("_numpy_impl", "_numba_impl"),
+    }
+    for op, mod in modules.items():
+        module = sys.modules[mod]
+        for impl, attr in zip(("numpy", "numba"), names[op], strict=True):
+            original = getattr(module, attr)
+
+            def spy(*args, _impl=impl, _original=original, _op=op, **kwargs):
+                ran.append((_op, _impl))
+                return _original(*args, **kwargs)
+
+            monkeypatch.setattr(module, attr, spy)
+    calls = [
+        ("matmul", (rng.standard_normal((5, 4)), rng.standard_normal((4, 3)))),
+        ("matmul", (rng.standard_normal((300, 4, 4)), rng.standard_normal((300, 4, 4)))),
+        ("matmul", (rng.standard_normal((10, 4, 4)), rng.standard_normal((10, 4, 4)))),
+        ("solve", (rng.standard_normal((100, 3, 3)), rng.standard_normal((100, 3, 1)))),
+        ("solve", (rng.standard_normal((6, 6)), rng.standard_normal(6))),
+        ("softmax", (rng.standard_normal((4, 10)),)),
+        ("softmax", (rng.standard_normal((100, 100)),)),
+    ]
+    for op, args in calls:
+        ran.clear()
+        getattr(fastla, op)(*args)
+        assert ran == [(op, fastla.explain(op, *args)[0])], (op, [a.shape for a in args])
