@@ -34,7 +34,7 @@ def _restore_global_settings():
 _WARMUP = {}
 _SESSION_START = time.perf_counter()  # conftest is imported as the session starts
 #: warm up only for a run this large (the whole suite); a few tests compile less than a warm-up does
-WARMUP_MIN_TESTS = 300
+WARMUP_MIN_TESTS = 700
 
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)

@@ -154,19 +154,33 @@ def _not_run_reason(t, rows, workloads, set_name, ops):
     return f"{', '.join(missing)} not measured" if missing else "not measured"
 
 
+#: Target kinds measured as a quantity that must stay *below* a limit (the others are ratios that
+#: must stay above): the first call's seconds, the per-call microseconds over the anchor.
+_LIMITS = ("max_seconds", "max_extra_us")
+
+
+def _limit(t):
+    return next((t[k] for k in _LIMITS if k in t), None)
+
+
 def target_floor(t, tolerance):
-    """The level below which ``--check`` fails: ``floor`` if given, else ``ratio * tolerance`` (for
-    a time target, ``max_seconds / tolerance``)."""
-    if "max_seconds" in t:
-        return t.get("floor", t["max_seconds"] / tolerance)
+    """The level past which ``--check`` fails: ``floor`` if given, else ``ratio * tolerance`` (for
+    a limit target, ``limit / tolerance``)."""
+    limit = _limit(t)
+    if limit is not None:
+        return t.get("floor", limit / tolerance)
     return t.get("floor", t["ratio"] * tolerance)
 
 
 def _measure(rows, t):
+    g = _groups(rows).get((t["op"], t["size"]), {})
     if "max_seconds" in t:  # a time target: the first call's seconds
-        g = _groups(rows).get((t["op"], t["size"]), {})
         r = g.get(t["impl"])
         return None if r is None else r.first_call_s
+    if "max_extra_us" in t:  # microseconds per call over the anchor's
+        if t["impl"] not in g or t["anchor"] not in g:
+            return None
+        return (g[t["impl"]].median - g[t["anchor"]].median) * 1e6
     return ratio(rows, t["op"], t["size"], t["impl"], t["anchor"])
 
 
@@ -179,8 +193,8 @@ def target_results(rows, targets, tolerance, workloads=None, set_name=None, ops=
         floor = target_floor(t, tolerance)
         if measured is None:
             status = "not run: " + _not_run_reason(t, rows, workloads, set_name, ops)
-        elif "max_seconds" in t:
-            if measured <= t["max_seconds"]:
+        elif _limit(t) is not None:
+            if measured <= _limit(t):
                 status = "met"
             else:
                 status = "missed (above floor)" if measured <= floor else "BELOW FLOOR"
@@ -206,6 +220,9 @@ def targets_table(results, tolerance=0.75):
         if "max_seconds" in t:
             target, what = f"≤ {t['max_seconds']} s", f"{t['impl']} first call"
             shown, floor_s = ("-" if measured is None else f"{measured:.2f} s"), f"{floor:.2g} s"
+        elif "max_extra_us" in t:
+            target, what = f"≤ +{t['max_extra_us']} µs", f"{t['impl']} over {t['anchor']}"
+            shown, floor_s = ("-" if measured is None else f"+{measured:.2f} µs"), f"{floor:.2g} µs"
         else:
             target = f"≥ {t['ratio']}×" + (f" (stretch {t['stretch']}×)" if "stretch" in t else "")
             what = f"{t['impl']} vs {t['anchor']}"

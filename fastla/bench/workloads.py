@@ -31,6 +31,7 @@ class Workload:
     loop: bool = False  # whether the pure-Python loop impl runs at this size
     skip_impls: tuple[str, ...] = ()
     study: bool = False  # run the study variants (numba_naive) in the quick set too, not only in full
+    auto: bool = False  # also time the public function as users call it (backend=None: auto)
     anchors: tuple[str, ...] = ()  # names in ANCHORS
     threads: int | None = None  # pin this workload's threads (numba and BLAS) to this count
 
@@ -48,6 +49,8 @@ class Workload:
         names = [n for n in _implementations(self.op) if n not in self.skip_impls]
         if set_name == "quick" and not self.study:
             names = [n for n in names if n != "numba_naive"]
+        if self.auto:
+            names.append("auto")
         if not self.loop:
             names = [n for n in names if n != "loop"]
         return names + [f"anchor:{a}" for a in self.anchors if _available(a)]
@@ -55,6 +58,10 @@ class Workload:
     def callable(self, impl):
         if impl.startswith("anchor:"):
             return ANCHORS[impl.split(":", 1)[1]]
+        if impl == "auto":
+            import fastla
+
+            return getattr(fastla, self.op)
         return _implementations(self.op)[impl]
 
 
@@ -601,6 +608,51 @@ def dask_topk(nq, nc, d, k, chunk, dtype, sets=("quick", "full")):
 WORKLOADS += [
     dask_topk(500, 100_000, 128, 10, 10_000, np.float32),
     dask_topk(2000, 400_000, 256, 10, 50_000, np.float32, sets=("full",)),
+]
+
+
+# --------------------------------------------------------------------------- per-call overhead
+# What a user calling fastla on tiny arrays in a loop pays over the library call auto picks: the
+# public function (auto) against the bare NumPy/SciPy call, on inputs where auto picks NumPy.
+
+
+@register_anchor("np_matmul")
+def _np_matmul(a, b, **kwargs):
+    return np.matmul(a, b)
+
+
+@register_anchor("np_solve")
+def _np_solve(a, b, **kwargs):
+    return np.linalg.solve(a, b)
+
+
+@register_anchor("scipy_softmax", requires="scipy")
+def _scipy_softmax(x, axis=-1, **kwargs):
+    from scipy.special import softmax
+
+    return softmax(x, axis=axis)
+
+
+def overhead(op, shapes, anchor):
+    def make(rng):
+        return tuple(rng.standard_normal(s) for s in shapes), {}
+
+    name = " ".join("x".join(map(str, s)) for s in shapes) + " f64 (call overhead)"
+    return Workload(
+        op,
+        name,
+        make,
+        sets=("quick", "full"),
+        skip_impls=("loop", "numba_naive"),
+        anchors=(anchor,),
+        auto=True,
+    )
+
+
+WORKLOADS += [
+    overhead("matmul", [(4, 4), (4, 4)], "np_matmul"),
+    overhead("solve", [(4, 4), (4, 4)], "np_solve"),
+    overhead("softmax", [(4, 10)], "scipy_softmax"),
 ]
 
 
