@@ -181,7 +181,7 @@ def matmul(a, b, /, out=None, *, backend=None):
         dt = a.dtype
         if dt is b.dtype and dt in _validate.COMPILED_DTYPES and a.ndim == b.ndim and _config.auto():
             if a.ndim == 2 and a.shape[1] == b.shape[0]:
-                return np.matmul(a, b)  # _matmul_numpy, without its out= argument
+                return _matmul_numpy(a, b, None)
             if a.ndim == 3 and a.shape[0] == b.shape[0] and a.shape[2] == b.shape[1]:
                 batch, m, k = a.shape
                 if _compiled_wins(m, k, b.shape[2], batch, True):
@@ -250,7 +250,7 @@ def _as_stack(x, batch):
 @_OP.register("numpy", any_dtype=True)
 def _matmul_numpy(a, b, out):
     """np.matmul (BLAS)."""
-    return np.matmul(a, b, out=out)
+    return np.matmul(a, b) if out is None else np.matmul(a, b, out=out)
 
 
 def _loop2d(a, b, c):
