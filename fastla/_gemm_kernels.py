@@ -582,24 +582,31 @@ def gemm_naive(a, b, c):
                 c[i, j] += aip * b[p, j]
 
 
+@jit(inline="always")
+def small_product(a, b, c):
+    """``c = a @ b`` for small 2-D operands: i-k-j with the running row kept in ``c`` (L1-resident),
+    no packing, no allocation (also ``fastla.kernels.matmul``)."""
+    m, k = a.shape
+    n = b.shape[1]
+    for i in range(m):
+        for j in range(n):
+            c[i, j] = 0
+        for p in range(k):
+            aip = a[i, p]
+            for j in range(n):
+                c[i, j] += aip * b[p, j]
+
+
 @jit(parallel=True)
 def batched_small(a, b, c):
     """``c[t] = a[t] @ b[t]`` for a stack of small matrices; parallel over the stack.
 
-    For tiny m, k, n the cost is the per-matrix work itself, so the loops are plain: i-k-j with the
-    running row kept in ``c`` (L1-resident), no packing and no per-matrix allocation.
+    For tiny m, k, n the cost is the per-matrix work itself, so the loops are plain
+    (:func:`small_product`).
     """
-    nb, m, k = a.shape
-    n = b.shape[2]
-    for t in prange(nb):
+    for t in prange(a.shape[0]):
         wide_vectors()
-        for i in range(m):
-            for j in range(n):
-                c[t, i, j] = 0
-            for p in range(k):
-                aip = a[t, i, p]
-                for j in range(n):
-                    c[t, i, j] += aip * b[t, p, j]
+        small_product(a[t], b[t], c[t])
 
 
 _SMALL_KERNELS = {}

@@ -241,6 +241,28 @@ def jit(fn=None, *, parallel=False, fastmath=FASTMATH, inline="never"):
     return wrap(fn) if fn is not None else wrap
 
 
+def serial(fn):
+    """A serial compile of the parallel kernel ``fn`` (its ``prange`` loops run as ``range``): the
+    same source, for callers that may themselves run inside a parallel region (``fastla.kernels``
+    inside a user's ``prange``), where a nested parallel launch must not happen.
+
+    The copy gets its own name (``<name>_serial``), hence its own cache entry: Numba's cache key
+    does not include the ``parallel`` flag, so one name for both would load the wrong one.
+    """
+    import types
+
+    py = getattr(fn, "py_func", fn)
+    if not JIT_ENABLED:
+        return py
+    clone = types.FunctionType(
+        py.__code__, py.__globals__, py.__name__ + "_serial", py.__defaults__, py.__closure__
+    )
+    clone.__qualname__ = py.__qualname__ + "_serial"
+    clone.__module__ = py.__module__
+    clone.__doc__ = py.__doc__
+    return jit(clone)
+
+
 _UNCACHED = []
 
 
@@ -301,6 +323,28 @@ def intrinsic(twin):
         if not JIT_ENABLED:
             return twin
         return _nb_intrinsic(typer)
+
+    return wrap
+
+
+def overload(pyfunc):
+    """Decorator giving the Python function ``pyfunc`` an implementation in compiled code.
+
+    The decorated *typer* receives the Numba types of the call's arguments and returns the
+    implementation (a function Numba compiles for those types) or None. ``pyfunc`` stays what Python
+    callers (and the JIT-off mode) run. This is how :mod:`fastla.kernels` works inside a user's
+    ``@njit`` code: one name, an implementation chosen by argument type (scalar or array, 1-D or 2-D).
+    """
+
+    def wrap(typer):
+        if JIT_ENABLED:
+            from numba.extending import overload as _overload
+
+            options = {"fastmath": set(FASTMATH), "error_model": "numpy", "no_cpython_wrapper": True}
+            # inlined into the caller at Numba's IR level: across a call boundary each array argument
+            # costs reference-count traffic (a 3x3 solve in a user's loop: 349 ns called, see kernels)
+            _overload(pyfunc, jit_options=options, prefer_literal=False, inline="always")(typer)
+        return pyfunc
 
     return wrap
 

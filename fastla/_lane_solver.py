@@ -62,29 +62,10 @@ def _lane_solve_twin(N, K, W, X, S):
             X[i] = u * W[i, i]
 
 
-@_jit.intrinsic(_lane_solve_twin)
-def lane_solve(typingctx, N, K, W, X, S):
-    """Solve ``lanes`` n x n systems at once, one per SIMD lane, for compile-time ``N`` and ``K``.
-
-    ``W`` (C-contiguous, ``(N, N, lanes)``) holds the matrices, ``X`` (``(N, K, lanes)``) the right-hand
-    sides and receives the solutions; ``S`` (``(lanes,)`` int64, zeroed by the caller) receives, per
-    lane, ``j + 1`` for the first column whose pivot is exactly zero (the lane's result is then
-    meaningless). ``W`` is overwritten. Gaussian elimination with partial pivoting as LAPACK getrf
-    (the first largest |a_ij| wins; NaN never does), all in vector registers.
-    """
+def _lane_codegen(n, k, v, itemsize, status_array):
+    """LLVM IR for :func:`lane_solve` (``status_array``: S is an argument, stored) and
+    :func:`lane_solve_one` (no S: lane 0's status is returned). W is only read."""
     from llvmlite import ir
-
-    nbt = _jit.nb_types
-    if not (isinstance(N, nbt.IntegerLiteral) and isinstance(K, nbt.IntegerLiteral)):
-        return None
-    if not all(isinstance(t, nbt.Array) for t in (W, X, S)) or W.dtype != X.dtype:
-        return None
-    if W.dtype not in (nbt.float32, nbt.float64) or S.dtype != nbt.int64:
-        return None
-    n, k = N.literal_value, K.literal_value
-    itemsize = np.dtype(str(W.dtype)).itemsize
-    v = lanes(np.dtype(str(W.dtype)))
-    sig = nbt.void(N, K, W, X, S)
 
     def codegen(context, builder, sig, args):
         i64 = ir.IntType(64)
@@ -93,7 +74,6 @@ def lane_solve(typingctx, N, K, W, X, S):
         ity = ir.VectorType(i64, v)
         w_ptr = context.make_array(sig.args[2])(context, builder, args[2]).data
         x_ptr = context.make_array(sig.args[3])(context, builder, args[3]).data
-        s_ptr = context.make_array(sig.args[4])(context, builder, args[4]).data
 
         def ptr(base, offset, ty):
             return builder.bitcast(builder.gep(base, [ir.Constant(i64, offset)]), ty.as_pointer())
@@ -113,7 +93,11 @@ def lane_solve(typingctx, N, K, W, X, S):
         fabs, fma = fn("fabs", 1), fn("fma", 3)
         a = [[load(w_ptr, (i * n + c) * v) for c in range(n)] for i in range(n)]
         x = [[load(x_ptr, (i * k + c) * v) for c in range(k)] for i in range(n)]
-        s = builder.load(ptr(s_ptr, 0, ity), align=8)
+        if status_array:
+            s_ptr = context.make_array(sig.args[4])(context, builder, args[4]).data
+            s = builder.load(ptr(s_ptr, 0, ity), align=8)
+        else:
+            s = splat(ity, 0)
         zero_f, minus_one = splat(vty, 0.0), splat(vty, -1.0)
         zero_i = splat(ity, 0)
         nrd = [None] * n
@@ -153,10 +137,60 @@ def lane_solve(typingctx, N, K, W, X, S):
         for i in range(n):
             for c in range(k):
                 store(x[i][c], x_ptr, (i * k + c) * v)
-        builder.store(s, ptr(s_ptr, 0, ity), align=8)
-        return context.get_dummy_value()
+        if status_array:
+            builder.store(s, ptr(s_ptr, 0, ity), align=8)
+            return context.get_dummy_value()
+        return builder.extract_element(s, ir.Constant(ir.IntType(32), 0))
 
-    return sig, codegen
+    return codegen
+
+
+@_jit.intrinsic(_lane_solve_twin)
+def lane_solve(typingctx, N, K, W, X, S):
+    """Solve ``lanes`` n x n systems at once, one per SIMD lane, for compile-time ``N`` and ``K``.
+
+    ``W`` (C-contiguous, ``(N, N, lanes)``) holds the matrices, ``X`` (``(N, K, lanes)``) the right-hand
+    sides and receives the solutions; ``S`` (``(lanes,)`` int64, zeroed by the caller) receives, per
+    lane, ``j + 1`` for the first column whose pivot is exactly zero (the lane's result is then
+    meaningless). The compiled code only reads ``W`` (the Python twin overwrites it). Gaussian
+    elimination with partial pivoting as LAPACK getrf (the first largest |a_ij| wins; NaN never
+    does), all in vector registers.
+    """
+    nbt = _jit.nb_types
+    if not (isinstance(N, nbt.IntegerLiteral) and isinstance(K, nbt.IntegerLiteral)):
+        return None
+    if not all(isinstance(t, nbt.Array) for t in (W, X, S)) or W.dtype != X.dtype:
+        return None
+    if W.dtype not in (nbt.float32, nbt.float64) or S.dtype != nbt.int64:
+        return None
+    dtype = np.dtype(str(W.dtype))
+    codegen = _lane_codegen(N.literal_value, K.literal_value, lanes(dtype), dtype.itemsize, True)
+    return nbt.void(N, K, W, X, S), codegen
+
+
+def _lane_solve_one_twin(N, K, W, X):
+    S = np.zeros(1, np.int64)
+    X3 = X[..., None]
+    _lane_solve_twin(N, K, np.array(W, copy=True)[..., None], X3, S)
+    return int(S[0])
+
+
+@_jit.intrinsic(_lane_solve_one_twin)
+def lane_solve_one(typingctx, N, K, W, X):
+    """:func:`lane_solve`'s straight-line code for one system (one lane): ``W`` C-contiguous
+    ``(N, N)`` (only read), ``X`` ``(N, K)`` (the right-hand sides, then the solutions); returns 0,
+    or ``j + 1`` for the first exactly zero pivot. The same pivoting and operation order as the
+    batched solver, so both give the same answer."""
+    nbt = _jit.nb_types
+    if not (isinstance(N, nbt.IntegerLiteral) and isinstance(K, nbt.IntegerLiteral)):
+        return None
+    if not all(isinstance(t, nbt.Array) and t.layout == "C" and t.ndim == 2 for t in (W, X)):
+        return None
+    if W.dtype != X.dtype or W.dtype not in (nbt.float32, nbt.float64):
+        return None
+    dtype = np.dtype(str(W.dtype))
+    codegen = _lane_codegen(N.literal_value, K.literal_value, 1, dtype.itemsize, False)
+    return nbt.int64(N, K, W, X), codegen
 
 
 _SMALL_SOLVERS = {}

@@ -100,19 +100,25 @@ def _softmax_rows(x, out, log, zero):
     ``zero`` is 0 in x's dtype: float32 rows keep float32 maxima and exps (16 lanes on AVX-512)
     instead of being promoted by a float64 literal; the sums accumulate in float64 (by chunks).
     """
-    rows, n = x.shape
-    for r in prange(rows):
+    for r in prange(x.shape[0]):
         wide_vectors()
-        m = _math.row_max(x[r])
-        if log:
-            mm = m if np.isfinite(m) else zero
-            shift = mm + np.log(_exp_sum(x[r], mm, out[r], False, zero))
-            for j in range(n):
-                out[r, j] = x[r, j] - shift
-        else:
-            inv = 1.0 / _exp_sum(x[r], m, out[r], True, zero)
-            for j in range(n):
-                out[r, j] *= inv
+        softmax_row(x[r], out[r], log, zero)
+
+
+@jit(inline="always")
+def softmax_row(x, out, log, zero):
+    """Softmax (or log-softmax) of the contiguous 1-D ``x`` (n >= 1) into ``out`` (in-place safe;
+    also ``fastla.kernels.softmax``)."""
+    m = _math.row_max(x)
+    if log:
+        mm = m if np.isfinite(m) else zero
+        shift = mm + np.log(_exp_sum(x, mm, out, False, zero))
+        for j in range(x.size):
+            out[j] = x[j] - shift
+    else:
+        inv = 1.0 / _exp_sum(x, m, out, True, zero)
+        for j in range(x.size):
+            out[j] *= inv
 
 
 @jit(parallel=True)

@@ -33,6 +33,7 @@ class Workload:
     study: bool = False  # run the study variants (numba_naive) in the quick set too, not only in full
     auto: bool = False  # also time the public function as users call it (backend=None: auto)
     anchors: tuple[str, ...] = ()  # names in ANCHORS
+    full_anchors: tuple[str, ...] = ()  # anchors run in the full set only (slow, and no target needs them)
     threads: int | None = None  # pin this workload's threads (numba and BLAS) to this count
 
     @property
@@ -53,7 +54,8 @@ class Workload:
             names.append("auto")
         if not self.loop:
             names = [n for n in names if n != "loop"]
-        return names + [f"anchor:{a}" for a in self.anchors if _available(a)]
+        anchors = self.anchors + (self.full_anchors if set_name == "full" else ())
+        return names + [f"anchor:{a}" for a in anchors if _available(a)]
 
     def callable(self, impl):
         if impl.startswith("anchor:"):
@@ -72,6 +74,10 @@ def _implementations(op):
 
     if op.startswith("dask:"):
         return _dask_impls(op.split(":", 1)[1])
+    if op.startswith("kernels:"):
+        from fastla.bench import njit_loops
+
+        return njit_loops.impls(op.split(":", 1)[1])
     if "+" not in op:
         return fastla.implementations(op)
     first, second = (fastla.implementations(o) for o in op.split("+"))
@@ -342,7 +348,7 @@ def _randomized_svd(a, *args, k=1, **kwargs):
     return randomized_svd(a, k, random_state=0)
 
 
-def eig_workload(n, k, gap=0.9, sets=("quick", "full"), anchors=("eigh", "eigsh")):
+def eig_workload(n, k, gap=0.9, sets=("quick", "full"), anchors=("eigsh",), full_anchors=("eigh",)):
     """Symmetric n x n with lambda_2 / lambda_1 = gap (the rest in +-0.8 gap), top-k pairs."""
 
     def make(rng):
@@ -352,14 +358,21 @@ def eig_workload(n, k, gap=0.9, sets=("quick", "full"), anchors=("eigh", "eigsh"
         return ((q * lam) @ q.T,), {"k": k, "tol": 1e-8, "seed": 0}
 
     return Workload(
-        "power_iteration", f"{n} f64 k={k}", make, bytes=8.0 * n * n, sets=sets, loop=n <= 64, anchors=anchors
+        "power_iteration",
+        f"{n} f64 k={k}",
+        make,
+        bytes=8.0 * n * n,
+        sets=sets,
+        loop=n <= 64,
+        anchors=anchors,
+        full_anchors=full_anchors,
     )
 
 
 WORKLOADS += [
     eig_workload(48, 1, sets=("smoke",), anchors=()),
     eig_workload(2000, 1),
-    eig_workload(4000, 10, sets=("full",), anchors=("eigsh", "randomized_svd")),
+    eig_workload(4000, 10, sets=("full",), anchors=("eigsh", "randomized_svd"), full_anchors=()),
 ]
 
 
@@ -418,7 +431,9 @@ def _bare_gemm(q, c, k, **kwargs):
 _bare_gemm.cache = {}
 
 
-def cosine_topk(nq, nc, d, k, dtype, sets=("quick", "full"), anchors=("full_argpartition", "bare_gemm")):
+def cosine_topk(
+    nq, nc, d, k, dtype, sets=("quick", "full"), anchors=("bare_gemm",), full_anchors=("full_argpartition",)
+):
     def make(rng):
         q = rng.standard_normal((nq, d)).astype(dtype)
         return (q, rng.standard_normal((nc, d)).astype(dtype), k), {}
@@ -431,6 +446,7 @@ def cosine_topk(nq, nc, d, k, dtype, sets=("quick", "full"), anchors=("full_argp
         sets=sets,
         loop=nq * nc * d <= 2e5,
         anchors=anchors,
+        full_anchors=full_anchors,
     )
 
 
@@ -608,6 +624,37 @@ def dask_topk(nq, nc, d, k, chunk, dtype, sets=("quick", "full")):
 WORKLOADS += [
     dask_topk(500, 100_000, 128, 10, 10_000, np.float32),
     dask_topk(2000, 400_000, 256, 10, 50_000, np.float32, sets=("full",)),
+]
+
+
+# --------------------------------------------------------------------------- fastla.kernels
+# Inside a user's @njit loop over many small items: fastla's kernel against what a Numba user
+# writes today (fastla/bench/njit_loops.py). One thread, both sides serial.
+
+
+def njit_loop(op, items, shape, sets=("quick", "full")):
+    def make(rng):
+        a = rng.standard_normal((items, *shape))
+        if op == "solve":
+            return (a, rng.standard_normal((items, shape[0]))), {}
+        if op == "matmul":
+            return (a, rng.standard_normal((items, *shape))), {}
+        return (a * 3,), {}
+
+    label = f"{items // 1000}k {'x'.join(map(str, shape))} f64 in a user @njit loop"
+    return Workload(f"kernels:{op}", label, make, sets=sets, threads=1)
+
+
+WORKLOADS += [
+    njit_loop("solve", 100_000, (3, 3)),
+    njit_loop("solve", 100_000, (4, 4)),
+    njit_loop("solve", 100_000, (8, 8)),
+    njit_loop("matmul", 100_000, (4, 4)),
+    njit_loop("softmax", 100_000, (10,)),
+    njit_loop("softmax", 10_000, (1000,)),
+    njit_loop("solve", 1000, (3, 3), sets=("smoke",)),
+    njit_loop("matmul", 1000, (4, 4), sets=("smoke",)),
+    njit_loop("softmax", 1000, (10,), sets=("smoke",)),
 ]
 
 

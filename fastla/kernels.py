@@ -1,0 +1,815 @@
+"""fastla's kernels for use inside your own Numba code: ``from fastla import kernels``.
+
+Every function here can be called from a user's ``@njit`` function (also inside ``prange``), from
+plain Python, and under ``NUMBA_DISABLE_JIT=1``. Names and arguments follow the public functions:
+
+======================================  ==============================================================
+``exp(x)``                              a float32/float64 scalar or array (fastla's vectorisable exp)
+``softmax(x, out=None)``                along the last axis of a 1-D or 2-D array
+``log_softmax(x, out=None)``            the same, log form
+``logsumexp(x)``                        of a 1-D array (a float), or per row of a 2-D array
+``matmul(a, b, out=None)``              2-D ``a @ b`` by plain loops (small operands)
+``gemm(a, b, out, alpha=1.0, beta=0.0)``  ``out = alpha * a @ b + beta * out`` by the packed GEMM
+``solve(a, b, out=None)``               one system ``(n, n)`` with ``(n,)`` / ``(n, k)``, or a stack
+``solve_inplace(a, b)``                 the same, overwriting ``a`` and ``b`` (``b`` becomes ``x``)
+``try_solve(a, b, out)``                one system; False for a singular one instead of raising
+``lu_factor(a)``, ``lu_solve(lu, piv, b)``  SciPy's ``(lu, piv)`` convention
+``cosine_similarity(X, Y, out=None)``   the ``(n, m)`` matrix of 2-D ``X``, ``Y``
+``topk_init(k, dtype)``, ``topk_push``  a streaming top-k accumulator (see :func:`topk_push`)
+``attention_step``, ``attention_finish``  one online-softmax attention step over a key tile
+======================================  ==============================================================
+
+Calling convention for hot loops: pass ``out`` to avoid an allocation per call; ``solve_inplace``
+and ``softmax(x, x)`` work in place. Failures raise exceptions Numba can raise in compiled code:
+``numpy.linalg.LinAlgError("Singular matrix")`` for an exactly zero pivot, ``ValueError`` for bad
+shapes, with a message. Everything here is **serial**: none of these functions starts a parallel
+region, so calling them inside your own ``prange`` never nests parallelism (parallelise your outer
+loop), and none of them makes that loop serial (they raise through a call: a ``raise`` inlined into a
+``prange`` body makes Numba run the loop serially). Inside a ``prange`` loop Numba does not deliver an
+exception raised on a worker thread (numba/numba#2811): check shapes before the loop, and use
+:func:`try_solve`, which reports a singular system by its return value, where one may be singular.
+
+One implementation: softmax, log-softmax and log-sum-exp run fastla's row kernel (the same exp and
+row max as ``fastla.softmax``); ``gemm`` and ``cosine_similarity`` run the same packing and
+micro-kernel as ``fastla.matmul`` / ``fastla.cosine_similarity`` (a serial compile of the same
+driver source); ``lu_factor`` / ``lu_solve`` run the blocked LU's panel and substitution kernels; the
+top-k accumulator is the fused top-k's insertion. ``solve`` for small systems is Gaussian
+elimination with the pivoting rule and operation order of ``fastla.solve``'s batched kernel (the
+first largest ``|a_ij|``, multipliers ``a_ij * (-1 / a_jj)``, fused multiply-adds), so the two
+agree to rounding on every system (tested); it is written as loops because the batched kernel's
+straight-line code is compiled per ``n``, which a call with a run-time ``n`` cannot select.
+
+Example
+-------
+>>> import numpy as np
+>>> from numba import njit, prange  # doctest: +SKIP
+>>> from fastla import kernels
+>>> @njit(parallel=True)  # doctest: +SKIP
+... def step(A, b, x):
+...     for i in prange(A.shape[0]):
+...         kernels.solve(A[i], b[i], x[i])
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+
+import numpy as np
+
+from fastla import _gemm_kernels as _gk
+from fastla import _jit, _math
+from fastla import _lane_solver as _ls
+from fastla import lu as _lu
+from fastla import similarity as _sim
+from fastla._jit import jit
+
+# the module (fastla.softmax is also the name of the function)
+_sm = importlib.import_module("fastla.softmax")
+
+__all__ = [
+    "attention_finish",
+    "attention_step",
+    "cosine_similarity",
+    "exp",
+    "gemm",
+    "log_softmax",
+    "logsumexp",
+    "lu_factor",
+    "lu_solve",
+    "matmul",
+    "softmax",
+    "solve",
+    "solve_inplace",
+    "topk_init",
+    "topk_push",
+    "try_solve",
+]
+
+nbt = _jit.nb_types
+
+# The serial compiles of the shared parallel kernels (see _jit.serial).
+_softmax_rows = _jit.serial(_sm._softmax_rows)
+_gemm_into = _jit.serial(_gk.gemm_into)
+_inv_norms = _jit.serial(_sim._inv_norms)
+# GEMM block sizes by dtype (index: itemsize == 8), frozen into the compiled code.
+_KC = (_gk.BLOCKING[np.dtype(np.float32)].KC, _gk.BLOCKING[np.dtype(np.float64)].KC)
+_MC = (_gk.BLOCKING[np.dtype(np.float32)].MC, _gk.BLOCKING[np.dtype(np.float64)].MC)
+_NC = (_gk.BLOCKING[np.dtype(np.float32)].NC, _gk.BLOCKING[np.dtype(np.float64)].NC)
+
+
+# The hot-loop kernels are inlined into the caller, and a ``raise`` inlined into a user's ``prange`` body
+# is a second exit from the loop, which Numba then runs serially. They call these instead (a call is
+# not an exit). Numba reports an exception from inside a parallel loop as a SystemError whose cause
+# is this error.
+@jit
+def _out_shape_error():
+    raise ValueError("fastla.kernels: out must have x's shape")
+
+
+@jit
+def _matmul_shape_error():
+    raise ValueError("fastla.kernels.matmul: shapes do not match (a (m, k), b (k, n), out (m, n))")
+
+
+@jit
+def _solve_shape_error():
+    raise ValueError("fastla.kernels.solve: a must be (..., n, n) and b, out (..., n) or (..., n, k)")
+
+
+@jit
+def _singular_error():
+    raise np.linalg.LinAlgError("Singular matrix")
+
+
+def _call(fn, *args):
+    """Run a compiled implementation from Python; with the JIT off it runs as Python, with NumPy's
+    floating-point warnings silenced as the compiled code has none."""
+    return fn(*args) if _jit.JIT_ENABLED else _jit.python_rendering(fn, *args)
+
+
+def _is_float(t):
+    return isinstance(t, nbt.Float)
+
+
+def _is_array(t, ndims=(1, 2)):
+    return isinstance(t, nbt.Array) and t.ndim in ndims and isinstance(t.dtype, nbt.Float)
+
+
+def _zero(x):
+    """0 in ``x``'s dtype (an array or a scalar)."""
+    return np.asarray(x).dtype.type(0)
+
+
+@_jit.overload(_zero)
+def _zero_typer(x):
+    dt = x.dtype if isinstance(x, nbt.Array) else x
+    return lambda x: dt(0)
+
+
+# --------------------------------------------------------------------------- exp
+
+
+@jit
+def _exp_array(x, out):
+    _jit.wide_vectors()
+    flat_x = x.reshape(x.size)
+    flat_o = out.reshape(out.size)
+    for i in range(flat_x.size):
+        flat_o[i] = _math.exp(flat_x[i])
+    return out
+
+
+def exp(x):
+    """``e**x`` of a float32/float64 scalar or array: fastla's exp (≤ 2 ulp, vectorised in loops).
+
+    Examples
+    --------
+    >>> from fastla import kernels
+    >>> float(kernels.exp(0.0))
+    1.0
+    """
+    if np.ndim(x) == 0:
+        return _math.exp(x)
+    x = np.ascontiguousarray(x)
+    return _call(_exp_array, x, np.empty_like(x))
+
+
+@_jit.overload(exp)
+def _exp_typer(x):
+    if _is_float(x):
+        return lambda x: _math.exp(x)
+    if isinstance(x, nbt.Array) and _is_float(x.dtype):
+        return lambda x: _exp_array(np.ascontiguousarray(x), np.empty(x.shape, x.dtype))
+    return None
+
+
+# --------------------------------------------------------------------------- softmax family
+
+
+@jit(inline="always")
+def _row(x, out, log):
+    """The row kernel on a 1-D ``x`` into ``out``."""
+    if x.size > 0:
+        _sm.softmax_row(x, out, log, _zero(x))
+    return out
+
+
+@jit(inline="always")
+def _rows(x, out, log):
+    """The row kernel on each row of a 2-D ``x`` into ``out``."""
+    if x.size > 0:
+        _softmax_rows(x, out, log, _zero(x))
+    return out
+
+
+def _row_kernel(x):
+    """:func:`_row` or :func:`_rows` for an array of ``x``'s dimensions (array or Numba type)."""
+    return _row if x.ndim == 1 else _rows
+
+
+def _prepare_out(x, out):
+    x = np.asarray(x)
+    if x.ndim not in (1, 2) or x.dtype not in (np.float32, np.float64):
+        raise ValueError("fastla.kernels: x must be a 1-D or 2-D float32/float64 array")
+    if out is None:
+        return x, np.empty(x.shape, x.dtype)
+    if out.shape != x.shape or out.dtype != x.dtype or not out.flags.c_contiguous:
+        raise ValueError("fastla.kernels: out must be a C-contiguous array of x's shape and dtype")
+    return x, out
+
+
+def softmax(x, out=None):
+    """Softmax along the last axis of a 1-D or 2-D float array (``out=x`` works in place).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastla import kernels
+    >>> kernels.softmax(np.array([0.0, 0.0])).tolist()
+    [0.5, 0.5]
+    """
+    x, out = _prepare_out(x, out)
+    return _call(_row_kernel(x), x, out, False)
+
+
+def log_softmax(x, out=None):
+    """Log-softmax along the last axis of a 1-D or 2-D float array (``out=x`` works in place)."""
+    x, out = _prepare_out(x, out)
+    return _call(_row_kernel(x), x, out, True)
+
+
+def _softmax_typer(log):
+    def typer(x, out=None):
+        if not _is_array(x):
+            return None
+        kernel = _row_kernel(x)
+        if out is None or isinstance(out, nbt.NoneType | nbt.Omitted):
+
+            def alloc(x, out=None):
+                return kernel(x, np.empty(x.shape, x.dtype), log)
+
+            return alloc
+        if _is_array(out) and out.ndim == x.ndim:
+
+            def into(x, out=None):
+                if out.shape != x.shape:
+                    _out_shape_error()
+                return kernel(x, out, log)
+
+            return into
+        return None
+
+    return typer
+
+
+_jit.overload(softmax)(_softmax_typer(False))
+_jit.overload(log_softmax)(_softmax_typer(True))
+
+
+@jit(inline="always")
+def _logsumexp_rows(x):
+    n = x.shape[-1]
+    rows = x.size // n if n else x.size // max(n, 1)
+    x2 = np.ascontiguousarray(x).reshape((rows, n))
+    res = np.empty(rows, np.float64)
+    zero = _zero(x)
+    for r in range(x2.shape[0]):
+        m = _math.row_max(x2[r]) if x2.shape[1] else -np.inf
+        mm = m if np.isfinite(m) else zero
+        res[r] = mm + np.log(_sm._exp_sum(x2[r], mm, x2[r], False, zero))
+    return res
+
+
+def logsumexp(x):
+    """``log(sum(exp(x)))`` of a 1-D array (a float) or per row of a 2-D array, stably."""
+    x = np.asarray(x)
+    res = _call(_logsumexp_rows, x)
+    return float(res[0]) if x.ndim == 1 else res.astype(x.dtype)
+
+
+@_jit.overload(logsumexp)
+def _logsumexp_typer(x):
+    if _is_array(x, (1,)):
+        return lambda x: _logsumexp_rows(x)[0]
+    if _is_array(x, (2,)):
+        return lambda x: _logsumexp_rows(x).astype(x.dtype)
+    return None
+
+
+# --------------------------------------------------------------------------- products
+
+
+@jit(inline="always")
+def _matmul2d(a, b, out):
+    if a.shape[1] != b.shape[0] or out.shape[0] != a.shape[0] or out.shape[1] != b.shape[1]:
+        _matmul_shape_error()
+    _gk.small_product(a, b, out)
+    return out
+
+
+def matmul(a, b, out=None):
+    """``a @ b`` for 2-D float arrays by plain loops: for small operands in a hot loop (use
+    :func:`gemm` for large ones).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastla import kernels
+    >>> kernels.matmul(np.eye(2), np.array([[1.0, 2.0], [3.0, 4.0]])).tolist()
+    [[1.0, 2.0], [3.0, 4.0]]
+    """
+    a, b = np.asarray(a), np.asarray(b)
+    if out is None:
+        out = np.empty((a.shape[0], b.shape[1]), np.result_type(a, b))
+    return _call(_matmul2d, a, b, out)
+
+
+@_jit.overload(matmul)
+def _matmul_typer(a, b, out=None):
+    if not (_is_array(a, (2,)) and _is_array(b, (2,))):
+        return None
+    if out is None or isinstance(out, nbt.NoneType | nbt.Omitted):
+        return lambda a, b, out=None: _matmul2d(a, b, np.empty((a.shape[0], b.shape[1]), a.dtype))
+    return lambda a, b, out=None: _matmul2d(a, b, out)
+
+
+@jit
+def _gemm(a, b, out, alpha, beta):
+    m, k = a.shape
+    n = b.shape[1]
+    if b.shape[0] != k or out.shape[0] != m or out.shape[1] != n:
+        raise ValueError("fastla.kernels.gemm: shapes do not match (a (m, k), b (k, n), out (m, n))")
+    if beta == 0:
+        accumulate = False
+    else:
+        accumulate = True
+        if beta != 1:
+            for i in range(m):
+                for j in range(n):
+                    out[i, j] *= beta
+    ac = np.ascontiguousarray(a)
+    bc = np.ascontiguousarray(b)
+    A = _gk.flat_operand(ac.reshape(ac.size), 0, k, 1, m, k)
+    B = _gk.flat_operand(bc.reshape(bc.size), 0, n, 1, k, n)
+    none = out.reshape(out.size)[:0]
+    big = int(out.itemsize == 8)
+    start = m - m  # a run-time 0 (see _gemm_kernels' "literal arguments")
+    _gemm_into(
+        A,
+        B,
+        out.reshape(out.size),
+        start,
+        n,
+        alpha,
+        accumulate,
+        none,
+        none,
+        _KC[big],
+        min(m, _MC[big]),
+        _NC[big],
+    )
+    return out
+
+
+def gemm(a, b, out, alpha=1.0, beta=0.0):
+    """``out = alpha * a @ b + beta * out`` for 2-D float arrays of one dtype, by fastla's packed GEMM
+    (serial); ``out`` must be C-contiguous."""
+    a, b = np.asarray(a), np.asarray(b)
+    if not out.flags.c_contiguous:
+        raise ValueError("fastla.kernels.gemm: out must be C-contiguous")
+    return _call(_gemm, a, b, out, out.dtype.type(alpha), out.dtype.type(beta))
+
+
+@_jit.overload(gemm)
+def _gemm_typer(a, b, out, alpha=1.0, beta=0.0):
+    if not (_is_array(a, (2,)) and _is_array(b, (2,)) and _is_array(out, (2,)) and out.layout == "C"):
+        return None
+    dt = out.dtype
+
+    def impl(a, b, out, alpha=1.0, beta=0.0):
+        return _gemm(a, b, out, dt(alpha), dt(beta))
+
+    return impl
+
+
+# --------------------------------------------------------------------------- linear systems
+
+
+@jit
+def _eliminate(w, x):
+    """Solve ``w y = x`` in place for C-contiguous ``w`` (n, n) and ``x`` (n, k): Gaussian elimination
+    with partial pivoting in the batched solver's order (see the module docstring). ``w`` is
+    overwritten; returns 0, or ``j + 1`` for the first exactly zero pivot."""
+    n = w.shape[0]
+    k = x.shape[1]
+    info = 0
+    for j in range(n):
+        p = j
+        best = abs(w[j, j])
+        for i in range(j + 1, n):
+            v = abs(w[i, j])
+            if v > best:  # strict: the first largest, as LAPACK; NaN never wins
+                best = v
+                p = i
+        if p != j:
+            for c in range(j, n):
+                w[j, c], w[p, c] = w[p, c], w[j, c]
+            for c in range(k):
+                x[j, c], x[p, c] = x[p, c], x[j, c]
+        if w[j, j] == 0 and info == 0:
+            info = j + 1
+        nrd = -1 / w[j, j]
+        w[j, j] = nrd
+        for i in range(j + 1, n):
+            f = w[i, j] * nrd
+            for c in range(j + 1, n):
+                w[i, c] = f * w[j, c] + w[i, c]
+            for c in range(k):
+                x[i, c] = f * x[j, c] + x[i, c]
+    for i in range(n - 1, -1, -1):
+        for c in range(k):
+            u = -x[i, c]
+            for r in range(i + 1, n):
+                u = w[i, r] * x[r, c] + u
+            x[i, c] = u * w[i, i]
+    return info
+
+
+#: Systems up to this n with one right-hand side run the batched solver's straight-line code (one
+#: lane); larger ones the same elimination as loops. Each n is compiled on its own (a chain of 16
+#: took 43 s to compile, 8 about 5 s); measured 3x3 in a user loop: 92 ns a system straight-line,
+#: 148 ns as loops.
+STRAIGHT_LINE_MAX = 8
+
+
+@jit(inline="always")
+def _solve_one(a, x):
+    """Solve ``a y = x`` in place in ``x`` (n, k) for one C-contiguous system ``a`` (only read);
+    returns 0, or ``j + 1`` for the first exactly zero pivot."""
+    n = a.shape[0]
+    if x.shape[1] == 1:
+        if n == 1:
+            return _ls.lane_solve_one(1, 1, a, x)
+        elif n == 2:
+            return _ls.lane_solve_one(2, 1, a, x)
+        elif n == 3:
+            return _ls.lane_solve_one(3, 1, a, x)
+        elif n == 4:
+            return _ls.lane_solve_one(4, 1, a, x)
+        elif n == 5:
+            return _ls.lane_solve_one(5, 1, a, x)
+        elif n == 6:
+            return _ls.lane_solve_one(6, 1, a, x)
+        elif n == 7:
+            return _ls.lane_solve_one(7, 1, a, x)
+        elif n == 8:
+            return _ls.lane_solve_one(8, 1, a, x)
+    w = a.copy()
+    return _eliminate(w, x)
+
+
+@jit(inline="always")
+def _solve_vec(a, b, out):
+    """The hot-loop form: one C-contiguous system ``a`` (n, n), ``b`` and ``out`` (n,); no
+    allocation (a ``np.ascontiguousarray`` here cost 250 ns a call)."""
+    n = a.shape[0]
+    if a.shape[1] != n or b.shape[0] != n or out.shape[0] != n:
+        _solve_shape_error()
+    for i in range(n):
+        out[i] = b[i]
+    if _solve_one(a, out.reshape((n, 1))):
+        _singular_error()
+    return out
+
+
+def try_solve(a, b, out):
+    """Solve one system ``a (n, n) x = b (n,)`` into ``out (n,)``; return True, or False (``out``
+    undefined) when a pivot is exactly zero. For parallel loops, where an exception on a worker thread
+    is lost (see the module docstring).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastla import kernels
+    >>> x = np.empty(2)
+    >>> kernels.try_solve(np.array([[3.0, 1.0], [1.0, 2.0]]), np.array([9.0, 8.0]), x), x.tolist()
+    (True, [2.0, 3.0])
+    >>> kernels.try_solve(np.ones((2, 2)), np.ones(2), x)
+    False
+    """
+    a, b = np.ascontiguousarray(a), np.asarray(b)
+    if a.dtype != out.dtype or b.dtype != out.dtype:
+        raise ValueError("fastla.kernels.try_solve: a, b and out must have one float dtype")
+    return bool(_call(_try_solve, a, b, out))
+
+
+@jit(inline="always")
+def _try_solve(a, b, out):
+    n = a.shape[0]
+    if a.shape[1] != n or b.shape[0] != n or out.shape[0] != n:
+        _solve_shape_error()
+    for i in range(n):
+        out[i] = b[i]
+    return _solve_one(a, out.reshape((n, 1))) == 0
+
+
+@_jit.overload(try_solve)
+def _try_solve_typer(a, b, out):
+    if _is_array(a, (2,)) and a.layout == "C" and _is_array(b, (1,)) and _is_array(out, (1,)):
+        return lambda a, b, out: _try_solve(a, b, out)
+    return None
+
+
+@jit
+def _solve_into(a, b, out):
+    """``out = solve(a, b)`` for one system (``b`` 1-D or 2-D) or a stack (``a`` 3-D)."""
+    n = a.shape[-1]
+    if a.shape[-2] != n or b.shape[0 if a.ndim == 2 else 1] != n or out.shape != b.shape:
+        _solve_shape_error()
+    a3 = np.ascontiguousarray(a).reshape((-1, n, n))
+    m = a3.shape[0]
+    x3 = out.reshape((m, n, -1))
+    b3 = np.ascontiguousarray(b).reshape((m, n, -1))
+    for t in range(m):
+        x3[t] = b3[t]
+        if _solve_one(a3[t], x3[t]):
+            _singular_error()
+    return out
+
+
+def solve(a, b, out=None):
+    """Solve ``a x = b``: one system ``a (n, n)`` with ``b (n,)`` or ``(n, k)``, or a stack ``a (m, n, n)``
+    with ``b (m, n)`` or ``(m, n, k)``; ``x`` has ``b``'s shape (into ``out`` when given).
+
+    Raises ``numpy.linalg.LinAlgError("Singular matrix")`` for an exactly zero pivot, also inside
+    compiled code.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastla import kernels
+    >>> kernels.solve(np.array([[3.0, 1.0], [1.0, 2.0]]), np.array([9.0, 8.0])).tolist()
+    [2.0, 3.0]
+    """
+    a, b = np.asarray(a), np.asarray(b)
+    dtype = np.result_type(a, b)
+    if out is None:
+        out = np.empty(b.shape, dtype)
+    return _call(_solve_into, a.astype(dtype, copy=False), b.astype(dtype, copy=False), out)
+
+
+@_jit.overload(solve)
+def _solve_typer(a, b, out=None):
+    if not (_is_array(a, (2, 3)) and _is_array(b, (1, 2, 3))):
+        return None
+    impl = _solve_vec if a.ndim == 2 and a.layout == "C" and b.ndim == 1 else _solve_into
+    if out is None or isinstance(out, nbt.NoneType | nbt.Omitted):
+        return lambda a, b, out=None: impl(a, b, np.empty(b.shape, a.dtype))
+    return lambda a, b, out=None: impl(a, b, out)
+
+
+@jit
+def solve_inplace(a, b):
+    """Solve one system in place, allocating nothing: ``a`` (C-contiguous ``(n, n)``) is overwritten
+    and ``b`` (C-contiguous ``(n,)`` or ``(n, k)``) becomes ``x``, which is returned."""
+    n = a.shape[0]
+    if a.shape[1] != n or b.shape[0] != n:
+        raise ValueError("fastla.kernels.solve_inplace: a must be (n, n) and b (n,) or (n, k)")
+    if _eliminate(a, b.reshape((n, -1))):
+        _singular_error()
+    return b
+
+
+@jit
+def _lu_factor(a, lu, piv):
+    n = a.shape[0]
+    if a.shape[1] != n:
+        raise ValueError("fastla.kernels.lu_factor: a must be square (n, n)")
+    lu[:] = a
+    start = n - n  # run-time zeros (see _gemm_kernels' "literal arguments")
+    return _lu._panel(lu, start, n, piv, start)
+
+
+def lu_factor(a):
+    """``(lu, piv)`` of a square float matrix, SciPy's convention (``piv`` int32, 0-based); an exactly
+    zero pivot leaves the factors singular (as SciPy, which warns) rather than raising."""
+    a = np.asarray(a)
+    lu, piv = np.empty((a.shape[0], a.shape[0]), a.dtype), np.empty(a.shape[0], np.int32)
+    _call(_lu_factor, a, lu, piv)
+    return lu, piv
+
+
+@_jit.overload(lu_factor)
+def _lu_factor_typer(a):
+    if not _is_array(a, (2,)):
+        return None
+
+    def impl(a):
+        n = a.shape[0]
+        lu, piv = np.empty((n, n), a.dtype), np.empty(n, np.int32)
+        _lu_factor(a, lu, piv)
+        return lu, piv
+
+    return impl
+
+
+@jit
+def _lu_solve(lu, piv, b, out):
+    n = lu.shape[0]
+    if b.shape[0] != n or out.shape != b.shape:
+        raise ValueError("fastla.kernels.lu_solve: b must be (n,) or (n, k) for lu (n, n)")
+    x = out.reshape((n, -1))
+    x[:] = np.ascontiguousarray(b).reshape((n, -1))
+    _lu._getrs(_jit.as_readonly(np.ascontiguousarray(lu)), piv.astype(np.int64), x, n - n)
+    return out
+
+
+def lu_solve(lu, piv, b, out=None):
+    """``x`` with ``a x = b`` from :func:`lu_factor`'s factors (``b`` of shape ``(n,)`` or ``(n, k)``)."""
+    b = np.asarray(b)
+    out = np.empty(b.shape, lu.dtype) if out is None else out
+    return _call(_lu_solve, np.asarray(lu), np.asarray(piv), b, out)
+
+
+@_jit.overload(lu_solve)
+def _lu_solve_typer(lu, piv, b, out=None):
+    if not (_is_array(lu, (2,)) and _is_array(b, (1, 2))):
+        return None
+    if out is None or isinstance(out, nbt.NoneType | nbt.Omitted):
+        return lambda lu, piv, b, out=None: _lu_solve(lu, piv, b, np.empty(b.shape, lu.dtype))
+    return lambda lu, piv, b, out=None: _lu_solve(lu, piv, b, out)
+
+
+# --------------------------------------------------------------------------- similarity and top-k
+
+
+@jit
+def _unit_scaled(x):
+    """``(x', inv)``: ``x`` with its out-of-range rows scaled by a power of two (as the public
+    cosine) and the inverse norms."""
+    n = x.shape[0]
+    lo, hi = (2.0**-200, 2.0**200) if x.itemsize == 4 else (2.0**-960, 2.0**960)
+    inv = np.empty(n, x.dtype)
+    norms = np.empty(n)
+    exps = np.empty(n, np.int64)
+    xc = np.empty(x.shape, x.dtype)  # a copy: the rows may be rescaled below
+    xc[:] = x
+    _inv_norms(_jit.as_readonly(xc), lo, hi, inv, norms, exps)
+    if np.any(exps != 0):
+        for i in range(n):
+            if exps[i] != 0:
+                for j in range(x.shape[1]):
+                    xc[i, j] = math.ldexp(xc[i, j], -exps[i])
+    return xc, inv
+
+
+@jit
+def _cosine(x, y, out):
+    if x.shape[1] != y.shape[1] or out.shape[0] != x.shape[0] or out.shape[1] != y.shape[0]:
+        raise ValueError("fastla.kernels.cosine_similarity: X (n, d), Y (m, d), out (n, m)")
+    n, d = x.shape
+    m = y.shape[0]
+    if n == 0 or m == 0:
+        return out
+    if d == 0:
+        out[:] = 0
+        return out
+    xs, inv_x = _unit_scaled(x)
+    ys, inv_y = _unit_scaled(y)
+    A = _gk.flat_operand(xs.reshape(xs.size), 0, d, 1, n, d)
+    B = _gk.flat_operand(ys.reshape(ys.size), 0, 1, d, d, m)  # Y transposed
+    big = int(out.itemsize == 8)
+    one = _zero(out) + 1
+    start = n - n  # a run-time 0
+    _gemm_into(
+        A, B, out.reshape(out.size), start, m, one, False, inv_x, inv_y, _KC[big], min(n, _MC[big]), _NC[big]
+    )
+    return out
+
+
+def cosine_similarity(X, Y, out=None):
+    """The cosine similarity matrix of the rows of 2-D float ``X`` (n, d) and ``Y`` (m, d), as
+    :func:`fastla.cosine_similarity` (zero rows give 0; exact over the whole float range)."""
+    X, Y = np.asarray(X), np.asarray(Y)
+    out = np.empty((X.shape[0], Y.shape[0]), X.dtype) if out is None else out
+    return _call(_cosine, X, Y, out)
+
+
+@_jit.overload(cosine_similarity)
+def _cosine_typer(X, Y, out=None):
+    if not (_is_array(X, (2,)) and _is_array(Y, (2,))):
+        return None
+    if out is None or isinstance(out, nbt.NoneType | nbt.Omitted):
+        return lambda X, Y, out=None: _cosine(X, Y, np.empty((X.shape[0], Y.shape[0]), X.dtype))
+    return lambda X, Y, out=None: _cosine(X, Y, out)
+
+
+def topk_init(k, dtype=np.float64):
+    """``(scores, index)`` arrays of a top-``k`` accumulator: push candidates with :func:`topk_push`."""
+    return np.full(k, np.nan, dtype), np.full(k, -1, np.int64)
+
+
+@_jit.overload(topk_init)
+def _topk_init_typer(k, dtype=None):
+    return lambda k, dtype=None: (np.full(k, np.nan), np.full(k, -1, np.int64))
+
+
+@jit(inline="always")
+def _topk_push(scores, index, count, value, j):
+    k = scores.shape[0]
+    if k == 0:
+        return count
+    if count < k:
+        _sim._insert(scores, index, count, value, j)
+        return count + 1
+    if _sim._beats(value, scores[k - 1]):
+        _sim._insert(scores, index, k, value, j)
+    return count
+
+
+def topk_push(scores, index, count, value, j):
+    """Offer the candidate ``j`` with ``value``; return the new ``count`` (start from 0).
+
+    ``scores``/``index`` (from :func:`topk_init`) stay sorted by decreasing score; push candidates
+    in increasing ``j`` so that ties keep the lower index, as :func:`fastla.cosine_topk`; NaN
+    scores rank last. The first ``count`` entries are the top-``count`` so far.
+    """
+    return _call(_topk_push, scores, index, count, value, j)
+
+
+@_jit.overload(topk_push)
+def _topk_push_typer(scores, index, count, value, j):
+    return lambda scores, index, count, value, j: _topk_push(scores, index, count, value, j)
+
+
+# --------------------------------------------------------------------------- attention
+
+
+@jit
+def _attention_step(q, k, v, scale, m, l, acc):
+    L, E = q.shape
+    S = k.shape[0]
+    Ev = v.shape[1]
+    if k.shape[1] != E or v.shape[0] != S or acc.shape[0] != L or acc.shape[1] != Ev:
+        raise ValueError("fastla.kernels.attention_step: q (L, E), k (S, E), v (S, Ev), acc (L, Ev)")
+    s = np.empty(S, acc.dtype)
+    zero = _zero(acc)
+    for i in range(L):
+        for j in range(S):
+            t = zero
+            for e in range(E):
+                t += q[i, e] * k[j, e]
+            s[j] = t * scale
+        new = max(m[i], _math.row_max(s)) if S else m[i]
+        base = new if new != -np.inf else zero  # all keys masked so far: no -inf - -inf
+        alpha = _math.exp(m[i] - base)
+        l[i] *= alpha
+        for e in range(Ev):
+            acc[i, e] *= alpha
+        for j in range(S):
+            p = _math.exp(s[j] - base)
+            l[i] += p
+            for e in range(Ev):
+                acc[i, e] += p * v[j, e]
+        m[i] = new
+
+
+def attention_step(q, k, v, scale, m, l, acc):
+    """One online-softmax step of attention over a key tile, in place.
+
+    For queries ``q (L, E)`` and the tile's keys ``k (S, E)`` and values ``v (S, Ev)``, update the
+    running row maximum ``m (L,)`` (start at ``-inf``), row sum ``l (L,)`` (start at 0) and output
+    accumulator ``acc (L, Ev)`` (start at 0) with ``softmax(q kᵀ · scale)`` over the tiles seen so
+    far; :func:`attention_finish` then gives the output. Uses fastla's exp, as the flash kernel.
+    """
+    _call(_attention_step, q, k, v, acc.dtype.type(scale), m, l, acc)
+
+
+@_jit.overload(attention_step)
+def _attention_step_typer(q, k, v, scale, m, l, acc):
+    if not all(_is_array(t, (2,)) for t in (q, k, v, acc)):
+        return None
+    dt = acc.dtype
+    return lambda q, k, v, scale, m, l, acc: _attention_step(q, k, v, dt(scale), m, l, acc)
+
+
+@jit
+def _attention_finish(l, acc, out):
+    for i in range(acc.shape[0]):
+        inv = 1 / l[i] if l[i] != 0 else l[i] * 0
+        for e in range(acc.shape[1]):
+            out[i, e] = acc[i, e] * inv
+    return out
+
+
+def attention_finish(l, acc, out=None):
+    """``acc / l`` per row (a row that saw no key gives zeros, as the public attention does)."""
+    return _call(_attention_finish, l, acc, np.empty_like(acc) if out is None else out)
+
+
+@_jit.overload(attention_finish)
+def _attention_finish_typer(l, acc, out=None):
+    if out is None or isinstance(out, nbt.NoneType | nbt.Omitted):
+        return lambda l, acc, out=None: _attention_finish(l, acc, np.empty_like(acc))
+    return lambda l, acc, out=None: _attention_finish(l, acc, out)

@@ -1,0 +1,324 @@
+"""fastla.kernels: called from a user's @njit function, from its prange loop and from Python, against
+the public functions, in float32 and float64; errors raised inside compiled code."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.linalg as sla
+import scipy.special as sps
+
+import fastla
+from fastla import _jit, kernels
+from tests.helpers import eps
+
+needs_jit = pytest.mark.skipif(not _jit.JIT_ENABLED, reason="needs the JIT (user @njit code)")
+
+
+def njit(fn=None, **kw):
+    """The user's own decorator: plain numba (cache off)."""
+    if not _jit.JIT_ENABLED:
+        return fn if fn is not None else (lambda f: f)
+    from numba import njit as _njit
+
+    return _njit(fn, **kw) if fn is not None else _njit(**kw)
+
+
+prange = _jit.prange  # numba.prange, or range without numba
+
+
+def _tol(dtype):
+    return 2e-5 if np.dtype(dtype) == np.float32 else 1e-12
+
+
+# --------------------------------------------------------------------------- user functions
+
+
+@njit
+def user_exp_scalar(x):
+    return kernels.exp(x)
+
+
+@njit
+def user_exp_array(x):
+    return kernels.exp(x)
+
+
+@njit
+def user_softmax_rows(x, out):
+    for i in range(x.shape[0]):
+        kernels.softmax(x[i], out[i])
+    return out
+
+
+@njit(parallel=True)
+def user_softmax_prange(x, out):
+    for i in prange(x.shape[0]):
+        kernels.softmax(x[i], out[i])
+    return out
+
+
+@njit
+def user_log_softmax(x):
+    return kernels.log_softmax(x)
+
+
+@njit
+def user_logsumexp(x):
+    return kernels.logsumexp(x)
+
+
+@njit(parallel=True)
+def user_matmul_prange(a, b, out):
+    for i in prange(a.shape[0]):
+        kernels.matmul(a[i], b[i], out[i])
+    return out
+
+
+@njit
+def user_matmul(a, b):
+    return kernels.matmul(a, b)
+
+
+@njit
+def user_gemm(a, b, out, alpha, beta):
+    return kernels.gemm(a, b, out, alpha, beta)
+
+
+@njit(parallel=True)
+def user_solve_prange(a, b, x):
+    for i in prange(a.shape[0]):
+        kernels.solve(a[i], b[i], x[i])
+    return x
+
+
+@njit
+def user_solve(a, b):
+    return kernels.solve(a, b)
+
+
+@njit
+def user_solve_inplace(a, b):
+    return kernels.solve_inplace(a, b)
+
+
+@njit
+def user_lu(a, b):
+    lu, piv = kernels.lu_factor(a)
+    return lu, piv, kernels.lu_solve(lu, piv, b)
+
+
+@njit
+def user_cosine(x, y):
+    return kernels.cosine_similarity(x, y)
+
+
+@njit
+def user_topk(values, k):
+    scores, index = kernels.topk_init(k)
+    count = 0
+    for j in range(values.shape[0]):
+        count = kernels.topk_push(scores, index, count, values[j], j)
+    return scores, index
+
+
+@njit
+def user_attention(q, k, v, tile, scale):
+    L = q.shape[0]
+    m = np.full(L, -np.inf, q.dtype)
+    l = np.zeros(L, q.dtype)
+    acc = np.zeros((L, v.shape[1]), q.dtype)
+    for j0 in range(0, k.shape[0], tile):
+        kernels.attention_step(q, k[j0 : j0 + tile], v[j0 : j0 + tile], scale, m, l, acc)
+    return kernels.attention_finish(l, acc)
+
+
+# --------------------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_exp_scalar_and_array(dtype, rng):
+    x = (rng.standard_normal(33) * 20).astype(dtype)
+    got = user_exp_array(x)
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got, np.exp(x.astype(np.float64)), rtol=4 * eps(dtype))
+    np.testing.assert_allclose(kernels.exp(x), got, rtol=0)
+    assert user_exp_scalar(dtype(1.0)) == kernels.exp(dtype(1.0))
+    assert abs(float(user_exp_scalar(dtype(1.0))) - np.e) <= 4 * eps(dtype) * np.e
+
+
+@needs_jit
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_family_from_njit_and_prange(dtype, rng):
+    x = (rng.standard_normal((50, 37)) * 4).astype(dtype)
+    ref = fastla.softmax(x, backend="numba")
+    for fn in (user_softmax_rows, user_softmax_prange):
+        out = np.empty_like(x)
+        np.testing.assert_allclose(fn(x, out), ref, rtol=_tol(dtype), atol=_tol(dtype))
+    np.testing.assert_allclose(user_log_softmax(x), fastla.log_softmax(x, backend="numba"), rtol=_tol(dtype))
+    np.testing.assert_allclose(user_log_softmax(x[3]), sps.log_softmax(x[3].astype(np.float64)), rtol=1e-5)
+    np.testing.assert_allclose(user_logsumexp(x), sps.logsumexp(x.astype(np.float64), axis=-1), rtol=1e-5)
+    assert abs(user_logsumexp(x[0]) - sps.logsumexp(x[0].astype(np.float64))) < 1e-4
+    inplace = x.copy()
+    kernels.softmax(inplace, inplace)  # in place, from Python
+    np.testing.assert_allclose(inplace, ref, rtol=_tol(dtype), atol=_tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_from_python_matches_scipy(dtype, rng):
+    x = (rng.standard_normal((6, 9)) * 3).astype(dtype)
+    np.testing.assert_allclose(kernels.softmax(x), sps.softmax(x, axis=-1), rtol=1e-5)
+    np.testing.assert_allclose(kernels.log_softmax(x[0]), sps.log_softmax(x[0]), rtol=1e-5, atol=1e-6)
+
+
+@needs_jit
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_products(dtype, rng):
+    a = rng.standard_normal((200, 4, 4)).astype(dtype)
+    b = rng.standard_normal((200, 4, 4)).astype(dtype)
+    out = user_matmul_prange(a, b, np.empty_like(a))
+    np.testing.assert_allclose(out, np.matmul(a, b), rtol=_tol(dtype) * 10, atol=_tol(dtype))
+    A = rng.standard_normal((70, 300)).astype(dtype)  # k > KC on AVX2: several rank-KC updates
+    B = rng.standard_normal((300, 45)).astype(dtype)
+    C0 = rng.standard_normal((70, 45)).astype(dtype)
+    got = user_gemm(A, B, C0.copy(), 2.0, 0.5)
+    np.testing.assert_allclose(
+        got, 2 * A @ B + 0.5 * C0, rtol=1e-4, atol=1e-3 if dtype == np.float32 else 1e-10
+    )
+    np.testing.assert_allclose(kernels.gemm(A, B, np.zeros((70, 45), dtype)), A @ B, rtol=1e-4, atol=1e-3)
+
+
+@needs_jit
+@pytest.mark.parametrize("n", [1, 3, 4, 8, 16])
+def test_solve_agrees_with_the_public_batched_solver(n, rng):
+    """The same pivoting rule and operation order as fastla.solve's batched kernel: the same
+    answer to rounding, on random (not diagonally dominant) systems."""
+    a = rng.standard_normal((300, n, n))
+    b = rng.standard_normal((300, n, 1))
+    x = user_solve_prange(a, b, np.empty_like(b))
+    public = fastla.solve(a, b, backend="numba")
+    np.testing.assert_allclose(x, public, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(x, np.linalg.solve(a, b), rtol=1e-7, atol=1e-7)
+    np.testing.assert_allclose(user_solve(a, b), public, rtol=1e-9, atol=1e-9)  # a stack at once
+    f32 = user_solve(a[0].astype(np.float32), b[0, :, 0].astype(np.float32))
+    assert f32.dtype == np.float32 and f32.shape == (n,)
+
+
+@pytest.mark.parametrize("k", [None, 3])
+def test_solve_forms_from_python(k, rng):
+    a = rng.standard_normal((5, 5))
+    b = rng.standard_normal(5) if k is None else rng.standard_normal((5, k))
+    np.testing.assert_allclose(kernels.solve(a, b), np.linalg.solve(a, b), rtol=1e-10)
+    a2, b2 = a.copy(), b.copy()
+    x = kernels.solve_inplace(a2, b2)
+    assert x is b2 or np.shares_memory(x, b2)
+    np.testing.assert_allclose(b2, np.linalg.solve(a, b), rtol=1e-10)
+
+
+@needs_jit
+def test_errors_inside_compiled_code(rng):
+    with pytest.raises(np.linalg.LinAlgError, match="Singular matrix"):
+        user_solve(np.zeros((3, 3)), np.ones(3))
+    with pytest.raises(np.linalg.LinAlgError, match="Singular matrix"):
+        user_solve_inplace(np.ones((2, 2)), np.ones(2))
+    with pytest.raises(ValueError, match="must be"):
+        user_solve(np.eye(3), np.ones(4))
+    with pytest.raises(ValueError, match="matmul"):
+        user_matmul(np.ones((3, 4)), np.ones((3, 4)))
+
+
+@njit(parallel=True)
+def user_try_solve_prange(a, b, x, ok):
+    for i in prange(a.shape[0]):
+        ok[i] = kernels.try_solve(a[i], b[i], x[i])
+    return ok
+
+
+@pytest.mark.parametrize("n", [3, 12])
+def test_try_solve_reports_singular_systems_inside_a_parallel_loop(n, rng):
+    """try_solve's status survives a prange loop (an exception on a worker thread would not), and the
+    loop stays parallel: a serialised one warns, and warnings are errors in this suite."""
+    a = rng.standard_normal((6, n, n)) + n * np.eye(n)
+    a[[1, 4]] = 0.0
+    b = rng.standard_normal((6, n))
+    x = np.zeros((6, n))
+    ok = user_try_solve_prange(a, b, x, np.zeros(6, np.bool_))
+    assert ok.tolist() == [True, False, True, True, False, True]
+    for i in (0, 2, 3, 5):
+        np.testing.assert_allclose(x[i], np.linalg.solve(a[i], b[i]), rtol=1e-10, atol=1e-12)
+    assert kernels.try_solve(a[1], b[1], x[1]) is False
+
+
+def test_errors_from_python():
+    with pytest.raises(np.linalg.LinAlgError, match="Singular matrix"):
+        kernels.solve(np.zeros((3, 3)), np.ones(3))
+    with pytest.raises(ValueError):
+        kernels.softmax(np.ones((2, 3, 4)))
+
+
+@needs_jit
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lu(dtype, rng):
+    a = rng.standard_normal((9, 9)).astype(dtype)
+    b = rng.standard_normal(9).astype(dtype)
+    lu, piv, x = user_lu(a, b)
+    ref_lu, ref_piv = sla.lu_factor(a)
+    np.testing.assert_array_equal(piv, ref_piv)
+    np.testing.assert_allclose(lu, ref_lu, rtol=1e-4 if dtype == np.float32 else 1e-10, atol=1e-5)
+    np.testing.assert_allclose(x, np.linalg.solve(a, b), rtol=1e-3 if dtype == np.float32 else 1e-9)
+
+
+@needs_jit
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cosine(dtype, rng):
+    x = rng.standard_normal((30, 40)).astype(dtype)
+    y = rng.standard_normal((25, 40)).astype(dtype)
+    x[3] *= np.finfo(dtype).smallest_normal / 4  # a subnormal-scale row: exact as the public one
+    x[5] = 0
+    got = user_cosine(x, y)
+    np.testing.assert_allclose(
+        got, fastla.cosine_similarity(x, y), rtol=1e-4, atol=1e-5 if dtype == np.float32 else 1e-12
+    )
+    assert np.all(got[5] == 0)
+
+
+def test_topk_accumulator_matches_cosine_topk_rules(rng):
+    values = rng.standard_normal(300)
+    values[[10, 40]] = values.max() + 1  # an exact tie: the lower index first
+    values[7] = np.nan  # NaN ranks last
+    scores, index = user_topk(values, 5)
+    order = sorted(
+        range(300), key=lambda j: (np.isnan(values[j]), -values[j] if values[j] == values[j] else 0, j)
+    )
+    assert index.tolist() == order[:5]
+    np.testing.assert_array_equal(scores, values[order[:5]])
+    s, i = kernels.topk_init(3)
+    count = 0
+    for j, v in enumerate([np.nan, 1.0, 2.0]):
+        count = kernels.topk_push(s, i, count, v, j)
+    assert i.tolist() == [2, 1, 0] and count == 3
+
+
+@needs_jit
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_attention_step_equals_the_public_function(dtype, rng):
+    q = rng.standard_normal((20, 8)).astype(dtype)
+    k = rng.standard_normal((45, 8)).astype(dtype)
+    v = rng.standard_normal((45, 6)).astype(dtype)
+    got = user_attention(q, k, v, 16, 1 / np.sqrt(8))
+    ref = fastla.scaled_dot_product_attention(q, k, v, backend="numpy")
+    np.testing.assert_allclose(got, ref, rtol=_tol(dtype) * 10, atol=_tol(dtype) * 10)
+
+
+def test_kernels_are_serial():
+    """No function of fastla.kernels may start a parallel region (they run inside users' prange):
+    its code uses no prange and compiles nothing with parallel=True."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(kernels))
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    attrs = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    keywords = [k for n in ast.walk(tree) if isinstance(n, ast.Call) for k in n.keywords]
+    assert "prange" not in names | attrs
+    assert not any(k.arg == "parallel" for k in keywords)
