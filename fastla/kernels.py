@@ -569,10 +569,21 @@ def _solve_typer(a, b, out=None):
     return lambda a, b, out=None: impl(a, b, out)
 
 
-@jit
 def solve_inplace(a, b):
     """Solve one system in place, allocating nothing: ``a`` (C-contiguous ``(n, n)``) is overwritten
     and ``b`` (C-contiguous ``(n,)`` or ``(n, k)``) becomes ``x``, which is returned."""
+    return _call(_solve_inplace, a, b)
+
+
+@_jit.overload(solve_inplace)
+def _solve_inplace_typer(a, b):
+    if _is_array(a, (2,)) and _is_array(b, (1, 2)):
+        return lambda a, b: _solve_inplace(a, b)
+    return None
+
+
+@jit
+def _solve_inplace(a, b):
     n = a.shape[0]
     if a.shape[1] != n or b.shape[0] != n:
         raise ValueError("fastla.kernels.solve_inplace: a must be (n, n) and b (n,) or (n, k)")
@@ -660,7 +671,7 @@ def _unit_scaled(x):
         for i in range(n):
             if exps[i] != 0:
                 for j in range(x.shape[1]):
-                    xc[i, j] = math.ldexp(xc[i, j], -exps[i])
+                    xc[i, j] = math.ldexp(xc[i, j], -int(exps[i]))
     return xc, inv
 
 
@@ -712,7 +723,9 @@ def topk_init(k, dtype=np.float64):
 
 @_jit.overload(topk_init)
 def _topk_init_typer(k, dtype=None):
-    return lambda k, dtype=None: (np.full(k, np.nan), np.full(k, -1, np.int64))
+    if dtype is None or isinstance(dtype, nbt.NoneType | nbt.Omitted):
+        return lambda k, dtype=None: (np.full(k, np.nan), np.full(k, -1, np.int64))
+    return lambda k, dtype=None: (np.full(k, np.nan, dtype), np.full(k, -1, np.int64))
 
 
 @jit(inline="always")

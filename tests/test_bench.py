@@ -97,6 +97,20 @@ def test_baseline_of_another_machine_kind_is_not_compared(tmp_path):
         report.compare(rows, other, 0.6, MACHINE)
 
 
+def test_a_baselines_directory_without_this_machine_checks_floors_only(tmp_path, capsys):
+    """A fresh clone has no baseline for a new machine kind (git keeps no empty directory): the
+    comparison says so and passes, rather than failing on a missing path."""
+    import argparse
+
+    from fastla.bench import cli
+
+    rows = [_row("softmax", "s", "numba", 1.0), _row("softmax", "s", "numpy", 4.0)]
+    for where in (tmp_path / "baselines", tmp_path):
+        args = argparse.Namespace(compare=str(where), ops=None)
+        assert cli._compare(rows, MACHINE, "cpu-simd64-2c", args, {}) == 0
+        assert "no baseline for this machine kind" in capsys.readouterr().out
+
+
 def test_runner_verify_catches_a_wrong_result():
     w = next(w for w in W.WORKLOADS if w.op == "softmax" and "smoke" in w.sets)
     args, kwargs = w.inputs()

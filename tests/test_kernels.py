@@ -12,11 +12,10 @@ import fastla
 from fastla import _jit, kernels
 from tests.helpers import eps
 
-needs_jit = pytest.mark.skipif(not _jit.JIT_ENABLED, reason="needs the JIT (user @njit code)")
-
 
 def njit(fn=None, **kw):
-    """The user's own decorator: plain numba (cache off)."""
+    """The user's own decorator: plain numba (cache off); with the JIT off the user's functions run
+    as Python and call the kernels' Python versions, so every test here runs in both modes."""
     if not _jit.JIT_ENABLED:
         return fn if fn is not None else (lambda f: f)
     from numba import njit as _njit
@@ -147,7 +146,6 @@ def test_exp_scalar_and_array(dtype, rng):
     assert abs(float(user_exp_scalar(dtype(1.0))) - np.e) <= 4 * eps(dtype) * np.e
 
 
-@needs_jit
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_softmax_family_from_njit_and_prange(dtype, rng):
     x = (rng.standard_normal((50, 37)) * 4).astype(dtype)
@@ -171,7 +169,6 @@ def test_softmax_from_python_matches_scipy(dtype, rng):
     np.testing.assert_allclose(kernels.log_softmax(x[0]), sps.log_softmax(x[0]), rtol=1e-5, atol=1e-6)
 
 
-@needs_jit
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_products(dtype, rng):
     a = rng.standard_normal((200, 4, 4)).astype(dtype)
@@ -188,7 +185,6 @@ def test_products(dtype, rng):
     np.testing.assert_allclose(kernels.gemm(A, B, np.zeros((70, 45), dtype)), A @ B, rtol=1e-4, atol=1e-3)
 
 
-@needs_jit
 @pytest.mark.parametrize("n", [1, 3, 4, 8, 16])
 def test_solve_agrees_with_the_public_batched_solver(n, rng):
     """The same pivoting rule and operation order as fastla.solve's batched kernel: the same
@@ -215,7 +211,6 @@ def test_solve_forms_from_python(k, rng):
     np.testing.assert_allclose(b2, np.linalg.solve(a, b), rtol=1e-10)
 
 
-@needs_jit
 def test_errors_inside_compiled_code(rng):
     with pytest.raises(np.linalg.LinAlgError, match="Singular matrix"):
         user_solve(np.zeros((3, 3)), np.ones(3))
@@ -256,7 +251,6 @@ def test_errors_from_python():
         kernels.softmax(np.ones((2, 3, 4)))
 
 
-@needs_jit
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_lu(dtype, rng):
     a = rng.standard_normal((9, 9)).astype(dtype)
@@ -268,7 +262,6 @@ def test_lu(dtype, rng):
     np.testing.assert_allclose(x, np.linalg.solve(a, b), rtol=1e-3 if dtype == np.float32 else 1e-9)
 
 
-@needs_jit
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_cosine(dtype, rng):
     x = rng.standard_normal((30, 40)).astype(dtype)
@@ -299,7 +292,6 @@ def test_topk_accumulator_matches_cosine_topk_rules(rng):
     assert i.tolist() == [2, 1, 0] and count == 3
 
 
-@needs_jit
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_attention_step_equals_the_public_function(dtype, rng):
     q = rng.standard_normal((20, 8)).astype(dtype)
@@ -308,6 +300,70 @@ def test_attention_step_equals_the_public_function(dtype, rng):
     got = user_attention(q, k, v, 16, 1 / np.sqrt(8))
     ref = fastla.scaled_dot_product_attention(q, k, v, backend="numpy")
     np.testing.assert_allclose(got, ref, rtol=_tol(dtype) * 10, atol=_tol(dtype) * 10)
+
+
+@njit(parallel=True)
+def user_every_kernel_prange(x, a, b, q, k, v, out):
+    """Each kernel once per item of a parallel loop; results into the item's slots of ``out``."""
+    e, ls, lse, g, lux, cos, tk_s, tk_i, att = out
+    for i in prange(x.shape[0]):
+        e[i] = kernels.exp(x[i])
+        kernels.log_softmax(x[i], ls[i])
+        lse[i] = kernels.logsumexp(x[i])
+        kernels.gemm(a[i], b[i], g[i])
+        lu, piv = kernels.lu_factor(a[i])
+        lux[i] = kernels.lu_solve(lu, piv, b[i])
+        kernels.cosine_similarity(a[i], b[i], cos[i])
+        scores, index = kernels.topk_init(tk_s.shape[1], x.dtype)
+        count = 0
+        for j in range(x.shape[1]):
+            count = kernels.topk_push(scores, index, count, x[i, j], j)
+        tk_s[i] = scores
+        tk_i[i] = index
+        m = np.full(q.shape[1], -np.inf, q.dtype)
+        l = np.zeros(q.shape[1], q.dtype)
+        acc = np.zeros((q.shape[1], v.shape[2]), q.dtype)
+        kernels.attention_step(q[i], k[i], v[i], q.dtype.type(0.5), m, l, acc)
+        kernels.attention_finish(l, acc, att[i])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_kernel_inside_a_parallel_loop_matches_the_public_function(dtype, rng):
+    items, n = 5, 6
+    x = (rng.standard_normal((items, 40)) * 3).astype(dtype)
+    a = (rng.standard_normal((items, n, n)) + n * np.eye(n)).astype(dtype)
+    b = rng.standard_normal((items, n, n)).astype(dtype)
+    q = rng.standard_normal((items, 7, 4)).astype(dtype)
+    k = rng.standard_normal((items, 9, 4)).astype(dtype)
+    v = rng.standard_normal((items, 9, 3)).astype(dtype)
+    out = tuple(
+        np.empty(shape, dt)
+        for shape, dt in [
+            (x.shape, dtype),
+            (x.shape, dtype),
+            ((items,), dtype),
+            (a.shape, dtype),
+            (a.shape, dtype),
+            (a.shape, dtype),
+            ((items, 4), dtype),
+            ((items, 4), np.int64),
+            ((items, 7, 3), dtype),
+        ]
+    )
+    user_every_kernel_prange(x, a, b, q, k, v, out)
+    e, ls, lse, g, lux, cos, tk_s, tk_i, att = out
+    tol = {"rtol": _tol(dtype) * 10, "atol": _tol(dtype) * 10}
+    np.testing.assert_allclose(e, np.exp(x.astype(np.float64)), rtol=4 * eps(dtype))
+    np.testing.assert_allclose(ls, fastla.log_softmax(x, backend="numba"), **tol)
+    np.testing.assert_allclose(lse, sps.logsumexp(x.astype(np.float64), axis=-1), **tol)
+    np.testing.assert_allclose(g, fastla.matmul(a, b), **tol)
+    np.testing.assert_allclose(lux, fastla.solve(a, b), **tol)
+    for i in range(items):
+        np.testing.assert_allclose(cos[i], fastla.cosine_similarity(a[i], b[i]), **tol)
+    order = np.argsort(-x, axis=1, kind="stable")[:, :4]
+    np.testing.assert_array_equal(tk_i, order)
+    np.testing.assert_array_equal(tk_s, np.take_along_axis(x, order, axis=1))
+    np.testing.assert_allclose(att, fastla.scaled_dot_product_attention(q, k, v, scale=0.5), **tol)
 
 
 def test_kernels_are_serial():

@@ -156,7 +156,7 @@ def _compare(rows, machine, key, args, settings):
     """The baseline comparison; returns the exit status it asks for (0 or 1)."""
     tol = settings.get("compare_tolerance", 0.6)
     path = Path(args.compare)
-    if path.is_dir():
+    if path.is_dir() or path.suffix != ".json":  # a directory of baselines by machine kind (maybe none yet)
         path = path / f"{key}.json"
         if not path.is_file():
             print(
