@@ -12,7 +12,7 @@ array([[1., 2.],
        [3., 4.]])
 """
 
-from fastla import _registry, ml
+from fastla import _registry, _threads, ml  # noqa: F401 (_threads: threadpoolctl caps fastla too)
 from fastla._config import backend, get_backend, set_backend
 from fastla._jit import get_num_threads, set_num_threads
 from fastla._registry import (

@@ -450,14 +450,15 @@ def gemm_into(a, b, c, coff, ldc, alpha, accumulate, row_scale, col_scale, kc_ma
 
 @jit(parallel=True)
 def vt_times_a(vp, a, out, edge, kc):
-    """``out[t] = Vᵀ A[rows of t]`` for thin V (n x b, ``V.T`` packed by :func:`pack_a` into ``vp``)
-    and a C-contiguous ``a`` (n x m) read *in place*, never packed; ``out.sum(0)`` is ``Vᵀ A``.
+    """``out[t] = Vᵀ A[rows of band t]`` for thin V (n x b, ``V.T`` packed by :func:`pack_a` into
+    ``vp``) and a C-contiguous ``a`` (n x m) read *in place*, never packed; ``out.sum(0)`` is ``Vᵀ A``.
 
     Used where the product is memory-bound (subspace iteration's ``A V`` with A symmetric): packing
-    A would triple the traffic over A. Thread ``t`` streams its own band of rows of ``a``
-    sequentially, ``kc`` rows at a time (an L2-sized chunk), and runs the micro-kernel on each
-    NR-wide column strip of the chunk against every MR-tall panel of Vᵀ, accumulating into its own
-    partial result ``out[t]`` (``ceil(b/MR)*MR x ceil(m/NR)*NR``). Walking column strips of the whole
+    A would triple the traffic over A. There are ``out.shape[0]`` bands, a fixed count, so the bits
+    are the same at any thread count. A thread streams band ``t``'s rows of ``a`` sequentially,
+    ``kc`` rows at a time (an L2-sized chunk), and runs the micro-kernel on each NR-wide column
+    strip of the chunk against every MR-tall panel of Vᵀ, accumulating into the band's partial
+    result ``out[t]`` (``ceil(b/MR)*MR x ceil(m/NR)*NR``). Walking column strips of the whole
     matrix instead (one thread per strip) read A 256 rows x 256 bytes at a time and ran 3x slower
     than a matrix-vector product (TLB and prefetch misses). The ragged last column strip is first
     copied into ``edge`` (n x NR, zero padded) so that its rows can be read NR wide.
@@ -465,7 +466,7 @@ def vt_times_a(vp, a, out, edge, kc):
     n, m = a.shape
     mr = tile_mr(a)
     nr = tile_nr(a)
-    threads = out.shape[0]
+    bands = out.shape[0]
     npb = out.shape[1] // mr
     m_pad = out.shape[2]
     ncb = m_pad // nr
@@ -476,10 +477,10 @@ def vt_times_a(vp, a, out, edge, kc):
         for p in prange(n):
             for j in range(nr):
                 edge[_U(p * nr + j)] = a[p, j0 + j] if j0 + j < m else 0
-    for t in prange(threads):
+    for t in prange(bands):
         part = out[t].reshape(npb * mr * m_pad)
-        r0 = t * n // threads
-        r1 = (t + 1) * n // threads
+        r0 = t * n // bands
+        r1 = (t + 1) * n // bands
         if r0 == r1:
             part[:] = 0
         for p0 in range(r0, r1, kc):
@@ -505,19 +506,24 @@ THIN_KC = {1: 4}
 THIN_KC_MANY = 64
 
 
-def thin_product(a, v, threads=None):
+# Row bands of thin_product: a fixed count, not the thread count, so that the sum of the bands'
+# partial products (and so the result) is the same bits at any number of threads.
+THIN_BANDS = 16
+
+
+def thin_product(a, v):
     """``Vᵀ A`` (b x m) for C-contiguous ``a`` (n x m) and thin ``v`` (n x b), A read once."""
     blk = BLOCKING[a.dtype]
     n, b = v.shape
     m = a.shape[1]
     mr, nr = blk.MR, blk.NR
-    threads = max(1, min(threads or _jit.get_num_threads(), n))
+    bands = max(1, min(THIN_BANDS, n))
     npb = _ceil_div(b, mr)
     vp = np.empty(npb * mr * n, a.dtype)
     pack_a(operand(v.T), 0, b, 0, n, mr, a.dtype.type(1), NO_SCALE[a.dtype], vp, 0)
-    out = np.empty((threads, npb * mr, _ceil_div(m, nr) * nr), a.dtype)
+    out = np.empty((bands, npb * mr, _ceil_div(m, nr) * nr), a.dtype)
     vt_times_a(vp, _jit.readonly(a), out, np.empty(n * nr, a.dtype), THIN_KC.get(npb, THIN_KC_MANY))
-    return out.sum(axis=0)[:b, :m] if threads > 1 else out[0, :b, :m]
+    return out.sum(axis=0)[:b, :m] if bands > 1 else out[0, :b, :m]
 
 
 def row_blocking(m, itemsize, threads):
@@ -545,7 +551,7 @@ def gemm(a, b, out=None, *, threads=None):
     blk = BLOCKING[a.dtype]
     c = np.empty((m, n), dtype=a.dtype) if out is None else out
     if threads is None:
-        threads = _jit.get_num_threads()
+        threads = _jit.threads_here()
     mc = row_blocking(m, a.dtype.itemsize, threads)
     gemm_into(
         operand(a),

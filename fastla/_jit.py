@@ -62,7 +62,7 @@ thread_id = numba.get_thread_id if JIT_ENABLED else _thread_id_python
 #: fastla sources no compiled kernel is built from (the benchmark harness, the command line, the
 #: warm-up driver, the dask and ML layers above the public functions): editing them must not make
 #: every cached kernel stale.
-NOT_COMPILED_IN = ("bench", "__main__.py", "_warmup.py", "dask.py", "ml.py")
+NOT_COMPILED_IN = ("bench", "__main__.py", "_threads.py", "_warmup.py", "dask.py", "ml.py")
 
 
 @functools.cache
@@ -498,20 +498,105 @@ _NEEDS_LOCK = _choose_threading_layer()
 _PARALLEL_LOCK = threading.RLock()
 
 
+FORK_ERROR = (
+    "numba's GNU OpenMP threads had started when this process was forked, and GNU OpenMP cannot "
+    "run parallel code in a forked child (numba terminates it): start worker processes with "
+    "multiprocessing's 'spawn' or 'forkserver' method, or install tbb (numba's fork-safe layer)"
+)
+
+
+def _after_fork_in_child():
+    """In a child forked after the GNU OpenMP layer started: compiled kernels off, NumPy instead.
+
+    Numba terminates a process that launches a parallel region of that layer after a fork, so the
+    child's ``auto`` calls use NumPy and an explicit ``backend="numba"`` raises
+    :class:`~fastla.BackendUnavailable` with :data:`FORK_ERROR`, instead of the child dying.
+    """
+    global NUMBA_AVAILABLE, NUMBA_IMPORT_ERROR
+    if NUMBA_AVAILABLE and JIT_ENABLED and forked_layer_is_unsafe():
+        NUMBA_AVAILABLE = False
+        NUMBA_IMPORT_ERROR = FORK_ERROR
+
+
+def forked_layer_is_unsafe():
+    """Whether numba's running threading layer is GNU OpenMP (not usable after fork)."""
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel region run yet: the child starts its own layer
+        return False
+    if layer != "omp":
+        return False
+    from numba.np.ufunc import omppool
+
+    return getattr(omppool, "openmp_vendor", "GNU") == "GNU"
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def run_parallel(fn, *args, **kwargs):
     """Call ``fn`` (which may launch parallel kernels) safely from any Python thread.
 
-    Applies fastla's thread count on this thread (numba's is thread-local), and serialises the call
-    when only the non-thread-safe ``workqueue`` layer is available.
+    Runs it with this call's share of fastla's threads (:func:`threads_here`) set on this thread
+    (numba's count is thread-local) and puts the thread's previous count back afterwards, so that
+    fastla's setting never leaks into the caller's own Numba code. Serialises the call when only
+    the non-thread-safe ``workqueue`` layer is available.
     """
-    apply_num_threads()
     if not JIT_ENABLED:
         return python_rendering(fn, *args, **kwargs)
     ensure_threads()
-    if _NEEDS_LOCK:
-        with _PARALLEL_LOCK:
+    tls = _TLS
+    if tls.share:  # nested in a call of this thread: its share is already set
+        return fn(*args, **kwargs)
+    _ACTIVE.append(None)  # list.append/pop/len are atomic: a lock-free count of callers
+    try:
+        n = _NUM_THREADS[0] if _NUM_THREADS else default_num_threads()
+        busy = len(_ACTIVE)
+        if busy > 1:  # other Python threads are inside fastla kernels now: take a share
+            n = max(1, n // busy)
+        tls.share = n
+        before = _NUMBA_THREADS[0]()
+        if before != n:
+            _NUMBA_THREADS[1](n)
+        try:
+            if _NEEDS_LOCK:
+                with _PARALLEL_LOCK:
+                    return fn(*args, **kwargs)
             return fn(*args, **kwargs)
-    return fn(*args, **kwargs)
+        finally:
+            if before != n:
+                _NUMBA_THREADS[1](before)
+    finally:
+        tls.share = 0
+        _ACTIVE.pop()
+
+
+class _Local(threading.local):
+    share = 0  # this thread's share while it is inside run_parallel, else 0
+
+
+_TLS = _Local()
+_ACTIVE: list[None] = []  # one entry per Python thread inside run_parallel now
+# numba's (get, set) of this thread's count: its C entry points once the layer is up (set by
+# ensure_threads; numba.get/set_num_threads spend 2.7 and 3.4 us a call in Python checks)
+_NUMBA_THREADS: list = []
+
+
+def threads_here():
+    """Threads the current call's parallel kernels run on: its share inside :func:`run_parallel`
+    (what the GEMM and top-k drivers partition work for), else :func:`get_num_threads`."""
+    return _TLS.share or get_num_threads()
+
+
+def _bind_numba_threads():
+    from numba.np.ufunc import parallel
+
+    get = getattr(parallel, "_get_num_threads", None)
+    put = getattr(parallel, "_set_num_threads", None)
+    if get is None or put is None:  # pragma: no cover - another numba's internals
+        get, put = numba.get_num_threads, numba.set_num_threads
+    _NUMBA_THREADS[:] = [get, put]
 
 
 _THREADS = []
@@ -528,6 +613,7 @@ def ensure_threads():
     """
     if not _THREADS and JIT_ENABLED:
         numba.get_num_threads()  # starts the layer as a side effect
+        _bind_numba_threads()
         _THREADS.append(True)
 
 
@@ -551,41 +637,55 @@ def max_threads():
 
 
 # Threads: set_num_threads(n) is process-wide. Numba's own set_num_threads is thread-local (a new
-# Python thread starts with all cores), so fastla keeps the number here and applies it on the
-# calling thread right before each parallel kernel (run_parallel). BLAS threads are left alone;
-# benchmarks pin them with threadpoolctl.
-_NUM_THREADS: list[int] = []  # empty: numba's default (NUMBA_NUM_THREADS, all cores)
+# Python thread starts with all cores), so fastla keeps the number here and run_parallel applies it
+# on the calling thread for the duration of each call. threadpoolctl's threadpool_limits sets it
+# too (fastla/_threads.py). BLAS threads are left alone; benchmarks pin them with threadpoolctl.
+_NUM_THREADS: list[int] = []  # empty: default_num_threads()
 
 
 def set_num_threads(n):
     """Set the number of threads fastla's parallel Numba kernels use (process-wide).
 
-    ``n`` must be between 1 and the number numba was started with (``NUMBA_NUM_THREADS``).
-    BLAS threads are not touched: pin them with ``threadpoolctl`` when comparing.
+    ``n`` must be between 1 and the number numba was started with (``NUMBA_NUM_THREADS``); None
+    goes back to the default (:func:`default_num_threads`). ``threadpoolctl.threadpool_limits``
+    sets it too. BLAS threads are not touched: pin them with ``threadpoolctl`` when comparing.
     """
+    if n is None:
+        _NUM_THREADS.clear()
+        return
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}")
     upper = max_threads()
     if not 1 <= n <= upper:
         raise ValueError(f"set_num_threads: n must be in [1, {upper}], got {n}")
     _NUM_THREADS[:] = [n]
-    apply_num_threads()
 
 
 def get_num_threads():
-    """Return the number of threads fastla's parallel kernels use."""
-    return _NUM_THREADS[0] if _NUM_THREADS else max_threads()
+    """Return the number of threads fastla's parallel kernels use (each call's most: Python threads
+    that call fastla at the same time split them, see :func:`run_parallel`)."""
+    return _NUM_THREADS[0] if _NUM_THREADS else default_num_threads()
 
 
 def configured_num_threads():
-    """The explicitly set thread count, or None when left at numba's default."""
+    """The explicitly set thread count, or None when left at the default."""
     return _NUM_THREADS[0] if _NUM_THREADS else None
 
 
-def apply_num_threads():
-    n = configured_num_threads()
-    if n is not None and NUMBA_AVAILABLE:
-        numba.set_num_threads(n)
+@functools.cache
+def default_num_threads():
+    """fastla's thread count until :func:`set_num_threads`: every thread numba starts
+    (``NUMBA_NUM_THREADS``: all cores, or the worker's share in joblib's process workers, which set
+    it), capped by ``OMP_NUM_THREADS`` when that is set and ``NUMBA_NUM_THREADS`` is not (Dask's
+    worker processes set ``OMP_NUM_THREADS=1``; PyTorch reads it the same way)."""
+    top = max_threads()
+    if os.environ.get("NUMBA_NUM_THREADS"):
+        return top
+    try:
+        omp = int(os.environ.get("OMP_NUM_THREADS", "").split(",")[0])
+    except ValueError:
+        return top
+    return max(1, min(omp, top))
 
 
 def threading_layer():

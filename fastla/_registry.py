@@ -105,6 +105,12 @@ class Operation:
         return impl.fn(*prep.args, **prep.kwargs)
 
 
+def fast_path_open():
+    """Whether the public functions' fast path may run: ``auto`` is the backend in force, and
+    compiled kernels can run (numba imports; not a child forked after GNU OpenMP started)."""
+    return _jit.NUMBA_AVAILABLE and _config.auto()
+
+
 _OPERATIONS: dict[str, Operation] = {}
 
 

@@ -35,8 +35,8 @@ import warnings
 
 import numpy as np
 
-from fastla import _config, _jit, _registry, _validate
 from fastla import _gemm_kernels as _gk
+from fastla import _jit, _registry, _validate
 from fastla._jit import jit, wide_vectors
 from fastla._lane_solver import _SPREAD, LANE_RHS, lanes, small_solver
 
@@ -239,7 +239,7 @@ def _factor_numba(work):
         return piv, 0
     blk = _gk.BLOCKING[work.dtype]
     nb = next(width for limit, width in NB_BY_N if n <= limit)
-    mc = _gk.row_blocking(max(n - nb, 1), work.dtype.itemsize, _jit.get_num_threads())
+    mc = _gk.row_blocking(max(n - nb, 1), work.dtype.itemsize, _jit.threads_here())
     info = _getrf(work, piv, nb, work.dtype.type(-1), blk.KC, mc, blk.NC)
     return piv, info
 
@@ -479,7 +479,7 @@ def solve(a, b, *, backend=None):
         # The fast path of the common call (see matmul): one system, or a stack of one length with
         # the same stack of right-hand-side blocks, float32/float64 of one dtype, under auto.
         dt = a.dtype
-        if dt is b.dtype and dt in _validate.COMPILED_DTYPES and _config.auto() and a.ndim >= 2:
+        if dt is b.dtype and dt in _validate.COMPILED_DTYPES and _registry.fast_path_open() and a.ndim >= 2:
             n = a.shape[-1]
             if a.ndim == 2 and a.shape[0] == n and 1 <= b.ndim <= 2 and b.shape[0] == n:
                 return _solve_numpy(a, b)

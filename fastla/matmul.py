@@ -21,8 +21,8 @@ import math
 
 import numpy as np
 
-from fastla import _config, _jit, _registry, _validate
 from fastla import _gemm_kernels as _gk
+from fastla import _jit, _registry, _validate
 
 __all__ = ["matmul"]
 
@@ -179,7 +179,12 @@ def matmul(a, b, /, out=None, *, backend=None):
         # arrays of one dtype, 2-D, or 3-D stacks of one length, under auto. The same decision as
         # _prepare + _rule, without building them (~10 us of Python on a 4x4 product).
         dt = a.dtype
-        if dt is b.dtype and dt in _validate.COMPILED_DTYPES and a.ndim == b.ndim and _config.auto():
+        if (
+            dt is b.dtype
+            and dt in _validate.COMPILED_DTYPES
+            and a.ndim == b.ndim
+            and _registry.fast_path_open()
+        ):
             if a.ndim == 2 and a.shape[1] == b.shape[0]:
                 return _matmul_numpy(a, b, None)
             if a.ndim == 3 and a.shape[0] == b.shape[0] and a.shape[2] == b.shape[1]:

@@ -520,7 +520,7 @@ def _matrix_numba_2d(x, y, out):
     n = x.shape[0]
     dt = x.dtype
     blk = _gk.BLOCKING[dt]
-    threads = _jit.get_num_threads()
+    threads = _jit.threads_here()
     one = dt.type(1)
     x, inv_x, norms = _inv_norms_numba(x)
     if y is None:
@@ -662,7 +662,7 @@ def _topk_numba(q, c, k, batch_size, squeeze):
         else:
             q = _c_input(q)
             c = _c_input(c)
-            threads = _jit.get_num_threads()
+            threads = _jit.threads_here()
             mc, tn = _topk_blocking(nq, dt.itemsize, threads)
             blk = _gk.BLOCKING[dt]
             kc = min(blk.KC, d)

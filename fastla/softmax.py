@@ -33,7 +33,7 @@ import operator
 
 import numpy as np
 
-from fastla import _config, _jit, _math, _registry, _validate
+from fastla import _jit, _math, _registry, _validate
 from fastla._jit import jit, kernel_input, prange, readonly, wide_vectors
 
 __all__ = ["cross_entropy", "log_softmax", "softmax"]
@@ -246,7 +246,7 @@ def _fast(x, axis, out, backend, log):
         and type(axis) is int
         and x.dtype in _validate.COMPILED_DTYPES
         and x.ndim
-        and _config.auto()
+        and _registry.fast_path_open()
     ):
         if _compiled_wins(x.size):
             return _jit.run_parallel(_numba_impl, x, (x.ndim - 1,), None, log)

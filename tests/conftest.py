@@ -25,10 +25,12 @@ def rng():
 
 @pytest.fixture(autouse=True)
 def _restore_global_settings():
-    """Tests that change the global backend must not leak it into other tests."""
+    """Tests that change the global backend or thread count must not leak them into other tests."""
     before = fastla.get_backend()
+    threads = fastla._jit.configured_num_threads()
     yield
     fastla.set_backend(before)
+    fastla.set_num_threads(threads)
 
 
 _WARMUP = {}

@@ -133,26 +133,6 @@ def test_set_num_threads_validates():
         fastla.set_num_threads(n)
 
 
-@needs_jit
-def test_threads_setting_reaches_numba_in_new_threads():
-    """numba's thread count is thread-local; fastla applies its own in every calling thread."""
-    n = fastla.get_num_threads()
-    fastla.set_num_threads(1)
-    seen = []
-    try:
-
-        def work():
-            fastla.matmul(np.ones((40, 4, 4)), np.ones((40, 4, 4)), backend="numba")
-            seen.append(_jit.numba.get_num_threads())
-
-        t = threading.Thread(target=work)
-        t.start()
-        t.join()
-    finally:
-        fastla.set_num_threads(n)
-    assert seen == [1]
-
-
 @pytest.mark.slow
 def test_concurrent_calls_from_python_threads(rng):
     """8 threads hammering parallel kernels must neither crash nor mix up results."""

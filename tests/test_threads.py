@@ -1,0 +1,230 @@
+"""Threads: fastla's count reaches numba in every calling thread and goes back afterwards,
+threadpoolctl caps fastla, concurrent callers split the threads, OMP_NUM_THREADS caps the default,
+a fork after GNU OpenMP started falls back to NumPy, and every op gives the same bits at any
+thread count."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import fastla
+from fastla import _jit
+from tests.test_config import run_python
+
+needs_jit = pytest.mark.skipif(not _jit.JIT_ENABLED, reason="needs numba with JIT enabled")
+TOP = _jit.max_threads()
+
+
+def numba_threads_inside_a_call():
+    """numba's thread count on this thread while a fastla kernel call runs."""
+    return _jit.run_parallel(lambda: _jit.numba.get_num_threads())
+
+
+@needs_jit
+def test_the_count_reaches_numba_in_new_threads_and_goes_back_after_the_call():
+    """numba's count is thread-local: fastla sets its own for each call, then restores the
+    thread's, so fastla's setting never leaks into the caller's own Numba code."""
+    fastla.set_num_threads(1)
+    seen = []
+
+    def work():
+        seen.append(numba_threads_inside_a_call())
+        seen.append(_jit.numba.get_num_threads())
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    assert seen == [1, TOP]
+    if TOP > 1:
+        fastla.set_num_threads(TOP)
+        _jit.numba.set_num_threads(1)  # the user's own setting on this thread
+        try:
+            assert numba_threads_inside_a_call() == TOP
+            assert _jit.numba.get_num_threads() == 1
+        finally:
+            _jit.numba.set_num_threads(TOP)
+
+
+def test_set_num_threads_none_goes_back_to_the_default():
+    fastla.set_num_threads(1)
+    fastla.set_num_threads(None)
+    assert _jit.configured_num_threads() is None
+    assert fastla.get_num_threads() == _jit.default_num_threads()
+
+
+@needs_jit
+def test_threadpool_limits_caps_fastla_and_restores_it():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    info = [d for d in threadpoolctl.threadpool_info() if d["user_api"] == "fastla"]
+    assert len(info) == 1 and info[0]["num_threads"] == fastla.get_num_threads()
+    before = fastla.get_num_threads()
+    with threadpoolctl.threadpool_limits(1):
+        assert fastla.get_num_threads() == 1
+        assert numba_threads_inside_a_call() == 1
+    assert fastla.get_num_threads() == before
+    with threadpoolctl.threadpool_limits(1, user_api="blas"):
+        assert fastla.get_num_threads() == before
+    with threadpoolctl.threadpool_limits(TOP + 7, user_api="fastla"):  # clamped, never an error
+        assert fastla.get_num_threads() == TOP
+
+
+@needs_jit
+@pytest.mark.skipif(TOP < 2, reason="needs 2 threads")
+def test_python_threads_calling_at_once_split_the_threads():
+    """Two Python threads inside fastla kernels at once (a thread pool, Dask's threaded scheduler)
+    each get half the threads rather than all of them (2 x oversubscription)."""
+    barrier = threading.Barrier(2, timeout=60)
+    seen = []
+
+    def kernel():
+        barrier.wait()  # both calls are inside run_parallel now
+        return _jit.numba.get_num_threads()
+
+    def work():
+        seen.append(_jit.run_parallel(kernel))
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(seen)[0] == TOP // 2  # the second caller took its share
+    assert numba_threads_inside_a_call() == fastla.get_num_threads()  # alone again: all of them
+
+
+def test_omp_num_threads_caps_the_default_and_numba_num_threads_wins():
+    code = "import fastla; print(fastla.get_num_threads())"
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS")}
+    r = run_python(code, **{**env, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["1"]
+    if TOP > 1:  # an explicit NUMBA_NUM_THREADS is numba's own setting and is honoured
+        r = run_python(code, **{**env, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": str(TOP)})
+        assert r.stdout.split() == [str(TOP)], r.stderr
+
+
+@needs_jit
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_child_forked_after_the_threads_started_works_and_never_hangs(rng):
+    a = rng.standard_normal((64, 8, 8))
+    expect = np.matmul(a, a)
+    fastla.matmul(a, a, backend="numba")  # the threading layer runs now
+    unsafe = _jit.forked_layer_is_unsafe()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, never return into pytest
+        code = 1
+        try:
+            got = fastla.matmul(a, a)  # auto: the compiled kernel, or NumPy after an unsafe fork
+            forced = "ran"
+            try:
+                fastla.matmul(a, a, backend="numba")
+            except fastla.BackendUnavailable as exc:
+                forced = "fork" if "fork" in str(exc) else repr(exc)
+            ok = np.allclose(got, expect)
+            os.write(write, f"{ok} {forced}".encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    deadline = time.monotonic() + 120
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung")
+        time.sleep(0.05)
+    report = os.read(read, 200).decode()
+    os.close(read)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, (status, report)
+    assert report == ("True fork" if unsafe else "True ran")
+
+
+# ----------------------------------------------------------------- same bits at any thread count
+
+
+def determinism_cases(dt):
+    """Every op at sizes that take its parallel, partitioned paths."""
+    r = np.random.default_rng(0)
+
+    def f(*s):
+        return r.standard_normal(s).astype(dt)
+
+    a, b = f(300, 300), f(300, 200)
+    well = f(300, 300) + 300 * np.eye(300, dtype=dt)
+    stack = f(5000, 4, 4) + 4 * np.eye(4, dtype=dt)
+    q, k, v = f(4, 257, 64), f(4, 300, 64), f(4, 300, 64)
+    x, y = f(2000, 64), f(3000, 64)
+    logits, labels = f(4000, 50), r.integers(0, 50, 4000)
+    sym = a @ a.T
+    v0 = f(300, 8)  # an 8-wide start block: the wide-block product (row bands summed)
+
+    def flat(*parts):
+        return np.concatenate([np.ravel(np.asarray(p, dtype=np.float64)) for p in parts])
+
+    return {
+        "matmul": lambda: fastla.matmul(a, b),
+        "matmul stack": lambda: fastla.matmul(stack, stack),
+        "solve": lambda: fastla.solve(well, b),
+        "solve stack": lambda: fastla.solve(stack, stack[:, :, :1]),
+        "lu_factor": lambda: flat(*fastla.lu_factor(well)),
+        "softmax": lambda: fastla.softmax(logits),
+        "softmax axis 0": lambda: fastla.softmax(logits, axis=0),
+        "log_softmax": lambda: fastla.log_softmax(logits),
+        "cross_entropy": lambda: flat(fastla.cross_entropy(logits, labels)),
+        "cross_entropy none": lambda: fastla.cross_entropy(logits, labels, reduction="none"),
+        "attention": lambda: fastla.scaled_dot_product_attention(q, k, v),
+        "cosine_similarity": lambda: fastla.cosine_similarity(x, y),
+        "cosine_topk": lambda: flat(*fastla.cosine_topk(x, y, 10)),
+        "power_iteration": lambda: flat(*fastla.power_iteration(sym, seed=0)),
+        "power_iteration k=8": lambda: flat(*fastla.power_iteration(sym, 8, seed=0)),
+        "power_iteration block 8": lambda: flat(*fastla.power_iteration(sym, 8, v0=v0)),
+    }
+
+
+def results_at_each_thread_count(dt, counts):
+    """{case: [result bytes at each thread count]} with backend numba."""
+    out = {}
+    with fastla.backend("numba"):
+        for name, fn in determinism_cases(dt).items():
+            runs = []
+            for n in counts:
+                fastla.set_num_threads(n)
+                runs.append(np.ascontiguousarray(fn()).tobytes())
+            out[name] = runs
+    return out
+
+
+@needs_jit
+@pytest.mark.slow
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_every_op_gives_the_same_bits_at_any_thread_count(dt):
+    runs = results_at_each_thread_count(dt, range(1, TOP + 1))
+    differ = [name for name, r in runs.items() if any(x != r[0] for x in r[1:])]
+    assert not differ, f"results depend on the thread count: {differ}"
+
+
+@needs_jit
+@pytest.mark.slow
+def test_same_bits_at_uneven_thread_counts():
+    """3 threads (uneven partitions) against 1, in a process numba started with 3."""
+    code = """
+    import numpy as np
+    from tests.test_threads import results_at_each_thread_count
+    for dt in (np.float32, np.float64):
+        for name, r in results_at_each_thread_count(dt, (1, 3)).items():
+            print(np.dtype(dt).name, name.replace(" ", "_"), r[0] == r[1])
+    """
+    r = run_python(code, NUMBA_NUM_THREADS="3")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 2 * len(determinism_cases(np.float64)), r.stdout
+    assert [x for x in lines if not x.endswith("True")] == []
