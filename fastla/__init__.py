@@ -12,9 +12,10 @@ array([[1., 2.],
        [3., 4.]])
 """
 
-from fastla import _registry, _threads, ml  # noqa: F401 (_threads: threadpoolctl caps fastla too)
+from fastla import _jit, _profile, _registry, _threads, ml  # noqa: F401 (_threads: threadpoolctl caps fastla)
 from fastla._config import backend, get_backend, set_backend
 from fastla._jit import get_num_threads, set_num_threads
+from fastla._profile import tune_profile
 from fastla._registry import (
     BackendUnavailable,
     explain,
@@ -47,6 +48,10 @@ def _dask_explain(op, backend):
 
 _registry.set_dask_handlers(_dask_dispatch, _dask_explain)
 
+# auto's thresholds: this machine's measured ones when `python -m fastla tune` wrote a profile
+_profile.load()
+_jit.THREAD_HOOKS.append(_profile.load)
+
 __all__ = [
     "BackendUnavailable",
     "ConvergenceError",
@@ -71,5 +76,6 @@ __all__ = [
     "set_num_threads",
     "softmax",
     "solve",
+    "tune_profile",
     "warmup",
 ]

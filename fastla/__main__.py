@@ -1,4 +1,4 @@
-"""Command line: ``python -m fastla {info,explain,warmup,bench}``."""
+"""Command line: ``python -m fastla {info,explain,warmup,bench,tune}``."""
 
 from __future__ import annotations
 
@@ -84,6 +84,9 @@ def main(argv=None):
         bench_cli = None
     if bench_cli is not None:
         bench_cli.add_parser(sub)
+    from fastla import tune
+
+    tune.add_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

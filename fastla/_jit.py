@@ -62,7 +62,16 @@ thread_id = numba.get_thread_id if JIT_ENABLED else _thread_id_python
 #: fastla sources no compiled kernel is built from (the benchmark harness, the command line, the
 #: warm-up driver, the dask and ML layers above the public functions): editing them must not make
 #: every cached kernel stale.
-NOT_COMPILED_IN = ("bench", "__main__.py", "_threads.py", "_warmup.py", "dask.py", "ml.py")
+NOT_COMPILED_IN = (
+    "bench",
+    "__main__.py",
+    "_profile.py",
+    "_threads.py",
+    "_warmup.py",
+    "dask.py",
+    "ml.py",
+    "tune.py",
+)
 
 
 @functools.cache
@@ -652,13 +661,21 @@ def set_num_threads(n):
     """
     if n is None:
         _NUM_THREADS.clear()
-        return
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}")
-    upper = max_threads()
-    if not 1 <= n <= upper:
-        raise ValueError(f"set_num_threads: n must be in [1, {upper}], got {n}")
-    _NUM_THREADS[:] = [n]
+    else:
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}")
+        upper = max_threads()
+        if not 1 <= n <= upper:
+            raise ValueError(f"set_num_threads: n must be in [1, {upper}], got {n}")
+        if _NUM_THREADS == [n]:
+            return
+        _NUM_THREADS[:] = [n]
+    for hook in THREAD_HOOKS:  # the auto profile measured at this thread count
+        hook()
+
+
+#: Called after the thread count changes (fastla/_profile.py's ``load``).
+THREAD_HOOKS: list = []
 
 
 def get_num_threads():

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from fastla import _config, _jit
+from fastla import _config, _jit, _profile
 
 
 class BackendUnavailable(RuntimeError):
@@ -172,8 +172,15 @@ def explain(op_name, *args, backend=None, **kwargs) -> tuple[str, str]:
     op = _get(op_name)
     if _any_dask(args, kwargs):
         return _DASK["explain"](op, backend)
-    name, reason = op.choose(backend, op.prepare(*args, **kwargs))
-    return name, reason() if callable(reason) else reason
+    prep = op.prepare(*args, **kwargs)
+    name, reason = op.choose(backend, prep)
+    reason = reason() if callable(reason) else reason
+    requested = _config.get_backend() if backend is None else backend
+    if requested == "auto" and prep.compiled is None and _jit.NUMBA_AVAILABLE:
+        threshold = _profile.note(op_name)  # shipped default or this machine's measured value
+        if threshold:
+            reason = f"{reason} [{threshold}]"
+    return name, reason
 
 
 def is_dask(x) -> bool:

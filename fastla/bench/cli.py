@@ -32,6 +32,13 @@ def add_parser(sub):
     size.add_argument("--quick", dest="set", action="store_const", const="quick", help="CI set (default)")
     size.add_argument("--full", dest="set", action="store_const", const="full", help="study set")
     size.add_argument("--smoke", dest="set", action="store_const", const="smoke", help="tiny inputs")
+    size.add_argument(
+        "--sweep",
+        dest="set",
+        action="store_const",
+        const="sweep",
+        help="auto's regret over sizes from tiny to large, per op and dtype (python -m fastla tune --check)",
+    )
     p.set_defaults(set="quick", func=main)
     p.add_argument("--ops", help="comma-separated ops, e.g. matmul,softmax (default: all)")
     p.add_argument("--threads", type=int, help="threads for numba and BLAS (default: all cores)")
@@ -90,6 +97,15 @@ def _run_pytest(bench_dir, args, json_path):
 
 
 def main(args):
+    if args.set == "sweep":
+        from fastla import tune
+
+        if args.threads is not None:
+            import fastla
+
+            fastla.set_num_threads(args.threads)
+        tune.run(write=False, ops=set(args.ops.split(",")) if args.ops else None)
+        return 0
     bench_dir = find_benchmarks_dir()
     if args.from_json:
         json_path = Path(args.from_json)

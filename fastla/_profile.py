@@ -1,0 +1,229 @@
+"""This machine's measured crossovers for ``auto`` (written by ``python -m fastla tune``).
+
+Each op module's ``AUTO_RULE`` holds the thresholds ``auto`` compares a call's size with (shipped
+defaults, measured on the machines the project was built on). ``fastla tune``
+(:mod:`fastla.tune`) measures where the compiled kernel starts to beat NumPy on *this* machine and
+writes the crossovers to a profile; at import fastla reads it and puts the measured values into
+``AUTO_RULE``. Nothing is read when no profile exists (one ``os.path.exists``).
+
+* Where: ``FASTLA_PROFILE`` names the file (``off``: ignore any profile), else
+  ``$XDG_CACHE_HOME/fastla/profile.json`` (``~/.cache/fastla/profile.json``).
+* Keyed: one file holds entries per machine kind (``fastla.bench.report.machine_key``: LLVM CPU,
+  SIMD width, BLAS library and kernel, cores) and per fastla thread count, so a home directory
+  shared between machines holds each machine's own numbers. ``fl.set_num_threads(n)`` switches to
+  the entry measured at ``n`` threads (shipped defaults where there is none).
+* Never trusted blindly: a file that does not parse, has another format version, names a rule that
+  does not exist or a value of the wrong type is ignored as a whole, with one ``RuntimeWarning``;
+  so is a file named by ``FASTLA_PROFILE`` that has no entry for this machine kind (a foreign one).
+
+:func:`tune_profile` says what is in force; ``fl.explain`` names it in every ``auto`` reason.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+import os
+import warnings
+
+from fastla import _jit
+
+ENV = "FASTLA_PROFILE"
+VERSION = 1
+#: The thresholds a profile may set: (module, AUTO_RULE key) per op whose auto rule reads it.
+KNOBS = {
+    "matmul": ("matmul", "small_min_batch"),
+    "solve": ("lu", "small_min_batch"),
+    "softmax": ("softmax", "min_size"),
+    "cosine_similarity": ("similarity", "matrix_min_work"),
+    "cosine_topk": ("similarity", "topk_min_work"),
+    "scaled_dot_product_attention": ("attention", "min_scores"),
+}
+#: ops whose auto rule reads another op's knob
+SHARES = {"log_softmax": "softmax", "cross_entropy": "softmax", "lu_factor": "solve", "lu_solve": "solve"}
+
+_SHIPPED: dict = {}  # (module, key) -> the shipped default, captured before any profile applies
+_STATE = {"status": "shipped defaults (no profile loaded yet)", "path": None, "rules": {}, "key": None}
+_WARNED: set = set()
+
+
+def default_path():
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "fastla", "profile.json")
+
+
+def profile_path():
+    """The profile file in use, or None when ``FASTLA_PROFILE=off``."""
+    env = os.environ.get(ENV, "")
+    if env.strip().lower() == "off":
+        return None
+    return env or default_path()
+
+
+def _rule_dict(module):
+    return importlib.import_module(f"fastla.{module}").AUTO_RULE
+
+
+def shipped(op):
+    """The shipped default of ``op``'s knob."""
+    module, key = KNOBS[op]
+    return _SHIPPED.get((module, key), _rule_dict(module)[key])
+
+
+def machine_key():
+    """The profile's key for this machine kind (that of the benchmark baselines)."""
+    from fastla._host import machine_facts
+    from fastla.bench.report import machine_key as key_of
+
+    return key_of(machine_facts())
+
+
+def _restore_shipped():
+    for (module, key), value in _SHIPPED.items():
+        _rule_dict(module)[key] = value
+
+
+def _capture_shipped():
+    if not _SHIPPED:
+        for module, key in KNOBS.values():
+            _SHIPPED[(module, key)] = _rule_dict(module)[key]
+
+
+def use_shipped():
+    """Put the shipped defaults in force (until the next :func:`load`)."""
+    _capture_shipped()
+    _restore_shipped()
+    _STATE.update(rules={}, status="shipped defaults (fastla tune is measuring)")
+
+
+def validate_rules(rules):
+    """``{op: value}`` checked against :data:`KNOBS` and the shipped values' types; raises
+    ValueError naming the first problem."""
+    if not isinstance(rules, dict):
+        raise ValueError("rules is not a mapping")
+    for op, value in rules.items():
+        if op not in KNOBS:
+            raise ValueError(f"unknown rule {op!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"rule {op!r}: {value!r} is not a positive integer")
+    return rules
+
+
+def _warn_once(msg):
+    if msg not in _WARNED:
+        _WARNED.add(msg)
+        warnings.warn(f"fastla: {msg}; using the shipped auto thresholds", RuntimeWarning, stacklevel=3)
+
+
+def read(path):
+    """The profile file's contents (validated format, entries not yet checked); raises ValueError."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read it ({exc})") from None
+    if not isinstance(data, dict) or data.get("version") != VERSION:
+        got = data.get("version") if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"format version {got!r}, expected {VERSION}")
+    if not isinstance(data.get("machines"), dict):
+        raise ValueError("no 'machines' mapping")
+    return data
+
+
+def load():
+    """(Re)apply the profile for this machine kind and fastla's current thread count."""
+    _capture_shipped()
+    _restore_shipped()
+    path = profile_path()
+    threads = _jit.get_num_threads()
+    _STATE.update(path=path, rules={}, key=None)
+    if path is None:
+        _STATE["status"] = f"shipped defaults ({ENV}=off)"
+        return
+    if not os.path.exists(path):
+        _STATE["status"] = "shipped defaults (no profile: run `python -m fastla tune`)"
+        return
+    explicit = bool(os.environ.get(ENV))
+    try:
+        data = read(path)
+        key = _STATE["key"] = machine_key()
+        entry = data["machines"].get(key)
+        if entry is None:
+            if explicit:
+                others = ", ".join(sorted(data["machines"])) or "none"
+                raise ValueError(f"measured on other machines ({others}), not {key}")
+            _STATE["status"] = f"shipped defaults (the profile has no entry for {key})"
+            return
+        per_threads = entry.get("threads") if isinstance(entry, dict) else None
+        if not isinstance(per_threads, dict):
+            raise ValueError(f"entry {key}: no 'threads' mapping")
+        for n, record in per_threads.items():  # check every entry, not only the one in use
+            if not isinstance(record, dict):
+                raise ValueError(f"entry {key}, {n} threads: not a mapping")
+            validate_rules(record.get("rules"))
+        record = per_threads.get(str(threads))
+    except ValueError as exc:
+        _STATE["status"] = f"shipped defaults (profile {path} ignored: {exc})"
+        _warn_once(f"ignoring the auto profile {path}: {exc}")
+        return
+    if record is None:
+        _STATE["status"] = f"shipped defaults (the profile has no entry for {threads} threads)"
+        return
+    for op, value in record["rules"].items():
+        module, key = KNOBS[op]
+        _rule_dict(module)[key] = value
+    _STATE["rules"] = dict(record["rules"])
+    _STATE["status"] = f"tuned profile {path} ({threads} threads, measured {record.get('when', '?')})"
+
+
+def write(path, key, threads, record):
+    """Add or replace the entry (machine ``key``, ``threads``) in the profile at ``path``."""
+    validate_rules(record["rules"])
+    data = {"version": VERSION, "machines": {}}
+    if os.path.exists(path):
+        try:
+            data = read(path)
+        except ValueError:
+            pass  # a corrupt file is replaced
+    entry = data["machines"].setdefault(key, {"threads": {}})
+    entry.setdefault("threads", {})[str(threads)] = record
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)  # atomic: a reader sees the old file or the new one
+
+
+def note(op_name):
+    """What decided ``op_name``'s auto threshold, for :func:`fastla.explain` ("" for ops without
+    a tunable threshold)."""
+    op = SHARES.get(op_name, op_name)
+    if op not in KNOBS:
+        return ""
+    module, key = KNOBS[op]
+    value = _rule_dict(module)[key]
+    if op in _STATE["rules"]:
+        return f"{key}={value} measured here (shipped {shipped(op)}; {_STATE['status']})"
+    return f"{key}={value}: {_STATE['status']}"
+
+
+def tune_profile():
+    """What sets ``auto``'s thresholds now: ``{"status", "path", "machine", "rules", "shipped"}``.
+
+    ``rules`` holds the measured values in force (empty under shipped defaults), ``shipped`` the
+    defaults they replace.
+
+    Examples
+    --------
+    >>> import fastla
+    >>> sorted(fastla.tune_profile())
+    ['machine', 'path', 'rules', 'shipped', 'status']
+    """
+    return {
+        "status": _STATE["status"],
+        "path": _STATE["path"],
+        "machine": _STATE["key"],
+        "rules": copy.deepcopy(_STATE["rules"]),
+        "shipped": {op: shipped(op) for op in KNOBS},
+    }

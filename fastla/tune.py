@@ -1,0 +1,287 @@
+"""``python -m fastla tune``: measure where each compiled kernel starts to beat NumPy on this
+machine, write the crossovers to the auto profile (:mod:`fastla._profile`), and report ``auto``'s
+regret before and after.
+
+For each tunable threshold (:data:`SWEEPS`) the sweep times the public function with
+``backend="numpy"``, ``backend="numba"`` and ``auto`` over a range of sizes, in float32 and float64,
+at fastla's current thread count (BLAS left at its default, as a user's call runs). Timings are
+interleaved: every impl once per round, 7 rounds, each round at least 5 ms of calls after one
+untimed call (which absorbs the switch from the previous impl's threads), and the fastest round is
+kept (noise on a shared machine only slows a round down). The crossover is the smallest swept size
+from which the compiled kernel is at least as fast as NumPy at every larger swept size; where it
+never is, the threshold goes just past the sweep. One threshold serves both dtypes, so the larger
+of the two crossovers is kept: ``auto`` then picks the compiled kernel only where it wins in both.
+
+Regret of a call = time(auto) / min(time(numpy), time(numba)): 1.0 when auto picked the faster one
+(plus its dispatch), more when it picked the slower. ``--check`` (and ``python -m fastla bench
+--sweep``) measures the regret of the thresholds in force without writing anything.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+import fastla
+from fastla import _jit, _profile
+
+ROUNDS = 7
+MIN_ROUND_S = 0.005
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """One tunable threshold: ``op``'s public call at each swept parameter ``p``."""
+
+    op: str  # a key of fastla._profile.KNOBS
+    unit: str  # what the threshold counts
+    params: tuple[int, ...]
+    value: Callable[[int], int]  # p -> the size the auto rule compares with the threshold
+    case: Callable[[int, np.dtype, np.random.Generator], tuple[tuple, dict]]
+    label: Callable[[int], str]
+
+
+def _normal(rng, shape, dt):
+    return rng.standard_normal(shape).astype(dt)
+
+
+def _solve_case(p, dt, rng):
+    a = _normal(rng, (p, 4, 4), dt) + 4 * np.eye(4, dtype=dt)
+    return (a, _normal(rng, (p, 4, 1), dt)), {}
+
+
+SWEEPS = (
+    Sweep(
+        "matmul",
+        "4x4 products in a stack",
+        (8, 16, 32, 64, 128, 256, 512, 1024, 4096),
+        lambda p: p,
+        lambda p, dt, rng: ((_normal(rng, (p, 4, 4), dt), _normal(rng, (p, 4, 4), dt)), {}),
+        lambda p: f"{p} x 4x4 @ 4x4",
+    ),
+    Sweep(
+        "solve",
+        "4x4 systems in a stack",
+        (8, 16, 32, 64, 128, 256, 512, 1024, 4096),
+        lambda p: p,
+        _solve_case,
+        lambda p: f"{p} x 4x4 systems",
+    ),
+    Sweep(
+        "softmax",
+        "elements (rows of 16)",
+        (4, 8, 16, 32, 64, 128, 256, 1024, 4096),
+        lambda p: 16 * p,
+        lambda p, dt, rng: ((_normal(rng, (p, 16), dt),), {}),
+        lambda p: f"{p}x16",
+    ),
+    Sweep(
+        "cosine_similarity",
+        "n*m*d (n = m, d = 64)",
+        (8, 16, 32, 64, 128, 256, 512),
+        lambda p: p * p * 64,
+        lambda p, dt, rng: ((_normal(rng, (p, 64), dt), _normal(rng, (p, 64), dt)), {}),
+        lambda p: f"{p}x{p}x64",
+    ),
+    Sweep(
+        "cosine_topk",
+        "n*m*d (10 queries, d = 64, k = 10)",
+        (100, 300, 1000, 3000, 10000, 30000),
+        lambda p: 10 * p * 64,
+        lambda p, dt, rng: ((_normal(rng, (10, 64), dt), _normal(rng, (p, 64), dt), 10), {}),
+        lambda p: f"10x{p}x64 k=10",
+    ),
+    Sweep(
+        "scaled_dot_product_attention",
+        "scores (4 heads, L = S, E = 64)",
+        (16, 32, 64, 128, 256, 512),
+        lambda p: 4 * p * p,
+        lambda p, dt, rng: (tuple(_normal(rng, (4, p, 64), dt) for _ in range(3)), {}),
+        lambda p: f"4x{p}x{p}x64",
+    ),
+)
+DTYPES = (np.float32, np.float64)
+
+
+def _calls_per_round(fn):
+    n = 1
+    while True:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        if time.perf_counter() - t0 >= MIN_ROUND_S:
+            return n
+        n *= 2
+
+
+def time_impls(fns, rounds=ROUNDS):
+    """Seconds per call of each callable in ``fns``: the fastest of interleaved rounds (noise on a
+    shared machine only ever slows a round down), warm-up excluded."""
+    counts = {}
+    for name, fn in fns.items():
+        fn()  # warm-up (a compile, on a cold cache)
+        counts[name] = _calls_per_round(fn)
+    samples = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            n = counts[name]
+            fn()  # untimed: the switch from the previous impl (BLAS or OpenMP threads still spinning)
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            samples[name].append((time.perf_counter() - t0) / n)
+    return {name: min(s) for name, s in samples.items()}
+
+
+def measure(sweep, dt, rng, *, with_auto=True):
+    """``[(p, {impl: seconds})]`` over ``sweep.params``."""
+    fn = getattr(fastla, sweep.op)
+    rows = []
+    for p in sweep.params:
+        args, kwargs = sweep.case(p, np.dtype(dt), rng)
+        rows.append((p, time_impls(_calls(fn, args, kwargs, with_auto))))
+    return rows
+
+
+def _calls(fn, args, kwargs, with_auto):
+    fns = {
+        "numpy": lambda: fn(*args, backend="numpy", **kwargs),
+        "numba": lambda: fn(*args, backend="numba", **kwargs),
+    }
+    if with_auto:
+        fns["auto"] = lambda: fn(*args, **kwargs)
+    return fns
+
+
+def crossover(sweep, rows):
+    """The threshold: the size of the first swept point from which numba wins at every larger one
+    (just past the sweep when it never does)."""
+    first = None
+    for p, t in reversed(rows):
+        if t["numba"] > t["numpy"]:
+            break
+        first = p
+    return sweep.value(first) if first is not None else sweep.value(rows[-1][0]) + 1
+
+
+def regret(t):
+    return t["auto"] / min(t["numpy"], t["numba"])
+
+
+def _progress(done, total, label, stream):
+    width = 24
+    fill = width * done // max(total, 1)
+    stream.write(f"\r[{'#' * fill}{'.' * (width - fill)}] {done}/{total} {label:<48}")
+    stream.flush()
+
+
+def run(*, write=True, ops=None, stream=None, out=None):
+    """Measure every sweep (or ``ops``), print the report; write the profile unless ``write`` is
+    False. Returns ``{"rules", "regret_before", "regret_after", "rows"}``."""
+    stream = sys.stderr if stream is None else stream
+    out = sys.stdout if out is None else out
+    if not _jit.JIT_ENABLED:
+        why = _jit.NUMBA_IMPORT_ERROR or "the JIT is off"
+        raise RuntimeError(f"fastla tune needs the compiled kernels: {why}")
+    sweeps = [s for s in SWEEPS if ops is None or s.op in ops]
+    threads = fastla.get_num_threads()
+    rng = np.random.default_rng(0)
+    start = time.perf_counter()
+    total = len(sweeps) * len(DTYPES) * (2 if write else 1)
+    done = 0
+    if write:  # the regret "before" is that of the shipped thresholds
+        _profile.use_shipped()
+    before = {}
+    for sweep in sweeps:
+        for dt in DTYPES:
+            _progress(done, total, f"{sweep.op} {np.dtype(dt).name}", stream)
+            before[sweep.op, np.dtype(dt).name] = measure(sweep, dt, rng)
+            done += 1
+    rules = {}
+    for sweep in sweeps:
+        rules[sweep.op] = max(crossover(sweep, before[sweep.op, np.dtype(dt).name]) for dt in DTYPES)
+    after = {}
+    if write:
+        key = _profile.machine_key()
+        record = {
+            "rules": rules,
+            "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "fastla": fastla.__version__,
+            "measured": {  # seconds per call: [size parameter, numpy, numba]
+                f"{op} {dt}": [[p, t["numpy"], t["numba"]] for p, t in rows]
+                for (op, dt), rows in before.items()
+            },
+        }
+        path = _profile.profile_path() or _profile.default_path()
+        _profile.write(path, key, threads, record)
+        _profile.load()
+        for sweep in sweeps:  # auto again, under the measured thresholds
+            for dt in DTYPES:
+                _progress(done, total, f"{sweep.op} {np.dtype(dt).name} (tuned)", stream)
+                after[sweep.op, np.dtype(dt).name] = measure(sweep, dt, rng)
+                done += 1
+    _progress(done, total, f"done in {time.perf_counter() - start:.0f} s", stream)
+    stream.write("\n")
+    report(sweeps, before, after, rules, threads, out)
+    if write:
+        status = _profile.tune_profile()["status"]
+        print(f"profile: {path} (machine {key}, {threads} threads); now in force: {status}", file=out)
+    worst = lambda rows: max((regret(t) for r in rows.values() for _, t in r), default=float("nan"))  # noqa: E731
+    return {"rules": rules, "regret_before": worst(before), "regret_after": worst(after) if after else None}
+
+
+def report(sweeps, before, after, rules, threads, out):
+    label = "shipped" if after else "in force"
+    print(f"auto's regret = time(auto) / min(numpy, numba); {threads} fastla threads, BLAS default", file=out)
+    for sweep in sweeps:
+        print(f"\n{sweep.op}: threshold in {sweep.unit}", file=out)
+        head = f"  {'size':<22} {'dtype':<8} {'numpy':>10} {'numba':>10}  {'regret ' + label:>15}"
+        print(head, end="", file=out)
+        print(f"  {'regret tuned':>12}" if after else "", file=out)
+        for dt in DTYPES:
+            name = np.dtype(dt).name
+            tuned = dict(after.get((sweep.op, name), []))
+            for p, t in before[sweep.op, name]:
+                line = (
+                    f"  {sweep.label(p):<22} {name:<8} {t['numpy'] * 1e6:>8.1f}us {t['numba'] * 1e6:>8.1f}us"
+                    f"  {regret(t):>15.2f}"
+                )
+                if p in tuned:
+                    line += f"  {regret(tuned[p]):>12.2f}"
+                print(line, file=out)
+        current = _profile.shipped(sweep.op)
+        print(f"  crossover measured: {rules[sweep.op]} (shipped default {current})", file=out)
+    for name, rows in (("with " + label + " thresholds", before), ("with tuned thresholds", after)):
+        if rows:
+            values = [regret(t) for r in rows.values() for _, t in r]
+            print(
+                f"\nmax regret {name}: {max(values):.2f} (median {statistics.median(values):.2f}, "
+                f"{sum(v > 1.1 for v in values)} of {len(values)} cases above 1.1)",
+                file=out,
+            )
+
+
+def main(args):
+    ops = set(args.ops.split(",")) if args.ops else None
+    unknown = (ops or set()) - {s.op for s in SWEEPS}
+    if unknown:
+        known = ", ".join(s.op for s in SWEEPS)
+        print(f"fastla tune: no sweep for {', '.join(sorted(unknown))}; known: {known}")
+        return 2
+    if args.threads is not None:
+        fastla.set_num_threads(args.threads)
+    run(write=not args.check, ops=ops)
+    return 0
+
+
+def add_parser(sub):
+    p = sub.add_parser("tune", help="measure this machine's auto crossovers and write the profile")
+    p.add_argument("--ops", help="comma-separated ops (default: every tunable threshold)")
+    p.add_argument("--threads", type=int, help="fastla threads to measure at (default: the current count)")
+    p.add_argument("--check", action="store_true", help="measure auto's regret only; write nothing")
+    p.set_defaults(func=main)

@@ -1,0 +1,157 @@
+"""The auto profile (`python -m fastla tune`): round trip, what is refused, thread-count entries,
+explain naming the source, the crossover rule, and a (tiny) tune run end to end."""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+import fastla
+from fastla import _jit, _profile, tune
+
+MATMUL_RULE = _profile._rule_dict("matmul")  # fastla.matmul is the function; its module's AUTO_RULE
+SOFTMAX_RULE = _profile._rule_dict("softmax")
+
+needs_jit = pytest.mark.skipif(not _jit.JIT_ENABLED, reason="needs numba with JIT enabled")
+
+
+@pytest.fixture
+def profile(tmp_path, monkeypatch):
+    """A profile path in FASTLA_PROFILE; shipped thresholds (and no profile) again afterwards."""
+    path = tmp_path / "profile.json"
+    monkeypatch.setenv(_profile.ENV, str(path))
+    _profile._WARNED.clear()
+    yield path
+    monkeypatch.undo()
+    _profile.load()
+
+
+def record(rules, when="now"):
+    return {"rules": rules, "when": when}
+
+
+def test_round_trip_puts_the_measured_thresholds_in_force(profile):
+    key = _profile.machine_key()
+    threads = fastla.get_num_threads()
+    _profile.write(str(profile), key, threads, record({"matmul": 8, "softmax": 64}))
+    _profile.load()
+    info = fastla.tune_profile()
+    assert info["rules"] == {"matmul": 8, "softmax": 64}
+    assert info["machine"] == key and info["path"] == str(profile)
+    assert "tuned profile" in info["status"]
+    assert MATMUL_RULE["small_min_batch"] == 8 and SOFTMAX_RULE["min_size"] == 64
+    assert info["shipped"]["matmul"] != 8  # the default it replaced is still known
+    x = np.ones((8, 16))  # 128 elements: NumPy under the shipped 2048, the kernel under 64
+    name, reason = fastla.explain("softmax", x)
+    assert name == "numba" and "min_size=64 measured here" in reason
+    name, reason = fastla.explain("log_softmax", x)  # reads softmax's threshold
+    assert name == "numba" and "measured here" in reason
+
+
+def test_shipped_defaults_come_back_and_explain_says_so(profile):
+    _profile.write(str(profile), _profile.machine_key(), fastla.get_num_threads(), record({"softmax": 64}))
+    _profile.load()
+    profile.unlink()
+    _profile.load()
+    assert fastla.tune_profile()["rules"] == {}
+    assert SOFTMAX_RULE["min_size"] == fastla.tune_profile()["shipped"]["softmax"]
+    name, reason = fastla.explain("softmax", np.ones((8, 16)))
+    assert name == "numpy" and "no profile" in reason
+
+
+def test_profile_off_ignores_an_existing_file(profile, monkeypatch):
+    _profile.write(str(profile), _profile.machine_key(), fastla.get_num_threads(), record({"softmax": 64}))
+    monkeypatch.setenv(_profile.ENV, "off")
+    _profile.load()
+    assert fastla.tune_profile()["rules"] == {} and "=off" in fastla.tune_profile()["status"]
+
+
+@pytest.mark.parametrize(
+    "content, why",
+    [
+        ("{not json", "cannot read it"),
+        (json.dumps({"version": 99, "machines": {}}), "format version 99"),
+        (json.dumps([1, 2]), "format version"),
+        ("KEY", "unknown rule 'gemm'"),
+        ("BADVALUE", "not a positive integer"),
+        (json.dumps({"version": 1, "machines": {"other-machine": {"threads": {}}}}), "other machines"),
+    ],
+)
+def test_a_corrupt_or_foreign_profile_is_ignored_with_one_warning(profile, content, why):
+    key = _profile.machine_key()
+    n = str(fastla.get_num_threads())
+    if content == "KEY":
+        content = json.dumps({"version": 1, "machines": {key: {"threads": {n: record({"gemm": 8})}}}})
+    elif content == "BADVALUE":
+        content = json.dumps({"version": 1, "machines": {key: {"threads": {n: record({"matmul": -3})}}}})
+    profile.write_text(content)
+    shipped = dict(MATMUL_RULE)
+    with pytest.warns(RuntimeWarning, match=why):
+        _profile.load()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _profile.load()  # once: no second warning for the same file
+    assert fastla.tune_profile()["rules"] == {} and "ignored" in fastla.tune_profile()["status"]
+    assert MATMUL_RULE == shipped
+
+
+def test_each_thread_count_has_its_own_entry(profile):
+    key = _profile.machine_key()
+    top = _jit.max_threads()
+    _profile.write(str(profile), key, top, record({"matmul": 32}))
+    _profile.write(str(profile), key, 1, record({"matmul": 2048}))  # added, not replacing
+    fastla.set_num_threads(1)
+    assert MATMUL_RULE["small_min_batch"] == 2048
+    fastla.set_num_threads(top)
+    assert MATMUL_RULE["small_min_batch"] == (32 if top > 1 else 2048)
+
+
+def test_write_refuses_bad_rules(profile):
+    with pytest.raises(ValueError, match="unknown rule"):
+        _profile.write(str(profile), "k", 2, record({"nope": 3}))
+    assert not profile.exists()
+
+
+def test_crossover_is_where_numba_wins_from_on():
+    sweep = tune.SWEEPS[0]
+
+    def rows(wins):
+        return [
+            (p, {"numpy": 1.0, "numba": 0.5 if w else 2.0}) for p, w in zip(sweep.params, wins, strict=True)
+        ]
+
+    n = len(sweep.params)
+    assert tune.crossover(sweep, rows([True] * n)) == sweep.value(sweep.params[0])
+    # a win below a later loss does not count: numba must win at every larger size
+    wins = [False, True, False] + [True] * (n - 3)
+    assert tune.crossover(sweep, rows(wins)) == sweep.value(sweep.params[3])
+    assert tune.crossover(sweep, rows([False] * n)) == sweep.value(sweep.params[-1]) + 1
+    assert tune.regret({"numpy": 2.0, "numba": 1.0, "auto": 3.0}) == 3.0
+
+
+@needs_jit
+def test_a_tune_run_writes_a_profile_that_auto_then_uses(profile, monkeypatch):
+    """End to end on two small sweeps (1 round each): timings are not asserted, only that the
+    profile holds the crossovers the run reported and that they are in force afterwards."""
+    small = tuple(
+        tune.Sweep(s.op, s.unit, s.params[:3], s.value, s.case, s.label)
+        for s in tune.SWEEPS
+        if s.op in ("matmul", "softmax")
+    )
+    monkeypatch.setattr(tune, "SWEEPS", small)
+    monkeypatch.setattr(tune, "ROUNDS", 1)
+    monkeypatch.setattr(tune, "MIN_ROUND_S", 0.0)
+    out = io.StringIO()
+    result = tune.run(stream=io.StringIO(), out=out)
+    text = out.getvalue()
+    assert "max regret with shipped thresholds" in text and "max regret with tuned thresholds" in text
+    data = json.loads(profile.read_text())
+    entry = data["machines"][_profile.machine_key()]["threads"][str(fastla.get_num_threads())]
+    assert entry["rules"] == result["rules"] and set(result["rules"]) == {"matmul", "softmax"}
+    assert fastla.tune_profile()["rules"] == result["rules"]
+    assert MATMUL_RULE["small_min_batch"] == result["rules"]["matmul"]
+    assert result["regret_before"] > 0 and result["regret_after"] > 0
