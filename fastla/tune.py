@@ -180,9 +180,10 @@ def _progress(done, total, label, stream):
     stream.flush()
 
 
-def run(*, write=True, ops=None, stream=None, out=None):
+def run(*, write=True, ops=None, stream=None, out=None, plot_path=None):
     """Measure every sweep (or ``ops``), print the report; write the profile unless ``write`` is
-    False. Returns ``{"rules", "regret_before", "regret_after", "rows"}``."""
+    False; draw the sweep to ``plot_path`` (PNG) when given. Returns ``{"rules", "regret_before",
+    "regret_after"}``."""
     stream = sys.stderr if stream is None else stream
     out = sys.stdout if out is None else out
     if not _jit.JIT_ENABLED:
@@ -228,6 +229,9 @@ def run(*, write=True, ops=None, stream=None, out=None):
     _progress(done, total, f"done in {time.perf_counter() - start:.0f} s", stream)
     stream.write("\n")
     report(sweeps, before, after, rules, threads, out)
+    if plot_path:
+        drawn = plot(sweeps, before, rules, plot_path, shipped={s.op: _profile.shipped(s.op) for s in sweeps})
+        print(f"plot: {plot_path}" if drawn else "plot skipped: matplotlib is not installed", file=out)
     if write:
         status = _profile.tune_profile()["status"]
         print(f"profile: {path} (machine {key}, {threads} threads); now in force: {status}", file=out)
@@ -266,6 +270,40 @@ def report(sweeps, before, after, rules, threads, out):
             )
 
 
+def plot(sweeps, before, rules, path, shipped=None):
+    """Time per call against the swept size, one panel per threshold, one line per impl and dtype
+    (only the sizes of one sweep are joined), with the measured crossover and the shipped one
+    marked. Returns False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(len(sweeps), 1, figsize=(8, 3.2 * len(sweeps)), squeeze=False)
+    for ax, sweep in zip(axes[:, 0], sweeps, strict=True):
+        for dt, style in zip(DTYPES, ("-", "--"), strict=True):
+            rows = before[sweep.op, np.dtype(dt).name]
+            xs = [sweep.value(p) for p, _ in rows]
+            for impl, colour in (("numpy", "C1"), ("numba", "C0"), ("auto", "C2")):
+                ys = [t[impl] * 1e6 for _, t in rows]
+                ax.plot(xs, ys, style, marker="o", ms=3, color=colour, label=f"{impl} {np.dtype(dt).name}")
+        ax.axvline(rules[sweep.op], color="k", lw=1, label=f"crossover measured ({rules[sweep.op]})")
+        ref = _profile.shipped(sweep.op) if shipped is None else shipped[sweep.op]
+        ax.axvline(ref, color="grey", lw=1, ls=":", label=f"shipped ({ref})")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(sweep.unit)
+        ax.set_ylabel("us per call")
+        ax.set_title(sweep.op, fontsize=10)
+        ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def main(args):
     ops = set(args.ops.split(",")) if args.ops else None
     unknown = (ops or set()) - {s.op for s in SWEEPS}
@@ -275,7 +313,7 @@ def main(args):
         return 2
     if args.threads is not None:
         fastla.set_num_threads(args.threads)
-    run(write=not args.check, ops=ops)
+    run(write=not args.check, ops=ops, plot_path=args.plot)
     return 0
 
 
@@ -284,4 +322,5 @@ def add_parser(sub):
     p.add_argument("--ops", help="comma-separated ops (default: every tunable threshold)")
     p.add_argument("--threads", type=int, help="fastla threads to measure at (default: the current count)")
     p.add_argument("--check", action="store_true", help="measure auto's regret only; write nothing")
+    p.add_argument("--plot", help="draw time against size per impl, crossovers marked, to this PNG")
     p.set_defaults(func=main)

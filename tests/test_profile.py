@@ -146,8 +146,10 @@ def test_a_tune_run_writes_a_profile_that_auto_then_uses(profile, monkeypatch):
     monkeypatch.setattr(tune, "ROUNDS", 1)
     monkeypatch.setattr(tune, "MIN_ROUND_S", 0.0)
     out = io.StringIO()
-    result = tune.run(stream=io.StringIO(), out=out)
+    png = profile.parent / "sweep.png"
+    result = tune.run(stream=io.StringIO(), out=out, plot_path=str(png))
     text = out.getvalue()
+    assert png.exists() == (f"plot: {png}" in text)  # drawn, or "skipped" without matplotlib
     assert "max regret with shipped thresholds" in text and "max regret with tuned thresholds" in text
     data = json.loads(profile.read_text())
     entry = data["machines"][_profile.machine_key()]["threads"][str(fastla.get_num_threads())]

@@ -104,7 +104,7 @@ def main(args):
             import fastla
 
             fastla.set_num_threads(args.threads)
-        tune.run(write=False, ops=set(args.ops.split(",")) if args.ops else None)
+        tune.run(write=False, ops=set(args.ops.split(",")) if args.ops else None, plot_path=args.plot)
         return 0
     bench_dir = find_benchmarks_dir()
     if args.from_json:
