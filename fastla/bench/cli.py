@@ -6,6 +6,7 @@ The numbers are pytest-benchmark's own: this command runs ``pytest benchmarks --
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -59,6 +60,13 @@ def add_parser(sub):
     )
     p.add_argument(
         "--save-baseline", help="write this run's ratios as a baseline JSON (a folder: <key>.json)"
+    )
+    p.add_argument(
+        "--no-confirm",
+        dest="confirm",
+        action="store_false",
+        help="with --check/--compare: fail on the first measurement (default: re-measure the failing "
+        "ops once, and fail only if they fail again)",
     )
     p.add_argument("--readme", help="regenerate the benchmark section of this README")
     p.add_argument("--from-json", help="skip running: report on an existing pytest-benchmark JSON")
@@ -151,6 +159,32 @@ def main(args):
             data = {"key": key, "set": args.set, "machine": machine, "ratios": report.all_ratios(rows)}
             json.dump(data, f, indent=1, sort_keys=True)
         print(f"baseline written: {path} (machine key {key})")
+    if not (args.check or args.compare):
+        return 0
+    status, failed = _gate(rows, machine, key, args, settings, results, tolerance)
+    if failed and not args.from_json and args.confirm:
+        # Shared machines swing timings by 20% and sometimes 2x for a few seconds: a failure counts
+        # only when a second measurement of its ops, right away, fails too. A real regression (a kernel
+        # made 2x slower, fallen back to scalar code) fails both; a burst of noise rarely does.
+        redo = sorted(failed)
+        print(f"\nre-measuring {', '.join(redo)}: a failure must repeat to count")
+        again = argparse.Namespace(**{**vars(args), "ops": ",".join(redo), "compile_ops": "none"})
+        json2 = json_path.with_name(json_path.stem + "-confirm.json")
+        rc = _run_pytest(bench_dir, again, json2.resolve())
+        if rc != 0:
+            print(f"fastla bench: pytest exited with {rc}", file=sys.stderr)
+            return rc
+        rows2, _ = report.load_rows(json2)
+        rows = [r for r in rows if r.op not in failed] + rows2
+        results = report.target_results(rows, targets, tolerance, _w.WORKLOADS, args.set, ops)
+        print("verdict on the re-measured ops (the rest as first measured):")
+        status, _ = _gate(rows, machine, key, args, settings, results, tolerance)
+    return status
+
+
+def _gate(rows, machine, key, args, settings, results, tolerance):
+    """``--check`` and ``--compare``: print each failure; return (exit status, ops that failed)."""
+    status, failed = 0, set()
     if args.check:
         low = [r for r in results if r[2] == "BELOW FLOOR"]
         for t, measured, _ in low:
@@ -159,17 +193,21 @@ def main(args):
             print(
                 f"CHECK FAILED: {t['op']} [{t['size']}] {what}: {measured:.3g} beyond the floor {floor:.3g}"
             )
+            if t["op"] != "compile":  # a first-call time is measured once, in its own process
+                failed.add(t["op"])
         if not low:
             measured = sum(m is not None for _, m, _ in results)
             print(f"target floors: all {measured} measured targets within their floor")
-        status = status or (1 if low else 0)
+        status = 1 if low else 0
     if args.compare:
-        status = _compare(rows, machine, key, args, settings) or status
-    return status
+        rc, regressed = _compare(rows, machine, key, args, settings)
+        status = rc or status
+        failed |= regressed
+    return status, failed
 
 
 def _compare(rows, machine, key, args, settings):
-    """The baseline comparison; returns the exit status it asks for (0 or 1)."""
+    """The baseline comparison: (exit status it asks for, ops with a regression)."""
     tol = settings.get("compare_tolerance", 0.6)
     path = Path(args.compare)
     if path.is_dir() or path.suffix != ".json":  # a directory of baselines by machine kind (maybe none yet)
@@ -178,18 +216,18 @@ def _compare(rows, machine, key, args, settings):
             print(
                 f"no baseline for this machine kind ({key}) in {args.compare}: checked the target floors only"
             )
-            return 0
+            return 0, set()
     ops = args.ops.split(",") if args.ops else None
     try:
         regressions = report.compare(rows, path, tol, machine, ops)
     except report.NotComparable as exc:
         print(f"not comparable: {exc}; checked the target floors only")
-        return 0
+        return 0, set()
     except ValueError as exc:
         print(f"BASELINE MISMATCH: {exc}")
-        return 1
+        return 1, set()
     for name, base, now in regressions:
         print(f"REGRESSION: {name}: {now:.2f}× now vs {base:.2f}× in the baseline (tolerance {tol})")
     if not regressions:
         print(f"no ratio regressions against {path} (tolerance {tol})")
-    return 1 if regressions else 0
+    return (1 if regressions else 0), {name.split("|")[0] for name, _, _ in regressions}
