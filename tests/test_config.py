@@ -110,6 +110,11 @@ except fastla.BackendUnavailable as exc:
     print("unavailable:", exc)
 else:
     raise SystemExit("numba backend should be unavailable")
+from fastla import kernels  # fastla.kernels run as Python without numba
+x = kernels.solve(np.array([[2.0, 1.0], [1.0, 3.0]]), np.array([1.0, 2.0]))
+assert np.allclose(x, np.linalg.solve([[2.0, 1.0], [1.0, 3.0]], [1.0, 2.0])), x
+assert np.allclose(kernels.softmax(np.array([[1.0, 2.0, 3.0]])).sum(), 1.0)
+assert np.array_equal(kernels.matmul(np.eye(2), np.ones((2, 3))), np.ones((2, 3)))
 assert "numba" not in sys.modules
 """
 
