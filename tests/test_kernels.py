@@ -185,6 +185,14 @@ def test_products(dtype, rng):
     np.testing.assert_allclose(kernels.gemm(A, B, np.zeros((70, 45), dtype)), A @ B, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("m, k, n", [(3, 3, 3), (5, 2, 7), (2, 1, 6), (1, 5, 1), (4, 9, 9), (3, 0, 5)])
+def test_small_products_of_every_shape(dtype, rng, m, k, n):
+    """Narrow rows (four columns in registers, then a ragged tail), wide rows (i-k-j), k = 0."""
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal((k, n)).astype(dtype)
+    np.testing.assert_allclose(user_matmul(a, b), a @ b, rtol=_tol(dtype) * 10, atol=_tol(dtype))
+
+
 @pytest.mark.parametrize("n", [1, 3, 4, 8, 16])
 def test_solve_agrees_with_the_public_batched_solver(n, rng):
     """The same pivoting rule and operation order as fastla.solve's batched kernel: the same

@@ -88,6 +88,14 @@ MUTANTS = [
         "the fixed-size small-matrix kernel drops the last term of the dot product",
     ),
     Mutant(
+        "small-product-drops-the-tail-column",
+        "_gemm_kernels.py",
+        "            for j in range(n4, n):",
+        "            for j in range(n4, n - 1):",
+        ("tests/test_kernels.py::test_small_products_of_every_shape",),
+        "the register-accumulating small product skips the last column of a ragged row",
+    ),
+    Mutant(
         "topk-drop-kc-accumulation",
         "similarity.py",
         "ap, a_off, bp[pc * tn :], npan, kc, rows, cols, sc, s_off, tn, pc > 0, tile",
@@ -154,8 +162,8 @@ MUTANTS = [
     Mutant(
         "log-softmax-sign",
         "softmax.py",
-        "                out[r, j] = x[r, j] - shift",
-        "                out[r, j] = x[r, j] + shift",
+        "            out[j] = x[j] - shift",
+        "            out[j] = x[j] + shift",
         ("tests/test_softmax.py",),
         "log_softmax adds the log-sum-exp instead of subtracting it",
     ),
