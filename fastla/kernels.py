@@ -608,11 +608,20 @@ def _solve_typer(a, b, out=None):
     if not (_is_array(a, (2, 3)) and _is_array(b, (1, 2, 3))):
         return None
     fresh = out is None or isinstance(out, nbt.NoneType | nbt.Omitted)
-    vec = a.ndim == 2 and a.layout == "C" and b.ndim == 1 and (fresh or out.layout == "C")
-    impl = _solve_vec if vec else _solve_into
+    impl = _solve_vec if a.ndim == 2 and a.layout == "C" and b.ndim == 1 else _solve_into
     if fresh:
         return lambda a, b, out=None: impl(a, b, np.empty(b.shape, a.dtype))
+    if out.layout != "C":  # a strided out (e.g. a column): solved contiguously, then copied
+        return lambda a, b, out=None: _copy_to(out, impl(a, b, np.empty(b.shape, a.dtype)))
     return lambda a, b, out=None: impl(a, b, out)
+
+
+@jit(inline="always")
+def _copy_to(out, x):
+    if out.shape != x.shape:
+        _solve_shape_error()
+    out[...] = x
+    return out
 
 
 def solve_inplace(a, b):

@@ -252,6 +252,27 @@ def test_try_solve_reports_singular_systems_inside_a_parallel_loop(n, rng):
     assert kernels.try_solve(a[1], b[1], x[1]) is False
 
 
+@njit
+def user_solve_into_columns(a, b, xt, ok):
+    """Solutions written into columns of ``xt`` (n, m): a strided ``out`` for each system."""
+    for i in range(a.shape[0]):
+        ok[i] = kernels.try_solve(a[i], b[i], xt[:, i])
+        kernels.solve(a[i], b[i], xt[:, a.shape[0] + i])
+    return ok
+
+
+@pytest.mark.parametrize("n", [3, 12])
+def test_solve_into_a_strided_out(n, rng):
+    a = rng.standard_normal((4, n, n)) + n * np.eye(n)
+    b = rng.standard_normal((4, n))
+    xt = np.zeros((n, 8))
+    ok = user_solve_into_columns(a, b, xt, np.zeros(4, np.bool_))
+    assert ok.all()
+    expect = np.linalg.solve(a, b[..., None])[..., 0].T
+    np.testing.assert_allclose(xt[:, :4], expect, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(xt[:, 4:], expect, rtol=1e-10, atol=1e-12)
+
+
 def test_errors_from_python():
     with pytest.raises(np.linalg.LinAlgError, match="Singular matrix"):
         kernels.solve(np.zeros((3, 3)), np.ones(3))
