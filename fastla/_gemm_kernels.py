@@ -576,16 +576,22 @@ def gemm(a, b, out=None, *, threads=None):
 @jit(parallel=True)
 def gemm_naive(a, b, c):
     """Textbook i-k-j loop (parallel over rows; the j loop vectorises). ``c`` 2-D, overwritten."""
-    m, k = a.shape
-    n = b.shape[1]
-    for i in prange(m):
+    for i in prange(a.shape[0]):
         wide_vectors()
+        _ikj_row(a, b, c, i)
+
+
+@jit(inline="always")
+def _ikj_row(a, b, c, i):
+    """Row ``i`` of ``c = a @ b`` the textbook way: zero it, then add ``a[i, p] * b[p, :]`` for each
+    p (the j loop vectorises; the running row stays in ``c``)."""
+    n = b.shape[1]
+    for j in range(n):
+        c[i, j] = 0
+    for p in range(a.shape[1]):
+        aip = a[i, p]
         for j in range(n):
-            c[i, j] = 0
-        for p in range(k):
-            aip = a[i, p]
-            for j in range(n):
-                c[i, j] += aip * b[p, j]
+            c[i, j] += aip * b[p, j]
 
 
 @jit(inline="always")
@@ -626,12 +632,7 @@ def small_product(a, b, c):
                 c[i, j] = s
     else:
         for i in range(m):
-            for j in range(n):
-                c[i, j] = 0
-            for p in range(k):
-                aip = a[i, p]
-                for j in range(n):
-                    c[i, j] += aip * b[p, j]
+            _ikj_row(a, b, c, i)
 
 
 @jit(parallel=True)
