@@ -44,7 +44,7 @@ except ImportError as exc:  # fastla still works: auto falls back to numpy
 
 JIT_ENABLED = NUMBA_AVAILABLE and not numba.config.DISABLE_JIT
 
-#: The fastmath flags of every kernel (DESIGN §4): no ``nnan``/``ninf``.
+#: The fastmath flags of every kernel (ARCHITECTURE.md, "Numba discipline"): no ``nnan``/``ninf``.
 FASTMATH = frozenset({"contract", "reassoc", "nsz", "arcp", "afn"})
 
 prange = numba.prange if NUMBA_AVAILABLE else range

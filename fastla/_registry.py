@@ -4,11 +4,11 @@ Tests and benchmarks iterate :func:`implementations` only, so adding an impl to 
 test matrix and to the benchmark tables. The callables it returns run the *public* call path with
 the backend forced (validation included), so every impl is exercised exactly as users call it.
 
-The call path (DESIGN §3) is ``public fn -> Operation.prepare (validate once) -> Operation.select
-(backend setting + the op's auto rule) -> kernel``. Shared rules live here: input that no kernel
-compiles (ints for matmul, complex, float16, object, subclasses) goes to ``numpy`` under ``auto``;
-forcing a compiled backend on it is a ``TypeError``; forcing ``numba`` without numba is
-:class:`BackendUnavailable`.
+The call path (ARCHITECTURE.md, "Layers") is ``public fn -> Operation.prepare (validate once)
+-> Operation.select (backend setting + the op's auto rule) -> kernel``. Shared rules live here:
+input that no kernel compiles (ints for matmul, complex, float16, object, subclasses) goes to
+``numpy`` under ``auto``; forcing a compiled backend on it is a ``TypeError``; forcing ``numba``
+without numba is :class:`BackendUnavailable`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The shared input matrix of DESIGN §6: dtypes, layouts, tolerances. Every op's tests reuse it."""
+"""The shared input matrix (ARCHITECTURE.md, "Tests and benchmarks come from the registry"): dtypes,
+layouts, tolerances. Every op's tests reuse it."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def eps(dtype):
 
 
 def rtol(dtype):
-    """DESIGN §4: float64 1e-10, float32 1e-5."""
+    """The suite's relative tolerance: float64 1e-10, float32 1e-5."""
     return 1e-5 if np.dtype(dtype) == np.float32 else 1e-10
 
 

@@ -1,4 +1,4 @@
-"""Run the runnable Examples sections of every fastla module (DESIGN §8)."""
+"""Run the runnable Examples sections of every fastla module."""
 
 import doctest
 import importlib

@@ -1,4 +1,5 @@
-"""The hand-written LLVM intrinsics against their plain-Python twins (DESIGN §5)."""
+"""The hand-written LLVM intrinsics against their plain-Python twins (ARCHITECTURE.md, "Numba
+discipline")."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""fastla.matmul: every registry impl against NumPy over the input matrix of DESIGN §6."""
+"""fastla.matmul: every registry impl against NumPy over the shared input matrix of tests/helpers.py."""
 
 import numpy as np
 import pytest
