@@ -22,6 +22,7 @@ writes the crossovers to a profile; at import fastla reads it and puts the measu
 from __future__ import annotations
 
 import copy
+import functools
 import importlib
 import json
 import os
@@ -71,8 +72,10 @@ def shipped(op):
     return _SHIPPED.get((module, key), _rule_dict(module)[key])
 
 
+@functools.cache
 def machine_key():
-    """The profile's key for this machine kind (that of the benchmark baselines)."""
+    """The profile's key for this machine kind (that of the benchmark baselines); computed once per
+    process (it reads the CPU and BLAS facts, and :func:`load` runs on every thread-count change)."""
     from fastla._host import machine_facts
     from fastla.bench.report import machine_key as key_of
 
