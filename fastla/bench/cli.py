@@ -48,7 +48,10 @@ def add_parser(sub):
         help="ops whose cold/warm first call is measured: all, none or a comma list (default: the set's)",
     )
     p.add_argument(
-        "--rounds", type=int, default=5, help="minimum timed rounds per benchmark (default 5; CI uses 3)"
+        "--rounds",
+        type=int,
+        help="minimum timed rounds per benchmark (default 5; CI uses 3); with --against, interleaved "
+        "rounds per side (default 9)",
     )
     p.add_argument("--json", help="where to write pytest-benchmark's JSON (default bench-results/)")
     p.add_argument("--plot", help="write a PNG plot here (needs matplotlib)")
@@ -67,6 +70,33 @@ def add_parser(sub):
         action="store_false",
         help="with --check/--compare: fail on the first measurement (default: re-measure the failing "
         "ops once, and fail only if they fail again)",
+    )
+    p.add_argument(
+        "--against",
+        nargs="?",
+        const="",
+        metavar="REF",
+        help="time this checkout against a git ref (default: the merge base with main) or a checkout "
+        "path, interleaved in separate processes; exit 1 on a regression beyond --threshold that "
+        "repeats when re-measured",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        help="with --against: the slowdown that counts as a regression (default: targets.toml's "
+        "against_threshold)",
+    )
+    p.add_argument(
+        "--base-cache", help="with --against: the base's Numba cache (default ~/.cache/fastla/against/<sha>)"
+    )
+    p.add_argument(
+        "--history",
+        help="append this run's ratios and medians to a JSON-lines history file (one line per workload)",
+    )
+    p.add_argument(
+        "--plot-history",
+        metavar="FILE",
+        help="skip running: draw the ratio trend per op from a --history file (to --plot, default FILE.png)",
     )
     p.add_argument("--readme", help="regenerate the benchmark section of this README")
     p.add_argument("--from-json", help="skip running: report on an existing pytest-benchmark JSON")
@@ -89,7 +119,7 @@ def _run_pytest(bench_dir, args, json_path):
         "--benchmark-enable",
         "--benchmark-only",
         f"--benchmark-json={json_path}",
-        f"--benchmark-min-rounds={args.rounds}",
+        f"--benchmark-min-rounds={args.rounds or 5}",
         "--benchmark-max-time=0.5",
         "--benchmark-warmup=off",  # each test makes its own untimed warm-up (JIT) call
         "--benchmark-quiet",
@@ -104,6 +134,12 @@ def _run_pytest(bench_dir, args, json_path):
     return subprocess.run(cmd, cwd=bench_dir.parent, env=env, check=False).returncode
 
 
+def _targets(bench_dir):
+    from fastla.bench import workloads as _w
+
+    return report.load_targets(bench_dir / "targets.toml", _w.WORKLOADS)
+
+
 def main(args):
     if args.set == "sweep":
         from fastla import tune
@@ -115,6 +151,31 @@ def main(args):
         tune.run(write=False, ops=set(args.ops.split(",")) if args.ops else None, plot_path=args.plot)
         return 0
     bench_dir = find_benchmarks_dir()
+    if args.plot_history:
+        from fastla.bench import history
+
+        out = args.plot or str(Path(args.plot_history).with_suffix(".png"))
+        settings, targets = _targets(bench_dir)
+        if not history.plot(args.plot_history, out, targets):
+            print("plot skipped: matplotlib is not installed (pip install '.[bench]')")
+            return 1
+        print(f"history plot: {out}")
+        return 0
+    if args.against is not None:
+        from fastla.bench import against
+
+        settings, _ = _targets(bench_dir)
+        threshold = args.threshold if args.threshold is not None else settings.get("against_threshold", 0.10)
+        return against.run(
+            ref=args.against or None,
+            set_name=args.set,
+            ops=args.ops.split(",") if args.ops else None,
+            rounds=args.rounds or 9,
+            threshold=threshold,
+            confirm=args.confirm,
+            json_path=args.json,
+            base_cache=args.base_cache,
+        )
     if args.from_json:
         json_path = Path(args.from_json)
     else:
@@ -127,7 +188,7 @@ def main(args):
     rows, machine = report.load_rows(json_path)
     from fastla.bench import workloads as _w
 
-    settings, targets = report.load_targets(bench_dir / "targets.toml", _w.WORKLOADS)
+    settings, targets = _targets(bench_dir)
     tolerance = settings.get("tolerance", 0.75)
     ops = args.ops.split(",") if args.ops else None
     results = report.target_results(rows, targets, tolerance, _w.WORKLOADS, args.set, ops)
@@ -150,6 +211,11 @@ def main(args):
         report.update_readme(args.readme, text)
         print(f"updated the benchmark section of {args.readme}")
     key = report.machine_key(machine)
+    if args.history:
+        from fastla.bench import history
+
+        n = history.append(args.history, rows, machine, key, results, args.set)
+        print(f"history: {n} lines appended to {args.history}")
     if args.save_baseline:
         import json
 

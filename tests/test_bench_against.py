@@ -1,0 +1,207 @@
+"""``bench --against`` (same-job comparison with a base checkout) and ``bench --history``.
+
+The end-to-end tests run the real harness and worker processes on two tiny stand-in ``fastla``
+packages whose op busy-waits a fixed time, so the expected ratio is known exactly and no JIT is
+involved (the real kernels' comparison is what CI's branch builds run).
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+from fastla.bench import against, history, report
+
+WORKLOADS = textwrap.dedent(
+    """
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class Workload:
+        op: str
+        name: str
+        threads: int | None = None
+
+        @property
+        def id(self):
+            return f"{self.op}[{self.name}]"
+
+        def inputs(self):
+            return (self.name,), {}
+
+        def impls(self, set_name="quick"):
+            return ["numba", "loop"]
+
+        def callable(self, impl):
+            import fastla
+
+            return getattr(fastla, self.op)
+
+    WORKLOADS = [Workload("wait", "a"), Workload("wait", "b", threads=1), Workload("newop", "c")]
+
+    def select(set_name="quick", ops=None):
+        return [w for w in WORKLOADS if ops is None or w.op in ops]
+    """
+)
+
+PACKAGE = textwrap.dedent(
+    """
+    import time
+
+    _threads = [2]
+    SLOW = {slow!r}
+
+    def get_num_threads():
+        return _threads[0]
+
+    def set_num_threads(n):
+        _threads[0] = n
+
+    def wait(name):
+        deadline = time.perf_counter() + 0.002 * SLOW.get(name, 1.0)
+        while time.perf_counter() < deadline:
+            pass
+    """
+)
+
+
+def _checkout(path, slow, extra=""):
+    (path / "fastla").mkdir(parents=True)
+    (path / "fastla" / "__init__.py").write_text(PACKAGE.format(slow=slow) + extra)
+    return path
+
+
+@pytest.fixture
+def pair(tmp_path):
+    """(base, candidate, workloads file): the candidate's "a" is 1.5x slower and it adds ``newop``."""
+    base = _checkout(tmp_path / "base", {})
+    cand = _checkout(tmp_path / "cand", {"a": 1.5}, extra="\nnewop = wait\n")
+    wl = tmp_path / "workloads.py"
+    wl.write_text(WORKLOADS)
+    return base, cand, wl
+
+
+def test_against_catches_a_slowed_op_and_reports_the_rest(pair, tmp_path, capsys):
+    base, cand, wl = pair
+    out = tmp_path / "against.json"
+    rc = against.run(ref=str(base), repo=cand, workloads_file=wl, rounds=5, json_path=out, min_batch_s=0.005)
+    text = capsys.readouterr().out
+    assert rc == 1, text
+    assert "REGRESSION: wait[a] numba" in text
+    assert "wait[b] numba" in text and "REGRESSION: wait[b]" not in text
+    assert "re-measuring wait[a] numba" in text  # a regression must repeat to count
+    data = json.loads(out.read_text())
+    status = {v["name"]: v["status"] for v in data["verdicts"]}
+    assert status["wait[a] numba"] == "slower"
+    assert status["wait[b] numba"] == "same"
+    assert status["newop[c] numba"].startswith("not compared: base: AttributeError")
+    a = next(v for v in data["verdicts"] if v["name"] == "wait[a] numba")
+    assert 1.35 < a["of_minima"] < 1.7, a
+    assert [it["impl"] for it in data["items"]] == ["numba"] * 3  # loop is not fastla's speed path
+
+
+def test_against_identical_checkouts_pass(pair, capsys):
+    base, _, wl = pair
+    rc = against.run(ref=str(base), repo=base, workloads_file=wl, rounds=5, threshold=0.15, min_batch_s=0.005)
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "no regressions" in text
+
+
+def test_against_no_confirm_fails_on_first_measurement(pair, capsys):
+    base, cand, wl = pair
+    rc = against.run(
+        ref=str(base), repo=cand, workloads_file=wl, rounds=3, confirm=False, ops=["wait"], min_batch_s=0.005
+    )
+    text = capsys.readouterr().out
+    assert rc == 1 and "re-measuring" not in text
+
+
+def test_against_a_failing_worker_is_an_error(tmp_path, pair):
+    base, _, wl = pair
+    broken = tmp_path / "broken"
+    (broken / "fastla").mkdir(parents=True)
+    (broken / "fastla" / "__init__.py").write_text("raise ImportError('broken checkout')\n")
+    with pytest.raises(RuntimeError, match="base process exited"):
+        against.run(ref=str(broken), repo=base, workloads_file=wl, rounds=1, min_batch_s=0.001)
+
+
+def test_verdict_needs_median_and_minima_beyond_the_threshold():
+    def item(base, cand):
+        return against.Item("w[x]", "numba", base=base, cand=cand)
+
+    # every round 30% slower: slower
+    assert against.verdict(item([1.0] * 5, [1.3] * 5), 0.15).status == "slower"
+    assert against.verdict(item([1.3] * 5, [1.0] * 5), 0.15).status == "faster"
+    # a noise burst on the candidate's side in 3 of 5 rounds: the median moves, the fastest rounds
+    # do not, so it is not a regression
+    v = against.verdict(item([1.0] * 5, [1.0, 1.0, 2.0, 2.0, 2.0]), 0.15)
+    assert v.median == 2.0 and v.of_minima == 1.0 and v.status == "same"
+    # the base's fastest round was a lucky one-off, the candidate is equal in every paired round
+    v = against.verdict(item([0.5, 1.0, 1.0, 1.0, 1.0], [1.0] * 5), 0.15)
+    assert v.of_minima == 2.0 and v.median == 1.0 and v.status == "same"
+    assert against.verdict(item([1.0] * 5, [1.1] * 5), 0.15).status == "same"
+    missing = against.Item("w[x]", "numba", missing="base: KeyError")
+    assert against.verdict(missing, 0.15).status == "not compared: base: KeyError"
+
+
+def test_default_ref_is_the_merge_base(tmp_path):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q", "-b", "main")
+    (tmp_path / "kept.txt").write_text("base")
+    git("add", "kept.txt")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "one")
+    git("checkout", "-q", "-b", "topic")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "two")
+    (tmp_path / "f.txt").write_text("x")
+    base = subprocess.run(
+        ["git", "-C", str(tmp_path), "rev-parse", "main"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert against.default_ref(tmp_path) == base
+    dest = tmp_path / "out"
+    dest.mkdir()
+    assert against.export_ref(tmp_path, "main", dest) == base
+    assert (dest / "kept.txt").read_text() == "base"
+
+
+def _rows():
+    return [
+        report.Row(op="matmul", size="64 f64", impl="numba", median=1.0e-3, flops=1, bytes=1, threads=2),
+        report.Row(op="matmul", size="64 f64", impl="numpy", median=1.5e-3, flops=1, bytes=1, threads=2),
+        report.Row(op="softmax", size="8 f32", impl="numba", median=2.0e-3, flops=1, bytes=1, threads=2),
+    ]
+
+
+def test_history_lines_and_plot(tmp_path):
+    target = {"op": "matmul", "size": "64 f64", "impl": "numba", "anchor": "numpy", "ratio": 1.2}
+    results = [(target, 1.5, "met")]
+    path = tmp_path / "history.jsonl"
+    for commit, date in (("a" * 40, "2026-12-01T00:00:00+00:00"), ("b" * 40, "2026-12-02T00:00:00+00:00")):
+        with open(path, "a") as f:
+            for line in history.lines(_rows(), {}, "kind-1", results, "quick", commit=commit, date=date):
+                f.write(json.dumps(line) + "\n")
+    data = history.load(path)
+    assert len(data) == 4
+    mm = data[0]
+    assert mm["op"] == "matmul" and mm["key"] == "kind-1" and mm["commit"] == "a" * 40
+    assert mm["ratios"] == {"numba/numpy": pytest.approx(1.5)}
+    assert mm["medians"] == {"numba": 1.0e-3, "numpy": 1.5e-3}
+    assert mm["targets"] == {"numba vs numpy": 1.5}
+    assert data[1]["op"] == "softmax" and data[1]["targets"] == {}
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "history.png"
+    assert history.plot(path, png, [target])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_history_append_counts_lines(tmp_path):
+    path = tmp_path / "h.jsonl"
+    assert history.append(path, _rows(), {}, "kind-1", [], "quick") == 2
+    assert history.append(path, _rows(), {}, "kind-1", [], "quick") == 2
+    assert len(history.load(path)) == 4
