@@ -100,7 +100,9 @@ class Side:
 
     def __init__(self, name, root, workloads_file, cache_dir):
         self.name = name
-        env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir), "FASTLA_PROFILE": "off"}
+        env = {**os.environ, "FASTLA_PROFILE": "off"}
+        if cache_dir is not None:  # else this environment's cache (the candidate's, warm from the tests)
+            env["NUMBA_CACHE_DIR"] = str(cache_dir)
         env.pop("PYTHONPATH", None)
         self.proc = subprocess.Popen(
             [sys.executable, str(WORKER), str(root), str(workloads_file)],
@@ -318,7 +320,7 @@ def run(
             f"rounds; base from {base_root}, candidate {repo}",
             file=sys.stderr,
         )
-        cand_cache = os.environ.get("NUMBA_CACHE_DIR") or str(Path(tmp) / "cand-cache")
+        cand_cache = None  # the candidate keeps this environment's Numba cache
         base = Side("base", base_root, workloads_file, cache)
         cand = Side("candidate", repo, workloads_file, cand_cache)
         try:
