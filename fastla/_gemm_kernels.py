@@ -31,8 +31,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fastla import _jit
-from fastla._jit import jit, prange, wide_vectors
+from fastla import _host, _intrinsics, _jit
+from fastla._intrinsics import wide_vectors
+from fastla._jit import jit, prange
 
 # --------------------------------------------------------------------------- shapes from the host
 #
@@ -43,7 +44,7 @@ from fastla._jit import jit, prange, wide_vectors
 #   more broadcasts per FMA compete with the FMAs for ports.
 # * AVX2 (16 ymm): 6 x 2 -> 12 accumulators (BLIS haswell's 6x8 f64 / 6x16 f32); 8x2 spills.
 # * SSE only: 4 x 2 vectors.
-_SIMD = _jit.simd_bytes()
+_SIMD = _host.simd_bytes()
 _MR, _NV = {64: (6, 4), 32: (6, 2)}.get(_SIMD, (4, 2))
 if os.environ.get("FASTLA_GEMM_TILE"):  # "MRxNV", for tuning studies
     _MR, _NV = (int(x) for x in os.environ["FASTLA_GEMM_TILE"].split("x"))
@@ -67,7 +68,7 @@ class Blocking:
     """
 
     def __init__(self, itemsize):
-        caches = _jit.cache_sizes()
+        caches = _host.cache_sizes()
         self.itemsize = itemsize
         self.W = _SIMD // itemsize
         self.MR = _MR
@@ -151,7 +152,7 @@ def microkernel(typingctx, kc, A, aoff, B, boff, ldb, C, coff, ldc, load_c):
         ldc_i = as_i64(ldc_v, sig.args[8])
         ldb_i = as_i64(ldb_v, sig.args[5])
 
-        fma = _jit.llvm_function(builder, f"llvm.fma.v{w}f{8 * align}", vty, [vty, vty, vty])
+        fma = _intrinsics.llvm_function(builder, f"llvm.fma.v{w}f{8 * align}", vty, [vty, vty, vty])
         zero = ir.Constant(vty, None)
         splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), w), [0] * w)
         undef = ir.Constant(vty, ir.Undefined)
@@ -280,7 +281,7 @@ def operand(x):
         x = np.ascontiguousarray(x)
     rows, cols = x.shape
     if x.size == 0:
-        return Operand(_jit.readonly(np.empty(1, x.dtype)), 0, 0, 0, rows, cols)
+        return Operand(_intrinsics.readonly(np.empty(1, x.dtype)), 0, 0, 0, rows, cols)
     # the view that starts at the lowest address spans the memory with positive strides
     low = x[tuple(slice(None, None, -1) if st < 0 else slice(None) for st in x.strides)]
     span = sum((n - 1) * abs(st) for n, st in zip(x.shape, x.strides, strict=True)) // item + 1
@@ -292,7 +293,7 @@ def operand(x):
 @jit(inline="always")
 def flat_operand(flat, off, rs, cs, rows, cols):
     """:class:`Operand` of a block of the 1-D array ``flat`` in compiled code (read-only typed)."""
-    return Operand(_jit.as_readonly(flat), off, rs, cs, rows, cols)
+    return Operand(_intrinsics.as_readonly(flat), off, rs, cs, rows, cols)
 
 
 @jit
@@ -522,7 +523,7 @@ def thin_product(a, v):
     vp = np.empty(npb * mr * n, a.dtype)
     pack_a(operand(v.T), 0, b, 0, n, mr, a.dtype.type(1), NO_SCALE[a.dtype], vp, 0)
     out = np.empty((bands, npb * mr, _ceil_div(m, nr) * nr), a.dtype)
-    vt_times_a(vp, _jit.readonly(a), out, np.empty(n * nr, a.dtype), THIN_KC.get(npb, THIN_KC_MANY))
+    vt_times_a(vp, _intrinsics.readonly(a), out, np.empty(n * nr, a.dtype), THIN_KC.get(npb, THIN_KC_MANY))
     return out.sum(axis=0)[:b, :m] if bands > 1 else out[0, :b, :m]
 
 

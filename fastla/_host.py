@@ -1,27 +1,34 @@
-"""What decides kernel speed on this machine, for ``python -m fastla info``, the benchmark JSON and
-the report header (and the machine key baselines are filed under)."""
+"""Host facts: what decides kernel shapes and speed on this machine.
+
+The CPU Numba compiles for and its SIMD width (kernel shapes: register tile, solver lanes, top-k
+tiles), the vector width fastla's loops ask LLVM for, the cache sizes (GEMM blocking), and the
+summary of ``python -m fastla info``, the benchmark JSON and the report header (and the machine key
+baselines are filed under).
+"""
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 
 import numpy as np
 
+from fastla import _jit
+
 
 def machine_facts():
     """Facts that decide kernel speed, for ``info``, the benchmark JSON and report header."""
     import fastla
-    from fastla import _jit
 
     facts = {
         "fastla": fastla.__version__,
         "python": platform.python_version(),
         "numpy": np.__version__,
         "cpu": _cpu_model(),
-        "llvm_cpu": _jit.host_cpu()[0],
-        "simd_bytes": _jit.simd_bytes(),
-        "caches": _jit.cache_sizes(),
+        "llvm_cpu": host_cpu()[0],
+        "simd_bytes": simd_bytes(),
+        "caches": cache_sizes(),
         "cores": os.cpu_count(),
         "numba": None,
         "llvm": None,
@@ -65,3 +72,81 @@ def _cpu_model():
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+@functools.cache
+def host_cpu():
+    """(cpu name, set of LLVM feature names enabled) that Numba compiles for.
+
+    Numba's own overrides (``NUMBA_CPU_NAME``, ``NUMBA_CPU_FEATURES``) win over the host, so that a
+    portable build (``NUMBA_CPU_NAME=generic``) also gets kernel shapes for the generic target.
+    """
+    try:
+        import llvmlite.binding as ll
+
+        name = ll.get_host_cpu_name()
+        feats = ll.get_host_cpu_features().flatten()
+        if _jit.NUMBA_AVAILABLE:  # as numba.core.codegen.CPUCodegen picks them
+            config = _jit.numba.config
+            name = config.CPU_NAME or name
+            if config.CPU_FEATURES is not None:  # "" for NUMBA_CPU_NAME=generic
+                feats = config.CPU_FEATURES
+        return name, frozenset(f[1:] for f in feats.split(",") if f[:1] == "+")
+    except Exception:  # llvmlite missing or a platform it cannot probe
+        return "unknown", frozenset()
+
+
+@functools.cache
+def native_simd_bytes():
+    """Width of the widest SIMD registers of the target Numba compiles for: 64, 32 or 16."""
+    feats = host_cpu()[1]
+    if "avx512f" in feats:
+        return 64
+    if "avx2" in feats and "fma" in feats:
+        return 32
+    return 16
+
+
+@functools.cache
+def simd_bytes():
+    """Width of the SIMD registers the compiled kernels use: :func:`native_simd_bytes`, or
+    ``FASTLA_SIMD_BYTES`` (to study or test another width's kernel shapes on this host; a width the
+    host lacks still runs, LLVM splitting each vector into the registers it has)."""
+    if os.environ.get("FASTLA_SIMD_BYTES"):
+        return int(os.environ["FASTLA_SIMD_BYTES"])
+    return native_simd_bytes()
+
+
+@functools.cache
+def vector_bytes():
+    """Vector width (bytes) fastla's auto-vectorised loops ask LLVM for: the SIMD width by default."""
+    raw = os.environ.get("FASTLA_VECTOR_BYTES")
+    return min(int(raw), simd_bytes()) if raw else simd_bytes()
+
+
+@functools.cache
+def cache_sizes():
+    """Per-core data cache sizes in bytes as ``{"L1": .., "L2": .., "L3": ..}``.
+
+    Read from Linux sysfs; defaults (32 KiB / 512 KiB / 8 MiB, a Zen 3-like core) where unreadable.
+    """
+    sizes = {"L1": 32 * 1024, "L2": 512 * 1024, "L3": 8 * 1024 * 1024}
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for entry in sorted(os.listdir(base)):
+            if not entry.startswith("index"):
+                continue
+            path = os.path.join(base, entry)
+            with open(os.path.join(path, "type")) as f:
+                kind = f.read().strip()
+            if kind not in ("Data", "Unified"):
+                continue
+            with open(os.path.join(path, "level")) as f:
+                level = int(f.read())
+            with open(os.path.join(path, "size")) as f:
+                raw = f.read().strip().upper()
+            mult = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(raw[-1:], 1)
+            sizes[f"L{level}"] = int(raw.rstrip("KMG")) * mult
+    except (OSError, ValueError):
+        pass
+    return sizes

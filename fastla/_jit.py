@@ -1,7 +1,8 @@
 """The one Numba entry point.
 
 Every compiled kernel in fastla is decorated through :func:`jit` from here; no other module imports
-numba. This module decides:
+numba but :mod:`fastla._intrinsics` (hand-written LLVM IR). Host facts (SIMD width, cache sizes)
+are in :mod:`fastla._host`. This module decides:
 
 * whether Numba is usable (``NUMBA_AVAILABLE``, ``NUMBA_IMPORT_ERROR``) and whether it compiles
   (``JIT_ENABLED`` is False under ``NUMBA_DISABLE_JIT=1``, where kernels run as plain Python);
@@ -12,18 +13,15 @@ numba. This module decides:
   launch parallel regions at once. We ask for the ``threadsafe`` layer (TBB or OpenMP) when one of
   them can be loaded, and otherwise serialise fastla's parallel regions with a lock
   (:func:`run_parallel`). A user's own ``NUMBA_THREADING_LAYER`` is respected.
-* host facts used to pick kernel shapes: SIMD width from LLVM's view of the host CPU (Numba compiles
-  for that CPU) and cache sizes from sysfs, with safe defaults.
-
-Intrinsics (hand-written LLVM IR) have no Python body; :func:`intrinsic` pairs each with a
-plain-Python twin that is used when JIT is off or Numba is absent, and the tests check the two agree.
+* how intrinsics are declared: an intrinsic (hand-written LLVM IR) has no Python body, and
+  :func:`intrinsic` pairs each with a plain-Python twin that is used when JIT is off or Numba is
+  absent (the tests check the two agree).
 """
 
 from __future__ import annotations
 
 import functools
 import os
-import struct
 import threading
 
 import numpy as np
@@ -310,16 +308,6 @@ def cache_dirs():
 U = np.uint64
 
 
-def llvm_function(builder, name, return_type, arg_types):
-    """Declare (or find) the LLVM function ``name`` in the module ``builder`` emits into (for an
-    intrinsic's ``llvm.fma`` / ``llvm.fabs`` calls)."""
-    from llvmlite import ir
-    from numba.core import cgutils
-
-    fnty = ir.FunctionType(return_type, list(arg_types))
-    return cgutils.get_or_insert_function(builder.module, fnty, name)
-
-
 def intrinsic(twin):
     """Decorator pairing an ``@intrinsic`` typer with its plain-Python ``twin``.
 
@@ -376,112 +364,6 @@ def overload_by_dtype(pyfunc, impls, fastmath=frozenset({"contract"})):
         return impls.get(str(dtype)) if isinstance(dtype, nb_types.Float) else None
 
     return pyfunc
-
-
-# --------------------------------------------------------------------------- bit casts
-
-
-def _i64_as_f64_twin(i):
-    return struct.unpack("<d", struct.pack("<q", int(i)))[0]
-
-
-def _i32_as_f32_twin(i):
-    import numpy as np
-
-    return np.float32(struct.unpack("<f", struct.pack("<i", int(i)))[0])
-
-
-def _f64_as_i64_twin(x):
-    return struct.unpack("<q", struct.pack("<d", float(x)))[0]
-
-
-def _f32_as_i32_twin(x):
-    return struct.unpack("<i", struct.pack("<f", float(x)))[0]
-
-
-def _bitcast_typer(src_kind, bits):
-    """Typer of a same-width bit cast: ``src_kind`` "int" (int -> float) or "float" (float -> int)."""
-
-    def typer(typingctx, x):
-        ity = nb_types.int64 if bits == 64 else nb_types.int32
-        fty = nb_types.float64 if bits == 64 else nb_types.float32
-        src, dst = (ity, fty) if src_kind == "int" else (fty, ity)
-        if not isinstance(x, nb_types.Integer if src_kind == "int" else nb_types.Float):
-            return None
-
-        def codegen(context, builder, sig, args):
-            v = context.cast(builder, args[0], sig.args[0], src)
-            return builder.bitcast(v, context.get_value_type(dst))
-
-        return dst(x), codegen
-
-    return typer
-
-
-@intrinsic(_i64_as_f64_twin)
-def i64_as_f64(typingctx, x):
-    """Reinterpret the bits of an int64 as a float64 (used to build 2**n in exp)."""
-    return _bitcast_typer("int", 64)(typingctx, x)
-
-
-@intrinsic(_i32_as_f32_twin)
-def i32_as_f32(typingctx, x):
-    """Reinterpret the bits of an int32 as a float32."""
-    return _bitcast_typer("int", 32)(typingctx, x)
-
-
-@intrinsic(_f64_as_i64_twin)
-def f64_as_i64(typingctx, x):
-    """Reinterpret the bits of a float64 as an int64."""
-    return _bitcast_typer("float", 64)(typingctx, x)
-
-
-@intrinsic(_f32_as_i32_twin)
-def f32_as_i32(typingctx, x):
-    """Reinterpret the bits of a float32 as an int32."""
-    return _bitcast_typer("float", 32)(typingctx, x)
-
-
-# --------------------------------------------------------------------------- read-only views
-#
-# Numba compiles a kernel once per argument *type*, and an array's type includes its layout (C, F,
-# any) and whether it is writeable. Inputs that arrive read-only, transposed or strided would each
-# compile the kernel again (5 s for the GEMM driver): the test suite once compiled it 26 times.
-# Kernels therefore receive their *inputs* as read-only views (``readonly``; in compiled code
-# ``as_readonly``), and the GEMM reads its operands through one strided-view type whatever their
-# layout (``_gemm_kernels.Operand``). A read-only type also lets Numba refuse a write to an input.
-
-
-def readonly(x):
-    """A read-only view of ``x`` (no copy): the one array type a kernel compiles for its inputs."""
-    v = x.view()
-    v.flags.writeable = False
-    return v
-
-
-def kernel_input(x):
-    """``x`` as a kernel input: C-contiguous (copied only if it is not) and read-only typed."""
-    import numpy as np
-
-    return readonly(x if x.flags.c_contiguous else np.ascontiguousarray(x))
-
-
-def _as_readonly_twin(x):
-    return readonly(x)
-
-
-@intrinsic(_as_readonly_twin)
-def as_readonly(typingctx, x):
-    """``x`` typed read-only in compiled code (the same array, no copy), as :func:`readonly`."""
-    if not isinstance(x, nb_types.Array):
-        return None
-
-    def codegen(context, builder, sig, args):
-        from numba.core.imputils import impl_ret_borrowed
-
-        return impl_ret_borrowed(context, builder, sig.return_type, args[0])
-
-    return x.copy(readonly=True)(x), codegen
 
 
 # --------------------------------------------------------------------------- threading
@@ -713,119 +595,3 @@ def threading_layer():
         return numba.threading_layer()
     except ValueError:  # no parallel region run yet
         return f"{numba.config.THREADING_LAYER} (not yet started)"
-
-
-# --------------------------------------------------------------------------- host facts
-
-
-@functools.cache
-def host_cpu():
-    """(cpu name, set of LLVM feature names enabled) that Numba compiles for.
-
-    Numba's own overrides (``NUMBA_CPU_NAME``, ``NUMBA_CPU_FEATURES``) win over the host, so that a
-    portable build (``NUMBA_CPU_NAME=generic``) also gets kernel shapes for the generic target.
-    """
-    try:
-        import llvmlite.binding as ll
-
-        name = ll.get_host_cpu_name()
-        feats = ll.get_host_cpu_features().flatten()
-        if NUMBA_AVAILABLE:  # as numba.core.codegen.CPUCodegen picks them
-            name = numba.config.CPU_NAME or name
-            if numba.config.CPU_FEATURES is not None:  # "" for NUMBA_CPU_NAME=generic
-                feats = numba.config.CPU_FEATURES
-        return name, frozenset(f[1:] for f in feats.split(",") if f[:1] == "+")
-    except Exception:  # llvmlite missing or a platform it cannot probe
-        return "unknown", frozenset()
-
-
-@functools.cache
-def native_simd_bytes():
-    """Width of the widest SIMD registers of the target Numba compiles for: 64, 32 or 16."""
-    feats = host_cpu()[1]
-    if "avx512f" in feats:
-        return 64
-    if "avx2" in feats and "fma" in feats:
-        return 32
-    return 16
-
-
-@functools.cache
-def simd_bytes():
-    """Width of the SIMD registers the compiled kernels use: :func:`native_simd_bytes`, or
-    ``FASTLA_SIMD_BYTES`` (to study or test another width's kernel shapes on this host; a width the
-    host lacks still runs, LLVM splitting each vector into the registers it has)."""
-    if os.environ.get("FASTLA_SIMD_BYTES"):
-        return int(os.environ["FASTLA_SIMD_BYTES"])
-    return native_simd_bytes()
-
-
-# --------------------------------------------------------------------------- vector width
-#
-# LLVM's loop vectoriser picks its width from the target's *preferred* vector width, not the widest
-# one: the Intel AVX-512 cores (skylake-avx512, icelake, rocketlake, sapphirerapids) carry a
-# "prefer 256-bit" tuning, so auto-vectorised loops come out as ymm there, while AMD Zen 4 uses zmm.
-# Measured on an Intel Xeon (llvm cpu rocketlake, 2 cores), a loop of fastla's exp in cache:
-# float32 1.10 ns/element with ymm, 0.50 with zmm; float64 3.24 vs 1.34 ns; softmax 4096^2 float32
-# with out= 15.4 ms vs 11.2 ms. Whole ops (2 threads, medians of 7, two interleaved runs each,
-# 256-bit -> 512-bit): softmax 4096^2 float32 20.5/22.6 -> 19.3/18.2 ms, log_softmax 37.1/32.8 ->
-# 30.1/28.4 ms, cross-entropy 65536x1000 96.6/93.6 -> 77.8/77.9 ms, attention L=S=4096 306/324 ->
-# 289/302 ms; the memory-bound power-iteration sweeps gained nothing (42-46 vs 45-51 ms) and do not
-# ask. fastla's kernels therefore ask for the full register width (the function attribute
-# "prefer-vector-width", what clang's -mprefer-vector-width sets) through :func:`wide_vectors`,
-# called at the top of each vectorised loop nest. It touches only fastla's own functions, never a
-# user's Numba code. ``FASTLA_VECTOR_BYTES=32`` restores 256-bit loops.
-
-
-@functools.cache
-def vector_bytes():
-    """Vector width (bytes) fastla's auto-vectorised loops ask LLVM for: the SIMD width by default."""
-    raw = os.environ.get("FASTLA_VECTOR_BYTES")
-    return min(int(raw), simd_bytes()) if raw else simd_bytes()
-
-
-def _wide_vectors_twin():
-    return None
-
-
-@intrinsic(_wide_vectors_twin)
-def wide_vectors(typingctx):
-    """Ask LLVM to vectorise the loops of the calling function at :func:`vector_bytes` (a no-op
-    at run time). Inside a ``prange`` body it applies to the body's outlined function."""
-    bits = 8 * vector_bytes()
-
-    def codegen(context, builder, sig, args):
-        # llvmlite's attribute set only knows keyword attributes; a string attribute is emitted
-        # verbatim, which LLVM's IR parser accepts in the function's attribute list.
-        set.add(builder.function.attributes, f'"prefer-vector-width"="{bits}"')
-        return context.get_dummy_value()
-
-    return nb_types.none(), codegen
-
-
-@functools.cache
-def cache_sizes():
-    """Per-core data cache sizes in bytes as ``{"L1": .., "L2": .., "L3": ..}``.
-
-    Read from Linux sysfs; defaults (32 KiB / 512 KiB / 8 MiB, a Zen 3-like core) where unreadable.
-    """
-    sizes = {"L1": 32 * 1024, "L2": 512 * 1024, "L3": 8 * 1024 * 1024}
-    base = "/sys/devices/system/cpu/cpu0/cache"
-    try:
-        for entry in sorted(os.listdir(base)):
-            if not entry.startswith("index"):
-                continue
-            path = os.path.join(base, entry)
-            with open(os.path.join(path, "type")) as f:
-                kind = f.read().strip()
-            if kind not in ("Data", "Unified"):
-                continue
-            with open(os.path.join(path, "level")) as f:
-                level = int(f.read())
-            with open(os.path.join(path, "size")) as f:
-                raw = f.read().strip().upper()
-            mult = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(raw[-1:], 1)
-            sizes[f"L{level}"] = int(raw.rstrip("KMG")) * mult
-    except (OSError, ValueError):
-        pass
-    return sizes

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastla import _jit
+from fastla import _host, _intrinsics, _jit
 from fastla._jit import jit, prange
 from fastla._jit import thread_id as _thread_id
 
@@ -27,7 +27,7 @@ LANE_RHS = 4
 
 def lanes(dtype):
     """Systems per group for ``dtype``: one SIMD register's worth of elements."""
-    return max(_jit.simd_bytes() // np.dtype(dtype).itemsize, 2)
+    return max(_host.simd_bytes() // np.dtype(dtype).itemsize, 2)
 
 
 def _lane_solve_twin(N, K, W, X, S):
@@ -88,7 +88,7 @@ def _lane_codegen(n, k, v, itemsize, status_array):
             return ir.Constant(ty, [value] * v)
 
         def fn(name, nargs):
-            return _jit.llvm_function(builder, f"llvm.{name}.v{v}f{8 * itemsize}", vty, [vty] * nargs)
+            return _intrinsics.llvm_function(builder, f"llvm.{name}.v{v}f{8 * itemsize}", vty, [vty] * nargs)
 
         fabs, fma = fn("fabs", 1), fn("fma", 3)
         a = [[load(w_ptr, (i * n + c) * v) for c in range(n)] for i in range(n)]

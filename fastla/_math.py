@@ -29,7 +29,7 @@ import math
 
 import numpy as np
 
-from fastla import _jit
+from fastla import _intrinsics, _jit
 
 _LOG2E = 1.4426950408889634
 _LN2_HI = 0.6931471803691238  # 0x3FE62E42FEE00000: the low 21 bits zero, so n * _LN2_HI is exact
@@ -72,8 +72,8 @@ def _exp_f64(x):
     n = np.int32(nf)  # int32: AVX2 has no vector double -> int64 conversion
     n1 = n >> 1
     n2 = n - n1
-    s1 = _jit.i64_as_f64((np.int64(n1) + 1023) << 52)
-    s2 = _jit.i64_as_f64((np.int64(n2) + 1023) << 52)
+    s1 = _intrinsics.i64_as_f64((np.int64(n1) + 1023) << 52)
+    s2 = _intrinsics.i64_as_f64((np.int64(n2) + 1023) << 52)
     res = p * s1 * s2
     return res if x == x else x
 
@@ -95,8 +95,8 @@ def _exp_f32(x):
     n = np.int32(nf)
     n1 = n >> 1
     n2 = n - n1
-    s1 = _jit.i32_as_f32((n1 + 127) << 23)
-    s2 = _jit.i32_as_f32((n2 + 127) << 23)
+    s1 = _intrinsics.i32_as_f32((n1 + 127) << 23)
+    s2 = _intrinsics.i32_as_f32((n2 + 127) << 23)
     res = p * s1 * s2
     return res if x == x else x
 
@@ -141,27 +141,27 @@ _MAG32 = np.int32(0x7FFFFFFF)
 
 
 def _row_max_f64(x):
-    _jit.wide_vectors()
+    _intrinsics.wide_vectors()
     row = x
-    b = _jit.f64_as_i64(row[0])
+    b = _intrinsics.f64_as_i64(row[0])
     k = b ^ ((b >> 63) & _MAG64)
     for j in range(1, row.size):
-        b = _jit.f64_as_i64(row[j])
+        b = _intrinsics.f64_as_i64(row[j])
         kj = b ^ ((b >> 63) & _MAG64)
         k = kj if kj > k else k
-    return _jit.i64_as_f64(k ^ ((k >> 63) & _MAG64))
+    return _intrinsics.i64_as_f64(k ^ ((k >> 63) & _MAG64))
 
 
 def _row_max_f32(x):
-    _jit.wide_vectors()
+    _intrinsics.wide_vectors()
     row = x
-    b = _jit.f32_as_i32(row[0])
+    b = _intrinsics.f32_as_i32(row[0])
     k = b ^ ((b >> 31) & _MAG32)
     for j in range(1, row.size):
-        b = _jit.f32_as_i32(row[j])
+        b = _intrinsics.f32_as_i32(row[j])
         kj = b ^ ((b >> 31) & _MAG32)
         k = kj if kj > k else k
-    return _jit.i32_as_f32(k ^ ((k >> 31) & _MAG32))
+    return _intrinsics.i32_as_f32(k ^ ((k >> 31) & _MAG32))
 
 
 def row_max(row):

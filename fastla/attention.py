@@ -39,8 +39,9 @@ import math
 import numpy as np
 
 from fastla import _gemm_kernels as _gk
-from fastla import _jit, _math, _registry, _validate
-from fastla._jit import jit, prange, wide_vectors
+from fastla import _intrinsics, _jit, _math, _registry, _validate
+from fastla._intrinsics import wide_vectors
+from fastla._jit import jit, prange
 
 __all__ = ["scaled_dot_product_attention"]
 
@@ -497,7 +498,7 @@ def _flash_weights(q, kp, mask, qi, ki, mi, L, S, has_mask, causal, bq, bk, zero
                     w[b, i0 + r, j0 + c] = _math.exp(st[base + c * nr] - mx) * inv
 
 
-_c = _jit.kernel_input
+_c = _intrinsics.kernel_input
 
 
 @_OP.register("numba", needs_numba=True)

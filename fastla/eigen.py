@@ -44,7 +44,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastla import _gemm_kernels as _gk
-from fastla import _jit, _registry, _validate
+from fastla import _intrinsics, _jit, _registry, _validate
 from fastla._jit import jit, prange
 
 __all__ = ["ConvergenceError", "power_iteration"]
@@ -522,7 +522,7 @@ def _prepare(a, k=1, tol=None, maxiter=None, v0=None, symmetric=None, seed=None,
     dtype = compute_dtype(a.dtype)
     # every sweep reads A: one C-contiguous, read-only typed copy (if it is not one already) keeps
     # each kernel to one compiled signature per dtype (see ``_jit``)
-    a = _jit.kernel_input(_validate.native(a, dtype))
+    a = _intrinsics.kernel_input(_validate.native(a, dtype))
     if symmetric is None:
         symmetric, big = _finite_and_symmetric(a)
     else:
@@ -530,7 +530,7 @@ def _prepare(a, k=1, tol=None, maxiter=None, v0=None, symmetric=None, seed=None,
         big = float(np.abs(a).max())
     exp = magnitude_exponent(dtype, big)
     if exp:
-        a = _jit.readonly(np.ldexp(a, -exp).astype(dtype, copy=False))
+        a = _intrinsics.readonly(np.ldexp(a, -exp).astype(dtype, copy=False))
     n = a.shape[0]
     start, maxiter = start_block(n, dtype, k, maxiter, v0, symmetric, seed)
     args = (a, k, float(default_tol(dtype, tol)), maxiter, start, symmetric, return_eigenvectors)

@@ -58,7 +58,7 @@ import math
 import numpy as np
 
 from fastla import _gemm_kernels as _gk
-from fastla import _jit, _math
+from fastla import _intrinsics, _jit, _math
 from fastla import _lane_solver as _ls
 from fastla import lu as _lu
 from fastla import similarity as _sim
@@ -152,7 +152,7 @@ def _zero_typer(x):
 
 @jit
 def _exp_array(x, out):
-    _jit.wide_vectors()
+    _intrinsics.wide_vectors()
     flat_x = x.reshape(x.size)
     flat_o = out.reshape(out.size)
     for i in range(flat_x.size):
@@ -687,7 +687,7 @@ def _lu_solve(lu, piv, b, out):
         raise ValueError("fastla.kernels.lu_solve: b must be (n,) or (n, k) for lu (n, n)")
     x = out.reshape((n, -1))
     x[:] = np.ascontiguousarray(b).reshape((n, -1))
-    _lu._getrs(_jit.as_readonly(np.ascontiguousarray(lu)), piv.astype(np.int64), x, n - n)
+    _lu._getrs(_intrinsics.as_readonly(np.ascontiguousarray(lu)), piv.astype(np.int64), x, n - n)
     return out
 
 
@@ -721,7 +721,7 @@ def _unit_scaled(x):
     exps = np.empty(n, np.int64)
     xc = np.empty(x.shape, x.dtype)  # a copy: the rows may be rescaled below
     xc[:] = x
-    _inv_norms(_jit.as_readonly(xc), lo, hi, inv, norms, exps)
+    _inv_norms(_intrinsics.as_readonly(xc), lo, hi, inv, norms, exps)
     if np.any(exps != 0):
         for i in range(n):
             if exps[i] != 0:

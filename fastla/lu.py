@@ -36,8 +36,9 @@ import warnings
 import numpy as np
 
 from fastla import _gemm_kernels as _gk
-from fastla import _jit, _registry, _validate
-from fastla._jit import jit, wide_vectors
+from fastla import _intrinsics, _jit, _registry, _validate
+from fastla._intrinsics import wide_vectors
+from fastla._jit import jit
 from fastla._lane_solver import _SPREAD, LANE_RHS, lanes, small_solver
 
 __all__ = ["LinAlgWarning", "lu_factor", "lu_solve", "solve"]
@@ -570,7 +571,7 @@ def _solve_stack(lu, piv, b, trans, vector, overwrite, solver):
 @_SOLVE.register("numba", needs_numba=True)
 def _lu_solve_numba(lu, piv, b, trans, vector, overwrite):
     """Compiled forward/back substitution (row operations vectorised over the right-hand sides)."""
-    return _solve_stack(_jit.kernel_input(lu), piv, b, trans, vector, overwrite, _getrs)
+    return _solve_stack(_intrinsics.kernel_input(lu), piv, b, trans, vector, overwrite, _getrs)
 
 
 @_SOLVE.register("loop")
@@ -636,7 +637,7 @@ def _solve_numba(a, b):
         xs = np.empty((slots, n, min(k, LANE_RHS), nl), dtype=A.dtype)
         s = np.empty((slots, nl), dtype=np.int64)
         info = np.zeros(A.shape[0], dtype=np.int64)
-        small_solver(n, k)(_jit.kernel_input(A), _jit.kernel_input(B), x, w, xs, s, info)
+        small_solver(n, k)(_intrinsics.kernel_input(A), _intrinsics.kernel_input(B), x, w, xs, s, info)
         if info.any():
             raise _singular()
         return x.reshape(out_shape)
@@ -646,7 +647,7 @@ def _solve_numba(a, b):
         piv, info = _factor_numba(work)
         if info:
             raise _singular()
-        _getrs(_jit.readonly(work), piv.astype(np.int64), x[t], 0)
+        _getrs(_intrinsics.readonly(work), piv.astype(np.int64), x[t], 0)
     return x.reshape(out_shape)
 
 

@@ -22,7 +22,7 @@ import math
 import numpy as np
 
 from fastla import _gemm_kernels as _gk
-from fastla import _jit, _registry, _validate
+from fastla import _intrinsics, _jit, _registry, _validate
 
 __all__ = ["matmul"]
 
@@ -284,11 +284,11 @@ def _matmul_numba_naive(a, b, out):
 # The compiled kernels get C-contiguous, read-only typed inputs (one compiled signature per dtype,
 # see ``_jit``); the packed GEMM reads any strides through its operands instead.
 def _naive2d(a, b, c):
-    _gk.gemm_naive(_jit.kernel_input(a), _jit.kernel_input(b), c)
+    _gk.gemm_naive(_intrinsics.kernel_input(a), _intrinsics.kernel_input(b), c)
 
 
 def _naive_stack(A, B, C):
-    _gk.batched_small(_jit.kernel_input(A), _jit.kernel_input(B), C)
+    _gk.batched_small(_intrinsics.kernel_input(A), _intrinsics.kernel_input(B), C)
 
 
 def _gemm2d(a, b, c):
@@ -299,7 +299,7 @@ def _small_or_packed(A, B, C):
     _, m, k = A.shape
     n = B.shape[2]
     if 0 < min(m, k, n) and max(m, k, n) <= _gk.SMALL_FIXED_MAX:
-        _gk.small_fixed_kernel(m, k, n)(_jit.kernel_input(A), _jit.kernel_input(B), C)
+        _gk.small_fixed_kernel(m, k, n)(_intrinsics.kernel_input(A), _intrinsics.kernel_input(B), C)
     elif max(m, k, n) <= 32:
         _naive_stack(A, B, C)
     else:

@@ -43,8 +43,9 @@ import operator
 import numpy as np
 
 from fastla import _gemm_kernels as _gk
-from fastla import _jit, _registry, _validate
-from fastla._jit import jit, prange, wide_vectors
+from fastla import _intrinsics, _jit, _registry, _validate
+from fastla._intrinsics import wide_vectors
+from fastla._jit import jit, prange
 
 __all__ = ["cosine_similarity", "cosine_topk"]
 
@@ -326,7 +327,7 @@ def _aligned(n, dtype):
 
 
 # kernel inputs C-contiguous (copying n x d is cheap next to the n x m work) and read-only typed
-_c_input = _jit.kernel_input
+_c_input = _intrinsics.kernel_input
 
 
 # --------------------------------------------------------------------------- numpy

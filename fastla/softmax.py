@@ -34,7 +34,8 @@ import operator
 import numpy as np
 
 from fastla import _jit, _math, _registry, _validate
-from fastla._jit import jit, kernel_input, prange, readonly, wide_vectors
+from fastla._intrinsics import kernel_input, readonly, wide_vectors
+from fastla._jit import jit, prange
 
 __all__ = ["cross_entropy", "log_softmax", "softmax"]
 

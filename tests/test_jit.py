@@ -5,21 +5,22 @@ import numpy as np
 import pytest
 
 from fastla import _gemm_kernels as gk
-from fastla import _jit
+from fastla import _host, _intrinsics, _jit
 
 needs_jit = pytest.mark.skipif(not _jit.JIT_ENABLED, reason="needs numba with JIT enabled")
 
 
 @_jit.jit
 def _bitcasts(i, j):
-    return _jit.i64_as_f64(i), _jit.i32_as_f32(j)
+    return _intrinsics.i64_as_f64(i), _intrinsics.i32_as_f32(j)
 
 
 def test_bitcast_intrinsics_match_twins():
     for i, j in [(1023 << 52, 127 << 23), (0, 0), (-1, -1), (0x7FF0000000000000, 0x7F800000)]:
         got = _bitcasts(i, j)
-        assert got[0] == _jit._i64_as_f64_twin(i) or (np.isnan(got[0]) and np.isnan(_jit._i64_as_f64_twin(i)))
-        assert got[1] == _jit._i32_as_f32_twin(j) or (np.isnan(got[1]) and np.isnan(_jit._i32_as_f32_twin(j)))
+        want = (_intrinsics._i64_as_f64_twin(i), _intrinsics._i32_as_f32_twin(j))
+        for g, w in zip(got, want, strict=True):
+            assert g == w or (np.isnan(g) and np.isnan(w))
     assert _bitcasts(1023 << 52, 127 << 23) == (1.0, 1.0)
 
 
@@ -77,7 +78,7 @@ def test_microkernel_asm_uses_vector_fma_without_spills(dtype):
     f(4, np.zeros(4 * blk.MR, dtype), np.zeros(4 * blk.NR, dtype), np.zeros(blk.MR * 64, dtype))
     asm = next(iter(f.inspect_asm().values())).splitlines()
     # the register the host has for the kernel's vectors (FASTLA_SIMD_BYTES may ask for more)
-    reg = {64: "zmm", 32: "ymm"}.get(min(_jit.simd_bytes(), _jit.native_simd_bytes()), "xmm")
+    reg = {64: "zmm", 32: "ymm"}.get(min(_host.simd_bytes(), _host.native_simd_bytes()), "xmm")
     suffix = "ps" if dtype == np.float32 else "pd"
     labels = {line.rstrip(":"): i for i, line in enumerate(asm) if line.startswith(".LBB")}
     loops = []
@@ -94,8 +95,8 @@ def test_microkernel_asm_uses_vector_fma_without_spills(dtype):
 
 
 def test_host_facts():
-    assert _jit.simd_bytes() in (16, 32, 64)
-    caches = _jit.cache_sizes()
+    assert _host.simd_bytes() in (16, 32, 64)
+    caches = _host.cache_sizes()
     assert caches["L1"] > 0 and caches["L2"] >= caches["L1"]
     for blk in gk.BLOCKING.values():
         assert blk.NR % blk.W == 0 and blk.MC % blk.MR == 0

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fastla import _jit, _math
+from fastla import _host, _intrinsics, _jit, _math
 
 
 @_jit.jit
@@ -80,13 +80,13 @@ def _compiled_asm(body, dtype):
 
 
 def _scale_loop(x, out):
-    _jit.wide_vectors()
+    _intrinsics.wide_vectors()
     for i in range(x.size):
         out[i] = x[i] * x[i] + x[i]
 
 
 def _exp_loop(x, out):
-    _jit.wide_vectors()
+    _intrinsics.wide_vectors()
     for i in range(x.size):
         out[i] = _math.exp(x[i])
 
@@ -99,7 +99,7 @@ def test_wide_vectors_sets_the_loop_width(dtype, suffix):
     Without the request LLVM's skylake-avx512/icelake/rocketlake targets prefer 256-bit vectors; the
     register is read from what LLVM emitted, never guessed from CPU flags.
     """
-    want = {16: "xmm", 32: "ymm", 64: "zmm"}[_jit.vector_bytes()]
+    want = {16: "xmm", 32: "ymm", 64: "zmm"}[_host.vector_bytes()]
     assert _widest_packed_register(_compiled_asm(_scale_loop, dtype), suffix) == want
 
 

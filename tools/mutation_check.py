@@ -146,8 +146,8 @@ MUTANTS = [
     Mutant(
         "row-max-is-min",
         "_math.py",
-        "        k = kj if kj > k else k\n    return _jit.i64_as_f64",
-        "        k = kj if kj < k else k\n    return _jit.i64_as_f64",
+        "        k = kj if kj > k else k\n    return _intrinsics.i64_as_f64",
+        "        k = kj if kj < k else k\n    return _intrinsics.i64_as_f64",
         ("tests/test_math.py", "tests/test_softmax.py"),
         "float64 row max returns the minimum (softmax still sums to 1: only extremes show it)",
     ),
