@@ -391,15 +391,35 @@ def macro_kernel(ap, aoff, bp, npan, kc, mc, nc, c, coff, ldc, load_c, tile):
                         c[at] = c[at] + tile[_U(i * nr + j)] if load_c else tile[_U(i * nr + j)]
 
 
+class Dest(NamedTuple):
+    """Where a GEMM writes C: the m x n block of the flat array ``c`` that starts at ``off`` with row
+    stride ``ld`` (unit column stride): a whole C-contiguous result, or a sub-block of a larger
+    matrix (LU's trailing update)."""
+
+    c: np.ndarray
+    off: int
+    ld: int
+
+
+class Tiles(NamedTuple):
+    """One GEMM call's cache blocking (see :class:`Blocking`): the depth of a rank-k update (KC),
+    the rows of A per packed block (MC) and the columns of B per packed slab (NC)."""
+
+    kc: int
+    mc: int
+    nc: int
+
+
 @jit(parallel=True)
-def gemm_into(a, b, c, coff, ldc, alpha, accumulate, row_scale, col_scale, kc_max, mc_max, nc_max):
+def gemm_into(a, b, dst, alpha, accumulate, row_scale, col_scale, tiles):
     """``C = alpha * diag(row_scale) @ a @ b @ diag(col_scale)`` (or ``C += ...`` when ``accumulate``).
 
-    ``a`` and ``b`` are :class:`Operand` s (any strides). ``C`` is the m x n block of the flat array
-    ``c`` that starts at ``coff`` with row stride ``ldc`` (unit column stride): a whole C-contiguous
-    result, or a sub-block of a larger matrix. Empty ``row_scale``/``col_scale`` mean no scaling.
-    The first rank-KC update stores into C without reading it, so ``C = ...`` costs no zeroing pass.
+    ``a`` and ``b`` are :class:`Operand` s (any strides), ``dst`` a :class:`Dest`, ``tiles`` a
+    :class:`Tiles`. Empty ``row_scale``/``col_scale`` mean no scaling. The first rank-KC update
+    stores into C without reading it, so ``C = ...`` costs no zeroing pass.
     """
+    c, coff, ldc = dst.c, dst.off, dst.ld
+    kc_max, mc_max, nc_max = tiles.kc, tiles.mc, tiles.nc
     mr = tile_mr(c)
     nr = tile_nr(c)
     m, k = a.rows, a.cols
@@ -554,20 +574,9 @@ def gemm(a, b, out=None, *, threads=None):
     if threads is None:
         threads = _jit.threads_here()
     mc = row_blocking(m, a.dtype.itemsize, threads)
-    gemm_into(
-        operand(a),
-        operand(b),
-        c.reshape(-1),
-        0,
-        n,
-        a.dtype.type(1),
-        False,
-        NO_SCALE[a.dtype],
-        NO_SCALE[a.dtype],
-        blk.KC,
-        mc,
-        blk.NC,
-    )
+    none = NO_SCALE[a.dtype]
+    dst = Dest(c.reshape(-1), 0, n)
+    gemm_into(operand(a), operand(b), dst, a.dtype.type(1), False, none, none, Tiles(blk.KC, mc, blk.NC))
     return c
 
 

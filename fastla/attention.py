@@ -35,6 +35,7 @@ Implementations:
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -387,9 +388,44 @@ def _mask_tile(st, mask, mb, i0, j0, rows, cols, npq, nr, bk, has_mask, causal):
                         st[base + r] = ninf
 
 
+class Tiling(NamedTuple):
+    """One call's geometry: query and key lengths, value width, the query block and key tile
+    (multiples of the micro-kernel's NR and MR), and the masking in force."""
+
+    L: int
+    S: int
+    Ev: int
+    bq: int
+    bk: int
+    has_mask: bool
+    causal: bool
+
+
+class Stacks(NamedTuple):
+    """Per stack entry (the broadcast batch and head dimensions, flattened): the index of its
+    query, key, value and mask slices."""
+
+    q: np.ndarray
+    k: np.ndarray
+    v: np.ndarray
+    mask: np.ndarray
+
+
+class Stats(NamedTuple):
+    """Per query row: the running maximum and the sum of the exponentials (the first pass's
+    results, which the weights pass reads)."""
+
+    row_max: np.ndarray
+    row_sum: np.ndarray
+
+
 @jit(parallel=True)
-def _flash(q, kp, vp, mask, qi, ki, vi, mi, L, S, Ev, has_mask, causal, bq, bk, zero, out, row_max, row_sum):
-    """Online-softmax attention for every (stack entry, query block); see the module docstring."""
+def _flash(q, kp, vp, mask, ix, t, zero, out, stats):
+    """Online-softmax attention for every (stack entry, query block); see the module docstring.
+    ``ix``: :class:`Stacks`, ``t``: :class:`Tiling`, ``stats``: :class:`Stats` (written)."""
+    qi, ki, vi, mi = ix.q, ix.k, ix.v, ix.mask
+    L, S, Ev, bq, bk, has_mask, causal = t.L, t.S, t.Ev, t.bq, t.bk, t.has_mask, t.causal
+    row_max, row_sum = stats.row_max, stats.row_sum
     nb = qi.shape[0]
     E = q.shape[2]
     mr = _gk.tile_mr(kp)
@@ -464,8 +500,11 @@ def _flash(q, kp, vp, mask, qi, ki, vi, mi, L, S, Ev, has_mask, causal, bq, bk, 
 
 
 @jit(parallel=True)
-def _flash_weights(q, kp, mask, qi, ki, mi, L, S, has_mask, causal, bq, bk, zero, row_max, row_sum, w):
+def _flash_weights(q, kp, mask, ix, t, zero, stats, w):
     """The weights ``exp(s - max) / sum`` from the first pass's row maxima and sums (second pass)."""
+    qi, ki, mi = ix.q, ix.k, ix.mask
+    L, S, bq, bk, has_mask, causal = t.L, t.S, t.bq, t.bk, t.has_mask, t.causal
+    row_max, row_sum = stats.row_max, stats.row_sum
     nb = qi.shape[0]
     E = q.shape[2]
     mr = _gk.tile_mr(kp)
@@ -527,12 +566,10 @@ def _sdpa_numba(q, k, v, mask, plan):
     mi = _c(plan["mask"] if has_mask else plan["q"])
     bq = nr * max(1, QUERY_BLOCK // nr)
     bk = mr * max(1, round(KEY_TILE / mr))
-    row_max = np.empty((nb, L), dt)
-    row_sum = np.empty((nb, L), dt)
-    args = (_c(plan["q"]), _c(plan["k"]))
-    _flash(q, kp, vp, mask, *args, _c(plan["v"]), mi, L, S, Ev, has_mask, plan["causal"], bq, bk, dt.type(0),
-           out, row_max, row_sum)  # fmt: skip
+    stats = Stats(np.empty((nb, L), dt), np.empty((nb, L), dt))
+    ix = Stacks(_c(plan["q"]), _c(plan["k"]), _c(plan["v"]), mi)
+    t = Tiling(L, S, Ev, bq, bk, has_mask, bool(plan["causal"]))
+    _flash(q, kp, vp, mask, ix, t, dt.type(0), out, stats)
     if weights is not None:
-        _flash_weights(q, kp, mask, *args, mi, L, S, has_mask, plan["causal"], bq, bk, dt.type(0),
-                       row_max, row_sum, weights)  # fmt: skip
+        _flash_weights(q, kp, mask, ix, t, dt.type(0), stats, weights)
     return _result(out, weights, plan)

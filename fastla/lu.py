@@ -161,16 +161,12 @@ def _getrf(a, piv, nb, neg_one, kc, mc, nc):
             _gk.gemm_into(
                 _gk.flat_operand(flat, k1 * n + k0, n, 1, n - k1, k1 - k0),  # L21
                 _gk.flat_operand(flat, k0 * n + k1, n, 1, k1 - k0, n - k1),  # U12
-                flat,
-                k1 * n + k1,
-                n,
+                _gk.Dest(flat, k1 * n + k1, n),
                 neg_one,
                 accumulate,
                 no_scale,
                 no_scale,
-                kc,
-                mc,
-                nc,
+                _gk.Tiles(kc, mc, nc),
             )
     return info
 

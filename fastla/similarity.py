@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 import operator
+from typing import NamedTuple
 
 import numpy as np
 
@@ -535,8 +536,8 @@ def _matrix_numba_2d(x, y, out):
             i1 = min(n, i0 + bs)
             mc = _gk.row_blocking(i1 - i0, dt.itemsize, threads)
             _gk.gemm_into(
-                _gk.operand(x[i0:i1]), _gk.operand(x[i0:].T), flat, i0 * n + i0, n, one, False,
-                inv_x[i0:i1], inv_x[i0:], blk.KC, mc, blk.NC,
+                _gk.operand(x[i0:i1]), _gk.operand(x[i0:].T), _gk.Dest(flat, i0 * n + i0, n), one, False,
+                inv_x[i0:i1], inv_x[i0:], _gk.Tiles(blk.KC, mc, blk.NC),
             )  # fmt: skip
         _mirror_upper(c, 64)
         _unit_diagonal(c, norms)
@@ -547,7 +548,8 @@ def _matrix_numba_2d(x, y, out):
     c = np.empty((n, m), dt) if out is None else out
     mc = _gk.row_blocking(n, dt.itemsize, threads)
     a, b = _gk.operand(x), _gk.operand(y.T)
-    _gk.gemm_into(a, b, c.reshape(-1), 0, m, one, False, inv_x, inv_y, blk.KC, mc, blk.NC)
+    tiles = _gk.Tiles(blk.KC, mc, blk.NC)
+    _gk.gemm_into(a, b, _gk.Dest(c.reshape(-1), 0, m), one, False, inv_x, inv_y, tiles)
     return c
 
 
@@ -596,12 +598,35 @@ def _merge_row(sc, off, cols, j0, s_row, i_row):
             thr_nan = thr != thr
 
 
+class TopkTiling(NamedTuple):
+    """Blocking of one top-k call: query rows per thread block, corpus rows per tile, GEMM depth,
+    and the threads the scratch buffers are sized for."""
+
+    mc: int
+    tn: int
+    kc: int
+    threads: int
+
+
+class TopkScratch(NamedTuple):
+    """The packed corpus tile (shared), and per thread the packed query block, its score block
+    and a micro-kernel edge tile."""
+
+    bp: np.ndarray
+    ap: np.ndarray
+    sc: np.ndarray
+    tiles: np.ndarray
+
+
 @jit(parallel=True)
-def _topk_kernel(q, b, inv_q, inv_c, alpha, mc, tn, kc_max, threads, bp, ap, sc, tiles, scores, index):
-    """Fused top-k: corpus tiles of ``tn`` rows (packed once into ``bp``, shared) and query blocks
-    of ``mc`` rows per thread (packed into ``ap``), scored by the GEMM macro-kernel into the
-    thread's score block in ``sc`` and merged into ``scores``/``index`` at once. ``q`` (queries) and
-    ``b`` (the corpus transposed) are GEMM operands (``_gemm_kernels.Operand``)."""
+def _topk_kernel(q, b, inv_q, inv_c, alpha, t, scratch, scores, index):
+    """Fused top-k: corpus tiles of ``t.tn`` rows (packed once into ``scratch.bp``, shared) and
+    query blocks of ``t.mc`` rows per thread (packed into ``scratch.ap``), scored by the GEMM
+    macro-kernel into the thread's score block in ``scratch.sc`` and merged into ``scores``/``index``
+    at once. ``q`` (queries) and ``b`` (the corpus transposed) are GEMM operands
+    (``_gemm_kernels.Operand``); ``t`` a :class:`TopkTiling`, ``scratch`` a :class:`TopkScratch`."""
+    mc, tn, kc_max, threads = t.mc, t.tn, t.kc, t.threads
+    bp, ap, sc, tiles = scratch.bp, scratch.ap, scratch.sc, scratch.tiles
     nq, d = q.rows, q.cols
     ncorp = b.cols
     mr = _gk.tile_mr(ap)
@@ -676,7 +701,6 @@ def _topk_numba(q, c, k, batch_size, squeeze):
             q, inv_q, _ = _inv_norms_numba(q)
             c, inv_c, _ = _inv_norms_numba(c)
             a, b = _gk.operand(q), _gk.operand(c.T)
-            _topk_kernel(
-                a, b, inv_q, inv_c, dt.type(1), mc, tn, blk.KC, threads, bp, ap, sc, tiles, scores, idx
-            )
+            t = TopkTiling(mc, tn, blk.KC, threads)
+            _topk_kernel(a, b, inv_q, inv_c, dt.type(1), t, TopkScratch(bp, ap, sc, tiles), scores, idx)
     return _topk_result(scores, idx, squeeze)
