@@ -123,3 +123,17 @@ def test_benchmarks_do_not_import_the_command_line():
     for f in os.listdir(os.path.join(ROOT, "benchmarks")):
         if f.endswith(".py"):
             assert "fastla.__main__" not in _read("benchmarks", f), f
+
+
+def test_tests_parametrize_over_implementations_instead_of_looping():
+    """One test id per implementation (``impl_names(op)`` in a parametrize): a loop over
+    ``fastla.implementations(op)`` inside a test hides which implementation failed."""
+    offenders = []
+    for name in sorted(os.listdir(os.path.join(ROOT, "tests"))):
+        if not (name.startswith("test_") and name.endswith(".py")):
+            continue
+        tree = ast.parse(_read(os.path.join("tests", name)))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.For | ast.comprehension) and "implementations(" in ast.unparse(node.iter):
+                offenders.append(f"{name}:{getattr(node, 'lineno', node.iter.lineno)}")
+    assert offenders == []

@@ -59,18 +59,19 @@ def test_float32_and_layouts(layout):
     np.testing.assert_array_equal(x, keep)
 
 
-def test_nonsymmetric_dominant_real():
+@pytest.mark.parametrize("name", impl_names("power_iteration"))
+def test_nonsymmetric_dominant_real(name):
     rng = np.random.default_rng(2)
     s = rng.standard_normal((6, 6))
     a = s @ np.diag([4.0, 2.0, 1.0, 0.5, 0.3, 0.1]) @ np.linalg.inv(s)
-    for name in fastla.implementations("power_iteration"):
-        w, v = fastla.power_iteration(a, seed=0, tol=1e-9, backend=name)
-        np.testing.assert_allclose(w[0], 4.0, rtol=1e-7)
-        assert np.linalg.norm(a @ v[:, 0] - w[0] * v[:, 0]) <= 1e-7 * 4
+    w, v = fastla.power_iteration(a, seed=0, tol=1e-9, backend=name)
+    np.testing.assert_allclose(w[0], 4.0, rtol=1e-7)
+    assert np.linalg.norm(a @ v[:, 0] - w[0] * v[:, 0]) <= 1e-7 * 4
     with pytest.raises(ValueError, match="symmetric"):
         fastla.power_iteration(a, k=2)
 
 
+@pytest.mark.parametrize("name", impl_names("power_iteration"))
 @pytest.mark.parametrize(
     "a",
     [
@@ -80,13 +81,12 @@ def test_nonsymmetric_dominant_real():
     ],
     ids=["rotation", "plus-minus-tie", "complex-pair"],
 )
-def test_ill_cases_raise(a):
-    for name in fastla.implementations("power_iteration"):
-        with pytest.raises(fastla.ConvergenceError) as info:
-            fastla.power_iteration(a, seed=0, maxiter=200, backend=name)
-        assert isinstance(info.value, np.linalg.LinAlgError)
-        # non-symmetric: runs out of iterations; symmetric +-1: the block sees the tie and stops early
-        assert info.value.iterations <= 200 and info.value.eigenvalues.shape == (1,)
+def test_ill_cases_raise(name, a):
+    with pytest.raises(fastla.ConvergenceError) as info:
+        fastla.power_iteration(a, seed=0, maxiter=200, backend=name)
+    assert isinstance(info.value, np.linalg.LinAlgError)
+    # non-symmetric: runs out of iterations; symmetric +-1: the block sees the tie and stops early
+    assert info.value.iterations <= 200 and info.value.eigenvalues.shape == (1,)
 
 
 def test_repeated_top_eigenvalue_is_a_valid_answer():
@@ -156,29 +156,28 @@ def test_thick_restarts(n, k, gap):
         _check_pairs(a, w, v, 1e-8)
 
 
-def test_invariant_start_space_is_left():
+@pytest.mark.parametrize("name", impl_names("power_iteration"))
+def test_invariant_start_space_is_left(name):
     """v0 spanning an invariant subspace (an eigenvector of a smaller eigenvalue) must not end the
     search there: the basis grows with a random direction and finds the dominant pair."""
     a = np.diag([1.0, 3.0, 0.5, 0.25, -2.0])
-    for name in fastla.implementations("power_iteration"):
-        w, v = fastla.power_iteration(a, v0=np.eye(5)[0], symmetric=True, backend=name)
-        np.testing.assert_allclose(w, [3.0])
-        np.testing.assert_allclose(np.abs(v[:, 0]), np.eye(5)[1], atol=1e-8)
+    w, v = fastla.power_iteration(a, v0=np.eye(5)[0], symmetric=True, backend=name)
+    np.testing.assert_allclose(w, [3.0])
+    np.testing.assert_allclose(np.abs(v[:, 0]), np.eye(5)[1], atol=1e-8)
 
 
-def test_whole_space_and_iteration_limits():
+@pytest.mark.parametrize("name", impl_names("power_iteration"))
+def test_whole_space_and_iteration_limits(name):
     a, _ = sym_with_spectrum(12, [4.0, 3.9, 3.8], seed=6)
-    for name in fastla.implementations("power_iteration"):
-        # n = 12 < the basis size: the Krylov space becomes all of R^n, every Ritz pair exact
-        w, _ = fastla.power_iteration(a, k=3, seed=0, backend=name)
-        np.testing.assert_allclose(w, [4.0, 3.9, 3.8], rtol=1e-10)
-        with pytest.raises(fastla.ConvergenceError, match="spans all") as info:
-            fastla.power_iteration(a, k=3, tol=1e-30, seed=0, backend=name)
-        assert info.value.eigenvalues.shape == (3,) and info.value.eigenvectors.shape == (12, 3)
-        b, _ = sym_with_spectrum(200, [1.0, 0.999], seed=7)
-        with pytest.raises(fastla.ConvergenceError, match="3 sweeps") as info:
-            fastla.power_iteration(b, maxiter=3, seed=0, backend=name)
-        assert info.value.iterations == 3
+    w, _ = fastla.power_iteration(a, k=3, seed=0, backend=name)
+    np.testing.assert_allclose(w, [4.0, 3.9, 3.8], rtol=1e-10)
+    with pytest.raises(fastla.ConvergenceError, match="spans all") as info:
+        fastla.power_iteration(a, k=3, tol=1e-30, seed=0, backend=name)
+    assert info.value.eigenvalues.shape == (3,) and info.value.eigenvectors.shape == (12, 3)
+    b, _ = sym_with_spectrum(200, [1.0, 0.999], seed=7)
+    with pytest.raises(fastla.ConvergenceError, match="3 sweeps") as info:
+        fastla.power_iteration(b, maxiter=3, seed=0, backend=name)
+    assert info.value.iterations == 3
 
 
 def test_low_rank_krylov_space_runs_out():

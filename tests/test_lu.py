@@ -68,15 +68,15 @@ def test_backward_error_with_condition(cond, rng):
         assert _backward_error(a, xs, b) <= 10 * n * eps(np.float64), name
 
 
-def test_hilbert_like_numpy():
+@pytest.mark.parametrize("name", impl_names("solve"))
+def test_hilbert_like_numpy(name):
     n = 8
     h = 1.0 / (np.arange(n)[:, None] + np.arange(n) + 1)
     b = np.ones(n)
     ref = np.linalg.solve(h, b)
-    for name in fastla.implementations("solve"):
-        x = fastla.solve(h, b, backend=name)
-        # cond(H8) ~ 1.5e10: agree with LAPACK to cond * eps
-        np.testing.assert_allclose(x, ref, rtol=np.linalg.cond(h) * eps(np.float64) * 10)
+    x = fastla.solve(h, b, backend=name)
+    # cond(H8) ~ 1.5e10: agree with LAPACK to cond * eps
+    np.testing.assert_allclose(x, ref, rtol=np.linalg.cond(h) * eps(np.float64) * 10)
 
 
 @pytest.mark.parametrize("trans", [0, 1, 2])
@@ -149,44 +149,50 @@ def test_solve_layouts_and_no_mutation(layout, rng):
     np.testing.assert_array_equal(b, keep_b)
 
 
-def test_ints_become_float64():
+@pytest.mark.parametrize("name", impl_names("solve"))
+def test_ints_become_float64(name):
     a = np.array([[2, 1], [1, 3]])
     b = np.array([3, 5])
-    for name in fastla.implementations("solve"):
-        x = fastla.solve(a, b, backend=name)
-        assert x.dtype == np.float64
-        np.testing.assert_allclose(x, np.linalg.solve(a, b))
+    x = fastla.solve(a, b, backend=name)
+    assert x.dtype == np.float64
+    np.testing.assert_allclose(x, np.linalg.solve(a, b))
 
 
-def test_singular_raises_and_warns(rng):
+def _singular_inputs(rng):
     sing = np.array([[1.0, 2.0], [2.0, 4.0]])
     stack = rng.standard_normal((500, 2, 2)) + 2 * np.eye(2)
     stack[123] = sing
     big = rng.standard_normal((30, 30))
     big[:, 7] = 0.0
-    for name in fastla.implementations("solve"):
-        for a in (sing, stack, big):
-            with pytest.raises(np.linalg.LinAlgError, match="Singular matrix"):
-                fastla.solve(
-                    a, np.ones((*a.shape[:-1], 1)) if a.ndim == 3 else np.ones(a.shape[0]), backend=name
-                )
-    for name in fastla.implementations("lu_factor"):
-        with pytest.warns(fastla.LinAlgWarning, match="exactly zero"):
-            lu, _ = fastla.lu_factor(big, backend=name)
-        assert lu.shape == big.shape
+    return sing, stack, big
 
 
-def test_check_finite_and_bad_shapes():
-    for name in fastla.implementations("lu_factor"):
-        with pytest.raises(ValueError, match="infs or NaNs"):
-            fastla.lu_factor(np.array([[1.0, np.nan], [0.0, 1.0]]), backend=name)
-        rect = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 7.0]])
-        if name == "numpy":  # SciPy factors rectangular matrices (getrf); auto sends them there
-            for got, ref in zip(fastla.lu_factor(rect, backend=name), sla.lu_factor(rect), strict=True):
-                np.testing.assert_array_equal(got, ref)
-        else:
-            with pytest.raises(ValueError, match="square"):
-                fastla.lu_factor(rect, backend=name)
+@pytest.mark.parametrize("name", impl_names("solve"))
+def test_singular_raises(name, rng):
+    for a in _singular_inputs(rng):
+        with pytest.raises(np.linalg.LinAlgError, match="Singular matrix"):
+            fastla.solve(a, np.ones((*a.shape[:-1], 1)) if a.ndim == 3 else np.ones(a.shape[0]), backend=name)
+
+
+@pytest.mark.parametrize("name", impl_names("lu_factor"))
+def test_singular_factor_warns(name, rng):
+    big = _singular_inputs(rng)[2]
+    with pytest.warns(fastla.LinAlgWarning, match="exactly zero"):
+        lu, _ = fastla.lu_factor(big, backend=name)
+    assert lu.shape == big.shape
+
+
+@pytest.mark.parametrize("name", impl_names("lu_factor"))
+def test_check_finite_and_bad_shapes(name):
+    with pytest.raises(ValueError, match="infs or NaNs"):
+        fastla.lu_factor(np.array([[1.0, np.nan], [0.0, 1.0]]), backend=name)
+    rect = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 7.0]])
+    if name == "numpy":  # SciPy factors rectangular matrices (getrf); auto sends them there
+        for got, ref in zip(fastla.lu_factor(rect, backend=name), sla.lu_factor(rect), strict=True):
+            np.testing.assert_array_equal(got, ref)
+    else:
+        with pytest.raises(ValueError, match="square"):
+            fastla.lu_factor(rect, backend=name)
     lu_piv = fastla.lu_factor(np.eye(3))
     with pytest.raises(ValueError, match="infs or NaNs"):
         fastla.lu_solve(lu_piv, np.array([1.0, np.inf, 0.0]))
