@@ -260,12 +260,44 @@ def report(sweeps, before, after, rules, threads, out):
                 print(line, file=out)
         current = _profile.shipped(sweep.op)
         print(f"  crossover measured: {rules[sweep.op]} (shipped default {current})", file=out)
+    measured = {}
     for name, rows in (("with " + label + " thresholds", before), ("with tuned thresholds", after)):
         if rows:
             values = [regret(t) for r in rows.values() for _, t in r]
             print(
                 f"\nmax regret {name}: {max(values):.2f} (median {statistics.median(values):.2f}, "
                 f"{sum(v > 1.1 for v in values)} of {len(values)} cases above 1.1)",
+                file=out,
+            )
+    # which thresholds each measurement judged: "before" is the shipped one when tuning (the
+    # profile is set aside), else whatever is in force
+    in_force = "tuned" if _profile.tune_profile()["status"].startswith("tuned") else "shipped"
+    measured["shipped" if after else in_force] = [regret(t) for r in before.values() for _, t in r]
+    if after:
+        measured["tuned"] = [regret(t) for r in after.values() for _, t in r]
+    if len(sweeps) == len(SWEEPS):  # the targets judge the whole sweep, not a subset (--ops)
+        regret_targets(measured, out)
+
+
+def regret_targets(measured, out):
+    """Print the ``[[regret]]`` targets of ``benchmarks/targets.toml`` against this run (skipped,
+    saying so, outside a source checkout)."""
+    from fastla.bench import report
+    from fastla.bench.cli import find_benchmarks_dir
+
+    try:
+        path = find_benchmarks_dir() / "targets.toml"
+    except SystemExit:
+        print("\nregret targets: no benchmarks/targets.toml here (not a source checkout)", file=out)
+        return
+    print("\nregret targets (benchmarks/targets.toml):", file=out)
+    for e, worst, above, n, status in report.regret_results(report.load_regret_targets(path), measured):
+        if worst is None:
+            print(f"  {e['thresholds']} thresholds: max regret <= {e['max_regret']}: {status}", file=out)
+        else:
+            print(
+                f"  {e['thresholds']} thresholds: max regret {worst:.2f} vs target <= {e['max_regret']}: "
+                f"{status} ({above} of {n} cases above 1.1)",
                 file=out,
             )
 

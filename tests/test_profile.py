@@ -151,9 +151,33 @@ def test_a_tune_run_writes_a_profile_that_auto_then_uses(profile, monkeypatch):
     text = out.getvalue()
     assert png.exists() == (f"plot: {png}" in text)  # drawn, or "skipped" without matplotlib
     assert "max regret with shipped thresholds" in text and "max regret with tuned thresholds" in text
+    # the [[regret]] targets of benchmarks/targets.toml, judged on both measurements
+    assert "regret targets (benchmarks/targets.toml):" in text
+    assert "  shipped thresholds: max regret " in text and "  tuned thresholds: max regret " in text
     data = json.loads(profile.read_text())
     entry = data["machines"][_profile.machine_key()]["threads"][str(fastla.get_num_threads())]
     assert entry["rules"] == result["rules"] and set(result["rules"]) == {"matmul", "softmax"}
     assert fastla.tune_profile()["rules"] == result["rules"]
     assert MATMUL_RULE["small_min_batch"] == result["rules"]["matmul"]
     assert result["regret_before"] > 0 and result["regret_after"] > 0
+
+
+def test_regret_targets_are_validated_and_judged(tmp_path):
+    from fastla.bench import report
+    from fastla.bench.cli import find_benchmarks_dir
+
+    shipped = report.load_regret_targets(find_benchmarks_dir() / "targets.toml")
+    assert {e["thresholds"] for e in shipped} == set(report.REGRET_THRESHOLDS)
+    bad = tmp_path / "targets.toml"
+    for entry in ('thresholds = "best"\nmax_regret = 1.1', 'thresholds = "tuned"\nmax_regret = "low"'):
+        bad.write_text(f"[[regret]]\n{entry}\n")
+        with pytest.raises(ValueError, match=r"\[\[regret\]\] entry"):
+            report.load_regret_targets(bad)
+    entries = [{"thresholds": "shipped", "max_regret": 1.3}, {"thresholds": "tuned", "max_regret": 1.1}]
+    results = report.regret_results(entries, {"shipped": [1.0, 1.2, 1.25], "tuned": [1.0, 1.15]})
+    assert [(w, above, n, status) for _, w, above, n, status in results] == [
+        (1.25, 2, 3, "met"),
+        (1.15, 1, 2, "missed"),
+    ]
+    (_, worst, _, _, status), _ = report.regret_results(entries, {"tuned": [1.0]})
+    assert worst is None and status.startswith("not run")

@@ -135,6 +135,40 @@ def load_targets(path, workloads=None):
     return data.get("settings", {}), targets
 
 
+#: Which thresholds a regret target judges: the shipped defaults, or this machine's tuned profile.
+REGRET_THRESHOLDS = ("shipped", "tuned")
+
+
+def load_regret_targets(path):
+    """The ``[[regret]]`` entries of ``targets.toml``: auto's worst regret over the crossover sweep
+    (``time(auto) / min(time(numpy), time(numba))``, fastla/tune.py ``SWEEPS``) with the shipped or
+    the tuned thresholds. Checked like the ratio targets: a malformed entry is a ``ValueError``."""
+    with open(path, "rb") as f:
+        entries = tomllib.load(f).get("regret", [])
+    for e in entries:
+        if e.get("thresholds") not in REGRET_THRESHOLDS or not isinstance(e.get("max_regret"), int | float):
+            raise ValueError(
+                f"{path}: a [[regret]] entry needs thresholds = one of {REGRET_THRESHOLDS} and a numeric "
+                f"max_regret: {e}"
+            )
+    return entries
+
+
+def regret_results(entries, measured):
+    """``(entry, worst regret, cases above 1.1, cases, status)`` for each entry whose thresholds
+    were measured; ``measured`` maps "shipped"/"tuned" to the list of per-case regrets."""
+    out = []
+    for e in entries:
+        values = measured.get(e["thresholds"])
+        if not values:
+            out.append((e, None, None, 0, "not run: thresholds not measured in this run"))
+            continue
+        worst = max(values)
+        status = "met" if worst <= e["max_regret"] else "missed"
+        out.append((e, worst, sum(v > 1.1 for v in values), len(values), status))
+    return out
+
+
 def _not_run_reason(t, rows, workloads, set_name, ops):
     """Why a target has no measurement in this run."""
     if ops is not None and t["op"] not in ops and t["op"] != "compile":
