@@ -34,6 +34,7 @@ Implementations:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import NamedTuple
 
@@ -73,6 +74,21 @@ def _lead_index(lead_in, lead, heads_repeat=1):
     if heads_repeat > 1:
         idx = np.repeat(idx, heads_repeat, axis=-1)
     return np.ascontiguousarray(np.broadcast_to(idx, lead).reshape(-1))
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """One call's validated arguments beyond the arrays themselves (what every impl reads)."""
+
+    lead: tuple  # the broadcast leading (batch, heads) shape of the result
+    dims: tuple  # (L, S, E, Ev)
+    q: np.ndarray  # per stack entry of the result, the index of its query slice
+    k: np.ndarray  # ... of its key slice (a GQA key head serves several query heads)
+    v: np.ndarray  # ... of its value slice
+    mask: np.ndarray | None  # ... of its mask slice; None without a mask
+    causal: bool
+    scale: float
+    weights: bool  # return the attention weights too
 
 
 def _prepare(
@@ -145,17 +161,17 @@ def _prepare(
         mask = np.where(mask, dtype.type(0), dtype.type(-np.inf))
     elif mask is not None:
         mask = mask.astype(dtype, copy=False)
-    plan = {
-        "lead": lead,
-        "dims": (L, S, E, Ev),
-        "q": _lead_index(q.shape[:-2], lead),
-        "k": _lead_index(k.shape[:-2], lead, reps[0]),
-        "v": _lead_index(v.shape[:-2], lead, reps[1]),
-        "mask": _lead_index(m_lead, lead) if mask is not None else None,
-        "causal": bool(is_causal),
-        "scale": scale,
-        "weights": bool(return_weights),
-    }
+    plan = Plan(
+        lead=lead,
+        dims=(L, S, E, Ev),
+        q=_lead_index(q.shape[:-2], lead),
+        k=_lead_index(k.shape[:-2], lead, reps[0]),
+        v=_lead_index(v.shape[:-2], lead, reps[1]),
+        mask=_lead_index(m_lead, lead) if mask is not None else None,
+        causal=bool(is_causal),
+        scale=scale,
+        weights=bool(return_weights),
+    )
     # explicit stack sizes: reshape(-1, ...) is ambiguous when L, S or E is 0
     stacks = tuple(
         _validate.native(x, dtype).reshape(math.prod(x.shape[:-2]), *x.shape[-2:]) for x in (q, k, v)
@@ -241,9 +257,9 @@ def scaled_dot_product_attention(
 
 
 def _result(out3, w3, plan):
-    L, S, _, Ev = plan["dims"]
-    out = out3.reshape(*plan["lead"], L, Ev)
-    return (out, w3.reshape(*plan["lead"], L, S)) if plan["weights"] else out
+    L, S, _, Ev = plan.dims
+    out = out3.reshape(*plan.lead, L, Ev)
+    return (out, w3.reshape(*plan.lead, L, S)) if plan.weights else out
 
 
 def _causal_additive(L, S, dtype):
@@ -256,16 +272,16 @@ def _causal_additive(L, S, dtype):
 @_OP.register("numpy", any_dtype=True)
 def _sdpa_numpy(q, k, v, mask, plan):
     """The formula with ``@`` over the stack: materialises the (..., L, S) scores."""
-    L, S, _, Ev = plan["dims"]
+    L, S, _, Ev = plan.dims
     dtype = np.result_type(q, k, v)
-    nb = plan["q"].size
+    nb = plan.q.size
     out = np.empty((nb, L, Ev), dtype)
-    weights = np.empty((nb, L, S), dtype) if plan["weights"] else None
-    qb, kb, vb = q[plan["q"]], k[plan["k"]], v[plan["v"]]
-    scores = (qb @ kb.swapaxes(-1, -2)) * dtype.type(plan["scale"])
+    weights = np.empty((nb, L, S), dtype) if plan.weights else None
+    qb, kb, vb = q[plan.q], k[plan.k], v[plan.v]
+    scores = (qb @ kb.swapaxes(-1, -2)) * dtype.type(plan.scale)
     if mask is not None:
-        scores += mask[plan["mask"]]
-    elif plan["causal"]:
+        scores += mask[plan.mask]
+    elif plan.causal:
         scores += _causal_additive(L, S, dtype)
     with np.errstate(invalid="ignore"):
         m = scores.max(axis=-1, keepdims=True, initial=-np.inf)
@@ -286,21 +302,21 @@ def _sdpa_numpy(q, k, v, mask, plan):
 @_OP.register("loop")
 def _sdpa_loop(q, k, v, mask, plan):
     """Pure Python: per query row, the scores, their softmax, the weighted sum of value rows."""
-    L, S, E, Ev = plan["dims"]
-    nb = plan["q"].size
+    L, S, E, Ev = plan.dims
+    nb = plan.q.size
     out = np.zeros((nb, L, Ev), q.dtype)
     weights = np.zeros((nb, L, S), q.dtype)
-    scale = plan["scale"]
+    scale = plan.scale
     for b in range(nb):
-        qm, km, vm = q[plan["q"][b]].tolist(), k[plan["k"][b]].tolist(), v[plan["v"][b]].tolist()
-        mm = mask[plan["mask"][b]].tolist() if mask is not None else None
+        qm, km, vm = q[plan.q[b]].tolist(), k[plan.k[b]].tolist(), v[plan.v[b]].tolist()
+        mm = mask[plan.mask[b]].tolist() if mask is not None else None
         for i in range(L):
             row = []
             for j in range(S):
                 s = sum(qm[i][e] * km[j][e] for e in range(E)) * scale
                 if mm is not None:
                     s += mm[i if len(mm) > 1 else 0][j if len(mm[0]) > 1 else 0]
-                elif plan["causal"] and j > i:
+                elif plan.causal and j > i:
                     s = -math.inf
                 row.append(s)
             top = max(row, default=-math.inf)
@@ -311,7 +327,7 @@ def _sdpa_loop(q, k, v, mask, plan):
             weights[b, i] = p
             for e in range(Ev):
                 out[b, i, e] = sum(p[j] * vm[j][e] for j in range(S))
-    return _result(out, weights if plan["weights"] else None, plan)
+    return _result(out, weights if plan.weights else None, plan)
 
 
 # --------------------------------------------------------------------------- numba
@@ -543,11 +559,11 @@ _c = _intrinsics.kernel_input
 @_OP.register("numba", needs_numba=True)
 def _sdpa_numba(q, k, v, mask, plan):
     """Flash-style tiles: online softmax, micro-kernel products, no L x S buffer."""
-    L, S, E, Ev = plan["dims"]
+    L, S, E, Ev = plan.dims
     dt = q.dtype
-    nb = plan["q"].size
+    nb = plan.q.size
     out = np.empty((nb, L, Ev), dt)
-    weights = np.empty((nb, L, S), dt) if plan["weights"] else None
+    weights = np.empty((nb, L, S), dt) if plan.weights else None
     if nb == 0 or L == 0 or (Ev == 0 and weights is None):
         return _result(out, weights, plan)
     if S == 0:  # no keys: every row is fully masked
@@ -560,15 +576,15 @@ def _sdpa_numba(q, k, v, mask, plan):
     ev_pad = -(-Ev // mr) * mr
     kp = np.empty(k.shape[0] * s_pad * E, dt)
     vp = np.empty(v.shape[0] * ev_pad * S, dt)
-    _pack_kv(k, v, kp, vp, dt.type(plan["scale"]), dt.type(1))
+    _pack_kv(k, v, kp, vp, dt.type(plan.scale), dt.type(1))
     has_mask = mask is not None
     mask = _c(mask if has_mask else np.zeros((1, 1, 1), dt))
-    mi = _c(plan["mask"] if has_mask else plan["q"])
+    mi = _c(plan.mask if has_mask else plan.q)
     bq = nr * max(1, QUERY_BLOCK // nr)
     bk = mr * max(1, round(KEY_TILE / mr))
     stats = Stats(np.empty((nb, L), dt), np.empty((nb, L), dt))
-    ix = Stacks(_c(plan["q"]), _c(plan["k"]), _c(plan["v"]), mi)
-    t = Tiling(L, S, Ev, bq, bk, has_mask, bool(plan["causal"]))
+    ix = Stacks(_c(plan.q), _c(plan.k), _c(plan.v), mi)
+    t = Tiling(L, S, Ev, bq, bk, has_mask, bool(plan.causal))
     _flash(q, kp, vp, mask, ix, t, dt.type(0), out, stats)
     if weights is not None:
         _flash_weights(q, kp, mask, ix, t, dt.type(0), stats, weights)
