@@ -115,13 +115,7 @@ def plot(path, out, targets=()):
                 goal = t.get("ratio", t.get("max_seconds"))
                 if t["op"] == op and t["size"] == size and _target_label(t) == label and goal is not None:
                     ax.axhline(goal, color=f"C{n % 10}", linestyle="--", linewidth=0.8)
-        ax.set_xticks(range(len(commits)))
-        ax.set_xticklabels(commits, rotation=30, ha="right", fontsize=7)
-        ax.set_ylabel("first call (s)" if op == "compile" else "ratio (fastla speed / anchor)")
-        ax.set_title(f"{op} (dashed: target)")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+        ylabel = "first call (s)" if op == "compile" else "ratio (fastla speed / anchor)"
+        report.dress_panel(ax, commits, ylabel, f"{op} (dashed: target)", rotation=30, fontsize=6)
+    report.save_figure(plt, fig, out, dpi=100)
     return True

@@ -362,17 +362,26 @@ def plot(rows, path):
                         xs.append(i)
                         ys.append((r.flops if use_flops else r.bytes) / r.median / 1e9)
             ax.plot(xs, ys, marker="o", label=impl, color=colour[impl])
-        ax.set_xticks(range(len(sizes)))
-        ax.set_xticklabels(sizes, rotation=20, ha="right", fontsize=8)
-        ax.set_ylabel("GFLOP/s" if use_flops else "GB/s")
         ax.set_yscale("log")
-        ax.set_title(op)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        dress_panel(ax, sizes, "GFLOP/s" if use_flops else "GB/s", op, rotation=20, fontsize=8)
+    save_figure(plt, fig, path, dpi=110)
     return True
+
+
+def dress_panel(ax, ticks, ylabel, title, rotation, fontsize):
+    """Categorical x ticks, labels, grid and legend of one plot panel (bench and history plots)."""
+    ax.set_xticks(range(len(ticks)))
+    ax.set_xticklabels(ticks, rotation=rotation, ha="right", fontsize=fontsize)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=fontsize)
+
+
+def save_figure(plt, fig, path, dpi):
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
 
 
 README_START = "<!-- bench:start -->"
