@@ -248,6 +248,20 @@ def jit(fn=None, *, parallel=False, fastmath=FASTMATH, inline="never"):
     return wrap(fn) if fn is not None else wrap
 
 
+def user_njit(fn):
+    """What a Numba user writes, ``numba.njit(cache=True)`` with Numba's defaults (no fastmath,
+    Python's error model): the caller in the ``fastla.kernels`` benchmarks, so that they measure
+    the kernels as users' own code calls them. Without numba, ``fn`` itself."""
+    if not NUMBA_AVAILABLE:
+        return fn
+    if CACHE:
+        try:
+            return _use_safe_cache_file(numba.njit(cache=True)(fn))
+        except RuntimeError as exc:
+            _warn_uncached(exc)
+    return numba.njit(fn)
+
+
 def serial(fn):
     """A serial compile of the parallel kernel ``fn`` (its ``prange`` loops run as ``range``): the
     same source, for callers that may themselves run inside a parallel region (``fastla.kernels``

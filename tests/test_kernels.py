@@ -163,6 +163,26 @@ def test_softmax_family_from_njit_and_prange(dtype, rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.skipif(not _jit.JIT_ENABLED, reason="inspects the compiled code")
+def test_row_kernel_keeps_its_flags_in_a_plain_njit_caller(dtype):
+    """A user's plain ``@njit`` function has no fastmath. Code inlined into it at Numba's IR level
+    takes its flags, and the row kernel's exp-and-sum loop then cannot be vectorised (a float
+    reduction needs reassociation): it ran scalar. The kernel must keep fastla's flags: the user
+    function's final module holds a vectorised, reassociating sum."""
+    import re
+
+    x = np.ones((2, 64), dtype)
+    user_softmax_rows(x, np.empty_like(x))
+    ir = next(
+        text
+        for sig, text in user_softmax_rows.inspect_llvm().items()
+        if np.dtype(str(sig[0].dtype)) == np.dtype(dtype)
+    )
+    elem = "float" if np.dtype(dtype) == np.float32 else "double"
+    vector_sum = rf"fadd (?:fast|reassoc)[^\n]*<\d+ x {elem}>"
+    assert re.search(vector_sum, ir), "the exp-and-sum loop is not vectorised"
+
+
 def test_softmax_from_python_matches_scipy(dtype, rng):
     x = (rng.standard_normal((6, 9)) * 3).astype(dtype)
     np.testing.assert_allclose(kernels.softmax(x), sps.softmax(x, axis=-1), rtol=1e-5)
