@@ -181,6 +181,7 @@ def test_cross_entropy_all_ignored_is_nan(name):
     assert np.isnan(r)
 
 
+@pytest.mark.slow  # rows of 10^6 elements: 25-29 s each as Python (the JIT-off CI pass)
 @pytest.mark.parametrize("fn,ref,op", OPS)
 def test_long_float32_rows_at_scipys_accuracy(fn, ref, op, rng):
     """Rows of 10^6 float32: the sums must not drift (one float32 accumulator gave 2.8e-5 relative
