@@ -75,9 +75,11 @@ def _checkout(path, slow, extra=""):
 
 @pytest.fixture
 def pair(tmp_path):
-    """(base, candidate, workloads file): the candidate's "a" is 1.5x slower and it adds ``newop``."""
+    """(base, candidate, workloads file): the candidate's "a" is 2x slower and it adds ``newop``. A
+    busy wait measures the same under load (a test run beside others), except when the process is
+    descheduled past its deadline, which only lengthens some rounds: 2x leaves room for that."""
     base = _checkout(tmp_path / "base", {})
-    cand = _checkout(tmp_path / "cand", {"a": 1.5}, extra="\nnewop = wait\n")
+    cand = _checkout(tmp_path / "cand", {"a": 2.0}, extra="\nnewop = wait\n")
     wl = tmp_path / "workloads.py"
     wl.write_text(WORKLOADS)
     return base, cand, wl
@@ -98,13 +100,13 @@ def test_against_catches_a_slowed_op_and_reports_the_rest(pair, tmp_path, capsys
     assert status["wait[b] numba"] == "same"
     assert status["newop[c] numba"].startswith("not compared: base: AttributeError")
     a = next(v for v in data["verdicts"] if v["name"] == "wait[a] numba")
-    assert 1.35 < a["of_minima"] < 1.7, a
+    assert 1.3 < a["of_minima"] < 2.3 and a["median"] > 1.3, a
     assert [it["impl"] for it in data["items"]] == ["numba"] * 3  # loop is not fastla's speed path
 
 
 def test_against_identical_checkouts_pass(pair, capsys):
     base, _, wl = pair
-    rc = against.run(ref=str(base), repo=base, workloads_file=wl, rounds=5, threshold=0.15, min_batch_s=0.005)
+    rc = against.run(ref=str(base), repo=base, workloads_file=wl, rounds=5, threshold=0.3, min_batch_s=0.005)
     text = capsys.readouterr().out
     assert rc == 0, text
     assert "no regressions" in text
