@@ -186,7 +186,7 @@ def test_history_lines_and_plot(tmp_path):
     path = tmp_path / "history.jsonl"
     for commit, date in (("a" * 40, "2026-12-01T00:00:00+00:00"), ("b" * 40, "2026-12-02T00:00:00+00:00")):
         with open(path, "a") as f:
-            for line in history.lines(_rows(), {}, "kind-1", results, "quick", commit=commit, date=date):
+            for line in history.lines(_rows(), "kind-1", results, "quick", commit=commit, date=date):
                 f.write(json.dumps(line) + "\n")
     data = history.load(path)
     assert len(data) == 4
@@ -204,6 +204,6 @@ def test_history_lines_and_plot(tmp_path):
 
 def test_history_append_counts_lines(tmp_path):
     path = tmp_path / "h.jsonl"
-    assert history.append(path, _rows(), {}, "kind-1", [], "quick") == 2
-    assert history.append(path, _rows(), {}, "kind-1", [], "quick") == 2
+    assert history.append(path, _rows(), "kind-1", [], "quick") == 2
+    assert history.append(path, _rows(), "kind-1", [], "quick") == 2
     assert len(history.load(path)) == 4

@@ -34,11 +34,17 @@ def _load(root, workloads_file):
     where = os.path.dirname(os.path.dirname(os.path.abspath(fastla.__file__)))
     if os.path.realpath(where) != os.path.realpath(root):
         raise SystemExit(f"against worker: imported fastla from {where}, not from {root}")
-    spec = importlib.util.spec_from_file_location("_fastla_against_workloads", workloads_file)
+    return fastla, load_by_path("_fastla_against_workloads", workloads_file)
+
+
+def load_by_path(name, path):
+    """Import the file ``path`` as module ``name`` (the candidate's ``workloads.py``, whatever
+    package is importable as ``fastla``)."""
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses resolve their module through sys.modules
     spec.loader.exec_module(module)
-    return fastla, module
+    return module
 
 
 def _placed(value, offset):

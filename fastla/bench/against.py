@@ -295,13 +295,10 @@ def run(
 ):
     """Measure this checkout against ``ref``; print the table; return the exit status (1 when an
     item is slower beyond ``threshold``, twice in a row with ``confirm``)."""
-    import importlib.util
+    from fastla.bench._against_worker import load_by_path
 
     workloads_file = Path(workloads_file or Path(__file__).with_name("workloads.py"))
-    spec = importlib.util.spec_from_file_location("_fastla_against_select", workloads_file)
-    workloads = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = workloads
-    spec.loader.exec_module(workloads)
+    workloads = load_by_path("_fastla_against_select", workloads_file)
     items = select_items(workloads, set_name, ops, impls)
     if not items:
         raise SystemExit("fastla bench --against: no items to compare (check --ops and the set)")

@@ -214,7 +214,7 @@ def main(args):
     if args.history:
         from fastla.bench import history
 
-        n = history.append(args.history, rows, machine, key, results, args.set)
+        n = history.append(args.history, rows, key, results, args.set)
         print(f"history: {n} lines appended to {args.history}")
     if args.save_baseline:
         import json

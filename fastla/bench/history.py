@@ -39,7 +39,7 @@ def _target_label(t):
     return f"{t['impl']} vs {t['anchor']}" if "anchor" in t else t["impl"]
 
 
-def lines(rows, machine, key, results, set_name, commit=None, date=None):
+def lines(rows, key, results, set_name, commit=None, date=None):
     """The history lines of one run (dicts), one per (op, size)."""
     commit = commit or _commit()
     date = date or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -70,9 +70,9 @@ def lines(rows, machine, key, results, set_name, commit=None, date=None):
     return list(out.values())
 
 
-def append(path, rows, machine, key, results, set_name):
+def append(path, rows, key, results, set_name):
     """Append one run to the history file; return the number of lines written."""
-    new = lines(rows, machine, key, results, set_name)
+    new = lines(rows, key, results, set_name)
     with open(path, "a") as f:
         for line in new:
             f.write(json.dumps(line, sort_keys=True) + "\n")
