@@ -145,7 +145,7 @@ def _row_max_f64(x):
     row = x
     b = _intrinsics.f64_as_i64(row[0])
     k = b ^ ((b >> 63) & _MAG64)
-    for j in range(1, row.size):
+    for j in range(_jit.U(1), _jit.U(row.size)):  # unsigned: see _jit.U
         b = _intrinsics.f64_as_i64(row[j])
         kj = b ^ ((b >> 63) & _MAG64)
         k = kj if kj > k else k
@@ -157,7 +157,7 @@ def _row_max_f32(x):
     row = x
     b = _intrinsics.f32_as_i32(row[0])
     k = b ^ ((b >> 31) & _MAG32)
-    for j in range(1, row.size):
+    for j in range(_jit.U(1), _jit.U(row.size)):
         b = _intrinsics.f32_as_i32(row[j])
         kj = b ^ ((b >> 31) & _MAG32)
         k = kj if kj > k else k

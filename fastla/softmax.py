@@ -72,7 +72,7 @@ def _exp_sum(row, shift, out, store, zero):
     total = 0.0
     for j0 in range(0, n, _SUM_CHUNK):
         part = zero
-        for j in range(j0, min(n, j0 + _SUM_CHUNK)):
+        for j in range(_U(j0), _U(min(n, j0 + _SUM_CHUNK))):  # unsigned: see _U
             e = _math.exp(row[j] - shift)
             if store:
                 out[j] = e
@@ -88,7 +88,7 @@ def _row_sum(row, zero):
     total = 0.0
     for j0 in range(0, n, _SUM_CHUNK):
         part = zero
-        for j in range(j0, min(n, j0 + _SUM_CHUNK)):
+        for j in range(_U(j0), _U(min(n, j0 + _SUM_CHUNK))):
             part += row[j]
         total += part
     return total
@@ -114,11 +114,11 @@ def softmax_row(x, out, log, zero):
     if log:
         mm = m if np.isfinite(m) else zero
         shift = mm + np.log(_exp_sum(x, mm, out, False, zero))
-        for j in range(x.size):
+        for j in range(_U(x.size)):
             out[j] = x[j] - shift
     else:
         inv = 1.0 / _exp_sum(x, m, out, True, zero)
-        for j in range(x.size):
+        for j in range(_U(x.size)):
             out[j] *= inv
 
 
@@ -191,7 +191,7 @@ def _ce_prob_rows(x, target, smoothing, loss, zero):
         mm = m if np.isfinite(m) else zero
         lse = mm + np.log(_exp_sum(x[r], mm, x[r], False, zero))
         acc = 0.0
-        for j in range(n):
+        for j in range(_U(n)):
             t = (1.0 - smoothing) * target[r, j] + smoothing / n
             acc += t * (lse - x[r, j])
         loss[r] = acc
