@@ -47,6 +47,8 @@ from fastla import _gemm_kernels as _gk
 from fastla import _intrinsics, _jit, _registry, _validate
 from fastla._jit import jit, prange
 
+_U = _jit.U
+
 __all__ = ["ConvergenceError", "power_iteration"]
 
 
@@ -88,13 +90,13 @@ def _matvec_stats(a, v, w):
     vw = 0.0
     ww = 0.0
     for blk in prange((n + 3) // 4):
-        i = 4 * blk
+        i = _U(4 * blk)  # unsigned indices: see fastla._jit.U
         if i + 4 <= n:
             s0 = 0.0
             s1 = 0.0
             s2 = 0.0
             s3 = 0.0
-            for j in range(m):
+            for j in range(_U(m)):
                 x = v[j]
                 s0 += a[i, j] * x
                 s1 += a[i + 1, j] * x
@@ -107,9 +109,9 @@ def _matvec_stats(a, v, w):
             vw += v[i] * s0 + v[i + 1] * s1 + v[i + 2] * s2 + v[i + 3] * s3
             ww += s0 * s0 + s1 * s1 + s2 * s2 + s3 * s3
         else:
-            for r in range(i, n):
+            for r in range(i, _U(n)):
                 acc = 0.0
-                for j in range(m):
+                for j in range(_U(m)):
                     acc += a[r, j] * v[j]
                 w[r] = acc
                 vw += v[r] * acc
@@ -128,8 +130,8 @@ def _matmat4(a, vt, out):
     """
     n, m = a.shape
     for blk in prange((n + 1) // 2):
-        i = 2 * blk
-        i1 = min(i + 1, n - 1)  # odd n: the last step computes its row twice
+        i = _U(2 * blk)  # unsigned indices: see fastla._jit.U
+        i1 = _U(min(2 * blk + 1, n - 1))  # odd n: the last step computes its row twice
         s00 = 0.0
         s01 = 0.0
         s02 = 0.0
@@ -138,7 +140,7 @@ def _matmat4(a, vt, out):
         s11 = 0.0
         s12 = 0.0
         s13 = 0.0
-        for j in range(m):
+        for j in range(_U(m)):
             x0 = a[i, j]
             x1 = a[i1, j]
             v0 = vt[0, j]
