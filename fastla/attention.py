@@ -390,18 +390,19 @@ def _mask_tile(st, mask, mb, i0, j0, rows, cols, npq, nr, bk, has_mask, causal):
         for pn in range(npq):
             for c in range(cols):
                 jj = j0 + c if sm > 1 else 0
-                base = pn * bk * nr + c * nr
+                base = _U(pn * bk * nr + c * nr)  # unsigned: see fastla._jit.U
                 for r in range(min(nr, rows - pn * nr)):
                     ii = i0 + pn * nr + r if lm > 1 else 0
-                    st[base + r] += mask[mb, ii, jj]
+                    st[base + _U(r)] += mask[mb, ii, jj]
     elif causal and j0 + cols - 1 > i0:
         ninf = -np.inf
         for pn in range(npq):
             for c in range(cols):
-                base = pn * bk * nr + c * nr
-                for r in range(nr):
-                    if j0 + c > i0 + pn * nr + r:
-                        st[base + r] = ninf
+                base = _U(pn * bk * nr + c * nr)
+                # key j0 + c is after query i0 + pn * nr + r for the lanes r < cut
+                cut = _U(min(nr, max(0, j0 + c - i0 - pn * nr)))
+                for r in range(cut):
+                    st[base + r] = ninf
 
 
 class Tiling(NamedTuple):
@@ -471,35 +472,36 @@ def _flash(q, kp, vp, mask, ix, t, zero, out, stats):
             _mask_tile(st, mask, mi[b] if has_mask else 0, i0, j0, rows, cols, npq, nr, bk, has_mask, causal)
             for pn in range(npq):
                 sb = pn * bk * nr
-                mo = pn * nr
+                mo = _U(pn * nr)  # unsigned indices in these loops: see fastla._jit.U
                 # running max over this tile's keys, per query lane
-                for r in range(nr):
+                for r in range(_U(nr)):
                     alpha[mo + r] = m[mo + r]
                 for c in range(cols):
                     base = _U(sb + c * nr)
-                    for r in range(nr):
-                        v = st[base + _U(r)]
+                    for r in range(_U(nr)):
+                        v = st[base + r]
                         alpha[mo + r] = v if v > alpha[mo + r] else alpha[mo + r]
                 # alpha <- exp(m_old - m_new); m <- m_new (0 stands in for an all -inf row)
-                for r in range(nr):
+                for r in range(_U(nr)):
                     new = alpha[mo + r]
                     new = new if new != ninf else zero
                     alpha[mo + r] = _math.exp(m[mo + r] - new)
                     m[mo + r] = new
                 for c in range(cols):
                     base = _U(sb + c * nr)
-                    for r in range(nr):
-                        st[base + _U(r)] = _math.exp(st[base + _U(r)] - m[mo + r])
-                for r in range(nr):
+                    for r in range(_U(nr)):
+                        st[base + r] = _math.exp(st[base + r] - m[mo + r])
+                for r in range(_U(nr)):
                     l[mo + r] *= alpha[mo + r]
                 for c in range(cols):
                     base = _U(sb + c * nr)
-                    for r in range(nr):
-                        l[mo + r] += st[base + _U(r)]
+                    for r in range(_U(nr)):
+                        l[mo + r] += st[base + r]
                 ab = pn * ev_pad * nr
                 for e in range(ev_pad):
-                    for r in range(nr):
-                        acc[_U(ab + e * nr + r)] *= alpha[mo + r]
+                    eb = _U(ab + e * nr)
+                    for r in range(_U(nr)):
+                        acc[eb + r] *= alpha[mo + r]
                 for pe in range(0, Ev, mr):
                     _gk.microkernel(
                         cols, vp, v_base + pe * S + j0 * mr, st, sb, nr, acc, ab + pe * nr, nr, True
@@ -538,7 +540,7 @@ def _flash_weights(q, kp, mask, ix, t, zero, stats, w):
         k_base = ki[b] * s_pad * E
         kv_end = min(S, i0 + rows) if causal else S
         for r in range(rows):
-            for j in range(kv_end, S):
+            for j in range(_U(kv_end), _U(S)):  # unsigned indices: see fastla._jit.U
                 w[b, i0 + r, j] = zero
         for j0 in range(0, kv_end, bk):
             cols = min(bk, kv_end - j0)
@@ -548,9 +550,9 @@ def _flash_weights(q, kp, mask, ix, t, zero, stats, w):
                 lr = row_sum[b, i0 + r]
                 inv = 1 / lr if lr != 0 else zero
                 mx = row_max[b, i0 + r]
-                base = (r // nr) * bk * nr + r % nr
-                for c in range(cols):
-                    w[b, i0 + r, j0 + c] = _math.exp(st[base + c * nr] - mx) * inv
+                base = _U((r // nr) * bk * nr + r % nr)
+                for c in range(_U(cols)):
+                    w[b, i0 + r, _U(j0) + c] = _math.exp(st[base + c * _U(nr)] - mx) * inv
 
 
 _c = _intrinsics.kernel_input
