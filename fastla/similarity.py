@@ -579,6 +579,11 @@ def _insert(s_row, i_row, size, v, j):
     i_row[p] = j
 
 
+#: scores a merge tests at once for any above the k-th best (a vector compare-and-count) before it
+#: looks at them one by one
+_MERGE_CHUNK = 64
+
+
 @jit
 def _merge_row(sc, off, cols, j0, s_row, i_row):
     """Merge the scores ``sc[off:off+cols]`` of corpus rows ``j0...`` into one query's top-k."""
@@ -590,12 +595,21 @@ def _merge_row(sc, off, cols, j0, s_row, i_row):
             _insert(s_row, i_row, j0 + j, sc[off + j], j0 + j)
     thr = s_row[k - 1]
     thr_nan = thr != thr
-    for j in range(start, cols):
-        v = sc[_U(off + j)]
-        if v > thr or (thr_nan and v == v):  # rare: most scores fall below the k-th best
-            _insert(s_row, i_row, k, v, j0 + j)
-            thr = s_row[k - 1]
-            thr_nan = thr != thr
+    for c0 in range(start, cols, _MERGE_CHUNK):
+        c1 = min(cols, c0 + _MERGE_CHUNK)
+        if not thr_nan:
+            # most chunks hold no score above the k-th best: a vectorised count skips them
+            hits = 0
+            for j in range(_U(off + c0), _U(off + c1)):
+                hits += 1 if sc[j] > thr else 0
+            if hits == 0:
+                continue
+        for j in range(c0, c1):
+            v = sc[_U(off + j)]
+            if v > thr or (thr_nan and v == v):
+                _insert(s_row, i_row, k, v, j0 + j)
+                thr = s_row[k - 1]
+                thr_nan = thr != thr
 
 
 class TopkTiling(NamedTuple):
