@@ -309,6 +309,23 @@ def test_topk_ties_and_nan_order_exactly(dtype, rng):
         assert fastla.cosine_topk(q, c, 60, backend=name)[1][0, -1] == 7  # NaN ranks last
 
 
+def test_topk_ties_across_merge_chunks(dtype, rng):
+    """Exact ties (one-hot rows: every score is one of 4 values) and NaN rows spread over a corpus
+    several times longer than the fused merge's chunk of scores, which it skips when no score in it
+    beats the k-th best: the same order as the reference, lower index first."""
+    d, n = 4, 700
+    c = np.zeros((n, d), dtype)
+    c[np.arange(n), rng.integers(0, d, n)] = 1.0
+    c[[5, 150, 390, 699]] = np.nan
+    q = rng.standard_normal((3, d)).astype(dtype)
+    s_ref, i_ref, _ = _ref_topk(q, c, 200)
+    for name in impl_names("cosine_topk", n):
+        for k in (1, 7, 200):
+            s, i = fastla.cosine_topk(q, c, k, backend=name)
+            np.testing.assert_array_equal(i, i_ref[:, :k], err_msg=name)
+            _close(s, s_ref[:, :k], dtype, d)
+
+
 def test_topk_numpy_batches_agree(rng):
     q = rng.standard_normal((10, 5))
     c = rng.standard_normal((30, 5))
