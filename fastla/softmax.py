@@ -19,6 +19,8 @@ Compiled kernels (``numba``), parallel over rows:
   pass 3 scale by ``1/sum`` (log: ``x - max - log(sum)``). A row of up to ~10^5 floats stays in L1/L2
   between passes, so DRAM sees one read and one write — the two-pass scheme of Dukhan & Ablavatski;
   the exp is :func:`fastla._math.exp`, which vectorises.
+* last axis, rows shorter than 32 elements: the same passes on blocks of rows, the block's exps in one
+  loop over all its elements (a row alone would end in scalar exps).
 * another axis of a C-contiguous array: the same passes over the reduced axis on chunks of the
   trailing axes, vectorised along the contiguous trailing dimension (no transpose copy).
 * F-contiguous input is handled as the C-contiguous transpose; other layouts, ``axis=None`` and
@@ -101,9 +103,67 @@ def _softmax_rows(x, out, log, zero):
     ``zero`` is 0 in x's dtype: float32 rows keep float32 maxima and exps (16 lanes on AVX-512)
     instead of being promoted by a float64 literal; the sums accumulate in float64 (by chunks).
     """
-    for r in prange(x.shape[0]):
-        wide_vectors()
-        softmax_row(x[r], out[r], log, zero)
+    rows, n = x.shape
+    if n < _SHORT_ROW:
+        xf = x.reshape(rows * n)
+        of = out.reshape(rows * n)
+        per = max(1, _SHORT_BLOCK // n)
+        for blk in prange((rows + per - 1) // per):
+            r0 = blk * per
+            _short_rows(xf, of, n, r0, min(rows, r0 + per), log, zero)
+    else:
+        for r in prange(rows):
+            wide_vectors()
+            softmax_row(x[r], out[r], log, zero)
+
+
+#: Rows shorter than this many elements are done a block of rows at a time (:func:`_short_rows`).
+_SHORT_ROW = 32
+#: elements per block of short rows (a few KiB: L1)
+_SHORT_BLOCK = 512
+
+
+@jit
+def _short_rows(xf, of, n, r0, r1, log, zero):
+    """Rows ``r0:r1`` of the C-order ``(rows, n)`` array flattened in ``xf``, into ``of``: the results
+    of :func:`softmax_row` with the block's exps in one contiguous loop over all of its elements.
+
+    A short row alone ends in a scalar remainder of exps (a row of 10 float64: one vector of 8, then
+    two scalar exps, each a chain of ~15 dependent multiply-adds as long as the vector's); here only
+    the block's last vector has a remainder. The row maxima are plain compares (a NaN reaches the
+    row's result through its sum, as in softmax_row)."""
+    wide_vectors()
+    nu = _U(n)
+    e0 = _U(r0) * nu
+    t = np.empty(_U(r1 - r0) * nu, xf.dtype)
+    shifts = np.empty(r1 - r0, xf.dtype)
+    for r in range(_U(r1 - r0)):
+        b = e0 + r * nu
+        m = xf[b]
+        for j in range(_U(1), nu):
+            v = xf[b + j]
+            m = v if v > m else m
+        if log:
+            m = m if np.isfinite(m) else zero
+        shifts[r] = m
+        for j in range(nu):
+            t[r * nu + j] = m
+    for j in range(_U(t.size)):
+        t[j] = _math.exp(xf[e0 + j] - t[j])
+    for r in range(_U(r1 - r0)):
+        part = zero
+        for j in range(nu):
+            part += t[r * nu + j]
+        total = np.float64(part)
+        b = e0 + r * nu
+        if log:
+            shift = shifts[r] + np.log(total)
+            for j in range(nu):
+                of[b + j] = xf[b + j] - shift
+        else:
+            inv = 1.0 / total
+            for j in range(nu):
+                of[b + j] = t[r * nu + j] * inv
 
 
 @jit(inline="always")

@@ -1,5 +1,7 @@
 """softmax, log_softmax, cross_entropy: every impl against SciPy/NumPy over the input matrix."""
 
+import itertools
+
 import numpy as np
 import pytest
 import scipy.special as sps
@@ -58,8 +60,10 @@ def test_layouts_and_no_mutation(fn, ref, op, layout, dtype, rng):
 def test_extremes_like_scipy(fn, ref, op, name):
     inf, nan = np.inf, np.nan
     rows = [[1000.0, 1.0], [-inf, -inf], [inf, 1.0], [inf, inf], [nan, 1.0], [-inf, 1.0], [-1000, -1001]]
-    for dtype in (np.float32, np.float64):
-        x = np.array(rows, dtype)
+    # rows of 2 and, repeating each row's last entry, of 40: short rows are done in blocks of rows,
+    # long ones one at a time (softmax._SHORT_ROW)
+    for dtype, width in itertools.product((np.float32, np.float64), (2, 40)):
+        x = np.pad(np.array(rows, dtype), ((0, 0), (0, width - 2)), mode="edge")
         with np.errstate(invalid="ignore"):
             expected = ref(x, axis=-1)
             got = fn(x, backend=name)
