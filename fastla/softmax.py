@@ -20,7 +20,7 @@ Compiled kernels (``numba``), parallel over rows:
   between passes, so DRAM sees one read and one write — the two-pass scheme of Dukhan & Ablavatski;
   the exp is :func:`fastla._math.exp`, which vectorises.
 * last axis, rows shorter than 32 elements: the same passes on blocks of rows, the block's exps in one
-  loop over all its elements (a row alone would end in scalar exps).
+  loop over all its elements (a row alone would end in scalar exps); a kernel of its own.
 * another axis of a C-contiguous array: the same passes over the reduced axis on chunks of the
   trailing axes, vectorised along the contiguous trailing dimension (no transpose copy).
 * F-contiguous input is handled as the C-contiguous transpose; other layouts, ``axis=None`` and
@@ -103,24 +103,29 @@ def _softmax_rows(x, out, log, zero):
     ``zero`` is 0 in x's dtype: float32 rows keep float32 maxima and exps (16 lanes on AVX-512)
     instead of being promoted by a float64 literal; the sums accumulate in float64 (by chunks).
     """
-    rows, n = x.shape
-    if n < _SHORT_ROW:
-        xf = x.reshape(rows * n)
-        of = out.reshape(rows * n)
-        per = max(1, _SHORT_BLOCK // n)
-        for blk in prange((rows + per - 1) // per):
-            r0 = blk * per
-            _short_rows(xf, of, n, r0, min(rows, r0 + per), log, zero)
-    else:
-        for r in prange(rows):
-            wide_vectors()
-            softmax_row(x[r], out[r], log, zero)
+    for r in prange(x.shape[0]):
+        wide_vectors()
+        softmax_row(x[r], out[r], log, zero)
 
 
-#: Rows shorter than this many elements are done a block of rows at a time (:func:`_short_rows`).
+#: Rows shorter than this many elements go to :func:`_softmax_short_rows` instead.
 _SHORT_ROW = 32
 #: elements per block of short rows (a few KiB: L1)
 _SHORT_BLOCK = 512
+
+
+@jit(parallel=True)
+def _softmax_short_rows(x, out, log, zero):
+    """:func:`_softmax_rows` for rows shorter than ``_SHORT_ROW``, a block of rows at a time
+    (:func:`_short_rows`). A kernel of its own, not a branch of ``_softmax_rows``: both paths in one
+    kernel doubled the compile time of its first call (3.5-5 s to 7 s)."""
+    rows, n = x.shape
+    xf = x.reshape(rows * n)
+    of = out.reshape(rows * n)
+    per = max(1, _SHORT_BLOCK // n)
+    for blk in prange((rows + per - 1) // per):
+        r0 = blk * per
+        _short_rows(xf, of, n, r0, min(rows, r0 + per), log, zero)
 
 
 @jit
@@ -479,13 +484,15 @@ def _numba_impl(x, axes, out, log):
         direct = out is not None and out.dtype == x.dtype and out.flags.c_contiguous
         res = out if direct else np.empty(x.shape, dtype=x.dtype)
         if post == 1:
-            _softmax_rows(readonly(x.reshape(pre, n)), res.reshape(pre, n), log, x.dtype.type(0))
+            kernel = _softmax_short_rows if n < _SHORT_ROW else _softmax_rows
+            kernel(readonly(x.reshape(pre, n)), res.reshape(pre, n), log, x.dtype.type(0))
         else:
             _softmax_mid(readonly(x.reshape(pre, n, post)), res.reshape(pre, n, post), log, _CHUNK)
         return res if direct else _finish(res, out)
     x2, moved_shape, keep = _to_rows(x, axes)
     res2 = np.empty_like(x2)
-    _softmax_rows(readonly(x2), res2, log, x.dtype.type(0))
+    kernel = _softmax_short_rows if x2.shape[1] < _SHORT_ROW else _softmax_rows
+    kernel(readonly(x2), res2, log, x.dtype.type(0))
     return _finish(_from_rows(res2, moved_shape, keep, axes), out)
 
 

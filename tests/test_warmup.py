@@ -90,7 +90,7 @@ def test_warmup_fills_the_cache_then_a_new_process_loads_it(tmp_path):
         """
         import sys, numpy as np, fastla
         fastla.softmax(np.ones((4, 5)), backend="numba")
-        k = sys.modules["fastla.softmax"]._softmax_rows
+        k = sys.modules["fastla.softmax"]._softmax_short_rows  # rows under 32
         print(sum(k.stats.cache_hits.values()), sum(k.stats.cache_misses.values()))
         """,
         tmp_path,
@@ -189,7 +189,7 @@ def test_concurrent_warmups_do_not_corrupt_the_cache(tmp_path):
             for fn, ref in ((fastla.softmax, sps.softmax), (fastla.log_softmax, sps.log_softmax)):
                 for axis in (-1, 0):
                     assert np.allclose(fn(x, axis=axis, backend="numba"), ref(x, axis=axis), atol=1e-5)
-        k = sys.modules["fastla.softmax"]._softmax_rows
+        k = sys.modules["fastla.softmax"]._softmax_short_rows  # rows under 32
         print("ok", sum(k.stats.cache_misses.values()))
         """,
         tmp_path,
@@ -208,7 +208,7 @@ def test_changed_source_recompiles(tmp_path):
     code = """
         import sys, numpy as np, fastla
         fastla.softmax(np.ones((4, 5)), backend="numba")
-        k = sys.modules["fastla.softmax"]._softmax_rows
+        k = sys.modules["fastla.softmax"]._softmax_short_rows  # rows under 32
         print(sum(k.stats.cache_hits.values()), sum(k.stats.cache_misses.values()))
     """
     cache = tmp_path / "cache"
