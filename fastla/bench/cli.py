@@ -227,11 +227,12 @@ def main(args):
         print(f"baseline written: {path} (machine key {key})")
     if not (args.check or args.compare):
         return 0
-    status, failed = _gate(rows, machine, key, args, settings, results, tolerance)
+    status, failed, items = _gate(rows, machine, key, args, settings, results, tolerance)
     if failed and not args.from_json and args.confirm:
         # Shared machines swing timings by 20% and sometimes 2x for a few seconds: a failure counts
-        # only when a second measurement of its ops, right away, fails too. A real regression (a kernel
-        # made 2x slower, fallen back to scalar code) fails both; a burst of noise rarely does.
+        # only when a second measurement of its ops, right away, fails the same target or baseline
+        # ratio again. A real regression (a kernel made 2x slower, fallen back to scalar code) fails
+        # both; a burst of noise rarely hits the same item twice.
         redo = sorted(failed)
         print(f"\nre-measuring {', '.join(redo)}: a failure must repeat to count")
         again = argparse.Namespace(**{**vars(args), "ops": ",".join(redo), "compile_ops": "none"})
@@ -244,13 +245,27 @@ def main(args):
         rows = [r for r in rows if r.op not in failed] + rows2
         results = report.target_results(rows, targets, tolerance, _w.WORKLOADS, args.set, ops)
         print("verdict on the re-measured ops (the rest as first measured):")
-        status, _ = _gate(rows, machine, key, args, settings, results, tolerance)
+        status2, _, items2 = _gate(rows, machine, key, args, settings, results, tolerance)
+        status = confirmed(items, status2, items2)
     return status
 
 
+def confirmed(items, status2, items2):
+    """The gate's exit status after a re-measurement: 1 when an item (a target floor, a baseline
+    ratio) failed in both measurements, or the second failed otherwise (a baseline that no longer
+    matches the run); an item failing in one of them only is reported and not counted."""
+    repeated = items & items2
+    once = sorted((items | items2) - repeated)
+    if once:
+        print(f"failed in one measurement only (not counted): {'; '.join(once)}")
+    print(f"failed in both: {'; '.join(sorted(repeated))}" if repeated else "no failure repeated")
+    return 1 if repeated or (status2 and not items2) else 0
+
+
 def _gate(rows, machine, key, args, settings, results, tolerance):
-    """``--check`` and ``--compare``: print each failure; return (exit status, ops that failed)."""
-    status, failed = 0, set()
+    """``--check`` and ``--compare``: print each failure; return (exit status, ops that failed, the
+    failing items: a floor by target, a regression by baseline ratio)."""
+    status, failed, items = 0, set(), set()
     if args.check:
         low = [r for r in results if r[2] == "BELOW FLOOR"]
         for t, measured, _ in low:
@@ -259,6 +274,7 @@ def _gate(rows, machine, key, args, settings, results, tolerance):
             print(
                 f"CHECK FAILED: {t['op']} [{t['size']}] {what}: {measured:.3g} beyond the floor {floor:.3g}"
             )
+            items.add(f"floor {t['op']} [{t['size']}] {what}")
             if t["op"] != "compile":  # a first-call time is measured once, in its own process
                 failed.add(t["op"])
         if not low:
@@ -268,12 +284,13 @@ def _gate(rows, machine, key, args, settings, results, tolerance):
     if args.compare:
         rc, regressed = _compare(rows, machine, key, args, settings)
         status = rc or status
-        failed |= regressed
-    return status, failed
+        failed |= {name.split("|")[0] for name in regressed}
+        items |= {f"baseline {name}" for name in regressed}
+    return status, failed, items
 
 
 def _compare(rows, machine, key, args, settings):
-    """The baseline comparison: (exit status it asks for, ops with a regression)."""
+    """The baseline comparison: (exit status it asks for, the regressed ratios' names ``op|size|impl``)."""
     tol = settings.get("compare_tolerance", 0.6)
     path = Path(args.compare)
     if path.is_dir() or path.suffix != ".json":  # a directory of baselines by machine kind (maybe none yet)
@@ -296,4 +313,4 @@ def _compare(rows, machine, key, args, settings):
         print(f"REGRESSION: {name}: {now:.2f}× now vs {base:.2f}× in the baseline (tolerance {tol})")
     if not regressions:
         print(f"no ratio regressions against {path} (tolerance {tol})")
-    return (1 if regressions else 0), {name.split("|")[0] for name, _, _ in regressions}
+    return (1 if regressions else 0), {name for name, _, _ in regressions}
