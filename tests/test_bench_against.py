@@ -88,7 +88,11 @@ def pair(tmp_path):
 def test_against_catches_a_slowed_op_and_reports_the_rest(pair, tmp_path, capsys):
     base, cand, wl = pair
     out = tmp_path / "against.json"
-    rc = against.run(ref=str(base), repo=cand, workloads_file=wl, rounds=5, json_path=out, min_batch_s=0.005)
+    # judged at 30%, as the identical checkouts below: beside other tests (pytest -n 2) the unchanged
+    # op once measured beyond 10% twice; the 2x op is far past 30%
+    rc = against.run(
+        ref=str(base), repo=cand, workloads_file=wl, rounds=5, threshold=0.3, json_path=out, min_batch_s=0.005
+    )
     text = capsys.readouterr().out
     assert rc == 1, text
     assert "REGRESSION: wait[a] numba" in text
