@@ -128,6 +128,11 @@ def _softmax_short_rows(x, out, log, zero):
         _short_rows(xf, of, n, r0, min(rows, r0 + per), log, zero)
 
 
+def _rows_kernel(n):
+    """The last-axis kernel for rows of ``n`` elements."""
+    return _softmax_short_rows if n < _SHORT_ROW else _softmax_rows
+
+
 @jit
 def _short_rows(xf, of, n, r0, r1, log, zero):
     """Rows ``r0:r1`` of the C-order ``(rows, n)`` array flattened in ``xf``, into ``of``: the results
@@ -484,15 +489,13 @@ def _numba_impl(x, axes, out, log):
         direct = out is not None and out.dtype == x.dtype and out.flags.c_contiguous
         res = out if direct else np.empty(x.shape, dtype=x.dtype)
         if post == 1:
-            kernel = _softmax_short_rows if n < _SHORT_ROW else _softmax_rows
-            kernel(readonly(x.reshape(pre, n)), res.reshape(pre, n), log, x.dtype.type(0))
+            _rows_kernel(n)(readonly(x.reshape(pre, n)), res.reshape(pre, n), log, x.dtype.type(0))
         else:
             _softmax_mid(readonly(x.reshape(pre, n, post)), res.reshape(pre, n, post), log, _CHUNK)
         return res if direct else _finish(res, out)
     x2, moved_shape, keep = _to_rows(x, axes)
     res2 = np.empty_like(x2)
-    kernel = _softmax_short_rows if x2.shape[1] < _SHORT_ROW else _softmax_rows
-    kernel(readonly(x2), res2, log, x.dtype.type(0))
+    _rows_kernel(x2.shape[1])(readonly(x2), res2, log, x.dtype.type(0))
     return _finish(_from_rows(res2, moved_shape, keep, axes), out)
 
 
