@@ -95,6 +95,65 @@ NO_SCALE = {dt: np.empty(0, dt) for dt in BLOCKING}
 # --------------------------------------------------------------------------- micro-kernel
 
 
+def _fma_loop(builder, vty, trip, count, body):
+    """Emit ``for t in range(trip): accs = body(t, accs, fma)`` over ``count`` vector accumulators
+    that start at zero; return their final values (zero when ``trip <= 0``). ``body`` builds one step
+    and returns the new accumulators; ``fma(x, y, acc)`` emits ``llvm.fma`` on ``vty`` vectors (a
+    scalar ``x`` is broadcast first)."""
+    from llvmlite import ir
+
+    bits = 64 if isinstance(vty.element, ir.DoubleType) else 32
+    fn_fma = _intrinsics.llvm_function(builder, f"llvm.fma.v{vty.count}f{bits}", vty, [vty, vty, vty])
+
+    def fma(x, y, acc):
+        return builder.call(
+            fn_fma, [x if isinstance(x.type, ir.VectorType) else _splat(builder, x, vty), y, acc]
+        )
+
+    i64 = ir.IntType(64)
+    zero = ir.Constant(vty, None)
+    fn = builder.function
+    pre = builder.block
+    loop = fn.append_basic_block("fma.loop")
+    done = fn.append_basic_block("fma.done")
+    builder.cbranch(builder.icmp_signed(">", trip, ir.Constant(i64, 0)), loop, done)
+
+    builder.position_at_end(loop)
+    t = builder.phi(i64, "t")
+    t.add_incoming(ir.Constant(i64, 0), pre)
+    accs = []
+    for _ in range(count):
+        phi = builder.phi(vty)
+        phi.add_incoming(zero, pre)
+        accs.append(phi)
+    new = body(t, accs, fma)
+    t_next = builder.add(t, ir.Constant(i64, 1))
+    t.add_incoming(t_next, builder.block)
+    for phi, val in zip(accs, new, strict=True):
+        phi.add_incoming(val, builder.block)
+    end = builder.block
+    builder.cbranch(builder.icmp_signed("<", t_next, trip), loop, done)
+
+    builder.position_at_end(done)
+    final = []
+    for val in new:  # phis first: LLVM wants them grouped at the top of the block
+        fin = builder.phi(vty)
+        fin.add_incoming(zero, pre)
+        fin.add_incoming(val, end)
+        final.append(fin)
+    return final
+
+
+def _splat(builder, x, vty):
+    """``x`` in every lane of a ``vty`` vector."""
+    from llvmlite import ir
+
+    i32 = ir.IntType(32)
+    undef = ir.Constant(vty, ir.Undefined)
+    mask = ir.Constant(ir.VectorType(i32, vty.count), [0] * vty.count)
+    return builder.shuffle_vector(builder.insert_element(undef, x, ir.Constant(i32, 0)), undef, mask)
+
+
 def _microkernel_twin(kc, A, aoff, B, boff, ldb, C, coff, ldc, load_c):
     """Python twin: ``C[tile] (+)= Apanel.T @ Bpanel`` on the same layouts as the IR."""
     blk = BLOCKING[A.dtype]
@@ -152,52 +211,22 @@ def microkernel(typingctx, kc, A, aoff, B, boff, ldb, C, coff, ldc, load_c):
         ldc_i = as_i64(ldc_v, sig.args[8])
         ldb_i = as_i64(ldb_v, sig.args[5])
 
-        fma = _intrinsics.llvm_function(builder, f"llvm.fma.v{w}f{8 * align}", vty, [vty, vty, vty])
-        zero = ir.Constant(vty, None)
-        splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), w), [0] * w)
-        undef = ir.Constant(vty, ir.Undefined)
+        def step(k, accs, fma):
+            bp = builder.gep(b_base, [builder.mul(k, ldb_i)])
+            bvec = [
+                builder.load(builder.bitcast(builder.gep(bp, [ir.Constant(i64, v * w)]), vptr), align=align)
+                for v in range(nv)
+            ]
+            ap = builder.gep(a_base, [builder.mul(k, ir.Constant(i64, mr))])
+            new = []
+            for i in range(mr):
+                splat = _splat(
+                    builder, builder.load(builder.gep(ap, [ir.Constant(i64, i)]), align=align), vty
+                )
+                new += [fma(splat, vec, accs[i * nv + v]) for v, vec in enumerate(bvec)]
+            return new
 
-        fn = builder.function
-        pre = builder.block
-        loop = fn.append_basic_block("uk.loop")
-        done = fn.append_basic_block("uk.done")
-        builder.cbranch(builder.icmp_signed(">", kc_i, ir.Constant(i64, 0)), loop, done)
-
-        builder.position_at_end(loop)
-        k = builder.phi(i64, "k")
-        k.add_incoming(ir.Constant(i64, 0), pre)
-        accs = []
-        for _ in range(mr * nv):
-            phi = builder.phi(vty)
-            phi.add_incoming(zero, pre)
-            accs.append(phi)
-        bp = builder.gep(b_base, [builder.mul(k, ldb_i)])
-        bvec = [
-            builder.load(builder.bitcast(builder.gep(bp, [ir.Constant(i64, v * w)]), vptr), align=align)
-            for v in range(nv)
-        ]
-        ap = builder.gep(a_base, [builder.mul(k, ir.Constant(i64, mr))])
-        new = []
-        for i in range(mr):
-            a = builder.load(builder.gep(ap, [ir.Constant(i64, i)]), align=align)
-            splat = builder.shuffle_vector(
-                builder.insert_element(undef, a, ir.Constant(ir.IntType(32), 0)), undef, splat_mask
-            )
-            for v in range(nv):
-                new.append(builder.call(fma, [splat, bvec[v], accs[i * nv + v]]))
-        k_next = builder.add(k, ir.Constant(i64, 1))
-        k.add_incoming(k_next, loop)
-        for phi, val in zip(accs, new, strict=False):
-            phi.add_incoming(val, loop)
-        builder.cbranch(builder.icmp_signed("<", k_next, kc_i), loop, done)
-
-        builder.position_at_end(done)
-        final = []
-        for val in new:  # phis first: LLVM wants them grouped at the top of the block
-            fin = builder.phi(vty)
-            fin.add_incoming(zero, pre)
-            fin.add_incoming(val, loop)
-            final.append(fin)
+        final = _fma_loop(builder, vty, kc_i, mr * nv, step)
         ptrs = []
         for i in range(mr):
             row = builder.gep(c_base, [builder.mul(ldc_i, ir.Constant(i64, i))])
@@ -604,22 +633,162 @@ def _ikj_row(a, b, c, i):
             c[i, j] += aip * b[p, j]
 
 
+# --------------------------------------------------------------------------- small products in vectors
+#
+# A product of a few rows and columns (4x4, 8x8: the stacks of small matrices and fastla.kernels.matmul
+# inside a user's loop) is too small to pack, and written as plain Numba loops it stays scalar (the
+# j loop is too short for the loop vectoriser, and Numba leaves the SLP vectoriser off): a 4x4 f64
+# product took 45-75 ns in a user's loop, about a scalar multiply-add per cycle. The tile below holds
+# R rows x W columns of C as R vectors of W lanes (W = 32 bytes of lanes: 4 f64 or 8 f32, one ymm on
+# AVX2 and AVX-512 alike): per k step one vector load of a row of B, R broadcasts of A, R FMAs.
+
+#: Bytes in one vector of a small-product tile, and rows of A per tile.
+SMALL_VECTOR_BYTES = 32
+SMALL_TILE_ROWS = 4
+
+
+def _small_tile_twin(rows):
+    def twin(a, b, c, i0, j0):
+        w = SMALL_VECTOR_BYTES // a.itemsize
+        c[i0 : i0 + rows, j0 : j0 + w] = a[i0 : i0 + rows] @ b[:, j0 : j0 + w]
+
+    return twin
+
+
+def _small_tile(rows):
+    """Intrinsic ``c[i0:i0+rows, j0:j0+W] = a[i0:i0+rows, :] @ b[:, j0:j0+W]`` for one dtype; B and C
+    must have unit stride along a row (the caller checks), A any strides."""
+
+    @_jit.intrinsic(_small_tile_twin(rows))
+    def small_tile(typingctx, a, b, c, i0, j0):
+        from llvmlite import ir
+        from numba.core import cgutils
+
+        nbt = _jit.nb_types
+        if not all(isinstance(t, nbt.Array) and t.ndim == 2 for t in (a, b, c)):
+            return None
+        if not (a.dtype == b.dtype == c.dtype) or a.dtype not in (nbt.float32, nbt.float64):
+            return None
+        itemsize = 8 if a.dtype == nbt.float64 else 4
+        w = SMALL_VECTOR_BYTES // itemsize
+        sig = nbt.void(a, b, c, i0, j0)
+
+        def codegen(context, builder, sig, args):
+            a_v, b_v, c_v, i0_v, j0_v = args
+            i64 = ir.IntType(64)
+            i8p = ir.IntType(8).as_pointer()
+            fty = context.get_value_type(sig.args[0].dtype)
+            vty = ir.VectorType(fty, w)
+
+            def parts(ty, val):
+                arr = context.make_array(ty)(context, builder, val)
+                shape = cgutils.unpack_tuple(builder, arr.shape, 2)
+                strides = cgutils.unpack_tuple(builder, arr.strides, 2)
+                return builder.bitcast(arr.data, i8p), shape, strides
+
+            a_data, a_shape, a_str = parts(sig.args[0], a_v)
+            b_data, _, b_str = parts(sig.args[1], b_v)
+            c_data, _, c_str = parts(sig.args[2], c_v)
+            i0_i = context.cast(builder, i0_v, sig.args[3], nbt.int64)
+            j0_i = context.cast(builder, j0_v, sig.args[4], nbt.int64)
+            col = builder.mul(j0_i, ir.Constant(i64, itemsize))
+            k_i = a_shape[1]
+
+            def at(base, offset, ty):
+                return builder.bitcast(builder.gep(base, [offset]), ty.as_pointer())
+
+            a_rows = [
+                builder.gep(a_data, [builder.mul(builder.add(i0_i, ir.Constant(i64, r)), a_str[0])])
+                for r in range(rows)
+            ]
+            b_col = builder.gep(b_data, [col])
+
+            def step(p, accs, fma):
+                bvec = builder.load(at(b_col, builder.mul(p, b_str[0]), vty), align=itemsize)
+                a_off = builder.mul(p, a_str[1])
+                return [
+                    fma(builder.load(at(row, a_off, fty), align=itemsize), bvec, acc)
+                    for row, acc in zip(a_rows, accs, strict=True)
+                ]
+
+            final = _fma_loop(builder, vty, k_i, rows, step)
+            c_col = builder.gep(c_data, [col])
+            for r, val in enumerate(final):
+                row = builder.mul(builder.add(i0_i, ir.Constant(i64, r)), c_str[0])
+                builder.store(val, at(c_col, row, vty), align=itemsize)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return small_tile
+
+
+small_tile_rows = _small_tile(SMALL_TILE_ROWS)
+small_tile_row = _small_tile(1)
+
+
+def vector_columns(a, b, c):
+    """Columns ``[0, returned)`` of ``c = a @ b`` computed in vector tiles (in compiled code, when a,
+    b and c share a float dtype and B and C have unit stride along a row); 0 when none are."""
+    return 0
+
+
+@_jit.overload(vector_columns)
+def _vector_columns_typer(a, b, c):
+    nbt = _jit.nb_types
+    same = a.dtype == b.dtype == c.dtype and a.dtype in (nbt.float32, nbt.float64)
+    if not same:
+        return lambda a, b, c: 0
+    itemsize = 8 if a.dtype == nbt.float64 else 4
+    w = SMALL_VECTOR_BYTES // itemsize
+    rows = SMALL_TILE_ROWS
+
+    def impl(a, b, c):
+        m = a.shape[0]
+        n = b.shape[1]
+        if n < w or a.shape[1] == 0 or b.strides[1] != itemsize or c.strides[1] != itemsize:
+            return 0
+        if m == rows and n == w:
+            small_tile_rows(a, b, c, 0, 0)
+            return n
+        nw = n - n % w
+        m_tiles = m - m % rows
+        for jb in range(nw // w):
+            for ib in range(m_tiles // rows):
+                small_tile_rows(a, b, c, ib * rows, jb * w)
+            for i in range(m_tiles, m):
+                small_tile_row(a, b, c, i, jb * w)
+        return nw
+
+    return impl
+
+
 @jit(inline="always")
 def small_product(a, b, c):
     """``c = a @ b`` for small 2-D operands, no packing, no allocation (also
-    ``fastla.kernels.matmul``). Rows narrower than 8: four columns at a time accumulated in
+    ``fastla.kernels.matmul``): the columns that fill whole vectors in register tiles
+    (:func:`vector_columns`), the rest by :func:`_scalar_columns`.
+    """
+    j0 = vector_columns(a, b, c)
+    if j0 < b.shape[1]:
+        _scalar_columns(a, b, c, j0)
+
+
+@jit(inline="always")
+def _scalar_columns(a, b, c, j0):
+    """Columns ``j0:`` of ``c = a @ b``, those that :func:`vector_columns` left: none of them when they fill
+    whole vectors (4x4 f64, 8x8 f32), so a separate function (inlined, its loops cost a 4x4 product
+    in a user's loop 22 ns against 11). Rows narrower than 8: four columns at a time accumulated in
     registers and stored once (LLVM cannot prove that ``c`` aliases neither ``a`` nor ``b``, so
-    ``c[i, j] +=`` reloads and stores at every step); wider rows: i-k-j with the running row in
-    ``c``, whose j loop vectorises. Measured in a user's @njit loop over 100k products (f64, 1
-    thread): 4x4 45 ns in registers against 121 ns with i-k-j, 3x3 45 vs 80, 5x5 92 vs 178; 8x8
-    249 vs 221.
+    ``c[i, j] +=`` reloads and stores at every step); wider rows (mixed dtypes, strided rows): i-k-j
+    with the running row in ``c``, whose j loop vectorises.
     """
     m, k = a.shape
     n = b.shape[1]
-    if n < 8 and k > 0:
-        n4 = n - n % 4
+    if n - j0 < 8 and k > 0:
+        n4 = n - (n - j0) % 4
         for i in range(m):
-            for j in range(0, n4, 4):
+            for j in range(j0, n4, 4):
                 a0 = a[i, 0]
                 s0 = a0 * b[0, j]
                 s1 = a0 * b[0, j + 1]

@@ -347,7 +347,8 @@ def _matmul_typer(a, b, out=None):
     if not (_is_array(a, (2,)) and _is_array(b, (2,))):
         return None
     if out is None or isinstance(out, nbt.NoneType | nbt.Omitted):
-        return lambda a, b, out=None: _matmul2d(a, b, np.empty((a.shape[0], b.shape[1]), a.dtype))
+        dt = nbt.float64 if nbt.float64 in (a.dtype, b.dtype) else a.dtype  # np.result_type's
+        return lambda a, b, out=None: _matmul2d(a, b, np.empty((a.shape[0], b.shape[1]), dt))
     return lambda a, b, out=None: _matmul2d(a, b, out)
 
 

@@ -209,12 +209,31 @@ def test_products(dtype, rng):
     np.testing.assert_allclose(kernels.gemm(A, B, np.zeros((70, 45), dtype)), A @ B, rtol=1e-4, atol=1e-3)
 
 
-@pytest.mark.parametrize("m, k, n", [(3, 3, 3), (5, 2, 7), (2, 1, 6), (1, 5, 1), (4, 9, 9), (3, 0, 5)])
+SMALL_SHAPES = [(3, 3, 3), (5, 2, 7), (2, 1, 6), (1, 5, 1), (4, 9, 9), (3, 0, 5), (3, 0, 8)]
+# vector tiles (whole vectors of columns: 4 f64 or 8 f32) with row tiles of 4 and single rows left
+SMALL_SHAPES += [(4, 4, 4), (8, 8, 8), (7, 3, 16), (5, 6, 12), (9, 5, 11), (1, 1, 8)]
+
+
+@pytest.mark.parametrize("m, k, n", SMALL_SHAPES)
 def test_small_products_of_every_shape(dtype, rng, m, k, n):
-    """Narrow rows (four columns in registers, then a ragged tail), wide rows (i-k-j), k = 0."""
+    """Vector tiles and the columns they leave (four columns in registers, then a ragged tail),
+    narrow rows, k = 0; then the same product of strided views (no vector loads along a row) and of
+    mixed dtypes."""
     a = rng.standard_normal((m, k)).astype(dtype)
     b = rng.standard_normal((k, n)).astype(dtype)
     np.testing.assert_allclose(user_matmul(a, b), a @ b, rtol=_tol(dtype) * 10, atol=_tol(dtype))
+    wide_a = np.zeros((m, 2 * k), dtype)
+    wide_a[:, ::2] = a
+    wide_b = np.zeros((k, 2 * n), dtype)
+    wide_b[:, ::2] = b
+    out = np.full((m, 2 * n), 7, dtype)
+    kernels.matmul(wide_a[:, ::2], wide_b[:, ::2], out[:, ::2])
+    np.testing.assert_allclose(out[:, ::2], a @ b, rtol=_tol(dtype) * 10, atol=_tol(dtype))
+    assert (out[:, 1::2] == 7).all()
+    other = np.float32 if dtype == np.float64 else np.float64
+    mixed = user_matmul(a, b.astype(other))
+    assert mixed.dtype == np.float64
+    np.testing.assert_allclose(mixed, a @ b.astype(other), rtol=_tol(np.float32) * 10, atol=_tol(np.float32))
 
 
 @pytest.mark.parametrize("n", [1, 3, 4, 8, 16])
