@@ -648,19 +648,20 @@ SMALL_TILE_ROWS = 4
 
 
 def _small_tile_twin(rows):
-    def twin(a, b, c, i0, j0):
-        w = SMALL_VECTOR_BYTES // a.itemsize
-        c[i0 : i0 + rows, j0 : j0 + w] = a[i0 : i0 + rows] @ b[:, j0 : j0 + w]
+    def twin(a, b, c, i0, j0, cols):
+        c[i0 : i0 + rows, j0 : j0 + cols] = a[i0 : i0 + rows] @ b[:, j0 : j0 + cols]
 
     return twin
 
 
-def _small_tile(rows):
-    """Intrinsic ``c[i0:i0+rows, j0:j0+W] = a[i0:i0+rows, :] @ b[:, j0:j0+W]`` for one dtype; B and C
-    must have unit stride along a row (the caller checks), A any strides."""
+def _small_tile(rows, masked):
+    """Intrinsic ``c[i0:i0+rows, j0:j0+cols] = a[i0:i0+rows, :] @ b[:, j0:j0+cols]`` in vectors of
+    W lanes: ``cols == W``, or (``masked``) ``cols < W``, B and C then read and written through
+    ``llvm.masked.load/store`` (no access past the valid columns). A, B and C share one float
+    dtype; B and C have unit stride along a row (the caller checks), A any strides."""
 
     @_jit.intrinsic(_small_tile_twin(rows))
-    def small_tile(typingctx, a, b, c, i0, j0):
+    def small_tile(typingctx, a, b, c, i0, j0, cols):
         from llvmlite import ir
         from numba.core import cgutils
 
@@ -671,14 +672,15 @@ def _small_tile(rows):
             return None
         itemsize = 8 if a.dtype == nbt.float64 else 4
         w = SMALL_VECTOR_BYTES // itemsize
-        sig = nbt.void(a, b, c, i0, j0)
+        sig = nbt.void(a, b, c, i0, j0, cols)
 
         def codegen(context, builder, sig, args):
-            a_v, b_v, c_v, i0_v, j0_v = args
-            i64 = ir.IntType(64)
+            a_v, b_v, c_v, i0_v, j0_v, cols_v = args
+            i64, i32 = ir.IntType(64), ir.IntType(32)
             i8p = ir.IntType(8).as_pointer()
             fty = context.get_value_type(sig.args[0].dtype)
             vty = ir.VectorType(fty, w)
+            align = ir.Constant(i32, itemsize)
 
             def parts(ty, val):
                 arr = context.make_array(ty)(context, builder, val)
@@ -697,6 +699,35 @@ def _small_tile(rows):
             def at(base, offset, ty):
                 return builder.bitcast(builder.gep(base, [offset]), ty.as_pointer())
 
+            if masked:
+                ity = ir.VectorType(i64, w)
+                cols_i = context.cast(builder, cols_v, sig.args[5], nbt.int64)
+                mask = builder.icmp_unsigned(
+                    "<", ir.Constant(ity, list(range(w))), _splat(builder, cols_i, ity)
+                )
+                suffix = f"v{w}f{8 * itemsize}.p0"
+                mty = mask.type
+                m_load = _intrinsics.llvm_function(
+                    builder, f"llvm.masked.load.{suffix}", vty, [vty.as_pointer(), i32, mty, vty]
+                )
+                m_store = _intrinsics.llvm_function(
+                    builder, f"llvm.masked.store.{suffix}", ir.VoidType(), [vty, vty.as_pointer(), i32, mty]
+                )
+
+                def load_row(ptr):
+                    return builder.call(m_load, [ptr, align, mask, ir.Constant(vty, None)])
+
+                def store_row(val, ptr):
+                    builder.call(m_store, [val, ptr, align, mask])
+
+            else:
+
+                def load_row(ptr):
+                    return builder.load(ptr, align=itemsize)
+
+                def store_row(val, ptr):
+                    builder.store(val, ptr, align=itemsize)
+
             a_rows = [
                 builder.gep(a_data, [builder.mul(builder.add(i0_i, ir.Constant(i64, r)), a_str[0])])
                 for r in range(rows)
@@ -704,7 +735,7 @@ def _small_tile(rows):
             b_col = builder.gep(b_data, [col])
 
             def step(p, accs, fma):
-                bvec = builder.load(at(b_col, builder.mul(p, b_str[0]), vty), align=itemsize)
+                bvec = load_row(at(b_col, builder.mul(p, b_str[0]), vty))
                 a_off = builder.mul(p, a_str[1])
                 return [
                     fma(builder.load(at(row, a_off, fty), align=itemsize), bvec, acc)
@@ -714,8 +745,7 @@ def _small_tile(rows):
             final = _fma_loop(builder, vty, k_i, rows, step)
             c_col = builder.gep(c_data, [col])
             for r, val in enumerate(final):
-                row = builder.mul(builder.add(i0_i, ir.Constant(i64, r)), c_str[0])
-                builder.store(val, at(c_col, row, vty), align=itemsize)
+                store_row(val, at(c_col, builder.mul(builder.add(i0_i, ir.Constant(i64, r)), c_str[0]), vty))
             return context.get_dummy_value()
 
         return sig, codegen
@@ -723,55 +753,102 @@ def _small_tile(rows):
     return small_tile
 
 
-small_tile_rows = _small_tile(SMALL_TILE_ROWS)
-small_tile_row = _small_tile(1)
+_TILES = {masked: (_small_tile(SMALL_TILE_ROWS, masked), _small_tile(1, masked)) for masked in (False, True)}
+
+
+def _column_tiles(masked):
+    tile_rows, tile_row = _TILES[masked]
+    rows = SMALL_TILE_ROWS
+
+    @jit(inline="always")
+    def column_tiles(a, b, c, j0, cols):
+        """Columns ``j0:j0+cols`` of ``c = a @ b``: tiles of SMALL_TILE_ROWS rows, then single rows."""
+        m = a.shape[0]
+        m_tiles = m - m % rows
+        for ib in range(m_tiles // rows):
+            tile_rows(a, b, c, ib * rows, j0, cols)
+        for i in range(m_tiles, m):
+            tile_row(a, b, c, i, j0, cols)
+
+    return column_tiles
+
+
+_full_columns = _column_tiles(False)
+_masked_columns = _column_tiles(True)
+
+
+def _vector_width(a, b, c):
+    """Lanes of a small-product vector for these Numba array types: 0 unless a, b and c share a
+    float dtype."""
+    nbt = _jit.nb_types
+    if not (a.dtype == b.dtype == c.dtype and a.dtype in (nbt.float32, nbt.float64)):
+        return 0
+    return SMALL_VECTOR_BYTES // (8 if a.dtype == nbt.float64 else 4)
 
 
 def vector_columns(a, b, c):
-    """Columns ``[0, returned)`` of ``c = a @ b`` computed in vector tiles (in compiled code, when a,
-    b and c share a float dtype and B and C have unit stride along a row); 0 when none are."""
+    """Columns ``[0, returned)`` of ``c = a @ b`` computed in whole vector tiles (in compiled code,
+    when a, b and c share a float dtype and B and C have unit stride along a row); 0 when none are."""
     return 0
 
 
 @_jit.overload(vector_columns)
 def _vector_columns_typer(a, b, c):
-    nbt = _jit.nb_types
-    same = a.dtype == b.dtype == c.dtype and a.dtype in (nbt.float32, nbt.float64)
-    if not same:
+    w = _vector_width(a, b, c)
+    if not w:
         return lambda a, b, c: 0
-    itemsize = 8 if a.dtype == nbt.float64 else 4
-    w = SMALL_VECTOR_BYTES // itemsize
-    rows = SMALL_TILE_ROWS
+    itemsize = SMALL_VECTOR_BYTES // w
 
     def impl(a, b, c):
-        m = a.shape[0]
         n = b.shape[1]
         if n < w or a.shape[1] == 0 or b.strides[1] != itemsize or c.strides[1] != itemsize:
             return 0
-        if m == rows and n == w:
-            small_tile_rows(a, b, c, 0, 0)
-            return n
         nw = n - n % w
-        m_tiles = m - m % rows
         for jb in range(nw // w):
-            for ib in range(m_tiles // rows):
-                small_tile_rows(a, b, c, ib * rows, jb * w)
-            for i in range(m_tiles, m):
-                small_tile_row(a, b, c, i, jb * w)
+            _full_columns(a, b, c, jb * w, w)
         return nw
 
     return impl
 
 
-@jit(inline="always")
 def small_product(a, b, c):
     """``c = a @ b`` for small 2-D operands, no packing, no allocation (also
-    ``fastla.kernels.matmul``): the columns that fill whole vectors in register tiles
-    (:func:`vector_columns`), the rest by :func:`_scalar_columns`.
+    ``fastla.kernels.matmul``). In compiled code, for C-contiguous operands of one float dtype (the
+    views of a stack, a user's rows): vector tiles only, the last columns through masked loads and
+    stores; any other operands: the whole vectors where the rows have unit stride
+    (:func:`vector_columns`), then :func:`_scalar_columns`. Measured in a user's @njit loop (4x4
+    f64, 2000 products, in cache): 12 ns vector-only, 23 ns with the scalar code inlined beside
+    the tiles though never run.
     """
-    j0 = vector_columns(a, b, c)
-    if j0 < b.shape[1]:
-        _scalar_columns(a, b, c, j0)
+    _scalar_columns(a, b, c, 0)
+
+
+@_jit.overload(small_product)
+def _small_product_typer(a, b, c):
+    w = _vector_width(a, b, c)
+    if not (w and a.layout == b.layout == c.layout == "C"):
+
+        def generic(a, b, c):
+            j0 = vector_columns(a, b, c)
+            if j0 < b.shape[1]:
+                _scalar_columns(a, b, c, j0)
+
+        return generic
+
+    tile = _TILES[False][0]
+
+    def contiguous(a, b, c):
+        n = b.shape[1]
+        if a.shape[0] == SMALL_TILE_ROWS and n == w:
+            tile(a, b, c, 0, 0, w)  # one tile (4x4 f64): the loop control below costs as much again
+        else:
+            nw = n - n % w
+            for jb in range(nw // w):
+                _full_columns(a, b, c, jb * w, w)
+            if nw < n:
+                _masked_columns(a, b, c, nw, n - nw)
+
+    return contiguous
 
 
 @jit(inline="always")
