@@ -60,6 +60,47 @@ def test_microkernel_matches_twin(dtype, kc, load_c, ldb_extra, rng):
     np.testing.assert_array_equal(c_ir[mask], c0[mask])
 
 
+_FULL_ROWS, _FULL_ROW = gk._TILES[False]
+_MASKED_ROWS, _MASKED_ROW = gk._TILES[True]
+
+
+@_jit.jit
+def _call_tiles(a, b, c, i0, j0, cols, masked):
+    if masked:
+        _MASKED_ROWS(a, b, c, i0, j0, cols)
+        _MASKED_ROW(a, b, c, i0 + gk.SMALL_TILE_ROWS, j0, cols)
+    else:
+        _FULL_ROWS(a, b, c, i0, j0, cols)
+        _FULL_ROW(a, b, c, i0 + gk.SMALL_TILE_ROWS, j0, cols)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k", [0, 1, 6])
+@pytest.mark.parametrize("masked", [False, True])
+def test_small_tiles_match_twins(dtype, k, masked, rng):
+    """A tile of SMALL_TILE_ROWS rows and one of a single row at (i0, j0), all W columns or (masked)
+    fewer; A read through a strided view; C outside the tiles untouched."""
+    w = gk.SMALL_VECTOR_BYTES // np.dtype(dtype).itemsize
+    cols = w - 3 if masked else w
+    rows = gk.SMALL_TILE_ROWS + 1
+    a = rng.standard_normal((rows + 2, 2 * k)).astype(dtype)[:, ::2]
+    b = rng.standard_normal((k, w + 5)).astype(dtype)
+    c0 = rng.standard_normal((rows + 3, w + 5)).astype(dtype)
+    c_ir, c_py = c0.copy(), c0.copy()
+    _call_tiles(a, b, c_ir, 1, 2, cols, masked)
+    twin_rows, twin_row = gk._small_tile_twin(gk.SMALL_TILE_ROWS), gk._small_tile_twin(1)
+    twin_rows(a, b, c_py, 1, 2, cols)
+    twin_row(a, b, c_py, 1 + gk.SMALL_TILE_ROWS, 2, cols)
+    tol = 1e-5 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(c_ir, c_py, rtol=tol, atol=tol * (1 + k))
+    np.testing.assert_allclose(
+        c_ir[1 : 1 + rows, 2 : 2 + cols], a[1 : 1 + rows] @ b[:, 2 : 2 + cols], rtol=1e-4, atol=1e-4
+    )
+    outside = np.ones(c0.shape, dtype=bool)
+    outside[1 : 1 + rows, 2 : 2 + cols] = False
+    np.testing.assert_array_equal(c_ir[outside], c0[outside])
+
+
 @needs_jit
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_microkernel_asm_uses_vector_fma_without_spills(dtype):
