@@ -85,6 +85,7 @@ def test_transposed_views(rng):
         ((0, 4, 5), (5, 3)),
         ((200, 4, 4), (200, 4, 4)),
         ((50, 8, 3), (1, 3, 8)),
+        ((30, 2, 5), (30, 5, 8)),  # vector tiles: single rows, whole vectors of columns
     ],
 )
 def test_stacks_and_1d(sa, sb, dtype, rng):
