@@ -57,7 +57,7 @@ def _lane_solve_twin(N, K, W, X, S):
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         for i in range(N - 1, -1, -1):
             u = -X[i]
-            for r in range(i + 1, N):
+            for r in range(N - 1, i, -1):  # LAPACK's trsv order: the newest unknown last
                 u = u + W[i, r] * X[r]
             X[i] = u * W[i, i]
 
@@ -131,7 +131,9 @@ def _lane_codegen(n, k, v, itemsize, status_array):
         for i in range(n - 1, -1, -1):
             for c in range(k):
                 u = builder.fneg(x[i][c])
-                for r in range(i + 1, n):
+                # the newest unknown last (LAPACK's trsv order): x[i + 1] then costs one FMA on the
+                # critical path of one system, not n - i - 1
+                for r in range(n - 1, i, -1):
                     u = builder.call(fma, [a[i][r], x[r][c], u])
                 x[i][c] = builder.fmul(u, nrd[i])
         for i in range(n):

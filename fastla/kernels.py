@@ -436,7 +436,7 @@ def _eliminate(w, x):
     for i in range(n - 1, -1, -1):
         for c in range(k):
             u = -x[i, c]
-            for r in range(i + 1, n):
+            for r in range(n - 1, i, -1):  # the batched solver's order
                 u = w[i, r] * x[r, c] + u
             x[i, c] = u * w[i, i]
     return info
