@@ -663,7 +663,6 @@ def _small_tile(rows, masked):
     @_jit.intrinsic(_small_tile_twin(rows))
     def small_tile(typingctx, a, b, c, i0, j0, cols):
         from llvmlite import ir
-        from numba.core import cgutils
 
         nbt = _jit.nb_types
         if not all(isinstance(t, nbt.Array) and t.ndim == 2 for t in (a, b, c)):
@@ -677,20 +676,13 @@ def _small_tile(rows, masked):
         def codegen(context, builder, sig, args):
             a_v, b_v, c_v, i0_v, j0_v, cols_v = args
             i64, i32 = ir.IntType(64), ir.IntType(32)
-            i8p = ir.IntType(8).as_pointer()
             fty = context.get_value_type(sig.args[0].dtype)
             vty = ir.VectorType(fty, w)
             align = ir.Constant(i32, itemsize)
 
-            def parts(ty, val):
-                arr = context.make_array(ty)(context, builder, val)
-                shape = cgutils.unpack_tuple(builder, arr.shape, 2)
-                strides = cgutils.unpack_tuple(builder, arr.strides, 2)
-                return builder.bitcast(arr.data, i8p), shape, strides
-
-            a_data, a_shape, a_str = parts(sig.args[0], a_v)
-            b_data, _, b_str = parts(sig.args[1], b_v)
-            c_data, _, c_str = parts(sig.args[2], c_v)
+            a_data, a_shape, a_str = _intrinsics.array_parts(context, builder, sig.args[0], a_v)
+            b_data, _, b_str = _intrinsics.array_parts(context, builder, sig.args[1], b_v)
+            c_data, _, c_str = _intrinsics.array_parts(context, builder, sig.args[2], c_v)
             i0_i = context.cast(builder, i0_v, sig.args[3], nbt.int64)
             j0_i = context.cast(builder, j0_v, sig.args[4], nbt.int64)
             col = builder.mul(j0_i, ir.Constant(i64, itemsize))

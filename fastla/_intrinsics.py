@@ -27,6 +27,18 @@ def llvm_function(builder, name, return_type, arg_types):
     return cgutils.get_or_insert_function(builder.module, fnty, name)
 
 
+def array_parts(context, builder, ty, val):
+    """The data pointer (as ``i8*``, for byte offsets), shape and strides (in bytes) of the array
+    ``val`` of Numba type ``ty``, as lists of LLVM values (for an intrinsic's code generation)."""
+    from llvmlite import ir
+    from numba.core import cgutils
+
+    arr = context.make_array(ty)(context, builder, val)
+    shape = cgutils.unpack_tuple(builder, arr.shape, ty.ndim)
+    strides = cgutils.unpack_tuple(builder, arr.strides, ty.ndim)
+    return builder.bitcast(arr.data, ir.IntType(8).as_pointer()), shape, strides
+
+
 # --------------------------------------------------------------------------- bit casts
 
 
