@@ -769,6 +769,16 @@ _full_columns = _column_tiles(False)
 _masked_columns = _column_tiles(True)
 
 
+@jit(inline="always")
+def _whole_vector_columns(a, b, c, w):
+    """Columns ``[0, returned)`` of ``c = a @ b``: as many as fill whole vectors of ``w`` lanes."""
+    n = b.shape[1]
+    nw = n - n % w
+    for jb in range(nw // w):
+        _full_columns(a, b, c, jb * w, w)
+    return nw
+
+
 def _vector_width(a, b, c):
     """Lanes of a small-product vector for these Numba array types: 0 unless a, b and c share a
     float dtype."""
@@ -792,13 +802,9 @@ def _vector_columns_typer(a, b, c):
     itemsize = SMALL_VECTOR_BYTES // w
 
     def impl(a, b, c):
-        n = b.shape[1]
-        if n < w or a.shape[1] == 0 or b.strides[1] != itemsize or c.strides[1] != itemsize:
+        if b.shape[1] < w or a.shape[1] == 0 or b.strides[1] != itemsize or c.strides[1] != itemsize:
             return 0
-        nw = n - n % w
-        for jb in range(nw // w):
-            _full_columns(a, b, c, jb * w, w)
-        return nw
+        return _whole_vector_columns(a, b, c, w)
 
     return impl
 
@@ -834,9 +840,7 @@ def _small_product_typer(a, b, c):
         if a.shape[0] == SMALL_TILE_ROWS and n == w:
             tile(a, b, c, 0, 0, w)  # one tile (4x4 f64): the loop control below costs as much again
         else:
-            nw = n - n % w
-            for jb in range(nw // w):
-                _full_columns(a, b, c, jb * w, w)
+            nw = _whole_vector_columns(a, b, c, w)
             if nw < n:
                 _masked_columns(a, b, c, nw, n - nw)
 
@@ -845,12 +849,11 @@ def _small_product_typer(a, b, c):
 
 @jit(inline="always")
 def _scalar_columns(a, b, c, j0):
-    """Columns ``j0:`` of ``c = a @ b``, those that :func:`vector_columns` left: none of them when they fill
-    whole vectors (4x4 f64, 8x8 f32), so a separate function (inlined, its loops cost a 4x4 product
-    in a user's loop 22 ns against 11). Rows narrower than 8: four columns at a time accumulated in
-    registers and stored once (LLVM cannot prove that ``c`` aliases neither ``a`` nor ``b``, so
-    ``c[i, j] +=`` reloads and stores at every step); wider rows (mixed dtypes, strided rows): i-k-j
-    with the running row in ``c``, whose j loop vectorises.
+    """Columns ``j0:`` of ``c = a @ b``, those that :func:`vector_columns` left, for the operands the
+    tiles-only path does not take (strided, mixed dtypes; see :func:`small_product`). Rows narrower
+    than 8: four columns at a time accumulated in registers and stored once (LLVM cannot prove that
+    ``c`` aliases neither ``a`` nor ``b``, so ``c[i, j] +=`` reloads and stores at every step); wider
+    rows: i-k-j with the running row in ``c``, whose j loop vectorises.
     """
     m, k = a.shape
     n = b.shape[1]
