@@ -420,6 +420,32 @@ def macro_kernel(ap, aoff, bp, npan, kc, mc, nc, c, coff, ldc, load_c, tile):
                         c[at] = c[at] + tile[_U(i * nr + j)] if load_c else tile[_U(i * nr + j)]
 
 
+class Block(NamedTuple):
+    """Where one thread's step of :func:`gemm_into` works: rows ``i0:i0+mc`` of A against the packed
+    ``npan`` panels (``nc`` columns) of B at depth ``pc:pc+kc``; its packed A block starts at
+    ``aoff`` and its C block at ``coff`` (row stride ``ldc``), added to when ``load_c``."""
+
+    i0: int
+    mc: int
+    pc: int
+    kc: int
+    aoff: int
+    npan: int
+    nc: int
+    coff: int
+    ldc: int
+    load_c: bool
+
+
+@jit
+def a_block(a, alpha, row_scale, ap, bp, c, tile, at):
+    """One thread's step of :func:`gemm_into`: pack its block of A (``at``, a :class:`Block`) and
+    multiply it by the packed slab of B into C."""
+    mr = tile_mr(c)
+    pack_a(a, at.i0, at.mc, at.pc, at.kc, mr, alpha, row_scale, ap, at.aoff)
+    macro_kernel(ap, at.aoff, bp, at.npan, at.kc, at.mc, at.nc, c, at.coff, at.ldc, at.load_c, tile)
+
+
 class Dest(NamedTuple):
     """Where a GEMM writes C: the m x n block of the flat array ``c`` that starts at ``off`` with row
     stride ``ld`` (unit column stride): a whole C-contiguous result, or a sub-block of a larger
@@ -432,11 +458,15 @@ class Dest(NamedTuple):
 
 class Tiles(NamedTuple):
     """One GEMM call's cache blocking (see :class:`Blocking`): the depth of a rank-k update (KC),
-    the rows of A per packed block (MC) and the columns of B per packed slab (NC)."""
+    the rows of A per packed block (MC) and the columns of B per packed slab (NC); and the entry
+    addresses of :func:`a_block` and :func:`pack_b_panel` (:data:`A_BLOCK`, :data:`PACK_B`), or
+    None to link them into the caller (see :func:`tiles`)."""
 
     kc: int
     mc: int
     nc: int
+    a_block_at: int | None
+    pack_b_at: int | None
 
 
 @jit(parallel=True)
@@ -448,6 +478,7 @@ def gemm_into(a, b, dst, alpha, accumulate, row_scale, col_scale, tiles):
     stores into C without reading it, so ``C = ...`` costs no zeroing pass.
     """
     c, coff, ldc = dst.c, dst.off, dst.ld
+    code = tiles
     kc_max, mc_max, nc_max = tiles.kc, tiles.mc, tiles.nc
     mr = tile_mr(c)
     nr = tile_nr(c)
@@ -467,7 +498,7 @@ def gemm_into(a, b, dst, alpha, accumulate, row_scale, col_scale, tiles):
     nc_pad = (min(nc_max, n) + nr - 1) // nr * nr
     ap = aligned_empty(n_ic * mc_pad * kc_max, c)
     bp = aligned_empty(nc_pad * kc_max, c)
-    tiles = aligned_empty(n_ic * mr * nr, c)
+    scratch = aligned_empty(n_ic * mr * nr, c)
     for jc in range(0, n, nc_max):
         nc = min(nc_max, n - jc)
         npan = (nc + nr - 1) // nr
@@ -475,27 +506,15 @@ def gemm_into(a, b, dst, alpha, accumulate, row_scale, col_scale, tiles):
             kc = min(kc_max, k - pc)
             load_c = accumulate or pc > 0
             for jp in prange(npan):
-                j0 = jc + jp * nr
-                pack_b_panel(b, pc, kc, j0, min(nr, nc - jp * nr), nr, col_scale, bp, jp * kc * nr)
+                cols = min(nr, nc - jp * nr)
+                panel = (b, pc, kc, jc + jp * nr, cols, nr, col_scale, bp, jp * kc * nr)
+                _intrinsics.call_entry(code.pack_b_at, pack_b_panel, panel)
             for ib in prange(n_ic):
                 i0 = ib * mc_max
                 mc = min(mc_max, m - i0)
-                aoff = ib * mc_pad * kc
-                pack_a(a, i0, mc, pc, kc, mr, alpha, row_scale, ap, aoff)
-                macro_kernel(
-                    ap,
-                    aoff,
-                    bp,
-                    npan,
-                    kc,
-                    mc,
-                    nc,
-                    c,
-                    coff + i0 * ldc + jc,
-                    ldc,
-                    load_c,
-                    tiles[ib * mr * nr : (ib + 1) * mr * nr],
-                )
+                at = Block(i0, mc, pc, kc, ib * mc_pad * kc, npan, nc, coff + i0 * ldc + jc, ldc, load_c)
+                tile = scratch[ib * mr * nr : (ib + 1) * mr * nr]
+                _intrinsics.call_entry(code.a_block_at, a_block, (a, alpha, row_scale, ap, bp, c, tile, at))
 
 
 @jit(parallel=True)
@@ -576,6 +595,29 @@ def thin_product(a, v):
     return out.sum(axis=0)[:b, :m] if bands > 1 else out[0, :b, :m]
 
 
+def _a_block_examples(dtype):
+    scalar, flat = dtype.type(1), np.empty(1, dtype)
+    return (operand(flat.reshape(1, 1)), scalar, flat, flat, flat, flat, flat, Block(*range(9), True))
+
+
+def _pack_b_examples(dtype):
+    flat = np.empty(1, dtype)
+    return (operand(flat.reshape(1, 1)), 0, 0, 0, 0, 0, flat, flat, 0)
+
+
+#: :func:`a_block` and :func:`pack_b_panel` as :class:`fastla._jit.Entry` s: :func:`gemm_into`
+#: calls them through their addresses, so that each is compiled once, not again inside every
+#: parallel loop and every caller of the GEMM (``fastla.matmul``'s cold first call: 7.0 -> 4.3 s).
+A_BLOCK = _jit.Entry(a_block, _a_block_examples)
+PACK_B = _jit.Entry(pack_b_panel, _pack_b_examples)
+
+
+def tiles(dtype, kc, mc, nc):
+    """:class:`Tiles` for a Python caller of :func:`gemm_into` on ``dtype`` operands, with the
+    entry addresses (None with the JIT off)."""
+    return Tiles(kc, mc, nc, A_BLOCK.address(dtype), PACK_B.address(dtype))
+
+
 def row_blocking(m, itemsize, threads):
     """MC for ``m`` rows: a multiple of ``threads`` blocks of (nearly) equal height, <= MC, x MR.
 
@@ -605,7 +647,8 @@ def gemm(a, b, out=None, *, threads=None):
     mc = row_blocking(m, a.dtype.itemsize, threads)
     none = NO_SCALE[a.dtype]
     dst = Dest(c.reshape(-1), 0, n)
-    gemm_into(operand(a), operand(b), dst, a.dtype.type(1), False, none, none, Tiles(blk.KC, mc, blk.NC))
+    code = tiles(a.dtype, blk.KC, mc, blk.NC)
+    gemm_into(operand(a), operand(b), dst, a.dtype.type(1), False, none, none, code)
     return c
 
 

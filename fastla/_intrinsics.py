@@ -14,7 +14,7 @@ import struct
 import numpy as np
 
 from fastla._host import vector_bytes
-from fastla._jit import intrinsic, nb_types
+from fastla._jit import Entry, intrinsic, nb_types, overload
 
 
 def llvm_function(builder, name, return_type, arg_types):
@@ -37,6 +37,46 @@ def array_parts(context, builder, ty, val):
     shape = cgutils.unpack_tuple(builder, arr.shape, ty.ndim)
     strides = cgutils.unpack_tuple(builder, arr.strides, ty.ndim)
     return builder.bitcast(arr.data, ir.IntType(8).as_pointer()), shape, strides
+
+
+# --------------------------------------------------------------------------- calls through an address
+
+
+def _call_address_twin(address, fn, args):
+    return fn(*args)
+
+
+@intrinsic(_call_address_twin)
+def _call_address(typingctx, address, fn, args):
+    """``fn(*args)`` through the entry point ``address`` of ``fn`` compiled for exactly the types
+    of ``args`` (Numba's calling convention; the status it returns is ignored)."""
+    sig = nb_types.none(address, fn, args)
+
+    def codegen(context, builder, sig, llargs):
+        from numba.core import cgutils
+
+        argtys = list(sig.args[2].types)
+        values = cgutils.unpack_tuple(builder, llargs[2], len(argtys))
+        fnty = context.call_conv.get_function_type(nb_types.none, argtys)
+        callee = builder.inttoptr(llargs[0], fnty.as_pointer())
+        context.call_conv.call_function(builder, callee, nb_types.none, argtys, values)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def call_entry(address, fn, args):
+    """``fn(*args)``. In compiled code, through ``address`` (from :meth:`fastla._jit.Entry.address`)
+    when it is an integer and ``args`` has exactly the types the entry compiles; with ``address``
+    None, or other types, a plain (linked) call."""
+    fn(*args)
+
+
+@overload(call_entry)
+def _call_entry_typer(address, fn, args):
+    if isinstance(address, nb_types.Integer) and Entry.takes(fn, args):
+        return lambda address, fn, args: _call_address(address, fn, args)
+    return lambda address, fn, args: fn(*args)
 
 
 # --------------------------------------------------------------------------- bit casts

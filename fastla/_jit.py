@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
+import typing
 
 import numpy as np
 
@@ -282,6 +283,68 @@ def serial(fn):
     clone.__module__ = py.__module__
     clone.__doc__ = py.__doc__
     return jit(clone)
+
+
+class Entry:
+    """A kernel that other kernels call through its address instead of linking a copy of it.
+
+    Numba links a callee's whole module into each caller, where LLVM optimises and code-generates
+    it again, and a ``prange`` loop is three such libraries (the loop body, its gufunc wrapper and
+    the parallel launcher) inside the function around it: the GEMM's packing and macro-kernel were
+    compiled five times over for one ``fastla.matmul`` (measured: 3.7 s of its 7 s cold first call
+    in LLVM). Called through an address they are compiled once, in their own cached library.
+
+    ``examples(dtype)`` gives example arguments of the one signature compiled per dtype.
+    :meth:`address` compiles (or loads) that signature and returns its entry point, which a Python
+    caller passes into the compiled caller *at run time*, never as a constant, so that a cached
+    caller stays valid in the next process. The compiled caller calls
+    :func:`fastla._intrinsics.call_entry`, which uses the address only when its call's argument
+    types are exactly that signature and otherwise links ``fn`` as usual (so a caller whose types
+    drift compiles slower, never calls the wrong code). ``fn`` must not raise: the call ignores
+    Numba's exception status.
+    """
+
+    _by_function: typing.ClassVar[dict] = {}
+
+    def __init__(self, fn, examples):
+        self.fn = fn
+        self._examples = examples
+        self._signatures = {}
+        self._addresses = {}
+        Entry._by_function[getattr(fn, "py_func", fn)] = self
+
+    def signature(self, dtype):
+        """The Numba argument types compiled for ``dtype``."""
+        dtype = np.dtype(dtype)
+        if dtype not in self._signatures:
+            self._signatures[dtype] = tuple(numba.typeof(x) for x in self._examples(dtype))
+        return self._signatures[dtype]
+
+    def address(self, dtype):
+        """Entry point of ``fn`` compiled for ``dtype``; None with the JIT off (callers then run
+        ``fn`` directly)."""
+        if not JIT_ENABLED:
+            return None
+        dtype = np.dtype(dtype)
+        found = self._addresses.get(dtype)
+        if found is None:
+            sig = self.signature(dtype)
+            self.fn.compile(sig)
+            compiled = self.fn.overloads[sig]
+            found = compiled.library.get_pointer_to_function(compiled.fndesc.llvm_func_name)
+            self._addresses[dtype] = found
+        return found
+
+    @classmethod
+    def takes(cls, fn_type, args_type):
+        """Whether the Numba types of a call ``fn(*args)`` are a signature that an :class:`Entry`
+        of ``fn`` compiles (so that its address may be called with them)."""
+        dispatcher = getattr(fn_type, "dispatcher", None)
+        entry = cls._by_function.get(getattr(dispatcher, "py_func", None))
+        if entry is None or not isinstance(args_type, nb_types.BaseTuple):
+            return False
+        args = tuple(args_type.types)
+        return any(args == entry.signature(dt) for dt in (np.float32, np.float64))
 
 
 _UNCACHED = []

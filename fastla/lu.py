@@ -145,7 +145,7 @@ def _trsm_unit_lower_rows(a, k0, k1):
 
 
 @jit
-def _getrf(a, piv, nb, neg_one, kc, mc, nc):
+def _getrf(a, piv, nb, neg_one, tiles):
     """Blocked LU in place on C-contiguous square ``a``; returns LAPACK's info (0 or 1-based j)."""
     n = a.shape[0]
     flat = a.reshape(n * n)
@@ -166,7 +166,7 @@ def _getrf(a, piv, nb, neg_one, kc, mc, nc):
                 accumulate,
                 no_scale,
                 no_scale,
-                _gk.Tiles(kc, mc, nc),
+                tiles,
             )
     return info
 
@@ -237,7 +237,7 @@ def _factor_numba(work):
     blk = _gk.BLOCKING[work.dtype]
     nb = next(width for limit, width in NB_BY_N if n <= limit)
     mc = _gk.row_blocking(max(n - nb, 1), work.dtype.itemsize, _jit.threads_here())
-    info = _getrf(work, piv, nb, work.dtype.type(-1), blk.KC, mc, blk.NC)
+    info = _getrf(work, piv, nb, work.dtype.type(-1), _gk.tiles(work.dtype, blk.KC, mc, blk.NC))
     return piv, info
 
 

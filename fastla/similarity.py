@@ -537,7 +537,7 @@ def _matrix_numba_2d(x, y, out):
             mc = _gk.row_blocking(i1 - i0, dt.itemsize, threads)
             _gk.gemm_into(
                 _gk.operand(x[i0:i1]), _gk.operand(x[i0:].T), _gk.Dest(flat, i0 * n + i0, n), one, False,
-                inv_x[i0:i1], inv_x[i0:], _gk.Tiles(blk.KC, mc, blk.NC),
+                inv_x[i0:i1], inv_x[i0:], _gk.tiles(dt, blk.KC, mc, blk.NC),
             )  # fmt: skip
         _mirror_upper(c, 64)
         _unit_diagonal(c, norms)
@@ -548,7 +548,7 @@ def _matrix_numba_2d(x, y, out):
     c = np.empty((n, m), dt) if out is None else out
     mc = _gk.row_blocking(n, dt.itemsize, threads)
     a, b = _gk.operand(x), _gk.operand(y.T)
-    tiles = _gk.Tiles(blk.KC, mc, blk.NC)
+    tiles = _gk.tiles(dt, blk.KC, mc, blk.NC)
     _gk.gemm_into(a, b, _gk.Dest(c.reshape(-1), 0, m), one, False, inv_x, inv_y, tiles)
     return c
 

@@ -155,3 +155,40 @@ def test_cache_stamp_covers_the_whole_package():
     assert type(locator).__name__ == "PackageStampLocator"
     stamp = locator.get_source_stamp()
     assert stamp[1] == _jit.package_source_stamp()
+
+
+@_jit.jit
+def _nan_block(a, alpha, row_scale, ap, bp, c, tile, at):
+    """Stand-in for ``gk.a_block`` with its signature: fills its C block with NaN."""
+    for i in range(at.mc):
+        for j in range(at.nc):
+            c[at.coff + i * at.ldc + j] = np.nan
+
+
+_NAN_BLOCK = _jit.Entry(_nan_block, gk._a_block_examples)
+
+
+@needs_jit
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_callers_reach_the_block_through_its_address(dtype, monkeypatch, rng):
+    """Every caller of the packed GEMM calls its per-thread step through the address it is given
+    (compiled once) rather than a linked copy: a stand-in address must be the code that runs. A
+    caller whose types differ from the compiled signature would silently link its own copy (slow
+    to compile, still correct) and fail here."""
+    import fastla as fl
+
+    real = gk.tiles
+
+    def stand_in(dt, kc, mc, nc):
+        return real(dt, kc, mc, nc)._replace(a_block_at=_NAN_BLOCK.address(dt))
+
+    monkeypatch.setattr(gk, "tiles", stand_in)
+    a = rng.standard_normal((40, 30)).astype(dtype)
+    b = rng.standard_normal((30, 50)).astype(dtype)
+    assert np.isnan(gk.gemm(a, b)).all()
+    assert np.isnan(fl.matmul(a, b[:, :40] @ b[:, :40].T, backend="numba")).all()
+    assert np.isnan(fl.lu_factor(rng.standard_normal((300, 300)).astype(dtype), backend="numba")[0]).any()
+    assert np.isnan(fl.cosine_similarity(a, backend="numba")).any()
+    assert np.isnan(fl.cosine_similarity(a, b.T, backend="numba")).any()
+    monkeypatch.undo()
+    np.testing.assert_allclose(gk.gemm(a, b), a @ b, rtol=1e-4, atol=1e-4)
