@@ -614,12 +614,15 @@ def _merge_row(sc, off, cols, j0, s_row, i_row):
 
 class TopkTiling(NamedTuple):
     """Blocking of one top-k call: query rows per thread block, corpus rows per tile, GEMM depth,
-    and the threads the scratch buffers are sized for."""
+    and the threads the scratch buffers are sized for; and the entry addresses of the GEMM's
+    per-thread step and panel packing (``_gemm_kernels.A_BLOCK``, ``PACK_B``)."""
 
     mc: int
     tn: int
     kc: int
     threads: int
+    a_block_at: int | None
+    pack_b_at: int | None
 
 
 class TopkScratch(NamedTuple):
@@ -655,20 +658,19 @@ def _topk_kernel(q, b, inv_q, inv_c, alpha, t, scratch, scores, index):
             for pc in range(0, d, kc_max):
                 kc = min(kc_max, d - pc)
                 pack_cols = min(nr, cols - jp * nr)
-                _gk.pack_b_panel(b, pc, kc, j0 + jp * nr, pack_cols, nr, inv_c, bp, pc * tn + jp * kc * nr)
-        for t in prange(threads):
-            a_off = t * mc_pad * kc_max
-            s_off = t * mc_pad * tn
-            tile = tiles[t * mr * nr : (t + 1) * mr * nr]
-            for ib in range(t, nblk, threads):
+                panel = (b, pc, kc, j0 + jp * nr, pack_cols, nr, inv_c, bp, pc * tn + jp * kc * nr)
+                _intrinsics.call_entry(t.pack_b_at, _gk.pack_b_panel, panel)
+        for th in prange(threads):
+            a_off = th * mc_pad * kc_max
+            s_off = th * mc_pad * tn
+            tile = tiles[th * mr * nr : (th + 1) * mr * nr]
+            for ib in range(th, nblk, threads):
                 i0 = ib * mc
                 rows = min(mc, nq - i0)
                 for pc in range(0, d, kc_max):
-                    kc = min(kc_max, d - pc)
-                    _gk.pack_a(q, i0, rows, pc, kc, mr, alpha, inv_q, ap, a_off)
-                    _gk.macro_kernel(
-                        ap, a_off, bp[pc * tn :], npan, kc, rows, cols, sc, s_off, tn, pc > 0, tile
-                    )
+                    at = _gk.Block(i0, rows, pc, min(kc_max, d - pc), a_off, npan, cols, s_off, tn, pc > 0)
+                    step = (q, alpha, inv_q, ap, bp[pc * tn :], sc, tile, at)
+                    _intrinsics.call_entry(t.a_block_at, _gk.a_block, step)
                 for r in range(rows):
                     _merge_row(sc, s_off + r * tn, cols, j0, scores[i0 + r], index[i0 + r])
 
@@ -715,6 +717,6 @@ def _topk_numba(q, c, k, batch_size, squeeze):
             q, inv_q, _ = _inv_norms_numba(q)
             c, inv_c, _ = _inv_norms_numba(c)
             a, b = _gk.operand(q), _gk.operand(c.T)
-            t = TopkTiling(mc, tn, blk.KC, threads)
+            t = TopkTiling(mc, tn, blk.KC, threads, _gk.A_BLOCK.address(dt), _gk.PACK_B.address(dt))
             _topk_kernel(a, b, inv_q, inv_c, dt.type(1), t, TopkScratch(bp, ap, sc, tiles), scores, idx)
     return _topk_result(scores, idx, squeeze)

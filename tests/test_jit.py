@@ -165,24 +165,28 @@ def _nan_block(a, alpha, row_scale, ap, bp, c, tile, at):
             c[at.coff + i * at.ldc + j] = np.nan
 
 
+@_jit.jit
+def _nan_panel(b, p0, kc, j0, cols, nr, col_scale, out, off):
+    """Stand-in for ``gk.pack_b_panel`` with its signature: a panel of NaN."""
+    for p in range(kc * nr):
+        out[off + p] = np.nan
+
+
 _NAN_BLOCK = _jit.Entry(_nan_block, gk._a_block_examples)
+_NAN_PANEL = _jit.Entry(_nan_panel, gk._pack_b_examples)
 
 
 @needs_jit
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_gemm_callers_reach_the_block_through_its_address(dtype, monkeypatch, rng):
-    """Every caller of the packed GEMM calls its per-thread step through the address it is given
-    (compiled once) rather than a linked copy: a stand-in address must be the code that runs. A
-    caller whose types differ from the compiled signature would silently link its own copy (slow
-    to compile, still correct) and fail here."""
+@pytest.mark.parametrize("entry", ["A_BLOCK", "PACK_B"])
+def test_gemm_callers_reach_its_steps_through_their_addresses(dtype, entry, monkeypatch, rng):
+    """Every caller of the packed GEMM calls its per-thread step and its panel packing through the
+    addresses it is given (compiled once) rather than linked copies: a stand-in address must be
+    the code that runs. A caller whose types differ from the compiled signature would silently
+    link its own copy (slow to compile, still correct) and fail here."""
     import fastla as fl
 
-    real = gk.tiles
-
-    def stand_in(dt, kc, mc, nc):
-        return real(dt, kc, mc, nc)._replace(a_block_at=_NAN_BLOCK.address(dt))
-
-    monkeypatch.setattr(gk, "tiles", stand_in)
+    monkeypatch.setattr(gk, entry, {"A_BLOCK": _NAN_BLOCK, "PACK_B": _NAN_PANEL}[entry])
     a = rng.standard_normal((40, 30)).astype(dtype)
     b = rng.standard_normal((30, 50)).astype(dtype)
     assert np.isnan(gk.gemm(a, b)).all()
@@ -190,5 +194,6 @@ def test_gemm_callers_reach_the_block_through_its_address(dtype, monkeypatch, rn
     assert np.isnan(fl.lu_factor(rng.standard_normal((300, 300)).astype(dtype), backend="numba")[0]).any()
     assert np.isnan(fl.cosine_similarity(a, backend="numba")).any()
     assert np.isnan(fl.cosine_similarity(a, b.T, backend="numba")).any()
+    assert np.isnan(fl.cosine_topk(a, b.T, k=3, backend="numba")[0]).any()
     monkeypatch.undo()
     np.testing.assert_allclose(gk.gemm(a, b), a @ b, rtol=1e-4, atol=1e-4)
