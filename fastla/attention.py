@@ -416,6 +416,8 @@ class Tiling(NamedTuple):
     bk: int
     has_mask: bool
     causal: bool
+    flash_at: int | None  # entry addresses of _flash_task and _weights_task (None: linked)
+    weights_at: int | None
 
 
 class Stacks(NamedTuple):
@@ -436,14 +438,13 @@ class Stats(NamedTuple):
     row_sum: np.ndarray
 
 
-@jit(parallel=True)
-def _flash(q, kp, vp, mask, ix, t, zero, out, stats):
-    """Online-softmax attention for every (stack entry, query block); see the module docstring.
-    ``ix``: :class:`Stacks`, ``t``: :class:`Tiling`, ``stats``: :class:`Stats` (written)."""
+@jit
+def _flash_task(q, kp, vp, mask, ix, t, zero, out, stats, task):
+    """One (stack entry, query block) of :func:`_flash`: the online softmax over its key tiles."""
+    wide_vectors()
     qi, ki, vi, mi = ix.q, ix.k, ix.v, ix.mask
     L, S, Ev, bq, bk, has_mask, causal = t.L, t.S, t.Ev, t.bq, t.bk, t.has_mask, t.causal
     row_max, row_sum = stats.row_max, stats.row_sum
-    nb = qi.shape[0]
     E = q.shape[2]
     mr = _gk.tile_mr(kp)
     nr = _gk.tile_nr(kp)
@@ -452,110 +453,143 @@ def _flash(q, kp, vp, mask, ix, t, zero, out, stats):
     ev_pad = (Ev + mr - 1) // mr * mr
     nqb = (L + bq - 1) // bq
     ninf = -np.inf
-    for task in prange(nb * nqb):
-        wide_vectors()
-        b = task // nqb
-        i0 = (task % nqb) * bq
-        rows = min(bq, L - i0)
-        qp = _pack_queries(q, qi[b], i0, rows, npq, kp)
-        st = np.empty(npq * bk * nr, kp.dtype)
-        acc = np.zeros(npq * ev_pad * nr, kp.dtype)
-        m = np.full(bq, ninf, kp.dtype)
-        l = np.zeros(bq, kp.dtype)
-        alpha = np.empty(bq, kp.dtype)
-        k_base = ki[b] * s_pad * E
-        v_base = vi[b] * ev_pad * S
-        kv_end = min(S, i0 + rows) if causal else S
-        for j0 in range(0, kv_end, bk):
-            cols = min(bk, kv_end - j0)
-            _score_tile(qp, kp, k_base + j0 * E, st, E, cols, npq, mr, nr, bk)
-            _mask_tile(st, mask, mi[b] if has_mask else 0, i0, j0, rows, cols, npq, nr, bk, has_mask, causal)
-            for pn in range(npq):
-                sb = pn * bk * nr
-                mo = _U(pn * nr)  # unsigned indices in these loops: see fastla._jit.U
-                # running max over this tile's keys, per query lane
+    b = task // nqb
+    i0 = (task % nqb) * bq
+    rows = min(bq, L - i0)
+    qp = _pack_queries(q, qi[b], i0, rows, npq, kp)
+    st = np.empty(npq * bk * nr, kp.dtype)
+    acc = np.zeros(npq * ev_pad * nr, kp.dtype)
+    m = np.full(bq, ninf, kp.dtype)
+    l = np.zeros(bq, kp.dtype)
+    alpha = np.empty(bq, kp.dtype)
+    k_base = ki[b] * s_pad * E
+    v_base = vi[b] * ev_pad * S
+    kv_end = min(S, i0 + rows) if causal else S
+    for j0 in range(0, kv_end, bk):
+        cols = min(bk, kv_end - j0)
+        _score_tile(qp, kp, k_base + j0 * E, st, E, cols, npq, mr, nr, bk)
+        _mask_tile(st, mask, mi[b] if has_mask else 0, i0, j0, rows, cols, npq, nr, bk, has_mask, causal)
+        for pn in range(npq):
+            sb = pn * bk * nr
+            mo = _U(pn * nr)  # unsigned indices in these loops: see fastla._jit.U
+            # running max over this tile's keys, per query lane
+            for r in range(_U(nr)):
+                alpha[mo + r] = m[mo + r]
+            for c in range(cols):
+                base = _U(sb + c * nr)
                 for r in range(_U(nr)):
-                    alpha[mo + r] = m[mo + r]
-                for c in range(cols):
-                    base = _U(sb + c * nr)
-                    for r in range(_U(nr)):
-                        v = st[base + r]
-                        alpha[mo + r] = v if v > alpha[mo + r] else alpha[mo + r]
-                # alpha <- exp(m_old - m_new); m <- m_new (0 stands in for an all -inf row)
+                    v = st[base + r]
+                    alpha[mo + r] = v if v > alpha[mo + r] else alpha[mo + r]
+            # alpha <- exp(m_old - m_new); m <- m_new (0 stands in for an all -inf row)
+            for r in range(_U(nr)):
+                new = alpha[mo + r]
+                new = new if new != ninf else zero
+                alpha[mo + r] = _math.exp(m[mo + r] - new)
+                m[mo + r] = new
+            for c in range(cols):
+                base = _U(sb + c * nr)
                 for r in range(_U(nr)):
-                    new = alpha[mo + r]
-                    new = new if new != ninf else zero
-                    alpha[mo + r] = _math.exp(m[mo + r] - new)
-                    m[mo + r] = new
-                for c in range(cols):
-                    base = _U(sb + c * nr)
-                    for r in range(_U(nr)):
-                        st[base + r] = _math.exp(st[base + r] - m[mo + r])
+                    st[base + r] = _math.exp(st[base + r] - m[mo + r])
+            for r in range(_U(nr)):
+                l[mo + r] *= alpha[mo + r]
+            for c in range(cols):
+                base = _U(sb + c * nr)
                 for r in range(_U(nr)):
-                    l[mo + r] *= alpha[mo + r]
-                for c in range(cols):
-                    base = _U(sb + c * nr)
-                    for r in range(_U(nr)):
-                        l[mo + r] += st[base + r]
-                ab = pn * ev_pad * nr
-                for e in range(ev_pad):
-                    eb = _U(ab + e * nr)
-                    for r in range(_U(nr)):
-                        acc[eb + r] *= alpha[mo + r]
-                for pe in range(0, Ev, mr):
-                    _gk.microkernel(
-                        cols, vp, v_base + pe * S + j0 * mr, st, sb, nr, acc, ab + pe * nr, nr, True
-                    )
-        for r in range(rows):
-            pn = r // nr
-            lr = l[r]
-            inv = 1 / lr if lr != 0 else zero
-            ab = pn * ev_pad * nr + (r % nr)
-            for e in range(Ev):
-                out[b, i0 + r, e] = acc[ab + e * nr] * inv
-            row_max[b, i0 + r] = m[r]
-            row_sum[b, i0 + r] = lr
+                    l[mo + r] += st[base + r]
+            ab = pn * ev_pad * nr
+            for e in range(ev_pad):
+                eb = _U(ab + e * nr)
+                for r in range(_U(nr)):
+                    acc[eb + r] *= alpha[mo + r]
+            for pe in range(0, Ev, mr):
+                _gk.microkernel(cols, vp, v_base + pe * S + j0 * mr, st, sb, nr, acc, ab + pe * nr, nr, True)
+    for r in range(rows):
+        pn = r // nr
+        lr = l[r]
+        inv = 1 / lr if lr != 0 else zero
+        ab = pn * ev_pad * nr + (r % nr)
+        for e in range(Ev):
+            out[b, i0 + r, e] = acc[ab + e * nr] * inv
+        row_max[b, i0 + r] = m[r]
+        row_sum[b, i0 + r] = lr
 
 
 @jit(parallel=True)
-def _flash_weights(q, kp, mask, ix, t, zero, stats, w):
-    """The weights ``exp(s - max) / sum`` from the first pass's row maxima and sums (second pass)."""
+def _flash(q, kp, vp, mask, ix, t, zero, out, stats):
+    """Online-softmax attention for every (stack entry, query block); see the module docstring.
+    ``ix``: :class:`Stacks`, ``t``: :class:`Tiling`, ``stats``: :class:`Stats` (written). Each
+    task runs :func:`_flash_task` through its entry address ``t.flash_at`` (see
+    ``fastla._jit.Entry``)."""
+    tasks = ix.q.shape[0] * ((t.L + t.bq - 1) // t.bq)
+    for task in prange(tasks):
+        _intrinsics.call_entry(t.flash_at, _flash_task, (q, kp, vp, mask, ix, t, zero, out, stats, task))
+
+
+@jit
+def _weights_task(q, kp, mask, ix, t, zero, stats, w, task):
+    """One (stack entry, query block) of :func:`_flash_weights`."""
+    wide_vectors()
     qi, ki, mi = ix.q, ix.k, ix.mask
     L, S, bq, bk, has_mask, causal = t.L, t.S, t.bq, t.bk, t.has_mask, t.causal
     row_max, row_sum = stats.row_max, stats.row_sum
-    nb = qi.shape[0]
     E = q.shape[2]
     mr = _gk.tile_mr(kp)
     nr = _gk.tile_nr(kp)
     npq = bq // nr
     s_pad = (S + mr - 1) // mr * mr
     nqb = (L + bq - 1) // bq
-    for task in prange(nb * nqb):
-        wide_vectors()
-        b = task // nqb
-        i0 = (task % nqb) * bq
-        rows = min(bq, L - i0)
-        qp = _pack_queries(q, qi[b], i0, rows, npq, kp)
-        st = np.empty(npq * bk * nr, kp.dtype)
-        k_base = ki[b] * s_pad * E
-        kv_end = min(S, i0 + rows) if causal else S
+    b = task // nqb
+    i0 = (task % nqb) * bq
+    rows = min(bq, L - i0)
+    qp = _pack_queries(q, qi[b], i0, rows, npq, kp)
+    st = np.empty(npq * bk * nr, kp.dtype)
+    k_base = ki[b] * s_pad * E
+    kv_end = min(S, i0 + rows) if causal else S
+    for r in range(rows):
+        for j in range(_U(kv_end), _U(S)):  # unsigned indices: see fastla._jit.U
+            w[b, i0 + r, j] = zero
+    for j0 in range(0, kv_end, bk):
+        cols = min(bk, kv_end - j0)
+        _score_tile(qp, kp, k_base + j0 * E, st, E, cols, npq, mr, nr, bk)
+        _mask_tile(st, mask, mi[b] if has_mask else 0, i0, j0, rows, cols, npq, nr, bk, has_mask, causal)
         for r in range(rows):
-            for j in range(_U(kv_end), _U(S)):  # unsigned indices: see fastla._jit.U
-                w[b, i0 + r, j] = zero
-        for j0 in range(0, kv_end, bk):
-            cols = min(bk, kv_end - j0)
-            _score_tile(qp, kp, k_base + j0 * E, st, E, cols, npq, mr, nr, bk)
-            _mask_tile(st, mask, mi[b] if has_mask else 0, i0, j0, rows, cols, npq, nr, bk, has_mask, causal)
-            for r in range(rows):
-                lr = row_sum[b, i0 + r]
-                inv = 1 / lr if lr != 0 else zero
-                mx = row_max[b, i0 + r]
-                base = _U((r // nr) * bk * nr + r % nr)
-                for c in range(_U(cols)):
-                    w[b, i0 + r, _U(j0) + c] = _math.exp(st[base + c * _U(nr)] - mx) * inv
+            lr = row_sum[b, i0 + r]
+            inv = 1 / lr if lr != 0 else zero
+            mx = row_max[b, i0 + r]
+            base = _U((r // nr) * bk * nr + r % nr)
+            for c in range(_U(cols)):
+                w[b, i0 + r, _U(j0) + c] = _math.exp(st[base + c * _U(nr)] - mx) * inv
+
+
+@jit(parallel=True)
+def _flash_weights(q, kp, mask, ix, t, zero, stats, w):
+    """The weights ``exp(s - max) / sum`` from the first pass's row maxima and sums (second pass);
+    each task runs :func:`_weights_task` through its entry address ``t.weights_at``."""
+    tasks = ix.q.shape[0] * ((t.L + t.bq - 1) // t.bq)
+    for task in prange(tasks):
+        _intrinsics.call_entry(t.weights_at, _weights_task, (q, kp, mask, ix, t, zero, stats, w, task))
 
 
 _c = _intrinsics.kernel_input
+
+
+def _task_examples(dtype, weights):
+    """Example arguments of :func:`_flash_task` (or :func:`_weights_task`) for ``dtype``, typed as
+    :func:`_sdpa_numba` passes them."""
+    flat, cube = np.empty(1, dtype), np.empty((1, 1, 1), dtype)
+    index = _c(np.zeros(1, np.intp))
+    ix = Stacks(index, index, index, index)
+    t = Tiling(1, 1, 1, 1, 1, True, True, 0, 0)
+    stats = Stats(np.empty((1, 1), dtype), np.empty((1, 1), dtype))
+    if weights:
+        return (_c(cube), flat, _c(cube), ix, t, dtype.type(0), stats, cube, 0)
+    return (_c(cube), flat, flat, _c(cube), ix, t, dtype.type(0), cube, stats, 0)
+
+
+#: The two passes' per-task kernels as ``fastla._jit.Entry`` s: each is compiled once, not again in
+#: its parallel loop's three libraries and the function around them.
+FLASH = _jit.Entry(_flash_task, lambda dtype: _task_examples(dtype, False))
+WEIGHTS = _jit.Entry(_weights_task, lambda dtype: _task_examples(dtype, True))
 
 
 @_OP.register("numba", needs_numba=True)
@@ -586,7 +620,7 @@ def _sdpa_numba(q, k, v, mask, plan):
     bk = mr * max(1, round(KEY_TILE / mr))
     stats = Stats(np.empty((nb, L), dt), np.empty((nb, L), dt))
     ix = Stacks(_c(plan.q), _c(plan.k), _c(plan.v), mi)
-    t = Tiling(L, S, Ev, bq, bk, has_mask, bool(plan.causal))
+    t = Tiling(L, S, Ev, bq, bk, has_mask, bool(plan.causal), FLASH.address(dt), WEIGHTS.address(dt))
     _flash(q, kp, vp, mask, ix, t, dt.type(0), out, stats)
     if weights is not None:
         _flash_weights(q, kp, mask, ix, t, dt.type(0), stats, weights)

@@ -197,3 +197,38 @@ def test_gemm_callers_reach_its_steps_through_their_addresses(dtype, entry, monk
     assert np.isnan(fl.cosine_topk(a, b.T, k=3, backend="numba")[0]).any()
     monkeypatch.undo()
     np.testing.assert_allclose(gk.gemm(a, b), a @ b, rtol=1e-4, atol=1e-4)
+
+
+@_jit.jit
+def _nan_task(q, kp, vp, mask, ix, t, zero, out, stats, task):
+    """Stand-in for ``attention._flash_task`` with its signature: its output row block is NaN."""
+    for e in range(out.shape[2]):
+        out[0, 0, e] = np.nan
+
+
+@_jit.jit
+def _nan_weights_task(q, kp, mask, ix, t, zero, stats, w, task):
+    """Stand-in for ``attention._weights_task`` with its signature."""
+    for j in range(w.shape[2]):
+        w[0, 0, j] = np.nan
+
+
+@needs_jit
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_attention_runs_its_tasks_through_their_addresses(dtype, monkeypatch, rng):
+    """Both attention passes call their per-task kernels through the entry addresses (with and
+    without a mask, causal or not): stand-in addresses must be the code that runs."""
+    import fastla as fl
+    from fastla import attention
+
+    monkeypatch.setattr(
+        attention, "FLASH", _jit.Entry(_nan_task, lambda dt: attention._task_examples(dt, False))
+    )
+    stand_in = _jit.Entry(_nan_weights_task, lambda dt: attention._task_examples(dt, True))
+    monkeypatch.setattr(attention, "WEIGHTS", stand_in)
+    q = rng.standard_normal((2, 3, 20, 8)).astype(dtype)
+    mask = rng.standard_normal((20, 20)).astype(dtype)
+    for kw in ({}, {"attn_mask": mask}, {"is_causal": True}):
+        out, w = fl.scaled_dot_product_attention(q, q, q, backend="numba", return_weights=True, **kw)
+        assert np.isnan(out[0, 0, 0]).all()
+        assert np.isnan(w[0, 0, 0]).all()
