@@ -328,6 +328,7 @@ class Entry:
         dtype = np.dtype(dtype)
         found = self._addresses.get(dtype)
         if found is None:
+            ensure_threads()  # a kernel using thread ids cannot be loaded before the layer starts
             sig = self.signature(dtype)
             self.fn.compile(sig)
             compiled = self.fn.overloads[sig]
