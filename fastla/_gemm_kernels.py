@@ -334,10 +334,19 @@ def aligned_empty(n, dtype_like):
     return raw[shift : shift + n]
 
 
+class Span(NamedTuple):
+    """Rows ``i0 : i0 + rows`` of an operand at depth ``p0 : p0 + depth``: what :func:`pack_a` packs."""
+
+    i0: int
+    rows: int
+    p0: int
+    depth: int
+
+
 @jit
-def pack_a(a, i0, mc, p0, kc, mr, alpha, row_scale, out, off):
-    """Pack ``alpha * a[i0:i0+mc, p0:p0+kc]`` (``a`` an :class:`Operand`) into MR-tall micro-panels:
-    ``out[off + panel, p, i]``.
+def pack_a(a, span, alpha, row_scale, out, off):
+    """Pack ``alpha * a[i0:i0+mc, p0:p0+kc]`` (``a`` an :class:`Operand`, ``span`` the :class:`Span`
+    ``(i0, mc, p0, kc)``) into MR-tall micro-panels: ``out[off + panel, p, i]``.
 
     Rows past ``mc`` are zero so that edge tiles run the same micro-kernel. Folding ``alpha`` in
     here makes ``C += alpha * A @ B`` cost nothing extra (LU's trailing update uses alpha = -1).
@@ -346,6 +355,8 @@ def pack_a(a, i0, mc, p0, kc, mr, alpha, row_scale, out, off):
     contiguous reads it vectorises.
     """
     wide_vectors()
+    mr = tile_mr(out)
+    i0, mc, p0, kc = span.i0, span.rows, span.p0, span.depth
     scaled = row_scale.size > 0
     d = a.data
     cs = a.cs
@@ -368,13 +379,14 @@ def pack_a(a, i0, mc, p0, kc, mr, alpha, row_scale, out, off):
 
 
 @jit
-def pack_b_panel(b, p0, kc, j0, cols, nr, col_scale, out, off):
+def pack_b_panel(b, p0, kc, j0, cols, col_scale, out, off):
     """Pack ``b[p0:p0+kc, j0:j0+cols]`` (``b`` an :class:`Operand`) into one NR-wide micro-panel
     ``out[off + p, j]`` (zero pad).
 
     A non-empty ``col_scale`` multiplies column ``j`` by ``col_scale[j]``.
     """
     wide_vectors()
+    nr = tile_nr(out)
     scaled = col_scale.size > 0
     d = b.data
     cs = b.cs
@@ -395,12 +407,15 @@ def pack_b_panel(b, p0, kc, j0, cols, nr, col_scale, out, off):
 
 
 @jit
-def macro_kernel(ap, aoff, bp, npan, kc, mc, nc, c, coff, ldc, load_c, tile):
+def macro_kernel(ap, bp, c, tile, at):
     """All micro-kernel calls of one packed (MC x KC) A block against ``npan`` packed B panels.
 
     ``C (+)= A_block @ B_slab`` on the ``mc x nc`` block of the flat ``c`` at ``coff`` (row stride
-    ``ldc``); ``tile`` is MR*NR scratch for the edge tiles.
+    ``ldc``), the packed block at ``ap[aoff:]``, all from ``at`` (a :class:`Block`); ``tile`` is
+    MR*NR scratch for the edge tiles.
     """
+    aoff, npan, kc, mc, nc = at.aoff, at.npan, at.kc, at.mc, at.nc
+    coff, ldc, load_c = at.coff, at.ldc, at.load_c
     mr = tile_mr(c)
     nr = tile_nr(c)
     for jp in range(npan):
@@ -441,9 +456,8 @@ class Block(NamedTuple):
 def a_block(a, alpha, row_scale, ap, bp, c, tile, at):
     """One thread's step of :func:`gemm_into`: pack its block of A (``at``, a :class:`Block`) and
     multiply it by the packed slab of B into C."""
-    mr = tile_mr(c)
-    pack_a(a, at.i0, at.mc, at.pc, at.kc, mr, alpha, row_scale, ap, at.aoff)
-    macro_kernel(ap, at.aoff, bp, at.npan, at.kc, at.mc, at.nc, c, at.coff, at.ldc, at.load_c, tile)
+    pack_a(a, Span(at.i0, at.mc, at.pc, at.kc), alpha, row_scale, ap, at.aoff)
+    macro_kernel(ap, bp, c, tile, at)
 
 
 class Dest(NamedTuple):
@@ -507,7 +521,7 @@ def gemm_into(a, b, dst, alpha, accumulate, row_scale, col_scale, tiles):
             load_c = accumulate or pc > 0
             for jp in prange(npan):
                 cols = min(nr, nc - jp * nr)
-                panel = (b, pc, kc, jc + jp * nr, cols, nr, col_scale, bp, jp * kc * nr)
+                panel = (b, pc, kc, jc + jp * nr, cols, col_scale, bp, jp * kc * nr)
                 _intrinsics.call_entry(code.pack_b_at, pack_b_panel, panel)
             for ib in prange(n_ic):
                 i0 = ib * mc_max
@@ -589,7 +603,7 @@ def thin_product(a, v):
     bands = max(1, min(THIN_BANDS, n))
     npb = _ceil_div(b, mr)
     vp = np.empty(npb * mr * n, a.dtype)
-    pack_a(operand(v.T), 0, b, 0, n, mr, a.dtype.type(1), NO_SCALE[a.dtype], vp, 0)
+    pack_a(operand(v.T), Span(0, b, 0, n), a.dtype.type(1), NO_SCALE[a.dtype], vp, 0)
     out = np.empty((bands, npb * mr, _ceil_div(m, nr) * nr), a.dtype)
     vt_times_a(vp, _intrinsics.readonly(a), out, np.empty(n * nr, a.dtype), THIN_KC.get(npb, THIN_KC_MANY))
     return out.sum(axis=0)[:b, :m] if bands > 1 else out[0, :b, :m]
@@ -602,7 +616,7 @@ def _a_block_examples(dtype):
 
 def _pack_b_examples(dtype):
     flat = np.empty(1, dtype)
-    return (operand(flat.reshape(1, 1)), 0, 0, 0, 0, 0, flat, flat, 0)
+    return (operand(flat.reshape(1, 1)), 0, 0, 0, 0, flat, flat, 0)
 
 
 #: :func:`a_block` and :func:`pack_b_panel` as :class:`fastla._jit.Entry` s: :func:`gemm_into`

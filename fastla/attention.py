@@ -351,11 +351,11 @@ def _pack_kv(k, v, kp, vp, scale, one):
         wide_vectors()
         if t < nk:
             kt = _gk.flat_operand(kf, t * S * E, E, 1, S, E)
-            _gk.pack_a(kt, zero, S, zero, E, mr, scale, none, kp, t * s_pad * E)
+            _gk.pack_a(kt, _gk.Span(zero, S, zero, E), scale, none, kp, t * s_pad * E)
         else:
             u = t - nk
             vt = _gk.flat_operand(vf, u * S * Ev, 1, Ev, Ev, S)  # v[u].T
-            _gk.pack_a(vt, zero, Ev, zero, S, mr, one, none, vp, u * ev_pad * S)
+            _gk.pack_a(vt, _gk.Span(zero, Ev, zero, S), one, none, vp, u * ev_pad * S)
 
 
 @jit(inline="always")
@@ -369,22 +369,31 @@ def _pack_queries(q, b, i0, rows, npq, kp):
     zero = L - L  # a run-time 0 (see _gemm_kernels' "literal arguments")
     for pn in range(npq):
         cols = max(zero, min(nr, rows - pn * nr))
-        _gk.pack_b_panel(qt, zero, E, i0 + pn * nr, cols, nr, kp[:0], qp, pn * E * nr)
+        _gk.pack_b_panel(qt, zero, E, i0 + pn * nr, cols, kp[:0], qp, pn * E * nr)
     return qp
 
 
 @jit(inline="always")
-def _score_tile(qp, kp, k_at, st, E, cols, npq, mr, nr, bk):
-    """Transposed scores ``st[pn, c, r] = scale * <k_(j0+c), q_(i0+pn*NR+r)>`` for ``c < cols``."""
+def _score_tile(qp, kp, k_at, st, E, cols, t):
+    """Transposed scores ``st[pn, c, r] = scale * <k_(j0+c), q_(i0+pn*NR+r)>`` for ``c < cols``
+    (``t`` the :class:`Tiling`)."""
+    mr = _gk.tile_mr(kp)
+    nr = _gk.tile_nr(kp)
+    npq = t.bq // nr
+    bk = t.bk
     for pn in range(npq):
         for t in range(0, cols, mr):
             _gk.microkernel(E, kp, k_at + t * E, qp, pn * E * nr, nr, st, pn * bk * nr + t * nr, nr, False)
 
 
 @jit(inline="always")
-def _mask_tile(st, mask, mb, i0, j0, rows, cols, npq, nr, bk, has_mask, causal):
-    """Add the float mask / apply the causal rule to the transposed tile (valid rows only)."""
-    if has_mask:
+def _mask_tile(st, mask, mb, i0, j0, rows, cols, t):
+    """Add the float mask / apply the causal rule to the transposed tile (valid rows only; ``t``
+    the :class:`Tiling`)."""
+    nr = _gk.tile_nr(st)
+    npq = t.bq // nr
+    bk = t.bk
+    if t.has_mask:
         lm = mask.shape[1]
         sm = mask.shape[2]
         for pn in range(npq):
@@ -394,7 +403,7 @@ def _mask_tile(st, mask, mb, i0, j0, rows, cols, npq, nr, bk, has_mask, causal):
                 for r in range(min(nr, rows - pn * nr)):
                     ii = i0 + pn * nr + r if lm > 1 else 0
                     st[base + _U(r)] += mask[mb, ii, jj]
-    elif causal and j0 + cols - 1 > i0:
+    elif t.causal and j0 + cols - 1 > i0:
         ninf = -np.inf
         for pn in range(npq):
             for c in range(cols):
@@ -420,6 +429,16 @@ class Tiling(NamedTuple):
     weights_at: int | None
 
 
+class Inputs(NamedTuple):
+    """The kernels' inputs: the queries (read-only, C-contiguous), the packed keys and values, and
+    the float mask (a 1 x 1 x 1 stand-in without one)."""
+
+    q: np.ndarray
+    kp: np.ndarray
+    vp: np.ndarray
+    mask: np.ndarray
+
+
 class Stacks(NamedTuple):
     """Per stack entry (the broadcast batch and head dimensions, flattened): the index of its
     query, key, value and mask slices."""
@@ -439,9 +458,10 @@ class Stats(NamedTuple):
 
 
 @jit
-def _flash_task(q, kp, vp, mask, ix, t, zero, out, stats, task):
+def _flash_task(inp, ix, t, zero, out, stats, task):
     """One (stack entry, query block) of :func:`_flash`: the online softmax over its key tiles."""
     wide_vectors()
+    q, kp, vp, mask = inp.q, inp.kp, inp.vp, inp.mask
     qi, ki, vi, mi = ix.q, ix.k, ix.v, ix.mask
     L, S, Ev, bq, bk, has_mask, causal = t.L, t.S, t.Ev, t.bq, t.bk, t.has_mask, t.causal
     row_max, row_sum = stats.row_max, stats.row_sum
@@ -467,8 +487,8 @@ def _flash_task(q, kp, vp, mask, ix, t, zero, out, stats, task):
     kv_end = min(S, i0 + rows) if causal else S
     for j0 in range(0, kv_end, bk):
         cols = min(bk, kv_end - j0)
-        _score_tile(qp, kp, k_base + j0 * E, st, E, cols, npq, mr, nr, bk)
-        _mask_tile(st, mask, mi[b] if has_mask else 0, i0, j0, rows, cols, npq, nr, bk, has_mask, causal)
+        _score_tile(qp, kp, k_base + j0 * E, st, E, cols, t)
+        _mask_tile(st, mask, mi[b] if has_mask else 0, i0, j0, rows, cols, t)
         for pn in range(npq):
             sb = pn * bk * nr
             mo = _U(pn * nr)  # unsigned indices in these loops: see fastla._jit.U
@@ -515,20 +535,21 @@ def _flash_task(q, kp, vp, mask, ix, t, zero, out, stats, task):
 
 
 @jit(parallel=True)
-def _flash(q, kp, vp, mask, ix, t, zero, out, stats):
+def _flash(inp, ix, t, zero, out, stats):
     """Online-softmax attention for every (stack entry, query block); see the module docstring.
     ``ix``: :class:`Stacks`, ``t``: :class:`Tiling`, ``stats``: :class:`Stats` (written). Each
     task runs :func:`_flash_task` through its entry address ``t.flash_at`` (see
     ``fastla._jit.Entry``)."""
     tasks = ix.q.shape[0] * ((t.L + t.bq - 1) // t.bq)
     for task in prange(tasks):
-        _intrinsics.call_entry(t.flash_at, _flash_task, (q, kp, vp, mask, ix, t, zero, out, stats, task))
+        _intrinsics.call_entry(t.flash_at, _flash_task, (inp, ix, t, zero, out, stats, task))
 
 
 @jit
-def _weights_task(q, kp, mask, ix, t, zero, stats, w, task):
+def _weights_task(inp, ix, t, zero, stats, w, task):
     """One (stack entry, query block) of :func:`_flash_weights`."""
     wide_vectors()
+    q, kp, mask = inp.q, inp.kp, inp.mask
     qi, ki, mi = ix.q, ix.k, ix.mask
     L, S, bq, bk, has_mask, causal = t.L, t.S, t.bq, t.bk, t.has_mask, t.causal
     row_max, row_sum = stats.row_max, stats.row_sum
@@ -550,8 +571,8 @@ def _weights_task(q, kp, mask, ix, t, zero, stats, w, task):
             w[b, i0 + r, j] = zero
     for j0 in range(0, kv_end, bk):
         cols = min(bk, kv_end - j0)
-        _score_tile(qp, kp, k_base + j0 * E, st, E, cols, npq, mr, nr, bk)
-        _mask_tile(st, mask, mi[b] if has_mask else 0, i0, j0, rows, cols, npq, nr, bk, has_mask, causal)
+        _score_tile(qp, kp, k_base + j0 * E, st, E, cols, t)
+        _mask_tile(st, mask, mi[b] if has_mask else 0, i0, j0, rows, cols, t)
         for r in range(rows):
             lr = row_sum[b, i0 + r]
             inv = 1 / lr if lr != 0 else zero
@@ -562,12 +583,12 @@ def _weights_task(q, kp, mask, ix, t, zero, stats, w, task):
 
 
 @jit(parallel=True)
-def _flash_weights(q, kp, mask, ix, t, zero, stats, w):
+def _flash_weights(inp, ix, t, zero, stats, w):
     """The weights ``exp(s - max) / sum`` from the first pass's row maxima and sums (second pass);
     each task runs :func:`_weights_task` through its entry address ``t.weights_at``."""
     tasks = ix.q.shape[0] * ((t.L + t.bq - 1) // t.bq)
     for task in prange(tasks):
-        _intrinsics.call_entry(t.weights_at, _weights_task, (q, kp, mask, ix, t, zero, stats, w, task))
+        _intrinsics.call_entry(t.weights_at, _weights_task, (inp, ix, t, zero, stats, w, task))
 
 
 _c = _intrinsics.kernel_input
@@ -581,9 +602,10 @@ def _task_examples(dtype, weights):
     ix = Stacks(index, index, index, index)
     t = Tiling(1, 1, 1, 1, 1, True, True, 0, 0)
     stats = Stats(np.empty((1, 1), dtype), np.empty((1, 1), dtype))
+    inp = Inputs(_c(cube), flat, flat, _c(cube))
     if weights:
-        return (_c(cube), flat, _c(cube), ix, t, dtype.type(0), stats, cube, 0)
-    return (_c(cube), flat, flat, _c(cube), ix, t, dtype.type(0), cube, stats, 0)
+        return (inp, ix, t, dtype.type(0), stats, cube, 0)
+    return (inp, ix, t, dtype.type(0), cube, stats, 0)
 
 
 #: The two passes' per-task kernels as ``fastla._jit.Entry`` s: each is compiled once, not again in
@@ -621,7 +643,8 @@ def _sdpa_numba(q, k, v, mask, plan):
     stats = Stats(np.empty((nb, L), dt), np.empty((nb, L), dt))
     ix = Stacks(_c(plan.q), _c(plan.k), _c(plan.v), mi)
     t = Tiling(L, S, Ev, bq, bk, has_mask, bool(plan.causal), FLASH.address(dt), WEIGHTS.address(dt))
-    _flash(q, kp, vp, mask, ix, t, dt.type(0), out, stats)
+    inp = Inputs(q, kp, vp, mask)
+    _flash(inp, ix, t, dt.type(0), out, stats)
     if weights is not None:
-        _flash_weights(q, kp, mask, ix, t, dt.type(0), stats, weights)
+        _flash_weights(inp, ix, t, dt.type(0), stats, weights)
     return _result(out, weights, plan)

@@ -658,7 +658,7 @@ def _topk_kernel(q, b, inv_q, inv_c, alpha, t, scratch, scores, index):
             for pc in range(0, d, kc_max):
                 kc = min(kc_max, d - pc)
                 pack_cols = min(nr, cols - jp * nr)
-                panel = (b, pc, kc, j0 + jp * nr, pack_cols, nr, inv_c, bp, pc * tn + jp * kc * nr)
+                panel = (b, pc, kc, j0 + jp * nr, pack_cols, inv_c, bp, pc * tn + jp * kc * nr)
                 _intrinsics.call_entry(t.pack_b_at, _gk.pack_b_panel, panel)
         for th in prange(threads):
             a_off = th * mc_pad * kc_max

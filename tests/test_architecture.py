@@ -137,3 +137,18 @@ def test_tests_parametrize_over_implementations_instead_of_looping():
             if isinstance(node, ast.For | ast.comprehension) and "implementations(" in ast.unparse(node.iter):
                 offenders.append(f"{name}:{getattr(node, 'lineno', node.iter.lineno)}")
     assert offenders == []
+
+
+def test_every_mutant_applies_exactly_once():
+    """``tools/mutation_check.py``'s mutants must still aim at code that exists: a refactor that
+    changes a mutated line leaves a mutant that no longer tests anything (it reports NOT APPLIED
+    only when someone runs the tool)."""
+    with open(os.path.join(ROOT, "tools", "mutation_check.py")) as f:
+        tree = ast.parse(f.read())
+    mutants = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "Mutant"]
+    assert len(mutants) >= 20
+    for node in mutants:
+        name, module, old = (ast.literal_eval(a) for a in node.args[:3])
+        with open(os.path.join(ROOT, "fastla", module)) as f:
+            count = f.read().count(old)
+        assert count == 1, f"mutant {name}: its original text occurs {count} times in fastla/{module}"

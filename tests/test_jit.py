@@ -166,9 +166,9 @@ def _nan_block(a, alpha, row_scale, ap, bp, c, tile, at):
 
 
 @_jit.jit
-def _nan_panel(b, p0, kc, j0, cols, nr, col_scale, out, off):
+def _nan_panel(b, p0, kc, j0, cols, col_scale, out, off):
     """Stand-in for ``gk.pack_b_panel`` with its signature: a panel of NaN."""
-    for p in range(kc * nr):
+    for p in range(kc * gk.tile_nr(out)):
         out[off + p] = np.nan
 
 
@@ -200,14 +200,14 @@ def test_gemm_callers_reach_its_steps_through_their_addresses(dtype, entry, monk
 
 
 @_jit.jit
-def _nan_task(q, kp, vp, mask, ix, t, zero, out, stats, task):
+def _nan_task(inp, ix, t, zero, out, stats, task):
     """Stand-in for ``attention._flash_task`` with its signature: its output row block is NaN."""
     for e in range(out.shape[2]):
         out[0, 0, e] = np.nan
 
 
 @_jit.jit
-def _nan_weights_task(q, kp, mask, ix, t, zero, stats, w, task):
+def _nan_weights_task(inp, ix, t, zero, stats, w, task):
     """Stand-in for ``attention._weights_task`` with its signature."""
     for j in range(w.shape[2]):
         w[0, 0, j] = np.nan
