@@ -101,7 +101,9 @@ def test_against_catches_a_slowed_op_and_reports_the_rest(pair, tmp_path, capsys
     data = json.loads(out.read_text())
     status = {v["name"]: v["status"] for v in data["verdicts"]}
     assert status["wait[a] numba"] == "slower"
-    assert status["wait[b] numba"] == "same"
+    # the unchanged op must not be a regression; beside other tests a descheduled base process once
+    # made it look faster (the gate acts only on "slower")
+    assert status["wait[b] numba"] in ("same", "faster")
     assert status["newop[c] numba"].startswith("not compared: base: AttributeError")
     a = next(v for v in data["verdicts"] if v["name"] == "wait[a] numba")
     assert 1.3 < a["of_minima"] < 2.3 and a["median"] > 1.3, a
