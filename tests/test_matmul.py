@@ -22,6 +22,8 @@ def test_shapes_all_impls(m, k, n, name, dtype, rng):
     c = fastla.implementations("matmul")[name](a, b)
     assert c.dtype == dtype, name
     assert_matmul_close(c, a, b, dtype)
+    if name == "numba":  # small 2-D products take the stack kernel: the packed GEMM itself too
+        assert_matmul_close(_gemm_kernels.gemm(a, b), a, b, dtype)
 
 
 def _edge_sizes():
@@ -37,6 +39,7 @@ def test_block_edges(edge, dtype, rng):
         a = rng.standard_normal((m, k)).astype(dtype)
         b = rng.standard_normal((k, n)).astype(dtype)
         assert_matmul_close(fastla.matmul(a, b, backend="numba"), a, b, dtype)
+        assert_matmul_close(_gemm_kernels.gemm(a, b), a, b, dtype)  # whatever fastla.matmul picks
 
 
 @pytest.mark.slow
@@ -59,6 +62,8 @@ def test_layouts(layout, layout_b, dtype, rng):
         c = fastla.matmul(a, b, backend=name)
         assert c.dtype == dtype
         assert_matmul_close(c, a0, b0, dtype)
+    if a.dtype.isnative and b.dtype.isnative:  # the packed GEMM reads any strides (native dtypes)
+        assert_matmul_close(_gemm_kernels.gemm(a, b), a0, b0, dtype)
     np.testing.assert_array_equal(a, a_copy)  # inputs never modified
     np.testing.assert_array_equal(b, b_copy)
 
@@ -68,6 +73,8 @@ def test_transposed_views(rng):
     for name in impl_names("matmul", 31):
         assert_matmul_close(fastla.matmul(a.T, a, backend=name), a.T, a, np.float64)
         assert_matmul_close(fastla.matmul(a, a.T, backend=name), a, a.T, np.float64)
+    assert_matmul_close(_gemm_kernels.gemm(a.T, a), a.T, a, np.float64)
+    assert_matmul_close(_gemm_kernels.gemm(a, a.T), a, a.T, np.float64)
 
 
 @pytest.mark.parametrize(
