@@ -322,5 +322,6 @@ def _small_or_packed(A, B, C):
 
 @_OP.register("numba", needs_numba=True)
 def _matmul_numba(a, b, out):
-    """Packed BLIS-style GEMM (vector-IR micro-kernel); small stacks in one parallel kernel."""
+    """Packed BLIS-style GEMM (vector-IR micro-kernel); small stacks and small single products in one
+    parallel kernel."""
     return _stacked(a, b, out, _gemm2d, _small_or_packed)
