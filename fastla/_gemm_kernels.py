@@ -470,17 +470,24 @@ class Dest(NamedTuple):
     ld: int
 
 
+class Steps(NamedTuple):
+    """The entry addresses of the GEMM's per-thread step :func:`a_block` and of
+    :func:`pack_b_panel` (:data:`A_BLOCK`, :data:`PACK_B`; see :func:`steps`), or None to link them
+    into the caller (``fastla.kernels`` inside a user's code)."""
+
+    a_block: int | None
+    pack_b: int | None
+
+
 class Tiles(NamedTuple):
     """One GEMM call's cache blocking (see :class:`Blocking`): the depth of a rank-k update (KC),
-    the rows of A per packed block (MC) and the columns of B per packed slab (NC); and the entry
-    addresses of :func:`a_block` and :func:`pack_b_panel` (:data:`A_BLOCK`, :data:`PACK_B`), or
-    None to link them into the caller (see :func:`tiles`)."""
+    the rows of A per packed block (MC) and the columns of B per packed slab (NC); and how it
+    reaches its steps (a :class:`Steps`; see :func:`tiles`)."""
 
     kc: int
     mc: int
     nc: int
-    a_block_at: int | None
-    pack_b_at: int | None
+    steps: Steps
 
 
 @jit(parallel=True)
@@ -492,7 +499,8 @@ def gemm_into(a, b, dst, alpha, accumulate, row_scale, col_scale, tiles):
     stores into C without reading it, so ``C = ...`` costs no zeroing pass.
     """
     c, coff, ldc = dst.c, dst.off, dst.ld
-    code = tiles
+    # scalars for the parallel loops (Numba's parfor lowering rejects a tuple of scalars there)
+    a_block_at, pack_b_at = tiles.steps.a_block, tiles.steps.pack_b
     kc_max, mc_max, nc_max = tiles.kc, tiles.mc, tiles.nc
     mr = tile_mr(c)
     nr = tile_nr(c)
@@ -522,13 +530,14 @@ def gemm_into(a, b, dst, alpha, accumulate, row_scale, col_scale, tiles):
             for jp in prange(npan):
                 cols = min(nr, nc - jp * nr)
                 panel = (b, pc, kc, jc + jp * nr, cols, col_scale, bp, jp * kc * nr)
-                _intrinsics.call_entry(code.pack_b_at, pack_b_panel, panel)
+                _intrinsics.call_entry(pack_b_at, pack_b_panel, panel)
             for ib in prange(n_ic):
                 i0 = ib * mc_max
                 mc = min(mc_max, m - i0)
                 at = Block(i0, mc, pc, kc, ib * mc_pad * kc, npan, nc, coff + i0 * ldc + jc, ldc, load_c)
                 tile = scratch[ib * mr * nr : (ib + 1) * mr * nr]
-                _intrinsics.call_entry(code.a_block_at, a_block, (a, alpha, row_scale, ap, bp, c, tile, at))
+                step = (a, alpha, row_scale, ap, bp, c, tile, at)
+                _intrinsics.call_entry(a_block_at, a_block, step)
 
 
 @jit(parallel=True)
@@ -626,10 +635,14 @@ A_BLOCK = _jit.Entry(a_block, _a_block_examples)
 PACK_B = _jit.Entry(pack_b_panel, _pack_b_examples)
 
 
+def steps(dtype):
+    """:class:`Steps` with the entry addresses for ``dtype`` operands (None with the JIT off)."""
+    return Steps(A_BLOCK.address(dtype), PACK_B.address(dtype))
+
+
 def tiles(dtype, kc, mc, nc):
-    """:class:`Tiles` for a Python caller of :func:`gemm_into` on ``dtype`` operands, with the
-    entry addresses (None with the JIT off)."""
-    return Tiles(kc, mc, nc, A_BLOCK.address(dtype), PACK_B.address(dtype))
+    """:class:`Tiles` for a Python caller of :func:`gemm_into` on ``dtype`` operands."""
+    return Tiles(kc, mc, nc, steps(dtype))
 
 
 def row_blocking(m, itemsize, threads):

@@ -42,11 +42,14 @@ def array_parts(context, builder, ty, val):
 # --------------------------------------------------------------------------- calls through an address
 
 
-def _call_address_twin(address, fn, args):
-    return fn(*args)
+def call_entry(address, fn, args):
+    """``fn(*args)``. In compiled code, through ``address`` (from :meth:`fastla._jit.Entry.address`)
+    when it is an integer and ``args`` has exactly the types the entry compiles; with ``address``
+    None, or other types, a plain (linked) call."""
+    fn(*args)
 
 
-@intrinsic(_call_address_twin)
+@intrinsic(call_entry)
 def _call_address(typingctx, address, fn, args):
     """``fn(*args)`` through the entry point ``address`` of ``fn`` compiled for exactly the types
     of ``args`` (Numba's calling convention; the status it returns is ignored)."""
@@ -63,13 +66,6 @@ def _call_address(typingctx, address, fn, args):
         return context.get_dummy_value()
 
     return sig, codegen
-
-
-def call_entry(address, fn, args):
-    """``fn(*args)``. In compiled code, through ``address`` (from :meth:`fastla._jit.Entry.address`)
-    when it is an integer and ``args`` has exactly the types the entry compiles; with ``address``
-    None, or other types, a plain (linked) call."""
-    fn(*args)
 
 
 @overload(call_entry)

@@ -373,7 +373,7 @@ def _gemm(a, b, out, alpha, beta):
     none = out.reshape(out.size)[:0]
     big = int(out.itemsize == 8)
     start = m - m  # a run-time 0 (see _gemm_kernels' "literal arguments")
-    tiles = _gk.Tiles(_KC[big], min(m, _MC[big]), _NC[big], None, None)
+    tiles = _gk.Tiles(_KC[big], min(m, _MC[big]), _NC[big], _gk.Steps(None, None))
     _gemm_into(A, B, _gk.Dest(out.reshape(out.size), start, n), alpha, accumulate, none, none, tiles)
     return out
 
@@ -754,7 +754,7 @@ def _cosine(x, y, out):
     big = int(out.itemsize == 8)
     one = _zero(out) + 1
     start = n - n  # a run-time 0
-    tiles = _gk.Tiles(_KC[big], min(n, _MC[big]), _NC[big], None, None)
+    tiles = _gk.Tiles(_KC[big], min(n, _MC[big]), _NC[big], _gk.Steps(None, None))
     _gemm_into(A, B, _gk.Dest(out.reshape(out.size), start, m), one, False, inv_x, inv_y, tiles)
     return out
 

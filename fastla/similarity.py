@@ -614,15 +614,14 @@ def _merge_row(sc, off, cols, j0, s_row, i_row):
 
 class TopkTiling(NamedTuple):
     """Blocking of one top-k call: query rows per thread block, corpus rows per tile, GEMM depth,
-    and the threads the scratch buffers are sized for; and the entry addresses of the GEMM's
-    per-thread step and panel packing (``_gemm_kernels.A_BLOCK``, ``PACK_B``)."""
+    and the threads the scratch buffers are sized for; and how it reaches the GEMM's per-thread
+    step and panel packing (``_gemm_kernels.Steps``)."""
 
     mc: int
     tn: int
     kc: int
     threads: int
-    a_block_at: int | None
-    pack_b_at: int | None
+    steps: _gk.Steps
 
 
 class TopkScratch(NamedTuple):
@@ -643,6 +642,8 @@ def _topk_kernel(q, b, inv_q, inv_c, alpha, t, scratch, scores, index):
     at once. ``q`` (queries) and ``b`` (the corpus transposed) are GEMM operands
     (``_gemm_kernels.Operand``); ``t`` a :class:`TopkTiling`, ``scratch`` a :class:`TopkScratch`."""
     mc, tn, kc_max, threads = t.mc, t.tn, t.kc, t.threads
+    # scalars for the parallel loops (Numba's parfor lowering rejects a tuple of scalars there)
+    a_block_at, pack_b_at = t.steps.a_block, t.steps.pack_b
     bp, ap, sc, tiles = scratch.bp, scratch.ap, scratch.sc, scratch.tiles
     nq, d = q.rows, q.cols
     ncorp = b.cols
@@ -659,7 +660,7 @@ def _topk_kernel(q, b, inv_q, inv_c, alpha, t, scratch, scores, index):
                 kc = min(kc_max, d - pc)
                 pack_cols = min(nr, cols - jp * nr)
                 panel = (b, pc, kc, j0 + jp * nr, pack_cols, inv_c, bp, pc * tn + jp * kc * nr)
-                _intrinsics.call_entry(t.pack_b_at, _gk.pack_b_panel, panel)
+                _intrinsics.call_entry(pack_b_at, _gk.pack_b_panel, panel)
         for th in prange(threads):
             a_off = th * mc_pad * kc_max
             s_off = th * mc_pad * tn
@@ -670,7 +671,7 @@ def _topk_kernel(q, b, inv_q, inv_c, alpha, t, scratch, scores, index):
                 for pc in range(0, d, kc_max):
                     at = _gk.Block(i0, rows, pc, min(kc_max, d - pc), a_off, npan, cols, s_off, tn, pc > 0)
                     step = (q, alpha, inv_q, ap, bp[pc * tn :], sc, tile, at)
-                    _intrinsics.call_entry(t.a_block_at, _gk.a_block, step)
+                    _intrinsics.call_entry(a_block_at, _gk.a_block, step)
                 for r in range(rows):
                     _merge_row(sc, s_off + r * tn, cols, j0, scores[i0 + r], index[i0 + r])
 
@@ -717,6 +718,6 @@ def _topk_numba(q, c, k, batch_size, squeeze):
             q, inv_q, _ = _inv_norms_numba(q)
             c, inv_c, _ = _inv_norms_numba(c)
             a, b = _gk.operand(q), _gk.operand(c.T)
-            t = TopkTiling(mc, tn, blk.KC, threads, _gk.A_BLOCK.address(dt), _gk.PACK_B.address(dt))
+            t = TopkTiling(mc, tn, blk.KC, threads, _gk.steps(dt))
             _topk_kernel(a, b, inv_q, inv_c, dt.type(1), t, TopkScratch(bp, ap, sc, tiles), scores, idx)
     return _topk_result(scores, idx, squeeze)
