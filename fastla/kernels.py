@@ -20,14 +20,17 @@ plain Python, and under ``NUMBA_DISABLE_JIT=1``. Names and arguments follow the 
 ======================================  ==============================================================
 
 Calling convention for hot loops: pass ``out`` to avoid an allocation per call; ``solve_inplace``
-and ``softmax(x, x)`` work in place. Failures raise exceptions Numba can raise in compiled code:
-``numpy.linalg.LinAlgError("Singular matrix")`` for an exactly zero pivot, ``ValueError`` for bad
-shapes, with a message. Everything here is **serial**: none of these functions starts a parallel
-region, so calling them inside your own ``prange`` never nests parallelism (parallelise your outer
-loop), and none of them makes that loop serial (they raise through a call: a ``raise`` inlined into a
-``prange`` body makes Numba run the loop serially). Inside a ``prange`` loop Numba does not deliver an
-exception raised on a worker thread (numba/numba#2811): check shapes before the loop, and use
-:func:`try_solve`, which reports a singular system by its return value, where one may be singular.
+and ``softmax(x, x)`` work in place. The array views of your loop (``X[i]``) cost nothing extra:
+where a kernel is a call rather than inlined code, it receives them borrowed, without the reference
+counting Numba otherwise does for an array passed to a call. Failures raise exceptions Numba can
+raise in compiled code: ``numpy.linalg.LinAlgError("Singular matrix")`` for an exactly zero pivot,
+``ValueError`` for bad shapes, with a message. Everything here is **serial**: none of these
+functions starts a parallel region, so calling them inside your own ``prange`` never nests
+parallelism (parallelise your outer loop), and none of them makes that loop serial (they raise
+through a call: a ``raise`` inlined into a ``prange`` body makes Numba run the loop serially).
+Inside a ``prange`` loop Numba does not deliver an exception raised on a worker thread
+(numba/numba#2811): check shapes before the loop, and use :func:`try_solve`, which reports a
+singular system by its return value, where one may be singular.
 
 One implementation: softmax, log-softmax and log-sum-exp run fastla's row kernel (the same exp and
 row max as ``fastla.softmax``); ``gemm`` and ``cosine_similarity`` run the same packing and
@@ -87,6 +90,9 @@ __all__ = [
 ]
 
 nbt = _jit.nb_types
+
+# views passed to the out-of-line kernels below without reference counting (see _solve_vec_info)
+_borrow = _intrinsics.borrow
 
 # The serial compiles of the shared parallel kernels (see _jit.serial).
 _softmax_rows = _jit.serial(_sm._softmax_rows)
@@ -192,7 +198,9 @@ def _exp_typer(x):
 # fastmath, so an inlined exp-and-sum loop could not be vectorised (a float reduction needs
 # reassociation) and ran scalar: 12.5 ns an element for rows of 1000 float64 from a plain @njit loop,
 # 4.0 as a call (logsumexp 12.9 -> 4.3; rows of 10 16.4 -> 15.0). The row loops are therefore
-# separate compiled functions that the inlined wrappers call.
+# separate compiled functions that the inlined wrappers call, on borrowed views (_intrinsics.borrow):
+# the reference counting of the caller's row views across that call was most of a short row's cost
+# (rows of 10 float64 from a user's loop: 134 -> 96-105 ns a row).
 
 
 @jit
@@ -206,7 +214,7 @@ def _row_compiled(x, out, log, zero):
 def _row(x, out, log):
     """The row kernel on a 1-D ``x`` into ``out``."""
     if x.size > 0:
-        _row_compiled(x, out, log, _zero(x))
+        _row_compiled(_borrow(x), _borrow(out), log, _zero(x))
     return out
 
 
@@ -214,7 +222,7 @@ def _row(x, out, log):
 def _rows(x, out, log):
     """The row kernel on each row of a 2-D ``x`` into ``out``."""
     if x.size > 0:
-        _softmax_rows(x, out, log, _zero(x))
+        _softmax_rows(_borrow(x), _borrow(out), log, _zero(x))
     return out
 
 
@@ -447,8 +455,8 @@ def _eliminate(w, x):
 #: took 43 s to compile, 8 about 5 s); measured 3x3 in a user loop: 92 ns a system straight-line,
 #: 148 ns as loops; 40 ns once a 1-D right-hand side skipped Numba's reshape (``_solve_one_vec``).
 #: The same solve without the singular-matrix raise after it ran in 13-15 ns, try_solve in 38-46:
-#: most likely the reference counts of the loop's array views, which Numba keeps live across a call
-#: that can raise or whose result is branched on.
+#: the reference counts of the loop's array views, which Numba keeps live across a call that can
+#: raise or whose result is branched on; on borrowed views (``_solve_vec_info``) 34 ns.
 STRAIGHT_LINE_MAX = 8
 
 
@@ -508,15 +516,24 @@ def _solve_one_loops(a, x):
 
 
 @jit(inline="always")
-def _solve_vec(a, b, out):
+def _solve_vec_info(a, b, out):
     """The hot-loop form: one C-contiguous system ``a`` (n, n), ``b`` and ``out`` (n,); no
-    allocation (a ``np.ascontiguousarray`` here cost 250 ns a call)."""
+    allocation (a ``np.ascontiguousarray`` here cost 250 ns a call); returns the elimination's
+    status (0, or ``j + 1`` for the first exactly zero pivot). The solver runs on borrowed views
+    (``_intrinsics.borrow``): a 3x3 solve in a user's loop cost 60 ns a system with the loop's views
+    reference-counted across it, 34 ns without."""
     n = a.shape[0]
     if a.shape[1] != n or b.shape[0] != n or out.shape[0] != n:
         _solve_shape_error()
+    x = _borrow(out)
     for i in range(n):
-        out[i] = b[i]
-    if _solve_one_vec(a, out):
+        x[i] = b[i]
+    return _solve_one_vec(_borrow(a), x)
+
+
+@jit(inline="always")
+def _solve_vec(a, b, out):
+    if _solve_vec_info(a, b, out):
         _singular_error()
     return out
 
@@ -544,12 +561,7 @@ def try_solve(a, b, out):
 
 @jit(inline="always")
 def _try_solve(a, b, out):
-    n = a.shape[0]
-    if a.shape[1] != n or b.shape[0] != n or out.shape[0] != n:
-        _solve_shape_error()
-    for i in range(n):
-        out[i] = b[i]
-    return _solve_one_vec(a, out) == 0
+    return _solve_vec_info(a, b, out) == 0
 
 
 @_jit.overload(try_solve)
@@ -709,8 +721,16 @@ def _lu_solve_typer(lu, piv, b, out=None):
     if not (_is_array(lu, (2,)) and _is_array(b, (1, 2))):
         return None
     if out is None or isinstance(out, nbt.NoneType | nbt.Omitted):
-        return lambda lu, piv, b, out=None: _lu_solve(lu, piv, b, np.empty(b.shape, lu.dtype))
-    return lambda lu, piv, b, out=None: _lu_solve(lu, piv, b, out)
+        return lambda lu, piv, b, out=None: _lu_solve_borrowed(lu, piv, b, np.empty(b.shape, lu.dtype))
+    return lambda lu, piv, b, out=None: _lu_solve_borrowed(lu, piv, b, out)
+
+
+@jit(inline="always")
+def _lu_solve_borrowed(lu, piv, b, out):
+    """:func:`_lu_solve` on borrowed views (no reference counting across the call, see
+    :func:`_solve_vec_info`); returns ``out`` itself."""
+    _lu_solve(_borrow(lu), _borrow(piv), _borrow(b), _borrow(out))
+    return out
 
 
 # --------------------------------------------------------------------------- similarity and top-k
@@ -864,7 +884,9 @@ def _attention_step_typer(q, k, v, scale, m, l, acc):
     if not all(_is_array(t, (2,)) for t in (q, k, v, acc)):
         return None
     dt = acc.dtype
-    return lambda q, k, v, scale, m, l, acc: _attention_step(q, k, v, dt(scale), m, l, acc)
+    return lambda q, k, v, scale, m, l, acc: _attention_step(
+        _borrow(q), _borrow(k), _borrow(v), dt(scale), _borrow(m), _borrow(l), _borrow(acc)
+    )
 
 
 @jit

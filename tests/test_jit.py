@@ -25,6 +25,37 @@ def test_bitcast_intrinsics_match_twins():
 
 
 @_jit.jit
+def _scale_rows(x, col):
+    for i in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            x[i, j] = x[i, j] * (i + 1) + col[j]
+
+
+@_jit.jit
+def _through_borrowed(x, col):
+    _scale_rows(_intrinsics.borrow(x), _intrinsics.borrow(col))  # an out-of-line call
+    return x
+
+
+@needs_jit
+@pytest.mark.parametrize("view", ["whole", "strided", "transposed"])
+def test_borrowed_views_reach_the_same_elements(view, rng):
+    """A borrowed view has the array's data, shape and strides (only its owner is left out): writes
+    through it from another compiled function land where NumPy puts them."""
+    base = rng.integers(-50, 50, (6, 8)).astype(np.float64)  # exact, whether or not contracted
+    x = {"whole": base, "strided": base[1::2, ::3], "transposed": base.T[::2]}[view]
+    col = rng.integers(-50, 50, 8).astype(np.float64)[: x.shape[1]]
+    want = x * np.arange(1, x.shape[0] + 1)[:, None] + col
+    untouched = base.copy()
+    got = _through_borrowed(x, col)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(x, want)
+    mask = np.ones(base.shape, bool)
+    mask[{"whole": np.s_[:, :], "strided": np.s_[1::2, ::3], "transposed": np.s_[:, ::2]}[view]] = False
+    np.testing.assert_array_equal(base[mask], untouched[mask])  # nothing else written
+
+
+@_jit.jit
 def _call_microkernel(kc, ap, aoff, bp, boff, ldb, c, coff, ldc, load_c):
     gk.microkernel(kc, ap, aoff, bp, boff, ldb, c, coff, ldc, load_c)
 
