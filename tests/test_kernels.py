@@ -10,6 +10,7 @@ import scipy.special as sps
 
 import fastla
 from fastla import _jit, kernels
+from fastla import _lane_solver as _ls
 from tests.helpers import eps
 
 
@@ -252,6 +253,66 @@ def test_solve_agrees_with_the_public_batched_solver(n, rng):
     np.testing.assert_allclose(user_solve(a, b), public, rtol=1e-9, atol=1e-9)  # a stack at once
     f32 = user_solve(a[0].astype(np.float32), b[0, :, 0].astype(np.float32))
     assert f32.dtype == np.float32 and f32.shape == (n,)
+
+
+def _one_lane_twin(N, K, W, B, X):
+    return _ls._lane_solve_one_twin(N, K, W, B, X)
+
+
+@_jit.intrinsic(_one_lane_twin)
+def _one_lane_solve(typingctx, N, K, W, B, X):
+    """The one-lane straight-line code for any n (what lane_solve_one runs where rows do not pay)."""
+    nbt = _jit.nb_types
+    if not (isinstance(N, nbt.IntegerLiteral) and isinstance(K, nbt.IntegerLiteral)):
+        return None
+    itemsize = np.dtype(str(W.dtype)).itemsize
+    return nbt.int64(N, K, W, B, X), _ls._lane_codegen(N.literal_value, K.literal_value, 1, itemsize, False)
+
+
+@njit
+def _solve_each(a, b, x, status, one_lane):
+    n = a.shape[1]
+    for i in range(a.shape[0]):
+        ai, bi, xi = a[i], b[i], x[i]
+        if one_lane:
+            if n == 2:
+                status[i] = _one_lane_solve(2, 1, ai, bi, xi)
+            elif n == 3:
+                status[i] = _one_lane_solve(3, 1, ai, bi, xi)
+            else:
+                status[i] = _one_lane_solve(4, 1, ai, bi, xi)
+        elif n == 2:
+            status[i] = _ls.lane_solve_one(2, 1, ai, bi, xi)
+        elif n == 3:
+            status[i] = _ls.lane_solve_one(3, 1, ai, bi, xi)
+        else:
+            status[i] = _ls.lane_solve_one(4, 1, ai, bi, xi)
+    return x
+
+
+@pytest.mark.skipif(not _jit.JIT_ENABLED, reason="compares two compiled codes")
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_row_vector_solver_matches_the_one_lane_code_bit_for_bit(dtype, rng):
+    """For n = 2 to 4 one system is solved as row vectors (_lane_solver._row_codegen): the one-lane
+    code's operations in its order, so the same bits and the same status, also where pivots tie and
+    where a NaN or an inf takes part in the pivot search."""
+    for n in (2, 3, 4):
+        m = 300
+        a = rng.standard_normal((m, n, n))
+        a[:100] = rng.choice([-2.0, -1.0, 0.0, 1.0, 2.0], (100, n, n))  # ties, some singular
+        a[100:120, :, 0] = np.nan  # the whole first column
+        a[120:140, 0, 0] = np.nan  # the diagonal entry the search starts from
+        a[140:160, n - 1, 0] = np.nan  # a candidate below the diagonal
+        a[160:180] = np.where(rng.random((20, n, n)) < 0.3, np.inf, a[160:180])
+        a[180:200, :, 0] = np.abs(a[180:200, :1, 0])  # one magnitude in the whole first column
+        a, b = a.astype(dtype), rng.standard_normal((m, n)).astype(dtype)
+        rows, lane = np.empty_like(b), np.empty_like(b)
+        s_rows, s_lane = np.empty(m, np.int64), np.empty(m, np.int64)
+        _solve_each(a, b, rows, s_rows, False)
+        _solve_each(a, b, lane, s_lane, True)
+        np.testing.assert_array_equal(s_rows, s_lane)
+        assert (s_rows[:100] > 0).any() and (s_rows == 0).any()  # singular and regular systems seen
+        np.testing.assert_array_equal(rows, lane)  # NaN where NaN
 
 
 @pytest.mark.parametrize("k", [None, 3])

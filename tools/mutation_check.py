@@ -48,6 +48,14 @@ MUTANTS = [
         "batched tiny solver swaps rows only when the pivot is exactly zero (the audit's mutant)",
     ),
     Mutant(
+        "solve-rows-pivot-ties-go-right",
+        "_lane_solver.py",
+        'g = builder.fcmp_ordered(">", kr, kl)',
+        'g = builder.fcmp_ordered(">=", kr, kl)',
+        ("tests/test_kernels.py", "-k", "bit_for_bit"),
+        "one system as row vectors: a tied pivot goes to the later row (not the first largest)",
+    ),
+    Mutant(
         "lu-panel-pivot-only-on-zero",
         "lu.py",
         "            if v > best:  # strict: the first maximum, as LAPACK's idamax",
