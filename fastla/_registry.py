@@ -44,7 +44,9 @@ class Prepared:
     ``compiled`` is None when a compiled kernel can run, else the reason it cannot (a sentence);
     ``forced_error``, when set, is what a forced compiled backend raises for such input instead of
     the generic TypeError (e.g. NumPy's error for a bad ``out=``, which ``numpy`` raises itself).
-    ``facts`` holds what the auto rule reads (shapes, dtype, sizes); ``args`` the clean inputs.
+    ``facts`` holds what the auto rule reads (shapes, dtype, sizes); ``args`` the clean inputs, as
+    the op's NamedTuple of validated arguments (``matmul.MatmulArgs``, ...), whose fields every impl
+    takes in order (``impl(*args)``; tests/test_architecture.py checks the names).
     """
 
     args: tuple

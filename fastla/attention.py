@@ -76,6 +76,16 @@ def _lead_index(lead_in, lead, heads_repeat=1):
     return np.ascontiguousarray(np.broadcast_to(idx, lead).reshape(-1))
 
 
+class AttentionArgs(NamedTuple):
+    """The validated arguments of the attention implementations."""
+
+    q: object  # (stack, L, E), native-order of the compute dtype
+    k: object  # (stack, S, E)
+    v: object  # (stack, S, Ev)
+    mask: object  # additive (stack, L, S) of the compute dtype, or None
+    plan: Plan
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """One call's validated arguments beyond the arrays themselves (what every impl reads)."""
@@ -178,7 +188,7 @@ def _prepare(
     )
     m3 = None if mask is None else mask.reshape(-1, *mask.shape[-2:])
     facts = {"scores": math.prod(lead) * L * S, "L": L, "S": S, "E": E, "dtype": dtype}
-    return _registry.Prepared((*stacks, m3, plan), compiled=why, facts=facts)
+    return _registry.Prepared(AttentionArgs(*stacks, m3, plan), compiled=why, facts=facts)
 
 
 def _rule(prep):

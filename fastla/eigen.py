@@ -41,6 +41,8 @@ more pass), ``numpy`` (``@``, BLAS gemv/gemm), ``loop`` (pure-Python matrix-vect
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from fastla import _gemm_kernels as _gk
@@ -518,6 +520,18 @@ def start_block(n, dtype, k, maxiter, v0, symmetric, seed):
     return start, max(1000, 10 * n) if maxiter is None else int(maxiter)
 
 
+class PowerArgs(NamedTuple):
+    """The validated arguments of power iteration's implementations (and of :func:`run`)."""
+
+    a: object  # (n, n) C-contiguous, read-only typed, scaled by 2^-exp (facts["exp"])
+    k: int
+    tol: float
+    maxiter: int
+    start: object  # (n, block) start vectors
+    symmetric: bool
+    return_vectors: bool
+
+
 def _prepare(a, k=1, tol=None, maxiter=None, v0=None, symmetric=None, seed=None, return_eigenvectors=True):
     a = np.asarray(a)
     check_options(a.shape, k, tol)
@@ -535,7 +549,7 @@ def _prepare(a, k=1, tol=None, maxiter=None, v0=None, symmetric=None, seed=None,
         a = _intrinsics.readonly(np.ldexp(a, -exp).astype(dtype, copy=False))
     n = a.shape[0]
     start, maxiter = start_block(n, dtype, k, maxiter, v0, symmetric, seed)
-    args = (a, k, float(default_tol(dtype, tol)), maxiter, start, symmetric, return_eigenvectors)
+    args = PowerArgs(a, k, float(default_tol(dtype, tol)), maxiter, start, symmetric, return_eigenvectors)
     return _registry.Prepared(args, facts={"n": n, "k": k, "exp": exp})
 
 

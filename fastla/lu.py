@@ -32,6 +32,7 @@ import functools
 import math
 import sys
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 
@@ -295,6 +296,31 @@ def _square(a, name, fn):
         raise ValueError(f"{fn}: {name} must be square (..., n, n), got shape {a.shape}")
 
 
+class FactorArgs(NamedTuple):
+    """The validated arguments of ``lu_factor``'s implementations."""
+
+    a: object  # (..., n, n) native-order of the LAPACK dtype (as given where not compiled)
+    overwrite: bool  # the caller allowed overwriting a, and a is the caller's array
+
+
+class LuSolveArgs(NamedTuple):
+    """The validated arguments of ``lu_solve``'s implementations."""
+
+    lu: object
+    piv: object
+    b: object
+    trans: int  # 0: a x = b; 1: a^T x = b (SciPy's 1 and 2 for real input)
+    vector: bool  # b is one right-hand side per system ((..., n), not (..., n, k))
+    overwrite: bool  # the caller allowed overwriting b, and b is the caller's array
+
+
+class SolveArgs(NamedTuple):
+    """The validated arguments of ``solve``'s implementations."""
+
+    a: object
+    b: object
+
+
 def _prepare_factor(a, overwrite_a=False, check_finite=True):
     a_in = a
     a = np.asarray(a)
@@ -307,7 +333,7 @@ def _prepare_factor(a, overwrite_a=False, check_finite=True):
     if why is None and a.shape[-1] != a.shape[-2]:  # SciPy factors rectangular matrices (getrf)
         why = f"a rectangular {a.shape[-2]} x {a.shape[-1]} matrix: LAPACK getrf"
         forced = ValueError(f"lu_factor: the compiled and loop kernels factor square matrices, got {a.shape}")
-    args = (a if why else _validate.native(a, dtype), overwrite_a and a is a_in)
+    args = FactorArgs(a if why else _validate.native(a, dtype), overwrite_a and a is a_in)
     facts = {"n": a.shape[-1], "batch": math.prod(a.shape[:-2])}
     return _registry.Prepared(args, compiled=why, facts=facts, forced_error=forced)
 
@@ -336,7 +362,7 @@ def _prepare_solve(lu_and_piv, b, trans=0, overwrite_b=False, check_finite=True)
         _validate.check_finite(b)
     if why is None:
         lu, b = _validate.native(lu, dtype), _validate.native(b, dtype)
-    args = (lu, piv, b, 1 if trans else 0, vector, overwrite_b and b is b_in)
+    args = LuSolveArgs(lu, piv, b, 1 if trans else 0, vector, overwrite_b and b is b_in)
     return _registry.Prepared(args, compiled=why, facts={"n": n, "batch": math.prod(stack)})
 
 
@@ -371,7 +397,7 @@ def _prepare_linsolve(a, b):
     if why is None:
         a, b = _validate.native(a, dtype), _validate.native(b, dtype)
     facts = {"n": n, "batch": math.prod(stack)}
-    return _registry.Prepared((a, b), compiled=why, facts=facts)
+    return _registry.Prepared(SolveArgs(a, b), compiled=why, facts=facts)
 
 
 def _batched_wins(n, batch):

@@ -18,6 +18,7 @@ layer) is folded into one ``(batch*m, k) @ (k, n)`` GEMM instead of a loop over 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -75,6 +76,14 @@ def result_shape(sa, sb):
     return m, k_a, n, batch, shape
 
 
+class MatmulArgs(NamedTuple):
+    """The validated arguments of ``matmul``: what every implementation takes, in this order."""
+
+    a: object  # the operands: native-order arrays of the compute dtype, or as given (NumPy's rules)
+    b: object
+    out: object  # the caller's out= or None
+
+
 def _prepare(a, b, out=None):
     a_in, b_in = a, b
     a = np.asanyarray(a)
@@ -93,9 +102,9 @@ def _prepare(a, b, out=None):
         if problem is not None:  # np.matmul raises its own error (or broadcasts out, as gufuncs do)
             why = f"out= that NumPy's rules handle ({problem})"
     if why is None:
-        args = (_validate.native(a, dtype), _validate.native(b, dtype), out)
+        args = MatmulArgs(_validate.native(a, dtype), _validate.native(b, dtype), out)
     else:  # NumPy's own rules (and errors) for out= and for what we don't compile
-        args = (a_in, b_in, out)
+        args = MatmulArgs(a_in, b_in, out)
     facts = {
         "m": 1 if m is None else m,
         "k": k_a,

@@ -121,6 +121,25 @@ def _float_dtype(x, y, fname):
     return dtype, why
 
 
+class MatrixArgs(NamedTuple):
+    """The validated arguments of ``cosine_similarity``'s implementations."""
+
+    x: object  # (n, d), native-order of the compute dtype (a 1-D input as one row)
+    y: object  # (m, d), or None for the similarity of x with itself (the symmetric case)
+    out: object
+    kind: str  # "mm", "mv", "vm" or "vv": which inputs were matrices (the result's shape)
+
+
+class TopkArgs(NamedTuple):
+    """The validated arguments of ``cosine_topk``'s implementations."""
+
+    q: object  # (n, d) queries (a 1-D query as one row)
+    c: object  # (m, d) corpus
+    k: int
+    batch_size: object  # int or None
+    squeeze: bool  # the query was 1-D: return 1-D results
+
+
 def _prepare_matrix(X, Y=None, out=None):
     sym = Y is None or Y is X
     # subclasses (np.matrix, masked) are viewed as plain arrays, as sklearn does
@@ -140,7 +159,8 @@ def _prepare_matrix(X, Y=None, out=None):
     x2 = x[None, :] if x.ndim == 1 else x
     y2 = y[None, :] if y.ndim == 1 else y
     facts = {"n": x2.shape[0], "m": y2.shape[0], "d": x2.shape[1], "dtype": dtype, "sym": sym}
-    return _registry.Prepared((x2, None if sym else y2, out, kind), compiled=why, facts=facts)
+    args = MatrixArgs(x2, None if sym else y2, out, kind)
+    return _registry.Prepared(args, compiled=why, facts=facts)
 
 
 def _rule_matrix(prep):
@@ -169,7 +189,8 @@ def _prepare_topk(queries, corpus, k, batch_size=None):
     c = _validate.native(c, dtype)
     q2 = q[None, :] if q.ndim == 1 else q
     facts = {"n": q2.shape[0], "m": c.shape[0], "d": c.shape[1], "k": k, "dtype": dtype}
-    return _registry.Prepared((q2, c, k, batch_size, q.ndim == 1), compiled=why, facts=facts)
+    args = TopkArgs(q2, c, k, batch_size, q.ndim == 1)
+    return _registry.Prepared(args, compiled=why, facts=facts)
 
 
 def _rule_topk(prep):

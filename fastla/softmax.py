@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import math
 import operator
+from typing import NamedTuple
 
 import numpy as np
 
@@ -270,6 +271,15 @@ def _ce_prob_rows(x, target, smoothing, loss, zero):
 # --------------------------------------------------------------------------- validation
 
 
+class SoftmaxArgs(NamedTuple):
+    """The validated arguments of ``softmax`` / ``log_softmax``'s implementations."""
+
+    x: object  # native-order of the compute dtype (as given where not compiled)
+    axes: object  # normalised axes tuple (the caller's axis where not compiled)
+    out: object
+    log: bool  # log_softmax
+
+
 def _prepare(x, axis, out, log):
     name = "log_softmax" if log else "softmax"
     x_in = x
@@ -284,9 +294,9 @@ def _prepare(x, axis, out, log):
         why = "bool input: SciPy's rules apply (it rejects bool: there is no boolean subtract)"
     if why is None:
         _validate.check_out(out, x.shape, dtype, name)
-        args = (_validate.native(x, dtype), axes, out, log)
+        args = SoftmaxArgs(_validate.native(x, dtype), axes, out, log)
     else:
-        args = (x_in, axis, out, log)
+        args = SoftmaxArgs(x_in, axis, out, log)
     last = (x.ndim - 1,) if x.flags.c_contiguous or not x.flags.f_contiguous else (0,)
     facts = {"size": x.size, "name": name, "rows": axes == last or x.ndim <= 1}
     return _registry.Prepared(args, compiled=why, facts=facts)
@@ -408,13 +418,13 @@ def _finish(res, out):
     return out
 
 
-def _numpy_impl(x, axis, out, log):
+def _numpy_impl(x, axes, out, log):
     """scipy.special.softmax / log_softmax (NumPy passes); the seed's formula without SciPy."""
     x = np.asanyarray(x)
     if x.size == 0:
         res = np.empty(x.shape, dtype=np.result_type(x.dtype, np.float16))
     else:
-        res = _scipy_or_seed(log)(x, axis=axis)
+        res = _scipy_or_seed(log)(x, axis=axes)
     return _finish(res, out)
 
 
@@ -537,6 +547,17 @@ def check_ce(x, t, axis, reduction, label_smoothing, ignore_index):
     raise TypeError(f"cross_entropy: target must be integer class indices or floats, got {t.dtype}")
 
 
+class CrossEntropyArgs(NamedTuple):
+    """The validated arguments of ``cross_entropy``'s implementations."""
+
+    x: object  # the logits, the class axis moved last
+    t: object  # class indices, or probabilities with the class axis last
+    kind: str  # "index" or "prob"
+    reduction: str
+    smoothing: float
+    ignore_index: int
+
+
 def _prepare_ce(logits, target, axis=-1, reduction="mean", label_smoothing=0.0, ignore_index=-100):
     x = np.asanyarray(logits)
     t = np.asanyarray(target)
@@ -558,7 +579,7 @@ def _prepare_ce(logits, target, axis=-1, reduction="mean", label_smoothing=0.0, 
         x_last = _validate.native(x_last, dtype)
         if kind == "prob":
             t = _validate.native(t, dtype)
-    args = (x_last, t, kind, reduction, label_smoothing, ignore_index)
+    args = CrossEntropyArgs(x_last, t, kind, reduction, label_smoothing, ignore_index)
     return _registry.Prepared(args, compiled=why, facts={"size": x.size})
 
 

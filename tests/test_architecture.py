@@ -56,6 +56,44 @@ def test_op_is_in_the_dropin_matrix(op):
     assert any(fn is getattr(fastla, op) for fn, *_ in test_dropin.CASES.values())
 
 
+class _Captured(Exception):
+    pass
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_op_hands_its_impls_one_named_tuple_of_validated_arguments(op, monkeypatch):
+    """Validation returns the op's arguments as one NamedTuple (its fields documented where it is
+    defined), and every implementation takes exactly those fields, in order: a field added, renamed
+    or moved in one place and not the others fails here. (An impl taking ``*args`` forwards them
+    whole, as power iteration's three do to ``eigen.run``, whose parameters are then checked.)"""
+    import inspect
+
+    import numpy as np
+
+    from fastla import _registry, eigen
+
+    original = _registry.Operation.run
+    seen = []
+
+    def capture(self, backend, prep):
+        if self.name != op:  # e.g. lu_solve's call factors first
+            return original(self, backend, prep)
+        seen.append((self, prep))
+        raise _Captured
+
+    monkeypatch.setattr(_registry.Operation, "run", capture)
+    with pytest.raises(_Captured):
+        _warmup._first_calls()[op](np.dtype("float64"))
+    operation, prep = seen[-1]
+    fields = getattr(type(prep.args), "_fields", None)
+    assert isinstance(prep.args, tuple) and fields, f"{op}: validated arguments are a plain {type(prep.args)}"
+    for name, impl in operation.impls.items():
+        params = list(inspect.signature(impl.fn).parameters.values())
+        if params and params[0].kind is inspect.Parameter.VAR_POSITIONAL:
+            params = list(inspect.signature(eigen.run).parameters.values())[: len(fields)]
+        assert tuple(p.name for p in params) == fields, f"{op}: impl {name!r} takes {params}, not {fields}"
+
+
 @pytest.mark.parametrize("set_name", ["smoke", "quick", "full"])
 def test_every_op_has_a_workload_in_every_set(set_name):
     assert set(OPS) <= _workload_ops(set_name)
