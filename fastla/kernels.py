@@ -128,6 +128,17 @@ def _singular_error():
     raise np.linalg.LinAlgError("Singular matrix")
 
 
+@jit(inline="always")
+def _copy2d(dst, src):
+    """``dst[...] = src`` for 2-D arrays of one shape, as loops. An array assignment compiles Numba's
+    shape-mismatch check with its message formatting (str of shapes) into the function: 3 s of
+    compile for each signature, and in an inlined kernel for every user function that calls it
+    (measured: 12.5 s of test_kernels' compile time)."""
+    for i in range(src.shape[0]):
+        for j in range(src.shape[1]):
+            dst[i, j] = src[i, j]
+
+
 def _call(fn, *args):
     """Run a compiled implementation from Python; with the JIT off it runs as Python, with NumPy's
     floating-point warnings silenced as the compiled code has none."""
@@ -504,7 +515,8 @@ def _solve_one_vec(a, b, x):
     info = _straight_line(a, b, x)
     if info >= 0:
         return info
-    x[:] = b
+    for i in range(b.shape[0]):  # a loop, not x[:] = b: see _copy2d
+        x[i] = b[i]
     return _solve_one_loops(a, x)
 
 
@@ -578,7 +590,8 @@ def _try_solve_strided(a, b, out):
     code reads and writes the right-hand side as one contiguous block)."""
     x = np.empty(out.shape[0], out.dtype)
     ok = _try_solve(a, b, x)
-    out[:] = x
+    for i in range(x.shape[0]):
+        out[i] = x[i]
     return ok
 
 
@@ -593,7 +606,7 @@ def _solve_into(a, b, out):
     x3 = out.reshape((m, n, -1))
     b3 = np.ascontiguousarray(b).reshape((m, n, -1))
     for t in range(m):
-        x3[t] = b3[t]
+        _copy2d(x3[t], b3[t])
         if _solve_one(a3[t], x3[t]):
             _singular_error()
     return out
@@ -669,7 +682,7 @@ def _lu_factor(a, lu, piv):
     n = a.shape[0]
     if a.shape[1] != n:
         raise ValueError("fastla.kernels.lu_factor: a must be square (n, n)")
-    lu[:] = a
+    _copy2d(lu, a)
     start = n - n  # run-time zeros (see _gemm_kernels' "literal arguments")
     return _lu._panel(lu, start, n, piv, start)
 
@@ -703,7 +716,7 @@ def _lu_solve(lu, piv, b, out):
     if b.shape[0] != n or out.shape != b.shape:
         raise ValueError("fastla.kernels.lu_solve: b must be (n,) or (n, k) for lu (n, n)")
     x = out.reshape((n, -1))
-    x[:] = np.ascontiguousarray(b).reshape((n, -1))
+    _copy2d(x, np.ascontiguousarray(b).reshape((n, -1)))
     _lu._getrs(_intrinsics.as_readonly(np.ascontiguousarray(lu)), piv.astype(np.int64), x, n - n)
     return out
 
@@ -745,7 +758,7 @@ def _unit_scaled(x):
     norms = np.empty(n)
     exps = np.empty(n, np.int64)
     xc = np.empty(x.shape, x.dtype)  # a copy: the rows may be rescaled below
-    xc[:] = x
+    _copy2d(xc, x)
     _inv_norms(_intrinsics.as_readonly(xc), lo, hi, inv, norms, exps)
     if np.any(exps != 0):
         for i in range(n):
