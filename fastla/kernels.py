@@ -475,7 +475,9 @@ STRAIGHT_LINE_MAX = 8
 def _straight_line(a, b, x):
     """The straight-line solve of ``a x = b`` for n <= STRAIGHT_LINE_MAX and one right-hand side
     (``b`` (n,) or (n, 1), any strides; ``x`` its shape, C order, may be ``b``): 0, or ``j + 1``
-    for the first exactly zero pivot; -1 for a larger n (not solved)."""
+    for the first exactly zero pivot; -1 for a larger n (not solved). n <= 4 is inlined; 5 to 8 is
+    a call (the arrays arrive borrowed): their straight-line code is most of the IR, and inlined it
+    was compiled into every user function that calls ``kernels.solve``."""
     n = a.shape[0]
     if n == 1:
         return _ls.lane_solve_one(1, 1, a, b, x)
@@ -485,15 +487,22 @@ def _straight_line(a, b, x):
         return _ls.lane_solve_one(3, 1, a, b, x)
     elif n == 4:
         return _ls.lane_solve_one(4, 1, a, b, x)
-    elif n == 5:
+    elif n <= STRAIGHT_LINE_MAX:
+        return _straight_line_wide(_borrow(a), _borrow(b), _borrow(x))
+    return -1
+
+
+@jit
+def _straight_line_wide(a, b, x):
+    """:func:`_straight_line` for n = 5 to 8."""
+    n = a.shape[0]
+    if n == 5:
         return _ls.lane_solve_one(5, 1, a, b, x)
     elif n == 6:
         return _ls.lane_solve_one(6, 1, a, b, x)
     elif n == 7:
         return _ls.lane_solve_one(7, 1, a, b, x)
-    elif n == 8:
-        return _ls.lane_solve_one(8, 1, a, b, x)
-    return -1
+    return _ls.lane_solve_one(8, 1, a, b, x)
 
 
 @jit(inline="always")
