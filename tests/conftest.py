@@ -68,3 +68,16 @@ def pytest_terminal_summary(terminalreporter):
             f"fastla: kernel warm-up (compiling into the cache) took {_WARMUP['seconds']:.0f} s of this "
             f"session's {total:.0f} s ({100 * _WARMUP['seconds'] / total:.0f}%)"
         )
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """``pytest -n 2`` schedules as ``--dist loadgroup``: tests/test_kernels.py's tests (one
+    ``xdist_group``) share compiled user functions and run on one worker, the rest one test at a
+    time as the default ``load`` does. Not an ``addopts`` entry: ``--dist`` there would make
+    pytest-benchmark refuse ``python -m fastla bench``'s run (it disables itself under xdist). An
+    explicit ``--dist`` other than the default wins."""
+    if config.getoption("dist") != "load":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    return LoadGroupScheduling(config, log)

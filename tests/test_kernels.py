@@ -27,8 +27,8 @@ def njit(fn=None, **kw):
 prange = _jit.prange  # numba.prange, or range without numba
 
 # Every test here compiles user functions that call the kernels (seconds each, not cached), and most
-# share them: run on one pytest-xdist worker (``--dist loadgroup`` in pyproject.toml), so that the
-# two workers of ``pytest -n 2`` do not each compile the same functions.
+# share them: run on one pytest-xdist worker (the group; tests/conftest.py schedules groups), so
+# that the two workers of ``pytest -n 2`` do not each compile the same functions.
 pytestmark = pytest.mark.xdist_group("kernels")
 
 
