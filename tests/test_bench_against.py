@@ -106,7 +106,10 @@ def test_against_catches_a_slowed_op_and_reports_the_rest(pair, tmp_path, capsys
     assert status["wait[b] numba"] in ("same", "faster")
     assert status["newop[c] numba"].startswith("not compared: base: AttributeError")
     a = next(v for v in data["verdicts"] if v["name"] == "wait[a] numba")
-    assert 1.3 < a["of_minima"] < 2.3 and a["median"] > 1.3, a
+    # 2x by construction; a round only lengthens when its process is descheduled, which beside other
+    # tests (pytest -n 2 on 2 cores) happened in every round of the candidate once (of_minima 2.37):
+    # the bounds check the ratio's direction and size, not the machine's quiet
+    assert 1.3 < a["of_minima"] < 3.0 and a["median"] > 1.3, a
     assert [it["impl"] for it in data["items"]] == ["numba"] * 3  # loop is not fastla's speed path
 
 
