@@ -139,6 +139,23 @@ def _copy2d(dst, src):
             dst[i, j] = src[i, j]
 
 
+@jit(inline="always")
+def _copy1d(dst, src):
+    """The 1-D :func:`_copy2d`."""
+    for i in range(src.shape[0]):
+        dst[i] = src[i]
+
+
+@jit(inline="always")
+def _copy3d(dst, src):
+    """The 3-D :func:`_copy2d`."""
+    for t in range(src.shape[0]):
+        _copy2d(dst[t], src[t])
+
+
+_COPY = {1: _copy1d, 2: _copy2d, 3: _copy3d}  # by ndim
+
+
 def _call(fn, *args):
     """Run a compiled implementation from Python; with the JIT off it runs as Python, with NumPy's
     floating-point warnings silenced as the compiled code has none."""
@@ -524,8 +541,7 @@ def _solve_one_vec(a, b, x):
     info = _straight_line(a, b, x)
     if info >= 0:
         return info
-    for i in range(b.shape[0]):  # a loop, not x[:] = b: see _copy2d
-        x[i] = b[i]
+    _copy1d(x, b)
     return _solve_one_loops(a, x)
 
 
@@ -599,8 +615,7 @@ def _try_solve_strided(a, b, out):
     code reads and writes the right-hand side as one contiguous block)."""
     x = np.empty(out.shape[0], out.dtype)
     ok = _try_solve(a, b, x)
-    for i in range(x.shape[0]):
-        out[i] = x[i]
+    _copy1d(out, x)
     return ok
 
 
@@ -650,17 +665,26 @@ def _solve_typer(a, b, out=None):
     impl = _solve_vec if a.ndim == 2 and a.layout == "C" and b.ndim == 1 else _solve_into
     if fresh:
         return lambda a, b, out=None: impl(a, b, np.empty(b.shape, a.dtype))
+    if not isinstance(out, nbt.Array):
+        return None
+    if out.ndim != b.ndim:
+
+        def mismatched(a, b, out=None):
+            _solve_shape_error()
+            return out
+
+        return mismatched
     if out.layout != "C":  # a strided out (e.g. a column): solved contiguously, then copied
-        return lambda a, b, out=None: _copy_to(out, impl(a, b, np.empty(b.shape, a.dtype)))
+        copy = _COPY[out.ndim]
+
+        def strided(a, b, out=None):
+            if out.shape != b.shape:
+                _solve_shape_error()
+            copy(out, impl(a, b, np.empty(b.shape, a.dtype)))
+            return out
+
+        return strided
     return lambda a, b, out=None: impl(a, b, out)
-
-
-@jit(inline="always")
-def _copy_to(out, x):
-    if out.shape != x.shape:
-        _solve_shape_error()
-    out[...] = x
-    return out
 
 
 def solve_inplace(a, b):

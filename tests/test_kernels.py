@@ -385,6 +385,28 @@ def test_solve_into_a_strided_out(n, rng):
     np.testing.assert_allclose(xt[:, 4:], expect, rtol=1e-10, atol=1e-12)
 
 
+@njit
+def user_solve_into(a, b, out):
+    kernels.solve(a, b, out)
+
+
+def test_solve_into_strided_2d_and_3d_outs(rng):
+    """A strided ``out`` of each rank is written whole (solved contiguously, then copied); a wrong
+    shape or rank of ``out`` raises the shape error inside compiled code too."""
+    a = rng.standard_normal((3, 5, 5)) + 5 * np.eye(5)
+    b = rng.standard_normal((3, 5, 2))
+    out3 = np.zeros((2, 5, 3)).transpose(2, 1, 0)
+    user_solve_into(a, b, out3)
+    np.testing.assert_allclose(out3, np.linalg.solve(a, b), rtol=1e-10, atol=1e-12)
+    out2 = np.zeros((2, 5)).T
+    user_solve_into(a[1], b[1], out2)
+    np.testing.assert_allclose(out2, np.linalg.solve(a[1], b[1]), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="b, out"):
+        user_solve_into(a[1], b[1], np.zeros((2, 6)).T)
+    with pytest.raises(ValueError, match="b, out"):
+        user_solve_into(a[1], b[1, :, 0].copy(), np.zeros((5, 1)))
+
+
 def test_errors_from_python():
     with pytest.raises(np.linalg.LinAlgError, match="Singular matrix"):
         kernels.solve(np.zeros((3, 3)), np.ones(3))
