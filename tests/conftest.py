@@ -70,6 +70,7 @@ def pytest_terminal_summary(terminalreporter):
         )
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: absent under -p no:xdist
 def pytest_xdist_make_scheduler(config, log):
     """``pytest -n 2`` schedules as ``--dist loadgroup``: tests/test_kernels.py's tests (one
     ``xdist_group``) share compiled user functions and run on one worker, the rest one test at a

@@ -9,7 +9,8 @@ cache. A mutant the tests do not kill (pytest exits 0) *survived*: a gap in the 
     python tools/mutation_check.py --list
     python tools/mutation_check.py lu-pivot-only-on-zero topk-drop-kc-accumulation --jobs 1
 
-Exit status 1 if any mutant survived (or could not be applied: its source line changed). Not run in
+Exit status 1 if any mutant survived, could not be applied (its source line changed) or got no
+verdict (pytest itself failed: exit 3-5). Not run in
 CI (each mutant recompiles the kernels it touches: a few minutes in all); run it before closing work
 that changes a kernel, and add a mutant for every kernel change.
 """
@@ -246,9 +247,12 @@ def _run(mutant, keep):
         summary = (proc.stdout.strip().splitlines() or [""])[-1]
         if proc.returncode == 0:
             return "SURVIVED", seconds, summary
-        if proc.returncode in (1,):
+        if proc.returncode == 1:  # tests failed
             return "killed", seconds, summary
-        return f"killed (exit {proc.returncode})", seconds, summary
+        if proc.returncode == 2:  # collection failed: the mutant broke an import
+            return "killed (exit 2)", seconds, summary
+        # 3-5: pytest itself failed (internal error, usage, nothing collected): no verdict
+        return f"ERROR (exit {proc.returncode})", seconds, summary
     finally:
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -282,7 +286,7 @@ def main(argv=None):
             status, seconds, detail = fut.result()
             results[m.name] = status
             print(f"{status:14s} {m.name:40s} {seconds:6.1f} s  {detail}", flush=True)
-    bad = [n for n, s in results.items() if s in ("SURVIVED", "NOT APPLIED")]
+    bad = [n for n, s in results.items() if s in ("SURVIVED", "NOT APPLIED") or s.startswith("ERROR")]
     killed = sum(s.startswith("killed") for s in results.values())
     print(f"\n{killed}/{len(results)} mutants killed; survivors or not applied: {', '.join(bad) or 'none'}")
     return 1 if bad else 0
