@@ -190,3 +190,49 @@ _jit.overload_by_dtype(row_max, {"float64": _row_max_f64, "float32": _row_max_f3
 @_jit.jit
 def _row_max_compiled(row):
     return row_max(row)
+
+
+# --------------------------------------------------------------------------- magnitude bits
+#
+# The same mapping for |x|: its bits with the sign cleared order as |x| does, +inf above every
+# finite value and every NaN above +inf, so a running max of these integers (a vectorised integer
+# reduction) gives max |x| and, by comparing with the bits of inf, whether anything was not finite.
+
+_F64_INF_BITS = 0x7FF0000000000000
+_F32_INF_BITS = 0x7F800000
+
+
+def _abs_bits_f64(x):
+    return _intrinsics.f64_as_i64(x) & _MAG64
+
+
+def _abs_bits_f32(x):
+    return _intrinsics.f32_as_i32(x) & _MAG32
+
+
+def abs_bits(x):
+    """The bits of ``|x|`` as an integer of ``x``'s width, ordered as ``|x|`` with NaN above inf.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastla._math import abs_bits, from_abs_bits
+    >>> [int(abs_bits(np.float64(v)) > abs_bits(np.float64(2.0))) for v in (-3.0, 1.0, np.inf, np.nan)]
+    [1, 0, 1, 1]
+    >>> from_abs_bits(np.int64(abs_bits(np.float32(-2.5))), np.float32)
+    (2.5, True)
+    """
+    x = np.asarray(x)
+    return np.abs(x).view(np.int64 if x.dtype == np.float64 else np.int32)[()] & (
+        _MAG64 if x.dtype == np.float64 else _MAG32
+    )
+
+
+_jit.overload_by_dtype(abs_bits, {"float64": _abs_bits_f64, "float32": _abs_bits_f32})
+
+
+def from_abs_bits(bits, dtype):
+    """``(|x|, finite)`` from the largest :func:`abs_bits` of values of ``dtype`` (held in any int)."""
+    if np.dtype(dtype) == np.float64:
+        return float(np.int64(bits).view(np.float64)), int(bits) < _F64_INF_BITS
+    return float(np.int32(bits).view(np.float32)), int(bits) < _F32_INF_BITS

@@ -46,7 +46,7 @@ from typing import NamedTuple
 import numpy as np
 
 from fastla import _gemm_kernels as _gk
-from fastla import _intrinsics, _jit, _registry, _validate
+from fastla import _host, _intrinsics, _jit, _math, _registry, _validate
 from fastla._jit import jit, prange
 
 _U = _jit.U
@@ -167,35 +167,59 @@ def _matmat4(a, vt, out):
         out[i1, 3] = s13
 
 
-_TILE = 64
+def scan_tile():
+    """Tile edge of the symmetry scan: the mirrored tile's transposed copy (tile² elements) stays in
+    L2 beside the streamed rows. Measured (Intel Xeon, L2 2 MiB, 2 threads, f64): 4.3 / 22 ms at
+    n = 2000 / 4000 with 256 against 6.9 / 26 ms with 128 and 9.8 / 37 ms for the earlier scan that
+    read the mirrored tile down its columns; 128 where L2 is under 1 MiB (its copy then takes 128 KiB)."""
+    return 256 if _host.cache_sizes()["L2"] >= 2**20 else 128
+
+
+_BLOCK = 16  # the transposed copy moves 16 x 16 blocks: 16 rows read along, 16 buffer rows written
 
 
 @jit(parallel=True)
-def _scan_kernel(a, out):
-    """Per row of 64 x 64 tiles t: ``out[t] = (max |a_ij|, max |a_ij - a_ji|, non-finite count)``.
+def _scan_kernel(a, tile, out):
+    """Per row of ``tile x tile`` tiles t: ``out[t] = (max abs_bits(a_ij), max abs_bits(a_ij - a_ji))``
+    over the lower triangle, i.e. ``max |a|`` with non-finite entries above inf, and ``max |a - aᵀ|``.
 
-    One pass over A in mirrored tile pairs (tile (I, J) row-wise against tile (J, I) column-wise, both
-    cache-resident), tile rows handed out from both ends so the two threads share the triangle evenly.
+    One pass over A in mirrored tile pairs (tile (I, J) against tile (J, I)), tile rows handed out
+    from both ends so the two threads share the triangle evenly. The mirrored tile is first copied
+    transposed into a buffer, reading its rows as long contiguous segments (a walk down its columns
+    stalls on every row), so the comparison runs along contiguous rows of both, as integer max
+    reductions that vectorise (see ``_math.abs_bits``).
     """
     n = a.shape[0]
     nt = out.shape[0]
     for idx in prange(nt):
         t = idx // 2 if idx % 2 == 0 else nt - 1 - idx // 2
-        i0 = t * _TILE
-        big = 0.0
-        asym = 0.0
-        bad = 0
-        for j0 in range(0, i0 + 1, _TILE):
-            for i in range(i0, min(i0 + _TILE, n)):
-                for j in range(j0, min(j0 + _TILE, i + 1)):
-                    x = a[i, j]
-                    y = a[j, i]
-                    big = max(big, abs(x), abs(y))
-                    asym = max(asym, abs(x - y))
-                    bad += 0 if abs(x) < np.inf and abs(y) < np.inf else 1
+        i0 = _U(t * tile)  # unsigned indices: see fastla._jit.U
+        rows = _U(min(tile, n - t * tile))
+        mirror = np.empty((tile, tile), a.dtype)
+        big = _math.abs_bits(a[i0, 0])
+        asym = _math.abs_bits(a[i0, 0] - a[i0, 0])
+        for jt in range(t + 1):
+            j0 = _U(jt * tile)
+            cols = _U(min(tile, n - jt * tile))
+            for jb in range(_U(0), cols, _U(_BLOCK)):  # mirror[ii, jj] = a[j0 + jj, i0 + ii]
+                for ib in range(_U(0), rows, _U(_BLOCK)):
+                    for jj in range(jb, min(jb + _U(_BLOCK), cols)):
+                        for ii in range(ib, min(ib + _U(_BLOCK), rows)):
+                            mirror[ii, jj] = a[j0 + jj, i0 + ii]
+            for ii in range(rows):
+                i = i0 + ii
+                upto = min(cols, i + 1 - j0)  # the diagonal tile: j <= i
+                for jj in range(upto):
+                    x = a[i, j0 + jj]
+                    y = mirror[ii, jj]
+                    bx = _math.abs_bits(x)
+                    by = _math.abs_bits(y)
+                    bd = _math.abs_bits(x - y)
+                    big = bx if bx > big else big
+                    big = by if by > big else big
+                    asym = bd if bd > asym else asym
         out[t, 0] = big
         out[t, 1] = asym
-        out[t, 2] = bad
 
 
 def symmetry_atol(dtype, max_abs):
@@ -214,9 +238,11 @@ def _finite_and_symmetric(a):
     sweep at n = 2000).
     """
     if _jit.JIT_ENABLED:
-        out = np.zeros((-(-a.shape[0] // _TILE), 3))
-        _scan_kernel(a, out)
-        big, asym, bad = out.max(axis=0)
+        tile = scan_tile()
+        out = np.zeros((-(-a.shape[0] // tile), 2), np.int64)
+        _scan_kernel(a, tile, out)
+        (big, finite), (asym, _) = (_math.from_abs_bits(bits, a.dtype) for bits in out.max(axis=0))
+        bad = not finite
     else:
         big, asym = float(np.abs(a).max()), float(np.abs(a - a.T).max())
         bad = not np.isfinite(big)

@@ -193,3 +193,33 @@ def test_low_rank_krylov_space_runs_out():
         w, v = fastla.power_iteration(a, k=10, seed=0, backend=name)
         np.testing.assert_allclose(w, np.sort(lam)[::-1][:10], rtol=1e-8)
         _check_pairs(a, w, v, 1e-8)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("tile", [16, 64])
+def test_symmetry_scan_matches_numpy(dtype, tile, monkeypatch):
+    """The compiled one-pass scan (max |a|, max |a - aᵀ|, finiteness) against NumPy, for sizes
+    around the tile edge and one large, asymmetric or non-finite entry in either triangle."""
+    from fastla import eigen
+
+    monkeypatch.setattr(eigen, "scan_tile", lambda: tile)
+    rng = np.random.default_rng(7)
+    for n in (1, 2, tile - 1, tile, tile + 1, 2 * tile + 3):
+        s = rng.standard_normal((n, n)).astype(dtype)
+        s = s + s.T
+        cases = [s, rng.standard_normal((n, n)).astype(dtype)]
+        for i, j in {(n - 1, 0), (0, n - 1), (n // 2, n // 2), (n - 1, n // 3)}:
+            for value in (1e4, np.inf, -np.inf, np.nan):
+                m = s.copy()
+                m[i, j] = value
+                cases.append(m)
+        for m in cases:
+            with np.errstate(invalid="ignore"):
+                big, asym = float(np.abs(m).max()), float(np.abs(m - m.T).max())
+            if not np.isfinite(big):
+                with pytest.raises(ValueError, match="infs or NaNs"):
+                    eigen._finite_and_symmetric(m)
+                continue
+            symmetric, got = eigen._finite_and_symmetric(m)
+            assert got == big, (n, m.dtype)
+            assert symmetric == (asym <= eigen.symmetry_atol(m.dtype, big)), (n, asym)

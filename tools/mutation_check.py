@@ -216,6 +216,14 @@ MUTANTS = [
         ("tests/test_eigen.py",),
         "the fused A v pass drops a term of v . Av (non-symmetric power iteration)",
     ),
+    Mutant(
+        "symmetry-scan-skips-the-upper-triangle",
+        "eigen.py",
+        "                    big = by if by > big else big",
+        "                    big = big",
+        ("tests/test_eigen.py",),
+        "the symmetry scan ignores the mirrored (upper) entries' magnitude: an inf there passes",
+    ),
 ]
 
 
