@@ -10,6 +10,8 @@ whenever fastla's kernels can run. Its ``user_api`` and ``internal_api`` are ``"
 
 from __future__ import annotations
 
+import functools
+
 from fastla import _jit
 
 USER_API = "fastla"
@@ -38,12 +40,7 @@ def register():
             _jit.set_num_threads(max(1, min(int(num_threads), _jit.max_threads())))
 
         def get_version(self):
-            from importlib.metadata import PackageNotFoundError, version
-
-            try:
-                return version("fastla")
-            except PackageNotFoundError:  # pragma: no cover - run from a source tree
-                return None
+            return _version()
 
         def set_additional_attributes(self):
             self.threading_layer = _jit.threading_layer()
@@ -55,3 +52,29 @@ def register():
 
 
 REGISTERED = register()
+
+
+@functools.cache
+def _version():
+    """fastla's installed version (its metadata is read once: ~1 ms a read)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fastla")
+    except PackageNotFoundError:  # pragma: no cover - run from a source tree
+        return None
+
+
+@functools.cache
+def _controller():
+    import threadpoolctl
+
+    return threadpoolctl.ThreadpoolController()
+
+
+def blas_limit(n):
+    """A context manager that caps BLAS at ``n`` threads, as ``threadpool_limits(n, user_api="blas")``
+    does, on one :class:`threadpoolctl.ThreadpoolController` made once per process:
+    ``threadpool_limits`` makes a new one on every call, which finds the loaded libraries again and
+    asks each for its version (milliseconds a call). BLAS is NumPy's, loaded before fastla."""
+    return _controller().limit(limits=n, user_api="blas")

@@ -46,7 +46,7 @@ from typing import NamedTuple
 import numpy as np
 
 from fastla import _gemm_kernels as _gk
-from fastla import _host, _intrinsics, _jit, _math, _registry, _validate
+from fastla import _host, _intrinsics, _jit, _math, _registry, _threads, _validate
 from fastla._jit import jit, prange
 
 _U = _jit.U
@@ -669,9 +669,7 @@ def _power_numba(*args):
     # BLAS multi-threaded, OpenBLAS's idle threads keep spinning after each of them and take the
     # cores from the next compiled sweep: measured (Zen 4, 2 cores) 37.8 ms per sweep at n = 4000,
     # k = 10 with 2 BLAS threads against 20.5 ms with one. The small steps gain nothing from threads.
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1, user_api="blas"):
+    with _threads.blas_limit(1):
         return run(*args, _numba_matvec, _numba_matmat)
 
 

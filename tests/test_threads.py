@@ -73,6 +73,23 @@ def test_threadpool_limits_caps_fastla_and_restores_it():
         assert fastla.get_num_threads() == TOP
 
 
+def test_blas_limit_caps_blas_only_and_restores_it():
+    """The cached-controller cap power iteration uses around its small BLAS steps."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from fastla import _threads
+
+    def blas_threads():
+        return [d["num_threads"] for d in threadpoolctl.threadpool_info() if d["user_api"] == "blas"]
+
+    before, fastla_before = blas_threads(), fastla.get_num_threads()
+    assert before, "NumPy's BLAS is not seen by threadpoolctl"
+    for _ in range(2):  # the controller is made once and serves again
+        with _threads.blas_limit(1):
+            assert blas_threads() == [1] * len(before)
+            assert fastla.get_num_threads() == fastla_before
+        assert blas_threads() == before
+
+
 @needs_jit
 @pytest.mark.skipif(TOP < 2, reason="needs 2 threads")
 def test_python_threads_calling_at_once_split_the_threads():
