@@ -195,3 +195,38 @@ def test_runner_verify_catches_a_wrong_result():
     with pytest.raises(AssertionError):
         runner.verify(w, "numba", good[::-1])
     runner.verify(w, "anchor:copy", np.zeros(1))  # other libraries' outputs are not checked
+
+
+def test_fresh_inputs_are_copies_with_the_same_values_and_layout():
+    calls = []
+
+    def make(rng):
+        calls.append(1)
+        a = rng.standard_normal((5, 4))
+        return (a, a.T, (a[0].copy(), 3)), {"out": np.zeros((5, 4)), "k": 2, "none": None}
+
+    w = W.Workload("softmax", "fresh-inputs test", make)
+    first = runner.fresh_inputs(w)
+    first[0][0][0, 0] = 99.0  # an impl writing into its inputs
+    second = runner.fresh_inputs(w)
+    assert len(calls) == 1  # made once, handed out as copies
+    direct = w.inputs()
+    for got, want in (
+        (second[0][0], direct[0][0]),
+        (second[0][1], direct[0][1]),
+        (second[0][2][0], direct[0][2][0]),
+    ):
+        np.testing.assert_array_equal(got, want)
+    assert second[0][1].flags.f_contiguous and not second[0][1].flags.c_contiguous  # the transpose's layout
+    assert second[0][0] is not first[0][0] and second[1]["out"] is not first[1]["out"]
+    assert second[0][2][1] == 3 and second[1]["k"] == 2 and second[1]["none"] is None
+
+    def strided(rng):
+        calls.append(1)
+        return (rng.standard_normal((6, 6))[:, ::2],), {}
+
+    s = W.Workload("softmax", "fresh-inputs strided", strided)
+    calls.clear()
+    runner.fresh_inputs(s)
+    runner.fresh_inputs(s)
+    assert len(calls) == 3  # a strided view is made anew each time (a copy would be contiguous)
