@@ -204,6 +204,7 @@ def test_auto_rule():
     assert fastla.explain("scaled_dot_product_attention", big, big, big)[0] == expect
 
 
+@pytest.mark.slow  # without the JIT: 36 s of kernels run as Python, on paths the tests above cover
 @pytest.mark.parametrize("causal", [False, True])
 def test_against_torch(causal, dtype, rng):
     torch = pytest.importorskip("torch")
