@@ -272,22 +272,23 @@ def test_topk_across_many_tiles(k, dtype, rng, monkeypatch):
         np.testing.assert_array_equal(i, i_ref)
 
 
-@pytest.mark.parametrize("d", [23, 100])
-def test_several_kc_blocks(d, dtype, rng, monkeypatch):
+def test_several_kc_blocks(dtype, rng, monkeypatch):
     """d spanning several rank-KC updates on every SIMD width (KC shrunk to 8: the default KC is
     256-384, more than most tests' d): the accumulation over KC blocks of the cosine matrix and of the
-    fused top-k."""
+    fused top-k. Both d in one test: as two tests on two pytest-xdist workers, the pass with another
+    SIMD width's shapes (uncached) compiled the same kernels in both."""
     for blk in fastla._gemm_kernels.BLOCKING.values():
         monkeypatch.setattr(blk, "KC", 8)
-    q = rng.standard_normal((13, d)).astype(dtype)
-    c = rng.standard_normal((70, d)).astype(dtype)
-    s_ref, i_ref, full = _ref_topk(q, c, 5)
-    _close(fastla.cosine_similarity(q, c, backend="numba"), full, dtype, d)
-    _close(fastla.cosine_similarity(q, backend="numba"), _ref_matrix(q, q), dtype, d)
-    s, i = fastla.cosine_topk(q, c, 5, backend="numba")
-    _close(s, s_ref, dtype, d)
-    if dtype == np.float64:
-        np.testing.assert_array_equal(i, i_ref)
+    for d in (23, 100):
+        q = rng.standard_normal((13, d)).astype(dtype)
+        c = rng.standard_normal((70, d)).astype(dtype)
+        s_ref, i_ref, full = _ref_topk(q, c, 5)
+        _close(fastla.cosine_similarity(q, c, backend="numba"), full, dtype, d)
+        _close(fastla.cosine_similarity(q, backend="numba"), _ref_matrix(q, q), dtype, d)
+        s, i = fastla.cosine_topk(q, c, 5, backend="numba")
+        _close(s, s_ref, dtype, d)
+        if dtype == np.float64:
+            np.testing.assert_array_equal(i, i_ref, err_msg=f"d={d}")
 
 
 def test_topk_ties_and_nan_order_exactly(dtype, rng):
