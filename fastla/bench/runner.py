@@ -74,12 +74,15 @@ _LAST_INPUTS = {}
 
 
 def _copied(x):
-    """A fresh copy of an input with its memory layout, or None where a copy would change the
-    layout (a strided view)."""
+    """A fresh copy of an input (arrays with their memory layout, inside tuples, lists and dicts),
+    or None where a copy would change the layout (a strided view)."""
     import numpy as np
 
     if isinstance(x, np.ndarray):
         return x.copy(order="K") if x.flags.c_contiguous or x.flags.f_contiguous else None
+    if isinstance(x, dict):
+        values = _copied(list(x.values()))
+        return None if values is None else dict(zip(x, values, strict=True))
     if isinstance(x, (tuple, list)):
         parts = [_copied(p) for p in x]
         missing = any(c is None and p is not None for c, p in zip(parts, x, strict=True))
@@ -94,11 +97,8 @@ def fresh_inputs(workload):
     if workload.id not in _LAST_INPUTS:
         _LAST_INPUTS.clear()
         _LAST_INPUTS[workload.id] = workload.inputs()
-    args, kwargs = _LAST_INPUTS[workload.id]
-    copies = _copied(list(args)), {k: _copied(v) for k, v in kwargs.items()}
-    if copies[0] is None or any(c is None and kwargs[k] is not None for k, c in copies[1].items()):
-        return workload.inputs()
-    return tuple(copies[0]), copies[1]
+    copies = _copied(_LAST_INPUTS[workload.id])  # (args, kwargs)
+    return workload.inputs() if copies is None else copies
 
 
 def _parts(op, result):
