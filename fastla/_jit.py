@@ -320,20 +320,25 @@ class Entry:
             self._signatures[dtype] = tuple(numba.typeof(x) for x in self._examples(dtype))
         return self._signatures[dtype]
 
-    def address(self, dtype):
+    def address(self, dtype, impl=None):
         """Entry point of ``fn`` compiled for ``dtype``; None with the JIT off (callers then run
-        ``fn`` directly)."""
+        ``fn`` directly).
+
+        ``impl``: another ``@jit`` function with ``fn``'s signature (a variant of it specialised at
+        compile time, such as the lane solver's step for one (n, k)), compiled for the same
+        argument types; a caller compiled once then calls any of the variants through its
+        address, ``fn`` standing in for them in its typing."""
         if not JIT_ENABLED:
             return None
-        dtype = np.dtype(dtype)
-        found = self._addresses.get(dtype)
+        dtype, impl = np.dtype(dtype), self.fn if impl is None else impl
+        found = self._addresses.get((impl, dtype))
         if found is None:
             ensure_threads()  # a kernel using thread ids cannot be loaded before the layer starts
             sig = self.signature(dtype)
-            self.fn.compile(sig)
-            compiled = self.fn.overloads[sig]
+            impl.compile(sig)
+            compiled = impl.overloads[sig]
             found = compiled.library.get_pointer_to_function(compiled.fndesc.llvm_func_name)
-            self._addresses[dtype] = found
+            self._addresses[(impl, dtype)] = found
         return found
 
     @classmethod

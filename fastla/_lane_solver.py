@@ -355,60 +355,94 @@ def lane_solve_one(typingctx, N, K, W, B, X):
     return sig, _lane_codegen(n, k, 1, itemsize, False)
 
 
-_SMALL_SOLVERS = {}
 _GROUPS = 16  # groups of `lanes` systems per parallel task
 _SPREAD = 8  # scratch blocks between two threads' blocks (no false sharing)
 
 
-def small_solver(n, k):
-    """Parallel kernel solving a stack of n x n systems with k right-hand sides (n <= 16).
+def solve_stack(a, b, x, w, xs, s, info):
+    """Solve a stack of n x n systems with k right-hand sides (n <= 16), one system per SIMD lane.
 
-    ``kernel(a, b, x, w, xs, s, info)``: ``a`` (batch, n, n), ``b`` (batch, n, k), ``x`` receives the
-    solutions; ``w`` (``_SPREAD * threads``, n, n, lanes), ``xs`` (``_SPREAD * threads``, n,
-    LANE_RHS-or-k, lanes) and ``s`` (``_SPREAD * threads``, lanes) are per-thread scratch, ``info[t] =
-    j+1`` records a zero pivot in column j of system t (no return from inside ``prange``). Compiled
-    for this n and k (k > LANE_RHS: passes of LANE_RHS columns).
+    ``a`` (batch, n, n) and ``b`` (batch, n, k) are read-only C-contiguous (see
+    :func:`fastla._intrinsics.kernel_input`), ``x`` receives the solutions; ``w`` (``_SPREAD *
+    threads``, n, n, lanes), ``xs`` (``_SPREAD * threads``, n, LANE_RHS-or-k, lanes) and ``s``
+    (``_SPREAD * threads``, lanes) are per-thread scratch, ``info[t] = j+1`` records a zero pivot in
+    column j of system t. More than LANE_RHS right-hand sides are solved in passes of LANE_RHS
+    columns. One parallel driver per dtype (:func:`_drive`) calls the straight-line step for this
+    (n, k) (:func:`_make_step`) through its address: a new (n, k) compiles only its step (no
+    ``prange`` loop of its own), 0.5-2 s instead of 5-17 s.
     """
-    key = (n, min(k, LANE_RHS))
-    kernel = _SMALL_SOLVERS.get(key)
-    if kernel is None:
-        kernel = _SMALL_SOLVERS[key] = _make_small_solver(*key)
-    return kernel
+    n, k = a.shape[1], min(b.shape[2], LANE_RHS)
+    step = _STEPS.get((n, k))
+    if step is None:
+        step = _STEPS[(n, k)] = _make_step(n, k)
+    _drive(a, b, x, w, xs, s, info, STEP.address(a.dtype, step))
 
 
-def _make_small_solver(N, K):
-    @jit(parallel=True)
-    def kernel(a, b, x, w, xs, s, info):
-        batch, k, nl_max = a.shape[0], b.shape[2], w.shape[-1]
-        groups = (batch + nl_max - 1) // nl_max
-        for task in prange((groups + _GROUPS - 1) // _GROUPS):
-            slot = _SPREAD * _thread_id()
-            ws, xw, sw = w[slot], xs[slot], s[slot]
-            for g in range(task * _GROUPS, min(groups, (task + 1) * _GROUPS)):
-                t0 = g * nl_max
-                nl = min(nl_max, batch - t0)
-                for c0 in range(0, k, K):
-                    kk = min(K, k - c0)
-                    for t in range(nl):  # transpose the group in
-                        for i in range(N):
-                            for c in range(N):
-                                ws[i, c, t] = a[t0 + t, i, c]
-                            for c in range(kk):
-                                xw[i, c, t] = b[t0 + t, i, c0 + c]
-                            for c in range(kk, K):
-                                xw[i, c, t] = 0.0
-                    for t in range(nl, nl_max):  # a short last group: identity systems
-                        for i in range(N):
-                            for c in range(N):
-                                ws[i, c, t] = 1.0 if i == c else 0.0
-                            for c in range(K):
-                                xw[i, c, t] = 0.0
-                    sw[:] = 0
-                    lane_solve(N, K, ws, xw, sw)
-                    for t in range(nl):
-                        info[t0 + t] = sw[t]
-                        for i in range(N):
-                            for c in range(kk):
-                                x[t0 + t, i, c0 + c] = xw[i, c, t]
+@jit(parallel=True)
+def _drive(a, b, x, w, xs, s, info, step_at):
+    """:func:`solve_stack`'s parallel loop: tasks of ``_GROUPS`` groups, each on its thread's
+    scratch, through the step at ``step_at`` (None with the JIT off: :func:`_step_any`)."""
+    batch, nl_max = a.shape[0], w.shape[-1]
+    groups = (batch + nl_max - 1) // nl_max
+    for task in prange((groups + _GROUPS - 1) // _GROUPS):
+        slot = _SPREAD * _thread_id()
+        g0, g1 = task * _GROUPS, min(groups, (task + 1) * _GROUPS)
+        _intrinsics.call_entry(step_at, _step_any, (a, b, x, w[slot], xs[slot], s[slot], info, g0, g1))
 
-    return kernel
+
+@jit
+def _step_any(a, b, x, ws, xw, sw, info, g0, g1):
+    """The steps' common signature, standing in for them in :func:`_drive`'s typing (never compiled:
+    a call whose types are not exactly :data:`STEP`'s fails to compile, loudly); with the JIT off,
+    the step for the n and k of the scratch's shapes."""
+    _make_step(ws.shape[0], xw.shape[1])(a, b, x, ws, xw, sw, info, g0, g1)
+
+
+_STEPS = {}
+
+
+def _make_step(N, K):
+    @jit
+    def step(a, b, x, ws, xw, sw, info, g0, g1):
+        """Groups ``g0`` to ``g1`` of the stack: each transposed into the thread's scratch
+        ``ws``/``xw``, solved by :func:`lane_solve` for this N and K, and transposed out."""
+        batch, k, nl_max = a.shape[0], b.shape[2], ws.shape[-1]
+        for g in range(g0, g1):
+            t0 = g * nl_max
+            nl = min(nl_max, batch - t0)
+            for c0 in range(0, k, K):
+                kk = min(K, k - c0)
+                for t in range(nl):  # transpose the group in
+                    for i in range(N):
+                        for c in range(N):
+                            ws[i, c, t] = a[t0 + t, i, c]
+                        for c in range(kk):
+                            xw[i, c, t] = b[t0 + t, i, c0 + c]
+                        for c in range(kk, K):
+                            xw[i, c, t] = 0.0
+                for t in range(nl, nl_max):  # a short last group: identity systems
+                    for i in range(N):
+                        for c in range(N):
+                            ws[i, c, t] = 1.0 if i == c else 0.0
+                        for c in range(K):
+                            xw[i, c, t] = 0.0
+                for t in range(nl_max):
+                    sw[t] = 0
+                lane_solve(N, K, ws, xw, sw)
+                for t in range(nl):
+                    info[t0 + t] = sw[t]
+                    for i in range(N):
+                        for c in range(kk):
+                            x[t0 + t, i, c0 + c] = xw[i, c, t]
+
+    return step
+
+
+def _step_examples(dtype):
+    ro = _intrinsics.readonly(np.empty((1, 1, 1), dtype))
+    scratch = np.empty((1, 1, 1), dtype)
+    return (ro, ro, scratch, scratch, scratch, np.empty(1, np.int64), np.empty(1, np.int64), 0, 0)
+
+
+#: the steps' :class:`fastla._jit.Entry` (one signature per dtype; :func:`_step_any` types it)
+STEP = _jit.Entry(_step_any, _step_examples)

@@ -40,7 +40,7 @@ from fastla import _gemm_kernels as _gk
 from fastla import _intrinsics, _jit, _registry, _validate
 from fastla._intrinsics import wide_vectors
 from fastla._jit import jit
-from fastla._lane_solver import _SPREAD, LANE_RHS, lanes, small_solver
+from fastla._lane_solver import _SPREAD, LANE_RHS, lanes, solve_stack
 
 __all__ = ["LinAlgWarning", "lu_factor", "lu_solve", "solve"]
 
@@ -659,7 +659,7 @@ def _solve_numba(a, b):
         xs = np.empty((slots, n, min(k, LANE_RHS), nl), dtype=A.dtype)
         s = np.empty((slots, nl), dtype=np.int64)
         info = np.zeros(A.shape[0], dtype=np.int64)
-        small_solver(n, k)(_intrinsics.kernel_input(A), _intrinsics.kernel_input(B), x, w, xs, s, info)
+        solve_stack(_intrinsics.kernel_input(A), _intrinsics.kernel_input(B), x, w, xs, s, info)
         if info.any():
             raise _singular()
         return x.reshape(out_shape)
