@@ -222,11 +222,12 @@ def test_auto_rule():
     assert fastla.explain("solve", np.ones((500, 500)), np.ones(500))[0] == "numpy"
 
 
-@pytest.mark.parametrize("n,k", [(1, 1), (5, 6), (16, 1)])
+@pytest.mark.parametrize("n,k", [(1, 1), (5, 6), (11, 1), (16, 1)])
 def test_small_stack_lanes(n, k, rng):
-    """The batched tiny-system kernel (one system per SIMD lane): a short last group, pivoting
-    in some lanes and not in others, a NaN system that must not leak into its neighbours, and more
-    right-hand sides than one pass takes (k = 6)."""
+    """The batched tiny-system kernel (one system per SIMD lane): whole groups (transposed in
+    registers, rows read through masked loads where n is not a multiple of the lanes: n = 1, 5, 11)
+    and a short last group, pivoting in some lanes and not in others, a NaN system that must not
+    leak into its neighbours, and more right-hand sides than one pass takes (k = 6)."""
     batch = 37  # not a multiple of any lane count
     a = rng.standard_normal((batch, n, n)) + np.eye(n)
     a[3] = np.eye(n)[::-1] * 2.0  # anti-diagonal: every column needs a row interchange
@@ -248,10 +249,13 @@ def test_small_stack_lanes(n, k, rng):
     scale = np.abs(a[ok]).sum(axis=-1).max(axis=-1)[:, None, None] * np.abs(x[ok]).max() + np.abs(b).max()
     assert np.all(np.abs(r) <= 10 * n * eps(np.float64) * scale)
     np.testing.assert_allclose(x[ok], np.linalg.solve(a[ok], b[ok]), rtol=1e-8, atol=1e-10)
-    if n == 5:  # float32 lanes (twice as many per register); one size keeps the compile time down
-        f32 = fastla.solve(a[:8].astype(np.float32), b[:8, :, :1].astype(np.float32), backend="numba")
+    if n in (5, 11):  # float32 lanes (twice as many per register): whole groups and a short one
+        a32, b32 = a.astype(np.float32), b[:, :, :1].astype(np.float32)
+        f32 = fastla.solve(a32, b32, backend="numba")
         assert f32.dtype == np.float32
-        np.testing.assert_allclose(f32[:4], np.linalg.solve(a[:4], b[:4, :, :1]), rtol=2e-3, atol=1e-4)
+        assert np.isnan(f32[9]).all()
+        err = _per_system_backward_error(a32[ok].astype(np.float64), f32[ok].astype(np.float64), b32[ok])
+        assert err.max() <= 10 * n * eps(np.float32)
 
 
 def test_small_stack_singular_in_one_lane(rng):

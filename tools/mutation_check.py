@@ -49,6 +49,14 @@ MUTANTS = [
         "batched tiny solver swaps rows only when the pivot is exactly zero (the audit's mutant)",
     ),
     Mutant(
+        "lu-lane-transpose-skips-a-stage",
+        "_lane_solver.py",
+        "while b < v:  # swap the off-diagonal",
+        "while b < v // 2:  # swap the off-diagonal",
+        ("tests/test_lu.py", "-k", "lanes"),
+        "batched tiny solver's in-register transpose leaves the widest blocks unswapped",
+    ),
+    Mutant(
         "solve-rows-pivot-ties-go-right",
         "_lane_solver.py",
         'g = builder.fcmp_ordered(">", kr, kl)',
