@@ -70,15 +70,27 @@ def pytest_terminal_summary(terminalreporter):
         )
 
 
+#: test files whose tests share compiled user functions (plain ``@njit`` code calling
+#: ``fastla.kernels``, compiled per process): all on one pytest-xdist worker
+ONE_WORKER_FILES = ("tests/test_kernels.py",)
+
+
 @pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: absent under -p no:xdist
 def pytest_xdist_make_scheduler(config, log):
-    """``pytest -n 2`` schedules as ``--dist loadgroup``: tests/test_kernels.py's tests (one
-    ``xdist_group``) share compiled user functions and run on one worker, the rest one test at a
-    time as the default ``load`` does. Not an ``addopts`` entry: ``--dist`` there would make
-    pytest-benchmark refuse ``python -m fastla bench``'s run (it disables itself under xdist). An
-    explicit ``--dist`` other than the default wins."""
+    """``pytest -n 2`` keeps each file of :data:`ONE_WORKER_FILES` on one worker and spreads the
+    other tests one at a time, as the default ``load`` does. Grouped here by the test's file, on the
+    controller: xdist's own ``loadgroup`` tags each test's node id with its ``xdist_group`` on the
+    worker (``item._nodeid``), which pytest 9.2's node ids no longer read, so the groups were lost
+    and tests/test_kernels.py's user functions compiled on both workers. Not an ``addopts`` entry:
+    ``--dist`` there would make pytest-benchmark refuse ``python -m fastla bench``'s run (it
+    disables itself under xdist). An explicit ``--dist`` other than the default wins."""
     if config.getoption("dist") != "load":
         return None
-    from xdist.scheduler import LoadGroupScheduling
+    from xdist.scheduler import LoadScopeScheduling
 
-    return LoadGroupScheduling(config, log)
+    class FileGroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            path = nodeid.split("::", 1)[0]
+            return path if path in ONE_WORKER_FILES else nodeid
+
+    return FileGroupScheduling(config, log)

@@ -27,9 +27,8 @@ def njit(fn=None, **kw):
 prange = _jit.prange  # numba.prange, or range without numba
 
 # Every test here compiles user functions that call the kernels (seconds each, not cached), and most
-# share them: run on one pytest-xdist worker (the group; tests/conftest.py schedules groups), so
+# share them: the file runs on one pytest-xdist worker (tests/conftest.py, ONE_WORKER_FILES), so
 # that the two workers of ``pytest -n 2`` do not each compile the same functions.
-pytestmark = pytest.mark.xdist_group("kernels")
 
 
 def _tol(dtype):
