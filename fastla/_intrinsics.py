@@ -27,6 +27,23 @@ def llvm_function(builder, name, return_type, arg_types):
     return cgutils.get_or_insert_function(builder.module, fnty, name)
 
 
+def masked_load(builder, ptr, count, align, passthru=None):
+    """Load the first ``count`` elements of the vector at ``ptr`` (a pointer to an LLVM vector
+    type) through ``llvm.masked.load``, never touching memory past them; the other lanes are
+    ``passthru`` (undefined when None)."""
+    from llvmlite import ir
+
+    vty = ptr.type.pointee
+    i32, mty = ir.IntType(32), ir.VectorType(ir.IntType(1), vty.count)
+    bits = 8 * (4 if vty.element == ir.FloatType() else 8)
+    fn = llvm_function(
+        builder, f"llvm.masked.load.v{vty.count}f{bits}.p0", vty, [vty.as_pointer(), i32, mty, vty]
+    )
+    mask = ir.Constant(mty, [1] * count + [0] * (vty.count - count))
+    fill = ir.Constant(vty, None) if passthru is None else passthru
+    return builder.call(fn, [ptr, ir.Constant(i32, align), mask, fill])
+
+
 def array_parts(context, builder, ty, val):
     """The data pointer (as ``i8*``, for byte offsets), shape and strides (in bytes) of the array
     ``val`` of Numba type ``ty``, as lists of LLVM values (for an intrinsic's code generation)."""

@@ -203,7 +203,7 @@ def _row_codegen(n, k, itemsize):
     from llvmlite import ir
 
     def codegen(context, builder, sig, args):
-        i1, i32, i64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
+        i32, i64 = ir.IntType(32), ir.IntType(64)
         fty = context.get_value_type(sig.args[2].dtype)
         width = 1 << (n - 1).bit_length()
         vty, ivty = ir.VectorType(fty, width), ir.VectorType(i64, width)
@@ -234,15 +234,11 @@ def _row_codegen(n, k, itemsize):
                 return builder.load(builder.bitcast(at(w_ptr, i * n), vty.as_pointer()), align=itemsize)
 
         else:  # a masked load: the last row must not read past the matrix
-            mty = ir.VectorType(i1, width)
-            load = _intrinsics.llvm_function(
-                builder, f"llvm.masked.load.v{width}f{bits}.p0", vty, [vty.as_pointer(), i32, mty, vty]
-            )
-            mask, zeros = ir.Constant(mty, [1] * n + [0] * (width - n)), ir.Constant(vty, [0.0] * width)
+            zeros = ir.Constant(vty, [0.0] * width)
 
             def load_row(i):
                 ptr = builder.bitcast(at(w_ptr, i * n), vty.as_pointer())
-                return builder.call(load, [ptr, ir.Constant(i32, itemsize), mask, zeros])
+                return _intrinsics.masked_load(builder, ptr, n, itemsize, zeros)
 
         a = [load_row(i) for i in range(n)]
         x = [[splat(rhs(i, c)) for c in range(k)] for i in range(n)]
@@ -386,7 +382,7 @@ def transpose_in(typingctx, N, A, T0, W):
     v, itemsize = lanes(dtype), dtype.itemsize
 
     def codegen(context, builder, sig, args):
-        i1, i32, i64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
+        i32, i64 = ir.IntType(32), ir.IntType(64)
         fty = context.get_value_type(sig.args[3].dtype)
         vty = ir.VectorType(fty, v)
         a_ptr = context.make_array(sig.args[1])(context, builder, args[1]).data
@@ -396,34 +392,19 @@ def transpose_in(typingctx, N, A, T0, W):
         def at(ptr, offset):
             return builder.bitcast(builder.gep(ptr, [offset]), vty.as_pointer())
 
-        masks = {}
-
         def load(offset, cols):
             if cols == v:
                 return builder.load(at(a_ptr, offset), align=itemsize)
-            if cols not in masks:
-                mty = ir.VectorType(i1, v)
-                fn = _intrinsics.llvm_function(
-                    builder,
-                    f"llvm.masked.load.v{v}f{8 * itemsize}.p0",
-                    vty,
-                    [vty.as_pointer(), i32, mty, vty],
-                )
-                masks[cols] = (fn, ir.Constant(mty, [1] * cols + [0] * (v - cols)))
-            fn, mask = masks[cols]
-            return builder.call(
-                fn, [at(a_ptr, offset), ir.Constant(i32, itemsize), mask, ir.Constant(vty, None)]
-            )
+            return _intrinsics.masked_load(builder, at(a_ptr, offset), cols, itemsize)
 
         prefetch = _intrinsics.llvm_function(
             builder, "llvm.prefetch.p0", ir.VoidType(), [ir.IntType(8).as_pointer(), i32, i32, i32]
         )
         a_bytes = builder.bitcast(a_ptr, ir.IntType(8).as_pointer())
+        base_bytes = builder.mul(base, ir.Constant(i64, itemsize))
         group_bytes = n * n * v * itemsize
         for line in range(0, group_bytes, 64):  # the next group (never faults past the end)
-            off = builder.add(
-                builder.mul(base, ir.Constant(i64, itemsize)), ir.Constant(i64, group_bytes + line)
-            )
+            off = builder.add(base_bytes, ir.Constant(i64, group_bytes + line))
             builder.call(
                 prefetch,
                 [builder.gep(a_bytes, [off]), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)],
@@ -436,16 +417,15 @@ def transpose_in(typingctx, N, A, T0, W):
                 ]
                 b = 1
                 while b < v:  # swap the off-diagonal b x b blocks of every 2b x 2b block
+                    lo = ir.Constant(ir.VectorType(i32, v), [j if not j & b else v + j - b for j in range(v)])
+                    hi = ir.Constant(ir.VectorType(i32, v), [j + b if not j & b else v + j for j in range(v)])
                     for p in range(v):
-                        if p & b:
-                            continue
-                        q = p + b
-                        lo = [j if not j & b else v + j - b for j in range(v)]
-                        hi = [j + b if not j & b else v + j for j in range(v)]
-                        rows[p], rows[q] = (
-                            builder.shuffle_vector(rows[p], rows[q], ir.Constant(ir.VectorType(i32, v), lo)),
-                            builder.shuffle_vector(rows[p], rows[q], ir.Constant(ir.VectorType(i32, v), hi)),
-                        )
+                        if not p & b:
+                            q = p + b
+                            rows[p], rows[q] = (
+                                builder.shuffle_vector(rows[p], rows[q], lo),
+                                builder.shuffle_vector(rows[p], rows[q], hi),
+                            )
                     b *= 2
                 for j in range(cols):
                     builder.store(rows[j], at(w_ptr, ir.Constant(i64, (i * n + c0 + j) * v)), align=itemsize)
