@@ -150,3 +150,42 @@ def cache_sizes():
     except (OSError, ValueError):
         pass
     return sizes
+
+
+#: SIMD width (bytes) of OpenBLAS's kernels per core type (the name ``openblas_get_corename``
+#: returns, which threadpoolctl reports as ``architecture``; lower case). A type not listed is
+#: treated as full width (never narrower than the host).
+OPENBLAS_CORE_BYTES = {
+    **dict.fromkeys(("skylakex", "cooperlake", "sapphirerapids"), 64),
+    **dict.fromkeys(
+        ("haswell", "zen", "sandybridge", "bulldozer", "piledriver", "steamroller", "excavator"), 32
+    ),
+    **dict.fromkeys(
+        ("nehalem", "core2", "penryn", "dunnington", "atom", "barcelona", "opteron", "prescott", "katmai"), 16
+    ),
+}
+
+
+@functools.cache
+def blas_kernel():
+    """``(library, core type, SIMD bytes of its kernels)`` of the BLAS NumPy calls, as threadpoolctl
+    reports it (``OPENBLAS_CORETYPE`` may force a narrower core type than the host's); SIMD bytes
+    None where not known (MKL, Accelerate, no threadpoolctl)."""
+    try:
+        from threadpoolctl import threadpool_info
+
+        found = [d for d in threadpool_info() if d.get("user_api") == "blas"]
+    except Exception:  # threadpoolctl missing or unable to inspect this process
+        found = []
+    if not found:
+        return None, None, None
+    lib, core = found[0].get("internal_api"), found[0].get("architecture")
+    width = OPENBLAS_CORE_BYTES.get(str(core).lower()) if lib == "openblas" else None
+    return lib, core, width
+
+
+def blas_narrower_than_host():
+    """Whether NumPy's BLAS runs kernels of narrower vectors than the compiled kernels' SIMD width
+    (OpenBLAS's Haswell kernel on an AVX-512 host, as ``OPENBLAS_CORETYPE=Haswell`` forces)."""
+    width = blas_kernel()[2]
+    return width is not None and width < simd_bytes()

@@ -32,15 +32,21 @@ from fastla import _jit
 
 ENV = "FASTLA_PROFILE"
 VERSION = 1
-#: The thresholds a profile may set: (module, AUTO_RULE key) per op whose auto rule reads it.
+#: A threshold no input reaches: auto never picks the compiled kernel under it.
+NEVER = 2**62
+#: The thresholds a profile may set: (module, AUTO_RULE key) per knob, named after the op whose
+#: auto rule reads it (an op's further knobs: :data:`FURTHER_KNOBS`).
 KNOBS = {
     "matmul": ("matmul", "small_min_batch"),
+    "matmul_gemm": ("matmul", "gemm_min_work"),
     "solve": ("lu", "small_min_batch"),
     "softmax": ("softmax", "min_size"),
     "cosine_similarity": ("similarity", "matrix_min_work"),
     "cosine_topk": ("similarity", "topk_min_work"),
     "scaled_dot_product_attention": ("attention", "min_scores"),
 }
+#: knobs named otherwise than the op whose rule reads them: knob -> op
+FURTHER_KNOBS = {"matmul_gemm": "matmul"}
 #: ops whose auto rule reads another op's knob
 SHARES = {"log_softmax": "softmax", "cross_entropy": "softmax", "lu_factor": "solve", "lu_solve": "solve"}
 
@@ -198,17 +204,24 @@ def write(path, key, threads, record):
     os.replace(tmp, path)  # atomic: a reader sees the old file or the new one
 
 
+def knob_op(knob):
+    """The public op whose auto rule reads ``knob`` (a key of :data:`KNOBS`)."""
+    return FURTHER_KNOBS.get(knob, knob)
+
+
 def note(op_name):
-    """What decided ``op_name``'s auto threshold, for :func:`fastla.explain` ("" for ops without
+    """What decided ``op_name``'s auto thresholds, for :func:`fastla.explain` ("" for ops without
     a tunable threshold)."""
     op = SHARES.get(op_name, op_name)
-    if op not in KNOBS:
-        return ""
-    module, key = KNOBS[op]
-    value = _rule_dict(module)[key]
-    if op in _STATE["rules"]:
-        return f"{key}={value} measured here (shipped {shipped(op)}; {_STATE['status']})"
-    return f"{key}={value}: {_STATE['status']}"
+    parts = []
+    for knob in (k for k in KNOBS if knob_op(k) == op):
+        module, key = KNOBS[knob]
+        value = _rule_dict(module)[key]
+        if knob in _STATE["rules"]:
+            parts.append(f"{key}={value} measured here (shipped {shipped(knob)})")
+        else:
+            parts.append(f"{key}={value}")
+    return f"{', '.join(parts)}: {_STATE['status']}" if parts else ""
 
 
 def tune_profile():

@@ -24,6 +24,7 @@ import numpy as np
 
 from fastla import _gemm_kernels as _gk
 from fastla import _intrinsics, _jit, _registry, _validate
+from fastla._profile import NEVER
 
 __all__ = ["matmul"]
 
@@ -37,11 +38,29 @@ __all__ = ["matmul"]
 #   fastla's ~11 us of Python-side validation + parallel launch. Zen 4, f64, stack of 4x4:
 #   0.8x at 256 matrices, 2.4x at 1024, 2.7x at 100k; 16x16: 1.05x at 256, 1.75x at 1024; 32x32:
 #   0.4x (BLAS per matrix wins), hence the 16 limit.
-# * single large GEMMs: OpenBLAS's hand-written assembly still wins (our packed kernel runs at
-#   ~0.8x of it), so auto keeps numpy there.
+# * single large GEMMs: OpenBLAS's hand-written assembly wins where its kernel is as wide as the
+#   host's vectors (the packed kernel runs at 0.8-0.9x of its SkylakeX kernel on an Intel AVX-512
+#   Xeon, 0.9-1.1x on a Zen 5), so auto keeps numpy there by default. Where NumPy's OpenBLAS runs a
+#   narrower kernel than the host has (its Haswell AVX2 kernel on an AVX-512 host, which
+#   OPENBLAS_CORETYPE=Haswell forces), the packed kernel is 1.4-1.9x faster from 256^3 on (Zen 5,
+#   1 and 2 threads, f32 and f64; 0.25-0.99x at 128^3), and auto uses it from GEMM_NARROW_BLAS_WORK
+#   multiply-adds on. `python -m fastla tune` measures this crossover on the machine at hand
+#   (its "matmul_gemm" knob).
+#: Multiply-adds (m*k*n) of one product from which the packed kernel beats a narrower-vector BLAS
+#: (see above): between 256^3, where it won 1.2-1.6x in three of four dtype/thread cases, and 512^3.
+GEMM_NARROW_BLAS_WORK = 384**3
+
+
+def _shipped_gemm_min_work():
+    from fastla import _host
+
+    return GEMM_NARROW_BLAS_WORK if _host.blas_narrower_than_host() else NEVER
+
+
 AUTO_RULE = {
     "small_max_dim": 16,  # m, k, n all <= this counts as "small"
     "small_min_batch": 256,  # and at least this many matrices in the stack
+    "gemm_min_work": _shipped_gemm_min_work(),  # m*k*n of one product (a folded stack: one product)
 }
 
 
@@ -116,15 +135,39 @@ def _prepare(a, b, out=None):
     return _registry.Prepared(args, compiled=why, facts=facts, forced_error=problem)
 
 
-def _compiled_wins(m, k, n, batch, b_stacked):
-    """The auto rule on plain numbers (used by :func:`_rule` and by the fast path)."""
+def _small_stack_wins(m, k, n, batch, b_stacked):
     small = max(m, k, n) <= AUTO_RULE["small_max_dim"]
     return small and b_stacked and batch >= AUTO_RULE["small_min_batch"]
 
 
+#: Thin products stay with BLAS whatever their size: the packed kernel packs a whole operand for
+#: a few rows or columns of work (Zen 5 against OpenBLAS's Haswell kernel: 8192x8192 @ 8192x1
+#: 0.12-0.25x, @ 8192x4 0.40-0.65x, 2000x2000 @ 2000x16 f32 0.34x, 30000x100 @ 100x30 f32 0.71x,
+#: 4096x4 @ 4096x4 f32 0.76x; from 64 rows and columns and a depth of 32 it won 1.0-2.2x).
+GEMM_MIN_ROWS_COLS = 64
+GEMM_MIN_DEPTH = 32
+
+
+def _gemm_work(m, k, n, batch, b_stacked):
+    """Multiply-adds of one GEMM call (per product of a stack, the whole folded product else);
+    0 for a product too thin for the packed kernel."""
+    rows = m * (1 if b_stacked else batch)
+    if min(rows, n) < GEMM_MIN_ROWS_COLS or k < GEMM_MIN_DEPTH:
+        return 0
+    return rows * k * n
+
+
+def _compiled_wins(m, k, n, batch, b_stacked):
+    """The auto rule on plain numbers (used by :func:`_rule` and by the fast path)."""
+    if _small_stack_wins(m, k, n, batch, b_stacked):
+        return True
+    return _gemm_work(m, k, n, batch, b_stacked) >= AUTO_RULE["gemm_min_work"]
+
+
 def _rule(prep):
     f = prep.facts
-    if _compiled_wins(f["m"], f["k"], f["n"], f["batch"], f["b_stacked"]):
+    shape = f"{f['m']}x{f['k']} @ {f['k']}x{f['n']} (batch {f['batch']})"
+    if _small_stack_wins(f["m"], f["k"], f["n"], f["batch"], f["b_stacked"]):
         return (
             "numba",
             lambda: (
@@ -132,13 +175,32 @@ def _rule(prep):
                 "compiled loop over the stack beats per-matrix BLAS calls"
             ),
         )
-    return (
-        "numpy",
-        lambda: (
-            f"{f['m']}x{f['k']} @ {f['k']}x{f['n']} (batch {f['batch']}): OpenBLAS is faster than the "
-            "packed Numba GEMM for a single or folded GEMM on this hardware"
-        ),
-    )
+    work = _gemm_work(f["m"], f["k"], f["n"], f["batch"], f["b_stacked"])
+    if work >= AUTO_RULE["gemm_min_work"]:
+        return (
+            "numba",
+            lambda: (
+                f"{shape}: {work} multiply-adds per GEMM >= gemm_min_work; the packed kernel beats "
+                f"this BLAS ({_blas_name()}) from there"
+            ),
+        )
+    if AUTO_RULE["gemm_min_work"] >= NEVER:
+        why = f"this BLAS ({_blas_name()}) is faster than the packed Numba GEMM on this hardware"
+    elif work == 0:
+        why = (
+            f"too thin a product for the packed kernel (rows or columns < {GEMM_MIN_ROWS_COLS}, "
+            f"or depth < {GEMM_MIN_DEPTH}): BLAS ({_blas_name()})"
+        )
+    else:
+        why = f"{work} multiply-adds per GEMM < gemm_min_work, where BLAS ({_blas_name()}) is faster"
+    return "numpy", lambda: f"{shape}: {why}"
+
+
+def _blas_name():
+    from fastla import _host
+
+    lib, core, _ = _host.blas_kernel()
+    return f"{lib or 'unknown'} {core or ''}".strip()
 
 
 _OP = _registry.operation("matmul", _prepare, _rule)
@@ -195,6 +257,8 @@ def matmul(a, b, /, out=None, *, backend=None):
             and _registry.fast_path_open()
         ):
             if a.ndim == 2 and a.shape[1] == b.shape[0]:
+                if _gemm_work(a.shape[0], a.shape[1], b.shape[1], 1, False) >= AUTO_RULE["gemm_min_work"]:
+                    return _jit.run_parallel(_matmul_numba, a, b, None)
                 return _matmul_numpy(a, b, None)
             if a.ndim == 3 and a.shape[0] == b.shape[0] and a.shape[2] == b.shape[1]:
                 batch, m, k = a.shape

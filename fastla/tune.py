@@ -38,12 +38,20 @@ MIN_ROUND_S = 0.005
 class Sweep:
     """One tunable threshold: ``op``'s public call at each swept parameter ``p``."""
 
-    op: str  # a key of fastla._profile.KNOBS
+    op: str  # the public function swept
     unit: str  # what the threshold counts
     params: tuple[int, ...]
     value: Callable[[int], int]  # p -> the size the auto rule compares with the threshold
     case: Callable[[int, np.dtype, np.random.Generator], tuple[tuple, dict]]
     label: Callable[[int], str]
+    knob: str = ""  # the key of fastla._profile.KNOBS it sets ("": op)
+    # the threshold where numba loses at the largest swept size: None puts it just past the sweep
+    # (the kernel is taken to win beyond), an int (such as _profile.NEVER) is used as is
+    never: int | None = None
+
+    def __post_init__(self):
+        if not self.knob:
+            object.__setattr__(self, "knob", self.op)
 
 
 def _normal(rng, shape, dt):
@@ -63,6 +71,16 @@ SWEEPS = (
         lambda p: p,
         lambda p, dt, rng: ((_normal(rng, (p, 4, 4), dt), _normal(rng, (p, 4, 4), dt)), {}),
         lambda p: f"{p} x 4x4 @ 4x4",
+    ),
+    Sweep(
+        "matmul",
+        "multiply-adds m*k*n of one GEMM",
+        (64, 96, 128, 192, 256, 384, 512),
+        lambda p: p**3,
+        lambda p, dt, rng: ((_normal(rng, (p, p), dt), _normal(rng, (p, p), dt)), {}),
+        lambda p: f"{p}x{p} @ {p}x{p}",
+        knob="matmul_gemm",
+        never=_profile.NEVER,
     ),
     Sweep(
         "solve",
@@ -166,7 +184,9 @@ def crossover(sweep, rows):
         if t["numba"] > t["numpy"]:
             break
         first = p
-    return sweep.value(first) if first is not None else sweep.value(rows[-1][0]) + 1
+    if first is not None:
+        return sweep.value(first)
+    return sweep.value(rows[-1][0]) + 1 if sweep.never is None else sweep.never
 
 
 def regret(t):
@@ -200,12 +220,12 @@ def run(*, write=True, ops=None, stream=None, out=None, plot_path=None):
     before = {}
     for sweep in sweeps:
         for dt in DTYPES:
-            _progress(done, total, f"{sweep.op} {np.dtype(dt).name}", stream)
-            before[sweep.op, np.dtype(dt).name] = measure(sweep, dt, rng)
+            _progress(done, total, f"{sweep.knob} {np.dtype(dt).name}", stream)
+            before[sweep.knob, np.dtype(dt).name] = measure(sweep, dt, rng)
             done += 1
     rules = {}
     for sweep in sweeps:
-        rules[sweep.op] = max(crossover(sweep, before[sweep.op, np.dtype(dt).name]) for dt in DTYPES)
+        rules[sweep.knob] = max(crossover(sweep, before[sweep.knob, np.dtype(dt).name]) for dt in DTYPES)
     after = {}
     if write:
         key = _profile.machine_key()
@@ -223,14 +243,15 @@ def run(*, write=True, ops=None, stream=None, out=None, plot_path=None):
         _profile.load()
         for sweep in sweeps:  # auto again, under the measured thresholds
             for dt in DTYPES:
-                _progress(done, total, f"{sweep.op} {np.dtype(dt).name} (tuned)", stream)
-                after[sweep.op, np.dtype(dt).name] = measure(sweep, dt, rng)
+                _progress(done, total, f"{sweep.knob} {np.dtype(dt).name} (tuned)", stream)
+                after[sweep.knob, np.dtype(dt).name] = measure(sweep, dt, rng)
                 done += 1
     _progress(done, total, f"done in {time.perf_counter() - start:.0f} s", stream)
     stream.write("\n")
     report(sweeps, before, after, rules, threads, out)
     if plot_path:
-        drawn = plot(sweeps, before, rules, plot_path, shipped={s.op: _profile.shipped(s.op) for s in sweeps})
+        shipped = {s.knob: _profile.shipped(s.knob) for s in sweeps}
+        drawn = plot(sweeps, before, rules, plot_path, shipped=shipped)
         print(f"plot: {plot_path}" if drawn else "plot skipped: matplotlib is not installed", file=out)
     if write:
         status = _profile.tune_profile()["status"]
@@ -243,14 +264,14 @@ def report(sweeps, before, after, rules, threads, out):
     label = "shipped" if after else "in force"
     print(f"auto's regret = time(auto) / min(numpy, numba); {threads} fastla threads, BLAS default", file=out)
     for sweep in sweeps:
-        print(f"\n{sweep.op}: threshold in {sweep.unit}", file=out)
+        print(f"\n{sweep.knob}: threshold in {sweep.unit}", file=out)
         head = f"  {'size':<22} {'dtype':<8} {'numpy':>10} {'numba':>10}  {'regret ' + label:>15}"
         print(head, end="", file=out)
         print(f"  {'regret tuned':>12}" if after else "", file=out)
         for dt in DTYPES:
             name = np.dtype(dt).name
-            tuned = dict(after.get((sweep.op, name), []))
-            for p, t in before[sweep.op, name]:
+            tuned = dict(after.get((sweep.knob, name), []))
+            for p, t in before[sweep.knob, name]:
                 line = (
                     f"  {sweep.label(p):<22} {name:<8} {t['numpy'] * 1e6:>8.1f}us {t['numba'] * 1e6:>8.1f}us"
                     f"  {regret(t):>15.2f}"
@@ -258,8 +279,8 @@ def report(sweeps, before, after, rules, threads, out):
                 if p in tuned:
                     line += f"  {regret(tuned[p]):>12.2f}"
                 print(line, file=out)
-        current = _profile.shipped(sweep.op)
-        print(f"  crossover measured: {rules[sweep.op]} (shipped default {current})", file=out)
+        current = _profile.shipped(sweep.knob)
+        print(f"  crossover measured: {rules[sweep.knob]} (shipped default {current})", file=out)
     measured = {}
     for name, rows in (("with " + label + " thresholds", before), ("with tuned thresholds", after)):
         if rows:
@@ -316,19 +337,19 @@ def plot(sweeps, before, rules, path, shipped=None):
     fig, axes = plt.subplots(len(sweeps), 1, figsize=(8, 3.2 * len(sweeps)), squeeze=False)
     for ax, sweep in zip(axes[:, 0], sweeps, strict=True):
         for dt, style in zip(DTYPES, ("-", "--"), strict=True):
-            rows = before[sweep.op, np.dtype(dt).name]
+            rows = before[sweep.knob, np.dtype(dt).name]
             xs = [sweep.value(p) for p, _ in rows]
             for impl, colour in (("numpy", "C1"), ("numba", "C0"), ("auto", "C2")):
                 ys = [t[impl] * 1e6 for _, t in rows]
                 ax.plot(xs, ys, style, marker="o", ms=3, color=colour, label=f"{impl} {np.dtype(dt).name}")
-        ax.axvline(rules[sweep.op], color="k", lw=1, label=f"crossover measured ({rules[sweep.op]})")
-        ref = _profile.shipped(sweep.op) if shipped is None else shipped[sweep.op]
+        ax.axvline(rules[sweep.knob], color="k", lw=1, label=f"crossover measured ({rules[sweep.knob]})")
+        ref = _profile.shipped(sweep.knob) if shipped is None else shipped[sweep.knob]
         ax.axvline(ref, color="grey", lw=1, ls=":", label=f"shipped ({ref})")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel(sweep.unit)
         ax.set_ylabel("us per call")
-        ax.set_title(sweep.op, fontsize=10)
+        ax.set_title(sweep.knob, fontsize=10)
         ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -340,7 +361,7 @@ def main(args):
     ops = set(args.ops.split(",")) if args.ops else None
     unknown = (ops or set()) - {s.op for s in SWEEPS}
     if unknown:
-        known = ", ".join(s.op for s in SWEEPS)
+        known = ", ".join(sorted({s.op for s in SWEEPS}))
         print(f"fastla tune: no sweep for {', '.join(sorted(unknown))}; known: {known}")
         return 2
     if args.threads is not None:

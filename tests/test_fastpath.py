@@ -119,3 +119,39 @@ def test_the_fast_path_runs_what_explain_names(monkeypatch):
         ran.clear()
         getattr(fastla, op)(*args)
         assert ran == [(op, fastla.explain(op, *args)[0])], (op, [a.shape for a in args])
+
+
+@pytest.mark.parametrize("threshold", [1, 65536, 10**9])
+def test_the_gemm_threshold_decides_the_fast_path_as_explain_says(monkeypatch, threshold):
+    """``gemm_min_work`` (the multiply-adds of one product from which auto takes the packed GEMM,
+    set where the BLAS kernel is narrower than the host or by a tuned profile): the fast path and
+    the full path pick the same impl on either side of it and give the same result."""
+    module = sys.modules["fastla.matmul"]
+    monkeypatch.setitem(module.AUTO_RULE, "gemm_min_work", threshold)
+    ran = []
+    for impl, attr in (("numpy", "_matmul_numpy"), ("numba", "_matmul_numba")):
+        original = getattr(module, attr)
+
+        def spy(*args, _impl=impl, _original=original, **kwargs):
+            ran.append(_impl)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(module, attr, spy)
+    cases = [  # one GEMM of 64 x 32 x 64 multiply-adds; a stack of 2 such; 2 folded into one
+        (rng.standard_normal((64, 32)), rng.standard_normal((32, 64))),
+        (rng.standard_normal((2, 64, 32)), rng.standard_normal((2, 32, 64))),
+        (rng.standard_normal((2, 32, 32)), rng.standard_normal((32, 64))),
+        (rng.standard_normal((63, 64)), rng.standard_normal((64, 64))),  # too thin: BLAS at any threshold
+    ]
+    for a, b in cases:
+        for dtype in (np.float32, np.float64):
+            x, y = a.astype(dtype), b.astype(dtype)
+            ran.clear()
+            fastla.matmul(x, y)
+            name, reason = fastla.explain("matmul", x, y)
+            if x.ndim == y.ndim:  # the fast path's calls (the full path calls the registered impl)
+                assert ran == [name], (x.shape, y.shape, reason)
+            thin = x.shape[-2] == 63
+            assert name == ("numba" if threshold <= 65536 and not thin else "numpy"), reason
+            assert ("too thin" in reason) == thin and "gemm_min_work" in reason
+            _same(lambda be, x=x, y=y: fastla.matmul(x, y, backend=be))

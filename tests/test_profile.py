@@ -3,8 +3,10 @@ explain naming the source, the crossover rule, and a (tiny) tune run end to end.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+import sys
 import warnings
 
 import numpy as np
@@ -50,6 +52,51 @@ def test_round_trip_puts_the_measured_thresholds_in_force(profile):
     assert name == "numba" and "min_size=64 measured here" in reason
     name, reason = fastla.explain("log_softmax", x)  # reads softmax's threshold
     assert name == "numba" and "measured here" in reason
+
+
+def test_an_op_with_two_knobs_names_both_and_which_was_measured(profile):
+    rules = record({"matmul_gemm": 2**18})
+    _profile.write(str(profile), _profile.machine_key(), fastla.get_num_threads(), rules)
+    _profile.load()
+    assert MATMUL_RULE["gemm_min_work"] == 2**18
+    a = np.ones((64, 64))  # 2**18 multiply-adds: the packed GEMM from the measured threshold on
+    name, reason = fastla.explain("matmul", a, a)
+    assert name == "numba" and "gemm_min_work=262144 measured here" in reason
+    assert f"small_min_batch={MATMUL_RULE['small_min_batch']}," in reason
+    name, reason = fastla.explain("matmul", a[:, :63], a[:63])
+    assert name == "numpy" and "258048 multiply-adds per GEMM < gemm_min_work" in reason
+
+
+@pytest.mark.parametrize(
+    "architecture, simd, narrower",
+    [
+        ("Haswell", 64, True),
+        ("SkylakeX", 64, False),
+        ("Zen", 32, False),
+        ("Nehalem", 32, True),
+        ("Next", 64, False),
+    ],
+)
+def test_the_shipped_gemm_threshold_follows_the_blas_kernel_width(monkeypatch, architecture, simd, narrower):
+    """auto takes the packed GEMM by default only where NumPy's OpenBLAS runs narrower vectors than
+    the host (its Haswell kernel on an AVX-512 host); an unknown core type counts as full width."""
+    import threadpoolctl
+
+    from fastla import _host
+
+    info = [{"user_api": "blas", "internal_api": "openblas", "architecture": architecture}]
+    monkeypatch.setattr(threadpoolctl, "threadpool_info", lambda: info)
+    monkeypatch.setattr(_host, "simd_bytes", lambda: simd)
+    _host.blas_kernel.cache_clear()
+    try:
+        assert _host.blas_narrower_than_host() is narrower
+        expected = sys.modules["fastla.matmul"].GEMM_NARROW_BLAS_WORK if narrower else _profile.NEVER
+        assert sys.modules["fastla.matmul"]._shipped_gemm_min_work() == expected
+        info[0]["internal_api"] = "mkl"  # MKL's own dispatch: never taken as narrower
+        _host.blas_kernel.cache_clear()
+        assert not _host.blas_narrower_than_host()
+    finally:
+        _host.blas_kernel.cache_clear()
 
 
 def test_shipped_defaults_come_back_and_explain_says_so(profile):
@@ -130,6 +177,11 @@ def test_crossover_is_where_numba_wins_from_on():
     wins = [False, True, False] + [True] * (n - 3)
     assert tune.crossover(sweep, rows(wins)) == sweep.value(sweep.params[3])
     assert tune.crossover(sweep, rows([False] * n)) == sweep.value(sweep.params[-1]) + 1
+    # a kernel not taken to win past the sweep (the whole-product GEMM against BLAS): never
+    gemm = next(s for s in tune.SWEEPS if s.knob == "matmul_gemm")
+    sweep, n = gemm, len(gemm.params)
+    assert tune.crossover(gemm, rows([False] * n)) == _profile.NEVER == gemm.never
+    assert tune.crossover(gemm, rows([False] * (n - 1) + [True])) == gemm.value(gemm.params[-1])
     assert tune.regret({"numpy": 2.0, "numba": 1.0, "auto": 3.0}) == 3.0
 
 
@@ -137,11 +189,8 @@ def test_crossover_is_where_numba_wins_from_on():
 def test_a_tune_run_writes_a_profile_that_auto_then_uses(profile, monkeypatch):
     """End to end on two small sweeps (1 round each): timings are not asserted, only that the
     profile holds the crossovers the run reported and that they are in force afterwards."""
-    small = tuple(
-        tune.Sweep(s.op, s.unit, s.params[:3], s.value, s.case, s.label)
-        for s in tune.SWEEPS
-        if s.op in ("matmul", "softmax")
-    )
+    picked = (s for s in tune.SWEEPS if s.op in ("matmul", "softmax"))
+    small = tuple(dataclasses.replace(s, params=s.params[:3]) for s in picked)
     monkeypatch.setattr(tune, "SWEEPS", small)
     monkeypatch.setattr(tune, "ROUNDS", 1)
     monkeypatch.setattr(tune, "MIN_ROUND_S", 0.0)
@@ -156,9 +205,11 @@ def test_a_tune_run_writes_a_profile_that_auto_then_uses(profile, monkeypatch):
     assert "  shipped thresholds: max regret " in text and "  tuned thresholds: max regret " in text
     data = json.loads(profile.read_text())
     entry = data["machines"][_profile.machine_key()]["threads"][str(fastla.get_num_threads())]
-    assert entry["rules"] == result["rules"] and set(result["rules"]) == {"matmul", "softmax"}
+    assert entry["rules"] == result["rules"] and set(result["rules"]) == {"matmul", "matmul_gemm", "softmax"}
     assert fastla.tune_profile()["rules"] == result["rules"]
     assert MATMUL_RULE["small_min_batch"] == result["rules"]["matmul"]
+    assert MATMUL_RULE["gemm_min_work"] == result["rules"]["matmul_gemm"]
+    assert "matmul_gemm: threshold in multiply-adds" in text
     assert result["regret_before"] > 0 and result["regret_after"] > 0
 
 
