@@ -92,6 +92,106 @@ def _call_entry_typer(address, fn, args):
     return lambda address, fn, args: fn(*args)
 
 
+# --------------------------------------------------------------------------- calls through a symbol
+
+
+def _call_out_of_line_twin(fn, args):
+    """``fn(*args)``."""
+    return fn(*args)
+
+
+_SYMBOLS: dict = {}  # symbol name -> entry point registered with LLVM
+
+
+def out_of_line_symbol(module, name, argtypes):
+    """Compile (or load from fastla's cache) ``module.name`` (a ``@jit`` dispatcher) for the Numba
+    types ``argtypes``, register its entry point with LLVM's JIT under a name stable across
+    processes, and return ``(symbol, compiled signature)``."""
+    import hashlib
+    import importlib
+
+    import llvmlite.binding as ll
+
+    from fastla import _jit
+
+    disp = getattr(importlib.import_module(module), name)
+    argtypes = tuple(argtypes)
+    _jit.ensure_threads()  # a kernel using thread ids cannot be loaded before the layer starts
+    cres = disp.overloads.get(argtypes)
+    if cres is None:
+        disp.compile(argtypes)
+        cres = disp.overloads[argtypes]
+    key = f"{module}.{name}{argtypes!r}->{cres.signature.return_type!r}"
+    symbol = "fastla.out_of_line." + hashlib.sha256(key.encode()).hexdigest()[:32]
+    if symbol not in _SYMBOLS:
+        address = cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name)
+        ll.add_symbol(symbol, address)
+        _SYMBOLS[symbol] = address
+    return symbol, cres.signature
+
+
+def _reregister(module, name, argtypes):
+    """A cached caller's ``reload_init`` hook: register the symbol before its code loads."""
+    out_of_line_symbol(module, name, argtypes)
+
+
+def _dispatcher_path(fn_type):
+    """``(module, attribute)`` under which the dispatcher of ``fn_type`` is importable."""
+    import importlib
+
+    disp = fn_type.dispatcher
+    py = disp.py_func
+    module = importlib.import_module(py.__module__)
+    for attr in (py.__name__, *vars(module)):
+        if getattr(module, attr, None) is disp:
+            return py.__module__, attr
+    raise TypeError(f"call_out_of_line: {py.__qualname__} is not a module-level @jit function")
+
+
+@intrinsic(_call_out_of_line_twin)
+def call_out_of_line(typingctx, fn, args):
+    """``fn(*args)`` for a ``@jit`` function ``fn``. In compiled code: a call of ``fn``'s own
+    compiled code (in its own cached library) through a symbol, where a plain call would link a
+    copy of ``fn`` into the caller, to be optimised and code-generated again in every caller.
+
+    For ``fastla.kernels``, whose big pieces (the packed GEMM, the blocked LU, cosine, attention)
+    a user's ``@njit`` function would otherwise compile again each time (1.3-1.8 s a user function).
+    The symbol (:func:`out_of_line_symbol`) is registered with LLVM's JIT when the caller compiles;
+    a caller loaded from Numba's cache in a later process registers it again before its code is
+    loaded (Numba runs a compiled function's ``reload_init`` hooks first). Exceptions ``fn``
+    raises propagate to the caller as from a plain call."""
+    if not isinstance(fn, nb_types.Dispatcher) or not isinstance(args, nb_types.BaseTuple):
+        return None
+    argtypes = tuple(args.types)
+    template = typingctx.resolve_function_type(fn, argtypes, {})
+    if template is None:
+        return None
+    sig = template.return_type(fn, args)
+
+    def codegen(context, builder, sig, llargs):
+        import functools
+
+        from numba.core import cgutils
+
+        module, name = _dispatcher_path(sig.args[0])
+        symbol, target = out_of_line_symbol(module, name, template.args)
+        library = context.active_code_library
+        library._reload_init.add(functools.partial(_reregister, module, name, template.args))
+        values = cgutils.unpack_tuple(builder, llargs[1], len(argtypes))
+        pairs = zip(values, argtypes, target.args, strict=True)
+        values = [context.cast(builder, v, t, u) for v, t, u in pairs]
+        fnty = context.call_conv.get_function_type(target.return_type, list(target.args))
+        callee = cgutils.get_or_insert_function(builder.module, fnty, symbol)
+        status, result = context.call_conv.call_function(
+            builder, callee, target.return_type, list(target.args), values
+        )
+        with cgutils.if_unlikely(builder, status.is_error):
+            context.call_conv.return_status_propagate(builder, status)
+        return context.cast(builder, result, target.return_type, sig.return_type)
+
+    return sig, codegen
+
+
 # --------------------------------------------------------------------------- bit casts
 
 

@@ -49,6 +49,14 @@ MUTANTS = [
         "batched tiny solver swaps rows only when the pivot is exactly zero (the audit's mutant)",
     ),
     Mutant(
+        "kernels-cached-caller-forgets-its-symbols",
+        "_intrinsics.py",
+        "library._reload_init.add(functools.partial(_reregister, module, name, template.args))",
+        "pass",
+        ("tests/test_kernels.py", "-k", "out_of_line"),
+        "a user's cached function calling fastla.kernels out of line cannot load in a new process",
+    ),
+    Mutant(
         "lu-lane-transpose-skips-a-stage",
         "_lane_solver.py",
         "while b < v:  # swap the off-diagonal",
