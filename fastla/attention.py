@@ -45,6 +45,9 @@ from fastla import _intrinsics, _jit, _math, _registry, _validate
 from fastla._intrinsics import wide_vectors
 from fastla._jit import jit, prange
 
+# pack_a through a symbol: one compile in its own library, not one inside each prange body
+_ool = _intrinsics.call_out_of_line
+
 __all__ = ["scaled_dot_product_attention"]
 
 # --------------------------------------------------------------------------- auto rule (data)
@@ -361,11 +364,11 @@ def _pack_kv(k, v, kp, vp, scale, one):
         wide_vectors()
         if t < nk:
             kt = _gk.flat_operand(kf, t * S * E, E, 1, S, E)
-            _gk.pack_a(kt, _gk.Span(zero, S, zero, E), scale, none, kp, t * s_pad * E)
+            _ool(_gk.pack_a, (kt, _gk.Span(zero, S, zero, E), scale, none, kp, t * s_pad * E))
         else:
             u = t - nk
             vt = _gk.flat_operand(vf, u * S * Ev, 1, Ev, Ev, S)  # v[u].T
-            _gk.pack_a(vt, _gk.Span(zero, Ev, zero, S), one, none, vp, u * ev_pad * S)
+            _ool(_gk.pack_a, (vt, _gk.Span(zero, Ev, zero, S), one, none, vp, u * ev_pad * S))
 
 
 @jit(inline="always")
@@ -652,7 +655,10 @@ def _sdpa_numba(q, k, v, mask, plan):
     bk = mr * max(1, round(KEY_TILE / mr))
     stats = Stats(np.empty((nb, L), dt), np.empty((nb, L), dt))
     ix = Stacks(_c(plan.q), _c(plan.k), _c(plan.v), mi)
-    t = Tiling(L, S, Ev, bq, bk, has_mask, bool(plan.causal), FLASH.address(dt), WEIGHTS.address(dt))
+    flash_at = FLASH.address(dt)
+    # the weights task compiles only for a call that returns the weights (0: never called)
+    weights_at = WEIGHTS.address(dt) if weights is not None or flash_at is None else 0
+    t = Tiling(L, S, Ev, bq, bk, has_mask, bool(plan.causal), flash_at, weights_at)
     inp = Inputs(q, kp, vp, mask)
     _flash(inp, ix, t, dt.type(0), out, stats)
     if weights is not None:
