@@ -55,10 +55,13 @@ __all__ = ["cosine_similarity", "cosine_topk"]
 # Measured with `python -m fastla bench --ops cosine_similarity,cosine_topk` (2 threads both sides,
 # Zen 4): see AUTO_RULE's comments where the numbers are.
 AUTO_RULE = {
-    # n * m * d below this: the product is too small for the packed kernel's setup to pay.
-    "matrix_min_work": 2**22,
-    # top-k: the fused kernel avoids the n x m scores entirely; from this much work on it wins.
-    "topk_min_work": 2**20,
+    # n * m * d below this: the product is too small for the packed kernel's setup to pay
+    # (`python -m fastla tune`, 2 threads: crossovers 1-4 M on an Intel AVX-512 Xeon, 4-16 K on a
+    # Zen 5; the lower end of the Xeon's).
+    "matrix_min_work": 2**20,
+    # top-k: the fused kernel avoids the n x m scores entirely; from this much work on it wins
+    # (64 000 on both machines: 10 queries x 100 corpus rows x 64).
+    "topk_min_work": 64_000,
 }
 
 #: Sums of squares (accumulated in float64) inside these bounds give a norm and an inverse norm that
