@@ -130,9 +130,16 @@ def out_of_line_symbol(module, name, argtypes):
     return symbol, cres.signature
 
 
-def _reregister(module, name, argtypes):
-    """A cached caller's ``reload_init`` hook: register the symbol before its code loads."""
-    out_of_line_symbol(module, name, argtypes)
+def _reregister(module, name, argtypes, symbol):
+    """A cached caller's ``reload_init`` hook: register ``symbol`` before its code loads. Raises
+    ImportError where this fastla compiles ``module.name`` to another signature than the caller was
+    compiled against (its code would call a symbol no longer defined)."""
+    found, _ = out_of_line_symbol(module, name, argtypes)
+    if found != symbol:
+        raise ImportError(
+            f"a cached Numba function calls fastla's {module}.{name} as compiled by another fastla "
+            "version: delete that function's Numba cache (its __pycache__ *.nbi / *.nbc files)"
+        )
 
 
 def _dispatcher_path(fn_type):
@@ -176,7 +183,7 @@ def call_out_of_line(typingctx, fn, args):
         module, name = _dispatcher_path(sig.args[0])
         symbol, target = out_of_line_symbol(module, name, template.args)
         library = context.active_code_library
-        library._reload_init.add(functools.partial(_reregister, module, name, template.args))
+        library._reload_init.add(functools.partial(_reregister, module, name, template.args, symbol))
         values = cgutils.unpack_tuple(builder, llargs[1], len(argtypes))
         pairs = zip(values, argtypes, target.args, strict=True)
         values = [context.cast(builder, v, t, u) for v, t, u in pairs]

@@ -620,3 +620,20 @@ def test_a_cached_user_function_finds_the_out_of_line_kernels_in_a_new_process(t
         assert proc.returncode == 0, proc.stderr[-3000:]
         hits.append(int(proc.stdout.split()[-1]))
     assert hits == [0, 1]
+
+
+@pytest.mark.skipif(not _jit.JIT_ENABLED, reason="compiled code only")
+def test_a_cached_caller_of_another_fastla_version_fails_loudly():
+    """The reload hook of a cached caller refuses a symbol this fastla does not define (a kernel
+    compiled to another signature by another version) with an ImportError saying what to do,
+    instead of letting LLVM load code that calls an undefined symbol."""
+    import numba
+
+    from fastla import _intrinsics
+
+    f64 = numba.typeof(np.empty((2, 2)))
+    args = (f64, f64, f64, numba.float64, numba.float64)
+    symbol, _ = _intrinsics.out_of_line_symbol("fastla.kernels", "_gemm", args)
+    _intrinsics._reregister("fastla.kernels", "_gemm", args, symbol)  # this version's: accepted
+    with pytest.raises(ImportError, match="another fastla version"):
+        _intrinsics._reregister("fastla.kernels", "_gemm", args, symbol + "0")

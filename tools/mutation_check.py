@@ -51,7 +51,7 @@ MUTANTS = [
     Mutant(
         "kernels-cached-caller-forgets-its-symbols",
         "_intrinsics.py",
-        "library._reload_init.add(functools.partial(_reregister, module, name, template.args))",
+        "library._reload_init.add(functools.partial(_reregister, module, name, template.args, symbol))",
         "pass",
         ("tests/test_kernels.py", "-k", "out_of_line"),
         "a user's cached function calling fastla.kernels out of line cannot load in a new process",
