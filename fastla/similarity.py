@@ -697,7 +697,8 @@ def _topk_kernel(q, b, inv_q, inv_c, alpha, t, scratch, scores, index):
                     step = (q, alpha, inv_q, ap, bp[pc * tn :], sc, tile, at)
                     _intrinsics.call_entry(a_block_at, _gk.a_block, step)
                 for r in range(rows):
-                    _merge_row(sc, s_off + r * tn, cols, j0, scores[i0 + r], index[i0 + r])
+                    merge = (sc, s_off + r * tn, cols, j0, scores[i0 + r], index[i0 + r])
+                    _intrinsics.call_out_of_line(_merge_row, merge)  # compiled once, not in the prange body
 
 
 def _topk_blocking(nq, itemsize, threads):
