@@ -54,7 +54,8 @@ GEMM_NARROW_BLAS_WORK = 384**3
 def _shipped_gemm_min_work():
     from fastla import _host
 
-    return GEMM_NARROW_BLAS_WORK if _host.blas_narrower_than_host() else NEVER
+    # with the JIT off the packed kernel runs as Python: never the faster one
+    return GEMM_NARROW_BLAS_WORK if _jit.JIT_ENABLED and _host.blas_narrower_than_host() else NEVER
 
 
 AUTO_RULE = {
@@ -184,13 +185,13 @@ def _rule(prep):
                 f"this BLAS ({_blas_name()}) from there"
             ),
         )
-    if AUTO_RULE["gemm_min_work"] >= NEVER:
-        why = f"this BLAS ({_blas_name()}) is faster than the packed Numba GEMM on this hardware"
-    elif work == 0:
+    if work == 0:
         why = (
             f"too thin a product for the packed kernel (rows or columns < {GEMM_MIN_ROWS_COLS}, "
             f"or depth < {GEMM_MIN_DEPTH}): BLAS ({_blas_name()})"
         )
+    elif AUTO_RULE["gemm_min_work"] >= NEVER:
+        why = f"this BLAS ({_blas_name()}) is faster than the packed Numba GEMM on this hardware"
     else:
         why = f"{work} multiply-adds per GEMM < gemm_min_work, where BLAS ({_blas_name()}) is faster"
     return "numpy", lambda: f"{shape}: {why}"
