@@ -578,8 +578,15 @@ def test_big_kernels_are_called_out_of_line_not_compiled_into_the_user_function(
 
 USER_MODULE = """
 import numpy as np
-from numba import njit
+from numba import njit, prange
 from fastla import kernels
+
+
+@njit(cache=True, parallel=True)
+def user_parallel(A, B, C):
+    for i in prange(A.shape[0]):  # the call sits in the loop body's own library
+        kernels.gemm(A[i], B[i], C[i])
+    return C
 
 @njit(cache=True)
 def user(a, b, c):
@@ -596,7 +603,8 @@ def user(a, b, c):
 def test_a_cached_user_function_finds_the_out_of_line_kernels_in_a_new_process(tmp_path):
     """A user's ``cache=True`` function calling a kernel out of line, loaded from Numba's cache in a
     fresh process (where the symbol is not yet registered: its ``reload_init`` hook registers it
-    before the code loads), runs the kernel and gets its exception."""
+    before the code loads), runs the kernel and gets its exception; also from a ``prange`` body, whose
+    library's hook the function inherits."""
     import subprocess
     import sys
     import textwrap
@@ -611,7 +619,10 @@ def test_a_cached_user_function_finds_the_out_of_line_kernels_in_a_new_process(t
         a, b = np.arange(12.0).reshape(3, 4), np.arange(8.0).reshape(4, 2)
         c, raised = user_gemm.user(a, b, np.empty((3, 2)))
         assert np.allclose(c, a @ b) and raised
-        print(sum(user_gemm.user.stats.cache_hits.values()))
+        A, B = np.arange(24.0).reshape(2, 3, 4), np.arange(16.0).reshape(2, 4, 2)
+        assert np.allclose(user_gemm.user_parallel(A, B, np.empty((2, 3, 2))), A @ B)
+        hits = user_gemm.user.stats.cache_hits, user_gemm.user_parallel.stats.cache_hits
+        print(sum(sum(h.values()) for h in hits))
         """
     )
     hits = []
@@ -619,7 +630,7 @@ def test_a_cached_user_function_finds_the_out_of_line_kernels_in_a_new_process(t
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         hits.append(int(proc.stdout.split()[-1]))
-    assert hits == [0, 1]
+    assert hits == [0, 2]
 
 
 @pytest.mark.skipif(not _jit.JIT_ENABLED, reason="compiled code only")
