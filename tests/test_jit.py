@@ -231,6 +231,38 @@ def test_gemm_callers_reach_its_steps_through_their_addresses(dtype, entry, monk
 
 
 @_jit.jit
+def _nan_gemm_into(a, b, dst, alpha, accumulate, row_scale, col_scale, tiles):
+    """Stand-in for ``gk.gemm_into`` with its signature: C's block becomes NaN."""
+    for i in range(a.rows):
+        for j in range(b.cols):
+            dst.c[dst.off + i * dst.ld + j] = np.nan
+
+
+_NAN_GEMM_INTO = _jit.Entry(_nan_gemm_into, gk._gemm_into_examples)
+
+
+@needs_jit
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_blocked_lu_reaches_the_gemm_through_its_address_and_only_when_it_needs_it(
+    dtype, monkeypatch, rng
+):
+    """The LU's trailing updates call the GEMM driver through ``GEMM_INTO``'s address (a stand-in
+    there must be what runs), and a factorisation of one panel (n <= NB) calls no GEMM, so that its
+    first call compiles none."""
+    import fastla as fl
+
+    monkeypatch.setattr(gk, "GEMM_INTO", _NAN_GEMM_INTO)
+    assert np.isnan(fl.lu_factor(rng.standard_normal((300, 300)).astype(dtype), backend="numba")[0]).any()
+    small = rng.standard_normal((40, 40)).astype(dtype)
+    lu, piv = fl.lu_factor(small, backend="numba")
+    assert not np.isnan(lu).any()
+    monkeypatch.undo()
+    ref_lu, ref_piv = fl.lu_factor(small, backend="numpy")
+    np.testing.assert_allclose(lu, ref_lu, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(piv, ref_piv)
+
+
+@_jit.jit
 def _nan_task(inp, ix, t, zero, out, stats, task):
     """Stand-in for ``attention._flash_task`` with its signature: its output row block is NaN."""
     for e in range(out.shape[2]):
