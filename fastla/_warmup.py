@@ -54,8 +54,8 @@ def _solve(dt):
 def _lu(dt):
     import fastla
 
-    a = np.eye(40, dtype=dt) + 0.5
-    fastla.lu_solve(fastla.lu_factor(a, backend="numba"), np.ones(40, dt), backend="numba")
+    a = np.eye(80, dtype=dt) + 0.5  # n > 64: the blocked path, with its GEMM (a 40x40 has none)
+    fastla.lu_solve(fastla.lu_factor(a, backend="numba"), np.ones(80, dt), backend="numba")
 
 
 def _softmax(dt):
