@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 import numpy as np
@@ -25,24 +26,8 @@ def _cmd_info(args):
         elif isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items())
         print(f"{key:<{width}}  {value}")
-    print(f"{'auto_gemm':<{width}}  {_auto_gemm()}")
+    print(f"{'auto_gemm':<{width}}  {importlib.import_module('fastla.matmul').auto_gemm_summary()}")
     return 0
-
-
-def _auto_gemm():
-    """Where ``auto`` runs one product with the packed kernel, and why (``fastla.matmul``'s
-    ``gemm_min_work``)."""
-    from fastla import _host, _profile
-    from fastla._profile import NEVER
-
-    lib, core, blas_bytes = _host.blas_kernel()
-    work = _profile._rule_dict("matmul")["gemm_min_work"]
-    kernel = f"{lib or 'unknown BLAS'} {core or ''}".strip()
-    if blas_bytes is not None:
-        kernel += f", {blas_bytes}-byte vectors; host {_host.simd_bytes()}"
-    if work >= NEVER:
-        return f"BLAS for every single product ({kernel})"
-    return f"packed kernel from {work} multiply-adds per product ({kernel})"
 
 
 def _parse_shape(text):

@@ -204,6 +204,19 @@ def _blas_name():
     return f"{lib or 'unknown'} {core or ''}".strip()
 
 
+def auto_gemm_summary():
+    """Where ``auto`` runs one product with the packed kernel, and why (``gemm_min_work`` and the
+    BLAS kernel's vector width against the host's), for ``python -m fastla info``."""
+    from fastla import _host
+
+    width = _host.blas_kernel()[2]
+    kernel = _blas_name() + (f", {width}-byte vectors; host {_host.simd_bytes()}" if width else "")
+    work = AUTO_RULE["gemm_min_work"]
+    if work >= NEVER:
+        return f"BLAS for every single product ({kernel})"
+    return f"packed kernel from {work} multiply-adds per product ({kernel})"
+
+
 _OP = _registry.operation("matmul", _prepare, _rule)
 
 
