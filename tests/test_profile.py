@@ -235,3 +235,11 @@ def test_regret_targets_are_validated_and_judged(tmp_path):
     ]
     (_, worst, _, _, status), _ = report.regret_results(entries, {"tuned": [1.0]})
     assert worst is None and status.startswith("not run")
+
+
+def test_every_sweep_sets_a_knob_of_the_op_it_times():
+    """tune's sweeps and the profile's knobs name the same (knob, op) pairs: a sweep timing one op
+    while its knob is read by another op's rule would tune the wrong threshold."""
+    assert {s.knob for s in tune.SWEEPS} == set(_profile.KNOBS)
+    for s in tune.SWEEPS:
+        assert _profile.knob_op(s.knob) == s.op, s.knob
