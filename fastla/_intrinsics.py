@@ -44,6 +44,21 @@ def masked_load(builder, ptr, count, align, passthru=None):
     return builder.call(fn, [ptr, ir.Constant(i32, align), mask, fill])
 
 
+def masked_store(builder, value, ptr, count, align):
+    """Store the first ``count`` elements of the vector ``value`` at ``ptr`` (a pointer to its type)
+    through ``llvm.masked.store``, never touching memory past them."""
+    from llvmlite import ir
+
+    vty = ptr.type.pointee
+    i32, mty = ir.IntType(32), ir.VectorType(ir.IntType(1), vty.count)
+    bits = 8 * (4 if vty.element == ir.FloatType() else 8)
+    fn = llvm_function(
+        builder, f"llvm.masked.store.v{vty.count}f{bits}.p0", ir.VoidType(), [vty, vty.as_pointer(), i32, mty]
+    )
+    mask = ir.Constant(mty, [1] * count + [0] * (vty.count - count))
+    builder.call(fn, [value, ptr, ir.Constant(i32, align), mask])
+
+
 def array_parts(context, builder, ty, val):
     """The data pointer (as ``i8*``, for byte offsets), shape and strides (in bytes) of the array
     ``val`` of Numba type ``ty``, as lists of LLVM values (for an intrinsic's code generation)."""

@@ -18,8 +18,8 @@ Implementations:
   trailing update ``A22 -= L21 @ U12`` through the packed GEMM of :mod:`fastla.matmul` (alpha = -1
   folded into its packing, accumulating straight into A22). Stacks of systems with n <= 16 use one
   parallel kernel over the stack that solves one system per SIMD lane: each group of lanes is
-  transposed into per-thread scratch and eliminated by straight-line vector code emitted for the
-  exact n (:func:`lane_solve`), pivoting branch-free by compare and select; zero pivots are
+  transposed in registers and eliminated by straight-line vector code emitted for the exact n
+  (:func:`fastla._lane_solver.lane_solve_group`), pivoting branch-free by compare and select; zero pivots are
   recorded per system (no ``return`` inside ``prange``, no per-system allocation).
 * ``numpy`` — ``scipy.linalg.lu_factor``/``lu_solve`` (LAPACK getrf/getrs) when SciPy is
   importable, else fastla's own kernels; ``solve`` uses ``np.linalg.solve`` (LAPACK gesv).
@@ -666,10 +666,10 @@ def _solve_numba(a, b):
 
         k, nl, slots = B.shape[2], lanes(A.dtype), _SPREAD * max_threads()
         x = np.empty(B.shape, dtype=B.dtype)
-        w = np.empty((slots, n, n, nl), dtype=A.dtype)
-        xs = np.empty((slots, n, min(k, LANE_RHS), nl), dtype=A.dtype)
+        w = np.empty((slots, nl, n, n), dtype=A.dtype)
+        xs = np.empty((slots, nl, n, min(k, LANE_RHS)), dtype=A.dtype)
         s = np.empty((slots, nl), dtype=np.int64)
-        info = np.zeros(A.shape[0], dtype=np.int64)
+        info = np.empty(A.shape[0], dtype=np.int64)  # every system's status is written
         solve_stack(_intrinsics.kernel_input(A), _intrinsics.kernel_input(B), x, w, xs, s, info)
         if info.any():
             raise _singular()

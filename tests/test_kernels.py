@@ -270,7 +270,7 @@ def _one_lane_solve(typingctx, N, K, W, B, X):
     if not (isinstance(N, nbt.IntegerLiteral) and isinstance(K, nbt.IntegerLiteral)):
         return None
     itemsize = np.dtype(str(W.dtype)).itemsize
-    return nbt.int64(N, K, W, B, X), _ls._lane_codegen(N.literal_value, K.literal_value, 1, itemsize, False)
+    return nbt.int64(N, K, W, B, X), _ls._lane_codegen(N.literal_value, K.literal_value, 1, itemsize)
 
 
 @njit

@@ -267,6 +267,28 @@ def test_small_stack_singular_in_one_lane(rng):
     np.testing.assert_allclose(fastla.solve(a, np.ones((21, 4, 1)), backend="numba")[13], 1.0)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n,k", [(3, 1), (4, 4), (8, 2)])
+def test_small_stack_whole_groups_in_registers(n, k, dtype, rng):
+    """Stacks long enough for many parallel tasks: whole groups with up to LANE_RHS right-hand sides
+    are read from and written to the stack in registers (lane_solve_group on the stack itself), the
+    short last group through scratch; every system matches LAPACK, and a zero pivot deep inside the
+    stack (not in the first task, not in the last group) is still reported."""
+    batch = 4099
+    a = (rng.standard_normal((batch, n, n)) + np.eye(n)).astype(dtype)
+    b = rng.standard_normal((batch, n, k)).astype(dtype)
+    x = fastla.solve(a, b, backend="numba")
+    assert x.dtype == dtype and x.shape == b.shape
+    tol = 1e-8 if dtype == np.float64 else 2e-2
+    expected = np.linalg.solve(a.astype(np.float64), b.astype(np.float64))
+    np.testing.assert_allclose(x, expected, rtol=tol, atol=tol)
+    err = _per_system_backward_error(a.astype(np.float64), x.astype(np.float64), b.astype(np.float64))
+    assert err.max() <= 10 * n * eps(dtype)
+    a[2901, :, n - 1] = 0.0
+    with pytest.raises(np.linalg.LinAlgError, match="Singular matrix"):
+        fastla.solve(a, b, backend="numba")
+
+
 def _per_system_backward_error(a, x, b):
     """max over the stack of ||A x - b||_inf / (||A||_inf ||x||_inf + ||b||_inf), per system."""
     r = np.einsum("tij,tjk->tik", a, x) - b
