@@ -27,6 +27,16 @@ def llvm_function(builder, name, return_type, arg_types):
     return cgutils.get_or_insert_function(builder.module, fnty, name)
 
 
+def prefetch_line(builder, ptr):
+    """Emit a prefetch (read, high locality) of the cache line at ``ptr`` (any pointer)."""
+    from llvmlite import ir
+
+    i32, i8p = ir.IntType(32), ir.IntType(8).as_pointer()
+    fn = llvm_function(builder, "llvm.prefetch.p0", ir.VoidType(), [i8p, i32, i32, i32])
+    args = [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)]
+    builder.call(fn, args)
+
+
 def masked_load(builder, ptr, count, align, passthru=None):
     """Load the first ``count`` elements of the vector at ``ptr`` (a pointer to an LLVM vector
     type) through ``llvm.masked.load``, never touching memory past them; the other lanes are
@@ -386,3 +396,25 @@ def wide_vectors(typingctx):
         return context.get_dummy_value()
 
     return nb_types.none(), codegen
+
+
+# --------------------------------------------------------------------------- prefetch
+
+
+def _prefetch_twin(x, i):
+    return None
+
+
+@intrinsic(_prefetch_twin)
+def prefetch(typingctx, x, i):
+    """Ask for the cache line holding ``x[i]`` (contiguous 1-D ``x``) to be read into cache
+    (``llvm.prefetch``, read, high locality): a hint, never a fault, whatever ``i`` is."""
+    if not (isinstance(x, nb_types.Array) and x.ndim == 1 and isinstance(i, nb_types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        prefetch_line(builder, builder.gep(data, [args[1]]))
+        return context.get_dummy_value()
+
+    return nb_types.void(x, i), codegen

@@ -396,13 +396,12 @@ def _prefetch(builder, data, base, nbytes, itemsize):
     prefetch never faults, past the end of an array too)."""
     from llvmlite import ir
 
-    i32, i64, i8p = ir.IntType(32), ir.IntType(64), ir.IntType(8).as_pointer()
-    fn = _intrinsics.llvm_function(builder, "llvm.prefetch.p0", ir.VoidType(), [i8p, i32, i32, i32])
+    i64, i8p = ir.IntType(64), ir.IntType(8).as_pointer()
     start = builder.mul(base, ir.Constant(i64, itemsize))
     data_bytes = builder.bitcast(data, i8p)
     for line in range(0, nbytes, 64):
-        ptr = builder.gep(data_bytes, [builder.add(start, ir.Constant(i64, line))])
-        builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        offset = builder.add(start, ir.Constant(i64, line))
+        _intrinsics.prefetch_line(builder, builder.gep(data_bytes, [offset]))
 
 
 def _group_types(N, arrays, T0):

@@ -245,7 +245,7 @@ def _exp_typer(x):
 def _row_compiled(x, out, log, zero):
     """The row kernel with fastla's own flags (see above)."""
     _intrinsics.wide_vectors()
-    _sm.softmax_row(x, out, log, zero)
+    _sm.softmax_row(x, out, log, zero, x[:0])
 
 
 @jit(inline="always")
@@ -338,7 +338,7 @@ def _logsumexp_rows(x):
     for r in range(x2.shape[0]):
         m = _math.row_max(x2[r]) if x2.shape[1] else -np.inf
         mm = m if np.isfinite(m) else zero
-        res[r] = mm + np.log(_sm._exp_sum(x2[r], mm, x2[r], False, zero))
+        res[r] = mm + np.log(_sm._exp_sum(x2[r], mm, x2[r], False, zero, x2[min(r + 1, rows - 1)]))
     return res
 
 
