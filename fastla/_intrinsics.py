@@ -401,20 +401,42 @@ def wide_vectors(typingctx):
 # --------------------------------------------------------------------------- prefetch
 
 
-def _prefetch_twin(x, i):
+def _prefetch_span_twin(x, start, stop):
     return None
 
 
-@intrinsic(_prefetch_twin)
-def prefetch(typingctx, x, i):
-    """Ask for the cache line holding ``x[i]`` (contiguous 1-D ``x``) to be read into cache
-    (``llvm.prefetch``, read, high locality): a hint, never a fault, whatever ``i`` is."""
-    if not (isinstance(x, nb_types.Array) and x.ndim == 1 and isinstance(i, nb_types.Integer)):
+@intrinsic(_prefetch_span_twin)
+def prefetch_span(typingctx, x, start, stop):
+    """Ask for the cache lines holding ``x[start:stop]`` (contiguous 1-D ``x``, the span clipped
+    to it) to be read into cache, a ``llvm.prefetch`` (read, high locality) per line: a hint, never
+    a fault. ``x`` may be None: then nothing is emitted (a caller with nothing to prefetch costs
+    nothing, where an empty array would still cost its view and the loop's bounds)."""
+    from llvmlite import ir
+    from numba.core import cgutils
+
+    if not (isinstance(start, nb_types.Integer) and isinstance(stop, nb_types.Integer)):
+        return None
+    if isinstance(x, nb_types.NoneType):
+        return nb_types.void(x, start, stop), lambda context, builder, sig, args: context.get_dummy_value()
+    if not (isinstance(x, nb_types.Array) and x.ndim == 1 and x.layout == "C"):
         return None
 
     def codegen(context, builder, sig, args):
-        data = context.make_array(sig.args[0])(context, builder, args[0]).data
-        prefetch_line(builder, builder.gep(data, [args[1]]))
+        i64 = ir.IntType(64)
+        arr = context.make_array(sig.args[0])(context, builder, args[0])
+        size = builder.extract_value(arr.shape, 0)
+        lo, hi = (
+            context.cast(builder, v, t, nb_types.int64) for v, t in zip(args[1:], sig.args[1:], strict=True)
+        )
+        hi = builder.select(builder.icmp_signed("<", hi, size), hi, size)
+        lo = builder.select(builder.icmp_signed(">", lo, ir.Constant(i64, 0)), lo, ir.Constant(i64, 0))
+        step = max(1, 64 // context.get_abi_sizeof(context.get_data_type(sig.args[0].dtype)))
+        lines = builder.sdiv(
+            builder.add(builder.sub(hi, lo), ir.Constant(i64, step - 1)), ir.Constant(i64, step)
+        )
+        with cgutils.for_range(builder, lines) as loop:  # a negative count runs no iteration
+            index = builder.add(lo, builder.mul(loop.index, ir.Constant(i64, step)))
+            prefetch_line(builder, builder.gep(arr.data, [index]))
         return context.get_dummy_value()
 
-    return nb_types.void(x, i), codegen
+    return nb_types.void(x, start, stop), codegen

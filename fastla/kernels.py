@@ -245,7 +245,7 @@ def _exp_typer(x):
 def _row_compiled(x, out, log, zero):
     """The row kernel with fastla's own flags (see above)."""
     _intrinsics.wide_vectors()
-    _sm.softmax_row(x, out, log, zero, x[:0])
+    _sm.softmax_row(x, out, log, zero, None)
 
 
 @jit(inline="always")

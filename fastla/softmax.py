@@ -37,7 +37,7 @@ from typing import NamedTuple
 import numpy as np
 
 from fastla import _jit, _math, _registry, _validate
-from fastla._intrinsics import kernel_input, prefetch, readonly, wide_vectors
+from fastla._intrinsics import kernel_input, prefetch_span, readonly, wide_vectors
 from fastla._jit import jit, prange
 
 __all__ = ["cross_entropy", "log_softmax", "softmax"]
@@ -75,19 +75,17 @@ _SUM_CHUNK = 512
 # one thread. Prefetching two or three rows ahead measured the same as one; non-temporal stores of
 # the result (no read for ownership of ``out``, the exps kept in a per-thread row) gave no
 # consistent gain on top (0.72-1.01x of np.copyto's speed against 0.67-0.90x, four runs).
-_LINE = 64  # bytes a prefetch brings in
 
 
 @jit(inline="always")
 def _exp_sum(row, shift, out, store, zero, ahead):
     """``sum(exp(row - shift))`` in float64 by chunks (see _SUM_CHUNK); with ``store``, also
     ``out[j] = exp(row[j] - shift)``. ``zero`` is 0 in the row's dtype. ``ahead`` (1-D, contiguous;
-    empty for none) is prefetched meanwhile, as much of it per chunk as the chunk's own length."""
+    None for none) is prefetched meanwhile, as much of it per chunk as the chunk's own length."""
     n = row.size
     total = 0.0
     for j0 in range(0, n, _SUM_CHUNK):
-        for q in range(_U(j0), _U(min(ahead.size, j0 + _SUM_CHUNK)), _U(_LINE // ahead.itemsize)):
-            prefetch(ahead, q)
+        prefetch_span(ahead, j0, j0 + _SUM_CHUNK)
         part = zero
         for j in range(_U(j0), _U(min(n, j0 + _SUM_CHUNK))):  # unsigned: see _U
             e = _math.exp(row[j] - shift)

@@ -1,5 +1,7 @@
 """The shared vectorisable exp and row max against NumPy over the whole float range."""
 
+import platform
+
 import numpy as np
 import pytest
 
@@ -122,3 +124,24 @@ def test_row_max(dtype):
     assert _rowmax(np.array([-5.0, -0.0, -1.0], dtype)) == 0
     assert np.isnan(_rowmax(np.array([1.0, np.nan, 2.0], dtype)))
     assert _rowmax(np.array([np.inf, 3.0], dtype)) == np.inf
+
+
+@pytest.mark.skipif(not _jit.JIT_ENABLED, reason="needs JIT")
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86 prefetch mnemonics")
+def test_row_passes_prefetch_the_row_ahead_only_when_given_one():
+    """The exp pass prefetches the row it is given (the next row of a large array) and emits no
+    prefetch at all for None (a user's one-row kernels call pays nothing for it); the sums agree."""
+    import importlib
+
+    sm = importlib.import_module("fastla.softmax")
+    from numba import njit
+
+    ahead = njit(cache=False)(lambda x, out: sm._exp_sum(x, x[0], out, True, x[0] * 0, out))
+    none = njit(cache=False)(lambda x, out: sm._exp_sum(x, x[0], out, True, x[0] * 0, None))
+    x = np.linspace(-3.0, 3.0, 1500)
+    assert ahead(x, np.empty_like(x)) == none(x, np.empty_like(x))
+    def prefetches(f):  # instructions, not symbol names (this test's own name says "prefetch")
+        return [line for line in next(iter(f.inspect_asm().values())).splitlines() if "\tprefetch" in line]
+
+    assert prefetches(ahead)
+    assert not prefetches(none)
