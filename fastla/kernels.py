@@ -107,7 +107,7 @@ _ool = _intrinsics.call_out_of_line
 # The serial compiles of the shared parallel kernels (see _jit.serial).
 _softmax_rows = _jit.serial(_sm._softmax_rows)
 _gemm_into = _jit.serial(_gk.gemm_into)
-_inv_norms = _jit.serial(_sim._inv_norms)
+_inv_norms = _sim._inv_norms  # serial already
 # GEMM block sizes by dtype (index: itemsize == 8), frozen into the compiled code.
 _KC = (_gk.BLOCKING[np.dtype(np.float32)].KC, _gk.BLOCKING[np.dtype(np.float64)].KC)
 _MC = (_gk.BLOCKING[np.dtype(np.float32)].MC, _gk.BLOCKING[np.dtype(np.float64)].MC)
