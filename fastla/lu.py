@@ -85,10 +85,12 @@ _U = _jit.U
 SMALL_N = 16
 AUTO_RULE = {
     # np.linalg.solve on stacks of small systems pays LAPACK call overhead per system: the compiled
-    # batched kernel wins from 128 4x4 systems on (`python -m fastla tune`, 2 threads: the same
-    # crossover on an Intel AVX-512 Xeon and a Zen 5).
+    # batched kernel won from 128 4x4 systems on (`python -m fastla tune`, 2 threads: the same
+    # crossover on an Intel AVX-512 Xeon and a Zen 5); since the call no longer goes through NumPy's
+    # broadcasting helpers when there is nothing to broadcast (~6 us a call) it wins from 32-64
+    # (Zen 5, three `tune --check` runs: crossover 64, 64, 32).
     "small_n": SMALL_N,
-    "small_min_batch": 128,
+    "small_min_batch": 64,
     # a single large system: ours runs at 0.94-0.98x LAPACK's getrf+getrs (n = 1000, 1 thread),
     # 0.84x at n = 2000: not a win, so auto keeps LAPACK
     "large_numba": False,
@@ -636,10 +638,15 @@ def _broadcast_system(a, b):
     n = a.shape[-1]
     vector = b.ndim == 1
     bb = b[:, None] if vector else b
-    stack = np.broadcast_shapes(a.shape[:-2], bb.shape[:-2])
-    batch = math.prod(stack)
-    A = np.broadcast_to(a, (*stack, n, n)).reshape(batch, n, n)
-    B = np.broadcast_to(bb, (*stack, n, bb.shape[-1])).reshape(batch, n, bb.shape[-1])
+    if a.shape[:-2] == bb.shape[:-2]:  # nothing to broadcast (NumPy's helpers cost ~6 us a call)
+        stack = a.shape[:-2]
+        batch = math.prod(stack)
+        A, B = a.reshape(batch, n, n), bb.reshape(batch, n, bb.shape[-1])
+    else:
+        stack = np.broadcast_shapes(a.shape[:-2], bb.shape[:-2])
+        batch = math.prod(stack)
+        A = np.broadcast_to(a, (*stack, n, n)).reshape(batch, n, n)
+        B = np.broadcast_to(bb, (*stack, n, bb.shape[-1])).reshape(batch, n, bb.shape[-1])
     out_shape = (*stack, n) if vector else (*stack, n, bb.shape[-1])
     return A, B, out_shape
 
