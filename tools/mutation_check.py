@@ -49,6 +49,22 @@ MUTANTS = [
         "batched tiny solver swaps rows only when the pivot is exactly zero (the audit's mutant)",
     ),
     Mutant(
+        "lu-lane-group-drops-statuses",
+        "_lane_solver.py",
+        "builder.store(s, _group_at(builder, info_ptr, t0, ity), align=8)",
+        "builder.store(ir.Constant(ity, [0] * v), _group_at(builder, info_ptr, t0, ity), align=8)",
+        ("tests/test_lu.py", "-k", "singular or whole_groups"),
+        "a whole group solved in registers reports no zero pivot (a singular system goes unnoticed)",
+    ),
+    Mutant(
+        "rows-prefetch-nothing",
+        "_intrinsics.py",
+        "prefetch_line(builder, builder.gep(arr.data, [index]))",
+        "pass",
+        ("tests/test_math.py", "-k", "prefetch"),
+        "the row passes no longer prefetch the next row (the softmax rows' DRAM reads stop overlapping)",
+    ),
+    Mutant(
         "kernels-cached-caller-forgets-its-symbols",
         "_intrinsics.py",
         "library._reload_init.add(functools.partial(_reregister, module, name, template.args, symbol))",
