@@ -27,6 +27,22 @@ def llvm_function(builder, name, return_type, arg_types):
     return cgutils.get_or_insert_function(builder.module, fnty, name)
 
 
+def entry_alloca(builder, ty):
+    """A stack slot of LLVM type ``ty`` in the function's entry block (LLVM promotes a slot that is
+    only loaded and stored to registers, so a value carried around a loop can live in one)."""
+    from numba.core import cgutils
+
+    return cgutils.alloca_once(builder, ty)
+
+
+def counted_loop(builder, count):
+    """``with counted_loop(builder, n) as loop:`` emits a loop of ``n`` (an ``i64`` value) iterations;
+    ``loop.index`` is the iteration's ``i64`` index."""
+    from numba.core import cgutils
+
+    return cgutils.for_range(builder, count)
+
+
 def prefetch_line(builder, ptr):
     """Emit a prefetch (read, high locality) of the cache line at ``ptr`` (any pointer)."""
     from llvmlite import ir

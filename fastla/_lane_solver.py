@@ -22,6 +22,15 @@ from fastla import _host, _intrinsics, _jit
 from fastla._jit import jit, prange
 from fastla._jit import thread_id as _thread_id
 
+#: n up to which a group is eliminated by straight-line code over values (:func:`_eliminate`); larger
+#: n by loops over rows of a lanes-last copy on the stack (:func:`_memory_codegen`). At n = 9-16 the
+#: straight-line code's values far outnumber the registers, and LLVM's spills of them cost more than
+#: the loops' loads and stores. Measured on Zen 5 (2 threads, float64, against np.linalg.solve):
+#: 20000 12x12 systems 8.1x -> 10.9x, 10000 16x16 9.9x -> 15.6x (three right-hand sides 7.7x ->
+#: 14.5x), 10000 10x10 0.58-0.76 -> 0.41-0.45 ms; for n = 3-8 the two measured within noise of
+#: each other (20000 systems, two runs each), with the loops behind at 3x3 in f64.
+REGISTER_N = 8
+
 #: right-hand sides solved per pass (more are done in passes of this many, refactoring each time)
 LANE_RHS = 4
 
@@ -350,27 +359,32 @@ def _group_at(builder, data, base, vty):
     return builder.bitcast(builder.gep(data, [base]), vty.as_pointer())
 
 
-def _load_group(builder, data, base, m, vty, itemsize):
-    """A group of v = ``vty.count`` systems of m elements each, stored one after another from element
-    ``base`` of ``data``, as m vectors: vector j holds element j of every system (lane t: system t).
-    v x v blocks are loaded as rows (masked past the m-th element: never beyond the group) and
-    transposed in registers (:func:`_transpose`): per 8x8 float64 group 64 vector loads and 192
-    shuffles, against 512 scalar loads as a loop."""
+def _load_block(builder, data, base, m, c0, vty, itemsize):
+    """Elements ``c0 .. c0 + v - 1`` (fewer at the end) of each of the v = ``vty.count`` systems of m
+    elements stored one after another from element ``base`` of ``data``, as vectors: vector e holds
+    element ``c0 + e`` of every system (lane t: system t). The v x v block is loaded as rows (masked
+    past the m-th element: never beyond the group) and transposed in registers (:func:`_transpose`)."""
     from llvmlite import ir
 
     i64, v = ir.IntType(64), vty.count
-    out = []
-    for c0 in range(0, m, v):
-        cols = min(v, m - c0)
-        rows = []
-        for t in range(v):
-            ptr = _group_at(builder, data, builder.add(base, ir.Constant(i64, t * m + c0)), vty)
-            if cols == v:
-                rows.append(builder.load(ptr, align=itemsize))
-            else:
-                rows.append(_intrinsics.masked_load(builder, ptr, cols, itemsize))
-        out.extend(_transpose(builder, rows)[:cols])
-    return out
+    cols = min(v, m - c0)
+    rows = []
+    for t in range(v):
+        ptr = _group_at(builder, data, builder.add(base, ir.Constant(i64, t * m + c0)), vty)
+        if cols == v:
+            rows.append(builder.load(ptr, align=itemsize))
+        else:
+            rows.append(_intrinsics.masked_load(builder, ptr, cols, itemsize))
+    return _transpose(builder, rows)[:cols]
+
+
+def _load_group(builder, data, base, m, vty, itemsize):
+    """A group of v = ``vty.count`` systems of m elements each as m vectors, :func:`_load_block` by
+    block: per 8x8 float64 group 64 vector loads and 192 shuffles, against 512 scalar loads as a
+    loop."""
+    return [
+        vec for c0 in range(0, m, vty.count) for vec in _load_block(builder, data, base, m, c0, vty, itemsize)
+    ]
 
 
 def _store_group(builder, vectors, data, base, vty, itemsize):
@@ -389,6 +403,14 @@ def _store_group(builder, vectors, data, base, vty, itemsize):
                 builder.store(rows[t], ptr, align=itemsize)
             else:
                 _intrinsics.masked_store(builder, rows[t], ptr, cols, itemsize)
+
+
+def _store_results(builder, x, s, x_ptr, info_ptr, t0, x_base, itemsize):
+    """A group's solutions ``x`` (vectors, element by element of a system's ``(n, k)``) stored to
+    the stack from element ``x_base`` (:func:`_store_group`), and its statuses ``s`` to
+    ``info[t0 .. t0 + lanes - 1]``."""
+    _store_group(builder, x, x_ptr, x_base, x[0].type, itemsize)
+    builder.store(s, _group_at(builder, info_ptr, t0, s.type), align=8)
 
 
 def _prefetch(builder, data, base, nbytes, itemsize):
@@ -414,6 +436,119 @@ def _group_types(N, arrays, T0):
     if len({t.dtype for t in arrays}) != 1 or arrays[0].dtype not in (nbt.float32, nbt.float64):
         return None
     return N.literal_value, np.dtype(str(arrays[0].dtype))
+
+
+def _memory_codegen(n, k, v, itemsize):
+    """LLVM IR for :func:`lane_solve_group` for larger n: the group is transposed into a lanes-last
+    copy on the stack (``(n, n + k)`` vectors) and eliminated there by loops over rows, not by
+    straight-line code over values. The operations per element are :func:`_eliminate`'s, in the
+    same order (the results agree bit for bit); only where the vectors live differs."""
+    from llvmlite import ir
+
+    def codegen(context, builder, sig, args):
+        i64 = ir.IntType(64)
+        fty = context.get_value_type(sig.args[2].dtype)
+        vty, ity = ir.VectorType(fty, v), ir.VectorType(i64, v)
+        bits = 8 * itemsize
+        fabs = _intrinsics.llvm_function(builder, f"llvm.fabs.v{v}f{bits}", vty, [vty])
+        fma = _intrinsics.llvm_function(builder, f"llvm.fma.v{v}f{bits}", vty, [vty] * 3)
+        a_ptr, b_ptr, x_ptr, info_ptr = (
+            context.make_array(ty)(context, builder, val).data
+            for ty, val in zip(sig.args[2:6], args[2:6], strict=True)
+        )
+        t0 = context.cast(builder, args[6], sig.args[6], _jit.nb_types.int64)
+        a_base = builder.mul(t0, ir.Constant(i64, n * n))
+        b_base = builder.mul(t0, ir.Constant(i64, n * k))
+        width = n + k  # a row of the working copy: the matrix row, then its right-hand sides
+        work = _intrinsics.entry_alloca(builder, ir.ArrayType(vty, n * width))
+        work.align = 64
+        work = builder.bitcast(work, vty.as_pointer())
+
+        def at(i, c):  # i: a Python int or an i64 value
+            if isinstance(i, int):
+                return builder.gep(work, [ir.Constant(i64, i * width + c)])
+            return builder.gep(
+                work, [builder.add(builder.mul(i, ir.Constant(i64, width)), ir.Constant(i64, c))]
+            )
+
+        def load(i, c):
+            return builder.load(at(i, c), align=itemsize)
+
+        def store(val, i, c):
+            builder.store(val, at(i, c), align=itemsize)
+
+        def splat(ty, value):
+            return ir.Constant(ty, [value] * v)
+
+        def splat_i(value):  # an i64 value in every lane
+            one = builder.insert_element(
+                ir.Constant(ity, ir.Undefined), value, ir.Constant(ir.IntType(32), 0)
+            )
+            return builder.shuffle_vector(
+                one, ir.Constant(ity, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), v), [0] * v)
+            )
+
+        group = v * n * n
+        _prefetch(builder, a_ptr, builder.add(a_base, ir.Constant(i64, group)), group * itemsize, itemsize)
+        for base, data, m, per_row, col0 in ((a_base, a_ptr, n * n, n, 0), (b_base, b_ptr, n * k, k, n)):
+            for c0 in range(0, m, v):  # a block of v x v at a time: few registers live
+                for e, vec in enumerate(_load_block(builder, data, base, m, c0, vty, itemsize)):
+                    store(vec, (c0 + e) // per_row, col0 + (c0 + e) % per_row)
+        zero_f, minus_one, zero_i = splat(vty, 0.0), splat(vty, -1.0), splat(ity, 0)
+        s = zero_i
+        best_slot = _intrinsics.entry_alloca(builder, vty)
+        p_slot = _intrinsics.entry_alloca(builder, ity)
+        prow_slots = [_intrinsics.entry_alloca(builder, vty) for _ in range(width)]
+        nrd = [None] * n
+
+        def rows_below(j):  # a loop over rows j + 1 .. n - 1: yields the row's i64 index
+            return _intrinsics.counted_loop(builder, ir.Constant(i64, n - j - 1))
+
+        for j in range(n):
+            builder.store(builder.call(fabs, [load(j, j)]), best_slot)
+            builder.store(splat(ity, j), p_slot)
+            with rows_below(j) as loop:  # the first largest |a_ij| (NaN never wins), as _eliminate
+                i = builder.add(loop.index, ir.Constant(i64, j + 1))
+                key = builder.call(fabs, [load(i, j)])
+                best = builder.load(best_slot)
+                larger = builder.fcmp_ordered(">", key, best)
+                builder.store(builder.select(larger, key, best), best_slot)
+                builder.store(builder.select(larger, splat_i(i), builder.load(p_slot)), p_slot)
+            p = builder.load(p_slot)
+            cols = list(range(j, n)) + list(range(n, width))
+            for c in cols:
+                builder.store(load(j, c), prow_slots[c])
+            with rows_below(j) as loop:  # the pivot row: row p of each lane
+                i = builder.add(loop.index, ir.Constant(i64, j + 1))
+                m = builder.icmp_signed("==", p, splat_i(i))
+                for c in cols:
+                    builder.store(builder.select(m, load(i, c), builder.load(prow_slots[c])), prow_slots[c])
+            prow = {c: builder.load(prow_slots[c]) for c in cols}
+            first = builder.and_(
+                builder.fcmp_ordered("==", prow[j], zero_f), builder.icmp_signed("==", s, zero_i)
+            )
+            s = builder.select(first, splat(ity, j + 1), s)
+            nrd[j] = builder.fdiv(minus_one, prow[j])
+            with rows_below(j) as loop:  # row p takes row j's place; every row below is eliminated
+                i = builder.add(loop.index, ir.Constant(i64, j + 1))
+                m = builder.icmp_signed("==", p, splat_i(i))
+                f = builder.fmul(builder.select(m, load(j, j), load(i, j)), nrd[j])
+                for c in cols[1:]:
+                    row = builder.select(m, load(j, c), load(i, c))
+                    store(builder.call(fma, [f, prow[c], row]), i, c)
+            for c in cols:
+                store(prow[c], j, c)
+        for i in range(n - 1, -1, -1):
+            for c in range(k):
+                u = builder.fneg(load(i, n + c))
+                for r in range(n - 1, i, -1):  # the newest unknown last, as _eliminate
+                    u = builder.call(fma, [load(i, r), load(r, n + c), u])
+                store(builder.fmul(u, nrd[i]), i, n + c)
+        x = [load(i, n + c) for i in range(n) for c in range(k)]
+        _store_results(builder, x, s, x_ptr, info_ptr, t0, b_base, itemsize)
+        return context.get_dummy_value()
+
+    return codegen
 
 
 def _lane_solve_group_twin(N, K, A, B, X, INFO, T0):
@@ -451,6 +586,8 @@ def lane_solve_group(typingctx, N, K, A, B, X, INFO, T0):
         return None
     n, dtype = kinds
     k, v, itemsize = K.literal_value, lanes(dtype), dtype.itemsize
+    if n > REGISTER_N:
+        return nbt.void(N, K, A, B, X, INFO, T0), _memory_codegen(n, k, v, itemsize)
 
     def codegen(context, builder, sig, args):
         i64 = ir.IntType(64)
@@ -470,8 +607,7 @@ def lane_solve_group(typingctx, N, K, A, B, X, INFO, T0):
         flat = _load_group(builder, b_ptr, b_base, n * k, vty, itemsize)
         x = [flat[i * k : (i + 1) * k] for i in range(n)]
         s = _eliminate(builder, a, x, ir.Constant(ity, [0] * v))
-        _store_group(builder, [vec for row in x for vec in row], x_ptr, b_base, vty, itemsize)
-        builder.store(s, _group_at(builder, info_ptr, t0, ity), align=8)
+        _store_results(builder, [vec for row in x for vec in row], s, x_ptr, info_ptr, t0, b_base, itemsize)
         return context.get_dummy_value()
 
     return nbt.void(N, K, A, B, X, INFO, T0), codegen

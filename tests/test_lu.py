@@ -319,3 +319,77 @@ def test_small_stacks_need_partial_pivoting(n, rng):
         err = _per_system_backward_error(a, x, b)
         ref = _per_system_backward_error(a, np.linalg.solve(a, b), b)
         assert err.max() <= max(8 * ref.max(), 4 * n * eps(np.float64)), (kind, err.max(), ref.max())
+
+
+def _memory_group_twin(N, K, A, B, X, INFO, T0):
+    from fastla import _lane_solver
+
+    _lane_solver._lane_solve_group_twin(N, K, A, B, X, INFO, T0)
+
+
+def _make_group_solvers():
+    """Two compiled loops over the whole groups of a stack of 6x6 systems with two right-hand sides:
+    one through lane_solve_group (straight-line code over values at this n), one through the
+    loop-over-rows code that larger n get (_memory_codegen), forced here."""
+    from fastla import _jit
+    from fastla import _lane_solver as ls
+
+    nbt = _jit.nb_types
+
+    @_jit.intrinsic(_memory_group_twin)
+    def memory_group(typingctx, N, K, A, B, X, INFO, T0):
+        kinds = ls._group_types(N, (A, B, X), T0)
+        if kinds is None or not isinstance(K, nbt.IntegerLiteral):
+            return None
+        n, dtype = kinds
+        codegen = ls._memory_codegen(n, K.literal_value, ls.lanes(dtype), dtype.itemsize)
+        return nbt.void(N, K, A, B, X, INFO, T0), codegen
+
+    @_jit.jit
+    def registers(a, b, x, info, v):
+        for g in range(a.shape[0] // v):
+            ls.lane_solve_group(6, 2, a, b, x, info, g * v)
+
+    @_jit.jit
+    def memory(a, b, x, info, v):
+        for g in range(a.shape[0] // v):
+            memory_group(6, 2, a, b, x, info, g * v)
+
+    return registers, memory
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_lane_groups_in_registers_and_in_memory_agree_bit_for_bit(dtype, rng):
+    """Small n eliminate a group by straight-line code over values, larger n by loops over the rows
+    of a copy on the stack (REGISTER_N). Both perform the same operations in the same order, so on
+    the same systems (pivoting, ties, a zero pivot, a NaN) they agree bit for bit, statuses too."""
+    from fastla import _jit
+    from fastla import _lane_solver as ls
+
+    if not _jit.JIT_ENABLED:
+        pytest.skip("compares two compiled codes")
+    v = ls.lanes(dtype)
+    batch = 4 * v
+    a = rng.standard_normal((batch, 6, 6)).astype(dtype)
+    a[1] = np.eye(6, dtype=dtype)[::-1]  # every column interchanges rows
+    a[2, :, 0] = 1.5  # tied candidates
+    a[3, :, 2] = 0.0  # a zero pivot in column 2
+    a[4, 2, 3] = np.nan
+    b = rng.standard_normal((batch, 6, 2)).astype(dtype)
+    registers, memory = _make_group_solvers()
+    x1, x2 = np.empty_like(b), np.empty_like(b)
+    i1, i2 = np.empty(batch, np.int64), np.empty(batch, np.int64)
+    a_ro, b_ro = _intrinsics_readonly(a), _intrinsics_readonly(b)
+    registers(a_ro, b_ro, x1, i1, v)
+    memory(a_ro, b_ro, x2, i2, v)
+    np.testing.assert_array_equal(i1, i2)
+    assert i1[3] == 3 and i1[0] == 0
+    np.testing.assert_array_equal(x1, x2)  # NaN in the same places too
+    ok = i1 == 0
+    np.testing.assert_allclose(x1[ok], np.linalg.solve(a[ok].astype(np.float64), b[ok]), rtol=1e-3, atol=1e-3)
+
+
+def _intrinsics_readonly(x):
+    from fastla import _intrinsics
+
+    return _intrinsics.readonly(x)

@@ -140,6 +140,7 @@ def test_row_passes_prefetch_the_row_ahead_only_when_given_one():
     none = njit(cache=False)(lambda x, out: sm._exp_sum(x, x[0], out, True, x[0] * 0, None))
     x = np.linspace(-3.0, 3.0, 1500)
     assert ahead(x, np.empty_like(x)) == none(x, np.empty_like(x))
+
     def prefetches(f):  # instructions, not symbol names (this test's own name says "prefetch")
         return [line for line in next(iter(f.inspect_asm().values())).splitlines() if "\tprefetch" in line]
 

@@ -51,10 +51,26 @@ MUTANTS = [
     Mutant(
         "lu-lane-group-drops-statuses",
         "_lane_solver.py",
-        "builder.store(s, _group_at(builder, info_ptr, t0, ity), align=8)",
-        "builder.store(ir.Constant(ity, [0] * v), _group_at(builder, info_ptr, t0, ity), align=8)",
+        "builder.store(s, _group_at(builder, info_ptr, t0, s.type), align=8)",
+        "builder.store(s.type(None), _group_at(builder, info_ptr, t0, s.type), align=8)",
         ("tests/test_lu.py", "-k", "singular or whole_groups"),
         "a whole group solved in registers reports no zero pivot (a singular system goes unnoticed)",
+    ),
+    Mutant(
+        "lu-lane-memory-ties-go-later",
+        "_lane_solver.py",
+        'larger = builder.fcmp_ordered(">", key, best)',
+        'larger = builder.fcmp_ordered(">=", key, best)',
+        ("tests/test_lu.py", "-k", "bit_for_bit or lanes"),
+        "groups of larger n (eliminated in memory): a tied pivot goes to the later row",
+    ),
+    Mutant(
+        "lu-lane-memory-forgets-the-interchange",
+        "_lane_solver.py",
+        "row = builder.select(m, load(j, c), load(i, c))",
+        "row = load(i, c)",
+        ("tests/test_lu.py", "-k", "bit_for_bit or lanes"),
+        "groups of larger n: the pivot row's old place is not given row j (a row is lost)",
     ),
     Mutant(
         "rows-prefetch-nothing",
