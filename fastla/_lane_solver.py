@@ -1,4 +1,4 @@
-"""Stacks of tiny linear systems (n <= 16) solved one system per SIMD lane: the batched kernel
+"""Stacks of small linear systems (n <= 32) solved one system per SIMD lane: the batched kernel
 behind :func:`fastla.solve` for small n.
 
 Each group of ``lanes`` systems is loaded from the stack and transposed in registers (element
@@ -474,6 +474,10 @@ def _memory_codegen(n, k, v, itemsize):
         def load(i, c):
             return builder.load(at(i, c), align=itemsize)
 
+        def load_at(i, c):  # column c an i64 value
+            slot = builder.add(ir.Constant(i64, i * width), c)
+            return builder.load(builder.gep(work, [slot]), align=itemsize)
+
         def store(val, i, c):
             builder.store(val, at(i, c), align=itemsize)
 
@@ -491,9 +495,23 @@ def _memory_codegen(n, k, v, itemsize):
         group = v * n * n
         _prefetch(builder, a_ptr, builder.add(a_base, ir.Constant(i64, group)), group * itemsize, itemsize)
         for base, data, m, per_row, col0 in ((a_base, a_ptr, n * n, n, 0), (b_base, b_ptr, n * k, k, n)):
-            for c0 in range(0, m, v):  # a block of v x v at a time: few registers live
-                for e, vec in enumerate(_load_block(builder, data, base, m, c0, vty, itemsize)):
-                    store(vec, (c0 + e) // per_row, col0 + (c0 + e) % per_row)
+            # a v x v block at a time (few registers live), the whole blocks by a loop (code size:
+            # unrolled, n = 32 emitted 128 blocks of loads, shuffles and stores)
+            with _intrinsics.counted_loop(builder, ir.Constant(i64, m // v)) as loop:
+                c0 = builder.mul(loop.index, ir.Constant(i64, v))
+                for e, vec in enumerate(
+                    _load_block(builder, data, builder.add(base, c0), m, 0, vty, itemsize)
+                ):
+                    f = builder.add(
+                        c0, ir.Constant(i64, e)
+                    )  # element f of the system: (f // per_row, f % per_row)
+                    row = builder.udiv(f, ir.Constant(i64, per_row))
+                    col = builder.add(builder.urem(f, ir.Constant(i64, per_row)), ir.Constant(i64, col0))
+                    slot = builder.add(builder.mul(row, ir.Constant(i64, width)), col)
+                    builder.store(vec, builder.gep(work, [slot]), align=itemsize)
+            c0 = m - m % v
+            for e, vec in enumerate(_load_block(builder, data, base, m, c0, vty, itemsize) if m % v else ()):
+                store(vec, (c0 + e) // per_row, col0 + (c0 + e) % per_row)
         zero_f, minus_one, zero_i = splat(vty, 0.0), splat(vty, -1.0), splat(ity, 0)
         s = zero_i
         best_slot = _intrinsics.entry_alloca(builder, vty)
@@ -538,12 +556,15 @@ def _memory_codegen(n, k, v, itemsize):
                     store(builder.call(fma, [f, prow[c], row]), i, c)
             for c in cols:
                 store(prow[c], j, c)
+        u_slot = _intrinsics.entry_alloca(builder, vty)
         for i in range(n - 1, -1, -1):
             for c in range(k):
-                u = builder.fneg(load(i, n + c))
-                for r in range(n - 1, i, -1):  # the newest unknown last, as _eliminate
-                    u = builder.call(fma, [load(i, r), load(r, n + c), u])
-                store(builder.fmul(u, nrd[i]), i, n + c)
+                builder.store(builder.fneg(load(i, n + c)), u_slot)
+                with _intrinsics.counted_loop(builder, ir.Constant(i64, n - 1 - i)) as loop:
+                    r = builder.sub(ir.Constant(i64, n - 1), loop.index)  # the newest unknown last
+                    u = builder.call(fma, [load_at(i, r), load(r, n + c), builder.load(u_slot)])
+                    builder.store(u, u_slot)
+                store(builder.fmul(builder.load(u_slot), nrd[i]), i, n + c)
         x = [load(i, n + c) for i in range(n) for c in range(k)]
         _store_results(builder, x, s, x_ptr, info_ptr, t0, b_base, itemsize)
         return context.get_dummy_value()
@@ -618,7 +639,7 @@ _SPREAD = 8  # scratch blocks between two threads' blocks (no false sharing)
 
 
 def solve_stack(a, b, x, w, xs, s, info):
-    """Solve a stack of n x n systems with k right-hand sides (n <= 16), one system per SIMD lane.
+    """Solve a stack of n x n systems with k right-hand sides (n <= 32), one system per SIMD lane.
 
     ``a`` (batch, n, n) and ``b`` (batch, n, k) are read-only C-contiguous (see
     :func:`fastla._intrinsics.kernel_input`), ``x`` receives the solutions; ``w`` (``_SPREAD *
@@ -672,30 +693,37 @@ def _make_step(N, K):
         """Groups ``g0`` to ``g1`` of the stack, each solved by :func:`lane_solve_group` for this N
         and K: in place where the group is whole and has K right-hand sides; otherwise copied into
         the thread's scratch stacks ``ws`` (lanes, N, N) and ``xw`` (lanes, N, K), a short last group
-        padded with identity systems and the right-hand sides taken K columns a pass."""
+        padded with identity systems and the right-hand sides taken K columns a pass. One call site
+        of the intrinsic (the operands picked first): its code is compiled once per step, which
+        for n = 32 is most of the step's compile time (two call sites: 12 s)."""
         batch, k, nl_max = a.shape[0], b.shape[2], ws.shape[0]
+        ws_ro, xw_ro = _intrinsics.as_readonly(ws), _intrinsics.as_readonly(xw)
         for g in range(g0, g1):
             t0 = g * nl_max
             nl = min(nl_max, batch - t0)
-            if nl == nl_max and k == K:  # a whole group, one pass: all in registers
-                lane_solve_group(N, K, a, b, x, info, t0)
-                continue
-            for t in range(nl_max):
-                for i in range(N):
-                    for c in range(N):
-                        ws[t, i, c] = a[t0 + t, i, c] if t < nl else (1.0 if i == c else 0.0)
-            for c0 in range(0, k, K):
-                kk = min(K, k - c0)
+            direct = nl == nl_max and k == K  # a whole group, one pass: all in registers
+            if not direct:
                 for t in range(nl_max):
                     for i in range(N):
-                        for c in range(K):
-                            xw[t, i, c] = b[t0 + t, i, c0 + c] if t < nl and c < kk else 0.0
-                lane_solve_group(N, K, ws, xw, xw, sw, 0)
-                for t in range(nl):
-                    info[t0 + t] = sw[t]
-                    for i in range(N):
-                        for c in range(kk):
-                            x[t0 + t, i, c0 + c] = xw[t, i, c]
+                        for c in range(N):
+                            ws[t, i, c] = a[t0 + t, i, c] if t < nl else (1.0 if i == c else 0.0)
+            for c0 in range(0, k, K):
+                kk = min(K, k - c0)
+                if direct:
+                    src_a, src_b, dst, status, first = a, b, x, info, t0
+                else:
+                    for t in range(nl_max):
+                        for i in range(N):
+                            for c in range(K):
+                                xw[t, i, c] = b[t0 + t, i, c0 + c] if t < nl and c < kk else 0.0
+                    src_a, src_b, dst, status, first = ws_ro, xw_ro, xw, sw, 0
+                lane_solve_group(N, K, src_a, src_b, dst, status, first)
+                if not direct:
+                    for t in range(nl):
+                        info[t0 + t] = sw[t]
+                        for i in range(N):
+                            for c in range(kk):
+                                x[t0 + t, i, c0 + c] = xw[t, i, c]
 
     return step
 

@@ -16,7 +16,7 @@ Implementations:
   unblocked with partial pivoting, swapping whole rows (contiguous in row-major order, so no
   separate laswp pass); the U12 block by a unit-lower triangular solve with row operations; the
   trailing update ``A22 -= L21 @ U12`` through the packed GEMM of :mod:`fastla.matmul` (alpha = -1
-  folded into its packing, accumulating straight into A22). Stacks of systems with n <= 16 use one
+  folded into its packing, accumulating straight into A22). Stacks of systems with n <= 32 use one
   parallel kernel over the stack that solves one system per SIMD lane: each group of lanes is
   transposed in registers and eliminated by straight-line vector code emitted for the exact n
   (:func:`fastla._lane_solver.lane_solve_group`), pivoting branch-free by compare and select; zero pivots are
@@ -81,8 +81,12 @@ NB_BY_N = ((64, 64), (1500, 32), (math.inf, 64))
 # checks each access for a negative index, which keeps LLVM from vectorising the row operation.
 _U = _jit.U
 
-#: systems up to this n in a stack go to the fixed-size batched kernel
-SMALL_N = 16
+#: systems up to this n in a stack go to the batched kernel (one system per SIMD lane). n = 17-32 run
+#: there since groups of larger n are eliminated by loops over a copy on the stack
+#: (_lane_solver.REGISTER_N): 10000 32x32 float64 systems 0.78x -> 8.1-8.6x np.linalg.solve, 24x24
+#: 0.50x -> 9.3-9.6x (Zen 5, 2 threads), where each system had gone through the blocked LU; the
+#: first call of a 32x32 stack compiles in ~4.8 s against ~1.9 s for that LU (shared with lu_factor).
+SMALL_N = 32
 AUTO_RULE = {
     # np.linalg.solve on stacks of small systems pays LAPACK call overhead per system: the compiled
     # batched kernel won from 128 4x4 systems on (`python -m fastla tune`, 2 threads: the same
@@ -665,7 +669,8 @@ def _singular():
 
 @_LINSOLVE.register("numba", needs_numba=True)
 def _solve_numba(a, b):
-    """Fixed-size batched kernel for n <= 16; blocked LU + substitution per system above."""
+    """Batched kernel (one system per SIMD lane) for n <= SMALL_N; blocked LU + substitution per
+    system above."""
     A, B, out_shape = _broadcast_system(a, b)
     n = A.shape[-1]
     if n == 0 or B.size == 0:

@@ -222,7 +222,7 @@ def test_auto_rule():
     assert fastla.explain("solve", np.ones((500, 500)), np.ones(500))[0] == "numpy"
 
 
-@pytest.mark.parametrize("n,k", [(1, 1), (5, 6), (11, 1), (16, 1)])
+@pytest.mark.parametrize("n,k", [(1, 1), (5, 6), (11, 1), (16, 1), (32, 1)])
 def test_small_stack_lanes(n, k, rng):
     """The batched tiny-system kernel (one system per SIMD lane): whole groups (transposed in
     registers, rows read through masked loads where n is not a multiple of the lanes: n = 1, 5, 11)
