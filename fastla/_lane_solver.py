@@ -584,9 +584,10 @@ def _lane_solve_group_twin(N, K, A, B, X, INFO, T0):
 
 @_jit.intrinsic(_lane_solve_group_twin)
 def lane_solve_group(typingctx, N, K, A, B, X, INFO, T0):
-    """Systems ``T0`` to ``T0 + lanes - 1`` of a stack, solved in registers from the stack itself:
-    ``A`` (batch, N, N) and ``B`` (batch, N, K) are read as groups transposed in registers
-    (:func:`_load_group`), eliminated by :func:`_eliminate`, and the solutions written to ``X``
+    """Systems ``T0`` to ``T0 + lanes - 1`` of a stack, solved from the stack itself: ``A`` (batch,
+    N, N) and ``B`` (batch, N, K) are read as groups transposed in registers (:func:`_load_group`),
+    eliminated by :func:`_eliminate` (for N > :data:`REGISTER_N`, by loops over a lanes-last copy on
+    the stack: :func:`_memory_codegen`), and the solutions written to ``X``
     (batch, N, K) the same way, each system's status (0, or ``j + 1`` for a zero pivot in column j)
     to ``INFO[T0 + t]``. All C-contiguous; ``X`` may be ``B`` (everything is loaded before anything
     is stored); the caller guarantees ``T0 + lanes <= batch``.
