@@ -30,6 +30,11 @@ from fastla._jit import thread_id as _thread_id
 #: 14.5x), 10000 10x10 0.58-0.76 -> 0.41-0.45 ms; for n = 3-8 the two measured within noise of
 #: each other (20000 systems, two runs each), with the loops behind at 3x3 in f64.
 REGISTER_N = 8
+#: n up to which :func:`_memory_codegen` unrolls a step's columns, the pivot row in registers; above,
+#: the columns are loops too. Measured on Zen 5 (2 threads, float64, 10000 systems, two runs): 32x32
+#: 10.1-11.2 ms looped against 15.9 unrolled (33 pivot-row vectors spill), 24x24 4.5-5.0 against
+#: 3.6-4.5; a 32x32 stack's first call compiles in 3.8 s looped, 4.8-5.5 s unrolled.
+UNROLLED_N = 16
 
 #: right-hand sides solved per pass (more are done in passes of this many, refactoring each time)
 LANE_RHS = 4
@@ -438,11 +443,15 @@ def _group_types(N, arrays, T0):
     return N.literal_value, np.dtype(str(arrays[0].dtype))
 
 
-def _memory_codegen(n, k, v, itemsize):
+def _memory_codegen(n, k, v, itemsize, unrolled=None):
     """LLVM IR for :func:`lane_solve_group` for larger n: the group is transposed into a lanes-last
     copy on the stack (``(n, n + k)`` vectors) and eliminated there by loops over rows, not by
     straight-line code over values. The operations per element are :func:`_eliminate`'s, in the
-    same order (the results agree bit for bit); only where the vectors live differs."""
+    same order (the results agree bit for bit); only where the vectors live differs. ``unrolled``
+    (default: n <= :data:`UNROLLED_N`): a step's columns as straight-line code, the pivot row held
+    in registers; else as loops too, which keeps the code O(n^2) instead of O(n^3)."""
+    if unrolled is None:
+        unrolled = n <= UNROLLED_N
     from llvmlite import ir
 
     def codegen(context, builder, sig, args):
@@ -474,9 +483,19 @@ def _memory_codegen(n, k, v, itemsize):
         def load(i, c):
             return builder.load(at(i, c), align=itemsize)
 
+        def slot_of(i, c):  # row i and column c as Python ints or i64 values
+            row = (
+                ir.Constant(i64, i * width) if isinstance(i, int) else builder.mul(i, ir.Constant(i64, width))
+            )
+            return builder.gep(work, [builder.add(row, c if not isinstance(c, int) else ir.Constant(i64, c))])
+
         def load_at(i, c):  # column c an i64 value
-            slot = builder.add(ir.Constant(i64, i * width), c)
-            return builder.load(builder.gep(work, [slot]), align=itemsize)
+            return builder.load(slot_of(i, c), align=itemsize)
+
+        def store_at(val, i, c):
+            builder.store(val, slot_of(i, c), align=itemsize)
+
+        load_row, store_row = load_at, store_at
 
         def store(val, i, c):
             builder.store(val, at(i, c), align=itemsize)
@@ -513,14 +532,76 @@ def _memory_codegen(n, k, v, itemsize):
             for e, vec in enumerate(_load_block(builder, data, base, m, c0, vty, itemsize) if m % v else ()):
                 store(vec, (c0 + e) // per_row, col0 + (c0 + e) % per_row)
         zero_f, minus_one, zero_i = splat(vty, 0.0), splat(vty, -1.0), splat(ity, 0)
-        s = zero_i
+        state = [zero_i]  # the statuses so far
         best_slot = _intrinsics.entry_alloca(builder, vty)
         p_slot = _intrinsics.entry_alloca(builder, ity)
         prow_slots = [_intrinsics.entry_alloca(builder, vty) for _ in range(width)]
         nrd = [None] * n
 
+        # the loops' trip counts from the array's run-time n (equal to n): a constant count would let
+        # LLVM unroll the loops fully, back into the O(n^3) straight-line code and its compile time
+        n_rt = builder.extract_value(context.make_array(sig.args[2])(context, builder, args[2]).shape, 1)
+
         def rows_below(j):  # a loop over rows j + 1 .. n - 1: yields the row's i64 index
-            return _intrinsics.counted_loop(builder, ir.Constant(i64, n - j - 1))
+            return _intrinsics.counted_loop(builder, builder.sub(n_rt, ir.Constant(i64, j + 1)))
+
+        def columns_from(c0):  # a loop over columns c0 .. width - 1 of a row: yields the i64 column
+            return _intrinsics.counted_loop(builder, builder.add(n_rt, ir.Constant(i64, k - c0)))
+
+        def status_and_reciprocal(j, pivot):
+            first = builder.and_(
+                builder.fcmp_ordered("==", pivot, zero_f), builder.icmp_signed("==", state[0], zero_i)
+            )
+            state[0] = builder.select(first, splat(ity, j + 1), state[0])
+            nrd[j] = builder.fdiv(minus_one, pivot)
+            return state[0]
+
+        def _pivot_and_eliminate_unrolled(j):
+            """Columns unrolled: the pivot row gathered into values (one per column), then every
+            row below replaced (where it was the pivot) and eliminated against it."""
+            p = builder.load(p_slot)
+            cols = list(range(j, n)) + list(range(n, width))
+            for c in cols:
+                builder.store(load(j, c), prow_slots[c])
+            with rows_below(j) as loop:  # the pivot row: row p of each lane
+                i = builder.add(loop.index, ir.Constant(i64, j + 1))
+                m = builder.icmp_signed("==", p, splat_i(i))
+                for c in cols:
+                    builder.store(builder.select(m, load(i, c), builder.load(prow_slots[c])), prow_slots[c])
+            prow = {c: builder.load(prow_slots[c]) for c in cols}
+            status = status_and_reciprocal(j, prow[j])
+            with rows_below(j) as loop:  # row p takes row j's place; every row below is eliminated
+                i = builder.add(loop.index, ir.Constant(i64, j + 1))
+                m = builder.icmp_signed("==", p, splat_i(i))
+                f = builder.fmul(builder.select(m, load(j, j), load(i, j)), nrd[j])
+                for c in cols[1:]:
+                    row = builder.select(m, load(j, c), load(i, c))
+                    store(builder.call(fma, [f, prow[c], row]), i, c)
+            for c in cols:
+                store(prow[c], j, c)
+            return status
+
+        def _pivot_and_eliminate_looped(j):
+            """Columns as loops (code of O(n) per step, not O(n^2)): rows j and p exchanged in
+            place, lane by lane, then every row below eliminated against row j. The same values
+            as the unrolled form, from the same operations."""
+            p = builder.load(p_slot)
+            with rows_below(j) as loop:
+                i = builder.add(loop.index, ir.Constant(i64, j + 1))
+                m = builder.icmp_signed("==", p, splat_i(i))
+                with columns_from(j) as cl:
+                    c = builder.add(cl.index, ir.Constant(i64, j))
+                    top, row = load_at(j, c), load_row(i, c)
+                    store_at(builder.select(m, row, top), j, c)
+                    store_row(builder.select(m, top, row), i, c)
+            status = status_and_reciprocal(j, load(j, j))
+            with rows_below(j) as loop:
+                i = builder.add(loop.index, ir.Constant(i64, j + 1))
+                f = builder.fmul(load(i, j), nrd[j])
+                with columns_from(j + 1) as cl:
+                    c = builder.add(cl.index, ir.Constant(i64, j + 1))
+                    store_row(builder.call(fma, [f, load_at(j, c), load_row(i, c)]), i, c)
+            return status
 
         for j in range(n):
             builder.store(builder.call(fabs, [load(j, j)]), best_slot)
@@ -532,30 +613,10 @@ def _memory_codegen(n, k, v, itemsize):
                 larger = builder.fcmp_ordered(">", key, best)
                 builder.store(builder.select(larger, key, best), best_slot)
                 builder.store(builder.select(larger, splat_i(i), builder.load(p_slot)), p_slot)
-            p = builder.load(p_slot)
-            cols = list(range(j, n)) + list(range(n, width))
-            for c in cols:
-                builder.store(load(j, c), prow_slots[c])
-            with rows_below(j) as loop:  # the pivot row: row p of each lane
-                i = builder.add(loop.index, ir.Constant(i64, j + 1))
-                m = builder.icmp_signed("==", p, splat_i(i))
-                for c in cols:
-                    builder.store(builder.select(m, load(i, c), builder.load(prow_slots[c])), prow_slots[c])
-            prow = {c: builder.load(prow_slots[c]) for c in cols}
-            first = builder.and_(
-                builder.fcmp_ordered("==", prow[j], zero_f), builder.icmp_signed("==", s, zero_i)
-            )
-            s = builder.select(first, splat(ity, j + 1), s)
-            nrd[j] = builder.fdiv(minus_one, prow[j])
-            with rows_below(j) as loop:  # row p takes row j's place; every row below is eliminated
-                i = builder.add(loop.index, ir.Constant(i64, j + 1))
-                m = builder.icmp_signed("==", p, splat_i(i))
-                f = builder.fmul(builder.select(m, load(j, j), load(i, j)), nrd[j])
-                for c in cols[1:]:
-                    row = builder.select(m, load(j, c), load(i, c))
-                    store(builder.call(fma, [f, prow[c], row]), i, c)
-            for c in cols:
-                store(prow[c], j, c)
+            if unrolled:
+                s = _pivot_and_eliminate_unrolled(j)
+            else:
+                s = _pivot_and_eliminate_looped(j)
         u_slot = _intrinsics.entry_alloca(builder, vty)
         for i in range(n - 1, -1, -1):
             for c in range(k):

@@ -85,7 +85,7 @@ _U = _jit.U
 #: there since groups of larger n are eliminated by loops over a copy on the stack
 #: (_lane_solver.REGISTER_N): 10000 32x32 float64 systems 0.78x -> 8.1-8.6x np.linalg.solve, 24x24
 #: 0.50x -> 9.3-9.6x (Zen 5, 2 threads), where each system had gone through the blocked LU; the
-#: first call of a 32x32 stack compiles in ~4.8 s against ~1.9 s for that LU (shared with lu_factor).
+#: first call of a 32x32 stack compiles in ~3.8 s against ~1.9 s for that LU (shared with lu_factor).
 SMALL_N = 32
 AUTO_RULE = {
     # np.linalg.solve on stacks of small systems pays LAPACK call overhead per system: the compiled

@@ -327,10 +327,11 @@ def _memory_group_twin(N, K, A, B, X, INFO, T0):
     _lane_solver._lane_solve_group_twin(N, K, A, B, X, INFO, T0)
 
 
-def _make_group_solvers():
+def _make_group_solvers(unrolled):
     """Two compiled loops over the whole groups of a stack of 6x6 systems with two right-hand sides:
     one through lane_solve_group (straight-line code over values at this n), one through the
-    loop-over-rows code that larger n get (_memory_codegen), forced here."""
+    loop-over-rows code that larger n get (_memory_codegen, its columns unrolled or as loops),
+    forced here."""
     from fastla import _jit
     from fastla import _lane_solver as ls
 
@@ -342,7 +343,7 @@ def _make_group_solvers():
         if kinds is None or not isinstance(K, nbt.IntegerLiteral):
             return None
         n, dtype = kinds
-        codegen = ls._memory_codegen(n, K.literal_value, ls.lanes(dtype), dtype.itemsize)
+        codegen = ls._memory_codegen(n, K.literal_value, ls.lanes(dtype), dtype.itemsize, unrolled)
         return nbt.void(N, K, A, B, X, INFO, T0), codegen
 
     @_jit.jit
@@ -358,11 +359,13 @@ def _make_group_solvers():
     return registers, memory
 
 
+@pytest.mark.parametrize("unrolled", [True, False])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_lane_groups_in_registers_and_in_memory_agree_bit_for_bit(dtype, rng):
+def test_lane_groups_in_registers_and_in_memory_agree_bit_for_bit(dtype, unrolled, rng):
     """Small n eliminate a group by straight-line code over values, larger n by loops over the rows
-    of a copy on the stack (REGISTER_N). Both perform the same operations in the same order, so on
-    the same systems (pivoting, ties, a zero pivot, a NaN) they agree bit for bit, statuses too."""
+    of a copy on the stack (REGISTER_N), their columns unrolled or, for the largest n, loops too
+    (UNROLLED_N). All perform the same operations in the same order, so on the same systems
+    (pivoting, ties, a zero pivot, a NaN) they agree bit for bit, statuses too."""
     from fastla import _jit
     from fastla import _lane_solver as ls
 
@@ -376,7 +379,7 @@ def test_lane_groups_in_registers_and_in_memory_agree_bit_for_bit(dtype, rng):
     a[3, :, 2] = 0.0  # a zero pivot in column 2
     a[4, 2, 3] = np.nan
     b = rng.standard_normal((batch, 6, 2)).astype(dtype)
-    registers, memory = _make_group_solvers()
+    registers, memory = _make_group_solvers(unrolled)
     x1, x2 = np.empty_like(b), np.empty_like(b)
     i1, i2 = np.empty(batch, np.int64), np.empty(batch, np.int64)
     a_ro, b_ro = _intrinsics_readonly(a), _intrinsics_readonly(b)

@@ -73,6 +73,14 @@ MUTANTS = [
         "groups of larger n: the pivot row's old place is not given row j (a row is lost)",
     ),
     Mutant(
+        "lu-lane-looped-forgets-the-interchange",
+        "_lane_solver.py",
+        "store_row(builder.select(m, top, row), i, c)",
+        "store_row(row, i, c)",
+        ("tests/test_lu.py", "-k", "bit_for_bit or lanes"),
+        "groups of the largest n (columns as loops): row p keeps its row instead of taking row j's",
+    ),
+    Mutant(
         "rows-prefetch-nothing",
         "_intrinsics.py",
         "prefetch_line(builder, builder.gep(arr.data, [index]))",
