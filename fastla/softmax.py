@@ -72,9 +72,11 @@ _SUM_CHUNK = 512
 # reads waited, then its exps ran with the memory idle. Passes over a row now prefetch the next row,
 # a chunk's cache lines per chunk of exps. Measured on Zen 5 (2 threads, 4096^2 float32;
 # `bench --against`, 9 interleaved rounds): median time 0.89x with out=, 0.90x allocating, 0.83x on
-# one thread. Prefetching two or three rows ahead measured the same as one; non-temporal stores of
+# one thread. Prefetching two or three rows ahead measured the same as one. Non-temporal stores of
 # the result (no read for ownership of ``out``, the exps kept in a per-thread row) gave no
-# consistent gain on top (0.72-1.01x of np.copyto's speed against 0.67-0.90x, four runs).
+# consistent gain (speed over np.copyto's, four interleaved rounds a run): alone 0.76-0.80x against
+# 0.68-0.75x in one run and 0.62-0.91x against 0.74-0.98x in another; on top of the prefetch
+# 0.79-1.04x against 0.90-1.09x.
 
 
 @jit(inline="always")
