@@ -640,21 +640,23 @@ def _lu_solve_numpy(lu, piv, b, trans, vector, overwrite):
 
 
 def _broadcast_system(a, b):
-    """(A stack, B stack (batch, n, k), result shape) for np.linalg.solve's NumPy 2 rules."""
+    """(A stack, B stack (batch, n, k), result shape) for np.linalg.solve's NumPy 2 rules, the stack
+    shape from :func:`linsolve_shape`."""
     n = a.shape[-1]
-    vector = b.ndim == 1
+    stack, vector = linsolve_shape(a, b)
     bb = b[:, None] if vector else b
-    if a.shape[:-2] == bb.shape[:-2]:  # nothing to broadcast (NumPy's helpers cost ~6 us a call)
-        stack = a.shape[:-2]
-        batch = math.prod(stack)
-        A, B = a.reshape(batch, n, n), bb.reshape(batch, n, bb.shape[-1])
-    else:
-        stack = np.broadcast_shapes(a.shape[:-2], bb.shape[:-2])
-        batch = math.prod(stack)
-        A = np.broadcast_to(a, (*stack, n, n)).reshape(batch, n, n)
-        B = np.broadcast_to(bb, (*stack, n, bb.shape[-1])).reshape(batch, n, bb.shape[-1])
+    batch = math.prod(stack)
+    A = _as_stack(a, stack, batch, (n, n))
+    B = _as_stack(bb, stack, batch, (n, bb.shape[-1]))
     out_shape = (*stack, n) if vector else (*stack, n, bb.shape[-1])
     return A, B, out_shape
+
+
+def _as_stack(x, stack, batch, tail):
+    """``x`` broadcast to ``(*stack, *tail)`` as ``(batch, *tail)``; only reshaped when its stack
+    already is ``stack`` (NumPy's ``broadcast_to`` costs microseconds a call)."""
+    full = x if x.shape[:-2] == stack else np.broadcast_to(x, (*stack, *tail))
+    return full.reshape(batch, *tail)
 
 
 @_LINSOLVE.register("numpy", any_dtype=True)
