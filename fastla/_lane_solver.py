@@ -240,17 +240,17 @@ def _row_codegen(n, k, itemsize):
 
         if width == n:
 
-            def load_row(i):
+            def load(i):
                 return builder.load(builder.bitcast(at(w_ptr, i * n), vty.as_pointer()), align=itemsize)
 
         else:  # a masked load: the last row must not read past the matrix
             zeros = ir.Constant(vty, [0.0] * width)
 
-            def load_row(i):
+            def load(i):
                 ptr = builder.bitcast(at(w_ptr, i * n), vty.as_pointer())
                 return _intrinsics.masked_load(builder, ptr, n, itemsize, zeros)
 
-        a = [load_row(i) for i in range(n)]
+        a = [load(i) for i in range(n)]
         x = [[splat(rhs(i, c)) for c in range(k)] for i in range(n)]
         status = ir.Constant(i64, 0)
         nrd = [None] * n
@@ -410,12 +410,12 @@ def _store_group(builder, vectors, data, base, vty, itemsize):
                 _intrinsics.masked_store(builder, rows[t], ptr, cols, itemsize)
 
 
-def _store_results(builder, x, s, x_ptr, info_ptr, t0, x_base, itemsize):
+def _store_results(builder, x, s, ops, itemsize):
     """A group's solutions ``x`` (vectors, element by element of a system's ``(n, k)``) stored to
-    the stack from element ``x_base`` (:func:`_store_group`), and its statuses ``s`` to
-    ``info[t0 .. t0 + lanes - 1]``."""
-    _store_group(builder, x, x_ptr, x_base, x[0].type, itemsize)
-    builder.store(s, _group_at(builder, info_ptr, t0, s.type), align=8)
+    the stack where its right-hand sides were read (:func:`_store_group`), and its statuses ``s``
+    to ``info[t0 .. t0 + lanes - 1]`` (``ops`` a :class:`_GroupOperands`)."""
+    _store_group(builder, x, ops.x, ops.b_base, x[0].type, itemsize)
+    builder.store(s, _group_at(builder, ops.info, ops.t0, s.type), align=8)
 
 
 def _prefetch(builder, data, base, nbytes, itemsize):
@@ -443,6 +443,29 @@ def _group_types(N, arrays, T0):
     return N.literal_value, np.dtype(str(arrays[0].dtype))
 
 
+class _GroupOperands:
+    """What both group codegens read first: the stack arrays' data pointers, the group's first
+    system ``t0`` (i64), the element offsets of its matrices and right-hand sides; and the next
+    group's matrices prefetched (the rows are read out of order, and at 100k 8x8 systems the solve
+    streams 51 MB)."""
+
+    def __init__(self, context, builder, sig, args, n, k, v, itemsize):
+        from llvmlite import ir
+
+        i64 = ir.IntType(64)
+        self.a, self.b, self.x, self.info = (
+            context.make_array(ty)(context, builder, val).data
+            for ty, val in zip(sig.args[2:6], args[2:6], strict=True)
+        )
+        self.t0 = context.cast(builder, args[6], sig.args[6], _jit.nb_types.int64)
+        self.a_base = builder.mul(self.t0, ir.Constant(i64, n * n))
+        self.b_base = builder.mul(self.t0, ir.Constant(i64, n * k))
+        group = v * n * n
+        _prefetch(
+            builder, self.a, builder.add(self.a_base, ir.Constant(i64, group)), group * itemsize, itemsize
+        )
+
+
 def _memory_codegen(n, k, v, itemsize, unrolled=None):
     """LLVM IR for :func:`lane_solve_group` for larger n: the group is transposed into a lanes-last
     copy on the stack (``(n, n + k)`` vectors) and eliminated there by loops over rows, not by
@@ -461,44 +484,25 @@ def _memory_codegen(n, k, v, itemsize, unrolled=None):
         bits = 8 * itemsize
         fabs = _intrinsics.llvm_function(builder, f"llvm.fabs.v{v}f{bits}", vty, [vty])
         fma = _intrinsics.llvm_function(builder, f"llvm.fma.v{v}f{bits}", vty, [vty] * 3)
-        a_ptr, b_ptr, x_ptr, info_ptr = (
-            context.make_array(ty)(context, builder, val).data
-            for ty, val in zip(sig.args[2:6], args[2:6], strict=True)
-        )
-        t0 = context.cast(builder, args[6], sig.args[6], _jit.nb_types.int64)
-        a_base = builder.mul(t0, ir.Constant(i64, n * n))
-        b_base = builder.mul(t0, ir.Constant(i64, n * k))
+        ops = _GroupOperands(context, builder, sig, args, n, k, v, itemsize)
         width = n + k  # a row of the working copy: the matrix row, then its right-hand sides
         work = _intrinsics.entry_alloca(builder, ir.ArrayType(vty, n * width))
         work.align = 64
         work = builder.bitcast(work, vty.as_pointer())
 
-        def at(i, c):  # i: a Python int or an i64 value
-            if isinstance(i, int):
+        def slot(i, c):  # element (i, c) of the working copy; i and c Python ints or i64 values
+            if isinstance(i, int) and isinstance(c, int):
                 return builder.gep(work, [ir.Constant(i64, i * width + c)])
-            return builder.gep(
-                work, [builder.add(builder.mul(i, ir.Constant(i64, width)), ir.Constant(i64, c))]
-            )
-
-        def load(i, c):
-            return builder.load(at(i, c), align=itemsize)
-
-        def slot_of(i, c):  # row i and column c as Python ints or i64 values
             row = (
                 ir.Constant(i64, i * width) if isinstance(i, int) else builder.mul(i, ir.Constant(i64, width))
             )
-            return builder.gep(work, [builder.add(row, c if not isinstance(c, int) else ir.Constant(i64, c))])
+            return builder.gep(work, [builder.add(row, ir.Constant(i64, c) if isinstance(c, int) else c)])
 
-        def load_at(i, c):  # column c an i64 value
-            return builder.load(slot_of(i, c), align=itemsize)
-
-        def store_at(val, i, c):
-            builder.store(val, slot_of(i, c), align=itemsize)
-
-        load_row, store_row = load_at, store_at
+        def load(i, c):
+            return builder.load(slot(i, c), align=itemsize)
 
         def store(val, i, c):
-            builder.store(val, at(i, c), align=itemsize)
+            builder.store(val, slot(i, c), align=itemsize)
 
         def splat(ty, value):
             return ir.Constant(ty, [value] * v)
@@ -511,9 +515,10 @@ def _memory_codegen(n, k, v, itemsize, unrolled=None):
                 one, ir.Constant(ity, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), v), [0] * v)
             )
 
-        group = v * n * n
-        _prefetch(builder, a_ptr, builder.add(a_base, ir.Constant(i64, group)), group * itemsize, itemsize)
-        for base, data, m, per_row, col0 in ((a_base, a_ptr, n * n, n, 0), (b_base, b_ptr, n * k, k, n)):
+        for base, data, m, per_row, col0 in (
+            (ops.a_base, ops.a, n * n, n, 0),
+            (ops.b_base, ops.b, n * k, k, n),
+        ):
             # a v x v block at a time (few registers live), the whole blocks by a loop (code size:
             # unrolled, n = 32 emitted 128 blocks of loads, shuffles and stores)
             with _intrinsics.counted_loop(builder, ir.Constant(i64, m // v)) as loop:
@@ -521,13 +526,10 @@ def _memory_codegen(n, k, v, itemsize, unrolled=None):
                 for e, vec in enumerate(
                     _load_block(builder, data, builder.add(base, c0), m, 0, vty, itemsize)
                 ):
-                    f = builder.add(
-                        c0, ir.Constant(i64, e)
-                    )  # element f of the system: (f // per_row, f % per_row)
+                    f = builder.add(c0, ir.Constant(i64, e))  # element f: (f // per_row, f % per_row)
                     row = builder.udiv(f, ir.Constant(i64, per_row))
                     col = builder.add(builder.urem(f, ir.Constant(i64, per_row)), ir.Constant(i64, col0))
-                    slot = builder.add(builder.mul(row, ir.Constant(i64, width)), col)
-                    builder.store(vec, builder.gep(work, [slot]), align=itemsize)
+                    store(vec, row, col)
             c0 = m - m % v
             for e, vec in enumerate(_load_block(builder, data, base, m, c0, vty, itemsize) if m % v else ()):
                 store(vec, (c0 + e) // per_row, col0 + (c0 + e) % per_row)
@@ -554,7 +556,6 @@ def _memory_codegen(n, k, v, itemsize, unrolled=None):
             )
             state[0] = builder.select(first, splat(ity, j + 1), state[0])
             nrd[j] = builder.fdiv(minus_one, pivot)
-            return state[0]
 
         def _pivot_and_eliminate_unrolled(j):
             """Columns unrolled: the pivot row gathered into values (one per column), then every
@@ -569,7 +570,7 @@ def _memory_codegen(n, k, v, itemsize, unrolled=None):
                 for c in cols:
                     builder.store(builder.select(m, load(i, c), builder.load(prow_slots[c])), prow_slots[c])
             prow = {c: builder.load(prow_slots[c]) for c in cols}
-            status = status_and_reciprocal(j, prow[j])
+            status_and_reciprocal(j, prow[j])
             with rows_below(j) as loop:  # row p takes row j's place; every row below is eliminated
                 i = builder.add(loop.index, ir.Constant(i64, j + 1))
                 m = builder.icmp_signed("==", p, splat_i(i))
@@ -579,7 +580,6 @@ def _memory_codegen(n, k, v, itemsize, unrolled=None):
                     store(builder.call(fma, [f, prow[c], row]), i, c)
             for c in cols:
                 store(prow[c], j, c)
-            return status
 
         def _pivot_and_eliminate_looped(j):
             """Columns as loops (code of O(n) per step, not O(n^2)): rows j and p exchanged in
@@ -591,17 +591,16 @@ def _memory_codegen(n, k, v, itemsize, unrolled=None):
                 m = builder.icmp_signed("==", p, splat_i(i))
                 with columns_from(j) as cl:
                     c = builder.add(cl.index, ir.Constant(i64, j))
-                    top, row = load_at(j, c), load_row(i, c)
-                    store_at(builder.select(m, row, top), j, c)
-                    store_row(builder.select(m, top, row), i, c)
-            status = status_and_reciprocal(j, load(j, j))
+                    top, row = load(j, c), load(i, c)
+                    store(builder.select(m, row, top), j, c)
+                    store(builder.select(m, top, row), i, c)
+            status_and_reciprocal(j, load(j, j))
             with rows_below(j) as loop:
                 i = builder.add(loop.index, ir.Constant(i64, j + 1))
                 f = builder.fmul(load(i, j), nrd[j])
                 with columns_from(j + 1) as cl:
                     c = builder.add(cl.index, ir.Constant(i64, j + 1))
-                    store_row(builder.call(fma, [f, load_at(j, c), load_row(i, c)]), i, c)
-            return status
+                    store(builder.call(fma, [f, load(j, c), load(i, c)]), i, c)
 
         for j in range(n):
             builder.store(builder.call(fabs, [load(j, j)]), best_slot)
@@ -613,21 +612,18 @@ def _memory_codegen(n, k, v, itemsize, unrolled=None):
                 larger = builder.fcmp_ordered(">", key, best)
                 builder.store(builder.select(larger, key, best), best_slot)
                 builder.store(builder.select(larger, splat_i(i), builder.load(p_slot)), p_slot)
-            if unrolled:
-                s = _pivot_and_eliminate_unrolled(j)
-            else:
-                s = _pivot_and_eliminate_looped(j)
+            (_pivot_and_eliminate_unrolled if unrolled else _pivot_and_eliminate_looped)(j)
         u_slot = _intrinsics.entry_alloca(builder, vty)
         for i in range(n - 1, -1, -1):
             for c in range(k):
                 builder.store(builder.fneg(load(i, n + c)), u_slot)
                 with _intrinsics.counted_loop(builder, ir.Constant(i64, n - 1 - i)) as loop:
                     r = builder.sub(ir.Constant(i64, n - 1), loop.index)  # the newest unknown last
-                    u = builder.call(fma, [load_at(i, r), load(r, n + c), builder.load(u_slot)])
+                    u = builder.call(fma, [load(i, r), load(r, n + c), builder.load(u_slot)])
                     builder.store(u, u_slot)
                 store(builder.fmul(builder.load(u_slot), nrd[i]), i, n + c)
         x = [load(i, n + c) for i in range(n) for c in range(k)]
-        _store_results(builder, x, s, x_ptr, info_ptr, t0, b_base, itemsize)
+        _store_results(builder, x, state[0], ops, itemsize)
         return context.get_dummy_value()
 
     return codegen
@@ -673,24 +669,14 @@ def lane_solve_group(typingctx, N, K, A, B, X, INFO, T0):
         return nbt.void(N, K, A, B, X, INFO, T0), _memory_codegen(n, k, v, itemsize)
 
     def codegen(context, builder, sig, args):
-        i64 = ir.IntType(64)
         vty = ir.VectorType(context.get_value_type(sig.args[2].dtype), v)
-        ity = ir.VectorType(i64, v)
-        a_ptr, b_ptr, x_ptr, info_ptr = (
-            context.make_array(ty)(context, builder, val).data
-            for ty, val in zip(sig.args[2:6], args[2:6], strict=True)
-        )
-        t0 = context.cast(builder, args[6], sig.args[6], nbt.int64)
-        a_base = builder.mul(t0, ir.Constant(i64, n * n))
-        b_base = builder.mul(t0, ir.Constant(i64, n * k))
-        group = v * n * n  # the next group's matrices
-        _prefetch(builder, a_ptr, builder.add(a_base, ir.Constant(i64, group)), group * itemsize, itemsize)
-        flat = _load_group(builder, a_ptr, a_base, n * n, vty, itemsize)
+        ops = _GroupOperands(context, builder, sig, args, n, k, v, itemsize)
+        flat = _load_group(builder, ops.a, ops.a_base, n * n, vty, itemsize)
         a = [flat[i * n : (i + 1) * n] for i in range(n)]
-        flat = _load_group(builder, b_ptr, b_base, n * k, vty, itemsize)
+        flat = _load_group(builder, ops.b, ops.b_base, n * k, vty, itemsize)
         x = [flat[i * k : (i + 1) * k] for i in range(n)]
-        s = _eliminate(builder, a, x, ir.Constant(ity, [0] * v))
-        _store_results(builder, [vec for row in x for vec in row], s, x_ptr, info_ptr, t0, b_base, itemsize)
+        s = _eliminate(builder, a, x, ir.Constant(ir.VectorType(ir.IntType(64), v), [0] * v))
+        _store_results(builder, [vec for row in x for vec in row], s, ops, itemsize)
         return context.get_dummy_value()
 
     return nbt.void(N, K, A, B, X, INFO, T0), codegen
