@@ -57,17 +57,10 @@ def masked_load(builder, ptr, count, align, passthru=None):
     """Load the first ``count`` elements of the vector at ``ptr`` (a pointer to an LLVM vector
     type) through ``llvm.masked.load``, never touching memory past them; the other lanes are
     ``passthru`` (undefined when None)."""
-    from llvmlite import ir
-
-    vty = ptr.type.pointee
-    i32, mty = ir.IntType(32), ir.VectorType(ir.IntType(1), vty.count)
-    bits = 8 * (4 if vty.element == ir.FloatType() else 8)
-    fn = llvm_function(
-        builder, f"llvm.masked.load.v{vty.count}f{bits}.p0", vty, [vty.as_pointer(), i32, mty, vty]
-    )
-    mask = ir.Constant(mty, [1] * count + [0] * (vty.count - count))
-    fill = ir.Constant(vty, None) if passthru is None else passthru
-    return builder.call(fn, [ptr, ir.Constant(i32, align), mask, fill])
+    vty, suffix, i32, mask = _masked_access(ptr, count)
+    fn = llvm_function(builder, f"llvm.masked.load.{suffix}", vty, [vty.as_pointer(), i32, mask.type, vty])
+    fill = vty(None) if passthru is None else passthru
+    return builder.call(fn, [ptr, i32(align), mask, fill])
 
 
 def masked_store(builder, value, ptr, count, align):
@@ -75,14 +68,23 @@ def masked_store(builder, value, ptr, count, align):
     through ``llvm.masked.store``, never touching memory past them."""
     from llvmlite import ir
 
-    vty = ptr.type.pointee
-    i32, mty = ir.IntType(32), ir.VectorType(ir.IntType(1), vty.count)
-    bits = 8 * (4 if vty.element == ir.FloatType() else 8)
+    vty, suffix, i32, mask = _masked_access(ptr, count)
     fn = llvm_function(
-        builder, f"llvm.masked.store.v{vty.count}f{bits}.p0", ir.VoidType(), [vty, vty.as_pointer(), i32, mty]
+        builder, f"llvm.masked.store.{suffix}", ir.VoidType(), [vty, vty.as_pointer(), i32, mask.type]
     )
-    mask = ir.Constant(mty, [1] * count + [0] * (vty.count - count))
-    builder.call(fn, [value, ptr, ir.Constant(i32, align), mask])
+    builder.call(fn, [value, ptr, i32(align), mask])
+
+
+def _masked_access(ptr, count):
+    """What :func:`masked_load` and :func:`masked_store` share: the vector type at ``ptr``, the
+    intrinsics' type suffix, the ``i32`` type of the alignment and the mask of the first ``count``
+    lanes."""
+    from llvmlite import ir
+
+    vty = ptr.type.pointee
+    bits = 8 * (4 if vty.element == ir.FloatType() else 8)
+    mask = ir.Constant(ir.VectorType(ir.IntType(1), vty.count), [1] * count + [0] * (vty.count - count))
+    return vty, f"v{vty.count}f{bits}.p0", ir.IntType(32), mask
 
 
 def array_parts(context, builder, ty, val):
@@ -428,7 +430,6 @@ def prefetch_span(typingctx, x, start, stop):
     a fault. ``x`` may be None: then nothing is emitted (a caller with nothing to prefetch costs
     nothing, where an empty array would still cost its view and the loop's bounds)."""
     from llvmlite import ir
-    from numba.core import cgutils
 
     if not (isinstance(start, nb_types.Integer) and isinstance(stop, nb_types.Integer)):
         return None
@@ -450,7 +451,7 @@ def prefetch_span(typingctx, x, start, stop):
         lines = builder.sdiv(
             builder.add(builder.sub(hi, lo), ir.Constant(i64, step - 1)), ir.Constant(i64, step)
         )
-        with cgutils.for_range(builder, lines) as loop:  # a negative count runs no iteration
+        with counted_loop(builder, lines) as loop:  # a negative count runs no iteration
             index = builder.add(lo, builder.mul(loop.index, ir.Constant(i64, step)))
             prefetch_line(builder, builder.gep(arr.data, [index]))
         return context.get_dummy_value()
