@@ -5,6 +5,8 @@ import pytest
 import scipy.linalg as sla
 
 import fastla
+from fastla import _intrinsics, _jit
+from fastla import _lane_solver as ls
 from tests.helpers import ODD_SIZES, eps, impl_names, variant
 
 
@@ -321,23 +323,14 @@ def test_small_stacks_need_partial_pivoting(n, rng):
         assert err.max() <= max(8 * ref.max(), 4 * n * eps(np.float64)), (kind, err.max(), ref.max())
 
 
-def _memory_group_twin(N, K, A, B, X, INFO, T0):
-    from fastla import _lane_solver
-
-    _lane_solver._lane_solve_group_twin(N, K, A, B, X, INFO, T0)
-
-
 def _make_group_solvers(unrolled):
     """Two compiled loops over the whole groups of a stack of 6x6 systems with two right-hand sides:
     one through lane_solve_group (straight-line code over values at this n), one through the
     loop-over-rows code that larger n get (_memory_codegen, its columns unrolled or as loops),
     forced here."""
-    from fastla import _jit
-    from fastla import _lane_solver as ls
-
     nbt = _jit.nb_types
 
-    @_jit.intrinsic(_memory_group_twin)
+    @_jit.intrinsic(ls._lane_solve_group_twin)
     def memory_group(typingctx, N, K, A, B, X, INFO, T0):
         kinds = ls._group_types(N, (A, B, X), T0)
         if kinds is None or not isinstance(K, nbt.IntegerLiteral):
@@ -366,9 +359,6 @@ def test_lane_groups_in_registers_and_in_memory_agree_bit_for_bit(dtype, unrolle
     of a copy on the stack (REGISTER_N), their columns unrolled or, for the largest n, loops too
     (UNROLLED_N). All perform the same operations in the same order, so on the same systems
     (pivoting, ties, a zero pivot, a NaN) they agree bit for bit, statuses too."""
-    from fastla import _jit
-    from fastla import _lane_solver as ls
-
     if not _jit.JIT_ENABLED:
         pytest.skip("compares two compiled codes")
     v = ls.lanes(dtype)
@@ -382,7 +372,7 @@ def test_lane_groups_in_registers_and_in_memory_agree_bit_for_bit(dtype, unrolle
     registers, memory = _make_group_solvers(unrolled)
     x1, x2 = np.empty_like(b), np.empty_like(b)
     i1, i2 = np.empty(batch, np.int64), np.empty(batch, np.int64)
-    a_ro, b_ro = _intrinsics_readonly(a), _intrinsics_readonly(b)
+    a_ro, b_ro = _intrinsics.readonly(a), _intrinsics.readonly(b)
     registers(a_ro, b_ro, x1, i1, v)
     memory(a_ro, b_ro, x2, i2, v)
     np.testing.assert_array_equal(i1, i2)
@@ -390,9 +380,3 @@ def test_lane_groups_in_registers_and_in_memory_agree_bit_for_bit(dtype, unrolle
     np.testing.assert_array_equal(x1, x2)  # NaN in the same places too
     ok = i1 == 0
     np.testing.assert_allclose(x1[ok], np.linalg.solve(a[ok].astype(np.float64), b[ok]), rtol=1e-3, atol=1e-3)
-
-
-def _intrinsics_readonly(x):
-    from fastla import _intrinsics
-
-    return _intrinsics.readonly(x)
