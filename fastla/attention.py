@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import NamedTuple
 
 import numpy as np
@@ -104,9 +105,36 @@ class Plan:
     weights: bool  # return the attention weights too
 
 
+def _check_dropout(dropout_p):
+    """Only ``dropout_p=0.0`` (inference): fastla has no random state to drop weights with."""
+    if not isinstance(dropout_p, numbers.Real):
+        raise TypeError(
+            f"scaled_dot_product_attention: dropout_p must be a float, got {type(dropout_p).__name__}"
+        )
+    p = float(dropout_p)
+    if not 0.0 <= p <= 1.0:  # the range check of torch.nn.functional.dropout
+        raise ValueError(
+            f"scaled_dot_product_attention: dropout probability has to be between 0 and 1, got {p}"
+        )
+    if p != 0.0:
+        raise NotImplementedError(
+            f"scaled_dot_product_attention: dropout_p={p} is not supported: fastla computes attention "
+            "for inference only; pass dropout_p=0.0 (PyTorch: dropout_p=0.0 when not training)"
+        )
+
+
 def _prepare(
-    query, key, value, attn_mask=None, is_causal=False, scale=None, enable_gqa=False, return_weights=False
+    query,
+    key,
+    value,
+    attn_mask=None,
+    dropout_p=0.0,
+    is_causal=False,
+    scale=None,
+    enable_gqa=False,
+    return_weights=False,
 ):
+    _check_dropout(dropout_p)
     q, k, v = (np.asarray(x) for x in (query, key, value))
     for name, x in (("query", q), ("key", k), ("value", v)):
         if x.ndim < 2:
@@ -210,8 +238,9 @@ def scaled_dot_product_attention(
     key,
     value,
     attn_mask=None,
-    *,
+    dropout_p=0.0,
     is_causal=False,
+    *,
     scale=None,
     enable_gqa=False,
     return_weights=False,
@@ -226,6 +255,9 @@ def scaled_dot_product_attention(
     value : array_like, shape (..., S, Ev)
     attn_mask : array_like of bool or float, optional
         Broadcastable to ``(..., L, S)``: True = attend (bool) or added to the scores (float).
+    dropout_p : float
+        Must be 0.0: fastla computes attention for inference (PyTorch's position and name, so a
+        call written for ``torch.nn.functional.scaled_dot_product_attention`` runs unchanged).
     is_causal : bool
         Query ``i`` attends keys ``j <= i`` (top-left aligned). Not together with ``attn_mask``.
     scale : float, optional
@@ -249,6 +281,8 @@ def scaled_dot_product_attention(
         Mismatched shapes, a mask that does not broadcast, ``attn_mask`` with ``is_causal``.
     TypeError
         Non-float operands, a mask that is neither bool nor float.
+    NotImplementedError
+        ``dropout_p`` other than 0 (a value outside [0, 1] is a ValueError).
 
     Examples
     --------
@@ -262,7 +296,8 @@ def scaled_dot_product_attention(
            [1.6698]])
     """
     return _OP.run(
-        backend, _prepare(query, key, value, attn_mask, is_causal, scale, enable_gqa, return_weights)
+        backend,
+        _prepare(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, return_weights),
     )
 
 

@@ -194,6 +194,26 @@ def test_errors(rng):
         sdpa(q, k, v, np.ones((5, 6), int))
     with pytest.raises(ValueError, match="heads"):
         sdpa(q, k[[0, 1, 1]], v[[0, 1, 1]], enable_gqa=True)  # 2 query heads, 3 key/value heads
+    with pytest.raises(NotImplementedError, match="dropout_p=0.1 is not supported"):
+        sdpa(q, k, v, dropout_p=0.1)
+    with pytest.raises(NotImplementedError, match="dropout_p=1.0"):
+        sdpa(q, k, v, None, 1)
+    for bad in (-0.5, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="between 0 and 1"):
+            sdpa(q, k, v, dropout_p=bad)
+    with pytest.raises(TypeError, match="dropout_p must be a float"):
+        sdpa(q, k, v, dropout_p="0")
+
+
+def test_torch_argument_order(rng):
+    """PyTorch's positional order (attn_mask, dropout_p, is_causal; the rest keyword-only) works as is."""
+    q, k, v = _qkv(rng, (2,), 5, 6, 3, 2, np.float64)
+    np.testing.assert_array_equal(sdpa(q, k, v, None, 0.0, True), sdpa(q, k, v, is_causal=True))
+    np.testing.assert_array_equal(
+        sdpa(q, k, v, None, 0, False, scale=0.3), sdpa(q, k, v, scale=0.3, dropout_p=0.0)
+    )
+    with pytest.raises(TypeError):
+        sdpa(q, k, v, None, 0.0, False, 0.3)  # scale is keyword-only, as in PyTorch
 
 
 def test_auto_rule():
@@ -213,9 +233,10 @@ def test_against_torch(causal, dtype, rng):
     k = rng.standard_normal((2, 3, 90, 16)).astype(dtype)
     v = rng.standard_normal((2, 3, 90, 12)).astype(dtype)
     t = [torch.from_numpy(x) for x in (q, k, v)]
-    expected = F.scaled_dot_product_attention(*t, is_causal=causal, enable_gqa=True).numpy()
+    # PyTorch's positional order: attn_mask, dropout_p, is_causal (scale, enable_gqa keyword-only)
+    expected = F.scaled_dot_product_attention(*t, None, 0.0, causal, enable_gqa=True).numpy()
     mask = rng.random((70, 90)) > 0.2
     expected_m = F.scaled_dot_product_attention(*t, attn_mask=torch.from_numpy(mask), enable_gqa=True).numpy()
     for name in impl_names("scaled_dot_product_attention", 99):
-        _check(sdpa(q, k, v, is_causal=causal, enable_gqa=True, backend=name), expected, dtype)
+        _check(sdpa(q, k, v, None, 0.0, causal, enable_gqa=True, backend=name), expected, dtype)
         _check(sdpa(q, k, v, mask, enable_gqa=True, backend=name), expected_m, dtype)
