@@ -236,3 +236,50 @@ def from_abs_bits(bits, dtype):
     if np.dtype(dtype) == np.float64:
         return float(np.int64(bits).view(np.float64)), int(bits) < _F64_INF_BITS
     return float(np.int32(bits).view(np.float32)), int(bits) < _F32_INF_BITS
+
+
+# --------------------------------------------------------------------------- 4 x 4 dot products
+
+
+@_jit.jit(inline="always")
+def dot4x4(a, a0, a1, a2, a3, b, b0, b1, b2, b3, zero):
+    """The 16 dot products ``a[ai] . b[bj]`` of rows ``a0..a3`` of ``a`` and ``b0..b3`` of ``b`` (same
+    length), as a tuple ``(a0.b0, a0.b1, a0.b2, a0.b3, a1.b0, ..., a3.b3)`` accumulated in ``zero``'s
+    type.
+
+    One pass along the rows with sixteen accumulators, which LLVM vectorises along the rows: each
+    vector of ``a`` and of ``b`` is loaded once for four FMAs (one load per two FMAs, where a
+    dot product at a time needs two per FMA). A register block of four rows each side, as in a
+    GEMM micro-kernel, but reading the rows in place (nothing packed): the step of memory-bound
+    products whose one operand is streamed once (power iteration's ``A V``, top-k over a few
+    queries)."""
+    s00 = s01 = s02 = s03 = zero
+    s10 = s11 = s12 = s13 = zero
+    s20 = s21 = s22 = s23 = zero
+    s30 = s31 = s32 = s33 = zero
+    for t in range(_jit.U(a.shape[1])):
+        y0 = b[b0, t]
+        y1 = b[b1, t]
+        y2 = b[b2, t]
+        y3 = b[b3, t]
+        x0 = a[a0, t]
+        x1 = a[a1, t]
+        x2 = a[a2, t]
+        x3 = a[a3, t]
+        s00 += x0 * y0
+        s01 += x0 * y1
+        s02 += x0 * y2
+        s03 += x0 * y3
+        s10 += x1 * y0
+        s11 += x1 * y1
+        s12 += x1 * y2
+        s13 += x1 * y3
+        s20 += x2 * y0
+        s21 += x2 * y1
+        s22 += x2 * y2
+        s23 += x2 * y3
+        s30 += x3 * y0
+        s31 += x3 * y1
+        s32 += x3 * y2
+        s33 += x3 * y3
+    return (s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23, s30, s31, s32, s33)

@@ -87,8 +87,9 @@ def _cosine_similarity(dt):
 def _cosine_topk(dt):
     import fastla
 
-    x = np.ones((20, 8), dt)
-    fastla.cosine_topk(x, x, 3, backend="numba")
+    x = np.ones((80, 8), dt)
+    fastla.cosine_topk(x[:20], x, 3, backend="numba")  # few queries: the streaming kernel
+    fastla.cosine_topk(x, x, 3, backend="numba")  # many: the packed one
 
 
 def _power_iteration(dt):

@@ -27,6 +27,19 @@ def _close(actual, expected, dtype, d):
     np.testing.assert_allclose(actual, expected, rtol=0, atol=tol, equal_nan=True)
 
 
+@pytest.fixture(params=["stream", "packed"])
+def topk_path(request, monkeypatch):
+    """Both kernels of the numba top-k: few queries stream the corpus unpacked, more go through the
+    packed GEMM (the rule's threshold moved so that every size takes the one under test)."""
+    few = 10**9 if request.param == "stream" else 0
+    monkeypatch.setitem(similarity.AUTO_RULE, "topk_stream_max_queries", few)
+    return request.param
+
+
+def _packed_topk(monkeypatch):
+    monkeypatch.setitem(similarity.AUTO_RULE, "topk_stream_max_queries", 0)
+
+
 def _ref_topk(q, c, k):
     full = _ref_matrix(q, c)
     rows = [sorted(range(c.shape[0]), key=lambda j, r=r: (np.isnan(r[j]), -r[j], j))[:k] for r in full]
@@ -165,7 +178,7 @@ def test_subnormal_examples_from_the_issue():
         np.testing.assert_allclose(res, [[1.0]], rtol=1e-15)
 
 
-def test_topk_exact_over_the_whole_float_range(dtype, rng):
+def test_topk_exact_over_the_whole_float_range(dtype, rng, topk_path):
     d = 9
     q = _range_rows(dtype, rng, 12, d)
     c = _range_rows(dtype, rng, 40, d)
@@ -243,7 +256,7 @@ def test_auto_rule():
 @pytest.mark.parametrize(
     "nq,nc,d,k", [(1, 1, 1, 1), (7, 33, 5, 3), (33, 200, 65, 10), (9, 150, 300, 150), (5, 40, 8, 0)]
 )
-def test_topk_against_reference(nq, nc, d, k, dtype, rng):
+def test_topk_against_reference(nq, nc, d, k, dtype, rng, topk_path):
     q = rng.standard_normal((nq, d)).astype(dtype)
     c = rng.standard_normal((nc, d)).astype(dtype)
     s_ref, i_ref, full = _ref_topk(q, c, k)
@@ -263,6 +276,7 @@ def test_topk_across_many_tiles(k, dtype, rng, monkeypatch):
     """Tiny tiles: tile edges, and a k larger than one tile (the first-k fill spans tiles)."""
     blk = fastla._gemm_kernels.BLOCKING[np.dtype(dtype)]
     monkeypatch.setattr(similarity, "_topk_blocking", lambda nq, it, th: (blk.MR, blk.NR))
+    _packed_topk(monkeypatch)
     q = rng.standard_normal((2 * blk.MR + 1, 12)).astype(dtype)
     c = rng.standard_normal((max(5 * blk.NR, 2 * k) + 3, 12)).astype(dtype)  # NR is 8 on AVX2
     s_ref, i_ref, _ = _ref_topk(q, c, k)
@@ -272,6 +286,23 @@ def test_topk_across_many_tiles(k, dtype, rng, monkeypatch):
         np.testing.assert_array_equal(i, i_ref)
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+def test_topk_stream_tiles_and_thread_shares(threads, dtype, rng, monkeypatch):
+    """The streaming kernel with tiles of 4 corpus rows (edges, a k spanning tiles and thread shares,
+    a share of fewer than k rows) and 1 or 3 thread shares, merged across shares."""
+    monkeypatch.setattr(similarity, "_STREAM_TILE", 4)
+    monkeypatch.setattr(fastla._jit, "threads_here", lambda: threads)
+    for nq, nc, k in ((5, 23, 6), (3, 7, 7), (1, 2, 1), (6, 40, 1)):
+        q = rng.standard_normal((nq, 9)).astype(dtype)
+        c = rng.standard_normal((nc, 9)).astype(dtype)
+        c[nc // 2] = c[1]  # an exact tie across thread shares: the lower index first
+        s_ref, i_ref, _ = _ref_topk(q, c, k)
+        s, i = fastla.cosine_topk(q, c, k, backend="numba")
+        _close(s, s_ref, dtype, 9)
+        if dtype == np.float64:
+            np.testing.assert_array_equal(i, i_ref, err_msg=f"{nq}x{nc} k={k}")
+
+
 def test_several_kc_blocks(dtype, rng, monkeypatch):
     """d spanning several rank-KC updates on every SIMD width (KC shrunk to 8: the default KC is
     256-384, more than most tests' d): the accumulation over KC blocks of the cosine matrix and of the
@@ -279,6 +310,7 @@ def test_several_kc_blocks(dtype, rng, monkeypatch):
     SIMD width's shapes (uncached) compiled the same kernels in both."""
     for blk in fastla._gemm_kernels.BLOCKING.values():
         monkeypatch.setattr(blk, "KC", 8)
+    _packed_topk(monkeypatch)
     for d in (23, 100):
         q = rng.standard_normal((13, d)).astype(dtype)
         c = rng.standard_normal((70, d)).astype(dtype)
@@ -291,7 +323,7 @@ def test_several_kc_blocks(dtype, rng, monkeypatch):
             np.testing.assert_array_equal(i, i_ref, err_msg=f"d={d}")
 
 
-def test_topk_ties_and_nan_order_exactly(dtype, rng):
+def test_topk_ties_and_nan_order_exactly(dtype, rng, topk_path):
     """Duplicate corpus rows tie exactly (one-hot rows): lower index first; NaN rows come last."""
     d = 6
     hot = rng.integers(0, d, 60)
@@ -310,7 +342,7 @@ def test_topk_ties_and_nan_order_exactly(dtype, rng):
         assert fastla.cosine_topk(q, c, 60, backend=name)[1][0, -1] == 7  # NaN ranks last
 
 
-def test_topk_ties_across_merge_chunks(dtype, rng):
+def test_topk_ties_across_merge_chunks(dtype, rng, topk_path):
     """Exact ties (one-hot rows: every score is one of 4 values) and NaN rows spread over a corpus
     several times longer than the fused merge's chunk of scores, which it skips when no score in it
     beats the k-th best: the same order as the reference, lower index first."""
@@ -337,7 +369,7 @@ def test_topk_numpy_batches_agree(rng):
         np.testing.assert_allclose(s, ref[0], rtol=1e-14)  # BLAS gemv (one row) rounds differently
 
 
-def test_topk_shapes_and_errors(rng):
+def test_topk_shapes_and_errors(rng, topk_path):
     c = rng.standard_normal((20, 4))
     for name in impl_names("cosine_topk", 20):
         s, i = fastla.cosine_topk(c[3], c, 2, backend=name)
