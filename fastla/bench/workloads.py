@@ -460,6 +460,9 @@ WORKLOADS += [
     cosine_matrix(2000, 2000, 300, np.float64, sets=("full",)),
     cosine_topk(20, 500, 16, 5, np.float64, sets=("smoke",)),
     cosine_topk(1000, 100_000, 256, 10, np.float32),
+    # a search of one query and of a small batch: the numba impl streams the corpus (no packing)
+    cosine_topk(1, 100_000, 256, 10, np.float32),
+    cosine_topk(16, 100_000, 256, 10, np.float32),
     cosine_topk(1000, 100_000, 256, 1000, np.float32, sets=("full",), anchors=("bare_gemm",)),
     # the size; its full-matrix anchor would need 4 GB of scores + 8 GB of argpartition
     cosine_topk(10_000, 100_000, 256, 10, np.float32, sets=("full",), anchors=()),
