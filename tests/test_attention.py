@@ -1,5 +1,7 @@
 """scaled_dot_product_attention: every impl against a float64 reference (and PyTorch when installed)."""
 
+import tracemalloc
+
 import numpy as np
 import pytest
 
@@ -87,6 +89,27 @@ def test_masks_broadcast(mask_shape, kind, dtype, rng):
     ref, _ = _reference(q, k, v, mask=mask)
     for name in impl_names("scaled_dot_product_attention", 99):
         _check(sdpa(q, k, v, mask, backend=name), ref, dtype)
+
+
+@pytest.mark.slow  # 1024 x 1024 scores per head: minutes as Python
+@pytest.mark.parametrize("mask_shape", [(2, 1, 1, 1024), (1024,)])
+def test_key_padding_mask_is_not_materialised(mask_shape, rng):
+    """A key-padding mask ``(B, 1, 1, S)`` (or a 1-D one) broadcasts inside the kernel: the call's
+    peak memory stays far below one L x S matrix."""
+    L = S = 1024
+    q, k, v = _qkv(rng, (2, 1), L, S, 16, 16, np.float32)
+    mask = np.ones(mask_shape, bool)
+    mask[..., 900:] = False
+    ref, _ = _reference(q[:, :, :64], k, v, mask=mask)
+    sdpa(q[:, :, :64], k, v, mask, backend="numba")  # compile outside the measurement
+    tracemalloc.start()
+    try:
+        out = sdpa(q, k, v, mask, backend="numba")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    _check(out[:, :, :64], ref, np.float32)
+    assert peak < L * S * 4 / 4, peak
 
 
 def test_fully_masked_rows_are_zero(dtype, rng):
