@@ -359,6 +359,50 @@ def test_topk_ties_across_merge_chunks(dtype, rng, topk_path):
             _close(s, s_ref[:, :k], dtype, d)
 
 
+def test_topk_corpus_norms(dtype, rng, topk_path):
+    """Given corpus norms give the scores of the computed ones, over the whole float range (the norms
+    np.linalg.norm gives there are 0, inf or subnormal: those rows are measured again), and they are
+    really used: a norm given twice too large halves that row's scores (numpy, and numba's packed
+    kernel; the loop impl and the streaming kernel measure the norms themselves)."""
+    d = 9
+    q = _range_rows(dtype, rng, 12, d)
+    c = _range_rows(dtype, rng, 40, d)
+    with np.errstate(over="ignore", under="ignore"):
+        norms = np.linalg.norm(c, axis=1)
+    assert not np.all(np.isfinite(norms) & (norms > 0))  # the fallback is exercised
+    full = _ref_rescaled(q, c)
+    for name in impl_names("cosine_topk", 40):
+        scores, idx = fastla.cosine_topk(q, c, 5, corpus_norms=norms, backend=name)
+        _close(scores, np.take_along_axis(full, idx, axis=1), dtype, d)
+        np.testing.assert_array_equal(idx, fastla.cosine_topk(q, c, 5, backend=name)[1])
+    x = rng.standard_normal((6, d)).astype(dtype)
+    y = rng.standard_normal((30, d)).astype(dtype)
+    good = np.linalg.norm(y.astype(np.float64), axis=1)
+    wrong = good.copy()
+    wrong[3] *= 2
+    for name in impl_names("cosine_topk", 30):
+        if name == "loop" or (name == "numba" and topk_path == "stream"):
+            continue  # these measure the norms themselves
+        s_good, i_good = fastla.cosine_topk(x, y, 30, corpus_norms=good, backend=name)
+        s_wrong, i_wrong = fastla.cosine_topk(x, y, 30, corpus_norms=wrong, backend=name)
+        row3 = lambda s, i: np.take_along_axis(s, np.argsort(i, axis=1), axis=1)[:, 3]  # noqa: E731
+        _close(row3(s_wrong, i_wrong), row3(s_good, i_good) / 2, dtype, d)
+
+
+def test_topk_corpus_norms_errors(rng):
+    c = rng.standard_normal((20, 4))
+    with pytest.raises(ValueError, match=r"shape \(n_corpus,\) = \(20,\)"):
+        fastla.cosine_topk(c, c, 2, corpus_norms=np.ones(19))
+    with pytest.raises(ValueError, match=">= 0"):
+        fastla.cosine_topk(c, c, 2, corpus_norms=-np.ones(20))
+    with pytest.raises(TypeError, match="real numbers"):
+        fastla.cosine_topk(c, c, 2, corpus_norms=np.ones(20, complex))
+    norms = np.linalg.norm(c, axis=1)
+    before = norms.copy()
+    fastla.cosine_topk(c, c, 2, corpus_norms=norms)
+    np.testing.assert_array_equal(norms, before)  # not mutated
+
+
 def test_topk_numpy_batches_agree(rng):
     q = rng.standard_normal((10, 5))
     c = rng.standard_normal((30, 5))

@@ -201,6 +201,22 @@ MUTANTS = [
         "the streaming top-k scores out-of-range corpus rows without their 2^-e scaling",
     ),
     Mutant(
+        "topk-packed-ignores-given-norms",
+        "similarity.py",
+        "                c, inv_c = _given_inv_norms(c, c_norms, _inv_norms_numba)",
+        "                c, inv_c, _ = _inv_norms_numba(c)",
+        ("tests/test_similarity.py",),
+        "the packed top-k measures every row's norm again instead of using corpus_norms",
+    ),
+    Mutant(
+        "topk-given-norms-trust-out-of-range",
+        "similarity.py",
+        "        ok = (sq >= lo) & (sq <= hi)",
+        "        ok = sq == sq",
+        ("tests/test_similarity.py",),
+        "given corpus norms of 0, inf or subnormal size are trusted instead of measured again",
+    ),
+    Mutant(
         "cosine-no-rescale-of-extreme-rows",
         "similarity.py",
         "            e = math.frexp(mx)[1]",
