@@ -901,7 +901,7 @@ def _stream_part(qn, c, zero, lo, hi, j_lo, j_hi, buf, inv, exps, s_part, i_part
                 _put_column(buf, c0, i, inv[c0], s[0], s[1], s[2], s[3])
         for jj in range(cols):
             if exps[jj]:
-                _scaled_column(qn, c, j0 + jj, exps[jj], inv[jj], buf, jj)
+                _scaled_column(qn, c, j0 + jj, int(exps[jj]), inv[jj], buf, jj)
         for i in range(s_part.shape[0]):
             _merge_row(buf[i], 0, cols, j0, s_part[i], i_part[i], j_lo)
 
