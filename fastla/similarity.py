@@ -30,14 +30,14 @@ Implementations:
   packing of both operands (no normalised copies, no extra pass over n x m). ``Y=None`` computes
   only the upper block triangle (half the FLOPs, like ``syrk``) and mirrors it. Top-k scores a tile
   of the corpus at a time with the GEMM macro-kernel into a per-thread scratch block and merges each
-  row into a sorted running top-k in the same pass (parallel over query blocks); memory is
-  O(n_queries·k + tiles), never O(n_queries·n_corpus). Up to ``AUTO_RULE["topk_stream_max_queries"]``
-  queries it streams the corpus instead, unpacked and once (parallel over contiguous shares of the
-  corpus, whose per-thread top-k lists are merged at the end): each tile of rows gets its norms as
-  it arrives from memory and its dot products with the unit queries, four rows by four queries in
-  registers, then the same merge. Packing the whole corpus costs more than a few queries' products:
-  one query over 100 000 x 256 float32 rows takes 2.7 ms this way (a bare ``sgemv`` 2.6-2.8 ms) and
-  15 ms packed.
+  row into a running top-k (a pool of candidates) in the same pass (parallel over query blocks);
+  memory is O(n_queries·k + tiles), never O(n_queries·n_corpus). Up to
+  ``AUTO_RULE["topk_stream_max_queries"]`` queries it streams the corpus instead, unpacked and once
+  (parallel over contiguous shares of the corpus, whose per-thread top-k lists are merged at the
+  end): each tile of rows gets its norms as it arrives from memory and its dot products with the
+  unit queries, four rows by four queries in registers, then the same merge. Packing the whole
+  corpus costs more than a few queries' products: one query over 100 000 x 256 float32 rows takes
+  2.7 ms this way (a bare ``sgemv`` 2.6-2.8 ms) and 15 ms packed.
 * ``loop`` — pure Python, the textbook formula; for small inputs only.
 """
 
@@ -707,28 +707,67 @@ def _sift_down(s_row, i_row, size, p, v, j):
 
 
 @jit(inline="always")
-def _heap_push(s_row, i_row, size, v, j):
-    """Add ``(v, j)`` to the heap of the first ``size`` entries (the worst at 0), sifting it up."""
-    p = size
-    while p > 0:
-        parent = (p - 1) // 2
-        if not _worse(v, j, s_row[parent], i_row[parent]):
-            break
-        s_row[p] = s_row[parent]
-        i_row[p] = i_row[parent]
-        p = parent
-    s_row[p] = v
-    i_row[p] = j
+def _swap(s_row, i_row, a, b):
+    s_row[a], s_row[b] = s_row[b], s_row[a]
+    i_row[a], i_row[b] = i_row[b], i_row[a]
 
 
 @jit
-def _heap_sort_row(s_row, i_row):
-    """The full heap ``s_row``/``i_row`` (the worst at 0) sorted best first, in place."""
-    for end in range(s_row.shape[0] - 1, 0, -1):
-        v, j = s_row[end], i_row[end]
-        s_row[end] = s_row[0]
-        i_row[end] = i_row[0]
-        _sift_down(s_row, i_row, end, 0, v, j)
+def _select_best(s_row, i_row, n, k):
+    """Reorder the first ``n`` entries so that the best ``k`` of them (by the ranking rule) come
+    first, the ``k``-th best at ``k - 1`` (quickselect; median-of-three pivots: entries of equal
+    scores arrive in rank order, which a last-element pivot would make quadratic)."""
+    lo = 0
+    hi = n - 1
+    target = k - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        # the median of lo, mid, hi by rank, moved to hi
+        if _worse(s_row[mid], i_row[mid], s_row[lo], i_row[lo]):
+            _swap(s_row, i_row, mid, lo)
+        if _worse(s_row[hi], i_row[hi], s_row[lo], i_row[lo]):
+            _swap(s_row, i_row, hi, lo)
+        if _worse(s_row[mid], i_row[mid], s_row[hi], i_row[hi]):
+            _swap(s_row, i_row, mid, hi)
+        ps, pi = s_row[hi], i_row[hi]
+        store = lo
+        for t in range(lo, hi):
+            if _worse(ps, pi, s_row[t], i_row[t]):  # entry t ranks above the pivot
+                _swap(s_row, i_row, t, store)
+                store += 1
+        _swap(s_row, i_row, store, hi)
+        if store == target:
+            break
+        if store < target:
+            lo = store + 1
+        else:
+            hi = store - 1
+
+
+@jit
+def _best_into(s_row, i_row, n, s_out, i_out):
+    """The best ``min(n, k)`` of the pool's first ``n`` entries into ``s_out``/``i_out`` (``k``
+    long), in no particular order; returns how many."""
+    m = min(n, s_out.shape[0])
+    if n > m:
+        _intrinsics.call_out_of_line(_select_best, (s_row, i_row, n, m))
+    for p in range(m):
+        s_out[p] = s_row[p]
+        i_out[p] = i_row[p]
+    return m
+
+
+@jit
+def _finish_row(s_row, i_row, n, s_out, i_out):
+    """:func:`_best_into`, then heap-sorted into rank order, best first (a heap with the worst at 0)."""
+    m = _best_into(s_row, i_row, n, s_out, i_out)
+    for p in range(m // 2 - 1, -1, -1):
+        _sift_down(s_out, i_out, m, p, s_out[p], i_out[p])
+    for end in range(m - 1, 0, -1):
+        v, j = s_out[end], i_out[end]
+        s_out[end] = s_out[0]
+        i_out[end] = i_out[0]
+        _sift_down(s_out, i_out, end, 0, v, j)
 
 
 #: scores a merge tests at once for any above the k-th best (a vector compare-and-count) before it
@@ -737,35 +776,50 @@ _MERGE_CHUNK = 64
 
 
 @jit
-def _merge_row(sc, off, cols, j0, s_row, i_row, base):
-    """Merge the scores ``sc[off:off+cols]`` of corpus rows ``j0...`` into one query's top-k, which
-    holds the best of corpus rows ``base...j0-1`` as a heap with the worst kept entry first (a
-    replacement costs O(log k) where a sorted list shifts k/2 entries: 1000 queries x 100 000 rows,
-    k = 1000 took 2.4 s sorted; :func:`_heap_sort_row` orders it at the end)."""
-    k = s_row.shape[0]
+def _merge_row(sc, off, cols, j0, s_row, i_row, sizes, r, base):
+    """Merge the scores ``sc[off:off+cols]`` of corpus rows ``j0...`` into one query's candidate pool
+    ``s_row``/``i_row`` (``2k`` entries, ``sizes[r]`` of them in use), which holds the best ``k`` of
+    corpus rows ``base...j0-1`` among its entries. A candidate that beats the ``k``-th best of the
+    last compaction (at ``k - 1``) is appended; a full pool is compacted to its best ``k``
+    (:func:`_select_best`). Each candidate costs O(1) amortised, where a heap paid O(log k) and a
+    sorted list k/2 (1000 queries x 100 000 rows, k = 1000: 2.4 s sorted, 0.46-0.68 s as a heap,
+    0.36-0.52 s pooled); :func:`_finish_row` orders the best k at the end."""
+    k = s_row.shape[0] // 2
+    n = sizes[r]
     start = 0
     seen = j0 - base
     if seen < k:  # the first k corpus rows enter unconditionally
         start = min(cols, k - seen)
         for j in range(start):
-            _heap_push(s_row, i_row, seen + j, sc[off + j], j0 + j)
-    thr = s_row[0]
-    thr_nan = thr != thr
-    for c0 in range(start, cols, _MERGE_CHUNK):
-        c1 = min(cols, c0 + _MERGE_CHUNK)
-        if not thr_nan:
-            # most chunks hold no score above the k-th best: a vectorised count skips them
-            hits = 0
-            for j in range(_U(off + c0), _U(off + c1)):
-                hits += 1 if sc[j] > thr else 0
-            if hits == 0:
-                continue
-        for j in range(c0, c1):
-            v = sc[_U(off + j)]
-            if v > thr or (thr_nan and v == v):  # beats the worst kept (a tie keeps the lower index)
-                _sift_down(s_row, i_row, k, 0, v, j0 + j)
-                thr = s_row[0]
-                thr_nan = thr != thr
+            s_row[n] = sc[off + j]
+            i_row[n] = j0 + j
+            n += 1
+        if n == k:  # full for the first time: its worst at k - 1
+            _intrinsics.call_out_of_line(_select_best, (s_row, i_row, n, k))
+    if n >= k:
+        thr = s_row[k - 1]
+        thr_nan = thr != thr
+        for c0 in range(start, cols, _MERGE_CHUNK):
+            c1 = min(cols, c0 + _MERGE_CHUNK)
+            if not thr_nan:
+                # most chunks hold no score above the k-th best: a vectorised count skips them
+                hits = 0
+                for j in range(_U(off + c0), _U(off + c1)):
+                    hits += 1 if sc[j] > thr else 0
+                if hits == 0:
+                    continue
+            for j in range(c0, c1):
+                v = sc[_U(off + j)]
+                if v > thr or (thr_nan and v == v):  # beats the k-th best (a tie keeps the lower index)
+                    s_row[n] = v
+                    i_row[n] = j0 + j
+                    n += 1
+                    if n == 2 * k:
+                        _intrinsics.call_out_of_line(_select_best, (s_row, i_row, n, k))
+                        n = k
+                        thr = s_row[k - 1]
+                        thr_nan = thr != thr
+    sizes[r] = n
 
 
 class TopkTiling(NamedTuple):
@@ -791,16 +845,19 @@ class TopkScratch(NamedTuple):
 
 
 @jit(parallel=True)
-def _topk_kernel(q, b, inv_q, inv_c, alpha, t, scratch, scores, index):
+def _topk_kernel(q, b, inv_q, inv_c, alpha, t, scratch, pool, scores, index):
     """Fused top-k: corpus tiles of ``t.tn`` rows (packed once into ``scratch.bp``, shared) and
     query blocks of ``t.mc`` rows per thread (packed into ``scratch.ap``), scored by the GEMM
-    macro-kernel into the thread's score block in ``scratch.sc`` and merged into ``scores``/``index``
-    at once. ``q`` (queries) and ``b`` (the corpus transposed) are GEMM operands
-    (``_gemm_kernels.Operand``); ``t`` a :class:`TopkTiling`, ``scratch`` a :class:`TopkScratch`."""
+    macro-kernel into the thread's score block in ``scratch.sc`` and merged at once into each
+    query's candidate pool (``pool``: scores, indices and sizes, see :func:`_merge_row`), whose best
+    k go to ``scores``/``index`` after the last tile. ``q`` (queries) and ``b`` (the corpus
+    transposed) are GEMM operands (``_gemm_kernels.Operand``); ``t`` a :class:`TopkTiling`,
+    ``scratch`` a :class:`TopkScratch`."""
     mc, tn, kc_max, threads = t.mc, t.tn, t.kc, t.threads
     # scalars for the parallel loops (Numba's parfor lowering rejects a tuple of scalars there)
     a_block_at, pack_b_at = t.steps.a_block, t.steps.pack_b
     bp, ap, sc, tiles = scratch.bp, scratch.ap, scratch.sc, scratch.tiles
+    pool_s, pool_i, sizes = pool
     nq, d = q.rows, q.cols
     ncorp = b.cols
     mr = _gk.tile_mr(ap)
@@ -829,10 +886,12 @@ def _topk_kernel(q, b, inv_q, inv_c, alpha, t, scratch, scores, index):
                     step = (q, alpha, inv_q, ap, bp[pc * tn :], sc, tile, at)
                     _intrinsics.call_entry(a_block_at, _gk.a_block, step)
                 for r in range(rows):
-                    merge = (sc, s_off + r * tn, cols, j0, scores[i0 + r], index[i0 + r], 0)
+                    i = i0 + r
+                    merge = (sc, s_off + r * tn, cols, j0, pool_s[i], pool_i[i], sizes, i, 0)
                     _intrinsics.call_out_of_line(_merge_row, merge)  # compiled once, not in the prange body
-                    if j0 + cols == ncorp:  # the last tile: the heap into rank order
-                        _intrinsics.call_out_of_line(_heap_sort_row, (scores[i0 + r], index[i0 + r]))
+                    if j0 + cols == ncorp:  # the last tile: the best k, in rank order
+                        finish = (pool_s[i], pool_i[i], sizes[i], scores[i], index[i])
+                        _intrinsics.call_out_of_line(_finish_row, finish)
 
 
 def _topk_blocking(nq, itemsize, threads):
@@ -871,7 +930,7 @@ def _scaled_column(qn, c, j, e, inv, buf, col):
 
 
 @jit
-def _stream_part(qn, c, zero, lo, hi, j_lo, j_hi, buf, inv, exps, s_part, i_part):
+def _stream_part(qn, c, zero, lo, hi, j_lo, j_hi, buf, inv, exps, pool, s_part, i_part):
     """The top-k of the unit queries ``qn`` over corpus rows ``[j_lo, j_hi)`` into
     ``s_part``/``i_part`` (one row per query), in one pass over those rows, a tile of
     ``buf.shape[1]`` rows at a time: their inverse norms into ``inv``/``exps`` (see
@@ -881,6 +940,7 @@ def _stream_part(qn, c, zero, lo, hi, j_lo, j_hi, buf, inv, exps, s_part, i_part
     wide_vectors()
     nq4, d = qn.shape
     tb = buf.shape[1]
+    pool_s, pool_i, sizes = pool
     flat = c.reshape(c.size)
     for j0 in range(j_lo, j_hi, tb):
         cols = min(tb, j_hi - j0)
@@ -903,7 +963,9 @@ def _stream_part(qn, c, zero, lo, hi, j_lo, j_hi, buf, inv, exps, s_part, i_part
             if exps[jj]:
                 _scaled_column(qn, c, j0 + jj, int(exps[jj]), inv[jj], buf, jj)
         for i in range(s_part.shape[0]):
-            _merge_row(buf[i], 0, cols, j0, s_part[i], i_part[i], j_lo)
+            _merge_row(buf[i], 0, cols, j0, pool_s[i], pool_i[i], sizes, i, j_lo)
+    for i in range(s_part.shape[0]):  # unordered: the merge of the threads' lists sorts them
+        _best_into(pool_s[i], pool_i[i], sizes[i], s_part[i], i_part[i])
 
 
 @jit(parallel=True)
@@ -911,14 +973,15 @@ def _topk_stream(qn, c, zero, lo, hi, scratch, s_parts, i_parts):
     """:func:`_stream_part` on each thread's contiguous share of the corpus (thread ``t`` ranks rows
     ``[t·per, (t+1)·per)`` into ``s_parts[t]``/``i_parts[t]``, with its ``scratch`` (score block,
     inverse norms and exponents, each indexed by thread first)."""
-    bufs, invs, exps = scratch
+    bufs, invs, exps, pool_s, pool_i, sizes = scratch
     threads = s_parts.shape[0]
     m = c.shape[0]
     per = -(-m // threads)
     for th in prange(threads):
         j_lo = min(m, th * per)
         j_hi = min(m, j_lo + per)
-        part = (qn, c, zero, lo, hi, j_lo, j_hi, bufs[th], invs[th], exps[th], s_parts[th], i_parts[th])
+        pool = (pool_s[th], pool_i[th], sizes[th])
+        part = (qn, c, zero, lo, hi, j_lo, j_hi, bufs[th], invs[th], exps[th], pool, s_parts[th], i_parts[th])
         _intrinsics.call_out_of_line(_stream_part, part)  # compiled once, not in the prange body
 
 
@@ -955,6 +1018,9 @@ def _topk_streaming(q, c, k, scores, idx):
         np.empty((threads, qn.shape[0], _STREAM_TILE), dt),
         np.empty((threads, _STREAM_TILE)),
         np.empty((threads, _STREAM_TILE), np.int64),
+        np.empty((threads, nq, 2 * k), dt),  # candidate pools, see _merge_row
+        np.empty((threads, nq, 2 * k), np.intp),
+        np.zeros((threads, nq), np.int64),
     )
     s_parts = np.empty((threads, nq, k), dt)
     i_parts = np.empty((threads, nq, k), np.intp)
@@ -998,5 +1064,6 @@ def _topk_numba(q, c, k, batch_size, squeeze, c_norms):
                 c = _c_input(c)
             a, b = _gk.operand(q), _gk.operand(c.T)
             t = TopkTiling(mc, tn, blk.KC, threads, _gk.steps(dt))
-            _topk_kernel(a, b, inv_q, inv_c, dt.type(1), t, TopkScratch(bp, ap, sc, tiles), scores, idx)
+            pool = (np.empty((nq, 2 * k), dt), np.empty((nq, 2 * k), np.intp), np.zeros(nq, np.int64))
+            _topk_kernel(a, b, inv_q, inv_c, dt.type(1), t, TopkScratch(bp, ap, sc, tiles), pool, scores, idx)
     return _topk_result(scores, idx, squeeze)
