@@ -9,8 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 
 from fastla.bench import workloads as _w
+
+#: Seconds between an impl's untimed warm-up call and its timed rounds. OpenBLAS's idle threads
+#: spin for a while after a call (and OpenMP's after a parallel region), taking cores from whatever
+#: runs next (OpenBLAS's default is ~2^28 cycles, under 0.15 s at 2 GHz): timed straight after
+#: NumPy's BLAS-backed top-k, one streaming top-k query measured 0.69-0.75x the bare product in
+#: three runs and 1.05x in one; with the pause 0.83x, the bare product's own time 2.65 -> 2.3 ms
+#: (it had followed fastla's OpenMP threads). Each impl, anchors too, starts from idle threads.
+SETTLE_S = 0.15
 
 
 def current_set():
@@ -153,4 +162,6 @@ def run(benchmark, workload, impl):
         if impl == "numpy":  # the reference of verify(), made here rather than by one more call
             _REFERENCE.setdefault(workload.id, result)
         verify(workload, impl, result)
+        if not getattr(benchmark, "disabled", False):  # timed runs only (not the smoke tests)
+            time.sleep(SETTLE_S)  # the previous impl's BLAS / OpenMP threads stop spinning first
         return benchmark(fn, *args, **kwargs)
