@@ -876,7 +876,7 @@ def _topk_push(scores, index, count, value, j):
     if count < k:
         _sim._insert(scores, index, count, value, j)
         return count + 1
-    if _sim._beats(value, scores[k - 1]):
+    if _sim._worse(scores[k - 1], index[k - 1], value, j):
         _sim._insert(scores, index, k, value, j)
     return count
 

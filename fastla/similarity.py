@@ -661,9 +661,11 @@ def _matrix_numba(x, y, out, kind):
 
 
 @jit(inline="always")
-def _beats(v, s):
-    """A new candidate ``v`` (higher index than every kept one) outranks the kept score ``s``."""
-    return v == v and (s != s or v > s)
+def _worse(sa, ia, sb, ib):
+    """Entry ``(sa, ia)`` ranks below ``(sb, ib)``: a lower score, or NaN, or a tie and a higher index."""
+    if sa != sa:
+        return sb == sb or ia > ib
+    return sb == sb and (sa < sb or (sa == sb and ia > ib))
 
 
 @jit(inline="always")
@@ -671,21 +673,13 @@ def _insert(s_row, i_row, size, v, j):
     """Insert ``(v, j)`` into the sorted first ``size`` entries (dropping the last if full)."""
     p = min(size, s_row.shape[0] - 1)
     last = p
-    while p > 0 and _beats(v, s_row[p - 1]):
+    while p > 0 and _worse(s_row[p - 1], i_row[p - 1], v, j):
         p -= 1
     for t in range(last, p, -1):
         s_row[t] = s_row[t - 1]
         i_row[t] = i_row[t - 1]
     s_row[p] = v
     i_row[p] = j
-
-
-@jit(inline="always")
-def _worse(sa, ia, sb, ib):
-    """Entry ``(sa, ia)`` ranks below ``(sb, ib)``: a lower score, or NaN, or a tie and a higher index."""
-    if sa != sa:
-        return sb == sb or ia > ib
-    return sb == sb and (sa < sb or (sa == sb and ia > ib))
 
 
 @jit(inline="always")
@@ -776,20 +770,19 @@ _MERGE_CHUNK = 64
 
 
 @jit
-def _merge_row(sc, off, cols, j0, s_row, i_row, sizes, r, base):
+def _merge_row(sc, off, cols, j0, s_row, i_row, sizes, r):
     """Merge the scores ``sc[off:off+cols]`` of corpus rows ``j0...`` into one query's candidate pool
     ``s_row``/``i_row`` (``2k`` entries, ``sizes[r]`` of them in use), which holds the best ``k`` of
-    corpus rows ``base...j0-1`` among its entries. A candidate that beats the ``k``-th best of the
-    last compaction (at ``k - 1``) is appended; a full pool is compacted to its best ``k``
-    (:func:`_select_best`). Each candidate costs O(1) amortised, where a heap paid O(log k) and a
-    sorted list k/2 (1000 queries x 100 000 rows, k = 1000: 2.4 s sorted, 0.46-0.68 s as a heap,
-    0.36-0.52 s pooled); :func:`_finish_row` orders the best k at the end."""
+    the rows merged before among its entries (all of them while fewer than ``k``). A candidate that
+    beats the ``k``-th best of the last compaction (at ``k - 1``) is appended; a full pool is
+    compacted to its best ``k`` (:func:`_select_best`). Each candidate costs O(1) amortised, where a
+    heap paid O(log k) and a sorted list k/2 (1000 queries x 100 000 rows, k = 1000: 2.4 s sorted,
+    0.46-0.68 s as a heap, 0.36-0.52 s pooled); :func:`_finish_row` orders the best k at the end."""
     k = s_row.shape[0] // 2
     n = sizes[r]
     start = 0
-    seen = j0 - base
-    if seen < k:  # the first k corpus rows enter unconditionally
-        start = min(cols, k - seen)
+    if n < k:  # the first k rows merged enter unconditionally (the pool is never below k after)
+        start = min(cols, k - n)
         for j in range(start):
             s_row[n] = sc[off + j]
             i_row[n] = j0 + j
@@ -887,7 +880,7 @@ def _topk_kernel(q, b, inv_q, inv_c, alpha, t, scratch, pool, scores, index):
                     _intrinsics.call_entry(a_block_at, _gk.a_block, step)
                 for r in range(rows):
                     i = i0 + r
-                    merge = (sc, s_off + r * tn, cols, j0, pool_s[i], pool_i[i], sizes, i, 0)
+                    merge = (sc, s_off + r * tn, cols, j0, pool_s[i], pool_i[i], sizes, i)
                     _intrinsics.call_out_of_line(_merge_row, merge)  # compiled once, not in the prange body
                     if j0 + cols == ncorp:  # the last tile: the best k, in rank order
                         finish = (pool_s[i], pool_i[i], sizes[i], scores[i], index[i])
@@ -963,7 +956,7 @@ def _stream_part(qn, c, zero, lo, hi, j_lo, j_hi, buf, inv, exps, pool, s_part, 
             if exps[jj]:
                 _scaled_column(qn, c, j0 + jj, int(exps[jj]), inv[jj], buf, jj)
         for i in range(s_part.shape[0]):
-            _merge_row(buf[i], 0, cols, j0, pool_s[i], pool_i[i], sizes, i, j_lo)
+            _merge_row(buf[i], 0, cols, j0, pool_s[i], pool_i[i], sizes, i)
     for i in range(s_part.shape[0]):  # unordered: the merge of the threads' lists sorts them
         _best_into(pool_s[i], pool_i[i], sizes[i], s_part[i], i_part[i])
 
@@ -1012,21 +1005,21 @@ def _topk_streaming(q, c, k, scores, idx):
     qn = np.zeros((-(-nq // 4) * 4, q.shape[1]), dt)  # zero rows pad to a multiple of 4
     with np.errstate(invalid="ignore"):
         np.multiply(q, inv_q[:, None], out=qn[:nq])  # unit rows; inf/NaN rows become NaN
-    per = -(-m // threads)
-    counts = [min(k, max(0, min(m, t * per + per) - t * per)) for t in range(threads)]
+    sizes = np.zeros((threads, nq), np.int64)  # of the candidate pools, see _merge_row
     scratch = (
         np.empty((threads, qn.shape[0], _STREAM_TILE), dt),
         np.empty((threads, _STREAM_TILE)),
         np.empty((threads, _STREAM_TILE), np.int64),
-        np.empty((threads, nq, 2 * k), dt),  # candidate pools, see _merge_row
+        np.empty((threads, nq, 2 * k), dt),
         np.empty((threads, nq, 2 * k), np.intp),
-        np.zeros((threads, nq), np.int64),
+        sizes,
     )
     s_parts = np.empty((threads, nq, k), dt)
     i_parts = np.empty((threads, nq, k), np.intp)
     lo, hi = _SQ_RANGE[dt]
     _topk_stream(_c_input(qn), c, dt.type(0), lo, hi, scratch, s_parts, i_parts)
-    _merge_parts(s_parts, i_parts, counts, scores, idx)
+    # every query of a share saw the same rows: its list holds min(k, rows in the share) entries
+    _merge_parts(s_parts, i_parts, np.minimum(sizes[:, 0], k), scores, idx)
 
 
 @_TOPK.register("numba", needs_numba=True)
