@@ -135,6 +135,127 @@ def _call_entry_typer(address, fn, args):
     return lambda address, fn, args: fn(*args)
 
 
+def parallel_tasks(address, fn, args, tasks, threads):
+    """``fn(*args, task)`` for ``task`` in ``range(tasks)``, on ``threads`` threads. In compiled
+    code, through ``address`` (from :meth:`fastla._jit.Entry.address`, for the types of ``args``
+    plus an int64 ``task``), on Numba's running threading layer; with ``address`` None, or other
+    types, a plain serial loop of linked calls.
+
+    A parallel loop without a ``prange``: Numba compiles a ``prange`` loop into three libraries of
+    its own (the loop body, its gufunc wrapper, the launcher; a trivial one takes 0.6-0.7 s to
+    compile on a 2-core Zen 5, most of an op's cold-call budget), where this emits two small
+    functions into the caller: a trampoline that runs one thread's tasks and the call of the
+    layer's ``numba_parallel_for`` (the entry point Numba's own parallel loops call). Thread ``i``
+    of ``n = min(threads, tasks)`` runs tasks ``i, i + n, i + 2n, ...`` (interleaved, so that
+    uneven tasks such as causal attention's query blocks balance); ``threads`` must not exceed
+    :func:`fastla._jit.max_threads` (per-thread scratch is sized by it; callers pass
+    :func:`fastla._jit.threads_here`). ``fn`` must not raise (its status is ignored) and the caller
+    must have started the threading layer
+    (:func:`fastla._jit.ensure_threads`: the compiled code refers to the layer's symbol)."""
+    for task in range(tasks):
+        fn(*args, task)
+
+
+@intrinsic(parallel_tasks)
+def _parallel_address(typingctx, address, args, tasks, threads):
+    """:func:`parallel_tasks` through the entry point ``address`` (Numba's calling convention)."""
+    from llvmlite import ir
+
+    sig = nb_types.none(address, args, tasks, threads)
+
+    def codegen(context, builder, sig, llargs):
+        from numba.core import cgutils
+
+        at_v, args_v, tasks_v, threads_v = llargs
+        i64, i8p = ir.IntType(64), ir.IntType(8).as_pointer()
+        tasks_v = context.cast(builder, tasks_v, sig.args[2], nb_types.int64)
+        threads_v = context.cast(builder, threads_v, sig.args[3], nb_types.int64)
+        at_v = context.cast(builder, at_v, sig.args[0], nb_types.int64)
+        # what every thread reads: the task count, the thread count, the entry point, the arguments
+        data_ty = ir.LiteralStructType([i64, i64, i64, args_v.type])
+        one = ir.Constant(i64, 1)
+        n = builder.select(builder.icmp_signed("<", threads_v, tasks_v), threads_v, tasks_v)
+        n = builder.select(builder.icmp_signed("<", n, one), one, n)
+        data = cgutils.alloca_once(builder, data_ty)
+        for i, v in enumerate((tasks_v, n, at_v, args_v)):
+            builder.store(v, cgutils.gep_inbounds(builder, data, 0, i))
+        tramp = _task_trampoline(context, builder.module, data_ty, list(sig.args[1].types))
+        # one "row" per thread, the row's address its index: base + r (steps = 1 byte), never read
+        base = builder.bitcast(data, i8p)
+        arg_slot = cgutils.alloca_once(builder, i8p)
+        builder.store(base, arg_slot)
+        dims = cgutils.alloca_once(builder, i64)
+        builder.store(n, dims)
+        steps = cgutils.alloca_once(builder, i64)
+        builder.store(one, steps)
+        data_p = builder.bitcast(data, i8p)
+        with builder.if_else(builder.icmp_signed(">", n, one)) as (parallel, serial):
+            with parallel:
+                fnty = ir.FunctionType(ir.VoidType(), [i8p] * 5 + [i64] * 3)
+                launch = cgutils.get_or_insert_function(builder.module, fnty, "numba_parallel_for")
+                ptrs = [builder.bitcast(x, i8p) for x in (tramp, arg_slot, dims, steps)]
+                builder.call(launch, [*ptrs, data_p, ir.Constant(i64, 0), one, n])
+            with serial:
+                builder.call(tramp, [arg_slot, dims, steps, data_p])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _task_trampoline(context, module, data_ty, argtys):
+    """The per-thread function of :func:`parallel_tasks` (the layer's gufunc signature
+    ``void(char **args, intp *dims, intp *steps, void *data)``): rows ``r .. r + dims[0] - 1``
+    (``r`` the row address's offset from the data), each row a thread index ``i`` running tasks
+    ``i, i + n, ...`` of the entry point in ``data``."""
+    from llvmlite import ir
+    from numba.core import cgutils
+
+    i64, i8p = ir.IntType(64), ir.IntType(8).as_pointer()
+    fnty = ir.FunctionType(ir.VoidType(), [i8p.as_pointer(), i64.as_pointer(), i64.as_pointer(), i8p])
+    fn = ir.Function(module, fnty, name=module.get_unique_name("fastla.tasks"))
+    fn.linkage = "internal"
+    rows_p, dims_p, _, data_raw = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    data = b.bitcast(data_raw, data_ty.as_pointer())
+    tasks, n, at = (b.load(cgutils.gep_inbounds(b, data, 0, i)) for i in range(3))
+    values = b.load(cgutils.gep_inbounds(b, data, 0, 3))
+    first = b.sub(b.ptrtoint(b.load(rows_p), i64), b.ptrtoint(data_raw, i64))
+    argtys = [*argtys, nb_types.int64]
+    callee = b.inttoptr(at, context.call_conv.get_function_type(nb_types.none, argtys).as_pointer())
+    parts = [b.extract_value(values, i) for i in range(len(argtys) - 1)]
+    with cgutils.for_range(b, b.load(dims_p)) as row:
+        start = b.add(first, row.index)
+        task_slot = cgutils.alloca_once(b, i64)
+        b.store(start, task_slot)
+        cond = b.append_basic_block("tasks.cond")
+        body = b.append_basic_block("tasks.body")
+        done = b.append_basic_block("tasks.done")
+        b.branch(cond)
+        b.position_at_end(cond)
+        task = b.load(task_slot)
+        b.cbranch(b.icmp_signed("<", task, tasks), body, done)
+        b.position_at_end(body)
+        context.call_conv.call_function(b, callee, nb_types.none, argtys, [*parts, task])
+        b.store(b.add(task, n), task_slot)
+        b.branch(cond)
+        b.position_at_end(done)
+    b.ret_void()
+    return fn
+
+
+@overload(parallel_tasks)
+def _parallel_tasks_typer(address, fn, args, tasks, threads):
+    if isinstance(args, nb_types.BaseTuple) and isinstance(address, nb_types.Integer):
+        if Entry.takes(fn, nb_types.Tuple((*args.types, nb_types.int64))):
+            return lambda address, fn, args, tasks, threads: _parallel_address(address, args, tasks, threads)
+
+    def serial(address, fn, args, tasks, threads):
+        for task in range(tasks):
+            fn(*args, task)
+
+    return serial
+
+
 # --------------------------------------------------------------------------- calls through a symbol
 
 

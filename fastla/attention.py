@@ -44,9 +44,9 @@ import numpy as np
 from fastla import _gemm_kernels as _gk
 from fastla import _intrinsics, _jit, _math, _registry, _validate
 from fastla._intrinsics import wide_vectors
-from fastla._jit import jit, prange
+from fastla._jit import jit
 
-# pack_a through a symbol: one compile in its own library, not one inside each prange body
+# pack_a and pack_b_panel through a symbol: one compile in its own library, not one in each caller
 _ool = _intrinsics.call_out_of_line
 
 __all__ = ["scaled_dot_product_attention"]
@@ -381,44 +381,18 @@ def _sdpa_loop(q, k, v, mask, plan):
 # --------------------------------------------------------------------------- numba
 
 
-@jit(parallel=True)
-def _pack_kv(k, v, kp, vp, scale, one):
-    """Pack every key matrix (scaled) as MR-tall micro-panels over keys (the A operand of the score
-    tile) and every value matrix transposed as MR-tall panels over Ev (the A operand of the output
-    tile). Done once per call, shared by all query blocks: O(size of K and V) memory."""
-    nk, S, E = k.shape
-    Ev = v.shape[2]
-    mr = _gk.tile_mr(kp)
-    s_pad = (S + mr - 1) // mr * mr
-    ev_pad = (Ev + mr - 1) // mr * mr
-    none = kp[:0]
-    kf = k.reshape(k.size)
-    vf = v.reshape(v.size)
-    zero = nk - nk  # a run-time 0, not a literal one (see _gemm_kernels' "literal arguments")
-    for t in prange(nk + v.shape[0]):
-        wide_vectors()
-        if t < nk:
-            kt = _gk.flat_operand(kf, t * S * E, E, 1, S, E)
-            _ool(_gk.pack_a, (kt, _gk.Span(zero, S, zero, E), scale, none, kp, t * s_pad * E))
-        else:
-            u = t - nk
-            vt = _gk.flat_operand(vf, u * S * Ev, 1, Ev, Ev, S)  # v[u].T
-            _ool(_gk.pack_a, (vt, _gk.Span(zero, Ev, zero, S), one, none, vp, u * ev_pad * S))
-
-
 @jit(inline="always")
-def _pack_queries(q, b, i0, rows, npq, kp):
-    """Queries ``i0 : i0 + rows`` of ``q[b]`` (L x E) transposed into ``npq`` NR-wide panels (zero
-    pad): the B operand of the score tile."""
+def _pack_queries(q, b, i0, rows, npq, qp):
+    """Queries ``i0 : i0 + rows`` of ``q[b]`` (L x E) transposed into ``npq`` NR-wide panels of
+    ``qp`` (zero pad): the B operand of the score tile."""
     _, L, E = q.shape
-    nr = _gk.tile_nr(kp)
-    qp = np.empty(npq * E * nr, kp.dtype)
+    nr = _gk.tile_nr(qp)
     qt = _gk.flat_operand(q.reshape(q.size), b * L * E, 1, E, E, L)  # q[b].T
     zero = L - L  # a run-time 0 (see _gemm_kernels' "literal arguments")
     for pn in range(npq):
         cols = max(zero, min(nr, rows - pn * nr))
-        _gk.pack_b_panel(qt, zero, E, i0 + pn * nr, cols, kp[:0], qp, pn * E * nr)
-    return qp
+        # through its symbol: compiled once, not linked and optimised again inside each task
+        _ool(_gk.pack_b_panel, (qt, zero, E, i0 + pn * nr, cols, qp[:0], qp, pn * E * nr))
 
 
 @jit(inline="always")
@@ -473,18 +447,20 @@ class Tiling(NamedTuple):
     bk: int
     has_mask: bool
     causal: bool
-    flash_at: int | None  # entry addresses of _flash_task and _weights_task (None: linked)
-    weights_at: int | None
 
 
 class Inputs(NamedTuple):
-    """The kernels' inputs: the queries (read-only, C-contiguous), the packed keys and values, and
-    the float mask (a 1 x 1 x 1 stand-in without one)."""
+    """The kernels' inputs (read-only, C-contiguous): the queries, keys and values, their packed
+    forms (written by the packing phase), the float mask (a 1 x 1 x 1 stand-in without one), and
+    ``(scale, 1)`` in the compute dtype."""
 
     q: np.ndarray
+    k: np.ndarray
+    v: np.ndarray
     kp: np.ndarray
     vp: np.ndarray
     mask: np.ndarray
+    consts: np.ndarray
 
 
 class Stacks(NamedTuple):
@@ -505,9 +481,44 @@ class Stats(NamedTuple):
     row_sum: np.ndarray
 
 
-@jit
-def _flash_task(inp, ix, t, zero, out, stats, task):
-    """One (stack entry, query block) of :func:`_flash`: the online softmax over its key tiles."""
+# The three phases of a call run as tasks of one loop, :func:`_run`, on the call's threads
+# (``fastla._intrinsics.parallel_tasks``: no ``prange``, whose three libraries took ~0.7 s of a cold
+# first call per parallel loop), each phase through the entry address of its task kernel
+# (``fastla._jit.Entry``). The task kernels share one signature, ``(inp, ix, t, zero, out, stats,
+# w, phase, task)`` (``phase``, unused by each kernel, is :func:`_task`'s switch), so that the loop
+# is compiled once for all three; the packing was a parallel loop of its own before it became a
+# phase.
+PACK, FLASH, WEIGHTS = 0, 1, 2
+
+
+@jit(python_wrapper=False)
+def _pack_task(inp, ix, t, zero, out, stats, w, phase, task):
+    """Packing phase, task ``task``: key matrix ``task`` (scaled) as MR-tall micro-panels over keys
+    (the A operand of the score tile), or for ``task >= nk`` value matrix ``task - nk`` transposed
+    as MR-tall panels over Ev (the A operand of the output tile). Once per call, shared by every
+    query block: O(size of K and V) memory."""
+    wide_vectors()
+    k, v, kp, vp = inp.k, inp.v, inp.kp, inp.vp
+    nk, S, E = k.shape
+    Ev = v.shape[2]
+    mr = _gk.tile_mr(kp)
+    s_pad = (S + mr - 1) // mr * mr
+    ev_pad = (Ev + mr - 1) // mr * mr
+    none = kp[:0]
+    izero = nk - nk  # a run-time 0, not a literal one (see _gemm_kernels' "literal arguments")
+    if task < nk:
+        kt = _gk.flat_operand(k.reshape(k.size), task * S * E, E, 1, S, E)
+        _ool(_gk.pack_a, (kt, _gk.Span(izero, S, izero, E), inp.consts[0], none, kp, task * s_pad * E))
+    else:
+        u = task - nk
+        vt = _gk.flat_operand(v.reshape(v.size), u * S * Ev, 1, Ev, Ev, S)  # v[u].T
+        _ool(_gk.pack_a, (vt, _gk.Span(izero, Ev, izero, S), inp.consts[1], none, vp, u * ev_pad * S))
+
+
+@jit(python_wrapper=False)
+def _flash_task(inp, ix, t, zero, out, stats, w, phase, task):
+    """Attention phase, task ``task``: one (stack entry, query block), the online softmax over its
+    key tiles into ``out`` and the block's row maxima and sums into ``stats``."""
     wide_vectors()
     q, kp, vp, mask = inp.q, inp.kp, inp.vp, inp.mask
     qi, ki, vi, mi = ix.q, ix.k, ix.v, ix.mask
@@ -524,12 +535,21 @@ def _flash_task(inp, ix, t, zero, out, stats, task):
     b = task // nqb
     i0 = (task % nqb) * bq
     rows = min(bq, L - i0)
-    qp = _pack_queries(q, qi[b], i0, rows, npq, kp)
+    # np.empty only: np.zeros and np.full compile np.empty's implementation again inside their own
+    # (0.2-0.3 s of this kernel's cold compile); separate buffers, not views of one, which cost the
+    # loops below their vectorisation (measured 3x slower: LLVM cannot prove views do not overlap)
+    qp = np.empty(npq * E * nr, kp.dtype)
+    _pack_queries(q, qi[b], i0, rows, npq, qp)
     st = np.empty(npq * bk * nr, kp.dtype)
-    acc = np.zeros(npq * ev_pad * nr, kp.dtype)
-    m = np.full(bq, ninf, kp.dtype)
-    l = np.zeros(bq, kp.dtype)
+    acc = np.empty(npq * ev_pad * nr, kp.dtype)
+    m = np.empty(bq, kp.dtype)
+    l = np.empty(bq, kp.dtype)
     alpha = np.empty(bq, kp.dtype)
+    for i in range(acc.size):
+        acc[i] = zero
+    for r in range(bq):
+        m[r] = ninf
+        l[r] = zero
     k_base = ki[b] * s_pad * E
     v_base = vi[b] * ev_pad * S
     kv_end = min(S, i0 + rows) if causal else S
@@ -582,20 +602,10 @@ def _flash_task(inp, ix, t, zero, out, stats, task):
         row_sum[b, i0 + r] = lr
 
 
-@jit(parallel=True)
-def _flash(inp, ix, t, zero, out, stats):
-    """Online-softmax attention for every (stack entry, query block); see the module docstring.
-    ``ix``: :class:`Stacks`, ``t``: :class:`Tiling`, ``stats``: :class:`Stats` (written). Each
-    task runs :func:`_flash_task` through its entry address ``t.flash_at`` (see
-    ``fastla._jit.Entry``)."""
-    tasks = ix.q.shape[0] * ((t.L + t.bq - 1) // t.bq)
-    for task in prange(tasks):
-        _intrinsics.call_entry(t.flash_at, _flash_task, (inp, ix, t, zero, out, stats, task))
-
-
-@jit
-def _weights_task(inp, ix, t, zero, stats, w, task):
-    """One (stack entry, query block) of :func:`_flash_weights`."""
+@jit(python_wrapper=False)
+def _weights_task(inp, ix, t, zero, out, stats, w, phase, task):
+    """Weights phase, task ``task``: one (stack entry, query block) of the weights
+    ``exp(s - max) / sum`` into ``w``, from the attention phase's row maxima and sums."""
     wide_vectors()
     q, kp, mask = inp.q, inp.kp, inp.mask
     qi, ki, mi = ix.q, ix.k, ix.mask
@@ -610,8 +620,10 @@ def _weights_task(inp, ix, t, zero, stats, w, task):
     b = task // nqb
     i0 = (task % nqb) * bq
     rows = min(bq, L - i0)
-    qp = _pack_queries(q, qi[b], i0, rows, npq, kp)
-    st = np.empty(npq * bk * nr, kp.dtype)
+    nq = npq * E * nr
+    buf = np.empty(nq + npq * bk * nr, kp.dtype)
+    qp, st = buf[:nq], buf[nq:]
+    _pack_queries(q, qi[b], i0, rows, npq, qp)
     k_base = ki[b] * s_pad * E
     kv_end = min(S, i0 + rows) if causal else S
     for r in range(rows):
@@ -630,36 +642,49 @@ def _weights_task(inp, ix, t, zero, stats, w, task):
                 w[b, i0 + r, _U(j0) + c] = _math.exp(st[base + c * _U(nr)] - mx) * inv
 
 
-@jit(parallel=True)
-def _flash_weights(inp, ix, t, zero, stats, w):
-    """The weights ``exp(s - max) / sum`` from the first pass's row maxima and sums (second pass);
-    each task runs :func:`_weights_task` through its entry address ``t.weights_at``."""
-    tasks = ix.q.shape[0] * ((t.L + t.bq - 1) // t.bq)
-    for task in prange(tasks):
-        _intrinsics.call_entry(t.weights_at, _weights_task, (inp, ix, t, zero, stats, w, task))
+@jit
+def _task(inp, ix, t, zero, out, stats, w, phase, task):
+    """Task ``task`` of phase ``phase``. The stand-in :func:`_run` is typed with: compiled, each
+    phase's kernel runs through its own address and this is never linked (it is what runs with the
+    JIT off)."""
+    if phase == PACK:
+        _pack_task(inp, ix, t, zero, out, stats, w, phase, task)
+    elif phase == FLASH:
+        _flash_task(inp, ix, t, zero, out, stats, w, phase, task)
+    else:
+        _weights_task(inp, ix, t, zero, out, stats, w, phase, task)
+
+
+@jit
+def _run(inp, ix, t, zero, out, stats, w, phase, at, tasks, threads):
+    """The ``tasks`` tasks of one phase on ``threads`` threads, each through the entry address
+    ``at`` of the phase's task kernel (None with the JIT off: :func:`_task`)."""
+    _intrinsics.parallel_tasks(at, _task, (inp, ix, t, zero, out, stats, w, phase), tasks, threads)
 
 
 _c = _intrinsics.kernel_input
 
 
-def _task_examples(dtype, weights):
-    """Example arguments of :func:`_flash_task` (or :func:`_weights_task`) for ``dtype``, typed as
-    :func:`_sdpa_numba` passes them."""
+def _task_examples(dtype):
+    """Example arguments of the task kernels for ``dtype``, typed as :func:`_sdpa_numba` passes
+    them."""
     flat, cube = np.empty(1, dtype), np.empty((1, 1, 1), dtype)
     index = _c(np.zeros(1, np.intp))
     ix = Stacks(index, index, index, index)
-    t = Tiling(1, 1, 1, 1, 1, True, True, 0, 0)
+    t = Tiling(1, 1, 1, 1, 1, True, True)
     stats = Stats(np.empty((1, 1), dtype), np.empty((1, 1), dtype))
-    inp = Inputs(_c(cube), flat, flat, _c(cube))
-    if weights:
-        return (inp, ix, t, dtype.type(0), stats, cube, 0)
-    return (inp, ix, t, dtype.type(0), cube, stats, 0)
+    inp = Inputs(_c(cube), _c(cube), _c(cube), flat, flat, _c(cube), flat)
+    return (inp, ix, t, dtype.type(0), cube, stats, cube, 0, 0)
 
 
-#: The two passes' per-task kernels as ``fastla._jit.Entry`` s: each is compiled once, not again in
-#: its parallel loop's three libraries and the function around them.
-FLASH = _jit.Entry(_flash_task, lambda dtype: _task_examples(dtype, False))
-WEIGHTS = _jit.Entry(_weights_task, lambda dtype: _task_examples(dtype, True))
+#: The task kernels' entry: ``TASK.address(dtype, impl)`` for ``impl`` one of the three phase
+#: kernels (each compiled once in its own library, none of them again inside :func:`_run`'s).
+TASK = _jit.Entry(_task, _task_examples)
+
+
+def _phase(kernel, dt, args, phase, tasks):
+    """Run ``tasks`` tasks of ``phase`` with ``kernel``, on this call's threads."""
+    _run(*args, phase, TASK.address(dt, kernel), tasks, _jit.threads_here())
 
 
 @_OP.register("numba", needs_numba=True)
@@ -682,7 +707,6 @@ def _sdpa_numba(q, k, v, mask, plan):
     ev_pad = -(-Ev // mr) * mr
     kp = np.empty(k.shape[0] * s_pad * E, dt)
     vp = np.empty(v.shape[0] * ev_pad * S, dt)
-    _pack_kv(k, v, kp, vp, dt.type(plan.scale), dt.type(1))
     has_mask = mask is not None
     mask = _c(mask if has_mask else np.zeros((1, 1, 1), dt))
     mi = _c(plan.mask if has_mask else plan.q)
@@ -690,12 +714,13 @@ def _sdpa_numba(q, k, v, mask, plan):
     bk = mr * max(1, round(KEY_TILE / mr))
     stats = Stats(np.empty((nb, L), dt), np.empty((nb, L), dt))
     ix = Stacks(_c(plan.q), _c(plan.k), _c(plan.v), mi)
-    flash_at = FLASH.address(dt)
-    # the weights task compiles only for a call that returns the weights (0: never called)
-    weights_at = WEIGHTS.address(dt) if weights is not None or flash_at is None else 0
-    t = Tiling(L, S, Ev, bq, bk, has_mask, bool(plan.causal), flash_at, weights_at)
-    inp = Inputs(q, kp, vp, mask)
-    _flash(inp, ix, t, dt.type(0), out, stats)
+    t = Tiling(L, S, Ev, bq, bk, has_mask, bool(plan.causal))
+    inp = Inputs(q, k, v, kp, vp, mask, np.array([plan.scale, 1], dt))
+    w = weights if weights is not None else out[:0]
+    args = (inp, ix, t, dt.type(0), out, stats, w)
+    _phase(_pack_task, dt, args, PACK, k.shape[0] + v.shape[0])
+    blocks = nb * -(-L // bq)
+    _phase(_flash_task, dt, args, FLASH, blocks)
     if weights is not None:
-        _flash_weights(inp, ix, t, dt.type(0), stats, weights)
+        _phase(_weights_task, dt, args, WEIGHTS, blocks)
     return _result(out, weights, plan)

@@ -264,14 +264,14 @@ def test_the_blocked_lu_reaches_the_gemm_through_its_address_and_only_when_it_ne
 
 
 @_jit.jit
-def _nan_task(inp, ix, t, zero, out, stats, task):
+def _nan_task(inp, ix, t, zero, out, stats, w, phase, task):
     """Stand-in for ``attention._flash_task`` with its signature: its output row block is NaN."""
     for e in range(out.shape[2]):
         out[0, 0, e] = np.nan
 
 
 @_jit.jit
-def _nan_weights_task(inp, ix, t, zero, stats, w, task):
+def _nan_weights_task(inp, ix, t, zero, out, stats, w, phase, task):
     """Stand-in for ``attention._weights_task`` with its signature."""
     for j in range(w.shape[2]):
         w[0, 0, j] = np.nan
@@ -285,14 +285,79 @@ def test_attention_runs_its_tasks_through_their_addresses(dtype, monkeypatch, rn
     import fastla as fl
     from fastla import attention
 
-    monkeypatch.setattr(
-        attention, "FLASH", _jit.Entry(_nan_task, lambda dt: attention._task_examples(dt, False))
-    )
-    stand_in = _jit.Entry(_nan_weights_task, lambda dt: attention._task_examples(dt, True))
-    monkeypatch.setattr(attention, "WEIGHTS", stand_in)
+    monkeypatch.setattr(attention, "_flash_task", _nan_task)
+    monkeypatch.setattr(attention, "_weights_task", _nan_weights_task)
     q = rng.standard_normal((2, 3, 20, 8)).astype(dtype)
     mask = rng.standard_normal((20, 20)).astype(dtype)
     for kw in ({}, {"attn_mask": mask}, {"is_causal": True}):
         out, w = fl.scaled_dot_product_attention(q, q, q, backend="numba", return_weights=True, **kw)
         assert np.isnan(out[0, 0, 0]).all()
         assert np.isnan(w[0, 0, 0]).all()
+
+
+@_jit.jit(python_wrapper=False)
+def _count_task(hits, owner, scale, task):
+    """A task kernel for the parallel_tasks tests: counts its visit, records its thread."""
+    hits[task] += scale
+    owner[task] = _jit.thread_id()
+
+
+@_jit.jit
+def _count_task_any(hits, owner, scale, task):
+    """The stand-in :func:`_count_task`'s callers are typed with (its Python-callable twin)."""
+    _count_task(hits, owner, scale, task)
+
+
+def _count_examples(dtype):
+    return (np.zeros(1, dtype), np.zeros(1, np.int64), dtype.type(1), 0)
+
+
+_COUNT = _jit.Entry(_count_task_any, _count_examples)
+
+
+@_jit.jit
+def _run_counts(at, hits, owner, scale, tasks, threads):
+    _intrinsics.parallel_tasks(at, _count_task_any, (hits, owner, scale), tasks, threads)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_parallel_tasks_runs_every_task_once_on_the_threads_it_is_given(dtype):
+    """``parallel_tasks`` (the parallel loop without a prange) through an entry address: every task
+    exactly once, for any task count and thread count up to fastla's, on at most ``threads``
+    threads, interleaved (thread i of n runs tasks i, i + n, ...); with the JIT off, the serial
+    twin."""
+    dtype = np.dtype(dtype)
+    at = _COUNT.address(dtype, _count_task)
+    _jit.ensure_threads()
+    top = _jit.max_threads()
+    for tasks in (0, 1, 2, 3, 7, 64):
+        for threads in sorted({1, 2, top}):
+            hits, owner = np.zeros(tasks, dtype), np.full(tasks, -1, np.int64)
+            _jit.run_parallel(_run_counts, at, hits, owner, dtype.type(2), tasks, threads)
+            np.testing.assert_array_equal(hits, np.full(tasks, 2, dtype))
+            if _jit.JIT_ENABLED and tasks:
+                n = min(threads, tasks)
+                assert set(owner) <= set(range(n)), (tasks, threads, owner)
+                # thread i's share is tasks i, i + n, ...: one thread runs each residue class
+                np.testing.assert_array_equal(owner, owner[np.arange(tasks) % n])
+
+
+@_jit.jit
+def _run_counts_drifted(at, hits, owner, tasks, threads):
+    """``scale`` an int64 here: not the entry's signature, so the loop links the kernel instead."""
+    _intrinsics.parallel_tasks(at, _count_task_any, (hits, owner, 3), tasks, threads)
+
+
+@needs_jit
+def test_parallel_tasks_links_the_kernel_when_the_types_are_not_the_entry_s():
+    at = _COUNT.address(np.float64, _count_task)
+    hits, owner = np.zeros(9), np.zeros(9, np.int64)
+    _jit.run_parallel(_run_counts_drifted, at, hits, owner, 9, 2)
+    np.testing.assert_array_equal(hits, np.full(9, 3.0))
+
+
+@needs_jit
+def test_a_kernel_without_a_python_wrapper_refuses_python_calls():
+    """``jit(python_wrapper=False)``: a Python call would jump to a null entry point; it raises."""
+    with pytest.raises(TypeError, match="without a Python wrapper"):
+        _count_task(np.zeros(1), np.zeros(1, np.int64), 1.0, 0)
