@@ -79,6 +79,8 @@ AUTO_RULE = {
 #: Sums of squares (accumulated in float64) inside these bounds give a norm and an inverse norm that
 #: are normal numbers of the dtype, far from overflow; rows outside them are scaled by a power of two
 #: first (see the module docstring). float32 needs the tighter bounds: its inverse norm is a float32.
+_ool = _intrinsics.call_out_of_line
+
 _SQ_RANGE = {np.dtype(np.float64): (2.0**-960, 2.0**960), np.dtype(np.float32): (2.0**-200, 2.0**200)}
 
 #: Corpus rows the streaming top-k scores per merge (its score block is queries x rows).
@@ -922,18 +924,28 @@ def _scaled_column(qn, c, j, e, inv, buf, col):
         buf[i, col] = acc * inv
 
 
-@jit
-def _stream_part(qn, c, zero, lo, hi, j_lo, j_hi, buf, inv, exps, pool, s_part, i_part):
-    """The top-k of the unit queries ``qn`` over corpus rows ``[j_lo, j_hi)`` into
-    ``s_part``/``i_part`` (one row per query), in one pass over those rows, a tile of
-    ``buf.shape[1]`` rows at a time: their inverse norms into ``inv``/``exps`` (see
+@jit(python_wrapper=False)
+def _stream_part(qn, c, zero, lo, hi, scratch, s_parts, i_parts, th):
+    """Thread ``th``'s share of the streaming top-k: the top-k of the unit queries ``qn`` over its
+    contiguous share of the corpus rows, ``[j_lo, j_hi)``, into ``s_parts[th]``/``i_parts[th]``
+    (one row per query), with its slices of ``scratch`` (score block, inverse norms and exponents,
+    candidate pools and their sizes, each indexed by thread first). One pass over those rows, a
+    tile of ``buf.shape[1]`` rows at a time: their inverse norms into ``inv``/``exps`` (see
     :func:`_row_norm`) as they arrive from memory, then, from L2, their dot products with every query
     (:func:`fastla._math.dot4x4`: four rows by four queries; ``qn`` has a multiple of 4 rows,
     zero-padded) into ``buf`` (queries x rows), then merged into each query's top-k."""
     wide_vectors()
     nq4, d = qn.shape
+    m = c.shape[0]
+    per = -(-m // s_parts.shape[0])
+    j_lo = min(m, th * per)
+    j_hi = min(m, j_lo + per)
+    bufs, invs, exps_all, pools_s, pools_i, pool_sizes = scratch
+    buf, inv, exps = bufs[th], invs[th], exps_all[th]
+    pool_s, pool_i, sizes = pools_s[th], pools_i[th], pool_sizes[th]
+    s_part, i_part = s_parts[th], i_parts[th]
     tb = buf.shape[1]
-    pool_s, pool_i, sizes = pool
+    zero_i = m - m  # a run-time 0 (see _gemm_kernels' "literal arguments")
     flat = c.reshape(c.size)
     for j0 in range(j_lo, j_hi, tb):
         cols = min(tb, j_hi - j0)
@@ -952,30 +964,39 @@ def _stream_part(qn, c, zero, lo, hi, j_lo, j_hi, buf, inv, exps, pool, s_part, 
                 _put_column(buf, c2, i, inv[c2], s[8], s[9], s[10], s[11])
                 _put_column(buf, c1, i, inv[c1], s[4], s[5], s[6], s[7])
                 _put_column(buf, c0, i, inv[c0], s[0], s[1], s[2], s[3])
+        # the callees through their symbols: compiled once each, not again inside this kernel
         for jj in range(cols):
             if exps[jj]:
-                _scaled_column(qn, c, j0 + jj, int(exps[jj]), inv[jj], buf, jj)
+                _ool(_scaled_column, (qn, c, j0 + jj, int(exps[jj]), inv[jj], buf, jj))
         for i in range(s_part.shape[0]):
-            _merge_row(buf[i], 0, cols, j0, pool_s[i], pool_i[i], sizes, i)
+            _ool(_merge_row, (buf[i], zero_i, cols, j0, pool_s[i], pool_i[i], sizes, i))
     for i in range(s_part.shape[0]):  # unordered: the merge of the threads' lists sorts them
-        _best_into(pool_s[i], pool_i[i], sizes[i], s_part[i], i_part[i])
+        _ool(_best_into, (pool_s[i], pool_i[i], sizes[i], s_part[i], i_part[i]))
 
 
-@jit(parallel=True)
-def _topk_stream(qn, c, zero, lo, hi, scratch, s_parts, i_parts):
-    """:func:`_stream_part` on each thread's contiguous share of the corpus (thread ``t`` ranks rows
-    ``[t·per, (t+1)·per)`` into ``s_parts[t]``/``i_parts[t]``, with its ``scratch`` (score block,
-    inverse norms and exponents, each indexed by thread first)."""
-    bufs, invs, exps, pool_s, pool_i, sizes = scratch
+@jit
+def _topk_stream(qn, c, zero, lo, hi, scratch, s_parts, i_parts, at):
+    """:func:`_stream_part` for every thread (``s_parts.shape[0]`` of them), through its entry
+    address ``at`` (``fastla._intrinsics.parallel_tasks``: a parallel loop without a ``prange``)."""
     threads = s_parts.shape[0]
-    m = c.shape[0]
-    per = -(-m // threads)
-    for th in prange(threads):
-        j_lo = min(m, th * per)
-        j_hi = min(m, j_lo + per)
-        pool = (pool_s[th], pool_i[th], sizes[th])
-        part = (qn, c, zero, lo, hi, j_lo, j_hi, bufs[th], invs[th], exps[th], pool, s_parts[th], i_parts[th])
-        _intrinsics.call_out_of_line(_stream_part, part)  # compiled once, not in the prange body
+    part = (qn, c, zero, lo, hi, scratch, s_parts, i_parts)
+    _intrinsics.parallel_tasks(at, _stream_part, part, threads, threads)
+
+
+def _stream_examples(dtype):
+    """Example arguments of :func:`_stream_part` for ``dtype``, typed as :func:`_topk_streaming`
+    passes them."""
+    rows = _c_input(np.zeros((4, 1), dtype))
+    cube = np.empty((1, 1, 1), dtype)
+    index = np.empty((1, 1, 1), np.intp)
+    counts = np.zeros((1, 1), np.int64)
+    scratch = (cube, np.empty((1, 1)), counts, cube, index, counts)
+    lo, hi = _SQ_RANGE[dtype]
+    return (rows, rows, dtype.type(0), lo, hi, scratch, cube, index, 0)
+
+
+#: :func:`_stream_part` compiled once per dtype, run through its address by :func:`_topk_stream`.
+STREAM = _jit.Entry(_stream_part, _stream_examples)
 
 
 def _merge_parts(s_parts, i_parts, counts, scores, index):
@@ -1017,7 +1038,7 @@ def _topk_streaming(q, c, k, scores, idx):
     s_parts = np.empty((threads, nq, k), dt)
     i_parts = np.empty((threads, nq, k), np.intp)
     lo, hi = _SQ_RANGE[dt]
-    _topk_stream(_c_input(qn), c, dt.type(0), lo, hi, scratch, s_parts, i_parts)
+    _topk_stream(_c_input(qn), c, dt.type(0), lo, hi, scratch, s_parts, i_parts, STREAM.address(dt))
     # every query of a share saw the same rows: its list holds min(k, rows in the share) entries
     _merge_parts(s_parts, i_parts, np.minimum(sizes[:, 0], k), scores, idx)
 

@@ -361,3 +361,37 @@ def test_a_kernel_without_a_python_wrapper_refuses_python_calls():
     """``jit(python_wrapper=False)``: a Python call would jump to a null entry point; it raises."""
     with pytest.raises(TypeError, match="without a Python wrapper"):
         _count_task(np.zeros(1), np.zeros(1, np.int64), 1.0, 0)
+
+
+@_jit.jit(python_wrapper=False)
+def _nan_stream_part(qn, c, zero, lo, hi, scratch, s_parts, i_parts, th):
+    """Stand-in for ``similarity._stream_part`` with its signature: its thread's list is NaN."""
+    sizes = scratch[5]
+    for i in range(s_parts.shape[1]):
+        sizes[th, i] = s_parts.shape[2]
+        for j in range(s_parts.shape[2]):
+            s_parts[th, i, j] = np.nan
+            i_parts[th, i, j] = j
+
+
+@needs_jit
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_streaming_topk_runs_its_threads_through_the_entry_address(dtype, monkeypatch, rng):
+    """The streaming top-k calls each thread's share through the address it is given (a stand-in
+    address must be the code that runs): a caller whose argument types drifted from the entry's
+    signature would run its threads one after another."""
+    import fastla as fl
+    from fastla import similarity
+
+    real = similarity.STREAM
+
+    class StandIn:
+        @staticmethod
+        def address(dt):
+            return real.address(dt, _nan_stream_part)
+
+    monkeypatch.setattr(similarity, "STREAM", StandIn)
+    q = rng.standard_normal((3, 16)).astype(dtype)
+    c = rng.standard_normal((500, 16)).astype(dtype)
+    scores, _ = fl.cosine_topk(q, c, k=4, backend="numba")
+    assert np.isnan(scores).all()
