@@ -87,6 +87,8 @@ class Blocking:
         return "Blocking({})".format(", ".join(f"{k}={v}" for k, v in self.as_dict().items()))
 
 
+_ool = _intrinsics.call_out_of_line
+
 BLOCKING = {np.dtype(np.float64): Blocking(8), np.dtype(np.float32): Blocking(4)}
 #: Empty scale vectors: "no row/column scaling" for :func:`gemm_into`.
 NO_SCALE = {dt: np.empty(0, dt) for dt in BLOCKING}
@@ -460,10 +462,50 @@ class Block(NamedTuple):
 
 @jit
 def a_block(a, alpha, row_scale, ap, bp, c, tile, at):
-    """One thread's step of :func:`gemm_into`: pack its block of A (``at``, a :class:`Block`) and
-    multiply it by the packed slab of B into C."""
-    pack_a(a, Span(at.i0, at.mc, at.pc, at.kc), alpha, row_scale, ap, at.aoff)
-    macro_kernel(ap, bp, c, tile, at)
+    """One thread's step of the packed GEMM: pack its block of A (``at``, a :class:`Block`) and
+    multiply it by the packed slab of B into C (both steps through their symbols: compiled once,
+    not again inside each caller)."""
+    _ool(pack_a, (a, Span(at.i0, at.mc, at.pc, at.kc), alpha, row_scale, ap, at.aoff))
+    _ool(macro_kernel, (ap, bp, c, tile, at))
+
+
+class Sweep(NamedTuple):
+    """One rank-KC update of :func:`gemm_into` over its row blocks: ``m`` rows of A in blocks of
+    ``mc`` (packed ``mc_pad`` tall) at depth ``pc:pc+kc`` against ``npan`` packed panels (``nc``
+    columns) of B; C's block starts at ``coff`` (row stride ``ldc``), added to when ``load_c``."""
+
+    m: int
+    mc: int
+    mc_pad: int
+    pc: int
+    kc: int
+    npan: int
+    nc: int
+    coff: int
+    ldc: int
+    load_c: bool
+
+
+@jit(python_wrapper=False)
+def a_block_task(a, alpha, row_scale, ap, bp, c, scratch, sw, ib):
+    """Task ``ib`` of a :class:`Sweep`: row block ``ib`` (:func:`a_block`, with its own MR x NR edge
+    tile of ``scratch``)."""
+    mr = tile_mr(c)
+    nr = tile_nr(c)
+    i0 = ib * sw.mc
+    mc = min(sw.mc, sw.m - i0)
+    aoff, coff = ib * sw.mc_pad * sw.kc, sw.coff + i0 * sw.ldc
+    at = Block(i0, mc, sw.pc, sw.kc, aoff, sw.npan, sw.nc, coff, sw.ldc, sw.load_c)
+    a_block(a, alpha, row_scale, ap, bp, c, scratch[ib * mr * nr : (ib + 1) * mr * nr], at)
+
+
+@jit(python_wrapper=False)
+def pack_b_task(b, pc, kc, jc, nc, col_scale, bp, jp):
+    """Task ``jp``: panel ``jp`` of B's slab ``pc:pc+kc`` x ``jc:jc+nc`` (:func:`pack_b_panel`,
+    through its symbol)."""
+    nr = tile_nr(bp)
+    cols = min(nr, nc - jp * nr)
+    _ool(pack_b_panel, (b, pc, kc, jc + jp * nr, cols, col_scale, bp, jp * kc * nr))
 
 
 class Dest(NamedTuple):
@@ -478,8 +520,17 @@ class Dest(NamedTuple):
 
 class Steps(NamedTuple):
     """The entry addresses of the GEMM's per-thread step :func:`a_block` and of
-    :func:`pack_b_panel` (:data:`A_BLOCK`, :data:`PACK_B`; see :func:`steps`), or None to link them
-    into the caller (``fastla.kernels`` inside a user's code)."""
+    :func:`pack_b_panel` (:data:`A_BLOCK`, :data:`PACK_B`; see :func:`steps`), for a driver with
+    loops of its own (the packed top-k), or None to link them."""
+
+    a_block: int | None
+    pack_b: int | None
+
+
+class Tasks(NamedTuple):
+    """The entry addresses of :func:`gemm_into`'s two task kernels, :func:`a_block_task` and
+    :func:`pack_b_task` (:data:`A_BLOCK_TASK`, :data:`PACK_B_TASK`; see :func:`tiles`), or None to
+    run them linked and serially (``fastla.kernels`` inside a user's code)."""
 
     a_block: int | None
     pack_b: int | None
@@ -487,27 +538,30 @@ class Steps(NamedTuple):
 
 class Tiles(NamedTuple):
     """One GEMM call's cache blocking (see :class:`Blocking`): the depth of a rank-k update (KC),
-    the rows of A per packed block (MC) and the columns of B per packed slab (NC); and how it
-    reaches its steps (a :class:`Steps`; see :func:`tiles`)."""
+    the rows of A per packed block (MC) and the columns of B per packed slab (NC); how it reaches
+    its task kernels (a :class:`Tasks`; see :func:`tiles`) and on how many threads."""
 
     kc: int
     mc: int
     nc: int
-    steps: Steps
+    tasks: Tasks
+    threads: int
 
 
-@jit(parallel=True)
+@jit
 def gemm_into(a, b, dst, alpha, accumulate, row_scale, col_scale, tiles):
     """``C = alpha * diag(row_scale) @ a @ b @ diag(col_scale)`` (or ``C += ...`` when ``accumulate``).
 
     ``a`` and ``b`` are :class:`Operand` s (any strides), ``dst`` a :class:`Dest`, ``tiles`` a
     :class:`Tiles`. Empty ``row_scale``/``col_scale`` mean no scaling. The first rank-KC update
-    stores into C without reading it, so ``C = ...`` costs no zeroing pass.
+    stores into C without reading it, so ``C = ...`` costs no zeroing pass. The panels of B and
+    the row blocks of A are parallel tasks (``fastla._intrinsics.parallel_tasks``, on
+    ``tiles.threads`` threads): no ``prange``, whose libraries took ~1 s of the cold compile of
+    every op built on this driver.
     """
     c, coff, ldc = dst.c, dst.off, dst.ld
-    # scalars for the parallel loops (Numba's parfor lowering rejects a tuple of scalars there)
-    a_block_at, pack_b_at = tiles.steps.a_block, tiles.steps.pack_b
-    kc_max, mc_max, nc_max = tiles.kc, tiles.mc, tiles.nc
+    a_block_at, pack_b_at = tiles.tasks.a_block, tiles.tasks.pack_b
+    kc_max, mc_max, nc_max, threads = tiles.kc, tiles.mc, tiles.nc, tiles.threads
     mr = tile_mr(c)
     nr = tile_nr(c)
     m, k = a.rows, a.cols
@@ -533,17 +587,11 @@ def gemm_into(a, b, dst, alpha, accumulate, row_scale, col_scale, tiles):
         for pc in range(0, k, kc_max):
             kc = min(kc_max, k - pc)
             load_c = accumulate or pc > 0
-            for jp in prange(npan):
-                cols = min(nr, nc - jp * nr)
-                panel = (b, pc, kc, jc + jp * nr, cols, col_scale, bp, jp * kc * nr)
-                _intrinsics.call_entry(pack_b_at, pack_b_panel, panel)
-            for ib in prange(n_ic):
-                i0 = ib * mc_max
-                mc = min(mc_max, m - i0)
-                at = Block(i0, mc, pc, kc, ib * mc_pad * kc, npan, nc, coff + i0 * ldc + jc, ldc, load_c)
-                tile = scratch[ib * mr * nr : (ib + 1) * mr * nr]
-                step = (a, alpha, row_scale, ap, bp, c, tile, at)
-                _intrinsics.call_entry(a_block_at, a_block, step)
+            panels = (b, pc, kc, jc, nc, col_scale, bp)
+            _intrinsics.parallel_tasks(pack_b_at, pack_b_task, panels, npan, threads)
+            sw = Sweep(m, mc_max, mc_pad, pc, kc, npan, nc, coff + jc, ldc, load_c)
+            blocks = (a, alpha, row_scale, ap, bp, c, scratch, sw)
+            _intrinsics.parallel_tasks(a_block_at, a_block_task, blocks, n_ic, threads)
 
 
 @jit(parallel=True)
@@ -634,17 +682,30 @@ def _pack_b_examples(dtype):
     return (operand(flat.reshape(1, 1)), 0, 0, 0, 0, flat, flat, 0)
 
 
-#: :func:`a_block` and :func:`pack_b_panel` as :class:`fastla._jit.Entry` s: :func:`gemm_into`
-#: calls them through their addresses, so that each is compiled once, not again inside every
-#: parallel loop and every caller of the GEMM (``fastla.matmul``'s cold first call: 7.0 -> 4.3 s).
+def _a_block_task_examples(dtype):
+    scalar, flat = dtype.type(1), np.empty(1, dtype)
+    return (operand(flat.reshape(1, 1)), scalar, flat, flat, flat, flat, flat, Sweep(*range(9), True), 0)
+
+
+def _pack_b_task_examples(dtype):
+    flat = np.empty(1, dtype)
+    return (operand(flat.reshape(1, 1)), 0, 0, 0, 0, flat, flat, 0)
+
+
+#: :func:`a_block` and :func:`pack_b_panel` as :class:`fastla._jit.Entry` s, for the packed top-k's
+#: driver, which calls them through their addresses (each compiled once, not again inside every
+#: parallel loop: ``fastla.matmul``'s cold first call went 7.0 -> 4.3 s when the GEMM did so).
 A_BLOCK = _jit.Entry(a_block, _a_block_examples)
 PACK_B = _jit.Entry(pack_b_panel, _pack_b_examples)
+#: :func:`gemm_into`'s task kernels, run through their addresses by its parallel loops.
+A_BLOCK_TASK = _jit.Entry(a_block_task, _a_block_task_examples)
+PACK_B_TASK = _jit.Entry(pack_b_task, _pack_b_task_examples)
 
 
 def _gemm_into_examples(dtype):
     flat = np.empty(1, dtype)
     op = operand(flat.reshape(1, 1))
-    return (op, op, Dest(flat, 0, 0), dtype.type(1), True, flat, flat, Tiles(0, 0, 0, Steps(0, 0)))
+    return (op, op, Dest(flat, 0, 0), dtype.type(1), True, flat, flat, Tiles(0, 0, 0, Tasks(0, 0), 1))
 
 
 #: :func:`gemm_into` itself for compiled callers that may not need it (the blocked LU's trailing
@@ -658,9 +719,11 @@ def steps(dtype):
     return Steps(A_BLOCK.address(dtype), PACK_B.address(dtype))
 
 
-def tiles(dtype, kc, mc, nc):
-    """:class:`Tiles` for a Python caller of :func:`gemm_into` on ``dtype`` operands."""
-    return Tiles(kc, mc, nc, steps(dtype))
+def tiles(dtype, kc, mc, nc, threads=None):
+    """:class:`Tiles` for a Python caller of :func:`gemm_into` on ``dtype`` operands (``threads``:
+    this call's share, :func:`fastla._jit.threads_here`, by default)."""
+    tasks = Tasks(A_BLOCK_TASK.address(dtype), PACK_B_TASK.address(dtype))
+    return Tiles(kc, mc, nc, tasks, _jit.threads_here() if threads is None else threads)
 
 
 def row_blocking(m, itemsize, threads):
@@ -692,7 +755,7 @@ def gemm(a, b, out=None, *, threads=None):
     mc = row_blocking(m, a.dtype.itemsize, threads)
     none = NO_SCALE[a.dtype]
     dst = Dest(c.reshape(-1), 0, n)
-    code = tiles(a.dtype, blk.KC, mc, blk.NC)
+    code = tiles(a.dtype, blk.KC, mc, blk.NC, threads)
     gemm_into(operand(a), operand(b), dst, a.dtype.type(1), False, none, none, code)
     return c
 

@@ -206,13 +206,41 @@ _SAFE_CACHE_FILE = _safe_cache_file_class() if JIT_ENABLED else None
 
 
 def _use_safe_cache_file(dispatcher):
-    """Give ``dispatcher``'s on-disk cache the process-safe file of :func:`_safe_cache_file_class`."""
+    """Give ``dispatcher``'s on-disk cache the process-safe file of :func:`_safe_cache_file_class`,
+    and loads that keep the reload hooks (:func:`_keep_reload_hooks`)."""
     cache = getattr(dispatcher, "_cache", None)
+    _keep_reload_hooks(getattr(cache, "_impl", None))
     old = getattr(cache, "_cache_file", None)
     if _SAFE_CACHE_FILE is None or old is None or not hasattr(old, "_index_name"):
         return dispatcher
     cache._cache_file = _SAFE_CACHE_FILE(old._cache_path, old._index_name[: -len(".nbi")], old._source_stamp)
     return dispatcher
+
+
+def _keep_reload_hooks(impl):
+    """Make a kernel loaded from the cache keep its ``reload_init`` hooks on its library.
+
+    Numba runs a cached function's hooks when it loads it, but the library it rebuilds has none:
+    a function compiled later that links that library (a plain call) inherits no hooks, and *its*
+    cache entry then loads in a new process without registering the symbols that the linked code
+    calls (``fastla._intrinsics.call_out_of_line``): LLVM aborts the process ("Symbol not found").
+    Seen here: ``fastla.kernels.gemm`` in a user's cached function, whose serial GEMM links the
+    task kernels that call the packing out of line, compiled in a process that had loaded those
+    task kernels from the cache."""
+    rebuild = getattr(impl, "rebuild", None)
+    if rebuild is None or getattr(rebuild, "keeps_reload_hooks", False):
+        return
+
+    def rebuild_keeping_hooks(target_context, payload):
+        cres = rebuild(target_context, payload)
+        hooks = getattr(cres, "reload_init", None)
+        library = getattr(cres, "library", None)
+        if hooks and hasattr(library, "_reload_init"):
+            library._reload_init.update(hooks)
+        return cres
+
+    rebuild_keeping_hooks.keeps_reload_hooks = True
+    impl.rebuild = rebuild_keeping_hooks
 
 
 #: Environment overrides that change generated code (kernel shapes). Numba's cache key knows the

@@ -106,7 +106,7 @@ _ool = _intrinsics.call_out_of_line
 
 # The serial compiles of the shared parallel kernels (see _jit.serial).
 _softmax_rows = _jit.serial(_sm._softmax_rows)
-_gemm_into = _jit.serial(_gk.gemm_into)
+_gemm_into = _gk.gemm_into  # serial here: no addresses, one thread (Tiles)
 _inv_norms = _sim._inv_norms  # serial already
 # GEMM block sizes by dtype (index: itemsize == 8), frozen into the compiled code.
 _KC = (_gk.BLOCKING[np.dtype(np.float32)].KC, _gk.BLOCKING[np.dtype(np.float64)].KC)
@@ -419,7 +419,7 @@ def _gemm(a, b, out, alpha, beta):
     none = out.reshape(out.size)[:0]
     big = int(out.itemsize == 8)
     start = m - m  # a run-time 0 (see _gemm_kernels' "literal arguments")
-    tiles = _gk.Tiles(_KC[big], min(m, _MC[big]), _NC[big], _gk.Steps(None, None))
+    tiles = _gk.Tiles(_KC[big], min(m, _MC[big]), _NC[big], _gk.Tasks(None, None), 1)
     _gemm_into(A, B, _gk.Dest(out.reshape(out.size), start, n), alpha, accumulate, none, none, tiles)
     return out
 
@@ -834,7 +834,7 @@ def _cosine(x, y, out):
     big = int(out.itemsize == 8)
     one = _zero(out) + 1
     start = n - n  # a run-time 0
-    tiles = _gk.Tiles(_KC[big], min(n, _MC[big]), _NC[big], _gk.Steps(None, None))
+    tiles = _gk.Tiles(_KC[big], min(n, _MC[big]), _NC[big], _gk.Tasks(None, None), 1)
     _gemm_into(A, B, _gk.Dest(out.reshape(out.size), start, m), one, False, inv_x, inv_y, tiles)
     return out
 

@@ -202,21 +202,50 @@ def _nan_panel(b, p0, kc, j0, cols, col_scale, out, off):
         out[off + p] = np.nan
 
 
+@_jit.jit(python_wrapper=False)
+def _nan_block_task(a, alpha, row_scale, ap, bp, c, scratch, sw, ib):
+    """Stand-in for ``gk.a_block_task`` with its signature: its C block is NaN."""
+    i0 = ib * sw.mc
+    for i in range(i0, min(sw.m, i0 + sw.mc)):
+        for j in range(sw.nc):
+            c[sw.coff + i * sw.ldc + j] = np.nan
+
+
+@_jit.jit(python_wrapper=False)
+def _nan_panel_task(b, pc, kc, jc, nc, col_scale, bp, jp):
+    """Stand-in for ``gk.pack_b_task`` with its signature: a panel of NaN."""
+    nr = gk.tile_nr(bp)
+    for p in range(kc * nr):
+        bp[jp * kc * nr + p] = np.nan
+
+
+def _stand_in(entry, impl):
+    """An object whose ``address(dtype)`` is ``entry``'s signature compiled from ``impl``."""
+
+    class StandIn:
+        @staticmethod
+        def address(dtype):
+            return entry.address(dtype, impl)
+
+    return StandIn
+
+
 _NAN_BLOCK = _jit.Entry(_nan_block, gk._a_block_examples)
 _NAN_PANEL = _jit.Entry(_nan_panel, gk._pack_b_examples)
 
 
 @needs_jit
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("entry", ["A_BLOCK", "PACK_B"])
-def test_gemm_callers_reach_its_steps_through_their_addresses(dtype, entry, monkeypatch, rng):
-    """Every caller of the packed GEMM calls its per-thread step and its panel packing through the
-    addresses it is given (compiled once) rather than linked copies: a stand-in address must be
-    the code that runs. A caller whose types differ from the compiled signature would silently
-    link its own copy (slow to compile, still correct) and fail here."""
+@pytest.mark.parametrize("entry", ["A_BLOCK_TASK", "PACK_B_TASK"])
+def test_gemm_callers_reach_its_tasks_through_their_addresses(dtype, entry, monkeypatch, rng):
+    """Every caller of the packed GEMM runs its parallel tasks (row blocks of A, panels of B)
+    through the addresses it is given (compiled once) rather than linked copies: a stand-in
+    address must be the code that runs. A caller whose types differ from the compiled signature
+    would silently link its own copy (slow to compile, serial) and fail here."""
     import fastla as fl
 
-    monkeypatch.setattr(gk, entry, {"A_BLOCK": _NAN_BLOCK, "PACK_B": _NAN_PANEL}[entry])
+    impl = {"A_BLOCK_TASK": _nan_block_task, "PACK_B_TASK": _nan_panel_task}[entry]
+    monkeypatch.setattr(gk, entry, _stand_in(getattr(gk, entry), impl))
     a = rng.standard_normal((40, 30)).astype(dtype)
     b = rng.standard_normal((30, 50)).astype(dtype)
     assert np.isnan(gk.gemm(a, b)).all()
@@ -225,10 +254,23 @@ def test_gemm_callers_reach_its_steps_through_their_addresses(dtype, entry, monk
     assert np.isnan(fl.lu_factor(rng.standard_normal((300, 300)).astype(dtype), backend="numba")[0]).any()
     assert np.isnan(fl.cosine_similarity(a, backend="numba")).any()
     assert np.isnan(fl.cosine_similarity(a, b.T, backend="numba")).any()
-    monkeypatch.setitem(fl.similarity.AUTO_RULE, "topk_stream_max_queries", 0)  # the packed kernel
-    assert np.isnan(fl.cosine_topk(a, b.T, k=3, backend="numba")[0]).any()
     monkeypatch.undo()
     np.testing.assert_allclose(gk.gemm(a, b), a @ b, rtol=1e-4, atol=1e-4)
+
+
+@needs_jit
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("entry", ["A_BLOCK", "PACK_B"])
+def test_the_packed_topk_reaches_the_gemm_steps_through_their_addresses(dtype, entry, monkeypatch, rng):
+    """The packed top-k's own parallel loops call the GEMM's step and panel packing through the
+    addresses it is given: a stand-in address must be the code that runs."""
+    import fastla as fl
+
+    monkeypatch.setattr(gk, entry, {"A_BLOCK": _NAN_BLOCK, "PACK_B": _NAN_PANEL}[entry])
+    a = rng.standard_normal((40, 30)).astype(dtype)
+    b = rng.standard_normal((30, 50)).astype(dtype)
+    monkeypatch.setitem(fl.similarity.AUTO_RULE, "topk_stream_max_queries", 0)  # the packed kernel
+    assert np.isnan(fl.cosine_topk(a, b.T, k=3, backend="numba")[0]).any()
 
 
 @_jit.jit

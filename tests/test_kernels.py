@@ -648,3 +648,42 @@ def test_a_cached_caller_of_another_fastla_version_fails_loudly():
     _intrinsics._reregister("fastla.kernels", "_gemm", args, symbol)  # this version's: accepted
     with pytest.raises(ImportError, match="another fastla version"):
         _intrinsics._reregister("fastla.kernels", "_gemm", args, symbol + "0")
+
+
+@pytest.mark.skipif(not _jit.JIT_ENABLED, reason="Numba's cache")
+def test_a_kernel_linking_cached_out_of_line_callers_keeps_their_reload_hooks(tmp_path):
+    """A fastla kernel compiled in a process that loaded its callees from the cache (here the serial
+    GEMM of ``kernels.gemm``, linking the GEMM's task kernels, which call the packing out of line)
+    must carry those callees' reload hooks into its own cache entry: loaded in a new process by a
+    freshly compiled user function, it registers the symbols its linked code calls (without them
+    LLVM aborts the process: "Symbol not found")."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    steps = [
+        "import numpy as np, fastla as fl\n"
+        "a = np.random.rand(80, 90)\n"
+        "assert np.allclose(fl.matmul(a, a.T, backend='numba'), a @ a.T)\n",  # caches the task kernels
+    ]
+    for name in ("first_user", "second_user"):  # the second compiles anew and loads kernels.gemm's GEMM
+        (tmp_path / f"{name}.py").write_text(USER_MODULE)
+        steps.append(
+            textwrap.dedent(
+                f"""
+                import sys
+                sys.path.insert(0, {str(tmp_path)!r})
+                import numpy as np
+                import {name} as user
+                a, b = np.arange(12.0).reshape(3, 4), np.arange(8.0).reshape(4, 2)
+                c, raised = user.user(a, b, np.empty((3, 2)))
+                assert np.allclose(c, a @ b) and raised
+                """
+            )
+        )
+    for code in steps:
+        run = [sys.executable, "-c", code]
+        proc = subprocess.run(run, capture_output=True, text=True, timeout=600, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
