@@ -39,8 +39,8 @@ singular system by its return value, where one may be singular.
 
 One implementation: softmax, log-softmax and log-sum-exp run fastla's row kernel (the same exp and
 row max as ``fastla.softmax``); ``gemm`` and ``cosine_similarity`` run the same packing and
-micro-kernel as ``fastla.matmul`` / ``fastla.cosine_similarity`` (a serial compile of the same
-driver source); ``lu_factor`` / ``lu_solve`` run the blocked LU's panel and substitution kernels; the
+micro-kernel as ``fastla.matmul`` / ``fastla.cosine_similarity`` (the same driver, given one
+thread and no task addresses: its tasks run linked, one after another); ``lu_factor`` / ``lu_solve`` run the blocked LU's panel and substitution kernels; the
 top-k accumulator is the fused top-k's insertion. ``solve`` for small systems is Gaussian
 elimination with the pivoting rule and operation order of ``fastla.solve``'s batched kernel (the
 first largest ``|a_ij|``, multipliers ``a_ij * (-1 / a_jj)``, fused multiply-adds), so the two
@@ -106,7 +106,7 @@ _ool = _intrinsics.call_out_of_line
 
 # The serial compiles of the shared parallel kernels (see _jit.serial).
 _softmax_rows = _jit.serial(_sm._softmax_rows)
-_gemm_into = _gk.gemm_into  # serial here: no addresses, one thread (Tiles)
+_gemm_into = _gk.gemm_into  # serial when called with no task addresses and one thread (Tiles)
 _inv_norms = _sim._inv_norms  # serial already
 # GEMM block sizes by dtype (index: itemsize == 8), frozen into the compiled code.
 _KC = (_gk.BLOCKING[np.dtype(np.float32)].KC, _gk.BLOCKING[np.dtype(np.float64)].KC)
