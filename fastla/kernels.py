@@ -40,7 +40,8 @@ singular system by its return value, where one may be singular.
 One implementation: softmax, log-softmax and log-sum-exp run fastla's row kernel (the same exp and
 row max as ``fastla.softmax``); ``gemm`` and ``cosine_similarity`` run the same packing and
 micro-kernel as ``fastla.matmul`` / ``fastla.cosine_similarity`` (the same driver, given one
-thread and no task addresses: its tasks run linked, one after another); ``lu_factor`` / ``lu_solve`` run the blocked LU's panel and substitution kernels; the
+thread and no task addresses: its tasks run linked, one after another); ``lu_factor`` /
+``lu_solve`` run the blocked LU's panel and substitution kernels; the
 top-k accumulator is the fused top-k's insertion. ``solve`` for small systems is Gaussian
 elimination with the pivoting rule and operation order of ``fastla.solve``'s batched kernel (the
 first largest ``|a_ij|``, multipliers ``a_ij * (-1 / a_jj)``, fused multiply-adds), so the two

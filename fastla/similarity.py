@@ -685,24 +685,6 @@ def _insert(s_row, i_row, size, v, j):
 
 
 @jit(inline="always")
-def _sift_down(s_row, i_row, size, p, v, j):
-    """Place ``(v, j)`` at ``p`` of the heap of ``size`` entries (the worst at 0) and sift it down."""
-    while True:
-        c = 2 * p + 1
-        if c >= size:
-            break
-        if c + 1 < size and _worse(s_row[c + 1], i_row[c + 1], s_row[c], i_row[c]):
-            c += 1
-        if not _worse(s_row[c], i_row[c], v, j):
-            break
-        s_row[p] = s_row[c]
-        i_row[p] = i_row[c]
-        p = c
-    s_row[p] = v
-    i_row[p] = j
-
-
-@jit(inline="always")
 def _swap(s_row, i_row, a, b):
     s_row[a], s_row[b] = s_row[b], s_row[a]
     i_row[a], i_row[b] = i_row[b], i_row[a]
@@ -753,17 +735,97 @@ def _best_into(s_row, i_row, n, s_out, i_out):
     return m
 
 
+@jit(inline="always")
+def _sort_key(v):
+    """An int64 that orders entries as the ranking rule does, best (lowest key) first: decreasing
+    score, NaN last. Equal scores (``-0.0`` and ``0.0`` too) get equal keys, which the stable sort
+    of :func:`_rank_sort` leaves in index order. The score's float64 bits, negatives' magnitude
+    bits flipped (ascending as integers), then complemented (descending)."""
+    if v != v:
+        return np.int64(0x7FFFFFFFFFFFFFFF)
+    if v == 0:  # -0.0 as 0.0 (adding 0.0 would not do: the no-signed-zeros fastmath drops it)
+        return ~np.int64(0)
+    b = _intrinsics.f64_as_i64(np.float64(v))
+    if b < 0:
+        b = b ^ np.int64(0x7FFFFFFFFFFFFFFF)
+    return ~b
+
+
+@jit(inline="always")
+def _byte(src_k, src_i, p, shift, by_index):
+    """Entry ``p``'s byte at ``shift`` of its index (``by_index``) or of its key; the key's top byte
+    with its sign bit flipped, so that negative keys come first."""
+    if by_index:
+        return (src_i[p] >> shift) & 255
+    d = (src_k[p] >> shift) & 255
+    return d ^ 128 if shift == 56 else d
+
+
+@jit(inline="always")
+def _radix_pass(src_k, src_i, src_s, dst_k, dst_i, dst_s, m, shift, by_index, count):
+    """One stable counting-sort pass of the first ``m`` entries by one byte (:func:`_byte`); False,
+    having moved nothing, when every entry has the same byte."""
+    for d in range(256):
+        count[d] = 0
+    for p in range(m):
+        count[_byte(src_k, src_i, p, shift, by_index)] += 1
+    for d in range(256):
+        if count[d] == m:
+            return False
+    total = 0
+    for d in range(256):
+        c = count[d]
+        count[d] = total
+        total += c
+    for p in range(m):
+        d = _byte(src_k, src_i, p, shift, by_index)
+        q = count[d]
+        count[d] = q + 1
+        dst_k[q] = src_k[p]
+        dst_i[q] = src_i[p]
+        dst_s[q] = src_s[p]
+    return True
+
+
+@jit
+def _rank_sort(s, idx, m):
+    """Sort the first ``m`` entries of ``s``/``idx`` into rank order (decreasing score, NaN last,
+    ties to the lower index): a stable LSD radix sort by the index's bytes, then by
+    :func:`_sort_key`'s. Skips the bytes every entry shares (most of a float32 score's). 1000 queries'
+    best 1000 of 100 000 (Zen 5, 2 threads): 40 ms as a heap sort before, most of what k = 1000
+    costs over k = 10 after the merges."""
+    keys = np.empty(m, np.int64)
+    tk = np.empty(m, np.int64)
+    ti = np.empty(m, idx.dtype)
+    ts = np.empty(m, s.dtype)
+    count = np.empty(256, np.int64)
+    top = 0
+    for p in range(m):
+        keys[p] = _sort_key(s[p])
+        top = max(top, idx[p])
+    k_a, i_a, s_a, k_b, i_b, s_b = keys, idx[:m], s[:m], tk, ti, ts
+    in_place = True
+    shift = 0
+    while shift < 64 and (top >> shift) > 0:
+        if _radix_pass(k_a, i_a, s_a, k_b, i_b, s_b, m, shift, True, count):
+            k_a, i_a, s_a, k_b, i_b, s_b = k_b, i_b, s_b, k_a, i_a, s_a
+            in_place = not in_place
+        shift += 8
+    for shift in range(0, 64, 8):
+        if _radix_pass(k_a, i_a, s_a, k_b, i_b, s_b, m, shift, False, count):
+            k_a, i_a, s_a, k_b, i_b, s_b = k_b, i_b, s_b, k_a, i_a, s_a
+            in_place = not in_place
+    if not in_place:  # the sorted entries are in the scratch arrays
+        for p in range(m):
+            s[p] = s_a[p]
+            idx[p] = i_a[p]
+
+
 @jit
 def _finish_row(s_row, i_row, n, s_out, i_out):
-    """:func:`_best_into`, then heap-sorted into rank order, best first (a heap with the worst at 0)."""
+    """:func:`_best_into`, then sorted into rank order, best first (:func:`_rank_sort`)."""
     m = _best_into(s_row, i_row, n, s_out, i_out)
-    for p in range(m // 2 - 1, -1, -1):
-        _sift_down(s_out, i_out, m, p, s_out[p], i_out[p])
-    for end in range(m - 1, 0, -1):
-        v, j = s_out[end], i_out[end]
-        s_out[end] = s_out[0]
-        i_out[end] = i_out[0]
-        _sift_down(s_out, i_out, end, 0, v, j)
+    _rank_sort(s_out, i_out, m)
 
 
 #: scores a merge tests at once for any above the k-th best (a vector compare-and-count) before it

@@ -359,6 +359,40 @@ def test_topk_ties_across_merge_chunks(dtype, rng, topk_path):
             _close(s, s_ref[:, :k], dtype, d)
 
 
+def test_topk_nan_rows_first_in_the_corpus_give_way(dtype, rng, topk_path):
+    """NaN rows at the corpus's start fill a query's first candidates (they enter unconditionally),
+    and the rows after them must displace them: every number ranks above NaN."""
+    d, n = 5, 700
+    c = rng.standard_normal((n, d)).astype(dtype)
+    c[:12] = np.nan
+    q = rng.standard_normal((3, d)).astype(dtype)
+    s_ref, i_ref, _ = _ref_topk(q, c, 40)
+    for name in impl_names("cosine_topk", n):
+        for k in (1, 7, 40):
+            s, i = fastla.cosine_topk(q, c, k, backend=name)
+            np.testing.assert_array_equal(i, i_ref[:, :k], err_msg=name)
+            _close(s, s_ref[:, :k], dtype, d)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rank_sort_orders_by_the_ranking_rule(dtype, rng):
+    """The packed top-k's final sort (a radix sort of score keys and indices) against Python's sort
+    by the rule: decreasing score, NaN last, ties (0.0 and -0.0 too) to the lower index."""
+    values = np.array([0.0, -0.0, 1.5, -1.5, np.inf, -np.inf, np.nan, 1e-300, -1e-300, 2.0, -2.0], dtype)
+    m = 400
+    s = rng.choice(values, m).astype(dtype)
+    s[::3] = rng.standard_normal(len(s[::3])).astype(dtype)
+    idx = rng.permutation(5 * m)[:m].astype(np.intp)
+    want = sorted(range(m), key=lambda p: (np.isnan(s[p]), -s[p] if not np.isnan(s[p]) else 0, idx[p]))
+    for count in (m, 1, 0):
+        got_s, got_i = s.copy(), idx.copy()
+        similarity._rank_sort(got_s, got_i, count)
+        order = want if count == m else list(range(count))
+        np.testing.assert_array_equal(got_i[:count], idx[order])
+        np.testing.assert_array_equal(got_s[:count], s[order])
+        assert (got_i[count:] == idx[count:]).all()
+
+
 def test_topk_corpus_norms(dtype, rng, topk_path):
     """Given corpus norms give the scores of the computed ones, over the whole float range (the norms
     np.linalg.norm gives there are 0, inf or subnormal: those rows are measured again), and they are
