@@ -158,6 +158,8 @@ def _safe_cache_file_class():
     no process's entry is lost. Without ``fcntl`` (Windows) the lock is skipped; the hashed names
     still prevent corruption.
     """
+    import pickle
+
     from numba.core import caching
 
     base = getattr(caching, "IndexDataCacheFile", None)
@@ -165,6 +167,15 @@ def _safe_cache_file_class():
         return None
 
     class SafeIndexDataCacheFile(base):
+        def _load_index(self):
+            # An index written by another fastla version may name a class this one no longer has
+            # (a kernel's argument type): unpickling it raises before Numba compares the source
+            # stamp that would have made the entry stale. Stale it is: an empty index, recompiled.
+            try:
+                return super()._load_index()
+            except (AttributeError, ImportError, EOFError, pickle.UnpicklingError, ValueError, TypeError):
+                return {}
+
         def save(self, key, data):
             import hashlib
             import pickle

@@ -267,6 +267,38 @@ def test_cache_file_never_shares_a_data_file_between_overloads(tmp_path):
 
 
 @needs_jit
+def test_an_index_naming_a_class_that_is_gone_is_stale_not_an_error(tmp_path, monkeypatch):
+    """An index written by another fastla version can name a class this one removed (a kernel's
+    argument type, such as a NamedTuple of addresses): it reads as empty (the kernel recompiles),
+    where unpickling it raised AttributeError from the call."""
+    import pickle
+    import sys
+    import types
+
+    safe = _jit._SAFE_CACHE_FILE
+    mod = types.ModuleType("fastla_removed_types")
+    monkeypatch.setitem(sys.modules, "fastla_removed_types", mod)
+
+    class Removed:
+        pass
+
+    Removed.__module__, Removed.__qualname__ = "fastla_removed_types", "Removed"
+    mod.Removed = Removed
+    cache = safe(str(tmp_path), "k", "stamp")
+    cache.save(("sig", "host"), ("code",))
+    assert cache._load_index()
+    with open(cache._index_path, "rb") as f:
+        version = pickle.load(f)
+    with open(cache._index_path, "wb") as f:
+        pickle.dump(version, f)
+        f.write(pickle.dumps(("stamp", {(Removed(), "host"): "k.x.nbc"})))
+    del mod.Removed
+    assert cache._load_index() == {}
+    cache.save(("sig", "host"), ("code",))  # and the next save writes a fresh index
+    assert list(cache._load_index()) == [("sig", "host")]
+
+
+@needs_jit
 @needs_cache
 def test_cached_caller_of_a_parallel_kernel_runs_first_in_a_fresh_process(tmp_path):
     """LU's factorisation calls the parallel GEMM driver. Compiled in a process that loaded the
