@@ -518,15 +518,6 @@ class Dest(NamedTuple):
     ld: int
 
 
-class Steps(NamedTuple):
-    """The entry addresses of the GEMM's per-thread step :func:`a_block` and of
-    :func:`pack_b_panel` (:data:`A_BLOCK`, :data:`PACK_B`; see :func:`steps`), for a driver with
-    loops of its own (the packed top-k), or None to link them."""
-
-    a_block: int | None
-    pack_b: int | None
-
-
 class Tasks(NamedTuple):
     """The entry addresses of :func:`gemm_into`'s two task kernels, :func:`a_block_task` and
     :func:`pack_b_task` (:data:`A_BLOCK_TASK`, :data:`PACK_B_TASK`; see :func:`tiles`), or None to
@@ -672,16 +663,6 @@ def thin_product(a, v):
     return out.sum(axis=0)[:b, :m] if bands > 1 else out[0, :b, :m]
 
 
-def _a_block_examples(dtype):
-    scalar, flat = dtype.type(1), np.empty(1, dtype)
-    return (operand(flat.reshape(1, 1)), scalar, flat, flat, flat, flat, flat, Block(*range(9), True))
-
-
-def _pack_b_examples(dtype):
-    flat = np.empty(1, dtype)
-    return (operand(flat.reshape(1, 1)), 0, 0, 0, 0, flat, flat, 0)
-
-
 def _a_block_task_examples(dtype):
     scalar, flat = dtype.type(1), np.empty(1, dtype)
     return (operand(flat.reshape(1, 1)), scalar, flat, flat, flat, flat, flat, Sweep(*range(9), True), 0)
@@ -692,12 +673,9 @@ def _pack_b_task_examples(dtype):
     return (operand(flat.reshape(1, 1)), 0, 0, 0, 0, flat, flat, 0)
 
 
-#: :func:`a_block` and :func:`pack_b_panel` as :class:`fastla._jit.Entry` s, for the packed top-k's
-#: driver, which calls them through their addresses (each compiled once, not again inside every
-#: parallel loop: ``fastla.matmul``'s cold first call went 7.0 -> 4.3 s when the GEMM did so).
-A_BLOCK = _jit.Entry(a_block, _a_block_examples)
-PACK_B = _jit.Entry(pack_b_panel, _pack_b_examples)
-#: :func:`gemm_into`'s task kernels, run through their addresses by its parallel loops.
+#: :func:`gemm_into`'s task kernels, run through their addresses by its parallel loops (each
+#: compiled once, not again inside every caller of the GEMM: ``fastla.matmul``'s cold first call
+#: went 7.0 -> 4.3 s when its steps were first called so).
 A_BLOCK_TASK = _jit.Entry(a_block_task, _a_block_task_examples)
 PACK_B_TASK = _jit.Entry(pack_b_task, _pack_b_task_examples)
 
@@ -712,11 +690,6 @@ def _gemm_into_examples(dtype):
 #: update: a factorisation of n <= NB compiles no GEMM; `fastla.lu_factor`'s cold first call on a
 #: 40 x 40 matrix 3.57 -> 1.51-1.59 s, Zen 5).
 GEMM_INTO = _jit.Entry(gemm_into, _gemm_into_examples)
-
-
-def steps(dtype):
-    """:class:`Steps` with the entry addresses for ``dtype`` operands (None with the JIT off)."""
-    return Steps(A_BLOCK.address(dtype), PACK_B.address(dtype))
 
 
 def tiles(dtype, kc, mc, nc, threads=None):

@@ -881,14 +881,15 @@ def _merge_row(sc, off, cols, j0, s_row, i_row, sizes, r):
 
 class TopkTiling(NamedTuple):
     """Blocking of one top-k call: query rows per thread block, corpus rows per tile, GEMM depth,
-    and the threads the scratch buffers are sized for; and how it reaches the GEMM's per-thread
-    step and panel packing (``_gemm_kernels.Steps``)."""
+    and the threads the scratch buffers are sized for; and the entry addresses of its two task
+    kernels, :func:`_topk_pack_task` and :func:`_topk_block_task` (None with the JIT off)."""
 
     mc: int
     tn: int
     kc: int
     threads: int
-    steps: _gk.Steps
+    pack_at: int | None
+    block_at: int | None
 
 
 class TopkScratch(NamedTuple):
@@ -901,7 +902,55 @@ class TopkScratch(NamedTuple):
     tiles: np.ndarray
 
 
-@jit(parallel=True)
+@jit(python_wrapper=False)
+def _topk_pack_task(b, inv_c, bp, t, j0, cols, jp):
+    """Task ``jp`` of a corpus tile (rows ``j0 : j0 + cols``): its NR-wide panel ``jp``, scaled by
+    the rows' inverse norms, at every depth block (``_gemm_kernels.pack_b_panel``, through its
+    symbol)."""
+    d = b.rows
+    tn = t.tn
+    kc_max = min(t.kc, d)
+    nr = _gk.tile_nr(bp)
+    pack_cols = min(nr, cols - jp * nr)
+    for pc in range(0, d, kc_max):
+        kc = min(kc_max, d - pc)
+        _ool(_gk.pack_b_panel, (b, pc, kc, j0 + jp * nr, pack_cols, inv_c, bp, pc * tn + jp * kc * nr))
+
+
+@jit(python_wrapper=False)
+def _topk_block_task(q, b, inv_q, alpha, t, scratch, pool, scores, index, j0, cols, th):
+    """Task ``th`` of a corpus tile: thread ``th``'s query blocks (``th, th + threads, ...``), each
+    scored against the packed tile by the GEMM step (``_gemm_kernels.a_block``) into the thread's
+    score block and merged into its queries' candidate pools; after the last tile, their best k in
+    rank order."""
+    mc, tn, threads = t.mc, t.tn, t.threads
+    bp, ap, sc, tiles = scratch.bp, scratch.ap, scratch.sc, scratch.tiles
+    pool_s, pool_i, sizes = pool
+    nq, d = q.rows, q.cols
+    ncorp = b.cols
+    mr = _gk.tile_mr(ap)
+    nr = _gk.tile_nr(ap)
+    kc_max = min(t.kc, d)
+    mc_pad = (mc + mr - 1) // mr * mr
+    nblk = (nq + mc - 1) // mc
+    npan = (cols + nr - 1) // nr
+    a_off = th * mc_pad * kc_max
+    s_off = th * mc_pad * tn
+    tile = tiles[th * mr * nr : (th + 1) * mr * nr]
+    for ib in range(th, nblk, threads):
+        i0 = ib * mc
+        rows = min(mc, nq - i0)
+        for pc in range(0, d, kc_max):
+            at = _gk.Block(i0, rows, pc, min(kc_max, d - pc), a_off, npan, cols, s_off, tn, pc > 0)
+            _ool(_gk.a_block, (q, alpha, inv_q, ap, bp[pc * tn :], sc, tile, at))
+        for r in range(rows):
+            i = i0 + r
+            _ool(_merge_row, (sc, s_off + r * tn, cols, j0, pool_s[i], pool_i[i], sizes, i))
+            if j0 + cols == ncorp:  # the last tile: the best k, in rank order
+                _ool(_finish_row, (pool_s[i], pool_i[i], sizes[i], scores[i], index[i]))
+
+
+@jit
 def _topk_kernel(q, b, inv_q, inv_c, alpha, t, scratch, pool, scores, index):
     """Fused top-k: corpus tiles of ``t.tn`` rows (packed once into ``scratch.bp``, shared) and
     query blocks of ``t.mc`` rows per thread (packed into ``scratch.ap``), scored by the GEMM
@@ -909,46 +958,39 @@ def _topk_kernel(q, b, inv_q, inv_c, alpha, t, scratch, pool, scores, index):
     query's candidate pool (``pool``: scores, indices and sizes, see :func:`_merge_row`), whose best
     k go to ``scores``/``index`` after the last tile. ``q`` (queries) and ``b`` (the corpus
     transposed) are GEMM operands (``_gemm_kernels.Operand``); ``t`` a :class:`TopkTiling`,
-    ``scratch`` a :class:`TopkScratch`."""
-    mc, tn, kc_max, threads = t.mc, t.tn, t.kc, t.threads
-    # scalars for the parallel loops (Numba's parfor lowering rejects a tuple of scalars there)
-    a_block_at, pack_b_at = t.steps.a_block, t.steps.pack_b
-    bp, ap, sc, tiles = scratch.bp, scratch.ap, scratch.sc, scratch.tiles
-    pool_s, pool_i, sizes = pool
-    nq, d = q.rows, q.cols
+    ``scratch`` a :class:`TopkScratch`. Per tile, two parallel loops of tasks
+    (``fastla._intrinsics.parallel_tasks``, no ``prange``): the panels of the tile, then the
+    threads' query blocks."""
     ncorp = b.cols
-    mr = _gk.tile_mr(ap)
-    nr = _gk.tile_nr(ap)
-    kc_max = min(kc_max, d)
-    mc_pad = (mc + mr - 1) // mr * mr
-    nblk = (nq + mc - 1) // mc
-    for j0 in range(0, ncorp, tn):
-        cols = min(tn, ncorp - j0)
+    nr = _gk.tile_nr(scratch.bp)
+    threads = t.threads
+    for j0 in range(0, ncorp, t.tn):
+        cols = min(t.tn, ncorp - j0)
         npan = (cols + nr - 1) // nr
-        for jp in prange(npan):
-            for pc in range(0, d, kc_max):
-                kc = min(kc_max, d - pc)
-                pack_cols = min(nr, cols - jp * nr)
-                panel = (b, pc, kc, j0 + jp * nr, pack_cols, inv_c, bp, pc * tn + jp * kc * nr)
-                _intrinsics.call_entry(pack_b_at, _gk.pack_b_panel, panel)
-        for th in prange(threads):
-            a_off = th * mc_pad * kc_max
-            s_off = th * mc_pad * tn
-            tile = tiles[th * mr * nr : (th + 1) * mr * nr]
-            for ib in range(th, nblk, threads):
-                i0 = ib * mc
-                rows = min(mc, nq - i0)
-                for pc in range(0, d, kc_max):
-                    at = _gk.Block(i0, rows, pc, min(kc_max, d - pc), a_off, npan, cols, s_off, tn, pc > 0)
-                    step = (q, alpha, inv_q, ap, bp[pc * tn :], sc, tile, at)
-                    _intrinsics.call_entry(a_block_at, _gk.a_block, step)
-                for r in range(rows):
-                    i = i0 + r
-                    merge = (sc, s_off + r * tn, cols, j0, pool_s[i], pool_i[i], sizes, i)
-                    _intrinsics.call_out_of_line(_merge_row, merge)  # compiled once, not in the prange body
-                    if j0 + cols == ncorp:  # the last tile: the best k, in rank order
-                        finish = (pool_s[i], pool_i[i], sizes[i], scores[i], index[i])
-                        _intrinsics.call_out_of_line(_finish_row, finish)
+        panels = (b, inv_c, scratch.bp, t, j0, cols)
+        # runs of consecutive panels per thread: the corpus rows stream in order (7% faster)
+        _intrinsics.parallel_tasks(t.pack_at, _topk_pack_task, panels, npan, threads, True)
+        blocks = (q, b, inv_q, alpha, t, scratch, pool, scores, index, j0, cols)
+        _intrinsics.parallel_tasks(t.block_at, _topk_block_task, blocks, threads, threads)
+
+
+def _topk_task_examples(dtype, block):
+    """Example arguments of :func:`_topk_block_task` (``block``) or :func:`_topk_pack_task` for
+    ``dtype``, typed as :func:`_topk_numba` passes them."""
+    flat = np.empty(1, dtype)
+    rows = _c_input(np.zeros((1, 1), dtype))
+    a, b = _gk.operand(rows), _gk.operand(rows.T)
+    t = TopkTiling(1, 1, 1, 1, 0, 0)
+    if not block:
+        return (b, flat, flat, t, 0, 0, 0)
+    pool = (np.empty((1, 2), dtype), np.empty((1, 2), np.intp), np.zeros(1, np.int64))
+    scores, index = np.empty((1, 1), dtype), np.empty((1, 1), np.intp)
+    return (a, b, flat, dtype.type(1), t, TopkScratch(flat, flat, flat, flat), pool, scores, index, 0, 0, 0)
+
+
+#: The packed top-k's two task kernels, each compiled once per dtype and run through its address.
+TOPK_PACK = _jit.Entry(_topk_pack_task, lambda dtype: _topk_task_examples(dtype, False))
+TOPK_BLOCK = _jit.Entry(_topk_block_task, lambda dtype: _topk_task_examples(dtype, True))
 
 
 def _topk_blocking(nq, itemsize, threads):
@@ -1139,7 +1181,7 @@ def _topk_numba(q, c, k, batch_size, squeeze, c_norms):
                 c, inv_c = _given_inv_norms(c, c_norms, _inv_norms_numba)
                 c = _c_input(c)
             a, b = _gk.operand(q), _gk.operand(c.T)
-            t = TopkTiling(mc, tn, blk.KC, threads, _gk.steps(dt))
+            t = TopkTiling(mc, tn, blk.KC, threads, TOPK_PACK.address(dt), TOPK_BLOCK.address(dt))
             pool = (np.empty((nq, 2 * k), dt), np.empty((nq, 2 * k), np.intp), np.zeros(nq, np.int64))
             _topk_kernel(a, b, inv_q, inv_c, dt.type(1), t, TopkScratch(bp, ap, sc, tiles), pool, scores, idx)
     return _topk_result(scores, idx, squeeze)

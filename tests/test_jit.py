@@ -187,21 +187,6 @@ def test_cache_stamp_covers_the_whole_package():
     assert stamp[1] == _jit.package_source_stamp()
 
 
-@_jit.jit
-def _nan_block(a, alpha, row_scale, ap, bp, c, tile, at):
-    """Stand-in for ``gk.a_block`` with its signature: fills its C block with NaN."""
-    for i in range(at.mc):
-        for j in range(at.nc):
-            c[at.coff + i * at.ldc + j] = np.nan
-
-
-@_jit.jit
-def _nan_panel(b, p0, kc, j0, cols, col_scale, out, off):
-    """Stand-in for ``gk.pack_b_panel`` with its signature: a panel of NaN."""
-    for p in range(kc * gk.tile_nr(out)):
-        out[off + p] = np.nan
-
-
 @_jit.jit(python_wrapper=False)
 def _nan_block_task(a, alpha, row_scale, ap, bp, c, scratch, sw, ib):
     """Stand-in for ``gk.a_block_task`` with its signature: its C block is NaN."""
@@ -230,10 +215,6 @@ def _stand_in(entry, impl):
     return StandIn
 
 
-_NAN_BLOCK = _jit.Entry(_nan_block, gk._a_block_examples)
-_NAN_PANEL = _jit.Entry(_nan_panel, gk._pack_b_examples)
-
-
 @needs_jit
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("entry", ["A_BLOCK_TASK", "PACK_B_TASK"])
@@ -258,15 +239,34 @@ def test_gemm_callers_reach_its_tasks_through_their_addresses(dtype, entry, monk
     np.testing.assert_allclose(gk.gemm(a, b), a @ b, rtol=1e-4, atol=1e-4)
 
 
+@_jit.jit(python_wrapper=False)
+def _nan_topk_block_task(q, b, inv_q, alpha, t, scratch, pool, scores, index, j0, cols, th):
+    """Stand-in for ``similarity._topk_block_task`` with its signature: NaN best lists."""
+    if j0 + cols == b.cols:
+        for i in range(th, scores.shape[0], t.threads):
+            for j in range(scores.shape[1]):
+                scores[i, j] = np.nan
+                index[i, j] = j
+
+
+@_jit.jit(python_wrapper=False)
+def _nan_topk_pack_task(b, inv_c, bp, t, j0, cols, jp):
+    """Stand-in for ``similarity._topk_pack_task`` with its signature: a tile of NaN."""
+    for p in range(bp.size):
+        bp[p] = np.nan
+
+
 @needs_jit
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("entry", ["A_BLOCK", "PACK_B"])
-def test_the_packed_topk_reaches_the_gemm_steps_through_their_addresses(dtype, entry, monkeypatch, rng):
-    """The packed top-k's own parallel loops call the GEMM's step and panel packing through the
-    addresses it is given: a stand-in address must be the code that runs."""
+@pytest.mark.parametrize("entry", ["TOPK_BLOCK", "TOPK_PACK"])
+def test_the_packed_topk_runs_its_tasks_through_their_addresses(dtype, entry, monkeypatch, rng):
+    """The packed top-k's parallel loops run its task kernels (the corpus tile's panels, the threads'
+    query blocks) through the addresses it is given: a stand-in address must be the code that runs."""
     import fastla as fl
+    from fastla import similarity
 
-    monkeypatch.setattr(gk, entry, {"A_BLOCK": _NAN_BLOCK, "PACK_B": _NAN_PANEL}[entry])
+    impl = {"TOPK_BLOCK": _nan_topk_block_task, "TOPK_PACK": _nan_topk_pack_task}[entry]
+    monkeypatch.setattr(similarity, entry, _stand_in(getattr(similarity, entry), impl))
     a = rng.standard_normal((40, 30)).astype(dtype)
     b = rng.standard_normal((30, 50)).astype(dtype)
     monkeypatch.setitem(fl.similarity.AUTO_RULE, "topk_stream_max_queries", 0)  # the packed kernel
@@ -358,30 +358,34 @@ _COUNT = _jit.Entry(_count_task_any, _count_examples)
 
 
 @_jit.jit
-def _run_counts(at, hits, owner, scale, tasks, threads):
-    _intrinsics.parallel_tasks(at, _count_task_any, (hits, owner, scale), tasks, threads)
+def _run_counts(at, hits, owner, scale, tasks, threads, contiguous):
+    _intrinsics.parallel_tasks(at, _count_task_any, (hits, owner, scale), tasks, threads, contiguous)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_parallel_tasks_runs_every_task_once_on_the_threads_it_is_given(dtype):
     """``parallel_tasks`` (the parallel loop without a prange) through an entry address: every task
     exactly once, for any task count and thread count up to fastla's, on at most ``threads``
-    threads, interleaved (thread i of n runs tasks i, i + n, ...); with the JIT off, the serial
-    twin."""
+    threads, interleaved (thread i of n runs tasks i, i + n, ...) or in runs (``contiguous``); with
+    the JIT off, the serial twin."""
     dtype = np.dtype(dtype)
     at = _COUNT.address(dtype, _count_task)
     _jit.ensure_threads()
     top = _jit.max_threads()
     for tasks in (0, 1, 2, 3, 7, 64):
         for threads in sorted({1, 2, top}):
-            hits, owner = np.zeros(tasks, dtype), np.full(tasks, -1, np.int64)
-            _jit.run_parallel(_run_counts, at, hits, owner, dtype.type(2), tasks, threads)
-            np.testing.assert_array_equal(hits, np.full(tasks, 2, dtype))
-            if _jit.JIT_ENABLED and tasks:
-                n = min(threads, tasks)
-                assert set(owner) <= set(range(n)), (tasks, threads, owner)
-                # thread i's share is tasks i, i + n, ...: one thread runs each residue class
-                np.testing.assert_array_equal(owner, owner[np.arange(tasks) % n])
+            for contiguous in (False, True):
+                hits, owner = np.zeros(tasks, dtype), np.full(tasks, -1, np.int64)
+                _jit.run_parallel(_run_counts, at, hits, owner, dtype.type(2), tasks, threads, contiguous)
+                np.testing.assert_array_equal(hits, np.full(tasks, 2, dtype))
+                if _jit.JIT_ENABLED and tasks:
+                    n = min(threads, tasks)
+                    assert set(owner) <= set(range(n)), (tasks, threads, owner)
+                    if contiguous:  # thread i's share is the i-th run of ceil(tasks / n) tasks
+                        per = -(-tasks // n)
+                        np.testing.assert_array_equal(owner, owner[np.arange(tasks) // per * per])
+                    else:  # thread i's share is tasks i, i + n, ...: one thread per residue class
+                        np.testing.assert_array_equal(owner, owner[np.arange(tasks) % n])
 
 
 @_jit.jit
