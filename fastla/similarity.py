@@ -1126,7 +1126,9 @@ def _topk_streaming(q, c, k, scores, idx):
     m = c.shape[0]
     dt = q.dtype
     threads = max(1, min(_jit.threads_here(), m))
-    q, inv_q, _ = _inv_norms_numba(q)
+    # a few queries' norms by NumPy: no compiled norm pass to compile for them (0.2-0.3 s of the
+    # cold first call; the corpus's norms are the kernel's own)
+    q, inv_q, _ = _inv_norms_numpy(q)
     qn = np.zeros((-(-nq // 4) * 4, q.shape[1]), dt)  # zero rows pad to a multiple of 4
     with np.errstate(invalid="ignore"):
         np.multiply(q, inv_q[:, None], out=qn[:nq])  # unit rows; inf/NaN rows become NaN
