@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastla import _host, _intrinsics, _jit
-from fastla._jit import jit, prange
+from fastla._jit import jit
 from fastla._jit import thread_id as _thread_id
 
 #: n up to which a group is eliminated by straight-line code over values (:func:`_eliminate`); larger
@@ -704,47 +704,50 @@ def solve_stack(a, b, x, w, xs, s, info):
     step = _STEPS.get((n, k))
     if step is None:
         step = _STEPS[(n, k)] = _make_step(n, k)
-    _drive(a, b, x, w, xs, s, info, STEP.address(a.dtype, step))
-
-
-@jit(parallel=True)
-def _drive(a, b, x, w, xs, s, info, step_at):
-    """:func:`solve_stack`'s parallel loop: tasks of ``_GROUPS`` groups, each on its thread's
-    scratch, through the step at ``step_at`` (None with the JIT off: :func:`_step_any`)."""
-    batch, nl_max = a.shape[0], w.shape[1]
-    groups = (batch + nl_max - 1) // nl_max
-    # borrowed (no owner): the tasks' views and calls then update no reference counts, which two
-    # threads would otherwise contend for
-    bw = _intrinsics.borrow
-    a_, b_, x_, w_, xs_, s_, info_ = bw(a), bw(b), bw(x), bw(w), bw(xs), bw(s), bw(info)
-    for task in prange((groups + _GROUPS - 1) // _GROUPS):
-        slot = _SPREAD * _thread_id()
-        g0, g1 = task * _GROUPS, min(groups, (task + 1) * _GROUPS)
-        args = (a_, b_, x_, w_[slot], xs_[slot], s_[slot], info_, g0, g1)
-        _intrinsics.call_entry(step_at, _step_any, args)
+    _drive(a, b, x, w, xs, s, info, STEP.address(a.dtype, step), _jit.threads_here())
 
 
 @jit
-def _step_any(a, b, x, ws, xw, sw, info, g0, g1):
+def _drive(a, b, x, w, xs, s, info, step_at, threads):
+    """:func:`solve_stack`'s parallel loop: tasks of ``_GROUPS`` groups, in contiguous runs per
+    thread, each task on its thread's scratch, through the step at ``step_at`` (None with the JIT
+    off: :func:`_step_any`). ``fastla._intrinsics.parallel_tasks``, not a ``prange``: this driver is
+    compiled once per dtype, and a ``prange`` loop took ~0.6 s of that."""
+    batch, nl_max = a.shape[0], w.shape[1]
+    tasks = ((batch + nl_max - 1) // nl_max + _GROUPS - 1) // _GROUPS
+    # borrowed (no owner): the tasks' views and calls then update no reference counts, which two
+    # threads would otherwise contend for
+    bw = _intrinsics.borrow
+    args = (bw(a), bw(b), bw(x), bw(w), bw(xs), bw(s), bw(info))
+    _intrinsics.parallel_tasks(step_at, _step_any, args, tasks, threads, True)
+
+
+@jit
+def _step_any(a, b, x, w, xs, s, info, task):
     """The steps' common signature, standing in for them in :func:`_drive`'s typing (never compiled:
     a call whose types are not exactly :data:`STEP`'s fails to compile, loudly); with the JIT off,
     the step for the n and k of the scratch's shapes."""
-    _make_step(ws.shape[1], xw.shape[2])(a, b, x, ws, xw, sw, info, g0, g1)
+    _make_step(w.shape[2], xs.shape[3])(a, b, x, w, xs, s, info, task)
 
 
 _STEPS = {}
 
 
 def _make_step(N, K):
-    @jit
-    def step(a, b, x, ws, xw, sw, info, g0, g1):
-        """Groups ``g0`` to ``g1`` of the stack, each solved by :func:`lane_solve_group` for this N
-        and K: in place where the group is whole and has K right-hand sides; otherwise copied into
-        the thread's scratch stacks ``ws`` (lanes, N, N) and ``xw`` (lanes, N, K), a short last group
-        padded with identity systems and the right-hand sides taken K columns a pass. One call site
-        of the intrinsic (the operands picked first): its code is compiled once per step, which
-        for n = 32 is most of the step's compile time (two call sites: 12 s)."""
+    @jit(python_wrapper=False)
+    def step(a, b, x, w, xs, s, info, task):
+        """Task ``task``: groups ``task * _GROUPS`` to ``(task + 1) * _GROUPS`` of the stack, each
+        solved by :func:`lane_solve_group` for this N and K: in place where the group is whole and
+        has K right-hand sides; otherwise copied into the thread's scratch stacks ``ws`` (lanes, N,
+        N) and ``xw`` (lanes, N, K) of ``w``/``xs`` (and statuses ``sw`` of ``s``), a short last
+        group padded with identity systems and the right-hand sides taken K columns a pass. One
+        call site of the intrinsic (the operands picked first): its code is compiled once per step,
+        which for n = 32 is most of the step's compile time (two call sites: 12 s)."""
+        slot = _SPREAD * _thread_id()
+        ws, xw, sw = w[slot], xs[slot], s[slot]
         batch, k, nl_max = a.shape[0], b.shape[2], ws.shape[0]
+        g0 = task * _GROUPS
+        g1 = min((batch + nl_max - 1) // nl_max, g0 + _GROUPS)
         ws_ro, xw_ro = _intrinsics.as_readonly(ws), _intrinsics.as_readonly(xw)
         for g in range(g0, g1):
             t0 = g * nl_max
@@ -778,8 +781,8 @@ def _make_step(N, K):
 
 def _step_examples(dtype):
     ro = _intrinsics.readonly(np.empty((1, 1, 1), dtype))
-    scratch = np.empty((1, 1, 1), dtype)
-    return (ro, ro, scratch, scratch, scratch, np.empty(1, np.int64), np.empty(1, np.int64), 0, 0)
+    x, scratch = np.empty((1, 1, 1), dtype), np.empty((1, 1, 1, 1), dtype)
+    return (ro, ro, x, scratch, scratch, np.empty((1, 1), np.int64), np.empty(1, np.int64), 0)
 
 
 #: the steps' :class:`fastla._jit.Entry` (one signature per dtype; :func:`_step_any` types it)
