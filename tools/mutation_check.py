@@ -173,7 +173,7 @@ MUTANTS = [
         "similarity.py",
         "    return sb == sb and (sa < sb or (sa == sb and ia > ib))",
         "    return sb == sb and (sa < sb or (sa == sb and ia < ib))",
-        ("tests/test_similarity.py",),
+        ("tests/test_similarity.py", "tests/test_kernels.py"),
         "the ranking rule puts the higher index first among equal scores",
     ),
     Mutant(
@@ -215,6 +215,14 @@ MUTANTS = [
         "                        n = k - 1\n",
         ("tests/test_similarity.py",),
         "compacting a full candidate pool keeps only k - 1 of its best",
+    ),
+    Mutant(
+        "topk-select-ties-to-higher-index",
+        "similarity.py",
+        "            up = (kt < kp) | ((kt == kp) & (it < ip))",
+        "            up = (kt < kp) | ((kt == kp) & (it > ip))",
+        ("tests/test_similarity.py",),
+        "the pool's compaction keeps the higher index among equal scores",
     ),
     Mutant(
         "topk-select-stops-early",
