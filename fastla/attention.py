@@ -620,10 +620,9 @@ def _weights_task(inp, ix, t, zero, out, stats, w, phase, task):
     b = task // nqb
     i0 = (task % nqb) * bq
     rows = min(bq, L - i0)
-    nq = npq * E * nr
-    buf = np.empty(nq + npq * bk * nr, kp.dtype)
-    qp, st = buf[:nq], buf[nq:]
+    qp = np.empty(npq * E * nr, kp.dtype)  # two buffers, not views of one (see _flash_task)
     _pack_queries(q, qi[b], i0, rows, npq, qp)
+    st = np.empty(npq * bk * nr, kp.dtype)
     k_base = ki[b] * s_pad * E
     kv_end = min(S, i0 + rows) if causal else S
     for r in range(rows):
