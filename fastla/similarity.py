@@ -697,9 +697,10 @@ def _swap3(keys, s_row, i_row, a, b):
 
 
 @jit(inline="always")
-def _ahead(keys, i_row, a, b):
-    """Entry ``a`` ranks above entry ``b`` (:func:`_sort_key` order, ties to the lower index)."""
-    return keys[a] < keys[b] or (keys[a] == keys[b] and i_row[a] < i_row[b])
+def _ahead(ka, ia, kb, ib):
+    """Entry ``(ka, ia)`` ranks above ``(kb, ib)`` (:func:`_sort_key` keys, ties to the lower
+    index); bitwise, without a branch."""
+    return (ka < kb) | ((ka == kb) & (ia < ib))
 
 
 @jit
@@ -719,11 +720,11 @@ def _select_best(s_row, i_row, n, k):
     while lo < hi:
         mid = (lo + hi) // 2
         # the median of lo, mid, hi by rank, moved to hi
-        if _ahead(keys, i_row, lo, mid):
+        if _ahead(keys[lo], i_row[lo], keys[mid], i_row[mid]):
             _swap3(keys, s_row, i_row, mid, lo)
-        if _ahead(keys, i_row, lo, hi):
+        if _ahead(keys[lo], i_row[lo], keys[hi], i_row[hi]):
             _swap3(keys, s_row, i_row, hi, lo)
-        if _ahead(keys, i_row, hi, mid):
+        if _ahead(keys[hi], i_row[hi], keys[mid], i_row[mid]):
             _swap3(keys, s_row, i_row, mid, hi)
         kp, ip = keys[hi], i_row[hi]
         store = lo
@@ -731,7 +732,7 @@ def _select_best(s_row, i_row, n, k):
             kt, st, it = keys[t], s_row[t], i_row[t]
             # entry t ranks above the pivot: it goes to store (the entries between store and t
             # rank below the pivot, so the unconditional swap keeps them there)
-            up = (kt < kp) | ((kt == kp) & (it < ip))
+            up = _ahead(kt, it, kp, ip)
             keys[t], s_row[t], i_row[t] = keys[store], s_row[store], i_row[store]
             keys[store], s_row[store], i_row[store] = kt, st, it
             store += 1 if up else 0

@@ -219,8 +219,8 @@ MUTANTS = [
     Mutant(
         "topk-select-ties-to-higher-index",
         "similarity.py",
-        "            up = (kt < kp) | ((kt == kp) & (it < ip))",
-        "            up = (kt < kp) | ((kt == kp) & (it > ip))",
+        "    return (ka < kb) | ((ka == kb) & (ia < ib))",
+        "    return (ka < kb) | ((ka == kb) & (ia > ib))",
         ("tests/test_similarity.py",),
         "the pool's compaction keeps the higher index among equal scores",
     ),
