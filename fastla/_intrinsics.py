@@ -446,6 +446,29 @@ def f32_as_i32(typingctx, x):
     return _bitcast_typer("float", 32)(typingctx, x)
 
 
+def _widen_twin(x):
+    return np.float32(x.view(np.float16)) if isinstance(x, np.uint16) else x
+
+
+@intrinsic(_widen_twin)
+def widen(typingctx, x):
+    """An element of a kernel operand as the float it computes in: a float unchanged, a ``uint16``
+    (the bits of a float16: NumPy's float16 has no Numba type, so a float16 array enters a kernel
+    as its ``uint16`` view) as float32, exactly. LLVM vectorises the conversion (``vcvtph2ps``
+    where the host has F16C), so a float16 operand is read at half a float32 one's traffic."""
+    from llvmlite import ir
+
+    if isinstance(x, nb_types.Float):
+        return x(x), lambda context, builder, sig, args: args[0]
+    if x != nb_types.uint16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return nb_types.float32(x), codegen
+
+
 # --------------------------------------------------------------------------- read-only views
 #
 # Numba compiles a kernel once per argument *type*, and an array's type includes its layout (C, F,

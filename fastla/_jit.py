@@ -366,7 +366,9 @@ class Entry:
     compiled five times over for one ``fastla.matmul`` (measured: 3.7 s of its 7 s cold first call
     in LLVM). Called through an address they are compiled once, in their own cached library.
 
-    ``examples(dtype)`` gives example arguments of the one signature compiled per dtype.
+    ``examples(dtype)`` gives example arguments of the one signature compiled per dtype, for each
+    of ``dtypes`` (float32 and float64 unless said: the top-k kernels add float16, the dtype of a
+    corpus they read as float32).
     :meth:`address` compiles (or loads) that signature and returns its entry point, which a Python
     caller passes into the compiled caller *at run time*, never as a constant, so that a cached
     caller stays valid in the next process. The compiled caller calls
@@ -378,9 +380,10 @@ class Entry:
 
     _by_function: typing.ClassVar[dict] = {}
 
-    def __init__(self, fn, examples):
+    def __init__(self, fn, examples, dtypes=(np.float32, np.float64)):
         self.fn = fn
         self._examples = examples
+        self.dtypes = tuple(np.dtype(dt) for dt in dtypes)
         self._signatures = {}
         self._addresses = {}
         Entry._by_function[getattr(fn, "py_func", fn)] = self
@@ -422,7 +425,7 @@ class Entry:
         if entry is None or not isinstance(args_type, nb_types.BaseTuple):
             return False
         args = tuple(args_type.types)
-        return any(args == entry.signature(dt) for dt in (np.float32, np.float64))
+        return any(args == entry.signature(dt) for dt in entry.dtypes)
 
 
 _UNCACHED = []

@@ -262,10 +262,10 @@ def dot4x4(a, a0, a1, a2, a3, b, b0, b1, b2, b3, zero):
         y1 = b[b1, t]
         y2 = b[b2, t]
         y3 = b[b3, t]
-        x0 = a[a0, t]
-        x1 = a[a1, t]
-        x2 = a[a2, t]
-        x3 = a[a3, t]
+        x0 = _intrinsics.widen(a[a0, t])
+        x1 = _intrinsics.widen(a[a1, t])
+        x2 = _intrinsics.widen(a[a2, t])
+        x3 = _intrinsics.widen(a[a3, t])
         s00 += x0 * y0
         s01 += x0 * y1
         s02 += x0 * y2

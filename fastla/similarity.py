@@ -11,7 +11,11 @@ itself. Choices of ours, written down:
 * NaN propagates (a row holding NaN or inf gives NaN similarities, as the normalise-then-``@``
   formula does); sklearn instead refuses non-finite input.
 * Integer and bool input is converted to float64 (as sklearn does); float32 stays float32 (the norms
-  of float32 rows are accumulated in float64).
+  of float32 rows are accumulated in float64); float16 computes in float32.
+* ``cosine_topk`` keeps a float16 corpus searched in float32 as float16 in memory: the ``numba``
+  kernels read it as float32 values as they go (exact, half the memory traffic of a float32 corpus,
+  and no float32 copy of it); the results equal those over ``corpus.astype(np.float32)`` bit for
+  bit. The ``numpy`` and ``loop`` impls convert it first.
 * Exact over the whole float range: a row whose norm (or inverse norm) would leave the dtype's
   comfortable range (subnormal rows, rows near the overflow threshold) is first scaled by a power of
   two, ``2^-e`` with ``2^e`` its largest magnitude. That is exact and cosine is scale-invariant, so
@@ -51,7 +55,7 @@ import numpy as np
 
 from fastla import _gemm_kernels as _gk
 from fastla import _intrinsics, _jit, _math, _registry, _validate
-from fastla._intrinsics import prefetch_span, wide_vectors
+from fastla._intrinsics import prefetch_span, wide_vectors, widen
 from fastla._jit import jit, prange
 
 __all__ = ["cosine_similarity", "cosine_topk"]
@@ -82,6 +86,25 @@ AUTO_RULE = {
 _ool = _intrinsics.call_out_of_line
 
 _SQ_RANGE = {np.dtype(np.float64): (2.0**-960, 2.0**960), np.dtype(np.float32): (2.0**-200, 2.0**200)}
+
+_HALF = np.dtype(np.float16)
+
+
+def _compute_dtype(storage):
+    """The dtype a kernel computes an operand stored as ``storage`` in: float32 for float16."""
+    return np.dtype(np.float32) if storage == _HALF else storage
+
+
+def _kernel_view(x):
+    """``x`` as a kernel receives it: a float16 array as its uint16 view (no copy; the kernels read
+    its elements through :func:`fastla._intrinsics.widen`), any other array unchanged."""
+    return x.view(np.uint16) if x.dtype == _HALF else x
+
+
+def _corpus_as(c, dtype):
+    """The corpus in the compute ``dtype``, for the impls that do not read float16 (a copy then)."""
+    return c if c.dtype == dtype else c.astype(dtype)
+
 
 #: Corpus rows the streaming top-k scores per merge (its score block is queries x rows).
 _STREAM_TILE = 256
@@ -222,9 +245,10 @@ def _prepare_topk(queries, corpus, k, batch_size=None, corpus_norms=None):
     c_norms = None if corpus_norms is None else _check_norms(corpus_norms, c.shape[0])
     dtype, why = _float_dtype(q, c, "cosine_topk")
     q = _validate.native(q, dtype)
-    c = _validate.native(c, dtype)
+    # a float16 corpus searched in float32 stays float16 (see the module docstring)
+    c = _validate.native(c, _HALF if c.dtype == _HALF and dtype == np.float32 else dtype)
     q2 = q[None, :] if q.ndim == 1 else q
-    facts = {"n": q2.shape[0], "m": c.shape[0], "d": c.shape[1], "k": k, "dtype": dtype}
+    facts = {"n": q2.shape[0], "m": c.shape[0], "d": c.shape[1], "k": k, "dtype": dtype, "corpus": c.dtype}
     args = TopkArgs(q2, c, k, batch_size, q.ndim == 1, c_norms)
     return _registry.Prepared(args, compiled=why, facts=facts)
 
@@ -233,7 +257,11 @@ def _rule_topk(prep):
     f = prep.facts
     if f["n"] * f["m"] * f["d"] < AUTO_RULE["topk_min_work"]:
         return "numpy", lambda: f"{f['n']}x{f['m']}x{f['d']}: too small for the fused kernel to pay"
-    return "numba", lambda: f"{f['n']} queries x {f['m']} corpus rows: fused GEMM + running top-{f['k']}"
+    half = ", the float16 corpus read as float32" if f["corpus"] == _HALF else ""
+    return (
+        "numba",
+        lambda: f"{f['n']} queries x {f['m']} corpus rows: fused GEMM + running top-{f['k']}{half}",
+    )
 
 
 _TOPK = _registry.operation("cosine_topk", _prepare_topk, _rule_topk)
@@ -289,6 +317,8 @@ def cosine_topk(queries, corpus, k, *, corpus_norms=None, batch_size=None, backe
     corpus : array_like, shape (n_corpus, d)
     k : int
         0 <= k <= n_corpus.
+        float16 is kept as float16 when the search runs in float32 (float32 or float16 queries):
+        half the memory of a float32 corpus, read as float32 by the ``numba`` kernels.
     corpus_norms : array_like, shape (n_corpus,), optional
         The Euclidean norms of the corpus rows (``np.linalg.norm(corpus, axis=1)``), computed once
         when the same corpus is searched again and again: the kernels then skip that pass over the
@@ -382,11 +412,12 @@ def _given_inv_norms(x, norms, measure):
     """``(x', inv)`` as ``measure`` (:func:`_inv_norms_numpy` or :func:`_inv_norms_numba`) gives them,
     from the caller's row ``norms``: ``1/norm`` where the norm's square is in the safe range; the
     other rows are measured (and scaled, in a copy of ``x``) by ``measure``."""
-    lo, hi = _SQ_RANGE[x.dtype]
+    dt = _compute_dtype(x.dtype)
+    lo, hi = _SQ_RANGE[dt]
     with np.errstate(over="ignore", invalid="ignore"):
         sq = norms * norms
         ok = (sq >= lo) & (sq <= hi)
-    inv = np.zeros(len(x), x.dtype)
+    inv = np.zeros(len(x), dt)
     np.divide(1.0, norms, out=inv, where=ok, casting="unsafe")
     bad = np.flatnonzero(~ok)
     if bad.size:
@@ -465,6 +496,7 @@ def _topk_numpy(q, c, k, batch_size, squeeze, c_norms):
     scores = np.empty((nq, k), q.dtype)
     idx = np.empty((nq, k), np.intp)
     if k and nq:
+        c = _corpus_as(c, q.dtype)
         if c_norms is None:
             cn = _normalised(c)[0]
         else:
@@ -541,19 +573,19 @@ def _row_norm(x, i, lo, hi):
     d = x.shape[1]
     s = 0.0
     for j in range(d):
-        v = np.float64(x[i, _U(j)])
+        v = np.float64(widen(x[i, _U(j)]))
         s += v * v
     e = 0
     if not (s >= lo and s <= hi):  # zero, tiny, huge or NaN
         mx = 0.0
         for j in range(d):
-            v = abs(np.float64(x[i, j]))
+            v = abs(np.float64(widen(x[i, j])))
             mx = v if v > mx else mx
         if mx > 0 and mx < np.inf:
             e = math.frexp(mx)[1]
             s = 0.0
             for j in range(d):
-                v = math.ldexp(np.float64(x[i, j]), -e)  # exact: a power of two
+                v = math.ldexp(np.float64(widen(x[i, j])), -e)  # exact: a power of two
                 s += v * v
         elif s == s:
             s = mx  # 0 or inf
@@ -582,11 +614,12 @@ def _inv_norms(x, lo, hi, inv, norms, exps):
 def _inv_norms_numba(x):
     """``(x', inv, norms)`` as :func:`_inv_norms_numpy`, by the compiled pass."""
     n = x.shape[0]
-    inv = np.empty(n, x.dtype)
+    dt = _compute_dtype(x.dtype)
+    inv = np.empty(n, dt)
     norms = np.empty(n)
     exps = np.empty(n, np.int64)
-    lo, hi = _SQ_RANGE[x.dtype]
-    _inv_norms(x, lo, hi, inv, norms, exps)
+    lo, hi = _SQ_RANGE[dt]
+    _inv_norms(_kernel_view(x), lo, hi, inv, norms, exps)
     rows = np.flatnonzero(exps)
     if rows.size:
         x = x.copy()
@@ -997,12 +1030,19 @@ def _topk_kernel(q, b, inv_q, inv_c, alpha, t, scratch, pool, scores, index):
         _intrinsics.parallel_tasks(t.block_at, _topk_block_task, blocks, threads, threads)
 
 
-def _topk_task_examples(dtype, block):
-    """Example arguments of :func:`_topk_block_task` (``block``) or :func:`_topk_pack_task` for
-    ``dtype``, typed as :func:`_topk_numba` passes them."""
+def _corpus_operand(c):
+    """The GEMM operand ``c.T`` of the corpus ``c`` (C-contiguous), a float16 one as its uint16 bits."""
+    b = _gk.operand(c.T)
+    return b._replace(data=_kernel_view(b.data))
+
+
+def _topk_task_examples(storage, block):
+    """Example arguments of :func:`_topk_block_task` (``block``) or :func:`_topk_pack_task` for a
+    corpus stored as ``storage``, typed as :func:`_topk_numba` passes them."""
+    dtype = _compute_dtype(storage)
     flat = np.empty(1, dtype)
     rows = _c_input(np.zeros((1, 1), dtype))
-    a, b = _gk.operand(rows), _gk.operand(rows.T)
+    a, b = _gk.operand(rows), _corpus_operand(_c_input(np.zeros((1, 1), storage)))
     t = TopkTiling(1, 1, 1, 1, 0, 0)
     if not block:
         return (b, flat, flat, t, 0, 0, 0)
@@ -1011,9 +1051,11 @@ def _topk_task_examples(dtype, block):
     return (a, b, flat, dtype.type(1), t, TopkScratch(flat, flat, flat, flat), pool, scores, index, 0, 0, 0)
 
 
-#: The packed top-k's two task kernels, each compiled once per dtype and run through its address.
-TOPK_PACK = _jit.Entry(_topk_pack_task, lambda dtype: _topk_task_examples(dtype, False))
-TOPK_BLOCK = _jit.Entry(_topk_block_task, lambda dtype: _topk_task_examples(dtype, True))
+#: The packed top-k's two task kernels, each compiled once per corpus dtype (float16 beside the
+#: compute dtypes) and run through its address.
+_CORPUS_DTYPES = (np.float32, np.float64, np.float16)
+TOPK_PACK = _jit.Entry(_topk_pack_task, lambda dtype: _topk_task_examples(dtype, False), _CORPUS_DTYPES)
+TOPK_BLOCK = _jit.Entry(_topk_block_task, lambda dtype: _topk_task_examples(dtype, True), _CORPUS_DTYPES)
 
 
 def _topk_blocking(nq, itemsize, threads):
@@ -1047,7 +1089,7 @@ def _scaled_column(qn, c, j, e, inv, buf, col):
     for i in range(qn.shape[0]):
         acc = 0.0
         for t in range(qn.shape[1]):
-            acc += np.float64(qn[i, t]) * math.ldexp(np.float64(c[j, t]), -e)
+            acc += np.float64(qn[i, t]) * math.ldexp(np.float64(widen(c[j, t])), -e)
         buf[i, col] = acc * inv
 
 
@@ -1110,20 +1152,22 @@ def _topk_stream(qn, c, zero, lo, hi, scratch, s_parts, i_parts, at):
     _intrinsics.parallel_tasks(at, _stream_part, part, threads, threads)
 
 
-def _stream_examples(dtype):
-    """Example arguments of :func:`_stream_part` for ``dtype``, typed as :func:`_topk_streaming`
-    passes them."""
+def _stream_examples(storage):
+    """Example arguments of :func:`_stream_part` for a corpus stored as ``storage``, typed as
+    :func:`_topk_streaming` passes them."""
+    dtype = _compute_dtype(storage)
     rows = _c_input(np.zeros((4, 1), dtype))
     cube = np.empty((1, 1, 1), dtype)
     index = np.empty((1, 1, 1), np.intp)
     counts = np.zeros((1, 1), np.int64)
     scratch = (cube, np.empty((1, 1)), counts, cube, index, counts)
     lo, hi = _SQ_RANGE[dtype]
-    return (rows, rows, dtype.type(0), lo, hi, scratch, cube, index, 0)
+    corpus = _kernel_view(_c_input(np.zeros((4, 1), storage)))
+    return (rows, corpus, dtype.type(0), lo, hi, scratch, cube, index, 0)
 
 
-#: :func:`_stream_part` compiled once per dtype, run through its address by :func:`_topk_stream`.
-STREAM = _jit.Entry(_stream_part, _stream_examples)
+#: :func:`_stream_part` compiled once per corpus dtype, run through its address by :func:`_topk_stream`.
+STREAM = _jit.Entry(_stream_part, _stream_examples, _CORPUS_DTYPES)
 
 
 def _merge_parts(s_parts, i_parts, counts, scores, index):
@@ -1167,7 +1211,8 @@ def _topk_streaming(q, c, k, scores, idx):
     s_parts = np.empty((threads, nq, k), dt)
     i_parts = np.empty((threads, nq, k), np.intp)
     lo, hi = _SQ_RANGE[dt]
-    _topk_stream(_c_input(qn), c, dt.type(0), lo, hi, scratch, s_parts, i_parts, STREAM.address(dt))
+    at = STREAM.address(c.dtype)
+    _topk_stream(_c_input(qn), _kernel_view(c), dt.type(0), lo, hi, scratch, s_parts, i_parts, at)
     # every query of a share saw the same rows: its list holds min(k, rows in the share) entries
     _merge_parts(s_parts, i_parts, np.minimum(sizes[:, 0], k), scores, idx)
 
@@ -1205,8 +1250,8 @@ def _topk_numba(q, c, k, batch_size, squeeze, c_norms):
             else:  # one pass over the corpus saved
                 c, inv_c = _given_inv_norms(c, c_norms, _inv_norms_numba)
                 c = _c_input(c)
-            a, b = _gk.operand(q), _gk.operand(c.T)
-            t = TopkTiling(mc, tn, blk.KC, threads, TOPK_PACK.address(dt), TOPK_BLOCK.address(dt))
+            a, b = _gk.operand(q), _corpus_operand(c)
+            t = TopkTiling(mc, tn, blk.KC, threads, TOPK_PACK.address(c.dtype), TOPK_BLOCK.address(c.dtype))
             pool = (np.empty((nq, 2 * k), dt), np.empty((nq, 2 * k), np.intp), np.zeros(nq, np.int64))
             _topk_kernel(a, b, inv_q, inv_c, dt.type(1), t, TopkScratch(bp, ap, sc, tiles), pool, scores, idx)
     return _topk_result(scores, idx, squeeze)

@@ -25,6 +25,28 @@ def test_bitcast_intrinsics_match_twins():
 
 
 @_jit.jit
+def _widened(bits, x):
+    out = np.empty(bits.size, np.float32)
+    for i in range(bits.size):
+        out[i] = _intrinsics.widen(bits[i])
+    return out, _intrinsics.widen(x)
+
+
+def test_widen_matches_twin_and_numpy():
+    """``widen`` reads float16 bits (uint16) as float32 exactly, every one of the 65 536 (inf, NaN,
+    subnormals, -0), and leaves a float as it is; the twin (the JIT-off path) agrees."""
+    bits = np.arange(2**16, dtype=np.uint16)
+    want = bits.view(np.float16).astype(np.float32)
+    got, same = _widened(bits, 2.5)
+    np.testing.assert_array_equal(got.view(np.uint32)[~np.isnan(want)], want.view(np.uint32)[~np.isnan(want)])
+    assert np.array_equal(np.isnan(got), np.isnan(want)) and same == 2.5
+    for b in bits[::97]:
+        w = _intrinsics._widen_twin(b)
+        assert type(w) is np.float32 and (w == want[b] or (np.isnan(w) and np.isnan(want[b])))
+    assert _intrinsics._widen_twin(np.float32(1.5)) == 1.5
+
+
+@_jit.jit
 def _scale_rows(x, col):
     for i in range(x.shape[0]):
         for j in range(x.shape[1]):

@@ -422,6 +422,71 @@ def test_topk_corpus_norms(dtype, rng, topk_path):
         _close(row3(s_wrong, i_wrong), row3(s_good, i_good) / 2, dtype, d)
 
 
+def _half_corpus(rng, n, d):
+    """A float16 corpus with the rows that take the kernels' other branches: a zero row, inf and NaN
+    rows, subnormal and largest-magnitude values, and an exact duplicate (a tie)."""
+    c = rng.standard_normal((n, d)).astype(np.float16)
+    c[1] = 0
+    c[2, 0] = np.inf
+    c[3, 1] = np.nan
+    c[4] = np.float16(6e-8) * np.sign(rng.standard_normal(d)).astype(np.float16)  # subnormal
+    c[5, :3] = np.float16(65504)
+    c[n - 1] = c[6]
+    return c
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_topk_float16_corpus_block_edges(threads, rng, topk_path, monkeypatch):
+    """A float16 corpus searched in float32 is read as float16 by the numba kernels (streamed, and
+    packed: d not a multiple of the 16-deep float16 packing chunk, several rank-KC blocks with KC
+    shrunk to 8, corpus tiles and thread shares with edges) and gives *exactly* the results of the
+    same search over its float32 copy, with or without given norms, from float32 or float16 queries.
+    The other impls convert it and agree with the reference; the corpus comes back unchanged."""
+    monkeypatch.setattr(fastla._jit, "threads_here", lambda: threads)
+    monkeypatch.setattr(similarity, "_STREAM_TILE", 8)
+    for d, kc in ((37, None), (23, 8)):
+        if kc:
+            for blk in fastla._gemm_kernels.BLOCKING.values():
+                monkeypatch.setattr(blk, "KC", kc)
+        c16 = _half_corpus(rng, 301, d)
+        before = c16.copy()
+        c32 = c16.astype(np.float32)
+        q = rng.standard_normal((9, d)).astype(np.float32)
+        with np.errstate(over="ignore"):
+            norms = np.linalg.norm(c32, axis=1)
+        for queries in (q, q[:1], q.astype(np.float16)):
+            for kw in ({}, {"corpus_norms": norms}):
+                s16, i16 = fastla.cosine_topk(queries, c16, 12, backend="numba", **kw)
+                s32, i32 = fastla.cosine_topk(queries, c32, 12, backend="numba", **kw)
+                assert s16.dtype == np.float32
+                np.testing.assert_array_equal(s16, s32)
+                np.testing.assert_array_equal(i16, i32)
+        s_ref, _, full = _ref_topk(q, c32, 12)
+        for name in impl_names("cosine_topk", 301):
+            s, i = fastla.cosine_topk(q, c16, 12, backend=name)
+            _close(s, s_ref, np.float32, d)
+            _close(s, np.take_along_axis(full, i, axis=1), np.float32, d)  # the scores of those rows
+            np.testing.assert_array_equal(c16, before)
+    assert fastla.cosine_topk(q.astype(np.float64), c16, 3)[0].dtype == np.float64  # float64 search
+
+
+@pytest.mark.slow
+def test_topk_float16_corpus_is_not_copied(rng):
+    """The numba impl reads a float16 corpus in place: the call allocates far less than the float32
+    copy that converting it would take (tracemalloc sees every allocation of the compiled path)."""
+    c = rng.standard_normal((40_000, 64)).astype(np.float16)
+    for nq in (1, 200):  # streamed, packed
+        q = rng.standard_normal((nq, 64)).astype(np.float32)
+        fastla.cosine_topk(q, c[:50], 3, backend="numba")  # compile outside the measurement
+        tracemalloc.start()
+        try:
+            fastla.cosine_topk(q, c, 10, backend="numba")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < c.nbytes / 2, (nq, peak, c.nbytes)
+
+
 def test_topk_corpus_norms_errors(rng):
     c = rng.standard_normal((20, 4))
     with pytest.raises(ValueError, match=r"shape \(n_corpus,\) = \(20,\)"):

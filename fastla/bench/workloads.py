@@ -153,7 +153,7 @@ def _stack_inputs(batch, m, k, n, dtype):
 
 
 def _dt(dtype):
-    return "f32" if np.dtype(dtype) == np.float32 else "f64"
+    return f"f{np.dtype(dtype).itemsize * 8}"
 
 
 def gemm(m, k, n, dtype, sets=("quick", "full"), threads=None, label=None, study=False, **kw):
@@ -431,16 +431,41 @@ def _bare_gemm(q, c, k, **kwargs):
 _bare_gemm.cache = {}
 
 
+@register_anchor("f32_corpus")
+def _f32_corpus(q, c, k, **kwargs):
+    """The same search by the same kernel over the float32 copy of a float16 corpus (made once,
+    not timed): what storing the corpus as float16 is measured against."""
+    import fastla
+
+    if _f32_corpus.cache.get("key") != id(c):
+        _f32_corpus.cache.update(key=id(c), c32=c.astype(np.float32))
+    return fastla.cosine_topk(q, _f32_corpus.cache["c32"], k, backend="numba")
+
+
+_f32_corpus.cache = {}
+
+
 def cosine_topk(
-    nq, nc, d, k, dtype, sets=("quick", "full"), anchors=("bare_gemm",), full_anchors=("full_argpartition",)
+    nq,
+    nc,
+    d,
+    k,
+    dtype,
+    sets=("quick", "full"),
+    anchors=("bare_gemm",),
+    full_anchors=("full_argpartition",),
+    corpus=None,
 ):
+    """A top-k search workload; ``corpus``: the corpus's dtype when it differs from the queries'."""
+    corpus = corpus or dtype
+
     def make(rng):
         q = rng.standard_normal((nq, d)).astype(dtype)
-        return (q, rng.standard_normal((nc, d)).astype(dtype), k), {}
+        return (q, rng.standard_normal((nc, d)).astype(corpus), k), {}
 
     return Workload(
         "cosine_topk",
-        f"{nq}x{nc}x{d} {_dt(dtype)} k={k}",
+        f"{nq}x{nc}x{d} {_dt(dtype)} k={k}" + ("" if corpus == dtype else f" {_dt(corpus)} corpus"),
         make,
         flops=2.0 * nq * nc * d,
         sets=sets,
@@ -464,6 +489,12 @@ WORKLOADS += [
     cosine_topk(1, 100_000, 256, 10, np.float32),
     cosine_topk(16, 100_000, 256, 10, np.float32),
     cosine_topk(1000, 100_000, 256, 1000, np.float32, sets=("full",), anchors=("bare_gemm",)),
+    # a float16 corpus (read as float32 by the kernels) against the same search over its float32
+    # copy: half the memory traffic
+    *(
+        cosine_topk(nq, 100_000, 256, 10, np.float32, sets, ("f32_corpus",), (), corpus=np.float16)
+        for nq, sets in ((1, ("quick", "full")), (1000, ("full",)))
+    ),
     # the issue's size; its full-matrix anchor would need 4 GB of scores + 8 GB of argpartition
     cosine_topk(10_000, 100_000, 256, 10, np.float32, sets=("full",), anchors=()),
 ]
