@@ -43,10 +43,12 @@ KNOBS = {
     "softmax": ("softmax", "min_size"),
     "cosine_similarity": ("similarity", "matrix_min_work"),
     "cosine_topk": ("similarity", "topk_min_work"),
+    # not numpy against numba: the numba impl's two kernels (stream the corpus, or pack it)
+    "cosine_topk_stream": ("similarity", "topk_packed_min_queries"),
     "scaled_dot_product_attention": ("attention", "min_scores"),
 }
 #: knobs named otherwise than the op whose rule reads them: knob -> op
-FURTHER_KNOBS = {"matmul_gemm": "matmul"}
+FURTHER_KNOBS = {"matmul_gemm": "matmul", "cosine_topk_stream": "cosine_topk"}
 #: ops whose auto rule reads another op's knob
 SHARES = {"log_softmax": "softmax", "cross_entropy": "softmax", "lu_factor": "solve", "lu_solve": "solve"}
 

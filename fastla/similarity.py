@@ -35,8 +35,8 @@ Implementations:
   only the upper block triangle (half the FLOPs, like ``syrk``) and mirrors it. Top-k scores a tile
   of the corpus at a time with the GEMM macro-kernel into a per-thread scratch block and merges each
   row into a running top-k (a pool of candidates) in the same pass (parallel over query blocks);
-  memory is O(n_queries·k + tiles), never O(n_queries·n_corpus). Up to
-  ``AUTO_RULE["topk_stream_max_queries"]`` queries it streams the corpus instead, unpacked and once
+  memory is O(n_queries·k + tiles), never O(n_queries·n_corpus). Below
+  ``AUTO_RULE["topk_packed_min_queries"]`` queries it streams the corpus instead, unpacked and once
   (parallel over contiguous shares of the corpus, whose per-thread top-k lists are merged at the
   end): each tile of rows gets its norms as it arrives from memory and its dot products with the
   unit queries, four rows by four queries in registers, then the same merge. Packing the whole
@@ -72,12 +72,13 @@ AUTO_RULE = {
     # top-k: the fused kernel avoids the n x m scores entirely; from this much work on it wins
     # (64 000 on both machines: 10 queries x 100 corpus rows x 64).
     "topk_min_work": 64_000,
-    # up to this many queries the numba impl streams the corpus once, unpacked (memory-bound, like a
-    # matrix-vector product); more go to the packed GEMM kernel, whose packing of the whole corpus
-    # pays only over many queries. Measured (Zen 5, 2 threads, 100 000 corpus rows, k = 10, ms,
+    # from this many queries on the numba impl runs the packed GEMM kernel, whose packing of the
+    # whole corpus pays only over many queries; fewer stream the corpus once, unpacked (like a
+    # matrix-vector product). Measured (Zen 5, 2 threads, 100 000 corpus rows, k = 10, ms,
     # stream / packed): d = 256 f32: 1 query 3.4 / 15, 16: 4.9 / 14, 64: 16 / 19, 128: 25 / 27;
-    # f64 64: 28 / 34; d = 64 f32 64: 6.4 / 6.4.
-    "topk_stream_max_queries": 64,
+    # f64 64: 28 / 34; d = 64 f32 64: 6.4 / 6.4. `python -m fastla tune` measures it per machine
+    # (its knob "cosine_topk_stream").
+    "topk_packed_min_queries": 65,
 }
 
 #: Sums of squares (accumulated in float64) inside these bounds give a norm and an inverse norm that
@@ -258,10 +259,9 @@ def _rule_topk(prep):
     if f["n"] * f["m"] * f["d"] < AUTO_RULE["topk_min_work"]:
         return "numpy", lambda: f"{f['n']}x{f['m']}x{f['d']}: too small for the fused kernel to pay"
     half = ", the float16 corpus read as float32" if f["corpus"] == _HALF else ""
-    return (
-        "numba",
-        lambda: f"{f['n']} queries x {f['m']} corpus rows: fused GEMM + running top-{f['k']}{half}",
-    )
+    packed = AUTO_RULE["topk_packed_min_queries"]
+    how = "packed GEMM" if f["n"] >= packed else f"the corpus streamed once (under {packed} queries)"
+    return "numba", lambda: f"{f['n']} queries x {f['m']} corpus rows: {how} + running top-{f['k']}{half}"
 
 
 _TOPK = _registry.operation("cosine_topk", _prepare_topk, _rule_topk)
@@ -1231,7 +1231,7 @@ def _topk_numba(q, c, k, batch_size, squeeze, c_norms):
         else:
             q = _c_input(q)
             c = _c_input(c)
-            if nq <= AUTO_RULE["topk_stream_max_queries"]:
+            if nq < AUTO_RULE["topk_packed_min_queries"]:
                 _topk_streaming(q, c, k, scores, idx)
                 return _topk_result(scores, idx, squeeze)
             threads = _jit.threads_here()

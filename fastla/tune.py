@@ -3,7 +3,9 @@ machine, write the crossovers to the auto profile (:mod:`fastla._profile`), and 
 regret before and after.
 
 For each tunable threshold (:data:`SWEEPS`) the sweep times the public function with
-``backend="numpy"``, ``backend="numba"`` and ``auto`` over a range of sizes, in float32 and float64,
+``backend="numpy"``, ``backend="numba"`` and ``auto`` over a range of sizes, in float32 and float64
+(or, for a threshold between two compiled kernels, such as top-k's streamed and packed ones, each
+kernel forced),
 at fastla's current thread count (BLAS left at its default, as a user's call runs). Timings are
 interleaved: every impl once per round, 7 rounds, each round at least 5 ms of calls after one
 untimed call (which absorbs the switch from the previous impl's threads), and the fastest round is
@@ -12,7 +14,8 @@ from which the compiled kernel is at least as fast as NumPy at every larger swep
 never is, the threshold goes just past the sweep. One threshold serves both dtypes, so the larger
 of the two crossovers is kept: ``auto`` then picks the compiled kernel only where it wins in both.
 
-Regret of a call = time(auto) / min(time(numpy), time(numba)): 1.0 when auto picked the faster one
+Regret of a call = time(auto) / min(time(numpy), time(numba)) (or of the two kernels a threshold
+chooses between): 1.0 when auto picked the faster one
 (plus its dispatch), more when it picked the slower. ``--check`` (and ``python -m fastla bench
 --sweep``) measures the regret of the thresholds in force without writing anything.
 """
@@ -48,6 +51,10 @@ class Sweep:
     # the threshold where numba loses at the largest swept size: None puts it just past the sweep
     # (the kernel is taken to win beyond), an int (such as _profile.NEVER) is used as is
     never: int | None = None
+    # what the threshold chooses between: the side taken below it, then the one at or above it
+    sides: tuple[str, str] = ("numpy", "numba")
+    # (fn, args, kwargs) -> {side: a call of that side}; None: the public function with backend=side
+    calls: Callable | None = None
 
     def __post_init__(self):
         if not self.knob:
@@ -56,6 +63,35 @@ class Sweep:
 
 def _normal(rng, shape, dt):
     return rng.standard_normal(shape).astype(dt)
+
+
+def _forced_rule(module, key, value, fn):
+    """``fn`` run with ``module.AUTO_RULE[key]`` set to ``value`` (restored after)."""
+
+    def call():
+        rule = module.AUTO_RULE
+        before = rule[key]
+        rule[key] = value
+        try:
+            return fn()
+        finally:
+            rule[key] = before
+
+    return call
+
+
+def _topk_kernels(fn, args, kwargs):
+    """The numba top-k's two kernels, each forced: the corpus streamed, or packed."""
+    from fastla import similarity
+
+    def numba():
+        return fn(*args, backend="numba", **kwargs)
+
+    key = "topk_packed_min_queries"
+    return {
+        "stream": _forced_rule(similarity, key, _profile.NEVER, numba),
+        "packed": _forced_rule(similarity, key, 0, numba),
+    }
 
 
 def _solve_case(p, dt, rng):
@@ -115,6 +151,17 @@ SWEEPS = (
         lambda p: f"10x{p}x64 k=10",
     ),
     Sweep(
+        "cosine_topk",
+        "queries (20 000 x 256 corpus, k = 10)",
+        (8, 16, 32, 64, 128),
+        lambda p: p,
+        lambda p, dt, rng: ((_normal(rng, (p, 256), dt), _TOPK_CORPUS[np.dtype(dt)], 10), {}),
+        lambda p: f"{p}x20000x256 k=10",
+        knob="cosine_topk_stream",
+        sides=("stream", "packed"),
+        calls=_topk_kernels,
+    ),
+    Sweep(
         "scaled_dot_product_attention",
         "scores (4 heads, L = S, E = 64)",
         (16, 32, 64, 128, 256, 512),
@@ -124,6 +171,17 @@ SWEEPS = (
     ),
 )
 DTYPES = (np.float32, np.float64)
+
+
+class _Corpora(dict):
+    """The stream/packed sweep's corpus per dtype, made on first use (one for all its sizes)."""
+
+    def __missing__(self, dt):
+        self[dt] = _normal(np.random.default_rng(1), (20_000, 256), dt)
+        return self[dt]
+
+
+_TOPK_CORPUS = _Corpora()
 
 
 def _calls_per_round(fn):
@@ -162,26 +220,27 @@ def measure(sweep, dt, rng, *, with_auto=True):
     rows = []
     for p in sweep.params:
         args, kwargs = sweep.case(p, np.dtype(dt), rng)
-        rows.append((p, time_impls(_calls(fn, args, kwargs, with_auto))))
+        rows.append((p, time_impls(_calls(sweep, fn, args, kwargs, with_auto))))
     return rows
 
 
-def _calls(fn, args, kwargs, with_auto):
-    fns = {
-        "numpy": lambda: fn(*args, backend="numpy", **kwargs),
-        "numba": lambda: fn(*args, backend="numba", **kwargs),
-    }
+def _calls(sweep, fn, args, kwargs, with_auto):
+    if sweep.calls is not None:
+        fns = sweep.calls(fn, args, kwargs)
+    else:
+        fns = {side: (lambda side=side: fn(*args, backend=side, **kwargs)) for side in sweep.sides}
     if with_auto:
         fns["auto"] = lambda: fn(*args, **kwargs)
     return fns
 
 
 def crossover(sweep, rows):
-    """The threshold: the size of the first swept point from which numba wins at every larger one
-    (just past the sweep when it never does)."""
+    """The threshold: the size of the first swept point from which numba (the side above the
+    threshold) wins at every larger one (just past the sweep when it never does)."""
+    below, above = sweep.sides
     first = None
     for p, t in reversed(rows):
-        if t["numba"] > t["numpy"]:
+        if t[above] > t[below]:
             break
         first = p
     if first is not None:
@@ -190,7 +249,7 @@ def crossover(sweep, rows):
 
 
 def regret(t):
-    return t["auto"] / min(t["numpy"], t["numba"])
+    return t["auto"] / min(v for side, v in t.items() if side != "auto")
 
 
 def _progress(done, total, label, stream):
@@ -228,14 +287,15 @@ def run(*, write=True, ops=None, stream=None, out=None, plot_path=None):
         rules[sweep.knob] = max(crossover(sweep, before[sweep.knob, np.dtype(dt).name]) for dt in DTYPES)
     after = {}
     if write:
+        sides = {s.knob: s.sides for s in sweeps}
         key = _profile.machine_key()
         record = {
             "rules": rules,
             "when": time.strftime("%Y-%m-%d %H:%M:%S"),
             "fastla": fastla.__version__,
-            "measured": {  # seconds per call: [size parameter, numpy, numba]
-                f"{op} {dt}": [[p, t["numpy"], t["numba"]] for p, t in rows]
-                for (op, dt), rows in before.items()
+            "measured": {  # seconds per call: [size parameter, numpy, numba] (or the knob's sides)
+                f"{knob} {dt}": [[p, *(t[side] for side in sides[knob])] for p, t in rows]
+                for (knob, dt), rows in before.items()
             },
         }
         path = _profile.profile_path() or _profile.default_path()
@@ -264,8 +324,9 @@ def report(sweeps, before, after, rules, threads, out):
     label = "shipped" if after else "in force"
     print(f"auto's regret = time(auto) / min(numpy, numba); {threads} fastla threads, BLAS default", file=out)
     for sweep in sweeps:
+        below, above = sweep.sides
         print(f"\n{sweep.knob}: threshold in {sweep.unit}", file=out)
-        head = f"  {'size':<22} {'dtype':<8} {'numpy':>10} {'numba':>10}  {'regret ' + label:>15}"
+        head = f"  {'size':<22} {'dtype':<8} {below:>10} {above:>10}  {'regret ' + label:>15}"
         print(head, end="", file=out)
         print(f"  {'regret tuned':>12}" if after else "", file=out)
         for dt in DTYPES:
@@ -273,7 +334,7 @@ def report(sweeps, before, after, rules, threads, out):
             tuned = dict(after.get((sweep.knob, name), []))
             for p, t in before[sweep.knob, name]:
                 line = (
-                    f"  {sweep.label(p):<22} {name:<8} {t['numpy'] * 1e6:>8.1f}us {t['numba'] * 1e6:>8.1f}us"
+                    f"  {sweep.label(p):<22} {name:<8} {t[below] * 1e6:>8.1f}us {t[above] * 1e6:>8.1f}us"
                     f"  {regret(t):>15.2f}"
                 )
                 if p in tuned:
@@ -339,7 +400,7 @@ def plot(sweeps, before, rules, path, shipped=None):
         for dt, style in zip(DTYPES, ("-", "--"), strict=True):
             rows = before[sweep.knob, np.dtype(dt).name]
             xs = [sweep.value(p) for p, _ in rows]
-            for impl, colour in (("numpy", "C1"), ("numba", "C0"), ("auto", "C2")):
+            for impl, colour in zip((*sweep.sides, "auto"), ("C1", "C0", "C2"), strict=True):
                 ys = [t[impl] * 1e6 for _, t in rows]
                 ax.plot(xs, ys, style, marker="o", ms=3, color=colour, label=f"{impl} {np.dtype(dt).name}")
         ax.axvline(rules[sweep.knob], color="k", lw=1, label=f"crossover measured ({rules[sweep.knob]})")

@@ -291,7 +291,7 @@ def test_the_packed_topk_runs_its_tasks_through_their_addresses(dtype, entry, mo
     monkeypatch.setattr(similarity, entry, _stand_in(getattr(similarity, entry), impl))
     a = rng.standard_normal((40, 30)).astype(dtype)
     b = rng.standard_normal((30, 50)).astype(dtype)
-    monkeypatch.setitem(fl.similarity.AUTO_RULE, "topk_stream_max_queries", 0)  # the packed kernel
+    monkeypatch.setitem(fl.similarity.AUTO_RULE, "topk_packed_min_queries", 0)  # the packed kernel
     assert np.isnan(fl.cosine_topk(a, b.T, k=3, backend="numba")[0]).any()
 
 

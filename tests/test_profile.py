@@ -243,3 +243,28 @@ def test_every_sweep_sets_a_knob_of_the_op_it_times():
     assert {s.knob for s in tune.SWEEPS} == set(_profile.KNOBS)
     for s in tune.SWEEPS:
         assert _profile.knob_op(s.knob) == s.op, s.knob
+
+
+def test_the_topk_stream_sweep_times_each_kernel_forced(monkeypatch):
+    """The threshold between the numba top-k's two kernels is swept by forcing each in turn (the
+    streamed one really runs, and only for its side), the rule is restored after each call, and
+    its crossover is the first size from which the packed kernel wins."""
+    from fastla import similarity
+
+    sweep = next(s for s in tune.SWEEPS if s.knob == "cosine_topk_stream")
+    assert sweep.sides == ("stream", "packed") and _profile.knob_op(sweep.knob) == "cosine_topk"
+    ran = []
+    real = similarity._topk_streaming
+    monkeypatch.setattr(similarity, "_topk_streaming", lambda *a: ran.append("stream") or real(*a))
+    rng = np.random.default_rng(0)
+    args = (rng.standard_normal((8, 16)), rng.standard_normal((300, 16)), 3)
+    fns = tune._calls(sweep, fastla.cosine_topk, args, {}, True)
+    assert set(fns) == {"stream", "packed", "auto"}
+    before = similarity.AUTO_RULE["topk_packed_min_queries"]
+    results = [fns[side]() for side in ("stream", "packed")]
+    assert ran == ["stream"] and similarity.AUTO_RULE["topk_packed_min_queries"] == before
+    for got in results[1:]:  # the two kernels agree on the indices
+        np.testing.assert_array_equal(got[1], results[0][1])
+    rows = [(p, {"stream": 1.0, "packed": 2.0 if p < 64 else 0.5}) for p in sweep.params]
+    assert tune.crossover(sweep, rows) == 64
+    assert tune.regret({"stream": 1.0, "packed": 3.0, "auto": 1.5}) == 1.5

@@ -31,13 +31,13 @@ def _close(actual, expected, dtype, d):
 def topk_path(request, monkeypatch):
     """Both kernels of the numba top-k: few queries stream the corpus unpacked, more go through the
     packed GEMM (the rule's threshold moved so that every size takes the one under test)."""
-    few = 10**9 if request.param == "stream" else 0
-    monkeypatch.setitem(similarity.AUTO_RULE, "topk_stream_max_queries", few)
+    few = 10**9 if request.param == "stream" else 0  # the fewest queries packed
+    monkeypatch.setitem(similarity.AUTO_RULE, "topk_packed_min_queries", few)
     return request.param
 
 
 def _packed_topk(monkeypatch):
-    monkeypatch.setitem(similarity.AUTO_RULE, "topk_stream_max_queries", 0)
+    monkeypatch.setitem(similarity.AUTO_RULE, "topk_packed_min_queries", 0)
 
 
 def _ref_topk(q, c, k):
