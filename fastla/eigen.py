@@ -47,7 +47,7 @@ import numpy as np
 
 from fastla import _gemm_kernels as _gk
 from fastla import _host, _intrinsics, _jit, _math, _registry, _threads, _validate
-from fastla._jit import jit, prange
+from fastla._jit import jit
 
 _U = _jit.U
 
@@ -81,49 +81,102 @@ AUTO_RULE = {"numba_wins": True}
 # --------------------------------------------------------------------------- kernels
 
 
-@jit(parallel=True)
-def _matvec_stats(a, v, w):
-    """``w = a @ v`` and return ``(v . w, ||w||^2)`` in the same single pass over ``a``.
+#: Rows of A per task of the fused matrix-vector pass: a partition fixed by n alone, so that the
+#: partial sums of v.w and |w|^2 add up in the same order on any number of threads.
+_MATVEC_ROWS = 256
+
+
+@jit(python_wrapper=False)
+def _matvec_task(a, v, w, parts, task):
+    """Rows ``[256 task, 256 (task + 1))`` of ``w = a @ v``, and their parts of ``v . w`` and
+    ``||w||^2`` into ``parts[task]``, in the same single pass over those rows of ``a``.
 
     Four rows per step share each load of ``v`` (measured at n = 2000, 2 threads: 1.49 ms against
     1.59 ms one row at a time; BLAS dgemv 1.47 ms: all at the memory bound).
     """
     n, m = a.shape
+    lo = _U(task * _MATVEC_ROWS)  # unsigned indices: see fastla._jit.U
+    hi = _U(min(n, task * _MATVEC_ROWS + _MATVEC_ROWS))
     vw = 0.0
     ww = 0.0
-    for blk in prange((n + 3) // 4):
-        i = _U(4 * blk)  # unsigned indices: see fastla._jit.U
-        if i + 4 <= n:
-            s0 = 0.0
-            s1 = 0.0
-            s2 = 0.0
-            s3 = 0.0
-            for j in range(_U(m)):
-                x = v[j]
-                s0 += a[i, j] * x
-                s1 += a[i + 1, j] * x
-                s2 += a[i + 2, j] * x
-                s3 += a[i + 3, j] * x
-            w[i] = s0
-            w[i + 1] = s1
-            w[i + 2] = s2
-            w[i + 3] = s3
-            vw += v[i] * s0 + v[i + 1] * s1 + v[i + 2] * s2 + v[i + 3] * s3
-            ww += s0 * s0 + s1 * s1 + s2 * s2 + s3 * s3
-        else:
-            for r in range(i, _U(n)):
-                acc = 0.0
-                for j in range(_U(m)):
-                    acc += a[r, j] * v[j]
-                w[r] = acc
-                vw += v[r] * acc
-                ww += acc * acc
+    for i in range(lo, hi - (hi - lo) % 4, 4):
+        s0 = 0.0
+        s1 = 0.0
+        s2 = 0.0
+        s3 = 0.0
+        for j in range(_U(m)):
+            x = v[j]
+            s0 += a[i, j] * x
+            s1 += a[i + 1, j] * x
+            s2 += a[i + 2, j] * x
+            s3 += a[i + 3, j] * x
+        w[i] = s0
+        w[i + 1] = s1
+        w[i + 2] = s2
+        w[i + 3] = s3
+        vw += v[i] * s0 + v[i + 1] * s1 + v[i + 2] * s2 + v[i + 3] * s3
+        ww += s0 * s0 + s1 * s1 + s2 * s2 + s3 * s3
+    for r in range(hi - (hi - lo) % 4, hi):
+        acc = 0.0
+        for j in range(_U(m)):
+            acc += a[r, j] * v[j]
+        w[r] = acc
+        vw += v[r] * acc
+        ww += acc * acc
+    parts[task, 0] = vw
+    parts[task, 1] = ww
+
+
+@jit
+def _matvec_pass(a, v, w, parts, at, threads):
+    """``w = a @ v`` and ``(v . w, ||w||^2)``: :func:`_matvec_task` for every 256 rows (contiguous
+    runs of them per thread) through its entry address ``at`` (``fastla._intrinsics.parallel_tasks``:
+    no ``prange``, whose parallel lowering and reduction cost ~1 s of power_iteration's cold first
+    call), then the parts summed in task order."""
+    tasks = parts.shape[0]
+    _intrinsics.parallel_tasks(at, _matvec_task, (a, v, w, parts), tasks, threads, True)
+    vw = 0.0
+    ww = 0.0
+    for t in range(tasks):
+        vw += parts[t, 0]
+        ww += parts[t, 1]
     return vw, ww
 
 
-@jit(parallel=True)
-def _matmat4(a, vt, out):
-    """``out[i, c] = sum_j a[i, j] vt[c, j]`` for the 4 rows of ``vt`` (zero rows pad a thinner block).
+def _matvec_examples(dtype):
+    """Example arguments of :func:`_matvec_task` for ``dtype``, typed as :func:`_numba_matvec`
+    passes them."""
+    vec = np.zeros(1, dtype)
+    return (
+        _intrinsics.kernel_input(np.zeros((1, 1), dtype)),
+        _intrinsics.readonly(vec),
+        vec,
+        np.zeros((1, 2)),
+        0,
+    )
+
+
+#: :func:`_matvec_task` compiled once per dtype, run through its address by :func:`_matvec_pass`.
+MATVEC = _jit.Entry(_matvec_task, _matvec_examples)
+
+
+def _matvec_stats(a, v, w):
+    """``w = a @ v`` (``w`` may be a strided view) and ``(v . w, ||w||^2)``, by one fused pass."""
+    n = a.shape[0]
+    out = w if w.flags.c_contiguous else np.empty(n, w.dtype)
+    parts = np.empty((-(-n // _MATVEC_ROWS), 2))
+    vw, ww = _matvec_pass(
+        a, _intrinsics.kernel_input(v), out, parts, MATVEC.address(a.dtype), _jit.threads_here()
+    )
+    if out is not w:
+        w[:] = out
+    return vw, ww
+
+
+@jit(python_wrapper=False)
+def _matmat4_task(a, vt, out, task):
+    """Rows ``[256 task, 256 (task + 1))`` of ``out[i, c] = sum_j a[i, j] vt[c, j]`` for the 4 rows
+    of ``vt`` (zero rows pad a thinner block).
 
     Four rows of ``a`` per step against the 4 vectors, sixteen accumulators vectorised along ``j``:
     A is read once, as by a matrix-vector product, and ``vt`` (from L2) once per four rows of A.
@@ -134,17 +187,37 @@ def _matmat4(a, vt, out):
     (its 6-row tile is a third idle with 4 vectors).
     """
     n = a.shape[0]
-    for blk in prange((n + 3) // 4):
-        # unsigned indices: see fastla._jit.U; past the last row, the last row is computed again
-        i0 = _U(min(4 * blk, n - 1))
-        i1 = _U(min(4 * blk + 1, n - 1))
-        i2 = _U(min(4 * blk + 2, n - 1))
-        i3 = _U(min(4 * blk + 3, n - 1))
+    hi = min(n, task * _MATVEC_ROWS + _MATVEC_ROWS)
+    for r in range(task * _MATVEC_ROWS, hi, 4):
+        # unsigned indices: see fastla._jit.U; past the task's last row, that row is computed again
+        i0 = _U(r)
+        i1 = _U(min(r + 1, hi - 1))
+        i2 = _U(min(r + 2, hi - 1))
+        i3 = _U(min(r + 3, hi - 1))
         s = _math.dot4x4(a, i0, i1, i2, i3, vt, 0, 1, 2, 3, 0.0)
         _put4(out, i3, s[12], s[13], s[14], s[15])  # the repeated last row: every copy holds the same sums
         _put4(out, i2, s[8], s[9], s[10], s[11])
         _put4(out, i1, s[4], s[5], s[6], s[7])
         _put4(out, i0, s[0], s[1], s[2], s[3])
+
+
+@jit
+def _matmat4(a, vt, out, at, threads):
+    """:func:`_matmat4_task` for every 256 rows of ``a`` (contiguous runs of them per thread),
+    through its entry address ``at`` (``fastla._intrinsics.parallel_tasks``: no ``prange``)."""
+    tasks = (a.shape[0] + _MATVEC_ROWS - 1) // _MATVEC_ROWS
+    _intrinsics.parallel_tasks(at, _matmat4_task, (a, vt, out), tasks, threads, True)
+
+
+def _matmat4_examples(dtype):
+    """Example arguments of :func:`_matmat4_task` for ``dtype``, typed as :func:`_numba_matmat`
+    passes them."""
+    rows = _intrinsics.kernel_input(np.zeros((1, 1), dtype))
+    return (rows, np.zeros((4, 1), dtype), np.zeros((1, 4), dtype), 0)
+
+
+#: :func:`_matmat4_task` compiled once per dtype, run through its address by :func:`_matmat4`.
+MATMAT4 = _jit.Entry(_matmat4_task, _matmat4_examples)
 
 
 @jit(inline="always")
@@ -166,48 +239,68 @@ def scan_tile():
 _BLOCK = 16  # the transposed copy moves 16 x 16 blocks: 16 rows read along, 16 buffer rows written
 
 
-@jit(parallel=True)
-def _scan_kernel(a, tile, out):
-    """Per row of ``tile x tile`` tiles t: ``out[t] = (max abs_bits(a_ij), max abs_bits(a_ij - a_ji))``
-    over the lower triangle, i.e. ``max |a|`` with non-finite entries above inf, and ``max |a - aᵀ|``.
+@jit(python_wrapper=False)
+def _scan_task(a, tile, out, idx):
+    """Task ``idx`` of :func:`_scan`: tile row ``t`` (``idx`` counted from both ends: even ``idx``
+    from the top, odd from the bottom, so that interleaved tasks share the triangle evenly) gets
+    ``out[t] = (max abs_bits(a_ij), max abs_bits(a_ij - a_ji))`` over its tiles of the lower
+    triangle, i.e. ``max |a|`` with non-finite entries above inf, and ``max |a - aᵀ|``.
 
-    One pass over A in mirrored tile pairs (tile (I, J) against tile (J, I)), tile rows handed out
-    from both ends so the two threads share the triangle evenly. The mirrored tile is first copied
-    transposed into a buffer, reading its rows as long contiguous segments (a walk down its columns
-    stalls on every row), so the comparison runs along contiguous rows of both, as integer max
-    reductions that vectorise (see ``_math.abs_bits``).
+    Each tile (I, J) is compared with its mirror (J, I), first copied transposed into a buffer,
+    reading its rows as long contiguous segments (a walk down its columns stalls on every row), so
+    the comparison runs along contiguous rows of both, as integer max reductions that vectorise
+    (see ``_math.abs_bits``).
     """
     n = a.shape[0]
     nt = out.shape[0]
-    for idx in prange(nt):
-        t = idx // 2 if idx % 2 == 0 else nt - 1 - idx // 2
-        i0 = _U(t * tile)  # unsigned indices: see fastla._jit.U
-        rows = _U(min(tile, n - t * tile))
-        mirror = np.empty((tile, tile), a.dtype)
-        big = _math.abs_bits(a[i0, 0])
-        asym = _math.abs_bits(a[i0, 0] - a[i0, 0])
-        for jt in range(t + 1):
-            j0 = _U(jt * tile)
-            cols = _U(min(tile, n - jt * tile))
-            for jb in range(_U(0), cols, _U(_BLOCK)):  # mirror[ii, jj] = a[j0 + jj, i0 + ii]
-                for ib in range(_U(0), rows, _U(_BLOCK)):
-                    for jj in range(jb, min(jb + _U(_BLOCK), cols)):
-                        for ii in range(ib, min(ib + _U(_BLOCK), rows)):
-                            mirror[ii, jj] = a[j0 + jj, i0 + ii]
-            for ii in range(rows):
-                i = i0 + ii
-                upto = min(cols, i + 1 - j0)  # the diagonal tile: j <= i
-                for jj in range(upto):
-                    x = a[i, j0 + jj]
-                    y = mirror[ii, jj]
-                    bx = _math.abs_bits(x)
-                    by = _math.abs_bits(y)
-                    bd = _math.abs_bits(x - y)
-                    big = bx if bx > big else big
-                    big = by if by > big else big
-                    asym = bd if bd > asym else asym
-        out[t, 0] = big
-        out[t, 1] = asym
+    t = idx // 2 if idx % 2 == 0 else nt - 1 - idx // 2
+    i0 = _U(t * tile)  # unsigned indices: see fastla._jit.U
+    rows = _U(min(tile, n - t * tile))
+    mirror = np.empty((tile, tile), a.dtype)
+    big = _math.abs_bits(a[i0, 0])
+    asym = _math.abs_bits(a[i0, 0] - a[i0, 0])
+    for jt in range(t + 1):
+        j0 = _U(jt * tile)
+        cols = _U(min(tile, n - jt * tile))
+        for jb in range(_U(0), cols, _U(_BLOCK)):  # mirror[ii, jj] = a[j0 + jj, i0 + ii]
+            for ib in range(_U(0), rows, _U(_BLOCK)):
+                for jj in range(jb, min(jb + _U(_BLOCK), cols)):
+                    for ii in range(ib, min(ib + _U(_BLOCK), rows)):
+                        mirror[ii, jj] = a[j0 + jj, i0 + ii]
+        for ii in range(rows):
+            i = i0 + ii
+            upto = min(cols, i + 1 - j0)  # the diagonal tile: j <= i
+            for jj in range(upto):
+                x = a[i, j0 + jj]
+                y = mirror[ii, jj]
+                bx = _math.abs_bits(x)
+                by = _math.abs_bits(y)
+                bd = _math.abs_bits(x - y)
+                big = bx if bx > big else big
+                big = by if by > big else big
+                asym = bd if bd > asym else asym
+    out[t, 0] = big
+    out[t, 1] = asym
+
+
+@jit
+def _scan(a, tile, out, at, threads):
+    """One pass over A in mirrored ``tile x tile`` tile pairs: :func:`_scan_task` for every tile row
+    (``out.shape[0]`` of them), through its entry address ``at`` on ``threads`` threads
+    (``fastla._intrinsics.parallel_tasks``: a parallel loop without a ``prange``, whose parallel
+    lowering cost power_iteration's cold first call ~0.5 s of compiling)."""
+    # contiguous runs of tasks: each thread's run pairs top and bottom tile rows (see _scan_task);
+    # interleaved, one thread took every top row and the other every bottom one (1.7x slower)
+    _intrinsics.parallel_tasks(at, _scan_task, (a, tile, out), out.shape[0], threads, True)
+
+
+def _scan_examples(dtype):
+    """Example arguments of :func:`_scan_task` for ``dtype``, typed as :func:`_scan` passes them."""
+    return (_intrinsics.kernel_input(np.zeros((1, 1), dtype)), 0, np.zeros((1, 2), np.int64), 0)
+
+
+#: :func:`_scan_task` compiled once per dtype, run through its address by :func:`_scan`.
+SCAN = _jit.Entry(_scan_task, _scan_examples)
 
 
 def symmetry_atol(dtype, max_abs):
@@ -228,7 +321,8 @@ def _finite_and_symmetric(a):
     if _jit.JIT_ENABLED:
         tile = scan_tile()
         out = np.zeros((-(-a.shape[0] // tile), 2), np.int64)
-        _scan_kernel(a, tile, out)
+        # (kernel_input: the entry's one array type; no copy of an input that has it already)
+        _scan(_intrinsics.kernel_input(a), tile, out, SCAN.address(a.dtype), _jit.threads_here())
         (big, finite), (asym, _) = (_math.from_abs_bits(bits, a.dtype) for bits in out.max(axis=0))
         bad = not finite
     else:
@@ -265,7 +359,7 @@ def _numba_matmat(a, v):
         vt = np.zeros((4, a.shape[0]), dtype=a.dtype)
         vt[:b] = v.T
         out = np.empty((a.shape[0], 4), dtype=a.dtype)
-        _matmat4(a, vt, out)
+        _matmat4(_intrinsics.kernel_input(a), vt, out, MATMAT4.address(a.dtype), _jit.threads_here())
         return out[:, :b]
     # wider blocks: A V for symmetric A as (Vᵀ A)ᵀ, the GEMM micro-kernel reading A in place once
     # (packing A, as a general GEMM would, triples the memory traffic of this memory-bound step)

@@ -183,6 +183,10 @@ def determinism_cases(dt):
     logits, labels = f(4000, 50), r.integers(0, 50, 4000)
     sym = a @ a.T
     v0 = f(300, 8)  # an 8-wide start block: the wide-block product (row bands summed)
+    # not symmetric, one dominant eigenvalue: power iteration's fused matrix-vector pass (sums of
+    # v.Av and |Av|^2 over row blocks)
+    general = np.diag(np.linspace(1, 2, 300)).astype(dt) + f(300, 300) / 100
+    general[0, 0] = 4
 
     def flat(*parts):
         return np.concatenate([np.ravel(np.asarray(p, dtype=np.float64)) for p in parts])
@@ -204,6 +208,7 @@ def determinism_cases(dt):
         "power_iteration": lambda: flat(*fastla.power_iteration(sym, seed=0)),
         "power_iteration k=8": lambda: flat(*fastla.power_iteration(sym, 8, seed=0)),
         "power_iteration block 8": lambda: flat(*fastla.power_iteration(sym, 8, v0=v0)),
+        "power_iteration non-symmetric": lambda: flat(*fastla.power_iteration(general, seed=0)),
     }
 
 
