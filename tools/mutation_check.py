@@ -355,18 +355,34 @@ MUTANTS = [
     Mutant(
         "power-iteration-rayleigh-term-dropped",
         "eigen.py",
-        "            vw += v[i] * s0 + v[i + 1] * s1 + v[i + 2] * s2 + v[i + 3] * s3",
-        "            vw += v[i] * s0 + v[i + 1] * s1 + v[i + 2] * s2",
+        "        vw += v[i] * s0 + v[i + 1] * s1 + v[i + 2] * s2 + v[i + 3] * s3",
+        "        vw += v[i] * s0 + v[i + 1] * s1 + v[i + 2] * s2",
         ("tests/test_eigen.py",),
         "the fused A v pass drops a term of v . Av (non-symmetric power iteration)",
     ),
     Mutant(
         "symmetry-scan-skips-the-upper-triangle",
         "eigen.py",
-        "                    big = by if by > big else big",
-        "                    big = big",
+        "                big = by if by > big else big",
+        "                big = big",
         ("tests/test_eigen.py",),
         "the symmetry scan ignores the mirrored (upper) entries' magnitude: an inf there passes",
+    ),
+    Mutant(
+        "half-bits-read-as-an-integer",
+        "_intrinsics.py",
+        "return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())",
+        "return builder.uitofp(args[0], ir.FloatType())",
+        ("tests/test_jit.py", "tests/test_similarity.py", "-k", "widen or float16"),
+        "a float16 element (its uint16 bits) is read as the integer those bits spell",
+    ),
+    Mutant(
+        "half-corpus-packed-from-one-element",
+        "_gemm_kernels.py",
+        "out[_U(off + (pb + p) * nr + j)] = widen(d[_U(at + p)]) * s",
+        "out[_U(off + (pb + p) * nr + j)] = widen(d[_U(at)]) * s",
+        ("tests/test_similarity.py", "-k", "float16"),
+        "the float16 packing repeats each column's first element down its 16-deep chunk",
     ),
 ]
 
