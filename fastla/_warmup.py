@@ -90,6 +90,9 @@ def _cosine_topk(dt):
     x = np.ones((80, 8), dt)
     fastla.cosine_topk(x[:20], x, 3, backend="numba")  # few queries: the streaming kernel
     fastla.cosine_topk(x, x, 3, backend="numba")  # many: the packed one
+    if x.dtype == np.float32:  # a float16 corpus is searched in float32, by kernels of its own
+        fastla.cosine_topk(x[:20], x.astype(np.float16), 3, backend="numba")
+        fastla.cosine_topk(x, x.astype(np.float16), 3, backend="numba")
 
 
 def _power_iteration(dt):
