@@ -422,6 +422,18 @@ def test_topk_corpus_norms(dtype, rng, topk_path):
         _close(row3(s_wrong, i_wrong), row3(s_good, i_good) / 2, dtype, d)
 
 
+def _topk_peak_bytes(q, c, k):
+    """Peak bytes the numba top-k allocates for ``(q, c, k)`` (tracemalloc sees all of it: every
+    buffer of the compiled path is NumPy's), compiled on a small call first."""
+    fastla.cosine_topk(q, c[:100], 3, backend="numba")  # the same kernel compiled (or loaded) first
+    tracemalloc.start()
+    try:
+        fastla.cosine_topk(q, c, k, backend="numba")
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def _half_corpus(rng, n, d):
     """A float16 corpus with the rows that take the kernels' other branches: a zero row, inf and NaN
     rows, subnormal and largest-magnitude values, and an exact duplicate (a tie)."""
@@ -476,14 +488,7 @@ def test_topk_float16_corpus_is_not_copied(rng):
     copy that converting it would take (tracemalloc sees every allocation of the compiled path)."""
     c = rng.standard_normal((40_000, 64)).astype(np.float16)
     for nq in (1, 200):  # streamed, packed
-        q = rng.standard_normal((nq, 64)).astype(np.float32)
-        fastla.cosine_topk(q, c[:50], 3, backend="numba")  # compile outside the measurement
-        tracemalloc.start()
-        try:
-            fastla.cosine_topk(q, c, 10, backend="numba")
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        peak = _topk_peak_bytes(rng.standard_normal((nq, 64)).astype(np.float32), c, 10)
         assert peak < c.nbytes / 2, (nq, peak, c.nbytes)
 
 
@@ -541,12 +546,6 @@ def test_topk_memory_is_not_n_queries_by_n_corpus(rng):
     """All of the compiled path's memory is numpy-allocated (tracemalloc sees it): far below n x m."""
     q = rng.standard_normal((300, 16)).astype(np.float32)
     c = rng.standard_normal((40_000, 16)).astype(np.float32)
-    fastla.cosine_topk(q[:2], c[:100], 3, backend="numba")  # compile outside the measurement
-    tracemalloc.start()
-    try:
-        fastla.cosine_topk(q, c, 10, backend="numba")
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    peak = _topk_peak_bytes(q, c, 10)
     full = q.shape[0] * c.shape[0] * 4
     assert peak < full / 8, (peak, full)
