@@ -315,10 +315,10 @@ def cosine_topk(queries, corpus, k, *, corpus_norms=None, batch_size=None, backe
     ----------
     queries : array_like, shape (n_queries, d) or (d,)
     corpus : array_like, shape (n_corpus, d)
-    k : int
-        0 <= k <= n_corpus.
         float16 is kept as float16 when the search runs in float32 (float32 or float16 queries):
         half the memory of a float32 corpus, read as float32 by the ``numba`` kernels.
+    k : int
+        0 <= k <= n_corpus.
     corpus_norms : array_like, shape (n_corpus,), optional
         The Euclidean norms of the corpus rows (``np.linalg.norm(corpus, axis=1)``), computed once
         when the same corpus is searched again and again: the kernels then skip that pass over the
