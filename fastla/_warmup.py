@@ -13,14 +13,16 @@ typed; see ``fastla._jit``), so a warmed kernel serves every layout of the same 
 compiled for exact sizes (stacks of 3x3/4x4 products and systems) are warmed for those sizes only;
 other small sizes compile on their first call.
 
-Numba compiles one function at a time in a process, so each (op, dtype) runs in its own process,
-``jobs`` at a time (default: one per core), the slowest first. Processes filling the same cache
-at once do not corrupt it (``fastla._jit``'s cache file: hashed data file names, a locked index).
+Numba compiles one function at a time in a process, so the (op, dtype) jobs run in ``jobs``
+processes at once (default: one per core), each a lane of one dtype's jobs, the slowest first
+(:func:`_lanes`). Processes filling the same cache at once do not corrupt it (``fastla._jit``'s
+cache file: hashed data file names, a locked index).
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import subprocess
 import sys
 import threading
@@ -216,10 +218,51 @@ def _jobs(ops, dtypes):
     return jobs
 
 
-def _spawn(op, dtypes):
-    code = f"import fastla._warmup as w; print(w.run_op({op!r}, {dtypes!r}))"
+def run_lane(jobs):
+    """Run the ``(op, dtypes)`` jobs one after another in this process (a lane of :func:`_run_all`),
+    printing a line per job as it ends: ``op<TAB>seconds``, or ``op<TAB>FAIL<TAB>message``."""
+    for op, dtypes in jobs:
+        try:
+            line = f"{op}\t{run_op(op, dtypes)!r}"
+        except Exception as exc:  # reported by the parent; the lane goes on with its other jobs
+            line = f"{op}\tFAIL\t{type(exc).__name__}: {exc}".replace("\n", " ")
+        print(line, flush=True)
+
+
+def _lanes(jobs, n):
+    """The jobs split into at most ``n`` lanes, each run by one process. One dtype's jobs share a
+    lane where the lanes allow: kernels that several ops share (the GEMM's packing and micro-kernel,
+    the exp) are then compiled once per dtype, and later ops find them compiled in the process,
+    where one process per job compiled them again in jobs running at once and paid a Python and
+    Numba start-up per job (18 jobs: ~0.6 s each). Within a dtype, the slowest first, each to the
+    least loaded of its lanes (``_COST``)."""
+    by_dtype = {}
+    for job in jobs:
+        by_dtype.setdefault(job[1], []).append(job)
+    groups = list(by_dtype.values())
+    if n < len(groups):  # fewer lanes than dtypes: dtypes share lanes, still one per lane at most
+        merged = [[] for _ in range(n)]
+        for i, group in enumerate(groups):
+            merged[i % n] += group
+        groups = merged
+    per = [n // len(groups) + (i < n % len(groups)) for i in range(len(groups))]
+    lanes = []
+    for group, k in zip(groups, per, strict=True):
+        mine = [[] for _ in range(min(k, len(group)))]
+        loads = [0.0] * len(mine)
+        for job in group:  # already slowest first
+            i = loads.index(min(loads))
+            mine[i].append(job)
+            loads[i] += _COST.get(job[0], 1)
+        lanes += mine
+    return [lane for lane in lanes if lane]
+
+
+def _spawn_lane(jobs):
+    code = f"import fastla._warmup as w; w.run_lane({jobs!r})"
+    # stderr into the same pipe (read as it comes: a pipe nobody drains would block the process)
     return subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
 
 
@@ -229,36 +272,51 @@ def _bar(done, total, width=24):
 
 
 def _run_all(jobs, n_jobs, progress, stream):
-    """Run the (op, dtypes) jobs in subprocesses, ``n_jobs`` at a time; return ``{op: seconds}``
-    (summed over the op's jobs)."""
-    pending = list(jobs)
-    running = {}
-    times = {}
-    failures = []
-    done = 0
+    """Run the (op, dtypes) jobs in at most ``n_jobs`` processes at once (:func:`_lanes`); return
+    ``{op: seconds}`` (summed over the op's jobs)."""
+    lanes = _lanes(jobs, n_jobs)
+    events = queue.Queue()
+
+    def read(k, proc):
+        for line in proc.stdout:
+            events.put((k, line.rstrip("\n")))
+        proc.wait()
+        events.put((k, None))  # the lane's process ended
+
+    procs = [_spawn_lane(lane) for lane in lanes]
+    for k, proc in enumerate(procs):
+        threading.Thread(target=read, args=(k, proc), daemon=True).start()
+    times, failures = {}, []
+    reported = [0] * len(lanes)  # jobs each lane has reported
+    other = [""] * len(lanes)  # each lane's last line of anything else (a traceback's last line)
+    done, open_lanes = 0, len(lanes)
     t0 = time.perf_counter()
-    while pending or running:
-        while pending and len(running) < n_jobs:
-            job = pending.pop(0)
-            running[job] = _spawn(*job)
-        time.sleep(0.05)
-        for job, proc in list(running.items()):
-            if proc.poll() is None:
-                continue
-            out, err = proc.communicate()
-            del running[job]
-            done += 1
-            op, dtypes = job
-            if proc.returncode != 0:
-                last = err.strip().splitlines()[-1] if err.strip() else f"exit {proc.returncode}"
-                failures.append(f"{op} ({', '.join(dtypes)}): {last}")
-                seconds = float("nan")
-            else:
-                seconds = float(out.strip().splitlines()[-1])
-            times[op] = times.get(op, 0.0) + seconds
-            if progress:
-                line = f"{_bar(done, len(jobs))} {op} ({', '.join(dtypes)}): {seconds:.1f} s"
-                print(line, file=stream, flush=True)
+    while open_lanes:
+        k, line = events.get()
+        if line is None:
+            open_lanes -= 1
+            lost = lanes[k][reported[k] :]
+            if lost:  # the process died: the jobs it did not report
+                why = other[k] or f"exit {procs[k].returncode}"
+                failures += [f"{op} ({', '.join(dts)}): {why}" for op, dts in lost]
+            continue
+        op, tab, rest = line.partition("\t")
+        if not tab or reported[k] >= len(lanes[k]) or op != lanes[k][reported[k]][0]:
+            other[k] = line.strip() or other[k]
+            continue
+        dtypes = lanes[k][reported[k]][1]
+        reported[k] += 1
+        done += 1
+        status, _, message = rest.partition("\t")
+        if status == "FAIL":
+            failures.append(f"{op} ({', '.join(dtypes)}): {message}")
+            seconds = float("nan")
+        else:
+            seconds = float(status)
+        times[op] = times.get(op, 0.0) + seconds
+        if progress:
+            line = f"{_bar(done, len(jobs))} {op} ({', '.join(dtypes)}): {seconds:.1f} s"
+            print(line, file=stream, flush=True)
     if failures:
         raise RuntimeError("warmup failed for: " + "; ".join(failures))
     if progress:

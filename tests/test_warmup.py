@@ -57,6 +57,32 @@ def test_warmup_arguments():
     assert jobs[0] == ("scaled_dot_product_attention", ("float64",)) and len(jobs) == 4
 
 
+def test_warmup_lanes_keep_a_dtype_together():
+    """The jobs split into at most ``jobs`` processes, each job once; with a lane per dtype or more,
+    no lane mixes dtypes (the kernels ops share compile once per dtype and process)."""
+    jobs = _warmup._jobs(None, ["float32", "float64"])
+    for n in (1, 2, 3, 4, 7):
+        lanes = _warmup._lanes(jobs, n)
+        assert 1 <= len(lanes) <= n
+        assert sorted(j for lane in lanes for j in lane) == sorted(jobs)
+        if n >= 2:
+            assert all(len({dts for _, dts in lane}) == 1 for lane in lanes), n
+    assert len(_warmup._lanes(jobs, 4)) == 4
+
+
+def test_a_lane_reports_a_failed_job_and_goes_on(monkeypatch, capsys):
+    def broken(dt):
+        raise RuntimeError("no\nway")
+
+    monkeypatch.setitem(_warmup.OPS, "softmax", broken)
+    monkeypatch.setitem(_warmup.OPS, "cross_entropy", lambda dt: None)
+    _warmup.run_lane([("softmax", ("float64",)), ("cross_entropy", ("float64",))])
+    first, second = capsys.readouterr().out.splitlines()
+    assert first == "softmax\tFAIL\tRuntimeError: no way"
+    op, seconds = second.split("\t")
+    assert op == "cross_entropy" and float(seconds) >= 0
+
+
 @needs_jit
 def test_import_compiles_nothing(tmp_path):
     proc = _python(
