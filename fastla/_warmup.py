@@ -278,8 +278,9 @@ def _run_all(jobs, n_jobs, progress, stream):
     events = queue.Queue()
 
     def read(k, proc):
-        for line in proc.stdout:
-            events.put((k, line.rstrip("\n")))
+        with proc.stdout:  # closed once the process has ended it
+            for line in proc.stdout:
+                events.put((k, line.rstrip("\n")))
         proc.wait()
         events.put((k, None))  # the lane's process ended
 
