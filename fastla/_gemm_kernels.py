@@ -391,9 +391,8 @@ def pack_b_panel(b, p0, kc, j0, cols, col_scale, out, off):
     """Pack ``b[p0:p0+kc, j0:j0+cols]`` (``b`` an :class:`Operand`) into one NR-wide micro-panel
     ``out[off + p, j]`` (zero pad).
 
-    A non-empty ``col_scale`` multiplies column ``j`` by ``col_scale[j]``. ``b.data`` may hold
-    float16 bits (``uint16``; :func:`fastla._intrinsics.widen`), packed as float32 (slowly: see
-    :func:`pack_b_half_panel`).
+    A non-empty ``col_scale`` multiplies column ``j`` by ``col_scale[j]``. (Float16 operands:
+    :func:`pack_b_half_panel`.)
     """
     wide_vectors()
     nr = tile_nr(out)
@@ -405,24 +404,26 @@ def pack_b_panel(b, p0, kc, j0, cols, col_scale, out, off):
         at = b.off + (p0 + p) * b.rs + j0 * cs
         if scaled:
             for j in range(cols):
-                out[_U(row + j)] = widen(d[_U(at + j * cs)]) * col_scale[_U(j0 + j)]
+                out[_U(row + j)] = d[_U(at + j * cs)] * col_scale[_U(j0 + j)]
         elif cs == 1:
             for j in range(cols):
-                out[_U(row + j)] = widen(d[_U(at + j)])
+                out[_U(row + j)] = d[_U(at + j)]
         else:
             for j in range(cols):
-                out[_U(row + j)] = widen(d[_U(at + j * cs)])
+                out[_U(row + j)] = d[_U(at + j * cs)]
         for j in range(cols, nr):
             out[_U(row + j)] = 0
 
 
 @jit
 def pack_b_half_panel(b, p0, kc, j0, cols, col_scale, out, off):
-    """:func:`pack_b_panel` for ``b.data`` holding float16 bits (``uint16``) with contiguous columns
-    (``B.T`` of a C-contiguous float16 matrix: the corpus of top-k): each column read 16 deep at a
-    time, contiguous, so that LLVM vectorises the conversion, and written down the panel's 16 rows
-    (in L1). Measured (Zen 5, 256 x 10 000, scaled): 0.75-1.2 ms, against 5.5 ms reading across the
-    columns as :func:`pack_b_panel` does, and 2.1-2.5 ms a whole column at a time (its 256 panel
+    """:func:`pack_b_panel` for ``b.data`` holding float16 bits (``uint16``, read as float32 through
+    :func:`fastla._intrinsics.widen`), any strides: each column read 16 deep at a time, and written
+    down the panel's 16 rows (in L1). Made for contiguous columns (``B.T`` of a C-contiguous float16
+    matrix: the corpus of top-k), whose reads, and the conversion, LLVM vectorises (it versions the
+    loop on the row stride being 1: the same 0.96-1.54 ms as a loop written for stride 1).
+    Measured (Zen 5, 256 x 10 000, scaled): 0.75-1.2 ms, against 5.5 ms reading across the columns
+    as :func:`pack_b_panel` does, and 2.1-2.5 ms a whole column at a time (its 256 panel
     rows do not stay in L1); for float32 the orders measure within noise of each other (1.7-2.3 ms).
     A function of its own: as a branch of :func:`pack_b_panel` it cost every float GEMM's cold
     compile ~0.2 s."""
@@ -430,17 +431,14 @@ def pack_b_half_panel(b, p0, kc, j0, cols, col_scale, out, off):
     nr = tile_nr(out)
     scaled = col_scale.size > 0
     d = b.data
-    cs = b.cs
-    if b.rs != 1:
-        pack_b_panel(b, p0, kc, j0, cols, col_scale, out, off)
-        return
+    rs, cs = b.rs, b.cs
     for pb in range(0, kc, 16):
         depth = min(16, kc - pb)
         for j in range(cols):
-            at = b.off + p0 + pb + (j0 + j) * cs
+            at = b.off + (p0 + pb) * rs + (j0 + j) * cs
             s = col_scale[_U(j0 + j)] if scaled else np.float32(1)
             for p in range(depth):
-                out[_U(off + (pb + p) * nr + j)] = widen(d[_U(at + p)]) * s
+                out[_U(off + (pb + p) * nr + j)] = widen(d[_U(at + p * rs)]) * s
         for j in range(cols, nr):
             for p in range(depth):
                 out[_U(off + (pb + p) * nr + j)] = 0

@@ -22,6 +22,7 @@ chooses between): 1.0 when auto picked the faster one
 
 from __future__ import annotations
 
+import functools
 import statistics
 import sys
 import time
@@ -155,7 +156,7 @@ SWEEPS = (
         "queries (20 000 x 256 corpus, k = 10)",
         (8, 16, 32, 64, 128),
         lambda p: p,
-        lambda p, dt, rng: ((_normal(rng, (p, 256), dt), _TOPK_CORPUS[np.dtype(dt)], 10), {}),
+        lambda p, dt, rng: ((_normal(rng, (p, 256), dt), _topk_corpus(np.dtype(dt)), 10), {}),
         lambda p: f"{p}x20000x256 k=10",
         knob="cosine_topk_stream",
         sides=("stream", "packed"),
@@ -173,15 +174,10 @@ SWEEPS = (
 DTYPES = (np.float32, np.float64)
 
 
-class _Corpora(dict):
-    """The stream/packed sweep's corpus per dtype, made on first use (one for all its sizes)."""
-
-    def __missing__(self, dt):
-        self[dt] = _normal(np.random.default_rng(1), (20_000, 256), dt)
-        return self[dt]
-
-
-_TOPK_CORPUS = _Corpora()
+@functools.cache
+def _topk_corpus(dt):
+    """The stream/packed sweep's corpus for ``dt``, made once (one for all its sizes)."""
+    return _normal(np.random.default_rng(1), (20_000, 256), dt)
 
 
 def _calls_per_round(fn):

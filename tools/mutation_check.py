@@ -379,7 +379,7 @@ MUTANTS = [
     Mutant(
         "half-corpus-packed-from-one-element",
         "_gemm_kernels.py",
-        "out[_U(off + (pb + p) * nr + j)] = widen(d[_U(at + p)]) * s",
+        "out[_U(off + (pb + p) * nr + j)] = widen(d[_U(at + p * rs)]) * s",
         "out[_U(off + (pb + p) * nr + j)] = widen(d[_U(at)]) * s",
         ("tests/test_similarity.py", "-k", "float16"),
         "the float16 packing repeats each column's first element down its 16-deep chunk",
