@@ -160,7 +160,7 @@ def _matvec_examples(dtype):
 MATVEC = _jit.Entry(_matvec_task, _matvec_examples)
 
 
-def _matvec_stats(a, v, w):
+def _numba_matvec(a, v, w):
     """``w = a @ v`` (``w`` may be a strided view) and ``(v . w, ||w||^2)``, by one fused pass."""
     n = a.shape[0]
     out = w if w.flags.c_contiguous else np.empty(n, w.dtype)
@@ -332,10 +332,6 @@ def _finite_and_symmetric(a):
     if bad:
         raise ValueError("array must not contain infs or NaNs")
     return bool(asym <= symmetry_atol(a.dtype, big)), float(big)
-
-
-def _numba_matvec(a, v, w):
-    return _matvec_stats(a, v, w)
 
 
 def _numpy_matvec(a, v, w):
