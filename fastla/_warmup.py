@@ -240,7 +240,7 @@ def _lanes(jobs, n):
     for job in jobs:
         by_dtype.setdefault(job[1], []).append(job)
     groups = list(by_dtype.values())
-    if n < len(groups):  # fewer lanes than dtypes: dtypes share lanes, still one per lane at most
+    if n < len(groups):  # fewer lanes than dtypes: a lane takes several dtypes
         merged = [[] for _ in range(n)]
         for i, group in enumerate(groups):
             merged[i % n] += group
