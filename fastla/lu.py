@@ -186,11 +186,28 @@ def _getrf(a, piv, nb, neg_one, tiles, gemm_at):
 
 @jit(inline="always")
 def _row_dot(lu, b, i, lo, hi):
-    """``sum(lu[i, lo:hi] * b[lo:hi, 0])``: contiguous in both, vectorised."""
+    """``sum(lu[i, lo:hi] * b[lo:hi])`` for 1-D ``b``: contiguous in both, vectorised."""
     s = 0.0
     for r in range(lo, hi):
-        s += lu[i, _U(r)] * b[_U(r), 0]
+        s += lu[i, _U(r)] * b[_U(r)]
     return s
+
+
+@jit(inline="always")
+def getrs_vector(lu, piv, b):
+    """Solve ``A x = b`` in place in the C-contiguous 1-D ``b`` with the factors of A (also
+    ``fastla.kernels.lu_solve``'s one right-hand side: no 2-D view of it, whose reshape cost Numba
+    ~30 ns a call). Each step is a dot product of a contiguous row of the factors with the solution
+    so far (vectorised), instead of axpys of length 1."""
+    n = b.shape[0]
+    for i in range(n):
+        p = piv[i]
+        if p != i:
+            b[i], b[p] = b[p], b[i]
+    for i in range(n):  # L y = P b
+        b[i] -= _row_dot(lu, b, i, 0, i)
+    for i in range(n - 1, -1, -1):  # U x = y
+        b[i] = (b[i] - _row_dot(lu, b, i, i + 1, n)) / lu[i, i]
 
 
 @jit
@@ -199,14 +216,7 @@ def _getrs(lu, piv, b, trans):
     wide_vectors()
     n, k = b.shape
     if trans == 0 and k == 1:
-        # One right-hand side: each step is a dot product of a contiguous row of the factors with
-        # the solution so far (vectorised), instead of axpys of length 1.
-        for i in range(n):
-            _swap_rows(b, i, piv[i])
-        for i in range(n):  # L y = P b
-            b[i, 0] -= _row_dot(lu, b, i, 0, i)
-        for i in range(n - 1, -1, -1):  # U x = y
-            b[i, 0] = (b[i, 0] - _row_dot(lu, b, i, i + 1, n)) / lu[i, i]
+        getrs_vector(lu, piv, b.reshape(n))
     elif trans == 0:
         for i in range(n):
             _swap_rows(b, i, piv[i])

@@ -113,6 +113,11 @@ def user_lu(a, b):
 
 
 @njit
+def user_lu_solve_into(lu, piv, b, out):
+    return kernels.lu_solve(lu, piv, b, out)
+
+
+@njit
 def user_cosine(x, y):
     return kernels.cosine_similarity(x, y)
 
@@ -422,6 +427,37 @@ def test_lu(dtype, rng):
     np.testing.assert_array_equal(piv, ref_piv)
     np.testing.assert_allclose(lu, ref_lu, rtol=1e-4 if dtype == np.float32 else 1e-10, atol=1e-5)
     np.testing.assert_allclose(x, np.linalg.solve(a, b), rtol=1e-3 if dtype == np.float32 else 1e-9)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lu_solve_into_every_out(dtype, rng):
+    """One right-hand side into a C-contiguous ``out`` (its own kernel: no reshape, ``piv`` as
+    given), into a strided one, and several right-hand sides: the same solution as SciPy's, bit for
+    bit between the 1-D forms; a wrong length raises inside compiled code."""
+    a = rng.standard_normal((7, 7)).astype(dtype)
+    lu, piv = sla.lu_factor(a)
+    b = rng.standard_normal(7).astype(dtype)
+    rtol = 1e-4 if dtype == np.float32 else 1e-10
+    into = np.empty(7, dtype)
+    assert user_lu_solve_into(lu, piv, b, into) is into or not _jit.JIT_ENABLED
+    np.testing.assert_allclose(into, sla.lu_solve((lu, piv), b), rtol=rtol)
+    strided = np.full(14, 7, dtype)
+    user_lu_solve_into(lu, piv, b, strided[::2])
+    np.testing.assert_array_equal(strided[::2], into)
+    assert (strided[1::2] == 7).all()
+    b2 = rng.standard_normal((7, 3)).astype(dtype)
+    out2 = user_lu_solve_into(lu, piv, b2, np.empty((7, 3), dtype))
+    np.testing.assert_allclose(out2, sla.lu_solve((lu, piv), b2), rtol=rtol)
+    np.testing.assert_array_equal(b, b.copy())  # b untouched
+    py = np.full(14, 7, dtype)
+    kernels.lu_solve(lu, piv, b, py[::2])  # from Python too
+    np.testing.assert_array_equal(py, strided)
+    bad = ((b[:6], np.empty(6, dtype)), (b, np.empty(8, dtype)), (b, np.empty((7, 1), dtype)))
+    for bad_b, bad_out in bad:
+        with pytest.raises(ValueError, match="lu_solve"):
+            user_lu_solve_into(lu, piv, bad_b, bad_out)
+        with pytest.raises(ValueError, match="lu_solve"):
+            kernels.lu_solve(lu, piv, bad_b, bad_out)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -123,8 +123,8 @@ MUTANTS = [
     Mutant(
         "lu-substitution-off-by-one",
         "lu.py",
-        "            b[i, 0] -= _row_dot(lu, b, i, 0, i)",
-        "            b[i, 0] -= _row_dot(lu, b, i, 0, i - 1)",
+        "        b[i] -= _row_dot(lu, b, i, 0, i)",
+        "        b[i] -= _row_dot(lu, b, i, 0, i - 1)",
         ("tests/test_lu.py",),
         "forward substitution skips the last term of each row",
     ),
