@@ -329,6 +329,13 @@ _jit.overload(softmax)(_softmax_typer(False))
 _jit.overload(log_softmax)(_softmax_typer(True))
 
 
+@jit(inline="always")
+def _logsumexp_of(row, zero, ahead):
+    m = _math.row_max(row) if row.shape[0] else -np.inf
+    mm = m if np.isfinite(m) else zero
+    return mm + np.log(_sm._exp_sum(row, mm, row, False, zero, ahead))
+
+
 @jit
 def _logsumexp_rows(x):
     n = x.shape[-1]
@@ -337,10 +344,15 @@ def _logsumexp_rows(x):
     res = np.empty(rows, np.float64)
     zero = _zero(x)
     for r in range(x2.shape[0]):
-        m = _math.row_max(x2[r]) if x2.shape[1] else -np.inf
-        mm = m if np.isfinite(m) else zero
-        res[r] = mm + np.log(_sm._exp_sum(x2[r], mm, x2[r], False, zero, x2[min(r + 1, rows - 1)]))
+        res[r] = _logsumexp_of(x2[r], zero, x2[min(r + 1, rows - 1)])
     return res
+
+
+@jit(inline="llvm")
+def _logsumexp_row(x):
+    """:func:`_logsumexp_rows` of one C-contiguous row, on a borrowed view and without its result
+    array: a row of 10 float64 in a user's loop 115-143 -> 55-57 ns."""
+    return _logsumexp_of(x, _zero(x), None)
 
 
 def logsumexp(x):
@@ -352,6 +364,8 @@ def logsumexp(x):
 
 @_jit.overload(logsumexp)
 def _logsumexp_typer(x):
+    if _is_array(x, (1,)) and x.layout == "C":
+        return lambda x: _logsumexp_row(_borrow(x))
     if _is_array(x, (1,)):
         return lambda x: _ool(_logsumexp_rows, (x,))[0]
     if _is_array(x, (2,)):

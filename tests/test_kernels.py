@@ -167,6 +167,10 @@ def test_softmax_family_from_njit_and_prange(dtype, rng):
     np.testing.assert_allclose(user_log_softmax(x[3]), sps.log_softmax(x[3].astype(np.float64)), rtol=1e-5)
     np.testing.assert_allclose(user_logsumexp(x), sps.logsumexp(x.astype(np.float64), axis=-1), rtol=1e-5)
     assert abs(user_logsumexp(x[0]) - sps.logsumexp(x[0].astype(np.float64))) < 1e-4
+    # a contiguous row (its own inlined kernel) gives the 2-D form's bits; a strided one too
+    assert np.asarray(user_logsumexp(x[3]), dtype) == user_logsumexp(x)[3]
+    assert np.asarray(user_logsumexp(x.T.copy().T[3]), dtype) == user_logsumexp(x)[3]
+    assert abs(user_logsumexp(x[:, 2]) - sps.logsumexp(x[:, 2].astype(np.float64))) < 1e-4
     inplace = x.copy()
     kernels.softmax(inplace, inplace)  # in place, from Python
     np.testing.assert_allclose(inplace, ref, rtol=_tol(dtype), atol=_tol(dtype))
