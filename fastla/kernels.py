@@ -242,7 +242,7 @@ def _exp_typer(x):
 # (rows of 10 float64 from a user's loop: 134 -> 96-105 ns a row).
 
 
-@jit
+@jit(inline="llvm")
 def _row_compiled(x, out, log, zero):
     """The row kernel with fastla's own flags (see above)."""
     _intrinsics.wide_vectors()
