@@ -339,6 +339,28 @@ def test_solve_forms_from_python(k, rng):
     np.testing.assert_allclose(b2, np.linalg.solve(a, b), rtol=1e-10)
 
 
+@pytest.mark.parametrize("n, k", [(3, 1), (3, 4), (12, 1), (12, 2)])
+def test_one_system_with_2d_right_hand_sides(n, k, rng):
+    """``b`` (n, k) for one system (its own inlined path, straight-line for k = 1 and n <= 8, else the
+    elimination): as NumPy, fresh or into ``out`` (``b`` may be ``out``), in a loop over a stack;
+    singular and mismatched systems raise inside compiled code."""
+    a = rng.standard_normal((5, n, n)) + n * np.eye(n)
+    b = rng.standard_normal((5, n, k))
+    expect = np.linalg.solve(a, b)
+    np.testing.assert_allclose(user_solve(a[2], b[2]), expect[2], rtol=1e-10, atol=1e-12)
+    x = user_solve_prange(a, b, np.empty_like(b))
+    np.testing.assert_allclose(x, expect, rtol=1e-10, atol=1e-12)
+    inplace = b[3].copy()
+    user_solve_into(a[3], inplace, inplace)
+    np.testing.assert_allclose(inplace, expect[3], rtol=1e-10, atol=1e-12)
+    with pytest.raises(np.linalg.LinAlgError, match="Singular matrix"):
+        user_solve(np.zeros((n, n)), b[0])
+    with pytest.raises(ValueError, match="must be"):
+        user_solve(a[0], np.ones((n + 1, k)))
+    with pytest.raises(ValueError, match="must be"):
+        user_solve_into(a[0], b[0], np.empty((n, k + 1)))
+
+
 def test_errors_inside_compiled_code(rng):
     with pytest.raises(np.linalg.LinAlgError, match="Singular matrix"):
         user_solve(np.zeros((3, 3)), np.ones(3))
