@@ -806,17 +806,53 @@ def solve_inplace(a, b):
 
 @_jit.overload(solve_inplace)
 def _solve_inplace_typer(a, b):
+    if _is_array(a, (2,)) and a.layout == "C" and _is_array(b, (1,)) and b.layout == "C":
+        return lambda a, b: _solve_inplace_vec(a, b)
     if _is_array(a, (2,)) and _is_array(b, (1, 2)):
         return lambda a, b: _ool(_solve_inplace, (a, b))
     return None
 
 
 @jit
-def _solve_inplace(a, b):
+def _solve_inplace_shape_error():
+    raise ValueError("fastla.kernels.solve_inplace: a must be (n, n) and b (n,) or (n, k)")
+
+
+@jit
+def _solve_inplace_info(a, b):
+    """Gaussian elimination in place (``a`` overwritten, ``b`` becomes ``x``): 0, or ``j + 1`` for
+    the first exactly zero pivot."""
     n = a.shape[0]
     if a.shape[1] != n or b.shape[0] != n:
-        raise ValueError("fastla.kernels.solve_inplace: a must be (n, n) and b (n,) or (n, k)")
-    if _eliminate(a, b.reshape((n, -1))):
+        _solve_inplace_shape_error()
+    return _eliminate(a, b.reshape((n, -1)))
+
+
+@jit
+def _solve_inplace(a, b):
+    if _solve_inplace_info(a, b):
+        _singular_error()
+    return b
+
+
+@jit(inline="llvm")
+def _solve_inplace_vec_info(a, b):
+    """:func:`_solve_inplace_info` for C-contiguous ``a`` and 1-D ``b`` on borrowed views: the
+    straight-line code up to 8 (``a`` only read), else the elimination out of line. A 3x3 system in
+    a user's loop: 113 -> 28-31 ns (an out-of-line call on counted views, a reshape and the loops),
+    the same bits as :func:`solve`."""
+    n = a.shape[0]
+    if a.shape[1] != n or b.shape[0] != n:
+        _solve_inplace_shape_error()
+    info = _straight_line(a, b, b)
+    if info >= 0:
+        return info
+    return _ool(_solve_inplace_info, (a, b))
+
+
+@jit(inline="always")
+def _solve_inplace_vec(a, b):
+    if _solve_inplace_vec_info(_borrow(a), _borrow(b)):
         _singular_error()
     return b
 

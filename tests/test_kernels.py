@@ -389,6 +389,23 @@ def test_one_system_with_2d_right_hand_sides(n, k, rng):
         user_solve_into(a[0], b[0], np.empty((n, k + 1)))
 
 
+@pytest.mark.parametrize("n, k", [(3, None), (12, None), (3, 2)])
+def test_solve_inplace_in_compiled_code(n, k, rng):
+    """One system in place (a 1-D ``b``: the straight-line code up to 8, else the elimination out of
+    line; a 2-D ``b``: the elimination): ``b`` becomes ``solve``'s answer (bit for bit for a 1-D
+    ``b``, the same straight-line code), and it is ``b`` that comes back."""
+    a = rng.standard_normal((n, n)) + n * np.eye(n)
+    b = rng.standard_normal(n) if k is None else rng.standard_normal((n, k))
+    expect = user_solve(a, b)
+    a2, b2 = a.copy(), b.copy()
+    assert user_solve_inplace(a2, b2) is b2
+    if k is None and n <= 8:
+        np.testing.assert_array_equal(b2, expect)
+    np.testing.assert_allclose(b2, np.linalg.solve(a, b), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="solve_inplace"):
+        user_solve_inplace(a.copy(), np.ones(n + 1) if k is None else np.ones((n + 1, k)))
+
+
 def test_errors_inside_compiled_code(rng):
     with pytest.raises(np.linalg.LinAlgError, match="Singular matrix"):
         user_solve(np.zeros((3, 3)), np.ones(3))
