@@ -638,17 +638,17 @@ def _solve_one_loops(a, x):
     return _solve_one(a, x.reshape((x.shape[0], 1)))
 
 
-@jit(inline="llvm")
+@jit(inline="always")
 def _solve_vec_info(a, b, out):
     """The hot-loop form: one C-contiguous system ``a`` (n, n), ``b`` and ``out`` (n,); no
     allocation (a ``np.ascontiguousarray`` here cost 250 ns a call); returns the elimination's
     status (0, or ``j + 1`` for the first exactly zero pivot). The solver runs on borrowed views
     (``_intrinsics.borrow``): a 3x3 solve in a user's loop cost 60 ns a system with the loop's views
     reference-counted across it, 34 ns without; 27-30 ns once the straight-line code read ``b``
-    itself instead of a copy loop into ``out``. Inlined by LLVM, called on borrowed views: compiled
-    once per signature into fastla's cache, so that a user's function calling ``kernels.solve``
-    compiles in 0.9-1.0 s rather than 2.1 s (fastla's cache warm; the same 26-28 ns a 3x3 system).
-    Without the borrowed views the call kept the views' reference counts: 62-69 ns."""
+    itself instead of a copy loop into ``out``. Inlined at Numba's IR level: inlined by LLVM instead
+    (``inline="llvm"``, on borrowed views) a user's function calling ``kernels.solve`` compiled in
+    0.9-1.0 s rather than 2.1 s and timed the same directly, but the ``kernels:solve`` 3x3 benchmark
+    read 15.6-20.9x against 25.5-28.9x (alternating runs), so it stays here until that is understood."""
     n = a.shape[0]
     if a.shape[1] != n or b.shape[0] != n or out.shape[0] != n:
         _solve_shape_error()
@@ -843,12 +843,13 @@ def _solve_inplace(a, b):
     return b
 
 
-@jit(inline="llvm")
+@jit(inline="always")
 def _solve_inplace_vec_info(a, b):
     """:func:`_solve_inplace_info` for C-contiguous ``a`` and 1-D ``b`` on borrowed views: the
     straight-line code up to 8 (``a`` only read), else the elimination out of line. A 3x3 system in
-    a user's loop: 113 -> 28-31 ns (an out-of-line call on counted views, a reshape and the loops),
-    the same bits as :func:`solve`."""
+    a user's loop: 113 -> 19 ns (an out-of-line call on counted views, a reshape and the loops).
+    Inlined at Numba's IR level, as :func:`_solve_vec_info` is, so that it gives :func:`solve`'s bits
+    in the same user function (inlined by LLVM it took 28-31 ns and differed in the last bit)."""
     n = a.shape[0]
     if a.shape[1] != n or b.shape[0] != n:
         _solve_inplace_shape_error()

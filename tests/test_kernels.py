@@ -686,22 +686,23 @@ def test_big_kernels_are_called_out_of_line_not_compiled_into_the_user_function(
 
 @pytest.mark.skipif(not _jit.JIT_ENABLED, reason="inspects the compiled code")
 def test_per_item_kernels_are_compiled_once_and_inlined_by_llvm(rng):
-    """``kernels.matmul``'s product, the one-system solve and ``topk_push`` are compiled on their own,
-    once per signature (fastla's cache keeps them), and LLVM inlines them into the user's function:
-    its optimised code calls none of them. Inlined at Numba's IR level instead, they were typed again
-    in every user function (one calling ``kernels.matmul`` took 3.3-3.9 s to compile, 1.2-1.4 s
-    now), and a push kept its arrays' reference counts inside the user's loop (25 ns, 1-1.7 now)."""
-    a = rng.standard_normal((3, 3)) + 3 * np.eye(3)
-    b = rng.standard_normal(3)
-    values = rng.standard_normal(50)
+    """``kernels.matmul``'s product, the one-system solve with ``b`` (n, k) and ``topk_push`` are
+    compiled on their own, once per signature (fastla's cache keeps them), and LLVM inlines them
+    into the user's function: its optimised code calls none of them. Inlined at Numba's IR level
+    instead, they were typed again in every user function (one calling ``kernels.matmul`` took
+    3.3-3.9 s to compile, 1.2-1.4 s now), and a push kept its arrays' reference counts inside the
+    user's loop (25 ns, 1-1.7 now)."""
     from numba import typeof
 
+    a = rng.standard_normal((3, 3)) + 3 * np.eye(3)
+    b = rng.standard_normal((3, 2))
+    values = rng.standard_normal(50)
     np.testing.assert_allclose(user_matmul(a, a), a @ a, rtol=1e-12)
     np.testing.assert_allclose(user_solve(a, b), np.linalg.solve(a, b), rtol=1e-10)
     assert user_topk(values, 3)[1].tolist() == np.argsort(-values)[:3].tolist()
     for user, kernel, only_this_call in (
         (user_matmul, kernels._matmul2d, False),
-        (user_solve, kernels._solve_vec_info, True),  # its stacks and 2-D b take another path
+        (user_solve, kernels._solve_mat_info, True),  # its other signatures take other paths
         (user_topk, kernels._topk_push, False),
     ):
         name = kernel.py_func.__name__
