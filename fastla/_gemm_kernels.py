@@ -333,7 +333,7 @@ def flat_operand(flat, off, rs, cs, rows, cols):
     return Operand(_intrinsics.as_readonly(flat), off, rs, cs, rows, cols)
 
 
-@jit
+@jit(python_wrapper=False)
 def aligned_empty(n, dtype_like):
     """Uninitialised 1-D scratch of ``n`` elements whose first element is 64-byte aligned."""
     size = dtype_like.itemsize
@@ -351,7 +351,7 @@ class Span(NamedTuple):
     depth: int
 
 
-@jit
+@jit(python_wrapper=False)
 def pack_a(a, span, alpha, row_scale, out, off):
     """Pack ``alpha * a[i0:i0+mc, p0:p0+kc]`` (``a`` an :class:`Operand`, ``span`` the :class:`Span`
     ``(i0, mc, p0, kc)``) into MR-tall micro-panels: ``out[off + panel, p, i]``.
@@ -386,7 +386,7 @@ def pack_a(a, span, alpha, row_scale, out, off):
                 out[_U(base + p * mr + i)] = 0
 
 
-@jit
+@jit(python_wrapper=False)
 def pack_b_panel(b, p0, kc, j0, cols, col_scale, out, off):
     """Pack ``b[p0:p0+kc, j0:j0+cols]`` (``b`` an :class:`Operand`) into one NR-wide micro-panel
     ``out[off + p, j]`` (zero pad).
@@ -415,7 +415,7 @@ def pack_b_panel(b, p0, kc, j0, cols, col_scale, out, off):
             out[_U(row + j)] = 0
 
 
-@jit
+@jit(python_wrapper=False)
 def pack_b_half_panel(b, p0, kc, j0, cols, col_scale, out, off):
     """:func:`pack_b_panel` for ``b.data`` holding float16 bits (``uint16``, read as float32 through
     :func:`fastla._intrinsics.widen`), any strides: each column read 16 deep at a time, and written
@@ -444,7 +444,7 @@ def pack_b_half_panel(b, p0, kc, j0, cols, col_scale, out, off):
                 out[_U(off + (pb + p) * nr + j)] = 0
 
 
-@jit
+@jit(python_wrapper=False)
 def macro_kernel(ap, bp, c, tile, at):
     """All micro-kernel calls of one packed (MC x KC) A block against ``npan`` packed B panels.
 
@@ -490,7 +490,7 @@ class Block(NamedTuple):
     load_c: bool
 
 
-@jit
+@jit(python_wrapper=False)
 def a_block(a, alpha, row_scale, ap, bp, c, tile, at):
     """One thread's step of the packed GEMM: pack its block of A (``at``, a :class:`Block`) and
     multiply it by the packed slab of B into C (both steps through their symbols: compiled once,
@@ -686,8 +686,10 @@ def thin_product(a, v):
     mr, nr = blk.MR, blk.NR
     bands = max(1, min(THIN_BANDS, n))
     npb = _ceil_div(b, mr)
-    vp = np.empty(npb * mr * n, a.dtype)
-    pack_a(operand(v.T), Span(0, b, 0, n), a.dtype.type(1), NO_SCALE[a.dtype], vp, 0)
+    # V^T as MR-tall micro-panels (pack_a's layout, zero rows past b): vp[panel, p, i] = v[p, panel*MR + i]
+    vpad = np.zeros((n, npb * mr), a.dtype)
+    vpad[:, :b] = v
+    vp = np.ascontiguousarray(vpad.reshape(n, npb, mr).transpose(1, 0, 2)).reshape(-1)
     out = np.empty((bands, npb * mr, _ceil_div(m, nr) * nr), a.dtype)
     vt_times_a(vp, _intrinsics.readonly(a), out, np.empty(n * nr, a.dtype), THIN_KC.get(npb, THIN_KC_MANY))
     return out.sum(axis=0)[:b, :m] if bands > 1 else out[0, :b, :m]

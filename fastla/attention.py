@@ -46,9 +46,6 @@ from fastla import _intrinsics, _jit, _math, _registry, _validate
 from fastla._intrinsics import wide_vectors
 from fastla._jit import jit
 
-# pack_a and pack_b_panel through a symbol: one compile in its own library, not one in each caller
-_ool = _intrinsics.call_out_of_line
-
 __all__ = ["scaled_dot_product_attention"]
 
 # --------------------------------------------------------------------------- auto rule (data)
@@ -384,15 +381,23 @@ def _sdpa_loop(q, k, v, mask, plan):
 @jit(inline="always")
 def _pack_queries(q, b, i0, rows, npq, qp):
     """Queries ``i0 : i0 + rows`` of ``q[b]`` (L x E) transposed into ``npq`` NR-wide panels of
-    ``qp`` (zero pad): the B operand of the score tile."""
+    ``qp`` (zero pad): the B operand of the score tile, in ``fastla._gemm_kernels.pack_b_panel``'s
+    layout. A loop of its own rather than that packer through its symbol: the packer's library
+    cost the kernel's cold compile more than this loop (O(rows x E) a task, against the task's
+    O(rows x S x E) products)."""
     _, L, E = q.shape
     nr = _gk.tile_nr(qp)
-    qt = _gk.flat_operand(q.reshape(q.size), b * L * E, 1, E, E, L)  # q[b].T
-    zero = L - L  # a run-time 0 (see _gemm_kernels' "literal arguments")
+    qf = q.reshape(q.size)
+    at = b * L * E
     for pn in range(npq):
-        cols = max(zero, min(nr, rows - pn * nr))
-        # through its symbol: compiled once, not linked and optimised again inside each task
-        _ool(_gk.pack_b_panel, (qt, zero, E, i0 + pn * nr, cols, qp[:0], qp, pn * E * nr))
+        j0 = i0 + pn * nr
+        cols = max(0, min(nr, rows - pn * nr))
+        for p in range(E):
+            row = _U(pn * E * nr + p * nr)  # unsigned: see fastla._jit.U
+            for j in range(_U(cols)):
+                qp[row + j] = qf[_U(at + (j0 + j) * E + p)]
+            for j in range(_U(cols), _U(nr)):
+                qp[row + j] = 0
 
 
 @jit(inline="always")
@@ -498,21 +503,34 @@ def _pack_task(inp, ix, t, zero, out, stats, w, phase, task):
     as MR-tall panels over Ev (the A operand of the output tile). Once per call, shared by every
     query block: O(size of K and V) memory."""
     wide_vectors()
-    k, v, kp, vp = inp.k, inp.v, inp.kp, inp.vp
+    k, v = inp.k, inp.v
     nk, S, E = k.shape
     Ev = v.shape[2]
-    mr = _gk.tile_mr(kp)
-    s_pad = (S + mr - 1) // mr * mr
-    ev_pad = (Ev + mr - 1) // mr * mr
-    none = kp[:0]
-    izero = nk - nk  # a run-time 0, not a literal one (see _gemm_kernels' "literal arguments")
+    mr = _gk.tile_mr(inp.kp)
+    # key matrix: rows = keys, depth = E; value matrix transposed: rows = Ev, depth = keys
     if task < nk:
-        kt = _gk.flat_operand(k.reshape(k.size), task * S * E, E, 1, S, E)
-        _ool(_gk.pack_a, (kt, _gk.Span(izero, S, izero, E), inp.consts[0], none, kp, task * s_pad * E))
+        src, at, rs, cs, rows, depth = k.reshape(k.size), task * S * E, E, 1, S, E
+        alpha, dst, off = inp.consts[0], inp.kp, task * ((S + mr - 1) // mr * mr) * E
     else:
         u = task - nk
-        vt = _gk.flat_operand(v.reshape(v.size), u * S * Ev, 1, Ev, Ev, S)  # v[u].T
-        _ool(_gk.pack_a, (vt, _gk.Span(izero, Ev, izero, S), inp.consts[1], none, vp, u * ev_pad * S))
+        src, at, rs, cs, rows, depth = v.reshape(v.size), u * S * Ev, 1, Ev, Ev, S
+        alpha, dst, off = inp.consts[1], inp.vp, u * ((Ev + mr - 1) // mr * mr) * S
+    # fastla._gemm_kernels.pack_a's layout (alpha * rows, MR-tall micro-panels, zero rows past the
+    # end), one loop for both: the packer's own library cost the cold first call more than this
+    for ir in range(0, rows, mr):
+        base = off + (ir // mr) * depth * mr
+        n = min(mr, rows - ir)
+        for i in range(n):
+            row = at + (ir + i) * rs
+            if cs == 1:  # the keys: contiguous reads, which LLVM vectorises given their own loop
+                for p in range(depth):
+                    dst[_U(base + p * mr + i)] = alpha * src[_U(row + p)]  # unsigned: fastla._jit.U
+            else:
+                for p in range(depth):
+                    dst[_U(base + p * mr + i)] = alpha * src[_U(row + p * cs)]
+        for i in range(n, mr):
+            for p in range(depth):
+                dst[_U(base + p * mr + i)] = 0
 
 
 @jit(python_wrapper=False)
