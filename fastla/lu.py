@@ -114,7 +114,7 @@ def _swap_rows(m, i, p):
             m[p, c] = tmp
 
 
-@jit
+@jit(python_wrapper=False)
 def _panel(a, k0, k1, piv, info):
     """Unblocked partial-pivoting LU of columns k0:k1 (rows k0:n); swaps whole rows. Returns info."""
     wide_vectors()
@@ -142,7 +142,7 @@ def _panel(a, k0, k1, piv, info):
     return info
 
 
-@jit
+@jit(python_wrapper=False)
 def _trsm_unit_lower_rows(a, k0, k1):
     """U12 := L11^-1 A12 for rows k0:k1, columns k1:n (row operations, vectorised along columns)."""
     wide_vectors()

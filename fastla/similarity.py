@@ -736,7 +736,7 @@ def _ahead(ka, ia, kb, ib):
     return (ka < kb) | ((ka == kb) & (ia < ib))
 
 
-@jit
+@jit(python_wrapper=False)
 def _select_best(s_row, i_row, n, k):
     """Reorder the first ``n`` entries so that the best ``k`` of them (by the ranking rule) come
     first, the ``k``-th best at ``k - 1`` (quickselect; median-of-three pivots: entries of equal
@@ -778,7 +778,7 @@ def _select_best(s_row, i_row, n, k):
             hi = store - 1
 
 
-@jit
+@jit(python_wrapper=False)
 def _best_into(s_row, i_row, n, s_out, i_out):
     """The best ``min(n, k)`` of the pool's first ``n`` entries into ``s_out``/``i_out`` (``k``
     long), in no particular order; returns how many."""
@@ -817,7 +817,7 @@ def _byte(src_k, src_i, p, shift, by_index):
     return d ^ 128 if shift == 56 else d
 
 
-@jit
+@jit(python_wrapper=False)
 def _radix_pass(src_k, src_i, src_s, dst_k, dst_i, dst_s, m, shift, by_index, count):
     """One stable counting-sort pass of the first ``m`` entries by one byte (:func:`_byte`); False,
     having moved nothing, when every entry has the same byte. Called through its symbol
@@ -876,7 +876,7 @@ def _rank_sort(s, idx, m):
         idx[p] = ids[src, p]
 
 
-@jit
+@jit(python_wrapper=False)
 def _finish_row(s_row, i_row, n, s_out, i_out):
     """:func:`_best_into`, then sorted into rank order, best first (:func:`_rank_sort`)."""
     m = _best_into(s_row, i_row, n, s_out, i_out)
@@ -888,7 +888,7 @@ def _finish_row(s_row, i_row, n, s_out, i_out):
 _MERGE_CHUNK = 64
 
 
-@jit
+@jit(python_wrapper=False)
 def _merge_row(sc, off, cols, j0, s_row, i_row, sizes, r):
     """Merge the scores ``sc[off:off+cols]`` of corpus rows ``j0...`` into one query's candidate pool
     ``s_row``/``i_row`` (``2k`` entries, ``sizes[r]`` of them in use), which holds the best ``k`` of
@@ -1088,7 +1088,7 @@ def _put_column(buf, col, i, inv, s0, s1, s2, s3):
     buf[i + 3, col] = s3 * inv
 
 
-@jit
+@jit(python_wrapper=False)
 def _scaled_column(qn, c, j, e, inv, buf, col):
     """Scores of every query against corpus row ``j``, measured scaled by ``2^-e`` (exact) as its
     norm was: the row is out of the range where its plain products are safe."""

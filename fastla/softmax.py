@@ -149,7 +149,7 @@ def _rows_kernel(n):
     return _softmax_short_rows if n < _SHORT_ROW else _softmax_rows
 
 
-@jit
+@jit(python_wrapper=False)
 def _short_rows(xf, of, n, r0, r1, log, zero):
     """Rows ``r0:r1`` of the C-order ``(rows, n)`` array flattened in ``xf``, into ``of``: the results
     of :func:`softmax_row` with the block's exps in one contiguous loop over all of its elements.
