@@ -354,33 +354,42 @@ class Span(NamedTuple):
 @jit(python_wrapper=False)
 def pack_a(a, span, alpha, row_scale, out, off):
     """Pack ``alpha * a[i0:i0+mc, p0:p0+kc]`` (``a`` an :class:`Operand`, ``span`` the :class:`Span`
-    ``(i0, mc, p0, kc)``) into MR-tall micro-panels: ``out[off + panel, p, i]``.
+    ``(i0, mc, p0, kc)``) into MR-tall micro-panels: ``out[off + panel, p, i]`` (:func:`pack_rows`).
 
-    Rows past ``mc`` are zero so that edge tiles run the same micro-kernel. Folding ``alpha`` in
-    here makes ``C += alpha * A @ B`` cost nothing extra (LU's trailing update uses alpha = -1).
-    A non-empty ``row_scale`` also multiplies row ``i`` by ``row_scale[i]`` (cosine similarity's
-    inverse norms), again for free. A unit column stride gets its own loop, so that LLVM sees the
-    contiguous reads it vectorises.
+    Folding ``alpha`` in here makes ``C += alpha * A @ B`` cost nothing extra (LU's trailing update
+    uses alpha = -1). A non-empty ``row_scale`` also multiplies row ``i`` by ``row_scale[i]``
+    (cosine similarity's inverse norms), again for free.
     """
     wide_vectors()
+    i0, p0 = span.i0, span.p0
+    at = a.off + i0 * a.rs + p0 * a.cs
+    pack_rows(a.data, at, a.rs, a.cs, span.rows, span.depth, alpha, row_scale, i0, out, off)
+
+
+@jit(inline="always")
+def pack_rows(d, at, rs, cs, mc, kc, alpha, row_scale, r0, out, off):
+    """Pack the ``mc x kc`` matrix whose element ``(i, p)`` is ``d[at + i*rs + p*cs]``, times ``alpha``
+    (and ``row_scale[r0 + i]`` when ``row_scale`` is not empty), into MR-tall micro-panels
+    ``out[off + (i // MR) * kc * MR + p * MR + i % MR]``: :func:`pack_a`'s step, and attention's
+    packing of its keys and values inside its own kernel.
+
+    Rows past ``mc`` are zero so that edge tiles run the same micro-kernel. A unit column stride
+    gets its own loop, so that LLVM sees the contiguous reads it vectorises.
+    """
     mr = tile_mr(out)
-    i0, mc, p0, kc = span.i0, span.rows, span.p0, span.depth
     scaled = row_scale.size > 0
-    d = a.data
-    cs = a.cs
     for ir in range(0, mc, mr):
         base = off + (ir // mr) * kc * mr
         rows = min(mr, mc - ir)
         for i in range(rows):
-            src = i0 + ir + i
-            s = alpha * row_scale[_U(src)] if scaled else alpha
-            at = a.off + src * a.rs + p0 * cs
+            s = alpha * row_scale[_U(r0 + ir + i)] if scaled else alpha
+            row = at + (ir + i) * rs
             if cs == 1:
                 for p in range(kc):
-                    out[_U(base + p * mr + i)] = s * d[_U(at + p)]
+                    out[_U(base + p * mr + i)] = s * d[_U(row + p)]
             else:
                 for p in range(kc):
-                    out[_U(base + p * mr + i)] = s * d[_U(at + p * cs)]
+                    out[_U(base + p * mr + i)] = s * d[_U(row + p * cs)]
         for i in range(rows, mr):
             for p in range(kc):
                 out[_U(base + p * mr + i)] = 0

@@ -515,22 +515,9 @@ def _pack_task(inp, ix, t, zero, out, stats, w, phase, task):
         u = task - nk
         src, at, rs, cs, rows, depth = v.reshape(v.size), u * S * Ev, 1, Ev, Ev, S
         alpha, dst, off = inp.consts[1], inp.vp, u * ((Ev + mr - 1) // mr * mr) * S
-    # fastla._gemm_kernels.pack_a's layout (alpha * rows, MR-tall micro-panels, zero rows past the
-    # end), one loop for both: the packer's own library cost the cold first call more than this
-    for ir in range(0, rows, mr):
-        base = off + (ir // mr) * depth * mr
-        n = min(mr, rows - ir)
-        for i in range(n):
-            row = at + (ir + i) * rs
-            if cs == 1:  # the keys: contiguous reads, which LLVM vectorises given their own loop
-                for p in range(depth):
-                    dst[_U(base + p * mr + i)] = alpha * src[_U(row + p)]  # unsigned: fastla._jit.U
-            else:
-                for p in range(depth):
-                    dst[_U(base + p * mr + i)] = alpha * src[_U(row + p * cs)]
-        for i in range(n, mr):
-            for p in range(depth):
-                dst[_U(base + p * mr + i)] = 0
+    # fastla._gemm_kernels.pack_a's step inlined here: its own library, called through its symbol,
+    # cost the cold first call more than the loop compiled in this kernel
+    _gk.pack_rows(src, at, rs, cs, rows, depth, alpha, dst[:0], 0, dst, off)
 
 
 @jit(python_wrapper=False)
