@@ -353,6 +353,22 @@ MUTANTS = [
         "the running sum is not rescaled when the running max grows",
     ),
     Mutant(
+        "attention-keys-packed-unscaled",
+        "attention.py",
+        "        alpha, dst, off = inp.consts[0], inp.kp,",
+        "        alpha, dst, off = inp.consts[1], inp.kp,",
+        ("tests/test_attention.py",),
+        "the packing task leaves the keys unscaled (the scale is folded into their packing)",
+    ),
+    Mutant(
+        "pack-rows-row-scale-from-block-start",
+        "_gemm_kernels.py",
+        "            s = alpha * row_scale[_U(r0 + ir + i)] if scaled else alpha",
+        "            s = alpha * row_scale[_U(ir + i)] if scaled else alpha",
+        ("tests/test_similarity.py",),
+        "a packed A block past the first takes the first block's row scales (cosine's inverse norms)",
+    ),
+    Mutant(
         "power-iteration-rayleigh-term-dropped",
         "eigen.py",
         "        vw += v[i] * s0 + v[i + 1] * s1 + v[i + 2] * s2 + v[i + 3] * s3",
