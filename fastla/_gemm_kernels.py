@@ -404,22 +404,29 @@ def pack_b_panel(b, p0, kc, j0, cols, col_scale, out, off):
     :func:`pack_b_half_panel`.)
     """
     wide_vectors()
+    pack_cols(b.data, b.off + p0 * b.rs + j0 * b.cs, b.rs, b.cs, kc, cols, col_scale, j0, out, off)
+
+
+@jit(inline="always")
+def pack_cols(d, at, rs, cs, kc, cols, col_scale, c0, out, off):
+    """Pack the ``kc x cols`` matrix whose element ``(p, j)`` is ``d[at + p*rs + j*cs]`` (times
+    ``col_scale[c0 + j]`` when ``col_scale`` is not empty) into one NR-wide micro-panel
+    ``out[off + p * NR + j]``, zero past ``cols``: :func:`pack_b_panel`'s step, and attention's
+    packing of its query blocks inside its own kernels."""
     nr = tile_nr(out)
     scaled = col_scale.size > 0
-    d = b.data
-    cs = b.cs
     for p in range(kc):
         row = off + p * nr
-        at = b.off + (p0 + p) * b.rs + j0 * cs
+        src = at + p * rs
         if scaled:
             for j in range(cols):
-                out[_U(row + j)] = d[_U(at + j * cs)] * col_scale[_U(j0 + j)]
+                out[_U(row + j)] = d[_U(src + j * cs)] * col_scale[_U(c0 + j)]
         elif cs == 1:
             for j in range(cols):
-                out[_U(row + j)] = d[_U(at + j)]
+                out[_U(row + j)] = d[_U(src + j)]
         else:
             for j in range(cols):
-                out[_U(row + j)] = d[_U(at + j * cs)]
+                out[_U(row + j)] = d[_U(src + j * cs)]
         for j in range(cols, nr):
             out[_U(row + j)] = 0
 

@@ -381,23 +381,16 @@ def _sdpa_loop(q, k, v, mask, plan):
 @jit(inline="always")
 def _pack_queries(q, b, i0, rows, npq, qp):
     """Queries ``i0 : i0 + rows`` of ``q[b]`` (L x E) transposed into ``npq`` NR-wide panels of
-    ``qp`` (zero pad): the B operand of the score tile, in ``fastla._gemm_kernels.pack_b_panel``'s
-    layout. A loop of its own rather than that packer through its symbol: the packer's library
-    cost the kernel's cold compile more than this loop (O(rows x E) a task, against the task's
-    O(rows x S x E) products)."""
+    ``qp`` (zero pad): the B operand of the score tile (``fastla._gemm_kernels.pack_b_panel``'s step,
+    inlined: that packer's own library, called through its symbol, cost the kernel's cold compile
+    more)."""
     _, L, E = q.shape
     nr = _gk.tile_nr(qp)
     qf = q.reshape(q.size)
-    at = b * L * E
     for pn in range(npq):
         j0 = i0 + pn * nr
         cols = max(0, min(nr, rows - pn * nr))
-        for p in range(E):
-            row = _U(pn * E * nr + p * nr)  # unsigned: see fastla._jit.U
-            for j in range(_U(cols)):
-                qp[row + j] = qf[_U(at + (j0 + j) * E + p)]
-            for j in range(_U(cols), _U(nr)):
-                qp[row + j] = 0
+        _gk.pack_cols(qf, (b * L + j0) * E, 1, E, E, cols, qp[:0], 0, qp, pn * E * nr)
 
 
 @jit(inline="always")

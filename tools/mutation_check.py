@@ -369,6 +369,14 @@ MUTANTS = [
         "a packed A block past the first takes the first block's row scales (cosine's inverse norms)",
     ),
     Mutant(
+        "pack-cols-column-scale-from-panel-start",
+        "_gemm_kernels.py",
+        "                out[_U(row + j)] = d[_U(src + j * cs)] * col_scale[_U(c0 + j)]",
+        "                out[_U(row + j)] = d[_U(src + j * cs)] * col_scale[_U(j)]",
+        ("tests/test_similarity.py",),
+        "a packed B panel past the first takes the first panel's column scales (cosine's inverse norms)",
+    ),
+    Mutant(
         "power-iteration-rayleigh-term-dropped",
         "eigen.py",
         "        vw += v[i] * s0 + v[i + 1] * s1 + v[i + 2] * s2 + v[i + 3] * s3",
