@@ -220,6 +220,85 @@ def test_symmetry_scan_matches_numpy(dtype, tile, monkeypatch):
                 with pytest.raises(ValueError, match="infs or NaNs"):
                     eigen._finite_and_symmetric(m)
                 continue
-            symmetric, got = eigen._finite_and_symmetric(m)
+            symmetric, got_asym, got = eigen._finite_and_symmetric(m)
             assert got == big, (n, m.dtype)
+            assert got_asym == asym, (n, m.dtype)
             assert symmetric == (asym <= eigen.symmetry_atol(m.dtype, big)), (n, asym)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_one_triangle_product_matches_the_full_one(dtype):
+    """The product that reads only the upper triangle of a symmetric A (its dot products per row and
+    the mirrored terms summed per 256-row block): sizes around the block edge, the rows past a
+    multiple of 4 (the last row repeated), one to four vectors; the result in A's dtype."""
+    from fastla import _intrinsics, eigen
+
+    rng = np.random.default_rng(11)
+    for n in (1, 3, 4, 5, 255, 256, 257, 515, 771):
+        s = rng.standard_normal((n, n))
+        a = _intrinsics.kernel_input((s + s.T).astype(dtype))
+        one = eigen._OneTriangle(a)
+        for b in (1, 2, 4):
+            v = rng.standard_normal((n, b)).astype(dtype)
+            want = a.astype(np.float64) @ v.astype(np.float64)
+            got = one.matmat(a, v)
+            assert got.dtype == dtype and got.shape == (n, b)
+            scale = np.abs(a).max() * np.abs(v).max() * n
+            np.testing.assert_allclose(got, want, rtol=0, atol=scale * 4 * np.finfo(dtype).eps)
+
+
+def test_symmetric_power_iteration_reads_one_triangle(monkeypatch):
+    """The numba impl reads one triangle of a matrix equal to its transpose, and of one symmetric to
+    rounding (``Q diag(l) Q^T``), for blocks of vectors (k > 1); one vector (k = 1) and a matrix
+    declared symmetric but further from it than the slack the convergence test allows are read
+    whole. Pairs meet tol against A itself either way."""
+    from fastla import eigen
+
+    if "numba" not in impl_names("power_iteration", 300):
+        pytest.skip("numba impl unavailable")
+    calls = []
+    original = eigen._OneTriangle.product
+    monkeypatch.setattr(
+        eigen._OneTriangle, "product", lambda self, a, v: calls.append(v.shape) or original(self, a, v)
+    )
+    a, lam = sym_with_spectrum(300, [2.0, 1.8, 1.6, 1.4], seed=9)
+    exact = np.triu(a) + np.triu(a, 1).T
+    skewed = a + np.triu(np.full_like(a, 1e-11), 1)  # within the symmetry test, over the slack
+    for m, k, used in ((exact, 1, False), (exact, 3, True), (a, 3, True), (skewed, 2, False)):
+        calls.clear()
+        w, v = fastla.power_iteration(m, k=k, seed=0, symmetric=True, backend="numba")
+        np.testing.assert_allclose(w, lam[:k], rtol=1e-8)
+        _check_pairs(m, w, v, 1e-8)
+        assert bool(calls) == used, (k, used)
+    assert eigen.triangle_slack(300, 0.0, 2.0, 1e-8) == 0.0
+    assert eigen.triangle_slack(300, 1e-11, 2.0, 1e-8) == np.inf
+
+
+def test_slack_counts_in_the_convergence_test():
+    """Products of a matrix within ``slack`` of A: a pair passes when its residual plus the slack
+    does, or when a product with A itself (``verify``) gives a residual that passes; otherwise the
+    iteration goes on (here to its sweep limit)."""
+    from fastla import eigen
+
+    rng = np.random.default_rng(12)
+    s, _ = sym_with_spectrum(60, [1.0, 0.5], seed=10)
+    e = np.tril(rng.choice([-1.0, 1.0], (60, 60)), -1) * 5e-10  # A = S + E; the products apply S
+    a = s + e
+    slack = 5e-10 * np.sqrt(60 * 59 / 2)  # 2.1e-8 > tol = 1e-8, while ||E x|| stays under it
+    assert np.linalg.norm(e, 2) < 1e-8
+
+    def matmat(_, v):
+        return s @ v
+
+    def matvec(_, v, w):
+        w[:] = s @ v
+        return float(v @ w), float(w @ w)
+
+    start = np.random.default_rng(0).standard_normal((60, 1))
+    with pytest.raises(fastla.ConvergenceError, match="did not converge"):
+        eigen._lanczos(a, start, 1, 1e-8, 40, matvec, matmat, slack)
+    w, x, _ = eigen._lanczos(a, start, 1, 1e-8, 40, matvec, matmat, slack, lambda m, v: m @ v)
+    assert abs(w[0] - 1.0) < 1e-8
+    assert np.linalg.norm(a @ x[:, 0] - w[0] * x[:, 0]) <= 1e-8 * abs(w[0])
+    w0, _, _ = eigen._lanczos(a, start, 1, 1e-8, 40, matvec, matmat)  # no slack: S's own residual
+    assert abs(w0[0] - 1.0) < 1e-8

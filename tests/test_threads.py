@@ -182,6 +182,8 @@ def determinism_cases(dt):
     x, y = f(2000, 64), f(3000, 64)
     logits, labels = f(4000, 50), r.integers(0, 50, 4000)
     sym = a @ a.T
+    c = f(600, 600)
+    sym3 = c @ c.T  # equal to its transpose: one triangle read in 3 row blocks (2 tasks)
     v0 = f(300, 8)  # an 8-wide start block: the wide-block product (row bands summed)
     # not symmetric, one dominant eigenvalue: power iteration's fused matrix-vector pass (sums of
     # v.Av and |Av|^2 over row blocks)
@@ -208,6 +210,7 @@ def determinism_cases(dt):
         "power_iteration": lambda: flat(*fastla.power_iteration(sym, seed=0)),
         "power_iteration k=8": lambda: flat(*fastla.power_iteration(sym, 8, seed=0)),
         "power_iteration block 8": lambda: flat(*fastla.power_iteration(sym, 8, v0=v0)),
+        "power_iteration one triangle": lambda: flat(*fastla.power_iteration(sym3, 4, seed=0)),
         "power_iteration non-symmetric": lambda: flat(*fastla.power_iteration(general, seed=0)),
     }
 
