@@ -351,9 +351,6 @@ def scan_tile():
     return 256 if _host.cache_sizes()["L2"] >= 2**20 else 128
 
 
-_BLOCK = 16  # the transposed copy moves 16 x 16 blocks: 16 rows read along, 16 buffer rows written
-
-
 @jit(python_wrapper=False)
 def _scan_task(a, tile, out, idx):
     """Task ``idx`` of :func:`_scan`: tile row ``t`` (``idx`` counted from both ends: even ``idx``
@@ -377,11 +374,26 @@ def _scan_task(a, tile, out, idx):
     for jt in range(t + 1):
         j0 = _U(jt * tile)
         cols = _U(min(tile, n - jt * tile))
-        for jb in range(_U(0), cols, _U(_BLOCK)):  # mirror[ii, jj] = a[j0 + jj, i0 + ii]
-            for ib in range(_U(0), rows, _U(_BLOCK)):
-                for jj in range(jb, min(jb + _U(_BLOCK), cols)):
-                    for ii in range(ib, min(ib + _U(_BLOCK), rows)):
-                        mirror[ii, jj] = a[j0 + jj, i0 + ii]
+        # mirror[ii, jj] = a[j0 + jj, i0 + ii], eight rows of A at a time: each step reads one
+        # element of each and writes eight adjacent ones, a whole line of the buffer (float64).
+        # Measured (Zen 5, 2 threads, f64, tile 256): the scan at n = 2000 / 4000 3.05 / 10.4 ms
+        # with the earlier copy of 16 x 16 blocks (one element of each buffer row per step),
+        # 1.67 / 7.1 ms this way
+        c8 = cols - cols % _U(8)
+        for jb in range(_U(0), c8, _U(8)):
+            r0 = j0 + jb
+            for ii in range(rows):
+                mirror[ii, jb] = a[r0, i0 + ii]
+                mirror[ii, jb + 1] = a[r0 + 1, i0 + ii]
+                mirror[ii, jb + 2] = a[r0 + 2, i0 + ii]
+                mirror[ii, jb + 3] = a[r0 + 3, i0 + ii]
+                mirror[ii, jb + 4] = a[r0 + 4, i0 + ii]
+                mirror[ii, jb + 5] = a[r0 + 5, i0 + ii]
+                mirror[ii, jb + 6] = a[r0 + 6, i0 + ii]
+                mirror[ii, jb + 7] = a[r0 + 7, i0 + ii]
+        for jj in range(c8, cols):
+            for ii in range(rows):
+                mirror[ii, jj] = a[j0 + jj, i0 + ii]
         for ii in range(rows):
             i = i0 + ii
             upto = min(cols, i + 1 - j0)  # the diagonal tile: j <= i

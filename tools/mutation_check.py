@@ -425,6 +425,14 @@ MUTANTS = [
         "a matrix further from symmetric than the convergence test allows is read as its upper triangle",
     ),
     Mutant(
+        "symmetry-scan-copies-a-wrong-row",
+        "eigen.py",
+        "                mirror[ii, jb + 7] = a[r0 + 7, i0 + ii]",
+        "                mirror[ii, jb + 7] = a[r0 + 6, i0 + ii]",
+        ("tests/test_eigen.py", "-k", "scan"),
+        "the symmetry scan's transposed copy takes the eighth row of each group from the seventh",
+    ),
+    Mutant(
         "symmetry-scan-skips-the-upper-triangle",
         "eigen.py",
         "                big = by if by > big else big",
