@@ -278,6 +278,49 @@ def _upper4(a, vt, acc, dots, i, i1, i2, i3):
     _put4(dots, i, s00, s01, s02, s03)
 
 
+@jit(inline="always")
+def _upper4x1(a, vt, acc, dots, i, i1, i2, i3):
+    """:func:`_upper4` for one vector (``vt`` of one row): four dot accumulators and one sum into
+    ``acc`` a step, a quarter of the arithmetic."""
+    n = a.shape[0]
+    u0, u1, u2, u3 = vt[0, i], vt[0, i1], vt[0, i2], vt[0, i3]
+    s0 = s1 = s2 = s3 = 0.0
+    for j0 in range(i, _U(n), _U(_STRIP)):
+        j1 = min(j0 + _U(_STRIP), _U(n))
+        for j in range(j0, j1):
+            y = vt[0, j]
+            s0 += float(a[i, j]) * y
+            s1 += float(a[i1, j]) * y
+            s2 += float(a[i2, j]) * y
+            s3 += float(a[i3, j]) * y
+        for j in range(max(j0, i + _U(4)), j1):
+            x0, x1, x2, x3 = float(a[i, j]), float(a[i1, j]), float(a[i2, j]), float(a[i3, j])
+            acc[0, j] += x0 * u0 + x1 * u1 + x2 * u2 + x3 * u3
+    dots[i3, 0] = s3  # a repeated last row: every copy holds the same sum
+    dots[i2, 0] = s2
+    dots[i1, 0] = s1
+    dots[i, 0] = s0
+
+
+@jit(inline="always")
+def _upper_blocks(a, vt, dots, part, task, group):
+    """Row blocks ``task`` and ``nb - 1 - task`` of the one-triangle product, four rows at a time by
+    ``group`` (:func:`_upper4` or :func:`_upper4x1`); see :func:`_upper_task`."""
+    nb = part.shape[0]
+    n = a.shape[0]
+    other = nb - 1 - task
+    for which in range(1 if other == task else 2):
+        blk = task if which == 0 else other
+        lo = _U(blk * _MATVEC_ROWS)  # unsigned indices: see fastla._jit.U
+        hi = _U(min(n, blk * _MATVEC_ROWS + _MATVEC_ROWS))
+        acc = part[blk]
+        for c in range(part.shape[1]):
+            for j in range(lo, _U(n)):
+                acc[c, j] = 0.0
+        for i in range(lo, hi, 4):  # past A's last row, that row again
+            group(a, vt, acc, dots, i, min(i + 1, hi - 1), min(i + 2, hi - 1), min(i + 3, hi - 1))
+
+
 @jit(python_wrapper=False)
 def _upper_task(a, vt, dots, part, task):
     """Task ``task`` of :func:`_sym_product`: row blocks ``task`` and ``nb - 1 - task`` (256 rows
@@ -288,19 +331,24 @@ def _upper_task(a, vt, dots, part, task):
     the 4 rows of ``vt`` give ``dots[i]``, the sum over ``j >= i``; and, taking ``a[j, i]`` as
     ``a[i, j]``, it adds ``a[i, j] vt[:, i]`` into ``part[b, :, j]`` for ``j > i``: the terms of the
     rows below that their own pass does not read. :func:`_sym_product` adds them up."""
-    nb = part.shape[0]
-    n = a.shape[0]
-    other = nb - 1 - task
-    for which in range(1 if other == task else 2):
-        blk = task if which == 0 else other
-        lo = _U(blk * _MATVEC_ROWS)  # unsigned indices: see fastla._jit.U
-        hi = _U(min(n, blk * _MATVEC_ROWS + _MATVEC_ROWS))
-        acc = part[blk]
-        for c in range(4):
-            for j in range(lo, _U(n)):
-                acc[c, j] = 0.0
-        for i in range(lo, hi, 4):  # past A's last row, that row again
-            _upper4(a, vt, acc, dots, i, min(i + 1, hi - 1), min(i + 2, hi - 1), min(i + 3, hi - 1))
+    _upper_blocks(a, vt, dots, part, task, _upper4)
+
+
+@jit(python_wrapper=False)
+def _upper_task1(a, vt, dots, part, task):
+    """:func:`_upper_task` for one vector."""
+    _upper_blocks(a, vt, dots, part, task, _upper4x1)
+
+
+@jit
+def _upper_any(a, vt, dots, part, task):
+    """:func:`_upper_task` or, for one vector, :func:`_upper_task1`: the stand-in
+    :func:`_sym_product` is typed with; compiled, the chosen one runs through its address and this
+    is never linked (it is what runs with the JIT off)."""
+    if vt.shape[0] == 1:
+        _upper_task1(a, vt, dots, part, task)
+    else:
+        _upper_task(a, vt, dots, part, task)
 
 
 @jit
@@ -311,16 +359,16 @@ def _sym_product(a, vt, dots, part, out, at, threads):
     (``fastla._intrinsics.parallel_tasks``), then ``out[j] = dots[j] + part[0, :, j] + ... +
     part[b, :, j]`` for row ``j``'s block ``b`` (serial: 1-3 % of the pass at n = 2000-4000). The
     blocks are fixed by n alone, so the sums are the same on any number of threads."""
-    nb = part.shape[0]
+    nb, nv = part.shape[0], part.shape[1]
     n = a.shape[0]
-    _intrinsics.parallel_tasks(at, _upper_task, (a, vt, dots, part), (nb + 1) // 2, threads)
+    _intrinsics.parallel_tasks(at, _upper_any, (a, vt, dots, part), (nb + 1) // 2, threads)
     for blk in range(nb):
         for b in range(blk):  # the blocks above (a block's own terms start in dots)
             for j in range(_U(blk * _MATVEC_ROWS), _U(min(n, blk * _MATVEC_ROWS + _MATVEC_ROWS))):
-                for c in range(4):
+                for c in range(nv):
                     dots[j, c] += part[b, c, j]
     for j in range(_U(n)):
-        for c in range(4):
+        for c in range(nv):
             out[j, c] = dots[j, c] + part[j // _MATVEC_ROWS, c, j]
 
 
@@ -331,8 +379,9 @@ def _upper_examples(dtype):
     return (a, np.zeros((4, 1)), np.zeros((1, 4)), np.zeros((1, 4, 1)), 0)
 
 
-#: :func:`_upper_task` compiled once per dtype, run through its address by :func:`_sym_product`.
-UPPER = _jit.Entry(_upper_task, _upper_examples)
+#: :func:`_upper_task` (4 vectors) and :func:`_upper_task1` (one), each compiled once per dtype,
+#: run through their addresses (``UPPER.address(dtype, impl)``) by :func:`_sym_product`.
+UPPER = _jit.Entry(_upper_any, _upper_examples)
 
 
 @jit(inline="always")
@@ -495,20 +544,22 @@ class _OneTriangle:
     arithmetic (each element serves its own row's dot products and its mirror's). Scratch is kept
     for the run's sweeps. Measured (Zen 5, 2 threads, f64, medians of 30): n = 4000 (128 MB, from
     DRAM) 2.4-3.0 ms against 3.3-4.1 ms for the full pass, n = 2000 0.33-0.50 against 0.70-0.89 ms;
-    one thread n = 4000 4.3-6.1 against 5.4-8.2 ms. One vector gains nothing: the full
-    matrix-vector pass reads A at the memory bound (n = 4000 2.7-2.8 ms; one triangle, its 4
-    columns' arithmetic, 2.3-3.0 ms), so power iteration for k = 1 keeps it."""
+    one thread n = 4000 4.3-6.1 against 5.4-8.2 ms. ``width`` 1 (k = 1) has its own kernel: the
+    4-vector one with a single column read A no faster than the full matrix-vector pass (2.3-3.0
+    against 2.7-2.8 ms at n = 4000), this one 1.47-1.66 against 1.83-2.17 ms (n = 2000: 0.45-0.54
+    against 0.59-0.79 ms), a quarter of the arithmetic."""
 
-    def __init__(self, a):
+    def __init__(self, a, width=4):
         n = a.shape[0]
-        self.vt = np.zeros((4, n))
-        self.dots = np.empty((n, 4))
-        self.part = np.empty((-(-n // _MATVEC_ROWS), 4, n))
-        self.out = np.empty((n, 4), a.dtype)
-        self.at = UPPER.address(a.dtype)
+        self.vt = np.zeros((width, n))
+        self.dots = np.empty((n, width))
+        self.part = np.empty((-(-n // _MATVEC_ROWS), width, n))
+        self.out = np.empty((n, width), a.dtype)
+        self.at = UPPER.address(a.dtype, _upper_task if width == 4 else _upper_task1)
 
     def product(self, a, v):
-        """``A v`` for ``v`` of up to 4 columns, into ``self.out[:, :b]`` (overwritten next call)."""
+        """``A v`` for ``v`` of up to ``width`` (4 or 1) columns, into ``self.out[:, :b]``
+        (overwritten next call)."""
         b = v.shape[1]
         self.vt[:b] = v.T
         self.vt[b:] = 0.0
@@ -516,7 +567,11 @@ class _OneTriangle:
         return self.out[:, :b]
 
     def matmat(self, a, v):
-        return self.product(a, v).copy() if v.shape[1] <= 4 else _numba_matmat(a, v)
+        return self.product(a, v).copy() if v.shape[1] <= self.vt.shape[0] else _numba_matmat(a, v)
+
+    def matvec(self, a, v, w):
+        w[:] = self.product(a, v[:, None])[:, 0]
+        return float(v @ w), float(w @ w)
 
 
 def _numpy_matmat(a, v):
@@ -932,8 +987,10 @@ def _power_numba(a, k, tol, maxiter, start, symmetric, slack, return_vectors):
     # k = 10 with 2 BLAS threads against 20.5 ms with one. The small steps gain nothing from threads.
     args = a, k, tol, maxiter, start, symmetric, return_vectors
     with _threads.blas_limit(1):
-        if slack == np.inf or start.shape[1] == 1:  # one vector: its full pass is as fast (above)
+        if slack == np.inf:
             return run(*args, _numba_matvec, _numba_matmat)
+        if start.shape[1] == 1:  # k = 1: one vector a sweep
+            return run(*args, _OneTriangle(a, 1).matvec, _numba_matmat, slack, _numba_matmat)
         return run(*args, _numba_matvec, _OneTriangle(a).matmat, slack, _numba_matmat)
 
 

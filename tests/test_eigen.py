@@ -230,28 +230,35 @@ def test_symmetry_scan_matches_numpy(dtype, tile, monkeypatch):
 def test_one_triangle_product_matches_the_full_one(dtype):
     """The product that reads only the upper triangle of a symmetric A (its dot products per row and
     the mirrored terms summed per 256-row block): sizes around the block edge, the rows past a
-    multiple of 4 (the last row repeated), one to four vectors; the result in A's dtype."""
+    multiple of 4 (the last row repeated), one to four vectors and the one-vector kernel; the result
+    in A's dtype."""
     from fastla import _intrinsics, eigen
 
     rng = np.random.default_rng(11)
     for n in (1, 3, 4, 5, 255, 256, 257, 515, 771):
         s = rng.standard_normal((n, n))
         a = _intrinsics.kernel_input((s + s.T).astype(dtype))
-        one = eigen._OneTriangle(a)
-        for b in (1, 2, 4):
-            v = rng.standard_normal((n, b)).astype(dtype)
-            want = a.astype(np.float64) @ v.astype(np.float64)
-            got = one.matmat(a, v)
-            assert got.dtype == dtype and got.shape == (n, b)
-            scale = np.abs(a).max() * np.abs(v).max() * n
-            np.testing.assert_allclose(got, want, rtol=0, atol=scale * 4 * np.finfo(dtype).eps)
+        for width, widths in ((4, (1, 2, 4)), (1, (1,))):
+            one = eigen._OneTriangle(a, width)
+            for b in widths:
+                v = rng.standard_normal((n, b)).astype(dtype)
+                want = a.astype(np.float64) @ v.astype(np.float64)
+                got = one.matmat(a, v)
+                assert got.dtype == dtype and got.shape == (n, b)
+                scale = np.abs(a).max() * np.abs(v).max() * n
+                np.testing.assert_allclose(got, want, rtol=0, atol=scale * 4 * np.finfo(dtype).eps)
+        w = np.empty(n, dtype)
+        vec = v[:, 0].copy()
+        vw, ww = one.matvec(a, vec, w)
+        np.testing.assert_allclose(w, want[:, 0], rtol=0, atol=scale * 4 * np.finfo(dtype).eps)
+        assert vw == float(vec @ w) and ww == float(w @ w)
 
 
 def test_symmetric_power_iteration_reads_one_triangle(monkeypatch):
     """The numba impl reads one triangle of a matrix equal to its transpose, and of one symmetric to
-    rounding (``Q diag(l) Q^T``), for blocks of vectors (k > 1); one vector (k = 1) and a matrix
-    declared symmetric but further from it than the slack the convergence test allows are read
-    whole. Pairs meet tol against A itself either way."""
+    rounding (``Q diag(l) Q^T``), for one vector (k = 1) and blocks (k > 1); a matrix declared
+    symmetric but further from it than the slack the convergence test allows is read whole. Pairs
+    meet tol against A itself either way."""
     from fastla import eigen
 
     if "numba" not in impl_names("power_iteration", 300):
@@ -264,7 +271,7 @@ def test_symmetric_power_iteration_reads_one_triangle(monkeypatch):
     a, lam = sym_with_spectrum(300, [2.0, 1.8, 1.6, 1.4], seed=9)
     exact = np.triu(a) + np.triu(a, 1).T
     skewed = a + np.triu(np.full_like(a, 1e-11), 1)  # within the symmetry test, over the slack
-    for m, k, used in ((exact, 1, False), (exact, 3, True), (a, 3, True), (skewed, 2, False)):
+    for m, k, used in ((exact, 1, True), (a, 1, True), (exact, 3, True), (a, 3, True), (skewed, 2, False)):
         calls.clear()
         w, v = fastla.power_iteration(m, k=k, seed=0, symmetric=True, backend="numba")
         np.testing.assert_allclose(w, lam[:k], rtol=1e-8)
