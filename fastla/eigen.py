@@ -34,8 +34,8 @@ component is positive (reproducible signs). The oracle in the tests is ``numpy.l
 (symmetric) / ``numpy.linalg.eig``.
 
 Implementations share this algorithm and differ in the O(n^2) step: ``numba`` (one parallel pass over
-A computing ``A v`` with ``v.Av`` and ``||Av||^2``; ``A V`` for 2-4 vectors of a symmetric A from its
-upper triangle alone, half the memory traffic, where A is symmetric closely enough that the
+A computing ``A v`` with ``v.Av`` and ``||Av||^2``; ``A v`` or ``A V`` for up to 4 vectors of a symmetric A
+from its upper triangle alone, half the memory traffic, where A is symmetric closely enough that the
 difference, bounded and added to every residual, cannot hold the convergence test back (see
 :func:`triangle_slack`), and otherwise from all of A; wider blocks as ``(Vᵀ A)ᵀ`` by the GEMM
 micro-kernel reading A in place; symmetry, finiteness and ``max |a|`` in one more pass),
