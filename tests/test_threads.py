@@ -211,6 +211,7 @@ def determinism_cases(dt):
         "power_iteration k=8": lambda: flat(*fastla.power_iteration(sym, 8, seed=0)),
         "power_iteration block 8": lambda: flat(*fastla.power_iteration(sym, 8, v0=v0)),
         "power_iteration one triangle": lambda: flat(*fastla.power_iteration(sym3, 4, seed=0)),
+        "power_iteration one triangle k=1": lambda: flat(*fastla.power_iteration(sym3, seed=0)),
         "power_iteration non-symmetric": lambda: flat(*fastla.power_iteration(general, seed=0)),
     }
 
