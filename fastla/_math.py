@@ -253,11 +253,31 @@ def dot4x4(a, a0, a1, a2, a3, b, b0, b1, b2, b3, zero):
     GEMM micro-kernel, but reading the rows in place (nothing packed): the step of memory-bound
     products whose one operand is streamed once (power iteration's ``A V``, top-k over a few
     queries)."""
-    s00 = s01 = s02 = s03 = zero
-    s10 = s11 = s12 = s13 = zero
-    s20 = s21 = s22 = s23 = zero
-    s30 = s31 = s32 = s33 = zero
-    for t in range(_jit.U(a.shape[1])):
+    z = zero
+    return dot4x4_span(
+        a,
+        a0,
+        a1,
+        a2,
+        a3,
+        b,
+        b0,
+        b1,
+        b2,
+        b3,
+        _jit.U(0),
+        _jit.U(a.shape[1]),
+        (z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z),
+    )
+
+
+@_jit.jit(inline="always")
+def dot4x4_span(a, a0, a1, a2, a3, b, b0, b1, b2, b3, lo, hi, s):
+    """:func:`dot4x4` over the columns ``lo:hi`` (unsigned), added to the 16 running sums ``s`` (in
+    the same order): the step of a pass that takes the rows in strips (power iteration's
+    one-triangle product)."""
+    s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23, s30, s31, s32, s33 = s
+    for t in range(lo, hi):
         y0 = b[b0, t]
         y1 = b[b1, t]
         y2 = b[b2, t]

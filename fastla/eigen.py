@@ -243,39 +243,21 @@ def _upper4(a, vt, acc, dots, i, i1, i2, i3):
     u10, u11, u12, u13 = vt[0, i1], vt[1, i1], vt[2, i1], vt[3, i1]
     u20, u21, u22, u23 = vt[0, i2], vt[1, i2], vt[2, i2], vt[3, i2]
     u30, u31, u32, u33 = vt[0, i3], vt[1, i3], vt[2, i3], vt[3, i3]
-    s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = 0.0
-    s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = 0.0
+    z = 0.0
+    s = (z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z)
     for j0 in range(i, _U(n), _U(_STRIP)):  # the first strip starts with the diagonal block
         j1 = min(j0 + _U(_STRIP), _U(n))
-        for j in range(j0, j1):
-            y0, y1, y2, y3 = vt[0, j], vt[1, j], vt[2, j], vt[3, j]
-            x0, x1, x2, x3 = float(a[i, j]), float(a[i1, j]), float(a[i2, j]), float(a[i3, j])
-            s00 += x0 * y0
-            s01 += x0 * y1
-            s02 += x0 * y2
-            s03 += x0 * y3
-            s10 += x1 * y0
-            s11 += x1 * y1
-            s12 += x1 * y2
-            s13 += x1 * y3
-            s20 += x2 * y0
-            s21 += x2 * y1
-            s22 += x2 * y2
-            s23 += x2 * y3
-            s30 += x3 * y0
-            s31 += x3 * y1
-            s32 += x3 * y2
-            s33 += x3 * y3
+        s = _math.dot4x4_span(a, i, i1, i2, i3, vt, 0, 1, 2, 3, j0, j1, s)
         for j in range(max(j0, i + _U(4)), j1):
             x0, x1, x2, x3 = float(a[i, j]), float(a[i1, j]), float(a[i2, j]), float(a[i3, j])
             acc[0, j] += x0 * u00 + x1 * u10 + x2 * u20 + x3 * u30
             acc[1, j] += x0 * u01 + x1 * u11 + x2 * u21 + x3 * u31
             acc[2, j] += x0 * u02 + x1 * u12 + x2 * u22 + x3 * u32
             acc[3, j] += x0 * u03 + x1 * u13 + x2 * u23 + x3 * u33
-    _put4(dots, i3, s30, s31, s32, s33)  # a repeated last row: every copy holds the same sums
-    _put4(dots, i2, s20, s21, s22, s23)
-    _put4(dots, i1, s10, s11, s12, s13)
-    _put4(dots, i, s00, s01, s02, s03)
+    _put4(dots, i3, s[12], s[13], s[14], s[15])  # a repeated last row: every copy holds the same sums
+    _put4(dots, i2, s[8], s[9], s[10], s[11])
+    _put4(dots, i1, s[4], s[5], s[6], s[7])
+    _put4(dots, i, s[0], s[1], s[2], s[3])
 
 
 @jit(inline="always")
