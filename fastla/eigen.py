@@ -550,7 +550,9 @@ class _OneTriangle:
         return self.out[:, :b]
 
     def matmat(self, a, v):
-        return self.product(a, v).copy() if v.shape[1] <= self.vt.shape[0] else _numba_matmat(a, v)
+        """``A v`` as :meth:`product` returns it, a view its next call overwrites: :func:`_lanczos`
+        stores it into its ``A V`` at once (a copy here would copy it twice)."""
+        return self.product(a, v) if v.shape[1] <= self.vt.shape[0] else _numba_matmat(a, v)
 
     def matvec(self, a, v, w):
         w[:] = self.product(a, v[:, None])[:, 0]
