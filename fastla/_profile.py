@@ -38,7 +38,8 @@ NEVER = 2**62
 #: auto rule reads it (an op's further knobs: :data:`FURTHER_KNOBS`).
 KNOBS = {
     "matmul": ("matmul", "small_min_batch"),
-    "matmul_gemm": ("matmul", "gemm_min_work"),
+    "matmul_gemm": ("matmul", "gemm_min_work"),  # float64 (and other itemsize-8 dtypes)
+    "matmul_gemm_f32": ("matmul", "gemm_min_work_f32"),
     "solve": ("lu", "small_min_batch"),
     "softmax": ("softmax", "min_size"),
     "cosine_similarity": ("similarity", "matrix_min_work"),
@@ -48,7 +49,7 @@ KNOBS = {
     "scaled_dot_product_attention": ("attention", "min_scores"),
 }
 #: knobs named otherwise than the op whose rule reads them: knob -> op
-FURTHER_KNOBS = {"matmul_gemm": "matmul", "cosine_topk_stream": "cosine_topk"}
+FURTHER_KNOBS = {"matmul_gemm": "matmul", "matmul_gemm_f32": "matmul", "cosine_topk_stream": "cosine_topk"}
 #: ops whose auto rule reads another op's knob
 SHARES = {"log_softmax": "softmax", "cross_entropy": "softmax", "lu_factor": "solve", "lu_solve": "solve"}
 

@@ -42,27 +42,42 @@ __all__ = ["matmul"]
 #   host's vectors (the packed kernel runs at 0.8-0.9x of its SkylakeX kernel on an Intel AVX-512
 #   Xeon, 0.9-1.1x on a Zen 5), so auto keeps numpy there by default. Where NumPy's OpenBLAS runs a
 #   narrower kernel than the host has (its Haswell AVX2 kernel on an AVX-512 host, which
-#   OPENBLAS_CORETYPE=Haswell forces), the packed kernel is 1.4-1.9x faster from 256^3 on (Zen 5,
-#   1 and 2 threads, f32 and f64; 0.25-0.99x at 128^3), and auto uses it from GEMM_NARROW_BLAS_WORK
-#   multiply-adds on. `python -m fastla tune` measures this crossover on the machine at hand
-#   (its "matmul_gemm" knob).
-#: Multiply-adds (m*k*n) of one product from which the packed kernel beats a narrower-vector BLAS
-#: (see above): between 256^3, where it won 1.2-1.6x in three of four dtype/thread cases, and 512^3.
-GEMM_NARROW_BLAS_WORK = 384**3
+#   OPENBLAS_CORETYPE=Haswell forces), the packed kernel wins from mid sizes on, and auto uses it
+#   from GEMM_NARROW_BLAS_WORK multiply-adds on. The crossover differs by dtype (float32 has twice
+#   the BLAS's flop rate), so each dtype has its own threshold: `python -m fastla tune` measures
+#   both on the machine at hand (its "matmul_gemm" knob for float64, "matmul_gemm_f32" for
+#   float32). One shared threshold left a 128^3 float64 product 1.15-1.20x slower than the packed
+#   kernel on a Zen 5.
+#: Multiply-adds (m*k*n) of one product from which the packed kernel beats a narrower-vector BLAS,
+#: per dtype. Zen 5, OpenBLAS Haswell kernel, steady-state timings (fastla/tune.py), packed kernel
+#: vs BLAS in us: float64 2 threads 128^3 39.5-39.8 / 48.5-50.0, 192^3 88-89 / 137-138, 96^3
+#: 26-27 / 24-25; 1 thread 96^3 34 / 38, 128^3 60 / 87. float32 2 threads 128^3 29-39 / 25-39
+#: (even), 192^3 54-61 / 67-76, 256^3 104-105 / 153-155; 1 thread 128^3 40 / 44, 192^3 91 / 131.
+#: (The whole-round sweep this replaced read 0.25-0.99x at 128^3 and shipped 384^3 for both.)
+GEMM_NARROW_BLAS_WORK = {"float64": 128**3, "float32": 192**3}
 
 
-def _shipped_gemm_min_work():
+def _shipped_gemm_min_work(dtype):
     from fastla import _host
 
     # with the JIT off the packed kernel runs as Python: never the faster one
-    return GEMM_NARROW_BLAS_WORK if _jit.JIT_ENABLED and _host.blas_narrower_than_host() else NEVER
+    if _jit.JIT_ENABLED and _host.blas_narrower_than_host():
+        return GEMM_NARROW_BLAS_WORK[dtype]
+    return NEVER
 
 
 AUTO_RULE = {
     "small_max_dim": 16,  # m, k, n all <= this counts as "small"
     "small_min_batch": 256,  # and at least this many matrices in the stack
-    "gemm_min_work": _shipped_gemm_min_work(),  # m*k*n of one product (a folded stack: one product)
+    # m*k*n of one product (a folded stack: one product) from which the packed kernel runs:
+    "gemm_min_work": _shipped_gemm_min_work("float64"),  # float64 (and any other itemsize-8 dtype)
+    "gemm_min_work_f32": _shipped_gemm_min_work("float32"),
 }
+
+
+def _gemm_key(dtype):
+    """The ``AUTO_RULE`` key of ``dtype``'s GEMM threshold."""
+    return "gemm_min_work_f32" if dtype.itemsize == 4 else "gemm_min_work"
 
 
 def _batch_shape(sa, sb):
@@ -158,11 +173,11 @@ def _gemm_work(m, k, n, batch, b_stacked):
     return rows * k * n
 
 
-def _compiled_wins(m, k, n, batch, b_stacked):
-    """The auto rule on plain numbers (used by :func:`_rule` and by the fast path)."""
+def _compiled_wins(m, k, n, batch, b_stacked, dtype):
+    """The auto rule on plain numbers (used by the fast path; :func:`_rule` says the same)."""
     if _small_stack_wins(m, k, n, batch, b_stacked):
         return True
-    return _gemm_work(m, k, n, batch, b_stacked) >= AUTO_RULE["gemm_min_work"]
+    return _gemm_work(m, k, n, batch, b_stacked) >= AUTO_RULE[_gemm_key(dtype)]
 
 
 def _rule(prep):
@@ -177,11 +192,12 @@ def _rule(prep):
             ),
         )
     work = _gemm_work(f["m"], f["k"], f["n"], f["batch"], f["b_stacked"])
-    if work >= AUTO_RULE["gemm_min_work"]:
+    key = _gemm_key(f["dtype"])
+    if work >= AUTO_RULE[key]:
         return (
             "numba",
             lambda: (
-                f"{shape}: {work} multiply-adds per GEMM >= gemm_min_work; the packed kernel beats "
+                f"{shape}: {work} multiply-adds per GEMM >= {key}; the packed kernel beats "
                 f"this BLAS ({_blas_name()}) from there"
             ),
         )
@@ -190,10 +206,10 @@ def _rule(prep):
             f"too thin a product for the packed kernel (rows or columns < {GEMM_MIN_ROWS_COLS}, "
             f"or depth < {GEMM_MIN_DEPTH}): BLAS ({_blas_name()})"
         )
-    elif AUTO_RULE["gemm_min_work"] >= NEVER:
+    elif AUTO_RULE[key] >= NEVER:
         why = f"this BLAS ({_blas_name()}) is faster than the packed Numba GEMM on this hardware"
     else:
-        why = f"{work} multiply-adds per GEMM < gemm_min_work, where BLAS ({_blas_name()}) is faster"
+        why = f"{work} multiply-adds per GEMM < {key}, where BLAS ({_blas_name()}) is faster"
     return "numpy", lambda: f"{shape}: {why}"
 
 
@@ -211,10 +227,12 @@ def auto_gemm_summary():
 
     width = _host.blas_kernel()[2]
     kernel = _blas_name() + (f", {width}-byte vectors; host {_host.simd_bytes()}" if width else "")
-    work = AUTO_RULE["gemm_min_work"]
-    if work >= NEVER:
+    f64, f32 = AUTO_RULE["gemm_min_work"], AUTO_RULE["gemm_min_work_f32"]
+    if min(f64, f32) >= NEVER:
         return f"BLAS for every single product ({kernel})"
-    return f"packed kernel from {work} multiply-adds per product ({kernel})"
+    at = lambda work: "never" if work >= NEVER else f"from {work}"  # noqa: E731
+    where = at(f64) if f64 == f32 else f"float64 {at(f64)}, float32 {at(f32)}"
+    return f"packed kernel {where} multiply-adds per product ({kernel})"
 
 
 _OP = _registry.operation("matmul", _prepare, _rule)
@@ -271,12 +289,12 @@ def matmul(a, b, /, out=None, *, backend=None):
             and _registry.fast_path_open()
         ):
             if a.ndim == 2 and a.shape[1] == b.shape[0]:
-                if _gemm_work(a.shape[0], a.shape[1], b.shape[1], 1, False) >= AUTO_RULE["gemm_min_work"]:
+                if _gemm_work(a.shape[0], a.shape[1], b.shape[1], 1, False) >= AUTO_RULE[_gemm_key(dt)]:
                     return _jit.run_parallel(_matmul_numba, a, b, None)
                 return _matmul_numpy(a, b, None)
             if a.ndim == 3 and a.shape[0] == b.shape[0] and a.shape[2] == b.shape[1]:
                 batch, m, k = a.shape
-                if _compiled_wins(m, k, b.shape[2], batch, True):
+                if _compiled_wins(m, k, b.shape[2], batch, True, dt):
                     return _jit.run_parallel(_matmul_numba, a, b, None)
                 return _matmul_numpy(a, b, None)
     return _OP.run(backend, _prepare(a, b, out))

@@ -5,14 +5,25 @@ regret before and after.
 For each tunable threshold (:data:`SWEEPS`) the sweep times the public function with
 ``backend="numpy"``, ``backend="numba"`` and ``auto`` over a range of sizes, in float32 and float64
 (or, for a threshold between two compiled kernels, such as top-k's streamed and packed ones, each
-kernel forced),
-at fastla's current thread count (BLAS left at its default, as a user's call runs). Timings are
-interleaved: every impl once per round, 7 rounds, each round at least 5 ms of calls after one
-untimed call (which absorbs the switch from the previous impl's threads), and the fastest round is
-kept (noise on a shared machine only slows a round down). The crossover is the smallest swept size
-from which the compiled kernel is at least as fast as NumPy at every larger swept size; where it
-never is, the threshold goes just past the sweep. One threshold serves both dtypes, so the larger
-of the two crossovers is kept: ``auto`` then picks the compiled kernel only where it wins in both.
+kernel forced), at fastla's current thread count (BLAS left at its default, as a user's call runs).
+
+Timings are interleaved: every impl once per round, 7 rounds, each round one untimed call, then at
+least 8 ms of calls timed in batches of at least 0.5 ms, and the fastest batch is kept: the
+steady-state time of a call. Noise on a shared machine only slows a batch down, and so does the
+switch between BLAS's thread pool and fastla's: the other pool's threads keep spinning for a
+while, and on two cores a call right after the switch stalls for one scheduler slice, ~4 ms once in
+the first ~10 ms (measured on Zen 5 for 128² GEMMs: 20-call batches at 200-450 µs a call against
+25-40 µs). Timing whole rounds let that stall into every round of the fast calls and moved the
+measured crossovers (a 128² float32 GEMM read 32 µs numba / 40 µs NumPy in a whole-round sweep,
+30-40 / 23-27 µs at steady state). Where the faster side changes between neighbouring sizes, or
+auto's regret reads above 1.1, the size is measured again after the whole pass and each impl
+keeps its faster timing (:func:`measure_pass`, :func:`_second_look`).
+
+The crossover is the smallest swept size from which the compiled kernel is at least as fast as
+NumPy at every larger swept size; where it never is, the threshold goes just past the sweep. A
+threshold serves both dtypes, so the larger of the two crossovers is kept (``auto`` then picks the
+compiled kernel only where it wins in both), but for one GEMM, whose crossover differs by dtype
+and which has a threshold per dtype (knobs ``matmul_gemm`` and ``matmul_gemm_f32``).
 
 Regret of a call = time(auto) / min(time(numpy), time(numba)) (or of the two kernels a threshold
 chooses between): 1.0 when auto picked the faster one
@@ -35,7 +46,9 @@ import fastla
 from fastla import _jit, _profile
 
 ROUNDS = 7
-MIN_ROUND_S = 0.005
+MIN_BATCH_S = 0.0005  # one timed batch of calls
+MIN_ROUND_S = 0.008  # the timed calls of one impl in one round
+MIN_BATCHES = 2
 
 
 @dataclass(frozen=True)
@@ -56,6 +69,7 @@ class Sweep:
     sides: tuple[str, str] = ("numpy", "numba")
     # (fn, args, kwargs) -> {side: a call of that side}; None: the public function with backend=side
     calls: Callable | None = None
+    dtypes: tuple = (np.float32, np.float64)  # swept; the threshold is the larger crossover
 
     def __post_init__(self):
         if not self.knob:
@@ -118,6 +132,18 @@ SWEEPS = (
         lambda p: f"{p}x{p} @ {p}x{p}",
         knob="matmul_gemm",
         never=_profile.NEVER,
+        dtypes=(np.float64,),
+    ),
+    Sweep(
+        "matmul",
+        "multiply-adds m*k*n of one GEMM",
+        (64, 96, 128, 192, 256, 384, 512),
+        lambda p: p**3,
+        lambda p, dt, rng: ((_normal(rng, (p, p), dt), _normal(rng, (p, p), dt)), {}),
+        lambda p: f"{p}x{p} @ {p}x{p}",
+        knob="matmul_gemm_f32",
+        never=_profile.NEVER,
+        dtypes=(np.float32,),
     ),
     Sweep(
         "solve",
@@ -171,7 +197,6 @@ SWEEPS = (
         lambda p: f"4x{p}x{p}x64",
     ),
 )
-DTYPES = (np.float32, np.float64)
 
 
 @functools.cache
@@ -180,44 +205,78 @@ def _topk_corpus(dt):
     return _normal(np.random.default_rng(1), (20_000, 256), dt)
 
 
-def _calls_per_round(fn):
+def _calls_per_batch(fn):
     n = 1
     while True:
         t0 = time.perf_counter()
         for _ in range(n):
             fn()
-        if time.perf_counter() - t0 >= MIN_ROUND_S:
+        if time.perf_counter() - t0 >= MIN_BATCH_S:
             return n
         n *= 2
 
 
 def time_impls(fns, rounds=ROUNDS):
-    """Seconds per call of each callable in ``fns``: the fastest of interleaved rounds (noise on a
-    shared machine only ever slows a round down), warm-up excluded."""
+    """Seconds per call of each callable in ``fns`` at steady state: the fastest batch of calls
+    over interleaved rounds (see the module docstring), warm-up excluded."""
     counts = {}
     for name, fn in fns.items():
         fn()  # warm-up (a compile, on a cold cache)
-        counts[name] = _calls_per_round(fn)
-    samples = {name: [] for name in fns}
+        counts[name] = _calls_per_batch(fn)
+    best = dict.fromkeys(fns, float("inf"))
     for _ in range(rounds):
         for name, fn in fns.items():
             n = counts[name]
-            fn()  # untimed: the switch from the previous impl (BLAS or OpenMP threads still spinning)
-            t0 = time.perf_counter()
-            for _ in range(n):
-                fn()
-            samples[name].append((time.perf_counter() - t0) / n)
-    return {name: min(s) for name, s in samples.items()}
+            fn()  # untimed: the first call after the previous impl's
+            start = time.perf_counter()
+            batches = 0
+            while batches < MIN_BATCHES or time.perf_counter() - start < MIN_ROUND_S:
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    fn()
+                best[name] = min(best[name], (time.perf_counter() - t0) / n)
+                batches += 1
+    return best
 
 
-def measure(sweep, dt, rng, *, with_auto=True):
-    """``[(p, {impl: seconds})]`` over ``sweep.params``."""
-    fn = getattr(fastla, sweep.op)
-    rows = []
-    for p in sweep.params:
-        args, kwargs = sweep.case(p, np.dtype(dt), rng)
-        rows.append((p, time_impls(_calls(sweep, fn, args, kwargs, with_auto))))
-    return rows
+def measure_pass(sweeps, rng, progress=lambda label: None, *, with_auto=True):
+    """``{(knob, dtype name): [(p, {impl: seconds})]}``: every sweep's sizes (``progress(label)``
+    before each sweep and dtype), then a second look at the sizes where a slow phase of the
+    machine would move the result (:func:`_second_look`), each impl keeping the faster of its two
+    timings. The second looks come after the whole pass, a minute or so later: a slow phase lasts
+    from a few hundred ms to several seconds here, and a second look right after the first fell in
+    the same one (a 10-query top-k read 101 us through a whole process, 67-70 us in the next)."""
+    first = {}
+    for sweep in sweeps:
+        fn = getattr(fastla, sweep.op)
+        for dt in sweep.dtypes:
+            progress(f"{sweep.knob} {np.dtype(dt).name}")
+            calls, rows = [], []
+            for p in sweep.params:
+                args, kwargs = sweep.case(p, np.dtype(dt), rng)
+                calls.append(_calls(sweep, fn, args, kwargs, with_auto))
+                rows.append((p, time_impls(calls[-1])))
+            first[sweep.knob, np.dtype(dt).name] = (sweep, calls, rows)
+    for sweep, calls, rows in first.values():
+        for i in _second_look(sweep, rows):
+            again = time_impls(calls[i])
+            rows[i] = (rows[i][0], {name: min(t, again[name]) for name, t in rows[i][1].items()})
+    return {key: rows for key, (_, _, rows) in first.items()}
+
+
+def _second_look(sweep, rows):
+    """Indices of the sizes measured twice: where the faster side differs from a neighbouring
+    size's (the crossover is decided there, and one slow phase of a few hundred ms once turned a
+    single size and moved a crossover tenfold), and where auto's regret reads above 1.1 (a slow
+    phase during auto's rounds alone reads as regret)."""
+    below, above = sweep.sides
+    wins = [t[above] <= t[below] for _, t in rows]
+    picked = []
+    for i, (_, t) in enumerate(rows):
+        flips = (i > 0 and wins[i] != wins[i - 1]) or (i + 1 < len(rows) and wins[i] != wins[i + 1])
+        if flips or ("auto" in t and regret(t) > 1.1):
+            picked.append(i)
+    return picked
 
 
 def _calls(sweep, fn, args, kwargs, with_auto):
@@ -268,19 +327,21 @@ def run(*, write=True, ops=None, stream=None, out=None, plot_path=None):
     threads = fastla.get_num_threads()
     rng = np.random.default_rng(0)
     start = time.perf_counter()
-    total = len(sweeps) * len(DTYPES) * (2 if write else 1)
+    total = sum(len(s.dtypes) for s in sweeps) * (2 if write else 1)
     done = 0
     if write:  # the regret "before" is that of the shipped thresholds
         _profile.use_shipped()
-    before = {}
-    for sweep in sweeps:
-        for dt in DTYPES:
-            _progress(done, total, f"{sweep.knob} {np.dtype(dt).name}", stream)
-            before[sweep.knob, np.dtype(dt).name] = measure(sweep, dt, rng)
-            done += 1
+
+    def progress(label):
+        nonlocal done
+        _progress(done, total, label, stream)
+        done += 1
+
+    before = measure_pass(sweeps, rng, progress)
     rules = {}
     for sweep in sweeps:
-        rules[sweep.knob] = max(crossover(sweep, before[sweep.knob, np.dtype(dt).name]) for dt in DTYPES)
+        crossovers = (crossover(sweep, before[sweep.knob, np.dtype(dt).name]) for dt in sweep.dtypes)
+        rules[sweep.knob] = max(crossovers)
     after = {}
     if write:
         sides = {s.knob: s.sides for s in sweeps}
@@ -297,11 +358,9 @@ def run(*, write=True, ops=None, stream=None, out=None, plot_path=None):
         path = _profile.profile_path() or _profile.default_path()
         _profile.write(path, key, threads, record)
         _profile.load()
-        for sweep in sweeps:  # auto again, under the measured thresholds
-            for dt in DTYPES:
-                _progress(done, total, f"{sweep.knob} {np.dtype(dt).name} (tuned)", stream)
-                after[sweep.knob, np.dtype(dt).name] = measure(sweep, dt, rng)
-                done += 1
+        # auto again, under the measured thresholds
+        after = measure_pass(sweeps, rng, lambda label: progress(label + " (tuned)"))
+    done = total
     _progress(done, total, f"done in {time.perf_counter() - start:.0f} s", stream)
     stream.write("\n")
     report(sweeps, before, after, rules, threads, out)
@@ -325,7 +384,7 @@ def report(sweeps, before, after, rules, threads, out):
         head = f"  {'size':<22} {'dtype':<8} {below:>10} {above:>10}  {'regret ' + label:>15}"
         print(head, end="", file=out)
         print(f"  {'regret tuned':>12}" if after else "", file=out)
-        for dt in DTYPES:
+        for dt in sweep.dtypes:
             name = np.dtype(dt).name
             tuned = dict(after.get((sweep.knob, name), []))
             for p, t in before[sweep.knob, name]:
@@ -393,7 +452,8 @@ def plot(sweeps, before, rules, path, shipped=None):
         return False
     fig, axes = plt.subplots(len(sweeps), 1, figsize=(8, 3.2 * len(sweeps)), squeeze=False)
     for ax, sweep in zip(axes[:, 0], sweeps, strict=True):
-        for dt, style in zip(DTYPES, ("-", "--"), strict=True):
+        for dt in sweep.dtypes:
+            style = "-" if np.dtype(dt) == np.float32 else "--"
             rows = before[sweep.knob, np.dtype(dt).name]
             xs = [sweep.value(p) for p, _ in rows]
             for impl, colour in zip((*sweep.sides, "auto"), ("C1", "C0", "C2"), strict=True):

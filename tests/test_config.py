@@ -186,7 +186,9 @@ def test_cli_info_and_explain():
     assert r.returncode == 0, r.stderr
     assert "numpy" in r.stdout and "OPENBLAS_CORETYPE" in r.stdout and "threading_layer" in r.stdout
     assert "auto_gemm" in r.stdout and (
-        "BLAS for every single product" in r.stdout or "packed kernel from" in r.stdout
+        "BLAS for every single product" in r.stdout
+        or "packed kernel from" in r.stdout
+        or "packed kernel float64 " in r.stdout
     )
     r = run_python(
         "from fastla.__main__ import main; "

@@ -121,13 +121,15 @@ def test_the_fast_path_runs_what_explain_names(monkeypatch):
         assert ran == [(op, fastla.explain(op, *args)[0])], (op, [a.shape for a in args])
 
 
-@pytest.mark.parametrize("threshold", [1, 65536, 10**9])
-def test_the_gemm_threshold_decides_the_fast_path_as_explain_says(monkeypatch, threshold):
-    """``gemm_min_work`` (the multiply-adds of one product from which auto takes the packed GEMM,
-    set where the BLAS kernel is narrower than the host or by a tuned profile): the fast path and
-    the full path pick the same impl on either side of it and give the same result."""
+@pytest.mark.parametrize("f64_threshold, f32_threshold", [(1, 10**9), (65536, 1), (10**9, 65536)])
+def test_the_gemm_threshold_decides_the_fast_path_as_explain_says(monkeypatch, f64_threshold, f32_threshold):
+    """``gemm_min_work`` and ``gemm_min_work_f32`` (the multiply-adds of one product from which
+    auto takes the packed GEMM, per dtype, set where the BLAS kernel is narrower than the host or by
+    a tuned profile): the fast path and the full path pick the same impl on either side of each
+    dtype's own threshold and give the same result."""
     module = sys.modules["fastla.matmul"]
-    monkeypatch.setitem(module.AUTO_RULE, "gemm_min_work", threshold)
+    monkeypatch.setitem(module.AUTO_RULE, "gemm_min_work", f64_threshold)
+    monkeypatch.setitem(module.AUTO_RULE, "gemm_min_work_f32", f32_threshold)
     ran = []
     for impl, attr in (("numpy", "_matmul_numpy"), ("numba", "_matmul_numba")):
         original = getattr(module, attr)
@@ -144,7 +146,10 @@ def test_the_gemm_threshold_decides_the_fast_path_as_explain_says(monkeypatch, t
         (rng.standard_normal((63, 64)), rng.standard_normal((64, 64))),  # too thin: BLAS at any threshold
     ]
     for a, b in cases:
-        for dtype in (np.float32, np.float64):
+        for dtype, threshold, key in (
+            (np.float32, f32_threshold, "gemm_min_work_f32"),
+            (np.float64, f64_threshold, "gemm_min_work"),
+        ):
             x, y = a.astype(dtype), b.astype(dtype)
             ran.clear()
             fastla.matmul(x, y)
@@ -153,5 +158,5 @@ def test_the_gemm_threshold_decides_the_fast_path_as_explain_says(monkeypatch, t
                 assert ran == [name], (x.shape, y.shape, reason)
             thin = x.shape[-2] == 63
             assert name == ("numba" if threshold <= 65536 and not thin else "numpy"), reason
-            assert ("too thin" in reason) == thin and "gemm_min_work" in reason
+            assert ("too thin" in reason) == thin and f"{key}={threshold}" in reason
             _same(lambda be, x=x, y=y: fastla.matmul(x, y, backend=be))

@@ -64,7 +64,12 @@ def test_an_op_with_two_knobs_names_both_and_which_was_measured(profile):
     assert name == "numba" and "gemm_min_work=262144 measured here" in reason
     assert f"small_min_batch={MATMUL_RULE['small_min_batch']}," in reason
     name, reason = fastla.explain("matmul", a[:, :63], a[:63])
-    assert name == "numpy" and "258048 multiply-adds per GEMM < gemm_min_work" in reason
+    assert name == "numpy" and "258048 multiply-adds per GEMM < gemm_min_work," in reason
+    # float32 products have their own threshold, not in this profile: the shipped one
+    f32 = a.astype(np.float32)
+    name, reason = fastla.explain("matmul", f32, f32)
+    shipped = _profile.shipped("matmul_gemm_f32")
+    assert name == ("numba" if shipped <= 2**18 else "numpy") and "gemm_min_work_f32" in reason
 
 
 @pytest.mark.parametrize(
@@ -91,8 +96,10 @@ def test_the_shipped_gemm_threshold_follows_the_blas_kernel_width(monkeypatch, a
     try:
         assert _host.blas_narrower_than_host() is narrower
         packed = narrower and _jit.JIT_ENABLED  # with the JIT off the packed kernel is Python
-        expected = sys.modules["fastla.matmul"].GEMM_NARROW_BLAS_WORK if packed else _profile.NEVER
-        assert sys.modules["fastla.matmul"]._shipped_gemm_min_work() == expected
+        matmul = sys.modules["fastla.matmul"]
+        for dtype in ("float32", "float64"):
+            expected = matmul.GEMM_NARROW_BLAS_WORK[dtype] if packed else _profile.NEVER
+            assert matmul._shipped_gemm_min_work(dtype) == expected
         info[0]["internal_api"] = "mkl"  # MKL's own dispatch: never taken as narrower
         _host.blas_kernel.cache_clear()
         assert not _host.blas_narrower_than_host()
@@ -166,6 +173,37 @@ def test_write_refuses_bad_rules(profile):
     assert not profile.exists()
 
 
+def test_timings_are_steady_state_calls_not_the_stall_after_a_switch(monkeypatch):
+    """A fake clock: each call takes 10 us, except the 30 calls after every switch to the other
+    impl, which take 200 us (the other pool's threads still spinning). The steady-state time is
+    what the sweep keeps; a whole-round mean would read it ~10x slower."""
+    clock = {"now": 0.0}
+    monkeypatch.setattr(tune, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: clock["now"])}))
+    last = {"impl": None, "since": 0}
+
+    def impl(name, seconds):
+        def call():
+            if last["impl"] != name:
+                last.update(impl=name, since=0)
+            last["since"] += 1
+            clock["now"] += 200e-6 if last["since"] <= 30 else seconds
+
+        return call
+
+    t = tune.time_impls({"a": impl("a", 10e-6), "b": impl("b", 40e-6)}, rounds=3)
+    assert t == pytest.approx({"a": 10e-6, "b": 40e-6})
+
+
+def test_second_look_where_the_winner_flips_or_auto_reads_slow():
+    sweep = tune.SWEEPS[0]
+    numba = [2.0, 2.0, 0.5, 2.0, 0.5, 0.5, 0.5]
+    rows = [(p, {"numpy": 1.0, "numba": t}) for p, t in zip(sweep.params, numba, strict=False)]
+    assert tune._second_look(sweep, rows) == [1, 2, 3, 4]
+    rows[6][1]["auto"] = 0.6  # regret 1.2
+    rows[5][1]["auto"] = 0.5
+    assert tune._second_look(sweep, rows) == [1, 2, 3, 4, 6]
+
+
 def test_crossover_is_where_numba_wins_from_on():
     sweep = tune.SWEEPS[0]
 
@@ -208,10 +246,12 @@ def test_a_tune_run_writes_a_profile_that_auto_then_uses(profile, monkeypatch):
     assert "  shipped thresholds: max regret " in text and "  tuned thresholds: max regret " in text
     data = json.loads(profile.read_text())
     entry = data["machines"][_profile.machine_key()]["threads"][str(fastla.get_num_threads())]
-    assert entry["rules"] == result["rules"] and set(result["rules"]) == {"matmul", "matmul_gemm", "softmax"}
+    assert entry["rules"] == result["rules"]
+    assert set(result["rules"]) == {"matmul", "matmul_gemm", "matmul_gemm_f32", "softmax"}
     assert fastla.tune_profile()["rules"] == result["rules"]
     assert MATMUL_RULE["small_min_batch"] == result["rules"]["matmul"]
     assert MATMUL_RULE["gemm_min_work"] == result["rules"]["matmul_gemm"]
+    assert MATMUL_RULE["gemm_min_work_f32"] == result["rules"]["matmul_gemm_f32"]
     assert "matmul_gemm: threshold in multiply-adds" in text
     assert result["regret_before"] > 0 and result["regret_after"] > 0
 
