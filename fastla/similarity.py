@@ -384,6 +384,10 @@ def _inv_norms_numpy(x):
     norms ``|x'_i|`` (float64)."""
     sq = np.einsum("ij,ij->i", x, x, dtype=np.float64)
     lo, hi = _SQ_RANGE[x.dtype]
+    if sq.size and lo <= sq.min() and sq.max() <= hi:  # every row in range (a NaN fails both)
+        # the common case in two reductions instead of the masks below (64 x 64: 13 -> 8 us)
+        norms = np.sqrt(sq)
+        return x, (1.0 / norms).astype(x.dtype, copy=False), norms
     with np.errstate(invalid="ignore"):
         bad = ~((sq >= lo) & (sq <= hi))
     if bad.any():

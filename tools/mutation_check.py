@@ -169,6 +169,22 @@ MUTANTS = [
         "fused top-k keeps only the last KC block of each score (the audit's mutant)",
     ),
     Mutant(
+        "cosine-norms-fast-path-skips-the-upper-bound",
+        "similarity.py",
+        " and sq.max() <= hi:  # every row",
+        ":  # every row",
+        ("tests/test_similarity.py",),
+        "the NumPy norms' fast path takes rows whose squared norm overflows the safe range",
+    ),
+    Mutant(
+        "cosine-norms-fast-path-skips-the-lower-bound",
+        "similarity.py",
+        "if sq.size and lo <= sq.min() and",
+        "if sq.size and",
+        ("tests/test_similarity.py",),
+        "the NumPy norms' fast path takes zero, tiny or NaN rows",
+    ),
+    Mutant(
         "topk-heap-ties-to-higher-index",
         "similarity.py",
         "    return sb == sb and (sa < sb or (sa == sb and ia > ib))",
