@@ -226,6 +226,25 @@ def test_crossover_is_where_numba_wins_from_on():
     assert tune.regret({"numpy": 2.0, "numba": 1.0, "auto": 3.0}) == 3.0
 
 
+def test_the_crossover_weighs_both_dtypes():
+    """float32 even at the third size (numba 1.02x slower), float64 numba 1.3x faster there: the
+    threshold at the third size costs float32 1.02, at the fourth (the larger crossover) float64 1.3."""
+    sweep = tune.SWEEPS[0]
+    p = sweep.params
+
+    def rows(numba):
+        return [(q, {"numpy": 1.0, "numba": t}) for q, t in zip(p, numba, strict=False)]
+
+    f32 = rows([1.5, 1.2, 1.02, 0.8, 0.5, 0.5])
+    f64 = rows([1.5, 1.2, 1 / 1.3, 0.8, 0.5, 0.5])
+    assert tune.crossover(sweep, f32) == sweep.value(p[3])
+    assert tune.crossover(sweep, f64) == sweep.value(p[2])
+    assert tune.crossover(sweep, f32, f64) == sweep.value(p[2])
+    # the other way round (float32's loss the larger) it keeps the larger crossover
+    f32 = rows([1.5, 1.2, 1.4, 0.8, 0.5, 0.5])
+    assert tune.crossover(sweep, f32, f64) == sweep.value(p[3])
+
+
 @needs_jit
 def test_a_tune_run_writes_a_profile_that_auto_then_uses(profile, monkeypatch):
     """End to end on two small sweeps (1 round each): timings are not asserted, only that the
