@@ -123,27 +123,19 @@ SWEEPS = (
         lambda p, dt, rng: ((_normal(rng, (p, 4, 4), dt), _normal(rng, (p, 4, 4), dt)), {}),
         lambda p: f"{p} x 4x4 @ 4x4",
     ),
-    Sweep(
-        "matmul",
-        "multiply-adds m*k*n of one GEMM",
-        (64, 96, 128, 192, 256, 384, 512),
-        lambda p: p**3,
-        lambda p, dt, rng: ((_normal(rng, (p, p), dt), _normal(rng, (p, p), dt)), {}),
-        lambda p: f"{p}x{p} @ {p}x{p}",
-        knob="matmul_gemm",
-        never=_profile.NEVER,
-        dtypes=(np.float64,),
-    ),
-    Sweep(
-        "matmul",
-        "multiply-adds m*k*n of one GEMM",
-        (64, 96, 128, 192, 256, 384, 512),
-        lambda p: p**3,
-        lambda p, dt, rng: ((_normal(rng, (p, p), dt), _normal(rng, (p, p), dt)), {}),
-        lambda p: f"{p}x{p} @ {p}x{p}",
-        knob="matmul_gemm_f32",
-        never=_profile.NEVER,
-        dtypes=(np.float32,),
+    *(
+        Sweep(  # one product: a threshold per dtype
+            "matmul",
+            "multiply-adds m*k*n of one GEMM",
+            (64, 96, 128, 192, 256, 384, 512),
+            lambda p: p**3,
+            lambda p, dt, rng: ((_normal(rng, (p, p), dt), _normal(rng, (p, p), dt)), {}),
+            lambda p: f"{p}x{p} @ {p}x{p}",
+            knob=knob,
+            never=_profile.NEVER,
+            dtypes=(dt,),
+        )
+        for knob, dt in (("matmul_gemm", np.float64), ("matmul_gemm_f32", np.float32))
     ),
     Sweep(
         "solve",
