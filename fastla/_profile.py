@@ -38,8 +38,8 @@ NEVER = 2**62
 #: auto rule reads it (an op's further knobs: :data:`FURTHER_KNOBS`).
 KNOBS = {
     "matmul": ("matmul", "small_min_batch"),
-    "matmul_gemm": ("matmul", "gemm_min_work"),  # float64 (and other itemsize-8 dtypes)
-    "matmul_gemm_f32": ("matmul", "gemm_min_work_f32"),
+    "matmul_gemm": ("matmul", "gemm_min_work"),  # float64 products
+    "matmul_gemm_f32": ("matmul", "gemm_min_work_f32"),  # float32 products
     "solve": ("lu", "small_min_batch"),
     "softmax": ("softmax", "min_size"),
     "cosine_similarity": ("similarity", "matrix_min_work"),

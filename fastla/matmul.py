@@ -70,13 +70,14 @@ AUTO_RULE = {
     "small_max_dim": 16,  # m, k, n all <= this counts as "small"
     "small_min_batch": 256,  # and at least this many matrices in the stack
     # m*k*n of one product (a folded stack: one product) from which the packed kernel runs:
-    "gemm_min_work": _shipped_gemm_min_work("float64"),  # float64 (and any other itemsize-8 dtype)
+    "gemm_min_work": _shipped_gemm_min_work("float64"),
     "gemm_min_work_f32": _shipped_gemm_min_work("float32"),
 }
 
 
 def _gemm_key(dtype):
-    """The ``AUTO_RULE`` key of ``dtype``'s GEMM threshold."""
+    """The ``AUTO_RULE`` key of ``dtype``'s GEMM threshold (the rule only sees the compiled dtypes,
+    float32 and float64: any other goes to NumPy before it)."""
     return "gemm_min_work_f32" if dtype.itemsize == 4 else "gemm_min_work"
 
 
