@@ -254,6 +254,7 @@ def test_a_tune_run_writes_a_profile_that_auto_then_uses(profile, monkeypatch):
     monkeypatch.setattr(tune, "SWEEPS", small)
     monkeypatch.setattr(tune, "ROUNDS", 1)
     monkeypatch.setattr(tune, "MIN_ROUND_S", 0.0)
+    monkeypatch.setattr(tune, "MIN_BATCH_S", 0.0)
     out = io.StringIO()
     png = profile.parent / "sweep.png"
     result = tune.run(stream=io.StringIO(), out=out, plot_path=str(png))
