@@ -185,6 +185,14 @@ MUTANTS = [
         "the NumPy norms' fast path takes zero, tiny or NaN rows",
     ),
     Mutant(
+        "topk-one-query-score-unscaled",
+        "similarity.py",
+        "            buf[0, jj] = dot * inv[jj]",
+        "            buf[0, jj] = dot",
+        ("tests/test_similarity.py",),
+        "the streaming kernel's one-pass score of the first query skips the row's inverse norm",
+    ),
+    Mutant(
         "topk-heap-ties-to-higher-index",
         "similarity.py",
         "    return sb == sb and (sa < sb or (sa == sb and ia > ib))",
