@@ -299,8 +299,8 @@ MUTANTS = [
     Mutant(
         "cosine-no-rescale-of-extreme-rows",
         "similarity.py",
-        "            e = math.frexp(mx)[1]",
-        "            e = 0",
+        "        e = math.frexp(mx)[1]",
+        "        e = 0",
         ("tests/test_similarity.py",),
         "subnormal / near-overflow rows are not rescaled by the compiled norm pass",
     ),
