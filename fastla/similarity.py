@@ -1160,8 +1160,8 @@ def _stream_part(qn, c, zero, lo, hi, scratch, s_parts, i_parts, th):
     zero_i = m - m  # a run-time 0 (see _gemm_kernels' "literal arguments")
     flat = c.reshape(c.size)
     one = s_part.shape[0] == 1
-    # the row passes' calls take the arrays borrowed: no reference count on the corpus per row, an
-    # atomic on a cache line that every thread's share writes
+    # the row passes' calls take the arrays borrowed: no reference count on the corpus per row (an
+    # atomic on a line that every thread's share writes; tested)
     cb, q0 = _intrinsics.borrow(c), _intrinsics.borrow(qn[0])
     for j0 in range(j_lo, j_hi, tb):
         cols = min(tb, j_hi - j0)
@@ -1185,7 +1185,7 @@ def _stream_part(qn, c, zero, lo, hi, scratch, s_parts, i_parts, th):
         # the callees through their symbols: compiled once each, not again inside this kernel
         for jj in range(cols):
             if exps[jj]:
-                _ool(_scaled_column, (qn, c, j0 + jj, int(exps[jj]), inv[jj], buf, jj))
+                _ool(_scaled_column, (qn, cb, j0 + jj, int(exps[jj]), inv[jj], buf, jj))
         for i in range(s_part.shape[0]):
             _ool(_merge_row, (buf[i], zero_i, cols, j0, pool_s[i], pool_i[i], sizes, i))
     for i in range(s_part.shape[0]):  # unordered: the merge of the threads' lists sorts them

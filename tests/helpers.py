@@ -62,3 +62,43 @@ def assert_matmul_close(c, a, b, dtype):
     err = np.abs(np.asarray(c, dtype=np.float64) - ref)
     assert c.shape == ref.shape, (c.shape, ref.shape)
     assert np.all(err <= bound), f"max err {err.max()} vs bound {bound[err > bound].min()}"
+
+
+def counted_in_loops(ir):
+    """The arrays whose reference counts the LLVM IR ``ir`` updates inside a loop: the names of the
+    values passed to ``NRT_incref``/``NRT_decref`` in a basic block that lies on a cycle of its
+    function's control-flow graph (each an atomic read-modify-write on the owner's count, which
+    every thread sharing the array contends for)."""
+    import re
+
+    found = set()
+    for fn in re.split(r"\n(?=define )", ir):
+        if not fn.startswith("define"):
+            continue
+        blocks, name = {"entry": []}, "entry"
+        for line in fn.splitlines()[1:]:
+            label = re.match(r"^([\w.$\-]+):", line)
+            if label:
+                name = label.group(1)
+                blocks[name] = []
+            else:
+                blocks[name].append(line)
+        succ = {b: set(re.findall(r"label %([\w.$\-]+)", "\n".join(lines))) for b, lines in blocks.items()}
+
+        def on_cycle(b, succ=succ):
+            seen, todo = set(), list(succ.get(b, ()))
+            while todo:
+                nxt = todo.pop()
+                if nxt == b:
+                    return True
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.extend(succ.get(nxt, ()))
+            return False
+
+        for b, lines in blocks.items():
+            calls = re.finditer(r"@NRT_(?:in|de)cref\(ptr %([\w.]+)\)", "\n".join(lines))
+            counted = {m.group(1) for m in calls}
+            if counted and on_cycle(b):
+                found |= counted
+    return found

@@ -7,7 +7,7 @@ import pytest
 
 import fastla
 from fastla import similarity
-from tests.helpers import eps, impl_names, variant
+from tests.helpers import counted_in_loops, eps, impl_names, variant
 
 
 def _ref_matrix(x, y):
@@ -552,3 +552,28 @@ def test_topk_memory_is_not_n_queries_by_n_corpus(rng):
     peak = _topk_peak_bytes(q, c, 10)
     full = q.shape[0] * c.shape[0] * 4
     assert peak < full / 8, (peak, full)
+
+
+@pytest.mark.skipif(not fastla._jit.JIT_ENABLED, reason="inspects the compiled code")
+def test_row_passes_take_no_reference_counts_per_row():
+    """The norm pass and the streaming top-k read their operand row by row through inlined helpers,
+    where Numba's inlining can leave a reference taken and dropped on the operand for each row (an
+    atomic read-modify-write; in the streaming kernel on a count that both threads' shares update).
+    Measured on Zen 5: the norm pass over 100 000 x 16 float32 1.55 -> 0.47 ms without it, one
+    query's top-k over 100 000 x 256 float32 3.9-4.7 -> 2.1-2.6 ms (with its one-pass scoring).
+    Compiled afresh (cached code cannot be inspected), no loop of the norm pass updates a reference
+    count, and no loop of the streaming kernel one on the corpus."""
+    from numba import njit, typeof
+
+    def compiled_ir(kernel, sig):
+        f = njit(cache=False, fastmath=set(fastla._jit.FASTMATH), error_model="numpy")(kernel.py_func)
+        f.compile(sig)
+        return f.inspect_llvm(sig)
+
+    x = np.ones((3, 5), np.float32)
+    n = np.empty(3)
+    lo, hi = similarity._SQ_RANGE[x.dtype]
+    norm_sig = tuple(typeof(a) for a in (x, lo, hi, x[:, 0].copy(), n, n.astype(np.int64)))
+    assert counted_in_loops(compiled_ir(similarity._inv_norms, norm_sig)) == set()
+    stream_sig = similarity.STREAM.signature(np.float32)
+    assert "arg.c.0" not in counted_in_loops(compiled_ir(similarity._stream_part, stream_sig))

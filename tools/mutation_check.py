@@ -193,6 +193,26 @@ MUTANTS = [
         "the streaming kernel's one-pass score of the first query skips the row's inverse norm",
     ),
     Mutant(
+        "norm-pass-counts-each-row",
+        "similarity.py",
+        "    if s >= lo and s <= hi:\n        return np.sqrt(s), 0\n    return _norm_out_of_range(x, i, s)\n",
+        "    e = 0\n    if not (s >= lo and s <= hi):\n        mx = 0.0\n"
+        "        for j in range(x.shape[1]):\n"
+        "            v = abs(np.float64(widen(x[i, j])))\n            mx = v if v > mx else mx\n"
+        "        if mx > 0:\n            e = math.frexp(mx)[1]\n    return np.sqrt(s), e\n",
+        ("tests/test_similarity.py::test_row_passes_take_no_reference_counts_per_row",),
+        "the row norm's rare path inlined as loops over the row (its earlier form): a reference on the"
+        " operand per row",
+    ),
+    Mutant(
+        "topk-stream-counts-each-corpus-row",
+        "similarity.py",
+        "    cb, q0 = _intrinsics.borrow(c), _intrinsics.borrow(qn[0])",
+        "    cb, q0 = c, qn[0]",
+        ("tests/test_similarity.py::test_row_passes_take_no_reference_counts_per_row",),
+        "the streaming top-k takes a reference on the corpus for every row (contended by the threads)",
+    ),
+    Mutant(
         "topk-heap-ties-to-higher-index",
         "similarity.py",
         "    return sb == sb and (sa < sb or (sa == sb and ia > ib))",
