@@ -518,7 +518,9 @@ def _flash_task(inp, ix, t, zero, out, stats, w, phase, task):
     """Attention phase, task ``task``: one (stack entry, query block), the online softmax over its
     key tiles into ``out`` and the block's row maxima and sums into ``stats``."""
     wide_vectors()
-    q, kp, vp, mask = inp.q, inp.kp, inp.vp, inp.mask
+    # the mask borrowed: passed to a call per key tile, it was reference-counted there (an atomic on
+    # a count the threads share)
+    q, kp, vp, mask = inp.q, inp.kp, inp.vp, _intrinsics.borrow(inp.mask)
     qi, ki, vi, mi = ix.q, ix.k, ix.v, ix.mask
     L, S, Ev, bq, bk, has_mask, causal = t.L, t.S, t.Ev, t.bq, t.bk, t.has_mask, t.causal
     row_max, row_sum = stats.row_max, stats.row_sum
@@ -605,7 +607,7 @@ def _weights_task(inp, ix, t, zero, out, stats, w, phase, task):
     """Weights phase, task ``task``: one (stack entry, query block) of the weights
     ``exp(s - max) / sum`` into ``w``, from the attention phase's row maxima and sums."""
     wide_vectors()
-    q, kp, mask = inp.q, inp.kp, inp.mask
+    q, kp, mask = inp.q, inp.kp, _intrinsics.borrow(inp.mask)  # borrowed: see _flash_task
     qi, ki, mi = ix.q, ix.k, ix.mask
     L, S, bq, bk, has_mask, causal = t.L, t.S, t.bq, t.bk, t.has_mask, t.causal
     row_max, row_sum = stats.row_max, stats.row_sum

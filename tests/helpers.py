@@ -102,3 +102,13 @@ def counted_in_loops(ir):
             if counted and on_cycle(b):
                 found |= counted
     return found
+
+
+def fresh_ir(kernel, sig):
+    """The LLVM IR of fastla kernel ``kernel`` (a ``_jit.jit`` dispatcher) compiled afresh for the
+    Numba types ``sig`` with fastla's flags: cached code cannot be inspected."""
+    from numba import njit
+
+    f = njit(cache=False, fastmath=set(fastla._jit.FASTMATH), error_model="numpy")(kernel.py_func)
+    f.compile(sig)
+    return f.inspect_llvm(sig)

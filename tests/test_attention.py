@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import fastla
-from tests.helpers import impl_names, variant
+from tests.helpers import counted_in_loops, fresh_ir, impl_names, variant
 
 sdpa = fastla.scaled_dot_product_attention
 
@@ -263,3 +263,16 @@ def test_against_torch(causal, dtype, rng):
     for name in impl_names("scaled_dot_product_attention", 99):
         _check(sdpa(q, k, v, None, 0.0, causal, enable_gqa=True, backend=name), expected, dtype)
         _check(sdpa(q, k, v, mask, enable_gqa=True, backend=name), expected_m, dtype)
+
+
+@pytest.mark.skipif(not fastla._jit.JIT_ENABLED, reason="inspects the compiled code")
+def test_tile_loops_take_no_reference_counts_on_the_inputs():
+    """The attention tasks pass the mask to a call per key tile; reference-counted there, each call
+    was an atomic on a count that every thread's tasks share. Compiled afresh, no loop of either task
+    updates a count on an input."""
+    from fastla import attention
+
+    sig = attention.TASK.signature(np.float32)
+    for task in (attention._flash_task, attention._weights_task):
+        counted = counted_in_loops(fresh_ir(task, sig))
+        assert not {name for name in counted if name.startswith("arg.")}, (task.py_func.__name__, counted)

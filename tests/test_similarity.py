@@ -7,7 +7,7 @@ import pytest
 
 import fastla
 from fastla import similarity
-from tests.helpers import counted_in_loops, eps, impl_names, variant
+from tests.helpers import counted_in_loops, eps, fresh_ir, impl_names, variant
 
 
 def _ref_matrix(x, y):
@@ -563,17 +563,12 @@ def test_row_passes_take_no_reference_counts_per_row():
     query's top-k over 100 000 x 256 float32 3.9-4.7 -> 2.1-2.6 ms (with its one-pass scoring).
     Compiled afresh (cached code cannot be inspected), no loop of the norm pass updates a reference
     count, and no loop of the streaming kernel one on the corpus."""
-    from numba import njit, typeof
-
-    def compiled_ir(kernel, sig):
-        f = njit(cache=False, fastmath=set(fastla._jit.FASTMATH), error_model="numpy")(kernel.py_func)
-        f.compile(sig)
-        return f.inspect_llvm(sig)
+    from numba import typeof
 
     x = np.ones((3, 5), np.float32)
     n = np.empty(3)
     lo, hi = similarity._SQ_RANGE[x.dtype]
     norm_sig = tuple(typeof(a) for a in (x, lo, hi, x[:, 0].copy(), n, n.astype(np.int64)))
-    assert counted_in_loops(compiled_ir(similarity._inv_norms, norm_sig)) == set()
+    assert counted_in_loops(fresh_ir(similarity._inv_norms, norm_sig)) == set()
     stream_sig = similarity.STREAM.signature(np.float32)
-    assert "arg.c.0" not in counted_in_loops(compiled_ir(similarity._stream_part, stream_sig))
+    assert "arg.c.0" not in counted_in_loops(fresh_ir(similarity._stream_part, stream_sig))

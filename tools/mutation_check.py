@@ -213,6 +213,14 @@ MUTANTS = [
         "the streaming top-k takes a reference on the corpus for every row (contended by the threads)",
     ),
     Mutant(
+        "attention-mask-counted-per-tile",
+        "attention.py",
+        "    q, kp, vp, mask = inp.q, inp.kp, inp.vp, _intrinsics.borrow(inp.mask)",
+        "    q, kp, vp, mask = inp.q, inp.kp, inp.vp, inp.mask",
+        ("tests/test_attention.py::test_tile_loops_take_no_reference_counts_on_the_inputs",),
+        "the flash task passes the mask to its per-tile call reference-counted",
+    ),
+    Mutant(
         "topk-heap-ties-to-higher-index",
         "similarity.py",
         "    return sb == sb and (sa < sb or (sa == sb and ia > ib))",
