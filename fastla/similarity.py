@@ -1001,6 +1001,9 @@ def _topk_pack_task(b, inv_c, bp, t, j0, cols, pack, jp):
     tn = t.tn
     kc_max = min(t.kc, d)
     nr = _gk.tile_nr(bp)
+    # borrowed: no reference counts for the call (see _topk_block_task)
+    b = _gk.Operand(_intrinsics.borrow(b.data), b.off, b.rs, b.cs, b.rows, b.cols)
+    inv_c, bp = _intrinsics.borrow(inv_c), _intrinsics.borrow(bp)
     pack_cols = min(nr, cols - jp * nr)
     for pc in range(0, d, kc_max):
         kc = min(kc_max, d - pc)
@@ -1014,8 +1017,13 @@ def _topk_block_task(q, b, inv_q, alpha, t, scratch, pool, scores, index, j0, co
     score block and merged into its queries' candidate pools; after the last tile, their best k in
     rank order."""
     mc, tn, threads = t.mc, t.tn, t.threads
-    bp, ap, sc, tiles = scratch.bp, scratch.ap, scratch.sc, scratch.tiles
-    pool_s, pool_i, sizes = pool
+    # every array borrowed: the calls below, per block and per query row, would otherwise take and
+    # drop references on counts that every thread's task updates (contended atomics)
+    bw = _intrinsics.borrow
+    bp, ap, sc, tiles = bw(scratch.bp), bw(scratch.ap), bw(scratch.sc), bw(scratch.tiles)
+    pool_s, pool_i, sizes = bw(pool[0]), bw(pool[1]), bw(pool[2])
+    scores, index, inv_q = bw(scores), bw(index), bw(inv_q)
+    q = _gk.Operand(bw(q.data), q.off, q.rs, q.cs, q.rows, q.cols)
     nq, d = q.rows, q.cols
     ncorp = b.cols
     mr = _gk.tile_mr(ap)
@@ -1152,17 +1160,19 @@ def _stream_part(qn, c, zero, lo, hi, scratch, s_parts, i_parts, th):
     per = -(-m // s_parts.shape[0])
     j_lo = min(m, th * per)
     j_hi = min(m, j_lo + per)
+    # every array borrowed: the calls below, per row and per tile, would otherwise take and drop
+    # references on counts that every thread's share updates (contended atomics; tested)
+    bw = _intrinsics.borrow
     bufs, invs, exps_all, pools_s, pools_i, pool_sizes = scratch
-    buf, inv, exps = bufs[th], invs[th], exps_all[th]
-    pool_s, pool_i, sizes = pools_s[th], pools_i[th], pool_sizes[th]
-    s_part, i_part = s_parts[th], i_parts[th]
+    buf, inv, exps = bw(bufs[th]), bw(invs[th]), bw(exps_all[th])
+    pool_s, pool_i, sizes = bw(pools_s[th]), bw(pools_i[th]), bw(pool_sizes[th])
+    s_part, i_part = bw(s_parts[th]), bw(i_parts[th])
     tb = buf.shape[1]
     zero_i = m - m  # a run-time 0 (see _gemm_kernels' "literal arguments")
     flat = c.reshape(c.size)
     one = s_part.shape[0] == 1
-    # the row passes' calls take the arrays borrowed: no reference count on the corpus per row (an
-    # atomic on a line that every thread's share writes; tested)
-    cb, q0 = _intrinsics.borrow(c), _intrinsics.borrow(qn[0])
+    cb, qn = bw(c), bw(qn)
+    q0 = bw(qn[0])
     for j0 in range(j_lo, j_hi, tb):
         cols = min(tb, j_hi - j0)
         for jj in range(cols):
@@ -1177,7 +1187,7 @@ def _stream_part(qn, c, zero, lo, hi, scratch, s_parts, i_parts, th):
             # past the last row, the last row is scored again (into its own column)
             c0, c1, c2, c3 = g, min(g + 1, cols - 1), min(g + 2, cols - 1), min(g + 3, cols - 1)
             for i in range(0, nq4, 4):
-                s = _math.dot4x4(c, j0 + c0, j0 + c1, j0 + c2, j0 + c3, qn, i, i + 1, i + 2, i + 3, zero)
+                s = _math.dot4x4(cb, j0 + c0, j0 + c1, j0 + c2, j0 + c3, qn, i, i + 1, i + 2, i + 3, zero)
                 _put_column(buf, c3, i, inv[c3], s[12], s[13], s[14], s[15])
                 _put_column(buf, c2, i, inv[c2], s[8], s[9], s[10], s[11])
                 _put_column(buf, c1, i, inv[c1], s[4], s[5], s[6], s[7])

@@ -561,8 +561,9 @@ def test_row_passes_take_no_reference_counts_per_row():
     atomic read-modify-write; in the streaming kernel on a count that both threads' shares update).
     Measured on Zen 5: the norm pass over 100 000 x 16 float32 1.55 -> 0.47 ms without it, one
     query's top-k over 100 000 x 256 float32 3.9-4.7 -> 2.1-2.6 ms (with its one-pass scoring).
-    Compiled afresh (cached code cannot be inspected), no loop of the norm pass updates a reference
-    count, and no loop of the streaming kernel one on the corpus."""
+    The top-k tasks' calls per tile, block and query row did the same on the shared scratch and
+    pools. Compiled afresh (cached code cannot be inspected), no loop of the norm pass updates a
+    reference count, and no loop of the top-k tasks one on an argument."""
     from numba import typeof
 
     x = np.ones((3, 5), np.float32)
@@ -570,5 +571,6 @@ def test_row_passes_take_no_reference_counts_per_row():
     lo, hi = similarity._SQ_RANGE[x.dtype]
     norm_sig = tuple(typeof(a) for a in (x, lo, hi, x[:, 0].copy(), n, n.astype(np.int64)))
     assert counted_in_loops(fresh_ir(similarity._inv_norms, norm_sig)) == set()
-    stream_sig = similarity.STREAM.signature(np.float32)
-    assert "arg.c.0" not in counted_in_loops(fresh_ir(similarity._stream_part, stream_sig))
+    for entry in (similarity.STREAM, similarity.TOPK_PACK, similarity.TOPK_BLOCK):
+        counted = counted_in_loops(fresh_ir(entry.fn, entry.signature(np.float32)))
+        assert not {name for name in counted if name.startswith("arg.")}, (entry.fn.py_func.__name__, counted)

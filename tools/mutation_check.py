@@ -207,8 +207,8 @@ MUTANTS = [
     Mutant(
         "topk-stream-counts-each-corpus-row",
         "similarity.py",
-        "    cb, q0 = _intrinsics.borrow(c), _intrinsics.borrow(qn[0])",
-        "    cb, q0 = c, qn[0]",
+        "    cb, qn = bw(c), bw(qn)",
+        "    cb, qn = c, qn",
         ("tests/test_similarity.py::test_row_passes_take_no_reference_counts_per_row",),
         "the streaming top-k takes a reference on the corpus for every row (contended by the threads)",
     ),
@@ -219,6 +219,14 @@ MUTANTS = [
         "    q, kp, vp, mask = inp.q, inp.kp, inp.vp, inp.mask",
         ("tests/test_attention.py::test_tile_loops_take_no_reference_counts_on_the_inputs",),
         "the flash task passes the mask to its per-tile call reference-counted",
+    ),
+    Mutant(
+        "topk-pools-counted-per-row",
+        "similarity.py",
+        "    pool_s, pool_i, sizes = bw(pool[0]), bw(pool[1]), bw(pool[2])",
+        "    pool_s, pool_i, sizes = pool",
+        ("tests/test_similarity.py::test_row_passes_take_no_reference_counts_per_row",),
+        "the packed top-k's task passes its candidate pools to the per-row merge reference-counted",
     ),
     Mutant(
         "topk-heap-ties-to-higher-index",
