@@ -485,6 +485,22 @@ def test_topk_float16_corpus_block_edges(threads, rng, topk_path, monkeypatch):
     assert fastla.cosine_topk(q.astype(np.float64), c16, 3)[0].dtype == np.float64  # float64 search
 
 
+def test_topk_float16_corpus_exact_at_full_vector_widths(rng, topk_path):
+    """The float16 corpus's exact agreement with its float32 copy where the row loops run whole
+    vectors and their interleaved accumulators (d of 64 and 256), one query (scored in the norm pass)
+    and several."""
+    rows = 1500 if fastla._jit.JIT_ENABLED else 60  # the kernels as Python: a few rows
+    for d in (64, 256):
+        c16 = rng.standard_normal((rows, d)).astype(np.float16)
+        c32 = c16.astype(np.float32)
+        for nq in (1, 5):
+            q = rng.standard_normal((nq, d)).astype(np.float32)
+            s16, i16 = fastla.cosine_topk(q, c16, 20, backend="numba")
+            s32, i32 = fastla.cosine_topk(q, c32, 20, backend="numba")
+            np.testing.assert_array_equal(s16, s32, err_msg=f"d={d} nq={nq}")
+            np.testing.assert_array_equal(i16, i32, err_msg=f"d={d} nq={nq}")
+
+
 @pytest.mark.slow
 def test_topk_float16_corpus_is_not_copied(rng):
     """The numba impl reads a float16 corpus in place: the call allocates far less than the float32
