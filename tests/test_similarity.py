@@ -485,6 +485,22 @@ def test_topk_float16_corpus_block_edges(threads, rng, topk_path, monkeypatch):
     assert fastla.cosine_topk(q.astype(np.float64), c16, 3)[0].dtype == np.float64  # float64 search
 
 
+def test_topk_large_k_merges_exactly(rng, topk_path):
+    """A k large enough that most merged chunks hold scores above the k-th best, so the merge
+    appends whole chunks without a branch where the pool has room and one score at a time where it
+    does not; exact ties (repeated rows, corpus order ascending and descending) across chunks."""
+    base = rng.standard_normal((40, 6))
+    c = base[rng.integers(0, 40, 1500)]  # every row repeated: ties everywhere
+    c[::7] = rng.standard_normal((len(c[::7]), 6))
+    q = rng.standard_normal((3, 6))
+    for corpus in (c, c[::-1].copy()):
+        for k in (33, 100, 180):
+            s_ref, i_ref, _ = _ref_topk(q, corpus, k)
+            s, i = fastla.cosine_topk(q, corpus, k, backend="numba")
+            _close(s, s_ref, np.float64, 6)
+            np.testing.assert_array_equal(i, i_ref, err_msg=f"k={k}")
+
+
 def test_topk_float16_corpus_exact_at_full_vector_widths(rng, topk_path):
     """The float16 corpus's exact agreement with its float32 copy where the row loops run whole
     vectors and their interleaved accumulators (d of 64 and 256), one query (scored in the norm pass)

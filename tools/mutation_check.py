@@ -229,6 +229,14 @@ MUTANTS = [
         "the packed top-k's task passes its candidate pools to the per-row merge reference-counted",
     ),
     Mutant(
+        "topk-chunk-append-keeps-losers",
+        "similarity.py",
+        "                        n += 1 if v > thr else 0",
+        "                        n += 1 if v < thr else 0",
+        ("tests/test_similarity.py::test_topk_large_k_merges_exactly",),
+        "the merge's branch-free chunk append keeps the scores below the k-th best, not those above",
+    ),
+    Mutant(
         "topk-heap-ties-to-higher-index",
         "similarity.py",
         "    return sb == sb and (sa < sb or (sa == sb and ia > ib))",
