@@ -587,6 +587,39 @@ def test_topk_memory_is_not_n_queries_by_n_corpus(rng):
 
 
 @pytest.mark.skipif(not fastla._jit.JIT_ENABLED, reason="inspects the compiled code")
+def test_counted_in_loops_sees_a_count_in_a_loop():
+    """The IR reader finds what the tests below assert absent: the row norm's earlier form (its rare
+    path's loops inlined into a branch) left a count on the array per row. If LLVM's text changed
+    so that the reader found nothing, those tests would pass without looking: this one fails."""
+    import math
+
+    from numba import njit
+
+    @njit(inline="always", cache=False)
+    def norm(x, i, lo, hi):
+        s = 0.0
+        for j in range(x.shape[1]):
+            s += x[i, j] * x[i, j]
+        e = 0
+        if not (s >= lo and s <= hi):
+            mx = 0.0
+            for j in range(x.shape[1]):
+                v = abs(x[i, j])
+                mx = v if v > mx else mx
+            if mx > 0:
+                e = math.frexp(mx)[1]
+        return s, e
+
+    @njit(cache=False)
+    def rows(x, out):
+        for i in range(x.shape[0]):
+            out[i], _ = norm(x, i, 1e-30, 1e30)
+
+    rows(np.ones((3, 4)), np.empty(3))
+    assert "arg.x.0" in counted_in_loops(next(iter(rows.inspect_llvm().values())))
+
+
+@pytest.mark.skipif(not fastla._jit.JIT_ENABLED, reason="inspects the compiled code")
 def test_row_passes_take_no_reference_counts_per_row():
     """The norm pass and the streaming top-k read their operand row by row through inlined helpers,
     where Numba's inlining can leave a reference taken and dropped on the operand for each row (an
