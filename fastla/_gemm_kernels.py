@@ -333,6 +333,14 @@ def flat_operand(flat, off, rs, cs, rows, cols):
     return Operand(_intrinsics.as_readonly(flat), off, rs, cs, rows, cols)
 
 
+@jit(inline="always")
+def borrowed_operand(op):
+    """``op`` with its data borrowed (``_intrinsics.borrow``: no reference counting where it is
+    passed to a call), for a task kernel's calls inside its loops (ARCHITECTURE.md, Numba
+    discipline)."""
+    return Operand(_intrinsics.borrow(op.data), op.off, op.rs, op.cs, op.rows, op.cols)
+
+
 @jit(python_wrapper=False)
 def aligned_empty(n, dtype_like):
     """Uninitialised 1-D scratch of ``n`` elements whose first element is 64-byte aligned."""

@@ -1011,7 +1011,7 @@ def _topk_pack_task(b, inv_c, bp, t, j0, cols, pack, jp):
     kc_max = min(t.kc, d)
     nr = _gk.tile_nr(bp)
     # borrowed: no reference counts for the call (see _topk_block_task)
-    b = _gk.Operand(_intrinsics.borrow(b.data), b.off, b.rs, b.cs, b.rows, b.cols)
+    b = _gk.borrowed_operand(b)
     inv_c, bp = _intrinsics.borrow(inv_c), _intrinsics.borrow(bp)
     pack_cols = min(nr, cols - jp * nr)
     for pc in range(0, d, kc_max):
@@ -1032,7 +1032,7 @@ def _topk_block_task(q, b, inv_q, alpha, t, scratch, pool, scores, index, j0, co
     bp, ap, sc, tiles = bw(scratch.bp), bw(scratch.ap), bw(scratch.sc), bw(scratch.tiles)
     pool_s, pool_i, sizes = bw(pool[0]), bw(pool[1]), bw(pool[2])
     scores, index, inv_q = bw(scores), bw(index), bw(inv_q)
-    q = _gk.Operand(bw(q.data), q.off, q.rs, q.cs, q.rows, q.cols)
+    q = _gk.borrowed_operand(q)
     nq, d = q.rows, q.cols
     ncorp = b.cols
     mr = _gk.tile_mr(ap)

@@ -358,7 +358,6 @@ def run(*, write=True, ops=None, stream=None, out=None, plot_path=None):
         _profile.load()
         # auto again, under the measured thresholds
         after = measure_pass(sweeps, rng, lambda label: progress(label + " (tuned)"))
-    done = total
     _progress(done, total, f"done in {time.perf_counter() - start:.0f} s", stream)
     stream.write("\n")
     report(sweeps, before, after, rules, threads, out)
