@@ -64,6 +64,51 @@ def test_floors_and_time_targets():
     assert report.target_results(timed, [c], 0.75)[0][1:] == (7.5, "missed (above floor)")
 
 
+def test_call_overhead_targets_read_the_paired_batches_when_measured():
+    t = {"op": "solve", "size": "s", "impl": "auto", "anchor": "anchor:np_solve", "max_extra_us": 3.0}
+    rows = [_row("solve", "s", "auto", 7.2e-6), _row("solve", "s", "anchor:np_solve", 4.0e-6)]
+    measured, status = report.target_results(rows, [t], 0.75)[0][1:]
+    assert measured == pytest.approx(3.2) and status == "missed (above floor)"  # medians apart
+    rows[0].paired_extra_us = 0.8
+    assert report.target_results(rows, [t], 0.75)[0][1:] == (0.8, "met")
+
+
+class _Clock:
+    """A clock that only the calls move: each costs its ``cost`` times a rate that doubles every
+    ``doubling`` seconds (a machine drifting to half speed while it is measured)."""
+
+    def __init__(self, doubling):
+        self.now, self.doubling = 0.0, doubling
+
+    def __call__(self):
+        return self.now
+
+    def call(self, cost):
+        def f():
+            self.now += cost * 2 ** (self.now / self.doubling)
+
+        return f
+
+
+def test_paired_batches_measure_the_extra_cost_per_call_through_drift():
+    steady = _Clock(float("inf"))
+    extra = runner.paired_extra_us(steady.call(5e-6), steady.call(3e-6), (), {}, clock=steady)
+    assert extra == pytest.approx(2.0)
+    # drifting by 1.45x over the measurement, under 1% over a pair of batches: the extra cost at
+    # the rate of the moment (all of one side's batches timed before the other's read 1.56 here)
+    drift = _Clock(0.2)
+    extra = runner.paired_extra_us(drift.call(5e-6), drift.call(3e-6), (), {}, clock=drift)
+    assert 2.0 < extra < 2.0 * 2 ** (drift.now / drift.doubling)
+
+
+def test_only_the_public_function_is_paired_with_an_anchor():
+    overhead = [w for w in W.WORKLOADS if w.auto]
+    assert overhead and all(
+        w.paired_anchor() == "anchor:" + w.anchors[0] for w in overhead if w.op != "softmax"
+    )
+    assert all(w.paired_anchor() is None for w in W.WORKLOADS if not w.auto)
+
+
 def _baseline(tmp_path, ratios, key=None):
     path = tmp_path / "base.json"
     path.write_text(

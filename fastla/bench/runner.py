@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import statistics
 import time
 
 from fastla.bench import workloads as _w
@@ -20,6 +21,38 @@ from fastla.bench import workloads as _w
 #: three runs and 1.05x in one; with the pause 0.83x, the bare product's own time 2.65 -> 2.3 ms
 #: (it had followed fastla's OpenMP threads). Each impl, anchors too, starts from idle threads.
 SETTLE_S = 0.15
+
+#: batch pairs of :func:`paired_extra_us`, and each batch's least duration
+PAIRS = 21
+PAIR_BATCH_S = 1e-3
+
+
+def paired_extra_us(fn, anchor, args, kwargs, pairs=PAIRS, batch_s=PAIR_BATCH_S, clock=time.perf_counter):
+    """Microseconds per call that ``fn`` costs over ``anchor`` on the same inputs: the median over
+    ``pairs`` of the difference between a batch of ``fn`` calls and a batch of ``anchor`` calls timed
+    back to back (which side goes first alternates; a batch is as many calls as the anchor needs
+    for ``batch_s``). The difference of the two sides' medians, timed seconds apart, carries the
+    machine's drift between them: on Zen 5, ``fl.solve`` 4x4 read 3.23 us over ``np.linalg.solve``
+    in one run and 1.4 us under it in another, where back-to-back batches read 0.7-1.5 us over."""
+
+    def batch(f, n):
+        t0 = clock()
+        for _ in range(n):
+            f(*args, **kwargs)
+        return clock() - t0
+
+    n = 1
+    while batch(anchor, n) < batch_s and n < 1 << 20:
+        n *= 2
+    diffs = []
+    for p in range(pairs):
+        if p % 2:
+            before = batch(anchor, n)
+            diffs.append((batch(fn, n) - before) / n)
+        else:
+            extra = batch(fn, n)
+            diffs.append((extra - batch(anchor, n)) / n)
+    return statistics.median(diffs) * 1e6
 
 
 def current_set():
@@ -164,4 +197,10 @@ def run(benchmark, workload, impl):
         verify(workload, impl, result)
         if not getattr(benchmark, "disabled", False):  # timed runs only (not the smoke tests)
             time.sleep(SETTLE_S)  # the previous impl's BLAS / OpenMP threads stop spinning first
-        return benchmark(fn, *args, **kwargs)
+        timed = benchmark(fn, *args, **kwargs)
+        anchor = workload.paired_anchor()
+        if impl == "auto" and anchor is not None and not getattr(benchmark, "disabled", False):
+            benchmark.extra_info["paired_extra_us"] = paired_extra_us(
+                fn, workload.callable(anchor), args, kwargs
+            )
+        return timed

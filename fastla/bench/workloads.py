@@ -57,6 +57,14 @@ class Workload:
         anchors = self.anchors + (self.full_anchors if set_name == "full" else ())
         return names + [f"anchor:{a}" for a in anchors if _available(a)]
 
+    def paired_anchor(self):
+        """The anchor the public function (``auto``) is timed against back to back, batch by batch
+        (its call overhead: :func:`fastla.bench.runner.paired_extra_us`): the first available
+        anchor of a workload that times ``auto``, else None."""
+        if not self.auto:
+            return None
+        return next((f"anchor:{a}" for a in self.anchors if _available(a)), None)
+
     def callable(self, impl):
         if impl.startswith("anchor:"):
             return ANCHORS[impl.split(":", 1)[1]]
