@@ -178,7 +178,8 @@ def _compiled_wins(m, k, n, batch, b_stacked, dtype):
     """The auto rule on plain numbers (used by the fast path; :func:`_rule` says the same)."""
     if _small_stack_wins(m, k, n, batch, b_stacked):
         return True
-    return _gemm_work(m, k, n, batch, b_stacked) >= AUTO_RULE[_gemm_key(dtype)]
+    work = _gemm_work(m, k, n, batch, b_stacked)
+    return work > 0 and work >= AUTO_RULE[_gemm_key(dtype)]  # a thin product is BLAS's, whatever the rule
 
 
 def _rule(prep):
@@ -194,7 +195,7 @@ def _rule(prep):
         )
     work = _gemm_work(f["m"], f["k"], f["n"], f["batch"], f["b_stacked"])
     key = _gemm_key(f["dtype"])
-    if work >= AUTO_RULE[key]:
+    if work > 0 and work >= AUTO_RULE[key]:
         return (
             "numba",
             lambda: (
@@ -290,7 +291,8 @@ def matmul(a, b, /, out=None, *, backend=None):
             and _registry.fast_path_open()
         ):
             if a.ndim == 2 and a.shape[1] == b.shape[0]:
-                if _gemm_work(a.shape[0], a.shape[1], b.shape[1], 1, False) >= AUTO_RULE[_gemm_key(dt)]:
+                m, k = a.shape  # (m below the packed kernel's least: no rule to evaluate)
+                if m >= GEMM_MIN_ROWS_COLS and _compiled_wins(m, k, b.shape[1], 1, False, dt):
                     return _jit.run_parallel(_matmul_numba, a, b, None)
                 return _matmul_numpy(a, b, None)
             if a.ndim == 3 and a.shape[0] == b.shape[0] and a.shape[2] == b.shape[1]:

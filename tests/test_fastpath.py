@@ -121,7 +121,7 @@ def test_the_fast_path_runs_what_explain_names(monkeypatch):
         assert ran == [(op, fastla.explain(op, *args)[0])], (op, [a.shape for a in args])
 
 
-@pytest.mark.parametrize("f64_threshold, f32_threshold", [(1, 10**9), (65536, 1), (10**9, 65536)])
+@pytest.mark.parametrize("f64_threshold, f32_threshold", [(1, 10**9), (65536, 1), (10**9, 65536), (0, 0)])
 def test_the_gemm_threshold_decides_the_fast_path_as_explain_says(monkeypatch, f64_threshold, f32_threshold):
     """``gemm_min_work`` and ``gemm_min_work_f32`` (the multiply-adds of one product from which
     auto takes the packed GEMM, per dtype, set where the BLAS kernel is narrower than the host or by
@@ -143,7 +143,10 @@ def test_the_gemm_threshold_decides_the_fast_path_as_explain_says(monkeypatch, f
         (rng.standard_normal((64, 32)), rng.standard_normal((32, 64))),
         (rng.standard_normal((2, 64, 32)), rng.standard_normal((2, 32, 64))),
         (rng.standard_normal((2, 32, 32)), rng.standard_normal((32, 64))),
-        (rng.standard_normal((63, 64)), rng.standard_normal((64, 64))),  # too thin: BLAS at any threshold
+        (
+            rng.standard_normal((63, 64)),
+            rng.standard_normal((64, 64)),
+        ),  # too thin: BLAS at any threshold
     ]
     for a, b in cases:
         for dtype, threshold, key in (
