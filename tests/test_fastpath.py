@@ -143,10 +143,9 @@ def test_the_gemm_threshold_decides_the_fast_path_as_explain_says(monkeypatch, f
         (rng.standard_normal((64, 32)), rng.standard_normal((32, 64))),
         (rng.standard_normal((2, 64, 32)), rng.standard_normal((2, 32, 64))),
         (rng.standard_normal((2, 32, 32)), rng.standard_normal((32, 64))),
-        (
-            rng.standard_normal((63, 64)),
-            rng.standard_normal((64, 64)),
-        ),  # too thin: BLAS at any threshold
+        # too thin (63 rows): BLAS at any threshold, one product or a stack
+        (rng.standard_normal((63, 64)), rng.standard_normal((64, 64))),
+        (rng.standard_normal((2, 63, 64)), rng.standard_normal((2, 64, 64))),
     ]
     for a, b in cases:
         for dtype, threshold, key in (

@@ -532,6 +532,22 @@ MUTANTS = [
         ("tests/test_similarity.py", "-k", "float16"),
         "the float16 packing repeats each column's first element down its 16-deep chunk",
     ),
+    Mutant(
+        "matmul-thin-product-follows-the-threshold",
+        "matmul.py",
+        "    return work > 0 and work >= AUTO_RULE[_gemm_key(dtype)]",
+        "    return work >= AUTO_RULE[_gemm_key(dtype)]",
+        ("tests/test_fastpath.py", "-k", "gemm_threshold"),
+        "a threshold of 0 sends a product too thin for the packed kernel to it, and explain disagrees",
+    ),
+    Mutant(
+        "bench-overhead-ignores-the-pairs",
+        "bench/report.py",
+        "        if g[t[\"impl\"]].paired_extra_us is not None:",
+        "        if False:",
+        ("tests/test_bench.py", "-k", "overhead"),
+        "the call-overhead target reads the two medians timed apart, not the paired batches",
+    ),
 ]
 
 
