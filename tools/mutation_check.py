@@ -543,7 +543,7 @@ MUTANTS = [
     Mutant(
         "bench-overhead-ignores-the-pairs",
         "bench/report.py",
-        "        if g[t[\"impl\"]].paired_extra_us is not None:",
+        '        if g[t["impl"]].paired_extra_us is not None:',
         "        if False:",
         ("tests/test_bench.py", "-k", "overhead"),
         "the call-overhead target reads the two medians timed apart, not the paired batches",
