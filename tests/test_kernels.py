@@ -406,6 +406,55 @@ def test_solve_inplace_in_compiled_code(n, k, rng):
         user_solve_inplace(a.copy(), np.ones(n + 1) if k is None else np.ones((n + 1, k)))
 
 
+@njit
+def user_each_kernel_twice(a, b, x, m, c, r, y):
+    """Every kernel form called at two sites of one function (as a user's function does)."""
+    kernels.solve(a[0], b[0], x[0])
+    kernels.solve(a[1], b[1], x[1])
+    s = kernels.solve(a[2], b[2]) + kernels.solve(a[3], b[3])
+    t = kernels.solve(a[0], a[1]) + kernels.solve(a[2], a[3])
+    ok = kernels.try_solve(a[0], b[0], x[2]) and kernels.try_solve(a[1], b[1], x[3])
+    strided = np.empty((a.shape[1], 2))
+    ok2 = kernels.try_solve(a[2], b[2], strided[:, 0]) and kernels.try_solve(a[3], b[3], strided[:, 1])
+    a0, b0, a1, b1 = a[0].copy(), b[0].copy(), a[1].copy(), b[1].copy()
+    kernels.solve_inplace(a0, b0)
+    kernels.solve_inplace(a1, b1)
+    kernels.matmul(m[0], m[1], c[0])
+    kernels.matmul(m[1], m[2], c[1])
+    p = kernels.matmul(m[2], m[3]) + kernels.matmul(m[3], m[0])
+    kernels.softmax(r[0], y[0])
+    kernels.softmax(r[1], y[1])
+    e = kernels.exp(r[2]) + kernels.exp(r[3]) + kernels.exp(1.0) + kernels.exp(2.0)
+    z = kernels.logsumexp(r[0]) + kernels.logsumexp(r[1]) + kernels.log_softmax(r)[0, 0]
+    return s, t, ok and ok2, b0, b1, p, e, z, strided
+
+
+def test_two_calls_of_a_kernel_in_one_function_compile_cleanly(rng):
+    """Numba inlines a kernel's overload into the caller at its IR level, and a function inlined so
+    twice into one caller whose code defines a variable in more than one branch made Numba warn
+    ("NumbaIRAssumptionWarning: variable ... is not in scope"), a failure under ``-W error`` (as
+    this suite runs): two ``kernels.solve`` calls did. Each form here is called at two sites."""
+    n = 3
+    a = rng.standard_normal((4, n, n)) + n * np.eye(n)
+    b, x = rng.standard_normal((4, n)), np.empty((4, n))
+    m, c = rng.standard_normal((4, 4, 4)), np.empty((4, 4, 4))
+    r, y = rng.standard_normal((4, 10)), np.empty((4, 10))
+    s, t, ok, b0, b1, p, e, z, strided = user_each_kernel_twice(a, b, x, m, c, r, y)
+    sol = np.linalg.solve(a, b[..., None])[..., 0]
+    assert ok
+    np.testing.assert_allclose(x, np.concatenate([sol[:2], sol[:2]]), rtol=1e-12)
+    np.testing.assert_allclose(s, sol[2] + sol[3], rtol=1e-12)
+    np.testing.assert_allclose(t, np.linalg.solve(a[0], a[1]) + np.linalg.solve(a[2], a[3]), rtol=1e-12)
+    np.testing.assert_allclose([b0, b1], sol[:2], rtol=1e-12)
+    np.testing.assert_allclose(strided.T, sol[2:], rtol=1e-12)
+    np.testing.assert_allclose(c[:2], m[:2] @ m[1:3], rtol=1e-12)
+    np.testing.assert_allclose(p, m[2] @ m[3] + m[3] @ m[0], rtol=1e-12)
+    np.testing.assert_allclose(y[:2], sps.softmax(r[:2], axis=1), rtol=1e-12)
+    np.testing.assert_allclose(e, np.exp(r[2]) + np.exp(r[3]) + np.exp(1.0) + np.exp(2.0), rtol=1e-12)
+    expect = sps.logsumexp(r[0]) + sps.logsumexp(r[1]) + sps.log_softmax(r[0])[0]
+    assert z == pytest.approx(expect, rel=1e-12)
+
+
 def test_errors_inside_compiled_code(rng):
     with pytest.raises(np.linalg.LinAlgError, match="Singular matrix"):
         user_solve(np.zeros((3, 3)), np.ones(3))

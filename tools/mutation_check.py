@@ -548,6 +548,14 @@ MUTANTS = [
         ("tests/test_bench.py", "-k", "overhead"),
         "the call-overhead target reads the two medians timed apart, not the paired batches",
     ),
+    Mutant(
+        "kernels-solve-branches-inlined-at-ir-level",
+        "kernels.py",
+        '@jit(inline="llvm")\ndef _solve_one_vec(a, b, x):',
+        '@jit(inline="always")\ndef _solve_one_vec(a, b, x):',
+        ("tests/test_kernels.py", "-k", "two_calls"),
+        "one system's solve, whose branches define its result twice, inlined by Numba: two calls warn",
+    ),
 ]
 
 
