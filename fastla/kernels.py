@@ -26,6 +26,9 @@ cache, not again inside every user function that calls them. What runs per item 
 small products, one system's solve, a contiguous row's softmax, exp and logsumexp, ``topk_push``) is
 compiled once in fastla's cache too and inlined into the user's function by LLVM.
 
+Arrays: float32 or float64 in compiled code; from Python, integer and boolean arrays are promoted to
+float64 as NumPy's linear algebra promotes them (float16 and complex raise TypeError).
+
 Calling convention for hot loops: pass ``out`` to avoid an allocation per call; ``solve_inplace``
 and ``softmax(x, x)`` work in place. The array views of your loop (``X[i]``) cost nothing extra:
 where a kernel is a call rather than inlined code, it receives them borrowed, without the reference
@@ -181,6 +184,22 @@ def _call(fn, *args):
     return fn(*args) if _jit.JIT_ENABLED else _jit.python_rendering(fn, *args)
 
 
+def _floats(name, *arrays):
+    """``arrays`` from a Python caller as NumPy arrays of the one dtype the kernels compute in,
+    promoted as NumPy's and SciPy's linear algebra promote them: booleans and integers to float64,
+    float32 with float64 to float64. Another dtype (float16, complex, object) raises TypeError
+    naming the kernel (compiled code rejects it when typing the call)."""
+    arrays = [np.asarray(x) for x in arrays]
+    for x in arrays:  # each one, as NumPy's linalg (float16 with an integer array is still refused)
+        if x.dtype not in _COMPUTED and x.dtype.kind not in "biu":
+            raise TypeError(f"fastla.kernels.{name}: float32 or float64 arrays (or integers), not {x.dtype}")
+    dtype = np.result_type(*arrays)
+    return [x.astype(np.float64 if dtype.kind in "biu" else dtype, copy=False) for x in arrays]
+
+
+_COMPUTED = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def _is_float(t):
     return isinstance(t, nbt.Float)
 
@@ -236,6 +255,7 @@ def exp(x, out=None):
         if out is not None:
             raise TypeError("fastla.kernels.exp: out is for an array x")
         return _math.exp(x)
+    (x,) = _floats("exp", x)
     x = np.ascontiguousarray(x)
     if out is None:
         out = np.empty_like(x)
@@ -327,8 +347,8 @@ def _row_kernel(x):
 
 
 def _prepare_out(x, out):
-    x = np.asarray(x)
-    if x.ndim not in (1, 2) or x.dtype not in (np.float32, np.float64):
+    (x,) = _floats("softmax", x)
+    if x.ndim not in (1, 2):
         raise ValueError("fastla.kernels: x must be a 1-D or 2-D float32/float64 array")
     if out is None:
         return x, np.empty(x.shape, x.dtype)
@@ -394,7 +414,7 @@ def _logsumexp_of(row, zero, ahead):
 @jit
 def _logsumexp_rows(x):
     n = x.shape[-1]
-    rows = x.size // n if n else x.size // max(n, 1)
+    rows = x.size // n if n else (x.shape[0] if x.ndim == 2 else 1)  # an empty row's is -inf
     x2 = np.ascontiguousarray(x).reshape((rows, n))
     res = np.empty(rows, np.float64)
     zero = _zero(x)
@@ -412,7 +432,9 @@ def _logsumexp_row(x):
 
 def logsumexp(x):
     """``log(sum(exp(x)))`` of a 1-D array (a float) or per row of a 2-D array, stably."""
-    x = np.asarray(x)
+    (x,) = _floats("logsumexp", x)
+    if x.ndim not in (1, 2):
+        raise ValueError("fastla.kernels.logsumexp: x must be 1-D or 2-D")
     res = _call(_logsumexp_rows, x)
     return float(res[0]) if x.ndim == 1 else res.astype(x.dtype)
 
@@ -453,6 +475,8 @@ def matmul(a, b, out=None):
     [[1.0, 2.0], [3.0, 4.0]]
     """
     a, b = np.asarray(a), np.asarray(b)
+    if a.ndim != 2 or b.ndim != 2:
+        raise ValueError(f"fastla.kernels.matmul: a and b must be 2-D, not {a.ndim}-D and {b.ndim}-D")
     if out is None:
         out = np.empty((a.shape[0], b.shape[1]), np.result_type(a, b))
     return _call(_matmul2d, a, b, out)
@@ -773,11 +797,10 @@ def solve(a, b, out=None):
     >>> kernels.solve(np.array([[3.0, 1.0], [1.0, 2.0]]), np.array([9.0, 8.0])).tolist()
     [2.0, 3.0]
     """
-    a, b = np.asarray(a), np.asarray(b)
-    dtype = np.result_type(a, b)
+    a, b = _floats("solve", a, b)
     if out is None:
-        out = np.empty(b.shape, dtype)
-    return _call(_solve_into, a.astype(dtype, copy=False), b.astype(dtype, copy=False), out)
+        out = np.empty(b.shape, b.dtype)
+    return _call(_solve_into, a, b, out)
 
 
 @_jit.overload(solve)
@@ -814,6 +837,8 @@ def _solve_typer(a, b, out=None):
 def solve_inplace(a, b):
     """Solve one system in place, allocating nothing: ``a`` (C-contiguous ``(n, n)``) is overwritten
     and ``b`` (C-contiguous ``(n,)`` or ``(n, k)``) becomes ``x``, which is returned."""
+    if not all(isinstance(x, np.ndarray) and x.dtype in _COMPUTED for x in (a, b)) or a.dtype != b.dtype:
+        raise TypeError("fastla.kernels.solve_inplace: a and b must be arrays of one float32/float64 dtype")
     return _call(_solve_inplace, a, b)
 
 
@@ -888,7 +913,9 @@ def _lu_factor(a, lu, piv):
 def lu_factor(a):
     """``(lu, piv)`` of a square float matrix, SciPy's convention (``piv`` int32, 0-based); an exactly
     zero pivot leaves the factors singular (as SciPy, which warns) rather than raising."""
-    a = np.asarray(a)
+    (a,) = _floats("lu_factor", a)
+    if a.ndim != 2:
+        raise ValueError("fastla.kernels.lu_factor: a must be square (n, n)")
     lu, piv = np.empty((a.shape[0], a.shape[0]), a.dtype), np.empty(a.shape[0], np.int32)
     _call(_lu_factor, a, lu, piv)
     return lu, piv
@@ -938,11 +965,11 @@ def _lu_solve_vector(lu, piv, b, out):
 
 def lu_solve(lu, piv, b, out=None):
     """``x`` with ``a x = b`` from :func:`lu_factor`'s factors (``b`` of shape ``(n,)`` or ``(n, k)``)."""
-    b = np.asarray(b)
+    lu, b = _floats("lu_solve", lu, b)
     if out is not None and out.shape != b.shape:
         _lu_solve_shape_error()
     into = out if out is not None and out.flags.c_contiguous else np.empty(b.shape, lu.dtype)
-    _call(_lu_solve, np.asarray(lu), np.asarray(piv), b, into)
+    _call(_lu_solve, lu, np.asarray(piv), b, into)
     if out is None or out is into:
         return into
     out[...] = into  # a strided out: solved contiguously, then copied (as in compiled code)
@@ -1045,7 +1072,9 @@ def _cosine(x, y, out):
 def cosine_similarity(X, Y, out=None):
     """The cosine similarity matrix of the rows of 2-D float ``X`` (n, d) and ``Y`` (m, d), as
     :func:`fastla.cosine_similarity` (zero rows give 0; exact over the whole float range)."""
-    X, Y = np.asarray(X), np.asarray(Y)
+    X, Y = _floats("cosine_similarity", X, Y)
+    if X.ndim != 2 or Y.ndim != 2:
+        raise ValueError("fastla.kernels.cosine_similarity: X (n, d), Y (m, d), out (n, m)")
     out = np.empty((X.shape[0], Y.shape[0]), X.dtype) if out is None else out
     return _call(_cosine, X, Y, out)
 

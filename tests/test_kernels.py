@@ -455,6 +455,39 @@ def test_two_calls_of_a_kernel_in_one_function_compile_cleanly(rng):
     assert z == pytest.approx(expect, rel=1e-12)
 
 
+def test_python_calls_take_integers_as_numpy_does_and_refuse_other_dtypes():
+    """From Python, integer (and boolean) arrays are promoted to float64 as NumPy's and SciPy's
+    linear algebra promote them (an integer LU used to come back in integers, wrong); float16,
+    complex and in-place integer arguments raise TypeError naming the kernel; a 1-D product raises
+    ValueError; the log-sum-exp of an empty row is -inf (SciPy's), from Python and compiled code."""
+    ai, bi = np.array([[3, 1], [1, 2]]), np.array([9, 8])
+    lu, piv = kernels.lu_factor(ai)
+    ref_lu, ref_piv = sla.lu_factor(ai)
+    np.testing.assert_allclose(lu, ref_lu, rtol=1e-15)
+    np.testing.assert_array_equal(piv, ref_piv)
+    assert lu.dtype == np.float64
+    np.testing.assert_allclose(kernels.lu_solve(lu, piv, bi), np.linalg.solve(ai, bi), rtol=1e-15)
+    np.testing.assert_allclose(kernels.solve(ai, bi), np.linalg.solve(ai, bi), rtol=1e-15)
+    cos = fastla.cosine_similarity(ai, ai)
+    np.testing.assert_allclose(kernels.cosine_similarity(ai, ai), cos, rtol=1e-15)
+    np.testing.assert_allclose(kernels.exp(bi), np.exp(bi), rtol=1e-15)
+    assert kernels.logsumexp(bi) == pytest.approx(sps.logsumexp(bi), rel=1e-15)
+    np.testing.assert_allclose(kernels.softmax(np.array([True, False])), sps.softmax([1.0, 0.0]), rtol=1e-15)
+    for bad in (np.float16, np.complex128):
+        with pytest.raises(TypeError, match=r"fastla\.kernels\.solve: float32 or float64"):
+            kernels.solve(ai.astype(bad), bi)
+        with pytest.raises(TypeError, match=r"fastla\.kernels\.lu_factor"):
+            kernels.lu_factor(ai.astype(bad))
+    with pytest.raises(TypeError, match="solve_inplace"):
+        kernels.solve_inplace(ai.copy(), bi.copy())
+    with pytest.raises(ValueError, match="matmul: a and b must be 2-D"):
+        kernels.matmul(np.ones(3), np.ones(3))
+    assert kernels.logsumexp(np.empty(0)) == -np.inf
+    np.testing.assert_array_equal(kernels.logsumexp(np.empty((3, 0))), [-np.inf] * 3)
+    assert user_logsumexp(np.empty(0)) == -np.inf
+    np.testing.assert_array_equal(user_logsumexp(np.empty((3, 0))), [-np.inf] * 3)
+
+
 def test_errors_inside_compiled_code(rng):
     with pytest.raises(np.linalg.LinAlgError, match="Singular matrix"):
         user_solve(np.zeros((3, 3)), np.ones(3))

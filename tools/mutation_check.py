@@ -556,6 +556,14 @@ MUTANTS = [
         ("tests/test_kernels.py", "-k", "two_calls"),
         "one system's solve, whose branches define its result twice, inlined by Numba: two calls warn",
     ),
+    Mutant(
+        "kernels-python-keeps-integers",
+        "kernels.py",
+        'return [x.astype(np.float64 if dtype.kind in "biu" else dtype, copy=False) for x in arrays]',
+        "return [x.astype(dtype, copy=False) for x in arrays]",
+        ("tests/test_kernels.py", "-k", "take_integers"),
+        "a Python call of a kernel on integer arrays computes in integers (an integer LU)",
+    ),
 ]
 
 
