@@ -1021,10 +1021,10 @@ def _topk_pack_task(b, inv_c, bp, t, j0, cols, pack, jp):
 
 @jit(python_wrapper=False)
 def _topk_block_task(q, b, inv_q, alpha, t, scratch, pool, scores, index, j0, cols, th):
-    """Task ``th`` of a corpus tile: thread ``th``'s query blocks (``th, th + threads, ...``), each
-    scored against the packed tile by the GEMM step (``_gemm_kernels.a_block``) into the thread's
-    score block and merged into its queries' candidate pools; after the last tile, their best k in
-    rank order."""
+    """Task ``th`` of a corpus tile: thread ``th``'s share of the queries (a contiguous run, in
+    blocks of up to ``t.mc`` rows), each block scored against the packed tile by the GEMM step
+    (``_gemm_kernels.a_block``) into the thread's score block and merged into its queries'
+    candidate pools; after the last tile, their best k in rank order."""
     mc, tn, threads = t.mc, t.tn, t.threads
     # every array borrowed: the calls below, per block and per query row, would otherwise take and
     # drop references on counts that every thread's task updates (contended atomics)
@@ -1039,14 +1039,14 @@ def _topk_block_task(q, b, inv_q, alpha, t, scratch, pool, scores, index, j0, co
     nr = _gk.tile_nr(ap)
     kc_max = min(t.kc, d)
     mc_pad = (mc + mr - 1) // mr * mr
-    nblk = (nq + mc - 1) // mc
+    share = -(-nq // threads)
     npan = (cols + nr - 1) // nr
     a_off = th * mc_pad * kc_max
     s_off = th * mc_pad * tn
     tile = tiles[th * mr * nr : (th + 1) * mr * nr]
-    for ib in range(th, nblk, threads):
-        i0 = ib * mc
-        rows = min(mc, nq - i0)
+    end = min(nq, (th + 1) * share)
+    for i0 in range(th * share, end, mc):
+        rows = min(mc, end - i0)
         for pc in range(0, d, kc_max):
             at = _gk.Block(i0, rows, pc, min(kc_max, d - pc), a_off, npan, cols, s_off, tn, pc > 0)
             _ool(_gk.a_block, (q, alpha, inv_q, ap, bp[pc * tn :], sc, tile, at))
@@ -1126,7 +1126,11 @@ def _topk_blocking(nq, itemsize, threads):
     """
     blk = _gk.BLOCKING[np.dtype(f"f{itemsize}")]
     per_thread = -(-nq // max(threads, 1))
-    mc = max(blk.MR, min(16 * blk.MR, -(-per_thread // blk.MR) * blk.MR))
+    # each thread's share of the queries (a contiguous run) in as many blocks of up to 16 micro-tile
+    # rows as it needs, of even sizes: the threads took blocks of 96 round robin, and 500 queries
+    # gave one thread 288 rows and the other 212 (now 250 each, in blocks of 84, 84 and 82)
+    per_block = -(-per_thread // -(-per_thread // (16 * blk.MR)))
+    mc = max(blk.MR, -(-per_block // blk.MR) * blk.MR)
     tn = max(blk.NR, (384 * 1024 // itemsize // mc) // blk.NR * blk.NR)
     return mc, tn
 

@@ -564,6 +564,14 @@ MUTANTS = [
         ("tests/test_kernels.py", "-k", "take_integers"),
         "a Python call of a kernel on integer arrays computes in integers (an integer LU)",
     ),
+    Mutant(
+        "topk-thread-share-one-block",
+        "similarity.py",
+        "    for i0 in range(th * share, end, mc):",
+        "    for i0 in range(th * share, min(end, th * share + mc), mc):",
+        ("tests/test_similarity.py", "-k", "topk"),
+        "each thread scores only the first block of its share of the queries",
+    ),
 ]
 
 
