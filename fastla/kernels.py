@@ -677,7 +677,9 @@ def _solve_vec_info(a, b, out):
     IR level, the solve (:func:`_solve_one_vec`) by LLVM: a user's function calling
     ``kernels.solve`` compiles in 0.7-0.8 s rather than 1.5-1.8 s with it inlined at the IR level
     too, and a 3x3 / 4x4 / 8x8 system in a user's loop measured 12-19 / 20-27 / 110-143 ns against
-    13-19 / 21-22 / 109-116 (Zen 5, four interleaved runs each)."""
+    13-19 / 21-22 / 109-116 (Zen 5, four interleaved runs each); ``bench --against`` read the 3x3
+    loop's median 1.08-1.15x the IR-inlined form's (its fastest rounds 0.70-1.05x), the price of
+    the fix."""
     n = a.shape[0]
     if a.shape[1] != n or b.shape[0] != n or out.shape[0] != n:
         _solve_shape_error()
