@@ -114,6 +114,9 @@ _ool = _intrinsics.call_out_of_line
 _softmax_rows = _jit.serial(_sm._softmax_rows)
 _gemm_into = _gk.gemm_into  # serial when called with no task addresses and one thread (Tiles)
 _inv_norms = _sim._inv_norms  # serial already
+# the squared-norm range inside which a row's products are safe (the public cosine's), per dtype,
+# as constants compiled code reads
+_SQ_F32, _SQ_F64 = (_sim._SQ_RANGE[np.dtype(t)] for t in (np.float32, np.float64))
 # GEMM block sizes by dtype (index: itemsize == 8), frozen into the compiled code.
 _KC = (_gk.BLOCKING[np.dtype(np.float32)].KC, _gk.BLOCKING[np.dtype(np.float64)].KC)
 _MC = (_gk.BLOCKING[np.dtype(np.float32)].MC, _gk.BLOCKING[np.dtype(np.float64)].MC)
@@ -1033,7 +1036,7 @@ def _unit_scaled(x):
     """``(x', inv)``: ``x`` with its out-of-range rows scaled by a power of two (as the public
     cosine) and the inverse norms."""
     n = x.shape[0]
-    lo, hi = (2.0**-200, 2.0**200) if x.itemsize == 4 else (2.0**-960, 2.0**960)
+    lo, hi = _SQ_F32 if x.itemsize == 4 else _SQ_F64
     inv = np.empty(n, x.dtype)
     norms = np.empty(n)
     exps = np.empty(n, np.int64)

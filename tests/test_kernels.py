@@ -620,7 +620,14 @@ def test_cosine(dtype, rng):
     y = rng.standard_normal((25, 40)).astype(dtype)
     x[3] *= np.finfo(dtype).smallest_normal / 4  # a subnormal-scale row: exact as the public one
     x[5] = 0
+    x[10] *= np.finfo(dtype).smallest_normal / 64  # a norm whose inverse overflows unless rescaled
+    big, tiny = np.finfo(dtype).max ** 0.75, np.finfo(dtype).smallest_normal ** 0.75
+    x[6] *= big  # products of two such rows overflow, or underflow, unless the rows are rescaled
+    y[7] *= big
+    x[8] *= tiny
+    y[9] *= tiny
     got = user_cosine(x, y)
+    assert np.isfinite(got).all() and np.all(got[[3, 6, 8, 10]] != 0)
     np.testing.assert_allclose(
         got, fastla.cosine_similarity(x, y), rtol=1e-4, atol=1e-5 if dtype == np.float32 else 1e-12
     )

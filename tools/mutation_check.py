@@ -572,6 +572,14 @@ MUTANTS = [
         ("tests/test_similarity.py", "-k", "topk"),
         "each thread scores only the first block of its share of the queries",
     ),
+    Mutant(
+        "kernels-cosine-range-of-the-other-dtype",
+        "kernels.py",
+        "    lo, hi = _SQ_F32 if x.itemsize == 4 else _SQ_F64",
+        "    lo, hi = _SQ_F64 if x.itemsize == 4 else _SQ_F32",
+        ("tests/test_kernels.py", "-k", "test_cosine"),
+        "kernels.cosine_similarity rescales rows by the other dtype's safe range",
+    ),
 ]
 
 
