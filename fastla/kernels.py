@@ -144,6 +144,16 @@ def _matmul_shape_error():
 
 
 @jit
+def _lu_square_error():
+    raise ValueError("fastla.kernels.lu_factor: a must be square (n, n)")
+
+
+@jit
+def _cosine_shape_error():
+    raise ValueError("fastla.kernels.cosine_similarity: X (n, d), Y (m, d), out (n, m)")
+
+
+@jit
 def _solve_shape_error():
     raise ValueError("fastla.kernels.solve: a must be (..., n, n) and b, out (..., n) or (..., n, k)")
 
@@ -349,8 +359,8 @@ def _row_kernel(x):
     return _row if x.ndim == 1 else _rows
 
 
-def _prepare_out(x, out):
-    (x,) = _floats("softmax", x)
+def _prepare_out(name, x, out):
+    (x,) = _floats(name, x)
     if x.ndim not in (1, 2):
         raise ValueError("fastla.kernels: x must be a 1-D or 2-D float32/float64 array")
     if out is None:
@@ -369,13 +379,13 @@ def softmax(x, out=None):
     >>> kernels.softmax(np.array([0.0, 0.0])).tolist()
     [0.5, 0.5]
     """
-    x, out = _prepare_out(x, out)
+    x, out = _prepare_out("softmax", x, out)
     return _call(_row_kernel(x), x, out, False)
 
 
 def log_softmax(x, out=None):
     """Log-softmax along the last axis of a 1-D or 2-D float array (``out=x`` works in place)."""
-    x, out = _prepare_out(x, out)
+    x, out = _prepare_out("log_softmax", x, out)
     return _call(_row_kernel(x), x, out, True)
 
 
@@ -909,7 +919,7 @@ def _solve_inplace_vec(a, b):
 def _lu_factor(a, lu, piv):
     n = a.shape[0]
     if a.shape[1] != n:
-        raise ValueError("fastla.kernels.lu_factor: a must be square (n, n)")
+        _lu_square_error()
     _copy2d(lu, a)
     start = n - n  # run-time zeros (see _gemm_kernels' "literal arguments")
     return _lu._panel(lu, start, n, piv, start)
@@ -920,7 +930,7 @@ def lu_factor(a):
     zero pivot leaves the factors singular (as SciPy, which warns) rather than raising."""
     (a,) = _floats("lu_factor", a)
     if a.ndim != 2:
-        raise ValueError("fastla.kernels.lu_factor: a must be square (n, n)")
+        _lu_square_error()
     lu, piv = np.empty((a.shape[0], a.shape[0]), a.dtype), np.empty(a.shape[0], np.int32)
     _call(_lu_factor, a, lu, piv)
     return lu, piv
@@ -1054,7 +1064,7 @@ def _unit_scaled(x):
 @jit
 def _cosine(x, y, out):
     if x.shape[1] != y.shape[1] or out.shape[0] != x.shape[0] or out.shape[1] != y.shape[0]:
-        raise ValueError("fastla.kernels.cosine_similarity: X (n, d), Y (m, d), out (n, m)")
+        _cosine_shape_error()
     n, d = x.shape
     m = y.shape[0]
     if n == 0 or m == 0:
@@ -1079,7 +1089,7 @@ def cosine_similarity(X, Y, out=None):
     :func:`fastla.cosine_similarity` (zero rows give 0; exact over the whole float range)."""
     X, Y = _floats("cosine_similarity", X, Y)
     if X.ndim != 2 or Y.ndim != 2:
-        raise ValueError("fastla.kernels.cosine_similarity: X (n, d), Y (m, d), out (n, m)")
+        _cosine_shape_error()
     out = np.empty((X.shape[0], Y.shape[0]), X.dtype) if out is None else out
     return _call(_cosine, X, Y, out)
 
