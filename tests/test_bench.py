@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -164,6 +165,24 @@ def _bench_args(tmp_path, *extra):
     parser = argparse.ArgumentParser()
     cli.add_parser(parser.add_subparsers())
     return parser.parse_args(["bench", "--check", "--json", str(tmp_path / "run.json"), *extra])
+
+
+@pytest.mark.parametrize("extra, max_time", [((), "0.5"), (("--max-time", "0.25"), "0.25")])
+def test_the_timed_seconds_per_benchmark_reach_pytest_benchmark(tmp_path, monkeypatch, extra, max_time):
+    """``--rounds`` and ``--max-time`` (the CI gate's 3 and 0.25) are pytest-benchmark's own options."""
+    import subprocess
+
+    from fastla.bench import cli
+
+    commands = []
+    monkeypatch.setattr(
+        subprocess, "run", lambda cmd, **kw: commands.append(cmd) or subprocess.CompletedProcess(cmd, 0)
+    )
+    args = _bench_args(tmp_path, "--rounds", "3", *extra)
+    assert cli._run_pytest(Path(cli.__file__).parents[2] / "benchmarks", args, tmp_path / "run.json") == 0
+    (cmd,) = commands
+    assert "--benchmark-min-rounds=3" in cmd
+    assert f"--benchmark-max-time={max_time}" in cmd
 
 
 @pytest.mark.parametrize("second_ratio, status", [(4.0, 0), (1.2, 1)])
