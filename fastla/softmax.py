@@ -36,7 +36,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fastla import _jit, _math, _registry, _validate
+from fastla import _intrinsics, _jit, _math, _registry, _validate
 from fastla._intrinsics import kernel_input, prefetch_span, readonly, wide_vectors
 from fastla._jit import jit, prange
 
@@ -124,41 +124,42 @@ def _softmax_rows(x, out, log, zero):
         softmax_row(x[r], out[r], log, zero, x[min(r + 1, last)])
 
 
-#: Rows shorter than this many elements go to :func:`_softmax_short_rows` instead.
+#: Rows shorter than this many elements go to :func:`_short_task` instead.
 _SHORT_ROW = 32
 #: elements per block of short rows (a few KiB: L1)
 _SHORT_BLOCK = 512
 
 
-@jit(parallel=True)
-def _softmax_short_rows(x, out, log, zero):
-    """:func:`_softmax_rows` for rows shorter than ``_SHORT_ROW``, a block of rows at a time
-    (:func:`_short_rows`). A kernel of its own, not a branch of ``_softmax_rows``: both paths in one
-    kernel doubled the compile time of its first call (3.5-5 s to 7 s)."""
-    rows, n = x.shape
-    xf = x.reshape(rows * n)
-    of = out.reshape(rows * n)
-    per = max(1, _SHORT_BLOCK // n)
-    for blk in prange((rows + per - 1) // per):
-        r0 = blk * per
-        _short_rows(xf, of, n, r0, min(rows, r0 + per), log, zero)
-
-
-def _rows_kernel(n):
-    """The last-axis kernel for rows of ``n`` elements."""
-    return _softmax_short_rows if n < _SHORT_ROW else _softmax_rows
+# The short rows and the middle axis run as tasks of ``fastla._intrinsics.parallel_tasks`` through
+# their entry addresses (``fastla._jit.Entry``), not as ``prange`` loops: a ``prange`` loop around
+# their code compiled 1.4-1.9 s longer than the same loop serial (Zen 5, float64, fresh process:
+# short rows 2.91 s against 1.08, the middle axis 3.56 against 1.67), and softmax's cold first call
+# (short rows) went 1.86-2.87 -> 1.11-1.14 s. Each is compiled once per dtype with a small driver
+# (``_run_*``) that runs it through its address, contiguous runs of tasks per thread as a
+# ``prange``'s static schedule split them; a row is computed the same way whichever task and thread
+# runs it. The long rows and cross-entropy stay ``prange`` loops: as tasks (one per thread, or of
+# 4096 elements) they measured 7-15% slower (200 000 rows of 40 float32, 100 000 of 100 float64).
 
 
 @jit(python_wrapper=False)
-def _short_rows(xf, of, n, r0, r1, log, zero):
-    """Rows ``r0:r1`` of the C-order ``(rows, n)`` array flattened in ``xf``, into ``of``: the results
-    of :func:`softmax_row` with the block's exps in one contiguous loop over all of its elements.
+def _short_task(x, out, log, zero, per, task):
+    """:func:`_softmax_rows` for rows shorter than ``_SHORT_ROW``: rows ``r0 = task * per`` to ``r1 =
+    (task + 1) * per`` (fewer at the end) of C-contiguous 2-D ``x`` into ``out``, the results of
+    :func:`softmax_row` with the block's exps in one contiguous loop over all of its elements. A
+    kernel of its own, not a branch of ``_softmax_rows``: both paths in one kernel doubled the
+    compile time of its first call (3.5-5 s to 7 s); the block's loops are in the task itself (a
+    function of their own linked into it, 0.9 s of the task's 1.4 s first compile, against 0.55 s
+    for the whole task now).
 
     A short row alone ends in a scalar remainder of exps (a row of 10 float64: one vector of 8, then
     two scalar exps, each a chain of ~15 dependent multiply-adds as long as the vector's); here only
     the block's last vector has a remainder. The row maxima are plain compares (a NaN reaches the
     row's result through its sum, as in softmax_row)."""
     wide_vectors()
+    rows, n = x.shape
+    xf, of = x.reshape(rows * n), out.reshape(rows * n)
+    r0 = task * per
+    r1 = min(rows, r0 + per)
     nu = _U(n)
     e0 = _U(r0) * nu
     t = np.empty(_U(r1 - r0) * nu, xf.dtype)
@@ -192,6 +193,36 @@ def _short_rows(xf, of, n, r0, r1, log, zero):
                 of[b + j] = t[r * nu + j] * inv
 
 
+@jit
+def _run_short(x, out, log, zero, per, at, threads):
+    """:func:`_short_task` for every block of ``per`` rows on ``threads`` threads, through its
+    address ``at`` (None with the JIT off); the views borrowed (see ``_lane_solver._drive``)."""
+    tasks = (x.shape[0] + per - 1) // per
+    bw = _intrinsics.borrow
+    _intrinsics.parallel_tasks(at, _short_task, (bw(x), bw(out), log, zero, per), tasks, threads, True)
+
+
+def _short_examples(dtype):
+    """Example arguments of :func:`_short_task` for ``dtype``, typed as :func:`_rows` passes them."""
+    return (readonly(np.empty((1, 1), dtype)), np.empty((1, 1), dtype), False, dtype.type(0), 0, 0)
+
+
+SHORT = _jit.Entry(_short_task, _short_examples)
+
+
+def _rows(x, out, log):
+    """Softmax (or log-softmax) along the last axis of C-contiguous 2-D ``x`` (n >= 1) into ``out``
+    (C-contiguous, x's dtype): :func:`_softmax_rows`, or for rows shorter than ``_SHORT_ROW`` the
+    short rows' tasks in blocks of ``_SHORT_BLOCK`` elements (fixed: a block's exps are one loop,
+    whatever the thread count)."""
+    n = x.shape[1]
+    if n >= _SHORT_ROW:
+        _softmax_rows(readonly(x), out, log, x.dtype.type(0))
+        return
+    per = max(1, _SHORT_BLOCK // n)
+    _run_short(readonly(x), out, log, x.dtype.type(0), per, SHORT.address(x.dtype), _jit.threads_here())
+
+
 @jit(inline="always")
 def softmax_row(x, out, log, zero, ahead):
     """Softmax (or log-softmax) of the contiguous 1-D ``x`` (n >= 1) into ``out`` (in-place safe;
@@ -208,44 +239,61 @@ def softmax_row(x, out, log, zero, ahead):
             out[j] *= inv
 
 
-@jit(parallel=True)
-def _softmax_mid(x, out, log, chunk):
-    """Softmax along axis 1 of C-contiguous 3-D ``x`` (pre, n, post), vectorised along ``post``."""
-    pre, n, post = x.shape
+@jit(python_wrapper=False)
+def _mid_task(x, out, log, chunk, task):
+    """Softmax along axis 1 of C-contiguous 3-D ``x`` (pre, n, post), vectorised along ``post``:
+    task ``task`` is one ``chunk`` of ``post`` in one of the ``pre`` blocks."""
+    wide_vectors()
+    n, post = x.shape[1], x.shape[2]
     nchunks = (post + chunk - 1) // chunk
-    for task in prange(pre * nchunks):
-        wide_vectors()
-        p = task // nchunks
-        c0 = (task % nchunks) * chunk
-        w = min(chunk, post - c0)
-        m = np.full(w, -np.inf, dtype=x.dtype)
-        s = np.zeros(w, dtype=np.float64)
+    p = task // nchunks
+    c0 = (task % nchunks) * chunk
+    w = min(chunk, post - c0)
+    m = np.full(w, -np.inf, dtype=x.dtype)
+    s = np.zeros(w, dtype=np.float64)
+    for i in range(n):
+        for c in range(w):
+            v = x[p, i, _U(c0 + c)]
+            m[c] = v if v > m[c] else m[c]
+    if log:
+        for c in range(w):
+            m[c] = m[c] if np.isfinite(m[c]) else 0.0
         for i in range(n):
             for c in range(w):
-                v = x[p, i, _U(c0 + c)]
-                m[c] = v if v > m[c] else m[c]
-        if log:
+                s[c] += _math.exp(x[p, i, _U(c0 + c)] - m[c])
+        for c in range(w):
+            s[c] = m[c] + np.log(s[c])
+        for i in range(n):
             for c in range(w):
-                m[c] = m[c] if np.isfinite(m[c]) else 0.0
-            for i in range(n):
-                for c in range(w):
-                    s[c] += _math.exp(x[p, i, _U(c0 + c)] - m[c])
+                out[p, i, _U(c0 + c)] = x[p, i, _U(c0 + c)] - s[c]
+    else:
+        for i in range(n):
             for c in range(w):
-                s[c] = m[c] + np.log(s[c])
-            for i in range(n):
-                for c in range(w):
-                    out[p, i, _U(c0 + c)] = x[p, i, _U(c0 + c)] - s[c]
-        else:
-            for i in range(n):
-                for c in range(w):
-                    e = _math.exp(x[p, i, _U(c0 + c)] - m[c])
-                    out[p, i, _U(c0 + c)] = e
-                    s[c] += e
+                e = _math.exp(x[p, i, _U(c0 + c)] - m[c])
+                out[p, i, _U(c0 + c)] = e
+                s[c] += e
+        for c in range(w):
+            s[c] = 1.0 / s[c]
+        for i in range(n):
             for c in range(w):
-                s[c] = 1.0 / s[c]
-            for i in range(n):
-                for c in range(w):
-                    out[p, i, _U(c0 + c)] *= s[c]
+                out[p, i, _U(c0 + c)] *= s[c]
+
+
+@jit
+def _run_mid(x, out, log, chunk, at, threads):
+    """:func:`_mid_task` for every (block, chunk) on ``threads`` threads, through its address ``at``
+    (None with the JIT off)."""
+    tasks = x.shape[0] * ((x.shape[2] + chunk - 1) // chunk)
+    bw = _intrinsics.borrow
+    _intrinsics.parallel_tasks(at, _mid_task, (bw(x), bw(out), log, chunk), tasks, threads, True)
+
+
+def _mid_examples(dtype):
+    """Example arguments of :func:`_mid_task` for ``dtype``, typed as :func:`_numba_impl` passes them."""
+    return (readonly(np.empty((1, 1, 1), dtype)), np.empty((1, 1, 1), dtype), False, 0, 0)
+
+
+MID = _jit.Entry(_mid_task, _mid_examples)
 
 
 @jit(parallel=True)
@@ -514,13 +562,15 @@ def _numba_impl(x, axes, out, log):
         direct = out is not None and out.dtype == x.dtype and out.flags.c_contiguous
         res = out if direct else np.empty(x.shape, dtype=x.dtype)
         if post == 1:
-            _rows_kernel(n)(readonly(x.reshape(pre, n)), res.reshape(pre, n), log, x.dtype.type(0))
+            _rows(x.reshape(pre, n), res.reshape(pre, n), log)
         else:
-            _softmax_mid(readonly(x.reshape(pre, n, post)), res.reshape(pre, n, post), log, _CHUNK)
+            x3, at = readonly(x.reshape(pre, n, post)), MID.address(x.dtype)
+            _run_mid(x3, res.reshape(pre, n, post), log, _CHUNK, at, _jit.threads_here())
         return res if direct else _finish(res, out)
     x2, moved_shape, keep = _to_rows(x, axes)
+    x2 = np.ascontiguousarray(x2)
     res2 = np.empty_like(x2)
-    _rows_kernel(x2.shape[1])(readonly(x2), res2, log, x.dtype.type(0))
+    _rows(x2, res2, log)
     return _finish(_from_rows(res2, moved_shape, keep, axes), out)
 
 

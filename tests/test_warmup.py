@@ -238,7 +238,7 @@ def test_changed_source_recompiles(tmp_path):
     code = """
         import sys, numpy as np, fastla
         fastla.softmax(np.ones((4, 5)), backend="numba")
-        k = sys.modules["fastla.softmax"]._softmax_short_rows  # rows under 32
+        k = sys.modules["fastla.softmax"]._short_task  # rows under 32
         print(sum(k.stats.cache_hits.values()), sum(k.stats.cache_misses.values()))
     """
     cache = tmp_path / "cache"
