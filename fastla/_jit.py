@@ -524,13 +524,15 @@ def overload_by_dtype(pyfunc, impls, fastmath=frozenset({"contract"})):
     ``impls`` maps a dtype name (``"float32"``/``"float64"``) to a plain-Python implementation that
     numba compiles when ``pyfunc`` is called from a kernel with a scalar (or array) of that dtype. ``pyfunc``
     itself stays the Python version (used without JIT). ``fastmath`` defaults to contraction only:
-    these are careful numerical routines that reassociation would break.
+    these are careful numerical routines that reassociation would break. NumPy's error model
+    whatever the caller's: a division then compiles to a division, not to a zero test that raises,
+    which kept ``log``'s loop scalar in a plain ``@njit`` caller.
     """
     if not JIT_ENABLED:
         return pyfunc
     from numba.extending import overload
 
-    @overload(pyfunc, jit_options={"fastmath": set(fastmath)})
+    @overload(pyfunc, jit_options={"fastmath": set(fastmath), "error_model": "numpy"})
     def _typed(x):
         dtype = x.dtype if isinstance(x, nb_types.Array) else x
         return impls.get(str(dtype)) if isinstance(dtype, nb_types.Float) else None

@@ -177,18 +177,23 @@ def _short_task(x, out, log, zero, per, task):
             t[r * nu + j] = m
     for j in range(_U(t.size)):
         t[j] = _math.exp(xf[e0 + j] - t[j])
+    totals = np.empty(r1 - r0, np.float64)
     for r in range(_U(r1 - r0)):
         part = zero
         for j in range(nu):
             part += t[r * nu + j]
-        total = np.float64(part)
+        totals[r] = np.float64(part)
+    if log:  # one vectorised loop of fastla's log, not a libm call per row
+        for r in range(_U(r1 - r0)):
+            totals[r] = _math.log(totals[r])
+    for r in range(_U(r1 - r0)):
         b = e0 + r * nu
         if log:
-            shift = shifts[r] + np.log(total)
+            shift = shifts[r] + totals[r]
             for j in range(nu):
                 of[b + j] = xf[b + j] - shift
         else:
-            inv = 1.0 / total
+            inv = 1.0 / totals[r]
             for j in range(nu):
                 of[b + j] = t[r * nu + j] * inv
 
