@@ -266,8 +266,8 @@ def _mid_task(x, out, log, chunk, task):
         for i in range(n):
             for c in range(w):
                 s[c] += _math.exp(x[p, i, _U(c0 + c)] - m[c])
-        for c in range(w):
-            s[c] = m[c] + np.log(s[c])
+        for c in range(w):  # vectorised: fastla's log, not a libm call per column
+            s[c] = m[c] + _math.log(s[c])
         for i in range(n):
             for c in range(w):
                 out[p, i, _U(c0 + c)] = x[p, i, _U(c0 + c)] - s[c]
