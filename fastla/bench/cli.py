@@ -57,9 +57,9 @@ def add_parser(sub):
         "--max-time",
         type=float,
         default=0.5,
-        help="seconds of timed rounds per benchmark once the minimum rounds are done (default 0.5; CI "
-        "uses 0.25: four gate runs on Zen 5, two at each, spread their ratios alike, and the shorter "
-        "saved 8-19 s of 92-114)",
+        help="seconds of timed rounds per benchmark, never fewer rounds than --rounds (default 0.5; "
+        "CI uses 0.25: four gate runs on Zen 5, two at each, spread their ratios alike, and the "
+        "shorter saved 8-19 s of 92-114)",
     )
     p.add_argument("--json", help="where to write pytest-benchmark's JSON (default bench-results/)")
     p.add_argument("--plot", help="write a PNG plot here (needs matplotlib)")
