@@ -73,12 +73,14 @@ def _checkout(path, slow, extra=""):
 
 @pytest.fixture
 def pair(tmp_path):
-    """(base, candidate, workloads file): the candidate's "a" is 2x slower and it adds ``newop``. The
+    """(base, candidate, workloads file): the candidate's "a" is 3x slower and it adds ``newop``. The
     op sleeps: a sleep measures nearly the same beside other tests on busy cores (it needs a core only
     to wake up), where a busy wait, which needs one throughout, measured its 2 ms base at 9.7 ms in
-    a round (the JIT-off pass of ``.ci/run``)."""
+    a round (the JIT-off pass of ``.ci/run``). 3x, not 2x: beside the suite's compiles in a slow phase
+    the base's 2 ms sleep once measured 3.37 ms in the re-measurement (median ratio 1.23 against a 2x
+    slower candidate, under the 30% threshold, while its fastest rounds read 1.93)."""
     base = _checkout(tmp_path / "base", {})
-    cand = _checkout(tmp_path / "cand", {"a": 2.0}, extra="\nnewop = wait\n")
+    cand = _checkout(tmp_path / "cand", {"a": 3.0}, extra="\nnewop = wait\n")
     wl = tmp_path / "workloads.py"
     wl.write_text(WORKLOADS)
     return base, cand, wl
@@ -88,7 +90,7 @@ def test_against_catches_a_slowed_op_and_reports_the_rest(pair, tmp_path, capsys
     base, cand, wl = pair
     out = tmp_path / "against.json"
     # judged at 30%, as the identical checkouts below: beside other tests (pytest -n 2) the unchanged
-    # op once measured beyond 10% twice; the 2x op is far past 30%
+    # op once measured beyond 10% twice; the 3x op is far past 30%
     rc = against.run(
         ref=str(base), repo=cand, workloads_file=wl, rounds=5, threshold=0.3, json_path=out, min_batch_s=0.005
     )
@@ -105,10 +107,10 @@ def test_against_catches_a_slowed_op_and_reports_the_rest(pair, tmp_path, capsys
     assert status["wait[b] numba"] in ("same", "faster")
     assert status["newop[c] numba"].startswith("not compared: base: AttributeError")
     a = next(v for v in data["verdicts"] if v["name"] == "wait[a] numba")
-    # 2x by construction; a round only lengthens when its process is descheduled, which beside other
-    # tests (pytest -n 2 on 2 cores) happened in every round of the candidate once (of_minima 2.37):
-    # the bounds check the ratio's direction and size, not the machine's quiet
-    assert 1.3 < a["of_minima"] < 3.0 and a["median"] > 1.3, a
+    # 3x by construction; a round only lengthens when its process is descheduled, which beside other
+    # tests (pytest -n 2 on 2 cores) happened in every round of the candidate once (of_minima 2.37 at
+    # 2x): the bounds check the ratio's direction and size, not the machine's quiet
+    assert 1.3 < a["of_minima"] < 4.5 and a["median"] > 1.3, a
     assert [it["impl"] for it in data["items"]] == ["numba"] * 3  # loop is not fastla's speed path
 
 
