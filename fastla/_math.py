@@ -145,8 +145,6 @@ _LG4 = 2.222219843214978396e-01
 _LG5 = 1.818357216161805012e-01
 _LG6 = 1.531383769920937332e-01
 _LG7 = 1.479819860511658591e-01
-_LOG_LN2_HI = 6.93147180369123816490e-01  # 0x3FE62E42FEE00000: k * _LOG_LN2_HI is exact
-_LOG_LN2_LO = 1.90821492927058770002e-10
 _TINY64 = 2.2250738585072014e-308  # the smallest normal float64
 _MANT64 = 0x000FFFFFFFFFFFFF
 _ONE_BITS64 = 0x3FF0000000000000
@@ -172,7 +170,7 @@ def _log_f64(x):
     t2 = z * (_LG1 + w * (_LG3 + w * (_LG5 + w * _LG7)))
     r = t2 + t1
     hfsq = 0.5 * f * f
-    res = dk * _LOG_LN2_HI - ((hfsq - (s * (hfsq + r) + dk * _LOG_LN2_LO)) - f)
+    res = dk * _LN2_HI - ((hfsq - (s * (hfsq + r) + dk * _LN2_LO)) - f)  # exp's split of ln 2
     res = res if x < np.inf else x  # inf and NaN
     res = res if x != 0.0 else -np.inf
     return res if x >= 0.0 else np.nan  # negative numbers (and NaN)

@@ -367,8 +367,8 @@ MUTANTS = [
     Mutant(
         "log-drops-the-low-ln2",
         "_math.py",
-        "    res = dk * _LOG_LN2_HI - ((hfsq - (s * (hfsq + r) + dk * _LOG_LN2_LO)) - f)\n",
-        "    res = dk * _LOG_LN2_HI - ((hfsq - (s * (hfsq + r))) - f)\n",
+        "    res = dk * _LN2_HI - ((hfsq - (s * (hfsq + r) + dk * _LN2_LO)) - f)",
+        "    res = dk * _LN2_HI - ((hfsq - (s * (hfsq + r))) - f)",
         ("tests/test_math.py", "-k", "log"),
         "the float64 log loses ln 2's low part (a few ulp off away from 1)",
     ),
