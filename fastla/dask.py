@@ -439,11 +439,14 @@ def _topk_chunk(q, c, offset, k, batch_size, backend):
 
 
 def _merge_topk(parts, k):
-    """Top-k of candidate lists: decreasing score, ties by lower index, NaN last (the kernel's rule)."""
+    """Top-k of candidate lists in corpus order, each sorted by the kernel's rule (decreasing score,
+    ties by lower index, NaN last): a stable sort by decreasing score keeps that rule, as equal
+    scores stay in corpus order and NumPy sorts NaN last. The sorted runs make NumPy's stable sort
+    a merge: 500 queries x 10 lists of 100 in 15 ms, 100 x 32 lists of 1000 in 44, where a lexsort
+    by (NaN, -score, index) took 43 and 334 ms (Zen 5)."""
     s = np.concatenate([p[0] for p in parts], axis=1)
     i = np.concatenate([p[1] for p in parts], axis=1)
-    nan = np.isnan(s)
-    order = np.lexsort((i, np.where(nan, 0, -s), nan), axis=-1)[:, :k]
+    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(s, order, axis=1), np.take_along_axis(i, order, axis=1)
 
 
@@ -481,7 +484,7 @@ def cosine_topk(queries, corpus, k, *, batch_size=None, backend=None, rechunk=Tr
             depth += 1
             name = f"fastla-topk-merge{depth}-{token}"
             keys_next = []
-            for g in range(0, len(keys), split_every):
+            for g in range(0, len(keys), split_every):  # groups in corpus order, as _merge_topk needs
                 key = (name, qi, g // split_every)
                 dsk[key] = (merge, keys[g : g + split_every])
                 keys_next.append(key)

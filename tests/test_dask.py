@@ -233,6 +233,28 @@ def test_cosine_topk_tree_merge(compute, backend):
     _unchanged((corpus, C), (q, Q))
 
 
+def test_cosine_topk_merge_keeps_the_kernels_order():
+    """The merge (a stable sort by decreasing score of lists in corpus order) against a full sort by
+    the rule: score down, ties by lower index (-0.0 ties 0.0), NaN last, over long rows of ties."""
+    from fastla.dask import _merge_topk
+
+    q, k, n_parts = 7, 25, 9
+    parts = []
+    for j in range(n_parts):
+        s = RNG.choice(np.array([0.5, 0.25, 0.0, -0.0, -0.5, np.nan]), size=(q, k))
+        i = j * 1000 + RNG.permuted(np.tile(np.arange(k), (q, 1)), axis=1)
+        nan = np.isnan(s)
+        order = np.lexsort((i, np.where(nan, 0, -s), nan), axis=-1)  # each list sorted by the rule
+        parts.append((np.take_along_axis(s, order, 1), np.take_along_axis(i, order, 1)))
+    all_s = np.concatenate([p[0] for p in parts], axis=1)
+    all_i = np.concatenate([p[1] for p in parts], axis=1)
+    nan = np.isnan(all_s)
+    order = np.lexsort((all_i, np.where(nan, 0, -all_s), nan), axis=-1)[:, : 3 * k]
+    s, i = _merge_topk(parts, 3 * k)
+    np.testing.assert_array_equal(i, np.take_along_axis(all_i, order, 1))
+    np.testing.assert_array_equal(s, np.take_along_axis(all_s, order, 1))
+
+
 def test_cosine_topk_errors():
     C = da.ones((30, 4), chunks=(10, 2))
     with pytest.raises(ValueError, match=r"k=31 must be in \[0, n_corpus=30\]"):

@@ -604,6 +604,14 @@ MUTANTS = [
         ("tests/test_kernels.py", "-k", "test_cosine"),
         "kernels.cosine_similarity rescales rows by the other dtype's safe range",
     ),
+    Mutant(
+        "dask-topk-merge-unstable",
+        "dask.py",
+        'order = np.argsort(-s, axis=1, kind="stable")[:, :k]',
+        'order = np.argsort(-s, axis=1, kind="quicksort")[:, :k]',
+        ("tests/test_dask.py", "-k", "topk"),
+        "the dask top-k merge sorts by score without keeping corpus order among ties",
+    ),
 ]
 
 
