@@ -203,14 +203,20 @@ def _floats(name, *arrays):
     float32 with float64 to float64. Another dtype (float16, complex, object) raises TypeError
     naming the kernel (compiled code rejects it when typing the call)."""
     arrays = [np.asarray(x) for x in arrays]
-    for x in arrays:  # each one, as NumPy's linalg (float16 with an integer array is still refused)
-        if x.dtype not in _COMPUTED and x.dtype.kind not in "biu":
-            raise TypeError(f"fastla.kernels.{name}: float32 or float64 arrays (or integers), not {x.dtype}")
+    _refuse_others(name, arrays)  # each one, as NumPy's linalg (float16 with an integer array too)
     dtype = np.result_type(*arrays)
     return [x.astype(np.float64 if dtype.kind in "biu" else dtype, copy=False) for x in arrays]
 
 
 _COMPUTED = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _refuse_others(name, arrays, kinds="biu", what="float32 or float64 arrays (or integers)"):
+    """TypeError naming the kernel for an array of a dtype other than float32, float64 or
+    ``kinds``: the compiled code has no float16 (LLVM's half), long double or object loops."""
+    for x in arrays:
+        if x.dtype not in _COMPUTED and not (x.dtype.kind in kinds and x.dtype.itemsize <= 16):
+            raise TypeError(f"fastla.kernels.{name}: {what}, not {x.dtype}")
 
 
 def _is_float(t):
@@ -490,6 +496,9 @@ def matmul(a, b, out=None):
     a, b = np.asarray(a), np.asarray(b)
     if a.ndim != 2 or b.ndim != 2:
         raise ValueError(f"fastla.kernels.matmul: a and b must be 2-D, not {a.ndim}-D and {b.ndim}-D")
+    # from Python, np.matmul's dtypes (integers stay integers) where compiled loops exist
+    arrays = (a, b) if out is None else (a, b, out)
+    _refuse_others("matmul", arrays, "biuc", "float32, float64, integer or complex arrays")
     if out is None:
         out = np.empty((a.shape[0], b.shape[1]), np.result_type(a, b))
     return _call(_matmul2d, a, b, out)
@@ -535,6 +544,8 @@ def gemm(a, b, out, alpha=1.0, beta=0.0):
     """``out = alpha * a @ b + beta * out`` for 2-D float arrays of one dtype, by fastla's packed GEMM
     (serial); ``out`` must be C-contiguous."""
     a, b = np.asarray(a), np.asarray(b)
+    _refuse_others("gemm", (a, b))
+    _refuse_others("gemm", (out,), "", "out must be float32 or float64")
     if not out.flags.c_contiguous:
         raise ValueError("fastla.kernels.gemm: out must be C-contiguous")
     return _call(_gemm, a, b, out, out.dtype.type(alpha), out.dtype.type(beta))

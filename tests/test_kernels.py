@@ -458,7 +458,8 @@ def test_two_calls_of_a_kernel_in_one_function_compile_cleanly(rng):
 def test_python_calls_take_integers_as_numpy_does_and_refuse_other_dtypes():
     """From Python, integer (and boolean) arrays are promoted to float64 as NumPy's and SciPy's
     linear algebra promote them (an integer LU used to come back in integers, wrong); float16,
-    complex and in-place integer arguments raise TypeError naming the kernel; a 1-D product raises
+    complex and in-place integer arguments raise TypeError naming the kernel (matmul takes
+    np.matmul's integers and complex, and refuses float16 the same way); a 1-D product raises
     ValueError; the log-sum-exp of an empty row is -inf (SciPy's), from Python and compiled code."""
     ai, bi = np.array([[3, 1], [1, 2]]), np.array([9, 8])
     lu, piv = kernels.lu_factor(ai)
@@ -480,6 +481,18 @@ def test_python_calls_take_integers_as_numpy_does_and_refuse_other_dtypes():
             kernels.lu_factor(ai.astype(bad))
     with pytest.raises(TypeError, match="solve_inplace"):
         kernels.solve_inplace(ai.copy(), bi.copy())
+    # matmul keeps np.matmul's dtypes from Python; gemm computes in its out's float dtype
+    assert kernels.matmul(ai, ai).dtype == np.matmul(ai, ai).dtype
+    np.testing.assert_array_equal(kernels.gemm(ai, ai, np.empty((2, 2))), ai @ ai)
+    for bad in (np.float16, np.longdouble, object):
+        with pytest.raises(TypeError, match=r"fastla\.kernels\.matmul: float32, float64, integer or complex"):
+            kernels.matmul(ai.astype(bad), ai)
+        with pytest.raises(TypeError, match=r"fastla\.kernels\.gemm: float32 or float64 arrays"):
+            kernels.gemm(ai, ai.astype(bad), np.empty((2, 2)))
+    with pytest.raises(TypeError, match=r"fastla\.kernels\.matmul: .*not float16"):
+        kernels.matmul(ai, ai, np.empty((2, 2), np.float16))
+    with pytest.raises(TypeError, match=r"fastla\.kernels\.gemm: out must be float32 or float64, not int64"):
+        kernels.gemm(ai, ai, np.empty((2, 2), np.int64))
     with pytest.raises(ValueError, match="matmul: a and b must be 2-D"):
         kernels.matmul(np.ones(3), np.ones(3))
     assert kernels.logsumexp(np.empty(0)) == -np.inf
