@@ -16,6 +16,9 @@ import numpy as np
 
 from fastla import _jit
 
+#: the environment variables that decide whether idle BLAS and OpenMP threads spin (reported, never set)
+SPIN_SETTINGS = ("OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY")
+
 
 def machine_facts():
     """Facts that decide kernel speed, for ``info``, the benchmark JSON and report header."""
@@ -35,6 +38,10 @@ def machine_facts():
         "threading_layer": _jit.threading_layer(),
         "fastla_threads": fastla.get_num_threads(),
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
+        # how long the idle threads of BLAS and of fastla's OpenMP layer spin before they sleep:
+        # calls that alternate between the two pools run at half speed or worse while the other
+        # pool spins (README, "Threads": mixing BLAS and fastla calls)
+        **{name: os.environ.get(name) for name in SPIN_SETTINGS},
         "blas": [],
         "backends": {
             "numba": "available"

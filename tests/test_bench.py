@@ -294,3 +294,14 @@ def test_fresh_inputs_are_copies_with_the_same_values_and_layout():
     runner.fresh_inputs(s)
     runner.fresh_inputs(s)
     assert len(calls) == 3  # a strided view is made anew each time (a copy would be contiguous)
+
+
+def test_report_header_names_the_spin_settings_only_where_set():
+    """The run's header names OPENBLAS_THREAD_TIMEOUT / OMP_WAIT_POLICY when the run had them: they
+    change how calls alternating between BLAS and fastla measure."""
+    machine = {"cpu": "x", "blas": [], "OPENBLAS_CORETYPE": None, "threading_layer": "omp"}
+    plain = report.header(machine)
+    assert "OPENBLAS_CORETYPE=unset" in plain
+    assert "THREAD_TIMEOUT" not in plain and "WAIT_POLICY" not in plain
+    machine.update(OPENBLAS_THREAD_TIMEOUT="4", OMP_WAIT_POLICY="passive")
+    assert "OPENBLAS_THREAD_TIMEOUT=4; OMP_WAIT_POLICY=passive; threading layer omp" in report.header(machine)

@@ -12,6 +12,8 @@ import math
 import sys
 from dataclasses import dataclass
 
+from fastla import _host
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -335,7 +337,8 @@ def header(machine):
         f"{machine.get('cores')} cores; numba {machine.get('numba')} (LLVM {machine.get('llvm')}), "
         f"numpy {machine.get('numpy')}; BLAS {blas}; "
         f"OPENBLAS_CORETYPE={machine.get('OPENBLAS_CORETYPE') or 'unset'}; "
-        f"threading layer {machine.get('threading_layer')}\n"
+        + "".join(f"{name}={machine[name]}; " for name in _host.SPIN_SETTINGS if machine.get(name))
+        + f"threading layer {machine.get('threading_layer')}\n"
     )
 
 
