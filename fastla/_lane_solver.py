@@ -192,7 +192,13 @@ def _rows_pay(n, itemsize):
     float32 ns, row vectors against one lane: n = 2: 7.0 / 6.0 against 9.1 / 8.4; n = 3: 23.6 / 17.4
     against 34.8 / 33.2; n = 4: 38-44 / 38 against 51-57 / 51-55. n = 8 (one 512-bit float64 row)
     came out 225 against 218-268 (float32 207-232 against 174-219), and n = 5 to 7 (rows padded to 8)
-    82-196 against 78-167: those stay one-lane."""
+    82-196 against 78-167: those stay one-lane. Zen 5 (AVX-512, float64 n = 8, each form compiled
+    out of line as ``kernels.solve`` calls it, interleaved in one process, three runs): one lane
+    110-121 ns a system, rows 117-132; rows with the reciprocals of every pivot candidate divided
+    while the pivot search runs 119-142, rows with the multipliers kept as splats 104-133, the
+    one-lane code with a tournament pivot search 124-127. The same code without pivoting took
+    68-70 ns and the call with the loads and stores alone 23-25: the pivot search and row swaps are
+    ~45 ns of the system, and none of these forms shortened them."""
     return 2 <= n <= 4 and 4 * itemsize <= _host.simd_bytes()
 
 
