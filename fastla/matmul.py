@@ -328,14 +328,16 @@ def _stacked(a, b, out, gemm2d, batched=None):
         and not np.may_share_memory(out, b)
     )
     c = out.reshape(full) if direct else np.empty(full, dtype=dtype)
+    # explicit sizes, not -1: with an empty stack, m, k or n, -1 is ambiguous (a reshape error)
+    stacks = math.prod(batch)
     if not batch:
         gemm2d(a2, b2, c)
     elif b2.ndim == 2:  # (..., m, k) @ (k, n): one tall GEMM, no loop over the stack
-        gemm2d(a2.reshape(-1, k), b2, c.reshape(-1, n))
+        gemm2d(a2.reshape(stacks * m, k), b2, c.reshape(stacks * m, n))
     else:
         A = _as_stack(a2, batch)
         B = _as_stack(b2, batch)
-        C = c.reshape(-1, m, n)
+        C = c.reshape(stacks, m, n)
         if batched is not None:
             batched(A, B, C)
         else:
@@ -354,7 +356,7 @@ def _as_stack(x, batch):
     """``x`` broadcast to ``batch`` stacks and flattened to 3-D (a view unless it must copy)."""
     if x.shape[:-2] != batch:
         x = np.broadcast_to(x, batch + x.shape[-2:])
-    return x.reshape(-1, *x.shape[-2:])
+    return x.reshape(math.prod(batch), *x.shape[-2:])
 
 
 # --------------------------------------------------------------------------- implementations

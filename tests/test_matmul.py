@@ -93,6 +93,12 @@ def test_transposed_views(rng):
         ((200, 4, 4), (200, 4, 4)),
         ((50, 8, 3), (1, 3, 8)),
         ((30, 2, 5), (30, 5, 8)),  # vector tiles: single rows, whole vectors of columns
+        # an empty m, k or n inside a stack (a reshape by -1 cannot tell the stack's size there)
+        ((0, 3), (2, 3, 3)),
+        ((2, 3, 3), (3, 0)),
+        ((2, 3, 0), (0, 3)),
+        ((3, 3), (2, 3, 0)),
+        ((2, 1, 3, 3), (0, 3, 3)),
     ],
 )
 def test_stacks_and_1d(sa, sb, dtype, rng):
@@ -103,6 +109,9 @@ def test_stacks_and_1d(sa, sb, dtype, rng):
         c = fastla.matmul(a, b, backend=name)
         assert np.shape(c) == ref.shape, name
         np.testing.assert_allclose(c, ref, rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-5)
+        out = np.full(ref.shape, 7.0, dtype)
+        assert fastla.matmul(a, b, out=out, backend=name) is out, name
+        np.testing.assert_allclose(out, ref, rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-5)
     if len(sa) == len(sb) == 1:
         assert np.isscalar(fastla.matmul(a, b, backend="numba"))
 
