@@ -685,8 +685,18 @@ def _solve_numba(a, b):
     system above."""
     A, B, out_shape = _broadcast_system(a, b)
     n = A.shape[-1]
-    if n == 0 or B.size == 0:
+    if n == 0 or A.shape[0] == 0:
         return np.array(B, order="C", copy=True).reshape(out_shape)
+    if B.shape[2] == 0:  # no right-hand side: NumPy still factors each system and raises if singular
+        _solve_systems(A, np.zeros((*A.shape[:2], 1), A.dtype))
+        return np.array(B, order="C", copy=True).reshape(out_shape)
+    return _solve_systems(A, B).reshape(out_shape)
+
+
+def _solve_systems(A, B):
+    """:func:`_solve_numba` on the stacks ``A`` (batch, n, n) and ``B`` (batch, n, k), n, k > 0:
+    the solutions (batch, n, k); raises LinAlgError for a singular system."""
+    n = A.shape[-1]
     if n <= SMALL_N:
         from fastla._jit import max_threads
 
@@ -699,7 +709,7 @@ def _solve_numba(a, b):
         solve_stack(_intrinsics.kernel_input(A), _intrinsics.kernel_input(B), x, w, xs, s, info)
         if info.any():
             raise _singular()
-        return x.reshape(out_shape)
+        return x
     x = np.array(B, order="C", copy=True)
     for t in range(A.shape[0]):
         work = np.array(A[t], order="C", copy=True)
@@ -707,7 +717,7 @@ def _solve_numba(a, b):
         if info:
             raise _singular()
         _getrs(_intrinsics.readonly(work), piv.astype(np.int64), x[t], 0)
-    return x.reshape(out_shape)
+    return x
 
 
 @_LINSOLVE.register("loop")

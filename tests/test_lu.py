@@ -174,6 +174,14 @@ def test_singular_raises(name, rng):
     for a in _singular_inputs(rng):
         with pytest.raises(np.linalg.LinAlgError, match="Singular matrix"):
             fastla.solve(a, np.ones((*a.shape[:-1], 1)) if a.ndim == 3 else np.ones(a.shape[0]), backend=name)
+        # no right-hand side at all: NumPy still factors and raises; a regular system gives (n, 0)
+        with pytest.raises(np.linalg.LinAlgError, match="Singular matrix"):
+            fastla.solve(a, np.ones((*a.shape[:-1], 0)), backend=name)
+        regular = a + 4 * a.shape[-1] * np.eye(a.shape[-1])
+        np.testing.assert_array_equal(
+            fastla.solve(regular, np.ones((*a.shape[:-1], 0)), backend=name),
+            np.linalg.solve(regular, np.ones((*a.shape[:-1], 0))),
+        )
 
 
 @pytest.mark.parametrize("name", impl_names("lu_factor"))
