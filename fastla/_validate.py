@@ -56,6 +56,21 @@ def lapack_dtype(arrays):
     return None, f"dtype {bad} is not compiled (compiled: {_COMPILED_NAMES})"
 
 
+def raise_anchors_type_error(anchor, *args):
+    """On the way to raising a shape error: raise the ``TypeError`` that ``anchor(*args)`` (the NumPy
+    function the op replaces) raises, if it raises one. NumPy looks at the dtypes first (a ufunc
+    picks its loop before it compares core dimensions; ``np.linalg`` rejects float16 before it looks
+    at ``b``), so an input both mistyped and misshaped gets NumPy's ``TypeError``, not fastla's
+    ``ValueError``. Only called where the shapes already failed: NumPy raises at once, computing
+    nothing. Returns when NumPy raises anything else."""
+    try:
+        anchor(*args)
+    except TypeError as err:
+        raise err from None
+    except Exception:
+        return
+
+
 def native(a, dtype):
     """``a`` as ``dtype`` in native byte order; copies only when the dtype or byte order differs.
 

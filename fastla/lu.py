@@ -421,7 +421,11 @@ def _prepare_linsolve(a, b):
     a = np.asarray(a)
     b = np.asarray(b)
     n = a.shape[-1] if a.ndim else 0
-    stack, _ = linsolve_shape(a, b)
+    try:
+        stack, _ = linsolve_shape(a, b)
+    except ValueError:  # b's shape: NumPy checks the dtypes first (its LinAlgError cases come first)
+        _validate.raise_anchors_type_error(np.linalg.solve, a, b)
+        raise
     dtype, why = _validate.compute_dtype((a, b), ints_to_float64=True)
     if why is None:
         a, b = _validate.native(a, dtype), _validate.native(b, dtype)

@@ -124,7 +124,11 @@ def _prepare(a, b, out=None):
     a_in, b_in = a, b
     a = np.asanyarray(a)
     b = np.asanyarray(b)
-    m, k_a, n, batch, shape = result_shape(a.shape, b.shape)
+    try:
+        m, k_a, n, batch, shape = result_shape(a.shape, b.shape)
+    except ValueError:
+        _validate.raise_anchors_type_error(np.matmul, a, b)
+        raise
     dtype, why = _validate.compute_dtype((a, b), ints_to_float64=False)
     if (
         why is None

@@ -160,6 +160,24 @@ def test_ints_become_float64(name):
     np.testing.assert_allclose(x, np.linalg.solve(a, b))
 
 
+@pytest.mark.parametrize("name", impl_names("solve"))
+def test_mistyped_and_misshaped_gets_numpys_type_error(name):
+    """np.linalg.solve checks the dtypes before b's shape: float16 / long double ``a`` is its
+    TypeError, a ``b`` it cannot cast its ufunc's TypeError, even when b's shape is wrong too."""
+    wrong_b = np.ones((2, 2))
+    for a, b, match in (
+        (np.eye(3, dtype=np.float16), wrong_b, "unsupported in linalg"),
+        (np.eye(3), np.array([["a"]]), "Cannot cast ufunc"),
+        (np.eye(3), np.ones((2, 2), object), "Cannot cast ufunc"),
+    ):
+        with pytest.raises(TypeError, match=match):
+            np.linalg.solve(a, b)
+        with pytest.raises(TypeError, match=match):
+            fastla.solve(a, b, backend=name)
+    with pytest.raises(ValueError, match="does not match"):  # well typed: the shape's error
+        fastla.solve(np.eye(3), wrong_b, backend=name)
+
+
 def _singular_inputs(rng):
     sing = np.array([[1.0, 2.0], [2.0, 4.0]])
     stack = rng.standard_normal((500, 2, 2)) + 2 * np.eye(2)

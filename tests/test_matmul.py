@@ -165,6 +165,12 @@ def test_bad_input(name):
         fastla.matmul(np.float64(1.0), np.ones(3), backend=name)
     with pytest.raises(ValueError, match="broadcast"):
         fastla.matmul(np.ones((2, 2, 3)), np.ones((3, 3, 2)), backend=name)
+    # mistyped and misshaped: NumPy resolves the loop first, so its TypeError (not the shape's error)
+    for a, b in ((np.ones((3, 3)), np.array([["a"]])), (np.array([["a", "b"]]), np.ones((3, 3)))):
+        with pytest.raises(TypeError, match="did not contain a loop"):
+            fastla.matmul(a, b, backend=name)
+    with pytest.raises(ValueError, match="mismatch"):  # object arrays have a loop: the shape's error
+        fastla.matmul(np.ones((3, 3), object), np.ones((2, 2)), backend=name)
     # NumPy's wording (the numpy impl and auto raise NumPy's own error)
     with pytest.raises(ValueError, match=r"non-broadcastable output operand|mismatch in its core dim"):
         fastla.matmul(np.ones((2, 3)), np.ones((3, 2)), out=np.empty((3, 3)), backend=name)

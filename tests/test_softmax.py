@@ -92,6 +92,13 @@ def test_ints_and_float16(fn, ref, op):
     r = fn(ints)
     assert r.dtype == np.float64
     _close(r, ref(ints, axis=-1), np.float64)
+    # 8- and 16-bit integers in float64 too (README, "Deliberate differences": SciPy's result takes
+    # np.exp's float16 / float32 there, and its x - x.max() wraps around for unsigned integers)
+    for dt in (np.uint8, np.int8, np.int16, np.uint16):
+        small = np.array([[0, 3, 100], [7, 7, 1]], dt)
+        r = fn(small)
+        assert r.dtype == np.float64, dt
+        _close(r, ref(small.astype(np.float64), axis=-1), np.float64)
     h = np.ones(3, np.float16)
     assert fn(h).dtype == ref(h).dtype  # float16: NumPy/SciPy's own result
     with pytest.raises(TypeError, match="float16"):
