@@ -301,6 +301,15 @@ def _mid_examples(dtype):
 MID = _jit.Entry(_mid_task, _mid_examples)
 
 
+@jit(fastmath=_jit.FASTMATH - {"reassoc"})
+def _smoothed(nll, uniform, smoothing):
+    """``(1 - s) * nll + s * uniform``, the label-smoothed loss of one row, compiled without
+    ``reassoc``: with it LLVM rewrites the blend as ``nll + s * (uniform - nll)``, NaN where both are
+    inf (a -inf logit in a smoothed row; the other impls give inf). Its own function, so the row
+    sums around it keep the flag."""
+    return (1.0 - smoothing) * nll + smoothing * uniform
+
+
 @jit(parallel=True)
 def _ce_index_rows(x, target, smoothing, ignore_index, loss, zero):
     """Per-row cross-entropy with class indices: ``lse - x[t]`` (+ label smoothing)."""
@@ -316,7 +325,7 @@ def _ce_index_rows(x, target, smoothing, ignore_index, loss, zero):
         lse = mm + np.log(_exp_sum(x[r], mm, x[r], False, zero, x[min(r + 1, rows - 1)]))
         nll = lse - x[r, t]
         if smoothing != 0.0:
-            nll = (1.0 - smoothing) * nll + smoothing * (lse - _row_sum(x[r], zero) / n)
+            nll = _smoothed(nll, lse - _row_sum(x[r], zero) / n, smoothing)
         loss[r] = nll
 
 
@@ -520,8 +529,7 @@ def _loop_rows(x2, out2, log):
         if log:
             mm = m if math.isfinite(m) else 0.0
             tmp = [v - mm for v in row]
-            total = sum(_py_exp(d) for d in tmp)
-            lse = math.log(total) if total > 0 else (-math.inf if total == 0 else total)
+            lse = _py_log(sum(_py_exp(d) for d in tmp))
             for j, d in enumerate(tmp):
                 out2[r, j] = d - lse
         else:
@@ -535,6 +543,11 @@ def _py_exp(d):
     if d != d:
         return math.nan
     return math.exp(d) if d < 710 else math.inf
+
+
+def _py_log(total):
+    """``log(total)`` of a sum of exps as NumPy gives it: -inf for 0 (every term -inf), NaN for NaN."""
+    return math.log(total) if total > 0 else (-math.inf if total == 0 else total)
 
 
 def _loop_impl(x, axes, out, log):
@@ -755,12 +768,18 @@ def _ce_loop(x, t, kind, reduction, smoothing, ignore_index):
             continue
         m = max(row)
         mm = m if math.isfinite(m) else 0.0
-        lse = mm + math.log(sum(math.exp(v - mm) for v in row))
+        lse = mm + _py_log(sum(_py_exp(v - mm) for v in row))
         if kind == "index":
             nll = lse - row[tf[r]]
-            loss[r] = (1 - smoothing) * nll + smoothing * (lse - sum(row) / n)
+            # the smoothing term only where smoothing is on (as the other impls): 0 * (inf - inf) is NaN
+            loss[r] = (1 - smoothing) * nll + smoothing * (lse - sum(row) / n) if smoothing else nll
         else:
-            loss[r] = sum(((1 - smoothing) * tf[r, j] + smoothing / n) * (lse - v) for j, v in enumerate(row))
+            w = (
+                [(1 - smoothing) * float(p) + smoothing / n for p in tf[r]]
+                if smoothing
+                else [float(p) for p in tf[r]]
+            )
+            loss[r] = sum(wj * (lse - v) for wj, v in zip(w, row, strict=True))
     return _reduce(loss.reshape(x.shape[:-1]), kind, t, reduction, ignore_index)
 
 

@@ -169,6 +169,31 @@ def test_cross_entropy_probability_targets(reduction, dtype, rng):
         _close(got, expected, dtype)
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_cross_entropy_infinite_logits_agree_across_impls(smoothing, dtype):
+    """-inf and +inf logits: every impl gives the numpy impl's inf / NaN, without a warning (the
+    loop impl raised ``math domain error`` for a row of -inf; label smoothing of a row holding -inf
+    came out NaN in the compiled kernel, whose fastmath reassociated the blend)."""
+    inf = np.inf
+    logits = np.array(
+        [[-inf, -inf, -inf], [5.0, -inf, 1.0], [1.0, 2.0, -inf], [1000.0, inf, 0.0], [1.0, 2.0, 3.0]], dtype
+    )
+    index = np.array([0, 0, 2, 0, 1])
+    probs = np.full(logits.shape, 1 / 3, dtype)
+    probs[1] = [1, 0, 0]
+    for target in (index, probs):
+        expected = fastla.cross_entropy(
+            logits, target, reduction="none", label_smoothing=smoothing, backend="numpy"
+        )
+        assert np.isinf(expected[1:3]).any()  # the rows that exercise infinities do so
+        for name in impl_names("cross_entropy"):
+            got = fastla.cross_entropy(
+                logits, target, reduction="none", label_smoothing=smoothing, backend=name
+            )
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(expected), err_msg=name)
+            np.testing.assert_allclose(got, expected, rtol=1e-5, err_msg=name)
+
+
 @pytest.mark.parametrize("name", impl_names("cross_entropy"))
 def test_cross_entropy_class_axis_and_errors(name, rng):
     logits = rng.standard_normal((5, 3, 7))
