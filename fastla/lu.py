@@ -336,7 +336,7 @@ class LuSolveArgs(NamedTuple):
     lu: object
     piv: object
     b: object
-    trans: int  # 0: a x = b; 1: a^T x = b (SciPy's 1 and 2 for real input)
+    trans: int  # 0: a x = b; 1: a^T x = b (SciPy's 1, and 2 for real input); 2: a^H x = b (complex)
     vector: bool  # b is one right-hand side per system ((..., n), not (..., n, k))
     overwrite: bool  # the caller allowed overwriting b, and b is the caller's array
 
@@ -389,7 +389,9 @@ def _prepare_solve(lu_and_piv, b, trans=0, overwrite_b=False, check_finite=True)
         _validate.check_finite(b)
     if why is None:
         lu, b = _validate.native(lu, dtype), _validate.native(b, dtype)
-    args = LuSolveArgs(lu, piv, b, 1 if trans else 0, vector, overwrite_b and b is b_in)
+    # 2 (a^H x = b) is 1 for real factors; complex ones keep it (SciPy's impl solves with them)
+    code = 2 if trans == 2 and lu.dtype.kind == "c" else (1 if trans else 0)
+    args = LuSolveArgs(lu, piv, b, code, vector, overwrite_b and b is b_in)
     return _registry.Prepared(args, compiled=why, facts={"n": n, "batch": math.prod(stack)})
 
 

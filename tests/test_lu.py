@@ -94,6 +94,20 @@ def test_lu_solve_trans(trans, bshape, dtype, rng):
         np.testing.assert_allclose(x, expected, rtol=1e-4 if dtype == np.float32 else 1e-11, atol=1e-5)
 
 
+@pytest.mark.parametrize("trans", [0, 1, 2])
+def test_lu_solve_complex_factors_keep_the_conjugate_transpose(trans, rng):
+    """Complex factors go to SciPy, and trans=2 there is a^H x = b, not a^T x = b (2 is 1 only for
+    real factors)."""
+    a = rng.standard_normal((5, 5)) + 1j * rng.standard_normal((5, 5)) + 3 * np.eye(5)
+    b = rng.standard_normal(5) + 1j * rng.standard_normal(5)
+    lu_piv = sla.lu_factor(a)
+    op = {0: a, 1: a.T, 2: a.conj().T}[trans]
+    for name in ("auto", "numpy"):
+        x = fastla.lu_solve(lu_piv, b, trans=trans, backend=name)
+        np.testing.assert_allclose(op @ x, b, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(x, sla.lu_solve(lu_piv, b, trans=trans), rtol=1e-12)
+
+
 def test_stacked_factor_and_solve(rng):
     a = rng.standard_normal((3, 2, 6, 6)) + 4 * np.eye(6)
     b = rng.standard_normal((3, 2, 6))
