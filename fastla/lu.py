@@ -1,9 +1,11 @@
 """LU factorisation and solve: ``fastla.lu_factor``, ``fastla.lu_solve``, ``fastla.solve``.
 
 ``lu_factor``/``lu_solve`` follow ``scipy.linalg`` (``(lu, piv)`` with L below the unit diagonal,
-U on and above it, ``piv`` 0-based LAPACK getrf row interchanges as int32; ``trans`` 0/1/2), extended
-to stacks ``(..., n, n)``. ``solve`` follows ``np.linalg.solve`` of NumPy 2 (``b`` is a vector only
-when it is 1-D; stacks broadcast; integers become float64; 0 x 0 works).
+U on and above it, ``piv`` 0-based LAPACK getrf row interchanges as int32; ``trans`` 0/1/2), on
+stacks ``(..., n, n)`` too, batched as SciPy >= 1.15 batches them (``lu_solve``'s ``b`` a vector only
+when 1-D, its leading dimensions broadcast against the stack). ``solve`` follows ``np.linalg.solve``
+of NumPy 2 (``b`` is a vector only when it is 1-D; stacks broadcast; integers become float64; 0 x 0
+works).
 
 Errors as the anchors: a singular matrix (an exactly zero pivot) makes ``solve`` raise
 ``numpy.linalg.LinAlgError("Singular matrix")``, also when one matrix of a stack is singular;
@@ -365,6 +367,25 @@ def _prepare_factor(a, overwrite_a=False, check_finite=True):
     return _registry.Prepared(args, compiled=why, facts=facts, forced_error=forced)
 
 
+def _scipy_batches(lu, piv, b):
+    """``(lu, piv, b, batch, vector)`` by SciPy's batching rule for ``lu_solve`` (SciPy >= 1.15; as
+    NumPy 2's ``solve``): ``b`` is one vector only when 1-D, else ``(..., n, k)``, and its leading
+    dimensions broadcast against ``lu``'s stack (one factorisation for a stack of right-hand sides,
+    or the reverse). ``lu``, ``piv`` and ``b`` come back broadcast to the batch (views); raises
+    the shape's ValueError where they do not fit. (The common calls, equal stacks, skip this.)"""
+    n = lu.shape[-1]
+    core = 1 if b.ndim == 1 else 2
+    problem = ValueError(f"lu_solve: b of shape {b.shape} is incompatible with lu of shape {lu.shape}")
+    if b.ndim == 0 or b.shape[b.ndim - core] != n:
+        raise problem
+    try:
+        batch = np.broadcast_shapes(lu.shape[:-2], b.shape[: b.ndim - core])
+    except ValueError:
+        raise problem from None
+    b = np.broadcast_to(b, batch + b.shape[b.ndim - core :])
+    return np.broadcast_to(lu, (*batch, n, n)), np.broadcast_to(piv, (*batch, n)), b, batch, core == 1
+
+
 def _prepare_solve(lu_and_piv, b, trans=0, overwrite_b=False, check_finite=True):
     try:
         lu, piv = lu_and_piv
@@ -381,9 +402,12 @@ def _prepare_solve(lu_and_piv, b, trans=0, overwrite_b=False, check_finite=True)
     if piv.shape != lu.shape[:-1] or piv.dtype.kind not in "iu":
         raise ValueError(f"lu_solve: piv of shape {piv.shape} does not match lu of shape {lu.shape}")
     stack = lu.shape[:-2]
-    vector = b.ndim == len(stack) + 1
-    if b.shape[: len(stack)] != stack or b.ndim < len(stack) + 1 or b.shape[len(stack)] != n:
-        raise ValueError(f"lu_solve: b of shape {b.shape} is incompatible with lu of shape {lu.shape}")
+    vector = b.ndim == 1
+    if not (
+        (vector and not stack and b.shape[0] == n)
+        or (b.ndim >= 2 and b.shape[:-2] == stack and b.shape[-2] == n)
+    ):
+        lu, piv, b, stack, vector = _scipy_batches(lu, piv, b)
     dtype, why = _validate.lapack_dtype((lu, b))
     if check_finite:  # like SciPy: only b (lu comes from lu_factor, which checked its input)
         _validate.check_finite(b)
@@ -503,8 +527,9 @@ def lu_factor(a, *, overwrite_a=False, check_finite=True, backend=None):
 def lu_solve(lu_and_piv, b, *, trans=0, overwrite_b=False, check_finite=True, backend=None):
     """Solve ``a x = b`` (``trans=0``) or ``a^T x = b`` (1, 2) from :func:`lu_factor`'s factors.
 
-    Like :func:`scipy.linalg.lu_solve`; ``b`` of shape (..., n) or (..., n, k) against a stack of
-    factors (..., n, n).
+    Like :func:`scipy.linalg.lu_solve`, stacks batched as SciPy >= 1.15 batches them: ``b`` is one
+    vector only when 1-D (n,), else (..., n, k), and its leading dimensions broadcast against the
+    stack of factors (..., n, n).
 
     Examples
     --------

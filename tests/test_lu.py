@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import scipy
 import scipy.linalg as sla
 
 import fastla
@@ -110,12 +111,57 @@ def test_lu_solve_complex_factors_keep_the_conjugate_transpose(trans, rng):
 
 def test_stacked_factor_and_solve(rng):
     a = rng.standard_normal((3, 2, 6, 6)) + 4 * np.eye(6)
-    b = rng.standard_normal((3, 2, 6))
+    b = rng.standard_normal((3, 2, 6, 1))
     for name in impl_names("lu_factor", 6):
         lu, piv = fastla.lu_factor(a, backend=name)
         assert lu.shape == a.shape and piv.shape == (3, 2, 6)
         x = fastla.lu_solve((lu, piv), b, backend=name)
-        np.testing.assert_allclose(np.einsum("...ij,...j->...i", a, x), b, atol=1e-10)
+        assert x.shape == b.shape
+        np.testing.assert_allclose(a @ x, b, atol=1e-10)
+
+
+def _batched_reference(lu, piv, b):
+    """SciPy >= 1.15's batching of lu_solve, spelled out: b a vector only when 1-D, leading
+    dimensions broadcast, one SciPy solve per matrix (any SciPy version)."""
+    n, core = lu.shape[-1], 1 if b.ndim == 1 else 2
+    batch = np.broadcast_shapes(lu.shape[:-2], b.shape[: b.ndim - core])
+    bb = np.broadcast_to(b, batch + b.shape[b.ndim - core :])
+    lus = np.broadcast_to(lu, (*batch, n, n)).reshape(-1, n, n)
+    pivs = np.broadcast_to(piv, (*batch, n)).reshape(-1, n)
+    rhs = bb.reshape(-1, *bb.shape[len(batch) :])
+    return np.array([sla.lu_solve((m, p), r) for m, p, r in zip(lus, pivs, rhs, strict=True)]).reshape(
+        bb.shape
+    )
+
+
+@pytest.mark.parametrize(
+    "sa, sb",
+    [
+        ((4, 4), (2, 4, 1)),  # one factorisation, a stack of right-hand sides
+        ((4, 4), (3, 2, 4, 2)),
+        ((2, 4, 4), (4,)),  # a stack of factorisations, one right-hand side
+        ((2, 4, 4), (4, 3)),
+        ((2, 4, 4), (3, 1, 4, 2)),  # both broadcast
+        ((4, 4, 4), (4, 4)),  # b 2-D is one (n, k) matrix, also where it could read as 4 vectors
+    ],
+)
+def test_lu_solve_batches_as_scipy(sa, sb, rng):
+    a = rng.standard_normal(sa) + 4 * np.eye(sa[-1])
+    b = rng.standard_normal(sb)
+    lu, piv = fastla.lu_factor(a)
+    expected = _batched_reference(lu, piv, b)
+    keep = b.copy()
+    for name in impl_names("lu_solve"):
+        x = fastla.lu_solve((lu, piv), b, backend=name)
+        assert x.shape == expected.shape, name
+        np.testing.assert_allclose(x, expected, rtol=1e-12, atol=1e-12)
+        assert not np.shares_memory(x, b)
+    np.testing.assert_array_equal(b, keep)
+    if tuple(int(v) for v in scipy.__version__.split(".")[:2]) >= (1, 15):  # SciPy batches itself
+        np.testing.assert_allclose(sla.lu_solve((lu, piv), b), expected, rtol=1e-12)
+    stack = fastla.lu_factor(rng.standard_normal((2, 5, 5)) + 5 * np.eye(5))
+    with pytest.raises(ValueError, match="incompatible"):  # a stack of vectors is (..., n, 1)
+        fastla.lu_solve(stack, rng.standard_normal((2, 5)))
 
 
 @pytest.mark.parametrize(
