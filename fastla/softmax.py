@@ -626,6 +626,11 @@ def check_ce(x, t, axis, reduction, label_smoothing, ignore_index):
             raise ValueError(
                 f"cross_entropy: probability target of shape {t.shape} must have the logits' shape {x.shape}"
             )
+        if operator.index(ignore_index) >= 0:  # a class to ignore means nothing to probabilities
+            raise ValueError(
+                f"cross_entropy: ignore_index={ignore_index} is not supported for probability targets "
+                "(as torch: only class-index targets skip a class)"
+            )
         return ax, "prob", label_smoothing, ignore_index
     raise TypeError(f"cross_entropy: target must be integer class indices or floats, got {t.dtype}")
 

@@ -208,6 +208,16 @@ def test_cross_entropy_class_axis_and_errors(name, rng):
         fastla.cross_entropy(np.ones((2, 4)), np.array([1, 2]), reduction="avg")
     with pytest.raises(TypeError, match="target"):
         fastla.cross_entropy(np.ones((2, 4)), np.array(["a", "b"]))
+    # probability targets have no class to ignore: torch refuses a class index there (a negative
+    # one, the default -100 included, is accepted and means nothing)
+    probs = np.full((2, 4), 0.25)
+    with pytest.raises(ValueError, match="ignore_index=1 is not supported for probability targets"):
+        fastla.cross_entropy(np.ones((2, 4)), probs, ignore_index=1, backend=name)
+    _close(
+        fastla.cross_entropy(np.ones((2, 4)), probs, ignore_index=-5, backend=name),
+        fastla.cross_entropy(np.ones((2, 4)), probs, backend=name),
+        np.float64,
+    )
 
 
 @pytest.mark.parametrize("name", impl_names("cross_entropy"))
