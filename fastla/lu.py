@@ -367,25 +367,6 @@ def _prepare_factor(a, overwrite_a=False, check_finite=True):
     return _registry.Prepared(args, compiled=why, facts=facts, forced_error=forced)
 
 
-def _scipy_batches(lu, piv, b):
-    """``(lu, piv, b, batch, vector)`` by SciPy's batching rule for ``lu_solve`` (SciPy >= 1.15; as
-    NumPy 2's ``solve``): ``b`` is one vector only when 1-D, else ``(..., n, k)``, and its leading
-    dimensions broadcast against ``lu``'s stack (one factorisation for a stack of right-hand sides,
-    or the reverse). ``lu``, ``piv`` and ``b`` come back broadcast to the batch (views); raises
-    the shape's ValueError where they do not fit. (The common calls, equal stacks, skip this.)"""
-    n = lu.shape[-1]
-    core = 1 if b.ndim == 1 else 2
-    problem = ValueError(f"lu_solve: b of shape {b.shape} is incompatible with lu of shape {lu.shape}")
-    if b.ndim == 0 or b.shape[b.ndim - core] != n:
-        raise problem
-    try:
-        batch = np.broadcast_shapes(lu.shape[:-2], b.shape[: b.ndim - core])
-    except ValueError:
-        raise problem from None
-    b = np.broadcast_to(b, batch + b.shape[b.ndim - core :])
-    return np.broadcast_to(lu, (*batch, n, n)), np.broadcast_to(piv, (*batch, n)), b, batch, core == 1
-
-
 def _prepare_solve(lu_and_piv, b, trans=0, overwrite_b=False, check_finite=True):
     try:
         lu, piv = lu_and_piv
@@ -401,13 +382,18 @@ def _prepare_solve(lu_and_piv, b, trans=0, overwrite_b=False, check_finite=True)
     n = lu.shape[-1]
     if piv.shape != lu.shape[:-1] or piv.dtype.kind not in "iu":
         raise ValueError(f"lu_solve: piv of shape {piv.shape} does not match lu of shape {lu.shape}")
-    stack = lu.shape[:-2]
-    vector = b.ndim == 1
-    if not (
-        (vector and not stack and b.shape[0] == n)
-        or (b.ndim >= 2 and b.shape[:-2] == stack and b.shape[-2] == n)
-    ):
-        lu, piv, b, stack, vector = _scipy_batches(lu, piv, b)
+    # SciPy >= 1.15 batches lu_solve by solve's NumPy 2 rule: b is one vector only when 1-D, else
+    # (..., n, k), and its leading dimensions broadcast against the stack of factors
+    try:
+        stack, vector = linsolve_shape(lu, b)
+    except ValueError:  # lu is square (checked above): b's shape
+        raise ValueError(
+            f"lu_solve: b of shape {b.shape} is incompatible with lu of shape {lu.shape}"
+        ) from None
+    core = b.shape[b.ndim - (1 if vector else 2) :]
+    if lu.shape[:-2] != stack or b.shape != stack + core:  # one side broadcast (views)
+        lu, piv = np.broadcast_to(lu, (*stack, n, n)), np.broadcast_to(piv, (*stack, n))
+        b = np.broadcast_to(b, stack + core)
     dtype, why = _validate.lapack_dtype((lu, b))
     if check_finite:  # like SciPy: only b (lu comes from lu_factor, which checked its input)
         _validate.check_finite(b)
