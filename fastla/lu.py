@@ -657,11 +657,11 @@ def _lu_solve_numpy(lu, piv, b, trans, vector, overwrite):
         return _solve_stack(lu, piv, b, trans, vector, overwrite, _solve_loop)
     if lu.ndim == 2:
         return sla.lu_solve((lu, piv), b, trans=trans, overwrite_b=overwrite, check_finite=False)
-    n = lu.shape[-1]
-    b3 = b.reshape(-1, n) if vector else b.reshape(-1, n, b.shape[-1])
+    n, batch = lu.shape[-1], math.prod(lu.shape[:-2])  # explicit sizes: -1 fails on an empty b
+    b3 = b.reshape(batch, n) if vector else b.reshape(batch, n, b.shape[-1])
     xs = [
         sla.lu_solve((m, p), bb, trans=trans, check_finite=False)
-        for m, p, bb in zip(lu.reshape(-1, n, n), piv.reshape(-1, n), b3, strict=True)
+        for m, p, bb in zip(lu.reshape(batch, n, n), piv.reshape(batch, n), b3, strict=True)
     ]
     return np.array(xs).reshape(b.shape)
 

@@ -128,7 +128,7 @@ def _batched_reference(lu, piv, b):
     bb = np.broadcast_to(b, batch + b.shape[b.ndim - core :])
     lus = np.broadcast_to(lu, (*batch, n, n)).reshape(-1, n, n)
     pivs = np.broadcast_to(piv, (*batch, n)).reshape(-1, n)
-    rhs = bb.reshape(-1, *bb.shape[len(batch) :])
+    rhs = bb.reshape(len(lus), *bb.shape[len(batch) :])  # not -1: b may be empty
     return np.array([sla.lu_solve((m, p), r) for m, p, r in zip(lus, pivs, rhs, strict=True)]).reshape(
         bb.shape
     )
@@ -143,6 +143,7 @@ def _batched_reference(lu, piv, b):
         ((2, 4, 4), (4, 3)),
         ((2, 4, 4), (3, 1, 4, 2)),  # both broadcast
         ((4, 4, 4), (4, 4)),  # b 2-D is one (n, k) matrix, also where it could read as 4 vectors
+        ((2, 4, 4), (4, 0)),  # no right-hand side, broadcast over the stack
     ],
 )
 def test_lu_solve_batches_as_scipy(sa, sb, rng):
