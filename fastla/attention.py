@@ -214,7 +214,7 @@ def _prepare(
     stacks = tuple(
         _validate.native(x, dtype).reshape(math.prod(x.shape[:-2]), *x.shape[-2:]) for x in (q, k, v)
     )
-    m3 = None if mask is None else mask.reshape(-1, *mask.shape[-2:])
+    m3 = None if mask is None else mask.reshape(math.prod(mask.shape[:-2]), *mask.shape[-2:])
     facts = {"scores": math.prod(lead) * L * S, "L": L, "S": S, "E": E, "dtype": dtype}
     return _registry.Prepared(AttentionArgs(*stacks, m3, plan), compiled=why, facts=facts)
 

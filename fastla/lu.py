@@ -612,7 +612,7 @@ def _lu_factor_numpy(a, overwrite):
         if a.ndim == 2:
             lu, piv = sla.lu_factor(a, overwrite_a=overwrite, check_finite=False)
         else:
-            out = [sla.lu_factor(x, check_finite=False) for x in a.reshape(-1, m, n)]
+            out = [sla.lu_factor(x, check_finite=False) for x in a.reshape(math.prod(a.shape[:-2]), m, n)]
             dtype = out[0][0].dtype if out else np.result_type(a, np.float32)
             lu = np.array([o[0] for o in out], dtype=dtype).reshape(a.shape)
             piv = np.array([o[1] for o in out], dtype=np.int32).reshape(*a.shape[:-2], min(m, n))

@@ -750,11 +750,11 @@ def _ce_numpy(x, t, kind, reduction, smoothing, ignore_index):
             ignored = t == ignore_index
             safe = np.where(ignored, 0, t)[..., None].astype(np.intp)
             nll = lse - (np.take_along_axis(x, safe, axis=-1)[..., 0] if n else 0)
-            if smoothing:
+            if smoothing and n:  # no classes: every row is ignored (loss 0), nothing to smooth
                 nll = (1 - smoothing) * nll + smoothing * (lse - x.mean(axis=-1))
             loss = np.where(ignored, 0, nll).astype(x.dtype, copy=False)
         else:
-            tt = (1 - smoothing) * t + smoothing / n if smoothing else t
+            tt = (1 - smoothing) * t + smoothing / n if smoothing and n else t  # n = 0: an empty sum
             loss = (tt * (lse[..., None] - x)).sum(axis=-1).astype(x.dtype, copy=False)
     return _reduce(loss, kind, t, reduction, ignore_index, dtype)
 
@@ -762,16 +762,16 @@ def _ce_numpy(x, t, kind, reduction, smoothing, ignore_index):
 @_CE.register("loop")
 def _ce_loop(x, t, kind, reduction, smoothing, ignore_index):
     """Pure-Python log-sum-exp per row."""
-    n = x.shape[-1]
-    x2 = x.reshape(-1, n)
-    loss = np.empty(x2.shape[0], dtype=x.dtype)
-    tf = t.reshape(-1) if kind == "index" else t.reshape(-1, n)
+    n, rows = x.shape[-1], math.prod(x.shape[:-1])  # explicit sizes: -1 fails for 0 classes
+    x2 = x.reshape(rows, n)
+    loss = np.empty(rows, dtype=x.dtype)
+    tf = t.reshape(rows) if kind == "index" else t.reshape(rows, n)
     for r in range(x2.shape[0]):
         row = [float(v) for v in x2[r]]
         if kind == "index" and tf[r] == ignore_index:
             loss[r] = 0.0
             continue
-        m = max(row)
+        m = max(row, default=-math.inf)  # no classes: the empty sum's log, -inf
         mm = m if math.isfinite(m) else 0.0
         lse = mm + _py_log(sum(_py_exp(v - mm) for v in row))
         if kind == "index":
@@ -791,16 +791,16 @@ def _ce_loop(x, t, kind, reduction, smoothing, ignore_index):
 @_CE.register("numba", needs_numba=True)
 def _ce_numba(x, t, kind, reduction, smoothing, ignore_index):
     """One compiled pass pair per row: max + log-sum-exp + the target term; nothing materialised."""
-    n = x.shape[-1]
-    x2 = kernel_input(x).reshape(-1, n)
-    loss = np.empty(x2.shape[0], dtype=x.dtype)
+    n, rows = x.shape[-1], math.prod(x.shape[:-1])  # explicit sizes: -1 fails for 0 classes
+    x2 = kernel_input(x).reshape(rows, n)
+    loss = np.empty(rows, dtype=x.dtype)
     if x2.shape[0] and n:
         if kind == "index":
             tgt = readonly(np.ascontiguousarray(t.reshape(-1), dtype=np.int64))
             _ce_index_rows(x2, tgt, smoothing, ignore_index, loss, x.dtype.type(0))
         else:
-            tt = kernel_input(t).reshape(-1, n)
+            tt = kernel_input(t).reshape(rows, n)
             _ce_prob_rows(x2, tt, smoothing, loss, x.dtype.type(0))
-    elif x2.shape[0]:
-        loss[:] = np.nan
+    elif rows:  # no classes (probability targets, or every index ignored): an empty sum, 0
+        loss[:] = 0.0
     return _reduce(loss.reshape(x.shape[:-1]), kind, t, reduction, ignore_index)

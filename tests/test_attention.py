@@ -276,3 +276,16 @@ def test_tile_loops_take_no_reference_counts_on_the_inputs():
     for task in (attention._flash_task, attention._weights_task):
         counted = counted_in_loops(fresh_ir(task, sig))
         assert not {name for name in counted if name.startswith("arg.")}, (task.py_func.__name__, counted)
+
+
+@pytest.mark.parametrize("L, S", [(0, 5), (4, 0)])
+def test_empty_queries_or_keys_with_a_mask(L, S):
+    """A mask of shape (L, S) with L or S zero (the stack of masks was flattened with -1, which a
+    reshape cannot infer there): the same result as without the mask, on every impl."""
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal(s) for s in ((1, 2, L, 8), (1, 2, S, 8), (1, 2, S, 8)))
+    for name in impl_names("scaled_dot_product_attention"):
+        plain = fastla.scaled_dot_product_attention(q, k, v, backend=name)
+        masked = fastla.scaled_dot_product_attention(q, k, v, attn_mask=np.ones((L, S), bool), backend=name)
+        assert masked.shape == (1, 2, L, 8), name
+        np.testing.assert_array_equal(masked, plain, err_msg=name)

@@ -263,6 +263,17 @@ def test_singular_raises(name, rng):
         )
 
 
+def test_lu_factor_of_a_stack_of_empty_matrices():
+    """(2, 0, 0) and, where SciPy factors rectangles, (2, 3, 0): the stack flattened by its size,
+    not -1 (a reshape cannot infer -1 for an empty array)."""
+    for name in impl_names("lu_factor"):
+        lu, piv = fastla.lu_factor(np.zeros((2, 0, 0)), backend=name)
+        assert lu.shape == (2, 0, 0) and piv.shape == (2, 0), name
+    for name in ("auto", "numpy"):
+        lu, piv = fastla.lu_factor(np.zeros((2, 3, 0)), backend=name)
+        assert lu.shape == (2, 3, 0) and piv.shape == (2, 0), name
+
+
 @pytest.mark.parametrize("name", impl_names("lu_factor"))
 def test_singular_factor_warns(name, rng):
     big = _singular_inputs(rng)[2]

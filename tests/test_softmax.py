@@ -241,3 +241,14 @@ def test_long_float32_rows_at_scipys_accuracy(fn, ref, op, rng):
             assert (err / expected).max() <= 2 * (scipy_err / expected).max() + 1e-7, name
         else:
             assert err.max() <= 2 * scipy_err.max() + 1e-6, name
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_cross_entropy_with_no_classes(smoothing):
+    """Zero classes: every impl gives the empty sum's 0 per row (torch: -0), for probability targets
+    and for index targets that are all ignored; no reshape error, no division by zero, no warning."""
+    x = np.zeros((3, 0))
+    for target in (np.zeros((3, 0)), np.full(3, -100)):
+        for name in impl_names("cross_entropy"):
+            got = fastla.cross_entropy(x, target, reduction="none", label_smoothing=smoothing, backend=name)
+            np.testing.assert_array_equal(got, np.zeros(3), err_msg=name)
