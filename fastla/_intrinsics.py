@@ -446,6 +446,32 @@ def f32_as_i32(typingctx, x):
     return _bitcast_typer("float", 32)(typingctx, x)
 
 
+def _ldexp_twin(x, n):
+    with np.errstate(all="ignore"):  # overflow to inf and underflow to 0 are results, as compiled
+        return np.ldexp(x, int(n))  # x's own precision (np.float32 stays float32), one rounding
+
+
+@intrinsic(_ldexp_twin)
+def ldexp(typingctx, x, n):
+    """``x * 2**n`` for a float32 or float64 ``x`` and an integer ``n`` (as int32), rounded once:
+    LLVM's ``llvm.ldexp``, which the loop vectoriser widens. On an AVX-512 target it is one
+    ``vscalefps``/``vscalefpd`` per vector; without AVX-512 LLVM has no vector instruction for it
+    and calls libm's ``ldexp`` per element, so kernels use it only where the target has AVX-512F
+    (:data:`fastla._math.SCALEF`)."""
+    if not isinstance(x, nb_types.Float) or not isinstance(n, nb_types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        from llvmlite import ir
+
+        fty = context.get_value_type(sig.return_type)
+        k = context.cast(builder, args[1], sig.args[1], nb_types.int32)
+        name = f"llvm.ldexp.f{x.bitwidth}.i32"
+        return builder.call(llvm_function(builder, name, fty, (fty, ir.IntType(32))), [args[0], k])
+
+    return x(x, n), codegen
+
+
 def _widen_twin(x):
     return np.float32(x.view(np.float16)) if isinstance(x, np.uint16) else x
 

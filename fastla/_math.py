@@ -11,17 +11,18 @@ Algorithm (Cody & Waite range reduction + polynomial), for float64:
 * ``n = floor(x / ln 2 + 1/2)``, ``r = x - n ln2_hi - n ln2_lo`` with ``ln2_hi`` having trailing zero
   bits so ``n * ln2_hi`` is exact: ``|r| <= ln(2)/2``;
 * ``e^r`` by its Taylor polynomial of degree 13 (truncation error < 5e-18 relative), Horner form;
-* ``2^n`` as two factors ``2^(n//2) * 2^(n - n//2)``, each built by bit-casting ``(k + 1023) << 52``:
-  two factors keep each exponent in range, so results that overflow give ``inf`` and results in the
-  subnormal range underflow gradually to 0 without a branch.
+* ``2^n``: on an AVX-512 target one ``ldexp`` (``vscalefpd``, :data:`SCALEF`); elsewhere two
+  factors ``2^(n//2) * 2^(n - n//2)``, each built by bit-casting ``(k + 1023) << 52``: two factors
+  keep each exponent in range, so results that overflow give ``inf`` and results in the subnormal
+  range underflow gradually to 0 without a branch.
 
 float32 uses the same steps in float32 arithmetic (degree-7 polynomial, clamp to [-104, 89],
 ``(k + 127) << 23``), so its loops run at 16 lanes on AVX-512 / 8 on AVX2.
 
 Accuracy, measured against ``np.exp`` over the whole range (tests/test_math.py): float64 at most
 2 ulp outside the subnormal range, float32 at most 2 ulp; exact at 0 (``exp(0) == 1``), ``exp(-inf)
-== 0``, ``exp(inf) == inf``, NaN propagates. In the subnormal output range the two-step scaling
-may round twice (still within 1 subnormal ulp).
+== 0``, ``exp(inf) == inf``, NaN propagates. In the subnormal output range the two-factor scaling
+may round twice (still within 1 subnormal ulp); ``ldexp`` rounds once.
 """
 
 from __future__ import annotations
@@ -30,13 +31,21 @@ import math
 
 import numpy as np
 
-from fastla import _intrinsics, _jit
+from fastla import _host, _intrinsics, _jit
 
 _LOG2E = 1.4426950408889634
 _LN2_HI = 0.6931471803691238  # 0x3FE62E42FEE00000: the low 21 bits zero, so n * _LN2_HI is exact
 _LN2_LO = 1.9082149292705877e-10
 _INV_FACT = [1.0 / math.factorial(i) for i in range(14)]
 (_C2, _C3, _C4, _C5, _C6, _C7, _C8, _C9, _C10, _C11, _C12, _C13) = _INV_FACT[2:]
+
+#: ``2^n`` by one ``llvm.ldexp`` where the target has AVX-512F (``vscalefps``/``vscalefpd``: one
+#: instruction for the shift, add, bit-cast and two multiplies of the two factors). Measured on Zen 4
+#: (a float32 row of 4096: exp, store and sum): 0.37-0.38 -> 0.33 ns an element. In the normal range
+#: the result is the same bits (scaling by a power of two is exact); in the subnormal range it is
+#: rounded once instead of twice. Without AVX-512, LLVM has no vector ldexp (it would call libm's per
+#: element), so the two factors stay.
+SCALEF = "avx512f" in _host.host_cpu()[1]
 
 _F32 = np.float32
 _LOG2E_F = _F32(_LOG2E)
@@ -71,11 +80,14 @@ def _exp_f64(x):
     p = p * r + 1.0
     p = p * r + 1.0
     n = np.int32(nf)  # int32: AVX2 has no vector double -> int64 conversion
-    n1 = n >> 1
-    n2 = n - n1
-    s1 = _intrinsics.i64_as_f64((np.int64(n1) + 1023) << 52)
-    s2 = _intrinsics.i64_as_f64((np.int64(n2) + 1023) << 52)
-    res = p * s1 * s2
+    if SCALEF:
+        res = _intrinsics.ldexp(p, n)
+    else:
+        n1 = n >> 1
+        n2 = n - n1
+        s1 = _intrinsics.i64_as_f64((np.int64(n1) + 1023) << 52)
+        s2 = _intrinsics.i64_as_f64((np.int64(n2) + 1023) << 52)
+        res = p * s1 * s2
     return res if x == x else x
 
 
@@ -94,11 +106,14 @@ def _exp_f32(x):
     p = p * r + _ONE_F
     p = p * r + _ONE_F
     n = np.int32(nf)
-    n1 = n >> 1
-    n2 = n - n1
-    s1 = _intrinsics.i32_as_f32((n1 + 127) << 23)
-    s2 = _intrinsics.i32_as_f32((n2 + 127) << 23)
-    res = p * s1 * s2
+    if SCALEF:
+        res = _intrinsics.ldexp(p, n)
+    else:
+        n1 = n >> 1
+        n2 = n - n1
+        s1 = _intrinsics.i32_as_f32((n1 + 127) << 23)
+        s2 = _intrinsics.i32_as_f32((n2 + 127) << 23)
+        res = p * s1 * s2
     return res if x == x else x
 
 

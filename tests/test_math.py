@@ -56,6 +56,32 @@ def test_exp_exact_at_zero_and_specials():
 
 
 @_jit.jit
+def _vldexp(x, n, out):
+    for i in range(x.size):
+        out[i] = _intrinsics.ldexp(x[i], n[i])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_ldexp_matches_numpy(dtype):
+    """``_intrinsics.ldexp`` (exp's scaling on AVX-512) is NumPy's ldexp bit for bit: normal results,
+    results rounded once into the subnormal range, overflow to inf, underflow to 0, NaN, inf, -0."""
+    rng = np.random.default_rng(5)
+    info = np.finfo(dtype)
+    x = np.concatenate([rng.uniform(0.5, 2.0, 600), -rng.uniform(0.5, 2.0, 200)]).astype(dtype)
+    x = np.concatenate([x, np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1.0, 1.5], dtype)])
+    lo, hi = -info.nexp - info.nmant - 4, info.maxexp + 2  # past both ends
+    n = rng.integers(lo, hi, x.size).astype(np.int32)
+    n[-7:] = [3, -3, 5, -5, 1, lo + 1, info.minexp - 1]  # 1 and 1.5 scaled into the subnormals
+    out = np.empty_like(x)
+    _vldexp(x, n, out)
+    with np.errstate(over="ignore", under="ignore"):
+        ref = np.ldexp(x, n)
+    assert out.dtype == ref.dtype == dtype
+    np.testing.assert_array_equal(out.view(np.uint8), ref.view(np.uint8))  # bits, -0 and NaN included
+    assert np.any((ref != 0) & (np.abs(ref) < info.tiny)), "the inputs reach the subnormal range"
+
+
+@_jit.jit
 def _vlog(x, out):
     for i in range(x.size):
         out[i] = _math.log(x[i])
@@ -160,6 +186,17 @@ def test_exp_loop_vectorises(dtype, suffix):
     reference = _widest_packed_register(_compiled_asm(_scale_loop, dtype), suffix)
     assert reference is not None
     assert _widest_packed_register(_compiled_asm(_exp_loop, dtype), suffix) == reference
+
+
+@pytest.mark.skipif(not _jit.JIT_ENABLED, reason="needs JIT")
+@pytest.mark.parametrize("dtype,suffix", [(np.float32, "ps"), (np.float64, "pd")])
+def test_exp_loop_scales_by_vscalef_on_avx512(dtype, suffix):
+    """Where the target has AVX-512F the exp loop scales by 2^n with ``vscalef`` (one instruction, no
+    libm call); elsewhere by the two bit-cast factors (a vector ldexp would be a libm call per lane)."""
+    asm = _compiled_asm(_exp_loop, dtype)
+    assert ("vscalef" + suffix in asm) == _math.SCALEF
+    assert _math.SCALEF == ("avx512f" in _host.host_cpu()[1])
+    assert "ldexp" not in asm
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
