@@ -365,6 +365,15 @@ MUTANTS = [
         "float32 exp polynomial with a wrong coefficient",
     ),
     Mutant(
+        "scalef-drops-a-factor-of-two",
+        "_intrinsics.py",
+        "        k = context.cast(builder, args[1], sig.args[1], nb_types.int32)\n",
+        "        k = builder.sub(context.cast(builder, args[1], sig.args[1], nb_types.int32), "
+        "ir.Constant(ir.IntType(32), 1))\n",
+        ("tests/test_math.py",),
+        "the compiled ldexp scales by 2^(n-1) (softmax would still sum to 1)",
+    ),
+    Mutant(
         "log-drops-the-low-ln2",
         "_math.py",
         "    res = dk * _LN2_HI - ((hfsq - (s * (hfsq + r) + dk * _LN2_LO)) - f)",
