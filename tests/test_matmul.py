@@ -52,6 +52,18 @@ def test_mc_edge_and_several_blocks(rng):
         assert_matmul_close(fastla.matmul(a, b, backend="numba"), a, b, np.float64)
 
 
+@pytest.mark.slow
+def test_several_passes_over_b_panels(dtype, rng):
+    """More columns than one pass of the macro-kernel's row loop takes (JB panels of NR), the last
+    pass short and ending in an edge panel, over two KC steps and an edge row tile."""
+    blk = _gemm_kernels.BLOCKING[np.dtype(dtype)]
+    m, k, n = 2 * blk.MR + 1, blk.KC + 3, 2 * blk.JB * blk.NR + blk.NR + 5
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal((k, n)).astype(dtype)
+    assert_matmul_close(_gemm_kernels.gemm(a, b), a, b, dtype)
+    assert_matmul_close(fastla.matmul(a, b, backend="numba"), a, b, dtype)
+
+
 @pytest.mark.parametrize("layout_b", ["C", "F", "negstride"])
 def test_layouts(layout, layout_b, dtype, rng):
     a0 = rng.standard_normal((23, 17)).astype(dtype)

@@ -139,8 +139,10 @@ MUTANTS = [
     Mutant(
         "gemm-edge-tile-off-by-one",
         "_gemm_kernels.py",
-        "                    for j in range(cols):\n                        at = _U(c_at + i * ldc + j)",
-        "                    for j in range(cols - 1):\n                        at = _U(c_at + i * ldc + j)",
+        "                        for j in range(cols):\n"
+        "                            at = _U(c_at + i * ldc + j)",
+        "                        for j in range(cols - 1):\n"
+        "                            at = _U(c_at + i * ldc + j)",
         ("tests/test_matmul.py",),
         "edge tiles copy one column short",
     ),
@@ -363,6 +365,14 @@ MUTANTS = [
         "    p = p * r + _D3\n",
         ("tests/test_math.py",),
         "float32 exp polynomial with a wrong coefficient",
+    ),
+    Mutant(
+        "gemm-pass-skips-its-last-b-panel",
+        "_gemm_kernels.py",
+        "            for jp in range(j0, min(npan, j0 + jb)):\n",
+        "            for jp in range(j0, min(npan, j0 + jb - 1)):\n",
+        ("tests/test_matmul.py", "-k", "several_passes_over_b_panels"),
+        "each pass of the macro-kernel's row loop leaves out its last B panel (those columns stay unset)",
     ),
     Mutant(
         "scalef-drops-a-factor-of-two",
