@@ -8,7 +8,8 @@ packs its own MC x KC block of A into MR-tall micro-panels) -> passes over JB of
 (about half of L2) -> ``ir`` over MR panels -> ``jr`` over the pass's NR panels -> micro-kernel. The
 A micro-panel (KC x MR, 12 KiB in float64) stays in L1 while the pass's B micro-panels stream from
 L2: BLIS's arrangement with the operands' roles exchanged, because here B is the side read as
-vectors and its micro-panel (KC x NR, 64 KiB) does not fit an L1 of 32-48 KiB. Measured on Zen 4
+vectors and its AVX-512 micro-panel (KC x NR, 64 KiB) does not fit an L1 of 32-48 KiB. Where B's
+micro-panel fits L1 (AVX2: 24 KiB), a pass is one panel, the order BLIS uses. Measured on Zen 4
 (one thread, ``bench --against`` the jr-outer order, two runs of 11 rounds): 1024^3 float64 median
 0.93-0.97x the old time, float32 0.96-0.99x, 1000x37x1000 0.75-0.80x, LU 1000 0.85-0.95x;
 ``FASTLA_GEMM_JB=1`` gives the old order (one panel a pass).
@@ -84,9 +85,12 @@ class Blocking:
         self.MC = _env_int("FASTLA_GEMM_MC", max(self.MR, mc // self.MR * self.MR))
         nc = (min(caches["L3"], 16 * 2**20) // 4) // (self.KC * itemsize)
         self.NC = _env_int("FASTLA_GEMM_NC", max(self.NR, min(8192, nc) // self.NR * self.NR))
-        # JB: packed B panels (KC x NR each) per pass of the macro-kernel's row loop, about half of
-        # L2 (see macro_kernel)
-        jb = (caches["L2"] // 2) // (self.KC * self.NR * itemsize)
+        # JB: packed B panels (KC x NR each) per pass of the macro-kernel's row loop. A B panel that
+        # fits L1 stays there across the row loop (1 a pass: BLIS's order, as AVX2's 6 x 8 tile
+        # has it: 384 x 8 float64 = 24 KiB); a larger one (AVX-512: 64 KiB) streams from L2 in
+        # passes of about half of L2 while A's micro-panel stays in L1 (see the module docstring)
+        panel = self.KC * self.NR * itemsize
+        jb = 1 if panel <= caches["L1"] else (caches["L2"] // 2) // panel
         self.JB = _env_int("FASTLA_GEMM_JB", max(1, jb))
 
     def as_dict(self):
