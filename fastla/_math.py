@@ -45,7 +45,7 @@ _INV_FACT = [1.0 / math.factorial(i) for i in range(14)]
 #: the result is the same bits (scaling by a power of two is exact); in the subnormal range it is
 #: rounded once instead of twice. Without AVX-512, LLVM has no vector ldexp (it would call libm's per
 #: element), so the two factors stay.
-SCALEF = "avx512f" in _host.host_cpu()[1]
+SCALEF = _host.native_simd_bytes() == 64  # the target has AVX-512F
 
 _F32 = np.float32
 _LOG2E_F = _F32(_LOG2E)
