@@ -105,6 +105,20 @@ def test_ints_and_float16(fn, ref, op):
         fn(h, backend="numba")
 
 
+@pytest.mark.parametrize("fn,ref,op", OPS)
+@pytest.mark.parametrize("shape,axis", [((2, 3), -1), ((0, 2, 8), -1), ((0, 2, 8), 0), ((3, 0), -1)])
+def test_bool_input_gets_scipys_error_empty_or_not(fn, ref, op, shape, axis):
+    """bool is SciPy's error, not only for a non-empty array (an empty one whose reduced axis is
+    not empty returned an empty float16 array); the dtype of an empty integer result is the same
+    as a non-empty one's (README: integers in float64)."""
+    x = np.zeros(shape, bool)
+    with pytest.raises(Exception) as scipys:
+        ref(x, axis=axis)
+    with pytest.raises(type(scipys.value)):
+        fn(x, axis=axis)
+    assert fn(np.zeros(shape, np.int8), axis=axis).dtype == np.float64
+
+
 def test_bad_axis_and_out():
     with pytest.raises(np.exceptions.AxisError):
         fastla.softmax(np.ones((2, 3)), axis=2)
