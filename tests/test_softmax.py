@@ -200,6 +200,11 @@ def test_cross_entropy_infinite_logits_agree_across_impls(smoothing, dtype):
             logits, target, reduction="none", label_smoothing=smoothing, backend="numpy"
         )
         assert np.isinf(expected[1:3]).any()  # the rows that exercise infinities do so
+        if target is index and smoothing == 0:  # README: SciPy's log_softmax, not PyTorch's NaN
+            with np.errstate(invalid="ignore", over="ignore"):
+                scipys = -sps.log_softmax(logits.astype(np.float64), axis=-1)[np.arange(5), index]
+            np.testing.assert_array_equal(np.isnan(expected), np.isnan(scipys))
+            np.testing.assert_allclose(expected, scipys, rtol=1e-5)
         for name in impl_names("cross_entropy"):
             got = fastla.cross_entropy(
                 logits, target, reduction="none", label_smoothing=smoothing, backend=name
