@@ -273,7 +273,10 @@ def exp(x, out=None):
     if np.ndim(x) == 0:
         if out is not None:
             raise TypeError("fastla.kernels.exp: out is for an array x")
-        return _math.exp(x)
+        # as np.exp: a NumPy scalar of the input's float type (a 0-d float32 array computed in
+        # float32, not promoted), integers in float64, float16 and complex refused as for arrays
+        (x,) = _floats("exp", x)
+        return x.dtype.type(_math.exp(x[()]))
     (x,) = _floats("exp", x)
     x = np.ascontiguousarray(x)
     if out is None:

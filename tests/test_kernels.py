@@ -159,6 +159,15 @@ def test_exp_scalar_and_array(dtype, rng):
     np.testing.assert_allclose(kernels.exp(x), got, rtol=0)
     assert user_exp_scalar(dtype(1.0)) == kernels.exp(dtype(1.0))
     assert abs(float(user_exp_scalar(dtype(1.0))) - np.e) <= 4 * eps(dtype) * np.e
+    # from Python, np.exp's scalar type: a scalar or 0-d array of dtype gives a dtype scalar, the
+    # 0-d array computed in its own precision (it was promoted to float64)
+    for scalar in (dtype(x[3]), np.array(x[3])):
+        got0 = kernels.exp(scalar)
+        assert type(got0) is dtype and got0 == got[3]
+    assert type(kernels.exp(np.int64(2))) is np.float64 and type(kernels.exp(2)) is np.float64
+    for bad in (np.float16(1), np.complex128(1), np.array(1j)):
+        with pytest.raises(TypeError, match=r"kernels\.exp"):
+            kernels.exp(bad)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
