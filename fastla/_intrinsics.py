@@ -617,13 +617,16 @@ def _prefetch_span_twin(x, start, stop):
 def prefetch_span(typingctx, x, start, stop):
     """Ask for the cache lines holding ``x[start:stop]`` (contiguous 1-D ``x``, the span clipped
     to it) to be read into cache, a ``llvm.prefetch`` (read, high locality) per line: a hint, never
-    a fault. ``x`` may be None: then nothing is emitted (a caller with nothing to prefetch costs
-    nothing, where an empty array would still cost its view and the loop's bounds)."""
+    a fault. ``x`` may be None, or a 1-D array that is not C-contiguous (a row of a strided or
+    F-ordered matrix, whose elements are not one span): then nothing is emitted (a caller with
+    nothing to prefetch costs nothing, where an empty array would still cost its view and the
+    loop's bounds)."""
     from llvmlite import ir
 
     if not (isinstance(start, nb_types.Integer) and isinstance(stop, nb_types.Integer)):
         return None
-    if isinstance(x, nb_types.NoneType):
+    nothing = isinstance(x, nb_types.NoneType) or (isinstance(x, nb_types.Array) and x.layout != "C")
+    if nothing and (not isinstance(x, nb_types.Array) or x.ndim == 1):
         return nb_types.void(x, start, stop), lambda context, builder, sig, args: context.get_dummy_value()
     if not (isinstance(x, nb_types.Array) and x.ndim == 1 and x.layout == "C"):
         return None

@@ -244,6 +244,16 @@ def test_softmax_from_python_matches_scipy(dtype, rng):
     np.testing.assert_allclose(kernels.log_softmax(x[0]), sps.log_softmax(x[0]), rtol=1e-5, atol=1e-6)
 
 
+def test_softmax_of_any_2d_layout(dtype, rng):
+    """F-ordered, strided and reversed 2-D arrays, from Python and from a user's @njit function (a
+    TypingError before: the rows kernel asked to prefetch a non-contiguous next row)."""
+    x = (rng.standard_normal((6, 10)) * 3).astype(dtype)
+    for view in (np.asfortranarray(x), x[:, ::2], x[::-1, ::-1]):
+        expect = sps.softmax(view.astype(np.float64), axis=-1)
+        np.testing.assert_allclose(kernels.softmax(view), expect, rtol=1e-5)
+        np.testing.assert_allclose(user_log_softmax(view), np.log(expect), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_products(dtype, rng):
     a = rng.standard_normal((200, 4, 4)).astype(dtype)
