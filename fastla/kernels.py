@@ -970,10 +970,26 @@ def _lu_solve_shape_error():
 
 
 @jit
+def _lu_piv_error():
+    raise ValueError("fastla.kernels.lu_solve: piv must hold n row indices in [0, n) for lu (n, n)")
+
+
+@jit(inline="always")
+def _check_piv(piv, n):
+    """A pivot outside the matrix would swap rows outside ``b`` (memory past it): refused."""
+    if piv.shape[0] != n:
+        _lu_piv_error()
+    for i in range(n):
+        if _jit.U(piv[i]) >= _jit.U(n):  # unsigned: a negative index too, in one compare
+            _lu_piv_error()
+
+
+@jit
 def _lu_solve(lu, piv, b, out):
     n = lu.shape[0]
     if b.shape[0] != n or out.shape != b.shape:
         _lu_solve_shape_error()
+    _check_piv(piv, n)
     x = out.reshape((n, -1))
     _copy2d(x, np.ascontiguousarray(b).reshape((n, -1)))
     _lu._getrs(_intrinsics.as_readonly(np.ascontiguousarray(lu)), piv, x, n - n)
@@ -987,6 +1003,7 @@ def _lu_solve_vector(lu, piv, b, out):
     n = lu.shape[0]
     if b.shape[0] != n or out.shape[0] != n:
         _lu_solve_shape_error()
+    _check_piv(piv, n)
     _copy1d(out, b)
     _lu.getrs_vector(_intrinsics.as_readonly(np.ascontiguousarray(lu)), piv, out)
     return out

@@ -382,6 +382,9 @@ def _prepare_solve(lu_and_piv, b, trans=0, overwrite_b=False, check_finite=True)
     n = lu.shape[-1]
     if piv.shape != lu.shape[:-1] or piv.dtype.kind not in "iu":
         raise ValueError(f"lu_solve: piv of shape {piv.shape} does not match lu of shape {lu.shape}")
+    if piv.size and (piv.view(piv.dtype.str.replace("i", "u")) >= n).any():  # negative ones too
+        # LAPACK's getrs (SciPy's lu_solve) would read and swap rows outside b
+        raise ValueError(f"lu_solve: piv holds a row index outside [0, {n})")
     # SciPy >= 1.15 batches lu_solve by solve's NumPy 2 rule: b is one vector only when 1-D, else
     # (..., n, k), and its leading dimensions broadcast against the stack of factors
     try:

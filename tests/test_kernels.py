@@ -644,6 +644,13 @@ def test_lu_solve_into_every_out(dtype, rng):
             user_lu_solve_into(lu, piv, bad_b, bad_out)
         with pytest.raises(ValueError, match="lu_solve"):
             kernels.lu_solve(lu, piv, bad_b, bad_out)
+    # a pivot outside the matrix (or a piv of another length) is refused, not followed past b
+    for bad_piv in (np.r_[piv[:6], 7], np.r_[-1, piv[1:]], piv[:6], np.r_[piv, 0]):
+        for b_any, out_any in ((b, np.empty(7, dtype)), (b2, np.empty((7, 3), dtype))):
+            with pytest.raises(ValueError, match="piv"):
+                user_lu_solve_into(lu, bad_piv.astype(piv.dtype), b_any, out_any)
+            with pytest.raises(ValueError, match="piv"):
+                kernels.lu_solve(lu, bad_piv.astype(piv.dtype), b_any, out_any)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -165,6 +165,26 @@ def test_lu_solve_batches_as_scipy(sa, sb, rng):
         fastla.lu_solve(stack, rng.standard_normal((2, 5)))
 
 
+@pytest.mark.parametrize("name", impl_names("lu_solve"))
+def test_lu_solve_refuses_pivots_outside_the_matrix(name, rng):
+    """A row index outside [0, n) in piv (negative, n or more; any integer dtype, a stack) is a
+    ValueError: LAPACK's getrs, under SciPy's lu_solve, would swap rows outside b."""
+    lu, piv = fastla.lu_factor(rng.standard_normal((5, 5)) + 5 * np.eye(5))
+    b = rng.standard_normal(5)
+    for bad in (np.r_[piv[:4], 5], np.r_[-1, piv[1:]], np.r_[piv[:4], 2**31 - 1]):
+        for dt in (np.int32, np.int64):
+            with pytest.raises(ValueError, match="piv"):
+                fastla.lu_solve((lu, bad.astype(dt)), b, backend=name)
+    stack = np.stack([piv, np.r_[piv[:4], 9]])
+    with pytest.raises(ValueError, match="piv"):
+        fastla.lu_solve((np.stack([lu, lu]), stack.astype(np.int32)), b, backend=name)
+    np.testing.assert_allclose(  # unsigned pivots in range still work
+        fastla.lu_solve((lu, piv.astype(np.uint8)), b, backend=name),
+        fastla.lu_solve((lu, piv), b),
+        rtol=1e-12,
+    )
+
+
 @pytest.mark.parametrize(
     "sa,sb",
     [

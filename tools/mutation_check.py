@@ -375,6 +375,22 @@ MUTANTS = [
         "each pass of the macro-kernel's row loop leaves out its last B panel (those columns stay unset)",
     ),
     Mutant(
+        "kernels-lu-solve-accepts-pivot-n",
+        "kernels.py",
+        "        if _jit.U(piv[i]) >= _jit.U(n):  # unsigned: a negative index too, in one compare\n",
+        "        if _jit.U(piv[i]) > _jit.U(n):  # unsigned: a negative index too, in one compare\n",
+        ("tests/test_kernels.py", "-k", "lu_solve_into_every_out"),
+        "kernels.lu_solve lets a pivot equal to n through (a row swap one past the end of b)",
+    ),
+    Mutant(
+        "lu-solve-accepts-negative-pivots",
+        "lu.py",
+        '    if piv.size and (piv.view(piv.dtype.str.replace("i", "u")) >= n).any():  # negative ones too\n',
+        "    if piv.size and (piv >= n).any():  # negative ones too\n",
+        ("tests/test_lu.py", "-k", "refuses_pivots"),
+        "fastla.lu_solve checks only the upper bound of the pivots (a negative row index passes)",
+    ),
+    Mutant(
         "scalef-drops-a-factor-of-two",
         "_intrinsics.py",
         "        k = context.cast(builder, args[1], sig.args[1], nb_types.int32)\n",
