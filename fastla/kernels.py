@@ -1146,12 +1146,19 @@ def _topk_init_typer(k, dtype=None):
     return lambda k, dtype=None: (np.full(k, np.nan, dtype), np.full(k, -1, np.int64))
 
 
+@jit
+def _topk_push_error():
+    raise ValueError("fastla.kernels.topk_push: scores and index of one length (topk_init's), count >= 0")
+
+
 @jit(inline="llvm")
 def _topk_push(scores, index, count, value, j):
     """Inlined by LLVM into the caller, on borrowed views (see :func:`_solve_vec_info`): 1-1.7 ns a
     push into a top-10 from a user's loop, where inlined at Numba's IR level it took 25-26 ns (the
     arrays' reference counts inside the loop), and the user's function compiles in 1.6 s, not 4.8."""
     k = scores.shape[0]
+    if index.shape[0] != k or count < 0:  # the insertion would write past index
+        _topk_push_error()
     if k == 0:
         return count
     if count < k:
@@ -1181,12 +1188,21 @@ def _topk_push_typer(scores, index, count, value, j):
 
 
 @jit
+def _attention_step_error():
+    raise ValueError(
+        "fastla.kernels.attention_step: q (L, E), k (S, E), v (S, Ev), m (L,), l (L,), acc (L, Ev)"
+    )
+
+
+@jit
 def _attention_step(q, k, v, scale, m, l, acc):
     L, E = q.shape
     S = k.shape[0]
     Ev = v.shape[1]
-    if k.shape[1] != E or v.shape[0] != S or acc.shape[0] != L or acc.shape[1] != Ev:
-        raise ValueError("fastla.kernels.attention_step: q (L, E), k (S, E), v (S, Ev), acc (L, Ev)")
+    if k.shape[1] != E or v.shape[0] != S or acc.shape[0] != L or acc.shape[1] != Ev or m.shape[0] != L:
+        _attention_step_error()
+    if l.shape[0] != L:
+        _attention_step_error()
     s = np.empty(S, acc.dtype)
     zero = _zero(acc)
     for i in range(L):
@@ -1232,6 +1248,8 @@ def _attention_step_typer(q, k, v, scale, m, l, acc):
 
 @jit
 def _attention_finish(l, acc, out):
+    if l.shape[0] != acc.shape[0] or out.shape != acc.shape:
+        raise ValueError("fastla.kernels.attention_finish: l (L,), acc (L, Ev) and out of acc's shape")
     for i in range(acc.shape[0]):
         inv = 1 / l[i] if l[i] != 0 else l[i] * 0
         for e in range(acc.shape[1]):

@@ -147,6 +147,21 @@ def user_attention(q, k, v, tile, scale):
     return kernels.attention_finish(l, acc)
 
 
+@njit
+def user_push(scores, index, count, value, j):
+    return kernels.topk_push(scores, index, count, value, j)
+
+
+@njit
+def user_attention_step(q, k, v, m, l, acc):
+    kernels.attention_step(q, k, v, 0.5, m, l, acc)
+
+
+@njit
+def user_attention_finish(l, acc, out):
+    return kernels.attention_finish(l, acc, out)
+
+
 # --------------------------------------------------------------------------- tests
 
 
@@ -690,6 +705,12 @@ def test_topk_accumulator_matches_cosine_topk_rules(dtype, rng):
     for j, v in enumerate([np.nan, 1.0, 2.0]):
         count = kernels.topk_push(s, i, count, v, j)
     assert i.tolist() == [2, 1, 0] and count == 3
+    # an index shorter than the scores (the insertion wrote past it) or a negative count is refused
+    for bad_i, bad_count in ((i[:2], 2), (i, -1)):
+        with pytest.raises(ValueError, match="topk_push"):
+            user_push(s, bad_i, bad_count, 5.0, 9)
+        with pytest.raises(ValueError, match="topk_push"):
+            kernels.topk_push(s, bad_i, bad_count, 5.0, 9)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -700,6 +721,18 @@ def test_attention_step_equals_the_public_function(dtype, rng):
     got = user_attention(q, k, v, 16, 1 / np.sqrt(8))
     ref = fastla.scaled_dot_product_attention(q, k, v, backend="numpy")
     np.testing.assert_allclose(got, ref, rtol=_tol(dtype) * 10, atol=_tol(dtype) * 10)
+    # the running statistics and the output must fit the queries (they were written past their end)
+    m, l, acc = np.full(20, -np.inf, dtype), np.zeros(20, dtype), np.zeros((20, 6), dtype)
+    for bad in ((m[:5], l), (m, l[:5])):
+        with pytest.raises(ValueError, match="attention_step"):
+            user_attention_step(q, k, v, *bad, acc)
+        with pytest.raises(ValueError, match="attention_step"):
+            kernels.attention_step(q, k, v, 0.5, *bad, acc)
+    for bad_l, bad_out in ((l[:5], np.empty((20, 6), dtype)), (l, np.empty((5, 6), dtype))):
+        with pytest.raises(ValueError, match="attention_finish"):
+            user_attention_finish(bad_l, acc, bad_out)
+        with pytest.raises(ValueError, match="attention_finish"):
+            kernels.attention_finish(bad_l, acc, bad_out)
 
 
 @njit(parallel=True)
