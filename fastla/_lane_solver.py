@@ -40,9 +40,28 @@ UNROLLED_N = 16
 LANE_RHS = 4
 
 
-def lanes(dtype):
-    """Systems per group for ``dtype``: one SIMD register's worth of elements."""
-    return max(_host.simd_bytes() // np.dtype(dtype).itemsize, 2)
+#: itemsize -> the n whose groups are half a 512-bit register on a host that runs 512-bit vectors
+#: on 256-bit units (Zen 4: ``znver4``). Such a group's n * (n + 1) vectors outnumber the 32
+#: registers from n = 6 (float64), and its spills and transposes cost twice the bytes of a 256-bit
+#: group's, where a 512-bit operation buys no throughput. Measured on Zen 4 (50 000 systems, one
+#: right-hand side, ns a system, median of four interleaved runs, 512- against 256-bit groups):
+#: float64 one thread n = 5 27.8 / 22.6, 6 45.8 / 31.6, 7 88.2 / 45.5, 8 124.2 / 93.2; two threads
+#: 6 19.6 / 18.1, 7 36.5 / 24.1, 8 61.0 / 57.6; float32 one thread n = 6 18.3 / 14.4, 7 33.0 /
+#: 22.0, 8 49.2 / 48.9, two threads 7 20.2 / 14.9, 8 33.8 / 28.5; n = 3, 4 and 12, 16 (memory
+#: loops) within noise or better at 512 bits. Unmeasured hosts (Zen 5's 512-bit units, Intel)
+#: keep full-width groups.
+HALF_WIDTH_N = {8: range(6, REGISTER_N + 1), 4: range(7, REGISTER_N + 1)}
+if _host.host_cpu()[0] != "znver4":
+    HALF_WIDTH_N = {}
+
+
+def lanes(dtype, n=None):
+    """Systems per group for ``dtype`` (and systems of size ``n``): one SIMD register's worth of
+    elements, or half of a 512-bit one for the n of :data:`HALF_WIDTH_N`."""
+    size, width = np.dtype(dtype).itemsize, _host.simd_bytes()
+    if width == 64 and n in HALF_WIDTH_N.get(size, ()):
+        width = 32
+    return max(width // size, 2)
 
 
 def _lane_solve_twin(N, K, W, X, S):
@@ -636,7 +655,7 @@ def _memory_codegen(n, k, v, itemsize, unrolled=None):
 
 
 def _lane_solve_group_twin(N, K, A, B, X, INFO, T0):
-    v = lanes(A.dtype)
+    v = lanes(A.dtype, N)
     W = np.array(A[T0 : T0 + v].transpose(1, 2, 0), order="C")  # copies: the twin overwrites both
     XW = np.array(B[T0 : T0 + v].transpose(1, 2, 0), order="C")
     S = np.zeros(v, np.int64)
@@ -670,7 +689,7 @@ def lane_solve_group(typingctx, N, K, A, B, X, INFO, T0):
     if not isinstance(INFO, nbt.Array) or (INFO.ndim, INFO.layout, INFO.dtype) != (1, "C", nbt.int64):
         return None
     n, dtype = kinds
-    k, v, itemsize = K.literal_value, lanes(dtype), dtype.itemsize
+    k, v, itemsize = K.literal_value, lanes(dtype, n), dtype.itemsize
     if n > REGISTER_N:
         return nbt.void(N, K, A, B, X, INFO, T0), _memory_codegen(n, k, v, itemsize)
 

@@ -342,7 +342,7 @@ def test_auto_rule():
     assert fastla.explain("solve", np.ones((500, 500)), np.ones(500))[0] == "numpy"
 
 
-@pytest.mark.parametrize("n,k", [(1, 1), (5, 6), (11, 1), (16, 1), (32, 1)])
+@pytest.mark.parametrize("n,k", [(1, 1), (5, 6), (7, 6), (11, 1), (16, 1), (32, 1)])
 def test_small_stack_lanes(n, k, rng):
     """The batched tiny-system kernel (one system per SIMD lane): whole groups (transposed in
     registers, rows read through masked loads where n is not a multiple of the lanes: n = 1, 5, 11)
@@ -454,7 +454,7 @@ def _make_group_solvers(unrolled):
         if kinds is None or not isinstance(K, nbt.IntegerLiteral):
             return None
         n, dtype = kinds
-        codegen = ls._memory_codegen(n, K.literal_value, ls.lanes(dtype), dtype.itemsize, unrolled)
+        codegen = ls._memory_codegen(n, K.literal_value, ls.lanes(dtype, n), dtype.itemsize, unrolled)
         return nbt.void(N, K, A, B, X, INFO, T0), codegen
 
     @_jit.jit
@@ -479,7 +479,7 @@ def test_lane_groups_in_registers_and_in_memory_agree_bit_for_bit(dtype, unrolle
     (pivoting, ties, a zero pivot, a NaN) they agree bit for bit, statuses too."""
     if not _jit.JIT_ENABLED:
         pytest.skip("compares two compiled codes")
-    v = ls.lanes(dtype)
+    v = ls.lanes(dtype, 6)
     batch = 4 * v
     a = rng.standard_normal((batch, 6, 6)).astype(dtype)
     a[1] = np.eye(6, dtype=dtype)[::-1]  # every column interchanges rows

@@ -391,6 +391,15 @@ MUTANTS = [
         "fastla.lu_solve checks only the upper bound of the pivots (a negative row index passes)",
     ),
     Mutant(
+        "solve-scratch-ignores-the-group-width-of-n",
+        "lu.py",
+        "        k, nl, slots = B.shape[2], lanes(A.dtype, n), _SPREAD * max_threads()\n",
+        "        k, nl, slots = B.shape[2], lanes(A.dtype), _SPREAD * max_threads()\n",
+        ("tests/test_lu.py", "-k", "small_stack_whole_groups or small_stack_lanes"),
+        "the stack solver steps by full-width groups where the intrinsic solves half-width ones "
+        "(hosts with HALF_WIDTH_N only: the other systems of each group are never solved)",
+    ),
+    Mutant(
         "scalef-drops-a-factor-of-two",
         "_intrinsics.py",
         "        k = context.cast(builder, args[1], sig.args[1], nb_types.int32)\n",
