@@ -1199,9 +1199,9 @@ def _attention_step(q, k, v, scale, m, l, acc):
     L, E = q.shape
     S = k.shape[0]
     Ev = v.shape[1]
-    if k.shape[1] != E or v.shape[0] != S or acc.shape[0] != L or acc.shape[1] != Ev or m.shape[0] != L:
+    if k.shape[1] != E or v.shape[0] != S or acc.shape[0] != L or acc.shape[1] != Ev:
         _attention_step_error()
-    if l.shape[0] != L:
+    if m.shape[0] != L or l.shape[0] != L:  # the running statistics, written per query
         _attention_step_error()
     s = np.empty(S, acc.dtype)
     zero = _zero(acc)
