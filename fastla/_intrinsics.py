@@ -625,8 +625,8 @@ def prefetch_span(typingctx, x, start, stop):
 
     if not (isinstance(start, nb_types.Integer) and isinstance(stop, nb_types.Integer)):
         return None
-    nothing = isinstance(x, nb_types.NoneType) or (isinstance(x, nb_types.Array) and x.layout != "C")
-    if nothing and (not isinstance(x, nb_types.Array) or x.ndim == 1):
+    strided_row = isinstance(x, nb_types.Array) and x.ndim == 1 and x.layout != "C"
+    if isinstance(x, nb_types.NoneType) or strided_row:
         return nb_types.void(x, start, stop), lambda context, builder, sig, args: context.get_dummy_value()
     if not (isinstance(x, nb_types.Array) and x.ndim == 1 and x.layout == "C"):
         return None

@@ -50,9 +50,9 @@ LANE_RHS = 4
 #: 22.0, 8 49.2 / 48.9, two threads 7 20.2 / 14.9, 8 33.8 / 28.5; n = 3, 4 and 12, 16 (memory
 #: loops) within noise or better at 512 bits. Unmeasured hosts (Zen 5's 512-bit units, Intel)
 #: keep full-width groups.
-HALF_WIDTH_N = {8: range(6, REGISTER_N + 1), 4: range(7, REGISTER_N + 1)}
-if _host.host_cpu()[0] != "znver4":
-    HALF_WIDTH_N = {}
+HALF_WIDTH_N = (
+    {8: range(6, REGISTER_N + 1), 4: range(7, REGISTER_N + 1)} if _host.host_cpu()[0] == "znver4" else {}
+)
 
 
 def lanes(dtype, n=None):

@@ -270,14 +270,13 @@ def exp(x, out=None):
     >>> float(kernels.exp(0.0))
     1.0
     """
-    if np.ndim(x) == 0:
+    (x,) = _floats("exp", x)
+    if x.ndim == 0:
         if out is not None:
             raise TypeError("fastla.kernels.exp: out is for an array x")
         # as np.exp: a NumPy scalar of the input's float type (a 0-d float32 array computed in
-        # float32, not promoted), integers in float64, float16 and complex refused as for arrays
-        (x,) = _floats("exp", x)
+        # float32, not promoted), integers in float64
         return x.dtype.type(_math.exp(x[()]))
-    (x,) = _floats("exp", x)
     x = np.ascontiguousarray(x)
     if out is None:
         out = np.empty_like(x)
@@ -1188,21 +1187,14 @@ def _topk_push_typer(scores, index, count, value, j):
 
 
 @jit
-def _attention_step_error():
-    raise ValueError(
-        "fastla.kernels.attention_step: q (L, E), k (S, E), v (S, Ev), m (L,), l (L,), acc (L, Ev)"
-    )
-
-
-@jit
 def _attention_step(q, k, v, scale, m, l, acc):
     L, E = q.shape
     S = k.shape[0]
     Ev = v.shape[1]
-    if k.shape[1] != E or v.shape[0] != S or acc.shape[0] != L or acc.shape[1] != Ev:
-        _attention_step_error()
-    if m.shape[0] != L or l.shape[0] != L:  # the running statistics, written per query
-        _attention_step_error()
+    if (k.shape[1], v.shape[0], acc.shape[0], acc.shape[1], m.shape[0], l.shape[0]) != (E, S, L, Ev, L, L):
+        raise ValueError(
+            "fastla.kernels.attention_step: q (L, E), k (S, E), v (S, Ev), m (L,), l (L,), acc (L, Ev)"
+        )
     s = np.empty(S, acc.dtype)
     zero = _zero(acc)
     for i in range(L):
