@@ -20,10 +20,16 @@ Plain Numba cannot express this well (its SLP vectoriser is off, so scalar accum
 vectorised along k instead and spill), so the kernel is written as LLVM IR through an
 ``@intrinsic``. Its plain-Python twin (NumPy on the same packed panels) runs when JIT is off.
 
+Thin products (at most DIRECT_M rows of A, B with unit column stride and C's dtype) skip B's packing:
+the micro-kernel reads NR-wide rows of B in place, ``ldb`` apart (BLIS's "sup" kernels do the same
+for skinny shapes), since packing costs k x n reads and writes whatever m is: 37 x 1000 x 1000
+float64 on one thread went 0.82-0.92x -> 0.96-1.07x OpenBLAS (Zen 4, one B, interleaved runs).
+
 Edge tiles are not special-cased in the inner loop: packing pads A and B micro-panels with zeros and
 the micro-kernel writes such a tile into a small scratch tile that is then added to the valid part of
-C. Operands of any strides (transposed, F-order, negative strides) are read by the packing routines,
-so no extra full copy is made.
+C; an edge of one or two rows whose columns are whole runs :func:`edge_kernel` on C instead (a third
+of the MR-row tile's FMAs). Operands of any strides (transposed, F-order, negative strides) are read
+by the packing routines, so no extra full copy is made.
 
 This module is private to :mod:`fastla.matmul` (and reused by LU, cosine similarity, attention);
 the intrinsic's twin lives beside its IR rather than in ``_jit.py`` because the two must change
@@ -92,9 +98,16 @@ class Blocking:
         panel = self.KC * self.NR * itemsize
         jb = 1 if panel <= caches["L1"] else (caches["L2"] // 2) // panel
         self.JB = _env_int("FASTLA_GEMM_JB", max(1, jb))
+        # DIRECT_M: up to this many rows of A, the micro-kernel reads full panels of B in place
+        # (rows ldb apart) instead of packing them: packing B costs k x n reads and writes whatever
+        # m is, which a thin product cannot amortise. Measured (Zen 4, float64, k = n = 1000, one
+        # thread, ratio to OpenBLAS, five interleaved runs): m = 5 1.28-1.38x in place against
+        # 0.86-0.93x packed, m = 36 0.99-1.05x against 0.79-0.81x, m = 37 0.88-1.05x (median 0.97)
+        # against 0.81-0.90x (0.85); m = 64 0.76-0.88x against 0.78-0.85x, m >= 96 no gain
+        self.DIRECT_M = _env_int("FASTLA_GEMM_DIRECT_M", 48)
 
     def as_dict(self):
-        return {k: getattr(self, k) for k in ("MR", "NR", "KC", "MC", "NC", "JB")}
+        return {k: getattr(self, k) for k in ("MR", "NR", "KC", "MC", "NC", "JB", "DIRECT_M")}
 
     def __repr__(self):
         return "Blocking({})".format(", ".join(f"{k}={v}" for k, v in self.as_dict().items()))
@@ -169,20 +182,100 @@ def _splat(builder, x, vty):
     return builder.shuffle_vector(builder.insert_element(undef, x, ir.Constant(i32, 0)), undef, mask)
 
 
-def _microkernel_twin(kc, A, aoff, B, boff, ldb, C, coff, ldc, load_c):
-    """Python twin: ``C[tile] (+)= Apanel.T @ Bpanel`` on the same layouts as the IR."""
+def _microkernel_twin(kc, A, aoff, B, boff, ldb, C, coff, ldc, load_c, rows=None):
+    """Python twin: ``C[tile] (+)= Apanel.T @ Bpanel`` on the same layouts as the IR (the first
+    ``rows`` rows of the MR-tall A micro-panel: all of them by default)."""
     blk = BLOCKING[A.dtype]
     mr, nr = blk.MR, blk.NR
-    a = A[aoff : aoff + kc * mr].reshape(kc, mr)
+    a = A[aoff : aoff + kc * mr].reshape(kc, mr)[:, : mr if rows is None else rows]
     b = (
         np.stack([B[boff + p * ldb : boff + p * ldb + nr] for p in range(kc)])
         if kc
         else np.zeros((0, nr), B.dtype)
     )
     tile = a.T @ b
-    for i in range(mr):
+    for i in range(tile.shape[0]):
         row = slice(coff + i * ldc, coff + i * ldc + nr)
         C[row] = C[row] + tile[i] if load_c else tile[i]
+
+
+def _tile_kernel(rows=None):
+    """The typer of the micro-kernel for ``rows`` rows of the MR-tall A micro-panel (all of them:
+    :func:`microkernel`; fewer: :func:`edge_kernel`, whose row ``i`` is stored only when ``i <
+    stored``, its last argument)."""
+
+    def typer(typingctx, kc, A, aoff, B, boff, ldb, C, coff, ldc, load_c, *stored):
+        from llvmlite import ir
+
+        nbt = _jit.nb_types
+        if not all(isinstance(t, nbt.Array) for t in (A, B, C)):
+            return None
+        if not (A.dtype == B.dtype == C.dtype) or A.dtype not in (nbt.float32, nbt.float64):
+            return None
+        blk = BLOCKING[np.dtype(str(A.dtype))]
+        mr, nv, w = blk.MR, blk.NV, blk.W
+        tall = mr if rows is None else rows
+        sig = nbt.void(kc, A, aoff, B, boff, ldb, C, coff, ldc, load_c, *stored)
+
+        def codegen(context, builder, sig, args):
+            kc_v, a_v, aoff_v, b_v, boff_v, ldb_v, c_v, coff_v, ldc_v, load_v = args[:10]
+            i64 = ir.IntType(64)
+            fty = context.get_value_type(sig.args[1].dtype)
+            vty = ir.VectorType(fty, w)
+            vptr = vty.as_pointer()
+            align = blk.itemsize
+
+            def as_i64(val, ty):
+                return context.cast(builder, val, ty, nbt.int64)
+
+            kc_i = as_i64(kc_v, sig.args[0])
+            a_ptr = context.make_array(sig.args[1])(context, builder, a_v).data
+            b_ptr = context.make_array(sig.args[3])(context, builder, b_v).data
+            c_ptr = context.make_array(sig.args[6])(context, builder, c_v).data
+            a_base = builder.gep(a_ptr, [as_i64(aoff_v, sig.args[2])])
+            b_base = builder.gep(b_ptr, [as_i64(boff_v, sig.args[4])])
+            c_base = builder.gep(c_ptr, [as_i64(coff_v, sig.args[7])])
+            ldc_i = as_i64(ldc_v, sig.args[8])
+            ldb_i = as_i64(ldb_v, sig.args[5])
+
+            def vector_at(base, v):
+                return builder.bitcast(builder.gep(base, [ir.Constant(i64, v * w)]), vptr)
+
+            def step(k, accs, fma):
+                bp = builder.gep(b_base, [builder.mul(k, ldb_i)])
+                bvec = [builder.load(vector_at(bp, v), align=align) for v in range(nv)]
+                ap = builder.gep(a_base, [builder.mul(k, ir.Constant(i64, mr))])
+                new = []
+                for i in range(tall):
+                    splat = _splat(
+                        builder, builder.load(builder.gep(ap, [ir.Constant(i64, i)]), align=align), vty
+                    )
+                    new += [fma(splat, vec, accs[i * nv + v]) for v, vec in enumerate(bvec)]
+                return new
+
+            final = _fma_loop(builder, vty, kc_i, tall * nv, step)
+            load_c_i1 = context.cast(builder, load_v, sig.args[9], nbt.boolean)
+            for i in range(tall):
+                row = builder.gep(c_base, [builder.mul(ldc_i, ir.Constant(i64, i))])
+                ptrs = [vector_at(row, v) for v in range(nv)]
+                vals = final[i * nv : (i + 1) * nv]
+                keep = ir.Constant(ir.IntType(1), 1)
+                if stored and i:
+                    keep = builder.icmp_signed(">", as_i64(args[10], sig.args[10]), ir.Constant(i64, i))
+                with builder.if_then(keep):
+                    with builder.if_else(load_c_i1) as (then, otherwise):
+                        with then:
+                            for cp, val in zip(ptrs, vals, strict=True):
+                                old = builder.load(cp, align=align)
+                                builder.store(builder.fadd(old, val), cp, align=align)
+                        with otherwise:
+                            for cp, val in zip(ptrs, vals, strict=True):
+                                builder.store(val, cp, align=align)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return typer
 
 
 @_jit.intrinsic(_microkernel_twin)
@@ -194,69 +287,28 @@ def microkernel(typingctx, kc, A, aoff, B, boff, ldb, C, coff, ldc, load_c):
     With ``load_c`` false the tile is stored without reading C first (``C = A @ B``): the first
     rank-KC update of a product then needs no zeroing pass over C.
     """
-    from llvmlite import ir
+    return _tile_kernel()(typingctx, kc, A, aoff, B, boff, ldb, C, coff, ldc, load_c)
 
-    nbt = _jit.nb_types
-    if not all(isinstance(t, nbt.Array) for t in (A, B, C)):
-        return None
-    if not (A.dtype == B.dtype == C.dtype) or A.dtype not in (nbt.float32, nbt.float64):
-        return None
-    blk = BLOCKING[np.dtype(str(A.dtype))]
-    mr, nv, w = blk.MR, blk.NV, blk.W
-    sig = nbt.void(kc, A, aoff, B, boff, ldb, C, coff, ldc, load_c)
 
-    def codegen(context, builder, sig, args):
-        kc_v, a_v, aoff_v, b_v, boff_v, ldb_v, c_v, coff_v, ldc_v, load_v = args
-        i64 = ir.IntType(64)
-        fty = context.get_value_type(sig.args[1].dtype)
-        vty = ir.VectorType(fty, w)
-        vptr = vty.as_pointer()
-        align = blk.itemsize
+#: rows of :func:`edge_kernel`
+EDGE_MR = 2
 
-        def as_i64(val, ty):
-            return context.cast(builder, val, ty, nbt.int64)
 
-        kc_i = as_i64(kc_v, sig.args[0])
-        a_ptr = context.make_array(sig.args[1])(context, builder, a_v).data
-        b_ptr = context.make_array(sig.args[3])(context, builder, b_v).data
-        c_ptr = context.make_array(sig.args[6])(context, builder, c_v).data
-        a_base = builder.gep(a_ptr, [as_i64(aoff_v, sig.args[2])])
-        b_base = builder.gep(b_ptr, [as_i64(boff_v, sig.args[4])])
-        c_base = builder.gep(c_ptr, [as_i64(coff_v, sig.args[7])])
-        ldc_i = as_i64(ldc_v, sig.args[8])
-        ldb_i = as_i64(ldb_v, sig.args[5])
+def _edge_kernel_twin(kc, A, aoff, B, boff, ldb, C, coff, ldc, load_c, stored):
+    _microkernel_twin(kc, A, aoff, B, boff, ldb, C, coff, ldc, load_c, rows=min(EDGE_MR, stored))
 
-        def step(k, accs, fma):
-            bp = builder.gep(b_base, [builder.mul(k, ldb_i)])
-            bvec = [
-                builder.load(builder.bitcast(builder.gep(bp, [ir.Constant(i64, v * w)]), vptr), align=align)
-                for v in range(nv)
-            ]
-            ap = builder.gep(a_base, [builder.mul(k, ir.Constant(i64, mr))])
-            new = []
-            for i in range(mr):
-                splat = _splat(
-                    builder, builder.load(builder.gep(ap, [ir.Constant(i64, i)]), align=align), vty
-                )
-                new += [fma(splat, vec, accs[i * nv + v]) for v, vec in enumerate(bvec)]
-            return new
 
-        final = _fma_loop(builder, vty, kc_i, mr * nv, step)
-        ptrs = []
-        for i in range(mr):
-            row = builder.gep(c_base, [builder.mul(ldc_i, ir.Constant(i64, i))])
-            ptrs += [builder.bitcast(builder.gep(row, [ir.Constant(i64, v * w)]), vptr) for v in range(nv)]
-        load_c_i1 = context.cast(builder, load_v, sig.args[9], nbt.boolean)
-        with builder.if_else(load_c_i1) as (then, otherwise):
-            with then:
-                for cp, val in zip(ptrs, final, strict=True):
-                    builder.store(builder.fadd(builder.load(cp, align=align), val), cp, align=align)
-            with otherwise:
-                for cp, val in zip(ptrs, final, strict=True):
-                    builder.store(val, cp, align=align)
-        return context.get_dummy_value()
-
-    return sig, codegen
+@_jit.intrinsic(_edge_kernel_twin)
+def edge_kernel(typingctx, kc, A, aoff, B, boff, ldb, C, coff, ldc, load_c, stored):
+    """:func:`microkernel` on the first EDGE_MR rows of the A micro-panel, of which the first
+    ``stored`` are stored (the rest read the panel's zero padding): an edge tile of one or two rows
+    (its columns whole), with FMAs for the rows there are, where the MR-row tile spends MR / rows
+    times the FMAs on the padding. Not for more rows in several calls: each call loads B's panel
+    again (from L2, or from memory when B is read in place), and m = 5 x 1000 x 1000 float64 took
+    0.29 ms as one MR-row tile, 0.45-0.48 ms as calls of two rows, 0.65-0.75 ms of one (Zen 4).
+    One kernel, not one per row count: each is compiled into the macro-kernel (three, for 1, 2 and
+    3 rows, cost its cold compile 0.2 s)."""
+    return _tile_kernel(EDGE_MR)(typingctx, kc, A, aoff, B, boff, ldb, C, coff, ldc, load_c, stored)
 
 
 def _tile_typer(attr):
@@ -290,6 +342,12 @@ def tile_nr(typingctx, arr):
 def tile_jb(typingctx, arr):
     """JB (B panels per pass of :func:`macro_kernel`'s row loop) for ``arr``'s dtype, a constant."""
     return _tile_typer("JB")(typingctx, arr)
+
+
+@_jit.intrinsic(lambda arr: BLOCKING[arr.dtype].DIRECT_M)
+def tile_direct_m(typingctx, arr):
+    """DIRECT_M (most rows of A for which :func:`gemm_into` reads B in place), a constant."""
+    return _tile_typer("DIRECT_M")(typingctx, arr)
 
 
 # --------------------------------------------------------------------------- packing
@@ -488,41 +546,56 @@ def pack_b_half_panel(b, p0, kc, j0, cols, col_scale, out, off):
 
 
 @jit(python_wrapper=False)
-def macro_kernel(ap, bp, c, tile, at):
-    """All micro-kernel calls of one packed (MC x KC) A block against ``npan`` packed B panels.
+def macro_kernel(ap, bsrc, bp, c, tile, at):
+    """All micro-kernel calls of one packed (MC x KC) A block against ``npan`` panels of B.
 
     ``C (+)= A_block @ B_slab`` on the ``mc x nc`` block of the flat ``c`` at ``coff`` (row stride
     ``ldc``), the packed block at ``ap[aoff:]``, all from ``at`` (a :class:`Block`); ``tile`` is
-    MR*NR scratch for the edge tiles. The panels go in passes of JB (L2), each pass row panel by
-    row panel, so that an A micro-panel stays in L1 across the pass (see the module docstring).
+    MR*NR scratch for the edge tiles. Full panel ``jp`` of B is read from ``bsrc`` at ``b0 + jp *
+    bstep``, rows ``ldb`` apart: packed panels (``bsrc`` is ``bp``), or B itself in place (see
+    :func:`gemm_into`); a narrower last panel always from its packed copy in ``bp`` (``jp * kc *
+    NR``). The panels go in passes of JB (L2), each pass row panel by row panel, so that an A
+    micro-panel stays in L1 across the pass (see the module docstring).
     """
     aoff, npan, kc, mc, nc = at.aoff, at.npan, at.kc, at.mc, at.nc
     coff, ldc, load_c = at.coff, at.ldc, at.load_c
     mr = tile_mr(c)
     nr = tile_nr(c)
     jb = tile_jb(c)
+    packed = _intrinsics.as_readonly(bp)
     for j0 in range(0, npan, jb):
         for ir in range(0, mc, mr):
             rows = min(mr, mc - ir)
             a_at = aoff + (ir // mr) * kc * mr
             for jp in range(j0, min(npan, j0 + jb)):
                 cols = min(nr, nc - jp * nr)
-                boff = jp * kc * nr
+                src, boff, ldb = bsrc, at.b0 + jp * at.bstep, at.ldb
+                if cols < nr:
+                    src, boff, ldb = packed, jp * kc * nr, nr
                 c_at = coff + ir * ldc + jp * nr
-                if rows == mr and cols == nr:
-                    microkernel(kc, ap, a_at, bp, boff, nr, c, c_at, ldc, load_c)
-                else:
-                    microkernel(kc, ap, a_at, bp, boff, nr, tile, 0, nr, False)
+                if cols == nr and rows <= EDGE_MR:
+                    edge_kernel(kc, ap, a_at, src, boff, ldb, c, c_at, ldc, load_c, rows)
+                    continue
+                # one call site of the MR x NR kernel (each is its whole code): into C, or for an
+                # edge tile into the scratch tile, then its rows and columns into C
+                edge = rows < mr or cols < nr
+                dst, d_at, d_ld, d_load = c, c_at, ldc, load_c
+                if edge:
+                    dst, d_at, d_ld, d_load = tile, 0, nr, False
+                microkernel(kc, ap, a_at, src, boff, ldb, dst, d_at, d_ld, d_load)
+                if edge:
                     for i in range(rows):
                         for j in range(cols):
-                            at = _U(c_at + i * ldc + j)
-                            c[at] = c[at] + tile[_U(i * nr + j)] if load_c else tile[_U(i * nr + j)]
+                            ci = _U(c_at + i * ldc + j)
+                            c[ci] = c[ci] + tile[_U(i * nr + j)] if load_c else tile[_U(i * nr + j)]
 
 
 class Block(NamedTuple):
-    """Where one thread's step of :func:`gemm_into` works: rows ``i0:i0+mc`` of A against the packed
+    """Where one thread's step of :func:`gemm_into` works: rows ``i0:i0+mc`` of A against the
     ``npan`` panels (``nc`` columns) of B at depth ``pc:pc+kc``; its packed A block starts at
-    ``aoff`` and its C block at ``coff`` (row stride ``ldc``), added to when ``load_c``."""
+    ``aoff`` and its C block at ``coff`` (row stride ``ldc``), added to when ``load_c``. Full panel
+    ``jp`` of B starts at ``b0 + jp * bstep`` of its source, rows ``ldb`` apart (packed: ``0``,
+    ``kc * NR``, ``NR``; see :func:`macro_kernel`)."""
 
     i0: int
     mc: int
@@ -534,21 +607,25 @@ class Block(NamedTuple):
     coff: int
     ldc: int
     load_c: bool
+    b0: int
+    bstep: int
+    ldb: int
 
 
 @jit(python_wrapper=False)
-def a_block(a, alpha, row_scale, ap, bp, c, tile, at):
+def a_block(a, alpha, row_scale, ap, bsrc, bp, c, tile, at):
     """One thread's step of the packed GEMM: pack its block of A (``at``, a :class:`Block`) and
-    multiply it by the packed slab of B into C (both steps through their symbols: compiled once,
-    not again inside each caller)."""
+    multiply it by B's panels (``bsrc`` and ``bp``: see :func:`macro_kernel`) into C (both steps
+    through their symbols: compiled once, not again inside each caller)."""
     _ool(pack_a, (a, Span(at.i0, at.mc, at.pc, at.kc), alpha, row_scale, ap, at.aoff))
-    _ool(macro_kernel, (ap, bp, c, tile, at))
+    _ool(macro_kernel, (ap, bsrc, bp, c, tile, at))
 
 
 class Sweep(NamedTuple):
     """One rank-KC update of :func:`gemm_into` over its row blocks: ``m`` rows of A in blocks of
-    ``mc`` (packed ``mc_pad`` tall) at depth ``pc:pc+kc`` against ``npan`` packed panels (``nc``
-    columns) of B; C's block starts at ``coff`` (row stride ``ldc``), added to when ``load_c``."""
+    ``mc`` (packed ``mc_pad`` tall) at depth ``pc:pc+kc`` against ``npan`` panels (``nc`` columns)
+    of B, full panel ``jp`` at ``b0 + jp * bstep``, rows ``ldb`` apart (:class:`Block`); C's block
+    starts at ``coff`` (row stride ``ldc``), added to when ``load_c``."""
 
     m: int
     mc: int
@@ -560,10 +637,13 @@ class Sweep(NamedTuple):
     coff: int
     ldc: int
     load_c: bool
+    b0: int
+    bstep: int
+    ldb: int
 
 
 @jit(python_wrapper=False)
-def a_block_task(a, alpha, row_scale, ap, bp, c, scratch, sw, ib):
+def a_block_task(a, alpha, row_scale, ap, bsrc, bp, c, scratch, sw, ib):
     """Task ``ib`` of a :class:`Sweep`: row block ``ib`` (:func:`a_block`, with its own MR x NR edge
     tile of ``scratch``)."""
     mr = tile_mr(c)
@@ -571,8 +651,8 @@ def a_block_task(a, alpha, row_scale, ap, bp, c, scratch, sw, ib):
     i0 = ib * sw.mc
     mc = min(sw.mc, sw.m - i0)
     aoff, coff = ib * sw.mc_pad * sw.kc, sw.coff + i0 * sw.ldc
-    at = Block(i0, mc, sw.pc, sw.kc, aoff, sw.npan, sw.nc, coff, sw.ldc, sw.load_c)
-    a_block(a, alpha, row_scale, ap, bp, c, scratch[ib * mr * nr : (ib + 1) * mr * nr], at)
+    at = Block(i0, mc, sw.pc, sw.kc, aoff, sw.npan, sw.nc, coff, sw.ldc, sw.load_c, sw.b0, sw.bstep, sw.ldb)
+    a_block(a, alpha, row_scale, ap, bsrc, bp, c, scratch[ib * mr * nr : (ib + 1) * mr * nr], at)
 
 
 @jit(python_wrapper=False)
@@ -615,6 +695,22 @@ class Tiles(NamedTuple):
     threads: int
 
 
+def b_in_place(data, packed):
+    """``(True, data)`` when the micro-kernel can read B's memory ``data`` in place (it holds C's
+    dtype: ``packed``'s), else ``(False, packed)``; either read-only typed (one type for the
+    macro-kernel's calls). Decided at compile time: an integer B of ``fastla.kernels.gemm`` is
+    converted by the packing, and has no in-place form to compile."""
+    same = data.dtype == packed.dtype
+    return same, _intrinsics.readonly(data if same else packed)
+
+
+@_jit.overload(b_in_place)
+def _b_in_place_typer(data, packed):
+    if data.dtype == packed.dtype:
+        return lambda data, packed: (True, data)
+    return lambda data, packed: (False, _intrinsics.as_readonly(packed))
+
+
 @jit
 def gemm_into(a, b, dst, alpha, accumulate, row_scale, col_scale, tiles):
     """``C = alpha * diag(row_scale) @ a @ b @ diag(col_scale)`` (or ``C += ...`` when ``accumulate``).
@@ -648,16 +744,28 @@ def gemm_into(a, b, dst, alpha, accumulate, row_scale, col_scale, tiles):
     ap = aligned_empty(n_ic * mc_pad * kc_max, c)
     bp = aligned_empty(nc_pad * kc_max, c)
     scratch = aligned_empty(n_ic * mr * nr, c)
+    # few rows of A: the micro-kernel reads B's rows in place (BLIS's "sup" idea), as packing B
+    # would cost as much as the product (see DIRECT_M); only a narrower last panel is packed
+    readable, in_place = b_in_place(b.data, bp)
+    direct = readable and m <= tile_direct_m(c) and b.cs == 1 and col_scale.size == 0
+    bsrc = in_place if direct else _intrinsics.as_readonly(bp)
     for jc in range(0, n, nc_max):
         nc = min(nc_max, n - jc)
         npan = (nc + nr - 1) // nr
         for pc in range(0, k, kc_max):
             kc = min(kc_max, k - pc)
             load_c = accumulate or pc > 0
-            panels = (b, pc, kc, jc, nc, col_scale, bp)
-            _intrinsics.parallel_tasks(pack_b_at, pack_b_task, panels, npan, threads)
-            sw = Sweep(m, mc_max, mc_pad, pc, kc, npan, nc, coff + jc, ldc, load_c)
-            blocks = (a, alpha, row_scale, ap, bp, c, scratch, sw)
+            if not direct:
+                panels = (b, pc, kc, jc, nc, col_scale, bp)
+                _intrinsics.parallel_tasks(pack_b_at, pack_b_task, panels, npan, threads)
+                b0, bstep, ldb = 0, kc * nr, nr
+            else:
+                full = nc // nr * nr  # the narrower last panel, packed where the panels would be
+                edge = (b, pc, kc, jc + full, nc - full, col_scale, bp[full * kc :])
+                _intrinsics.parallel_tasks(pack_b_at, pack_b_task, edge, npan - full // nr, threads)
+                b0, bstep, ldb = b.off + pc * b.rs + jc, nr, b.rs
+            sw = Sweep(m, mc_max, mc_pad, pc, kc, npan, nc, coff + jc, ldc, load_c, b0, bstep, ldb)
+            blocks = (a, alpha, row_scale, ap, bsrc, bp, c, scratch, sw)
             _intrinsics.parallel_tasks(a_block_at, a_block_task, blocks, n_ic, threads)
 
 
@@ -743,7 +851,9 @@ def thin_product(a, v):
 
 def _a_block_task_examples(dtype):
     scalar, flat = dtype.type(1), np.empty(1, dtype)
-    return (operand(flat.reshape(1, 1)), scalar, flat, flat, flat, flat, flat, Sweep(*range(9), True), 0)
+    ro = _intrinsics.readonly(flat)
+    sweep = Sweep(*range(9), True, 0, 0, 0)
+    return (operand(flat.reshape(1, 1)), scalar, flat, flat, ro, flat, flat, flat, sweep, 0)
 
 
 def _pack_b_task_examples(dtype):

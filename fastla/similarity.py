@@ -55,7 +55,7 @@ import numpy as np
 
 from fastla import _gemm_kernels as _gk
 from fastla import _intrinsics, _jit, _math, _registry, _validate
-from fastla._intrinsics import prefetch_span, wide_vectors, widen
+from fastla._intrinsics import as_readonly, prefetch_span, wide_vectors, widen
 from fastla._jit import jit, prange
 
 __all__ = ["cosine_similarity", "cosine_topk"]
@@ -1048,8 +1048,10 @@ def _topk_block_task(q, b, inv_q, alpha, t, scratch, pool, scores, index, j0, co
     for i0 in range(th * share, end, mc):
         rows = min(mc, end - i0)
         for pc in range(0, d, kc_max):
-            at = _gk.Block(i0, rows, pc, min(kc_max, d - pc), a_off, npan, cols, s_off, tn, pc > 0)
-            _ool(_gk.a_block, (q, alpha, inv_q, ap, bp[pc * tn :], sc, tile, at))
+            kc = min(kc_max, d - pc)
+            at = _gk.Block(i0, rows, pc, kc, a_off, npan, cols, s_off, tn, pc > 0, 0, kc * nr, nr)
+            panels = bp[pc * tn :]
+            _ool(_gk.a_block, (q, alpha, inv_q, ap, as_readonly(panels), panels, sc, tile, at))
         for r in range(rows):
             i = i0 + r
             _ool(_merge_row, (sc, s_off + r * tn, cols, j0, pool_s[i], pool_i[i], sizes, i))

@@ -82,12 +82,20 @@ def _call_microkernel(kc, ap, aoff, bp, boff, ldb, c, coff, ldc, load_c):
     gk.microkernel(kc, ap, aoff, bp, boff, ldb, c, coff, ldc, load_c)
 
 
+@_jit.jit
+def _call_edge_kernel(kc, ap, aoff, bp, boff, ldb, c, coff, ldc, load_c, stored):
+    gk.edge_kernel(kc, ap, aoff, bp, boff, ldb, c, coff, ldc, load_c, stored)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("kc", [0, 1, 5, 64])
 @pytest.mark.parametrize("load_c", [True, False])
 @pytest.mark.parametrize("ldb_extra", [0, 5])
-def test_microkernel_matches_twin(dtype, kc, load_c, ldb_extra, rng):
-    """Packed B (ldb = NR) and B read in place from a matrix with a longer row (ldb > NR)."""
+@pytest.mark.parametrize("rows", [None, 1, 2], ids=["tile", "edge1", "edge2"])
+def test_microkernel_matches_twin(dtype, kc, load_c, ldb_extra, rows, rng):
+    """Packed B (ldb = NR) and B read in place from a matrix with a longer row (ldb > NR); the MR x
+    NR tile, and the edge kernel's one or two rows (its second row read from the panel but not
+    stored when ``stored`` is 1)."""
     blk = gk.BLOCKING[np.dtype(dtype)]
     mr, nr = blk.MR, blk.NR
     ldb = nr + ldb_extra
@@ -96,19 +104,25 @@ def test_microkernel_matches_twin(dtype, kc, load_c, ldb_extra, rng):
     ldc = nr + 7
     c0 = rng.standard_normal(2 + mr * ldc).astype(dtype)
     c_ir, c_py = c0.copy(), c0.copy()
-    _call_microkernel(kc, ap, 3, bp, 5, ldb, c_ir, 2, ldc, load_c)
-    gk._microkernel_twin(kc, ap, 3, bp, 5, ldb, c_py, 2, ldc, load_c)
+    if rows is None:
+        _call_microkernel(kc, ap, 3, bp, 5, ldb, c_ir, 2, ldc, load_c)
+        gk._microkernel_twin(kc, ap, 3, bp, 5, ldb, c_py, 2, ldc, load_c)
+    else:
+        _call_edge_kernel(kc, ap, 3, bp, 5, ldb, c_ir, 2, ldc, load_c, rows)
+        gk._edge_kernel_twin(kc, ap, 3, bp, 5, ldb, c_py, 2, ldc, load_c, rows)
+    stored = mr if rows is None else rows
     # the two sum kc products in different orders (FMA vs BLAS): an absolute floor for entries that
     # cancel to near zero
     f32 = dtype == np.float32
     tol = 1e-5 if f32 else 1e-13
     np.testing.assert_allclose(c_ir, c_py, rtol=tol, atol=tol * (1 + kc))
-    tile = ap[3 : 3 + kc * mr].reshape(kc, mr).T @ bp[5 : 5 + kc * ldb].reshape(kc, ldb)[:, :nr]
-    expect = c0[2 : 2 + mr * ldc].reshape(mr, ldc)[:, :nr] * load_c + tile
-    np.testing.assert_allclose(c_ir[2 : 2 + mr * ldc].reshape(mr, ldc)[:, :nr], expect, rtol=1e-4, atol=1e-4)
-    # outside the tile nothing moved
+    tile = ap[3 : 3 + kc * mr].reshape(kc, mr).T[:stored] @ bp[5 : 5 + kc * ldb].reshape(kc, ldb)[:, :nr]
+    expect = c0[2 : 2 + stored * ldc].reshape(stored, ldc)[:, :nr] * load_c + tile
+    got = c_ir[2 : 2 + stored * ldc].reshape(stored, ldc)[:, :nr]
+    np.testing.assert_allclose(got, expect, rtol=1e-4, atol=1e-4)
+    # outside the tile's stored rows nothing moved
     mask = np.ones_like(c0, dtype=bool)
-    for i in range(mr):
+    for i in range(stored):
         mask[2 + i * ldc : 2 + i * ldc + nr] = False
     np.testing.assert_array_equal(c_ir[mask], c0[mask])
 
@@ -210,7 +224,7 @@ def test_cache_stamp_covers_the_whole_package():
 
 
 @_jit.jit(python_wrapper=False)
-def _nan_block_task(a, alpha, row_scale, ap, bp, c, scratch, sw, ib):
+def _nan_block_task(a, alpha, row_scale, ap, bsrc, bp, c, scratch, sw, ib):
     """Stand-in for ``gk.a_block_task`` with its signature: its C block is NaN."""
     i0 = ib * sw.mc
     for i in range(i0, min(sw.m, i0 + sw.mc)):
@@ -249,9 +263,14 @@ def test_gemm_callers_reach_its_tasks_through_their_addresses(dtype, entry, monk
 
     impl = {"A_BLOCK_TASK": _nan_block_task, "PACK_B_TASK": _nan_panel_task}[entry]
     monkeypatch.setattr(gk, entry, _stand_in(getattr(gk, entry), impl))
-    a = rng.standard_normal((40, 30)).astype(dtype)
+    blk = gk.BLOCKING[np.dtype(dtype)]
+    a = rng.standard_normal((blk.DIRECT_M + 1, 30)).astype(dtype)  # B packed
     b = rng.standard_normal((30, 50)).astype(dtype)
     assert np.isnan(gk.gemm(a, b)).all()
+    # few rows: B's full panels read in place, its narrower last panel packed by the task
+    few = gk.gemm(a[: blk.DIRECT_M], rng.standard_normal((30, blk.NR + 5)).astype(dtype))
+    nans = np.isnan(few).sum(axis=1).tolist()
+    assert nans == [few.shape[1] if entry == "A_BLOCK_TASK" else 5] * len(few)
     wide = rng.standard_normal((50, 70)).astype(dtype)  # past matmul's small-product sizes
     assert np.isnan(fl.matmul(rng.standard_normal((60, 50)).astype(dtype), wide, backend="numba")).all()
     assert np.isnan(fl.lu_factor(rng.standard_normal((300, 300)).astype(dtype), backend="numba")[0]).any()

@@ -140,11 +140,27 @@ MUTANTS = [
         "gemm-edge-tile-off-by-one",
         "_gemm_kernels.py",
         "                        for j in range(cols):\n"
-        "                            at = _U(c_at + i * ldc + j)",
+        "                            ci = _U(c_at + i * ldc + j)",
         "                        for j in range(cols - 1):\n"
-        "                            at = _U(c_at + i * ldc + j)",
+        "                            ci = _U(c_at + i * ldc + j)",
         ("tests/test_matmul.py",),
         "edge tiles copy one column short",
+    ),
+    Mutant(
+        "gemm-in-place-b-ignores-the-depth",
+        "_gemm_kernels.py",
+        "b0, bstep, ldb = b.off + pc * b.rs + jc, nr, b.rs",
+        "b0, bstep, ldb = b.off + jc, nr, b.rs",
+        ("tests/test_matmul.py",),
+        "a thin product reading B in place reads its first KC rows at every depth",
+    ),
+    Mutant(
+        "gemm-edge-kernel-stores-every-row",
+        "_gemm_kernels.py",
+        "                if stored and i:",
+        "                if False:",
+        ("tests/test_jit.py::test_microkernel_matches_twin",),
+        "a one-row edge tile also stores the edge kernel's second row (past the tile)",
     ),
     Mutant(
         "small-matmul-drop-last-k",
@@ -165,8 +181,8 @@ MUTANTS = [
     Mutant(
         "topk-drop-kc-accumulation",
         "similarity.py",
-        "a_off, npan, cols, s_off, tn, pc > 0)",
-        "a_off, npan, cols, s_off, tn, False)",
+        "a_off, npan, cols, s_off, tn, pc > 0, 0, kc * nr, nr)",
+        "a_off, npan, cols, s_off, tn, False, 0, kc * nr, nr)",
         ("tests/test_similarity.py",),
         "fused top-k keeps only the last KC block of each score (the audit's mutant)",
     ),
