@@ -255,22 +255,25 @@ def _tile_kernel(rows=None):
 
             final = _fma_loop(builder, vty, kc_i, tall * nv, step)
             load_c_i1 = context.cast(builder, load_v, sig.args[9], nbt.boolean)
-            for i in range(tall):
-                row = builder.gep(c_base, [builder.mul(ldc_i, ir.Constant(i64, i))])
-                ptrs = [vector_at(row, v) for v in range(nv)]
-                vals = final[i * nv : (i + 1) * nv]
-                keep = ir.Constant(ir.IntType(1), 1)
-                if stored and i:
-                    keep = builder.icmp_signed(">", as_i64(args[10], sig.args[10]), ir.Constant(i64, i))
-                with builder.if_then(keep):
-                    with builder.if_else(load_c_i1) as (then, otherwise):
-                        with then:
-                            for cp, val in zip(ptrs, vals, strict=True):
-                                old = builder.load(cp, align=align)
-                                builder.store(builder.fadd(old, val), cp, align=align)
-                        with otherwise:
-                            for cp, val in zip(ptrs, vals, strict=True):
-                                builder.store(val, cp, align=align)
+
+            def store_rows(add):
+                for i in range(tall):
+                    row = builder.gep(c_base, [builder.mul(ldc_i, ir.Constant(i64, i))])
+                    keep = ir.Constant(ir.IntType(1), 1)
+                    if stored and i:  # the edge kernel's row i only when it has that many rows
+                        keep = builder.icmp_signed(">", as_i64(args[10], sig.args[10]), ir.Constant(i64, i))
+                    with builder.if_then(keep):
+                        for v in range(nv):
+                            cp, val = vector_at(row, v), final[i * nv + v]
+                            if add:
+                                val = builder.fadd(builder.load(cp, align=align), val)
+                            builder.store(val, cp, align=align)
+
+            with builder.if_else(load_c_i1) as (then, otherwise):
+                with then:
+                    store_rows(True)
+                with otherwise:
+                    store_rows(False)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -576,14 +579,10 @@ def macro_kernel(ap, bsrc, bp, c, tile, at):
                 if cols == nr and rows <= EDGE_MR:
                     edge_kernel(kc, ap, a_at, src, boff, ldb, c, c_at, ldc, load_c, rows)
                     continue
-                # one call site of the MR x NR kernel (each is its whole code): into C, or for an
-                # edge tile into the scratch tile, then its rows and columns into C
-                edge = rows < mr or cols < nr
-                dst, d_at, d_ld, d_load = c, c_at, ldc, load_c
-                if edge:
-                    dst, d_at, d_ld, d_load = tile, 0, nr, False
-                microkernel(kc, ap, a_at, src, boff, ldb, dst, d_at, d_ld, d_load)
-                if edge:
+                if rows == mr and cols == nr:
+                    microkernel(kc, ap, a_at, src, boff, ldb, c, c_at, ldc, load_c)
+                else:  # into the scratch tile, then its rows and columns into C
+                    microkernel(kc, ap, a_at, src, boff, ldb, tile, 0, nr, False)
                     for i in range(rows):
                         for j in range(cols):
                             ci = _U(c_at + i * ldc + j)
