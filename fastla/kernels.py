@@ -486,7 +486,9 @@ def _matmul2d(a, b, out):
 
 def matmul(a, b, out=None):
     """``a @ b`` for 2-D float arrays by plain loops: for small operands in a hot loop (use
-    :func:`gemm` for large ones).
+    :func:`gemm` for large ones). From Python an ``out`` that overlaps ``a`` or ``b`` gets the
+    product as NumPy's does (computed apart, then copied); in compiled code ``out`` must not overlap
+    them (the check would cost the 4x4 product in a user's loop a sizeable share of its ~10 ns).
 
     Examples
     --------
@@ -503,6 +505,9 @@ def matmul(a, b, out=None):
     _refuse_others("matmul", arrays, "biuc", "float32, float64, integer or complex arrays")
     if out is None:
         out = np.empty((a.shape[0], b.shape[1]), np.result_type(a, b))
+    elif np.may_share_memory(out, a) or np.may_share_memory(out, b):
+        out[...] = _call(_matmul2d, a, b, np.empty(out.shape, out.dtype))
+        return out
     return _call(_matmul2d, a, b, out)
 
 
@@ -516,12 +521,42 @@ def _matmul_typer(a, b, out=None):
     return lambda a, b, out=None: _matmul2d(a, b, out)
 
 
+@jit(inline="always")
+def _span(x):
+    """The first and one-past-last byte addresses of ``x``'s elements (any strides)."""
+    lo = hi = x.ctypes.data
+    for d in range(x.ndim):
+        ext = (x.shape[d] - 1) * x.strides[d]
+        if ext < 0:
+            lo += ext
+        else:
+            hi += ext
+    return lo, hi + x.itemsize
+
+
+@jit(inline="always")
+def _overlaps(x, y):
+    """Whether the memory spans of ``x`` and ``y`` intersect (``np.may_share_memory``'s test,
+    which Numba lacks)."""
+    if x.size == 0 or y.size == 0:
+        return False
+    xl, xh = _span(x)
+    yl, yh = _span(y)
+    return xl < yh and yl < xh
+
+
 @jit
 def _gemm(a, b, out, alpha, beta):
     m, k = a.shape
     n = b.shape[1]
     if b.shape[0] != k or out.shape[0] != m or out.shape[1] != n:
         raise ValueError("fastla.kernels.gemm: shapes do not match (a (m, k), b (k, n), out (m, n))")
+    # an out that overlaps an operand: the operand copied first (the packed GEMM reads a thin
+    # product's B in place, and every product reads A and B after C's first rows are written)
+    if _overlaps(out, a):
+        a = a.copy()
+    if _overlaps(out, b):
+        b = b.copy()
     if beta == 0:
         accumulate = False
     else:
@@ -544,7 +579,8 @@ def _gemm(a, b, out, alpha, beta):
 
 def gemm(a, b, out, alpha=1.0, beta=0.0):
     """``out = alpha * a @ b + beta * out`` for 2-D float arrays of one dtype, by fastla's packed GEMM
-    (serial); ``out`` must be C-contiguous."""
+    (serial); ``out`` must be C-contiguous, and may overlap ``a`` or ``b`` (they are then copied
+    first)."""
     a, b = np.asarray(a), np.asarray(b)
     _refuse_others("gemm", (a, b))
     _refuse_others("gemm", (out,), "", "out must be float32 or float64")

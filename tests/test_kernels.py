@@ -285,6 +285,32 @@ def test_products(dtype, rng):
     np.testing.assert_allclose(kernels.gemm(A, B, np.zeros((70, 45), dtype)), A @ B, rtol=1e-4, atol=1e-3)
 
 
+def test_gemm_and_matmul_into_an_overlapping_out(rng):
+    """``out`` that is an operand (or a view of one) gets NumPy's answer: ``kernels.gemm`` from
+    Python and compiled code (a thin product reads B in place), ``kernels.matmul`` from Python."""
+    for n in (8, 40, 300):  # 40 and 300: B's full panels read in place (at most 48 rows of A)
+        a = rng.standard_normal((min(n, 40), n))
+        b = rng.standard_normal((n, n))
+        c0 = rng.standard_normal((min(n, 40), n))
+        for target in ("a", "b"):
+            ops = {"a": a.copy(), "b": b.copy()}
+            out = ops[target][: a.shape[0]] if target == "b" else ops[target]
+            before = out.copy()
+            expect = 2 * a @ b + 0.5 * before
+            got = user_gemm(ops["a"], ops["b"], out, 2.0, 0.5)
+            np.testing.assert_allclose(got, expect, rtol=1e-12, atol=1e-10)
+            ops = {"a": a.copy(), "b": b.copy()}
+            out = ops[target][: a.shape[0]] if target == "b" else ops[target]
+            kernels.gemm(ops["a"], ops["b"], out, 2.0, 0.5)
+            np.testing.assert_allclose(out, expect, rtol=1e-12, atol=1e-10)
+        sq = rng.standard_normal((n, n))
+        expect = sq @ b
+        kernels.matmul(sq, b, b)
+        np.testing.assert_allclose(b, expect, rtol=1e-12, atol=1e-10)
+        expect = c0[:, :1].T @ c0
+        np.testing.assert_allclose(kernels.matmul(c0[:, :1].T, c0, c0[:1]), expect, rtol=1e-12, atol=1e-10)
+
+
 SMALL_SHAPES = [(3, 3, 3), (5, 2, 7), (2, 1, 6), (1, 5, 1), (4, 9, 9), (3, 0, 5), (3, 0, 8)]
 # vector tiles (whole vectors of columns: 4 f64 or 8 f32) with row tiles of 4 and single rows left
 SMALL_SHAPES += [(4, 4, 4), (8, 8, 8), (7, 3, 16), (5, 6, 12), (9, 5, 11), (1, 1, 8)]
