@@ -163,6 +163,14 @@ MUTANTS = [
         "a one-row edge tile also stores the edge kernel's second row (past the tile)",
     ),
     Mutant(
+        "kernels-gemm-reads-an-overlapping-b-in-place",
+        "kernels.py",
+        "    if _overlaps(out, b):",
+        "    if False:",
+        ("tests/test_kernels.py::test_gemm_and_matmul_into_an_overlapping_out",),
+        "kernels.gemm into an out that is B: a thin product reads rows of B it has overwritten",
+    ),
+    Mutant(
         "small-matmul-drop-last-k",
         "_gemm_kernels.py",
         "                    for p in range(1, K):",
