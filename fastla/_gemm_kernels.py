@@ -20,10 +20,11 @@ Plain Numba cannot express this well (its SLP vectoriser is off, so scalar accum
 vectorised along k instead and spill), so the kernel is written as LLVM IR through an
 ``@intrinsic``. Its plain-Python twin (NumPy on the same packed panels) runs when JIT is off.
 
-Thin products (at most DIRECT_M rows of A, B with unit column stride and C's dtype) skip B's packing:
-the micro-kernel reads NR-wide rows of B in place, ``ldb`` apart (BLIS's "sup" kernels do the same
-for skinny shapes), since packing costs k x n reads and writes whatever m is: 37 x 1000 x 1000
-float64 on one thread went 0.82-0.92x -> 0.96-1.07x OpenBLAS (Zen 4, one B, interleaved runs).
+Thin products (at most DIRECT_M rows of A; B with unit column stride and C's dtype, at most
+DIRECT_BYTES) skip B's packing: the micro-kernel reads NR-wide rows of B in place, ``ldb`` apart
+(BLIS's "sup" kernels do the same for skinny shapes), since packing costs k x n reads and writes
+whatever m is: 37 x 1000 x 1000 float64 on one thread went 0.82-0.92x -> 0.96-1.07x OpenBLAS
+(Zen 4, one B, interleaved runs).
 
 Edge tiles are not special-cased in the inner loop: packing pads A and B micro-panels with zeros and
 the micro-kernel writes such a tile into a small scratch tile that is then added to the valid part of
@@ -105,9 +106,18 @@ class Blocking:
         # 0.86-0.93x packed, m = 36 0.99-1.05x against 0.79-0.81x, m = 37 0.88-1.05x (median 0.97)
         # against 0.81-0.90x (0.85); m = 64 0.76-0.88x against 0.78-0.85x, m >= 96 no gain
         self.DIRECT_M = _env_int("FASTLA_GEMM_DIRECT_M", 48)
+        # DIRECT_BYTES: ... and B spans at most this many bytes (a quarter of L3): a B that stays in
+        # L3 between products is read in place at the rate of a packed one, a larger one streams from
+        # DRAM in short strided runs. Measured (Zen 4, 32 MiB L3, 37 rows, float64, one thread, in
+        # place against packed, two interleaved runs): 1000 x 1000 (8 MB) 0.92-1.01x against
+        # 0.73-0.87x, 500 x 2000 (8 MB) 0.95-1.03x against 0.82-0.84x, 1000 x 1536 (12 MB)
+        # 0.81-0.89x against 0.76-0.86x, 16 MB (1000 x 2000, 1000 x 2048, 2000 x 1000) even,
+        # 1000 x 3072 (24 MB) 0.75x against 0.88-0.92x, 2048 x 2048 (32 MB) 0.75-0.78x against
+        # 0.90-0.91x
+        self.DIRECT_BYTES = _env_int("FASTLA_GEMM_DIRECT_BYTES", caches["L3"] // 4)
 
     def as_dict(self):
-        return {k: getattr(self, k) for k in ("MR", "NR", "KC", "MC", "NC", "JB", "DIRECT_M")}
+        return {k: getattr(self, k) for k in ("MR", "NR", "KC", "MC", "NC", "JB", "DIRECT_M", "DIRECT_BYTES")}
 
     def __repr__(self):
         return "Blocking({})".format(", ".join(f"{k}={v}" for k, v in self.as_dict().items()))
@@ -351,6 +361,12 @@ def tile_jb(typingctx, arr):
 def tile_direct_m(typingctx, arr):
     """DIRECT_M (most rows of A for which :func:`gemm_into` reads B in place), a constant."""
     return _tile_typer("DIRECT_M")(typingctx, arr)
+
+
+@_jit.intrinsic(lambda arr: BLOCKING[arr.dtype].DIRECT_BYTES)
+def tile_direct_bytes(typingctx, arr):
+    """DIRECT_BYTES (the largest B, in bytes, that :func:`gemm_into` reads in place), a constant."""
+    return _tile_typer("DIRECT_BYTES")(typingctx, arr)
 
 
 # --------------------------------------------------------------------------- packing
@@ -747,6 +763,7 @@ def gemm_into(a, b, dst, alpha, accumulate, row_scale, col_scale, tiles):
     # would cost as much as the product (see DIRECT_M); only a narrower last panel is packed
     readable, in_place = b_in_place(b.data, bp)
     direct = readable and m <= tile_direct_m(c) and b.cs == 1 and col_scale.size == 0
+    direct = direct and k * abs(b.rs) * c.itemsize <= tile_direct_bytes(c)
     bsrc = in_place if direct else _intrinsics.as_readonly(bp)
     for jc in range(0, n, nc_max):
         nc = min(nc_max, n - jc)
