@@ -339,34 +339,23 @@ def _tile_typer(attr):
     return typer
 
 
-@_jit.intrinsic(lambda arr: BLOCKING[arr.dtype].MR)
-def tile_mr(typingctx, arr):
-    """MR of the micro-kernel for ``arr``'s dtype, as a compile-time constant."""
-    return _tile_typer("MR")(typingctx, arr)
+def _tile_constant(attr, what):
+    """An intrinsic ``tile_<attr>(arr)``: :class:`Blocking`'s ``attr`` for ``arr``'s dtype, as a
+    compile-time constant (``what`` says what it is)."""
+
+    def typer(typingctx, arr):
+        return _tile_typer(attr)(typingctx, arr)
+
+    typer.__name__ = typer.__qualname__ = f"tile_{attr.lower()}"
+    typer.__doc__ = f"{attr} ({what}) for ``arr``'s dtype, as a compile-time constant."
+    return _jit.intrinsic(lambda arr: getattr(BLOCKING[arr.dtype], attr))(typer)
 
 
-@_jit.intrinsic(lambda arr: BLOCKING[arr.dtype].NR)
-def tile_nr(typingctx, arr):
-    """NR of the micro-kernel for ``arr``'s dtype, as a compile-time constant."""
-    return _tile_typer("NR")(typingctx, arr)
-
-
-@_jit.intrinsic(lambda arr: BLOCKING[arr.dtype].JB)
-def tile_jb(typingctx, arr):
-    """JB (B panels per pass of :func:`macro_kernel`'s row loop) for ``arr``'s dtype, a constant."""
-    return _tile_typer("JB")(typingctx, arr)
-
-
-@_jit.intrinsic(lambda arr: BLOCKING[arr.dtype].DIRECT_M)
-def tile_direct_m(typingctx, arr):
-    """DIRECT_M (most rows of A for which :func:`gemm_into` reads B in place), a constant."""
-    return _tile_typer("DIRECT_M")(typingctx, arr)
-
-
-@_jit.intrinsic(lambda arr: BLOCKING[arr.dtype].DIRECT_BYTES)
-def tile_direct_bytes(typingctx, arr):
-    """DIRECT_BYTES (the largest B, in bytes, that :func:`gemm_into` reads in place), a constant."""
-    return _tile_typer("DIRECT_BYTES")(typingctx, arr)
+tile_mr = _tile_constant("MR", "rows of the micro-kernel's tile")
+tile_nr = _tile_constant("NR", "columns of the micro-kernel's tile")
+tile_jb = _tile_constant("JB", "B panels per pass of :func:`macro_kernel`'s row loop")
+tile_direct_m = _tile_constant("DIRECT_M", "most rows of A for which :func:`gemm_into` reads B in place")
+tile_direct_bytes = _tile_constant("DIRECT_BYTES", "the most bytes of B :func:`gemm_into` reads in place")
 
 
 # --------------------------------------------------------------------------- packing
