@@ -271,6 +271,12 @@ def test_gemm_callers_reach_its_tasks_through_their_addresses(dtype, entry, monk
     few = gk.gemm(a[: blk.DIRECT_M], rng.standard_normal((30, blk.NR + 5)).astype(dtype))
     nans = np.isnan(few).sum(axis=1).tolist()
     assert nans == [few.shape[1] if entry == "A_BLOCK_TASK" else 5] * len(few)
+    # ... unless B is larger than DIRECT_BYTES: then packed whole
+    depth = blk.DIRECT_BYTES // (np.dtype(dtype).itemsize * 64) + 1
+    big = np.ones((depth, 64), dtype)
+    assert np.isnan(gk.gemm(np.ones((2, depth), dtype), big)).all()
+    in_place = gk.gemm(np.ones((2, depth - 1), dtype), big[1:])
+    assert np.isnan(in_place).any() == (entry == "A_BLOCK_TASK")
     wide = rng.standard_normal((50, 70)).astype(dtype)  # past matmul's small-product sizes
     assert np.isnan(fl.matmul(rng.standard_normal((60, 50)).astype(dtype), wide, backend="numba")).all()
     assert np.isnan(fl.lu_factor(rng.standard_normal((300, 300)).astype(dtype), backend="numba")[0]).any()

@@ -155,6 +155,14 @@ MUTANTS = [
         "a thin product reading B in place reads its first KC rows at every depth",
     ),
     Mutant(
+        "gemm-in-place-b-of-any-size",
+        "_gemm_kernels.py",
+        "    direct = direct and k * abs(b.rs) * c.itemsize <= tile_direct_bytes(c)",
+        "    direct = direct and k * abs(b.rs) * c.itemsize >= 0",
+        ("tests/test_jit.py::test_gemm_callers_reach_its_tasks_through_their_addresses",),
+        "a thin product reads a B larger than DIRECT_BYTES in place (from DRAM in strided runs)",
+    ),
+    Mutant(
         "gemm-edge-kernel-stores-every-row",
         "_gemm_kernels.py",
         "                if stored and i:",
