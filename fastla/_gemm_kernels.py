@@ -760,14 +760,13 @@ def gemm_into(a, b, dst, alpha, accumulate, row_scale, col_scale, tiles):
         for pc in range(0, k, kc_max):
             kc = min(kc_max, k - pc)
             load_c = accumulate or pc > 0
-            if not direct:
-                panels = (b, pc, kc, jc, nc, col_scale, bp)
-                _intrinsics.parallel_tasks(pack_b_at, pack_b_task, panels, npan, threads)
-                b0, bstep, ldb = 0, kc * nr, nr
-            else:
-                full = nc // nr * nr  # the narrower last panel, packed where the panels would be
-                edge = (b, pc, kc, jc + full, nc - full, col_scale, bp[full * kc :])
-                _intrinsics.parallel_tasks(pack_b_at, pack_b_task, edge, npan - full // nr, threads)
+            # packed from column `first` on: all of them, or in place only the narrower last
+            # panel (none when nc is whole panels), where the packed panels would be
+            first = nc // nr * nr if direct else 0
+            panels = (b, pc, kc, jc + first, nc - first, col_scale, bp[first * kc :])
+            _intrinsics.parallel_tasks(pack_b_at, pack_b_task, panels, npan - first // nr, threads)
+            b0, bstep, ldb = 0, kc * nr, nr
+            if direct:
                 b0, bstep, ldb = b.off + pc * b.rs + jc, nr, b.rs
             sw = Sweep(m, mc_max, mc_pad, pc, kc, npan, nc, coff + jc, ldc, load_c, b0, bstep, ldb)
             blocks = (a, alpha, row_scale, ap, bsrc, bp, c, scratch, sw)
