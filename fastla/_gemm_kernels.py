@@ -133,11 +133,8 @@ NO_SCALE = {dt: np.empty(0, dt) for dt in BLOCKING}
 # --------------------------------------------------------------------------- micro-kernel
 
 
-def _fma_loop(builder, vty, trip, count, body):
-    """Emit ``for t in range(trip): accs = body(t, accs, fma)`` over ``count`` vector accumulators
-    that start at zero; return their final values (zero when ``trip <= 0``). ``body`` builds one step
-    and returns the new accumulators; ``fma(x, y, acc)`` emits ``llvm.fma`` on ``vty`` vectors (a
-    scalar ``x`` is broadcast first)."""
+def _vector_fma(builder, vty):
+    """``fma(x, y, acc)``: ``llvm.fma`` on ``vty`` vectors (a scalar ``x`` is broadcast first)."""
     from llvmlite import ir
 
     bits = 64 if isinstance(vty.element, ir.DoubleType) else 32
@@ -148,6 +145,28 @@ def _fma_loop(builder, vty, trip, count, body):
             fn_fma, [x if isinstance(x.type, ir.VectorType) else _splat(builder, x, vty), y, acc]
         )
 
+    return fma
+
+
+def _fma_steps(builder, vty, trip, count, body):
+    """:func:`_fma_loop` for a constant ``trip``: the steps emitted one after another (``t`` an
+    ``i64`` constant), no loop."""
+    from llvmlite import ir
+
+    fma, accs = _vector_fma(builder, vty), [ir.Constant(vty, None)] * count
+    for t in range(trip):
+        accs = body(ir.Constant(ir.IntType(64), t), accs, fma)
+    return accs
+
+
+def _fma_loop(builder, vty, trip, count, body):
+    """Emit ``for t in range(trip): accs = body(t, accs, fma)`` over ``count`` vector accumulators
+    that start at zero; return their final values (zero when ``trip <= 0``). ``body`` builds one step
+    and returns the new accumulators; ``fma(x, y, acc)`` emits ``llvm.fma`` on ``vty`` vectors (a
+    scalar ``x`` is broadcast first)."""
+    from llvmlite import ir
+
+    fma = _vector_fma(builder, vty)
     i64 = ir.IntType(64)
     zero = ir.Constant(vty, None)
     fn = builder.function
@@ -970,12 +989,15 @@ def _small_tile_twin(rows):
     return twin
 
 
-def _small_tile(rows, masked, vector_bytes=SMALL_VECTOR_BYTES):
+def _small_tile(rows, masked, vector_bytes=SMALL_VECTOR_BYTES, square=False):
     """Intrinsic ``c[i0:i0+rows, j0:j0+cols] = a[i0:i0+rows, :] @ b[:, j0:j0+cols]`` in vectors of
     W lanes (``vector_bytes`` of them): ``cols == W``, or (``masked``) ``cols < W``, B and C then
     read and written through ``llvm.masked.load/store`` (no access past the valid columns). A, B
     and C share one float dtype; B and C have unit stride along a row (the caller checks), A any
-    strides."""
+    strides. ``square``: A, B and C are C-contiguous ``rows x rows`` arrays with ``W == rows`` (the
+    caller checks; i0 = j0 = 0): the depth and every stride are constants, so the product is
+    straight-line code with fixed offsets (no loop, no stride arithmetic) and the same operations
+    in the same order as the loop's."""
 
     @_jit.intrinsic(_small_tile_twin(rows))
     def small_tile(typingctx, a, b, c, i0, j0, cols):
@@ -988,6 +1010,8 @@ def _small_tile(rows, masked, vector_bytes=SMALL_VECTOR_BYTES):
             return None
         itemsize = 8 if a.dtype == nbt.float64 else 4
         w = vector_bytes // itemsize
+        if square and (w != rows or not a.layout == b.layout == c.layout == "C"):
+            return None
         sig = nbt.void(a, b, c, i0, j0, cols)
 
         def codegen(context, builder, sig, args):
@@ -1004,6 +1028,10 @@ def _small_tile(rows, masked, vector_bytes=SMALL_VECTOR_BYTES):
             j0_i = context.cast(builder, j0_v, sig.args[4], nbt.int64)
             col = builder.mul(j0_i, ir.Constant(i64, itemsize))
             k_i = a_shape[1]
+            if square:
+                row_bytes, item = ir.Constant(i64, rows * itemsize), ir.Constant(i64, itemsize)
+                a_str = b_str = c_str = (row_bytes, item)
+                i0_i = col = ir.Constant(i64, 0)
 
             def at(base, offset, ty):
                 return builder.bitcast(builder.gep(base, [offset]), ty.as_pointer())
@@ -1051,7 +1079,10 @@ def _small_tile(rows, masked, vector_bytes=SMALL_VECTOR_BYTES):
                     for row, acc in zip(a_rows, accs, strict=True)
                 ]
 
-            final = _fma_loop(builder, vty, k_i, rows, step)
+            if square:
+                final = _fma_steps(builder, vty, rows, rows, step)
+            else:
+                final = _fma_loop(builder, vty, k_i, rows, step)
             c_col = builder.gep(c_data, [col])
             for r, val in enumerate(final):
                 store_row(val, at(c_col, builder.mul(builder.add(i0_i, ir.Constant(i64, r)), c_str[0]), vty))
@@ -1065,6 +1096,12 @@ def _small_tile(rows, masked, vector_bytes=SMALL_VECTOR_BYTES):
 _TILES = {masked: (_small_tile(SMALL_TILE_ROWS, masked), _small_tile(1, masked)) for masked in (False, True)}
 #: a tile of half a vector's columns (4 float32): a 4x4 float32 product as one tile
 _HALF_TILE = _small_tile(SMALL_TILE_ROWS, False, SMALL_VECTOR_BYTES // 2)
+#: small-product width (lanes of a float64 or float32 vector) -> the tile of a 4x4 product of
+#: C-contiguous operands as straight-line code: float64 a whole vector's columns, float32 half of one
+_SQUARE_TILES = {
+    w: _small_tile(SMALL_TILE_ROWS, False, SMALL_TILE_ROWS * SMALL_VECTOR_BYTES // w, square=True)
+    for w in (4, 8)
+}
 
 
 def _column_tiles(masked):
@@ -1158,9 +1195,13 @@ def _small_product_typer(a, b, c):
     # not compile the branch: +0.15-0.4 s of a float64 stack's cold first call measured with it)
     half = w == 8
 
+    square = _SQUARE_TILES[w]
+
     def contiguous(a, b, c):
         n = b.shape[1]
-        if a.shape[0] == SMALL_TILE_ROWS and n == w:
+        if a.shape[0] == SMALL_TILE_ROWS == a.shape[1] == n:
+            square(a, b, c, 0, 0, n)
+        elif a.shape[0] == SMALL_TILE_ROWS and n == w:
             tile(a, b, c, 0, 0, w)  # one tile (4x4 f64): the loop control below costs as much again
         elif half and a.shape[0] == SMALL_TILE_ROWS and n == w // 2:
             _HALF_TILE(a, b, c, 0, 0, w // 2)

@@ -171,6 +171,14 @@ MUTANTS = [
         "a one-row edge tile also stores the edge kernel's second row (past the tile)",
     ),
     Mutant(
+        "square-tile-skips-the-last-step",
+        "_gemm_kernels.py",
+        "                final = _fma_steps(builder, vty, rows, rows, step)",
+        "                final = _fma_steps(builder, vty, rows - 1, rows, step)",
+        ("tests/test_kernels.py::test_small_products_of_every_shape",),
+        "a 4x4 product's straight-line tile leaves out the last column of A",
+    ),
+    Mutant(
         "kernels-gemm-reads-an-overlapping-b-in-place",
         "kernels.py",
         "    if _overlaps(out, b):",
