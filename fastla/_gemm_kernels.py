@@ -1264,15 +1264,19 @@ def batched_small(a, b, c):
         small_product(a[t], b[t], c[t])
 
 
-def tiles_beat_unrolled(m, n, itemsize):
+def tiles_beat_unrolled(m, k, n, itemsize):
     """Whether a stack of m x k @ k x n products runs faster in vector tiles (:func:`batched_small`)
     than fully unrolled for its sizes (:func:`small_fixed_kernel`): whole vectors of columns, at
-    least 8 of them, and at most 64 output elements. Measured on an Intel Xeon (AVX-512), square
-    stacks, one thread, ns a product, unrolled / tiles / np.matmul: f32 8x8 166 / 65 / 118, f64 8x8
-    178 / 155 / 161; f64 4x4 33 / 32 / 89 but 4.9 / 6.0 ms on two threads (100k, through
-    fastla.matmul); larger tiled products lose (f64 12x12 324 / 460, f32 16x16 207 / 354), and so
-    do masked columns (f64 3x3 19 / 33, f32 6x6 60 / 42 the exception)."""
-    return n % (SMALL_VECTOR_BYTES // itemsize) == 0 and n >= 8 and m * n <= 64
+    least 8 of them, and at most 64 output elements; or 4x4 products (one straight-line tile, see
+    :func:`_small_tile`'s ``square``). Measured on an Intel Xeon (AVX-512), square stacks, one
+    thread, ns a product, unrolled / tiles / np.matmul: f32 8x8 166 / 65 / 118, f64 8x8 178 / 155 /
+    161; f64 4x4 33 / 32 / 89 but 4.9 / 6.0 ms on two threads (100k, through fastla.matmul, before
+    the straight-line tile); larger tiled products lose (f64 12x12 324 / 460, f32 16x16 207 / 354),
+    and so do masked columns (f64 3x3 19 / 33, f32 6x6 60 / 42 the exception). 4x4 with the
+    straight-line tile on Zen 4 (100k products into a reused output, ms, min of 30, two runs):
+    float64 0.50 against 0.54 unrolled, float32 0.30-0.60 against 0.45-0.91."""
+    square = m == k == n == SMALL_TILE_ROWS
+    return square or (n % (SMALL_VECTOR_BYTES // itemsize) == 0 and n >= 8 and m * n <= 64)
 
 
 _SMALL_KERNELS = {}

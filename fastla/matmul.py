@@ -423,7 +423,7 @@ def _gemm2d(a, b, c):
 def _small_or_packed(A, B, C):
     _, m, k = A.shape
     n = B.shape[2]
-    if _gk.tiles_beat_unrolled(m, n, C.itemsize) and A.dtype == B.dtype == C.dtype:
+    if _gk.tiles_beat_unrolled(m, k, n, C.itemsize) and A.dtype == B.dtype == C.dtype:
         _naive_stack(A, B, C)
     elif 0 < min(m, k, n) and max(m, k, n) <= _gk.SMALL_FIXED_MAX:
         _gk.small_fixed_kernel(m, k, n)(_intrinsics.kernel_input(A), _intrinsics.kernel_input(B), C)
