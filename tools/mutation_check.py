@@ -171,6 +171,22 @@ MUTANTS = [
         "a one-row edge tile also stores the edge kernel's second row (past the tile)",
     ),
     Mutant(
+        "softmax-scales-in-float64",
+        "softmax.py",
+        "        inv = x.dtype.type(1.0 / _exp_sum(x, m, out, True, zero, ahead))",
+        "        inv = 1.0 / _exp_sum(x, m, out, True, zero, ahead)",
+        ("tests/test_kernels.py::test_row_kernel_keeps_its_flags_in_a_plain_njit_caller",),
+        "a float32 row's scale pass runs in float64 (every element converted there and back)",
+    ),
+    Mutant(
+        "log-softmax-shifts-in-float64",
+        "softmax.py",
+        "        lse = x.dtype.type(np.log(_exp_sum(x, mm, out, False, zero, ahead)))",
+        "        lse = np.log(_exp_sum(x, mm, out, False, zero, ahead))",
+        ("tests/test_kernels.py::test_row_kernel_keeps_its_flags_in_a_plain_njit_caller",),
+        "a float32 row's log-softmax pass subtracts a float64 log-sum",
+    ),
+    Mutant(
         "square-tile-skips-the-last-step",
         "_gemm_kernels.py",
         "                final = _fma_steps(builder, vty, rows, rows, step)",
