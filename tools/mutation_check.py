@@ -507,8 +507,8 @@ MUTANTS = [
     Mutant(
         "log-softmax-sign",
         "softmax.py",
-        "            out[j] = x[j] - shift",
-        "            out[j] = x[j] + shift",
+        "            out[j] = (x[j] - mm) - lse",
+        "            out[j] = (x[j] - mm) + lse",
         ("tests/test_softmax.py",),
         "log_softmax adds the log-sum-exp instead of subtracting it",
     ),
