@@ -1103,7 +1103,10 @@ _HALF_TILE = _small_tile(SMALL_TILE_ROWS, False, SMALL_VECTOR_BYTES // 2)
 #: 30.1-33.5, a user's loop 20.0 against 55.5-63.6; float32 9.3-9.7 against 16.4-18.6 and 14.5-15.0
 #: against 30.6; over 100k, memory-bound, within noise for float64) but added 0.15-0.5 s to
 #: fastla.matmul's cold first call (2.78-3.59 s against 2.14-2.72, five interleaved pairs), which
-#: the 3 s first-use target cannot spare: not kept.
+#: the 3 s first-use target cannot spare: not kept. For ``kernels.matmul`` alone (through an
+#: overload of its own around small_product) it took a user's 8x8 loop from 56-57 to 20 ns a
+#: float64 product in cache, but the extra overload layer cost every user function calling
+#: ``kernels.matmul`` +1.0-1.6 s of compile (1.8-2.0 -> 3.0-3.4 s cold): not kept either.
 _SQUARE_TILES = {
     w: _small_tile(SMALL_TILE_ROWS, False, SMALL_TILE_ROWS * SMALL_VECTOR_BYTES // w, square=True)
     for w in (4, 8)
