@@ -1096,21 +1096,22 @@ def _small_tile(rows, masked, vector_bytes=SMALL_VECTOR_BYTES, square=False):
 _TILES = {masked: (_small_tile(SMALL_TILE_ROWS, masked), _small_tile(1, masked)) for masked in (False, True)}
 #: a tile of half a vector's columns (4 float32): a 4x4 float32 product as one tile
 _HALF_TILE = _small_tile(SMALL_TILE_ROWS, False, SMALL_VECTOR_BYTES // 2)
-#: small-product width (lanes of a float64 or float32 vector) -> the tile of a 4x4 product of
-#: C-contiguous operands as straight-line code: float64 a whole vector's columns, float32 half of one.
-#: An 8x8 one the same way (a vector of 8 lanes a row) measured faster in cache on Zen 4 (ns a
-#: product, two runs, against the loop tiles: float64 stack on two threads 12.6-20.3 against
-#: 30.1-33.5, a user's loop 20.0 against 55.5-63.6; float32 9.3-9.7 against 16.4-18.6 and 14.5-15.0
-#: against 30.6; over 100k, memory-bound, within noise for float64) but added 0.15-0.5 s to
-#: fastla.matmul's cold first call (2.78-3.59 s against 2.14-2.72, five interleaved pairs), which
-#: the 3 s first-use target cannot spare: not kept. For ``kernels.matmul`` alone (through an
-#: overload of its own around small_product) it took a user's 8x8 loop from 56-57 to 20 ns a
-#: float64 product in cache, but the extra overload layer cost every user function calling
-#: ``kernels.matmul`` +1.0-1.6 s of compile (1.8-2.0 -> 3.0-3.4 s cold): not kept either.
+#: small-product width (lanes of a float64 or float32 vector) -> the tile of a 4x4 (and of an 8x8)
+#: product of C-contiguous operands as straight-line code, one vector of n lanes a row (4x4 float32:
+#: half a vector; 8x8 float64: 64 bytes, which a 256-bit host splits in two). The 8x8 one measured
+#: on Zen 4 (ns a product, min of runs, two runs, against the loop tiles): in cache (2000 products)
+#: float64 stack on two threads 12.6-20.3 against 29.3-33.5, a user's loop 20.0-20.1 against
+#: 55.5-63.6; float32 stack 9.3-9.7 against 16.4-18.6, loop 14.5-15.0 against 30.6; over 100k
+#: (memory-bound) float64 within noise, float32 loop 24.8-27.5 against 36.3-37.1. Its cost:
+#: fastla.matmul's cold first call (a 40x40 product) 2.12-2.64 s against 2.05-2.27 (four
+#: interleaved pairs; the old code then compiled a 4x4 stack's kernel apart, +0.35-0.41 s), a user
+#: function calling kernels.matmul +0.04-0.24 s. (Through an overload of its own for kernels.matmul
+#: alone, the extra overload layer cost each such user function +1.0-1.6 s: not that way.)
 _SQUARE_TILES = {
     w: _small_tile(SMALL_TILE_ROWS, False, SMALL_TILE_ROWS * SMALL_VECTOR_BYTES // w, square=True)
     for w in (4, 8)
 }
+_SQUARE8 = {w: _small_tile(8, False, 8 * SMALL_VECTOR_BYTES // w, square=True) for w in (4, 8)}
 
 
 def _column_tiles(masked):
@@ -1205,11 +1206,14 @@ def _small_product_typer(a, b, c):
     half = w == 8
 
     square = _SQUARE_TILES[w]
+    square8 = _SQUARE8[w]
 
     def contiguous(a, b, c):
         n = b.shape[1]
         if a.shape[0] == SMALL_TILE_ROWS == a.shape[1] == n:
             square(a, b, c, 0, 0, n)
+        elif a.shape[0] == 8 == a.shape[1] == n:
+            square8(a, b, c, 0, 0, n)
         elif a.shape[0] == SMALL_TILE_ROWS and n == w:
             tile(a, b, c, 0, 0, w)  # one tile (4x4 f64): the loop control below costs as much again
         elif half and a.shape[0] == SMALL_TILE_ROWS and n == w // 2:

@@ -327,6 +327,8 @@ def test_gemm_and_matmul_into_an_overlapping_out(rng):
 SMALL_SHAPES = [(3, 3, 3), (5, 2, 7), (2, 1, 6), (1, 5, 1), (4, 9, 9), (3, 0, 5), (3, 0, 8)]
 # vector tiles (whole vectors of columns: 4 f64 or 8 f32) with row tiles of 4 and single rows left
 SMALL_SHAPES += [(4, 4, 4), (8, 8, 8), (7, 3, 16), (5, 6, 12), (9, 5, 11), (1, 1, 8)]
+# square outputs of another depth: not the straight-line square tiles (4x4, 8x8: depth = n)
+SMALL_SHAPES += [(4, 6, 4), (8, 5, 8)]
 
 
 @pytest.mark.parametrize("m, k, n", SMALL_SHAPES)

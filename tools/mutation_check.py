@@ -195,6 +195,14 @@ MUTANTS = [
         "a 4x4 product's straight-line tile leaves out the last column of A",
     ),
     Mutant(
+        "square-tile-ignores-the-depth",
+        "_gemm_kernels.py",
+        "        elif a.shape[0] == 8 == a.shape[1] == n:",
+        "        elif a.shape[0] == 8 == n:",
+        ("tests/test_kernels.py::test_small_products_of_every_shape",),
+        "an 8 x k @ k x 8 product of another depth takes the 8x8 straight-line tile",
+    ),
+    Mutant(
         "kernels-gemm-reads-an-overlapping-b-in-place",
         "kernels.py",
         "    if _overlaps(out, b):",
