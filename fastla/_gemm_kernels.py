@@ -1096,8 +1096,8 @@ def _small_tile(rows, masked, vector_bytes=SMALL_VECTOR_BYTES, square=False):
 _TILES = {masked: (_small_tile(SMALL_TILE_ROWS, masked), _small_tile(1, masked)) for masked in (False, True)}
 #: a tile of half a vector's columns (4 float32): a 4x4 float32 product as one tile
 _HALF_TILE = _small_tile(SMALL_TILE_ROWS, False, SMALL_VECTOR_BYTES // 2)
-#: small-product width (lanes of a float64 or float32 vector) -> the tile of a 4x4 (and of an 8x8)
-#: product of C-contiguous operands as straight-line code, one vector of n lanes a row (4x4 float32:
+#: (n, small-product width: lanes of a float64 or float32 vector) -> the tile of an n x n product
+#: (n = 4, 8) of C-contiguous operands as straight-line code, one vector of n lanes a row (4x4 float32:
 #: half a vector; 8x8 float64: 64 bytes, which a 256-bit host splits in two). The 8x8 one measured
 #: on Zen 4 (ns a product, min of runs, two runs, against the loop tiles): in cache (2000 products)
 #: float64 stack on two threads 12.6-20.3 against 29.3-33.5, a user's loop 20.0-20.1 against
@@ -1108,10 +1108,8 @@ _HALF_TILE = _small_tile(SMALL_TILE_ROWS, False, SMALL_VECTOR_BYTES // 2)
 #: function calling kernels.matmul +0.04-0.24 s. (Through an overload of its own for kernels.matmul
 #: alone, the extra overload layer cost each such user function +1.0-1.6 s: not that way.)
 _SQUARE_TILES = {
-    w: _small_tile(SMALL_TILE_ROWS, False, SMALL_TILE_ROWS * SMALL_VECTOR_BYTES // w, square=True)
-    for w in (4, 8)
+    (n, w): _small_tile(n, False, n * SMALL_VECTOR_BYTES // w, square=True) for n in (4, 8) for w in (4, 8)
 }
-_SQUARE8 = {w: _small_tile(8, False, 8 * SMALL_VECTOR_BYTES // w, square=True) for w in (4, 8)}
 
 
 def _column_tiles(masked):
@@ -1205,8 +1203,7 @@ def _small_product_typer(a, b, c):
     # not compile the branch: +0.15-0.4 s of a float64 stack's cold first call measured with it)
     half = w == 8
 
-    square = _SQUARE_TILES[w]
-    square8 = _SQUARE8[w]
+    square, square8 = _SQUARE_TILES[SMALL_TILE_ROWS, w], _SQUARE_TILES[8, w]
 
     def contiguous(a, b, c):
         n = b.shape[1]
