@@ -1198,8 +1198,9 @@ def _small_product_typer(a, b, c):
         return generic
 
     tile = _TILES[False][0]
-    # 4x4 float32 as one tile of half a vector: 7.8-8.5 -> 5.7-6.5 ns a product in a user's loop (a
-    # masked tile of 8 lanes before); float32 only (a constant here, so that the float64 kernels do
+    # 4 x k @ k x 4 float32 (k != 4: 4x4 is the square tile's) as one tile of half a vector: a 4x4
+    # product took 7.8-8.5 -> 5.7-6.5 ns in a user's loop this way (a masked tile of 8 lanes before,
+    # 5.8-6.1 as the square tile); float32 only (a constant here, so that the float64 kernels do
     # not compile the branch: +0.15-0.4 s of a float64 stack's cold first call measured with it)
     half = w == 8
 
@@ -1212,7 +1213,7 @@ def _small_product_typer(a, b, c):
         elif a.shape[0] == 8 == a.shape[1] == n:
             square8(a, b, c, 0, 0, n)
         elif a.shape[0] == SMALL_TILE_ROWS and n == w:
-            tile(a, b, c, 0, 0, w)  # one tile (4x4 f64): the loop control below costs as much again
+            tile(a, b, c, 0, 0, w)  # one tile (4 x k @ k x 4 f64): the loop below costs as much again
         elif half and a.shape[0] == SMALL_TILE_ROWS and n == w // 2:
             _HALF_TILE(a, b, c, 0, 0, w // 2)
         else:
