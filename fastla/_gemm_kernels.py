@@ -40,6 +40,7 @@ together.
 from __future__ import annotations
 
 import os
+import threading
 from typing import NamedTuple
 
 import numpy as np
@@ -648,7 +649,11 @@ class Sweep(NamedTuple):
     """One rank-KC update of :func:`gemm_into` over its row blocks: ``m`` rows of A in blocks of
     ``mc`` (packed ``mc_pad`` tall) at depth ``pc:pc+kc`` against ``npan`` panels (``nc`` columns)
     of B, full panel ``jp`` at ``b0 + jp * bstep``, rows ``ldb`` apart (:class:`Block`); C's block
-    starts at ``coff`` (row stride ``ldc``), added to when ``load_c``."""
+    starts at ``coff`` (row stride ``ldc``), added to when ``load_c``. Row block ``ib`` packs A
+    into slot ``ib % slots`` of the packed-A buffer (and of the edge tiles): ``slots`` is the
+    number of threads of the sweep's parallel loop, whose thread ``r`` runs blocks ``r, r + slots,
+    ...`` one after another (``fastla._intrinsics.parallel_tasks``), so that no two blocks in flight
+    share a slot."""
 
     m: int
     mc: int
@@ -663,19 +668,21 @@ class Sweep(NamedTuple):
     b0: int
     bstep: int
     ldb: int
+    slots: int
 
 
 @jit(python_wrapper=False)
 def a_block_task(a, alpha, row_scale, ap, bsrc, bp, c, scratch, sw, ib):
-    """Task ``ib`` of a :class:`Sweep`: row block ``ib`` (:func:`a_block`, with its own MR x NR edge
-    tile of ``scratch``)."""
+    """Task ``ib`` of a :class:`Sweep`: row block ``ib`` (:func:`a_block`), packed into its thread's
+    slot of ``ap``, with its thread's MR x NR edge tile of ``scratch``."""
     mr = tile_mr(c)
     nr = tile_nr(c)
     i0 = ib * sw.mc
     mc = min(sw.mc, sw.m - i0)
-    aoff, coff = ib * sw.mc_pad * sw.kc, sw.coff + i0 * sw.ldc
+    slot = ib % sw.slots
+    aoff, coff = slot * sw.mc_pad * sw.kc, sw.coff + i0 * sw.ldc
     at = Block(i0, mc, sw.pc, sw.kc, aoff, sw.npan, sw.nc, coff, sw.ldc, sw.load_c, sw.b0, sw.bstep, sw.ldb)
-    a_block(a, alpha, row_scale, ap, bsrc, bp, c, scratch[ib * mr * nr : (ib + 1) * mr * nr], at)
+    a_block(a, alpha, row_scale, ap, bsrc, bp, c, scratch[slot * mr * nr : (slot + 1) * mr * nr], at)
 
 
 @jit(python_wrapper=False)
@@ -709,13 +716,52 @@ class Tasks(NamedTuple):
 class Tiles(NamedTuple):
     """One GEMM call's cache blocking (see :class:`Blocking`): the depth of a rank-k update (KC),
     the rows of A per packed block (MC) and the columns of B per packed slab (NC); how it reaches
-    its task kernels (a :class:`Tasks`; see :func:`tiles`) and on how many threads."""
+    its task kernels (a :class:`Tasks`; see :func:`tiles`) and on how many threads; and ``work``,
+    scratch of C's dtype for the packed operands (:func:`workspace`), or too short (empty): then
+    the call allocates its own."""
 
     kc: int
     mc: int
     nc: int
     tasks: Tasks
     threads: int
+    work: np.ndarray
+
+
+@jit(inline="always")
+def work_parts(slots, mc_pad, kc, nc_pad, mr, nr):
+    """Elements of :func:`gemm_into`'s scratch: the packed A blocks (one ``mc_pad x kc`` block per
+    thread slot), the packed B slab (``kc x nc_pad``) and the edge tiles (one ``mr x nr`` per slot),
+    the first two rounded up to 16 elements (64-byte multiples, so that each part starts aligned)."""
+    return -(-(slots * mc_pad * kc) // 16) * 16, -(-(nc_pad * kc) // 16) * 16, slots * mr * nr
+
+
+class _Workspaces(threading.local):
+    def __init__(self):
+        self.by_dtype = {}
+
+
+_WORKSPACES = _Workspaces()
+
+
+def workspace(dtype, elements):
+    """A 64-byte-aligned 1-D scratch of at least ``elements`` of ``dtype`` for :func:`gemm_into`'s
+    packed operands, kept for this Python thread and reused by its next call (grown when a call
+    needs more). Its size is bounded by the blocking (``threads`` A blocks of MC x KC, one KC x NC
+    slab of B), not by the product: a few MiB. Allocated per call (one packed A block per row
+    block, before), the packed buffers came from fresh pages whenever the allocator had given the
+    last call's back to the system (glibc trims the heap's top and maps large blocks anew), so that
+    a product's speed hung on what the process had allocated before. Measured on Zen 4 (float64,
+    one thread, a fresh process, page faults and min time a call): 256^3 226 faults, 1.07 ms ->
+    0 faults, 0.66 ms; 384^3 640 faults, 3.19 -> 2.13 ms; 512^3 993 faults, 6.66 -> 5.10 ms
+    (OpenBLAS 0.64, 2.11 and 5.04 ms)."""
+    dtype = np.dtype(dtype)
+    have = _WORKSPACES.by_dtype.get(dtype)
+    if have is None or have.size < elements:
+        raw = np.empty(elements + 64 // dtype.itemsize, dtype)
+        shift = (-raw.ctypes.data % 64) // dtype.itemsize
+        have = _WORKSPACES.by_dtype[dtype] = raw[shift : shift + elements]
+    return have
 
 
 def b_in_place(data, packed):
@@ -761,12 +807,17 @@ def gemm_into(a, b, dst, alpha, accumulate, row_scale, col_scale, tiles):
                     c[_U(coff + i * ldc + j)] = 0
         return
     n_ic = (m + mc_max - 1) // mc_max
+    slots = max(1, min(threads, n_ic))  # the row-block loop's threads (see Sweep)
     mc_pad = (mc_max + mr - 1) // mr * mr
     kc_max = min(kc_max, k)
     nc_pad = (min(nc_max, n) + nr - 1) // nr * nr
-    ap = aligned_empty(n_ic * mc_pad * kc_max, c)
-    bp = aligned_empty(nc_pad * kc_max, c)
-    scratch = aligned_empty(n_ic * mr * nr, c)
+    a_len, b_len, s_len = work_parts(slots, mc_pad, kc_max, nc_pad, mr, nr)
+    work = tiles.work
+    if work.size < a_len + b_len + s_len:
+        work = aligned_empty(a_len + b_len + s_len, c)
+    ap = work[:a_len]
+    bp = work[a_len : a_len + b_len]
+    scratch = work[a_len + b_len : a_len + b_len + s_len]
     # few rows of A: the micro-kernel reads B's rows in place (BLIS's "sup" idea), as packing B
     # would cost as much as the product (see DIRECT_M); only a narrower last panel is packed
     readable, in_place = b_in_place(b.data, bp)
@@ -787,7 +838,7 @@ def gemm_into(a, b, dst, alpha, accumulate, row_scale, col_scale, tiles):
             b0, bstep, ldb = 0, kc * nr, nr
             if direct:
                 b0, bstep, ldb = b.off + pc * b.rs + jc, nr, b.rs
-            sw = Sweep(m, mc_max, mc_pad, pc, kc, npan, nc, coff + jc, ldc, load_c, b0, bstep, ldb)
+            sw = Sweep(m, mc_max, mc_pad, pc, kc, npan, nc, coff + jc, ldc, load_c, b0, bstep, ldb, slots)
             blocks = (a, alpha, row_scale, ap, bsrc, bp, c, scratch, sw)
             _intrinsics.parallel_tasks(a_block_at, a_block_task, blocks, n_ic, threads)
 
@@ -875,7 +926,7 @@ def thin_product(a, v):
 def _a_block_task_examples(dtype):
     scalar, flat = dtype.type(1), np.empty(1, dtype)
     ro = _intrinsics.readonly(flat)
-    sweep = Sweep(*range(9), True, 0, 0, 0)
+    sweep = Sweep(*range(9), True, 0, 0, 0, 1)
     return (operand(flat.reshape(1, 1)), scalar, flat, flat, ro, flat, flat, flat, sweep, 0)
 
 
@@ -894,7 +945,7 @@ PACK_B_TASK = _jit.Entry(pack_b_task, _pack_b_task_examples)
 def _gemm_into_examples(dtype):
     flat = np.empty(1, dtype)
     op = operand(flat.reshape(1, 1))
-    return (op, op, Dest(flat, 0, 0), dtype.type(1), True, flat, flat, Tiles(0, 0, 0, Tasks(0, 0), 1))
+    return (op, op, Dest(flat, 0, 0), dtype.type(1), True, flat, flat, Tiles(0, 0, 0, Tasks(0, 0), 1, flat))
 
 
 #: :func:`gemm_into` itself for compiled callers that may not need it (the blocked LU's trailing
@@ -905,9 +956,15 @@ GEMM_INTO = _jit.Entry(gemm_into, _gemm_into_examples)
 
 def tiles(dtype, kc, mc, nc, threads=None):
     """:class:`Tiles` for a Python caller of :func:`gemm_into` on ``dtype`` operands (``threads``:
-    this call's share, :func:`fastla._jit.threads_here`, by default)."""
+    this call's share, :func:`fastla._jit.threads_here`, by default), with this thread's
+    :func:`workspace`, large enough for any product of this blocking."""
     tasks = Tasks(A_BLOCK_TASK.address(dtype), PACK_B_TASK.address(dtype))
-    return Tiles(kc, mc, nc, tasks, _jit.threads_here() if threads is None else threads)
+    threads = _jit.threads_here() if threads is None else threads
+    blk = BLOCKING[np.dtype(dtype)]
+    parts = getattr(work_parts, "py_func", work_parts)(
+        max(1, threads), _ceil_div(mc, blk.MR) * blk.MR, kc, _ceil_div(nc, blk.NR) * blk.NR, blk.MR, blk.NR
+    )
+    return Tiles(kc, mc, nc, tasks, threads, workspace(dtype, sum(parts)))
 
 
 def row_blocking(m, itemsize, threads):

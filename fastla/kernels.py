@@ -572,7 +572,7 @@ def _gemm(a, b, out, alpha, beta):
     none = out.reshape(out.size)[:0]
     big = int(out.itemsize == 8)
     start = m - m  # a run-time 0 (see _gemm_kernels' "literal arguments")
-    tiles = _gk.Tiles(_KC[big], min(m, _MC[big]), _NC[big], _gk.Tasks(None, None), 1)
+    tiles = _gk.Tiles(_KC[big], min(m, _MC[big]), _NC[big], _gk.Tasks(None, None), 1, none)
     _gemm_into(A, B, _gk.Dest(out.reshape(out.size), start, n), alpha, accumulate, none, none, tiles)
     return out
 
@@ -1145,8 +1145,9 @@ def _cosine(x, y, out):
     big = int(out.itemsize == 8)
     one = _zero(out) + 1
     start = n - n  # a run-time 0
-    tiles = _gk.Tiles(_KC[big], min(n, _MC[big]), _NC[big], _gk.Tasks(None, None), 1)
-    _gemm_into(A, B, _gk.Dest(out.reshape(out.size), start, m), one, False, inv_x, inv_y, tiles)
+    flat = out.reshape(out.size)
+    tiles = _gk.Tiles(_KC[big], min(n, _MC[big]), _NC[big], _gk.Tasks(None, None), 1, flat[:0])
+    _gemm_into(A, B, _gk.Dest(flat, start, m), one, False, inv_x, inv_y, tiles)
     return out
 
 

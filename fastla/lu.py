@@ -264,7 +264,8 @@ def _factor_numba(work):
     mc = _gk.row_blocking(max(n - nb, 1), work.dtype.itemsize, _jit.threads_here())
     if n <= nb:  # one panel, no trailing update: the GEMM is not compiled (0 addresses: never called)
         none = None if not _jit.JIT_ENABLED else 0
-        tiles, gemm_at = _gk.Tiles(blk.KC, mc, blk.NC, _gk.Tasks(none, none), 1), none
+        tiles = _gk.Tiles(blk.KC, mc, blk.NC, _gk.Tasks(none, none), 1, np.empty(0, work.dtype))
+        gemm_at = none
     else:
         tiles, gemm_at = _gk.tiles(work.dtype, blk.KC, mc, blk.NC), _gk.GEMM_INTO.address(work.dtype)
     info = _getrf(work, piv, nb, work.dtype.type(-1), tiles, gemm_at)

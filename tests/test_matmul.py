@@ -46,10 +46,25 @@ def test_block_edges(edge, dtype, rng):
 def test_mc_edge_and_several_blocks(rng):
     """More rows than one MC block, and more than one KC step: the parallel ic loop and C updates."""
     blk = _gemm_kernels.BLOCKING[np.dtype(np.float64)]
-    for m in (blk.MC - 1, blk.MC + 1, 2 * blk.MC + 5):
+    for m in (blk.MC - 1, blk.MC + 1, 2 * blk.MC + 5, 5 * blk.MC + 7):  # the last: 3 blocks a thread
         a = rng.standard_normal((m, blk.KC + 3))
         b = rng.standard_normal((blk.KC + 3, 45))
         assert_matmul_close(fastla.matmul(a, b, backend="numba"), a, b, np.float64)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_packed_gemm_packs_into_this_threads_workspace(threads, dtype, rng):
+    """The packed operands go into the calling thread's kept scratch, not into fresh memory each
+    call (whose page faults made mid-size products up to 1.6x slower), and the result is the same."""
+    a = rng.standard_normal((40, 30)).astype(dtype)
+    b = rng.standard_normal((30, 20)).astype(dtype)
+    _gemm_kernels.gemm(a, b, threads=threads)
+    work = _gemm_kernels.workspace(dtype, 1)
+    assert work.ctypes.data % 64 == 0
+    work[:] = np.nan
+    assert_matmul_close(_gemm_kernels.gemm(a, b, threads=threads), a, b, dtype)
+    assert _gemm_kernels.workspace(dtype, 1) is work
+    assert not np.isnan(work).all(), "the product packed its operands somewhere else"
 
 
 @pytest.mark.slow

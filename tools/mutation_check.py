@@ -439,6 +439,14 @@ MUTANTS = [
         "each pass of the macro-kernel's row loop leaves out its last B panel (those columns stay unset)",
     ),
     Mutant(
+        "gemm-packs-into-fresh-memory-each-call",
+        "_gemm_kernels.py",
+        "    if work.size < a_len + b_len + s_len:\n",
+        "    if work.size >= 0:\n",
+        ("tests/test_matmul.py", "-k", "workspace"),
+        "the packed GEMM ignores the thread's kept workspace and allocates its scratch every call",
+    ),
+    Mutant(
         "kernels-lu-solve-accepts-pivot-n",
         "kernels.py",
         "        if _jit.U(piv[i]) >= _jit.U(n):  # unsigned: a negative index too, in one compare\n",
