@@ -116,9 +116,21 @@ class Blocking:
         # 1000 x 3072 (24 MB) 0.75x against 0.88-0.92x, 2048 x 2048 (32 MB) 0.75-0.78x against
         # 0.90-0.91x
         self.DIRECT_BYTES = _env_int("FASTLA_GEMM_DIRECT_BYTES", caches["L3"] // 4)
+        # SMALL_B_BYTES / SMALL_B_M: B is also read in place when it fits L2 and A has at most
+        # SMALL_B_M rows. Packing B is a pass of k x n copies and a parallel region of its own, a
+        # share of the product that shrinks as 1/m; a B in L2 is read in place as fast as packed.
+        # Measured (Zen 4, n = k = m, ratio to OpenBLAS, three interleaved runs, in place against
+        # packed): float64 two threads 128^3 0.86-0.95x against 0.73-0.80x, 192^3 1.02-1.04x
+        # against 0.87-0.92x, 256^3 1.02-1.05x against 0.95-0.96x, 384^3 1.01-1.02x against
+        # 0.97-0.98x, 512^3 even; one thread 128^3 0.85x against 0.82x, 192^3-384^3 +0-7%; float32
+        # two threads 128^3-384^3 +5-60%. Tall products (2000-20000 rows, k = n = 128-300) even
+        # within noise; 1024^3 (8 MB of B) 0.88-0.92x in place against 0.97-0.98x packed.
+        self.SMALL_B_BYTES = _env_int("FASTLA_GEMM_SMALL_B_BYTES", caches["L2"])
+        self.SMALL_B_M = _env_int("FASTLA_GEMM_SMALL_B_M", 512)
 
     def as_dict(self):
-        return {k: getattr(self, k) for k in ("MR", "NR", "KC", "MC", "NC", "JB", "DIRECT_M", "DIRECT_BYTES")}
+        names = ("MR", "NR", "KC", "MC", "NC", "JB", "DIRECT_M", "DIRECT_BYTES", "SMALL_B_BYTES", "SMALL_B_M")
+        return {k: getattr(self, k) for k in names}
 
     def __repr__(self):
         return "Blocking({})".format(", ".join(f"{k}={v}" for k, v in self.as_dict().items()))
@@ -376,6 +388,10 @@ tile_nr = _tile_constant("NR", "columns of the micro-kernel's tile")
 tile_jb = _tile_constant("JB", "B panels per pass of :func:`macro_kernel`'s row loop")
 tile_direct_m = _tile_constant("DIRECT_M", "most rows of A for which :func:`gemm_into` reads B in place")
 tile_direct_bytes = _tile_constant("DIRECT_BYTES", "the most bytes of B :func:`gemm_into` reads in place")
+tile_small_b_bytes = _tile_constant(
+    "SMALL_B_BYTES", "the most bytes of a B read in place for any A up to SMALL_B_M rows"
+)
+tile_small_b_m = _tile_constant("SMALL_B_M", "most rows of A for which a B of SMALL_B_BYTES is read in place")
 
 
 # --------------------------------------------------------------------------- packing
@@ -819,10 +835,13 @@ def gemm_into(a, b, dst, alpha, accumulate, row_scale, col_scale, tiles):
     bp = work[a_len : a_len + b_len]
     scratch = work[a_len + b_len : a_len + b_len + s_len]
     # few rows of A: the micro-kernel reads B's rows in place (BLIS's "sup" idea), as packing B
-    # would cost as much as the product (see DIRECT_M); only a narrower last panel is packed
+    # would cost as much as the product (see DIRECT_M), and so it does a B that fits L2 (see
+    # SMALL_B_BYTES); only a narrower last panel is packed
     readable, in_place = b_in_place(b.data, bp)
-    direct = readable and m <= tile_direct_m(c) and b.cs == 1 and col_scale.size == 0
-    direct = direct and k * abs(b.rs) * c.itemsize <= tile_direct_bytes(c)
+    b_bytes = k * abs(b.rs) * c.itemsize
+    direct = readable and b.cs == 1 and col_scale.size == 0
+    few_rows = m <= tile_direct_m(c) and b_bytes <= tile_direct_bytes(c)
+    direct = direct and (few_rows or (m <= tile_small_b_m(c) and b_bytes <= tile_small_b_bytes(c)))
     bsrc = in_place if direct else _intrinsics.as_readonly(bp)
     for jc in range(0, n, nc_max):
         nc = min(nc_max, n - jc)

@@ -157,8 +157,8 @@ MUTANTS = [
     Mutant(
         "gemm-in-place-b-of-any-size",
         "_gemm_kernels.py",
-        "    direct = direct and k * abs(b.rs) * c.itemsize <= tile_direct_bytes(c)",
-        "    direct = direct and k * abs(b.rs) * c.itemsize >= 0",
+        "    few_rows = m <= tile_direct_m(c) and b_bytes <= tile_direct_bytes(c)",
+        "    few_rows = m <= tile_direct_m(c)",
         ("tests/test_jit.py::test_gemm_callers_reach_its_tasks_through_their_addresses",),
         "a thin product reads a B larger than DIRECT_BYTES in place (from DRAM in strided runs)",
     ),
@@ -445,6 +445,22 @@ MUTANTS = [
         "    if work.size >= 0:\n",
         ("tests/test_matmul.py", "-k", "workspace"),
         "the packed GEMM ignores the thread's kept workspace and allocates its scratch every call",
+    ),
+    Mutant(
+        "gemm-small-b-in-place-for-any-rows",
+        "_gemm_kernels.py",
+        "(m <= tile_small_b_m(c) and b_bytes <= tile_small_b_bytes(c))",
+        "(b_bytes <= tile_small_b_bytes(c))",
+        ("tests/test_jit.py", "-k", "reach_its_tasks"),
+        "a B that fits L2 is read in place however tall A is (the row bound of the small-B rule lost)",
+    ),
+    Mutant(
+        "gemm-small-b-always-packed",
+        "_gemm_kernels.py",
+        "(m <= tile_small_b_m(c) and b_bytes <= tile_small_b_bytes(c))",
+        "(m < 0)",
+        ("tests/test_jit.py", "-k", "reach_its_tasks"),
+        "a B that fits L2 is packed for every A past DIRECT_M rows (the small-B rule never taken)",
     ),
     Mutant(
         "kernels-lu-solve-accepts-pivot-n",
