@@ -1020,6 +1020,80 @@ def gemm(a, b, out=None, *, threads=None):
     return c
 
 
+@jit(python_wrapper=False)
+def stack_task(a, b, c, dims, alpha, none, tiles, work, gemm_at, task):
+    """Task ``task`` of :func:`gemm_stack`: products ``task * per`` to ``(task + 1) * per - 1`` of
+    the stack (``dims`` is ``(batch, m, k, n, per)``; ``a``, ``b`` and ``c`` the stacks' flat
+    C-contiguous memory), one after another, each through :func:`gemm_into` at ``gemm_at`` on one
+    thread with row ``task`` of ``work`` as its scratch."""
+    batch, m, k, n, per = dims
+    tl = Tiles(tiles.kc, tiles.mc, tiles.nc, tiles.tasks, tiles.threads, work[task])
+    accumulate = m < 0  # a run-time False (see "literal arguments")
+    for t in range(task * per, min(batch, (task + 1) * per)):
+        args = (
+            flat_operand(a, t * m * k, k, 1, m, k),
+            flat_operand(b, t * k * n, n, 1, k, n),
+            Dest(c, t * m * n, n),
+            alpha,
+            accumulate,
+            none,
+            none,
+            tl,
+        )
+        _intrinsics.call_entry(gemm_at, gemm_into, args)
+
+
+def _stack_task_examples(dtype):
+    flat, ro = np.empty(1, dtype), _intrinsics.readonly(np.empty(1, dtype))
+    tl = Tiles(0, 0, 0, Tasks(0, 0), 1, flat)
+    return (ro, ro, flat, (0, 0, 0, 0, 0), dtype.type(1), flat, tl, np.empty((1, 1), dtype), 0, 0)
+
+
+#: :func:`stack_task`, run by :func:`gemm_stack`'s parallel loop through its address
+STACK_TASK = _jit.Entry(stack_task, _stack_task_examples)
+
+
+def gemm_stack(a, b, c, *, threads=None):
+    """``c[t] = a[t] @ b[t]`` for C-contiguous 3-D stacks of one float dtype, ``c`` C-contiguous:
+    the stack split into one contiguous run of products per thread, each product the packed GEMM
+    on one thread (:func:`stack_task`), B read in place (it fits L2: see SMALL_B_BYTES) and A
+    packed into the thread's own scratch. For stacks of products too large for the small-product
+    kernels and too small to split one product across threads: before, a Python loop of
+    :func:`gemm` calls (10 000 48 x 48 float64 products 343 ms, NumPy 74 ms; Zen 4, two threads).
+    """
+    batch, m, k = a.shape
+    n = b.shape[2]
+    dtype = a.dtype
+    blk = BLOCKING[dtype]
+    threads = max(1, min(_jit.threads_here() if threads is None else threads, batch))
+    mc = row_blocking(m, dtype.itemsize, 1)
+    parts = getattr(work_parts, "py_func", work_parts)(
+        1,
+        _ceil_div(mc, blk.MR) * blk.MR,
+        min(blk.KC, k),
+        _ceil_div(min(blk.NC, n), blk.NR) * blk.NR,
+        blk.MR,
+        blk.NR,
+    )
+    row = _ceil_div(sum(parts), 16) * 16  # each thread's scratch starts 64-byte aligned
+    work = workspace(dtype, threads * row)[: threads * row].reshape(threads, row)
+    tl = Tiles(
+        blk.KC, mc, blk.NC, Tasks(A_BLOCK_TASK.address(dtype), PACK_B_TASK.address(dtype)), 1, NO_SCALE[dtype]
+    )
+    flat = (_intrinsics.readonly(a.reshape(-1)), _intrinsics.readonly(b.reshape(-1)), c.reshape(-1))
+    dims = (batch, m, k, n, _ceil_div(batch, threads))
+    args = (*flat, dims, dtype.type(1), NO_SCALE[dtype], tl, work, GEMM_INTO.address(dtype))
+    _stack_drive(args, STACK_TASK.address(dtype), threads)
+    return c
+
+
+@jit
+def _stack_drive(args, stack_at, threads):
+    """:func:`gemm_stack`'s parallel loop: one task per thread, through :func:`stack_task` at
+    ``stack_at``."""
+    _intrinsics.parallel_tasks(stack_at, stack_task, args, threads, threads, True)
+
+
 # --------------------------------------------------------------------------- simple kernels
 
 

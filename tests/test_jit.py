@@ -281,6 +281,8 @@ def test_gemm_callers_reach_its_tasks_through_their_addresses(dtype, entry, monk
     assert np.isnan(in_place).any() == (entry == "A_BLOCK_TASK")
     wide = rng.standard_normal((50, 70)).astype(dtype)  # past matmul's small-product sizes
     assert np.isnan(fl.matmul(rng.standard_normal((60, 50)).astype(dtype), wide, backend="numba")).any()
+    stack = rng.standard_normal((3, 40, 50)).astype(dtype)  # past the small-product kernels
+    assert np.isnan(fl.matmul(stack, stack.transpose(0, 2, 1), backend="numba")).any()
     assert np.isnan(fl.lu_factor(rng.standard_normal((300, 300)).astype(dtype), backend="numba")[0]).any()
     assert np.isnan(fl.cosine_similarity(a, backend="numba")).any()
     assert np.isnan(fl.cosine_similarity(a, b.T, backend="numba")).any()

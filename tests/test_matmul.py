@@ -53,6 +53,24 @@ def test_mc_edge_and_several_blocks(rng):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
+def test_stack_of_packed_products(threads, dtype, rng):
+    """Stacks of products past the small-product kernels, split into a run of products per thread:
+    every product of an uneven split, transposed and sliced operands, edge tiles of every size."""
+    n0 = fastla.get_num_threads()
+    fastla.set_num_threads(min(threads, n0))
+    try:
+        for batch, m, k, n in ((7, 49, 50, 33), (5, 37, 65, 70), (4, 64, 64, 64)):
+            a = rng.standard_normal((batch, m, k)).astype(dtype)
+            b = rng.standard_normal((batch, n, k)).astype(dtype).transpose(0, 2, 1)
+            for x, y in ((a, b), (a[::-1, :, ::2], b[:, ::2])):
+                c = fastla.matmul(x, y, backend="numba")
+                for t in range(len(c)):
+                    assert_matmul_close(c[t], x[t], y[t], dtype)
+    finally:
+        fastla.set_num_threads(n0)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
 def test_packed_gemm_packs_into_this_threads_workspace(threads, dtype, rng):
     """The packed operands go into the calling thread's kept scratch, not into fresh memory each
     call (whose page faults made mid-size products up to 1.6x slower), and the result is the same."""
@@ -126,6 +144,12 @@ def test_transposed_views(rng):
         ((2, 3, 0), (0, 3)),
         ((3, 3), (2, 3, 0)),
         ((2, 1, 3, 3), (0, 3, 3)),
+        # past the small-product kernels: one packed product per thread at a time
+        ((3, 40, 37), (3, 37, 45)),
+        ((4, 32, 31), (4, 31, 32)),  # float64 from 32, float32 past it
+        ((1, 40, 33), (3, 33, 41)),  # a broadcast operand
+        ((1, 50, 35), (1, 35, 70)),  # fewer products than threads
+        ((2, 40, 0), (2, 0, 36)),
     ],
 )
 def test_stacks_and_1d(sa, sb, dtype, rng):

@@ -463,6 +463,14 @@ MUTANTS = [
         "a B that fits L2 is packed for every A past DIRECT_M rows (the small-B rule never taken)",
     ),
     Mutant(
+        "gemm-stack-skips-the-last-product-of-each-run",
+        "_gemm_kernels.py",
+        "    for t in range(task * per, min(batch, (task + 1) * per)):\n",
+        "    for t in range(task * per, min(batch, (task + 1) * per - 1)):\n",
+        ("tests/test_matmul.py", "-k", "stack_of_packed_products"),
+        "each thread's run of a stack of packed products leaves its last product unset",
+    ),
+    Mutant(
         "kernels-lu-solve-accepts-pivot-n",
         "kernels.py",
         "        if _jit.U(piv[i]) >= _jit.U(n):  # unsigned: a negative index too, in one compare\n",
