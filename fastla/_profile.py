@@ -40,6 +40,7 @@ KNOBS = {
     "matmul": ("matmul", "small_min_batch"),
     "matmul_gemm": ("matmul", "gemm_min_work"),  # float64 products
     "matmul_gemm_f32": ("matmul", "gemm_min_work_f32"),  # float32 products
+    "matmul_stack": ("matmul", "packed_stack_min_batch"),  # stacks of mid-size float64 products
     "solve": ("lu", "small_min_batch"),
     "softmax": ("softmax", "min_size"),
     "cosine_similarity": ("similarity", "matrix_min_work"),
@@ -49,7 +50,12 @@ KNOBS = {
     "scaled_dot_product_attention": ("attention", "min_scores"),
 }
 #: knobs named otherwise than the op whose rule reads them: knob -> op
-FURTHER_KNOBS = {"matmul_gemm": "matmul", "matmul_gemm_f32": "matmul", "cosine_topk_stream": "cosine_topk"}
+FURTHER_KNOBS = {
+    "matmul_gemm": "matmul",
+    "matmul_gemm_f32": "matmul",
+    "matmul_stack": "matmul",
+    "cosine_topk_stream": "cosine_topk",
+}
 #: ops whose auto rule reads another op's knob
 SHARES = {"log_softmax": "softmax", "cross_entropy": "softmax", "lu_factor": "solve", "lu_solve": "solve"}
 

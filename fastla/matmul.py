@@ -72,7 +72,15 @@ AUTO_RULE = {
     # m*k*n of one product (a folded stack: one product) from which the packed kernel runs:
     "gemm_min_work": _shipped_gemm_min_work("float64"),
     "gemm_min_work_f32": _shipped_gemm_min_work("float32"),
+    # a stack of float64 products, every side PACKED_STACK_SIDES, of at least this many products
+    # runs one packed product per thread at a time (_gemm_kernels.gemm_stack); NumPy calls BLAS
+    # once per product. Zen 4, two threads, ratio to np.matmul by stack length: 48x48 0.77 (8),
+    # 0.95 (32), 0.99 (64), 1.06 (256), 1.21 (10 000); 96x96 1.2-1.7 and 128x128 1.1-2.3 from 2
+    "packed_stack_min_batch": 256 if _jit.JIT_ENABLED else NEVER,
 }
+#: the sides (m, k and n) of the products the packed-stack rule covers: from 48 (32x32 stacks ran at
+#: 0.89-0.98x NumPy at 64-256 products) to 128 (past it one product is split across threads)
+PACKED_STACK_SIDES = (48, 128)
 
 
 def _gemm_key(dtype):
@@ -178,9 +186,19 @@ def _gemm_work(m, k, n, batch, b_stacked):
     return rows * k * n
 
 
+def _packed_stack_shape(m, k, n, b_stacked, dtype):
+    """A stack of float64 products every side of which is in :data:`PACKED_STACK_SIDES`."""
+    lo, hi = PACKED_STACK_SIDES
+    return b_stacked and dtype == np.float64 and lo <= min(m, k, n) and max(m, k, n) <= hi
+
+
+def _packed_stack_wins(m, k, n, batch, b_stacked, dtype):
+    return _packed_stack_shape(m, k, n, b_stacked, dtype) and batch >= AUTO_RULE["packed_stack_min_batch"]
+
+
 def _compiled_wins(m, k, n, batch, b_stacked, dtype):
     """The auto rule on plain numbers (used by the fast path; :func:`_rule` says the same)."""
-    if _small_stack_wins(m, k, n, batch, b_stacked):
+    if _small_stack_wins(m, k, n, batch, b_stacked) or _packed_stack_wins(m, k, n, batch, b_stacked, dtype):
         return True
     work = _gemm_work(m, k, n, batch, b_stacked)
     return work > 0 and work >= AUTO_RULE[_gemm_key(dtype)]  # a thin product is BLAS's, whatever the rule
@@ -197,6 +215,15 @@ def _rule(prep):
                 "compiled loop over the stack beats per-matrix BLAS calls"
             ),
         )
+    if _packed_stack_wins(f["m"], f["k"], f["n"], f["batch"], f["b_stacked"], f["dtype"]):
+        least = AUTO_RULE["packed_stack_min_batch"]
+        return (
+            "numba",
+            lambda: (
+                f"stack of {f['batch']} float64 products ({f['m']}x{f['k']} @ {f['k']}x{f['n']}, "
+                f">= {least} of them): one parallel loop of packed products beats per-matrix BLAS calls"
+            ),
+        )
     work = _gemm_work(f["m"], f["k"], f["n"], f["batch"], f["b_stacked"])
     key = _gemm_key(f["dtype"])
     if work > 0 and work >= AUTO_RULE[key]:
@@ -208,9 +235,13 @@ def _rule(prep):
             ),
         )
     if work == 0:
+        stack = _packed_stack_shape(f["m"], f["k"], f["n"], f["b_stacked"], f["dtype"])
+        least = AUTO_RULE["packed_stack_min_batch"]
         why = (
             f"too thin a product for the packed kernel (rows or columns < {GEMM_MIN_ROWS_COLS}, "
-            f"or depth < {GEMM_MIN_DEPTH}): BLAS ({_blas_name()})"
+            f"or depth < {GEMM_MIN_DEPTH})"
+            + (f", and fewer than {least} products for the packed products' loop" if stack else "")
+            + f": BLAS ({_blas_name()})"
         )
     elif AUTO_RULE[key] >= NEVER:
         why = f"this BLAS ({_blas_name()}) is faster than the packed Numba GEMM on this hardware"

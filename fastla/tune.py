@@ -138,6 +138,17 @@ SWEEPS = (
         for knob, dt in (("matmul_gemm", np.float64), ("matmul_gemm_f32", np.float32))
     ),
     Sweep(
+        "matmul",
+        "48x48 float64 products in a stack",
+        (8, 16, 32, 64, 128, 256, 512, 1024),
+        lambda p: p,
+        lambda p, dt, rng: ((_normal(rng, (p, 48, 48), dt), _normal(rng, (p, 48, 48), dt)), {}),
+        lambda p: f"{p} x 48x48 @ 48x48",
+        knob="matmul_stack",
+        never=_profile.NEVER,
+        dtypes=(np.float64,),
+    ),
+    Sweep(
         "solve",
         "4x4 systems in a stack",
         (8, 16, 32, 64, 128, 256, 512, 1024, 4096),

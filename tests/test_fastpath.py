@@ -162,3 +162,38 @@ def test_the_gemm_threshold_decides_the_fast_path_as_explain_says(monkeypatch, f
             assert name == ("numba" if threshold <= 65536 and not thin else "numpy"), reason
             assert ("too thin" in reason) == thin and f"{key}={threshold}" in reason
             _same(lambda be, x=x, y=y: fastla.matmul(x, y, backend=be))
+
+
+@pytest.mark.parametrize("threshold", [1, 3, 10**9])
+def test_the_packed_stack_threshold_decides_the_fast_path_as_explain_says(monkeypatch, threshold):
+    """``packed_stack_min_batch``: a stack of at least this many float64 products whose every side
+    is in ``PACKED_STACK_SIDES`` runs the packed products' loop; shorter stacks, float32, and
+    products with a side outside the range go to NumPy; the fast path and the full path agree."""
+    module = sys.modules["fastla.matmul"]
+    monkeypatch.setitem(module.AUTO_RULE, "packed_stack_min_batch", threshold)
+    lo, hi = module.PACKED_STACK_SIDES
+    ran = []
+    for impl, attr in (("numpy", "_matmul_numpy"), ("numba", "_matmul_numba")):
+        original = getattr(module, attr)
+
+        def spy(*args, _impl=impl, _original=original, **kwargs):
+            ran.append(_impl)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(module, attr, spy)
+    for batch, m, k, n, dtype, inside in (
+        (3, lo, lo + 1, hi, np.float64, True),
+        (2, hi, lo, lo, np.float64, True),
+        (3, lo - 1, lo, lo, np.float64, False),
+        (3, lo, lo, hi + 1, np.float64, False),
+        (3, lo, lo, lo, np.float32, False),
+    ):
+        x = rng.standard_normal((batch, m, k)).astype(dtype)
+        y = rng.standard_normal((batch, k, n)).astype(dtype)
+        ran.clear()
+        fastla.matmul(x, y)
+        name, reason = fastla.explain("matmul", x, y)
+        assert ran == [name], (x.shape, y.shape, reason)
+        assert name == ("numba" if inside and batch >= threshold else "numpy"), reason
+        assert ("packed products" in reason) == inside, reason
+        _same(lambda be, x=x, y=y: fastla.matmul(x, y, backend=be))

@@ -267,11 +267,12 @@ def test_a_tune_run_writes_a_profile_that_auto_then_uses(profile, monkeypatch):
     data = json.loads(profile.read_text())
     entry = data["machines"][_profile.machine_key()]["threads"][str(fastla.get_num_threads())]
     assert entry["rules"] == result["rules"]
-    assert set(result["rules"]) == {"matmul", "matmul_gemm", "matmul_gemm_f32", "softmax"}
+    assert set(result["rules"]) == {"matmul", "matmul_gemm", "matmul_gemm_f32", "matmul_stack", "softmax"}
     assert fastla.tune_profile()["rules"] == result["rules"]
     assert MATMUL_RULE["small_min_batch"] == result["rules"]["matmul"]
     assert MATMUL_RULE["gemm_min_work"] == result["rules"]["matmul_gemm"]
     assert MATMUL_RULE["gemm_min_work_f32"] == result["rules"]["matmul_gemm_f32"]
+    assert MATMUL_RULE["packed_stack_min_batch"] == result["rules"]["matmul_stack"]
     assert "matmul_gemm: threshold in multiply-adds" in text
     assert result["regret_before"] > 0 and result["regret_after"] > 0
 

@@ -471,6 +471,14 @@ MUTANTS = [
         "each thread's run of a stack of packed products leaves its last product unset",
     ),
     Mutant(
+        "matmul-auto-packed-stack-any-dtype",
+        "matmul.py",
+        "    return b_stacked and dtype == np.float64 and lo <= min(m, k, n) and max(m, k, n) <= hi\n",
+        "    return b_stacked and lo <= min(m, k, n) and max(m, k, n) <= hi\n",
+        ("tests/test_fastpath.py", "-k", "packed_stack"),
+        "auto sends float32 stacks to the packed products' loop, measured only for float64",
+    ),
+    Mutant(
         "kernels-lu-solve-accepts-pivot-n",
         "kernels.py",
         "        if _jit.U(piv[i]) >= _jit.U(n):  # unsigned: a negative index too, in one compare\n",
