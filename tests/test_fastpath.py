@@ -121,15 +121,8 @@ def test_the_fast_path_runs_what_explain_names(monkeypatch):
         assert ran == [(op, fastla.explain(op, *args)[0])], (op, [a.shape for a in args])
 
 
-@pytest.mark.parametrize("f64_threshold, f32_threshold", [(1, 10**9), (65536, 1), (10**9, 65536), (0, 0)])
-def test_the_gemm_threshold_decides_the_fast_path_as_explain_says(monkeypatch, f64_threshold, f32_threshold):
-    """``gemm_min_work`` and ``gemm_min_work_f32`` (the multiply-adds of one product from which
-    auto takes the packed GEMM, per dtype, set where the BLAS kernel is narrower than the host or by
-    a tuned profile): the fast path and the full path pick the same impl on either side of each
-    dtype's own threshold and give the same result."""
-    module = sys.modules["fastla.matmul"]
-    monkeypatch.setitem(module.AUTO_RULE, "gemm_min_work", f64_threshold)
-    monkeypatch.setitem(module.AUTO_RULE, "gemm_min_work_f32", f32_threshold)
+def _spy_on_matmul_impls(monkeypatch, module):
+    """A list that records ``"numpy"`` or ``"numba"`` for each call of matmul's two impls."""
     ran = []
     for impl, attr in (("numpy", "_matmul_numpy"), ("numba", "_matmul_numba")):
         original = getattr(module, attr)
@@ -139,6 +132,19 @@ def test_the_gemm_threshold_decides_the_fast_path_as_explain_says(monkeypatch, f
             return _original(*args, **kwargs)
 
         monkeypatch.setattr(module, attr, spy)
+    return ran
+
+
+@pytest.mark.parametrize("f64_threshold, f32_threshold", [(1, 10**9), (65536, 1), (10**9, 65536), (0, 0)])
+def test_the_gemm_threshold_decides_the_fast_path_as_explain_says(monkeypatch, f64_threshold, f32_threshold):
+    """``gemm_min_work`` and ``gemm_min_work_f32`` (the multiply-adds of one product from which
+    auto takes the packed GEMM, per dtype, set where the BLAS kernel is narrower than the host or by
+    a tuned profile): the fast path and the full path pick the same impl on either side of each
+    dtype's own threshold and give the same result."""
+    module = sys.modules["fastla.matmul"]
+    monkeypatch.setitem(module.AUTO_RULE, "gemm_min_work", f64_threshold)
+    monkeypatch.setitem(module.AUTO_RULE, "gemm_min_work_f32", f32_threshold)
+    ran = _spy_on_matmul_impls(monkeypatch, module)
     cases = [  # one GEMM of 64 x 32 x 64 multiply-adds; a stack of 2 such; 2 folded into one
         (rng.standard_normal((64, 32)), rng.standard_normal((32, 64))),
         (rng.standard_normal((2, 64, 32)), rng.standard_normal((2, 32, 64))),
@@ -172,15 +178,7 @@ def test_the_packed_stack_threshold_decides_the_fast_path_as_explain_says(monkey
     module = sys.modules["fastla.matmul"]
     monkeypatch.setitem(module.AUTO_RULE, "packed_stack_min_batch", threshold)
     lo, hi = module.PACKED_STACK_SIDES
-    ran = []
-    for impl, attr in (("numpy", "_matmul_numpy"), ("numba", "_matmul_numba")):
-        original = getattr(module, attr)
-
-        def spy(*args, _impl=impl, _original=original, **kwargs):
-            ran.append(_impl)
-            return _original(*args, **kwargs)
-
-        monkeypatch.setattr(module, attr, spy)
+    ran = _spy_on_matmul_impls(monkeypatch, module)
     for batch, m, k, n, dtype, inside in (
         (3, lo, lo + 1, hi, np.float64, True),
         (2, hi, lo, lo, np.float64, True),
