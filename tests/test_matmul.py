@@ -70,6 +70,34 @@ def test_stack_of_packed_products(threads, dtype, rng):
         fastla.set_num_threads(n0)
 
 
+def test_python_threads_multiplying_at_once_each_pack_into_their_own_workspace(rng):
+    """Python threads inside the packed GEMM at once (a thread pool, Dask's threaded scheduler) get
+    the products they would get alone: each packs into its own kept workspace."""
+    import threading
+
+    pairs = [(rng.standard_normal((150, 130)), rng.standard_normal((130, 170))) for _ in range(4)]
+    stack = (rng.standard_normal((6, 60, 50)), rng.standard_normal((6, 50, 70)))
+    alone = [fastla.matmul(a, b, backend="numba") for a, b in pairs]
+    stack_alone = fastla.matmul(*stack, backend="numba")
+    barrier = threading.Barrier(len(pairs), timeout=60)
+    wrong = []
+
+    def work(i):
+        barrier.wait()
+        for _ in range(10):
+            if not np.array_equal(fastla.matmul(*pairs[i], backend="numba"), alone[i]):
+                wrong.append(i)
+            if not np.array_equal(fastla.matmul(*stack, backend="numba"), stack_alone):
+                wrong.append(-1)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(pairs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not wrong
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_packed_gemm_packs_into_this_threads_workspace(threads, dtype, rng):
     """The packed operands go into the calling thread's kept scratch, not into fresh memory each

@@ -447,6 +447,14 @@ MUTANTS = [
         "the packed GEMM ignores the thread's kept workspace and allocates its scratch every call",
     ),
     Mutant(
+        "gemm-workspace-shared-by-python-threads",
+        "_gemm_kernels.py",
+        "class _Workspaces(threading.local):\n",
+        "class _Workspaces:\n",
+        ("tests/test_matmul.py", "-k", "python_threads"),
+        "Python threads multiplying at once pack into one shared workspace (a race on the packed operands)",
+    ),
+    Mutant(
         "gemm-small-b-in-place-for-any-rows",
         "_gemm_kernels.py",
         "(m <= tile_small_b_m(c) and b_bytes <= tile_small_b_bytes(c))",
