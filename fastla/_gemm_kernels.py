@@ -1056,8 +1056,8 @@ STACK_TASK = _jit.Entry(stack_task, _stack_task_examples)
 def gemm_stack(a, b, c, *, threads=None):
     """``c[t] = a[t] @ b[t]`` for C-contiguous 3-D stacks of one float dtype, ``c`` C-contiguous:
     the stack split into one contiguous run of products per thread, each product the packed GEMM
-    on one thread (:func:`stack_task`), B read in place (it fits L2: see SMALL_B_BYTES) and A
-    packed into the thread's own scratch. For stacks of products too large for the small-product
+    on one thread (:func:`stack_task`), B read in place where it fits L2 (SMALL_B_BYTES) and A
+    packed into the thread's own row of the workspace. For stacks of products too large for the small-product
     kernels and too small to split one product across threads: before, a Python loop of
     :func:`gemm` calls (10 000 48 x 48 float64 products 343 ms, NumPy 74 ms; Zen 4, two threads).
     """

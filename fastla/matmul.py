@@ -72,14 +72,15 @@ AUTO_RULE = {
     # m*k*n of one product (a folded stack: one product) from which the packed kernel runs:
     "gemm_min_work": _shipped_gemm_min_work("float64"),
     "gemm_min_work_f32": _shipped_gemm_min_work("float32"),
-    # a stack of float64 products, every side PACKED_STACK_SIDES, of at least this many products
+    # a stack of float64 products, every side in PACKED_STACK_SIDES, of at least this many products
     # runs one packed product per thread at a time (_gemm_kernels.gemm_stack); NumPy calls BLAS
     # once per product. Zen 4, two threads, ratio to np.matmul by stack length: 48x48 0.77 (8),
     # 0.95 (32), 0.99 (64), 1.06 (256), 1.21 (10 000); 96x96 1.2-1.7 and 128x128 1.1-2.3 from 2
     "packed_stack_min_batch": 256 if _jit.JIT_ENABLED else NEVER,
 }
 #: the sides (m, k and n) of the products the packed-stack rule covers: from 48 (32x32 stacks ran at
-#: 0.89-0.98x NumPy at 64-256 products) to 128 (past it one product is split across threads)
+#: 0.89-0.98x NumPy at 64-256 products) to 128, the largest measured (past it auto's one-product
+#: GEMM rule decides, as before)
 PACKED_STACK_SIDES = (48, 128)
 
 
