@@ -977,13 +977,24 @@ def tiles(dtype, kc, mc, nc, threads=None):
     """:class:`Tiles` for a Python caller of :func:`gemm_into` on ``dtype`` operands (``threads``:
     this call's share, :func:`fastla._jit.threads_here`, by default), with this thread's
     :func:`workspace`, large enough for any product of this blocking."""
-    tasks = Tasks(A_BLOCK_TASK.address(dtype), PACK_B_TASK.address(dtype))
     threads = _jit.threads_here() if threads is None else threads
+    work = workspace(dtype, _work_elements(dtype, max(1, threads), mc, kc, nc))
+    return Tiles(kc, mc, nc, _task_addresses(dtype), threads, work)
+
+
+def _task_addresses(dtype):
+    """The :class:`Tasks` of :func:`gemm_into` on ``dtype`` operands."""
+    return Tasks(A_BLOCK_TASK.address(dtype), PACK_B_TASK.address(dtype))
+
+
+def _work_elements(dtype, slots, mc, kc, nc):
+    """Elements of :func:`gemm_into`'s scratch (:func:`work_parts`) for any product of at most this
+    blocking on ``slots`` threads, rounded up to 16 (so that scratches laid end to end each start
+    64-byte aligned)."""
     blk = BLOCKING[np.dtype(dtype)]
-    parts = getattr(work_parts, "py_func", work_parts)(
-        max(1, threads), _ceil_div(mc, blk.MR) * blk.MR, kc, _ceil_div(nc, blk.NR) * blk.NR, blk.MR, blk.NR
-    )
-    return Tiles(kc, mc, nc, tasks, threads, workspace(dtype, sum(parts)))
+    mc_pad, nc_pad = _ceil_div(mc, blk.MR) * blk.MR, _ceil_div(nc, blk.NR) * blk.NR
+    parts = getattr(work_parts, "py_func", work_parts)(slots, mc_pad, kc, nc_pad, blk.MR, blk.NR)
+    return _ceil_div(sum(parts), 16) * 16
 
 
 def row_blocking(m, itemsize, threads):
@@ -1057,9 +1068,9 @@ def gemm_stack(a, b, c, *, threads=None):
     """``c[t] = a[t] @ b[t]`` for C-contiguous 3-D stacks of one float dtype, ``c`` C-contiguous:
     the stack split into one contiguous run of products per thread, each product the packed GEMM
     on one thread (:func:`stack_task`), B read in place where it fits L2 (SMALL_B_BYTES) and A
-    packed into the thread's own row of the workspace. For stacks of products too large for the small-product
-    kernels and too small to split one product across threads: before, a Python loop of
-    :func:`gemm` calls (10 000 48 x 48 float64 products 343 ms, NumPy 74 ms; Zen 4, two threads).
+    packed into the thread's own row of the workspace. For stacks of products too large for the
+    small-product kernels and too small to split one product across threads: before, a Python loop
+    of :func:`gemm` calls (10 000 48 x 48 float64 products 343 ms, NumPy 74 ms; Zen 4, two threads).
     """
     batch, m, k = a.shape
     n = b.shape[2]
@@ -1067,19 +1078,9 @@ def gemm_stack(a, b, c, *, threads=None):
     blk = BLOCKING[dtype]
     threads = max(1, min(_jit.threads_here() if threads is None else threads, batch))
     mc = row_blocking(m, dtype.itemsize, 1)
-    parts = getattr(work_parts, "py_func", work_parts)(
-        1,
-        _ceil_div(mc, blk.MR) * blk.MR,
-        min(blk.KC, k),
-        _ceil_div(min(blk.NC, n), blk.NR) * blk.NR,
-        blk.MR,
-        blk.NR,
-    )
-    row = _ceil_div(sum(parts), 16) * 16  # each thread's scratch starts 64-byte aligned
+    row = _work_elements(dtype, 1, mc, min(blk.KC, k), min(blk.NC, n))  # one thread's scratch
     work = workspace(dtype, threads * row)[: threads * row].reshape(threads, row)
-    tl = Tiles(
-        blk.KC, mc, blk.NC, Tasks(A_BLOCK_TASK.address(dtype), PACK_B_TASK.address(dtype)), 1, NO_SCALE[dtype]
-    )
+    tl = Tiles(blk.KC, mc, blk.NC, _task_addresses(dtype), 1, NO_SCALE[dtype])
     flat = (_intrinsics.readonly(a.reshape(-1)), _intrinsics.readonly(b.reshape(-1)), c.reshape(-1))
     dims = (batch, m, k, n, _ceil_div(batch, threads))
     args = (*flat, dims, dtype.type(1), NO_SCALE[dtype], tl, work, GEMM_INTO.address(dtype))

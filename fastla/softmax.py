@@ -270,6 +270,7 @@ def _mid_task(x, out, log, chunk, task):
     w = min(chunk, post - c0)
     m = np.full(w, -np.inf, dtype=x.dtype)
     s = np.zeros(w, dtype=np.float64)
+    f = np.empty(w, dtype=x.dtype)  # the per-column factor, in the row's dtype (see softmax_row)
     for i in range(n):
         for c in range(w):
             v = x[p, i, _U(c0 + c)]
@@ -280,7 +281,6 @@ def _mid_task(x, out, log, chunk, task):
         for i in range(n):
             for c in range(w):
                 s[c] += _math.exp(x[p, i, _U(c0 + c)] - m[c])
-        f = np.empty(w, dtype=x.dtype)  # the row's dtype (see softmax_row)
         for c in range(w):  # vectorised: fastla's log, not a libm call per column
             f[c] = _math.log(s[c])
         for i in range(n):
@@ -292,7 +292,6 @@ def _mid_task(x, out, log, chunk, task):
                 e = _math.exp(x[p, i, _U(c0 + c)] - m[c])
                 out[p, i, _U(c0 + c)] = e
                 s[c] += e
-        f = np.empty(w, dtype=x.dtype)
         for c in range(w):
             f[c] = 1.0 / s[c]
         for i in range(n):
