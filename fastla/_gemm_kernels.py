@@ -139,6 +139,7 @@ class Blocking:
 _ool = _intrinsics.call_out_of_line
 
 BLOCKING = {np.dtype(np.float64): Blocking(8), np.dtype(np.float32): Blocking(4)}
+_BLOCKING_BY_SIZE = {dt.itemsize: blk for dt, blk in BLOCKING.items()}
 #: Empty scale vectors: "no row/column scaling" for :func:`gemm_into`.
 NO_SCALE = {dt: np.empty(0, dt) for dt in BLOCKING}
 
@@ -428,24 +429,29 @@ class Operand(NamedTuple):
 def operand(x):
     """The :class:`Operand` of a 2-D float array: a view of its memory, copied only when a stride is
     not a whole number of elements."""
+    return Operand(*operand_fields(x))
+
+
+def operand_fields(x):
+    """:func:`operand`'s fields as a plain tuple (what :func:`gemm_plain` takes)."""
     item = x.itemsize
     rows, cols = x.shape
     # C- or F-contiguous (the common cases): a flat read-only view, without as_strided's ~5 us
     if rows > 1 and cols > 1 and x.size:
         if x.flags.c_contiguous:
-            return Operand(_intrinsics.readonly(x.reshape(-1)), 0, cols, 1, rows, cols)
+            return _intrinsics.readonly(x.reshape(-1)), 0, cols, 1, rows, cols
         if x.flags.f_contiguous:
-            return Operand(_intrinsics.readonly(x.T.reshape(-1)), 0, 1, rows, rows, cols)
+            return _intrinsics.readonly(x.T.reshape(-1)), 0, 1, rows, rows, cols
     if any(st % item for st in x.strides):
         x = np.ascontiguousarray(x)
     if x.size == 0:
-        return Operand(_intrinsics.readonly(np.empty(1, x.dtype)), 0, 0, 0, rows, cols)
+        return _intrinsics.readonly(np.empty(1, x.dtype)), 0, 0, 0, rows, cols
     # the view that starts at the lowest address spans the memory with positive strides
     low = x[tuple(slice(None, None, -1) if st < 0 else slice(None) for st in x.strides)]
     span = sum((n - 1) * abs(st) for n, st in zip(x.shape, x.strides, strict=True)) // item + 1
     data = np.lib.stride_tricks.as_strided(low, shape=(span,), strides=(item,), writeable=False)
     off = sum((n - 1) * -st for n, st in zip(x.shape, x.strides, strict=True) if st < 0) // item
-    return Operand(data, off, x.strides[0] // item, x.strides[1] // item, rows, cols)
+    return data, off, x.strides[0] // item, x.strides[1] // item, rows, cols
 
 
 @jit(inline="always")
@@ -1003,7 +1009,7 @@ def row_blocking(m, itemsize, threads):
     The ic loop is the parallel one (1024 rows in MC=252 blocks would be 5 blocks, 3 for one
     thread and 2 for the other: 0.6x of OpenBLAS on 2 threads instead of 0.9x).
     """
-    blk = BLOCKING[np.dtype(f"f{itemsize}")]
+    blk = _BLOCKING_BY_SIZE[itemsize]
     threads = max(1, threads)
     n_blocks = max(1, threads * _ceil_div(m, threads * blk.MC))
     return max(blk.MR, _ceil_div(_ceil_div(m, n_blocks), blk.MR) * blk.MR)
@@ -1019,16 +1025,72 @@ def gemm(a, b, out=None, *, threads=None):
     ``out``, if given, must be C-contiguous of the right shape and dtype; it is overwritten.
     """
     m, n = a.shape[0], b.shape[1]
-    blk = BLOCKING[a.dtype]
-    c = np.empty((m, n), dtype=a.dtype) if out is None else out
+    dtype = a.dtype
+    c = np.empty((m, n), dtype=dtype) if out is None else out
     if threads is None:
         threads = _jit.threads_here()
-    mc = row_blocking(m, a.dtype.itemsize, threads)
-    none = NO_SCALE[a.dtype]
-    dst = Dest(c.reshape(-1), 0, n)
-    code = tiles(a.dtype, blk.KC, mc, blk.NC, threads)
-    gemm_into(operand(a), operand(b), dst, a.dtype.type(1), False, none, none, code)
+    mc = row_blocking(m, dtype.itemsize, threads)
+    key = (dtype, mc, threads, A_BLOCK_TASK, PACK_B_TASK, GEMM_INTO)  # (tests stand in for entries)
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _PLANS[key] = _gemm_plan(dtype, mc, threads)
+    kc, nc, (a_at, pb_at), elements, gemm_at, one, none = plan
+    a_data, a_off, a_rs, a_cs, _, k = operand_fields(a)
+    b_data, b_off, b_rs, b_cs, _, _ = operand_fields(b)
+    work = workspace(dtype, elements)
+    gemm_plain(a_data, a_off, a_rs, a_cs, b_data, b_off, b_rs, b_cs, m, k, n, c.reshape(-1), one, none,
+               kc, mc, nc, a_at, pb_at, threads, work, gemm_at)  # fmt: skip
     return c
+
+
+#: (dtype, MC, threads, the entries) -> what :func:`gemm` passes :func:`gemm_plain` besides the operands (see
+#: :func:`_gemm_plan`): looked up once per call instead of rebuilt (~3 us of Python a call).
+_PLANS = {}
+
+
+def _gemm_plan(dtype, mc, threads):
+    blk = BLOCKING[dtype]
+    tasks = tuple(_task_addresses(dtype))
+    elements = _work_elements(dtype, max(1, threads), mc, blk.KC, blk.NC)
+    return blk.KC, blk.NC, tasks, elements, GEMM_INTO.address(dtype), dtype.type(1), NO_SCALE[dtype]
+
+
+@jit
+def gemm_plain(
+    a,
+    a_off,
+    a_rs,
+    a_cs,
+    b,
+    b_off,
+    b_rs,
+    b_cs,
+    m,
+    k,
+    n,
+    c,
+    alpha,
+    none,
+    kc,
+    mc,
+    nc,
+    a_at,
+    pb_at,
+    threads,
+    work,
+    gemm_at,
+):
+    """``c = alpha * a @ b`` by :func:`gemm_into` at ``gemm_at`` (its one compiled signature) for a
+    Python caller, which passes the fields of the :class:`Operand` s (:func:`operand_fields`), the
+    flat C-contiguous result ``c``, the fields of :class:`Tiles` and :class:`Tasks` one by one:
+    Numba types a named tuple argument in Python and plain ones in C, so that :func:`gemm_into`'s
+    dispatch alone took ~4 us a call, this one's 0.5 us (Zen 4)."""
+    accumulate, start = kc < 0, kc - kc  # a run-time False and 0 (see "literal arguments")
+    tl = Tiles(kc, mc, nc, Tasks(a_at, pb_at), threads, work)
+    a_op = flat_operand(a, a_off, a_rs, a_cs, m, k)
+    b_op = flat_operand(b, b_off, b_rs, b_cs, k, n)
+    args = (a_op, b_op, Dest(c, start, n), alpha, accumulate, none, none, tl)
+    _intrinsics.call_entry(gemm_at, gemm_into, args)
 
 
 @jit(python_wrapper=False)

@@ -548,16 +548,18 @@ def solve(a, b, *, backend=None):
     >>> fl.solve(np.array([[3.0, 1.0], [1.0, 2.0]]), np.array([9.0, 8.0]))
     array([2., 3.])
     """
-    if backend is None and type(a) is np.ndarray and type(b) is np.ndarray and not AUTO_RULE["large_numba"]:
+    if type(a) is np.ndarray and type(b) is np.ndarray and a.dtype is b.dtype and a.ndim >= 2:
         # The fast path of the common call (see matmul): one system, or a stack of one length with
-        # the same stack of right-hand-side blocks, float32/float64 of one dtype, under auto.
-        dt = a.dtype
-        if dt is b.dtype and dt in _validate.COMPILED_DTYPES and _registry.fast_path_open() and a.ndim >= 2:
+        # the same stack of right-hand-side blocks, float32/float64 of one dtype, under auto (with
+        # LAPACK for single systems) or numba forced.
+        fast = a.dtype in _validate.COMPILED_DTYPES and _registry.fast_path(backend)
+        forced = fast == "numba"
+        if forced or (fast and not AUTO_RULE["large_numba"]):
             n = a.shape[-1]
             if a.ndim == 2 and a.shape[0] == n and 1 <= b.ndim <= 2 and b.shape[0] == n:
-                return _solve_numpy(a, b)
+                return _jit.run_parallel(_solve_numba, a, b) if forced else _solve_numpy(a, b)
             if a.ndim == 3 and a.shape[1] == n and b.ndim == 3 and b.shape[:2] == a.shape[:2]:
-                if _batched_wins(n, a.shape[0]):
+                if forced or _batched_wins(n, a.shape[0]):
                     return _jit.run_parallel(_solve_numba, a, b)
                 return _solve_numpy(a, b)
     return _validate.wrap_like(b, _LINSOLVE.run(backend, _prepare_linsolve(a, b)))

@@ -315,25 +315,24 @@ def matmul(a, b, /, out=None, *, backend=None):
     array([[ 5., 14.],
            [14., 50.]])
     """
-    if out is None and backend is None and type(a) is np.ndarray and type(b) is np.ndarray:
+    if out is None and type(a) is np.ndarray and type(b) is np.ndarray:
         # The fast path of the common call (ARCHITECTURE.md, "Layers"): plain float32/float64
-        # arrays of one dtype, 2-D, or 3-D stacks of one length, under auto. The same decision as
-        # _prepare + _rule, without building them (~10 us of Python on a 4x4 product).
+        # arrays of one dtype, 2-D, or 3-D stacks of one length, under auto or numba forced. The
+        # same decision as _prepare + _rule, without building them (~10 us of Python on a 4x4
+        # product).
         dt = a.dtype
-        if (
-            dt is b.dtype
-            and dt in _validate.COMPILED_DTYPES
-            and a.ndim == b.ndim
-            and _registry.fast_path_open()
-        ):
+        fast = dt is b.dtype and dt in _validate.COMPILED_DTYPES and a.ndim == b.ndim
+        fast = fast and _registry.fast_path(backend)
+        if fast:
+            forced = fast == "numba"
             if a.ndim == 2 and a.shape[1] == b.shape[0]:
                 m, k = a.shape  # (m below the packed kernel's least: no rule to evaluate)
-                if m >= GEMM_MIN_ROWS_COLS and _compiled_wins(m, k, b.shape[1], 1, False, dt):
+                if forced or (m >= GEMM_MIN_ROWS_COLS and _compiled_wins(m, k, b.shape[1], 1, False, dt)):
                     return _jit.run_parallel(_matmul_numba, a, b, None)
                 return _matmul_numpy(a, b, None)
             if a.ndim == 3 and a.shape[0] == b.shape[0] and a.shape[2] == b.shape[1]:
                 batch, m, k = a.shape
-                if _compiled_wins(m, k, b.shape[2], batch, True, dt):
+                if forced or _compiled_wins(m, k, b.shape[2], batch, True, dt):
                     return _jit.run_parallel(_matmul_numba, a, b, None)
                 return _matmul_numpy(a, b, None)
     return _OP.run(backend, _prepare(a, b, out))

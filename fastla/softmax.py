@@ -410,18 +410,19 @@ def _compiled_wins(size):
 
 def _fast(x, axis, out, backend, log):
     """The fast path of the common call (see matmul): a plain float32/float64 array of at least one
-    dimension, the last axis, no ``out=``, under auto; None when the call needs the full path."""
-    if (
+    dimension, the last axis, no ``out=``, under auto or numba forced; None when the call needs the
+    full path."""
+    fast = (
         out is None
-        and backend is None
         and type(x) is np.ndarray
         and axis == -1
         and type(axis) is int
         and x.dtype in _validate.COMPILED_DTYPES
         and x.ndim
-        and _registry.fast_path_open()
-    ):
-        if _compiled_wins(x.size):
+        and _registry.fast_path(backend)
+    )
+    if fast:
+        if fast == "numba" or _compiled_wins(x.size):
             return _jit.run_parallel(_numba_impl, x, (x.ndim - 1,), None, log)
         return _numpy_impl(x, -1, None, log)
     return None

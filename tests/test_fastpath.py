@@ -1,29 +1,43 @@
 """The fast path of the common call gives what the full call path gives, and runs what ``explain`` says.
 
-A call with ``backend=None`` under ``auto`` may take a public function's fast path (a few cheap
-checks, then the impl); ``backend="auto"`` always takes the full path (validation + the auto rule).
-Both must agree on every input of the shared matrix: the same result, or the same error.
+A call with ``backend=None`` under ``auto``, or with ``numba`` forced, may take a public function's
+fast path (a few cheap checks, then the impl); ``backend="auto"``, or any call with the fast path
+closed, takes the full path (validation + the auto rule). Both must agree on every input of the
+shared matrix: the same result, or the same error.
 """
 
 from __future__ import annotations
 
 import sys
+from unittest import mock
 
 import numpy as np
 import pytest
 
 import fastla
+from fastla import _registry
 from tests.helpers import variant
 
 rng = np.random.default_rng(5)
 
 
 def _same(call):
-    """``call(backend)`` with ``None`` (fast path eligible) and ``"auto"`` (full path) agree."""
+    """``call(backend)`` with ``None`` (fast path eligible) and ``"auto"`` (full path) agree, and so
+    do ``"numba"`` forced by the call with the fast path open and closed (the full path)."""
+    _agree(lambda: call(None), lambda: call("auto"))
+
+    def full_path():
+        with mock.patch.object(_registry, "fast_path", lambda backend: None):
+            return call("numba")
+
+    _agree(lambda: call("numba"), full_path)
+
+
+def _agree(*calls):
     outcomes = []
-    for backend in (None, "auto"):
+    for run in calls:
         try:
-            outcomes.append(("ok", call(backend)))
+            outcomes.append(("ok", run()))
         except Exception as exc:  # the error is part of the contract
             outcomes.append(("error", exc))
     (kind_a, a), (kind_b, b) = outcomes
@@ -116,9 +130,10 @@ def test_the_fast_path_runs_what_explain_names(monkeypatch):
         ("softmax", (rng.standard_normal((100, 100)),)),
     ]
     for op, args in calls:
-        ran.clear()
-        getattr(fastla, op)(*args)
-        assert ran == [(op, fastla.explain(op, *args)[0])], (op, [a.shape for a in args])
+        for backend in (None, "numba"):
+            ran.clear()
+            getattr(fastla, op)(*args, backend=backend)
+            assert ran == [(op, fastla.explain(op, *args, backend=backend)[0])], (op, [a.shape for a in args])
 
 
 def _spy_on_matmul_impls(monkeypatch, module):

@@ -487,6 +487,31 @@ MUTANTS = [
         "auto sends float32 stacks to the packed products' loop, measured only for float64",
     ),
     Mutant(
+        "matmul-fast-path-forced-numba-takes-the-rule",
+        "matmul.py",
+        "                if forced or (m >= GEMM_MIN_ROWS_COLS and "
+        "_compiled_wins(m, k, b.shape[1], 1, False, dt)):\n",
+        "                if m >= GEMM_MIN_ROWS_COLS and _compiled_wins(m, k, b.shape[1], 1, False, dt):\n",
+        ("tests/test_fastpath.py", "-k", "explain_names"),
+        "matmul's fast path runs auto's pick for a product with numba forced (NumPy on a small one)",
+    ),
+    Mutant(
+        "solve-fast-path-forced-numba-runs-lapack",
+        "lu.py",
+        "                return _jit.run_parallel(_solve_numba, a, b) if forced else _solve_numpy(a, b)\n",
+        "                return _solve_numpy(a, b)\n",
+        ("tests/test_fastpath.py", "-k", "explain_names"),
+        "solve's fast path runs LAPACK for one system with numba forced",
+    ),
+    Mutant(
+        "gemm-plain-result-rows-at-the-depth-stride",
+        "_gemm_kernels.py",
+        "    args = (a_op, b_op, Dest(c, start, n), alpha, accumulate, none, none, tl)\n",
+        "    args = (a_op, b_op, Dest(c, start, k), alpha, accumulate, none, none, tl)\n",
+        ("tests/test_matmul.py", "-k", "shapes_all_impls"),
+        "matmul's packed products lay the result's rows out at A's column count, not B's",
+    ),
+    Mutant(
         "kernels-lu-solve-accepts-pivot-n",
         "kernels.py",
         "        if _jit.U(piv[i]) >= _jit.U(n):  # unsigned: a negative index too, in one compare\n",
