@@ -40,7 +40,7 @@ KNOBS = {
     "matmul": ("matmul", "small_min_batch"),
     "matmul_gemm": ("matmul", "gemm_min_work"),  # float64 products
     "matmul_gemm_f32": ("matmul", "gemm_min_work_f32"),  # float32 products
-    "matmul_stack": ("matmul", "packed_stack_min_batch"),  # stacks of mid-size float64 products
+    "matmul_stack": ("matmul", "packed_stack_min_batch"),  # stacks of mid-size products (timed in f64)
     "solve": ("lu", "small_min_batch"),
     "softmax": ("softmax", "min_size"),
     "cosine_similarity": ("similarity", "matrix_min_work"),

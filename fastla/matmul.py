@@ -72,16 +72,20 @@ AUTO_RULE = {
     # m*k*n of one product (a folded stack: one product) from which the packed kernel runs:
     "gemm_min_work": _shipped_gemm_min_work("float64"),
     "gemm_min_work_f32": _shipped_gemm_min_work("float32"),
-    # a stack of float64 products, every side in PACKED_STACK_SIDES, of at least this many products
-    # runs one packed product per thread at a time (_gemm_kernels.gemm_stack); NumPy calls BLAS
-    # once per product. Zen 4, two threads, ratio to np.matmul by stack length: 48x48 0.77 (8),
-    # 0.95 (32), 0.99 (64), 1.06 (256), 1.21 (10 000); 96x96 1.2-1.7 and 128x128 1.1-2.3 from 2
+    # a stack of products, every side in PACKED_STACK_SIDES, of at least this many products runs
+    # one packed product per thread at a time (_gemm_kernels.gemm_stack); NumPy calls BLAS once per
+    # product. Zen 4, two threads, ratio to np.matmul by stack length: float64 48x48 0.77 (8), 0.95
+    # (32), 0.99 (64), 1.06 (256), 1.21 (10 000); 96x96 1.2-1.7 and 128x128 1.1-2.3 from 2; float32
+    # (each side timed 0.3 s after the other's last call, three runs) 64x64 0.75-1.07 (64),
+    # 0.97-1.28 (256), 0.96-1.14 (2000); 96x96 1.01-1.35 (64), 1.11-1.47 from 256; 128x128
+    # 1.17-1.36 from 64
     "packed_stack_min_batch": 256 if _jit.JIT_ENABLED else NEVER,
 }
-#: the sides (m, k and n) of the products the packed-stack rule covers: from 48 (32x32 stacks ran at
-#: 0.89-0.98x NumPy at 64-256 products) to 128, the largest measured (past it auto's one-product
-#: GEMM rule decides, as before)
-PACKED_STACK_SIDES = (48, 128)
+#: dtype -> the sides (m, k and n) of the products the packed-stack rule covers, up to 128, the
+#: largest measured (past it auto's one-product GEMM rule decides, as before), from 48 in float64
+#: (32x32 stacks ran at 0.89-0.98x NumPy at 64-256 products) and 64 in float32 (48x48: 0.50-0.59x at
+#: 64 products, 0.54-0.79x at 256, 0.92-1.05x at 2000; float32 has BLAS's double flop rate)
+PACKED_STACK_SIDES = {np.dtype(np.float64): (48, 128), np.dtype(np.float32): (64, 128)}
 
 
 def _gemm_key(dtype):
@@ -188,9 +192,9 @@ def _gemm_work(m, k, n, batch, b_stacked):
 
 
 def _packed_stack_shape(m, k, n, b_stacked, dtype):
-    """A stack of float64 products every side of which is in :data:`PACKED_STACK_SIDES`."""
-    lo, hi = PACKED_STACK_SIDES
-    return b_stacked and dtype == np.float64 and lo <= min(m, k, n) and max(m, k, n) <= hi
+    """A stack of products every side of which is in :data:`PACKED_STACK_SIDES` for ``dtype``."""
+    lo, hi = PACKED_STACK_SIDES.get(dtype, (1, 0))
+    return b_stacked and lo <= min(m, k, n) and max(m, k, n) <= hi
 
 
 def _packed_stack_wins(m, k, n, batch, b_stacked, dtype):
@@ -221,7 +225,7 @@ def _rule(prep):
         return (
             "numba",
             lambda: (
-                f"stack of {f['batch']} float64 products ({f['m']}x{f['k']} @ {f['k']}x{f['n']}, "
+                f"stack of {f['batch']} {f['dtype']} products ({f['m']}x{f['k']} @ {f['k']}x{f['n']}, "
                 f">= {least} of them): one parallel loop of packed products beats per-matrix BLAS calls"
             ),
         )
@@ -235,20 +239,22 @@ def _rule(prep):
                 f"this BLAS ({_blas_name()}) from there"
             ),
         )
-    if work == 0:
+
+    def reason():
         stack = _packed_stack_shape(f["m"], f["k"], f["n"], f["b_stacked"], f["dtype"])
         least = AUTO_RULE["packed_stack_min_batch"]
-        why = (
-            f"too thin a product for the packed kernel (rows or columns < {GEMM_MIN_ROWS_COLS}, "
-            f"or depth < {GEMM_MIN_DEPTH})"
-            + (f", and fewer than {least} products for the packed products' loop" if stack else "")
-            + f": BLAS ({_blas_name()})"
-        )
-    elif AUTO_RULE[key] >= NEVER:
-        why = f"this BLAS ({_blas_name()}) is faster than the packed Numba GEMM on this hardware"
-    else:
-        why = f"{work} multiply-adds per GEMM < {key}, where BLAS ({_blas_name()}) is faster"
-    return "numpy", lambda: f"{shape}: {why}"
+        few = f", and fewer than {least} products for the packed products' loop" if stack else ""
+        if work == 0:
+            return (
+                f"{shape}: too thin a product for the packed kernel (rows or columns < "
+                f"{GEMM_MIN_ROWS_COLS}, or depth < {GEMM_MIN_DEPTH}){few}: BLAS ({_blas_name()})"
+            )
+        if AUTO_RULE[key] >= NEVER:
+            blas = _blas_name()
+            return f"{shape}: this BLAS ({blas}) is faster than the packed Numba GEMM on this hardware{few}"
+        return f"{shape}: {work} multiply-adds per GEMM < {key}, where BLAS ({_blas_name()}) is faster{few}"
+
+    return "numpy", reason
 
 
 def _blas_name():

@@ -187,19 +187,23 @@ def test_the_gemm_threshold_decides_the_fast_path_as_explain_says(monkeypatch, f
 
 @pytest.mark.parametrize("threshold", [1, 3, 10**9])
 def test_the_packed_stack_threshold_decides_the_fast_path_as_explain_says(monkeypatch, threshold):
-    """``packed_stack_min_batch``: a stack of at least this many float64 products whose every side
-    is in ``PACKED_STACK_SIDES`` runs the packed products' loop; shorter stacks, float32, and
+    """``packed_stack_min_batch``: a stack of at least this many products whose every side is in
+    ``PACKED_STACK_SIDES`` for their dtype runs the packed products' loop; shorter stacks and
     products with a side outside the range go to NumPy; the fast path and the full path agree."""
     module = sys.modules["fastla.matmul"]
     monkeypatch.setitem(module.AUTO_RULE, "packed_stack_min_batch", threshold)
-    lo, hi = module.PACKED_STACK_SIDES
+    lo, hi = module.PACKED_STACK_SIDES[np.dtype(np.float64)]
+    lo32, hi32 = module.PACKED_STACK_SIDES[np.dtype(np.float32)]
+    assert lo < lo32  # float32's range starts higher
     ran = _spy_on_matmul_impls(monkeypatch, module)
     for batch, m, k, n, dtype, inside in (
         (3, lo, lo + 1, hi, np.float64, True),
         (2, hi, lo, lo, np.float64, True),
         (3, lo - 1, lo, lo, np.float64, False),
         (3, lo, lo, hi + 1, np.float64, False),
+        (3, lo32, lo32, hi32, np.float32, True),
         (3, lo, lo, lo, np.float32, False),
+        (3, lo32, lo32, hi32 + 1, np.float32, False),
     ):
         x = rng.standard_normal((batch, m, k)).astype(dtype)
         y = rng.standard_normal((batch, k, n)).astype(dtype)

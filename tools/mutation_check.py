@@ -479,12 +479,12 @@ MUTANTS = [
         "each thread's run of a stack of packed products leaves its last product unset",
     ),
     Mutant(
-        "matmul-auto-packed-stack-any-dtype",
+        "matmul-auto-packed-stack-float64-sides-for-every-dtype",
         "matmul.py",
-        "    return b_stacked and dtype == np.float64 and lo <= min(m, k, n) and max(m, k, n) <= hi\n",
-        "    return b_stacked and lo <= min(m, k, n) and max(m, k, n) <= hi\n",
+        "    lo, hi = PACKED_STACK_SIDES.get(dtype, (1, 0))\n",
+        "    lo, hi = PACKED_STACK_SIDES[np.dtype(np.float64)]\n",
         ("tests/test_fastpath.py", "-k", "packed_stack"),
-        "auto sends float32 stacks to the packed products' loop, measured only for float64",
+        "auto takes float64's side range for stacks of every dtype (float32 48x48 stacks lose there)",
     ),
     Mutant(
         "matmul-fast-path-forced-numba-takes-the-rule",
