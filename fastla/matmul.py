@@ -481,4 +481,10 @@ def _small_or_packed(A, B, C):
 def _matmul_numba(a, b, out):
     """Packed BLIS-style GEMM (vector-IR micro-kernel); small stacks and small single products in one
     parallel kernel."""
+    if out is None and a.ndim == b.ndim == 3 and a.shape[0] == b.shape[0] and a.size and b.size:
+        # two stacks of one length (the fast path's stacks): straight to the stack kernels, without
+        # _stacked's promotion and broadcasting (~2.5 us of a 10 x 4x4 stack's ~10)
+        c = np.empty((a.shape[0], a.shape[1], b.shape[2]), a.dtype)
+        _small_or_packed(a, b, c)
+        return c
     return _stacked(a, b, out, _gemm2d, _small_or_packed)

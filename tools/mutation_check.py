@@ -496,6 +496,14 @@ MUTANTS = [
         "matmul's fast path runs auto's pick for a product with numba forced (NumPy on a small one)",
     ),
     Mutant(
+        "matmul-stack-without-stacked-takes-k-columns",
+        "matmul.py",
+        "        c = np.empty((a.shape[0], a.shape[1], b.shape[2]), a.dtype)\n",
+        "        c = np.empty((a.shape[0], a.shape[1], a.shape[2]), a.dtype)\n",
+        ("tests/test_matmul.py", "-k", "stacks_and_1d"),
+        "two stacks of one length get a result as wide as A (k columns, not n)",
+    ),
+    Mutant(
         "solve-fast-path-forced-numba-runs-lapack",
         "lu.py",
         "                return _jit.run_parallel(_solve_numba, a, b) if forced else _solve_numpy(a, b)\n",
