@@ -1043,8 +1043,8 @@ def gemm(a, b, out=None, *, threads=None):
     return c
 
 
-#: (dtype, MC, threads, the entries) -> what :func:`gemm` passes :func:`gemm_plain` besides the operands (see
-#: :func:`_gemm_plan`): looked up once per call instead of rebuilt (~3 us of Python a call).
+#: (dtype, MC, threads, the entries) -> what :func:`gemm` passes :func:`gemm_plain` besides the
+#: operands (see :func:`_gemm_plan`): looked up once per call instead of rebuilt (~3 us of Python).
 _PLANS = {}
 
 

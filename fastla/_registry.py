@@ -112,8 +112,9 @@ def fast_path(backend):
     op's rule, evaluated on the spot) or ``"numba"`` (forced by the call or by the setting in force),
     when compiled kernels can run (numba imports; not a child forked after GNU OpenMP started); else
     None, and the call takes the full path (``numpy``, ``loop``, unknown names, no numba), whose
-    errors stay the only ones. A forced ``numba`` call skipped ~6 us of the full path's Python
-    (a 64^3 product: 21 -> 15 us, Zen 4), which ``fastla tune``'s timings of each side also paid."""
+    errors stay the only ones. The full path costs a forced ``numba`` call ~5 us more (Zen 4: a 4x4
+    product 17.5 -> 11.8 us, 64^3 22-27 -> 18-21 us), which ``fastla tune``'s timings of the
+    ``numba`` side paid too."""
     if not _jit.NUMBA_AVAILABLE:
         return None
     requested = _config.get_backend() if backend is None else backend
