@@ -134,6 +134,24 @@ def test_the_fast_path_runs_what_explain_names(monkeypatch):
             ran.clear()
             getattr(fastla, op)(*args, backend=backend)
             assert ran == [(op, fastla.explain(op, *args, backend=backend)[0])], (op, [a.shape for a in args])
+        with fastla.backend("numba"):  # forced by the setting in force, not by the call
+            ran.clear()
+            getattr(fastla, op)(*args)
+            assert ran == [(op, "numba")], (op, [a.shape for a in args])
+
+
+@pytest.mark.parametrize("backend", [1, ("numba",), np.array(["numba"]), "NUMBA", "blas"], ids=repr)
+def test_a_backend_that_is_not_a_name_gets_the_full_paths_error(backend):
+    """The fast path opens only for the names ``auto`` and ``numba``; anything else reaches the
+    full path's check of the backend, with its error."""
+    x = rng.standard_normal((4, 4))
+    for call in (
+        lambda: fastla.matmul(x, x, backend=backend),
+        lambda: fastla.solve(x, x, backend=backend),
+        lambda: fastla.softmax(x, backend=backend),
+    ):
+        with pytest.raises(ValueError, match="backend"):
+            call()
 
 
 def _spy_on_matmul_impls(monkeypatch, module):

@@ -504,6 +504,14 @@ MUTANTS = [
         "two stacks of one length get a result as wide as A (k columns, not n)",
     ),
     Mutant(
+        "fast-path-backend-compared-without-its-type",
+        "_registry.py",
+        '    return requested if type(requested) is str and requested in ("auto", "numba") else None\n',
+        '    return requested if requested in ("auto", "numba") else None\n',
+        ("tests/test_fastpath.py", "-k", "not_a_name"),
+        "the fast path opens for a backend= array holding a name (the full path's ValueError skipped)",
+    ),
+    Mutant(
         "solve-fast-path-forced-numba-runs-lapack",
         "lu.py",
         "                return _jit.run_parallel(_solve_numba, a, b) if forced else _solve_numpy(a, b)\n",
