@@ -1085,11 +1085,21 @@ def gemm_plain(
     flat C-contiguous result ``c``, the fields of :class:`Tiles` and :class:`Tasks` one by one:
     Numba types a named tuple argument in Python and plain ones in C, so that :func:`gemm_into`'s
     dispatch alone took ~4 us a call, this one's 0.5 us (Zen 4)."""
-    accumulate, start = kc < 0, kc - kc  # a run-time False and 0 (see "literal arguments")
     tl = Tiles(kc, mc, nc, Tasks(a_at, pb_at), threads, work)
+    start = kc - kc  # a run-time 0 (see "literal arguments")
+    gemm_flat_at(gemm_at, a, a_off, a_rs, a_cs, b, b_off, b_rs, b_cs, m, k, n, c, start, alpha, none, tl)
+
+
+@jit(inline="always")
+def gemm_flat_at(gemm_at, a, a_off, a_rs, a_cs, b, b_off, b_rs, b_cs, m, k, n, c, c_off, alpha, none, tl):
+    """``C = alpha * A @ B`` by :func:`gemm_into` at ``gemm_at`` for a compiled caller holding the
+    operands as flat memory: A (m x k) is ``a[a_off + i*a_rs + p*a_cs]``, B (k x n) likewise, C the
+    C-contiguous m x n block of the flat ``c`` from ``c_off``, ``tl`` a :class:`Tiles`. ``c_off``
+    must be a run-time value (see "literal arguments")."""
+    accumulate = m < 0  # a run-time False
     a_op = flat_operand(a, a_off, a_rs, a_cs, m, k)
     b_op = flat_operand(b, b_off, b_rs, b_cs, k, n)
-    args = (a_op, b_op, Dest(c, start, n), alpha, accumulate, none, none, tl)
+    args = (a_op, b_op, Dest(c, c_off, n), alpha, accumulate, none, none, tl)
     _intrinsics.call_entry(gemm_at, gemm_into, args)
 
 
@@ -1101,19 +1111,8 @@ def stack_task(a, b, c, dims, alpha, none, tiles, work, gemm_at, task):
     thread with row ``task`` of ``work`` as its scratch."""
     batch, m, k, n, per = dims
     tl = Tiles(tiles.kc, tiles.mc, tiles.nc, tiles.tasks, tiles.threads, work[task])
-    accumulate = m < 0  # a run-time False (see "literal arguments")
     for t in range(task * per, min(batch, (task + 1) * per)):
-        args = (
-            flat_operand(a, t * m * k, k, 1, m, k),
-            flat_operand(b, t * k * n, n, 1, k, n),
-            Dest(c, t * m * n, n),
-            alpha,
-            accumulate,
-            none,
-            none,
-            tl,
-        )
-        _intrinsics.call_entry(gemm_at, gemm_into, args)
+        gemm_flat_at(gemm_at, a, t * m * k, k, 1, b, t * k * n, n, 1, m, k, n, c, t * m * n, alpha, none, tl)
 
 
 def _stack_task_examples(dtype):

@@ -353,6 +353,13 @@ def _stacked(a, b, out, gemm2d, batched=None):
     ``batched(A, B, C)`` on 3-D stacks is used for stacks when given. ``c2``/``C`` are C-contiguous
     results the kernels overwrite.
     """
+    one_length = a.ndim == b.ndim == 3 and a.shape[0] == b.shape[0] and a.size and b.size
+    if batched is not None and out is None and one_length:
+        # two stacks of one length (the fast path's stacks): straight to the stack kernel, without
+        # the promotion and broadcasting below (~2.5 us of a 10 x 4x4 stack's ~10)
+        c = np.empty((a.shape[0], a.shape[1], b.shape[2]), a.dtype)
+        batched(a, b, c)
+        return c
     a2 = a[None, :] if a.ndim == 1 else a
     b2 = b[:, None] if b.ndim == 1 else b
     batch = _batch_shape(a2.shape[:-2], b2.shape[:-2])
@@ -481,10 +488,4 @@ def _small_or_packed(A, B, C):
 def _matmul_numba(a, b, out):
     """Packed BLIS-style GEMM (vector-IR micro-kernel); small stacks and small single products in one
     parallel kernel."""
-    if out is None and a.ndim == b.ndim == 3 and a.shape[0] == b.shape[0] and a.size and b.size:
-        # two stacks of one length (the fast path's stacks): straight to the stack kernels, without
-        # _stacked's promotion and broadcasting (~2.5 us of a 10 x 4x4 stack's ~10)
-        c = np.empty((a.shape[0], a.shape[1], b.shape[2]), a.dtype)
-        _small_or_packed(a, b, c)
-        return c
     return _stacked(a, b, out, _gemm2d, _small_or_packed)

@@ -496,7 +496,7 @@ MUTANTS = [
         "matmul's fast path runs auto's pick for a product with numba forced (NumPy on a small one)",
     ),
     Mutant(
-        "matmul-stack-without-stacked-takes-k-columns",
+        "matmul-one-length-stacks-take-k-columns",
         "matmul.py",
         "        c = np.empty((a.shape[0], a.shape[1], b.shape[2]), a.dtype)\n",
         "        c = np.empty((a.shape[0], a.shape[1], a.shape[2]), a.dtype)\n",
@@ -520,12 +520,13 @@ MUTANTS = [
         "solve's fast path runs LAPACK for one system with numba forced",
     ),
     Mutant(
-        "gemm-plain-result-rows-at-the-depth-stride",
+        "gemm-flat-result-rows-at-the-depth-stride",
         "_gemm_kernels.py",
-        "    args = (a_op, b_op, Dest(c, start, n), alpha, accumulate, none, none, tl)\n",
-        "    args = (a_op, b_op, Dest(c, start, k), alpha, accumulate, none, none, tl)\n",
-        ("tests/test_matmul.py", "-k", "shapes_all_impls"),
-        "matmul's packed products lay the result's rows out at A's column count, not B's",
+        "    args = (a_op, b_op, Dest(c, c_off, n), alpha, accumulate, none, none, tl)\n",
+        "    args = (a_op, b_op, Dest(c, c_off, k), alpha, accumulate, none, none, tl)\n",
+        ("tests/test_matmul.py", "-k", "shapes_all_impls or stack_of_packed_products"),
+        "compiled callers of the packed GEMM on flat memory (matmul's products, stacks of them) lay "
+        "the result's rows out at A's column count, not B's",
     ),
     Mutant(
         "kernels-lu-solve-accepts-pivot-n",
