@@ -88,8 +88,11 @@ def check_finite(a, name="array"):
 
 
 def normalize_axis(axis, ndim, name="axis"):
-    """Normalise one axis index like NumPy (``AxisError``, a ValueError and IndexError)."""
+    """Normalise one axis index like NumPy (``AxisError``, a ValueError and IndexError). A bool is
+    not an axis there (``TypeError``), although ``operator.index(True)`` is 1."""
     try:
+        if isinstance(axis, (bool, np.bool_)):
+            raise TypeError
         axis = operator.index(axis)
     except TypeError:
         raise TypeError(f"{name} must be an integer, got {type(axis).__name__}") from None

@@ -192,6 +192,11 @@ def _softmax_anchor(fn):
 
 
 def _lu_factor_anchor(a):
+    # Deliberate difference (README): a 1-D or 0-d array is not a matrix, a ValueError, where
+    # SciPy's LAPACK wrapper factors it as an (n, 1) column and returns a 1-D "factor" that its own
+    # lu_solve then rejects.
+    if np.ndim(a) < 2:
+        raise ValueError("lu_factor: a matrix")
     return sla.lu_factor(a, check_finite=True)
 
 
@@ -405,6 +410,9 @@ def _shape_cases():
         ("solve", (np.ones((2, 3)), np.ones(2))),
         ("lu_factor", (e((0, 0)),)),
         ("lu_factor", (np.ones((2, 3)),)),
+        ("lu_factor", (np.arange(1.0, 6.0),)),
+        ("lu_factor", (np.float64(3.0),)),
+        ("lu_factor", (e((0,)),)),
         ("softmax", (np.float64(3.0),)),
         ("softmax", (e((0, 4)),)),
         ("softmax", (e((4, 0)),)),

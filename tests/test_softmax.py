@@ -126,6 +126,15 @@ def test_bad_axis_and_out():
         fastla.softmax(np.ones((2, 3)), axis=(1, 1))
     with pytest.raises(ValueError, match="non-broadcastable output operand"):
         fastla.softmax(np.ones((2, 3)), out=np.empty((3, 2)))
+    # a bool is not an axis for NumPy and SciPy (TypeError), although operator.index(True) is 1
+    for fn, ref in ((fastla.softmax, sps.softmax), (fastla.log_softmax, sps.log_softmax)):
+        for axis in (True, np.bool_(False), (0, True)):
+            with pytest.raises(TypeError):
+                ref(np.ones((2, 3)), axis=axis)
+            with pytest.raises(TypeError, match="axis must be an integer"):
+                fn(np.ones((2, 3)), axis=axis)
+    with pytest.raises(TypeError, match="axis must be an integer"):
+        fastla.cross_entropy(np.ones((2, 3)), np.zeros(2, np.int64), axis=True)
 
 
 def test_auto_rule():
