@@ -11,7 +11,8 @@ scores) and broadcasts to ``(..., L, S)``; ``is_causal`` is the top-left lower-t
 Choices of ours, written down:
 
 * A query row whose every key is masked (or that has no keys, ``S == 0``) returns **zeros**, and its
-  weights are zeros; PyTorch's math path returns NaN there. NaN in the inputs still propagates.
+  weights are zeros, as PyTorch's SDPA gives (its ``_safe_softmax``; older PyTorch returned NaN
+  there). NaN in the inputs still propagates.
 * Operands of different float dtypes are promoted (PyTorch raises); float16 is computed by NumPy.
   Integer operands are a TypeError, as in PyTorch.
 * ``return_weights=True`` also returns the ``(..., L, S)`` attention weights. That output *is* the
@@ -268,7 +269,7 @@ def scaled_dot_product_attention(
     Returns
     -------
     out : ndarray, shape (..., L, Ev)
-        A query row with every key masked gives zeros (PyTorch gives NaN).
+        A query row with every key masked gives zeros, as PyTorch's SDPA does.
     weights : ndarray, shape (..., L, S)
         Only with ``return_weights=True``.
 

@@ -259,6 +259,7 @@ def test_against_torch(causal, dtype, rng):
     # PyTorch's positional order: attn_mask, dropout_p, is_causal (scale, enable_gqa keyword-only)
     expected = F.scaled_dot_product_attention(*t, None, 0.0, causal, enable_gqa=True).numpy()
     mask = rng.random((70, 90)) > 0.2
+    mask[5] = False  # a fully masked query row: zeros on both sides
     expected_m = F.scaled_dot_product_attention(*t, attn_mask=torch.from_numpy(mask), enable_gqa=True).numpy()
     for name in impl_names("scaled_dot_product_attention", 99):
         _check(sdpa(q, k, v, None, 0.0, causal, enable_gqa=True, backend=name), expected, dtype)
