@@ -113,15 +113,18 @@ def normalize_axes(axis, ndim):
     return (normalize_axis(axis, ndim),)
 
 
-def out_problem(out, shape, dtype, fname, name="out"):
+def out_problem(out, shape, dtype, fname, name="out", broadcast=False):
     """What is wrong with an ``out=`` argument, as the exception NumPy's ufuncs raise, or None.
 
-    The rules of a ufunc's ``out``: an ndarray of exactly the result's shape, writeable, and a dtype
-    the result casts to under ``same_kind``. The wording follows NumPy's where its tests check it.
+    The rules of a ufunc's ``out``: an ndarray of exactly the result's shape (``broadcast``: a shape
+    the result broadcasts to, as a gufunc's ``out`` has loop dimensions of its own, e.g.
+    ``np.matmul(a2d, b2d, out=stack_of_results)`` writes the product into every item), writeable,
+    and a dtype the result casts to under ``same_kind``. The wording follows NumPy's where its tests
+    check it.
     """
     if not isinstance(out, np.ndarray):
         return TypeError(f"{fname}: {name} must be a numpy.ndarray (return arrays must be of ArrayType)")
-    if out.shape != tuple(shape):
+    if out.shape != tuple(shape) and not (broadcast and _broadcasts_to(tuple(shape), out.shape)):
         return ValueError(
             f"{fname}: non-broadcastable output operand with shape {out.shape} doesn't match the "
             f"result shape {tuple(shape)}"
@@ -134,6 +137,13 @@ def out_problem(out, shape, dtype, fname, name="out"):
     if not out.flags.writeable:
         return ValueError(f"{fname}: output array is read-only")
     return None
+
+
+def _broadcasts_to(shape, target):
+    try:
+        return np.broadcast_shapes(shape, target) == target
+    except ValueError:
+        return False
 
 
 def check_out(out, shape, dtype, fname, name="out"):

@@ -135,6 +135,10 @@ class MatmulArgs(NamedTuple):
 
 def _prepare(a, b, out=None):
     a_in, b_in = a, b
+    if type(out) is tuple:  # a ufunc's out=(arr,)
+        if len(out) != 1:
+            raise ValueError("matmul: the 'out' tuple must have exactly one entry per ufunc output")
+        out = out[0]
     a = np.asanyarray(a)
     b = np.asanyarray(b)
     try:
@@ -151,8 +155,8 @@ def _prepare(a, b, out=None):
         why = f"input is an ndarray subclass ({type(a_in).__name__}/{type(b_in).__name__})"
     problem = None
     if why is None and out is not None:
-        problem = _validate.out_problem(out, shape, dtype, "matmul")
-        if problem is not None:  # np.matmul raises its own error (or broadcasts out, as gufuncs do)
+        problem = _validate.out_problem(out, shape, dtype, "matmul", broadcast=True)
+        if problem is not None:  # np.matmul raises its own error
             why = f"out= that NumPy's rules handle ({problem})"
     if why is None:
         args = MatmulArgs(_validate.native(a, dtype), _validate.native(b, dtype), out)
@@ -292,8 +296,9 @@ def matmul(a, b, /, out=None, *, backend=None):
         Operands. 1-D operands are promoted to a row (``a``) or a column (``b``) and the added
         dimension is removed from the result; leading (stack) dimensions broadcast.
     out : ndarray, optional
-        Where to store the result; must have the result's shape and a dtype the result casts to
-        (same-kind).
+        Where to store the result; must have the result's shape, or a shape it broadcasts to (as
+        :func:`numpy.matmul`'s loop dimensions), and a dtype the result casts to (same-kind). A
+        one-array tuple ``(arr,)`` is ``arr``, as for a ufunc.
     backend : {None, "auto", "numba", "numba_naive", "numpy", "loop"}, optional
         Implementation; ``None`` uses the global setting (:func:`fastla.set_backend`).
 
@@ -305,8 +310,8 @@ def matmul(a, b, /, out=None, *, backend=None):
     Raises
     ------
     ValueError
-        0-d operand, mismatched contracted dimension, stacks that do not broadcast, ``out`` of the
-        wrong shape.
+        0-d operand, mismatched contracted dimension, stacks that do not broadcast, ``out`` of a
+        shape the result does not broadcast to.
     TypeError
         ``out`` dtype the result cannot be cast to; a compiled backend forced on a dtype it does not
         compile (integers, complex, ...).
@@ -370,6 +375,7 @@ def _stacked(a, b, out, gemm2d, batched=None):
     res_shape = batch + ((m,) if a.ndim > 1 else ()) + ((n,) if b.ndim > 1 else ())
     direct = (
         out is not None
+        and out.shape == res_shape  # else a larger out the result broadcasts to (np.copyto below)
         and out.dtype == dtype
         and out.flags.c_contiguous
         and not np.may_share_memory(out, a)

@@ -227,6 +227,32 @@ def test_out_argument(dtype, rng):
         assert_matmul_close(outf, a, b, dtype)
 
 
+def test_out_in_a_ufuncs_other_forms(dtype, rng):
+    """``out`` as np.matmul takes it beyond the result's exact shape: loop dimensions of its own (the
+    product written into every item, a 2-D product into a stack, a stack of products into a larger
+    stack), a one-array tuple; a tuple of any other length is NumPy's ValueError. Every impl: a
+    forced compiled backend raised "non-broadcastable output operand" for the first, a TypeError for
+    the second."""
+    a = rng.standard_normal((8, 5)).astype(dtype)
+    b = rng.standard_normal((5, 6)).astype(dtype)
+    sa = rng.standard_normal((1, 3, 8, 5)).astype(dtype)
+    for name in impl_names("matmul", 8):
+        for x, y, shape in ((a, b, (3, 8, 6)), (a, b[:, 0], (2, 8)), (sa, b, (2, 3, 8, 6))):
+            out = np.full(shape, np.nan, dtype)
+            assert fastla.matmul(x, y, out=out, backend=name) is out, name
+            expected = np.broadcast_to(np.matmul(x.astype(np.float64), y.astype(np.float64)), shape)
+            tol = 1e-5 if dtype == np.float32 else 1e-12
+            np.testing.assert_allclose(out, expected, rtol=tol, atol=tol, err_msg=name)
+        out = np.full((8, 6), np.nan, dtype)
+        assert fastla.matmul(a, b, out=(out,), backend=name) is out, name
+        assert_matmul_close(out, a, b, dtype)
+        for bad in ((out, out), ()):
+            with pytest.raises(ValueError, match="one entry per ufunc output"):
+                fastla.matmul(a, b, out=bad, backend=name)
+        with pytest.raises(ValueError, match=r"non-broadcastable output operand|mismatch in its core dim"):
+            fastla.matmul(a, b, out=np.empty((3, 8, 5), dtype), backend=name)
+
+
 def test_out_aliasing_input(rng):
     a = rng.standard_normal((6, 6))
     expected = a @ a
