@@ -87,15 +87,20 @@ def check_finite(a, name="array"):
         raise ValueError("array must not contain infs or NaNs")
 
 
-def normalize_axis(axis, ndim, name="axis"):
-    """Normalise one axis index like NumPy (``AxisError``, a ValueError and IndexError). A bool is
-    not an axis there (``TypeError``), although ``operator.index(True)`` is 1."""
+def as_int(value, what):
+    """``value`` as a Python int, else a TypeError naming ``what``. A bool is not an integer here,
+    although ``operator.index(True)`` is 1: NumPy's axes and SciPy's ``eigsh(k=)`` refuse it."""
     try:
-        if isinstance(axis, (bool, np.bool_)):
+        if isinstance(value, (bool, np.bool_)):
             raise TypeError
-        axis = operator.index(axis)
+        return operator.index(value)
     except TypeError:
-        raise TypeError(f"{name} must be an integer, got {type(axis).__name__}") from None
+        raise TypeError(f"{what} must be an integer, got {type(value).__name__}") from None
+
+
+def normalize_axis(axis, ndim, name="axis"):
+    """Normalise one axis index like NumPy (``AxisError``, a ValueError and IndexError)."""
+    axis = as_int(axis, name)
     if not -ndim <= axis < ndim:
         raise np.exceptions.AxisError(axis, ndim)
     return axis % ndim

@@ -517,7 +517,7 @@ def power_iteration(
 ):
     """Eager: the matrix is persisted once, each sweep computes ``A V`` as one small graph."""
     a = _as_dask(a, "power_iteration: a")
-    _eigen.check_options(a.shape, k, tol)
+    _eigen.check_options(a.shape, k, tol, maxiter)
     dtype = _eigen.compute_dtype(a.dtype)
     a = a.astype(dtype).persist()
     if not bool(da.isfinite(a).all().compute()):

@@ -788,17 +788,23 @@ def magnitude_exponent(dtype, big):
     return 0 if big == 0 or lo <= big <= hi else int(np.frexp(big)[1])
 
 
-def check_options(shape, k, tol):
-    """Validate the matrix shape, ``k`` and ``tol`` (shape only: no data is read)."""
+def check_options(shape, k, tol, maxiter=None):
+    """Validate the matrix shape, ``k``, ``tol`` and ``maxiter`` (shape only: no data is read). As
+    SciPy's ``eigsh``: a ``k`` or ``maxiter`` that is not an integer is a TypeError, one out of range
+    (``maxiter <= 0``) a ValueError."""
     if len(shape) != 2 or shape[0] != shape[1]:
         raise ValueError(f"power_iteration: a must be a square 2-D array, got shape {shape}")
     n = shape[0]
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= max(n, 1):
+    k = _validate.as_int(k, "power_iteration: k")
+    if not 1 <= k <= max(n, 1):
         raise ValueError(f"power_iteration: k must be an integer in [1, n={n}], got {k!r}")
     if n == 0:
         raise ValueError("power_iteration: a is empty (0 x 0)")
     if tol is not None and not (np.isfinite(tol) and tol > 0):
         raise ValueError(f"power_iteration: tol must be positive, got {tol}")
+    if maxiter is not None:
+        if _validate.as_int(maxiter, "power_iteration: maxiter") <= 0:
+            raise ValueError(f"power_iteration: maxiter must be positive, got {maxiter}")
 
 
 def compute_dtype(dtype):
@@ -857,7 +863,7 @@ class PowerArgs(NamedTuple):
 
 def _prepare(a, k=1, tol=None, maxiter=None, v0=None, symmetric=None, seed=None, return_eigenvectors=True):
     a = np.asarray(a)
-    check_options(a.shape, k, tol)
+    check_options(a.shape, k, tol, maxiter)
     dtype = compute_dtype(a.dtype)
     # every sweep reads A: one C-contiguous, read-only typed copy (if it is not one already) keeps
     # each kernel to one compiled signature per dtype (see ``_jit``)
@@ -930,6 +936,11 @@ def power_iteration(
     ------
     ConvergenceError
         No convergence within ``maxiter`` (a subclass of ``numpy.linalg.LinAlgError``).
+    ValueError
+        ``a`` not square or not finite, ``k`` outside ``[1, n]``, ``tol <= 0``, ``maxiter <= 0``,
+        a bad ``v0``.
+    TypeError
+        ``k`` or ``maxiter`` not an integer (a bool is not one, as for SciPy's ``eigsh``).
 
     Examples
     --------

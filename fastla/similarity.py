@@ -48,7 +48,6 @@ Implementations:
 from __future__ import annotations
 
 import math
-import operator
 from typing import NamedTuple
 
 import numpy as np
@@ -140,14 +139,11 @@ def check_topk(q, c, k, batch_size):
         raise ValueError(f"cosine_topk: corpus must be 2-D (n_corpus, d), got shape {c.shape}")
     if q.shape[-1] != c.shape[1]:
         raise ValueError(f"cosine_topk: incompatible dimension for queries {q.shape} and corpus {c.shape}")
-    try:
-        k = operator.index(k)
-    except TypeError:
-        raise TypeError(f"cosine_topk: k must be an integer, got {type(k).__name__}") from None
+    k = _validate.as_int(k, "cosine_topk: k")
     if not 0 <= k <= c.shape[0]:
         raise ValueError(f"cosine_topk: k={k} must be in [0, n_corpus={c.shape[0]}]")
     if batch_size is not None:
-        batch_size = operator.index(batch_size)
+        batch_size = _validate.as_int(batch_size, "cosine_topk: batch_size")
         if batch_size < 1:
             raise ValueError(f"cosine_topk: batch_size must be >= 1, got {batch_size}")
     return k, batch_size
@@ -342,7 +338,9 @@ def cosine_topk(queries, corpus, k, *, corpus_norms=None, batch_size=None, backe
     Raises
     ------
     ValueError
-        Bad shapes, ``k`` outside ``[0, n_corpus]``, negative ``corpus_norms``.
+        Bad shapes, ``k`` outside ``[0, n_corpus]``, ``batch_size < 1``, negative ``corpus_norms``.
+    TypeError
+        ``k`` or ``batch_size`` not an integer (a bool is not one).
 
     Examples
     --------

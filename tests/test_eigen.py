@@ -113,6 +113,14 @@ def test_v0_seed_and_errors():
         fastla.power_iteration(np.ones((2, 3)))
     with pytest.raises(ValueError, match="k must"):
         fastla.power_iteration(a, k=11)
+    # as SciPy's eigsh: not an integer is a TypeError, maxiter <= 0 a ValueError (it was a
+    # ConvergenceError after zero sweeps)
+    for kw in ({"k": 2.0}, {"k": True}, {"maxiter": 2.5}, {"maxiter": True}):
+        with pytest.raises(TypeError, match="must be an integer"):
+            fastla.power_iteration(a, **kw)
+    for maxiter in (0, -3):
+        with pytest.raises(ValueError, match="maxiter must be positive"):
+            fastla.power_iteration(a, maxiter=maxiter)
     with pytest.raises(ValueError, match="infs or NaNs"):
         fastla.power_iteration(np.array([[1.0, np.nan], [np.nan, 1.0]]))
     with pytest.raises(TypeError, match="complex"):

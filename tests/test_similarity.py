@@ -568,6 +568,12 @@ def test_topk_shapes_and_errors(rng, topk_path):
         fastla.cosine_topk(c, c, -1)
     with pytest.raises(TypeError, match="integer"):
         fastla.cosine_topk(c, c, 2.0)
+    # a bool is not an integer (operator.index(True) is 1); batch_size's errors name it
+    with pytest.raises(TypeError, match="k must be an integer, got bool"):
+        fastla.cosine_topk(c, c, True)
+    for bad in (2.5, True):
+        with pytest.raises(TypeError, match="cosine_topk: batch_size must be an integer"):
+            fastla.cosine_topk(c, c, 1, batch_size=bad)
     with pytest.raises(ValueError, match="corpus must be 2-D"):
         fastla.cosine_topk(c, c[0], 1)
     with pytest.raises(ValueError, match=r"\(20, 4\).*\(3, 5\)"):
