@@ -381,8 +381,13 @@ def _prepare_solve(lu_and_piv, b, trans=0, overwrite_b=False, check_finite=True)
     if trans not in (0, 1, 2):
         raise ValueError(f"lu_solve: trans must be 0, 1 or 2, got {trans!r}")
     n = lu.shape[-1]
-    if piv.shape != lu.shape[:-1] or piv.dtype.kind not in "iu":
+    if piv.shape != lu.shape[:-1]:
         raise ValueError(f"lu_solve: piv of shape {piv.shape} does not match lu of shape {lu.shape}")
+    if piv.dtype.kind == "f" and np.array_equal(piv, np.trunc(piv)):
+        # integral floats (a piv stored in a float array): SciPy's LAPACK wrapper casts them too
+        piv = piv.astype(np.int64)
+    if piv.dtype.kind not in "iu":
+        raise ValueError(f"lu_solve: piv must hold integer row indices, got dtype {piv.dtype}")
     if piv.size and (piv.view(piv.dtype.str.replace("i", "u")) >= n).any():  # negative ones too
         # LAPACK's getrs (SciPy's lu_solve) would read and swap rows outside b
         raise ValueError(f"lu_solve: piv holds a row index outside [0, {n})")

@@ -183,6 +183,15 @@ def test_lu_solve_refuses_pivots_outside_the_matrix(name, rng):
         fastla.lu_solve((lu, piv), b),
         rtol=1e-12,
     )
+    # integral floats are row indices (SciPy's LAPACK wrapper casts them); others name piv's dtype
+    np.testing.assert_allclose(
+        fastla.lu_solve((lu, piv.astype(np.float64)), b, backend=name), sla.lu_solve((lu, piv), b), rtol=1e-12
+    )
+    for bad in (np.r_[piv[:4], 0.5], np.r_[piv[:4], np.nan], piv.astype(complex)):
+        with pytest.raises(ValueError, match="piv must hold integer row indices"):
+            fastla.lu_solve((lu, bad), b, backend=name)
+    with pytest.raises(ValueError, match="piv"):
+        fastla.lu_solve((lu, np.r_[piv[:4], 5.0]), b, backend=name)
 
 
 @pytest.mark.parametrize(
