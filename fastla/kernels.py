@@ -34,7 +34,8 @@ and ``softmax(x, x)`` work in place. The array views of your loop (``X[i]``) cos
 where a kernel is a call rather than inlined code, it receives them borrowed, without the reference
 counting Numba otherwise does for an array passed to a call. Failures raise exceptions Numba can
 raise in compiled code: ``numpy.linalg.LinAlgError("Singular matrix")`` for an exactly zero pivot,
-``ValueError`` for bad shapes, with a message. Everything here is **serial**: none of these
+``LinAlgError`` for a ``solve`` matrix that is not square (as ``np.linalg.solve``), ``ValueError``
+for other bad shapes, with a message. Everything here is **serial**: none of these
 functions starts a parallel region, so calling them inside your own ``prange`` never nests
 parallelism (parallelise your outer loop), and none of them makes that loop serial (they raise
 through a call: a ``raise`` inlined into a ``prange`` body makes Numba run the loop serially).
@@ -156,6 +157,12 @@ def _cosine_shape_error():
 @jit
 def _solve_shape_error():
     raise ValueError("fastla.kernels.solve: a must be (..., n, n) and b, out (..., n) or (..., n, k)")
+
+
+@jit
+def _solve_square_error():
+    # NumPy's class and words for a matrix that is not square (a LinAlgError is a ValueError)
+    raise np.linalg.LinAlgError("fastla.kernels.solve: Last 2 dimensions of the array must be square")
 
 
 @jit
@@ -743,7 +750,9 @@ def _solve_vec_info(a, b, out):
     loop's median 1.08-1.15x the IR-inlined form's (its fastest rounds 0.70-1.05x), the price of
     the fix."""
     n = a.shape[0]
-    if a.shape[1] != n or b.shape[0] != n or out.shape[0] != n:
+    if a.shape[1] != n:
+        _solve_square_error()
+    if b.shape[0] != n or out.shape[0] != n:
         _solve_shape_error()
     return _solve_one_vec(_borrow(a), _borrow(b), _borrow(out))
 
@@ -771,7 +780,9 @@ def _solve_mat_info(a, b, out):
     reshape, inlined by LLVM). A 3x3 system with ``b`` (3, 1) in a user's loop: 214 -> 24-32 ns (it went
     through the stacks' kernel: three reshapes and an out-of-line call on counted views)."""
     n = a.shape[0]
-    if a.shape[1] != n or b.shape[0] != n or out.shape[0] != n or out.shape[1] != b.shape[1]:
+    if a.shape[1] != n:
+        _solve_square_error()
+    if b.shape[0] != n or out.shape[0] != n or out.shape[1] != b.shape[1]:
         _solve_shape_error()
     _copy2d(out, b)
     return _solve_one(a, out)
@@ -834,7 +845,9 @@ def _solve_into_call(a, b, out):
 def _solve_into(a, b, out):
     """``out = solve(a, b)`` for one system (``b`` 1-D or 2-D) or a stack (``a`` 3-D)."""
     n = a.shape[-1]
-    if a.shape[-2] != n or b.shape[0 if a.ndim == 2 else 1] != n or out.shape != b.shape:
+    if a.shape[-2] != n:
+        _solve_square_error()
+    if b.shape[0 if a.ndim == 2 else 1] != n or out.shape != b.shape:
         _solve_shape_error()
     a3 = np.ascontiguousarray(a).reshape((-1, n, n))
     m = a3.shape[0]
@@ -925,7 +938,9 @@ def _solve_inplace_info(a, b):
     """Gaussian elimination in place (``a`` overwritten, ``b`` becomes ``x``): 0, or ``j + 1`` for
     the first exactly zero pivot."""
     n = a.shape[0]
-    if a.shape[1] != n or b.shape[0] != n:
+    if a.shape[1] != n:
+        _solve_square_error()
+    if b.shape[0] != n:
         _solve_inplace_shape_error()
     return _eliminate(a, b.reshape((n, -1)))
 
@@ -944,7 +959,9 @@ def _solve_inplace_vec_info(a, b):
     a user's loop: 113 -> 19 ns (an out-of-line call on counted views, a reshape and the loops).
     The solve itself inlined by LLVM, as :func:`solve`'s (:func:`_solve_one_vec`)."""
     n = a.shape[0]
-    if a.shape[1] != n or b.shape[0] != n:
+    if a.shape[1] != n:
+        _solve_square_error()
+    if b.shape[0] != n:
         _solve_inplace_shape_error()
     return _solve_inplace_vec_body(a, b)
 

@@ -583,6 +583,12 @@ def test_errors_inside_compiled_code(rng):
         user_solve_inplace(np.ones((2, 2)), np.ones(2))
     with pytest.raises(ValueError, match="must be"):
         user_solve(np.eye(3), np.ones(4))
+    # a matrix that is not square: NumPy's LinAlgError, on each path (one system, a stack, in place)
+    for a, b in ((np.ones((3, 4)), np.ones(3)), (np.ones((2, 3, 4)), np.ones((2, 3)))):
+        with pytest.raises(np.linalg.LinAlgError, match="must be square"):
+            user_solve(a, b)
+    with pytest.raises(np.linalg.LinAlgError, match="must be square"):
+        user_solve_inplace(np.ones((2, 3)), np.ones(2))
     with pytest.raises(ValueError, match="matmul"):
         user_matmul(np.ones((3, 4)), np.ones((3, 4)))
 
@@ -655,6 +661,8 @@ def test_solve_into_strided_2d_and_3d_outs(rng):
 def test_errors_from_python():
     with pytest.raises(np.linalg.LinAlgError, match="Singular matrix"):
         kernels.solve(np.zeros((3, 3)), np.ones(3))
+    with pytest.raises(np.linalg.LinAlgError, match="must be square"):  # as np.linalg.solve
+        kernels.solve(np.ones((2, 3)), np.ones(2))
     with pytest.raises(ValueError):
         kernels.softmax(np.ones((2, 3, 4)))
 
