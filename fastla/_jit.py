@@ -729,8 +729,9 @@ def set_num_threads(n):
     if n is None:
         _NUM_THREADS.clear()
     else:
-        if isinstance(n, bool) or not isinstance(n, int):
+        if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
             raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}")
+        n = int(n)  # a NumPy integer (e.g. from os.cpu_count() arithmetic on arrays) is one too
         upper = max_threads()
         if not 1 <= n <= upper:
             raise ValueError(f"set_num_threads: n must be in [1, {upper}], got {n}")

@@ -14,6 +14,7 @@ without numba is :class:`BackendUnavailable`.
 from __future__ import annotations
 
 import functools
+import inspect
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -182,6 +183,12 @@ def explain(op_name, *args, backend=None, **kwargs) -> tuple[str, str]:
     op = _get(op_name)
     if _any_dask(args, kwargs):
         return _DASK["explain"](op, backend)
+    public = op.public
+    if public is not None:  # the call's arguments, named as the public function names them
+        try:
+            inspect.signature(public).bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"explain({op_name!r}, ...): {public.__name__}(): {exc}") from None
     prep = op.prepare(*args, **kwargs)
     name, reason = op.choose(backend, prep)
     reason = reason() if callable(reason) else reason

@@ -72,6 +72,11 @@ def test_explain_reasons():
     assert impl == "loop" and "backend" in reason
     with pytest.raises(ValueError, match="unknown operation"):
         fastla.explain("nope", 1)
+    # a call the public function would refuse: its TypeError in its own names (not _prepare's)
+    with pytest.raises(TypeError, match=r"matmul\(\): missing a required argument: 'b'"):
+        fastla.explain("matmul", np.eye(3))
+    with pytest.raises(TypeError, match=r"softmax\(\): got an unexpected keyword argument 'dim'"):
+        fastla.explain("softmax", np.eye(3), dim=0)
 
 
 def test_implementations_are_the_public_path():
@@ -130,10 +135,12 @@ def test_set_num_threads_validates():
         fastla.set_num_threads(0)
     with pytest.raises(TypeError):
         fastla.set_num_threads(1.5)
+    with pytest.raises(TypeError):
+        fastla.set_num_threads(True)
     n = fastla.get_num_threads()
-    fastla.set_num_threads(1)
+    fastla.set_num_threads(np.int64(1))  # a NumPy integer is an int
     try:
-        assert fastla.get_num_threads() == 1
+        assert fastla.get_num_threads() == 1 and type(fastla.get_num_threads()) is int
     finally:
         fastla.set_num_threads(n)
 
