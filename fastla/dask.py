@@ -380,7 +380,8 @@ def _transposed(c):
     return np.ascontiguousarray(c.T)
 
 
-def cosine_similarity(X, Y=None, *, out=None, backend=None, rechunk=True):
+def cosine_similarity(X, Y=None, dense_output=True, *, out=None, backend=None, rechunk=True):
+    # dense_output: scikit-learn's, for sparse operands; dask arrays are dense, the result too
     _no_out(out, "cosine_similarity")
     same = Y is None or Y is X
     x = _as_dask(X, "cosine_similarity: X")

@@ -182,7 +182,43 @@ class TopkArgs(NamedTuple):
     c_norms: object  # (m,) float64 norms of the corpus rows given by the caller, or None
 
 
-def _prepare_matrix(X, Y=None, out=None):
+def is_sparse(x):
+    """Whether ``x`` is a SciPy sparse matrix or array (recognised without importing SciPy)."""
+    return type(x).__module__.startswith("scipy.sparse") and hasattr(x, "tocsr")
+
+
+def _prepare_sparse(X, Y, out, dense_output):
+    """``cosine_similarity`` of SciPy sparse operands (either or both), as scikit-learn computes it:
+    2-D operands, the result dense unless both are sparse and ``dense_output`` is False."""
+    import scipy.sparse as sp
+
+    sym = Y is None or Y is X
+    x = X if is_sparse(X) else np.asarray(X)
+    y = x if sym else Y if is_sparse(Y) else np.asarray(Y)
+    for name, a in (("X", x), ("Y", y)):
+        if a.ndim != 2:
+            raise ValueError(f"cosine_similarity: with sparse input, {name} must be 2-D, got shape {a.shape}")
+    check_pair(x, y)
+    dtype, _ = _float_dtype(x, y, "cosine_similarity")
+    if dtype == np.float16:  # SciPy's sparse products have no float16
+        dtype = np.dtype(np.float32)
+    dense = bool(dense_output) or not (sp.issparse(x) and sp.issparse(y))
+    shape = (x.shape[0], y.shape[0])
+    if out is not None:
+        if not dense:
+            raise ValueError("cosine_similarity: out= needs a dense result (dense_output=True)")
+        _validate.check_out(out, shape, dtype, "cosine_similarity")
+    x = x.astype(dtype) if sp.issparse(x) else _validate.native(x, dtype)
+    y = x if sym else y.astype(dtype) if sp.issparse(y) else _validate.native(y, dtype)
+    facts = {"n": shape[0], "m": shape[1], "d": x.shape[1], "dtype": dtype, "sym": sym}
+    why = "scipy.sparse input: SciPy's sparse product"
+    args = MatrixArgs(x, None if sym else y, out, "sparse" if dense else "sparse-out")
+    return _registry.Prepared(args, compiled=why, facts=facts)
+
+
+def _prepare_matrix(X, Y=None, dense_output=True, out=None):
+    if is_sparse(X) or is_sparse(Y):
+        return _prepare_sparse(X, Y, out, dense_output)
     sym = Y is None or Y is X
     # subclasses (np.matrix, masked) are viewed as plain arrays, as sklearn does
     x = np.asarray(X)
@@ -267,15 +303,19 @@ _TOPK = _registry.operation("cosine_topk", _prepare_topk, _rule_topk)
 
 
 @_registry.public(_MATRIX)
-def cosine_similarity(X, Y=None, *, out=None, backend=None):
+def cosine_similarity(X, Y=None, dense_output=True, *, out=None, backend=None):
     """Cosine similarity of the rows of ``X`` with the rows of ``Y``.
 
     Parameters
     ----------
-    X : array_like, shape (n, d) or (d,)
-    Y : array_like, shape (m, d) or (d,), optional
+    X : array_like or scipy.sparse matrix/array, shape (n, d) or (d,)
+    Y : array_like or scipy.sparse matrix/array, shape (m, d) or (d,), optional
         ``None`` compares ``X`` with itself (the result is then exactly symmetric with a unit
         diagonal for rows of non-zero norm).
+    dense_output : bool, default True
+        scikit-learn's: with both operands sparse, False returns a sparse (CSR) result. Sparse
+        operands are 2-D and computed by SciPy's sparse product (under ``auto`` or ``numpy``; a
+        compiled backend forced on them raises TypeError); dense operands ignore it.
     out : ndarray, optional
         Where to store the 2-D or 1-D result.
     backend : {None, "auto", "numba", "numpy", "loop"}, optional
@@ -300,7 +340,7 @@ def cosine_similarity(X, Y=None, *, out=None, backend=None):
            [0. , 0. , 0. ],
            [0.6, 0. , 1. ]])
     """
-    return _MATRIX.run(backend, _prepare_matrix(X, Y, out))
+    return _MATRIX.run(backend, _prepare_matrix(X, Y, dense_output, out))
 
 
 @_registry.public(_TOPK)
@@ -451,9 +491,63 @@ _c_input = _intrinsics.kernel_input
 # --------------------------------------------------------------------------- numpy
 
 
+def _sparse_normalised(a):
+    """A CSR copy of the sparse ``a`` with unit rows (zero rows stay zero) and its row norms: each
+    row scaled by a power of two first (its largest ``|a_ij|`` to [0.5, 1), exactly), so no square
+    overflows or underflows, whatever the row's scale (as the dense path's norms)."""
+    import scipy.sparse as sp
+
+    a = sp.csr_array(a, copy=True)
+    a.sum_duplicates()
+    counts = np.diff(a.indptr)
+    big = np.zeros(a.shape[0])
+    rows = np.flatnonzero(counts)
+    if a.nnz:
+        big[rows] = np.maximum.reduceat(np.abs(a.data), a.indptr[rows])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        exp = np.frexp(np.where(np.isfinite(big), big, 1.0))[1]
+        a.data = np.ldexp(a.data, np.repeat(-exp, counts))
+        sq = np.zeros(a.shape[0])
+        if a.nnz:
+            sq[rows] = np.add.reduceat(np.square(a.data, dtype=np.float64), a.indptr[rows])
+        root = np.sqrt(sq)
+        inv = np.where((root > 0) & np.isfinite(root), 1.0 / root, 0.0)
+        a.data = a.data * np.repeat(inv, counts).astype(a.dtype)
+    return a, np.ldexp(root, exp)
+
+
+def _matrix_sparse(x, y, out, dense):
+    """Rows scaled to unit norm (sparse stays sparse), then one product ``Xn @ Yn.T``."""
+    import scipy.sparse as sp
+
+    xn, norms = _sparse_normalised(x) if sp.issparse(x) else _normalised(x)
+    if y is None:
+        yn = xn
+    else:
+        yn = _sparse_normalised(y)[0] if sp.issparse(y) else _normalised(y)[0]
+    res = xn @ yn.T
+    if sp.issparse(res):
+        if not dense:
+            res = sp.csr_array(res)
+            if y is None:  # an exact 1 on the diagonal, as the dense result has
+                ok = np.flatnonzero((norms > 0) & np.isfinite(norms))
+                res[ok, ok] = 1
+            return res
+        res = res.toarray()
+    res = np.asarray(res)
+    if y is None:
+        _unit_diagonal(res, norms)
+    if out is None:
+        return res
+    np.copyto(out, res, casting="same_kind")
+    return out
+
+
 @_MATRIX.register("numpy", any_dtype=True)
 def _matrix_numpy(x, y, out, kind):
     """Normalise both operands (copies), then ``Xn @ Yn.T`` (BLAS; ``syrk`` for ``Y=None``)."""
+    if kind.startswith("sparse"):
+        return _matrix_sparse(x, y, out, kind == "sparse")
     xn, norms = _normalised(x)
     if y is None:
         res = np.matmul(xn, xn.T, out=_direct_out(out, kind, x.dtype))

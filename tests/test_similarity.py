@@ -222,6 +222,55 @@ def test_dtype_rules(rng):
         fastla.cosine_similarity(np.array([["a"]]))
 
 
+def _sparse(rng, n, d, dtype, fmt):
+    sp = pytest.importorskip("scipy.sparse")
+    a = np.where(rng.random((n, d)) < 0.3, rng.standard_normal((n, d)), 0).astype(dtype)
+    a[1] = 0  # a zero row
+    a[2] *= 1e300 if dtype == np.float64 else 1e30  # rows far from 1 in scale: exact all the same
+    a[3] *= 1e-300 if dtype == np.float64 else 1e-30
+    return sp.csr_array(a).asformat(fmt), a
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc", "coo"])
+def test_sparse_operands_as_scikit_learn_takes_them(dtype, fmt, rng):
+    """SciPy sparse X and/or Y (a drop-in for scikit-learn's cosine_similarity, which takes them):
+    the dense result of the same rows, in the operands' float dtype; ``dense_output=False`` with
+    both sparse gives a sparse result; Y=None has the dense form's exact unit diagonal."""
+    sp = pytest.importorskip("scipy.sparse")
+    X, xd = _sparse(rng, 9, 6, dtype, fmt)
+    Y, yd = _sparse(rng, 5, 6, dtype, fmt)
+    for x, y, dense in ((X, Y, (xd, yd)), (X, yd, (xd, yd)), (xd, Y, (xd, yd)), (X, None, (xd, None))):
+        got = fastla.cosine_similarity(x, y)
+        assert type(got) is np.ndarray and got.dtype == dtype
+        # the dense path (exact over the whole float range: tested above) on the same rows
+        _close(got, fastla.cosine_similarity(*dense, backend="numpy"), dtype, 6)
+    np.testing.assert_array_equal(np.diag(fastla.cosine_similarity(X)), (np.abs(xd).sum(1) > 0).astype(dtype))
+    for y in (Y, None):
+        got = fastla.cosine_similarity(X, y, dense_output=False)
+        assert sp.issparse(got) and got.dtype == dtype
+        _close(got.toarray(), fastla.cosine_similarity(X, y), dtype, 6)
+    out = np.full((9, 5), np.nan, dtype)
+    assert fastla.cosine_similarity(X, Y, out=out) is out
+    _close(out, fastla.cosine_similarity(xd, yd), dtype, 6)
+    assert fastla.explain("cosine_similarity", X, Y)[0] == "numpy"
+    with pytest.raises(ValueError, match="dense result"):
+        fastla.cosine_similarity(X, Y, False, out=out)
+    with pytest.raises(ValueError, match="must be 2-D"):
+        fastla.cosine_similarity(X, yd[0])
+    with pytest.raises(ValueError, match="incompatible dimension"):
+        fastla.cosine_similarity(X, X.T)
+    for name in set(impl_names("cosine_similarity")) - {"numpy"}:
+        with pytest.raises(TypeError, match="sparse"):
+            fastla.cosine_similarity(X, Y, backend=name)
+    sklearn = pytest.importorskip("sklearn.metrics.pairwise")
+    X, Y = (_sparse(rng, n, 6, dtype, fmt)[1][4:] for n in (13, 9))  # scikit-learn's range (no 1e300)
+    X, Y = sp.csr_array(X).asformat(fmt), sp.csr_array(Y).asformat(fmt)
+    for y in (Y, None):
+        np.testing.assert_allclose(
+            fastla.cosine_similarity(X, y), sklearn.cosine_similarity(X, y), rtol=1e-5, atol=1e-6
+        )
+
+
 def test_errors_and_out(rng):
     x = rng.standard_normal((3, 4))
     with pytest.raises(ValueError, match=r"\(3, 4\).*\(2, 5\)"):
