@@ -305,6 +305,12 @@ def _ce_block(x, t, backend, **kwargs):
     return fastla.cross_entropy(x, t, axis=-1, reduction="none", backend=backend, **kwargs)
 
 
+def _entry_weights(t, ignore_index, weight):
+    """Each index target's class weight (0 where ignored): the terms of a weighted mean's divisor."""
+    kept = t != ignore_index
+    return np.where(kept, weight.astype(np.float64)[np.where(kept, t, 0)], 0.0)
+
+
 def _div_or_nan(s, n):
     with np.errstate(invalid="ignore", divide="ignore"):
         return s / n
@@ -313,6 +319,7 @@ def _div_or_nan(s, n):
 def cross_entropy(
     logits,
     target,
+    weight=None,
     *,
     axis=-1,
     reduction="mean",
@@ -324,6 +331,7 @@ def cross_entropy(
     x = _as_dask(logits, "cross_entropy: logits")
     t = _as_dask(target, "cross_entropy: target")
     ax, kind, smoothing, ignore_index = _sm.check_ce(x, t, axis, reduction, label_smoothing, ignore_index)
+    weight = _sm.check_weight(None if weight is None else np.asarray(weight), x.shape[ax])
     tiny_t = np.zeros((1,) * (x.ndim - 1) if kind == "index" else (1,) * x.ndim, t.dtype)
     dtype = fastla.cross_entropy(np.ones((1,) * x.ndim, x.dtype), tiny_t, reduction="none").dtype
     x = _one_chunk(da.moveaxis(x, ax, -1), (x.ndim - 1,), "cross_entropy", rechunk, "class axis")
@@ -338,6 +346,7 @@ def cross_entropy(
         t,
         (*rows, cls) if kind == "prob" else rows,
         backend=_backend(backend),
+        weight=weight,
         label_smoothing=smoothing,
         ignore_index=ignore_index,
         dtype=dtype,
@@ -351,7 +360,10 @@ def cross_entropy(
         return total
     if kind == "prob":
         return loss.mean(dtype=dtype) if loss.size else da.from_array(np.array(np.nan, dtype))
-    count = (t != ignore_index).sum()  # the in-memory mean divides by an intp count, so do we
+    if weight is None:
+        count = (t != ignore_index).sum()  # the in-memory mean divides by an intp count, so do we
+    else:  # PyTorch's weighted mean: by the sum of the non-ignored entries' class weights
+        count = t.map_blocks(_entry_weights, ignore_index, weight, dtype=np.float64).sum()
     mean_dtype = np.result_type(dtype, count.dtype)
     return da.blockwise(
         _div_or_nan, (), total, (), count, (), dtype=mean_dtype, meta=np.empty((), mean_dtype)

@@ -125,6 +125,19 @@ def _row_sum(row, zero):
     return total
 
 
+@jit(inline="always")
+def _row_dot(row, weight, zero):
+    """``sum(row * weight)`` in float64 by chunks, as :func:`_row_sum`."""
+    n = row.size
+    total = 0.0
+    for j0 in range(0, n, _SUM_CHUNK):
+        part = zero
+        for j in range(_U(j0), _U(min(n, j0 + _SUM_CHUNK))):
+            part += row[j] * weight[j]
+        total += part
+    return total
+
+
 @jit(parallel=True)
 def _softmax_rows(x, out, log, zero):
     """Softmax (or log-softmax) along the last axis of C-contiguous 2-D ``x`` (n >= 1) into ``out``.
@@ -326,9 +339,12 @@ def _smoothed(nll, uniform, smoothing):
 
 
 @jit(parallel=True)
-def _ce_index_rows(x, target, smoothing, ignore_index, loss, zero):
-    """Per-row cross-entropy with class indices: ``lse - x[t]`` (+ label smoothing)."""
+def _ce_index_rows(x, target, smoothing, ignore_index, weight, wsum, loss, zero):
+    """Per-row cross-entropy with class indices: ``lse - x[t]`` (+ label smoothing). ``weight``: the
+    class weights (PyTorch's ``weight``: ``w[t] (lse - x[t])``, smoothed by ``sum_c w_c (lse - x_c)
+    / C``, ``wsum = sum_c w_c``), or empty for none."""
     rows, n = x.shape
+    weighted = weight.size != 0
     for r in prange(rows):
         wide_vectors()
         t = target[r]
@@ -339,24 +355,37 @@ def _ce_index_rows(x, target, smoothing, ignore_index, loss, zero):
         mm = m if np.isfinite(m) else zero
         lse = mm + np.log(_exp_sum(x[r], mm, x[r], False, zero, x[min(r + 1, rows - 1)]))
         nll = lse - x[r, t]
+        if weighted:
+            nll = nll * weight[t]
         if smoothing != 0.0:
-            nll = _smoothed(nll, lse - _row_sum(x[r], zero) / n, smoothing)
+            if weighted:
+                uniform = (wsum * lse - _row_dot(x[r], weight, zero)) / n
+            else:
+                uniform = lse - _row_sum(x[r], zero) / n
+            nll = _smoothed(nll, uniform, smoothing)
         loss[r] = nll
 
 
 @jit(parallel=True)
-def _ce_prob_rows(x, target, smoothing, loss, zero):
-    """Per-row cross-entropy with probability targets: ``-sum_c t'_c (x_c - lse)``."""
+def _ce_prob_rows(x, target, smoothing, weight, loss, zero):
+    """Per-row cross-entropy with probability targets: ``-sum_c w_c t'_c (x_c - lse)`` (``weight``
+    empty: every ``w_c`` 1)."""
     rows, n = x.shape
+    weighted = weight.size != 0
     for r in prange(rows):
         wide_vectors()
         m = _math.row_max(x[r])
         mm = m if np.isfinite(m) else zero
         lse = mm + np.log(_exp_sum(x[r], mm, x[r], False, zero, x[min(r + 1, rows - 1)]))
         acc = 0.0
-        for j in range(_U(n)):
-            t = (1.0 - smoothing) * target[r, j] + smoothing / n
-            acc += t * (lse - x[r, j])
+        if weighted:
+            for j in range(_U(n)):
+                t = (1.0 - smoothing) * target[r, j] + smoothing / n
+                acc += weight[j] * t * (lse - x[r, j])
+        else:
+            for j in range(_U(n)):
+                t = (1.0 - smoothing) * target[r, j] + smoothing / n
+                acc += t * (lse - x[r, j])
         loss[r] = acc
 
 
@@ -660,13 +689,31 @@ class CrossEntropyArgs(NamedTuple):
     reduction: str
     smoothing: float
     ignore_index: int
+    weight: object = None  # (C,) class weights in the compute dtype, or None
 
 
-def _prepare_ce(logits, target, axis=-1, reduction="mean", label_smoothing=0.0, ignore_index=-100):
+def check_weight(weight, n_classes):
+    """PyTorch's ``weight``: a 1-D array of one real weight per class (or None)."""
+    if weight is None:
+        return None
+    w = np.asarray(weight)
+    if w.dtype.kind not in "biuf":
+        raise TypeError(f"cross_entropy: weight must hold real numbers, got dtype {w.dtype}")
+    if w.shape != (n_classes,):
+        raise ValueError(
+            f"cross_entropy: weight must have one entry per class, shape ({n_classes},), got {w.shape}"
+        )
+    return w
+
+
+def _prepare_ce(
+    logits, target, weight=None, axis=-1, reduction="mean", label_smoothing=0.0, ignore_index=-100
+):
     x = np.asanyarray(logits)
     t = np.asanyarray(target)
     ax, kind, label_smoothing, ignore_index = check_ce(x, t, axis, reduction, label_smoothing, ignore_index)
     n_classes = x.shape[ax]
+    w = check_weight(weight, n_classes)
     x_last = np.moveaxis(x, ax, -1)
     if kind == "index":
         bad = (t != ignore_index) & ((t < 0) | (t >= n_classes))
@@ -683,7 +730,9 @@ def _prepare_ce(logits, target, axis=-1, reduction="mean", label_smoothing=0.0, 
         x_last = _validate.native(x_last, dtype)
         if kind == "prob":
             t = _validate.native(t, dtype)
-    args = CrossEntropyArgs(x_last, t, kind, reduction, label_smoothing, ignore_index)
+    if w is not None:  # in the logits' float dtype, as torch requires of it
+        w = w.astype(dtype if why is None else np.float64)
+    args = CrossEntropyArgs(x_last, t, kind, reduction, label_smoothing, ignore_index, w)
     return _registry.Prepared(args, compiled=why, facts={"size": x.size})
 
 
@@ -692,7 +741,15 @@ _CE = _registry.operation("cross_entropy", _prepare_ce, _rule)
 
 @_registry.public(_CE)
 def cross_entropy(
-    logits, target, *, axis=-1, reduction="mean", label_smoothing=0.0, ignore_index=-100, backend=None
+    logits,
+    target,
+    weight=None,
+    *,
+    axis=-1,
+    reduction="mean",
+    label_smoothing=0.0,
+    ignore_index=-100,
+    backend=None,
 ):
     """Cross-entropy of ``logits`` against ``target``, fused log-softmax + NLL.
 
@@ -704,11 +761,16 @@ def cross_entropy(
     target : array_like
         Integer class indices of shape ``logits.shape`` without the class axis, or probabilities
         (e.g. one-hot) of the logits' shape.
+    weight : array_like, shape (C,), optional
+        PyTorch's class weights: an entry's loss is scaled by its class's weight (index targets),
+        or each class's term by its weight (probability targets); label smoothing's uniform term
+        weighs the classes alike.
     axis : int, default -1
         The class axis.
     reduction : {"mean", "sum", "none"}
-        ``mean`` averages over the non-ignored entries (index targets) or over all entries
-        (probability targets), as PyTorch does.
+        ``mean`` averages over the non-ignored entries (index targets; with ``weight``, divided by
+        the sum of their classes' weights) or over all entries (probability targets), as PyTorch
+        does.
     label_smoothing : float in [0, 1]
         Mixes the target with the uniform distribution: ``(1 - eps) * target + eps / C``.
     ignore_index : int, default -100
@@ -731,11 +793,20 @@ def cross_entropy(
     >>> round(float(fl.cross_entropy(logits, np.array([0, 1]))), 4)
     0.3185
     """
-    prep = _prepare_ce(logits, target, axis, reduction, label_smoothing, ignore_index)
+    prep = _prepare_ce(logits, target, weight, axis, reduction, label_smoothing, ignore_index)
     return _CE.run(backend, prep)
 
 
-def _reduce(loss, kind, target, reduction, ignore_index, dtype=None):
+def index_weight_sum(target, ignore_index, weight):
+    """The divisor of an index target's mean: the count of non-ignored entries, or with class
+    ``weight`` the sum of their weights (PyTorch's)."""
+    kept = target != ignore_index
+    if weight is None:
+        return np.count_nonzero(kept)
+    return weight[np.where(kept, target, 0)][kept].sum(dtype=np.float64)
+
+
+def _reduce(loss, kind, target, reduction, ignore_index, dtype=None, weight=None):
     """The reduction of the per-entry losses, in ``dtype`` (the logits' float dtype, as torch)."""
     dtype = loss.dtype if dtype is None else np.dtype(dtype)
     if reduction == "none":
@@ -744,16 +815,17 @@ def _reduce(loss, kind, target, reduction, ignore_index, dtype=None):
         return dtype.type(loss.sum())
     if kind == "index":
         with np.errstate(invalid="ignore", divide="ignore"):
-            return dtype.type(loss.sum() / np.count_nonzero(target != ignore_index))
+            return dtype.type(loss.sum() / index_weight_sum(target, ignore_index, weight))
     return dtype.type(loss.mean() if loss.size else np.nan)
 
 
 @_CE.register("numpy", any_dtype=True)
-def _ce_numpy(x, t, kind, reduction, smoothing, ignore_index):
+def _ce_numpy(x, t, kind, reduction, smoothing, ignore_index, weight=None):
     """NumPy log-sum-exp per row (max, exp, sum, log) and the target term; no log-probabilities."""
     x = np.asarray(x)
     dtype = x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
     x = x.astype(np.promote_types(dtype, np.float32), copy=False)  # float16 computes in float32
+    w = None if weight is None else weight.astype(x.dtype, copy=False)
     n = x.shape[-1]
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         if n:
@@ -766,18 +838,27 @@ def _ce_numpy(x, t, kind, reduction, smoothing, ignore_index):
             ignored = t == ignore_index
             safe = np.where(ignored, 0, t)[..., None].astype(np.intp)
             nll = lse - (np.take_along_axis(x, safe, axis=-1)[..., 0] if n else 0)
+            if w is not None and n:
+                nll = nll * w[safe[..., 0]]
             if smoothing and n:  # no classes: every row is ignored (loss 0), nothing to smooth
-                nll = (1 - smoothing) * nll + smoothing * (lse - x.mean(axis=-1))
+                if w is None:
+                    uniform = lse - x.mean(axis=-1)
+                else:
+                    uniform = (w.sum(dtype=np.float64) * lse - x @ w) / n
+                nll = (1 - smoothing) * nll + smoothing * uniform
             loss = np.where(ignored, 0, nll).astype(x.dtype, copy=False)
         else:
             tt = (1 - smoothing) * t + smoothing / n if smoothing and n else t  # n = 0: an empty sum
+            if w is not None:
+                tt = tt * w
             loss = (tt * (lse[..., None] - x)).sum(axis=-1).astype(x.dtype, copy=False)
-    return _reduce(loss, kind, t, reduction, ignore_index, dtype)
+    return _reduce(loss, kind, t, reduction, ignore_index, dtype, w)
 
 
 @_CE.register("loop")
-def _ce_loop(x, t, kind, reduction, smoothing, ignore_index):
+def _ce_loop(x, t, kind, reduction, smoothing, ignore_index, weight=None):
     """Pure-Python log-sum-exp per row."""
+    cw = None if weight is None else [float(v) for v in weight]
     n, rows = x.shape[-1], math.prod(x.shape[:-1])  # explicit sizes: -1 fails for 0 classes
     x2 = x.reshape(rows, n)
     loss = np.empty(rows, dtype=x.dtype)
@@ -792,31 +873,43 @@ def _ce_loop(x, t, kind, reduction, smoothing, ignore_index):
         lse = mm + _py_log(sum(_py_exp(v - mm) for v in row))
         if kind == "index":
             nll = lse - row[tf[r]]
+            if cw is not None:
+                nll = nll * cw[tf[r]]
             # the smoothing term only where smoothing is on (as the other impls): 0 * (inf - inf) is NaN
-            loss[r] = (1 - smoothing) * nll + smoothing * (lse - sum(row) / n) if smoothing else nll
+            if smoothing:
+                if cw is None:
+                    uniform = lse - sum(row) / n
+                else:
+                    uniform = (sum(cw) * lse - sum(c * v for c, v in zip(cw, row, strict=True))) / n
+                nll = (1 - smoothing) * nll + smoothing * uniform
+            loss[r] = nll
         else:
             w = (
                 [(1 - smoothing) * float(p) + smoothing / n for p in tf[r]]
                 if smoothing
                 else [float(p) for p in tf[r]]
             )
+            if cw is not None:
+                w = [wj * c for wj, c in zip(w, cw, strict=True)]
             loss[r] = sum(wj * (lse - v) for wj, v in zip(w, row, strict=True))
-    return _reduce(loss.reshape(x.shape[:-1]), kind, t, reduction, ignore_index)
+    return _reduce(loss.reshape(x.shape[:-1]), kind, t, reduction, ignore_index, weight=weight)
 
 
 @_CE.register("numba", needs_numba=True)
-def _ce_numba(x, t, kind, reduction, smoothing, ignore_index):
+def _ce_numba(x, t, kind, reduction, smoothing, ignore_index, weight=None):
     """One compiled pass pair per row: max + log-sum-exp + the target term; nothing materialised."""
     n, rows = x.shape[-1], math.prod(x.shape[:-1])  # explicit sizes: -1 fails for 0 classes
     x2 = kernel_input(x).reshape(rows, n)
     loss = np.empty(rows, dtype=x.dtype)
+    w = kernel_input(np.empty(0, x.dtype) if weight is None else weight)
     if x2.shape[0] and n:
         if kind == "index":
             tgt = readonly(np.ascontiguousarray(t.reshape(-1), dtype=np.int64))
-            _ce_index_rows(x2, tgt, smoothing, ignore_index, loss, x.dtype.type(0))
+            wsum = float(w.sum(dtype=np.float64))
+            _ce_index_rows(x2, tgt, smoothing, ignore_index, w, wsum, loss, x.dtype.type(0))
         else:
             tt = kernel_input(t).reshape(rows, n)
-            _ce_prob_rows(x2, tt, smoothing, loss, x.dtype.type(0))
+            _ce_prob_rows(x2, tt, smoothing, w, loss, x.dtype.type(0))
     elif rows:  # no classes (probability targets, or every index ignored): an empty sum, 0
         loss[:] = 0.0
-    return _reduce(loss.reshape(x.shape[:-1]), kind, t, reduction, ignore_index)
+    return _reduce(loss.reshape(x.shape[:-1]), kind, t, reduction, ignore_index, weight=weight)

@@ -176,6 +176,17 @@ def test_cross_entropy_index_and_prob(compute, reduction):
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-12)
     _unchanged((x, X), (t, T))
+    weight = RNG.random(6) + 0.1  # class weights: the mean divides by the entries' weights
+    got = compute(
+        fl.cross_entropy(X, T, weight, axis=1, reduction=reduction, label_smoothing=0.1),
+        fl.cross_entropy(X, P, weight, axis=1, reduction=reduction),
+    )
+    want = (
+        fl.cross_entropy(x, t, weight, axis=1, reduction=reduction, label_smoothing=0.1, backend="numpy"),
+        fl.cross_entropy(x, p, weight, axis=1, reduction=reduction, backend="numpy"),
+    )
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-12)
 
 
 def test_cross_entropy_errors():

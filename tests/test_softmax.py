@@ -148,20 +148,22 @@ def test_auto_rule():
 # --------------------------------------------------------------------------- cross-entropy
 
 
-def _ce_reference(logits, target, smoothing=0.0, reduction="mean", ignore_index=-100):
-    """The formula of torch.nn.functional.cross_entropy, class axis last, in float64."""
+def _ce_reference(logits, target, smoothing=0.0, reduction="mean", ignore_index=-100, weight=None):
+    """The formula of torch.nn.functional.cross_entropy, class axis last, in float64 (``weight``:
+    the class weights; the mean of index targets divides by their classes' weights)."""
     logp = sps.log_softmax(logits.astype(np.float64), axis=-1)
     c = logits.shape[-1]
+    w = np.ones(c) if weight is None else np.asarray(weight, np.float64)
     if target.dtype.kind in "iu":
         mask = target != ignore_index
         safe = np.where(mask, target, 0)
-        nll = -np.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
-        smooth = -logp.mean(axis=-1)
+        nll = -np.take_along_axis(logp, safe[..., None], axis=-1)[..., 0] * w[safe]
+        smooth = -(logp * w).sum(axis=-1) / c
         loss = np.where(mask, (1 - smoothing) * nll + smoothing * smooth, 0.0)
         if reduction == "mean":
-            return loss.sum() / mask.sum()
+            return loss.sum() / np.where(mask, w[safe], 0).sum()
     else:
-        t = (1 - smoothing) * target + smoothing / c
+        t = ((1 - smoothing) * target + smoothing / c) * w
         loss = -(t * logp).sum(axis=-1)
         if reduction == "mean":
             return loss.mean()
@@ -190,6 +192,43 @@ def test_cross_entropy_probability_targets(reduction, dtype, rng):
     for name in impl_names("cross_entropy", 24):
         got = fastla.cross_entropy(logits, target, reduction=reduction, label_smoothing=0.2, backend=name)
         _close(got, expected, dtype)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_cross_entropy_class_weights(reduction, smoothing, dtype, rng):
+    """PyTorch's ``weight`` (the third argument, as torch's): index and probability targets, every
+    impl, against the formula and against torch itself."""
+    logits = (rng.standard_normal((37, 11)) * 3).astype(dtype)
+    index = rng.integers(0, 11, 37)
+    index[[3, 10]] = -100
+    prob = sps.softmax(rng.standard_normal((37, 11)), axis=-1).astype(dtype)
+    weight = (rng.random(11) + 0.1).astype(dtype)
+    for target in (index, prob):
+        expected = _ce_reference(logits, target, smoothing, reduction, weight=weight)
+        for name in impl_names("cross_entropy", 37):
+            got = fastla.cross_entropy(
+                logits, target, weight, reduction=reduction, label_smoothing=smoothing, backend=name
+            )
+            _close(got, expected, dtype)
+    torch = pytest.importorskip("torch")
+    for target in (index, prob):
+        t = [torch.from_numpy(a) for a in (logits, target, weight)]
+        want = torch.nn.functional.cross_entropy(
+            t[0], t[1], weight=t[2], reduction=reduction, label_smoothing=smoothing
+        ).numpy()
+        got = fastla.cross_entropy(logits, target, weight, reduction=reduction, label_smoothing=smoothing)
+        assert np.asarray(got).dtype == want.dtype
+        _close(got, want, dtype)
+
+
+def test_cross_entropy_weight_errors(rng):
+    x, t = rng.standard_normal((4, 3)), np.array([0, 1, 2, 1])
+    for bad in (np.ones(4), np.ones((3, 1))):
+        with pytest.raises(ValueError, match="one entry per class"):
+            fastla.cross_entropy(x, t, bad)
+    with pytest.raises(TypeError, match="weight must hold real numbers"):
+        fastla.cross_entropy(x, t, np.ones(3, complex))
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
