@@ -199,9 +199,7 @@ def _prepare_sparse(X, Y, out, dense_output):
         if a.ndim != 2:
             raise ValueError(f"cosine_similarity: with sparse input, {name} must be 2-D, got shape {a.shape}")
     check_pair(x, y)
-    dtype, _ = _float_dtype(x, y, "cosine_similarity")
-    if dtype == np.float16:  # SciPy's sparse products have no float16
-        dtype = np.dtype(np.float32)
+    dtype, _ = _float_dtype(x, y, "cosine_similarity")  # float16 computes in float32
     dense = bool(dense_output) or not (sp.issparse(x) and sp.issparse(y))
     shape = (x.shape[0], y.shape[0])
     if out is not None:

@@ -746,7 +746,7 @@ def cross_entropy(
     weight : array_like, shape (C,), optional
         PyTorch's class weights: an entry's loss is scaled by its class's weight (index targets),
         or each class's term by its weight (probability targets); label smoothing's uniform term
-        weighs the classes alike.
+        weights each class's term too (``sum_c w_c (lse - x_c) / C``).
     axis : int, default -1
         The class axis.
     reduction : {"mean", "sum", "none"}
