@@ -209,7 +209,7 @@ def _prepare_sparse(X, Y, out, dense_output):
     x = x.astype(dtype) if sp.issparse(x) else _validate.native(x, dtype)
     y = x if sym else y.astype(dtype) if sp.issparse(y) else _validate.native(y, dtype)
     facts = {"n": shape[0], "m": shape[1], "d": x.shape[1], "dtype": dtype, "sym": sym}
-    why = "scipy.sparse input: SciPy's sparse product"
+    why = "scipy.sparse input: rows normalised in a sparse copy, a sparse product"
     args = MatrixArgs(x, None if sym else y, out, "sparse" if dense else "sparse-out")
     return _registry.Prepared(args, compiled=why, facts=facts)
 
@@ -514,6 +514,34 @@ def _sparse_normalised(a):
     return a, np.ldexp(root, exp)
 
 
+@jit(parallel=True)
+def _sparse_dot_rows(x_ptr, x_idx, x_val, t_ptr, t_idx, t_val, out):
+    """``out = X @ T`` for CSR ``X`` and CSR ``T`` (here ``Yn.T``), by rows into the dense ``out``
+    (zeros on entry): Gustavson's row-by-row product, each row of ``out`` accumulated in place.
+    SciPy's product builds a sparse result first, then ``toarray`` copies it: 5000 x 2000 rows of
+    50 000 features at density 0.002, float64, two threads, scikit-learn's cosine_similarity (its
+    own compiled sparse-to-dense product) 26.5 ms, SciPy's product + toarray 39 ms."""
+    for i in prange(out.shape[0]):
+        row = out[i]
+        for p in range(x_ptr[i], x_ptr[i + 1]):
+            k = x_idx[p]
+            v = x_val[p]
+            for q in range(t_ptr[k], t_ptr[k + 1]):
+                row[t_idx[q]] += v * t_val[q]
+
+
+def _sparse_product_dense(xn, yn, dtype):
+    """``xn @ yn.T`` of two sparse CSR operands as a dense array (compiled where Numba is)."""
+    import scipy.sparse as sp
+
+    if not _jit.JIT_ENABLED:  # the loops as Python: SciPy's product is the faster
+        return (xn @ yn.T).toarray()
+    t = sp.csr_array(yn.T)  # the transpose's rows: one CSR pass
+    res = np.zeros((xn.shape[0], yn.shape[0]), dtype)
+    _jit.run_parallel(_sparse_dot_rows, xn.indptr, xn.indices, xn.data, t.indptr, t.indices, t.data, res)
+    return res
+
+
 def _matrix_sparse(x, y, out, dense):
     """Rows scaled to unit norm (sparse stays sparse), then one product ``Xn @ Yn.T``."""
     import scipy.sparse as sp
@@ -523,7 +551,10 @@ def _matrix_sparse(x, y, out, dense):
         yn = xn
     else:
         yn = _sparse_normalised(y)[0] if sp.issparse(y) else _normalised(y)[0]
-    res = xn @ yn.T
+    if dense and sp.issparse(xn) and sp.issparse(yn):
+        res = _sparse_product_dense(xn, yn, xn.dtype)
+    else:
+        res = xn @ yn.T
     if sp.issparse(res):
         if not dense:
             res = sp.csr_array(res)

@@ -249,6 +249,9 @@ def test_sparse_operands_as_scikit_learn_takes_them(dtype, fmt, rng):
         got = fastla.cosine_similarity(X, y, dense_output=False)
         assert sp.issparse(got) and got.dtype == dtype
         _close(got.toarray(), fastla.cosine_similarity(X, y), dtype, 6)
+    big = sp.csr_array(X)  # 64-bit indices, as a matrix past 2^31 stored entries has them
+    big.indices, big.indptr = big.indices.astype(np.int64), big.indptr.astype(np.int64)
+    np.testing.assert_array_equal(fastla.cosine_similarity(big, Y), fastla.cosine_similarity(X, Y))
     out = np.full((9, 5), np.nan, dtype)
     assert fastla.cosine_similarity(X, Y, out=out) is out
     _close(out, fastla.cosine_similarity(xd, yd), dtype, 6)

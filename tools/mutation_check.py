@@ -643,6 +643,14 @@ MUTANTS = [
         "sparse rows are normalised without the power-of-two scaling (rows near 1e300 overflow)",
     ),
     Mutant(
+        "cosine-sparse-product-drops-a-term",
+        "similarity.py",
+        "            for q in range(t_ptr[k], t_ptr[k + 1]):",
+        "            for q in range(t_ptr[k] + 1, t_ptr[k + 1]):",
+        ("tests/test_similarity.py", "-k", "sparse"),
+        "the compiled sparse product skips the first entry of each row of the transposed operand",
+    ),
+    Mutant(
         "matmul-broadcast-out-written-directly",
         "matmul.py",
         "        and out.shape == res_shape  # else a larger out the result broadcasts to (np.copyto below)",
