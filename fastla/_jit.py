@@ -729,6 +729,7 @@ def set_num_threads(n):
     if n is None:
         _NUM_THREADS.clear()
     else:
+        # _validate.as_int's rule, written out: this module imports no other fastla module
         if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
             raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}")
         n = int(n)  # a NumPy integer (e.g. from os.cpu_count() arithmetic on arrays) is one too

@@ -305,12 +305,6 @@ def _ce_block(x, t, backend, **kwargs):
     return fastla.cross_entropy(x, t, axis=-1, reduction="none", backend=backend, **kwargs)
 
 
-def _entry_weights(t, ignore_index, weight):
-    """Each index target's class weight (0 where ignored): the terms of a weighted mean's divisor."""
-    kept = t != ignore_index
-    return np.where(kept, weight.astype(np.float64)[np.where(kept, t, 0)], 0.0)
-
-
 def _div_or_nan(s, n):
     with np.errstate(invalid="ignore", divide="ignore"):
         return s / n
@@ -363,7 +357,7 @@ def cross_entropy(
     if weight is None:
         count = (t != ignore_index).sum()  # the in-memory mean divides by an intp count, so do we
     else:  # PyTorch's weighted mean: by the sum of the non-ignored entries' class weights
-        count = t.map_blocks(_entry_weights, ignore_index, weight, dtype=np.float64).sum()
+        count = t.map_blocks(_sm.entry_weights, ignore_index, weight, dtype=np.float64).sum()
     mean_dtype = np.result_type(dtype, count.dtype)
     return da.blockwise(
         _div_or_nan, (), total, (), count, (), dtype=mean_dtype, meta=np.empty((), mean_dtype)

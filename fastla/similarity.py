@@ -530,14 +530,14 @@ def _sparse_dot_rows(x_ptr, x_idx, x_val, t_ptr, t_idx, t_val, out):
                 row[t_idx[q]] += v * t_val[q]
 
 
-def _sparse_product_dense(xn, yn, dtype):
+def _sparse_product_dense(xn, yn):
     """``xn @ yn.T`` of two sparse CSR operands as a dense array (compiled where Numba is)."""
     import scipy.sparse as sp
 
     if not _jit.JIT_ENABLED:  # the loops as Python: SciPy's product is the faster
         return (xn @ yn.T).toarray()
     t = sp.csr_array(yn.T)  # the transpose's rows: one CSR pass
-    res = np.zeros((xn.shape[0], yn.shape[0]), dtype)
+    res = np.zeros((xn.shape[0], yn.shape[0]), xn.dtype)
     _jit.run_parallel(_sparse_dot_rows, xn.indptr, xn.indices, xn.data, t.indptr, t.indices, t.data, res)
     return res
 
@@ -546,21 +546,20 @@ def _matrix_sparse(x, y, out, dense):
     """Rows scaled to unit norm (sparse stays sparse), then one product ``Xn @ Yn.T``."""
     import scipy.sparse as sp
 
-    xn, norms = _sparse_normalised(x) if sp.issparse(x) else _normalised(x)
-    if y is None:
-        yn = xn
-    else:
-        yn = _sparse_normalised(y)[0] if sp.issparse(y) else _normalised(y)[0]
+    def unit_rows(a):
+        return _sparse_normalised(a) if sp.issparse(a) else _normalised(a)
+
+    xn, norms = unit_rows(x)
+    yn = xn if y is None else unit_rows(y)[0]
     if dense and sp.issparse(xn) and sp.issparse(yn):
-        res = _sparse_product_dense(xn, yn, xn.dtype)
+        res = _sparse_product_dense(xn, yn)
     else:
         res = xn @ yn.T
     if sp.issparse(res):
         if not dense:
             res = sp.csr_array(res)
             if y is None:  # an exact 1 on the diagonal, as the dense result has
-                ok = np.flatnonzero((norms > 0) & np.isfinite(norms))
-                res[ok, ok] = 1
+                _unit_diagonal(res, norms)
             return res
         res = res.toarray()
     res = np.asarray(res)

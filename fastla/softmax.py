@@ -789,13 +789,19 @@ def cross_entropy(
     return _CE.run(backend, prep)
 
 
+def entry_weights(target, ignore_index, weight):
+    """Each index target's class weight in float64, 0 where ignored (the terms of a weighted mean's
+    divisor; the dask path sums them chunk by chunk)."""
+    kept = target != ignore_index
+    return np.where(kept, weight.astype(np.float64)[np.where(kept, target, 0)], 0.0)
+
+
 def index_weight_sum(target, ignore_index, weight):
     """The divisor of an index target's mean: the count of non-ignored entries, or with class
     ``weight`` the sum of their weights (PyTorch's)."""
-    kept = target != ignore_index
     if weight is None:
-        return np.count_nonzero(kept)
-    return weight[np.where(kept, target, 0)][kept].sum(dtype=np.float64)
+        return np.count_nonzero(target != ignore_index)
+    return entry_weights(target, ignore_index, weight).sum()
 
 
 def _reduce(loss, kind, target, reduction, ignore_index, dtype=None, weight=None):

@@ -621,8 +621,8 @@ MUTANTS = [
     Mutant(
         "cross-entropy-weighted-mean-by-count",
         "softmax.py",
-        "    if weight is None:\n        return np.count_nonzero(kept)",
-        "    if True:\n        return np.count_nonzero(kept)",
+        "    return entry_weights(target, ignore_index, weight).sum()",
+        "    return np.count_nonzero(target != ignore_index)",
         ("tests/test_softmax.py", "-k", "class_weights"),
         "with class weights, the mean divides by the count of entries, not by their weights' sum",
     ),
