@@ -483,7 +483,7 @@ _LINSOLVE = _registry.operation("solve", _prepare_linsolve, _rule)
 
 
 @_registry.public(_FACTOR)
-def lu_factor(a, *, overwrite_a=False, check_finite=True, backend=None):
+def lu_factor(a, overwrite_a=False, check_finite=True, *, backend=None):
     """LU factorisation with partial pivoting, like :func:`scipy.linalg.lu_factor`.
 
     Parameters
@@ -519,7 +519,7 @@ def lu_factor(a, *, overwrite_a=False, check_finite=True, backend=None):
 
 
 @_registry.public(_SOLVE)
-def lu_solve(lu_and_piv, b, *, trans=0, overwrite_b=False, check_finite=True, backend=None):
+def lu_solve(lu_and_piv, b, trans=0, overwrite_b=False, check_finite=True, *, backend=None):
     """Solve ``a x = b`` (``trans=0``) or ``a^T x = b`` (1, 2) from :func:`lu_factor`'s factors.
 
     Like :func:`scipy.linalg.lu_solve`, stacks batched as SciPy >= 1.15 batches them: ``b`` is one

@@ -346,6 +346,27 @@ def test_overwrite_a_in_place(rng):
     np.testing.assert_allclose(work, expected, rtol=1e-12)
 
 
+def test_scipys_positional_arguments(rng):
+    """SciPy's signatures take ``overwrite_a``/``check_finite`` and ``trans``/``overwrite_b``/
+    ``check_finite`` by position too; so do fastla's (only ``backend`` is keyword-only)."""
+    a = rng.standard_normal((5, 5))
+    b = rng.standard_normal(5)
+    lu_piv = sla.lu_factor(a)
+    for name in impl_names("lu_solve", 5):
+        np.testing.assert_allclose(
+            fastla.lu_solve(lu_piv, b, 1, False, True, backend=name), sla.lu_solve(lu_piv, b, 1), rtol=1e-10
+        )
+    bad = a.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="infs or NaNs"):
+        fastla.lu_factor(bad, False, True)
+    fastla.lu_factor(bad, False, False)  # check_finite=False by position: no check
+    work = a.copy()
+    assert fastla.lu_factor(work, True, backend="numba")[0] is work  # overwrite_a by position
+    with pytest.raises(TypeError):
+        fastla.lu_factor(a, False, True, "numba")  # backend stays keyword-only
+
+
 def test_auto_rule():
     assert fastla.explain("solve", np.ones((1000, 4, 4)), np.ones((1000, 4, 1)))[0] == "numba"
     assert fastla.explain("solve", np.ones((500, 500)), np.ones(500))[0] == "numpy"
