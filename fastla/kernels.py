@@ -211,8 +211,10 @@ def _floats(name, *arrays):
     naming the kernel (compiled code rejects it when typing the call)."""
     arrays = [np.asarray(x) for x in arrays]
     _refuse_others(name, arrays)  # each one, as NumPy's linalg (float16 with an integer array too)
-    dtype = np.result_type(*arrays)
-    return [x.astype(np.float64 if dtype.kind in "biu" else dtype, copy=False) for x in arrays]
+    # each integer or boolean operand counts as float64 (NumPy's linalg: float32 with bool or int8
+    # gives float64, where np.result_type would keep float32)
+    dtype = np.result_type(*(np.float64 if x.dtype.kind in "biu" else x.dtype for x in arrays))
+    return [x.astype(dtype, copy=False) for x in arrays]
 
 
 _COMPUTED = (np.dtype(np.float32), np.dtype(np.float64))
@@ -849,6 +851,8 @@ def _solve_into(a, b, out):
         _solve_square_error()
     if b.shape[0 if a.ndim == 2 else 1] != n or out.shape != b.shape:
         _solve_shape_error()
+    if a.ndim == 3 and b.shape[0] != a.shape[0]:
+        _solve_shape_error()
     a3 = np.ascontiguousarray(a).reshape((-1, n, n))
     m = a3.shape[0]
     x3 = out.reshape((m, n, -1))
@@ -862,7 +866,9 @@ def _solve_into(a, b, out):
 
 def solve(a, b, out=None):
     """Solve ``a x = b``: one system ``a (n, n)`` with ``b (n,)`` or ``(n, k)``, or a stack ``a (m, n, n)``
-    with ``b (m, n)`` or ``(m, n, k)``; ``x`` has ``b``'s shape (into ``out`` when given).
+    with ``b (m, n)`` or ``(m, n, k)``; ``x`` has ``b``'s shape (into ``out`` when given). Unlike
+    ``np.linalg.solve``, a stack's ``b`` is not broadcast: other shapes raise ``ValueError`` (and an
+    ``a`` of fewer than two dimensions NumPy's ``LinAlgError``).
 
     Raises ``numpy.linalg.LinAlgError("Singular matrix")`` for an exactly zero pivot, also inside
     compiled code.
@@ -875,15 +881,34 @@ def solve(a, b, out=None):
     [2.0, 3.0]
     """
     a, b = _floats("solve", a, b)
+    if a.ndim < 2:  # NumPy's class and words
+        raise np.linalg.LinAlgError(
+            f"fastla.kernels.solve: {a.ndim}-dimensional array given. Array must be at least two-dimensional"
+        )
+    if not _solve_ranks(a.ndim, b.ndim):
+        _solve_shape_error()
     if out is None:
         out = np.empty(b.shape, b.dtype)
     return _call(_solve_into, a, b, out)
+
+
+def _solve_ranks(a_ndim, b_ndim):
+    """Whether ``solve`` takes these ranks: one system ``a`` (n, n) with ``b`` (n,) or (n, k), or a
+    stack (m, n, n) with (m, n) or (m, n, k) (a stack's ``b`` is not broadcast)."""
+    return b_ndim in (1, 2) if a_ndim == 2 else a_ndim == 3 and b_ndim in (2, 3)
 
 
 @_jit.overload(solve)
 def _solve_typer(a, b, out=None):
     if not (_is_array(a, (2, 3)) and _is_array(b, (1, 2, 3))):
         return None
+    if not _solve_ranks(a.ndim, b.ndim):
+
+        def ranks(a, b, out=None):
+            _solve_shape_error()
+            return b
+
+        return ranks
     fresh = out is None or isinstance(out, nbt.NoneType | nbt.Omitted)
     one_system = {1: _solve_vec, 2: _solve_mat}  # by b's rank, for one C-contiguous a
     impl = one_system.get(b.ndim, _solve_into_call) if a.ndim == 2 and a.layout == "C" else _solve_into_call
@@ -1064,7 +1089,7 @@ def _lu_solve_vector(lu, piv, b, out):
 def lu_solve(lu, piv, b, out=None):
     """``x`` with ``a x = b`` from :func:`lu_factor`'s factors (``b`` of shape ``(n,)`` or ``(n, k)``)."""
     lu, b = _floats("lu_solve", lu, b)
-    if out is not None and out.shape != b.shape:
+    if lu.ndim != 2 or b.ndim not in (1, 2) or (out is not None and out.shape != b.shape):
         _lu_solve_shape_error()
     into = out if out is not None and out.flags.c_contiguous else np.empty(b.shape, lu.dtype)
     _call(_lu_solve, lu, np.asarray(piv), b, into)

@@ -576,6 +576,35 @@ def test_python_calls_take_integers_as_numpy_does_and_refuse_other_dtypes():
     np.testing.assert_array_equal(user_logsumexp(np.empty((3, 0))), [-np.inf] * 3)
 
 
+def test_promotion_and_ranks_are_numpys_or_a_clean_error(rng):
+    """A float32 operand with a boolean or small-integer one computes in float64, as NumPy's linalg
+    and scikit-learn do (np.result_type would keep float32); ranks solve does not take raise
+    NumPy's LinAlgError (``a`` below 2-D) or a ValueError naming the shapes, from Python and
+    compiled code, never a Numba typing error, an IndexError or a reshape's message."""
+    a32 = rng.standard_normal((3, 3)).astype(np.float32) + 3 * np.eye(3, dtype=np.float32)
+    for other in (np.array([True, False, True]), np.array([1, 2, 3], np.int8)):
+        x = kernels.solve(a32, other)
+        assert x.dtype == np.linalg.solve(a32, other).dtype == np.float64
+        np.testing.assert_allclose(x, np.linalg.solve(a32, other), rtol=1e-12)
+        assert kernels.cosine_similarity(a32, other[None, :]).dtype == np.float64
+    for a in (np.float64(2.0), np.ones(3)):
+        with pytest.raises(np.linalg.LinAlgError, match="Array must be at least two-dimensional"):
+            kernels.solve(a, np.ones(3))
+    stack = rng.standard_normal((2, 3, 3)) + 3 * np.eye(3)
+    for b in (np.ones(3), np.ones((3, 3)), np.ones((4, 3, 1)), np.float64(1.0)):
+        with pytest.raises(ValueError, match=r"kernels\.solve: a must be"):
+            kernels.solve(stack, b)
+        if np.ndim(b):
+            with pytest.raises(ValueError, match=r"kernels\.solve: a must be"):
+                user_solve(stack, b)
+    with pytest.raises(ValueError, match=r"kernels\.solve: a must be"):
+        kernels.solve(np.ones((1, 2, 3, 3)), np.ones((1, 2, 3)))
+    lu, piv = kernels.lu_factor(stack[0])
+    for b in (np.float64(1.0), np.ones((3, 1, 1))):
+        with pytest.raises(ValueError, match=r"kernels\.lu_solve: b must be"):
+            kernels.lu_solve(lu, piv, b)
+
+
 def test_errors_inside_compiled_code(rng):
     with pytest.raises(np.linalg.LinAlgError, match="Singular matrix"):
         user_solve(np.zeros((3, 3)), np.ones(3))
