@@ -133,10 +133,36 @@ def _out_shape_error():
     raise ValueError("fastla.kernels: out must have x's shape")
 
 
-def _check_out(x, out):
-    """A Python caller's ``out=``: a C-contiguous array of ``x``'s shape and dtype."""
-    if out.shape != x.shape or out.dtype != x.dtype or not out.flags.c_contiguous:
-        raise ValueError("fastla.kernels: out must be a C-contiguous array of x's shape and dtype")
+def _python_out(name, out, shape, dtype, same_kind=False, shape_error=None):
+    """A Python caller's ``out=`` for a result of ``shape`` and ``dtype``: a writeable NumPy array of
+    that shape (any strides) and that dtype, or with ``same_kind`` one NumPy's ``'same_kind'``
+    casting rule lets ``dtype`` be written into (``np.matmul``'s ``out``). TypeError for what is not
+    an array or has another dtype, ValueError for a read-only array (NumPy's words) or another
+    shape (``shape_error``, the compiled form's error for it, where there is one: the same message
+    from Python, compiled code and the JIT off): checked here, before compiled code would store into
+    it (a read-only ``out`` was written, an integer one received truncated values) or fail to
+    compile."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"fastla.kernels.{name}: out must be a NumPy array, not {type(out).__name__}")
+    if not out.flags.writeable:
+        raise ValueError(f"fastla.kernels.{name}: output array is read-only")
+    if out.shape != tuple(shape):
+        if shape_error is not None:
+            shape_error()
+        raise ValueError(f"fastla.kernels.{name}: out must have shape {tuple(shape)}, not {out.shape}")
+    if same_kind and not np.can_cast(dtype, out.dtype, "same_kind"):
+        raise TypeError(f"fastla.kernels.{name}: cannot cast the {np.dtype(dtype)} result to {out.dtype}")
+    if not same_kind and out.dtype != dtype:
+        raise TypeError(f"fastla.kernels.{name}: out must be {np.dtype(dtype)}, not {out.dtype}")
+    return out
+
+
+def _check_out(name, x, out):
+    """A Python caller's ``out=`` for the element-wise and row kernels: a C-contiguous array of
+    ``x``'s shape and dtype."""
+    _python_out(name, out, x.shape, x.dtype)
+    if not out.flags.c_contiguous:
+        raise ValueError(f"fastla.kernels.{name}: out must be C-contiguous")
 
 
 @jit
@@ -290,7 +316,7 @@ def exp(x, out=None):
     if out is None:
         out = np.empty_like(x)
     else:
-        _check_out(x, out)
+        _check_out("exp", x, out)
     return _call(_exp_array, x, out)
 
 
@@ -382,7 +408,7 @@ def _prepare_out(name, x, out):
         raise ValueError("fastla.kernels: x must be a 1-D or 2-D float32/float64 array")
     if out is None:
         return x, np.empty(x.shape, x.dtype)
-    _check_out(x, out)
+    _check_out(name, x, out)
     return x, out
 
 
@@ -510,11 +536,15 @@ def matmul(a, b, out=None):
     if a.ndim != 2 or b.ndim != 2:
         raise ValueError(f"fastla.kernels.matmul: a and b must be 2-D, not {a.ndim}-D and {b.ndim}-D")
     # from Python, np.matmul's dtypes (integers stay integers) where compiled loops exist
-    arrays = (a, b) if out is None else (a, b, out)
-    _refuse_others("matmul", arrays, "biuc", "float32, float64, integer or complex arrays")
+    what = "float32, float64, integer or complex arrays"
+    _refuse_others("matmul", (a, b), "biuc", what)
+    shape, dtype = (a.shape[0], b.shape[1]), np.result_type(a, b)
     if out is None:
-        out = np.empty((a.shape[0], b.shape[1]), np.result_type(a, b))
-    elif np.may_share_memory(out, a) or np.may_share_memory(out, b):
+        out = np.empty(shape, dtype)
+    else:  # np.matmul's casting rule; a float16 out refused as an operand is
+        _python_out("matmul", out, shape, dtype, True, _matmul_shape_error)
+        _refuse_others("matmul", (out,), "biuc", what)
+    if np.may_share_memory(out, a) or np.may_share_memory(out, b):
         out[...] = _call(_matmul2d, a, b, np.empty(out.shape, out.dtype))
         return out
     return _call(_matmul2d, a, b, out)
@@ -592,7 +622,12 @@ def gemm(a, b, out, alpha=1.0, beta=0.0):
     first)."""
     a, b = np.asarray(a), np.asarray(b)
     _refuse_others("gemm", (a, b))
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"fastla.kernels.gemm: out must be a NumPy array, not {type(out).__name__}")
+    if out.ndim != 2 or a.ndim != 2 or b.ndim != 2:
+        raise ValueError("fastla.kernels.gemm: a, b and out must be 2-D arrays")
     _refuse_others("gemm", (out,), "", "out must be float32 or float64")
+    _python_out("gemm", out, (a.shape[0], b.shape[1]), out.dtype)
     if not out.flags.c_contiguous:
         raise ValueError("fastla.kernels.gemm: out must be C-contiguous")
     return _call(_gemm, a, b, out, out.dtype.type(alpha), out.dtype.type(beta))
@@ -809,9 +844,26 @@ def try_solve(a, b, out):
     False
     """
     a, b = np.ascontiguousarray(a), np.asarray(b)
-    if a.dtype != out.dtype or b.dtype != out.dtype:
-        raise ValueError("fastla.kernels.try_solve: a, b and out must have one float dtype")
-    return bool(_call(_try_solve, a, b, out))
+    one = isinstance(out, np.ndarray) and a.dtype == b.dtype == out.dtype
+    if not one or a.dtype not in _COMPUTED:
+        raise ValueError("fastla.kernels.try_solve: a, b and out must be arrays of one float dtype")
+    if a.ndim != 2 or b.ndim != 1:
+        _solve_shape_error()
+    _python_out("try_solve", out, b.shape, b.dtype, shape_error=_solve_shape_error)
+    return bool(_into(out, lambda into: _call(_try_solve, a, b, into)))
+
+
+def _into(out, compute, dtype=None):
+    """``compute(into)`` into ``out``, or into a C-contiguous array (of ``dtype``, default
+    ``out``'s) then copied to ``out`` when it is strided or of another dtype (as the compiled forms
+    do); returns what ``compute`` returns."""
+    dtype = out.dtype if dtype is None else np.dtype(dtype)
+    if out.flags.c_contiguous and out.dtype == dtype:
+        return compute(out)
+    into = np.empty(out.shape, dtype)
+    res = compute(into)
+    out[...] = into
+    return res
 
 
 @jit(inline="always")
@@ -888,8 +940,10 @@ def solve(a, b, out=None):
     if not _solve_ranks(a.ndim, b.ndim):
         _solve_shape_error()
     if out is None:
-        out = np.empty(b.shape, b.dtype)
-    return _call(_solve_into, a, b, out)
+        return _call(_solve_into, a, b, np.empty(b.shape, b.dtype))
+    _python_out("solve", out, b.shape, b.dtype, shape_error=_solve_shape_error)
+    _into(out, lambda into: _call(_solve_into, a, b, into))
+    return out
 
 
 def _solve_ranks(a_ndim, b_ndim):
@@ -1089,13 +1143,13 @@ def _lu_solve_vector(lu, piv, b, out):
 def lu_solve(lu, piv, b, out=None):
     """``x`` with ``a x = b`` from :func:`lu_factor`'s factors (``b`` of shape ``(n,)`` or ``(n, k)``)."""
     lu, b = _floats("lu_solve", lu, b)
-    if lu.ndim != 2 or b.ndim not in (1, 2) or (out is not None and out.shape != b.shape):
+    if lu.ndim != 2 or b.ndim not in (1, 2):
         _lu_solve_shape_error()
-    into = out if out is not None and out.flags.c_contiguous else np.empty(b.shape, lu.dtype)
-    _call(_lu_solve, lu, np.asarray(piv), b, into)
-    if out is None or out is into:
-        return into
-    out[...] = into  # a strided out: solved contiguously, then copied (as in compiled code)
+    piv = np.asarray(piv)
+    if out is None:
+        return _call(_lu_solve, lu, piv, b, np.empty(b.shape, lu.dtype))
+    _python_out("lu_solve", out, b.shape, lu.dtype, shape_error=_lu_solve_shape_error)
+    _into(out, lambda into: _call(_lu_solve, lu, piv, b, into))
     return out
 
 
@@ -1199,8 +1253,14 @@ def cosine_similarity(X, Y, out=None):
     X, Y = _floats("cosine_similarity", X, Y)
     if X.ndim != 2 or Y.ndim != 2:
         _cosine_shape_error()
-    out = np.empty((X.shape[0], Y.shape[0]), X.dtype) if out is None else out
-    return _call(_cosine, X, Y, out)
+    shape = (X.shape[0], Y.shape[0])
+    if out is None:
+        return _call(_cosine, X, Y, np.empty(shape, X.dtype))
+    # any float out, as in compiled code (float16 refused as an operand is)
+    _python_out("cosine_similarity", out, shape, X.dtype, True, _cosine_shape_error)
+    _refuse_others("cosine_similarity", (out,), "", "out must be float32 or float64")
+    _into(out, lambda into: _call(_cosine, X, Y, into), X.dtype)
+    return out
 
 
 @_jit.overload(cosine_similarity)

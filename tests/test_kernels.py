@@ -576,6 +576,51 @@ def test_python_calls_take_integers_as_numpy_does_and_refuse_other_dtypes():
     np.testing.assert_array_equal(user_logsumexp(np.empty((3, 0))), [-np.inf] * 3)
 
 
+def test_a_python_callers_out_is_checked_before_a_kernel_writes_it(rng):
+    """From Python every kernel's ``out=`` is a writeable array of the result's shape and dtype
+    (``matmul``: NumPy's 'same_kind' cast; ``cosine_similarity``: any float), checked before any
+    store: a read-only out is left alone (``matmul`` wrote it), an integer one raises TypeError
+    (``matmul`` and ``lu_solve`` stored truncated values), a list TypeError, another shape
+    ValueError; a strided out gets the answer (``solve``, ``lu_solve``, ``cosine_similarity`` and
+    ``try_solve`` raised Numba typing errors), as in compiled code."""
+    x = rng.standard_normal((4, 6))
+    a, b = rng.standard_normal((4, 5)), rng.standard_normal((5, 6))
+    sq = rng.standard_normal((6, 6)) + 6 * np.eye(6)
+    rhs, vec = rng.standard_normal((6, 3)), rng.standard_normal(6)
+    lu, piv = sla.lu_factor(sq)
+    y = rng.standard_normal((6, 5))
+    calls = {  # name -> (call with out, expected result)
+        "exp": (lambda o: kernels.exp(x, o), np.exp(x)),
+        "softmax": (lambda o: kernels.softmax(x, o), sps.softmax(x, axis=-1)),
+        "log_softmax": (lambda o: kernels.log_softmax(x, o), sps.log_softmax(x, axis=-1)),
+        "matmul": (lambda o: kernels.matmul(a, b, o), a @ b),
+        "gemm": (lambda o: kernels.gemm(a, b, o), a @ b),
+        "cosine_similarity": (lambda o: kernels.cosine_similarity(a, y, o), fastla.cosine_similarity(a, y)),
+        "solve": (lambda o: kernels.solve(sq, rhs, o), np.linalg.solve(sq, rhs)),
+        "lu_solve": (lambda o: kernels.lu_solve(lu, piv, rhs, o), np.linalg.solve(sq, rhs)),
+        "try_solve": (lambda o: kernels.try_solve(sq, vec, o), np.linalg.solve(sq, vec)),
+    }
+    for name, (call, expect) in calls.items():
+        readonly = np.zeros(expect.shape)
+        readonly.flags.writeable = False
+        with pytest.raises(ValueError, match=f"kernels.{name}: output array is read-only"):
+            call(readonly)
+        assert not readonly.any()
+        with pytest.raises(ValueError if name == "try_solve" else TypeError, match=f"kernels.{name}"):
+            call(np.zeros(expect.shape, np.int64))
+        with pytest.raises(ValueError if name == "try_solve" else TypeError, match=f"kernels.{name}"):
+            call(expect.tolist())
+        with pytest.raises(ValueError, match=r"fastla\.kernels"):  # the compiled form's shape error
+            call(np.zeros((*expect.shape, 1)))
+        strided = np.zeros((*expect.shape, 2))[..., 0]
+        if name in ("exp", "softmax", "log_softmax", "gemm"):  # their documented C-contiguous out
+            with pytest.raises(ValueError, match="C-contiguous"):
+                call(strided)
+            continue
+        call(strided)
+        np.testing.assert_allclose(strided, expect, rtol=1e-12, atol=1e-12)
+
+
 def test_promotion_and_ranks_are_numpys_or_a_clean_error(rng):
     """A float32 operand with a boolean or small-integer one computes in float64, as NumPy's linalg
     and scikit-learn do (np.result_type would keep float32); ranks solve does not take raise

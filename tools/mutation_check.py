@@ -821,10 +821,18 @@ MUTANTS = [
     Mutant(
         "kernels-python-keeps-integers",
         "kernels.py",
-        'return [x.astype(np.float64 if dtype.kind in "biu" else dtype, copy=False) for x in arrays]',
-        "return [x.astype(dtype, copy=False) for x in arrays]",
-        ("tests/test_kernels.py", "-k", "take_integers"),
+        'dtype = np.result_type(*(np.float64 if x.dtype.kind in "biu" else x.dtype for x in arrays))',
+        "dtype = np.result_type(*arrays)",
+        ("tests/test_kernels.py", "-k", "take_integers or promotion"),
         "a Python call of a kernel on integer arrays computes in integers (an integer LU)",
+    ),
+    Mutant(
+        "kernels-python-out-read-only",
+        "kernels.py",
+        "    if not out.flags.writeable:\n        raise ValueError",
+        "    if False:\n        raise ValueError",
+        ("tests/test_kernels.py", "-k", "out_is_checked"),
+        "a Python caller's read-only out is written by the kernel (matmul stored into it)",
     ),
     Mutant(
         "topk-thread-share-one-block",
