@@ -73,7 +73,7 @@ import math
 import numpy as np
 
 from fastla import _gemm_kernels as _gk
-from fastla import _intrinsics, _jit, _math
+from fastla import _intrinsics, _jit, _math, _validate
 from fastla import _lane_solver as _ls
 from fastla import lu as _lu
 from fastla import similarity as _sim
@@ -134,24 +134,18 @@ def _out_shape_error():
 
 
 def _python_out(name, out, shape, dtype, same_kind=False, shape_error=None):
-    """A Python caller's ``out=`` for a result of ``shape`` and ``dtype``: a writeable NumPy array of
-    that shape (any strides) and that dtype, or with ``same_kind`` one NumPy's ``'same_kind'``
-    casting rule lets ``dtype`` be written into (``np.matmul``'s ``out``). TypeError for what is not
-    an array or has another dtype, ValueError for a read-only array (NumPy's words) or another
-    shape (``shape_error``, the compiled form's error for it, where there is one: the same message
-    from Python, compiled code and the JIT off): checked here, before compiled code would store into
-    it (a read-only ``out`` was written, an integer one received truncated values) or fail to
-    compile."""
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"fastla.kernels.{name}: out must be a NumPy array, not {type(out).__name__}")
-    if not out.flags.writeable:
-        raise ValueError(f"fastla.kernels.{name}: output array is read-only")
-    if out.shape != tuple(shape):
-        if shape_error is not None:
+    """A Python caller's ``out=`` for a result of ``shape`` and ``dtype``, checked before compiled
+    code stores into it (a read-only ``out`` was written, an integer one received truncated values)
+    or fails to compile: the public functions' rules (:func:`fastla._validate.out_problem`: an
+    ndarray of that shape, any strides, writeable, that ``dtype`` casts to under ``'same_kind'``)
+    and, unless ``same_kind`` (``np.matmul``'s ``out``), exactly ``dtype``. A wrong shape raises
+    ``shape_error()``, the compiled form's error for it, where there is one: the same message from
+    Python, compiled code and the JIT off."""
+    problem = _validate.out_problem(out, shape, dtype, f"fastla.kernels.{name}")
+    if problem is not None:
+        if shape_error is not None and isinstance(out, np.ndarray) and out.shape != tuple(shape):
             shape_error()
-        raise ValueError(f"fastla.kernels.{name}: out must have shape {tuple(shape)}, not {out.shape}")
-    if same_kind and not np.can_cast(dtype, out.dtype, "same_kind"):
-        raise TypeError(f"fastla.kernels.{name}: cannot cast the {np.dtype(dtype)} result to {out.dtype}")
+        raise problem
     if not same_kind and out.dtype != dtype:
         raise TypeError(f"fastla.kernels.{name}: out must be {np.dtype(dtype)}, not {out.dtype}")
     return out

@@ -829,10 +829,10 @@ MUTANTS = [
     Mutant(
         "kernels-python-out-read-only",
         "kernels.py",
-        "    if not out.flags.writeable:\n        raise ValueError",
-        "    if False:\n        raise ValueError",
+        '    problem = _validate.out_problem(out, shape, dtype, f"fastla.kernels.{name}")',
+        "    problem = None",
         ("tests/test_kernels.py", "-k", "out_is_checked"),
-        "a Python caller's read-only out is written by the kernel (matmul stored into it)",
+        "a Python caller's out is not checked: a read-only one written, an integer one truncated",
     ),
     Mutant(
         "topk-thread-share-one-block",
