@@ -151,6 +151,20 @@ def _python_out(name, out, shape, dtype, same_kind=False, shape_error=None):
     return out
 
 
+def _state_arrays(name, what, *arrays, written=True):
+    """A Python caller's state arrays (``(array, ndim, kinds)``), which a kernel updates in place
+    (reads only, unless ``written``): ndarrays of that rank and of a dtype of those kinds ("f":
+    float32/float64, "iu": an integer), writeable. Checked before the call, which would otherwise
+    fail to compile or store into a read-only or integer array."""
+    for x, ndim, kinds in arrays:
+        ok = isinstance(x, np.ndarray) and x.ndim == ndim
+        ok = ok and (x.dtype in _COMPUTED if kinds == "f" else x.dtype.kind in kinds)
+        if not ok:
+            raise TypeError(f"fastla.kernels.{name}: {what}")
+        if written and not x.flags.writeable:
+            raise ValueError(f"fastla.kernels.{name}: output array is read-only")
+
+
 def _check_out(name, x, out):
     """A Python caller's ``out=`` for the element-wise and row kernels: a C-contiguous array of
     ``x``'s shape and dtype."""
@@ -1268,6 +1282,8 @@ def _cosine_typer(X, Y, out=None):
 
 def topk_init(k, dtype=np.float64):
     """``(scores, index)`` arrays of a top-``k`` accumulator: push candidates with :func:`topk_push`."""
+    if np.dtype(dtype) not in _COMPUTED:
+        raise TypeError(f"fastla.kernels.topk_init: dtype must be float32 or float64, not {np.dtype(dtype)}")
     return np.full(k, np.nan, dtype), np.full(k, -1, np.int64)
 
 
@@ -1308,6 +1324,12 @@ def topk_push(scores, index, count, value, j):
     in increasing ``j`` so that ties keep the lower index, as :func:`fastla.cosine_topk`; NaN
     scores rank last. The first ``count`` entries are the top-``count`` so far.
     """
+    _state_arrays(
+        "topk_push",
+        "scores (k,) float32/float64 and index (k,) integers, from topk_init",
+        (scores, 1, "f"),
+        (index, 1, "iu"),
+    )
     return _call(_topk_push, scores, index, count, value, j)
 
 
@@ -1358,6 +1380,12 @@ def attention_step(q, k, v, scale, m, l, acc):
     accumulator ``acc (L, Ev)`` (start at 0) with ``softmax(q kᵀ · scale)`` over the tiles seen so
     far; :func:`attention_finish` then gives the output. Uses fastla's exp, as the flash kernel.
     """
+    q, k, v = np.asarray(q), np.asarray(k), np.asarray(v)
+    _refuse_others("attention_step", (q, k, v))
+    what = "q (L, E), k (S, E), v (S, Ev) arrays; m (L,), l (L,), acc (L, Ev) float32/float64 arrays"
+    if q.ndim != 2 or k.ndim != 2 or v.ndim != 2:
+        raise ValueError(f"fastla.kernels.attention_step: {what}")
+    _state_arrays("attention_step", what, (m, 1, "f"), (l, 1, "f"), (acc, 2, "f"))
     _call(_attention_step, q, k, v, acc.dtype.type(scale), m, l, acc)
 
 
@@ -1372,9 +1400,14 @@ def _attention_step_typer(q, k, v, scale, m, l, acc):
 
 
 @jit
+def _attention_finish_shape_error():
+    raise ValueError("fastla.kernels.attention_finish: l (L,), acc (L, Ev) and out of acc's shape")
+
+
+@jit
 def _attention_finish(l, acc, out):
     if l.shape[0] != acc.shape[0] or out.shape != acc.shape:
-        raise ValueError("fastla.kernels.attention_finish: l (L,), acc (L, Ev) and out of acc's shape")
+        _attention_finish_shape_error()
     for i in range(acc.shape[0]):
         inv = 1 / l[i] if l[i] != 0 else l[i] * 0
         for e in range(acc.shape[1]):
@@ -1384,7 +1417,12 @@ def _attention_finish(l, acc, out):
 
 def attention_finish(l, acc, out=None):
     """``acc / l`` per row (a row that saw no key gives zeros, as the public attention does)."""
-    return _call(_attention_finish, l, acc, np.empty_like(acc) if out is None else out)
+    what = "l (L,) and acc (L, Ev) float32/float64 arrays"
+    _state_arrays("attention_finish", what, (l, 1, "f"), (acc, 2, "f"), written=False)
+    if out is None:
+        return _call(_attention_finish, l, acc, np.empty_like(acc))
+    _python_out("attention_finish", out, acc.shape, acc.dtype, shape_error=_attention_finish_shape_error)
+    return _call(_attention_finish, l, acc, out)
 
 
 @_jit.overload(attention_finish)

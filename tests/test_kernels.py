@@ -599,6 +599,7 @@ def test_a_python_callers_out_is_checked_before_a_kernel_writes_it(rng):
         "solve": (lambda o: kernels.solve(sq, rhs, o), np.linalg.solve(sq, rhs)),
         "lu_solve": (lambda o: kernels.lu_solve(lu, piv, rhs, o), np.linalg.solve(sq, rhs)),
         "try_solve": (lambda o: kernels.try_solve(sq, vec, o), np.linalg.solve(sq, vec)),
+        "attention_finish": (lambda o: kernels.attention_finish(np.full(4, 2.0), x, o), x / 2),
     }
     for name, (call, expect) in calls.items():
         readonly = np.zeros(expect.shape)
@@ -619,6 +620,34 @@ def test_a_python_callers_out_is_checked_before_a_kernel_writes_it(rng):
             continue
         call(strided)
         np.testing.assert_allclose(strided, expect, rtol=1e-12, atol=1e-12)
+
+
+def test_a_python_callers_state_arrays_are_checked_before_a_kernel_updates_them(rng):
+    """The arrays ``attention_step`` and ``topk_push`` update in place, from Python: a read-only one
+    raises ValueError and is left alone, an integer or non-array one TypeError, a ``q`` of another
+    rank ValueError (each was a Numba typing error, or a silent store into integers); array-likes
+    for the read-only operands work."""
+    q, k, v = rng.standard_normal((4, 3)), rng.standard_normal((5, 3)), rng.standard_normal((5, 2))
+    m, l, acc = np.full(4, -np.inf), np.zeros(4), np.zeros((4, 2))
+    frozen = acc.copy()
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="attention_step: output array is read-only"):
+        kernels.attention_step(q, k, v, 0.5, m, l, frozen)
+    assert not frozen.any() and np.isneginf(m).all()
+    with pytest.raises(TypeError, match="attention_step"):
+        kernels.attention_step(q, k, v, 0.5, m, l, np.zeros((4, 2), np.int64))
+    with pytest.raises(ValueError, match="attention_step"):
+        kernels.attention_step(q[0], k, v, 0.5, m, l, acc)
+    kernels.attention_step(q.tolist(), k, v, 0.5, m, l, acc)
+    weights = sps.softmax(0.5 * q @ k.T, axis=1)
+    np.testing.assert_allclose(kernels.attention_finish(l, acc), weights @ v, rtol=1e-12)
+    scores, index = kernels.topk_init(3)
+    with pytest.raises(TypeError, match="topk_push"):
+        kernels.topk_push(np.zeros(3, np.int64), index, 0, 1.0, 5)
+    with pytest.raises(TypeError, match="topk_push"):
+        kernels.topk_push(scores.tolist(), index, 0, 1.0, 5)
+    with pytest.raises(TypeError, match="topk_init: dtype must be float32 or float64"):
+        kernels.topk_init(3, np.float16)
 
 
 def test_promotion_and_ranks_are_numpys_or_a_clean_error(rng):
