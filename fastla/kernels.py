@@ -593,11 +593,16 @@ def _overlaps(x, y):
 
 
 @jit
+def _gemm_shape_error():
+    raise ValueError("fastla.kernels.gemm: shapes do not match (a (m, k), b (k, n), out (m, n))")
+
+
+@jit
 def _gemm(a, b, out, alpha, beta):
     m, k = a.shape
     n = b.shape[1]
     if b.shape[0] != k or out.shape[0] != m or out.shape[1] != n:
-        raise ValueError("fastla.kernels.gemm: shapes do not match (a (m, k), b (k, n), out (m, n))")
+        _gemm_shape_error()
     # an out that overlaps an operand: the operand copied first (the packed GEMM reads a thin
     # product's B in place, and every product reads A and B after C's first rows are written)
     if _overlaps(out, a):
@@ -635,7 +640,7 @@ def gemm(a, b, out, alpha=1.0, beta=0.0):
     if out.ndim != 2 or a.ndim != 2 or b.ndim != 2:
         raise ValueError("fastla.kernels.gemm: a, b and out must be 2-D arrays")
     _refuse_others("gemm", (out,), "", "out must be float32 or float64")
-    _python_out("gemm", out, (a.shape[0], b.shape[1]), out.dtype)
+    _python_out("gemm", out, (a.shape[0], b.shape[1]), out.dtype, shape_error=_gemm_shape_error)
     if not out.flags.c_contiguous:
         raise ValueError("fastla.kernels.gemm: out must be C-contiguous")
     return _call(_gemm, a, b, out, out.dtype.type(alpha), out.dtype.type(beta))
