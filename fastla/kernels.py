@@ -715,9 +715,11 @@ STRAIGHT_LINE_MAX = 8
 def _straight_line(a, b, x):
     """The straight-line solve of ``a x = b`` for n <= STRAIGHT_LINE_MAX and one right-hand side
     (``b`` (n,) or (n, 1), any strides; ``x`` its shape, C order, may be ``b``): 0, or ``j + 1``
-    for the first exactly zero pivot; -1 for a larger n (not solved). n <= 4 is inlined; 5 to 8 is
-    a call (the arrays arrive borrowed): their straight-line code is most of the IR, and inlined it
-    was compiled into every user function that calls ``kernels.solve``."""
+    for the first exactly zero pivot; -1 for n = 0 or a larger n (not solved: the loops' elimination
+    does nothing for n = 0, where the 8x8 code had read and written 64 elements of empty arrays and
+    corrupted the heap). n <= 4 is inlined; 5 to 8 is a call (the arrays arrive borrowed): their
+    straight-line code is most of the IR, and inlined it was compiled into every user function
+    that calls ``kernels.solve``."""
     n = a.shape[0]
     if n == 1:
         return _ls.lane_solve_one(1, 1, a, b, x)
@@ -727,7 +729,7 @@ def _straight_line(a, b, x):
         return _ls.lane_solve_one(3, 1, a, b, x)
     elif n == 4:
         return _ls.lane_solve_one(4, 1, a, b, x)
-    elif n <= STRAIGHT_LINE_MAX:
+    elif 5 <= n <= STRAIGHT_LINE_MAX:
         return _ool(_straight_line_wide, (_borrow(a), _borrow(b), _borrow(x)))
     return -1
 
@@ -908,6 +910,13 @@ def _solve_into_call(a, b, out):
     return _ool(_solve_into, (a, b, out))
 
 
+@jit(inline="always")
+def _columns(b):
+    """The right-hand sides in ``b`` (n,) or (n, k). The reshapes to (n, k) spell it out rather
+    than -1, which NumPy (running them with the JIT off) cannot infer for a zero-size array."""
+    return b.shape[b.ndim - 1] if b.ndim == 2 else 1
+
+
 @jit
 def _solve_into(a, b, out):
     """``out = solve(a, b)`` for one system (``b`` 1-D or 2-D) or a stack (``a`` 3-D)."""
@@ -918,10 +927,12 @@ def _solve_into(a, b, out):
         _solve_shape_error()
     if a.ndim == 3 and b.shape[0] != a.shape[0]:
         _solve_shape_error()
-    a3 = np.ascontiguousarray(a).reshape((-1, n, n))
-    m = a3.shape[0]
-    x3 = out.reshape((m, n, -1))
-    b3 = np.ascontiguousarray(b).reshape((m, n, -1))
+    # the shapes spelled out (see _columns)
+    m = a.shape[0] if a.ndim == 3 else 1
+    k = _columns(b) if a.ndim == 2 else (b.shape[b.ndim - 1] if b.ndim == 3 else 1)
+    a3 = np.ascontiguousarray(a).reshape((m, n, n))
+    x3 = out.reshape((m, n, k))
+    b3 = np.ascontiguousarray(b).reshape((m, n, k))
     for t in range(m):
         _copy2d(x3[t], b3[t])
         if _solve_one(a3[t], x3[t]):
@@ -1034,7 +1045,7 @@ def _solve_inplace_info(a, b):
         _solve_square_error()
     if b.shape[0] != n:
         _solve_inplace_shape_error()
-    return _eliminate(a, b.reshape((n, -1)))
+    return _eliminate(a, b.reshape((n, _columns(b))))
 
 
 @jit
@@ -1134,8 +1145,8 @@ def _lu_solve(lu, piv, b, out):
     if b.shape[0] != n or out.shape != b.shape:
         _lu_solve_shape_error()
     _check_piv(piv, n)
-    x = out.reshape((n, -1))
-    _copy2d(x, np.ascontiguousarray(b).reshape((n, -1)))
+    x = out.reshape((n, _columns(b)))
+    _copy2d(x, np.ascontiguousarray(b).reshape((n, _columns(b))))
     _lu._getrs(_intrinsics.as_readonly(np.ascontiguousarray(lu)), piv, x, n - n)
     return out
 

@@ -107,6 +107,11 @@ def user_solve(a, b):
 
 
 @njit
+def user_try_solve(a, b, out):
+    return kernels.try_solve(a, b, out)
+
+
+@njit
 def user_solve_inplace(a, b):
     return kernels.solve_inplace(a, b)
 
@@ -648,6 +653,32 @@ def test_a_python_callers_state_arrays_are_checked_before_a_kernel_updates_them(
         kernels.topk_push(scores.tolist(), index, 0, 1.0, 5)
     with pytest.raises(TypeError, match="topk_init: dtype must be float32 or float64"):
         kernels.topk_init(3, np.float16)
+
+
+def test_an_empty_system_touches_no_memory():
+    """n = 0: nothing to solve, and nothing read or written. The straight-line dispatch took n = 0
+    for one of its n <= 8 and ran the 8x8 code on the empty arrays, storing 8 elements past their
+    start (heap corruption, a crash at exit); here the empty views lie inside sentinel buffers,
+    from Python and from compiled code, for solve, try_solve and solve_inplace."""
+
+    def views():
+        abuf, bbuf, xbuf = np.full(200, 7.0), np.full(40, 3.0), np.full(40, 5.0)
+        return (abuf, bbuf, xbuf), (abuf[100:100].reshape(0, 0), bbuf[20:20], xbuf[20:20])
+
+    calls = (
+        lambda a, b, x: kernels.solve(a, b, x),
+        lambda a, b, x: user_solve_into(a, b, x),
+        lambda a, b, x: kernels.try_solve(a, b, x),
+        lambda a, b, x: user_try_solve(a, b, x),
+        lambda a, b, x: kernels.solve_inplace(a, b),
+        lambda a, b, x: user_solve_inplace(a, b),
+        lambda a, b, x: user_solve(a, b),
+    )
+    for call in calls:
+        bufs, (a, b, x) = views()
+        call(a, b, x)
+        for buf, value in zip(bufs, (7.0, 3.0, 5.0), strict=True):
+            assert (buf == value).all()
 
 
 def test_promotion_and_ranks_are_numpys_or_a_clean_error(rng):

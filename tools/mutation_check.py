@@ -835,6 +835,14 @@ MUTANTS = [
         "a Python caller's out is not checked: a read-only one written, an integer one truncated",
     ),
     Mutant(
+        "kernels-straight-line-takes-n-0",
+        "kernels.py",
+        "    elif 5 <= n <= STRAIGHT_LINE_MAX:",
+        "    elif n <= STRAIGHT_LINE_MAX:",
+        ("tests/test_kernels.py", "-k", "empty_system"),
+        "an empty system runs the 8x8 straight-line code on empty arrays (stores past them)",
+    ),
+    Mutant(
         "topk-thread-share-one-block",
         "similarity.py",
         "    for i0 in range(th * share, end, mc):",
