@@ -1019,6 +1019,10 @@ def solve_inplace(a, b):
     and ``b`` (C-contiguous ``(n,)`` or ``(n, k)``) becomes ``x``, which is returned."""
     if not all(isinstance(x, np.ndarray) and x.dtype in _COMPUTED for x in (a, b)) or a.dtype != b.dtype:
         raise TypeError("fastla.kernels.solve_inplace: a and b must be arrays of one float32/float64 dtype")
+    if not (a.flags.writeable and b.flags.writeable):
+        raise ValueError("fastla.kernels.solve_inplace: output array is read-only (a and b are overwritten)")
+    if not b.flags.c_contiguous or a.ndim != 2 or b.ndim not in (1, 2):
+        _solve_inplace_shape_error()
     return _call(_solve_inplace, a, b)
 
 
@@ -1027,13 +1031,15 @@ def _solve_inplace_typer(a, b):
     if _is_array(a, (2,)) and a.layout == "C" and _is_array(b, (1,)) and b.layout == "C":
         return lambda a, b: _solve_inplace_vec(a, b)
     if _is_array(a, (2,)) and _is_array(b, (1, 2)):
+        if b.layout != "C":  # solved in place: no contiguous copy to solve in
+            raise _jit.numba.core.errors.TypingError("fastla.kernels.solve_inplace: b must be C-contiguous")
         return lambda a, b: _ool(_solve_inplace, (a, b))
     return None
 
 
 @jit
 def _solve_inplace_shape_error():
-    raise ValueError("fastla.kernels.solve_inplace: a must be (n, n) and b (n,) or (n, k)")
+    raise ValueError("fastla.kernels.solve_inplace: a must be (n, n) and b (n,) or (n, k), C-contiguous")
 
 
 @jit
@@ -1293,6 +1299,15 @@ def _cosine_typer(X, Y, out=None):
         return None
     if out is None or isinstance(out, nbt.NoneType | nbt.Omitted):
         return lambda X, Y, out=None: _ool(_cosine, (X, Y, np.empty((X.shape[0], Y.shape[0]), X.dtype)))
+    if isinstance(out, nbt.Array) and out.layout != "C":  # computed contiguously, then copied
+
+        def strided(X, Y, out=None):
+            if out.shape != (X.shape[0], Y.shape[0]):
+                _cosine_shape_error()
+            _copy2d(out, _ool(_cosine, (X, Y, np.empty((X.shape[0], Y.shape[0]), X.dtype))))
+            return out
+
+        return strided
     return lambda X, Y, out=None: _ool(_cosine, (X, Y, out))
 
 

@@ -133,6 +133,11 @@ def user_cosine(x, y):
 
 
 @njit
+def user_cosine_into(x, y, out):
+    return kernels.cosine_similarity(x, y, out)
+
+
+@njit
 def user_topk(values, k):
     scores, index = kernels.topk_init(k, values.dtype)
     count = 0
@@ -679,6 +684,32 @@ def test_an_empty_system_touches_no_memory():
         call(a, b, x)
         for buf, value in zip(bufs, (7.0, 3.0, 5.0), strict=True):
             assert (buf == value).all()
+
+
+def test_strided_outs_in_compiled_code(rng):
+    """A strided ``out`` of ``cosine_similarity`` in compiled code gets the matrix, computed
+    contiguously and copied, and nothing beside it is written (it was a Numba typing error, deep in
+    the GEMM's reshape); ``solve_inplace`` has no copy to solve in, and refuses a strided ``b``
+    with its own message, from compiled code (a TypingError) and Python (ValueError)."""
+    x, y = rng.standard_normal((5, 7)), rng.standard_normal((6, 7))
+    big = np.full((9, 10), -7.0)
+    got = user_cosine_into(x, y, big[2:7, 3:9])
+    np.testing.assert_allclose(got, fastla.cosine_similarity(x, y), rtol=1e-12, atol=1e-13)
+    rest = np.ones(big.shape, bool)
+    rest[2:7, 3:9] = False
+    assert (big[rest] == -7.0).all()
+    with pytest.raises(ValueError, match="X \\(n, d\\)"):
+        user_cosine_into(x, y, big[2:8, 3:9])
+    a, b = rng.standard_normal((4, 4)) + 4 * np.eye(4), np.zeros((4, 4))
+    refused = (ValueError, _jit.numba.core.errors.TypingError) if _jit.NUMBA_AVAILABLE else ValueError
+    with pytest.raises(refused, match=r"solve_inplace: .*C-contiguous"):
+        user_solve_inplace(a.copy(), b[:, ::2])
+    with pytest.raises(ValueError, match=r"solve_inplace: .*C-contiguous"):
+        kernels.solve_inplace(a.copy(), b[:, ::2])
+    frozen = np.ones(4)
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="solve_inplace: output array is read-only"):
+        kernels.solve_inplace(a.copy(), frozen)
 
 
 def test_promotion_and_ranks_are_numpys_or_a_clean_error(rng):
