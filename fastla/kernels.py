@@ -929,7 +929,7 @@ def _solve_into(a, b, out):
         _solve_shape_error()
     # the shapes spelled out (see _columns)
     m = a.shape[0] if a.ndim == 3 else 1
-    k = _columns(b) if a.ndim == 2 else (b.shape[b.ndim - 1] if b.ndim == 3 else 1)
+    k = b.shape[b.ndim - 1] if b.ndim == a.ndim else 1  # b (n, k) / (m, n, k), else one column
     a3 = np.ascontiguousarray(a).reshape((m, n, n))
     x3 = out.reshape((m, n, k))
     b3 = np.ascontiguousarray(b).reshape((m, n, k))
