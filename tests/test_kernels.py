@@ -712,6 +712,52 @@ def test_strided_outs_in_compiled_code(rng):
         kernels.solve_inplace(a.copy(), frozen)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_no_store_outside_an_out(dtype, rng):
+    """Every output lies inside a buffer of sentinels (the rows before and after it, C-contiguous as
+    a user's own array is), over the shapes that end in partial vectors and partial register tiles:
+    the masked tails of the small products, the GEMM's edge tiles, the exp and softmax remainders,
+    the cosine tiles and the straight-line solves write their result and nothing past it."""
+    sentinel = dtype(-7.25)
+
+    def bordered(shape):
+        big = np.full((shape[0] + 2, *shape[1:]), sentinel, dtype)
+        return big, big[1:-1]
+
+    def untouched(big):
+        return (big[0] == sentinel).all() and (big[-1] == sentinel).all()
+
+    for m, k, n in [(1, 1, 1), (3, 5, 7), (4, 4, 4), (5, 3, 9), (8, 8, 8), (7, 2, 17), (9, 9, 33)]:
+        a, b = rng.standard_normal((2, m, k)).astype(dtype), rng.standard_normal((2, k, n)).astype(dtype)
+        big, out = bordered((2, m, n))
+        user_matmul_prange(a, b, out)
+        assert untouched(big)
+        np.testing.assert_allclose(out, a @ b, rtol=_tol(dtype) * 10, atol=_tol(dtype))
+        big, out = bordered((m, n))
+        user_gemm(a[0], b[0], out, dtype(1), dtype(0))
+        assert untouched(big)
+        np.testing.assert_allclose(out, a[0] @ b[0], rtol=_tol(dtype) * 10, atol=_tol(dtype))
+        big, out = bordered((m, n))
+        user_cosine_into(a[0], b[0].T.copy() if k == n else rng.standard_normal((n, k)).astype(dtype), out)
+        assert untouched(big)
+    for w in [*range(1, 18), 33]:
+        x = (3 * rng.standard_normal((3, w))).astype(dtype)
+        big, out = bordered((3, w))
+        user_softmax_rows(x, out)
+        assert untouched(big)
+        np.testing.assert_allclose(out, sps.softmax(x, axis=-1), rtol=_tol(dtype) * 10, atol=_tol(dtype))
+        big, out = bordered((w,))
+        user_exp_into(x[0], out)
+        assert untouched(big)
+    for n in range(1, 10):
+        a = (rng.standard_normal((n, n)) + n * np.eye(n)).astype(dtype)
+        b = rng.standard_normal(n).astype(dtype)
+        big, out = bordered((n,))
+        user_try_solve(a, b, out)
+        assert untouched(big)
+        np.testing.assert_allclose(out, np.linalg.solve(a, b), rtol=_tol(dtype) * 100, atol=_tol(dtype))
+
+
 def test_promotion_and_ranks_are_numpys_or_a_clean_error(rng):
     """A float32 operand with a boolean or small-integer one computes in float64, as NumPy's linalg
     and scikit-learn do (np.result_type would keep float32); ranks solve does not take raise

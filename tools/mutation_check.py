@@ -163,6 +163,14 @@ MUTANTS = [
         "a thin product reads a B larger than DIRECT_BYTES in place (from DRAM in strided runs)",
     ),
     Mutant(
+        "small-product-masked-store-whole-vector",
+        "_gemm_kernels.py",
+        "                    builder.call(m_store, [val, ptr, align, mask])",
+        "                    builder.call(m_store, [val, ptr, align, ir.Constant(mty, [1] * w)])",
+        ("tests/test_kernels.py", "-k", "no_store_outside"),
+        "a small product's last columns stored as whole vectors: the last row writes past its out",
+    ),
+    Mutant(
         "gemm-edge-kernel-stores-every-row",
         "_gemm_kernels.py",
         "                if stored and i:",
@@ -899,6 +907,11 @@ def _run(mutant, keep):
             return "SURVIVED", seconds, summary
         if proc.returncode == 1:  # tests failed
             return "killed", seconds, summary
+        if proc.returncode < 0 and " failed" in summary:
+            # the tests failed and reported it, then the process died (a mutant storing out of
+            # bounds corrupts the heap, which aborts at exit): killed. A crash without the tests'
+            # failure report stays an error below.
+            return "killed", seconds, f"{summary} (then killed by signal {-proc.returncode})"
         # 2-5: collection failed, pytest's internal error, usage, nothing collected: no verdict (an
         # undeclared marker once failed tests/test_kernels.py's collection: exit 2 for every mutant)
         return f"ERROR (exit {proc.returncode})", seconds, summary
