@@ -171,6 +171,14 @@ MUTANTS = [
         "a small product's last columns stored as whole vectors: the last row writes past its out",
     ),
     Mutant(
+        "small-product-masked-load-whole-vector",
+        "_gemm_kernels.py",
+        "                    return builder.call(m_load, [ptr, align, mask, ir.Constant(vty, None)])",
+        "                    return builder.call(m_load, [ptr, align, ir.Constant(mty, [1] * w), ir.Constant(vty, None)])",  # noqa: E501
+        ("tests/test_bounds.py",),
+        "a small product's last columns loaded as whole vectors: reads past an operand's end",
+    ),
+    Mutant(
         "gemm-edge-kernel-stores-every-row",
         "_gemm_kernels.py",
         "                if stored and i:",
