@@ -11,7 +11,8 @@ itself. Choices of ours, written down:
 * NaN propagates (a row holding NaN or inf gives NaN similarities, as the normalise-then-``@``
   formula does); sklearn instead refuses non-finite input.
 * Integer and bool input is converted to float64 (as sklearn does); float32 stays float32 (the norms
-  of float32 rows are accumulated in float64); float16 computes in float32.
+  of float32 rows are accumulated in float64); float16 computes in float32; a float wider than
+  float64 (``np.longdouble``) computes in float64, as sklearn and ``scipy.spatial.distance`` do.
 * ``cosine_topk`` keeps a float16 corpus searched in float32 as float16 in memory: the ``numba``
   kernels read it as float32 values as they go (exact, half the memory traffic of a float32 corpus,
   and no float32 copy of it); the results equal those over ``corpus.astype(np.float32)`` bit for
@@ -150,16 +151,17 @@ def check_topk(q, c, k, batch_size):
 
 
 def _float_dtype(x, y, fname):
-    """The float dtype to compute in (ints -> float64, float16 -> float32) and why it is not compiled."""
+    """The float dtype to compute in: float32 or float64 (ints -> float64, float16 -> float32,
+    longdouble -> float64), each compiled."""
     for a in (x, y):
         if a.dtype.kind not in "biuf":
             raise TypeError(f"{fname}: unsupported dtype {a.dtype} (expected real numbers)")
     floats = [a.dtype for a in (x, y) if a.dtype.kind == "f"]
     # an integer operand forces float64 (as np.linalg); float16 computes in float32
     dtype = np.result_type(*floats, np.float64 if len(floats) < 2 else np.float32)
-    dtype = dtype.newbyteorder("=")
-    why = None if dtype in _validate.COMPILED_DTYPES else f"dtype {dtype} is not compiled"
-    return dtype, why
+    if dtype.itemsize > 8:  # longdouble: float64, as sklearn's check_pairwise_arrays converts it
+        return np.dtype(np.float64)
+    return dtype.newbyteorder("=")
 
 
 class MatrixArgs(NamedTuple):
@@ -199,7 +201,7 @@ def _prepare_sparse(X, Y, out, dense_output):
         if a.ndim != 2:
             raise ValueError(f"cosine_similarity: with sparse input, {name} must be 2-D, got shape {a.shape}")
     check_pair(x, y)
-    dtype, _ = _float_dtype(x, y, "cosine_similarity")  # float16 computes in float32
+    dtype = _float_dtype(x, y, "cosine_similarity")  # float16 computes in float32
     dense = bool(dense_output) or not (sp.issparse(x) and sp.issparse(y))
     shape = (x.shape[0], y.shape[0])
     if out is not None:
@@ -225,7 +227,7 @@ def _prepare_matrix(X, Y=None, dense_output=True, out=None):
     kind = ("m" if x.ndim == 2 else "v") + ("m" if y.ndim == 2 else "v")
     sym = sym and kind == "mm"
     shape = {"mm": (x.shape[0], y.shape[0]), "vm": (y.shape[0],), "mv": (x.shape[0],), "vv": ()}[kind]
-    dtype, why = _float_dtype(x, y, "cosine_similarity")
+    dtype = _float_dtype(x, y, "cosine_similarity")
     x = _validate.native(x, dtype)
     y = x if sym else _validate.native(y, dtype)
     if out is not None:
@@ -236,7 +238,7 @@ def _prepare_matrix(X, Y=None, dense_output=True, out=None):
     y2 = y[None, :] if y.ndim == 1 else y
     facts = {"n": x2.shape[0], "m": y2.shape[0], "d": x2.shape[1], "dtype": dtype, "sym": sym}
     args = MatrixArgs(x2, None if sym else y2, out, kind)
-    return _registry.Prepared(args, compiled=why, facts=facts)
+    return _registry.Prepared(args, facts=facts)
 
 
 def _rule_matrix(prep):
@@ -274,14 +276,14 @@ def _prepare_topk(queries, corpus, k, batch_size=None, corpus_norms=None):
     c = np.asarray(corpus)
     k, batch_size = check_topk(q, c, k, batch_size)
     c_norms = None if corpus_norms is None else _check_norms(corpus_norms, c.shape[0])
-    dtype, why = _float_dtype(q, c, "cosine_topk")
+    dtype = _float_dtype(q, c, "cosine_topk")
     q = _validate.native(q, dtype)
     # a float16 corpus searched in float32 stays float16 (see the module docstring)
     c = _validate.native(c, _HALF if c.dtype == _HALF and dtype == np.float32 else dtype)
     q2 = q[None, :] if q.ndim == 1 else q
     facts = {"n": q2.shape[0], "m": c.shape[0], "d": c.shape[1], "k": k, "dtype": dtype, "corpus": c.dtype}
     args = TopkArgs(q2, c, k, batch_size, q.ndim == 1, c_norms)
-    return _registry.Prepared(args, compiled=why, facts=facts)
+    return _registry.Prepared(args, facts=facts)
 
 
 def _rule_topk(prep):

@@ -218,6 +218,21 @@ def test_dtype_rules(rng):
     assert fastla.cosine_similarity(x32.astype(np.float16)).dtype == np.float32
     with pytest.raises(TypeError):
         fastla.cosine_similarity(xi.astype(complex))
+    # longdouble computes in float64, as sklearn and scipy.spatial.distance convert it
+    xl = (xi + rng.random(xi.shape)).astype(np.longdouble)
+    expected = _ref_matrix(xl, xl)
+    for name in impl_names("cosine_similarity"):
+        res = fastla.cosine_similarity(xl, xl[:4], backend=name)
+        assert res.dtype == np.float64, name
+        _close(res, expected[:, :4], np.float64, 4)
+        out = np.zeros((6, 6), np.longdouble)
+        assert fastla.cosine_similarity(xl, out=out, backend=name) is out
+        _close(out.astype(np.float64), expected, np.float64, 4)
+    for name in impl_names("cosine_topk"):
+        scores, index = fastla.cosine_topk(xl[:2], xl, k=3, backend=name)
+        assert scores.dtype == np.float64, name
+        _close(scores, -np.sort(-expected[:2], axis=1)[:, :3], np.float64, 4)
+        np.testing.assert_array_equal(index, np.argsort(-expected[:2], axis=1, kind="stable")[:, :3])
     with pytest.raises(TypeError):
         fastla.cosine_similarity(np.array([["a"]]))
 
