@@ -305,9 +305,10 @@ def _ce_block(x, t, backend, **kwargs):
     return fastla.cross_entropy(x, t, axis=-1, reduction="none", backend=backend, **kwargs)
 
 
-def _div_or_nan(s, n):
+def _div_or_nan(s, n, dtype):
+    """``s / n`` as the in-memory mean computes it (NaN for 0 / 0), in the loss's ``dtype``."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        return s / n
+        return dtype.type(s / n)
 
 
 def cross_entropy(
@@ -349,18 +350,27 @@ def cross_entropy(
     )
     if reduction == "none":
         return loss
-    total = loss.sum(dtype=dtype)
+    # float16 losses summed in float32, as the in-memory reductions sum the float32 losses they
+    # compute float16 logits in, then rounded once
+    acc = np.promote_types(dtype, np.float32)
+    total = loss.sum(dtype=acc)
     if reduction == "sum":
-        return total
+        return total.astype(dtype)
     if kind == "prob":
-        return loss.mean(dtype=dtype) if loss.size else da.from_array(np.array(np.nan, dtype))
+        return loss.mean(dtype=acc).astype(dtype) if loss.size else da.from_array(np.array(np.nan, dtype))
     if weight is None:
         count = (t != ignore_index).sum()  # the in-memory mean divides by an intp count, so do we
     else:  # PyTorch's weighted mean: by the sum of the non-ignored entries' class weights
         count = t.map_blocks(_sm.entry_weights, ignore_index, weight, dtype=np.float64).sum()
-    mean_dtype = np.result_type(dtype, count.dtype)
     return da.blockwise(
-        _div_or_nan, (), total, (), count, (), dtype=mean_dtype, meta=np.empty((), mean_dtype)
+        functools.partial(_div_or_nan, dtype=dtype),
+        (),
+        total,
+        (),
+        count,
+        (),
+        dtype=dtype,
+        meta=np.empty((), dtype),
     )
 
 

@@ -189,6 +189,25 @@ def test_cross_entropy_index_and_prob(compute, reduction):
         np.testing.assert_allclose(g, w, rtol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_cross_entropy_keeps_the_logits_dtype(dtype):
+    """Every reduction gives the in-memory result's type (the logits' float dtype, as torch), the
+    float16 sums accumulated in float32 as in memory."""
+    x = (RNG.standard_normal((230, 9)) * 3).astype(dtype)
+    t = RNG.integers(0, 9, 230)
+    t[::7] = -100
+    p = fl.softmax(RNG.standard_normal(x.shape)).astype(dtype)
+    X, T, P = _chunked(x, (70, 9)), _chunked(t, 70), _chunked(p, (70, 9))
+    tol = 4 * np.finfo(dtype).eps
+    for reduction in ("mean", "sum", "none"):
+        for kwargs in ({}, {"weight": RNG.random(9) + 0.1}, {"label_smoothing": 0.1}):
+            for target, chunked in ((t, T), (p, P)):
+                got = fl.cross_entropy(X, chunked, reduction=reduction, **kwargs).compute(scheduler="sync")
+                want = fl.cross_entropy(x, target, reduction=reduction, **kwargs)
+                assert type(got) is type(want) and got.dtype == want.dtype, (reduction, kwargs, target.ndim)
+                np.testing.assert_allclose(np.float64(got), np.float64(want), rtol=tol)
+
+
 def test_cross_entropy_errors():
     X = da.zeros((10, 5), chunks=(3, 5))
     with pytest.raises(ValueError, match="class-index target"):
