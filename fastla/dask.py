@@ -13,12 +13,12 @@ Chunking rules:
 
 * ``matmul``: every output block is ``sum_k a[i, k] @ b[k, j]``, one fastla GEMM per block pair,
   the partial products summed by a tree reduction (never concatenated along k).
-* ``solve``: stacks of systems chunked along the stack dimensions; the matrix dimensions (and b's
-  row dimension) must each be one chunk, else ``ValueError`` telling how to rechunk.
+* ``solve``: stacks of systems chunked along the stack dimensions, one task per chunk of systems;
+  the matrix axes (and b's row axis) in one chunk.
 * ``softmax`` / ``log_softmax`` / ``cross_entropy`` / ``cosine_*`` need the reduced axis (the
-  softmax axes, the class axis, the feature axis) in one chunk. A chunked one is rechunked
-  automatically with a :class:`RechunkWarning` saying what that moves; ``rechunk=False`` raises
-  ``ValueError`` instead.
+  softmax axes, the class axis, the feature axis) in one chunk.
+* An axis that must be one chunk and is split is rechunked automatically with a
+  :class:`RechunkWarning` saying what that moves; ``rechunk=False`` raises ``ValueError`` instead.
 * ``cosine_similarity(X)`` (``Y=None``) computes the upper block triangle and mirrors it (exactly
   symmetric, unit diagonal, as in memory); ``cosine_topk`` scores each (query block, corpus chunk)
   pair with the fused top-k kernel and merges the candidate lists by a tree reduction, indices
@@ -152,22 +152,25 @@ def _mib(nbytes):
     return f"{nbytes / 2**20:.1f} MiB"
 
 
-def _one_chunk(x, axes, fname, rechunk, what="axis"):
-    """``x`` with each of ``axes`` in one chunk: rechunked with a warning, or ValueError."""
+def _one_chunk(x, axes, fname, rechunk, what="the reduced axis", name="x"):
+    """``x`` with each of ``axes`` in one chunk: rechunked with a warning, or ValueError. ``what``
+    names the axes in the messages, ``name`` the array in the rechunk call they suggest."""
     split = [ax for ax in axes if len(x.chunks[ax]) > 1]
     if not split:
         return x
-    parts = ", ".join(f"{ax} ({len(x.chunks[ax])} chunks)" for ax in split)
+    parts = f"ax{'es' if len(split) > 1 else 'is'} " + ", ".join(
+        f"{ax} ({len(x.chunks[ax])} chunks)" for ax in split
+    )
     if not rechunk:
         raise ValueError(
-            f"{fname}: the reduced {what} {parts} of the dask array must be one chunk; rechunk it "
-            f"(x.rechunk({{{', '.join(f'{ax}: -1' for ax in split)}}})) or pass rechunk=True"
+            f"{fname}: {what} must be one chunk, and the dask array splits {parts}; rechunk it "
+            f"({name}.rechunk({{{', '.join(f'{ax}: -1' for ax in split)}}})) or pass rechunk=True"
         )
     spec = {ax: (-1 if ax in split else "auto") for ax in range(x.ndim)}
     y = x.rechunk(spec)
     biggest = math.prod(max(c) for c in y.chunks) * x.dtype.itemsize if x.size else 0
     warnings.warn(
-        f"{fname}: the reduced {what} {parts} is split into chunks; rechunking to one chunk along it "
+        f"{fname}: {what} must be one chunk, and the dask array splits {parts}; rechunking it "
         f"moves the whole array ({_mib(x.nbytes)}) once, blocks of up to {_mib(biggest)}. Rechunk "
         "before the call to choose the layout, or pass rechunk=False to raise instead.",
         RechunkWarning,
@@ -238,19 +241,14 @@ def _solve_block(x, y, backend):
     return fastla.solve(x, y, backend=backend)
 
 
-def solve(a, b, *, backend=None):
+def solve(a, b, *, backend=None, rechunk=True):
     a = _as_dask(a, "solve: a")
     b = _as_dask(b, "solve: b")
     stack, vector = _lu.linsolve_shape(a, b)
     dtype = _meta_dtype(fastla.solve, a, b)
-    for x, name, axes in ((a, "a", (a.ndim - 2, a.ndim - 1)), (b, "b", (b.ndim - (1 if vector else 2),))):
-        split = [ax for ax in axes if len(x.chunks[ax]) > 1]
-        if split:
-            raise ValueError(
-                f"solve: the matrix dimensions of {name} must each be one chunk (got chunks "
-                f"{x.chunks}); chunk the stack dimensions instead, e.g. {name}.rechunk("
-                f"{{{', '.join(f'{ax}: -1' for ax in split)}}})"
-            )
+    # each system in one task: a's matrix axes and b's row axis in one chunk (the stacks chunked)
+    a = _one_chunk(a, (a.ndim - 2, a.ndim - 1), "solve", rechunk, "each matrix axis of a", "a")
+    b = _one_chunk(b, (b.ndim - (1 if vector else 2),), "solve", rechunk, "the row axis of b", "b")
     ns = len(stack)
     row, col, rhs = ns, ns + 1, ns + 2
     a_ind = (*range(ns - (a.ndim - 2), ns), row, col)
@@ -329,7 +327,9 @@ def cross_entropy(
     weight = _sm.check_weight(None if weight is None else np.asarray(weight), x.shape[ax])
     tiny_t = np.zeros((1,) * (x.ndim - 1) if kind == "index" else (1,) * x.ndim, t.dtype)
     dtype = fastla.cross_entropy(np.ones((1,) * x.ndim, x.dtype), tiny_t, reduction="none").dtype
-    x = _one_chunk(da.moveaxis(x, ax, -1), (x.ndim - 1,), "cross_entropy", rechunk, "class axis")
+    x = _one_chunk(
+        da.moveaxis(x, ax, -1), (x.ndim - 1,), "cross_entropy", rechunk, "the class axis", "logits"
+    )
     t = da.moveaxis(t, ax, -1) if kind == "prob" else t
     rows = tuple(range(x.ndim - 1))
     cls = x.ndim - 1
@@ -379,7 +379,7 @@ def cross_entropy(
 
 def _features_one_chunk(x, fname, rechunk):
     x = x[None, :] if x.ndim == 1 else x
-    return _one_chunk(x, (1,), fname, rechunk, "feature axis")
+    return _one_chunk(x, (1,), fname, rechunk, "the feature axis")
 
 
 @_task

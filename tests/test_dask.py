@@ -3,6 +3,7 @@ synchronous scheduler and on a 2-process LocalCluster; uneven chunks; errors at 
 lost mid-computation; inputs never modified."""
 
 import os
+import re
 import signal
 import time
 
@@ -133,8 +134,27 @@ def test_solve_singular_and_chunked_matrix(compute):
     a[13] = 0.0
     with pytest.raises(np.linalg.LinAlgError, match="Singular"):
         compute(fl.solve(_chunked(a, (5, 3, 3)), np.ones(3)))
-    with pytest.raises(ValueError, match="one chunk"):
-        fl.solve(da.from_array(a, chunks=(5, 2, 3)), np.ones(3))
+    b = np.arange(3.0)
+    with pytest.raises(
+        ValueError,
+        match="each matrix axis of a must be one chunk, and the dask array splits axis 1 \\(2 chunks\\)",
+    ):
+        fl.solve(da.from_array(a, chunks=(5, 2, 3)), b, rechunk=False)
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "row axis of b must be one chunk, and the dask array splits axis 0 (2 chunks); rechunk it (b."
+        ),
+    ):
+        fl.solve(_chunked(a, (5, 3, 3)), da.from_array(b, chunks=2), rechunk=False)
+    ok = np.delete(a, 13, axis=0)
+    want = np.linalg.solve(ok, b)
+    with pytest.warns(RechunkWarning, match="splits axes 1 \\(2 chunks\\), 2 \\(2 chunks\\)"):
+        x = fl.solve(da.from_array(ok, chunks=(5, 2, 2)), b)
+    np.testing.assert_array_equal(compute(x)[0], want)
+    with pytest.warns(RechunkWarning, match="row axis of b"):
+        x = fl.solve(_chunked(ok, (5, 3, 3)), da.from_array(np.tile(b, (19, 1)).T, chunks=(2, 4)))
+    np.testing.assert_array_equal(compute(x)[0], np.linalg.solve(ok, np.tile(b, (19, 1)).T))
     with pytest.raises(ValueError, match="does not match"):
         fl.solve(da.from_array(a, chunks=5), np.ones(4))
 
