@@ -23,7 +23,10 @@ The Lanczos path deviates from a plain block subspace iteration on purpose: the 
 1x ``eigsh``) are out of reach for any method that needs twice ``eigsh``'s passes over A.
 
 Convergence: every returned pair satisfies ``||A v - l v|| <= tol * |l|`` computed explicitly from the
-stored products ``A V`` (not from the cancellation-prone Lanczos identity, and at no extra pass over A).
+stored products ``A V`` (not from the cancellation-prone Lanczos identity, and at no extra pass over A);
+a pair of a symmetric matrix whose eigenvalue is zero to working precision (``|l| <= rho``, ``rho =
+10 sqrt(n) eps max|l|``: k above the rank) satisfies ``||A v - l v|| <= rho`` instead, the rounding
+floor (SciPy's ``eigsh`` returns such pairs too).
 Without that within ``maxiter`` sweeps over A (default ``max(1000, 10 n)``) :class:`ConvergenceError`
 is raised, carrying the partial result like SciPy's ``ArpackNoConvergence``. Tied or complex dominant
 eigenvalues (a rotation, ``+1`` and ``-1``) never satisfy the residual test, so they end in that error
@@ -612,10 +615,22 @@ def _lanczos_sizes(n, k, block):
     return b, m
 
 
-def _tie_error(theta_all, k, x, it, dtype):
-    """ConvergenceError if the k-th and (k+1)-th Ritz values are ``+l`` and ``-l`` (else None)."""
+def _bounds(theta, tol, n, dtype):
+    """``(bound, rho)``: the residual each Ritz pair must reach, ``tol * |l|``, and the rounding
+    floor ``rho = 10 sqrt(n) eps max|l|``: a pair whose eigenvalue is zero to working precision
+    (``|l| <= rho``: a matrix of rank below k) needs ``rho`` instead, since no residual drops below
+    rounding there (``tol * |l|`` asked for an exact zero and never converged)."""
+    mag = np.abs(theta)
+    rho = 10 * np.sqrt(n) * float(np.finfo(dtype).eps) * float(mag.max(initial=0.0))
+    bound = tol * mag
+    return np.where(mag <= rho, np.maximum(bound, rho), bound), rho
+
+
+def _tie_error(theta_all, k, x, it, dtype, rho=0.0):
+    """ConvergenceError if the k-th and (k+1)-th Ritz values are ``+l`` and ``-l`` (else None);
+    never for ``|l| <= rho``: eigenvalues that are zero to working precision are not ambiguous."""
     theta = theta_all[:k]
-    if len(theta_all) <= k or theta_all[k] * theta[-1] >= 0:
+    if len(theta_all) <= k or theta_all[k] * theta[-1] >= 0 or abs(theta[-1]) <= rho:
         return None
     tie_rtol = max(1e-6, 100 * float(np.finfo(dtype).eps))
     if abs(abs(theta_all[k]) - abs(theta[-1])) > tie_rtol * abs(theta[-1]):
@@ -726,17 +741,17 @@ def _lanczos(a, start, k, tol, maxiter, matvec, matmat, slack=0.0, verify=None):
             theta_all, s = theta_all[order], s[:, order]
             theta, restarted = theta_all[:k], False
             est = np.linalg.norm(r @ s[j - nb : j, :k], axis=0)
-            if j >= trust_from and np.all(est <= tol * np.abs(theta)) and np.all(theta != 0):
+            bound, rho = _bounds(theta, tol, n, dtype)
+            if j >= trust_from and np.all(est <= bound):
                 x = v[:, :j] @ s[:, :k]
                 res = np.linalg.norm(av[:, :j] @ s[:, :k] - x * theta, axis=0)
-                bound = tol * np.abs(theta)
                 if slack and np.any(res + slack > bound):  # res is against a matrix within slack of A
                     if verify is not None and np.all(res <= bound):
                         res = np.linalg.norm(verify(a, x) - x * theta, axis=0)  # against A itself
                     else:
                         res = res + slack
                 if np.all(res <= bound):
-                    tie = _tie_error(theta_all, k, x, sweep, dtype)
+                    tie = _tie_error(theta_all, k, x, sweep, dtype, rho)
                     if tie is not None:
                         raise tie
                     return theta, x, sweep
@@ -914,7 +929,9 @@ def power_iteration(
         Number of eigenpairs (k > 1 needs a symmetric matrix).
     tol : float, optional
         Stop when ``||A v - l v|| <= tol * |l|`` for every returned pair. Default 1e-8 for float64
-        and 1e-5 for float32 (float32 rounding stops the residuals near ``sqrt(n) * 6e-8``).
+        and 1e-5 for float32 (float32 rounding stops the residuals near ``sqrt(n) * 6e-8``). An
+        eigenvalue of a symmetric matrix that is zero to working precision (k above the rank) needs
+        ``||A v|| <= 10 sqrt(n) eps max|l|``, the rounding floor, instead.
     maxiter : int, optional
         Default ``max(1000, 10 n)``.
     v0 : array_like, optional

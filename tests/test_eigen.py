@@ -204,6 +204,33 @@ def test_low_rank_krylov_space_runs_out():
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_k_above_the_rank_gives_the_zero_eigenvalues(dtype):
+    """k above the rank (a PCA asking for more components than the data spans): the pairs past the
+    rank have eigenvalue 0, whose residual only reaches the rounding floor rho = 10 sqrt(n) eps
+    max|l| (tol * |l| asked for an exact zero, and every such call raised ConvergenceError, where
+    eigsh returns them); the zero matrix as well."""
+    rng = np.random.default_rng(44)
+    eps = float(np.finfo(dtype).eps)
+    tol = 1e-8 if dtype == np.float64 else 1e-5
+    for n, rank, k in ((5, 1, 3), (40, 2, 5), (300, 2, 3), (6, 0, 2)):
+        u = rng.standard_normal((n, rank))
+        a = (u @ u.T).astype(dtype)
+        a64 = a.astype(np.float64)
+        ref = np.linalg.eigvalsh(a64)
+        ref = ref[np.argsort(-np.abs(ref), kind="stable")][:k]
+        rho = 10 * np.sqrt(n) * eps * abs(ref[0])
+        for name in impl_names("power_iteration", n):
+            w, v = fastla.power_iteration(a, k=k, seed=0, backend=name)
+            assert w.dtype == dtype and v.shape == (n, k), name
+            assert np.isfinite(w).all() and np.isfinite(v).all(), name
+            bound = np.maximum(tol * np.abs(w), rho)
+            assert np.all(np.abs(w - ref) <= 2 * bound + 4 * eps * abs(ref[0])), (name, n, w, ref)
+            res = np.linalg.norm(a64 @ v - v * w, axis=0)
+            assert np.all(res <= 2 * bound + 4 * eps * np.sqrt(n) * abs(ref[0])), (name, n, res, bound)
+            np.testing.assert_allclose(v.T.astype(np.float64) @ v, np.eye(k), atol=1e3 * eps)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("tile", [16, 64])
 def test_symmetry_scan_matches_numpy(dtype, tile, monkeypatch):
     """The compiled one-pass scan (max |a|, max |a - aᵀ|, finiteness) against NumPy, for sizes

@@ -93,6 +93,22 @@ def test_pca_matches_sklearn(rng):
     np.testing.assert_allclose(Z, ref.transform(X), atol=1e-6)
 
 
+def test_pca_beyond_the_rank_matches_sklearn(rng):
+    """More components than the centred data spans (3 samples span 2 directions; a constant
+    feature adds none): the variances past the rank are 0, as scikit-learn's, not an error."""
+    decomposition = pytest.importorskip("sklearn.decomposition")
+    flat = np.c_[rng.standard_normal((50, 2)), np.ones((50, 2))]
+    for X, k in ((rng.standard_normal((3, 6)), 3), (flat, 4)):
+        ref = decomposition.PCA(k).fit(X)
+        comps, var, Z = ml.pca(X, k)
+        assert comps.shape == (k, X.shape[1]) and Z.shape == (X.shape[0], k)
+        np.testing.assert_allclose(var, ref.explained_variance_, rtol=1e-8, atol=1e-12 * var[0])
+        rank = int(np.sum(ref.explained_variance_ > 1e-12 * var[0]))
+        np.testing.assert_allclose(comps[:rank], ref.components_[:rank], atol=1e-7)
+        np.testing.assert_allclose(comps @ comps.T, np.eye(k), atol=1e-10)  # a basis all the same
+        np.testing.assert_allclose(Z[:, :rank], ref.transform(X)[:, :rank], atol=1e-6)
+
+
 def test_pca_errors(rng):
     X = rng.standard_normal((10, 3))
     for bad in (0, 4):
