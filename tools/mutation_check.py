@@ -882,6 +882,30 @@ MUTANTS = [
         ("tests/test_dask.py", "-k", "topk"),
         "the dask top-k merge sorts by score without keeping corpus order among ties",
     ),
+    Mutant(
+        "power-zero-eigenvalue-floor-dropped",
+        "eigen.py",
+        "    return np.where(mag <= rho, np.maximum(bound, rho), bound), rho",
+        "    return bound, rho",
+        ("tests/test_eigen.py", "-k", "above_the_rank"),
+        "an eigenvalue that is zero to working precision must reach tol * 0 (k above the rank raises)",
+    ),
+    Mutant(
+        "dask-ce-mean-in-float64",
+        "dask.py",
+        "        return dtype.type(s / n)",
+        "        return s / n",
+        ("tests/test_dask.py", "-k", "keeps_the_logits"),
+        "the dask cross-entropy mean comes back in float64 for float32 logits",
+    ),
+    Mutant(
+        "cosine-longdouble-kept",
+        "similarity.py",
+        "    if dtype.itemsize > 8:  # longdouble: float64, as sklearn's check_pairwise_arrays converts it",
+        "    if dtype.itemsize > 16:  # longdouble: float64, as sklearn's check_pairwise_arrays converts it",
+        ("tests/test_similarity.py", "-k", "dtype_rules"),
+        "cosine similarity keeps longdouble input, which its kernels and norms do not take",
+    ),
 ]
 
 
