@@ -23,10 +23,10 @@ The Lanczos path deviates from a plain block subspace iteration on purpose: the 
 1x ``eigsh``) are out of reach for any method that needs twice ``eigsh``'s passes over A.
 
 Convergence: every returned pair satisfies ``||A v - l v|| <= tol * |l|`` computed explicitly from the
-stored products ``A V`` (not from the cancellation-prone Lanczos identity, and at no extra pass over A);
-a pair of a symmetric matrix whose eigenvalue is zero to working precision (``|l| <= rho``, ``rho =
-10 sqrt(n) eps max|l|``: k above the rank) satisfies ``||A v - l v|| <= rho`` instead, the rounding
-floor (SciPy's ``eigsh`` returns such pairs too).
+stored products ``A V`` (not from the cancellation-prone Lanczos identity, and at no extra pass over A),
+except that for a symmetric matrix no residual has to drop below ``min(rho, tol * max|l|)``, ``rho =
+10 sqrt(n) eps max|l|`` the rounding floor: eigenvalues far below the largest, or zero (k above the
+rank), converge there with absolute accuracy ~rho, as SciPy's ``eigsh`` returns them.
 Without that within ``maxiter`` sweeps over A (default ``max(1000, 10 n)``) :class:`ConvergenceError`
 is raised, carrying the partial result like SciPy's ``ArpackNoConvergence``. Tied or complex dominant
 eigenvalues (a rotation, ``+1`` and ``-1``) never satisfy the residual test, so they end in that error
@@ -616,19 +616,20 @@ def _lanczos_sizes(n, k, block):
 
 
 def _bounds(theta, tol, n, dtype):
-    """``(bound, rho)``: the residual each Ritz pair must reach, ``tol * |l|``, and the rounding
-    floor ``rho = 10 sqrt(n) eps max|l|``: a pair whose eigenvalue is zero to working precision
-    (``|l| <= rho``: a matrix of rank below k) needs ``rho`` instead, since no residual drops below
-    rounding there (``tol * |l|`` asked for an exact zero and never converged)."""
+    """``(bound, floor)``: the residual each Ritz pair must reach, ``tol * |l|`` but never below
+    ``floor = min(rho, tol * max|l|)``, ``rho = 10 sqrt(n) eps max|l|`` the rounding floor. No
+    residual drops below rounding, so ``tol * |l|`` alone never converged for an eigenvalue far
+    below the largest (1e-10 of it in float64) or zero (k above the rank), which SciPy's ``eigsh``
+    returns; the cap at ``tol * max|l|`` keeps a ``tol`` below rounding unreachable (it raises)."""
     mag = np.abs(theta)
-    rho = 10 * np.sqrt(n) * float(np.finfo(dtype).eps) * float(mag.max(initial=0.0))
-    bound = tol * mag
-    return np.where(mag <= rho, np.maximum(bound, rho), bound), rho
+    top = float(mag.max(initial=0.0))
+    floor = min(10 * np.sqrt(n) * float(np.finfo(dtype).eps) * top, tol * top)
+    return np.maximum(tol * mag, floor), floor
 
 
 def _tie_error(theta_all, k, x, it, dtype, rho=0.0):
     """ConvergenceError if the k-th and (k+1)-th Ritz values are ``+l`` and ``-l`` (else None);
-    never for ``|l| <= rho``: eigenvalues that are zero to working precision are not ambiguous."""
+    never for ``|l| <= rho`` (:func:`_bounds`' floor): values within rounding of zero."""
     theta = theta_all[:k]
     if len(theta_all) <= k or theta_all[k] * theta[-1] >= 0 or abs(theta[-1]) <= rho:
         return None
@@ -929,9 +930,10 @@ def power_iteration(
         Number of eigenpairs (k > 1 needs a symmetric matrix).
     tol : float, optional
         Stop when ``||A v - l v|| <= tol * |l|`` for every returned pair. Default 1e-8 for float64
-        and 1e-5 for float32 (float32 rounding stops the residuals near ``sqrt(n) * 6e-8``). An
-        eigenvalue of a symmetric matrix that is zero to working precision (k above the rank) needs
-        ``||A v|| <= 10 sqrt(n) eps max|l|``, the rounding floor, instead.
+        and 1e-5 for float32 (float32 rounding stops the residuals near ``sqrt(n) * 6e-8``). For
+        a symmetric matrix no residual need drop below ``min(10 sqrt(n) eps, tol) * max|l|`` (the
+        rounding floor): eigenvalues far below the largest, or zero (k above the rank), converge
+        there.
     maxiter : int, optional
         Default ``max(1000, 10 n)``.
     v0 : array_like, optional

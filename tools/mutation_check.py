@@ -885,10 +885,10 @@ MUTANTS = [
     Mutant(
         "power-zero-eigenvalue-floor-dropped",
         "eigen.py",
-        "    return np.where(mag <= rho, np.maximum(bound, rho), bound), rho",
-        "    return bound, rho",
-        ("tests/test_eigen.py", "-k", "above_the_rank"),
-        "an eigenvalue that is zero to working precision must reach tol * 0 (k above the rank raises)",
+        "    return np.maximum(tol * mag, floor), floor",
+        "    return tol * mag, floor",
+        ("tests/test_eigen.py", "-k", "rounding_floor"),
+        "an eigenvalue far below the largest, or zero, must reach tol * |l| (k above the rank raises)",
     ),
     Mutant(
         "dask-ce-mean-in-float64",
