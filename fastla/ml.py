@@ -173,6 +173,9 @@ def pca(X, n_components, *, center=True, tol=None, seed=0, backend=None):
     if tol is None:
         tol = 1e-5 if X.dtype == np.float32 else 1e-10
     var, vecs = power_iteration(cov, k, tol=tol, symmetric=True, seed=seed, backend=backend)
+    # XᵀX is positive semi-definite: a variance past the data's rank comes back as +-rounding
+    # (~1e-17 of the largest), and a negative one is that rounding (scikit-learn's are >= 0)
+    np.maximum(var, 0, out=var)
     components = np.ascontiguousarray(vecs.T)
     return components, var, matmul(Xc, vecs, backend=backend)
 

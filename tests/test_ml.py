@@ -103,6 +103,7 @@ def test_pca_beyond_the_rank_matches_sklearn(rng):
         comps, var, Z = ml.pca(X, k)
         assert comps.shape == (k, X.shape[1]) and Z.shape == (X.shape[0], k)
         np.testing.assert_allclose(var, ref.explained_variance_, rtol=1e-8, atol=1e-12 * var[0])
+        assert np.all(var >= 0)
         rank = int(np.sum(ref.explained_variance_ > 1e-12 * var[0]))
         np.testing.assert_allclose(comps[:rank], ref.components_[:rank], atol=1e-7)
         np.testing.assert_allclose(comps @ comps.T, np.eye(k), atol=1e-10)  # a basis all the same
