@@ -185,6 +185,27 @@ def test_the_timed_seconds_per_benchmark_reach_pytest_benchmark(tmp_path, monkey
     assert f"--benchmark-max-time={max_time}" in cmd
 
 
+def test_unknown_ops_and_non_positive_counts_are_refused_before_anything_runs(tmp_path, monkeypatch, capsys):
+    """An unknown name selected nothing: pytest ran no benchmark, and the report died on the JSON it
+    never wrote (FileNotFoundError). A count of 0 or below is argparse's error."""
+    import subprocess
+
+    from fastla.bench import cli
+
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("a benchmark ran"))
+    for extra, named in (
+        (("--ops", "softmax,nonsense"), "in --ops: nonsense; known: "),
+        (("--compile-ops", "matmul,foo"), "in --compile-ops: foo; known: all, none, matmul"),
+        (("--against", "--ops", "nope"), "in --ops: nope"),
+    ):
+        assert cli.main(_bench_args(tmp_path, *extra)) == 2
+        assert named in capsys.readouterr().err
+    for extra in (("--rounds", "0"), ("--max-time", "-1"), ("--threads", "0"), ("--threshold", "0")):
+        with pytest.raises(SystemExit):
+            _bench_args(tmp_path, *extra)
+        assert "must be > 0" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("second_ratio, status", [(4.0, 0), (1.2, 1)])
 def test_a_gate_failure_counts_only_when_a_re_measurement_repeats_it(
     tmp_path, monkeypatch, capsys, second_ratio, status

@@ -27,6 +27,43 @@ def find_benchmarks_dir():
     )
 
 
+def _positive(kind):
+    """An argparse type: ``kind`` (int or float) above 0."""
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    return parse
+
+
+def _unknown_ops(args):
+    """The error text for names in ``--ops`` / ``--compile-ops`` that name no workload or op (else None):
+    an unknown name would select nothing, run no benchmark and report nothing."""
+    from fastla import _warmup
+    from fastla.bench import workloads as _w
+
+    problems = []
+    if args.ops:
+        known = sorted({w.op for w in _w.WORKLOADS})
+        unknown = [op for op in args.ops.split(",") if op not in known]
+        if unknown:
+            problems.append(f"unknown op(s) in --ops: {', '.join(unknown)}; known: {', '.join(known)}")
+    if args.compile_ops and args.compile_ops not in ("all", "none"):
+        known = list(dict.fromkeys(_warmup.OPS))
+        unknown = [op for op in args.compile_ops.split(",") if op not in known]
+        if unknown:
+            problems.append(
+                f"unknown op(s) in --compile-ops: {', '.join(unknown)}; known: all, none, {', '.join(known)}"
+            )
+    return "; ".join(problems) or None
+
+
 def add_parser(sub):
     p = sub.add_parser("bench", help="loop vs numba vs BLAS benchmarks, ratios and targets")
     size = p.add_mutually_exclusive_group()
@@ -42,20 +79,20 @@ def add_parser(sub):
     )
     p.set_defaults(set="quick", func=main)
     p.add_argument("--ops", help="comma-separated ops, e.g. matmul,softmax (default: all)")
-    p.add_argument("--threads", type=int, help="threads for numba and BLAS (default: all cores)")
+    p.add_argument("--threads", type=_positive(int), help="threads for numba and BLAS (default: all cores)")
     p.add_argument(
         "--compile-ops",
         help="ops whose cold/warm first call is measured: all, none or a comma list (default: the set's)",
     )
     p.add_argument(
         "--rounds",
-        type=int,
+        type=_positive(int),
         help="minimum timed rounds per benchmark (default 5; CI uses 3); with --against, interleaved "
         "rounds per side (default 9)",
     )
     p.add_argument(
         "--max-time",
-        type=float,
+        type=_positive(float),
         default=0.5,
         help="seconds of timed rounds per benchmark, never fewer rounds than --rounds (default 0.5; "
         "CI uses 0.25: four gate runs on Zen 5, two at each, spread their ratios alike, and the "
@@ -90,7 +127,7 @@ def add_parser(sub):
     )
     p.add_argument(
         "--threshold",
-        type=float,
+        type=_positive(float),
         help="with --against: the slowdown that counts as a regression (default: targets.toml's "
         "against_threshold)",
     )
@@ -158,6 +195,10 @@ def main(args):
             fastla.set_num_threads(args.threads)
         tune.run(write=False, ops=set(args.ops.split(",")) if args.ops else None, plot_path=args.plot)
         return 0
+    problem = _unknown_ops(args)
+    if problem:
+        print(f"fastla bench: {problem}", file=sys.stderr)
+        return 2
     bench_dir = find_benchmarks_dir()
     if args.plot_history:
         from fastla.bench import history
