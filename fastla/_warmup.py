@@ -345,8 +345,9 @@ def warmup(ops=None, dtypes=DTYPES, *, background=False, jobs=None, progress=Tru
     jobs : int, optional
         Processes compiling at once (default: the number of cores).
     progress : bool
-        Print a progress line per job, then the cache location and size (to ``stream``, default
-        stderr).
+        Print a progress line per job, then the cache location and size (to ``stream``).
+    stream : file-like, optional
+        Where ``progress`` prints (default ``sys.stderr``).
 
     Returns
     -------
