@@ -105,6 +105,17 @@ def test_matmul_numpy_operand_and_ints(compute):
     np.testing.assert_array_equal(res, a @ a.T)
 
 
+def test_matmul_float16_over_chunks_of_k_as_accurate_as_numpy():
+    """NumPy's float16 product accumulates in float32 and rounds once; the partial products over
+    chunks of k are summed in float32 too (float16 partial sums were 3x less accurate)."""
+    a = (RNG.standard_normal((40, 300)) * 3).astype(np.float16)
+    b = (RNG.standard_normal((300, 20)) * 3).astype(np.float16)
+    exact = a.astype(np.float64) @ b.astype(np.float64)
+    got = fl.matmul(_chunked(a, (40, 50)), _chunked(b, (50, 20))).compute(scheduler="sync")
+    assert got.dtype == np.float16
+    assert np.abs(got - exact).max() <= 1.5 * np.abs(np.matmul(a, b) - exact).max()
+
+
 def test_matmul_errors_at_build_time():
     A = da.ones((4, 5), chunks=2)
     with pytest.raises(ValueError, match="contracted dimension"):
