@@ -77,6 +77,11 @@ class ConvergenceError(np.linalg.LinAlgError):
         self.eigenvectors = eigenvectors
         self.iterations = iterations
 
+    def __reduce__(self):
+        # pickled with its partial result (a process pool, dask's workers): the default rebuilds
+        # from ``args`` (the message alone) and failed in ``__init__``
+        return type(self), (*self.args, self.eigenvalues, self.eigenvectors, self.iterations)
+
 
 # Measured (Zen 1, 2 threads, gap 0.9, tol 1e-8, block Lanczos): k = 1 at n = 2000, numba 72-76 ms
 # vs numpy 82 ms (31 sweeps each, gemv and the fused pass both at the memory bound); k = 10 at

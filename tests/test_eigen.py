@@ -89,6 +89,19 @@ def test_ill_cases_raise(name, a):
     assert info.value.iterations <= 200 and info.value.eigenvalues.shape == (1,)
 
 
+def test_convergence_error_pickles_with_its_partial_result():
+    """A process pool or a dask worker sends the exception back pickled."""
+    import pickle
+
+    with pytest.raises(fastla.ConvergenceError) as info:
+        fastla.power_iteration(np.array([[0.0, -1.0], [1.0, 0.0]]), seed=0, maxiter=10)
+    again = pickle.loads(pickle.dumps(info.value))
+    assert type(again) is fastla.ConvergenceError and str(again) == str(info.value)
+    assert again.iterations == info.value.iterations
+    np.testing.assert_array_equal(again.eigenvalues, info.value.eigenvalues)
+    np.testing.assert_array_equal(again.eigenvectors, info.value.eigenvectors)
+
+
 def test_repeated_top_eigenvalue_is_a_valid_answer():
     a = np.diag([2.0, 2.0, 1.0])
     w, v = fastla.power_iteration(a, seed=0)
