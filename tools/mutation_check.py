@@ -906,6 +906,22 @@ MUTANTS = [
         ("tests/test_similarity.py", "-k", "dtype_rules"),
         "cosine similarity keeps longdouble input, which its kernels and norms do not take",
     ),
+    Mutant(
+        "dask-matmul-float16-partial-sums",
+        "dask.py",
+        "    acc = np.promote_types(dtype, np.float32) if keep_k and dtype == np.float16 else dtype",
+        "    acc = dtype",
+        ("tests/test_dask.py", "-k", "float16_over"),
+        "the dask product sums float16 partial products over chunks of k in float16",
+    ),
+    Mutant(
+        "convergence-error-default-pickle",
+        "eigen.py",
+        "        return type(self), (*self.args, self.eigenvalues, self.eigenvectors, self.iterations)",
+        "        return super().__reduce__()",
+        ("tests/test_eigen.py", "-k", "pickles"),
+        "ConvergenceError pickles as its message alone (unpickling fails)",
+    ),
 ]
 
 
