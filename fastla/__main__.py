@@ -40,8 +40,13 @@ def _parse_shape(text):
 def _cmd_explain(args):
     import fastla
 
-    arrays = [np.zeros(shape, dtype=args.dtype) for shape in args.shape]
-    impl, reason = fastla.explain(args.op, *arrays)
+    try:
+        arrays = [np.zeros(shape, dtype=args.dtype) for shape in args.shape]
+        impl, reason = fastla.explain(args.op, *arrays)
+    except (TypeError, ValueError, np.linalg.LinAlgError) as exc:
+        # the op's own argument error (an unknown op, a dtype, shapes that do not fit), not a traceback
+        print(f"fastla explain: {exc}", file=sys.stderr)
+        return 2
     print(f"{args.op}: {impl} — {reason}")
     return 0
 
@@ -78,12 +83,16 @@ def main(argv=None):
     p_warm = sub.add_parser("warmup", help="compile the kernels into the on-disk cache ahead of first use")
     p_warm.add_argument("--ops", help="comma-separated ops (default: all)")
     p_warm.add_argument("--dtypes", help="comma-separated: float32,float64 (default: both)")
-    p_warm.add_argument("--jobs", type=int, help="processes compiling at once (default: one per core)")
-    p_warm.set_defaults(func=_cmd_warmup)
     try:
         from fastla.bench import cli as bench_cli
     except ImportError:  # pragma: no cover - bench ships with the package
         bench_cli = None
+    p_warm.add_argument(
+        "--jobs",
+        type=int if bench_cli is None else bench_cli.positive(int),
+        help="processes compiling at once (default: one per core)",
+    )
+    p_warm.set_defaults(func=_cmd_warmup)
     if bench_cli is not None:
         bench_cli.add_parser(sub)
     from fastla import tune

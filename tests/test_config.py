@@ -208,3 +208,22 @@ def test_cli_info_and_explain():
     assert r.returncode == 0, r.stderr
     # too thin a product for the packed kernel: BLAS on every machine
     assert r.stdout.startswith("matmul: numpy") and "too thin" in r.stdout
+
+
+def test_cli_argument_errors_are_messages_not_tracebacks(capsys):
+    """The op's own error for shapes, dtypes or names that do not fit (it was a traceback), and
+    argparse's for a count below 1."""
+    from fastla.__main__ import main
+
+    for argv, said in (
+        (["explain", "solve", "--shape", "4", "4"], "at least two-dimensional"),
+        (["explain", "nope", "--shape", "3"], "unknown operation 'nope'"),
+        (["explain", "softmax", "--shape", "3x4", "--dtype", "foo"], "not understood"),
+        (["explain", "cosine_topk", "--shape", "10x8", "100x8"], "missing a required argument: 'k'"),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("fastla explain: ") and said in err and "Traceback" not in err
+    with pytest.raises(SystemExit):
+        main(["warmup", "--jobs", "0"])
+    assert "--jobs: must be > 0" in capsys.readouterr().err

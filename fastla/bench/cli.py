@@ -27,7 +27,7 @@ def find_benchmarks_dir():
     )
 
 
-def _positive(kind):
+def positive(kind):
     """An argparse type: ``kind`` (int or float) above 0."""
 
     def parse(text):
@@ -79,20 +79,20 @@ def add_parser(sub):
     )
     p.set_defaults(set="quick", func=main)
     p.add_argument("--ops", help="comma-separated ops, e.g. matmul,softmax (default: all)")
-    p.add_argument("--threads", type=_positive(int), help="threads for numba and BLAS (default: all cores)")
+    p.add_argument("--threads", type=positive(int), help="threads for numba and BLAS (default: all cores)")
     p.add_argument(
         "--compile-ops",
         help="ops whose cold/warm first call is measured: all, none or a comma list (default: the set's)",
     )
     p.add_argument(
         "--rounds",
-        type=_positive(int),
+        type=positive(int),
         help="minimum timed rounds per benchmark (default 5; CI uses 3); with --against, interleaved "
         "rounds per side (default 9)",
     )
     p.add_argument(
         "--max-time",
-        type=_positive(float),
+        type=positive(float),
         default=0.5,
         help="seconds of timed rounds per benchmark, never fewer rounds than --rounds (default 0.5; "
         "CI uses 0.25: four gate runs on Zen 5, two at each, spread their ratios alike, and the "
@@ -127,7 +127,7 @@ def add_parser(sub):
     )
     p.add_argument(
         "--threshold",
-        type=_positive(float),
+        type=positive(float),
         help="with --against: the slowdown that counts as a regression (default: targets.toml's "
         "against_threshold)",
     )
