@@ -487,10 +487,14 @@ def main(args):
     unknown = (ops or set()) - {s.op for s in SWEEPS}
     if unknown:
         known = ", ".join(sorted({s.op for s in SWEEPS}))
-        print(f"fastla tune: no sweep for {', '.join(sorted(unknown))}; known: {known}")
+        print(f"fastla tune: no sweep for {', '.join(sorted(unknown))}; known: {known}", file=sys.stderr)
         return 2
     if args.threads is not None:
-        fastla.set_num_threads(args.threads)
+        try:
+            fastla.set_num_threads(args.threads)
+        except ValueError as exc:  # outside [1, cores]: the setter's message
+            print(f"fastla tune: --threads: {exc}", file=sys.stderr)
+            return 2
     run(write=not args.check, ops=ops, plot_path=args.plot)
     return 0
 

@@ -227,3 +227,8 @@ def test_cli_argument_errors_are_messages_not_tracebacks(capsys):
     with pytest.raises(SystemExit):
         main(["warmup", "--jobs", "0"])
     assert "--jobs: must be > 0" in capsys.readouterr().err
+    # refused before anything is measured
+    assert main(["tune", "--check", "--threads", "0"]) == 2
+    assert "fastla tune: --threads: set_num_threads: n must be in [1, " in capsys.readouterr().err
+    assert main(["tune", "--check", "--ops", "nope"]) == 2
+    assert "no sweep for nope" in capsys.readouterr().err
