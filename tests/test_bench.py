@@ -185,9 +185,10 @@ def test_the_timed_seconds_per_benchmark_reach_pytest_benchmark(tmp_path, monkey
     assert f"--benchmark-max-time={max_time}" in cmd
 
 
-def test_unknown_ops_and_non_positive_counts_are_refused_before_anything_runs(tmp_path, monkeypatch, capsys):
+def test_bad_ops_files_and_counts_are_refused_before_anything_runs(tmp_path, monkeypatch, capsys):
     """An unknown name selected nothing: pytest ran no benchmark, and the report died on the JSON it
-    never wrote (FileNotFoundError). A count of 0 or below is argparse's error."""
+    never wrote (FileNotFoundError). A file to read that is not there is named (a mistyped --compare
+    checked the floors only, silently). A count of 0 or below is argparse's error."""
     import subprocess
 
     from fastla.bench import cli
@@ -197,9 +198,15 @@ def test_unknown_ops_and_non_positive_counts_are_refused_before_anything_runs(tm
         (("--ops", "softmax,nonsense"), "in --ops: nonsense; known: "),
         (("--compile-ops", "matmul,foo"), "in --compile-ops: foo; known: all, none, matmul"),
         (("--against", "--ops", "nope"), "in --ops: nope"),
+        (("--from-json", str(tmp_path / "none.json")), "no such file or folder: --from-json"),
+        (("--compare", str(tmp_path / "baseline")), "no such file or folder: --compare"),
+        (("--plot-history", str(tmp_path / "h.jsonl")), "no such file or folder: --plot-history"),
     ):
         assert cli.main(_bench_args(tmp_path, *extra)) == 2
         assert named in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("{bad")
+    assert cli.main(_bench_args(tmp_path, "--from-json", str(tmp_path / "bad.json"))) == 2
+    assert "is not a pytest-benchmark JSON" in capsys.readouterr().err
     for extra in (("--rounds", "0"), ("--max-time", "-1"), ("--threads", "0"), ("--threshold", "0")):
         with pytest.raises(SystemExit):
             _bench_args(tmp_path, *extra)

@@ -180,6 +180,8 @@ def test_default_ref_is_the_merge_base(tmp_path):
     dest.mkdir()
     assert against.export_ref(tmp_path, "main", dest) == base
     assert (dest / "kept.txt").read_text() == "base"
+    with pytest.raises(SystemExit, match="'mian' names no commit"):  # a typo: a message, no traceback
+        against.export_ref(tmp_path, "mian", dest)
 
 
 def _rows():

@@ -53,6 +53,14 @@ def _git(repo, *args):
     ).stdout.strip()
 
 
+def _commit(repo, ref):
+    """The sha of ``ref``, or SystemExit naming the ref (a typo was a CalledProcessError traceback)."""
+    try:
+        return _git(repo, "rev-parse", "--verify", f"{ref}^{{commit}}")
+    except subprocess.CalledProcessError:
+        raise SystemExit(f"fastla bench --against: {ref!r} names no commit of {repo}") from None
+
+
 def default_ref(repo):
     """The merge base of HEAD with ``main`` (or ``origin/main``): what a branch is judged against."""
     for main in ("main", "origin/main", "master", "origin/master"):
@@ -65,7 +73,7 @@ def default_ref(repo):
 
 def export_ref(repo, ref, dest):
     """Write the tree of ``ref`` into ``dest`` (``git archive``: no worktree left registered)."""
-    sha = _git(repo, "rev-parse", "--verify", f"{ref}^{{commit}}")
+    sha = _commit(repo, ref)
     proc = subprocess.Popen(["git", "-C", str(repo), "archive", "--format=tar", sha], stdout=subprocess.PIPE)
     with proc, tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
         tar.extractall(dest, filter="data")
@@ -79,7 +87,7 @@ def checkout(repo, ref, keep=3):
     ``~/.cache/fastla/against/<sha>/src``: Numba's cache is keyed by source path, so a stable path
     lets a second run against the same base load its kernels instead of compiling them. The
     ``keep`` most recently used bases are kept."""
-    sha = _git(repo, "rev-parse", "--verify", f"{ref}^{{commit}}")
+    sha = _commit(repo, ref)
     home = _cache_home() / "against"
     root = home / sha[:16] / "src"
     if not (root / ".complete").is_file():

@@ -64,6 +64,18 @@ def _unknown_ops(args):
     return "; ".join(problems) or None
 
 
+def _missing_inputs(args):
+    """The error text for a file the run would read that is not there (else None): a mistyped
+    ``--compare`` path silently checked the floors only, the others died in a traceback."""
+    named = (
+        ("--from-json", args.from_json),
+        ("--plot-history", args.plot_history),
+        ("--compare", args.compare),
+    )
+    missing = [f"{flag} {path}" for flag, path in named if path and not Path(path).exists()]
+    return f"no such file or folder: {', '.join(missing)}" if missing else None
+
+
 def add_parser(sub):
     p = sub.add_parser("bench", help="loop vs numba vs BLAS benchmarks, ratios and targets")
     size = p.add_mutually_exclusive_group()
@@ -195,7 +207,7 @@ def main(args):
             fastla.set_num_threads(args.threads)
         tune.run(write=False, ops=set(args.ops.split(",")) if args.ops else None, plot_path=args.plot)
         return 0
-    problem = _unknown_ops(args)
+    problem = _unknown_ops(args) or _missing_inputs(args)
     if problem:
         print(f"fastla bench: {problem}", file=sys.stderr)
         return 2
@@ -234,7 +246,11 @@ def main(args):
         if rc != 0:
             print(f"fastla bench: pytest exited with {rc}", file=sys.stderr)
             return rc
-    rows, machine = report.load_rows(json_path)
+    try:
+        rows, machine = report.load_rows(json_path)
+    except ValueError as exc:  # not pytest-benchmark's JSON (--from-json)
+        print(f"fastla bench: {json_path} is not a pytest-benchmark JSON: {exc}", file=sys.stderr)
+        return 2
     from fastla.bench import workloads as _w
 
     settings, targets = _targets(bench_dir)
