@@ -922,6 +922,14 @@ MUTANTS = [
         ("tests/test_eigen.py", "-k", "pickles"),
         "ConvergenceError pickles as its message alone (unpickling fails)",
     ),
+    Mutant(
+        "bench-compare-path-unchecked",
+        "bench/cli.py",
+        '    missing = [f"{flag} {path}" for flag, path in named if path and not Path(path).exists()]',
+        "    missing = []",
+        ("tests/test_bench.py", "-k", "refused_before"),
+        "a mistyped --compare folder is taken for a folder without this machine's baseline",
+    ),
 ]
 
 
