@@ -47,6 +47,7 @@ micro-kernel reading A in place; symmetry, finiteness and ``max |a|`` in one mor
 
 from __future__ import annotations
 
+import numbers
 from typing import NamedTuple
 
 import numpy as np
@@ -821,6 +822,10 @@ def check_options(shape, k, tol, maxiter=None):
         raise ValueError(f"power_iteration: k must be an integer in [1, n={n}], got {k!r}")
     if n == 0:
         raise ValueError("power_iteration: a is empty (0 x 0)")
+    if tol is not None and not (
+        isinstance(tol, numbers.Real) or (np.ndim(tol) == 0 and np.asarray(tol).dtype.kind in "iuf")
+    ):
+        raise TypeError(f"power_iteration: tol must be a real number, got {type(tol).__name__}")
     if tol is not None and not (np.isfinite(tol) and tol > 0):
         raise ValueError(f"power_iteration: tol must be positive, got {tol}")
     if maxiter is not None:
@@ -849,6 +854,8 @@ def start_block(n, dtype, k, maxiter, v0, symmetric, seed):
             raise ValueError(f"power_iteration: v0 must have shape ({n},) or ({n}, {k}), got {v0.shape}")
         if not np.any(v0):
             raise ValueError("power_iteration: v0 must not be all zeros")
+        if not np.isfinite(v0).all():  # as the matrix (it failed deep inside LAPACK's eigh)
+            raise ValueError("power_iteration: v0 must not contain infs or NaNs")
         v0 = v0.reshape(n, -1)
     given = 1 if v0 is None else v0.shape[1]
     block = _lanczos_sizes(n, k, given)[0] if symmetric else 1
@@ -962,9 +969,10 @@ def power_iteration(
         No convergence within ``maxiter`` (a subclass of ``numpy.linalg.LinAlgError``).
     ValueError
         ``a`` not square or not finite, ``k`` outside ``[1, n]``, ``tol <= 0``, ``maxiter <= 0``,
-        a bad ``v0``.
+        a bad ``v0`` (shape, all zeros, not finite).
     TypeError
-        ``k`` or ``maxiter`` not an integer (a bool is not one, as for SciPy's ``eigsh``).
+        ``k`` or ``maxiter`` not an integer (a bool is not one, as for SciPy's ``eigsh``), ``tol``
+        not a real number.
 
     Examples
     --------

@@ -136,6 +136,14 @@ def test_v0_seed_and_errors():
             fastla.power_iteration(a, maxiter=maxiter)
     with pytest.raises(ValueError, match="infs or NaNs"):
         fastla.power_iteration(np.array([[1.0, np.nan], [np.nan, 1.0]]))
+    # a non-finite v0 is refused as the matrix is (it failed in LAPACK's eigh: "did not converge")
+    for v0 in (np.full(10, np.nan), np.r_[np.inf, np.zeros(9)]):
+        with pytest.raises(ValueError, match="v0 must not contain infs or NaNs"):
+            fastla.power_iteration(a, v0=v0)
+    for tol in ("1e-5", [1e-5], 1e-5j):  # not a real number: TypeError (a str or list was numpy's)
+        with pytest.raises(TypeError, match="tol must be a real number"):
+            fastla.power_iteration(a, tol=tol)
+    np.testing.assert_allclose(fastla.power_iteration(a, tol=np.array(1e-9), seed=5)[0], w1, rtol=1e-8)
     with pytest.raises(TypeError, match="complex"):
         fastla.power_iteration(np.eye(2, dtype=complex))
     w, _ = fastla.power_iteration(np.eye(3, dtype=int) * 2 + 1, seed=0)  # ints -> float64
