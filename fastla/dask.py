@@ -190,7 +190,7 @@ def _meta_dtype(fn, *xs, **kwargs):
 
 @_task
 def _matmul_block(x, y, backend, keep_k, acc):
-    if x.dtype != acc or y.dtype != acc:  # float16 partial products, summed in float32
+    if acc is not None:  # float16 partial products, computed and summed in float32
         x, y = x.astype(acc), y.astype(acc)
     r = fastla.matmul(x, y, backend=backend)
     return r[..., None, :] if keep_k else r
@@ -211,7 +211,8 @@ def matmul(a, b, /, out=None, *, backend=None):
     keep_k = len(a2.chunks[-1]) > 1
     # partial products over chunks of k are summed in float32 for float16 (NumPy's float16 product
     # accumulates in float32 and rounds once; float16 partial sums lost 3x its accuracy)
-    acc = np.promote_types(dtype, np.float32) if keep_k and dtype == np.float16 else dtype
+    acc = np.promote_types(dtype, np.float32) if keep_k and dtype == np.float16 else None
+    part = dtype if acc is None else acc  # the blocks' dtype
     be = _backend(backend)
     # indices: stack 0..nd-3, m = nd-2, k = nd-1, n = nd
     out_ind = (*range(nd - 1), nd) if not keep_k else tuple(range(nd + 1))
@@ -226,12 +227,12 @@ def matmul(a, b, /, out=None, *, backend=None):
         keep_k=keep_k,
         acc=acc,
         adjust_chunks={nd - 1: 1} if keep_k else None,
-        dtype=acc,
+        dtype=part,
         concatenate=True,
-        meta=np.empty((0,) * len(out_ind), acc),
+        meta=np.empty((0,) * len(out_ind), part),
     )
     if keep_k:
-        res = res.sum(axis=-2, dtype=acc).astype(dtype)
+        res = res.sum(axis=-2, dtype=part).astype(dtype)
     if a.ndim == 1:
         res = res[..., 0, :]
     if b.ndim == 1:

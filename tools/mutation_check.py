@@ -909,8 +909,8 @@ MUTANTS = [
     Mutant(
         "dask-matmul-float16-partial-sums",
         "dask.py",
-        "    acc = np.promote_types(dtype, np.float32) if keep_k and dtype == np.float16 else dtype",
-        "    acc = dtype",
+        "    acc = np.promote_types(dtype, np.float32) if keep_k and dtype == np.float16 else None",
+        "    acc = None",
         ("tests/test_dask.py", "-k", "float16_over"),
         "the dask product sums float16 partial products over chunks of k in float16",
     ),
