@@ -633,11 +633,11 @@ def _bounds(theta, tol, n, dtype):
     return np.maximum(tol * mag, floor), floor
 
 
-def _tie_error(theta_all, k, x, it, dtype, rho=0.0):
+def _tie_error(theta_all, k, x, it, dtype, floor=0.0):
     """ConvergenceError if the k-th and (k+1)-th Ritz values are ``+l`` and ``-l`` (else None);
-    never for ``|l| <= rho`` (:func:`_bounds`' floor): values within rounding of zero."""
+    never for ``|l| <= floor`` (:func:`_bounds`' floor): values within rounding of zero."""
     theta = theta_all[:k]
-    if len(theta_all) <= k or theta_all[k] * theta[-1] >= 0 or abs(theta[-1]) <= rho:
+    if len(theta_all) <= k or theta_all[k] * theta[-1] >= 0 or abs(theta[-1]) <= floor:
         return None
     tie_rtol = max(1e-6, 100 * float(np.finfo(dtype).eps))
     if abs(abs(theta_all[k]) - abs(theta[-1])) > tie_rtol * abs(theta[-1]):
@@ -748,7 +748,7 @@ def _lanczos(a, start, k, tol, maxiter, matvec, matmat, slack=0.0, verify=None):
             theta_all, s = theta_all[order], s[:, order]
             theta, restarted = theta_all[:k], False
             est = np.linalg.norm(r @ s[j - nb : j, :k], axis=0)
-            bound, rho = _bounds(theta, tol, n, dtype)
+            bound, floor = _bounds(theta, tol, n, dtype)
             if j >= trust_from and np.all(est <= bound):
                 x = v[:, :j] @ s[:, :k]
                 res = np.linalg.norm(av[:, :j] @ s[:, :k] - x * theta, axis=0)
@@ -758,7 +758,7 @@ def _lanczos(a, start, k, tol, maxiter, matvec, matmat, slack=0.0, verify=None):
                     else:
                         res = res + slack
                 if np.all(res <= bound):
-                    tie = _tie_error(theta_all, k, x, sweep, dtype, rho)
+                    tie = _tie_error(theta_all, k, x, sweep, dtype, floor)
                     if tie is not None:
                         raise tie
                     return theta, x, sweep
