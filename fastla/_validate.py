@@ -151,6 +151,19 @@ def _broadcasts_to(shape, target):
         return False
 
 
+def writes_apart(out, *reads, same_ok=False):
+    """Whether a kernel may store into ``out`` while it reads ``reads``: ``out`` shares no memory with
+    any of them or, with ``same_ok`` (a kernel that reads each element before it writes it), is the
+    very same view of one of them. Otherwise the caller computes apart and copies, so that an ``out``
+    which partly overlaps an input gets the result a NumPy ufunc's would."""
+    for x in reads:
+        if np.may_share_memory(out, x):
+            same = same_ok and out.shape == x.shape and out.strides == x.strides
+            if not (same and out.__array_interface__["data"][0] == x.__array_interface__["data"][0]):
+                return False
+    return True
+
+
 def check_out(out, shape, dtype, fname, name="out"):
     """Raise :func:`out_problem`'s exception for a bad ``out=``; return ``out``."""
     if out is not None:

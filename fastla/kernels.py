@@ -30,7 +30,11 @@ Arrays: float32 or float64 in compiled code; from Python, integer and boolean ar
 float64 as NumPy's linear algebra promotes them (float16 and complex raise TypeError).
 
 Calling convention for hot loops: pass ``out`` to avoid an allocation per call; ``solve_inplace``
-and ``softmax(x, x)`` work in place. The array views of your loop (``X[i]``) cost nothing extra:
+and ``softmax(x, x)`` work in place. From Python, an ``out`` that overlaps an input gets the result
+a NumPy ufunc gives (computed apart, then copied). In compiled code ``out`` must not overlap an
+input (the test would cost a small kernel in a user's loop a sizeable share of its time), except
+that ``exp``, ``softmax`` and ``log_softmax`` take ``out`` the very array ``x``, and ``gemm`` copies
+an overlapped operand first. The array views of your loop (``X[i]``) cost nothing extra:
 where a kernel is a call rather than inlined code, it receives them borrowed, without the reference
 counting Numba otherwise does for an array passed to a call. Failures raise exceptions Numba can
 raise in compiled code: ``numpy.linalg.LinAlgError("Singular matrix")`` for an exactly zero pivot,
@@ -322,10 +326,10 @@ def exp(x, out=None):
         return x.dtype.type(_math.exp(x[()]))
     x = np.ascontiguousarray(x)
     if out is None:
-        out = np.empty_like(x)
-    else:
-        _check_out("exp", x, out)
-    return _call(_exp_array, x, out)
+        return _call(_exp_array, x, np.empty_like(x))
+    _check_out("exp", x, out)
+    _into(out, lambda into: _call(_exp_array, x, into), reads=(x,), same_ok=True)
+    return out
 
 
 @_jit.overload(exp)
@@ -420,6 +424,13 @@ def _prepare_out(name, x, out):
     return x, out
 
 
+def _rows_into(name, x, out, log):
+    """``softmax`` / ``log_softmax`` from Python: ``x``'s rows into ``out`` (fresh when None)."""
+    x, out = _prepare_out(name, x, out)
+    _into(out, lambda into: _call(_row_kernel(x), x, into, log), reads=(x,), same_ok=True)
+    return out
+
+
 def softmax(x, out=None):
     """Softmax along the last axis of a 1-D or 2-D float array (``out=x`` works in place).
 
@@ -430,14 +441,12 @@ def softmax(x, out=None):
     >>> kernels.softmax(np.array([0.0, 0.0])).tolist()
     [0.5, 0.5]
     """
-    x, out = _prepare_out("softmax", x, out)
-    return _call(_row_kernel(x), x, out, False)
+    return _rows_into("softmax", x, out, False)
 
 
 def log_softmax(x, out=None):
     """Log-softmax along the last axis of a 1-D or 2-D float array (``out=x`` works in place)."""
-    x, out = _prepare_out("log_softmax", x, out)
-    return _call(_row_kernel(x), x, out, True)
+    return _rows_into("log_softmax", x, out, True)
 
 
 def _softmax_typer(log):
@@ -865,15 +874,17 @@ def try_solve(a, b, out):
     if a.ndim != 2 or b.ndim != 1:
         _solve_shape_error()
     _python_out("try_solve", out, b.shape, b.dtype, shape_error=_solve_shape_error)
-    return bool(_into(out, lambda into: _call(_try_solve, a, b, into)))
+    return bool(_into(out, lambda into: _call(_try_solve, a, b, into), reads=(a, b)))
 
 
-def _into(out, compute, dtype=None):
+def _into(out, compute, dtype=None, reads=(), same_ok=False):
     """``compute(into)`` into ``out``, or into a C-contiguous array (of ``dtype``, default
     ``out``'s) then copied to ``out`` when it is strided or of another dtype (as the compiled forms
-    do); returns what ``compute`` returns."""
+    do) or overlaps one of ``reads``, the arrays the kernel reads (as NumPy's ufuncs do; ``out`` the
+    very array of one of them is written directly with ``same_ok``: see
+    :func:`fastla._validate.writes_apart`); returns what ``compute`` returns."""
     dtype = out.dtype if dtype is None else np.dtype(dtype)
-    if out.flags.c_contiguous and out.dtype == dtype:
+    if out.flags.c_contiguous and out.dtype == dtype and _validate.writes_apart(out, *reads, same_ok=same_ok):
         return compute(out)
     into = np.empty(out.shape, dtype)
     res = compute(into)
@@ -966,7 +977,7 @@ def solve(a, b, out=None):
     if out is None:
         return _call(_solve_into, a, b, np.empty(b.shape, b.dtype))
     _python_out("solve", out, b.shape, b.dtype, shape_error=_solve_shape_error)
-    _into(out, lambda into: _call(_solve_into, a, b, into))
+    _into(out, lambda into: _call(_solve_into, a, b, into), reads=(a, b))
     return out
 
 
@@ -1179,7 +1190,7 @@ def lu_solve(lu, piv, b, out=None):
     if out is None:
         return _call(_lu_solve, lu, piv, b, np.empty(b.shape, lu.dtype))
     _python_out("lu_solve", out, b.shape, lu.dtype, shape_error=_lu_solve_shape_error)
-    _into(out, lambda into: _call(_lu_solve, lu, piv, b, into))
+    _into(out, lambda into: _call(_lu_solve, lu, piv, b, into), reads=(lu, piv, b))
     return out
 
 
@@ -1289,7 +1300,7 @@ def cosine_similarity(X, Y, out=None):
     # any float out, as in compiled code (float16 refused as an operand is)
     _python_out("cosine_similarity", out, shape, X.dtype, True, _cosine_shape_error)
     _refuse_others("cosine_similarity", (out,), "", "out must be float32 or float64")
-    _into(out, lambda into: _call(_cosine, X, Y, into), X.dtype)
+    _into(out, lambda into: _call(_cosine, X, Y, into), X.dtype, reads=(X, Y))
     return out
 
 
@@ -1453,7 +1464,8 @@ def attention_finish(l, acc, out=None):
     if out is None:
         return _call(_attention_finish, l, acc, np.empty_like(acc))
     _python_out("attention_finish", out, acc.shape, acc.dtype, shape_error=_attention_finish_shape_error)
-    return _call(_attention_finish, l, acc, out)
+    _into(out, lambda into: _call(_attention_finish, l, acc, into), reads=(l, acc), same_ok=True)
+    return out
 
 
 @_jit.overload(attention_finish)

@@ -409,11 +409,13 @@ def _finish(res, out, kind):
     return out
 
 
-def _direct_out(out, kind, dtype):
-    """``out`` as the 2-D C-contiguous buffer a kernel may write into, or None."""
+def _direct_out(out, kind, dtype, *reads):
+    """``out`` as the 2-D C-contiguous buffer a kernel may write into while it reads ``reads``, or
+    None (then the result is computed apart and copied: an ``out`` that overlaps an operand gets what
+    NumPy's ``matmul`` gives)."""
     if out is None or out.dtype != dtype or not out.flags.c_contiguous or kind == "vv":
         return None
-    return out
+    return out if _validate.writes_apart(out, *reads) else None
 
 
 def _inv_norms_numpy(x):
@@ -849,7 +851,8 @@ def _matrix_numba_2d(x, y, out):
 @_MATRIX.register("numba", needs_numba=True)
 def _matrix_numba(x, y, out, kind):
     """Packed GEMM with the inverse norms folded into the packing; upper triangle for ``Y=None``."""
-    return _finish(_matrix_numba_2d(x, y, _direct_out(out, kind, x.dtype)), out, kind)
+    direct = _direct_out(out, kind, x.dtype, x, x if y is None else y)
+    return _finish(_matrix_numba_2d(x, y, direct), out, kind)
 
 
 @jit(inline="always")

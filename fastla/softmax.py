@@ -615,6 +615,7 @@ def _numba_impl(x, axes, out, log):
         n = x.shape[ax]
         post = math.prod(x.shape[ax + 1 :])
         direct = out is not None and out.dtype == x.dtype and out.flags.c_contiguous
+        direct = direct and _validate.writes_apart(out, x, same_ok=True)  # else apart, as NumPy's ufuncs
         res = out if direct else np.empty(x.shape, dtype=x.dtype)
         if post == 1:
             _rows(x.reshape(pre, n), res.reshape(pre, n), log)

@@ -466,3 +466,35 @@ def test_out_aliasing_an_input(case, call, backend):
         }[case](x.copy())
         got = call(x)
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("shift", [1, 7, -1, -20, 2500])
+@pytest.mark.parametrize(
+    "case,n,d",
+    [
+        ("softmax", 3000, 10),
+        ("softmax0", 300, 40),
+        ("log_softmax", 3000, 10),
+        ("cosine_similarity", 300, 300),
+    ],
+)
+@pytest.mark.parametrize("backend", ["auto", "numba", "numpy"])
+def test_out_partly_overlapping_an_input(case, n, d, shift, backend):
+    """A C-contiguous ``out=`` that shares part of an input's memory (a shifted view of one buffer)
+    gets the result computed from the original input, as a NumPy ufunc's ``out`` does; kernels that
+    store straight into ``out`` overwrote input rows other threads had still to read."""
+    size = n * (n if case == "cosine_similarity" else d)
+    buf = np.random.default_rng(4).standard_normal(n * d + size + abs(shift))
+    x = buf[max(0, -shift) :][: n * d].reshape(n, d)
+    out = buf[max(0, shift) :][:size].reshape(x.shape if size == n * d else (n, n))
+    assert np.shares_memory(x, out) and x.ctypes.data != out.ctypes.data
+    call, anchor = {
+        "softmax": (lambda x, out: fastla.softmax(x, out=out), lambda x: sps.softmax(x, axis=-1)),
+        "softmax0": (lambda x, out: fastla.softmax(x, axis=0, out=out), lambda x: sps.softmax(x, axis=0)),
+        "log_softmax": (lambda x, out: fastla.log_softmax(x, out=out), lambda x: sps.log_softmax(x, axis=-1)),
+        "cosine_similarity": (lambda x, out: fastla.cosine_similarity(x, out=out), _cosine_anchor),
+    }[case]
+    expected = anchor(x.copy())
+    with fastla.backend(backend):
+        assert call(x, out) is out
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-14)

@@ -3,6 +3,8 @@ the public functions, in float32 and float64; errors raised inside compiled code
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import scipy.linalg as sla
@@ -332,6 +334,66 @@ def test_gemm_and_matmul_into_an_overlapping_out(rng):
         np.testing.assert_allclose(b, expect, rtol=1e-12, atol=1e-10)
         expect = c0[:, :1].T @ c0
         np.testing.assert_allclose(kernels.matmul(c0[:, :1].T, c0, c0[:1]), expect, rtol=1e-12, atol=1e-10)
+
+
+def _overlapping_out_cases(dtype, rng):
+    """``(name, call(args, out), reference(*args), args, out)`` with ``out`` a shifted view of the
+    buffer holding one of ``args``, for every kernel that takes an ``out`` from Python."""
+    n = 6
+    sq = (rng.standard_normal((n, n)) + 5 * np.eye(n)).astype(dtype)
+    lu, piv = kernels.lu_factor(sq)
+    cases = []
+    for shift in (1, 3, -1, -3, 5):
+        buf = (rng.random(400) + 0.5).astype(dtype)
+
+        def views(count, shape, oshape=None, buf=buf, shift=shift):
+            x = buf[50 : 50 + count].reshape(shape)
+            return x, buf[50 + shift :][: math.prod(oshape or shape)].reshape(oshape or shape)
+
+        x, o = views(35, (5, 7))
+        cases += [
+            ("exp", kernels.exp, np.exp, (x,), o),
+            ("softmax", kernels.softmax, lambda x: sps.softmax(x, axis=-1), (x,), o),
+            ("log_softmax", kernels.log_softmax, lambda x: sps.log_softmax(x, axis=-1), (x,), o),
+        ]
+        b, o = views(2 * n, (n, 2))
+        cases += [
+            ("solve b", kernels.solve, np.linalg.solve, (sq, b), o),
+            ("lu_solve", kernels.lu_solve, lambda lu, piv, b: sla.lu_solve((lu, piv), b), (lu, piv, b), o),
+        ]
+        a, o = views(n * n, (n, n), (n, 2))
+        a *= 0.1  # well conditioned: float32 agrees to rounding
+        a += 5 * np.eye(n, dtype=dtype)
+        cases.append(("solve a", kernels.solve, np.linalg.solve, (a, sq[:, :2].copy()), o))
+        b, o = views(n, (n,))
+        cases.append(("try_solve", kernels.try_solve, np.linalg.solve, (sq, b), o))
+        b, o = views(4 * n, (4, n))
+        stack = np.stack([sq] * 4)
+        stacked = lambda a, b: np.linalg.solve(a, b[..., None])[..., 0]  # noqa: E731
+        cases.append(("solve stack", kernels.solve, stacked, (stack, b), o))
+        acc, o = views(24, (6, 4))
+        l_ = buf[200:206]
+        finish = lambda l_, acc: acc / l_[:, None]  # noqa: E731
+        cases.append(("attention_finish", kernels.attention_finish, finish, (l_, acc), o))
+        X, o = views(36, (6, 6))
+        cases.append(("cosine_similarity", kernels.cosine_similarity, _cosine_reference, (X, sq), o))
+    return cases
+
+
+def _cosine_reference(X, Y):
+    xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+    return xn @ (Y / np.linalg.norm(Y, axis=1, keepdims=True)).T
+
+
+def test_a_python_callers_out_overlapping_an_input_gets_numpys_answer(dtype, rng):
+    """From Python, an ``out`` that shares part of an input's buffer gets the result computed from
+    the original input, as a NumPy ufunc's ``out`` does (the kernels stored into ``out`` while still
+    reading the input: exp, the row softmaxes, solve, lu_solve and attention_finish got it wrong)."""
+    for name, call, reference, args, out in _overlapping_out_cases(dtype, rng):
+        assert any(np.shares_memory(out, a) for a in args), name
+        expected = reference(*[np.array(a) for a in args])
+        call(*args, out)
+        np.testing.assert_allclose(out, expected, rtol=_tol(dtype), atol=_tol(dtype), err_msg=name)
 
 
 SMALL_SHAPES = [(3, 3, 3), (5, 2, 7), (2, 1, 6), (1, 5, 1), (4, 9, 9), (3, 0, 5), (3, 0, 8)]
