@@ -603,6 +603,14 @@ MUTANTS = [
         "log_softmax's short rows subtract the sum instead of its log",
     ),
     Mutant(
+        "softmax-short-rows-unshifted",
+        "softmax.py",
+        "            for j in range(b, b + nu):\n                of[j] = xf[j] - m\n",
+        "            for j in range(b, b + nu):\n                of[j] = xf[j]\n",
+        ("tests/test_softmax.py",),
+        "softmax's short rows take exp(x) instead of exp(x - max) (overflows on large logits)",
+    ),
+    Mutant(
         "row-max-is-min",
         "_math.py",
         "        k = kj if kj > k else k\n    return _intrinsics.i64_as_f64",
