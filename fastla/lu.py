@@ -410,7 +410,10 @@ def _prepare_solve(lu_and_piv, b, trans=0, overwrite_b=False, check_finite=True)
         lu, b = _validate.native(lu, dtype), _validate.native(b, dtype)
     # 2 (a^H x = b) is 1 for real factors; complex ones keep it (SciPy's impl solves with them)
     code = 2 if trans == 2 and lu.dtype.kind == "c" else (1 if trans else 0)
-    args = LuSolveArgs(lu, piv, b, code, vector, overwrite_b and b is b_in)
+    # overwrite_b is a permission: not taken for a b that shares memory with the factors it is
+    # solved with (LAPACK's getrs, SciPy's lu_solve, then returns garbage for an F-ordered one)
+    overwrite_b = overwrite_b and b is b_in and _validate.writes_apart(b, lu, piv)
+    args = LuSolveArgs(lu, piv, b, code, vector, overwrite_b)
     return _registry.Prepared(args, compiled=why, facts={"n": n, "batch": math.prod(stack)})
 
 

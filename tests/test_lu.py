@@ -346,6 +346,24 @@ def test_overwrite_a_in_place(rng):
     np.testing.assert_allclose(work, expected, rtol=1e-12)
 
 
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("n", [3, 8, 40])
+def test_overwrite_b_is_not_taken_for_a_b_sharing_the_factors_memory(order, n, rng):
+    """``overwrite_b`` is a permission: with ``b`` the factor matrix itself (or a view of it) the
+    result is still the solution (the kernels solved in ``b`` while reading ``lu`` from it;
+    SciPy returns garbage for an F-ordered one)."""
+    a = rng.standard_normal((n, n)) + n * np.eye(n)
+    lu0, piv = sla.lu_factor(a)
+    expected = sla.lu_solve((lu0, piv), lu0.copy())
+    for name in impl_names("lu_solve", n):
+        lu = np.array(lu0, order=order)
+        got = fastla.lu_solve((lu, piv), lu, overwrite_b=True, backend=name)
+        np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12, err_msg=name)
+        lu = np.array(lu0, order=order)
+        got = fastla.lu_solve((lu, piv), lu[:, 1:], overwrite_b=True, backend=name)
+        np.testing.assert_allclose(got, expected[:, 1:], rtol=1e-9, atol=1e-12, err_msg=name)
+
+
 def test_scipys_positional_arguments(rng):
     """SciPy's signatures take ``overwrite_a``/``check_finite`` and ``trans``/``overwrite_b``/
     ``check_finite`` by position too; so do fastla's (only ``backend`` is keyword-only)."""
