@@ -150,7 +150,7 @@ def _python_out(name, out, shape, dtype, same_kind=False, shape_error=None):
         if shape_error is not None and isinstance(out, np.ndarray) and out.shape != tuple(shape):
             shape_error()
         raise problem
-    if not same_kind and out.dtype != dtype:
+    if not same_kind and out.dtype.newbyteorder("=") != np.dtype(dtype).newbyteorder("="):  # see _into
         raise TypeError(f"fastla.kernels.{name}: out must be {np.dtype(dtype)}, not {out.dtype}")
     return out
 
@@ -247,7 +247,7 @@ def _floats(name, *arrays):
     promoted as NumPy's and SciPy's linear algebra promote them: booleans and integers to float64,
     float32 with float64 to float64. Another dtype (float16, complex, object) raises TypeError
     naming the kernel (compiled code rejects it when typing the call)."""
-    arrays = [np.asarray(x) for x in arrays]
+    arrays = [_native(x) for x in arrays]
     _refuse_others(name, arrays)  # each one, as NumPy's linalg (float16 with an integer array too)
     # each integer or boolean operand counts as float64 (NumPy's linalg: float32 with bool or int8
     # gives float64, where np.result_type would keep float32)
@@ -258,11 +258,19 @@ def _floats(name, *arrays):
 _COMPUTED = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+def _native(x):
+    """``x`` as a NumPy array in native byte order (a byte-swapped one, as read from a big-endian
+    file, converted: NumPy computes with it, compiled code cannot)."""
+    x = np.asarray(x)
+    return x if x.dtype.isnative else x.astype(x.dtype.newbyteorder("="))
+
+
 def _refuse_others(name, arrays, kinds="biu", what="float32 or float64 arrays (or integers)"):
     """TypeError naming the kernel for an array of a dtype other than float32, float64 or
     ``kinds``: the compiled code has no float16 (LLVM's half), long double or object loops."""
-    for x in arrays:
-        if x.dtype not in _COMPUTED and not (x.dtype.kind in kinds and x.dtype.itemsize <= 16):
+    for x in arrays:  # either byte order: inputs are converted by _native, outs written through _into
+        dt = x.dtype if x.dtype.isnative else x.dtype.newbyteorder("=")
+        if dt not in _COMPUTED and not (dt.kind in kinds and dt.itemsize <= 16):
             raise TypeError(f"fastla.kernels.{name}: {what}, not {x.dtype}")
 
 
@@ -549,7 +557,7 @@ def matmul(a, b, out=None):
     >>> kernels.matmul(np.eye(2), np.array([[1.0, 2.0], [3.0, 4.0]])).tolist()
     [[1.0, 2.0], [3.0, 4.0]]
     """
-    a, b = np.asarray(a), np.asarray(b)
+    a, b = _native(a), _native(b)
     if a.ndim != 2 or b.ndim != 2:
         raise ValueError(f"fastla.kernels.matmul: a and b must be 2-D, not {a.ndim}-D and {b.ndim}-D")
     # from Python, np.matmul's dtypes (integers stay integers) where compiled loops exist
@@ -561,8 +569,8 @@ def matmul(a, b, out=None):
     else:  # np.matmul's casting rule; a float16 out refused as an operand is
         _python_out("matmul", out, shape, dtype, True, _matmul_shape_error)
         _refuse_others("matmul", (out,), "biuc", what)
-    if np.may_share_memory(out, a) or np.may_share_memory(out, b):
-        out[...] = _call(_matmul2d, a, b, np.empty(out.shape, out.dtype))
+    if not _validate.writes_apart(out, a, b) or not out.dtype.isnative:
+        out[...] = _call(_matmul2d, a, b, np.empty(out.shape, out.dtype.newbyteorder("=")))
         return out
     return _call(_matmul2d, a, b, out)
 
@@ -642,7 +650,7 @@ def gemm(a, b, out, alpha=1.0, beta=0.0):
     """``out = alpha * a @ b + beta * out`` for 2-D float arrays of one dtype, by fastla's packed GEMM
     (serial); ``out`` must be C-contiguous, and may overlap ``a`` or ``b`` (they are then copied
     first)."""
-    a, b = np.asarray(a), np.asarray(b)
+    a, b = _native(a), _native(b)
     _refuse_others("gemm", (a, b))
     if not isinstance(out, np.ndarray):
         raise TypeError(f"fastla.kernels.gemm: out must be a NumPy array, not {type(out).__name__}")
@@ -652,6 +660,11 @@ def gemm(a, b, out, alpha=1.0, beta=0.0):
     _python_out("gemm", out, (a.shape[0], b.shape[1]), out.dtype, shape_error=_gemm_shape_error)
     if not out.flags.c_contiguous:
         raise ValueError("fastla.kernels.gemm: out must be C-contiguous")
+    if not out.dtype.isnative:  # in native order and back (beta reads it)
+        into = out.astype(out.dtype.newbyteorder("="))
+        _call(_gemm, a, b, into, into.dtype.type(alpha), into.dtype.type(beta))
+        out[...] = into
+        return out
     return _call(_gemm, a, b, out, out.dtype.type(alpha), out.dtype.type(beta))
 
 
@@ -867,8 +880,8 @@ def try_solve(a, b, out):
     >>> kernels.try_solve(np.ones((2, 2)), np.ones(2), x)
     False
     """
-    a, b = np.ascontiguousarray(a), np.asarray(b)
-    one = isinstance(out, np.ndarray) and a.dtype == b.dtype == out.dtype
+    a, b = np.ascontiguousarray(_native(a)), _native(b)
+    one = isinstance(out, np.ndarray) and a.dtype == b.dtype == out.dtype.newbyteorder("=")
     if not one or a.dtype not in _COMPUTED:
         raise ValueError("fastla.kernels.try_solve: a, b and out must be arrays of one float dtype")
     if a.ndim != 2 or b.ndim != 1:
@@ -883,7 +896,7 @@ def _into(out, compute, dtype=None, reads=(), same_ok=False):
     do) or overlaps one of ``reads``, the arrays the kernel reads (as NumPy's ufuncs do; ``out`` the
     very array of one of them is written directly with ``same_ok``: see
     :func:`fastla._validate.writes_apart`); returns what ``compute`` returns."""
-    dtype = out.dtype if dtype is None else np.dtype(dtype)
+    dtype = out.dtype.newbyteorder("=") if dtype is None else np.dtype(dtype)  # a byte-swapped out: copied
     if out.flags.c_contiguous and out.dtype == dtype and _validate.writes_apart(out, *reads, same_ok=same_ok):
         return compute(out)
     into = np.empty(out.shape, dtype)
@@ -1186,7 +1199,7 @@ def lu_solve(lu, piv, b, out=None):
     lu, b = _floats("lu_solve", lu, b)
     if lu.ndim != 2 or b.ndim not in (1, 2):
         _lu_solve_shape_error()
-    piv = np.asarray(piv)
+    piv = _native(piv)
     if out is None:
         return _call(_lu_solve, lu, piv, b, np.empty(b.shape, lu.dtype))
     _python_out("lu_solve", out, b.shape, lu.dtype, shape_error=_lu_solve_shape_error)
@@ -1422,7 +1435,7 @@ def attention_step(q, k, v, scale, m, l, acc):
     accumulator ``acc (L, Ev)`` (start at 0) with ``softmax(q kᵀ · scale)`` over the tiles seen so
     far; :func:`attention_finish` then gives the output. Uses fastla's exp, as the flash kernel.
     """
-    q, k, v = np.asarray(q), np.asarray(k), np.asarray(v)
+    q, k, v = _native(q), _native(k), _native(v)
     _refuse_others("attention_step", (q, k, v))
     what = "q (L, E), k (S, E), v (S, Ev) arrays; m (L,), l (L,), acc (L, Ev) float32/float64 arrays"
     if q.ndim != 2 or k.ndim != 2 or v.ndim != 2:

@@ -602,6 +602,51 @@ def test_two_calls_of_a_kernel_in_one_function_compile_cleanly(rng):
     assert z == pytest.approx(expect, rel=1e-12)
 
 
+def test_python_calls_take_byte_swapped_arrays_as_numpy_does(dtype, rng):
+    """From Python, a byte-swapped float array (as read from a big-endian file) is the float array
+    NumPy computes with: as an input it is converted, as an ``out`` written through a native copy.
+    (Each was a TypeError "float32 or float64 arrays ..., not >f4".)"""
+
+    def swapped(x):
+        return x.astype(x.dtype.newbyteorder())
+
+    a = (rng.standard_normal((6, 6)) + 6 * np.eye(6)).astype(dtype)
+    b = rng.standard_normal((6, 2)).astype(dtype)
+    lu, piv = sla.lu_factor(a)
+    lu = lu.astype(dtype)
+    calls = {
+        "exp": (lambda x, y: kernels.exp(x), np.exp(a)),
+        "softmax": (lambda x, y: kernels.softmax(x), sps.softmax(a, axis=-1)),
+        "logsumexp": (lambda x, y: kernels.logsumexp(x), sps.logsumexp(a, axis=-1)),
+        "matmul": (lambda x, y: kernels.matmul(x, y), a @ b),
+        "gemm": (lambda x, y: kernels.gemm(x, y, np.zeros((6, 2), dtype)), a @ b),
+        "solve": (lambda x, y: kernels.solve(x, y), np.linalg.solve(a, b)),
+        "lu_factor": (lambda x, y: kernels.lu_factor(x)[0], lu),
+        "lu_solve": (lambda x, y: kernels.lu_solve(lu, swapped(piv), y), sla.lu_solve((lu, piv), b)),
+        "cosine_similarity": (lambda x, y: kernels.cosine_similarity(x, y.T), _cosine_reference(a, b.T)),
+    }
+    for name, (call, expected) in calls.items():
+        for args in ((swapped(a), b), (a, swapped(b)), (swapped(a), swapped(b))):
+            got = call(*args)
+            np.testing.assert_allclose(got, expected, rtol=_tol(dtype), atol=_tol(dtype), err_msg=name)
+    outs = {
+        "exp": (lambda o: kernels.exp(a, o), np.exp(a)),
+        "softmax": (lambda o: kernels.softmax(a, o), sps.softmax(a, axis=-1)),
+        "matmul": (lambda o: kernels.matmul(a, a, o), a @ a),
+        "gemm": (lambda o: kernels.gemm(a, a, o, 1.0, 0.5), a @ a + 0.5),
+        "solve": (lambda o: kernels.solve(a, a, o), np.eye(6)),
+        "cosine_similarity": (lambda o: kernels.cosine_similarity(a, a, o), _cosine_reference(a, a)),
+        "attention_finish": (lambda o: kernels.attention_finish(np.full(6, 2, dtype), a, o), a / 2),
+    }
+    for name, (call, expected) in outs.items():
+        out = swapped(np.ones((6, 6), dtype))
+        assert call(out) is out, name
+        np.testing.assert_allclose(out, expected, rtol=_tol(dtype), atol=_tol(dtype), err_msg=name)
+    out = swapped(np.ones(6, dtype))
+    assert kernels.try_solve(swapped(a), a[:, 0].copy(), out)
+    np.testing.assert_allclose(out, np.eye(6)[0], atol=_tol(dtype))
+
+
 def test_python_calls_take_integers_as_numpy_does_and_refuse_other_dtypes():
     """From Python, integer (and boolean) arrays are promoted to float64 as NumPy's and SciPy's
     linear algebra promote them (an integer LU used to come back in integers, wrong); float16,
