@@ -313,7 +313,8 @@ def cosine_similarity(X, Y=None, dense_output=True, *, out=None, backend=None):
         ``None`` compares ``X`` with itself (the result is then exactly symmetric with a unit
         diagonal for rows of non-zero norm).
     dense_output : bool, default True
-        scikit-learn's: with both operands sparse, False returns a sparse (CSR) result. Sparse
+        scikit-learn's: with both operands sparse, False returns a ``scipy.sparse.csr_matrix``
+        (scikit-learn's type, for sparse matrices and arrays alike). Sparse
         operands are 2-D and computed by SciPy's sparse product (under ``auto`` or ``numpy``; a
         compiled backend forced on them raises TypeError); dense operands ignore it.
     out : ndarray, optional
@@ -561,7 +562,9 @@ def _matrix_sparse(x, y, out, dense):
         res = xn @ yn.T
     if sp.issparse(res):
         if not dense:
-            res = sp.csr_array(res)
+            # a csr_matrix, as scikit-learn returns for sparse matrices and sparse arrays alike (a
+            # matrix's ``*`` is the matrix product; a csr_array's would be element-wise)
+            res = sp.csr_matrix(res)
             if y is None:  # an exact 1 on the diagonal, as the dense result has
                 _unit_diagonal(res, norms)
             return res

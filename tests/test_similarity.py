@@ -287,6 +287,14 @@ def test_sparse_operands_as_scikit_learn_takes_them(dtype, fmt, rng):
         np.testing.assert_allclose(
             fastla.cosine_similarity(X, y), sklearn.cosine_similarity(X, y), rtol=1e-5, atol=1e-6
         )
+    # a sparse result is scikit-learn's type, a csr_matrix (whose * is the matrix product), for
+    # sparse matrices and sparse arrays alike (it was a csr_array)
+    for x, y in ((X, Y), (sp.csr_matrix(X), sp.csr_matrix(Y)), (sp.coo_matrix(X), Y)):
+        for y_ in (y, None):
+            want = sklearn.cosine_similarity(x, y_, dense_output=False)
+            got = fastla.cosine_similarity(x, y_, dense_output=False)
+            assert type(got) is type(want) is sp.csr_matrix
+            np.testing.assert_allclose(got.toarray(), want.toarray(), rtol=1e-5, atol=1e-6)
 
 
 def test_errors_and_out(rng):
