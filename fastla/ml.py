@@ -353,8 +353,11 @@ def norm(x, ord=2, axis=None, keepdims=False):
 def euclidean_distances(X, Y=None, *, squared=False, backend=None):
     """Pairwise Euclidean distances between rows, as ``sklearn.metrics.pairwise.euclidean_distances``.
 
-    ``|x|² - 2 x·y + |y|²`` clipped at 0, with ``Y=None`` giving an exactly zero diagonal; float32
-    input is computed in float64 (as scikit-learn does, for accuracy) and returned as float32.
+    ``|x|² - 2 x·y + |y|²`` clipped at 0, with ``Y=None`` giving an exactly zero diagonal; computed
+    in float64 (as scikit-learn does, for accuracy) and returned as float32 when both operands are
+    float32, else float64 (scikit-learn's rule: float16 and integers give float64). SciPy sparse
+    operands are taken, as scikit-learn takes them (the product is SciPy's); NaN or infinity raises
+    ValueError, as there.
 
     Examples
     --------
@@ -363,16 +366,20 @@ def euclidean_distances(X, Y=None, *, squared=False, backend=None):
     array([[0., 5.],
            [5., 0.]])
     """
-    X = _float(X, "X", (2,))
-    Y_ = X if Y is None else _float(Y, "Y", (2,))
+    X = _rows_operand(X, "X")
+    Y_ = X if Y is None else _rows_operand(Y, "Y")
     if X.shape[1] != Y_.shape[1]:
         raise ValueError(f"incompatible dimension for X and Y: X.shape == {X.shape}, Y.shape == {Y_.shape}")
-    out_dtype = np.result_type(X, Y_)
+    out_dtype = np.float32 if X.dtype == Y_.dtype == np.float32 else np.float64
     X64 = X.astype(np.float64, copy=False)
     Y64 = X64 if Y is None else Y_.astype(np.float64, copy=False)
-    xx = np.einsum("ij,ij->i", X64, X64)
-    yy = xx if Y is None else np.einsum("ij,ij->i", Y64, Y64)
-    d = matmul(X64, Y64.T, backend=backend)
+    xx = _row_squares(X64)
+    yy = xx if Y is None else _row_squares(Y64)
+    if _is_sparse(X64) or _is_sparse(Y64):
+        d = X64 @ Y64.T
+        d = d.toarray() if _is_sparse(d) else np.asarray(d)
+    else:
+        d = matmul(X64, Y64.T, backend=backend)
     d *= -2
     d += xx[:, None]
     d += yy[None, :]
@@ -382,3 +389,33 @@ def euclidean_distances(X, Y=None, *, squared=False, backend=None):
     if not squared:
         np.sqrt(d, out=d)
     return d.astype(out_dtype, copy=False)
+
+
+def _is_sparse(x):
+    return type(x).__module__.startswith("scipy.sparse") and hasattr(x, "tocsr")
+
+
+def _rows_operand(x, name):
+    """A 2-D operand of :func:`euclidean_distances`: a real array (integers -> float64) or a SciPy
+    sparse matrix/array (as CSR), all of it finite."""
+    if _is_sparse(x):
+        x = x.tocsr()
+        if x.ndim != 2:
+            raise ValueError(f"{name} must be 2-D, got shape {x.shape}")
+        if x.dtype.kind in "biu":
+            x = x.astype(np.float64)
+        elif x.dtype.kind != "f":
+            raise TypeError(f"{name} must hold real numbers, got dtype {x.dtype}")
+        values = x.data
+    else:
+        x = values = _float(x, name, (2,))
+    if not np.isfinite(values).all():
+        raise ValueError(f"euclidean_distances: {name} contains NaN or infinity")
+    return x
+
+
+def _row_squares(x):
+    """``|x_i|²`` per row of a float64 array or sparse matrix."""
+    if _is_sparse(x):
+        return np.asarray(x.multiply(x).sum(axis=1), dtype=np.float64).reshape(-1)
+    return np.einsum("ij,ij->i", x, x)

@@ -265,3 +265,32 @@ def test_euclidean_distances(dtype, rng):
         ml.euclidean_distances(X, Y[:, :3])
     pairwise = pytest.importorskip("sklearn.metrics.pairwise")
     np.testing.assert_allclose(d, pairwise.euclidean_distances(X, Y), rtol=1e-5, atol=1e-6)
+
+
+def test_euclidean_distances_takes_what_scikit_learn_takes(rng):
+    """scikit-learn's rules where they differed: float16 gives float64 (it gave float16, rounding
+    float64 distances to 3 digits), SciPy sparse operands are taken (a "must be 2-D, got shape ()"
+    error), NaN or infinity raises ValueError (it came back in the result)."""
+    pairwise = pytest.importorskip("sklearn.metrics.pairwise")
+    sp = pytest.importorskip("scipy.sparse")
+    X = rng.standard_normal((9, 4)) * 3
+    Y = rng.standard_normal((6, 4)) * 3
+    for x, y in ((X.astype(np.float16), Y.astype(np.float16)), (X.astype(np.float32), Y), (X.astype(int), Y)):
+        want = pairwise.euclidean_distances(x, y)
+        got = ml.euclidean_distances(x, y)
+        assert got.dtype == want.dtype == np.float64
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    Xs = sp.csr_matrix(np.where(np.abs(X) > 2, X, 0))
+    for x, y in ((Xs, None), (Xs, Y), (X, sp.csr_array(Y)), (Xs.tocoo(), Xs)):
+        want = pairwise.euclidean_distances(x, y)
+        got = ml.euclidean_distances(x, y)
+        assert type(got) is np.ndarray and got.dtype == want.dtype
+        # atol: the square root of a rounding-level |x|^2 - 2 x.y + |y|^2 (sparse sums in other orders)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-6)
+    for bad in (np.nan, np.inf):
+        Xb = X.copy()
+        Xb[2, 1] = bad
+        with pytest.raises(ValueError, match="NaN or infinity"):
+            ml.euclidean_distances(Xb)
+        with pytest.raises(ValueError, match="NaN or infinity"):
+            ml.euclidean_distances(X, sp.csr_matrix(Xb))
