@@ -31,6 +31,7 @@ import numpy as np
 from fastla.eigen import power_iteration
 from fastla.lu import LinAlgWarning, lu_factor, lu_solve
 from fastla.matmul import matmul
+from fastla.similarity import is_sparse
 
 __all__ = [
     "dense_backward",
@@ -375,9 +376,9 @@ def euclidean_distances(X, Y=None, *, squared=False, backend=None):
     Y64 = X64 if Y is None else Y_.astype(np.float64, copy=False)
     xx = _row_squares(X64)
     yy = xx if Y is None else _row_squares(Y64)
-    if _is_sparse(X64) or _is_sparse(Y64):
+    if is_sparse(X64) or is_sparse(Y64):
         d = X64 @ Y64.T
-        d = d.toarray() if _is_sparse(d) else np.asarray(d)
+        d = d.toarray() if is_sparse(d) else np.asarray(d)
     else:
         d = matmul(X64, Y64.T, backend=backend)
     d *= -2
@@ -391,14 +392,10 @@ def euclidean_distances(X, Y=None, *, squared=False, backend=None):
     return d.astype(out_dtype, copy=False)
 
 
-def _is_sparse(x):
-    return type(x).__module__.startswith("scipy.sparse") and hasattr(x, "tocsr")
-
-
 def _rows_operand(x, name):
     """A 2-D operand of :func:`euclidean_distances`: a real array (integers -> float64) or a SciPy
     sparse matrix/array (as CSR), all of it finite."""
-    if _is_sparse(x):
+    if is_sparse(x):
         x = x.tocsr()
         if x.ndim != 2:
             raise ValueError(f"{name} must be 2-D, got shape {x.shape}")
@@ -416,6 +413,6 @@ def _rows_operand(x, name):
 
 def _row_squares(x):
     """``|x_i|²`` per row of a float64 array or sparse matrix."""
-    if _is_sparse(x):
+    if is_sparse(x):
         return np.asarray(x.multiply(x).sum(axis=1), dtype=np.float64).reshape(-1)
     return np.einsum("ij,ij->i", x, x)
