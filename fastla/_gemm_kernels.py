@@ -60,13 +60,22 @@ from fastla._jit import jit, prange
 # * SSE only: 4 x 2 vectors.
 _SIMD = _host.simd_bytes()
 _MR, _NV = {64: (6, 4), 32: (6, 2)}.get(_SIMD, (4, 2))
-if os.environ.get("FASTLA_GEMM_TILE"):  # "MRxNV", for tuning studies
-    _MR, _NV = (int(x) for x in os.environ["FASTLA_GEMM_TILE"].split("x"))
 
 
-def _env_int(name, default):
-    value = os.environ.get(name)
-    return int(value) if value else default
+def gemm_tile(raw, default):
+    """``(MR, NV)`` from ``FASTLA_GEMM_TILE``'s ``"MRxNV"`` (for tuning studies), or ``default``."""
+    if not raw:
+        return default
+    parts = raw.split("x")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) >= 1 for p in parts):
+        raise ValueError(
+            f"environment variable FASTLA_GEMM_TILE={raw!r}: expected MRxNV, two positive integers (6x4)"
+        )
+    return int(parts[0]), int(parts[1])
+
+
+_MR, _NV = gemm_tile(os.environ.get("FASTLA_GEMM_TILE"), (_MR, _NV))
+_env_int = _host.env_int
 
 
 class Blocking:

@@ -114,21 +114,40 @@ def native_simd_bytes():
     return 16
 
 
+#: the SIMD widths (bytes) fastla has kernel shapes for: SSE, AVX2, AVX-512
+SIMD_WIDTHS = (16, 32, 64)
+
+
+def env_int(name, default, allowed=None):
+    """The positive integer in the environment variable ``name`` (one of ``allowed`` when given), or
+    ``default`` when it is unset or empty. Anything else is a ValueError naming the variable and
+    what it takes (a tuning knob's typo is otherwise a bare int() traceback at import, or a division
+    by zero inside the kernels' shape arithmetic)."""
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1 or (allowed is not None and value not in allowed):
+        want = "one of " + ", ".join(map(str, allowed)) if allowed else "a positive integer"
+        raise ValueError(f"environment variable {name}={raw!r}: expected {want}")
+    return value
+
+
 @functools.cache
 def simd_bytes():
     """Width of the SIMD registers the compiled kernels use: :func:`native_simd_bytes`, or
     ``FASTLA_SIMD_BYTES`` (to study or test another width's kernel shapes on this host; a width the
     host lacks still runs, LLVM splitting each vector into the registers it has)."""
-    if os.environ.get("FASTLA_SIMD_BYTES"):
-        return int(os.environ["FASTLA_SIMD_BYTES"])
-    return native_simd_bytes()
+    return env_int("FASTLA_SIMD_BYTES", None, SIMD_WIDTHS) or native_simd_bytes()
 
 
 @functools.cache
 def vector_bytes():
     """Vector width (bytes) fastla's auto-vectorised loops ask LLVM for: the SIMD width by default."""
-    raw = os.environ.get("FASTLA_VECTOR_BYTES")
-    return min(int(raw), simd_bytes()) if raw else simd_bytes()
+    return min(env_int("FASTLA_VECTOR_BYTES", simd_bytes(), SIMD_WIDTHS), simd_bytes())
 
 
 @functools.cache

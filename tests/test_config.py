@@ -65,6 +65,38 @@ def test_env_var_sets_default():
     assert r.returncode != 0 and "FASTLA_BACKEND" in r.stderr
 
 
+def test_tuning_variables_with_bad_values_are_errors_naming_them(monkeypatch):
+    """The kernels' shape knobs (FASTLA_SIMD_BYTES, FASTLA_VECTOR_BYTES, FASTLA_GEMM_*) read a bad
+    value as a ValueError naming the variable and what it takes: they were bare int() tracebacks at
+    import, and FASTLA_SIMD_BYTES=7 (or 0) a ZeroDivisionError in the kernels' lane arithmetic."""
+    from fastla import _gemm_kernels, _host
+
+    monkeypatch.delenv("FASTLA_TEST_KNOB", raising=False)
+    assert _host.env_int("FASTLA_TEST_KNOB", 5) == 5
+    for raw, allowed, ok in (
+        ("32", _host.SIMD_WIDTHS, True),
+        ("7", _host.SIMD_WIDTHS, False),
+        ("abc", None, False),
+        ("0", None, False),
+        ("-3", None, False),
+        ("128", None, True),
+    ):
+        monkeypatch.setenv("FASTLA_TEST_KNOB", raw)
+        if ok:
+            assert _host.env_int("FASTLA_TEST_KNOB", 5, allowed) == int(raw)
+        else:
+            with pytest.raises(ValueError, match=f"FASTLA_TEST_KNOB='{raw}': expected"):
+                _host.env_int("FASTLA_TEST_KNOB", 5, allowed)
+    assert _gemm_kernels.gemm_tile("4x2", (6, 4)) == (4, 2)
+    assert _gemm_kernels.gemm_tile("", (6, 4)) == (6, 4)
+    for raw in ("foo", "3x", "0x4", "4x2x1", "ax4"):
+        with pytest.raises(ValueError, match="FASTLA_GEMM_TILE"):
+            _gemm_kernels.gemm_tile(raw, (6, 4))
+    r = run_python("import fastla", FASTLA_SIMD_BYTES="7")
+    assert r.returncode != 0 and "FASTLA_SIMD_BYTES='7': expected one of 16, 32, 64" in r.stderr
+    assert "ZeroDivisionError" not in r.stderr
+
+
 def test_explain_reasons():
     impl, reason = fastla.explain("matmul", np.ones((3, 3), dtype=np.int32), np.ones((3, 3)))
     assert impl == "numpy" and "int32" in reason
