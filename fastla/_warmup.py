@@ -21,6 +21,7 @@ cache file: hashed data file names, a locked index).
 
 from __future__ import annotations
 
+import operator
 import os
 import queue
 import subprocess
@@ -343,7 +344,7 @@ def warmup(ops=None, dtypes=DTYPES, *, background=False, jobs=None, progress=Tru
         into this process, so that the first request finds them ready. ``thread.join()`` waits for
         it; ``thread.result`` then holds the timings (or ``thread.error`` the exception).
     jobs : int, optional
-        Processes compiling at once (default: the number of cores).
+        Processes compiling at once, at least 1 (default: the number of cores).
     progress : bool
         Print a progress line per job, then the cache location and size (to ``stream``).
     stream : file-like, optional
@@ -363,7 +364,11 @@ def warmup(ops=None, dtypes=DTYPES, *, background=False, jobs=None, progress=Tru
     from fastla import _jit
 
     todo = _jobs(ops, dtypes)
-    n_jobs = max(1, jobs or os.cpu_count() or 1)
+    if jobs is not None:  # as the command line's --jobs: 0 or less is an error, not "all cores"
+        jobs = operator.index(jobs)
+        if jobs < 1:
+            raise ValueError(f"warmup: jobs must be at least 1, got {jobs}")
+    n_jobs = jobs or os.cpu_count() or 1
     stream = sys.stderr if stream is None else stream
     if not _jit.NUMBA_AVAILABLE or not _jit.JIT_ENABLED:
         if progress:

@@ -51,6 +51,12 @@ def test_warmup_arguments():
         fastla.warmup(["nope"], progress=False)
     with pytest.raises(ValueError, match="not compiled"):
         fastla.warmup(["softmax"], ["float16"], progress=False)
+    # jobs as the command line's --jobs: 0 or less was taken as "all cores" (-3: one process)
+    for bad in (0, -3):
+        with pytest.raises(ValueError, match="jobs must be at least 1"):
+            fastla.warmup(["softmax"], progress=False, jobs=bad)
+    with pytest.raises(TypeError):
+        fastla.warmup(["softmax"], progress=False, jobs=1.5)
     # lu_factor and lu_solve share one warm-up call: one job per dtype
     assert _warmup._jobs(["lu_factor", "lu_solve"], ["float64"]) == [("lu_factor", ("float64",))]
     jobs = _warmup._jobs(["softmax", "scaled_dot_product_attention"], ["float64", "float32"])
