@@ -559,7 +559,7 @@ def power_iteration(
         w[:] = matmat(m, v)
         return float(v @ w), float(w @ w)
 
-    tol = _eigen.default_tol(dtype, tol)
+    tol = _eigen.default_tol(dtype, tol, a.shape[0])
     return _eigen.run(a, k, float(tol), maxiter, start, symmetric, return_eigenvectors, matvec, matmat)
 
 

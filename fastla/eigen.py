@@ -799,9 +799,15 @@ DEFAULT_TOL = {np.dtype(np.float64): 1e-8, np.dtype(np.float32): 1e-5}
 _MAG_RANGE = {np.dtype(np.float64): (2.0**-400, 2.0**400), np.dtype(np.float32): (2.0**-40, 2.0**40)}
 
 
-def default_tol(dtype, tol):
-    """``tol``, or the default of the computation's ``dtype`` when it is None."""
-    return DEFAULT_TOL[np.dtype(dtype)] if tol is None else tol
+def default_tol(dtype, tol, n):
+    """``tol``, or the default of the computation's ``dtype`` when it is None; 0 (``eigsh``'s "machine
+    precision") is the rounding floor of an ``n`` x ``n`` matrix, ``10 sqrt(n) eps``: an explicit
+    residual can reach no lower (``eigsh`` judges its Lanczos estimate, which can)."""
+    if tol is None:
+        return DEFAULT_TOL[np.dtype(dtype)]
+    if tol == 0:
+        return 10 * np.sqrt(max(n, 1)) * float(np.finfo(dtype).eps)
+    return tol
 
 
 def magnitude_exponent(dtype, big):
@@ -826,8 +832,8 @@ def check_options(shape, k, tol, maxiter=None):
         isinstance(tol, numbers.Real) or (np.ndim(tol) == 0 and np.asarray(tol).dtype.kind in "iuf")
     ):
         raise TypeError(f"power_iteration: tol must be a real number, got {type(tol).__name__}")
-    if tol is not None and not (np.isfinite(tol) and tol > 0):
-        raise ValueError(f"power_iteration: tol must be positive, got {tol}")
+    if tol is not None and not (np.isfinite(tol) and tol >= 0):
+        raise ValueError(f"power_iteration: tol must be >= 0 (0: to rounding), got {tol}")
     if maxiter is not None:
         if _validate.as_int(maxiter, "power_iteration: maxiter") <= 0:
             raise ValueError(f"power_iteration: maxiter must be positive, got {maxiter}")
@@ -905,7 +911,7 @@ def _prepare(a, k=1, tol=None, maxiter=None, v0=None, symmetric=None, seed=None,
         a = _intrinsics.readonly(np.ldexp(a, -exp).astype(dtype, copy=False))
     n = a.shape[0]
     start, maxiter = start_block(n, dtype, k, maxiter, v0, symmetric, seed)
-    tol = float(default_tol(dtype, tol))
+    tol = float(default_tol(dtype, tol, a.shape[0]))
     slack = triangle_slack(n, np.ldexp(asym, -exp), np.ldexp(big, -exp), tol) if symmetric else np.inf
     args = PowerArgs(a, k, tol, maxiter, start, symmetric, slack, return_eigenvectors)
     return _registry.Prepared(args, facts={"n": n, "k": k, "exp": exp})
@@ -945,7 +951,8 @@ def power_iteration(
         and 1e-5 for float32 (float32 rounding stops the residuals near ``sqrt(n) * 6e-8``). For
         a symmetric matrix no residual need drop below ``min(10 sqrt(n) eps, tol) * max|l|`` (the
         rounding floor): eigenvalues far below the largest, or zero (k above the rank), converge
-        there.
+        there. ``tol=0`` (``eigsh``'s default, "machine precision") asks for that floor itself,
+        ``10 sqrt(n) eps``.
     maxiter : int, optional
         Default ``max(1000, 10 n)``.
     v0 : array_like, optional
@@ -968,7 +975,7 @@ def power_iteration(
     ConvergenceError
         No convergence within ``maxiter`` (a subclass of ``numpy.linalg.LinAlgError``).
     ValueError
-        ``a`` not square or not finite, ``k`` outside ``[1, n]``, ``tol <= 0``, ``maxiter <= 0``,
+        ``a`` not square or not finite, ``k`` outside ``[1, n]``, ``tol < 0``, ``maxiter <= 0``,
         a bad ``v0`` (shape, all zeros, not finite).
     TypeError
         ``k`` or ``maxiter`` not an integer (a bool is not one, as for SciPy's ``eigsh``), ``tol``

@@ -144,6 +144,28 @@ def test_v0_seed_and_errors():
         with pytest.raises(TypeError, match="tol must be a real number"):
             fastla.power_iteration(a, tol=tol)
     np.testing.assert_allclose(fastla.power_iteration(a, tol=np.array(1e-9), seed=5)[0], w1, rtol=1e-8)
+    for tol in (-1e-8, np.inf, np.nan):
+        with pytest.raises(ValueError, match="tol must be >= 0"):
+            fastla.power_iteration(a, tol=tol)
+
+
+@pytest.mark.parametrize("n,k", [(10, 1), (40, 3), (300, 5)])
+def test_tol_zero_is_to_rounding_as_eigsh_default(dtype, n, k, rng):
+    """``tol=0``, ``eigsh``'s default ("machine precision"), asks for the rounding floor
+    ``10 sqrt(n) eps`` itself (it was a ValueError: a user moving from eigsh with its default got
+    one); explicit residuals reach it and the eigenvalues agree with eigsh's to rounding."""
+    sla = pytest.importorskip("scipy.sparse.linalg")
+    a = rng.standard_normal((n, n))
+    a = (a + a.T).astype(dtype)
+    eps = float(np.finfo(dtype).eps)
+    floor = 10 * np.sqrt(n) * eps
+    for name in impl_names("power_iteration", n):
+        w, v = fastla.power_iteration(a, k=k, tol=0, seed=1, backend=name)
+        res = np.linalg.norm(a @ v - v * w, axis=0)
+        assert np.all(res <= 2 * floor * np.abs(w).max() + 8 * eps * np.abs(w).max()), (name, res)
+        want = sla.eigsh(a.astype(np.float64), k=k, which="LM", tol=0, return_eigenvectors=False)
+        want = want[np.argsort(-np.abs(want))]
+        np.testing.assert_allclose(w, want, rtol=0, atol=4 * floor * np.abs(want).max(), err_msg=name)
     with pytest.raises(TypeError, match="complex"):
         fastla.power_iteration(np.eye(2, dtype=complex))
     w, _ = fastla.power_iteration(np.eye(3, dtype=int) * 2 + 1, seed=0)  # ints -> float64
