@@ -75,7 +75,6 @@ def gemm_tile(raw, default):
 
 
 _MR, _NV = gemm_tile(os.environ.get("FASTLA_GEMM_TILE"), (_MR, _NV))
-_env_int = _host.env_int
 
 
 class Blocking:
@@ -97,25 +96,25 @@ class Blocking:
         self.MR = _MR
         self.NV = _NV
         self.NR = self.NV * self.W
-        self.KC = _env_int("FASTLA_GEMM_KC", 256 if _SIMD >= 64 else 384)
+        self.KC = _host.env_int("FASTLA_GEMM_KC", 256 if _SIMD >= 64 else 384)
         mc = (caches["L2"] // 2) // (self.KC * itemsize)
-        self.MC = _env_int("FASTLA_GEMM_MC", max(self.MR, mc // self.MR * self.MR))
+        self.MC = _host.env_int("FASTLA_GEMM_MC", max(self.MR, mc // self.MR * self.MR))
         nc = (min(caches["L3"], 16 * 2**20) // 4) // (self.KC * itemsize)
-        self.NC = _env_int("FASTLA_GEMM_NC", max(self.NR, min(8192, nc) // self.NR * self.NR))
+        self.NC = _host.env_int("FASTLA_GEMM_NC", max(self.NR, min(8192, nc) // self.NR * self.NR))
         # JB: packed B panels (KC x NR each) per pass of the macro-kernel's row loop. A B panel that
         # fits L1 stays there across the row loop (1 a pass: BLIS's order, as AVX2's 6 x 8 tile
         # has it: 384 x 8 float64 = 24 KiB); a larger one (AVX-512: 64 KiB) streams from L2 in
         # passes of about half of L2 while A's micro-panel stays in L1 (see the module docstring)
         panel = self.KC * self.NR * itemsize
         jb = 1 if panel <= caches["L1"] else (caches["L2"] // 2) // panel
-        self.JB = _env_int("FASTLA_GEMM_JB", max(1, jb))
+        self.JB = _host.env_int("FASTLA_GEMM_JB", max(1, jb))
         # DIRECT_M: up to this many rows of A, the micro-kernel reads full panels of B in place
         # (rows ldb apart) instead of packing them: packing B costs k x n reads and writes whatever
         # m is, which a thin product cannot amortise. Measured (Zen 4, float64, k = n = 1000, one
         # thread, ratio to OpenBLAS, five interleaved runs): m = 5 1.28-1.38x in place against
         # 0.86-0.93x packed, m = 36 0.99-1.05x against 0.79-0.81x, m = 37 0.88-1.05x (median 0.97)
         # against 0.81-0.90x (0.85); m = 64 0.76-0.88x against 0.78-0.85x, m >= 96 no gain
-        self.DIRECT_M = _env_int("FASTLA_GEMM_DIRECT_M", 48)
+        self.DIRECT_M = _host.env_int("FASTLA_GEMM_DIRECT_M", 48)
         # DIRECT_BYTES: ... and B spans at most this many bytes (a quarter of L3): a B that stays in
         # L3 between products is read in place at the rate of a packed one, a larger one streams from
         # DRAM in short strided runs. Measured (Zen 4, 32 MiB L3, 37 rows, float64, one thread, in
@@ -124,7 +123,7 @@ class Blocking:
         # 0.81-0.89x against 0.76-0.86x, 16 MB (1000 x 2000, 1000 x 2048, 2000 x 1000) even,
         # 1000 x 3072 (24 MB) 0.75x against 0.88-0.92x, 2048 x 2048 (32 MB) 0.75-0.78x against
         # 0.90-0.91x
-        self.DIRECT_BYTES = _env_int("FASTLA_GEMM_DIRECT_BYTES", caches["L3"] // 4)
+        self.DIRECT_BYTES = _host.env_int("FASTLA_GEMM_DIRECT_BYTES", caches["L3"] // 4)
         # SMALL_B_BYTES / SMALL_B_M: B is also read in place when it fits L2 and A has at most
         # SMALL_B_M rows. Packing B is a pass of k x n copies and a parallel region of its own, a
         # share of the product that shrinks as 1/m; a B in L2 is read in place as fast as packed.
@@ -134,8 +133,8 @@ class Blocking:
         # 0.97-0.98x, 512^3 even; one thread 128^3 0.85x against 0.82x, 192^3-384^3 +0-7%; float32
         # two threads 128^3-384^3 +5-60%. Tall products (2000-20000 rows, k = n = 128-300) even
         # within noise; 1024^3 (8 MB of B) 0.88-0.92x in place against 0.97-0.98x packed.
-        self.SMALL_B_BYTES = _env_int("FASTLA_GEMM_SMALL_B_BYTES", caches["L2"])
-        self.SMALL_B_M = _env_int("FASTLA_GEMM_SMALL_B_M", 512)
+        self.SMALL_B_BYTES = _host.env_int("FASTLA_GEMM_SMALL_B_BYTES", caches["L2"])
+        self.SMALL_B_M = _host.env_int("FASTLA_GEMM_SMALL_B_M", 512)
 
     def as_dict(self):
         names = ("MR", "NR", "KC", "MC", "NC", "JB", "DIRECT_M", "DIRECT_BYTES", "SMALL_B_BYTES", "SMALL_B_M")

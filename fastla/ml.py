@@ -44,8 +44,10 @@ __all__ = [
 ]
 
 
-def _float(x, name, ndims):
-    x = np.asarray(x)
+def _float(x, name, ndims, sparse=False):
+    """``x`` as a real array of ``ndims`` dimensions (integers and booleans -> float64); with
+    ``sparse``, a SciPy sparse matrix/array is kept sparse (as CSR)."""
+    x = x.tocsr() if sparse and is_sparse(x) else np.asarray(x)
     if x.ndim not in ndims:
         dims = " or ".join(f"{d}-D" for d in ndims)
         raise ValueError(f"{name} must be {dims}, got shape {x.shape}")
@@ -393,20 +395,10 @@ def euclidean_distances(X, Y=None, *, squared=False, backend=None):
 
 
 def _rows_operand(x, name):
-    """A 2-D operand of :func:`euclidean_distances`: a real array (integers -> float64) or a SciPy
-    sparse matrix/array (as CSR), all of it finite."""
-    if is_sparse(x):
-        x = x.tocsr()
-        if x.ndim != 2:
-            raise ValueError(f"{name} must be 2-D, got shape {x.shape}")
-        if x.dtype.kind in "biu":
-            x = x.astype(np.float64)
-        elif x.dtype.kind != "f":
-            raise TypeError(f"{name} must hold real numbers, got dtype {x.dtype}")
-        values = x.data
-    else:
-        x = values = _float(x, name, (2,))
-    if not np.isfinite(values).all():
+    """A 2-D operand of :func:`euclidean_distances`: :func:`_float`'s real array or sparse CSR, all
+    of it finite."""
+    x = _float(x, name, (2,), sparse=True)
+    if not np.isfinite(x.data if is_sparse(x) else x).all():
         raise ValueError(f"euclidean_distances: {name} contains NaN or infinity")
     return x
 
