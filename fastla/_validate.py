@@ -15,6 +15,11 @@ COMPILED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _COMPILED_NAMES = "float32, float64"
 
 
+def is_sparse(x):
+    """Whether ``x`` is a SciPy sparse matrix or array (recognised without importing SciPy)."""
+    return type(x).__module__.startswith("scipy.sparse") and hasattr(x, "tocsr")
+
+
 def is_subclass_input(*xs):
     """True if any input is an ndarray subclass (np.matrix, masked arrays, ...)."""
     return any(isinstance(x, np.ndarray) and type(x) is not np.ndarray for x in xs)

@@ -28,10 +28,10 @@ import warnings
 
 import numpy as np
 
+from fastla import _validate
 from fastla.eigen import power_iteration
 from fastla.lu import LinAlgWarning, lu_factor, lu_solve
 from fastla.matmul import matmul
-from fastla.similarity import is_sparse
 
 __all__ = [
     "dense_backward",
@@ -47,7 +47,7 @@ __all__ = [
 def _float(x, name, ndims, sparse=False):
     """``x`` as a real array of ``ndims`` dimensions (integers and booleans -> float64); with
     ``sparse``, a SciPy sparse matrix/array is kept sparse (as CSR)."""
-    x = x.tocsr() if sparse and is_sparse(x) else np.asarray(x)
+    x = x.tocsr() if sparse and _validate.is_sparse(x) else np.asarray(x)
     if x.ndim not in ndims:
         dims = " or ".join(f"{d}-D" for d in ndims)
         raise ValueError(f"{name} must be {dims}, got shape {x.shape}")
@@ -378,9 +378,9 @@ def euclidean_distances(X, Y=None, *, squared=False, backend=None):
     Y64 = X64 if Y is None else Y_.astype(np.float64, copy=False)
     xx = _row_squares(X64)
     yy = xx if Y is None else _row_squares(Y64)
-    if is_sparse(X64) or is_sparse(Y64):
+    if _validate.is_sparse(X64) or _validate.is_sparse(Y64):
         d = X64 @ Y64.T
-        d = d.toarray() if is_sparse(d) else np.asarray(d)
+        d = d.toarray() if _validate.is_sparse(d) else np.asarray(d)
     else:
         d = matmul(X64, Y64.T, backend=backend)
     d *= -2
@@ -398,13 +398,13 @@ def _rows_operand(x, name):
     """A 2-D operand of :func:`euclidean_distances`: :func:`_float`'s real array or sparse CSR, all
     of it finite."""
     x = _float(x, name, (2,), sparse=True)
-    if not np.isfinite(x.data if is_sparse(x) else x).all():
+    if not np.isfinite(x.data if _validate.is_sparse(x) else x).all():
         raise ValueError(f"euclidean_distances: {name} contains NaN or infinity")
     return x
 
 
 def _row_squares(x):
     """``|x_i|²`` per row of a float64 array or sparse matrix."""
-    if is_sparse(x):
+    if _validate.is_sparse(x):
         return np.asarray(x.multiply(x).sum(axis=1), dtype=np.float64).reshape(-1)
     return np.einsum("ij,ij->i", x, x)

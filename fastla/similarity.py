@@ -184,19 +184,14 @@ class TopkArgs(NamedTuple):
     c_norms: object  # (m,) float64 norms of the corpus rows given by the caller, or None
 
 
-def is_sparse(x):
-    """Whether ``x`` is a SciPy sparse matrix or array (recognised without importing SciPy)."""
-    return type(x).__module__.startswith("scipy.sparse") and hasattr(x, "tocsr")
-
-
 def _prepare_sparse(X, Y, out, dense_output):
     """``cosine_similarity`` of SciPy sparse operands (either or both), as scikit-learn computes it:
     2-D operands, the result dense unless both are sparse and ``dense_output`` is False."""
     import scipy.sparse as sp
 
     sym = Y is None or Y is X
-    x = X if is_sparse(X) else np.asarray(X)
-    y = x if sym else Y if is_sparse(Y) else np.asarray(Y)
+    x = X if _validate.is_sparse(X) else np.asarray(X)
+    y = x if sym else Y if _validate.is_sparse(Y) else np.asarray(Y)
     for name, a in (("X", x), ("Y", y)):
         if a.ndim != 2:
             raise ValueError(f"cosine_similarity: with sparse input, {name} must be 2-D, got shape {a.shape}")
@@ -217,7 +212,7 @@ def _prepare_sparse(X, Y, out, dense_output):
 
 
 def _prepare_matrix(X, Y=None, dense_output=True, out=None):
-    if is_sparse(X) or is_sparse(Y):
+    if _validate.is_sparse(X) or _validate.is_sparse(Y):
         return _prepare_sparse(X, Y, out, dense_output)
     sym = Y is None or Y is X
     # subclasses (np.matrix, masked) are viewed as plain arrays, as sklearn does
