@@ -397,3 +397,77 @@ def test_slack_counts_in_the_convergence_test():
     assert np.linalg.norm(a @ x[:, 0] - w[0] * x[:, 0]) <= 1e-8 * abs(w[0])
     w0, _, _ = eigen._lanczos(a, start, 1, 1e-8, 40, matvec, matmat)  # no slack: S's own residual
     assert abs(w0[0] - 1.0) < 1e-8
+
+
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_sparse_and_linear_operator_input_as_eigsh_takes_them(k, dtype):
+    """SciPy sparse matrices/arrays (any format, duplicate entries, integers) and LinearOperators,
+    as ``eigsh`` takes them: the same pairs as the dense matrix gives, a sparse matrix through each
+    implementation's CSR product (the compiled one with the same bits on 1 and 2 threads), a
+    LinearOperator through its own (``numpy``; the others refuse it by name); the input is not
+    modified."""
+    sp = pytest.importorskip("scipy.sparse")
+    spla = pytest.importorskip("scipy.sparse.linalg")
+    dense, _ = sym_with_spectrum(60, [4.0, -3.0, 2.5, 2.0], seed=3)
+    dense[np.abs(dense) < 0.02] = 0  # sparse, still symmetric
+    dense = dense.astype(dtype)
+    tol = 1e-8 if dtype == np.float64 else 1e-5
+    w_dense, _ = fastla.power_iteration(dense, k=k, seed=0)
+    rows, cols = np.nonzero(dense)
+    vals = dense[rows, cols]
+    dup = sp.coo_matrix(  # every entry stored as two halves: summed, as SciPy does
+        (np.concatenate([vals / 2, vals / 2]), (np.concatenate([rows, rows]), np.concatenate([cols, cols]))),
+        shape=dense.shape,
+    )
+    operator = spla.aslinearoperator(sp.csr_array(dense))
+    for a in (sp.csr_matrix(dense), sp.csc_array(dense), dup, operator):
+        before = a.toarray().copy() if hasattr(a, "toarray") else None
+        names = ["auto", "numpy"] if a is operator else ["auto", *impl_names("power_iteration", 60)]
+        for name in names:
+            w, v = fastla.power_iteration(a, k=k, seed=0, backend=name)
+            assert w.dtype == dtype and v.dtype == dtype and v.shape == (60, k), (type(a), name)
+            np.testing.assert_allclose(w, w_dense, rtol=10 * tol)
+            _check_pairs(dense, w, v, tol)
+        if before is not None:
+            np.testing.assert_array_equal(a.toarray(), before)
+        if a is operator:
+            assert fastla.explain("power_iteration", a)[0] == "numpy"
+            for name in ("numba", "loop"):
+                with pytest.raises(TypeError, match="cannot run this input"):
+                    fastla.power_iteration(a, k=k, backend=name)
+        elif "numba" in impl_names("power_iteration", 60):
+            with fastla.backend("numba"):
+                fastla.set_num_threads(1)
+                one = fastla.power_iteration(a, k=k, seed=0)
+                fastla.set_num_threads(2)
+                two = fastla.power_iteration(a, k=k, seed=0)
+            for x, y in zip(one, two, strict=True):
+                np.testing.assert_array_equal(x, y)
+    ints = sp.csr_array(np.diag(np.arange(1, 9)))
+    assert fastla.power_iteration(ints, seed=0)[0][0] == pytest.approx(8.0)
+    assert fastla.power_iteration(ints, seed=0)[0].dtype == np.float64
+
+
+def test_sparse_input_is_checked_as_dense_input_is():
+    """A non-finite stored entry is SciPy's ValueError; symmetry is detected from the stored entries
+    (a non-symmetric matrix takes the k = 1 power iteration and refuses k > 1); a shape that is not
+    square is a ValueError; entries near the overflow threshold are scaled first, exactly."""
+    sp = pytest.importorskip("scipy.sparse")
+    a = sp.csr_array(np.diag([3.0, 2.0, 1.0]))
+    bad = a.copy()
+    bad.data[1] = np.nan
+    with pytest.raises(ValueError, match="infs or NaNs"):
+        fastla.power_iteration(bad)
+    upper = sp.csr_array(np.triu(np.full((4, 4), 0.5)) + np.diag([3.0, 0, 0, 0]))
+    for name in impl_names("power_iteration", 4):  # every implementation's CSR product
+        w, v = fastla.power_iteration(upper, seed=0, backend=name)
+        np.testing.assert_allclose(w, [3.5], rtol=1e-8)
+        np.testing.assert_allclose(upper @ v[:, 0], w[0] * v[:, 0], atol=1e-7)
+        np.testing.assert_allclose(fastla.power_iteration(a, k=2, seed=0, backend=name)[0], [3, 2], rtol=1e-8)
+    with pytest.raises(ValueError, match="symmetric"):
+        fastla.power_iteration(upper, k=2)
+    with pytest.raises(ValueError, match="square"):
+        fastla.power_iteration(sp.csr_array(np.ones((3, 4))))
+    huge = sp.csr_array(np.diag([3e307, 2e307, 1e307]))
+    np.testing.assert_allclose(fastla.power_iteration(huge, k=2, seed=0)[0], [3e307, 2e307], rtol=1e-10)

@@ -891,6 +891,22 @@ MUTANTS = [
         "the dask top-k merge sorts by score without keeping corpus order among ties",
     ),
     Mutant(
+        "power-sparse-symmetry-assumed",
+        "eigen.py",
+        "        found = asym <= symmetry_atol(dtype, big)",
+        "        found = True",
+        ("tests/test_eigen.py", "-k", "sparse"),
+        "a sparse matrix is taken as symmetric without looking (block Lanczos on a non-symmetric one)",
+    ),
+    Mutant(
+        "power-sparse-row-sum-skips-last-entry",
+        "eigen.py",
+        "            for p in range(_U(indptr[i]), _U(indptr[i + 1])):  # unsigned: see fastla._jit.U",
+        "            for p in range(_U(indptr[i]), _U(indptr[i + 1]) - 1):  # unsigned: see fastla._jit.U",
+        ("tests/test_eigen.py", "-k", "sparse"),
+        "the compiled CSR product leaves out each row's last stored entry",
+    ),
+    Mutant(
         "power-zero-eigenvalue-floor-dropped",
         "eigen.py",
         "    return np.maximum(tol * mag, floor), floor",
