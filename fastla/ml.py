@@ -46,8 +46,16 @@ __all__ = [
 
 def _float(x, name, ndims, sparse=False):
     """``x`` as a real array of ``ndims`` dimensions (integers and booleans -> float64); with
-    ``sparse``, a SciPy sparse matrix/array is kept sparse (as CSR)."""
-    x = x.tocsr() if sparse and _validate.is_sparse(x) else np.asarray(x)
+    ``sparse``, a SciPy sparse matrix/array is kept sparse (as CSR), else refused with scikit-learn's
+    TypeError (not taken as a 0-d object array)."""
+    if _validate.is_sparse(x):
+        if not sparse:
+            raise TypeError(
+                f"{name} is a SciPy sparse {type(x).__name__}: dense data is required (use .toarray())"
+            )
+        x = x.tocsr()
+    else:
+        x = np.asarray(x)
     if x.ndim not in ndims:
         dims = " or ".join(f"{d}-D" for d in ndims)
         raise ValueError(f"{name} must be {dims}, got shape {x.shape}")
@@ -71,7 +79,9 @@ def linear_regression(X, y, *, fit_intercept=True, alpha=0.0, backend=None):
 
     Parameters
     ----------
-    X : array_like, shape (n_samples, n_features)
+    X : array_like or SciPy sparse matrix/array, shape (n_samples, n_features)
+        A sparse ``X`` (as scikit-learn's ``LinearRegression`` takes it) forms ``XᵀX`` and ``Xᵀy``
+        by SciPy's sparse products, never densifying X.
     y : array_like, shape (n_samples,) or (n_samples, n_targets)
     fit_intercept : bool
         Prepend an intercept (not penalised by ``alpha``).
@@ -99,18 +109,21 @@ def linear_regression(X, y, *, fit_intercept=True, alpha=0.0, backend=None):
     >>> ml.linear_regression(X, 1.0 + 2.0 * X[:, 0]).round(12)
     array([1., 2.])
     """
-    X = _float(X, "X", (2,))
+    X = _float(X, "X", (2,), sparse=True)
     y = _float(y, "y", (1, 2))
     if y.shape[0] != X.shape[0]:
         raise ValueError(f"X and y have different numbers of samples: X {X.shape}, y {y.shape}")
     alpha = float(alpha)
     if not alpha >= 0:
         raise ValueError(f"alpha must be >= 0, got {alpha}")
-    X, y = _common(X, y)
-    if fit_intercept:
-        X = np.concatenate([np.ones((X.shape[0], 1), X.dtype), X], axis=1)
-    gram = matmul(X.T, X, backend=backend)
-    rhs = matmul(X.T, y, backend=backend)
+    if _validate.is_sparse(X):
+        gram, rhs = _sparse_normal_equations(X, y, fit_intercept)
+    else:
+        X, y = _common(X, y)
+        if fit_intercept:
+            X = np.concatenate([np.ones((X.shape[0], 1), X.dtype), X], axis=1)
+        gram = matmul(X.T, X, backend=backend)
+        rhs = matmul(X.T, y, backend=backend)
     p = gram.shape[0]
     if alpha:
         idx = np.arange(int(fit_intercept), p)
@@ -127,6 +140,19 @@ def linear_regression(X, y, *, fit_intercept=True, alpha=0.0, backend=None):
     return lu_solve((lu, piv), rhs, backend=backend)
 
 
+def _sparse_normal_equations(X, y, fit_intercept):
+    """``(XᵀX, Xᵀy)`` of the sparse CSR ``X`` (a column of ones first when ``fit_intercept``), dense,
+    in the dtype the dense path would compute in."""
+    import scipy.sparse as sp
+
+    dtype = np.result_type(X.dtype, y.dtype)
+    X = X.astype(dtype)
+    if fit_intercept:
+        X = sp.hstack([np.ones((X.shape[0], 1), dtype), X], format="csr")
+    gram = np.asarray((X.T @ X).toarray(), dtype=dtype)
+    return gram, np.asarray(X.T @ y.astype(dtype, copy=False), dtype=dtype)
+
+
 # --------------------------------------------------------------------------- PCA
 
 
@@ -135,7 +161,10 @@ def pca(X, n_components, *, center=True, tol=None, seed=0, backend=None):
 
     Parameters
     ----------
-    X : array_like, shape (n_samples, n_features)
+    X : array_like or SciPy sparse matrix/array, shape (n_samples, n_features)
+        A sparse ``X`` (as scikit-learn's ``PCA(svd_solver="arpack")`` takes it) is centred
+        implicitly: the covariance is a ``LinearOperator``, ``v -> (Xᵀ(X v) - n μ (μ·v)) / (n - 1)``
+        from SciPy's sparse products, never formed and X never densified.
     n_components : int
         1 <= n_components <= n_features.
     center : bool
@@ -164,23 +193,45 @@ def pca(X, n_components, *, center=True, tol=None, seed=0, backend=None):
     >>> comps.round(6) + 0.0, var.round(6)  # + 0.0 turns a -0. into 0.
     (array([[1., 0.]]), array([2.666667]))
     """
-    X = _float(X, "X", (2,))
+    X = _float(X, "X", (2,), sparse=True)
     n, d = X.shape
     k = operator.index(n_components)
     if not 1 <= k <= d:
         raise ValueError(f"n_components must be in [1, n_features={d}], got {k}")
     if n < 2:
         raise ValueError(f"pca needs at least 2 samples, got X of shape {X.shape}")
-    Xc = X - X.mean(axis=0) if center else X
-    cov = matmul(Xc.T, Xc, backend=backend) / X.dtype.type(n - 1)
     if tol is None:
         tol = 1e-5 if X.dtype == np.float32 else 1e-10
+    if _validate.is_sparse(X):
+        return _sparse_pca(X, k, center, tol, seed)
+    Xc = X - X.mean(axis=0) if center else X
+    cov = matmul(Xc.T, Xc, backend=backend) / X.dtype.type(n - 1)
     var, vecs = power_iteration(cov, k, tol=tol, symmetric=True, seed=seed, backend=backend)
     # XᵀX is positive semi-definite: a variance past the data's rank comes back as +-rounding
     # (~1e-17 of the largest), and a negative one is that rounding (scikit-learn's are >= 0)
     np.maximum(var, 0, out=var)
     components = np.ascontiguousarray(vecs.T)
     return components, var, matmul(Xc, vecs, backend=backend)
+
+
+def _sparse_pca(X, k, center, tol, seed):
+    """:func:`pca` of the sparse CSR ``X``: the centred covariance as a LinearOperator (SciPy's
+    products; :func:`fastla.power_iteration` runs one through its ``numpy`` implementation)."""
+    from scipy.sparse.linalg import LinearOperator
+
+    n, d = X.shape
+    dt = X.dtype
+    mu = np.asarray(X.mean(axis=0), dtype=dt).reshape(d) if center else np.zeros(d, dt)
+    scale = dt.type(1.0 / (n - 1))
+
+    def cov(v):  # v: (d,) or (d, b)
+        return ((X.T @ (X @ v)) - n * np.multiply.outer(mu, mu @ v)) * scale
+
+    op = LinearOperator((d, d), matvec=cov, matmat=cov, rmatvec=cov, rmatmat=cov, dtype=dt)
+    var, vecs = power_iteration(op, k, tol=tol, symmetric=True, seed=seed)
+    np.maximum(var, 0, out=var)  # as the dense path
+    components = np.ascontiguousarray(vecs.T)
+    return components, var, np.asarray(X @ vecs) - mu @ vecs
 
 
 # --------------------------------------------------------------------------- dense layers

@@ -119,6 +119,40 @@ def test_pca_errors(rng):
         ml.pca(X[:1], 1)
 
 
+@pytest.mark.parametrize("fit_intercept", [True, False])
+def test_sparse_x_as_scikit_learn_takes_it(fit_intercept, dtype, rng):
+    """A SciPy sparse X in ``linear_regression`` (multi-target, ridge) and ``pca`` (centred
+    implicitly, or not at all): the dense X's answer, in its dtype, and scikit-learn's; X is not
+    modified. The dense layers refuse one with scikit-learn's TypeError (it was a "must be 2-D, got
+    shape ()" ValueError: a sparse matrix taken as a 0-d object array)."""
+    sp = pytest.importorskip("scipy.sparse")
+    X = sp.random(120, 12, density=0.3, random_state=4, format="csc", dtype=dtype)
+    X.data += 1  # a non-zero mean per column: centring matters
+    dense = X.toarray()
+    keep = X.copy()
+    y = np.stack([rng.standard_normal(120), rng.standard_normal(120)], axis=1).astype(dtype)
+    tol = {"rtol": 1e-3, "atol": 1e-4} if dtype == np.float32 else {"rtol": 1e-9, "atol": 1e-10}
+    for alpha in (0.0, 0.5):
+        w = ml.linear_regression(X, y, fit_intercept=fit_intercept, alpha=alpha)
+        assert w.dtype == dtype
+        np.testing.assert_allclose(
+            w, ml.linear_regression(dense, y, fit_intercept=fit_intercept, alpha=alpha), **tol
+        )
+    comps, var, Z = ml.pca(X, 3, center=fit_intercept)
+    comps_d, var_d, Z_d = ml.pca(dense, 3, center=fit_intercept)
+    assert comps.dtype == var.dtype == Z.dtype == dtype and Z.shape == (120, 3)
+    np.testing.assert_allclose(var, var_d, **tol)
+    np.testing.assert_allclose(comps, comps_d, **tol)  # the same sign rule
+    np.testing.assert_allclose(Z, Z_d, rtol=tol["rtol"], atol=10 * tol["atol"])
+    np.testing.assert_array_equal(X.toarray(), keep.toarray())
+    decomposition = pytest.importorskip("sklearn.decomposition")
+    if fit_intercept:
+        sk = decomposition.PCA(3, svd_solver="arpack").fit(X)
+        np.testing.assert_allclose(var, sk.explained_variance_, rtol=1e-4 if dtype == np.float32 else 1e-8)
+    with pytest.raises(TypeError, match="dense data is required"):
+        ml.dense_forward(X, np.ones((2, 12), dtype), np.zeros(2, dtype), "relu")
+
+
 @pytest.mark.parametrize("activation", [None, "relu", "sigmoid"])
 def test_dense_forward(activation, dtype, rng):
     """W is (out, in): one sample is W @ x + b, a batch X @ W.T + b (torch.nn.functional.linear)."""
