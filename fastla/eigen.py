@@ -1023,7 +1023,7 @@ def _prepare_operator(a, k, tol, maxiter, v0, symmetric, seed, return_eigenvecto
     tol = float(default_tol(dtype, tol, n))
     op = Operator(a, (n, n), dtype)
     args = PowerArgs(op, k, tol, maxiter, start, symmetric, np.inf, return_eigenvectors)
-    return _registry.Prepared(args, compiled=why, facts={"n": n, "k": k, "exp": exp, "sparse": True})
+    return _registry.Prepared(args, compiled=why, facts={"n": n, "k": k, "exp": exp, "operator": True})
 
 
 def _prepare(a, k=1, tol=None, maxiter=None, v0=None, symmetric=None, seed=None, return_eigenvectors=True):
@@ -1051,7 +1051,7 @@ def _prepare(a, k=1, tol=None, maxiter=None, v0=None, symmetric=None, seed=None,
 
 
 def _rule(prep):
-    if prep.facts.get("sparse"):
+    if prep.facts.get("operator"):  # a sparse matrix (a LinearOperator runs numpy: compiled is set)
         return "numba", "a compiled CSR product on every thread per sweep (SciPy's runs on one)"
     if AUTO_RULE["numba_wins"]:
         return "numba", "one fused parallel pass over A per sweep"
