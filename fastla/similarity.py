@@ -266,7 +266,28 @@ def _check_norms(norms, m):
     return norms
 
 
+def _prepare_topk_sparse(queries, corpus, k, batch_size, corpus_norms):
+    """``cosine_topk`` with SciPy sparse queries or corpus (or both; 2-D): scored by sparse products
+    one block of queries at a time (the ``numpy`` implementation), and selected as the dense scores
+    are (exact order, ties to the lower index, NaN last)."""
+    q, c = (x.tocsr() if _validate.is_sparse(x) else np.asarray(x) for x in (queries, corpus))
+    for name, x in (("queries", q), ("corpus", c)):
+        if _validate.is_sparse(x) and x.ndim != 2:
+            raise ValueError(f"cosine_topk: a sparse {name} must be 2-D, got shape {x.shape}")
+    k, batch_size = check_topk(q, c, k, batch_size)
+    c_norms = None if corpus_norms is None else _check_norms(corpus_norms, c.shape[0])
+    dtype = _float_dtype(q, c, "cosine_topk")
+    q, c = (x.astype(dtype) if _validate.is_sparse(x) else _validate.native(x, dtype) for x in (q, c))
+    q2 = q[None, :] if q.ndim == 1 else q
+    facts = {"n": q2.shape[0], "m": c.shape[0], "d": c.shape[1], "k": k, "dtype": dtype, "corpus": c.dtype}
+    args = TopkArgs(q2, c, k, batch_size, q.ndim == 1, c_norms)
+    why = "scipy.sparse input: sparse products, then the selection"
+    return _registry.Prepared(args, compiled=why, facts=facts)
+
+
 def _prepare_topk(queries, corpus, k, batch_size=None, corpus_norms=None):
+    if _validate.is_sparse(queries) or _validate.is_sparse(corpus):
+        return _prepare_topk_sparse(queries, corpus, k, batch_size, corpus_norms)
     q = np.asarray(queries)
     c = np.asarray(corpus)
     k, batch_size = check_topk(q, c, k, batch_size)
@@ -345,10 +366,13 @@ def cosine_topk(queries, corpus, k, *, corpus_norms=None, batch_size=None, backe
 
     Parameters
     ----------
-    queries : array_like, shape (n_queries, d) or (d,)
-    corpus : array_like, shape (n_corpus, d)
+    queries : array_like or scipy.sparse matrix/array, shape (n_queries, d) or (d,)
+    corpus : array_like or scipy.sparse matrix/array, shape (n_corpus, d)
         float16 is kept as float16 when the search runs in float32 (float32 or float16 queries):
-        half the memory of a float32 corpus, read as float32 by the ``numba`` kernels.
+        half the memory of a float32 corpus, read as float32 by the ``numba`` kernels. Sparse
+        operands (2-D; a TF-IDF corpus, say) are scored by sparse products a block of queries at a
+        time (under ``auto`` or ``numpy``; a compiled backend forced on them raises TypeError),
+        with the same selection rules.
     k : int
         0 <= k <= n_corpus.
     corpus_norms : array_like, shape (n_corpus,), optional
@@ -530,13 +554,14 @@ def _sparse_dot_rows(x_ptr, x_idx, x_val, t_ptr, t_idx, t_val, out):
                 row[t_idx[q]] += v * t_val[q]
 
 
-def _sparse_product_dense(xn, yn):
-    """``xn @ yn.T`` of two sparse CSR operands as a dense array (compiled where Numba is)."""
+def _sparse_product_dense(xn, yn, t=None):
+    """``xn @ yn.T`` of two sparse CSR operands as a dense array (compiled where Numba is); ``t``:
+    ``yn.T`` as CSR, when the caller has it."""
     import scipy.sparse as sp
 
     if not _jit.JIT_ENABLED:  # the loops as Python: SciPy's product is the faster
         return (xn @ yn.T).toarray()
-    t = sp.csr_array(yn.T)  # the transpose's rows: one CSR pass
+    t = sp.csr_array(yn.T) if t is None else t  # the transpose's rows: one CSR pass
     res = np.zeros((xn.shape[0], yn.shape[0]), xn.dtype)
     _jit.run_parallel(_sparse_dot_rows, xn.indptr, xn.indices, xn.data, t.indptr, t.indices, t.data, res)
     return res
@@ -621,7 +646,9 @@ def _topk_numpy(q, c, k, batch_size, squeeze, c_norms):
     nq = q.shape[0]
     scores = np.empty((nq, k), q.dtype)
     idx = np.empty((nq, k), np.intp)
-    if k and nq:
+    if k and nq and (_validate.is_sparse(q) or _validate.is_sparse(c)):
+        _topk_sparse(q, c, k, batch_size, c_norms, scores, idx)
+    elif k and nq:
         c = _corpus_as(c, q.dtype)
         if c_norms is None:
             cn = _normalised(c)[0]
@@ -634,6 +661,33 @@ def _topk_numpy(q, c, k, batch_size, squeeze, c_norms):
         for i0 in range(0, nq, bs):
             scores[i0 : i0 + bs], idx[i0 : i0 + bs] = _select_numpy(qn[i0 : i0 + bs] @ cn.T, k)
     return _topk_result(scores, idx, squeeze)
+
+
+def _topk_sparse(q, c, k, batch_size, c_norms, scores, idx):
+    """:func:`_topk_numpy`'s blocks with a sparse operand: unit rows (sparse stays sparse; the
+    caller's ``c_norms`` divide the corpus rows as given), each block's scores by a sparse product
+    into a dense block (compiled with both sparse, as :func:`_matrix_sparse`'s), then selected."""
+    import scipy.sparse as sp
+
+    def unit_rows(a):
+        return _sparse_normalised(a)[0] if sp.issparse(a) else _normalised(a)[0]
+
+    qn = unit_rows(q)
+    if c_norms is None:
+        cn = unit_rows(c)
+    else:
+        with np.errstate(divide="ignore"):
+            inv = np.where(c_norms > 0, 1.0 / c_norms, np.where(np.isnan(c_norms), np.nan, 0.0))
+        inv = inv.astype(q.dtype)
+        cn = sp.csr_array(c.multiply(inv[:, None])) if sp.issparse(c) else c * inv[:, None]
+    both = sp.issparse(qn) and sp.issparse(cn)
+    t = sp.csr_array(cn.T) if both else None
+    bs = batch_size or _default_batch(c.shape[0])
+    for i0 in range(0, q.shape[0], bs):
+        block = qn[i0 : i0 + bs]
+        s = _sparse_product_dense(block, cn, t) if both else block @ cn.T
+        s = np.asarray(s.toarray() if sp.issparse(s) else s, dtype=q.dtype)
+        scores[i0 : i0 + bs], idx[i0 : i0 + bs] = _select_numpy(s, k)
 
 
 # --------------------------------------------------------------------------- loop

@@ -616,6 +616,40 @@ def test_topk_corpus_norms_errors(rng):
     np.testing.assert_array_equal(norms, before)  # not mutated
 
 
+def test_topk_sparse_operands_select_as_the_dense_scores_do(dtype, rng):
+    """SciPy sparse queries or corpus (either or both, any format) give the dense operands' exact
+    top-k: the same indices (ties to the lower index: duplicate and all-zero corpus rows; NaN last)
+    and scores, in batches and with ``corpus_norms``; a 1-D dense query against a sparse corpus; the
+    inputs untouched; a compiled backend refuses them by name (it was "queries must be 1-D or 2-D,
+    got shape ()": a sparse matrix taken as a 0-d object array)."""
+    sp = pytest.importorskip("scipy.sparse")
+    c = sp.random(90, 16, density=0.2, random_state=5, format="lil", dtype=dtype)
+    c[10] = c[3]  # a duplicate row: tied scores
+    c[20:24] = 0  # zero rows: score 0, tied with every orthogonal row
+    c[30, 2] = np.nan  # a NaN row: last
+    c = c.tocsr()
+    q = sp.random(12, 16, density=0.3, random_state=6, format="csc", dtype=dtype)
+    cd, qd = c.toarray(), q.toarray()
+    keep = (c.copy(), q.copy())
+    norms = np.linalg.norm(cd, axis=1)
+    for kw in ({}, {"batch_size": 5}, {"corpus_norms": norms}):
+        ref_s, ref_i = fastla.cosine_topk(qd, cd, 8, backend="numpy", **kw)
+        for pair in ((q, c), (qd, c), (q, cd)):
+            s, i = fastla.cosine_topk(*pair, 8, **kw)
+            assert s.dtype == dtype and i.shape == (12, 8)
+            np.testing.assert_array_equal(i, ref_i)
+            _close(s, ref_s, dtype, 8)
+    s, i = fastla.cosine_topk(qd[0], c, 4)
+    np.testing.assert_array_equal(i, fastla.cosine_topk(qd[0], cd, 4, backend="numpy")[1])
+    for before, after in zip(keep, (c, q), strict=True):
+        np.testing.assert_array_equal(before.toarray(), after.toarray())
+    assert fastla.explain("cosine_topk", q, c, 3)[0] == "numpy"
+    with pytest.raises(TypeError, match="cannot run this input"):
+        fastla.cosine_topk(q, c, 3, backend="numba")
+    with pytest.raises(ValueError, match="incompatible dimension"):
+        fastla.cosine_topk(q[:, :5], c, 3)
+
+
 def test_topk_numpy_batches_agree(rng):
     q = rng.standard_normal((10, 5))
     c = rng.standard_normal((30, 5))

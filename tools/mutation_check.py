@@ -907,6 +907,14 @@ MUTANTS = [
         "the compiled CSR product leaves out each row's last stored entry",
     ),
     Mutant(
+        "topk-sparse-given-norms-multiply",
+        "similarity.py",
+        "            inv = np.where(c_norms > 0, 1.0 / c_norms, np.where(np.isnan(c_norms), np.nan, 0.0))",
+        "            inv = np.where(c_norms > 0, c_norms, np.where(np.isnan(c_norms), np.nan, 0.0))",
+        ("tests/test_similarity.py", "-k", "topk_sparse"),
+        "a sparse corpus is scaled by its given norms instead of divided by them",
+    ),
+    Mutant(
         "power-zero-eigenvalue-floor-dropped",
         "eigen.py",
         "    return np.maximum(tol * mag, floor), floor",
