@@ -393,6 +393,8 @@ def norm(x, ord=2, axis=None, keepdims=False):
     >>> float(ml.norm([3.0, -4.0])), float(ml.norm([3.0, -4.0], ord=1))
     (5.0, 7.0)
     """
+    if _validate.is_sparse(x):  # else a 0-d object array, and a TypeError about its dtype
+        raise TypeError(f"norm: x is a SciPy sparse {type(x).__name__}: use scipy.sparse.linalg.norm")
     x = np.asarray(x)
     if x.dtype.kind not in "biuf":
         raise TypeError(f"norm: x must hold real numbers, got dtype {x.dtype}")

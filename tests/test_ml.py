@@ -151,6 +151,8 @@ def test_sparse_x_as_scikit_learn_takes_it(fit_intercept, dtype, rng):
         np.testing.assert_allclose(var, sk.explained_variance_, rtol=1e-4 if dtype == np.float32 else 1e-8)
     with pytest.raises(TypeError, match="dense data is required"):
         ml.dense_forward(X, np.ones((2, 12), dtype), np.zeros(2, dtype), "relu")
+    with pytest.raises(TypeError, match=r"scipy\.sparse\.linalg\.norm"):
+        ml.norm(X)
 
 
 @pytest.mark.parametrize("activation", [None, "relu", "sigmoid"])
