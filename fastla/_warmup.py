@@ -108,6 +108,9 @@ def _power_iteration(dt):
     skewed[0, -1] = 20 * (5e-12 if a.dtype == np.float64 else 5e-8)  # symmetric to within the test,
     fastla.power_iteration(skewed, 2, backend="numba")  # beyond one triangle's slack: read whole
     fastla.power_iteration(a + np.triu(np.ones_like(a), 1), backend="numba")  # non-symmetric
+    import scipy.sparse as sp
+
+    fastla.power_iteration(sp.csr_array(a), backend="numba")  # a sparse matrix: the CSR product
 
 
 def _attention(dt):
