@@ -567,29 +567,34 @@ def _sparse_product_dense(xn, yn, t=None):
     return res
 
 
+def _unit_rows(a):
+    """``(unit rows, row norms)`` of a dense array or of a sparse matrix (kept sparse, as CSR)."""
+    return _sparse_normalised(a) if _validate.is_sparse(a) else _normalised(a)
+
+
+def _unit_product(xn, yn, t=None):
+    """``xn @ yn.T`` of unit rows, dense or sparse (either or both), as a dense array: the compiled
+    sparse-to-dense product when both are sparse (``t``: ``yn.T`` as CSR, when the caller has it)."""
+    if _validate.is_sparse(xn) and _validate.is_sparse(yn):
+        return _sparse_product_dense(xn, yn, t)
+    res = xn @ yn.T
+    return res.toarray() if _validate.is_sparse(res) else np.asarray(res)
+
+
 def _matrix_sparse(x, y, out, dense):
     """Rows scaled to unit norm (sparse stays sparse), then one product ``Xn @ Yn.T``."""
     import scipy.sparse as sp
 
-    def unit_rows(a):
-        return _sparse_normalised(a) if sp.issparse(a) else _normalised(a)
-
-    xn, norms = unit_rows(x)
-    yn = xn if y is None else unit_rows(y)[0]
-    if dense and sp.issparse(xn) and sp.issparse(yn):
-        res = _sparse_product_dense(xn, yn)
-    else:
-        res = xn @ yn.T
-    if sp.issparse(res):
-        if not dense:
-            # a csr_matrix, as scikit-learn returns for sparse matrices and sparse arrays alike (a
-            # matrix's ``*`` is the matrix product; a csr_array's would be element-wise)
-            res = sp.csr_matrix(res)
-            if y is None:  # an exact 1 on the diagonal, as the dense result has
-                _unit_diagonal(res, norms)
-            return res
-        res = res.toarray()
-    res = np.asarray(res)
+    xn, norms = _unit_rows(x)
+    yn = xn if y is None else _unit_rows(y)[0]
+    if not dense:  # both operands sparse: a sparse result
+        # a csr_matrix, as scikit-learn returns for sparse matrices and sparse arrays alike (a
+        # matrix's ``*`` is the matrix product; a csr_array's would be element-wise)
+        res = sp.csr_matrix(xn @ yn.T)
+        if y is None:  # an exact 1 on the diagonal, as the dense result has
+            _unit_diagonal(res, norms)
+        return res
+    res = _unit_product(xn, yn)
     if y is None:
         _unit_diagonal(res, norms)
     if out is None:
@@ -666,15 +671,12 @@ def _topk_numpy(q, c, k, batch_size, squeeze, c_norms):
 def _topk_sparse(q, c, k, batch_size, c_norms, scores, idx):
     """:func:`_topk_numpy`'s blocks with a sparse operand: unit rows (sparse stays sparse; the
     caller's ``c_norms`` divide the corpus rows as given), each block's scores by a sparse product
-    into a dense block (compiled with both sparse, as :func:`_matrix_sparse`'s), then selected."""
+    into a dense block (:func:`_unit_product`, as :func:`_matrix_sparse`'s), then selected."""
     import scipy.sparse as sp
 
-    def unit_rows(a):
-        return _sparse_normalised(a)[0] if sp.issparse(a) else _normalised(a)[0]
-
-    qn = unit_rows(q)
+    qn = _unit_rows(q)[0]
     if c_norms is None:
-        cn = unit_rows(c)
+        cn = _unit_rows(c)[0]
     else:
         with np.errstate(divide="ignore"):
             inv = np.where(c_norms > 0, 1.0 / c_norms, np.where(np.isnan(c_norms), np.nan, 0.0))
@@ -684,9 +686,7 @@ def _topk_sparse(q, c, k, batch_size, c_norms, scores, idx):
     t = sp.csr_array(cn.T) if both else None
     bs = batch_size or _default_batch(c.shape[0])
     for i0 in range(0, q.shape[0], bs):
-        block = qn[i0 : i0 + bs]
-        s = _sparse_product_dense(block, cn, t) if both else block @ cn.T
-        s = np.asarray(s.toarray() if sp.issparse(s) else s, dtype=q.dtype)
+        s = _unit_product(qn[i0 : i0 + bs], cn, t)
         scores[i0 : i0 + bs], idx[i0 : i0 + bs] = _select_numpy(s, k)
 
 
