@@ -30,7 +30,9 @@ Implementations:
 
 * ``numpy`` — the seed's formula: normalise both operands (copies), then ``Xn @ Yn.T`` (for
   ``Y=None`` NumPy runs BLAS ``syrk``, exactly symmetric). Top-k: the same, in blocks of
-  ``batch_size`` queries, each block's scores reduced by ``argpartition``.
+  ``batch_size`` queries, each block's scores reduced exactly: long rows by a bound (the k-th
+  largest of column-class maxima) and a sort of the few scores above it, short ones by
+  ``argpartition``.
 * ``numba`` — the packed GEMM of :mod:`fastla._gemm_kernels` with the inverse norms folded into the
   packing of both operands (no normalised copies, no extra pass over n x m). ``Y=None`` computes
   only the upper block triangle (half the FLOPs, like ``syrk``) and mirrors it. Top-k scores a tile
@@ -624,6 +626,51 @@ def _default_batch(n_corpus):
 
 def _select_numpy(scores, k):
     """Top-k of each row of ``scores``: decreasing, ties by lower index, NaN last (exact)."""
+    rows, n = scores.shape
+    groups = max(16 * k, n // 64)
+    if k == 0 or rows == 0 or n < 4 * groups:
+        return _select_partition(scores, k)
+    return _select_pruned(scores, k, groups)
+
+
+def _select_pruned(scores, k, groups):
+    """:func:`_select_numpy` for long rows: a bound, then an exact sort of the few scores above it.
+
+    Split each row's columns into ``groups`` classes (column ``j`` in class ``j % groups``) and take
+    each class's maximum, one streaming pass (``np.maximum`` of ``n // groups`` whole slices; the
+    last ``n % groups`` columns are left out of it). The k-th largest of those maxima, ``t``, is at
+    most the row's k-th largest score (k distinct classes each hold a score ``>= t``), so every
+    score of the top-k, and every score tied with one, is ``>= t``: the scores ``>= t`` (about
+    ``2k`` of them on scores without structure) sorted by ``(-score, column)`` give the exact
+    answer. A row with NaN among its class maxima takes :func:`_select_partition` (a NaN in the last
+    columns ranks below the k numbers ``>= t``, as NaN must). A block of
+    83 queries' float32 scores over 100 000 corpus rows, k = 10: 18 ms against 95 ms by
+    ``argpartition`` (k = 1000: 44 against 105 ms; Zen 4), which made the whole numpy top-k of 1000
+    such queries 0.67 s instead of 1.75 s.
+    """
+    rows, n = scores.shape
+    width = n // groups
+    cut = width * groups
+    peak = np.maximum.reduce(scores[:, :cut].reshape(rows, width, groups), axis=1)
+    bad = np.isnan(peak).any(axis=1)  # NaN propagates through maximum
+    t = np.partition(peak, groups - k, axis=1)[:, groups - k]
+    t[bad] = np.nan  # nothing compares >= NaN: no candidates from those rows
+    r, c = np.nonzero(scores >= t[:, None])
+    v = scores[r, c]
+    order = np.lexsort((c, -v, r))  # by row, then decreasing score, then column
+    counts = np.bincount(r, minlength=rows)
+    start = np.cumsum(counts) - counts
+    idx = np.empty((rows, k), np.intp)
+    good = ~bad  # each has k candidates or more
+    idx[good] = c[order[start[good, None] + np.arange(k)]]
+    if bad.any():
+        idx[bad] = _select_partition(scores[bad], k)[1]
+    return np.take_along_axis(scores, idx, axis=1), idx
+
+
+def _select_partition(scores, k):
+    """:func:`_select_numpy` by ``argpartition``, with the rows tied at the k-th score (or holding
+    NaN there) sorted again exactly."""
     neg = np.negative(scores)  # ascending order of -score puts NaN last, as we want
     rows, n = neg.shape
     if k < n:
@@ -647,7 +694,8 @@ def _topk_result(scores, idx, squeeze):
 
 @_TOPK.register("numpy", any_dtype=True)
 def _topk_numpy(q, c, k, batch_size, squeeze, c_norms):
-    """Normalise, then blocks of ``batch_size`` queries: ``Qn @ Cn.T`` + ``argpartition``."""
+    """Normalise, then blocks of ``batch_size`` queries: ``Qn @ Cn.T``, then the exact selection of
+    :func:`_select_numpy`."""
     nq = q.shape[0]
     scores = np.empty((nq, k), q.dtype)
     idx = np.empty((nq, k), np.intp)

@@ -650,6 +650,42 @@ def test_topk_sparse_operands_select_as_the_dense_scores_do(dtype, rng):
         fastla.cosine_topk(q[:, :5], c, 3)
 
 
+def _rank_reference(scores, k):
+    """The top-k rule by a full sort of each row: decreasing score, NaN last, ties to the lower
+    column (0.0 and -0.0 tie)."""
+    cols = np.arange(scores.shape[1])
+    nan = np.isnan(scores)
+    idx = np.array([np.lexsort((cols, np.where(n, 0, -r), n))[:k] for r, n in zip(scores, nan, strict=True)])
+    return np.take_along_axis(scores, idx.reshape(len(scores), k), axis=1), idx.reshape(len(scores), k)
+
+
+@pytest.mark.parametrize("case", ["normal", "ties", "nan", "inf", "zeros"])
+def test_numpy_selection_is_the_ranking_rule(case, rng):
+    """The numpy top-k's selection of each block of scores, both ways it takes: long rows through the
+    class-maximum bound and an exact sort of the scores above it, short rows (or large k) through
+    ``argpartition``; NaN rows in a block of others, heavy ties at the k-th score, +-inf, -0.0."""
+    for n, k in [(700, 1), (700, 7), (700, 40), (5000, 3), (20000, 50), (20000, 1000), (64, 1), (65, 64)]:
+        s = rng.standard_normal((6, n))
+        if case == "ties":
+            s = rng.integers(-3, 3, (6, n)).astype(np.float64)
+        elif case == "nan":
+            s[1, rng.integers(0, n, 3)] = np.nan
+            s[4] = np.nan
+        elif case == "inf":
+            s[rng.random(s.shape) < 0.01] = -np.inf
+            s[2, :] = -np.inf
+            s[3, rng.integers(0, n, 2)] = np.inf
+        elif case == "zeros":
+            s = np.zeros((6, n))
+            s[:, ::7] = -0.0
+            s[0, rng.integers(0, n, 3)] = 1.0
+        for x in (s, s.astype(np.float32)):
+            want_s, want_i = _rank_reference(x, k)
+            got_s, got_i = similarity._select_numpy(x, k)
+            np.testing.assert_array_equal(got_i, want_i, err_msg=f"{case} n={n} k={k} {x.dtype}")
+            np.testing.assert_array_equal(got_s, want_s)
+
+
 def test_topk_numpy_batches_agree(rng):
     q = rng.standard_normal((10, 5))
     c = rng.standard_normal((30, 5))

@@ -251,6 +251,14 @@ MUTANTS = [
         "fused top-k keeps only the last KC block of each score (the audit's mutant)",
     ),
     Mutant(
+        "topk-numpy-bound-above-the-kth-score",
+        "similarity.py",
+        "    t = np.partition(peak, groups - k, axis=1)[:, groups - k]",
+        "    t = np.partition(peak, groups - k + 1, axis=1)[:, groups - k + 1]",
+        ("tests/test_similarity.py::test_numpy_selection_is_the_ranking_rule",),
+        "the numpy top-k's bound is the (k-1)-th class maximum, above a top-k score of some rows",
+    ),
+    Mutant(
         "cosine-norms-fast-path-skips-the-upper-bound",
         "similarity.py",
         " and sq.max() <= hi:  # every row",
