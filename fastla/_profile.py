@@ -123,8 +123,8 @@ def validate_rules(rules):
     for op, value in rules.items():
         if op not in KNOBS:
             raise ValueError(f"unknown rule {op!r}")
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"rule {op!r}: {value!r} is not a positive integer")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:  # 0: every size
+            raise ValueError(f"rule {op!r}: {value!r} is not a non-negative integer")
     return rules
 
 

@@ -22,8 +22,9 @@ keeps its faster timing (:func:`measure_pass`, :func:`_second_look`).
 The threshold is the swept size (or just past the sweep) with the smallest worst regret over
 every swept point of both dtypes (:func:`crossover`): where the faster side splits cleanly, the
 smallest swept size from which the compiled kernel is at least as fast as NumPy at every larger
-one. A threshold serves both dtypes, but for one GEMM, whose crossover differs by dtype and which
-has a threshold per dtype (knobs ``matmul_gemm`` and ``matmul_gemm_f32``).
+one (or 0, every size, for a sweep whose ``start`` says so, when it wins at the smallest one). A
+threshold serves both dtypes, but for one GEMM, whose crossover differs by dtype and which has a
+threshold per dtype (knobs ``matmul_gemm`` and ``matmul_gemm_f32``).
 
 Regret of a call = time(auto) / min(time(numpy), time(numba)) (or of the two kernels a threshold
 chooses between): 1.0 when auto picked the faster one
@@ -65,6 +66,10 @@ class Sweep:
     # the threshold where numba loses at the largest swept size: None puts it just past the sweep
     # (the kernel is taken to win beyond), an int (such as _profile.NEVER) is used as is
     never: int | None = None
+    # the threshold where numba wins at the smallest swept size already: None puts it at that size
+    # (nothing known below it), an int (0: every size) is used as is; for a kernel whose win at the
+    # smallest size is its fixed cost's (the per-element work there is already negligible)
+    start: int | None = None
     # what the threshold chooses between: the side taken below it, then the one at or above it
     sides: tuple[str, str] = ("numpy", "numba")
     # (fn, args, kwargs) -> {side: a call of that side}; None: the public function with backend=side
@@ -156,13 +161,14 @@ SWEEPS = (
         _solve_case,
         lambda p: f"{p} x 4x4 systems",
     ),
-    Sweep(
+    Sweep(  # from one row: a call's fixed cost decides the smallest sizes
         "softmax",
         "elements (rows of 16)",
-        (4, 8, 16, 32, 64, 128, 256, 1024, 4096),
+        (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096),
         lambda p: 16 * p,
         lambda p, dt, rng: ((_normal(rng, (p, 16), dt),), {}),
         lambda p: f"{p}x16",
+        start=0,
     ),
     Sweep(
         "cosine_similarity",
@@ -310,6 +316,8 @@ def crossover(sweep, *row_sets):
         key = (max(regrets), sum(regrets))
         if best is None or key <= best[0]:
             best = (key, c)
+    if sweep.start is not None and best[1] == min(v for v, _ in points):
+        return sweep.start  # the above side at every swept size: from the start (see Sweep.start)
     return best[1]
 
 

@@ -47,7 +47,7 @@ def test_round_trip_puts_the_measured_thresholds_in_force(profile):
     assert "tuned profile" in info["status"]
     assert MATMUL_RULE["small_min_batch"] == 8 and SOFTMAX_RULE["min_size"] == 4096
     assert info["shipped"]["matmul"] != 8  # the default it replaced is still known
-    x = np.ones((8, 16))  # 128 elements: the kernel under the shipped 64, NumPy under 4096
+    x = np.ones((8, 16))  # 128 elements: the kernel under the shipped 0, NumPy under 4096
     name, reason = fastla.explain("softmax", x)
     assert name == "numpy" and "min_size=4096 measured here" in reason
     name, reason = fastla.explain("log_softmax", x)  # reads softmax's threshold
@@ -114,9 +114,9 @@ def test_shipped_defaults_come_back_and_explain_says_so(profile):
     profile.unlink()
     _profile.load()
     assert fastla.tune_profile()["rules"] == {}
-    assert SOFTMAX_RULE["min_size"] == fastla.tune_profile()["shipped"]["softmax"] == 64
+    assert SOFTMAX_RULE["min_size"] == fastla.tune_profile()["shipped"]["softmax"] == 0
     name, reason = fastla.explain("softmax", np.ones((8, 16)))
-    assert name == ("numba" if _jit.NUMBA_AVAILABLE else "numpy") and "min_size=64: shipped" in reason
+    assert name == ("numba" if _jit.NUMBA_AVAILABLE else "numpy") and "min_size=0: shipped" in reason
     assert "no profile" in reason
 
 
@@ -134,7 +134,7 @@ def test_profile_off_ignores_an_existing_file(profile, monkeypatch):
         (json.dumps({"version": 99, "machines": {}}), "format version 99"),
         (json.dumps([1, 2]), "format version"),
         ("KEY", "unknown rule 'gemm'"),
-        ("BADVALUE", "not a positive integer"),
+        ("BADVALUE", "not a non-negative integer"),
         (json.dumps({"version": 1, "machines": {"other-machine": {"threads": {}}}}), "other machines"),
     ],
 )
@@ -224,6 +224,12 @@ def test_crossover_is_where_numba_wins_from_on():
     assert tune.crossover(gemm, rows([False] * n)) == _profile.NEVER == gemm.never
     assert tune.crossover(gemm, rows([False] * (n - 1) + [True])) == gemm.value(gemm.params[-1])
     assert tune.regret({"numpy": 2.0, "numba": 1.0, "auto": 3.0}) == 3.0
+    # a sweep that starts at one row (softmax): a win at its smallest size is a win at every size
+    soft = next(s for s in tune.SWEEPS if s.knob == "softmax")
+    sweep, n = soft, len(soft.params)
+    assert soft.start == 0
+    assert tune.crossover(soft, rows([True] * n)) == 0
+    assert tune.crossover(soft, rows([False] + [True] * (n - 1))) == soft.value(soft.params[1])
 
 
 def test_the_crossover_weighs_both_dtypes():
