@@ -16,6 +16,9 @@ O(n^2)-per-step iteration beats a full O(n^3) decomposition by orders of magnitu
   converged only after that direction's own Krylov space has filled the basis. Eigenvalues tied in
   magnitude with opposite signs at the k-th place (``+l`` and ``-l``) make "the top k by |l|"
   ambiguous: that raises :class:`ConvergenceError` rather than returning one arbitrarily;
+* symmetric and small (n <= ``DENSE_MAX_N`` = 100, a NumPy array): every eigenpair by LAPACK's
+  ``eigh``, the k of largest ``|l|`` kept, under the same residual and tie tests: a whole dense solve
+  costs less there than the Python side of a few Lanczos sweeps (see :data:`DENSE_MAX_N`);
 * non-symmetric, k = 1: classic power iteration for the dominant real eigenvalue;
 * non-symmetric, k > 1: ``ValueError`` (use a symmetric matrix, or ``numpy.linalg.eig``).
 
@@ -1156,11 +1159,50 @@ def run(a, k, tol, maxiter, start, symmetric, return_vectors, matvec, matmat, sl
             v = start[:, 0] / np.linalg.norm(start[:, 0])
             lam, v, _ = _power1(a, v, tol, maxiter, matvec)
             w, vecs = np.array([lam], dtype=a.dtype), v[:, None]
+        elif _solved_densely(a, symmetric):
+            w, vecs = _dense_pairs(a, k, tol)
         else:
             w, vecs, _ = _lanczos(a, start, k, tol, maxiter, matvec, matmat, slack, verify)
             w = w.astype(a.dtype)
         vecs = _fix_signs(vecs / np.linalg.norm(vecs, axis=0)).astype(a.dtype)
     return (w, vecs) if return_vectors else w
+
+
+#: A symmetric dense matrix up to this order gets every eigenpair from LAPACK (``eigh``) instead of
+#: Lanczos sweeps, whose Python-side cost per sweep (~100 us: the Ritz problem, the projections)
+#: exceeds a whole dense solve there. Measured (Zen 4, 2 threads, ms, k = 1, median of 5): n = 16
+#: eigh 0.024 / Lanczos 0.62 (a gap of 0.9) to 1.27 (a random symmetric matrix) / eigsh 0.25-0.36;
+#: n = 64: 0.24 / 0.70-3.2 / 0.32-0.84; n = 96: 0.53 / 0.64-4.1 / 0.33-1.14; n = 128: 0.98 /
+#: 0.73-4.1 / 0.35-1.12.
+DENSE_MAX_N = 100
+
+
+def _solved_densely(a, symmetric):
+    """Whether :func:`run` takes :func:`_dense_pairs` (a NumPy array, not an Operator or a dask
+    array)."""
+    return symmetric and type(a) is np.ndarray and a.shape[0] <= DENSE_MAX_N
+
+
+def _dense_pairs(a, k, tol):
+    """:func:`_lanczos`'s result for a small symmetric matrix, from all its eigenpairs (LAPACK's
+    ``eigh`` of its upper triangle, the triangle the compiled product reads): the k of largest
+    ``|l|`` (stable order: ties as the Ritz values'), under the same tests, residuals against A
+    itself and the +-l tie at the k-th place (:class:`ConvergenceError`, one "sweep")."""
+    n, dtype = a.shape[0], a.dtype
+    theta_all, s = np.linalg.eigh(a, UPLO="U")
+    order = np.argsort(-np.abs(theta_all), kind="stable")
+    theta_all, s = theta_all[order], s[:, order]
+    theta, x = theta_all[:k], np.ascontiguousarray(s[:, :k])
+    bound, floor = _bounds(theta, tol, n, dtype)
+    res = np.linalg.norm(a @ x - x * theta, axis=0)
+    if not np.all(res <= bound):
+        msg = f"all {n} eigenpairs solved densely (n <= {DENSE_MAX_N}), and the residuals still exceed"
+        msg += f" tol={tol:g}"
+        raise ConvergenceError(msg, theta.astype(dtype), x, 1)
+    tie = _tie_error(theta_all, k, x, 1, dtype, floor)
+    if tie is not None:
+        raise tie
+    return theta.astype(dtype), x
 
 
 def _under_errstate(settings, fn):
@@ -1184,6 +1226,8 @@ def _power_numba(a, k, tol, maxiter, start, symmetric, slack, return_vectors):
     # cores from the next compiled sweep: measured (Zen 4, 2 cores) 37.8 ms per sweep at n = 4000,
     # k = 10 with 2 BLAS threads against 20.5 ms with one. The small steps gain nothing from threads.
     args = a, k, tol, maxiter, start, symmetric, return_vectors
+    if _solved_densely(a, symmetric):  # no sweeps (LAPACK on one thread at these sizes)
+        return run(*args, _numba_matvec, _numba_matmat)
     with _threads.blas_limit(1):
         if isinstance(a, Operator):  # a CSR matrix
             return run(*args, _sparse_matvec, _columns(_sparse_matvec))

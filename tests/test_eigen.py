@@ -219,12 +219,20 @@ def test_invariant_start_space_is_left(name):
 
 @pytest.mark.parametrize("name", impl_names("power_iteration"))
 def test_whole_space_and_iteration_limits(name):
+    from fastla import eigen
+
     a, _ = sym_with_spectrum(12, [4.0, 3.9, 3.8], seed=6)
     w, _ = fastla.power_iteration(a, k=3, seed=0, backend=name)
     np.testing.assert_allclose(w, [4.0, 3.9, 3.8], rtol=1e-10)
-    with pytest.raises(fastla.ConvergenceError, match="spans all") as info:
+    # a tol below rounding: unreachable by the dense solve of a small matrix and by Lanczos once its
+    # basis spans the whole space (k = 34 of 110: a basis of 3k + 10 = 112 > n columns)
+    with pytest.raises(fastla.ConvergenceError, match=r"solved densely .* still exceed tol") as info:
         fastla.power_iteration(a, k=3, tol=1e-30, seed=0, backend=name)
     assert info.value.eigenvalues.shape == (3,) and info.value.eigenvectors.shape == (12, 3)
+    big, _ = sym_with_spectrum(eigen.DENSE_MAX_N + 10, [4.0, 3.9, 3.8], seed=6)
+    with pytest.raises(fastla.ConvergenceError, match="spans all") as info:
+        fastla.power_iteration(big, k=34, tol=1e-30, seed=0, backend=name)
+    assert info.value.eigenvalues.shape == (34,) and info.value.eigenvectors.shape == (len(big), 34)
     b, _ = sym_with_spectrum(200, [1.0, 0.999], seed=7)
     with pytest.raises(fastla.ConvergenceError, match="3 sweeps") as info:
         fastla.power_iteration(b, maxiter=3, seed=0, backend=name)
@@ -478,6 +486,29 @@ def test_spurious_invalid_flags_in_the_basis_algebra_do_not_warn(monkeypatch):
     operator = spla.LinearOperator(a.shape, matvec=matvec, dtype=a.dtype)
     with np.errstate(invalid="raise"), pytest.raises(FloatingPointError):
         fastla.power_iteration(operator, k=2, seed=0)
+
+
+@pytest.mark.parametrize("name", impl_names("power_iteration"))
+def test_small_symmetric_matrices_are_solved_densely(name, monkeypatch):
+    """Up to DENSE_MAX_N every impl takes LAPACK's eigh (no Lanczos sweep), with eigh's accuracy and
+    the top k by |l|; one order larger takes the sweeps."""
+    from fastla import eigen
+
+    calls = []
+    lanczos = eigen._lanczos
+    monkeypatch.setattr(eigen, "_lanczos", lambda *a, **kw: calls.append(1) or lanczos(*a, **kw))
+    rng = np.random.default_rng(5)
+    for n in (2, eigen.DENSE_MAX_N, eigen.DENSE_MAX_N + 1):
+        g = rng.standard_normal((n, n))
+        a = (g + g.T) / 2
+        ref = np.linalg.eigvalsh(a)
+        ref = ref[np.argsort(-np.abs(ref), kind="stable")]
+        k = min(n - 1, 3)
+        w, v = fastla.power_iteration(a, k=k, seed=0, backend=name)
+        assert len(calls) == (n > eigen.DENSE_MAX_N), n
+        np.testing.assert_allclose(w, ref[:k], rtol=1e-8)
+        _check_pairs(a, w, v, 1e-12 if n <= eigen.DENSE_MAX_N else 1e-8)
+        assert fastla.power_iteration(a.astype(np.float32), k=k, seed=0, backend=name)[0].dtype == np.float32
 
 
 def test_sparse_input_is_checked_as_dense_input_is():
