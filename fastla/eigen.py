@@ -700,6 +700,19 @@ def _lanczos_sizes(n, k, block, single=False):
     return b, m
 
 
+def _check_every(n, b):
+    """Sweeps between two Rayleigh-Ritz steps of :func:`_lanczos`: 1 where a sweep's product
+    (``n^2 b`` multiply-adds) outweighs the step (``eigh`` of the <= 32 x 32 projected matrix and
+    the residual estimates, ~50 us from Python), else 4, at the cost of finding convergence up to
+    3 cheap sweeps late. A fixed function of the sizes, so every thread count takes the same
+    sweeps."""
+    return 1 if n * n * b >= CHECK_EVERY_SWEEP_WORK else 4
+
+
+#: the product size (multiply-adds per sweep) from which :func:`_lanczos` checks every sweep
+CHECK_EVERY_SWEEP_WORK = 2**20
+
+
 def _bounds(theta, tol, n, dtype):
     """``(bound, floor)``: the residual each Ritz pair must reach, ``tol * |l|`` but never below
     ``floor = min(rho, tol * max|l|)``, ``rho = 10 sqrt(n) eps max|l|`` the rounding floor. No
@@ -804,6 +817,7 @@ def _lanczos(a, start, k, tol, maxiter, matvec, matmat, slack=0.0, verify=None):
     rng = np.random.default_rng(n)
     j, nb = 0, b  # A has been applied to V[:, :j]; the next block is V[:, j:j+nb]
     theta, x, restarted, sweep = np.zeros(k, dtype), v[:, :k], False, 0
+    every = _check_every(n, b)
     # After the Krylov space turned out invariant, the exact pairs found in it need not be the
     # dominant ones (a start vector that is an eigenvector of a small eigenvalue): convergence counts
     # only once the random direction's own Krylov space has filled the basis.
@@ -820,7 +834,9 @@ def _lanczos(a, start, k, tol, maxiter, matvec, matmat, slack=0.0, verify=None):
             trust_from = min(n, m)
         fits = min(nb, n - j)  # columns of the next block that still fit in R^n (the rest are 0)
         h[j : j + fits, j - nb : j] = r[:fits]
-        if j >= k:
+        # the Rayleigh-Ritz step every few sweeps where a sweep is cheap (see _check_every), and
+        # always before the basis is full (a restart uses its Ritz vectors) and at the last sweep
+        if j >= k and (sweep % every == 0 or j + b > m or sweep == maxiter):
             t = h[:j, :j]
             theta_all, s = np.linalg.eigh((t + t.T) / 2)
             order = np.argsort(-np.abs(theta_all), kind="stable")

@@ -511,6 +511,41 @@ def test_small_symmetric_matrices_are_solved_densely(name, monkeypatch):
         assert fastla.power_iteration(a.astype(np.float32), k=k, seed=0, backend=name)[0].dtype == np.float32
 
 
+def test_cheap_sweeps_take_the_rayleigh_ritz_step_every_fourth_sweep(monkeypatch):
+    """Where a sweep's product is cheap, the projected eigenproblem (one ``eigh`` from Python, the
+    bulk of such a sweep) is solved every fourth sweep, before each restart and at the end; where
+    the product outweighs it, every sweep."""
+    from fastla import eigen
+
+    counts = {"eigh": 0, "sweeps": 0}
+    eigh, lanczos = np.linalg.eigh, eigen._lanczos
+
+    def counted_eigh(*args, **kwargs):
+        counts["eigh"] += 1
+        return eigh(*args, **kwargs)
+
+    def counted_lanczos(*args, **kwargs):
+        res = lanczos(*args, **kwargs)
+        counts["sweeps"] = res[2]
+        return res
+
+    monkeypatch.setattr(np.linalg, "eigh", counted_eigh)
+    monkeypatch.setattr(eigen, "_lanczos", counted_lanczos)
+    rng = np.random.default_rng(8)
+    for n in (200, 1030):
+        assert eigen._check_every(n, 1) == (4 if n * n < eigen.CHECK_EVERY_SWEEP_WORK else 1)
+        g = rng.standard_normal((n, n))
+        a = (g + g.T) / 2
+        counts.update(eigh=0, sweeps=0)
+        w, v = fastla.power_iteration(a, seed=0, backend="numpy")
+        _check_pairs(a, w, v, 1e-8)
+        sweeps = counts["sweeps"]
+        if eigen._check_every(n, 1) == 1:
+            assert counts["eigh"] == sweeps  # k = 1: from the first sweep on
+        else:
+            assert sweeps >= 8 and counts["eigh"] <= sweeps // 4 + sweeps // 31 + 2, counts
+
+
 def test_sparse_input_is_checked_as_dense_input_is():
     """A non-finite stored entry is SciPy's ValueError; symmetry is detected from the stored entries
     (a non-symmetric matrix takes the k = 1 power iteration and refuses k > 1); a shape that is not
