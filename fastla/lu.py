@@ -457,6 +457,12 @@ def _prepare_linsolve(a, b):
     return _registry.Prepared(SolveArgs(a, b), compiled=why, facts=facts)
 
 
+def _lapack_wins(n, batch):
+    """The auto rule's choice of the numpy impl (LAPACK per matrix) for ``batch`` matrices of size
+    ``n`` (used by the fast paths of ``lu_factor`` and ``lu_solve``)."""
+    return not _batched_wins(n, batch) and not AUTO_RULE["large_numba"]
+
+
 def _batched_wins(n, batch):
     """The auto rule for stacks on plain numbers (used by :func:`_rule` and by ``solve``'s fast path)."""
     return n <= AUTO_RULE["small_n"] and batch >= AUTO_RULE["small_min_batch"]
@@ -518,6 +524,15 @@ def lu_factor(a, overwrite_a=False, check_finite=True, *, backend=None):
     (array([[3.        , 4.        ],
            [0.33333333, 0.66666667]]), array([1, 1], dtype=int32))
     """
+    if type(a) is np.ndarray and a.ndim == 2 and a.dtype in _validate.COMPILED_DTYPES:
+        # The fast path of the common call (see solve): one square float32/float64 matrix under
+        # auto, which gives one matrix to LAPACK (SciPy's lu_factor): the full path's checks
+        # (finiteness) and impl, without its generic preparation (4x4: 19 -> 9 us; SciPy's 5.6)
+        n = a.shape[0]
+        if a.shape[1] == n and _registry.fast_path(backend) == "auto" and _lapack_wins(n, 1):
+            if check_finite:
+                _validate.check_finite(a)
+            return _lu_factor_numpy(a, overwrite_a)
     return _FACTOR.run(backend, _prepare_factor(a, overwrite_a, check_finite))
 
 
@@ -536,6 +551,31 @@ def lu_solve(lu_and_piv, b, trans=0, overwrite_b=False, check_finite=True, *, ba
     >>> fl.lu_solve(fl.lu_factor(a), np.array([9.0, 8.0]))
     array([2., 3.])
     """
+    if type(lu_and_piv) is tuple and len(lu_and_piv) == 2 and type(b) is np.ndarray and type(trans) is int:
+        # The fast path of the common call: lu_factor's own (lu, piv) of one float32/float64 matrix,
+        # b (n,) or (n, k) of its dtype, under auto, which gives one system to LAPACK (SciPy's
+        # lu_solve): the full path's checks (piv's range, b's finiteness) and impl, without its
+        # generic preparation (4x4: 20 -> 11 us; SciPy's 8.6)
+        lu, piv = lu_and_piv
+        if (
+            type(lu) is np.ndarray
+            and type(piv) is np.ndarray
+            and lu.ndim == 2
+            and lu.dtype in _validate.COMPILED_DTYPES
+            and b.dtype is lu.dtype
+            and piv.dtype.kind in "iu"
+            and trans in (0, 1, 2)
+            and 1 <= b.ndim <= 2
+        ):
+            n = lu.shape[0]
+            fits = lu.shape[1] == n and piv.shape == (n,) and b.shape[0] == n
+            if fits and _registry.fast_path(backend) == "auto" and _lapack_wins(n, 1):
+                if piv.size and (piv.view(piv.dtype.str.replace("i", "u")) >= n).any():
+                    raise ValueError(f"lu_solve: piv holds a row index outside [0, {n})")
+                if check_finite:
+                    _validate.check_finite(b)
+                overwrite_b = overwrite_b and _validate.writes_apart(b, lu, piv)
+                return _lu_solve_numpy(lu, piv, b, 1 if trans else 0, b.ndim == 1, overwrite_b)
     return _SOLVE.run(backend, _prepare_solve(lu_and_piv, b, trans, overwrite_b, check_finite))
 
 
@@ -574,6 +614,18 @@ def solve(a, b, *, backend=None):
 
 
 # --------------------------------------------------------------------------- impls
+
+
+#: the dtypes LAPACK computes in (SciPy's lu_factor/lu_solve convert others first)
+_LAPACK_DTYPES = tuple(np.dtype(t) for t in (np.float32, np.float64, np.complex64, np.complex128))
+
+
+@functools.cache
+def _lapack(name, dtype):
+    """SciPy's LAPACK routine ``name`` for ``dtype`` (``get_lapack_funcs`` costs ~2 us a call)."""
+    import scipy.linalg as sla
+
+    return sla.get_lapack_funcs((name,), (np.empty(0, dtype),))[0]
 
 
 def _warn_singular(info):
@@ -621,6 +673,13 @@ def _lu_factor_numpy(a, overwrite):
         return _factor_stack(np.asarray(a, dtype=np.result_type(a, np.float64)), overwrite, _factor_loop)
     a = np.asarray(a)
     m, n = a.shape[-2:]
+    if a.ndim == 2 and a.size and a.dtype in _LAPACK_DTYPES:  # one matrix: getrf as SciPy calls it
+        lu, piv, info = _lapack("getrf", a.dtype)(a, overwrite_a=overwrite)
+        if info < 0:
+            raise ValueError(f"illegal value in {-info}th argument of internal getrf (lu_factor)")
+        if info > 0:  # the first zero pivot, 1-based
+            _warn_singular(info)
+        return lu, piv
     with warnings.catch_warnings():  # re-warned below as fastla's LinAlgWarning, once per stack
         warnings.simplefilter("ignore", sla.LinAlgWarning)
         if a.ndim == 2:
@@ -630,6 +689,11 @@ def _lu_factor_numpy(a, overwrite):
             dtype = out[0][0].dtype if out else np.result_type(a, np.float32)
             lu = np.array([o[0] for o in out], dtype=dtype).reshape(a.shape)
             piv = np.array([o[1] for o in out], dtype=np.int32).reshape(*a.shape[:-2], min(m, n))
+    if a.ndim == 2:  # one matrix (the common call): one test of its diagonal
+        zero = np.diagonal(lu) == 0
+        if zero.any():  # getrf's info: the first zero pivot, 1-based
+            _warn_singular(int(np.argmax(zero)) + 1)
+        return lu, piv
     diag = np.diagonal(lu, axis1=-2, axis2=-1)
     zero = diag.reshape(-1, min(m, n)) == 0 if diag.size else np.zeros((0, 0), bool)
     if zero.any():  # getrf's info: the first zero pivot of the first singular matrix, 1-based
@@ -669,6 +733,12 @@ def _lu_solve_numpy(lu, piv, b, trans, vector, overwrite):
         import scipy.linalg as sla
     except ImportError:
         return _solve_stack(lu, piv, b, trans, vector, overwrite, _solve_loop)
+    if lu.ndim == 2 and b.size and lu.dtype in _LAPACK_DTYPES and b.dtype is lu.dtype:
+        # one system: getrs as SciPy's lu_solve calls it, without its batching wrapper (~4 us)
+        x, info = _lapack("getrs", lu.dtype)(lu, piv, b, trans=trans, overwrite_b=overwrite)
+        if info:
+            raise ValueError(f"illegal value in {-info}th argument of internal gesv|posv")
+        return x
     if lu.ndim == 2:
         return sla.lu_solve((lu, piv), b, trans=trans, overwrite_b=overwrite, check_finite=False)
     n, batch = lu.shape[-1], math.prod(lu.shape[:-2])  # explicit sizes: -1 fails on an empty b

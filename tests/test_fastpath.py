@@ -1,8 +1,9 @@
 """The fast path of the common call gives what the full call path gives, and runs what ``explain`` says.
 
-A call with ``backend=None`` under ``auto``, or with ``numba`` forced, may take a public function's
-fast path (a few cheap checks, then the impl); ``backend="auto"``, or any call with the fast path
-closed, takes the full path (validation + the auto rule). Both must agree on every input of the
+A call under ``auto`` (``backend=None`` with auto in force, or ``backend="auto"``), or with ``numba``
+forced, may take a public function's fast path (a few cheap checks, then the impl); a call with the
+fast paths closed (``_registry.fast_path`` patched to refuse) takes the full path (validation + the
+auto rule). Both must agree on every input of the
 shared matrix: the same result, or the same error.
 """
 
@@ -21,16 +22,18 @@ from tests.helpers import variant
 rng = np.random.default_rng(5)
 
 
+def _full_path(call, backend):
+    """``call(backend)`` with every fast path closed: the full path (validation + the auto rule)."""
+    with mock.patch.object(_registry, "fast_path", lambda backend: None):
+        return call(backend)
+
+
 def _same(call):
-    """``call(backend)`` with ``None`` (fast path eligible) and ``"auto"`` (full path) agree, and so
-    do ``"numba"`` forced by the call with the fast path open and closed (the full path)."""
-    _agree(lambda: call(None), lambda: call("auto"))
-
-    def full_path():
-        with mock.patch.object(_registry, "fast_path", lambda backend: None):
-            return call("numba")
-
-    _agree(lambda: call("numba"), full_path)
+    """``call(backend)`` under auto (``None`` and ``"auto"``, fast path eligible) and the full path
+    agree, and so do ``"numba"`` forced by the call with the fast path open and closed."""
+    _agree(lambda: call(None), lambda: _full_path(call, "auto"))
+    _agree(lambda: call("auto"), lambda: _full_path(call, "auto"))
+    _agree(lambda: call("numba"), lambda: _full_path(call, "numba"))
 
 
 def _agree(*calls):
@@ -232,3 +235,115 @@ def test_the_packed_stack_threshold_decides_the_fast_path_as_explain_says(monkey
         assert name == ("numba" if inside and batch >= threshold else "numpy"), reason
         assert ("packed products" in reason) == inside, reason
         _same(lambda be, x=x, y=y: fastla.matmul(x, y, backend=be))
+
+
+def _same_results(call):
+    """``call(backend)`` under auto (fast path eligible) and with the fast paths closed (the full
+    path): the same tuple of arrays (dtype, shape, memory order, values), the same error or the
+    same warning."""
+    outcomes = []
+    for run in (lambda: call(None), lambda: _full_path(call, "auto")):
+        try:
+            out = run()
+            outcomes.append(("ok", out if isinstance(out, tuple) else (out,)))
+        except Exception as exc:  # errors, and warnings (made errors by the suite's filter)
+            outcomes.append(("error", exc))
+    (kind_a, a), (kind_b, b) = outcomes
+    assert kind_a == kind_b, outcomes
+    if kind_a == "error":
+        assert type(a) is type(b) and str(a) == str(b)
+        return
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert type(x) is type(y) and x.dtype == y.dtype and x.shape == y.shape
+        assert x.flags.f_contiguous == y.flags.f_contiguous and x.flags.c_contiguous == y.flags.c_contiguous
+        np.testing.assert_array_equal(x, y)
+
+
+def _lu_matrices():
+    a = rng.standard_normal((6, 6)) + 6 * np.eye(6)
+    nan = a.copy()
+    nan[2, 3] = np.nan
+    singular = a.copy()
+    singular[:, 4] = 0.0
+    return {
+        "one": a,
+        "large": rng.standard_normal((80, 80)),
+        "one-by-one": np.array([[2.0]]),
+        "nan": nan,
+        "singular": singular,
+        "rectangular": rng.standard_normal((3, 5)),
+        "empty": np.zeros((0, 0)),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_lu_matrices()))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", ["C", "F", "readonly"])
+@pytest.mark.parametrize("check_finite", [True, False])
+def test_lu_factor_fast_path_is_the_full_path(case, dtype, layout, check_finite):
+    """One square float matrix under auto takes lu_factor's fast path (LAPACK's getrf as SciPy calls
+    it): the full path's factors, errors and singular-matrix warning; overwrite_a as a permission."""
+    if case == "nan" and not check_finite:
+        pytest.skip("getrf of a NaN matrix: LAPACK's arbitrary factors")
+    a = _lu_matrices()[case].astype(dtype)
+    _same_results(lambda be: fastla.lu_factor(variant(a, layout), check_finite=check_finite, backend=be))
+    for overwrite in (False, True):
+        _same_results(lambda be, o=overwrite: fastla.lu_factor(a.copy(order="F"), o, backend=be))
+
+
+def _lu_systems():
+    a = rng.standard_normal((6, 6)) + 6 * np.eye(6)
+    lu, piv = fastla.lu_factor(a, backend="numpy")
+    outside = piv.copy()
+    outside[3] = 6
+    inf = rng.standard_normal(6)
+    inf[1] = np.inf
+    return {
+        "vector": ((lu, piv), rng.standard_normal(6)),
+        "columns": ((lu, piv), rng.standard_normal((6, 3))),
+        "no-columns": ((lu, piv), np.zeros((6, 0))),
+        "int64-piv": ((lu, piv.astype(np.int64)), rng.standard_normal(6)),
+        "float-piv": ((lu, piv.astype(np.float64)), rng.standard_normal(6)),
+        "piv-outside": ((lu, outside), rng.standard_normal(6)),
+        "negative-piv": ((lu, -piv - 1), rng.standard_normal(6)),
+        "short-piv": ((lu, piv[:5]), rng.standard_normal(6)),
+        "short-b": ((lu, piv), rng.standard_normal(5)),
+        "inf-b": ((lu, piv), inf),
+        "list-pair": ([lu, piv], rng.standard_normal(6)),
+        "b-stack": ((lu, piv), rng.standard_normal((2, 6, 1))),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_lu_systems()))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("trans", [0, 1, 2])
+def test_lu_solve_fast_path_is_the_full_path(case, dtype, trans):
+    """lu_factor's (lu, piv) of one float matrix and a b of its dtype under auto take lu_solve's fast
+    path (LAPACK's getrs as SciPy calls it): the full path's solution and errors (piv's range, b's
+    shape and finiteness), other dtypes and shapes the full path itself."""
+    (lu, piv), b = _lu_systems()[case]
+    lu_piv = (lu.astype(dtype), piv)
+    for bb in (b.astype(dtype), b.astype(np.float64 if dtype == np.float32 else np.float32)):
+        _same_results(lambda be, bb=bb: fastla.lu_solve(lu_piv, bb, trans=trans, backend=be))
+        _same_results(lambda be, bb=bb: fastla.lu_solve(lu_piv, bb.copy(), trans, True, backend=be))
+
+
+def test_lu_fast_paths_run_what_explain_names(monkeypatch):
+    lu_module = sys.modules["fastla.lu"]
+    ran = []
+    for attr in ("_lu_factor_numpy", "_lu_solve_numpy"):
+        original = getattr(lu_module, attr)
+        monkeypatch.setattr(
+            lu_module, attr, lambda *a, _o=original, _n=attr, **k: ran.append(_n) or _o(*a, **k)
+        )
+    a = rng.standard_normal((5, 5)) + 5 * np.eye(5)
+    assert fastla.explain("lu_factor", a)[0] == "numpy"
+    lu_piv = fastla.lu_factor(a)
+    assert fastla.explain("lu_solve", lu_piv, np.ones(5))[0] == "numpy"
+    fastla.lu_solve(lu_piv, np.ones(5))
+    assert ran == ["_lu_factor_numpy", "_lu_solve_numpy"]
+    monkeypatch.setitem(lu_module.AUTO_RULE, "large_numba", True)  # the rule's other choice: no fast path
+    ran.clear()
+    fastla.lu_solve(fastla.lu_factor(a), np.ones(5))
+    assert ran == [] and fastla.explain("lu_factor", a)[0] == "numba"

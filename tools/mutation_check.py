@@ -259,6 +259,23 @@ MUTANTS = [
         "the numpy top-k's bound is the (k-1)-th class maximum, above a top-k score of some rows",
     ),
     Mutant(
+        "lu-factor-fast-path-skips-check-finite",
+        "lu.py",
+        "            if check_finite:\n                _validate.check_finite(a)\n"
+        "            return _lu_factor_numpy(",
+        "            return _lu_factor_numpy(",
+        ("tests/test_fastpath.py::test_lu_factor_fast_path_is_the_full_path",),
+        "lu_factor's fast path factors a matrix holding NaN instead of raising SciPy's ValueError",
+    ),
+    Mutant(
+        "lu-solve-fast-path-skips-check-finite",
+        "lu.py",
+        "                if check_finite:\n                    _validate.check_finite(b)\n",
+        "",
+        ("tests/test_fastpath.py::test_lu_solve_fast_path_is_the_full_path",),
+        "lu_solve's fast path solves for a b holding inf instead of raising SciPy's ValueError",
+    ),
+    Mutant(
         "cosine-norms-fast-path-skips-the-upper-bound",
         "similarity.py",
         " and sq.max() <= hi:  # every row",
