@@ -731,11 +731,7 @@ def _prepare_ce(
     w = check_weight(weight, n_classes)
     x_last = np.moveaxis(x, ax, -1)
     if kind == "index":
-        bad = (t != ignore_index) & ((t < 0) | (t >= n_classes))
-        if bad.any():
-            raise IndexError(
-                f"cross_entropy: target index {t[bad].flat[0]} is out of bounds for {n_classes} classes"
-            )
+        _check_indices(t, ignore_index, n_classes)
     else:
         t = np.moveaxis(t, ax, -1)
     dtype, why = _validate.compute_dtype((x,), ints_to_float64=True)
@@ -749,6 +745,15 @@ def _prepare_ce(
         w = w.astype(dtype if why is None else np.float64)
     args = CrossEntropyArgs(x_last, t, kind, reduction, label_smoothing, ignore_index, w)
     return _registry.Prepared(args, compiled=why, facts={"size": x.size})
+
+
+def _check_indices(t, ignore_index, n_classes):
+    """IndexError for a class index outside ``[0, n_classes)`` that is not ``ignore_index``."""
+    bad = (t != ignore_index) & ((t < 0) | (t >= n_classes))
+    if bad.any():
+        raise IndexError(
+            f"cross_entropy: target index {t[bad].flat[0]} is out of bounds for {n_classes} classes"
+        )
 
 
 _CE = _registry.operation("cross_entropy", _prepare_ce, _rule)
@@ -808,6 +813,29 @@ def cross_entropy(
     >>> round(float(fl.cross_entropy(logits, np.array([0, 1]))), 4)
     0.3185
     """
+    if (
+        type(logits) is np.ndarray
+        and type(target) is np.ndarray
+        and weight is None
+        and logits.ndim == 2
+        and logits.dtype in _validate.COMPILED_DTYPES
+        and target.dtype.kind in "iu"
+        and target.shape == logits.shape[:1]
+        and type(axis) is int
+        and axis in (-1, 1)
+        and type(reduction) is str
+        and reduction in _REDUCTIONS
+        and type(label_smoothing) is float
+        and label_smoothing == 0.0
+        and type(ignore_index) is int
+    ):
+        # The fast path of the common call (see softmax): 2-D float logits, class indices, the
+        # defaults but the reduction, under auto or numba forced: the full path's index check
+        # and kernel without its generic preparation (4 x 10: 26 -> 15 us)
+        fast = _registry.fast_path(backend)
+        if fast == "numba" or (fast == "auto" and _compiled_wins(logits.size)):
+            _check_indices(target, ignore_index, logits.shape[1])
+            return _jit.run_parallel(_ce_numba, logits, target, "index", reduction, 0.0, ignore_index)
     prep = _prepare_ce(logits, target, weight, axis, reduction, label_smoothing, ignore_index)
     return _CE.run(backend, prep)
 

@@ -347,3 +347,43 @@ def test_lu_fast_paths_run_what_explain_names(monkeypatch):
     ran.clear()
     fastla.lu_solve(fastla.lu_factor(a), np.ones(5))
     assert ran == [] and fastla.explain("lu_factor", a)[0] == "numba"
+
+
+def _ce_cases():
+    x = rng.standard_normal((6, 5))
+    t = rng.integers(0, 5, 6)
+    ignored = t.copy()
+    ignored[[1, 4]] = -100
+    return {
+        "index": (x, t, {}),
+        "int32-index": (x, t.astype(np.int32), {}),
+        "uint8-index": (x, t.astype(np.uint8), {}),
+        "ignored": (x, ignored, {}),
+        "all-ignored": (x, np.full(6, -100), {}),
+        "ignore-7": (x, np.where(t == 2, 7, t), {"ignore_index": 7}),
+        "out-of-range": (x, np.where(t == 2, 5, t), {}),
+        "negative": (x, np.where(t == 2, -1, t), {}),
+        "axis-1": (x, t, {"axis": 1}),
+        "axis-0": (x.T.copy(), t, {"axis": 0}),
+        "smoothing": (x, t, {"label_smoothing": 0.1}),
+        "int-smoothing": (x, t, {"label_smoothing": 0}),
+        "weight": (x, t, {"weight": np.arange(1.0, 6.0)}),
+        "probabilities": (x, np.full((6, 5), 0.2), {}),
+        "short-target": (x, t[:5], {}),
+        "no-rows": (x[:0], t[:0], {}),
+        "no-classes": (x[:, :0], np.full(6, -100), {}),
+        "bad-reduction": (x, t, {"reduction": "avg"}),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_ce_cases()))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("layout", ["C", "F", "readonly"])
+def test_cross_entropy_fast_path_is_the_full_path(case, dtype, reduction, layout):
+    x, t, kw = _ce_cases()[case]
+    kw = {"reduction": reduction, **kw}
+    if "weight" in kw:
+        kw["weight"] = kw["weight"].astype(dtype)
+    x = variant(x.astype(dtype), layout)
+    _same(lambda be: fastla.cross_entropy(x, t, backend=be, **kw))
