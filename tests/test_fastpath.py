@@ -37,6 +37,9 @@ def _same(call):
 
 
 def _agree(*calls):
+    """Two calls give the same outcome: the same error (type and message; warnings are errors in
+    the suite), or results (a tuple of them compared item by item) of one type, dtype, shape,
+    memory order and values."""
     outcomes = []
     for run in calls:
         try:
@@ -49,9 +52,13 @@ def _agree(*calls):
         assert type(a) is type(b) and str(a) == str(b)
         return
     assert type(a) is type(b)
-    a, b = np.asarray(a), np.asarray(b)
-    assert a.dtype == b.dtype and a.shape == b.shape
-    np.testing.assert_array_equal(a, b)
+    pairs = zip(a, b, strict=True) if isinstance(a, tuple) else [(a, b)]
+    for x, y in pairs:
+        assert type(x) is type(y)
+        x, y = np.asarray(x), np.asarray(y)
+        assert x.dtype == y.dtype and x.shape == y.shape
+        assert x.flags.f_contiguous == y.flags.f_contiguous and x.flags.c_contiguous == y.flags.c_contiguous
+        np.testing.assert_array_equal(x, y)
 
 
 def _inputs():
@@ -239,25 +246,8 @@ def test_the_packed_stack_threshold_decides_the_fast_path_as_explain_says(monkey
 
 def _same_results(call):
     """``call(backend)`` under auto (fast path eligible) and with the fast paths closed (the full
-    path): the same tuple of arrays (dtype, shape, memory order, values), the same error or the
-    same warning."""
-    outcomes = []
-    for run in (lambda: call(None), lambda: _full_path(call, "auto")):
-        try:
-            out = run()
-            outcomes.append(("ok", out if isinstance(out, tuple) else (out,)))
-        except Exception as exc:  # errors, and warnings (made errors by the suite's filter)
-            outcomes.append(("error", exc))
-    (kind_a, a), (kind_b, b) = outcomes
-    assert kind_a == kind_b, outcomes
-    if kind_a == "error":
-        assert type(a) is type(b) and str(a) == str(b)
-        return
-    assert len(a) == len(b)
-    for x, y in zip(a, b, strict=True):
-        assert type(x) is type(y) and x.dtype == y.dtype and x.shape == y.shape
-        assert x.flags.f_contiguous == y.flags.f_contiguous and x.flags.c_contiguous == y.flags.c_contiguous
-        np.testing.assert_array_equal(x, y)
+    path) agree (:func:`_agree`)."""
+    _agree(lambda: call(None), lambda: _full_path(call, "auto"))
 
 
 def _lu_matrices():
