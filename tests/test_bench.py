@@ -72,6 +72,12 @@ def test_call_overhead_targets_read_the_paired_batches_when_measured():
     assert measured == pytest.approx(3.2) and status == "missed (above floor)"  # medians apart
     rows[0].paired_extra_us = 0.8
     assert report.target_results(rows, [t], 0.75)[0][1:] == (0.8, "met")
+    # faster than the anchor (softmax's compiled kernel at 4 x 10 against SciPy's call): a signed
+    # difference, not "+-3.90"
+    rows[0].paired_extra_us = -3.9
+    assert "| -3.90 µs | met |" in report.targets_table(report.target_results(rows, [t], 0.75))
+    rows[0].paired_extra_us = 0.8
+    assert "| +0.80 µs | met |" in report.targets_table(report.target_results(rows, [t], 0.75))
 
 
 class _Clock:

@@ -262,7 +262,7 @@ def targets_table(results, tolerance=0.75):
             shown, floor_s = ("-" if measured is None else f"{measured:.2f} s"), f"{floor:.2g} s"
         elif "max_extra_us" in t:
             target, what = f"≤ +{t['max_extra_us']} µs", f"{t['impl']} over {t['anchor']}"
-            shown, floor_s = ("-" if measured is None else f"+{measured:.2f} µs"), f"{floor:.2g} µs"
+            shown, floor_s = ("-" if measured is None else f"{measured:+.2f} µs"), f"{floor:.2g} µs"
         else:
             target = f"≥ {t['ratio']}×" + (f" (stretch {t['stretch']}×)" if "stretch" in t else "")
             what = f"{t['impl']} vs {t['anchor']}"
