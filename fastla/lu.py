@@ -388,9 +388,7 @@ def _prepare_solve(lu_and_piv, b, trans=0, overwrite_b=False, check_finite=True)
         piv = piv.astype(np.int64)
     if piv.dtype.kind not in "iu":
         raise ValueError(f"lu_solve: piv must hold integer row indices, got dtype {piv.dtype}")
-    if piv.size and (piv.view(piv.dtype.str.replace("i", "u")) >= n).any():  # negative ones too
-        # LAPACK's getrs (SciPy's lu_solve) would read and swap rows outside b
-        raise ValueError(f"lu_solve: piv holds a row index outside [0, {n})")
+    _check_piv(piv, n)
     # SciPy >= 1.15 batches lu_solve by solve's NumPy 2 rule: b is one vector only when 1-D, else
     # (..., n, k), and its leading dimensions broadcast against the stack of factors
     try:
@@ -415,6 +413,13 @@ def _prepare_solve(lu_and_piv, b, trans=0, overwrite_b=False, check_finite=True)
     overwrite_b = overwrite_b and b is b_in and _validate.writes_apart(b, lu, piv)
     args = LuSolveArgs(lu, piv, b, code, vector, overwrite_b)
     return _registry.Prepared(args, compiled=why, facts={"n": n, "batch": math.prod(stack)})
+
+
+def _check_piv(piv, n):
+    """ValueError for a row index of ``piv`` (integers) outside ``[0, n)``: LAPACK's getrs (SciPy's
+    lu_solve) would read and swap rows outside b."""
+    if piv.size and (piv.view(piv.dtype.str.replace("i", "u")) >= n).any():  # negative ones too
+        raise ValueError(f"lu_solve: piv holds a row index outside [0, {n})")
 
 
 def linsolve_shape(a, b):
@@ -570,8 +575,7 @@ def lu_solve(lu_and_piv, b, trans=0, overwrite_b=False, check_finite=True, *, ba
             n = lu.shape[0]
             fits = lu.shape[1] == n and piv.shape == (n,) and b.shape[0] == n
             if fits and _registry.fast_path(backend) == "auto" and _lapack_wins(n, 1):
-                if piv.size and (piv.view(piv.dtype.str.replace("i", "u")) >= n).any():
-                    raise ValueError(f"lu_solve: piv holds a row index outside [0, {n})")
+                _check_piv(piv, n)
                 if check_finite:
                     _validate.check_finite(b)
                 overwrite_b = overwrite_b and _validate.writes_apart(b, lu, piv)
