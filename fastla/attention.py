@@ -54,7 +54,11 @@ __all__ = ["scaled_dot_product_attention"]
 # Measured with `python -m fastla tune` (2 threads both sides, 4 heads, E = 64): the flash kernel
 # wins from 4 096-16 384 score entries on an Intel AVX-512 Xeon, 1 024-4 096 on a Zen 5 (it was
 # 2^20 on Zen 4, before the fast path and the per-call overhead work).
-AUTO_RULE = {"min_scores": 4096}
+# Few query rows (a decoding step: L = 1 against a cache of S keys) take NumPy's product: the flash
+# kernel's time does not shrink with L below a query block (Zen 4, 8 heads, E = 64, f32, S = 2048:
+# 2.23-2.28 ms for L = 1 to 64; NumPy 0.45 ms at L = 1, 0.95-1.05 at 2-4, 1.44 at 8, 2.04 at 16,
+# 2.81 at 32; S = 256: the kernel 0.30-0.34 ms, NumPy 0.11-0.30 ms up to L = 16, 0.73-0.80 from 32).
+AUTO_RULE = {"min_scores": 4096, "min_query_rows": 32}
 
 #: Keys per tile (rounded to a multiple of MR): the transposed score tile (BK x BQ) stays in L1/L2.
 KEY_TILE = 256
@@ -224,6 +228,8 @@ def _rule(prep):
     f = prep.facts
     if f["scores"] < AUTO_RULE["min_scores"]:
         return "numpy", lambda: f"{f['scores']} scores: too few for the tiled kernel to pay"
+    if f["L"] < AUTO_RULE["min_query_rows"]:
+        return "numpy", lambda: f"L = {f['L']} query rows: the tiled kernel computes whole query blocks"
     return "numba", lambda: f"{f['scores']} scores: tiled online-softmax kernel, no L x S buffer"
 
 
@@ -293,10 +299,47 @@ def scaled_dot_product_attention(
     array([[1.    ],
            [1.6698]])
     """
+    if (
+        attn_mask is None
+        and type(query) is np.ndarray
+        and type(key) is np.ndarray
+        and type(value) is np.ndarray
+        and query.dtype in _validate.COMPILED_DTYPES
+        and key.dtype is query.dtype
+        and value.dtype is query.dtype
+        and query.ndim >= 2
+        and key.ndim == query.ndim == value.ndim
+        and type(dropout_p) is float
+        and dropout_p == 0.0
+        and type(is_causal) is bool
+        and scale is None
+        and enable_gqa is False
+        and return_weights is False
+        and _registry.fast_path(backend)
+    ):
+        # The fast path of the common call (see matmul): float32/float64 query, key and value of one
+        # leading shape, no mask, the defaults but is_causal, under auto or numba forced: the full
+        # path's arguments built directly (no broadcasting or GQA to resolve), the same rule and
+        # impls (2 heads of 16 x 32: the call 55 -> 36 us)
+        lead, (L, E), (S, Ev) = query.shape[:-2], query.shape[-2:], value.shape[-2:]
+        if key.shape == (*lead, S, E) and value.shape[:-2] == lead:
+            return _OP.run(backend, _prepare_plain(query, key, value, lead, (L, S, E, Ev), is_causal))
     return _OP.run(
         backend,
         _prepare(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, return_weights),
     )
+
+
+def _prepare_plain(q, k, v, lead, dims, causal):
+    """:func:`_prepare`'s result for query, key and value of one native float dtype and one leading
+    shape, without a mask, GQA, a given scale or the weights (the fast path's call)."""
+    L, S, E, _ = dims
+    n = math.prod(lead)
+    index = np.arange(n, dtype=np.intp)  # every stack entry reads its own slices
+    plan = Plan(lead, dims, index, index, index, None, causal, 1.0 / math.sqrt(E) if E else 1.0, False)
+    stacks = (x.reshape(n, *x.shape[-2:]) for x in (q, k, v))
+    facts = {"scores": n * L * S, "L": L, "S": S, "E": E, "dtype": q.dtype}
+    return _registry.Prepared(AttentionArgs(*stacks, None, plan), facts=facts)
 
 
 # --------------------------------------------------------------------------- shared pieces

@@ -245,6 +245,12 @@ def test_auto_rule():
     big = np.ones((8, 512, 64), np.float32)
     expect = "numba" if fastla._jit.NUMBA_AVAILABLE else "numpy"
     assert fastla.explain("scaled_dot_product_attention", big, big, big)[0] == expect
+    # a decoding step (one query row against a cache of keys): NumPy's product, whatever the scores
+    q, cache = np.ones((8, 1, 64), np.float32), np.ones((8, 2048, 64), np.float32)
+    name, reason = fastla.explain("scaled_dot_product_attention", q, cache, cache)
+    assert name == "numpy" and "query rows" in reason
+    q = np.ones((8, 32, 64), np.float32)
+    assert fastla.explain("scaled_dot_product_attention", q, cache, cache)[0] == expect
 
 
 @pytest.mark.slow  # without the JIT: 36 s of kernels run as Python, on paths the tests above cover

@@ -377,3 +377,40 @@ def test_cross_entropy_fast_path_is_the_full_path(case, dtype, reduction, layout
         kw["weight"] = kw["weight"].astype(dtype)
     x = variant(x.astype(dtype), layout)
     _same(lambda be: fastla.cross_entropy(x, t, backend=be, **kw))
+
+
+def _attention_cases():
+    def f(*shape):
+        return rng.standard_normal(shape)
+
+    q4, k4, v4 = f(1, 2, 5, 8), f(1, 2, 7, 8), f(1, 2, 7, 3)
+    return {
+        "3d": ((f(2, 5, 8), f(2, 7, 8), f(2, 7, 8)), {}),
+        "4d-value-width": ((q4, k4, v4), {}),
+        "2d": ((f(5, 8), f(7, 8), f(7, 8)), {}),
+        "causal": ((q4, k4, v4), {"is_causal": True}),
+        "decode": ((f(2, 1, 16), f(2, 300, 16), f(2, 300, 16)), {}),
+        "large": ((f(2, 64, 16), f(2, 80, 16), f(2, 80, 16)), {"is_causal": True}),
+        "no-keys": ((q4, k4[:, :, :0], v4[:, :, :0]), {}),
+        "no-rows": ((q4[:, :, :0], k4, v4), {}),
+        "zero-width": ((q4[..., :0], k4[..., :0], v4), {}),
+        "broadcast-lead": ((f(2, 1, 5, 8), f(1, 3, 7, 8), f(1, 3, 7, 8)), {}),
+        "key-mismatch": ((q4, f(1, 2, 7, 9), v4), {}),
+        "value-mismatch": ((q4, k4, f(1, 2, 6, 3)), {}),
+        "mask": ((q4, k4, v4), {"attn_mask": f(5, 7) > 0}),
+        "scale": ((q4, k4, v4), {"scale": 0.5}),
+        "dropout": ((q4, k4, v4), {"dropout_p": 0.5}),
+        "int-dropout": ((q4, k4, v4), {"dropout_p": 0}),
+        "weights": ((q4, k4, v4), {"return_weights": True}),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_attention_cases()))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", ["C", "F", "readonly"])
+def test_attention_fast_path_is_the_full_path(case, dtype, layout):
+    """Query, key and value of one float dtype and one leading shape, no mask, default options but
+    is_causal take the fast path's plain arguments: the full path's result, rule and errors."""
+    (q, k, v), kw = _attention_cases()[case]
+    q, k, v = (variant(x.astype(dtype), layout) for x in (q, k, v))
+    _same(lambda be: fastla.scaled_dot_product_attention(q, k, v, backend=be, **kw))
