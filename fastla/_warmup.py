@@ -98,16 +98,24 @@ def _cosine_topk(dt):
         fastla.cosine_topk(x, x.astype(np.float16), 3, backend="numba")
 
 
+def _power_matrix(dt):
+    """A diagonal matrix past ``eigen.DENSE_MAX_N`` (smaller symmetric ones are solved densely,
+    with no sweep to compile), with one dominant eigenvalue (twice the next), so that plain power
+    iteration converges on it too."""
+    from fastla.eigen import DENSE_MAX_N
+
+    n = DENSE_MAX_N + 20
+    return np.diag(np.r_[np.arange(1.0, n), 2.0 * n]).astype(dt)
+
+
 def _power_iteration(dt):
     import fastla
 
-    # n = 120: symmetric matrices up to eigen.DENSE_MAX_N = 100 are solved densely, with no sweep;
-    # one dominant eigenvalue (240 against 119), so that plain power iteration converges too
-    a = np.diag(np.r_[np.arange(1.0, 120.0), 240.0]).astype(dt)
+    a = _power_matrix(dt)
     fastla.power_iteration(a, backend="numba")
     fastla.power_iteration(a, 2, backend="numba")  # symmetric: blocks read from one triangle
     skewed = a.copy()
-    skewed[0, -1] = 240 * (5e-12 if a.dtype == np.float64 else 5e-8)  # symmetric to within the test,
+    skewed[0, -1] = a.max() * (5e-12 if a.dtype == np.float64 else 5e-8)  # symmetric within the test,
     fastla.power_iteration(skewed, 2, backend="numba")  # beyond one triangle's slack: read whole
     fastla.power_iteration(a + np.triu(np.ones_like(a), 1), backend="numba")  # non-symmetric
     import scipy.sparse as sp
@@ -165,9 +173,7 @@ def _first_calls():
         "cross_entropy": lambda dt: fastla.cross_entropy(x(dt), np.zeros(8, np.int64), backend="numba"),
         "cosine_similarity": lambda dt: fastla.cosine_similarity(x(dt), x(dt)[:5], backend="numba"),
         "cosine_topk": lambda dt: fastla.cosine_topk(x(dt), x(dt), 3, backend="numba"),
-        "power_iteration": lambda dt: fastla.power_iteration(  # n > 100: Lanczos sweeps
-            np.diag(np.r_[np.arange(1.0, 120.0), 240.0]).astype(dt), backend="numba"
-        ),
+        "power_iteration": lambda dt: fastla.power_iteration(_power_matrix(dt), backend="numba"),
         "scaled_dot_product_attention": lambda dt: fastla.scaled_dot_product_attention(
             np.ones((2, 16, 8), dt), np.ones((2, 16, 8), dt), np.ones((2, 16, 8), dt), backend="numba"
         ),

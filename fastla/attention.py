@@ -197,9 +197,6 @@ def _prepare(
         ) from None
     dtype = np.result_type(q, k, v).newbyteorder("=")
     why = None if dtype in _validate.COMPILED_DTYPES else f"dtype {dtype} is not compiled"
-    if scale is None:
-        scale = 1.0 / math.sqrt(E) if E else 1.0
-    scale = float(scale)
     if mask is not None and mask.dtype.kind == "b":  # one additive form for every impl
         mask = np.where(mask, dtype.type(0), dtype.type(-np.inf))
     elif mask is not None:
@@ -212,16 +209,29 @@ def _prepare(
         v=_lead_index(v.shape[:-2], lead, reps[1]),
         mask=_lead_index(m_lead, lead) if mask is not None else None,
         causal=bool(is_causal),
-        scale=scale,
+        scale=_scale(scale, E),
         weights=bool(return_weights),
     )
+    stacks = (_validate.native(x, dtype) for x in (q, k, v))
+    return _prepared(*stacks, mask, plan, dtype, why)
+
+
+def _scale(scale, E):
+    """The scores' scale: ``scale``, default ``1 / sqrt(E)`` (1 when E is 0)."""
+    if scale is None:
+        return 1.0 / math.sqrt(E) if E else 1.0
+    return float(scale)
+
+
+def _prepared(q, k, v, mask, plan, dtype, why=None):
+    """The :class:`AttentionArgs` of both call paths: the operands (and the additive mask) as stacks
+    of matrices, the facts the rule reads."""
+    L, S, E, _ = plan.dims
     # explicit stack sizes: reshape(-1, ...) is ambiguous when L, S or E is 0
-    stacks = tuple(
-        _validate.native(x, dtype).reshape(math.prod(x.shape[:-2]), *x.shape[-2:]) for x in (q, k, v)
-    )
+    q, k, v = (x.reshape(math.prod(x.shape[:-2]), *x.shape[-2:]) for x in (q, k, v))
     m3 = None if mask is None else mask.reshape(math.prod(mask.shape[:-2]), *mask.shape[-2:])
-    facts = {"scores": math.prod(lead) * L * S, "L": L, "S": S, "E": E, "dtype": dtype}
-    return _registry.Prepared(AttentionArgs(*stacks, m3, plan), compiled=why, facts=facts)
+    facts = {"scores": math.prod(plan.lead) * L * S, "L": L, "S": S, "E": E, "dtype": dtype}
+    return _registry.Prepared(AttentionArgs(q, k, v, m3, plan), compiled=why, facts=facts)
 
 
 def _rule(prep):
@@ -333,13 +343,9 @@ def scaled_dot_product_attention(
 def _prepare_plain(q, k, v, lead, dims, causal):
     """:func:`_prepare`'s result for query, key and value of one native float dtype and one leading
     shape, without a mask, GQA, a given scale or the weights (the fast path's call)."""
-    L, S, E, _ = dims
-    n = math.prod(lead)
-    index = np.arange(n, dtype=np.intp)  # every stack entry reads its own slices
-    plan = Plan(lead, dims, index, index, index, None, causal, 1.0 / math.sqrt(E) if E else 1.0, False)
-    stacks = (x.reshape(n, *x.shape[-2:]) for x in (q, k, v))
-    facts = {"scores": n * L * S, "L": L, "S": S, "E": E, "dtype": q.dtype}
-    return _registry.Prepared(AttentionArgs(*stacks, None, plan), facts=facts)
+    index = np.arange(math.prod(lead), dtype=np.intp)  # every stack entry reads its own slices
+    plan = Plan(lead, dims, index, index, index, None, causal, _scale(None, dims[2]), False)
+    return _prepared(q, k, v, None, plan, q.dtype)
 
 
 # --------------------------------------------------------------------------- shared pieces
