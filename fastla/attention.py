@@ -29,7 +29,10 @@ Implementations:
   memory O(L·E + tiles), never L x S. The tile is computed *transposed* (keys x queries) so that the
   softmax steps run across queries in SIMD lanes (no horizontal reductions) and the probabilities are
   already in the packed layout the second product reads. Causal blocks skip the keys past the
-  diagonal. The exp is :func:`fastla._math.exp` (vectorised), shared with softmax.
+  diagonal. The exp is :func:`fastla._math.exp` (vectorised), shared with softmax. Fewer than
+  ``FEW_ROWS`` query rows (a decoding step) take the row kernel instead: per group of rows of one
+  head, a dot product per key and row on the unpacked keys, the softmax, the weighted sum of the
+  value rows; no packing phase, no query block filled with padding.
 * ``loop`` — pure Python over rows and keys; small inputs only.
 """
 
@@ -54,16 +57,26 @@ __all__ = ["scaled_dot_product_attention"]
 # Measured with `python -m fastla tune` (2 threads both sides, 4 heads, E = 64): the flash kernel
 # wins from 4 096-16 384 score entries on an Intel AVX-512 Xeon, 1 024-4 096 on a Zen 5 (it was
 # 2^20 on Zen 4, before the fast path and the per-call overhead work).
-# Few query rows (a decoding step: L = 1 against a cache of S keys) take NumPy's product: the flash
-# kernel's time does not shrink with L below a query block (Zen 4, 8 heads, E = 64, f32, S = 2048:
-# 2.23-2.28 ms for L = 1 to 64; NumPy 0.45 ms at L = 1, 0.95-1.05 at 2-4, 1.44 at 8, 2.04 at 16,
-# 2.81 at 32; S = 256: the kernel 0.30-0.34 ms, NumPy 0.11-0.30 ms up to L = 16, 0.73-0.80 from 32).
-AUTO_RULE = {"min_scores": 4096, "min_query_rows": 32}
+# Fewer than FEW_ROWS query rows (a decoding step: L = 1 against a cache of S keys) take the row
+# kernel at any size: the flash kernel's time does not shrink with L below a query block, and NumPy's
+# product pays per head (Zen 4, f32, E = 64, 8 heads: S = 2048, L = 1: the row kernel 0.13 ms,
+# NumPy's product 0.26 ms, the flash kernel 3.9 ms, torch 0.17 ms; L = 16: 1.27, 7.9 (it gathered
+# copies then), 4.0, 0.91 ms; L = 1, S = 64: 0.032 against NumPy's 0.075 ms; one head, L = S = 4,
+# E = 8: 0.027 against 0.095 ms).
+AUTO_RULE = {"min_scores": 4096}
 
 #: Keys per tile (rounded to a multiple of MR): the transposed score tile (BK x BQ) stays in L1/L2.
 KEY_TILE = 256
 #: Query rows per block (rounded up to a multiple of NR).
 QUERY_BLOCK = 64
+#: Below this many query rows the ``numba`` impl runs the row kernel (:func:`_rows_task`, a group of
+#: query rows per task, reading the keys and values unpacked) instead of packing them for the flash
+#: tiles (Zen 4, 8 heads, S = 2048, E = 64, f32: the row kernel 1.27 ms at L = 16, 2.5 ms at 32;
+#: the flash kernel 4.0-4.3 ms for L = 16 to 64).
+FEW_ROWS = 32
+#: Query rows per task of the row kernel: each key and value row is read once for the group (same
+#: case, L = 16: 1.7-1.9 ms with a row per task, 1.17-1.25 with 4, 8 or 16 rows).
+ROW_GROUP = 8
 
 _U = _jit.U
 
@@ -80,6 +93,19 @@ def _lead_index(lead_in, lead, heads_repeat=1):
     if heads_repeat > 1:
         idx = np.repeat(idx, heads_repeat, axis=-1)
     return np.ascontiguousarray(np.broadcast_to(idx, lead).reshape(-1))
+
+
+def _lead_group(lead_in, lead, heads_repeat=1):
+    """``r`` when :func:`_lead_index`'s result is ``arange(prod(lead)) // r`` (each of the operand's
+    slices serves ``r`` consecutive stack entries: its own, GQA's query heads, or every entry of the
+    trailing dimensions it broadcasts over), else None. From the shapes alone: no index is read."""
+    padded = (1,) * (len(lead) - len(lead_in)) + tuple(lead_in)
+    if heads_repeat > 1 and padded[-1] > 1:
+        return heads_repeat if padded[:-1] == tuple(lead[:-1]) else None
+    t = len(padded)
+    while t and padded[t - 1] == 1:
+        t -= 1
+    return math.prod(lead[t:]) if padded[:t] == tuple(lead[:t]) else None
 
 
 class AttentionArgs(NamedTuple):
@@ -102,6 +128,7 @@ class Plan:
     k: np.ndarray  # ... of its key slice (a GQA key head serves several query heads)
     v: np.ndarray  # ... of its value slice
     mask: np.ndarray | None  # ... of its mask slice; None without a mask
+    groups: tuple  # per operand (q, k, v, mask): :func:`_lead_group` of its index
     causal: bool
     scale: float
     weights: bool  # return the attention weights too
@@ -208,6 +235,12 @@ def _prepare(
         k=_lead_index(k.shape[:-2], lead, reps[0]),
         v=_lead_index(v.shape[:-2], lead, reps[1]),
         mask=_lead_index(m_lead, lead) if mask is not None else None,
+        groups=(
+            _lead_group(q.shape[:-2], lead),
+            _lead_group(k.shape[:-2], lead, reps[0]),
+            _lead_group(v.shape[:-2], lead, reps[1]),
+            _lead_group(m_lead, lead),
+        ),
         causal=bool(is_causal),
         scale=_scale(scale, E),
         weights=bool(return_weights),
@@ -236,10 +269,10 @@ def _prepared(q, k, v, mask, plan, dtype, why=None):
 
 def _rule(prep):
     f = prep.facts
+    if f["L"] < FEW_ROWS:
+        return "numba", lambda: f"L = {f['L']} query rows: the row kernel, keys and values read unpacked"
     if f["scores"] < AUTO_RULE["min_scores"]:
         return "numpy", lambda: f"{f['scores']} scores: too few for the tiled kernel to pay"
-    if f["L"] < AUTO_RULE["min_query_rows"]:
-        return "numpy", lambda: f"L = {f['L']} query rows: the tiled kernel computes whole query blocks"
     return "numba", lambda: f"{f['scores']} scores: tiled online-softmax kernel, no L x S buffer"
 
 
@@ -344,7 +377,7 @@ def _prepare_plain(q, k, v, lead, dims, causal):
     """:func:`_prepare`'s result for query, key and value of one native float dtype and one leading
     shape, without a mask, GQA, a given scale or the weights (the fast path's call)."""
     index = np.arange(math.prod(lead), dtype=np.intp)  # every stack entry reads its own slices
-    plan = Plan(lead, dims, index, index, index, None, causal, _scale(None, dims[2]), False)
+    plan = Plan(lead, dims, index, index, index, None, (1, 1, 1, None), causal, _scale(None, dims[2]), False)
     return _prepared(q, k, v, None, plan, q.dtype)
 
 
@@ -364,6 +397,26 @@ def _causal_additive(L, S, dtype):
 # --------------------------------------------------------------------------- numpy
 
 
+def _operand_views(nb, pairs, groups):
+    """The operands ``(x, index)`` as arrays that broadcast against each other over the stack,
+    without copies where the indices allow: one slice serving every entry (a shared mask) as that
+    slice, and slices serving 1 or ``R`` consecutive entries each as views ``(nb // R, R or 1, ...)``
+    (GQA's key and value heads, a mask per batch); else the gathered copies ``(nb, ...)``. At a
+    decoding step (L = 1 against 8 heads of 2048 x 64 float32 keys and values) gathering them cost
+    2.7 ms of a 2.9 ms call. ``groups`` is the plan's :func:`_lead_group` per operand. Also
+    returns the stack's shape in those terms, ``(nb // R, R)`` or ``(nb,)``."""
+    reps = [r if nb else None for r in groups[: len(pairs)]]
+    big = {r for r, (x, _) in zip(reps, pairs, strict=True) if r is not None and r > 1 and x.shape[0] > 1}
+    if None in reps or len(big) > 1:
+        return [x[index] for x, index in pairs], (nb,)
+    R = big.pop() if big else 1
+    views = [
+        x[0] if x.shape[0] == 1 and nb > 1 else x.reshape(nb // R, R // r, *x.shape[1:])
+        for (x, _), r in zip(pairs, reps, strict=True)
+    ]
+    return views, (nb // R, R)
+
+
 @_OP.register("numpy", any_dtype=True)
 def _sdpa_numpy(q, k, v, mask, plan):
     """The formula with ``@`` over the stack: materialises the (..., L, S) scores."""
@@ -372,10 +425,14 @@ def _sdpa_numpy(q, k, v, mask, plan):
     nb = plan.q.size
     out = np.empty((nb, L, Ev), dtype)
     weights = np.empty((nb, L, S), dtype) if plan.weights else None
-    qb, kb, vb = q[plan.q], k[plan.k], v[plan.v]
-    scores = (qb @ kb.swapaxes(-1, -2)) * dtype.type(plan.scale)
-    if mask is not None:
-        scores += mask[plan.mask]
+    pairs = [(q, plan.q), (k, plan.k), (v, plan.v)] + ([(mask, plan.mask)] if mask is not None else [])
+    (qb, kb, vb, *mb), grid = _operand_views(nb, pairs, plan.groups)
+    scores = qb @ kb.swapaxes(-1, -2)
+    scores *= dtype.type(plan.scale)
+    if mb and np.broadcast_shapes(scores.shape, mb[0].shape) != scores.shape:
+        scores = scores + mb[0]  # a mask per entry over shared query and key slices
+    elif mb:
+        scores += mb[0]
     elif plan.causal:
         scores += _causal_additive(L, S, dtype)
     with np.errstate(invalid="ignore"):
@@ -385,9 +442,9 @@ def _sdpa_numpy(q, k, v, mask, plan):
         total = scores.sum(axis=-1, keepdims=True)
         np.divide(scores, total, out=scores, where=total != 0)
         scores[np.broadcast_to(total == 0, scores.shape)] = 0
-    np.matmul(scores, vb, out=out)
+    np.matmul(scores, vb, out=out.reshape(*grid, L, Ev))  # broadcast to every entry
     if weights is not None:
-        weights[...] = scores
+        weights.reshape(*grid, L, S)[...] = scores
     return _result(out, weights, plan)
 
 
@@ -536,7 +593,7 @@ class Stats(NamedTuple):
 # w, phase, task)`` (``phase``, unused by each kernel, is :func:`_task`'s switch), so that the loop
 # is compiled once for all three; the packing was a parallel loop of its own before it became a
 # phase.
-PACK, FLASH, WEIGHTS = 0, 1, 2
+PACK, FLASH, WEIGHTS, ROWS = 0, 1, 2, 3
 
 
 @jit(python_wrapper=False)
@@ -691,6 +748,86 @@ def _weights_task(inp, ix, t, zero, out, stats, w, phase, task):
                 w[b, i0 + r, _U(j0) + c] = _math.exp(st[base + c * _U(nr)] - mx) * inv
 
 
+@jit(python_wrapper=False)
+def _rows_task(inp, ix, t, zero, out, stats, w, phase, task):
+    """Row phase, task ``task``: a group of ``t.bq`` query rows (a decoding step's, say) straight
+    from the unpacked keys and values, with no packing phase and no query block to fill: their scores
+    (a dot product per key and row, each key read once for the group), their softmax, the weighted
+    sums of the value rows (each value row read once for the group), and their weights when asked."""
+    wide_vectors()
+    q, k, v, mask = inp.q, inp.k, inp.v, _intrinsics.borrow(inp.mask)  # borrowed: see _flash_task
+    L, S, Ev, G, has_mask, causal = t.L, t.S, t.Ev, t.bq, t.has_mask, t.causal
+    E = q.shape[2]
+    ngroups = (L + G - 1) // G
+    b = task // ngroups
+    i0 = (task % ngroups) * G
+    rows = min(G, L - i0)
+    ninf = -np.inf
+    scale, one = inp.consts[0], inp.consts[1]
+    qf, kf, vf = q.reshape(q.size), k.reshape(k.size), v.reshape(v.size)
+    # unsigned offsets and indices: see fastla._jit.U
+    q0 = _U((ix.q[b] * L + i0) * E)
+    k0 = _U(ix.k[b] * S * E)
+    v0 = _U(ix.v[b] * S * Ev)
+    uS, uE, uEv = _U(S), _U(E), _U(Ev)
+    kv_end = _U(min(S, i0 + rows) if causal else S)  # the group's last row sees the most keys
+    s = np.empty(rows * S, q.dtype)
+    acc = np.empty(rows * Ev, q.dtype)
+    for j in range(kv_end):
+        kj = k0 + j * uE
+        for g in range(_U(rows)):
+            qg = q0 + g * uE
+            dot = zero
+            for e in range(uE):
+                dot += qf[qg + e] * kf[kj + e]
+            s[g * uS + j] = dot * scale
+    for g in range(_U(rows)):
+        i = i0 + g
+        sg = g * uS
+        end = _U(min(S, i + 1)) if causal else kv_end
+        if has_mask:
+            mb = ix.mask[b]
+            ii = i if mask.shape[1] > 1 else 0
+            if mask.shape[2] > 1:
+                for j in range(end):
+                    s[sg + j] += mask[mb, ii, j]
+            else:
+                for j in range(end):
+                    s[sg + j] += mask[mb, ii, 0]
+        m = s[sg]  # end >= 1 (S >= 1; a causal row sees its own key); typed as the data, not -inf
+        for j in range(end):
+            m = s[sg + j] if s[sg + j] > m else m
+        m = m if m != ninf else zero  # a fully masked row: every exponential is 0
+        total = zero
+        for j in range(end):
+            p = _math.exp(s[sg + j] - m)
+            s[sg + j] = p
+            total += p
+        inv = one / total if total != 0 else zero
+        for j in range(end):
+            s[sg + j] *= inv
+        for j in range(end, kv_end):  # keys after a causal row's own: weight 0
+            s[sg + j] = zero
+    for e in range(_U(rows * Ev)):
+        acc[e] = zero
+    for j in range(kv_end):
+        vj = v0 + j * uEv
+        for g in range(_U(rows)):
+            p = s[g * uS + j]
+            ag = g * uEv
+            for e in range(uEv):
+                acc[ag + e] += p * vf[vj + e]
+    for g in range(rows):
+        for e in range(uEv):
+            out[b, i0 + g, e] = acc[_U(g) * uEv + e]
+    if w.shape[0]:
+        for g in range(rows):
+            for j in range(kv_end):
+                w[b, i0 + g, j] = s[_U(g) * uS + j]
+            for j in range(kv_end, uS):
+                w[b, i0 + g, j] = zero
+
+
 @jit
 def _task(inp, ix, t, zero, out, stats, w, phase, task):
     """Task ``task`` of phase ``phase``. The stand-in :func:`_run` is typed with: compiled, each
@@ -700,6 +837,8 @@ def _task(inp, ix, t, zero, out, stats, w, phase, task):
         _pack_task(inp, ix, t, zero, out, stats, w, phase, task)
     elif phase == FLASH:
         _flash_task(inp, ix, t, zero, out, stats, w, phase, task)
+    elif phase == ROWS:
+        _rows_task(inp, ix, t, zero, out, stats, w, phase, task)
     else:
         _weights_task(inp, ix, t, zero, out, stats, w, phase, task)
 
@@ -752,14 +891,19 @@ def _sdpa_numba(q, k, v, mask, plan):
     blk = _gk.BLOCKING[dt]
     mr, nr = blk.MR, blk.NR
     q, k, v = _c(q), _c(k), _c(v)
+    few = L < FEW_ROWS
     s_pad = -(-S // mr) * mr
     ev_pad = -(-Ev // mr) * mr
-    kp = np.empty(k.shape[0] * s_pad * E, dt)
-    vp = np.empty(v.shape[0] * ev_pad * S, dt)
+    kp = np.empty(0 if few else k.shape[0] * s_pad * E, dt)
+    vp = np.empty(0 if few else v.shape[0] * ev_pad * S, dt)
     has_mask = mask is not None
     mask = _c(mask if has_mask else np.zeros((1, 1, 1), dt))
     mi = _c(plan.mask if has_mask else plan.q)
-    bq = nr * max(1, QUERY_BLOCK // nr)
+    if few:  # rows per task: at most ROW_GROUP, and a task for each thread where the rows allow
+        groups = max(-(-L // ROW_GROUP), min(L, -(-_jit.threads_here() // nb)))
+        bq = -(-L // groups)
+    else:
+        bq = nr * max(1, QUERY_BLOCK // nr)
     bk = mr * max(1, round(KEY_TILE / mr))
     stats = Stats(np.empty((nb, L), dt), np.empty((nb, L), dt))
     ix = Stacks(_c(plan.q), _c(plan.k), _c(plan.v), mi)
@@ -767,6 +911,9 @@ def _sdpa_numba(q, k, v, mask, plan):
     inp = Inputs(q, k, v, kp, vp, mask, np.array([plan.scale, 1], dt))
     w = weights if weights is not None else out[:0]
     args = (inp, ix, t, dt.type(0), out, stats, w)
+    if few:
+        _phase(_rows_task, dt, args, ROWS, nb * -(-L // t.bq))
+        return _result(out, weights, plan)
     _phase(_pack_task, dt, args, PACK, k.shape[0] + v.shape[0])
     blocks = nb * -(-L // bq)
     _phase(_flash_task, dt, args, FLASH, blocks)

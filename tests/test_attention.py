@@ -143,6 +143,91 @@ def test_return_weights(dtype, rng):
                 assert np.all(np.triu(w[0], 1) == 0)
 
 
+@pytest.mark.parametrize(
+    "q_lead,kv_lead,mask_shape,gqa",
+    [
+        ((1,), (1,), (3, 5, 7), False),  # shared query, key and value; a mask per entry
+        ((2, 1), (2, 3), None, False),  # a query per batch against keys per head
+        ((2, 4), (2, 2), (5, 7), True),  # GQA with one shared mask
+        ((2, 4), (2, 2), (2, 1, 1, 7), True),  # GQA pairs and a mask per batch: gathered
+        ((2, 4), (1, 4), None, False),  # keys shared across batches: gathered
+        ((1, 4), (2, 4), (2, 1, 5, 1), False),
+    ],
+)
+def test_stacks_that_share_slices(q_lead, kv_lead, mask_shape, gqa, dtype, rng):
+    """Operands whose slices serve several stack entries (broadcast leading dimensions, GQA, shared
+    masks): NumPy's product reads views where the sharing allows and gathers copies otherwise, with
+    the same results either way."""
+    q = rng.standard_normal((*q_lead, 5, 4)).astype(dtype)
+    k = rng.standard_normal((*kv_lead, 7, 4)).astype(dtype)
+    v = rng.standard_normal((*kv_lead, 7, 3)).astype(dtype)
+    mask = None if mask_shape is None else (rng.standard_normal(mask_shape) * 2).astype(dtype)
+    ref, ref_w = _reference(q, k, v, mask=mask, gqa=gqa)
+    for name in impl_names("scaled_dot_product_attention", 99):
+        out, w = sdpa(q, k, v, mask, enable_gqa=gqa, return_weights=True, backend=name)
+        assert out.shape == ref.shape and w.shape == ref_w.shape, name
+        _check(out, ref, dtype)
+        _check(w, ref_w, dtype)
+
+
+@pytest.mark.parametrize("L", [1, 13, 20])
+@pytest.mark.parametrize("group", [3, 8])
+def test_row_kernel(L, group, dtype, rng, monkeypatch):
+    """The ``numba`` impl's row kernel (taken below ``FEW_ROWS`` query rows; forced here at every L,
+    with groups of rows that do not divide L): causal rows and their weights, float and bool masks
+    that broadcast, a fully masked row, GQA, NaN, against the reference."""
+    from fastla import attention
+
+    monkeypatch.setattr(attention, "FEW_ROWS", 10**6)
+    monkeypatch.setattr(attention, "ROW_GROUP", group)
+    S = 37
+    q, k, v = _qkv(rng, (2, 4), L, S, 6, 5, dtype, k_lead=(2, 2))
+    for causal in (False, True):
+        ref, ref_w = _reference(q, k, v, causal=causal, gqa=True)
+        out, w = sdpa(q, k, v, is_causal=causal, enable_gqa=True, return_weights=True, backend="numba")
+        _check(out, ref, dtype)
+        _check(w, ref_w, dtype)
+    k, v = k.repeat(2, axis=1), v.repeat(2, axis=1)
+    bool_mask = rng.random((2, 1, L, S)) > 0.4
+    bool_mask[1, 0, L - 1] = False  # a fully masked row: zeros
+    for mask in (bool_mask, (rng.standard_normal((L, 1)) * 2).astype(dtype), np.zeros(S, dtype)):
+        ref, ref_w = _reference(q, k, v, mask=mask)
+        out, w = sdpa(q, k, v, mask, return_weights=True, backend="numba")
+        _check(out, ref, dtype)
+        _check(w, ref_w, dtype)
+    out = sdpa(q, k, v, bool_mask, backend="numba")
+    assert np.all(out[1, :, L - 1] == 0) and np.all(np.isfinite(out))
+    q[0, 1, 0, 2] = np.nan
+    out = sdpa(q, k, v, backend="numba")
+    assert np.isnan(out[0, 1, 0]).all() and not np.isnan(np.delete(out.reshape(-1, 5), L, axis=0)).any()
+
+
+def test_lead_group_reads_the_index_from_the_shapes():
+    """``_lead_group`` says from the shapes alone when an operand's stack index is ``arange(n) // r``
+    (what lets NumPy's product read views instead of gathering copies): it is never wrong, and it
+    finds every such index among these broadcasts."""
+    from itertools import product
+
+    from fastla.attention import _lead_group, _lead_index
+
+    for lead in [(1,), (3,), (2, 3), (2, 1, 3), (2, 4, 2)]:
+        for lead_in in product(*[(1, d) for d in lead]):
+            for cut in range(len(lead_in) + 1):
+                shape = lead_in[cut:]
+                index = _lead_index(shape, lead)
+                n = index.size
+                truth = [r for r in range(1, n + 1) if np.array_equal(index, np.arange(n) // r)]
+                assert _lead_group(shape, lead) == (truth[0] if truth else None), (shape, lead)
+        hq = lead[-1]
+        for hk in [h for h in range(1, hq + 1) if hq % h == 0]:
+            for head_lead in {(*lead[:-1], hk), (1,) * (len(lead) - 1) + (hk,)}:
+                index = _lead_index(head_lead, lead, hq // hk)
+                got = _lead_group(head_lead, lead, hq // hk)
+                assert got is None or np.array_equal(index, np.arange(index.size) // got), (head_lead, lead)
+                if head_lead[:-1] == lead[:-1]:
+                    assert got == hq // hk
+
+
 @pytest.mark.parametrize("hk", [1, 2, 3])
 def test_gqa(hk, dtype, rng):
     q = rng.standard_normal((2, 6, 40, 8)).astype(dtype)
@@ -240,15 +325,16 @@ def test_torch_argument_order(rng):
 
 
 def test_auto_rule():
-    small = np.ones((4, 8))
+    small = np.ones((40, 8))
     assert fastla.explain("scaled_dot_product_attention", small, small, small)[0] == "numpy"
     big = np.ones((8, 512, 64), np.float32)
     expect = "numba" if fastla._jit.NUMBA_AVAILABLE else "numpy"
     assert fastla.explain("scaled_dot_product_attention", big, big, big)[0] == expect
-    # a decoding step (one query row against a cache of keys): NumPy's product, whatever the scores
+    # few query rows (a decoding step: one row against a cache of keys): the row kernel at any size
     q, cache = np.ones((8, 1, 64), np.float32), np.ones((8, 2048, 64), np.float32)
     name, reason = fastla.explain("scaled_dot_product_attention", q, cache, cache)
-    assert name == "numpy" and "query rows" in reason
+    assert name == expect and ("row kernel" in reason or expect == "numpy")
+    assert fastla.explain("scaled_dot_product_attention", small[:1], small, small)[0] == expect
     q = np.ones((8, 32, 64), np.float32)
     assert fastla.explain("scaled_dot_product_attention", q, cache, cache)[0] == expect
 
@@ -280,7 +366,7 @@ def test_tile_loops_take_no_reference_counts_on_the_inputs():
     from fastla import attention
 
     sig = attention.TASK.signature(np.float32)
-    for task in (attention._flash_task, attention._weights_task):
+    for task in (attention._flash_task, attention._weights_task, attention._rows_task):
         counted = counted_in_loops(fresh_ir(task, sig))
         assert not {name for name in counted if name.startswith("arg.")}, (task.py_func.__name__, counted)
 

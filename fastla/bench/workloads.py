@@ -554,6 +554,7 @@ WORKLOADS += [
     attention(1, 8, 4096, 4096, 64, np.float32, causal=True, sets=("full",)),
     attention(1, 8, 2048, 2048, 64, np.float32, sets=("quick",)),
     attention(1, 8, 2048, 2048, 64, np.float32, causal=True, sets=("quick",)),
+    attention(1, 8, 1, 2048, 64, np.float32),  # a decoding step: one query row against a key cache
     attention(1, 8, 1024, 1024, 64, np.float32, sets=("full",)),
     attention(1, 8, 1024, 1024, 64, np.float32, causal=True, sets=("full",)),
     attention(4, 8, 512, 512, 64, np.float32, sets=("full",)),
