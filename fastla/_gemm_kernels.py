@@ -517,13 +517,31 @@ def pack_rows(d, at, rs, cs, mc, kc, alpha, row_scale, r0, out, off):
     packing of its keys and values inside its own kernel.
 
     Rows past ``mc`` are zero so that edge tiles run the same micro-kernel. A unit column stride
-    gets its own loop, so that LLVM sees the contiguous reads it vectorises.
+    gets its own loop, so that LLVM sees the contiguous reads it vectorises; a unit row stride (a
+    transposed operand, attention's values) walks each panel's depth outermost, a step copying the
+    contiguous run of the panel's rows: row by row, every row re-read a line per depth step, from
+    L2 once the panel's ``kc`` lines outgrew L1 (attention's keys and values, 8 heads of 2048 x 64
+    float32, one thread, A/B interleaved three times: 1.88-2.39 -> 1.57-1.91 ms; every panel's
+    step at once was slower again).
     """
     mr = tile_mr(out)
     scaled = row_scale.size > 0
     for ir in range(0, mc, mr):
         base = off + (ir // mr) * kc * mr
         rows = min(mr, mc - ir)
+        if rs == 1 and cs != 1:
+            for p in range(kc):
+                src = _U(at + ir + p * cs)
+                dst = _U(base + p * mr)
+                if scaled:
+                    for i in range(_U(rows)):
+                        out[dst + i] = alpha * row_scale[_U(r0 + ir) + i] * d[src + i]
+                else:
+                    for i in range(_U(rows)):
+                        out[dst + i] = alpha * d[src + i]
+                for i in range(_U(rows), _U(mr)):
+                    out[dst + i] = 0
+            continue
         for i in range(rows):
             s = alpha * row_scale[_U(r0 + ir + i)] if scaled else alpha
             row = at + (ir + i) * rs
@@ -774,23 +792,23 @@ class _Workspaces(threading.local):
 _WORKSPACES = _Workspaces()
 
 
-def workspace(dtype, elements):
+def workspace(dtype, elements, purpose="gemm"):
     """A 64-byte-aligned 1-D scratch of at least ``elements`` of ``dtype`` for :func:`gemm_into`'s
-    packed operands, kept for this Python thread and reused by its next call (grown when a call
-    needs more). Its size is bounded by the blocking (``threads`` A blocks of MC x KC, one KC x NC
-    slab of B), not by the product: a few MiB. Allocated per call (one packed A block per row
-    block, before), the packed buffers came from fresh pages whenever the allocator had given the
-    last call's back to the system (glibc trims the heap's top and maps large blocks anew), so that
-    a product's speed hung on what the process had allocated before. Measured on Zen 4 (float64,
-    one thread, a fresh process, page faults and min time a call): 256^3 226 faults, 1.07 ms ->
-    0 faults, 0.66 ms; 384^3 640 faults, 3.19 -> 2.13 ms; 512^3 993 faults, 6.66 -> 5.10 ms
-    (OpenBLAS 0.64, 2.11 and 5.04 ms)."""
+    packed operands (or for another ``purpose``'s, each its own), kept for this Python thread and
+    reused by its next call (grown when a call needs more). The GEMM's is bounded by the blocking
+    (``threads`` A blocks of MC x KC, one KC x NC slab of B), not by the product: a few MiB.
+    Allocated per call (one packed A block per row block, before), the packed buffers came from
+    fresh pages whenever the allocator had given the last call's back to the system (glibc trims the
+    heap's top and maps large blocks anew), so that a product's speed hung on what the process had
+    allocated before. Measured on Zen 4 (float64, one thread, a fresh process, page faults and min
+    time a call): 256^3 226 faults, 1.07 ms -> 0 faults, 0.66 ms; 384^3 640 faults, 3.19 -> 2.13
+    ms; 512^3 993 faults, 6.66 -> 5.10 ms (OpenBLAS 0.64, 2.11 and 5.04 ms)."""
     dtype = np.dtype(dtype)
-    have = _WORKSPACES.by_dtype.get(dtype)
+    have = _WORKSPACES.by_dtype.get((purpose, dtype))
     if have is None or have.size < elements:
         raw = np.empty(elements + 64 // dtype.itemsize, dtype)
         shift = (-raw.ctypes.data % 64) // dtype.itemsize
-        have = _WORKSPACES.by_dtype[dtype] = raw[shift : shift + elements]
+        have = _WORKSPACES.by_dtype[(purpose, dtype)] = raw[shift : shift + elements]
     return have
 
 

@@ -202,6 +202,34 @@ def test_row_kernel(L, group, dtype, rng, monkeypatch):
     assert np.isnan(out[0, 1, 0]).all() and not np.isnan(np.delete(out.reshape(-1, 5), L, axis=0)).any()
 
 
+@pytest.mark.skipif(not fastla._jit.NUMBA_AVAILABLE, reason="the numba impl's packing")
+def test_packed_keys_and_values_reuse_a_per_thread_workspace(monkeypatch):
+    """The flash kernel packs keys and values into this Python thread's workspace, kept between
+    calls (fresh pages per call cost more than the packing); calls from several Python threads at
+    once each use their own; a call past ``WORKSPACE_BYTES`` allocates its own, same results."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fastla import _gemm_kernels, attention
+
+    rng = np.random.default_rng(5)
+    cases = [_qkv(rng, (2,), 40, 70 + 9 * i, 8, 5, np.float32) for i in range(6)]
+    refs = [_reference(*c)[0] for c in cases]
+    sdpa(*cases[0], backend="numba")
+    work = _gemm_kernels._WORKSPACES.by_dtype[("attention", np.dtype(np.float32))]
+    _check(sdpa(*cases[0], backend="numba"), refs[0], np.float32)
+    assert _gemm_kernels._WORKSPACES.by_dtype[("attention", np.dtype(np.float32))] is work
+
+    def run(i):
+        return [sdpa(*cases[j], backend="numba") for j in range(i, len(cases), 2) for _ in range(3)]
+
+    with ThreadPoolExecutor(2) as pool:
+        for i, outs in enumerate(pool.map(run, range(2))):
+            for n, out in enumerate(outs):
+                _check(out, refs[i + 2 * (n // 3)], np.float32)
+    monkeypatch.setattr(attention, "WORKSPACE_BYTES", 0)
+    _check(sdpa(*cases[5], backend="numba"), refs[5], np.float32)
+
+
 def test_lead_group_reads_the_index_from_the_shapes():
     """``_lead_group`` says from the shapes alone when an operand's stack index is ``arange(n) // r``
     (what lets NumPy's product read views instead of gathering copies): it is never wrong, and it

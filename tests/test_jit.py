@@ -168,6 +168,35 @@ def test_small_tiles_match_twins(dtype, k, masked, rng):
     np.testing.assert_array_equal(c_ir[outside], c0[outside])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("order", ["C", "F", "strided"])
+@pytest.mark.parametrize("scaled", [False, True])
+def test_pack_rows_lays_out_micro_panels(dtype, order, scaled, rng):
+    """``pack_rows`` (the GEMM's A packing, attention's keys and values) of a row-major, a
+    column-major (unit row stride: its own loop order) and a strided block: ``alpha`` times the row
+    scale times the element, in MR-tall micro-panels ``[panel, depth, row]``, zero past the last
+    row, the rest of the output untouched."""
+    mr = gk.BLOCKING[np.dtype(dtype)].MR
+    mc, kc, off = 2 * mr + 3, 7, 5
+    x = rng.standard_normal((mc + 4, 2 * kc + 3)).astype(dtype)
+    block = {"C": x, "F": np.asfortranarray(x), "strided": x[:, ::2]}[order][2 : 2 + mc, 1 : 1 + kc]
+    base = block.base if block.base is not None else block
+    flat = base.reshape(-1, order="A")
+    item = np.dtype(dtype).itemsize
+    at = (block.__array_interface__["data"][0] - flat.__array_interface__["data"][0]) // item
+    rs, cs = (st // item for st in block.strides)
+    row_scale = (rng.random(mc + 3) + 0.5).astype(dtype) if scaled else np.empty(0, dtype)
+    panels = -(-mc // mr)
+    out = np.full(off + panels * kc * mr + 4, 7.0, dtype)
+    gk.pack_rows(flat, at, rs, cs, mc, kc, dtype(-1.5), row_scale, 3, out, off)
+    want = -1.5 * block * (row_scale[3 : 3 + mc, None] if scaled else 1)
+    padded = np.zeros((panels * mr, kc), dtype)
+    padded[:mc] = want
+    got = out[off : off + panels * kc * mr].reshape(panels, kc, mr)
+    np.testing.assert_allclose(got, padded.reshape(panels, mr, kc).transpose(0, 2, 1), rtol=1e-6)
+    assert np.all(out[:off] == 7) and np.all(out[off + panels * kc * mr :] == 7)
+
+
 @needs_jit
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_microkernel_asm_uses_vector_fma_without_spills(dtype):
