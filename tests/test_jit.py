@@ -402,19 +402,25 @@ def _nan_weights_task(inp, ix, t, zero, out, stats, w, phase, task):
 @needs_jit
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_attention_runs_its_tasks_through_their_addresses(dtype, monkeypatch, rng):
-    """Both attention passes call their per-task kernels through the entry addresses (with and
-    without a mask, causal or not): stand-in addresses must be the code that runs."""
+    """The attention passes call their per-task kernels through the entry addresses (with and
+    without a mask, causal or not; the flash and weights passes, and the row pass of fewer query
+    rows): stand-in addresses must be the code that runs."""
     import fastla as fl
     from fastla import attention
 
     monkeypatch.setattr(attention, "_flash_task", _nan_task)
     monkeypatch.setattr(attention, "_weights_task", _nan_weights_task)
-    q = rng.standard_normal((2, 3, 20, 8)).astype(dtype)
-    mask = rng.standard_normal((20, 20)).astype(dtype)
+    monkeypatch.setattr(attention, "_rows_task", _nan_task)
+    L = attention.FEW_ROWS + 8
+    q = rng.standard_normal((2, 3, L, 8)).astype(dtype)
+    mask = rng.standard_normal((L, L)).astype(dtype)
     for kw in ({}, {"attn_mask": mask}, {"is_causal": True}):
         out, w = fl.scaled_dot_product_attention(q, q, q, backend="numba", return_weights=True, **kw)
         assert np.isnan(out[0, 0, 0]).all()
         assert np.isnan(w[0, 0, 0]).all()
+        kw = {"attn_mask": mask[:3]} if "attn_mask" in kw else kw
+        out = fl.scaled_dot_product_attention(q[:, :, :3], q, q, backend="numba", **kw)
+        assert np.isnan(out[0, 0, 0]).all()
 
 
 @_jit.jit(python_wrapper=False)
