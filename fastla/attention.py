@@ -59,8 +59,8 @@ __all__ = ["scaled_dot_product_attention"]
 # 2^20 on Zen 4, before the fast path and the per-call overhead work).
 # Fewer than FEW_ROWS query rows (a decoding step: L = 1 against a cache of S keys) take the row
 # kernel at any size: the flash kernel's time does not shrink with L below a query block, and NumPy's
-# product pays per head (Zen 4, f32, E = 64, 8 heads: S = 2048, L = 1: the row kernel 0.13 ms,
-# NumPy's product 0.26 ms, the flash kernel 3.9 ms, torch 0.17 ms; L = 16: 1.27, 7.9 (it gathered
+# product pays per head (Zen 4, f32, E = 64, 8 heads: S = 2048, L = 1: the row kernel 0.12 ms,
+# NumPy's product 0.26 ms, the flash kernel 3.9 ms, torch 0.17 ms; L = 16: 0.91, 7.9 (it gathered
 # copies then), 4.0, 0.91 ms; L = 1, S = 64: 0.032 against NumPy's 0.075 ms; one head, L = S = 4,
 # E = 8: 0.027 against 0.095 ms).
 AUTO_RULE = {"min_scores": 4096}
@@ -71,14 +71,15 @@ KEY_TILE = 256
 QUERY_BLOCK = 64
 #: Below this many query rows the ``numba`` impl runs the row kernel (:func:`_rows_task`, a group of
 #: query rows per task, reading the keys and values unpacked) instead of packing them for the flash
-#: tiles (Zen 4, 8 heads, S = 2048, E = 64, f32: the row kernel 1.27 ms at L = 16, 2.5 ms at 32;
-#: the flash kernel 4.0-4.3 ms for L = 16 to 64).
+#: tiles (Zen 4, 8 heads, S = 2048, E = 64, f32: the row kernel 0.9 ms at L = 16, 1.8 at 31, 2.3-2.8
+#: at 40, 3.8 at 60; the flash kernel 2.7-3.7 ms for L = 32 to 64, once its packing reused its
+#: buffers; at S = 256-512 the flash kernel wins from 40-48 rows).
 FEW_ROWS = 32
 #: Packed keys and values up to this size are kept between calls, per Python thread (at most this
 #: much memory stays held; larger calls allocate theirs, where the compute outweighs fresh pages).
 WORKSPACE_BYTES = 32 << 20
 #: Query rows per task of the row kernel: each key and value row is read once for the group (same
-#: case, L = 16: 1.7-1.9 ms with a row per task, 1.17-1.25 with 4, 8 or 16 rows).
+#: case, L = 16: 1.29 ms with a row per task, 0.97 / 0.92 / 0.90 with 4 / 8 / 16 rows).
 ROW_GROUP = 8
 
 _U = _jit.U
@@ -776,7 +777,31 @@ def _rows_task(inp, ix, t, zero, out, stats, w, phase, task):
     kv_end = _U(min(S, i0 + rows) if causal else S)  # the group's last row sees the most keys
     s = np.empty(rows * S, q.dtype)
     acc = np.empty(rows * Ev, q.dtype)
-    for j in range(kv_end):
+    four = kv_end - kv_end % _U(4)
+    for jq in range(four // _U(4)):  # four keys a pass: each query element loaded once for the four
+        j = jq * _U(4)
+        k1 = k0 + j * uE
+        k2 = k1 + uE
+        k3 = k2 + uE
+        k4 = k3 + uE
+        for g in range(_U(rows)):
+            qg = q0 + g * uE
+            d0 = zero
+            d1 = zero
+            d2 = zero
+            d3 = zero
+            for e in range(uE):
+                x = qf[qg + e]
+                d0 += x * kf[k1 + e]
+                d1 += x * kf[k2 + e]
+                d2 += x * kf[k3 + e]
+                d3 += x * kf[k4 + e]
+            sg = g * uS + j
+            s[sg] = d0 * scale
+            s[sg + _U(1)] = d1 * scale
+            s[sg + _U(2)] = d2 * scale
+            s[sg + _U(3)] = d3 * scale
+    for j in range(four, kv_end):
         kj = k0 + j * uE
         for g in range(_U(rows)):
             qg = q0 + g * uE
@@ -813,7 +838,19 @@ def _rows_task(inp, ix, t, zero, out, stats, w, phase, task):
             s[sg + j] = zero
     for e in range(_U(rows * Ev)):
         acc[e] = zero
-    for j in range(kv_end):
+    for jq in range(four // _U(4)):  # four value rows a pass: each accumulator loaded once for the four
+        j = jq * _U(4)
+        v1 = v0 + j * uEv
+        v2 = v1 + uEv
+        v3 = v2 + uEv
+        v4 = v3 + uEv
+        for g in range(_U(rows)):
+            sg = g * uS + j
+            p0, p1, p2, p3 = s[sg], s[sg + _U(1)], s[sg + _U(2)], s[sg + _U(3)]
+            ag = g * uEv
+            for e in range(uEv):
+                acc[ag + e] += p0 * vf[v1 + e] + p1 * vf[v2 + e] + p2 * vf[v3 + e] + p3 * vf[v4 + e]
+    for j in range(four, kv_end):
         vj = v0 + j * uEv
         for g in range(_U(rows)):
             p = s[g * uS + j]
