@@ -78,8 +78,9 @@ FEW_ROWS = 32
 #: Packed keys and values up to this size are kept between calls, per Python thread (at most this
 #: much memory stays held; larger calls allocate theirs, where the compute outweighs fresh pages).
 WORKSPACE_BYTES = 32 << 20
-#: Query rows per task of the row kernel: each key and value row is read once for the group (same
-#: case, L = 16: 1.29 ms with a row per task, 0.97 / 0.92 / 0.90 with 4 / 8 / 16 rows).
+#: Query rows per task of the row kernel (each task holds their G x S scores, never L x S): each key
+#: and value row is read once for the group (same case, L = 16: 1.29 ms with a row per task, 0.97 /
+#: 0.92 / 0.90 with 4 / 8 / 16 rows).
 ROW_GROUP = 8
 
 _U = _jit.U
