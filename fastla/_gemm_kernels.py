@@ -517,31 +517,15 @@ def pack_rows(d, at, rs, cs, mc, kc, alpha, row_scale, r0, out, off):
     packing of its keys and values inside its own kernel.
 
     Rows past ``mc`` are zero so that edge tiles run the same micro-kernel. A unit column stride
-    gets its own loop, so that LLVM sees the contiguous reads it vectorises; a unit row stride (a
-    transposed operand, attention's values) walks each panel's depth outermost, a step copying the
-    contiguous run of the panel's rows: row by row, every row re-read a line per depth step, from
-    L2 once the panel's ``kc`` lines outgrew L1 (attention's keys and values, 8 heads of 2048 x 64
-    float32, one thread, A/B interleaved three times: 1.88-2.39 -> 1.57-1.91 ms; every panel's
-    step at once was slower again).
+    gets its own loop, so that LLVM sees the contiguous reads it vectorises. (A unit row stride,
+    attention's values, copied by depth step instead, packed 16-20% faster there but added 0.25 s
+    to attention's cold first call, 2.7 -> 2.96 s: not kept.)
     """
     mr = tile_mr(out)
     scaled = row_scale.size > 0
     for ir in range(0, mc, mr):
         base = off + (ir // mr) * kc * mr
         rows = min(mr, mc - ir)
-        if rs == 1 and cs != 1:
-            for p in range(kc):
-                src = _U(at + ir + p * cs)
-                dst = _U(base + p * mr)
-                if scaled:
-                    for i in range(_U(rows)):
-                        out[dst + i] = alpha * row_scale[_U(r0 + ir) + i] * d[src + i]
-                else:
-                    for i in range(_U(rows)):
-                        out[dst + i] = alpha * d[src + i]
-                for i in range(_U(rows), _U(mr)):
-                    out[dst + i] = 0
-            continue
         for i in range(rows):
             s = alpha * row_scale[_U(r0 + ir + i)] if scaled else alpha
             row = at + (ir + i) * rs

@@ -772,14 +772,6 @@ MUTANTS = [
         "an operand broadcast over a leading dimension is read as a view of consecutive entries",
     ),
     Mutant(
-        "pack-rows-unit-row-stride-unscaled",
-        "_gemm_kernels.py",
-        "                        out[dst + i] = alpha * row_scale[_U(r0 + ir) + i] * d[src + i]",
-        "                        out[dst + i] = alpha * d[src + i]",
-        ("tests/test_jit.py", "-k", "pack_rows"),
-        "a column-major block is packed without its row scale (cosine's inverse norms)",
-    ),
-    Mutant(
         "pack-rows-row-scale-from-block-start",
         "_gemm_kernels.py",
         "            s = alpha * row_scale[_U(r0 + ir + i)] if scaled else alpha",
