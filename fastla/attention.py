@@ -75,9 +75,11 @@ QUERY_BLOCK = 64
 #: at 40, 3.8 at 60; the flash kernel 2.7-3.7 ms for L = 32 to 64, once its packing reused its
 #: buffers; at S = 256-512 the flash kernel wins from 40-48 rows).
 FEW_ROWS = 32
-#: Packed keys and values up to this size are kept between calls, per Python thread (at most this
-#: much memory stays held; larger calls allocate theirs, where the compute outweighs fresh pages).
-WORKSPACE_BYTES = 32 << 20
+#: Packed keys and values up to this size are kept between calls, per Python thread and dtype (at
+#: most this much memory stays held for each; a server's pool of threads holds it per thread). It
+#: covers 8 heads of 2048 x 64 float32 keys and values (8.3 MiB packed) with room to spare; larger
+#: calls allocate theirs, where the compute outweighs fresh pages.
+WORKSPACE_BYTES = 16 << 20
 #: Query rows per task of the row kernel (each task holds their G x S scores, never L x S): each key
 #: and value row is read once for the group (same case, L = 16: 1.29 ms with a row per task, 0.97 /
 #: 0.92 / 0.90 with 4 / 8 / 16 rows).
