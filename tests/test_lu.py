@@ -1,5 +1,7 @@
 """lu_factor / lu_solve / solve: every impl against SciPy/NumPy, backward errors, errors."""
 
+import warnings
+
 import numpy as np
 import pytest
 import scipy
@@ -309,6 +311,27 @@ def test_singular_factor_warns(name, rng):
     with pytest.warns(fastla.LinAlgWarning, match="exactly zero"):
         lu, _ = fastla.lu_factor(big, backend=name)
     assert lu.shape == big.shape
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex64, np.complex128])
+def test_numpy_stack_factors_as_scipy_per_matrix(dtype, rng):
+    """The numpy impl's stack of matrices (LAPACK's getrf per matrix, as SciPy's lu_factor calls it):
+    SciPy's factors and pivots matrix by matrix, C-ordered, and one warning for the stack naming the
+    first singular matrix's first zero pivot."""
+    a = rng.standard_normal((2, 3, 5, 5)).astype(dtype)
+    a[0, 2, :, 1] = 0  # the third matrix: column 1 zero, so the second pivot is exactly zero
+    a[1, 0, :, 3] = 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lu, piv = fastla.lu_factor(np.asfortranarray(a), backend="numpy")
+    assert [str(w.message) for w in caught] == ["Diagonal number 2 is exactly zero. Singular matrix."]
+    assert issubclass(caught[0].category, fastla.LinAlgWarning)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = [sla.lu_factor(m) for m in a.reshape(6, 5, 5)]
+    assert lu.flags.c_contiguous and lu.dtype == ref[0][0].dtype and piv.dtype == np.int32
+    np.testing.assert_array_equal(lu.reshape(6, 5, 5), np.array([r[0] for r in ref]))
+    np.testing.assert_array_equal(piv.reshape(6, 5), np.array([r[1] for r in ref]))
 
 
 @pytest.mark.parametrize("name", impl_names("lu_factor"))
