@@ -949,19 +949,22 @@ def _sdpa_numba(q, k, v, mask, plan):
     mr, nr = blk.MR, blk.NR
     q, k, v = _c(q), _c(k), _c(v)
     few = L < FEW_ROWS
-    s_pad = -(-S // mr) * mr
-    ev_pad = -(-Ev // mr) * mr
-    kp, vp = _packed_buffers(dt, 0 if few else k.shape[0] * s_pad * E, 0 if few else v.shape[0] * ev_pad * S)
+    if few:  # the row kernel: no packed operands, no row statistics for a weights pass
+        # rows per task: at most ROW_GROUP, and a task for each thread where the rows allow
+        groups = max(-(-L // ROW_GROUP), min(L, -(-_jit.threads_here() // nb)))
+        bq = -(-L // groups)
+        kp = vp = np.empty(0, dt)
+        stats = Stats(np.empty((0, 0), dt), np.empty((0, 0), dt))
+    else:
+        bq = nr * max(1, QUERY_BLOCK // nr)
+        s_pad = -(-S // mr) * mr
+        ev_pad = -(-Ev // mr) * mr
+        kp, vp = _packed_buffers(dt, k.shape[0] * s_pad * E, v.shape[0] * ev_pad * S)
+        stats = Stats(np.empty((nb, L), dt), np.empty((nb, L), dt))
     has_mask = mask is not None
     mask = _c(mask if has_mask else np.zeros((1, 1, 1), dt))
     mi = _c(plan.mask if has_mask else plan.q)
-    if few:  # rows per task: at most ROW_GROUP, and a task for each thread where the rows allow
-        groups = max(-(-L // ROW_GROUP), min(L, -(-_jit.threads_here() // nb)))
-        bq = -(-L // groups)
-    else:
-        bq = nr * max(1, QUERY_BLOCK // nr)
     bk = mr * max(1, round(KEY_TILE / mr))
-    stats = Stats(np.empty((nb, L), dt), np.empty((nb, L), dt))
     ix = Stacks(_c(plan.q), _c(plan.k), _c(plan.v), mi)
     t = Tiling(L, S, Ev, bq, bk, has_mask, bool(plan.causal))
     inp = Inputs(q, k, v, kp, vp, mask, np.array([plan.scale, 1], dt))
