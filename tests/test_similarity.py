@@ -661,10 +661,13 @@ def _rank_reference(scores, k):
 
 @pytest.mark.parametrize("case", ["normal", "ties", "nan", "inf", "zeros"])
 def test_numpy_selection_is_the_ranking_rule(case, rng):
-    """The numpy top-k's selection of each block of scores, both ways it takes: long rows through the
+    """The numpy top-k's selection of each block of scores, every way it takes: long rows through the
     class-maximum bound and an exact sort of the scores above it, short rows (or large k) through
-    ``argpartition``; NaN rows in a block of others, heavy ties at the k-th score, +-inf, -0.0."""
-    for n, k in [(700, 1), (700, 7), (700, 40), (5000, 3), (20000, 50), (20000, 1000), (64, 1), (65, 64)]:
+    ``argpartition``, small blocks (up to ``SORT_MAX_SCORES`` scores: 6 x 341, not 6 x 342) by one
+    sort; NaN rows in a block of others, heavy ties at the k-th score, +-inf, -0.0."""
+    assert 6 * 341 <= similarity.SORT_MAX_SCORES < 6 * 342
+    cases = [(700, 1), (700, 7), (700, 40), (5000, 3), (20000, 50), (20000, 1000), (64, 1), (65, 64)]
+    for n, k in [*cases, (341, 3), (342, 3), (342, 342)]:
         s = rng.standard_normal((6, n))
         if case == "ties":
             s = rng.integers(-3, 3, (6, n)).astype(np.float64)

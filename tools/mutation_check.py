@@ -400,6 +400,14 @@ MUTANTS = [
         "the pool's compaction keeps the higher index among equal scores",
     ),
     Mutant(
+        "topk-small-block-sort-unstable",
+        "similarity.py",
+        'idx = np.argsort(np.negative(scores), axis=1, kind="stable")[:, :k]',
+        "idx = np.argsort(np.negative(scores), axis=1)[:, :k]",
+        ("tests/test_similarity.py",),
+        "a small block's one sort breaks ties at the k-th score arbitrarily",
+    ),
+    Mutant(
         "topk-select-stops-early",
         "similarity.py",
         "        if store == target:\n            break",
