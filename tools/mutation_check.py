@@ -836,6 +836,22 @@ MUTANTS = [
         "the one-triangle product's tasks skip their bottom block (half the rows never computed)",
     ),
     Mutant(
+        "lanczos-basis-keeps-one-pass-of-coefficients",
+        "eigen.py",
+        "                coef[col_l] += d",
+        "                coef[col_l] = d",
+        ("tests/test_eigen.py",),
+        "the compiled Gram-Schmidt keeps only the last pass's coefficients of a column (h, r wrong)",
+    ),
+    Mutant(
+        "lanczos-basis-keeps-a-column-in-the-span",
+        "eigen.py",
+        "            return i\n",
+        "            return b\n",
+        ("tests/test_eigen.py",),
+        "the compiled Gram-Schmidt normalises a column that lies in the span (no fresh direction)",
+    ),
+    Mutant(
         "slack-left-out-of-the-convergence-test",
         "eigen.py",
         "                        res = res + slack",
