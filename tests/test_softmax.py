@@ -275,6 +275,14 @@ def test_cross_entropy_class_axis_and_errors(name, rng):
     _close(fastla.cross_entropy(logits, target, axis=1, backend=name), expected, np.float64)
     with pytest.raises(IndexError, match="7"):
         fastla.cross_entropy(np.ones((2, 4)), np.array([1, 7]), backend=name)
+    # one bad index among many rows (the compiled pass finds it in its own loop), either side of
+    # the range, every reduction
+    big, tb = rng.standard_normal((300, 50)), rng.integers(0, 50, 300)
+    for bad in (-3, 50):
+        tb[150] = bad
+        for reduction in ("mean", "sum", "none"):
+            with pytest.raises(IndexError, match=f"index {bad} is out of bounds for 50 classes"):
+                fastla.cross_entropy(big, tb, reduction=reduction, backend=name)
     with pytest.raises(ValueError, match="shape"):
         fastla.cross_entropy(np.ones((2, 4)), np.array([1, 2, 3]))
     with pytest.raises(ValueError, match="reduction"):

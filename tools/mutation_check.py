@@ -676,6 +676,22 @@ MUTANTS = [
         "cross-entropy adds the target logit",
     ),
     Mutant(
+        "cross-entropy-kernel-misses-a-bad-index",
+        "softmax.py",
+        "            bad += 0 if t == ignore_index else 1",
+        "            bad += 0",
+        ("tests/test_softmax.py", "-k", "cross_entropy"),
+        "the compiled pass takes an out-of-range class index for an ignored one: no IndexError",
+    ),
+    Mutant(
+        "cross-entropy-mean-over-every-row",
+        "softmax.py",
+        "                return x.dtype.type(total / kept if kept else np.nan)",
+        "                return x.dtype.type(total / len(loss))",
+        ("tests/test_softmax.py", "-k", "cross_entropy"),
+        "the compiled mean divides by every entry, ignored ones included",
+    ),
+    Mutant(
         "cross-entropy-weighted-mean-by-count",
         "softmax.py",
         "    return entry_weights(target, ignore_index, weight).sum()",
