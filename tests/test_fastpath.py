@@ -414,3 +414,63 @@ def test_attention_fast_path_is_the_full_path(case, dtype, layout):
     (q, k, v), kw = _attention_cases()[case]
     q, k, v = (variant(x.astype(dtype), layout) for x in (q, k, v))
     _same(lambda be: fastla.scaled_dot_product_attention(q, k, v, backend=be, **kw))
+
+
+def _cosine_cases():
+    x, y = rng.standard_normal((6, 5)), rng.standard_normal((9, 5))
+    x[2] = 0.0  # a zero row: scores 0
+    big = rng.standard_normal((130, 64))  # past the compiled kernels' work thresholds (130^2 x 64)
+    return {
+        "pair": (x, y),
+        "self": (x, None),
+        "same-object": (x, x),
+        "large": (big, rng.standard_normal((130, 64))),
+        "large-self": (big, None),
+        "vector-query": (x[0], y),
+        "mismatch": (x, y[:, :4]),
+        "no-rows": (x[:0], y),
+        "no-columns": (x[:, :0], y[:, :0]),
+        "extreme-rows": (x * 1e200, y),
+        "nan-row": (np.where(np.arange(5) == 1, np.nan, x), y),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_cosine_cases()))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+@pytest.mark.parametrize("layout", ["C", "F", "readonly", "byteswapped"])
+def test_cosine_fast_paths_are_the_full_path(case, dtype, layout):
+    """cosine_similarity and cosine_topk on plain arrays of one float dtype (queries 1-D or 2-D),
+    default options: the fast paths' impl, result and errors are the full path's."""
+    x, y = _cosine_cases()[case]
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = variant(x.astype(dtype), layout)
+        y = None if y is None else y if y is x else variant(y.astype(dtype), layout)
+    if case == "same-object":
+        y = x
+    if x.ndim == 2:
+        _same(lambda be: fastla.cosine_similarity(x, y, backend=be))
+    corpus = x if y is None else y
+    for k in (0, 3, corpus.shape[0], corpus.shape[0] + 1, np.int64(2), True, 2.0):
+        _same(lambda be, k=k: fastla.cosine_topk(x, corpus, k, backend=be))
+
+
+def test_the_cosine_fast_paths_run_what_explain_names(monkeypatch):
+    similarity = sys.modules["fastla.similarity"]
+    ran = []
+    for attr in ("_matrix_numpy", "_matrix_numba", "_topk_numpy", "_topk_numba"):
+        original = getattr(similarity, attr)
+
+        def spy(*args, _name=attr, _original=original, **kwargs):
+            ran.append(_name.split("_")[-1])
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(similarity, attr, spy)
+    small, large = rng.standard_normal((6, 5)), rng.standard_normal((130, 64))
+    for x, auto in ((small, "numpy"), (large, "numba")):
+        for backend in (None, "numba"):
+            ran.clear()
+            fastla.cosine_similarity(x, x, backend=backend)
+            fastla.cosine_topk(x[:8], x, 3, backend=backend)
+            want = [fastla.explain("cosine_similarity", x, x, backend=backend)[0]]
+            want.append(fastla.explain("cosine_topk", x[:8], x, 3, backend=backend)[0])
+            assert ran == want == [auto if backend is None else "numba"] * 2, (x.shape, backend)

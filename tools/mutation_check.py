@@ -408,6 +408,22 @@ MUTANTS = [
         "a small block's one sort breaks ties at the k-th score arbitrarily",
     ),
     Mutant(
+        "topk-fast-path-skips-the-k-check",
+        "similarity.py",
+        "        type(k) is int and 0 <= k <= c.shape[0] and q.shape[-1]",
+        "        type(k) is int and q.shape[-1]",
+        ("tests/test_fastpath.py", "-k", "cosine"),
+        "cosine_topk's fast path hands a k past the corpus to the impl",
+    ),
+    Mutant(
+        "cosine-fast-path-ignores-the-work-threshold",
+        "similarity.py",
+        '    if fast == "numba" or x.shape[0] * y.shape[0] * x.shape[1] >= AUTO_RULE["matrix_min_work"]:',
+        '    if fast == "numba" or x.shape[0] * y.shape[0] >= AUTO_RULE["matrix_min_work"]:',
+        ("tests/test_fastpath.py", "-k", "cosine"),
+        "cosine_similarity's fast path decides on n * m instead of the rule's n * m * d",
+    ),
+    Mutant(
         "topk-select-stops-early",
         "similarity.py",
         "        if store == target:\n            break",
