@@ -125,8 +125,9 @@ def _power_iteration(dt):
 
 def _attention(dt):
     import fastla
+    from fastla.attention import FEW_ROWS
 
-    q = np.ones((2, 32, 8), dt)  # 32 query rows: the flash kernel's (fewer take the row kernel)
+    q = np.ones((2, FEW_ROWS, 8), dt)  # the flash kernel's least query rows (fewer: the row kernel)
     fastla.scaled_dot_product_attention(q, q, q, backend="numba")
     fastla.scaled_dot_product_attention(q, q, q, is_causal=True, return_weights=True, backend="numba")
     fastla.scaled_dot_product_attention(q[:, :1], q, q, backend="numba")  # a decoding step
@@ -175,11 +176,17 @@ def _first_calls():
         "cosine_similarity": lambda dt: fastla.cosine_similarity(x(dt), x(dt)[:5], backend="numba"),
         "cosine_topk": lambda dt: fastla.cosine_topk(x(dt), x(dt), 3, backend="numba"),
         "power_iteration": lambda dt: fastla.power_iteration(_power_matrix(dt), backend="numba"),
-        # 32 query rows: the flash kernel (fewer take the row kernel, which compiles in less)
+        # FEW_ROWS query rows: the flash kernel (fewer take the row kernel, which compiles in less)
         "scaled_dot_product_attention": lambda dt: fastla.scaled_dot_product_attention(
-            np.ones((2, 32, 8), dt), np.ones((2, 32, 8), dt), np.ones((2, 32, 8), dt), backend="numba"
+            *[np.ones((2, _few_rows(), 8), dt)] * 3, backend="numba"
         ),
     }
+
+
+def _few_rows():
+    from fastla.attention import FEW_ROWS
+
+    return FEW_ROWS
 
 
 def run_first(op, dtype):

@@ -73,8 +73,11 @@ QUERY_BLOCK = 64
 #: query rows per task, reading the keys and values unpacked) instead of packing them for the flash
 #: tiles (Zen 4, 8 heads, S = 2048, E = 64, f32: the row kernel 0.9 ms at L = 16, 1.8 at 31, 2.3-2.8
 #: at 40, 3.8 at 60; the flash kernel 2.7-3.7 ms for L = 32 to 64, once its packing reused its
-#: buffers; at S = 256-512 the flash kernel wins from 40-48 rows).
-FEW_ROWS = 32
+#: buffers). At 32 and 40 rows the row kernel won every case of a second sweep (Zen 4, float32 and
+#: float64, 1-32 heads, S = 32-8192, E = 32-128, causal or not): its time 0.12-0.79 of the flash
+#: kernel's at 32 rows, 0.14-0.91 at 40; at 48 rows 0.19-1.18 (the flash kernel ahead from S = 256
+#: with 8 heads).
+FEW_ROWS = 41
 #: Packed keys and values up to this size are kept between calls, per Python thread and dtype (at
 #: most this much memory stays held for each; a server's pool of threads holds it per thread). It
 #: covers 8 heads of 2048 x 64 float32 keys and values (8.3 MiB packed) with room to spare; larger
@@ -947,8 +950,13 @@ def _sdpa_numba(q, k, v, mask, plan):
         return _result(out, weights, plan)
     blk = _gk.BLOCKING[dt]
     mr, nr = blk.MR, blk.NR
-    q, k, v = _c(q), _c(k), _c(v)
     few = L < FEW_ROWS
+    if plan.causal and S > L and not few and weights is None:
+        # top-left causal: no row attends to a key past the L-th, so the flash tiles never read them
+        # and packing them was wasted work (8 heads, L = 48 against 1024 keys, E = 64, float32:
+        # 0.42 ms, four times the row kernel's 0.094 ms); the same tiles on the first L keys
+        k, v, S = k[:, :L], v[:, :L], L
+    q, k, v = _c(q), _c(k), _c(v)
     if few:  # the row kernel: no packed operands, no row statistics for a weights pass
         # rows per task: at most ROW_GROUP, and a task for each thread where the rows allow
         groups = max(-(-L // ROW_GROUP), min(L, -(-_jit.threads_here() // nb)))

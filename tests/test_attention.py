@@ -60,6 +60,7 @@ CASES = [
     ((2, 1), 65, 33, 7, 9),
     ((1, 1), 130, 600, 64, 64),  # several query blocks and key tiles
     ((3,), 127, 127, 32, 5),
+    ((1, 2), 41, 97, 16, 8),  # the flash kernel's fewest rows (attention.FEW_ROWS), more keys
 ]
 
 
@@ -353,8 +354,15 @@ def test_torch_argument_order(rng):
 
 
 def test_auto_rule():
-    small = np.ones((40, 8))
+    from fastla import attention
+
+    # too few scores for the flash kernel, too many rows for the row kernel
+    small = np.ones((attention.FEW_ROWS, 8))
     assert fastla.explain("scaled_dot_product_attention", small, small, small)[0] == "numpy"
+    row = np.ones((attention.FEW_ROWS - 1, 8))
+    assert fastla.explain("scaled_dot_product_attention", row, row, row)[0] == (
+        "numba" if fastla._jit.NUMBA_AVAILABLE else "numpy"
+    )
     big = np.ones((8, 512, 64), np.float32)
     expect = "numba" if fastla._jit.NUMBA_AVAILABLE else "numpy"
     assert fastla.explain("scaled_dot_product_attention", big, big, big)[0] == expect

@@ -320,6 +320,14 @@ MUTANTS = [
         "the streaming top-k takes a reference on the corpus for every row (contended by the threads)",
     ),
     Mutant(
+        "attention-causal-keys-cut-one-short",
+        "attention.py",
+        "        k, v, S = k[:, :L], v[:, :L], L",
+        "        k, v, S = k[:, : L - 1], v[:, : L - 1], L - 1",
+        ("tests/test_attention.py", "-k", "reference"),
+        "causal flash attention over more keys than rows keeps one key too few (the last row's own)",
+    ),
+    Mutant(
         "attention-mask-counted-per-tile",
         "attention.py",
         "    q, kp, vp, mask = inp.q, inp.kp, inp.vp, _intrinsics.borrow(inp.mask)",
