@@ -437,6 +437,8 @@ def _sdpa_numpy(q, k, v, mask, plan):
     weights = np.empty((nb, L, S), dtype) if plan.weights else None
     pairs = [(q, plan.q), (k, plan.k), (v, plan.v)] + ([(mask, plan.mask)] if mask is not None else [])
     (qb, kb, vb, *mb), grid = _operand_views(nb, pairs, plan.groups)
+    if plan.causal and S > L and weights is None:  # top-left causal: keys past the L-th get weight 0
+        kb, vb, S = kb[..., :L, :], vb[..., :L, :], L
     scores = qb @ kb.swapaxes(-1, -2)
     scores *= dtype.type(plan.scale)
     if mb and np.broadcast_shapes(scores.shape, mb[0].shape) != scores.shape:

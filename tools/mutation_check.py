@@ -320,6 +320,14 @@ MUTANTS = [
         "the streaming top-k takes a reference on the corpus for every row (contended by the threads)",
     ),
     Mutant(
+        "attention-numpy-causal-keys-cut-one-short",
+        "attention.py",
+        "        kb, vb, S = kb[..., :L, :], vb[..., :L, :], L",
+        "        kb, vb, S = kb[..., : L - 1, :], vb[..., : L - 1, :], L - 1",
+        ("tests/test_attention.py", "-k", "reference"),
+        "the numpy impl's causal attention over more keys than rows keeps one key too few",
+    ),
+    Mutant(
         "attention-causal-keys-cut-one-short",
         "attention.py",
         "        k, v, S = k[:, :L], v[:, :L], L",
