@@ -72,8 +72,11 @@ AUTO_RULE = {
     # Zen 5; the lower end of the Xeon's).
     "matrix_min_work": 2**20,
     # top-k: the fused kernel avoids the n x m scores entirely; from this much work on it wins
-    # (64 000 on both machines: 10 queries x 100 corpus rows x 64).
-    "topk_min_work": 64_000,
+    # (64 000 on both machines: 10 queries x 100 corpus rows x 64, when the numpy impl partitioned
+    # every block of scores; with small blocks sorted whole (SORT_MAX_SCORES), Zen 4, us, numpy /
+    # numba, both dtypes: 10 x 100 x 64 54-58 / 67-68, 10 x 150 69-71 / 70, 10 x 200 79-83 / 72-74,
+    # 4 x 500 107-111 / 68, 32 x 64 69 / 90).
+    "topk_min_work": 96_000,
     # from this many queries on the numba impl runs the packed GEMM kernel, whose packing of the
     # whole corpus pays only over many queries; fewer stream the corpus once, unpacked (like a
     # matrix-vector product). Measured (Zen 5, 2 threads, 100 000 corpus rows, k = 10, ms,

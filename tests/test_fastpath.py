@@ -470,7 +470,7 @@ def test_the_cosine_fast_paths_run_what_explain_names(monkeypatch):
         for backend in (None, "numba"):
             ran.clear()
             fastla.cosine_similarity(x, x, backend=backend)
-            fastla.cosine_topk(x[:8], x, 3, backend=backend)
+            fastla.cosine_topk(x[:16], x, 3, backend=backend)
             want = [fastla.explain("cosine_similarity", x, x, backend=backend)[0]]
-            want.append(fastla.explain("cosine_topk", x[:8], x, 3, backend=backend)[0])
+            want.append(fastla.explain("cosine_topk", x[:16], x, 3, backend=backend)[0])
             assert ran == want == [auto if backend is None else "numba"] * 2, (x.shape, backend)
