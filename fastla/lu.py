@@ -89,6 +89,13 @@ _U = _jit.U
 #: 0.50x -> 9.3-9.6x (Zen 5, 2 threads), where each system had gone through the blocked LU; the
 #: first call of a 32x32 stack compiles in ~3.8 s against ~1.9 s for that LU (shared with lu_factor).
 SMALL_N = 32
+#: Stacks of systems of n = SMALL_N + 1 to this go to LAPACK's gesv system by system (what
+#: np.linalg.solve runs, on one thread), the stack split into one share per thread of the call
+#: (:func:`_lapack_across_threads`): neither the lane kernel nor the blocked LU per system beat gesv
+#: there (2000 64x64 float64 systems: the blocked LU 62.7 ms, NumPy 55.5), and NumPy's loop leaves
+#: the other cores idle. From n ~ 112 OpenBLAS's own getrf already threads: splitting gained nothing
+#: (Zen 4, two threads: 8 x 112^2 1.29 / 1.38 ms, 100 x 128^2 12.8 / 13.0 ms).
+THREADED_MAX_N = 96
 AUTO_RULE = {
     # np.linalg.solve on stacks of small systems pays LAPACK call overhead per system: the compiled
     # batched kernel won from 128 4x4 systems on (`python -m fastla tune`, 2 threads: the same
@@ -97,6 +104,12 @@ AUTO_RULE = {
     # (Zen 5, three `tune --check` runs: crossover 64, 64, 32).
     "small_n": SMALL_N,
     "small_min_batch": 64,
+    # stacks of SMALL_N < n <= THREADED_MAX_N: split across threads from this much work (batch *
+    # n^3). A worker thread took 0.07 ms to start a share after an idle spell here (Zen 4 VM), and
+    # two shares of a few systems ran no faster side by side than one after the other (8 96x96
+    # systems: one call 0.44 ms, split 0.57; 12: 0.66 / 0.43-0.46; 16 64x64: 0.37 / 0.27-0.29; 500
+    # 96x96: 32 / 16), so the split waits for ~1 ms of NumPy's time.
+    "threaded_min_work": 2**24,
     # a single large system: ours runs at 0.94-0.98x LAPACK's getrf+getrs (n = 1000, 1 thread),
     # 0.84x at n = 2000: not a win, so auto keeps LAPACK
     "large_numba": False,
@@ -458,7 +471,7 @@ def _prepare_linsolve(a, b):
     dtype, why = _validate.compute_dtype((a, b), ints_to_float64=True)
     if why is None:
         a, b = _validate.native(a, dtype), _validate.native(b, dtype)
-    facts = {"n": n, "batch": math.prod(stack)}
+    facts = {"n": n, "batch": math.prod(stack), "solve": True}
     return _registry.Prepared(SolveArgs(a, b), compiled=why, facts=facts)
 
 
@@ -473,6 +486,13 @@ def _batched_wins(n, batch):
     return n <= AUTO_RULE["small_n"] and batch >= AUTO_RULE["small_min_batch"]
 
 
+def _threads_win(n, batch):
+    """``solve``'s auto rule for the stacks :func:`_lapack_across_threads` takes."""
+    if not (SMALL_N < n <= THREADED_MAX_N and batch > 1 and batch * n**3 >= AUTO_RULE["threaded_min_work"]):
+        return False
+    return _jit.NUMBA_AVAILABLE and _jit.get_num_threads() > 1
+
+
 def _rule(prep):
     f = prep.facts
     if _batched_wins(f["n"], f["batch"]):
@@ -482,6 +502,11 @@ def _rule(prep):
                 f"stack of {f['batch']} systems of size {f['n']}: one compiled kernel over the stack beats "
                 "a LAPACK call per system"
             ),
+        )
+    if f.get("solve") and _threads_win(f["n"], f["batch"]):
+        return (
+            "numba",
+            lambda: f"stack of {f['batch']} systems of size {f['n']}: LAPACK per system on every thread",
         )
     if AUTO_RULE["large_numba"]:
         return "numba", "compiled blocked LU"
@@ -611,7 +636,7 @@ def solve(a, b, *, backend=None):
             if a.ndim == 2 and a.shape[0] == n and 1 <= b.ndim <= 2 and b.shape[0] == n:
                 return _jit.run_parallel(_solve_numba, a, b) if forced else _solve_numpy(a, b)
             if a.ndim == 3 and a.shape[1] == n and b.ndim == 3 and b.shape[:2] == a.shape[:2]:
-                if forced or _batched_wins(n, a.shape[0]):
+                if forced or _batched_wins(n, a.shape[0]) or _threads_win(n, a.shape[0]):
                     return _jit.run_parallel(_solve_numba, a, b)
                 return _solve_numpy(a, b)
     return _validate.wrap_like(b, _LINSOLVE.run(backend, _prepare_linsolve(a, b)))
@@ -797,8 +822,8 @@ def _singular():
 
 @_LINSOLVE.register("numba", needs_numba=True)
 def _solve_numba(a, b):
-    """Batched kernel (one system per SIMD lane) for n <= SMALL_N; blocked LU + substitution per
-    system above."""
+    """Batched kernel (one system per SIMD lane) for n <= SMALL_N; LAPACK's gesv per system on
+    every thread up to THREADED_MAX_N; blocked LU + substitution per system above."""
     A, B, out_shape = _broadcast_system(a, b)
     n = A.shape[-1]
     if n == 0 or A.shape[0] == 0:
@@ -826,6 +851,8 @@ def _solve_systems(A, B):
         if info.any():
             raise _singular()
         return x
+    if n <= THREADED_MAX_N:
+        return _lapack_across_threads(A, B)
     x = np.array(B, order="C", copy=True)
     for t in range(A.shape[0]):
         work = np.array(A[t], order="C", copy=True)
@@ -833,6 +860,52 @@ def _solve_systems(A, B):
         if info:
             raise _singular()
         _getrs(_intrinsics.readonly(work), piv.astype(np.int64), x[t], 0)
+    return x
+
+
+_POOL = [None, None]  # (the process id it was made in, a ThreadPoolExecutor): see _pool
+
+
+def _pool():
+    """The worker threads of :func:`_lapack_across_threads`, made on first use (and again in a
+    forked child, whose copy of the parent's pool has no threads)."""
+    import os
+
+    if _POOL[0] != os.getpid():
+        from concurrent.futures import ThreadPoolExecutor
+
+        workers = max(1, _jit.max_threads() - 1)
+        _POOL[:] = [os.getpid(), ThreadPoolExecutor(workers, thread_name_prefix="fastla-lapack")]
+    return _POOL[1]
+
+
+def _lapack_across_threads(A, B):
+    """``np.linalg.solve(A, B)`` for stacks (batch, n, n) and (batch, n, k), the stack split into
+    one share per thread of the call (:func:`fastla._jit.threads_here`): this thread solves the
+    first, worker threads the others (NumPy's loop releases the GIL). The same gesv call per system
+    as NumPy's, so the same solutions, and its LinAlgError for a singular one. Measured (Zen 4, two
+    threads, float64, ms, NumPy / split): 10000 32x32 77 / 40, 2000 48x48 33 / 17, 2000 64x64 55 /
+    28, 500 96x96 32 / 16 (smaller stacks: see ``AUTO_RULE["threaded_min_work"]``, below which
+    this is one call)."""
+    batch = A.shape[0]
+    threads = min(_jit.threads_here(), batch)
+    if threads <= 1 or batch * A.shape[-1] ** 3 < AUTO_RULE["threaded_min_work"]:
+        return np.linalg.solve(A, B)
+    x = np.empty(B.shape, np.result_type(A, B))
+    cuts = [batch * i // threads for i in range(threads + 1)]
+
+    def share(i):
+        lo, hi = cuts[i], cuts[i + 1]
+        x[lo:hi] = np.linalg.solve(A[lo:hi], B[lo:hi])
+
+    futures = [_pool().submit(share, i) for i in range(1, threads)]
+    try:
+        share(0)
+    finally:  # every share done (or failed) before x is returned or the error raised
+        for f in futures:
+            f.exception()
+    for f in futures:
+        f.result()  # a worker's LinAlgError
     return x
 
 

@@ -413,6 +413,38 @@ def test_auto_rule():
     assert fastla.explain("solve", np.ones((500, 500)), np.ones(500))[0] == "numpy"
 
 
+@pytest.mark.skipif(not fastla._jit.NUMBA_AVAILABLE, reason="the numba impl")
+@pytest.mark.parametrize("k", [1, 3])
+def test_medium_stacks_run_gesv_on_every_thread(k, dtype, rng):
+    """Stacks of SMALL_N < n <= THREADED_MAX_N with enough work: the numba impl runs NumPy's gesv on
+    each thread's share of the stack, so the solutions are np.linalg.solve's bit for bit, a singular
+    system in any share raises its LinAlgError, and auto takes it only with more than one thread."""
+    from fastla import lu
+
+    n = lu.SMALL_N + 8
+    batch = -(-lu.AUTO_RULE["threaded_min_work"] // n**3) + 1  # past the threshold by one system
+    a = (rng.standard_normal((batch, n, n)) + 3 * np.eye(n)).astype(dtype)
+    b = rng.standard_normal((batch, n, k)).astype(dtype)
+    expect = np.linalg.solve(a, b)
+    for backend in ("numba", None):
+        np.testing.assert_array_equal(fastla.solve(a, b, backend=backend), expect)
+    threads = fastla.get_num_threads()
+    assert fastla.explain("solve", a, b)[0] == ("numba" if threads > 1 else "numpy")
+    assert fastla.explain("solve", a[:-2], b[:-2])[0] == "numpy"  # below the threshold
+    for bad in (0, batch // 2, batch - 1):  # the first share (this thread's), the others
+        singular = a.copy()
+        singular[bad] = 0
+        for backend in ("numba", None):
+            with pytest.raises(np.linalg.LinAlgError, match="Singular matrix"):
+                fastla.solve(singular, b, backend=backend)
+    try:
+        fastla.set_num_threads(1)
+        assert fastla.explain("solve", a, b)[0] == "numpy"
+        np.testing.assert_array_equal(fastla.solve(a, b, backend="numba"), expect)
+    finally:
+        fastla.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("n,k", [(1, 1), (5, 6), (7, 6), (11, 1), (16, 1), (32, 1)])
 def test_small_stack_lanes(n, k, rng):
     """The batched tiny-system kernel (one system per SIMD lane): whole groups (transposed in

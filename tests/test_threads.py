@@ -131,6 +131,13 @@ def test_a_child_forked_after_the_threads_started_works_and_never_hangs(rng):
     a = rng.standard_normal((64, 8, 8))
     expect = np.matmul(a, a)
     fastla.matmul(a, a, backend="numba")  # the threading layer runs now
+    # and the worker threads that split a stack of medium systems (a forked child has none)
+    from fastla import lu
+
+    n = lu.SMALL_N + 8
+    sa = rng.standard_normal((-(-lu.AUTO_RULE["threaded_min_work"] // n**3) + 1, n, n)) + 3 * np.eye(n)
+    sb = rng.standard_normal((*sa.shape[:2], 1))
+    solved = fastla.solve(sa, sb, backend="numba")
     unsafe = _jit.forked_layer_is_unsafe()
     read, write = os.pipe()
     pid = os.fork()
@@ -143,7 +150,7 @@ def test_a_child_forked_after_the_threads_started_works_and_never_hangs(rng):
                 fastla.matmul(a, a, backend="numba")
             except fastla.BackendUnavailable as exc:
                 forced = "fork" if "fork" in str(exc) else repr(exc)
-            ok = np.allclose(got, expect)
+            ok = np.allclose(got, expect) and np.array_equal(fastla.solve(sa, sb), solved)
             os.write(write, f"{ok} {forced}".encode())
             code = 0
         finally:

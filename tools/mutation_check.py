@@ -113,6 +113,22 @@ MUTANTS = [
         "one system as row vectors: a tied pivot goes to the later row (not the first largest)",
     ),
     Mutant(
+        "solve-threads-skip-the-last-share",
+        "lu.py",
+        "    futures = [_pool().submit(share, i) for i in range(1, threads)]",
+        "    futures = [_pool().submit(share, i) for i in range(1, threads - 1)]",
+        ("tests/test_lu.py", "-k", "medium"),
+        "a stack split across threads leaves the last thread's share of systems unsolved",
+    ),
+    Mutant(
+        "solve-threads-ignore-a-workers-error",
+        "lu.py",
+        "        f.result()  # a worker's LinAlgError",
+        "        pass  # a worker's LinAlgError",
+        ("tests/test_lu.py", "-k", "medium"),
+        "a singular system in a worker thread's share goes unreported",
+    ),
+    Mutant(
         "lu-panel-pivot-only-on-zero",
         "lu.py",
         "            if v > best:  # strict: the first maximum, as LAPACK's idamax",
