@@ -411,6 +411,13 @@ def test_scipys_positional_arguments(rng):
 def test_auto_rule():
     assert fastla.explain("solve", np.ones((1000, 4, 4)), np.ones((1000, 4, 1)))[0] == "numba"
     assert fastla.explain("solve", np.ones((500, 500)), np.ones(500))[0] == "numpy"
+    # a stack's factors: the numba impl has no batched kernel, LAPACK's getrf per matrix costs less;
+    # their substitution: the compiled one per matrix (SciPy's lu_solve per matrix costs more)
+    stack = np.ones((1000, 8, 8)) + 8 * np.eye(8)
+    assert fastla.explain("lu_factor", stack)[0] == "numpy"
+    lu_piv = fastla.lu_factor(stack)
+    compiled = "numba" if fastla._jit.NUMBA_AVAILABLE else "numpy"
+    assert fastla.explain("lu_solve", lu_piv, np.ones((1000, 8, 1)))[0] == compiled
 
 
 @pytest.mark.skipif(not fastla._jit.NUMBA_AVAILABLE, reason="the numba impl")
