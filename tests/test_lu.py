@@ -411,12 +411,21 @@ def test_scipys_positional_arguments(rng):
 def test_auto_rule():
     assert fastla.explain("solve", np.ones((1000, 4, 4)), np.ones((1000, 4, 1)))[0] == "numba"
     assert fastla.explain("solve", np.ones((500, 500)), np.ones(500))[0] == "numpy"
+    # the stack size from which the lane kernel takes over shrinks as n grows (LAPACK's cost per
+    # system grows with n): small_min_batch 4x4 systems, as many rows of larger ones
+    from fastla import lu
+
+    compiled = "numba" if fastla._jit.NUMBA_AVAILABLE else "numpy"
+    rows = 4 * lu.AUTO_RULE["small_min_batch"]
+    for n in (4, 16, 32):
+        batch = -(-rows // n)
+        for m, want in ((batch, compiled), (batch - 1, "numpy")):
+            assert fastla.explain("solve", np.ones((m, n, n)), np.ones((m, n, 1)))[0] == want, (m, n)
     # a stack's factors: the numba impl has no batched kernel, LAPACK's getrf per matrix costs less;
     # their substitution: the compiled one per matrix (SciPy's lu_solve per matrix costs more)
     stack = np.ones((1000, 8, 8)) + 8 * np.eye(8)
     assert fastla.explain("lu_factor", stack)[0] == "numpy"
     lu_piv = fastla.lu_factor(stack)
-    compiled = "numba" if fastla._jit.NUMBA_AVAILABLE else "numpy"
     assert fastla.explain("lu_solve", lu_piv, np.ones((1000, 8, 1)))[0] == compiled
 
 

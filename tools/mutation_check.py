@@ -113,6 +113,14 @@ MUTANTS = [
         "one system as row vectors: a tied pivot goes to the later row (not the first largest)",
     ),
     Mutant(
+        "solve-stack-rule-unscaled-by-n",
+        "lu.py",
+        '    return n <= AUTO_RULE["small_n"] and batch * n >= 4 * AUTO_RULE["small_min_batch"]',
+        '    return n <= AUTO_RULE["small_n"] and batch >= AUTO_RULE["small_min_batch"]',
+        ("tests/test_lu.py", "-k", "auto_rule"),
+        "the lane kernel's stack threshold ignores n (50 16x16 systems stay on LAPACK at 2.9x the time)",
+    ),
+    Mutant(
         "solve-threads-skip-the-last-share",
         "lu.py",
         "    futures = [_pool().submit(share, i) for i in range(1, threads)]",
