@@ -1,5 +1,7 @@
 """fastla.matmul: every registry impl against NumPy over the shared input matrix of tests/helpers.py."""
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -200,6 +202,15 @@ def test_small_stack_uses_numba_under_auto(rng):
     assert fastla.explain("matmul", a, a)[0] == "numba"
     assert fastla.explain("matmul", a[:10], a[:10])[0] == "numpy"  # too short a stack to pay off
     np.testing.assert_allclose(fastla.matmul(a, a), a @ a, rtol=1e-12)
+    # the stack length from which it pays shrinks as the products grow: small_min_batch 4x4
+    # products, proportionally fewer larger ones
+    rule = sys.modules["fastla.matmul"].AUTO_RULE  # (fastla.matmul is the function)
+    compiled = "numba" if fastla._jit.NUMBA_AVAILABLE else "numpy"
+    for d in (4, 8, 16):
+        least = -(-4 * rule["small_min_batch"] // d)
+        for m, want in ((least, compiled), (least - 1, "numpy")):
+            x = np.ones((m, d, d))
+            assert fastla.explain("matmul", x, x)[0] == want, (m, d)
 
 
 def test_mixed_precision_promotes(rng):

@@ -113,6 +113,14 @@ MUTANTS = [
         "one system as row vectors: a tied pivot goes to the later row (not the first largest)",
     ),
     Mutant(
+        "matmul-stack-rule-unscaled-by-side",
+        "matmul.py",
+        'and b_stacked and batch * side >= 4 * AUTO_RULE["small_min_batch"]',
+        'and b_stacked and batch >= AUTO_RULE["small_min_batch"]',
+        ("tests/test_matmul.py", "-k", "small_stack_uses_numba"),
+        "the small-product stack threshold ignores the products' size",
+    ),
+    Mutant(
         "solve-stack-rule-unscaled-by-n",
         "lu.py",
         '    return n <= AUTO_RULE["small_n"] and batch * n >= 4 * AUTO_RULE["small_min_batch"]',
