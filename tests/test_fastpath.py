@@ -435,7 +435,14 @@ def _cosine_cases():
     }
 
 
-@pytest.mark.parametrize("case", sorted(_cosine_cases()))
+@pytest.mark.parametrize(
+    "case",
+    # (the large cases run the compiled kernels: 3.4 s each as Python, so not in the JIT-off run)
+    [
+        pytest.param(c, marks=pytest.mark.slow) if c.startswith("large") else c
+        for c in sorted(_cosine_cases())
+    ],
+)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
 @pytest.mark.parametrize("layout", ["C", "F", "readonly", "byteswapped"])
 def test_cosine_fast_paths_are_the_full_path(case, dtype, layout):
