@@ -241,10 +241,19 @@ def _prepare_matrix(X, Y=None, dense_output=True, out=None):
     return _registry.Prepared(args, facts=facts)
 
 
+def _matrix_kernel_pays(n, m, d):
+    """The auto rule's size test for ``cosine_similarity`` (by :func:`_rule_matrix` and the fast path)."""
+    return n * m * d >= AUTO_RULE["matrix_min_work"]
+
+
+def _topk_kernel_pays(n, m, d):
+    """The auto rule's size test for ``cosine_topk`` (by :func:`_rule_topk` and the fast path)."""
+    return n * m * d >= AUTO_RULE["topk_min_work"]
+
+
 def _rule_matrix(prep):
     f = prep.facts
-    work = f["n"] * f["m"] * f["d"]
-    if work < AUTO_RULE["matrix_min_work"]:
+    if not _matrix_kernel_pays(f["n"], f["m"], f["d"]):
         return "numpy", lambda: f"{f['n']}x{f['m']}x{f['d']}: too small for the packed kernel to pay"
     return (
         "numba",
@@ -309,7 +318,7 @@ def _prepare_topk(queries, corpus, k, batch_size=None, corpus_norms=None):
 
 def _rule_topk(prep):
     f = prep.facts
-    if f["n"] * f["m"] * f["d"] < AUTO_RULE["topk_min_work"]:
+    if not _topk_kernel_pays(f["n"], f["m"], f["d"]):
         return "numpy", lambda: f"{f['n']}x{f['m']}x{f['d']}: too small for the fused kernel to pay"
     half = ", the float16 corpus read as float32" if f["corpus"] == _HALF else ""
     packed = AUTO_RULE["topk_packed_min_queries"]
@@ -448,7 +457,7 @@ def _fast_matrix(x, y, backend):
     if not fast:
         return None
     other = None if y is x else y
-    if fast == "numba" or x.shape[0] * y.shape[0] * x.shape[1] >= AUTO_RULE["matrix_min_work"]:
+    if fast == "numba" or _matrix_kernel_pays(x.shape[0], y.shape[0], x.shape[1]):
         return _jit.run_parallel(_matrix_numba, x, other, None, "mm")
     return _matrix_numpy(x, other, None, "mm")
 
@@ -464,7 +473,7 @@ def _fast_topk(q, c, k, backend):
         return None
     squeeze = q.ndim == 1
     q2 = q[None, :] if squeeze else q
-    if fast == "numba" or q2.shape[0] * c.shape[0] * c.shape[1] >= AUTO_RULE["topk_min_work"]:
+    if fast == "numba" or _topk_kernel_pays(q2.shape[0], c.shape[0], c.shape[1]):
         return _jit.run_parallel(_topk_numba, q2, c, k, None, squeeze, None)
     return _topk_numpy(q2, c, k, None, squeeze, None)
 

@@ -466,8 +466,8 @@ MUTANTS = [
     Mutant(
         "cosine-fast-path-ignores-the-work-threshold",
         "similarity.py",
-        '    if fast == "numba" or x.shape[0] * y.shape[0] * x.shape[1] >= AUTO_RULE["matrix_min_work"]:',
-        '    if fast == "numba" or x.shape[0] * y.shape[0] >= AUTO_RULE["matrix_min_work"]:',
+        '    if fast == "numba" or _matrix_kernel_pays(x.shape[0], y.shape[0], x.shape[1]):',
+        '    if fast == "numba" or _matrix_kernel_pays(x.shape[0], y.shape[0], 1):',
         ("tests/test_fastpath.py", "-k", "cosine"),
         "cosine_similarity's fast path decides on n * m instead of the rule's n * m * d",
     ),
