@@ -125,9 +125,8 @@ def _power_iteration(dt):
 
 def _attention(dt):
     import fastla
-    from fastla.attention import FEW_ROWS
 
-    q = np.ones((2, FEW_ROWS, 8), dt)  # the flash kernel's least query rows (fewer: the row kernel)
+    q = np.ones((2, _few_rows(), 8), dt)  # the flash kernel's least query rows (fewer: the row kernel)
     fastla.scaled_dot_product_attention(q, q, q, backend="numba")
     fastla.scaled_dot_product_attention(q, q, q, is_causal=True, return_weights=True, backend="numba")
     fastla.scaled_dot_product_attention(q[:, :1], q, q, backend="numba")  # a decoding step
@@ -184,6 +183,8 @@ def _first_calls():
 
 
 def _few_rows():
+    """``attention.FEW_ROWS``: the fewest query rows the flash kernel takes (its warm-up and
+    first-call shapes; attention imported at the call)."""
     from fastla.attention import FEW_ROWS
 
     return FEW_ROWS

@@ -492,9 +492,15 @@ def _batched_wins(n, batch):
     return n <= AUTO_RULE["small_n"] and batch * n >= 4 * AUTO_RULE["small_min_batch"]
 
 
+def _split_pays(n, batch):
+    """Whether a stack of ``batch`` n x n systems is worth splitting across threads (see
+    ``AUTO_RULE["threaded_min_work"]``)."""
+    return batch > 1 and batch * n**3 >= AUTO_RULE["threaded_min_work"]
+
+
 def _threads_win(n, batch):
     """``solve``'s auto rule for the stacks :func:`_lapack_across_threads` takes."""
-    if not (SMALL_N < n <= THREADED_MAX_N and batch > 1 and batch * n**3 >= AUTO_RULE["threaded_min_work"]):
+    if not (SMALL_N < n <= THREADED_MAX_N and _split_pays(n, batch)):
         return False
     return _jit.NUMBA_AVAILABLE and _jit.get_num_threads() > 1
 
@@ -897,23 +903,24 @@ def _pool():
 
 
 def _lapack_across_threads(A, B):
-    """``np.linalg.solve(A, B)`` for stacks (batch, n, n) and (batch, n, k), the stack split into
-    one share per thread of the call (:func:`fastla._jit.threads_here`): this thread solves the
-    first, worker threads the others (NumPy's loop releases the GIL). The same gesv call per system
-    as NumPy's, so the same solutions, and its LinAlgError for a singular one. Measured (Zen 4, two
+    """The numpy impl (:func:`_solve_numpy`, ``np.linalg.solve``) on stacks (batch, n, n) and
+    (batch, n, k), the stack split into one share per thread of the call
+    (:func:`fastla._jit.threads_here`): this thread solves the first, worker threads the others
+    (NumPy's loop releases the GIL). The same gesv call per system as NumPy's, so the same
+    solutions, and its LinAlgError for a singular one. Measured (Zen 4, two
     threads, float64, ms, NumPy / split): 10000 32x32 77 / 40, 2000 48x48 33 / 17, 2000 64x64 55 /
     28, 500 96x96 32 / 16 (smaller stacks: see ``AUTO_RULE["threaded_min_work"]``, below which
     this is one call)."""
     batch = A.shape[0]
     threads = min(_jit.threads_here(), batch)
-    if threads <= 1 or batch * A.shape[-1] ** 3 < AUTO_RULE["threaded_min_work"]:
-        return np.linalg.solve(A, B)
+    if threads <= 1 or not _split_pays(A.shape[-1], batch):
+        return _solve_numpy(A, B)
     x = np.empty(B.shape, np.result_type(A, B))
     cuts = [batch * i // threads for i in range(threads + 1)]
 
     def share(i):
         lo, hi = cuts[i], cuts[i + 1]
-        x[lo:hi] = np.linalg.solve(A[lo:hi], B[lo:hi])
+        x[lo:hi] = _solve_numpy(A[lo:hi], B[lo:hi])
 
     futures = [_pool().submit(share, i) for i in range(1, threads)]
     try:
