@@ -58,7 +58,10 @@ def _lu(dt):
     import fastla
 
     a = np.eye(80, dtype=dt) + 0.5  # n > 64: the blocked path, with its GEMM (a 40x40 has none)
-    fastla.lu_solve(fastla.lu_factor(a, backend="numba"), np.ones(80, dt), backend="numba")
+    factors = fastla.lu_factor(a, backend="numba")
+    fastla.lu_solve(factors, np.ones(80, dt), backend="numba")
+    for b in (np.ones(80, dt), np.ones((80, 2), dt)):  # auto's fast path: its compiled argument check
+        fastla.lu_solve(factors, b)
 
 
 def _softmax(dt):

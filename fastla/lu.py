@@ -432,7 +432,29 @@ def _check_piv(piv, n):
     """ValueError for a row index of ``piv`` (integers) outside ``[0, n)``: LAPACK's getrs (SciPy's
     lu_solve) would read and swap rows outside b."""
     if piv.size and (piv.view(piv.dtype.str.replace("i", "u")) >= n).any():  # negative ones too
-        raise ValueError(f"lu_solve: piv holds a row index outside [0, {n})")
+        _piv_error(n)
+
+
+def _piv_error(n):
+    raise ValueError(f"lu_solve: piv holds a row index outside [0, {n})")
+
+
+@jit(fastmath=False)
+def _solve_args_problem(piv, n, b, finite):
+    """0 when ``piv``'s row indices lie in ``[0, n)`` and (with ``finite``) ``b`` holds no inf or
+    NaN; 1 for a bad index, 2 for a non-finite ``b``: :func:`_check_piv` and
+    ``_validate.check_finite(b)`` in one compiled call for :func:`lu_solve`'s fast path (4x4: 0.2 us
+    against their 3.6). No fastmath: under the kernels' flags LLVM folded the finiteness test away."""
+    for i in range(piv.shape[0]):
+        if piv[i] < 0 or piv[i] >= n:
+            return 1
+    if finite:
+        bad = False
+        for x in b.flat:
+            bad |= not np.isfinite(x)
+        if bad:
+            return 2
+    return 0
 
 
 def linsolve_shape(a, b):
@@ -623,9 +645,14 @@ def lu_solve(lu_and_piv, b, trans=0, overwrite_b=False, check_finite=True, *, ba
             n = lu.shape[0]
             fits = lu.shape[1] == n and piv.shape == (n,) and b.shape[0] == n
             if fits and _registry.fast_path(backend) == "auto" and _lapack_wins(n, 1):
-                _check_piv(piv, n)
-                if check_finite:
-                    _validate.check_finite(b)
+                if not _jit.JIT_ENABLED:
+                    _check_piv(piv, n)
+                    if check_finite:
+                        _validate.check_finite(b)
+                elif (problem := _solve_args_problem(piv, n, b, bool(check_finite))) == 1:
+                    _piv_error(n)
+                elif problem:
+                    _validate.check_finite(b)  # raises SciPy's ValueError
                 overwrite_b = overwrite_b and _validate.writes_apart(b, lu, piv)
                 return _lu_solve_numpy(lu, piv, b, 1 if trans else 0, b.ndim == 1, overwrite_b)
     return _SOLVE.run(backend, _prepare_solve(lu_and_piv, b, trans, overwrite_b, check_finite))

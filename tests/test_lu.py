@@ -196,6 +196,27 @@ def test_lu_solve_refuses_pivots_outside_the_matrix(name, rng):
         fastla.lu_solve((lu, np.r_[piv[:4], 5.0]), b, backend=name)
 
 
+def test_lu_solve_fast_path_checks_as_the_full_path(rng):
+    """Under auto, one system's lu_solve checks piv and b in one compiled call: the same errors as
+    the full path (a row index outside [0, n) of either sign and integer width; inf or NaN in a 1-D,
+    2-D or strided b) and none with ``check_finite=False`` (SciPy's NaN result)."""
+    lu, piv = fastla.lu_factor(rng.standard_normal((5, 5)) + 5 * np.eye(5))
+    b = rng.standard_normal((5, 4))
+    for bad in (np.r_[piv[:4], 5], np.r_[-1, piv[1:]], np.r_[piv[:4], 2**31 - 1]):
+        for dt in (np.int32, np.int64):
+            with pytest.raises(ValueError, match=r"piv holds a row index outside \[0, 5\)"):
+                fastla.lu_solve((lu, bad.astype(dt)), b[:, 0])
+    for view in (lambda x: x[:, 0].copy(), lambda x: x[:, 1], lambda x: x, lambda x: x[:, ::2]):
+        rhs = view(b)
+        np.testing.assert_allclose(fastla.lu_solve((lu, piv), rhs), sla.lu_solve((lu, piv), rhs), rtol=1e-12)
+        for value in (np.nan, np.inf, -np.inf):
+            spoilt = view(b.copy())
+            spoilt[(3, 1)[: spoilt.ndim]] = value
+            with pytest.raises(ValueError, match="infs or NaNs"):
+                fastla.lu_solve((lu, piv), spoilt)
+            assert np.isnan(fastla.lu_solve((lu, piv), spoilt, check_finite=False)).any()
+
+
 @pytest.mark.parametrize(
     "sa,sb",
     [

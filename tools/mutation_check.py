@@ -129,6 +129,22 @@ MUTANTS = [
         "the lane kernel's stack threshold ignores n (50 16x16 systems stay on LAPACK at 2.9x the time)",
     ),
     Mutant(
+        "lu-solve-fast-check-takes-n-as-a-row",
+        "lu.py",
+        "        if piv[i] < 0 or piv[i] >= n:",
+        "        if piv[i] < 0 or piv[i] > n:",
+        ("tests/test_lu.py", "-k", "fast_path_checks"),
+        "lu_solve's fast path lets a row index of n through to getrs (a row past b)",
+    ),
+    Mutant(
+        "lu-solve-fast-check-stops-at-the-first-element",
+        "lu.py",
+        "            bad |= not np.isfinite(x)",
+        "            bad = not np.isfinite(x)",
+        ("tests/test_lu.py", "-k", "fast_path_checks"),
+        "lu_solve's fast path reads only b's last element for inf/NaN",
+    ),
+    Mutant(
         "solve-threads-skip-the-last-share",
         "lu.py",
         "    futures = [_pool().submit(share, i) for i in range(1, threads)]",
@@ -302,8 +318,8 @@ MUTANTS = [
     Mutant(
         "lu-solve-fast-path-skips-check-finite",
         "lu.py",
-        "                if check_finite:\n                    _validate.check_finite(b)\n",
-        "",
+        "_solve_args_problem(piv, n, b, bool(check_finite))",
+        "_solve_args_problem(piv, n, b, False)",
         ("tests/test_fastpath.py::test_lu_solve_fast_path_is_the_full_path",),
         "lu_solve's fast path solves for a b holding inf instead of raising SciPy's ValueError",
     ),
