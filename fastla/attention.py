@@ -38,7 +38,6 @@ Implementations:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import numbers
 from typing import NamedTuple
@@ -128,9 +127,10 @@ class AttentionArgs(NamedTuple):
     plan: Plan
 
 
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    """One call's validated arguments beyond the arrays themselves (what every impl reads)."""
+class Plan(NamedTuple):
+    """One call's validated arguments beyond the arrays themselves (what every impl reads). A
+    NamedTuple: built on every call, where a frozen dataclass's construction cost 1.2 us against
+    0.3."""
 
     lead: tuple  # the broadcast leading (batch, heads) shape of the result
     dims: tuple  # (L, S, E, Ev)
@@ -266,13 +266,20 @@ def _scale(scale, E):
     return float(scale)
 
 
+def _stack(x):
+    """``x`` (..., r, c) as a stack of matrices (n, r, c): explicit sizes, where ``reshape(-1, ...)``
+    is ambiguous when r or c is 0."""
+    s = x.shape
+    return x.reshape((math.prod(s[:-2]), s[-2], s[-1]))
+
+
 def _prepared(q, k, v, mask, plan, dtype, why=None):
     """The :class:`AttentionArgs` of both call paths: the operands (and the additive mask) as stacks
     of matrices, the facts the rule reads."""
     L, S, E, _ = plan.dims
-    # explicit stack sizes: reshape(-1, ...) is ambiguous when L, S or E is 0
-    q, k, v = (x.reshape(math.prod(x.shape[:-2]), *x.shape[-2:]) for x in (q, k, v))
-    m3 = None if mask is None else mask.reshape(math.prod(mask.shape[:-2]), *mask.shape[-2:])
+    if q.ndim != 3 or k.ndim != 3 or v.ndim != 3:  # 3-D operands are stacks already (1.7 us saved)
+        q, k, v = _stack(q), _stack(k), _stack(v)
+    m3 = None if mask is None else _stack(mask)
     facts = {"scores": math.prod(plan.lead) * L * S, "L": L, "S": S, "E": E, "dtype": dtype}
     return _registry.Prepared(AttentionArgs(q, k, v, m3, plan), compiled=why, facts=facts)
 
