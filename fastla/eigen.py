@@ -16,9 +16,10 @@ O(n^2)-per-step iteration beats a full O(n^3) decomposition by orders of magnitu
   converged only after that direction's own Krylov space has filled the basis. Eigenvalues tied in
   magnitude with opposite signs at the k-th place (``+l`` and ``-l``) make "the top k by |l|"
   ambiguous: that raises :class:`ConvergenceError` rather than returning one arbitrarily;
-* symmetric and small (n <= ``DENSE_MAX_N`` = 100, a NumPy array): every eigenpair by LAPACK's
-  ``eigh``, the k of largest ``|l|`` kept, under the same residual and tie tests: a whole dense solve
-  costs less there than the Python side of a few Lanczos sweeps (see :data:`DENSE_MAX_N`);
+* symmetric and small (n <= ``DENSE_MAX_N`` = 128, a NumPy array): LAPACK's ``syevr`` for the k + 1
+  eigenpairs at each end of the spectrum (small k) or ``eigh`` for every one, the k of largest
+  ``|l|`` kept, under the same residual and tie tests: a dense solve costs less there than the
+  Python side of the Lanczos sweeps (see :data:`DENSE_MAX_N`);
 * non-symmetric, k = 1: classic power iteration for the dominant real eigenvalue;
 * non-symmetric, k > 1: ``ValueError`` (use a symmetric matrix, or ``numpy.linalg.eig``).
 
@@ -1269,13 +1270,28 @@ def run(
     return (w, vecs) if return_vectors else w
 
 
-#: A symmetric dense matrix up to this order gets every eigenpair from LAPACK (``eigh``) instead of
-#: Lanczos sweeps, whose Python-side cost per sweep (~100 us: the Ritz problem, the projections)
-#: exceeds a whole dense solve there. Measured (Zen 4, 2 threads, ms, k = 1, median of 5): n = 16
-#: eigh 0.024 / Lanczos 0.62 (a gap of 0.9) to 1.27 (a random symmetric matrix) / eigsh 0.25-0.36;
-#: n = 64: 0.24 / 0.70-3.2 / 0.32-0.84; n = 96: 0.53 / 0.64-4.1 / 0.33-1.14; n = 128: 0.98 /
-#: 0.73-4.1 / 0.35-1.12.
-DENSE_MAX_N = 100
+#: A symmetric dense matrix up to this order is solved densely by LAPACK (:func:`_dense_pairs`)
+#: instead of by Lanczos sweeps, whose Python-side cost per sweep (~50-100 us: the Ritz problem, the
+#: projections) exceeds a whole dense solve there. Measured (Zen 4, 2 threads, ms, k = 1, median of
+#: 5): n = 16 eigh 0.024 / Lanczos 0.62 (a gap of 0.9) to 1.27 (a random symmetric matrix) / eigsh
+#: 0.25-0.36; n = 64: 0.24 / 0.70-3.2 / 0.32-0.84; n = 96: 0.53 / 0.64-4.1 / 0.33-1.14. With the
+#: ends of the spectrum alone for a small k (``syevr``, see :data:`ENDS_RATIO`), 100 -> 128: Zen 4,
+#: three spectra (the benchmark's 0.9 gap, a sample covariance, a 0.97 decay), ms, Lanczos -> dense,
+#: the better of two interleaved runs each: float64 k = 1 1.07-1.50 -> 0.91-1.00, k = 2 1.40-1.61
+#: -> 1.02-1.17, k = 6 2.14-2.18 -> 1.54-1.61, k = 10 2.62-2.91 -> 1.51-1.55; float32 k = 1
+#: 0.76-1.36 -> 0.77-0.79, k = 6 1.53-1.55 -> 1.56-1.62, k = 10 1.90-2.36 -> 1.54-1.58. At n =
+#: 144-160 the two were a wash (float64 k = 1 dense 1.26-1.66 against 1.03-1.58, k = 6 1.35-2.67
+#: against 2.00-2.85); eigsh(tol=1e-8) took 0.5-1.2 ms at n = 128 in the same runs.
+DENSE_MAX_N = 128
+
+#: :func:`_dense_pairs` takes the two ends of the spectrum (k + 1 eigenpairs each) from ``syevr``
+#: where ``(k + 1) * ENDS_RATIO <= n``, else every pair from ``eigh``: ``syevr`` tridiagonalises A
+#: for each end, ``eigh`` once but then finds every eigenvector. Measured (Zen 4, n = 100, the three
+#: spectra above, ms, ``eigh`` -> ends): float64 k = 1 0.78-0.81 -> 0.66-0.69, k = 2 0.79-0.85 ->
+#: 0.72-0.77; float32 k = 1 0.84-0.85 -> 0.51-0.58, k = 2 0.79-0.85 -> 0.55-0.60; k = 6 at n = 100,
+#: 0.80-0.82 with ``eigh``, took 0.99-1.0 from the ends (float32's ``syevr`` runs at about twice
+#: float64's speed, NumPy's ``eigh`` at the same).
+ENDS_RATIO = 32
 
 
 def _solved_densely(a, symmetric):
@@ -1284,20 +1300,39 @@ def _solved_densely(a, symmetric):
     return symmetric and type(a) is np.ndarray and a.shape[0] <= DENSE_MAX_N
 
 
+def _spectrum_ends(a, q):
+    """The ``q`` smallest and the ``q`` largest eigenpairs of symmetric ``a`` (its upper triangle)
+    by LAPACK's ``syevr``, in ascending order as ``eigh`` gives them; None if LAPACK reports a
+    failure."""
+    from scipy.linalg import get_lapack_funcs
+
+    (evr,) = get_lapack_funcs(("syevr",), (a,))
+    n = a.shape[0]
+    ends = [evr(a, compute_v=1, range="I", lower=0, il=il, iu=il + q - 1) for il in (1, n - q + 1)]
+    if any(info != 0 or m != q for _, _, m, _, info in ends):
+        return None
+    return np.concatenate([w[:q] for w, *_ in ends]), np.hstack([z[:, :q] for _, z, *_ in ends])
+
+
 def _dense_pairs(a, k, tol):
-    """:func:`_lanczos`'s result for a small symmetric matrix, from all its eigenpairs (LAPACK's
-    ``eigh`` of its upper triangle, the triangle the compiled product reads): the k of largest
-    ``|l|`` (stable order: ties as the Ritz values'), under the same tests, residuals against A
-    itself and the +-l tie at the k-th place (:class:`ConvergenceError`, one "sweep")."""
+    """:func:`_lanczos`'s result for a small symmetric matrix, from LAPACK (its upper triangle, the
+    triangle the compiled product reads): the k + 1 eigenpairs at each end of the spectrum
+    (:func:`_spectrum_ends`; the k of largest ``|l|`` and the next, for the tie test, are among
+    them) or every one (``eigh``, see :data:`ENDS_RATIO`). The k of largest ``|l|`` (stable order:
+    ties as the Ritz values'), under the same tests, residuals against A itself and the +-l tie at
+    the k-th place (:class:`ConvergenceError`, one "sweep")."""
     n, dtype = a.shape[0], a.dtype
-    theta_all, s = np.linalg.eigh(a, UPLO="U")
+    pairs = None
+    if (k + 1) * ENDS_RATIO <= n and dtype in _validate.COMPILED_DTYPES:
+        pairs = _spectrum_ends(a, k + 1)
+    theta_all, s = pairs if pairs is not None else np.linalg.eigh(a, UPLO="U")
     order = np.argsort(-np.abs(theta_all), kind="stable")
     theta_all, s = theta_all[order], s[:, order]
     theta, x = theta_all[:k], np.ascontiguousarray(s[:, :k])
     bound, floor = _bounds(theta, tol, n, dtype)
     res = np.linalg.norm(a @ x - x * theta, axis=0)
     if not np.all(res <= bound):
-        msg = f"all {n} eigenpairs solved densely (n <= {DENSE_MAX_N}), and the residuals still exceed"
+        msg = f"the eigenpairs solved densely (n <= {DENSE_MAX_N}), and the residuals still exceed"
         msg += f" tol={tol:g}"
         raise ConvergenceError(msg, theta.astype(dtype), x, 1)
     tie = _tie_error(theta_all, k, x, 1, dtype, floor)

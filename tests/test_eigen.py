@@ -187,15 +187,18 @@ def test_symmetry_detection_is_relative_to_the_matrix():
 def test_repeated_eigenvalues_inside_top_k():
     """A triple eigenvalue inside the top k: a one-vector Krylov space holds only one direction of
     it; the block (b = min(k, 4) vectors) must find all three copies, not skip to the next value."""
-    a, _ = sym_with_spectrum(80, [5.0, 5.0, 5.0, 3.0, 2.0], seed=3)
-    for name in impl_names("power_iteration", 80):
-        w, v = fastla.power_iteration(a, k=4, seed=0, backend=name)
-        np.testing.assert_allclose(w, [5.0, 5.0, 5.0, 3.0], rtol=1e-8)
-        _check_pairs(a, w, v, 1e-8)
-        np.testing.assert_allclose(v.T @ v, np.eye(4), atol=1e-7)
+    from fastla import eigen
+
+    for n in (80, eigen.DENSE_MAX_N + 20):  # solved densely, then by the block Lanczos
+        a, _ = sym_with_spectrum(n, [5.0, 5.0, 5.0, 3.0, 2.0], seed=3)
+        for name in impl_names("power_iteration", n):
+            w, v = fastla.power_iteration(a, k=4, seed=0, backend=name)
+            np.testing.assert_allclose(w, [5.0, 5.0, 5.0, 3.0], rtol=1e-8)
+            _check_pairs(a, w, v, 1e-8)
+            np.testing.assert_allclose(v.T @ v, np.eye(4), atol=1e-7)
 
 
-@pytest.mark.parametrize("n,k,gap", [(300, 1, 0.99), (150, 10, 0.97)])
+@pytest.mark.parametrize("n,k,gap", [(300, 1, 0.99), (200, 10, 0.97)])
 def test_thick_restarts(n, k, gap):
     """A small gap needs more sweeps than the basis holds: the restarts must keep the progress."""
     top = [gap**i for i in range(k + 1)]
@@ -225,14 +228,15 @@ def test_whole_space_and_iteration_limits(name):
     w, _ = fastla.power_iteration(a, k=3, seed=0, backend=name)
     np.testing.assert_allclose(w, [4.0, 3.9, 3.8], rtol=1e-10)
     # a tol below rounding: unreachable by the dense solve of a small matrix and by Lanczos once its
-    # basis spans the whole space (k = 34 of 110: a basis of 3k + 10 = 112 > n columns)
+    # basis spans the whole space (the fewest k whose basis of 3k + 10 columns exceeds n)
     with pytest.raises(fastla.ConvergenceError, match=r"solved densely .* still exceed tol") as info:
         fastla.power_iteration(a, k=3, tol=1e-30, seed=0, backend=name)
     assert info.value.eigenvalues.shape == (3,) and info.value.eigenvectors.shape == (12, 3)
     big, _ = sym_with_spectrum(eigen.DENSE_MAX_N + 10, [4.0, 3.9, 3.8], seed=6)
+    k = (len(big) - 10) // 3 + 1
     with pytest.raises(fastla.ConvergenceError, match="spans all") as info:
-        fastla.power_iteration(big, k=34, tol=1e-30, seed=0, backend=name)
-    assert info.value.eigenvalues.shape == (34,) and info.value.eigenvectors.shape == (len(big), 34)
+        fastla.power_iteration(big, k=k, tol=1e-30, seed=0, backend=name)
+    assert info.value.eigenvalues.shape == (k,) and info.value.eigenvectors.shape == (len(big), k)
     b, _ = sym_with_spectrum(200, [1.0, 0.999], seed=7)
     with pytest.raises(fastla.ConvergenceError, match="3 sweeps") as info:
         fastla.power_iteration(b, maxiter=3, seed=0, backend=name)
@@ -486,6 +490,31 @@ def test_spurious_invalid_flags_in_the_basis_algebra_do_not_warn(monkeypatch):
     operator = spla.LinearOperator(a.shape, matvec=matvec, dtype=a.dtype)
     with np.errstate(invalid="raise"), pytest.raises(FloatingPointError):
         fastla.power_iteration(operator, k=2, seed=0)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_dense_solve_takes_the_spectrums_ends(dtype, monkeypatch):
+    """A small symmetric matrix and a small k: the k + 1 eigenpairs at each end of the spectrum
+    (LAPACK's syevr) hold the top k by |l| wherever they lie (here the most negative among them)
+    and the next one for the tie test; a larger k takes every pair (eigh). Same pairs either way."""
+    from fastla import eigen
+
+    ends = []
+    spectrum_ends = eigen._spectrum_ends
+    monkeypatch.setattr(eigen, "_spectrum_ends", lambda *a: ends.append(a[1]) or spectrum_ends(*a))
+    n = 120
+    a, _ = sym_with_spectrum(n, [5.0, -4.0, 3.0, -2.5, 2.0], seed=12, dtype=dtype)
+    tol = 1e-8 if dtype == np.float64 else 1e-5
+    for k in (1, 2, 3, 4):
+        ends.clear()
+        w, v = fastla.power_iteration(a, k=k, seed=0)
+        np.testing.assert_allclose(w, [5.0, -4.0, 3.0, -2.5][:k], rtol=10 * tol)
+        _check_pairs(a.astype(np.float64), w, v, tol)
+        assert ends == ([k + 1] if (k + 1) * eigen.ENDS_RATIO <= n else []), k
+    tied, _ = sym_with_spectrum(n, [3.0, -3.0, 1.0], seed=13, dtype=dtype)
+    with pytest.raises(fastla.ConvergenceError, match="tied in magnitude"):
+        fastla.power_iteration(tied, k=1, seed=0)
+    assert ends == [2]
 
 
 @pytest.mark.parametrize("name", impl_names("power_iteration"))

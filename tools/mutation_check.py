@@ -145,6 +145,14 @@ MUTANTS = [
         "lu_solve's fast path reads only b's last element for inf/NaN",
     ),
     Mutant(
+        "eigen-dense-ends-read-the-top-twice",
+        "eigen.py",
+        "for il in (1, n - q + 1)]",
+        "for il in (n - q + 1, n - q + 1)]",
+        ("tests/test_eigen.py", "-k", "spectrums_ends"),
+        "a small matrix's dense solve reads the top of the spectrum twice (a large negative one is missed)",
+    ),
+    Mutant(
         "solve-threads-skip-the-last-share",
         "lu.py",
         "    futures = [_pool().submit(share, i) for i in range(1, threads)]",
