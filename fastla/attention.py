@@ -394,6 +394,7 @@ def _prepare_plain(q, k, v, lead, dims, causal):
     """:func:`_prepare`'s result for query, key and value of one native float dtype and one leading
     shape, without a mask, GQA, a given scale or the weights (the fast path's call)."""
     index = np.arange(math.prod(lead), dtype=np.intp)  # every stack entry reads its own slices
+    index.setflags(write=False)  # a kernel input as it is (``_c``), no view per use
     plan = Plan(lead, dims, index, index, index, None, (1, 1, 1, None), causal, _scale(None, dims[2]), False)
     return _prepared(q, k, v, None, plan, q.dtype)
 
@@ -944,6 +945,22 @@ def _phase(kernel, dt, args, phase, tasks):
     _run(*args, phase, TASK.address(dt, kernel), tasks, _jit.threads_here())
 
 
+_UNUSED = {}
+
+
+def _unused(dt):
+    """Per dtype, the arguments a call leaves unused, made once (they were 1.5 us of a tiny call's
+    set-up): an empty array (the row kernel's packed keys and values), empty row statistics (its
+    :class:`Stats`) and the zero additive mask of a call without one (read-only, as ``_c`` types
+    it). Nothing writes to them: the empty ones have no elements, the mask is read-only (two
+    threads may both make a dtype's: either set serves)."""
+    got = _UNUSED.get(dt)
+    if got is None:
+        none = np.empty(0, dt)
+        got = _UNUSED[dt] = (none, Stats(none.reshape(0, 0), none.reshape(0, 0)), _c(np.zeros((1, 1, 1), dt)))
+    return got
+
+
 @_OP.register("numba", needs_numba=True)
 def _sdpa_numba(q, k, v, mask, plan):
     """Flash-style tiles: online softmax, micro-kernel products, no L x S buffer."""
@@ -970,8 +987,8 @@ def _sdpa_numba(q, k, v, mask, plan):
         # rows per task: at most ROW_GROUP, and a task for each thread where the rows allow
         groups = max(-(-L // ROW_GROUP), min(L, -(-_jit.threads_here() // nb)))
         bq = -(-L // groups)
-        kp = vp = np.empty(0, dt)
-        stats = Stats(np.empty((0, 0), dt), np.empty((0, 0), dt))
+        kp = vp = _unused(dt)[0]
+        stats = _unused(dt)[1]
     else:
         bq = nr * max(1, QUERY_BLOCK // nr)
         s_pad = -(-S // mr) * mr
@@ -979,7 +996,7 @@ def _sdpa_numba(q, k, v, mask, plan):
         kp, vp = _packed_buffers(dt, k.shape[0] * s_pad * E, v.shape[0] * ev_pad * S)
         stats = Stats(np.empty((nb, L), dt), np.empty((nb, L), dt))
     has_mask = mask is not None
-    mask = _c(mask if has_mask else np.zeros((1, 1, 1), dt))
+    mask = _c(mask) if has_mask else _unused(dt)[2]
     mi = _c(plan.mask if has_mask else plan.q)
     bk = mr * max(1, round(KEY_TILE / mr))
     ix = Stacks(_c(plan.q), _c(plan.k), _c(plan.v), mi)
