@@ -983,12 +983,13 @@ def _sdpa_numba(q, k, v, mask, plan):
         # 0.42 ms, four times the row kernel's 0.094 ms); the same tiles on the first L keys
         k, v, S = k[:, :L], v[:, :L], L
     q, k, v = _c(q), _c(k), _c(v)
+    unused, no_stats, no_mask = _unused(dt)
     if few:  # the row kernel: no packed operands, no row statistics for a weights pass
         # rows per task: at most ROW_GROUP, and a task for each thread where the rows allow
         groups = max(-(-L // ROW_GROUP), min(L, -(-_jit.threads_here() // nb)))
         bq = -(-L // groups)
-        kp = vp = _unused(dt)[0]
-        stats = _unused(dt)[1]
+        kp = vp = unused
+        stats = no_stats
     else:
         bq = nr * max(1, QUERY_BLOCK // nr)
         s_pad = -(-S // mr) * mr
@@ -996,7 +997,7 @@ def _sdpa_numba(q, k, v, mask, plan):
         kp, vp = _packed_buffers(dt, k.shape[0] * s_pad * E, v.shape[0] * ev_pad * S)
         stats = Stats(np.empty((nb, L), dt), np.empty((nb, L), dt))
     has_mask = mask is not None
-    mask = _c(mask) if has_mask else _unused(dt)[2]
+    mask = _c(mask) if has_mask else no_mask
     mi = _c(plan.mask if has_mask else plan.q)
     bk = mr * max(1, round(KEY_TILE / mr))
     ix = Stacks(_c(plan.q), _c(plan.k), _c(plan.v), mi)

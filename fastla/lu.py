@@ -439,6 +439,22 @@ def _piv_error(n):
     raise ValueError(f"lu_solve: piv holds a row index outside [0, {n})")
 
 
+def _check_solve_args(piv, n, b, finite):
+    """:func:`_check_piv` and (with ``finite``) ``_validate.check_finite(b)`` for :func:`lu_solve`'s
+    fast path (1-D ``piv``, a float ``b``): one compiled scan, :func:`_solve_args_problem`, the
+    same errors; the two themselves with the JIT off."""
+    if not _jit.JIT_ENABLED:
+        _check_piv(piv, n)
+        if finite:
+            _validate.check_finite(b)
+        return
+    problem = _solve_args_problem(piv, n, b, bool(finite))
+    if problem == 1:
+        _piv_error(n)
+    if problem == 2:
+        _validate.check_finite(b)  # raises SciPy's ValueError
+
+
 @jit(fastmath=False)
 def _solve_args_problem(piv, n, b, finite):
     """0 when ``piv``'s row indices lie in ``[0, n)`` and (with ``finite``) ``b`` holds no inf or
@@ -646,14 +662,7 @@ def lu_solve(lu_and_piv, b, trans=0, overwrite_b=False, check_finite=True, *, ba
             n = lu.shape[0]
             fits = lu.shape[1] == n and piv.shape == (n,) and b.shape[0] == n
             if fits and _registry.fast_path(backend) == "auto" and _lapack_wins(n, 1):
-                if not _jit.JIT_ENABLED:
-                    _check_piv(piv, n)
-                    if check_finite:
-                        _validate.check_finite(b)
-                elif (problem := _solve_args_problem(piv, n, b, bool(check_finite))) == 1:
-                    _piv_error(n)
-                elif problem:
-                    _validate.check_finite(b)  # raises SciPy's ValueError
+                _check_solve_args(piv, n, b, check_finite)
                 overwrite_b = overwrite_b and _validate.writes_apart(b, lu, piv)
                 return _lu_solve_numpy(lu, piv, b, 1 if trans else 0, b.ndim == 1, overwrite_b)
     return _SOLVE.run(backend, _prepare_solve(lu_and_piv, b, trans, overwrite_b, check_finite))

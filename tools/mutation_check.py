@@ -326,8 +326,8 @@ MUTANTS = [
     Mutant(
         "lu-solve-fast-path-skips-check-finite",
         "lu.py",
-        "_solve_args_problem(piv, n, b, bool(check_finite))",
-        "_solve_args_problem(piv, n, b, False)",
+        "problem = _solve_args_problem(piv, n, b, bool(finite))",
+        "problem = _solve_args_problem(piv, n, b, False)",
         ("tests/test_fastpath.py::test_lu_solve_fast_path_is_the_full_path",),
         "lu_solve's fast path solves for a b holding inf instead of raising SciPy's ValueError",
     ),
