@@ -42,6 +42,8 @@ def machine_facts():
         # calls that alternate between the two pools run at half speed or worse while the other
         # pool spins (README, "Threads": mixing BLAS and fastla calls)
         **{name: os.environ.get(name) for name in SPIN_SETTINGS},
+        # the spin count of the OpenMP layer's threads (fastla sets one: see _jit.GOMP_SPINCOUNT)
+        "omp_spin": _jit.OMP_SPIN,
         "blas": [],
         "backends": {
             "numba": "available"
