@@ -78,8 +78,13 @@ def test_blas_limit_caps_blas_only_and_restores_it():
     threadpoolctl = pytest.importorskip("threadpoolctl")
     from fastla import _threads
 
+    # the BLAS libraries loaded when the controller was made (NumPy's, loaded before fastla): one
+    # loaded later (SciPy's own OpenBLAS, by a SciPy call earlier in this worker) is not among them
+    known = {c.filepath for c in _threads._controller().lib_controllers if c.user_api == "blas"}
+
     def blas_threads():
-        return [d["num_threads"] for d in threadpoolctl.threadpool_info() if d["user_api"] == "blas"]
+        info = threadpoolctl.threadpool_info()
+        return [d["num_threads"] for d in info if d["user_api"] == "blas" and d["filepath"] in known]
 
     before, fastla_before = blas_threads(), fastla.get_num_threads()
     assert before, "NumPy's BLAS is not seen by threadpoolctl"
