@@ -17,7 +17,7 @@ import numpy as np
 from fastla import _jit
 
 #: the environment variables that decide whether idle BLAS and OpenMP threads spin (reported, never set)
-SPIN_SETTINGS = ("OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY")
+SPIN_SETTINGS = ("OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 
 def machine_facts():
@@ -42,8 +42,6 @@ def machine_facts():
         # calls that alternate between the two pools run at half speed or worse while the other
         # pool spins (README, "Threads": mixing BLAS and fastla calls)
         **{name: os.environ.get(name) for name in SPIN_SETTINGS},
-        # the spin count of the OpenMP layer's threads (fastla sets one: see _jit.GOMP_SPINCOUNT)
-        "omp_spin": _jit.OMP_SPIN,
         "blas": [],
         "backends": {
             "numba": "available"

@@ -21,9 +21,7 @@ are in :mod:`fastla._host`. This module decides:
 from __future__ import annotations
 
 import functools
-import importlib
 import os
-import sys
 import threading
 import typing
 
@@ -556,59 +554,6 @@ def overload_by_dtype(pyfunc, impls, fastmath=frozenset({"contract"})):
 # --------------------------------------------------------------------------- threading
 
 
-#: GNU OpenMP's spin count (``GOMP_SPINCOUNT``) for the OpenMP layer's threads, unless the user set
-#: ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY``: libgomp's default, 300 000 spins, keeps an idle thread
-#: busy for milliseconds after each parallel region, and OpenBLAS's idle threads spin after each
-#: threaded BLAS call, so on a machine with as many threads as cores each pool took the cores from
-#: the other. Measured (Zen 4, 2 cores, 2 threads each side, medians): a loop of a float32 256 x 1024
-#: by 1024 x 1000 ``np.matmul`` and ``fl.softmax`` of its result took 8.7-9.1 ms a step (the GEMM
-#: 6.5 ms, the softmax 1.4 ms, 8 ms at worst) against 2.9-3.1 ms with 10 000 spins and with 1 000,
-#: 4.3-5.0 with 30 000, 6.5 with 100 000; NumPy's own softmax 2.9 ms a step. On its own, with no
-#: BLAS call between, no kernel measured slower at 10 000 (softmax 256 x 1000 0.07-0.08 ms, 2048^2
-#: 1.2 ms, attention 0.12 ms, power iteration n = 1000 k = 6 4.2-4.5 ms, a 512^2 GEMM 2.6 ms),
-#: where 1 000 spins let threads sleep between the sweeps of power iteration (4.2 -> 6.2-6.4 ms) and
-#: ``OMP_WAIT_POLICY=passive`` slowed every small call (attention 0.12 -> 0.28 ms).
-GOMP_SPINCOUNT = 10_000
-
-#: the OpenMP layer's spin setting, as ``python -m fastla info`` reports it: fastla's
-#: (:data:`GOMP_SPINCOUNT`), the environment's own ``GOMP_SPINCOUNT`` / ``OMP_WAIT_POLICY``, or
-#: libgomp's default where it was loaded before fastla; None without an OpenMP layer
-OMP_SPIN = None
-
-_GOMP_SETTINGS = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
-
-
-def _import_pool(mod):
-    """Import Numba's pool module ``mod``; libgomp, which the OpenMP pool loads, reads its spin count
-    from the environment once, at load: :data:`GOMP_SPINCOUNT` is put there for that load only."""
-    global OMP_SPIN
-    name = f"numba.np.ufunc.{mod}"
-    if mod != "omppool":
-        importlib.import_module(name)
-        return
-    user = [f"{v}={os.environ[v]}" for v in _GOMP_SETTINGS if os.environ.get(v)]
-    if user or name in sys.modules or _libgomp_loaded():
-        importlib.import_module(name)
-        before = "libgomp's default (loaded before fastla)"
-        OMP_SPIN = "; ".join(user) + " (the environment's)" if user else before
-        return
-    os.environ["GOMP_SPINCOUNT"] = str(GOMP_SPINCOUNT)
-    try:
-        importlib.import_module(name)
-    finally:
-        del os.environ["GOMP_SPINCOUNT"]
-    OMP_SPIN = f"GOMP_SPINCOUNT={GOMP_SPINCOUNT} (fastla's)"
-
-
-def _libgomp_loaded():
-    """Whether this process has a GNU OpenMP runtime loaded already (Linux; elsewhere False)."""
-    try:
-        with open("/proc/self/maps") as maps:
-            return any("libgomp" in line for line in maps)
-    except OSError:
-        return False
-
-
 def _choose_threading_layer():
     """Pick a layer that survives concurrent launches; return True if a lock is still needed."""
     if not JIT_ENABLED:
@@ -617,7 +562,7 @@ def _choose_threading_layer():
         return numba.config.THREADING_LAYER in ("workqueue", "default")
     for mod in ("tbbpool", "omppool"):
         try:
-            _import_pool(mod)
+            __import__(f"numba.np.ufunc.{mod}")
         except ImportError:
             continue
         numba.config.THREADING_LAYER = "threadsafe"

@@ -221,12 +221,17 @@ def test_import_compiles_nothing():
 
 
 def test_cli_info_and_explain():
-    r = run_python("from fastla.__main__ import main; main(['info'])", OPENBLAS_THREAD_TIMEOUT="4")
+    r = run_python(
+        "from fastla.__main__ import main; main(['info'])",
+        OPENBLAS_THREAD_TIMEOUT="4",
+        GOMP_SPINCOUNT="10000",
+    )
     assert r.returncode == 0, r.stderr
     assert "numpy" in r.stdout and "OPENBLAS_CORETYPE" in r.stdout and "threading_layer" in r.stdout
     # the spin settings are reported as the environment has them (README, "Threads")
     facts = dict(line.split(None, 1) for line in r.stdout.splitlines() if line.strip())
     assert facts["OPENBLAS_THREAD_TIMEOUT"] == "4"
+    assert facts["GOMP_SPINCOUNT"] == "10000"
     assert facts["OMP_WAIT_POLICY"] == os.environ.get("OMP_WAIT_POLICY", "None")
     assert "auto_gemm" in r.stdout and (
         "BLAS for every single product" in r.stdout

@@ -130,69 +130,6 @@ def test_omp_num_threads_caps_the_default_and_numba_num_threads_wins():
         assert r.stdout.split() == [str(TOP)], r.stderr
 
 
-def test_the_openmp_pool_loads_with_fastlas_spin_count_and_the_environment_goes_back(monkeypatch):
-    """libgomp reads its spin count once, when it loads: :func:`fastla._jit._import_pool` puts
-    ``GOMP_SPINCOUNT`` in the environment for that import only, and only where the user set
-    neither it nor ``OMP_WAIT_POLICY`` and no libgomp is loaded yet (README, "Threads")."""
-    seen = []
-
-    def fake_import(name):
-        seen.append((name, os.environ.get("GOMP_SPINCOUNT")))
-
-    monkeypatch.setattr(_jit.importlib, "import_module", fake_import)
-    monkeypatch.setattr(_jit, "_libgomp_loaded", lambda: False)
-    monkeypatch.setattr(_jit, "OMP_SPIN", None)
-    monkeypatch.delitem(__import__("sys").modules, "numba.np.ufunc.omppool", raising=False)
-    for name in _jit._GOMP_SETTINGS:
-        monkeypatch.delenv(name, raising=False)
-    _jit._import_pool("omppool")
-    assert seen == [("numba.np.ufunc.omppool", str(_jit.GOMP_SPINCOUNT))]
-    assert "GOMP_SPINCOUNT" not in os.environ
-    assert _jit.OMP_SPIN == f"GOMP_SPINCOUNT={_jit.GOMP_SPINCOUNT} (fastla's)"
-    _jit._import_pool("tbbpool")  # another layer: nothing set
-    assert seen[-1] == ("numba.np.ufunc.tbbpool", None)
-    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")  # the user's setting wins
-    _jit._import_pool("omppool")
-    assert seen[-1] == ("numba.np.ufunc.omppool", None)
-    assert _jit.OMP_SPIN == "OMP_WAIT_POLICY=passive (the environment's)"
-    monkeypatch.delenv("OMP_WAIT_POLICY")
-    monkeypatch.setattr(_jit, "_libgomp_loaded", lambda: True)  # loaded already: too late to set
-    _jit._import_pool("omppool")
-    assert seen[-1] == ("numba.np.ufunc.omppool", None)
-    assert _jit.OMP_SPIN == "libgomp's default (loaded before fastla)"
-
-
-@needs_jit
-def test_libgomp_loads_inside_fastlas_import_and_info_reports_the_spin_count():
-    """In a fresh process the GNU OpenMP runtime is not loaded before ``import fastla`` and is after
-    it (so the spin count was in the environment when it loaded), the environment has no
-    ``GOMP_SPINCOUNT`` afterwards, and ``info`` reports the setting in force."""
-    import subprocess
-    import sys
-    import textwrap
-
-    env = {k: v for k, v in os.environ.items() if k not in (*_jit._GOMP_SETTINGS, "NUMBA_THREADING_LAYER")}
-    code = """
-        import os
-        def gomp():
-            with open("/proc/self/maps") as maps:
-                return any("libgomp" in line for line in maps)
-        before = gomp()
-        import fastla
-        from fastla import _jit
-        from fastla._host import machine_facts
-        print(before, gomp(), "GOMP_SPINCOUNT" in os.environ, machine_facts()["omp_spin"], sep="|")
-        """
-    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env)
-    assert r.returncode == 0, r.stderr
-    before, after, in_env, spin = r.stdout.strip().split("|")
-    if after == "False":  # no OpenMP layer here (tbb, or no libgomp)
-        assert spin == "None"
-        return
-    assert (before, in_env) == ("False", "False")
-    assert spin == f"GOMP_SPINCOUNT={_jit.GOMP_SPINCOUNT} (fastla's)"
-
-
 @needs_jit
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 def test_a_child_forked_after_the_threads_started_works_and_never_hangs(rng):

@@ -57,14 +57,6 @@ MUTANTS = [
         "a whole group solved in registers reports no zero pivot (a singular system goes unnoticed)",
     ),
     Mutant(
-        "jit-gomp-spin-count-not-set",
-        "_jit.py",
-        'os.environ["GOMP_SPINCOUNT"] = str(GOMP_SPINCOUNT)',
-        'os.environ["GOMP_SPINCOUNT"] = ""',
-        ("tests/test_threads.py", "-k", "spin"),
-        "libgomp loads without fastla's spin count",
-    ),
-    Mutant(
         "lu-lane-memory-ties-go-later",
         "_lane_solver.py",
         'larger = builder.fcmp_ordered(">", key, best)',

@@ -338,9 +338,7 @@ def header(machine):
         f"numpy {machine.get('numpy')}; BLAS {blas}; "
         f"OPENBLAS_CORETYPE={machine.get('OPENBLAS_CORETYPE') or 'unset'}; "
         + "".join(f"{name}={machine[name]}; " for name in _host.SPIN_SETTINGS if machine.get(name))
-        + f"threading layer {machine.get('threading_layer')}"
-        + (f" ({machine['omp_spin']})" if machine.get("omp_spin") else "")
-        + "\n"
+        + f"threading layer {machine.get('threading_layer')}\n"
     )
 
 
