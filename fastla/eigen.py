@@ -517,6 +517,18 @@ def _scan_examples(dtype):
 SCAN = _jit.Entry(_scan_task, _scan_examples)
 
 
+#: Up to this order the scan runs on one thread, as the sweeps that follow it do (one 256-row block
+#: pair of :func:`_sym_product`, one task): a call on one thread only never waits for a second one.
+#: Right after a threaded BLAS call, OpenBLAS's idle threads spin for ~0.1 s, and a parallel region
+#: launched then could wait a scheduler slice (~8 ms on 2 cores) for its second thread. Measured
+#: (Zen 4, 2 cores, float64, a 0.9-decay spectrum, k = 1, three runs), ``power_iteration`` right
+#: after NumPy's ``eigh`` of a 600² matrix, the worst of five calls: n = 300 2.2-5.9 -> 2.1-2.7 ms,
+#: n = 500 6.1-9.5 -> 2.7-3.7 ms (1.0-1.8 ms with idle BLAS threads, either way); the scan alone
+#: after a 3000² product, 8 ms a call for ~0.3 s. On two threads the scan saves 5 / 27 / 35 us at
+#: n = 300 / 400 / 512 (37 -> 32, 60 -> 33, 103 -> 68 us): 1-2 % of the call.
+SCAN_SERIAL_MAX_N = 2 * _MATVEC_ROWS
+
+
 def symmetry_atol(dtype, max_abs):
     """The absolute tolerance of the symmetry test for a matrix whose largest ``|entry|`` is ``max_abs``."""
     return (1e-10 if dtype == np.float64 else 1e-5) * max_abs
@@ -536,7 +548,8 @@ def _finite_and_symmetric(a):
         tile = scan_tile()
         out = np.zeros((-(-a.shape[0] // tile), 2), np.int64)
         # (kernel_input: the entry's one array type; no copy of an input that has it already)
-        _scan(_intrinsics.kernel_input(a), tile, out, SCAN.address(a.dtype), _jit.threads_here())
+        threads = 1 if a.shape[0] <= SCAN_SERIAL_MAX_N else _jit.threads_here()
+        _scan(_intrinsics.kernel_input(a), tile, out, SCAN.address(a.dtype), threads)
         (big, finite), (asym, _) = (_math.from_abs_bits(bits, a.dtype) for bits in out.max(axis=0))
         bad = not finite
     else:

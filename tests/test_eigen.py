@@ -297,12 +297,16 @@ def test_eigenvalues_far_below_the_largest_converge_at_the_rounding_floor(dtype)
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("tile", [16, 64])
-def test_symmetry_scan_matches_numpy(dtype, tile, monkeypatch):
+@pytest.mark.parametrize("serial_max_n", [0, None])
+def test_symmetry_scan_matches_numpy(dtype, tile, serial_max_n, monkeypatch):
     """The compiled one-pass scan (max |a|, max |a - aᵀ|, finiteness) against NumPy, for sizes
-    around the tile edge and one large, asymmetric or non-finite entry in either triangle."""
+    around the tile edge and one large, asymmetric or non-finite entry in either triangle, on all
+    threads (``SCAN_SERIAL_MAX_N`` 0) and as shipped (one thread at these sizes)."""
     from fastla import eigen
 
     monkeypatch.setattr(eigen, "scan_tile", lambda: tile)
+    if serial_max_n is not None:
+        monkeypatch.setattr(eigen, "SCAN_SERIAL_MAX_N", serial_max_n)
     rng = np.random.default_rng(7)
     for n in (1, 2, tile - 1, tile, tile + 1, 2 * tile + 3):
         s = rng.standard_normal((n, n)).astype(dtype)
@@ -324,6 +328,29 @@ def test_symmetry_scan_matches_numpy(dtype, tile, monkeypatch):
             assert got == big, (n, m.dtype)
             assert got_asym == asym, (n, m.dtype)
             assert symmetric == (asym <= eigen.symmetry_atol(m.dtype, big)), (n, asym)
+
+
+@pytest.mark.skipif(not fastla._jit.JIT_ENABLED, reason="the compiled scan runs with the JIT only")
+def test_the_scan_runs_on_one_thread_where_the_sweeps_do(monkeypatch):
+    """Up to ``SCAN_SERIAL_MAX_N`` (where the one-triangle product is one task) the symmetry scan
+    runs on one thread, so that such a call never waits for a second one; above it, on all."""
+    from fastla import _jit, eigen
+
+    seen = []
+    scan = eigen._scan
+
+    def recorded(a, tile, out, at, threads):
+        seen.append((a.shape[0], threads))
+        return scan(a, tile, out, at, threads)
+
+    monkeypatch.setattr(eigen, "_scan", recorded)
+    limit = eigen.SCAN_SERIAL_MAX_N
+    assert -(-limit // eigen._MATVEC_ROWS) == 2  # two 256-row blocks: one task of the product
+    rng = np.random.default_rng(2)
+    for n in (limit, limit + 1):
+        g = rng.standard_normal((n, n))
+        eigen._finite_and_symmetric(g + g.T)
+    assert seen == [(limit, 1), (limit + 1, _jit.threads_here())]
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

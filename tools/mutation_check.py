@@ -57,6 +57,14 @@ MUTANTS = [
         "a whole group solved in registers reports no zero pivot (a singular system goes unnoticed)",
     ),
     Mutant(
+        "eigen-scan-on-all-threads-below-the-line",
+        "eigen.py",
+        "threads = 1 if a.shape[0] <= SCAN_SERIAL_MAX_N else _jit.threads_here()",
+        "threads = 1 if a.shape[0] < SCAN_SERIAL_MAX_N else _jit.threads_here()",
+        ("tests/test_eigen.py", "-k", "one_thread_where"),
+        "the symmetry scan of an n = 512 matrix launches a parallel region its sweeps never need",
+    ),
+    Mutant(
         "lu-lane-memory-ties-go-later",
         "_lane_solver.py",
         'larger = builder.fcmp_ordered(">", key, best)',
