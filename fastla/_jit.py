@@ -20,8 +20,10 @@ are in :mod:`fastla._host`. This module decides:
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
+import sys
 import threading
 import typing
 
@@ -554,10 +556,34 @@ def overload_by_dtype(pyfunc, impls, fastmath=frozenset({"contract"})):
 # --------------------------------------------------------------------------- threading
 
 
+def _preload_tbb():
+    """Load oneTBB's runtime where the ``tbb`` wheel put it, so that Numba's TBB layer can start.
+
+    The wheel installs ``libtbb.so.12`` into ``<prefix>/lib``, outside the dynamic loader's search
+    path, and Numba's pool module for the layer (``numba.np.ufunc.tbbpool``) names the library
+    without a path: loaded once with ``RTLD_GLOBAL`` here, the pool module finds it by its soname.
+    Linux only (elsewhere the loader's own search, or nothing); False where no library loaded."""
+    if not sys.platform.startswith("linux"):
+        return False
+    for prefix in dict.fromkeys((sys.prefix, sys.base_prefix)):
+        path = os.path.join(prefix, "lib", _TBB_LIBRARY)
+        if os.path.exists(path):
+            try:
+                ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+            except OSError:
+                return False
+            return True
+    return False
+
+
+_TBB_LIBRARY = "libtbb.so.12"
+
+
 def _choose_threading_layer():
     """Pick a layer that survives concurrent launches; return True if a lock is still needed."""
     if not JIT_ENABLED:
         return False
+    _preload_tbb()  # Numba's own default order tries TBB first too
     if os.environ.get("NUMBA_THREADING_LAYER"):
         return numba.config.THREADING_LAYER in ("workqueue", "default")
     for mod in ("tbbpool", "omppool"):

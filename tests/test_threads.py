@@ -6,6 +6,8 @@ thread count."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -128,6 +130,55 @@ def test_omp_num_threads_caps_the_default_and_numba_num_threads_wins():
     if TOP > 1:  # an explicit NUMBA_NUM_THREADS is numba's own setting and is honoured
         r = run_python(code, **{**env, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": str(TOP)})
         assert r.stdout.split() == [str(TOP)], r.stderr
+
+
+def test_preload_tbb_loads_only_a_library_it_finds(monkeypatch, tmp_path):
+    """``_jit._preload_tbb`` loads ``<prefix>/lib/libtbb.so.12`` (where the ``tbb`` wheel puts it)
+    and reports False, never raising, where there is none, where it does not load, or off Linux."""
+    monkeypatch.setattr(_jit.sys, "prefix", str(tmp_path))
+    monkeypatch.setattr(_jit.sys, "base_prefix", str(tmp_path))
+    assert _jit._preload_tbb() is False  # no library
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / _jit._TBB_LIBRARY).write_text("not a shared library")
+    loaded = []
+    monkeypatch.setattr(_jit.ctypes, "CDLL", lambda path, mode: loaded.append((path, mode)))
+    monkeypatch.setattr(_jit.sys, "platform", "linux")
+    assert _jit._preload_tbb() is True
+    assert loaded == [(str(tmp_path / "lib" / _jit._TBB_LIBRARY), _jit.ctypes.RTLD_GLOBAL)]
+
+    def fails(path, mode):
+        raise OSError("invalid ELF header")
+
+    monkeypatch.setattr(_jit.ctypes, "CDLL", fails)
+    assert _jit._preload_tbb() is False
+    monkeypatch.setattr(_jit.sys, "platform", "darwin")
+    assert _jit._preload_tbb() is False
+
+
+def _tbb_installed():
+    from importlib import metadata
+
+    try:
+        metadata.distribution("tbb")
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+@needs_jit
+@pytest.mark.skipif(not _tbb_installed(), reason="the tbb package is not installed")
+def test_kernels_run_on_numbas_tbb_layer_where_tbb_is_installed():
+    """With the ``tbb`` dependency installed (Linux x86-64), fastla's parallel kernels run on
+    Numba's TBB layer, whose idle threads give the cores back to BLAS's (README, "Threads"): its
+    runtime sits outside the loader's path, and fastla loads it before Numba looks for it."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    code = (
+        "import numpy as np, fastla, numba; "
+        "fastla.softmax(np.ones((512, 512)), backend='numba'); print(numba.threading_layer())"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["tbb"]
 
 
 @needs_jit

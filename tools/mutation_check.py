@@ -65,6 +65,14 @@ MUTANTS = [
         "the symmetry scan of an n = 512 matrix launches a parallel region its sweeps never need",
     ),
     Mutant(
+        "jit-tbb-runtime-not-loaded",
+        "_jit.py",
+        "    _preload_tbb()  # Numba's own default order tries TBB first too",
+        "    pass  # Numba's own default order tries TBB first too",
+        ("tests/test_threads.py", "-k", "tbb"),
+        "the tbb wheel's runtime stays off the loader's path: fastla runs on GNU OpenMP",
+    ),
+    Mutant(
         "lu-lane-memory-ties-go-later",
         "_lane_solver.py",
         'larger = builder.fcmp_ordered(">", key, best)',
