@@ -86,6 +86,13 @@ WORKSPACE_BYTES = 16 << 20
 #: and value row is read once for the group (same case, L = 16: 1.29 ms with a row per task, 0.97 /
 #: 0.92 / 0.90 with 4 / 8 / 16 rows).
 ROW_GROUP = 8
+#: Below this many multiply-adds of the scores (``B H L S E``) a call runs on one thread: a parallel
+#: launch on Numba's TBB layer costs ~10 us, more than the second thread saves there. Measured
+#: (Zen 4, 2 threads, TBB, float32, best of 7, three interleaved runs, all threads -> this line):
+#: (2, 8, 16) 20.5-28.6 -> 17.7-18.0 us, 8 heads of 8 x 8 x 64 26.3-26.7 -> 23.6-24.3, 4 of 16 x
+#: 16 x 64 27.7-28.5 -> 26.3-27.2; at 2^18 (4 heads of 32 x 32 x 64) one thread lost (37.3-42.8
+#: against 45.7-50.2), at 2^17 (2 heads) even.
+SERIAL_WORK = 2**17
 
 _U = _jit.U
 
@@ -940,9 +947,9 @@ def _packed_buffers(dt, nk, nv):
     return work[:nk], work[nk16 : nk16 + nv]
 
 
-def _phase(kernel, dt, args, phase, tasks):
-    """Run ``tasks`` tasks of ``phase`` with ``kernel``, on this call's threads."""
-    _run(*args, phase, TASK.address(dt, kernel), tasks, _jit.threads_here())
+def _phase(kernel, dt, args, phase, tasks, threads):
+    """Run ``tasks`` tasks of ``phase`` with ``kernel`` on ``threads`` threads."""
+    _run(*args, phase, TASK.address(dt, kernel), tasks, threads)
 
 
 _UNUSED = {}
@@ -984,9 +991,10 @@ def _sdpa_numba(q, k, v, mask, plan):
         k, v, S = k[:, :L], v[:, :L], L
     q, k, v = _c(q), _c(k), _c(v)
     unused, no_stats, no_mask = _unused(dt)
+    threads = 1 if nb * L * S * E < SERIAL_WORK else _jit.threads_here()
     if few:  # the row kernel: no packed operands, no row statistics for a weights pass
         # rows per task: at most ROW_GROUP, and a task for each thread where the rows allow
-        groups = max(-(-L // ROW_GROUP), min(L, -(-_jit.threads_here() // nb)))
+        groups = max(-(-L // ROW_GROUP), min(L, -(-threads // nb)))
         bq = -(-L // groups)
         kp = vp = unused
         stats = no_stats
@@ -1006,11 +1014,11 @@ def _sdpa_numba(q, k, v, mask, plan):
     w = weights if weights is not None else out[:0]
     args = (inp, ix, t, dt.type(0), out, stats, w)
     if few:
-        _phase(_rows_task, dt, args, ROWS, nb * -(-L // t.bq))
+        _phase(_rows_task, dt, args, ROWS, nb * -(-L // t.bq), threads)
         return _result(out, weights, plan)
-    _phase(_pack_task, dt, args, PACK, k.shape[0] + v.shape[0])
+    _phase(_pack_task, dt, args, PACK, k.shape[0] + v.shape[0], threads)
     blocks = nb * -(-L // bq)
-    _phase(_flash_task, dt, args, FLASH, blocks)
+    _phase(_flash_task, dt, args, FLASH, blocks, threads)
     if weights is not None:
-        _phase(_weights_task, dt, args, WEIGHTS, blocks)
+        _phase(_weights_task, dt, args, WEIGHTS, blocks, threads)
     return _result(out, weights, plan)

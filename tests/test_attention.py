@@ -420,3 +420,31 @@ def test_empty_queries_or_keys_with_a_mask(L, S):
         masked = fastla.scaled_dot_product_attention(q, k, v, attn_mask=np.ones((L, S), bool), backend=name)
         assert masked.shape == (1, 2, L, 8), name
         np.testing.assert_array_equal(masked, plain, err_msg=name)
+
+
+@pytest.mark.skipif(not fastla._jit.NUMBA_AVAILABLE, reason="the numba impl's threads")
+def test_small_calls_run_on_one_thread_and_larger_on_all(monkeypatch):
+    """Below ``SERIAL_WORK`` multiply-adds of the scores (B H L S E) every phase runs on one thread
+    (a parallel launch costs more than it saves there); from it on, on this call's threads. The
+    results are the same either way."""
+    from fastla import _jit, attention
+
+    seen = []
+    run = attention._run
+
+    def recorded(*args):
+        seen.append(args[-1])
+        return run(*args)
+
+    monkeypatch.setattr(attention, "_run", recorded)
+    rng = np.random.default_rng(5)
+    e = 64
+    line = attention.SERIAL_WORK // (2 * e)  # 2 heads of L x L, L^2 = line
+    for rows, want in ((int(line**0.5) - 1, 1), (int(line**0.5), _jit.threads_here())):
+        q = rng.standard_normal((1, 2, rows, e)).astype(np.float32)
+        seen.clear()
+        got = fastla.scaled_dot_product_attention(q, q, q, backend="numba")
+        assert seen and set(seen) == {want}, (rows, seen)
+        np.testing.assert_allclose(
+            got, fastla.scaled_dot_product_attention(q, q, q, backend="numpy"), rtol=2e-5, atol=2e-6
+        )

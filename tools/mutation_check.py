@@ -73,6 +73,14 @@ MUTANTS = [
         "the tbb wheel's runtime stays off the loader's path: fastla runs on GNU OpenMP",
     ),
     Mutant(
+        "attention-one-thread-at-the-line",
+        "attention.py",
+        "threads = 1 if nb * L * S * E < SERIAL_WORK else _jit.threads_here()",
+        "threads = 1 if nb * L * S * E <= SERIAL_WORK else _jit.threads_here()",
+        ("tests/test_attention.py", "-k", "one_thread_and_larger"),
+        "a call of exactly SERIAL_WORK multiply-adds runs on one thread",
+    ),
+    Mutant(
         "lu-lane-memory-ties-go-later",
         "_lane_solver.py",
         'larger = builder.fcmp_ordered(">", key, best)',
