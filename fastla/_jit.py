@@ -10,9 +10,10 @@ are in :mod:`fastla._host`. This module decides:
   reductions and fuse multiply-adds; ``nnan``/``ninf`` are never set because masked attention uses
   ``-inf`` and NaN must propagate as in NumPy;
 * the threading layer. Numba's default ``workqueue`` layer aborts the process when two Python threads
-  launch parallel regions at once. We ask for the ``threadsafe`` layer (TBB or OpenMP) when one of
+  launch parallel regions at once. We ask for the ``threadsafe`` layer (TBB, then OpenMP) when one of
   them can be loaded, and otherwise serialise fastla's parallel regions with a lock
-  (:func:`run_parallel`). A user's own ``NUMBA_THREADING_LAYER`` is respected.
+  (:func:`run_parallel`). TBB's runtime, from the ``tbb`` wheel, is loaded first
+  (:func:`_preload_tbb`). A user's own ``NUMBA_THREADING_LAYER`` is respected.
 * how intrinsics are declared: an intrinsic (hand-written LLVM IR) has no Python body, and
   :func:`intrinsic` pairs each with a plain-Python twin that is used when JIT is off or Numba is
   absent (the tests check the two agree).

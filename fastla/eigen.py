@@ -517,8 +517,8 @@ def _scan_examples(dtype):
 SCAN = _jit.Entry(_scan_task, _scan_examples)
 
 
-#: Up to this order the scan runs on one thread, as the sweeps that follow it do (one 256-row block
-#: pair of :func:`_sym_product`, one task): a call on one thread only never waits for a second one.
+#: Up to this order the scan runs on one thread, as the symmetric sweeps that follow it do (one
+#: 256-row block pair of :func:`_sym_product`, one task): such a call never waits for a second thread.
 #: Right after a threaded BLAS call, OpenBLAS's idle threads spin for ~0.1 s, and a parallel region
 #: launched then could wait a scheduler slice (~8 ms on 2 cores) for its second thread. Measured
 #: (Zen 4, 2 cores, float64, a 0.9-decay spectrum, k = 1, three runs), ``power_iteration`` right
