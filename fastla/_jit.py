@@ -566,18 +566,39 @@ def _preload_tbb():
     Linux only (elsewhere the loader's own search, or nothing); False where no library loaded."""
     if not sys.platform.startswith("linux"):
         return False
-    for prefix in dict.fromkeys((sys.prefix, sys.base_prefix)):
-        path = os.path.join(prefix, "lib", _TBB_LIBRARY)
-        if os.path.exists(path):
-            try:
-                ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
-            except OSError:
-                return False
-            return True
-    return False
+    path = _tbb_library()
+    if path is None:
+        return False
+    try:
+        ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+    except OSError:
+        return False
+    return True
 
 
 _TBB_LIBRARY = "libtbb.so.12"
+
+
+def _tbb_library():
+    """The path of the ``tbb`` wheel's ``libtbb.so.12``: under the environment's prefix (a virtual
+    environment's or the system's install), else where the wheel's own record puts it (a ``pip
+    install --user``: ``~/.local/lib``); None without one."""
+    for prefix in dict.fromkeys((sys.prefix, sys.base_prefix)):
+        path = os.path.join(prefix, "lib", _TBB_LIBRARY)
+        if os.path.exists(path):
+            return path
+    from importlib import metadata
+
+    try:
+        files = metadata.distribution("tbb").files or ()
+    except metadata.PackageNotFoundError:
+        return None
+    for file in files:
+        if file.name == _TBB_LIBRARY:
+            path = str(file.locate())
+            if os.path.exists(path):
+                return path
+    return None
 
 
 def _choose_threading_layer():

@@ -133,18 +133,18 @@ def test_omp_num_threads_caps_the_default_and_numba_num_threads_wins():
 
 
 def test_preload_tbb_loads_only_a_library_it_finds(monkeypatch, tmp_path):
-    """``_jit._preload_tbb`` loads ``<prefix>/lib/libtbb.so.12`` (where the ``tbb`` wheel puts it)
-    and reports False, never raising, where there is none, where it does not load, or off Linux."""
-    monkeypatch.setattr(_jit.sys, "prefix", str(tmp_path))
-    monkeypatch.setattr(_jit.sys, "base_prefix", str(tmp_path))
+    """``_jit._preload_tbb`` loads the library :func:`fastla._jit._tbb_library` finds (where the
+    ``tbb`` wheel put it) with ``RTLD_GLOBAL``, and reports False, never raising, where there is
+    none, where it does not load, or off Linux."""
+    monkeypatch.setattr(_jit.sys, "platform", "linux")
+    monkeypatch.setattr(_jit, "_tbb_library", lambda: None)
     assert _jit._preload_tbb() is False  # no library
-    (tmp_path / "lib").mkdir()
-    (tmp_path / "lib" / _jit._TBB_LIBRARY).write_text("not a shared library")
+    path = str(tmp_path / _jit._TBB_LIBRARY)
+    monkeypatch.setattr(_jit, "_tbb_library", lambda: path)
     loaded = []
     monkeypatch.setattr(_jit.ctypes, "CDLL", lambda path, mode: loaded.append((path, mode)))
-    monkeypatch.setattr(_jit.sys, "platform", "linux")
     assert _jit._preload_tbb() is True
-    assert loaded == [(str(tmp_path / "lib" / _jit._TBB_LIBRARY), _jit.ctypes.RTLD_GLOBAL)]
+    assert loaded == [(path, _jit.ctypes.RTLD_GLOBAL)]
 
     def fails(path, mode):
         raise OSError("invalid ELF header")
@@ -153,6 +153,40 @@ def test_preload_tbb_loads_only_a_library_it_finds(monkeypatch, tmp_path):
     assert _jit._preload_tbb() is False
     monkeypatch.setattr(_jit.sys, "platform", "darwin")
     assert _jit._preload_tbb() is False
+
+
+def test_the_tbb_library_is_found_by_prefix_then_by_the_wheels_record(monkeypatch, tmp_path):
+    """``_jit._tbb_library``: ``<prefix>/lib/libtbb.so.12`` first, else the file the ``tbb``
+    distribution's record lists (a ``pip install --user`` puts it under ``~/.local/lib``), else None."""
+    from importlib import metadata
+
+    monkeypatch.setattr(_jit.sys, "prefix", str(tmp_path / "env"))
+    monkeypatch.setattr(_jit.sys, "base_prefix", str(tmp_path / "env"))
+    user = tmp_path / "user" / "lib"
+    user.mkdir(parents=True)
+    (user / _jit._TBB_LIBRARY).write_text("")
+
+    class File:
+        name = _jit._TBB_LIBRARY
+
+        def locate(self):
+            return user / _jit._TBB_LIBRARY
+
+    class Dist:
+        files = (File(),)
+
+    monkeypatch.setattr(metadata, "distribution", lambda name: Dist())
+    assert _jit._tbb_library() == str(user / _jit._TBB_LIBRARY)
+    (tmp_path / "env" / "lib").mkdir(parents=True)
+    (tmp_path / "env" / "lib" / _jit._TBB_LIBRARY).write_text("")
+    assert _jit._tbb_library() == str(tmp_path / "env" / "lib" / _jit._TBB_LIBRARY)
+
+    def missing(name):
+        raise metadata.PackageNotFoundError(name)
+
+    (tmp_path / "env" / "lib" / _jit._TBB_LIBRARY).unlink()
+    monkeypatch.setattr(metadata, "distribution", missing)
+    assert _jit._tbb_library() is None
 
 
 def _tbb_installed():

@@ -81,6 +81,14 @@ MUTANTS = [
         "a call of exactly SERIAL_WORK multiply-adds runs on one thread",
     ),
     Mutant(
+        "jit-tbb-record-not-read",
+        "_jit.py",
+        "        if file.name == _TBB_LIBRARY:",
+        '        if file.name == "libtbb.so":',
+        ("tests/test_threads.py", "-k", "tbb"),
+        "a user install's TBB runtime, listed in the wheel's record, is not found",
+    ),
+    Mutant(
         "lu-lane-memory-ties-go-later",
         "_lane_solver.py",
         'larger = builder.fcmp_ordered(">", key, best)',
