@@ -1421,13 +1421,26 @@ TOPK_PACK = _jit.Entry(_topk_pack_task, lambda dtype: _topk_task_examples(dtype,
 TOPK_BLOCK = _jit.Entry(_topk_block_task, lambda dtype: _topk_task_examples(dtype, True), _CORPUS_DTYPES)
 
 
-def _topk_blocking(nq, itemsize, threads):
+#: bytes of each thread's block of scores in the fused top-k, and at most of the packed corpus tile
+#: that the threads share (see :func:`_topk_blocking`)
+TOPK_SCORE_BLOCK_BYTES = 1536 * 1024
+TOPK_TILE_BYTES = 8 * 1024 * 1024
+
+
+def _topk_blocking(nq, m, d, itemsize, threads):
     """Query block ``mc`` and corpus tile ``tn`` of the fused top-k kernel.
 
-    Each thread's score block (mc x tn) takes ~384 KiB, so it stays in L2 between the micro-kernel
-    writing it and the merge reading it. Measured on Zen 4 (2 000 x 100 000 x 256 float32, 2
-    threads): mc x tn = 96 x 1024 at 162 GFLOP/s; 48 x 1024, 96 x 512, 144 x 768 within noise;
-    96 x 2048 and 192 x 1024 8-12% slower.
+    Each thread's score block (mc x tn) takes ~1.5 MiB: more than L2 holds, but each corpus tile
+    costs two parallel launches and a repacking of every query block, and fewer, wider tiles pay
+    those less often than the merge pays for reading scores L2 no longer holds. Measured on Zen 4
+    (2 threads, 100 000 x 256 float32 corpus, five interleaved rounds, time against a 384 KiB block):
+    768 KiB 0.97-0.99, 1.5 MiB 0.96-0.98 and 3 MiB 0.97-0.98 for 1 000 queries, k = 10; 1.5 MiB
+    0.97-0.98 at k = 1000, 0.97-0.98 for 100 queries (3 MiB 0.99-1.04) and 5 000 queries, and 0.96-0.98
+    for 1 000 queries over a 50 000 x 256 float64 corpus. (The 384 KiB block of before kept it in L2:
+    96 x 1024 at 162 GFLOP/s then, with the threads taking blocks round robin.) The tile's packed
+    corpus rows (``tn x d``) stay within ``TOPK_TILE_BYTES``, so that a long ``d`` or a few queries
+    (a short ``mc``, a wide ``tn``) do not grow the scratch past a few MiB, and a tile is no wider
+    than the corpus (``m`` rows) rounded down to whole panels.
     """
     blk = _gk.BLOCKING[np.dtype(f"f{itemsize}")]
     per_thread = -(-nq // max(threads, 1))
@@ -1436,7 +1449,8 @@ def _topk_blocking(nq, itemsize, threads):
     # gave one thread 288 rows and the other 212 (now 250 each, in blocks of 84, 84 and 82)
     per_block = -(-per_thread // -(-per_thread // (16 * blk.MR)))
     mc = max(blk.MR, -(-per_block // blk.MR) * blk.MR)
-    tn = max(blk.NR, (384 * 1024 // itemsize // mc) // blk.NR * blk.NR)
+    tn = min(TOPK_SCORE_BLOCK_BYTES // mc, TOPK_TILE_BYTES // max(d, 1)) // itemsize
+    tn = max(blk.NR, min(tn, m) // blk.NR * blk.NR)
     return mc, tn
 
 
@@ -1613,7 +1627,7 @@ def _topk_numba(q, c, k, batch_size, squeeze, c_norms):
                 _topk_streaming(q, c, k, scores, idx)
                 return _topk_result(scores, idx, squeeze)
             threads = _jit.threads_here()
-            mc, tn = _topk_blocking(nq, dt.itemsize, threads)
+            mc, tn = _topk_blocking(nq, c.shape[0], d, dt.itemsize, threads)
             blk = _gk.BLOCKING[dt]
             kc = min(blk.KC, d)
             mc_pad = -(-mc // blk.MR) * blk.MR

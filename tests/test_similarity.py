@@ -349,11 +349,38 @@ def test_topk_against_reference(nq, nc, d, k, dtype, rng, topk_path):
             np.testing.assert_array_equal(i, i_ref)
 
 
+def test_topk_blocking_bounds():
+    """The fused top-k's tiles: whole micro-tiles, each thread's score block and the shared packed
+    corpus tile within their budgets (unless one micro-tile column is already over), and the score
+    block wide enough that a tile's fixed costs (two parallel launches, the query blocks packed
+    again) stay rare: at least half of what the budgets and the corpus's rows allow."""
+    cases = [
+        (1000, 10**5, 256, 4, 2),
+        (65, 10**5, 256, 4, 2),
+        (1000, 10**5, 4096, 4, 2),
+        (300, 10**5, 16, 8, 2),
+        (10**5, 10**6, 50_000, 8, 16),
+        (7, 10, 3, 4, 1),
+        (500, 3000, 64, 4, 2),
+    ]
+    for nq, m, d, itemsize, threads in cases:
+        blk = fastla._gemm_kernels.BLOCKING[np.dtype(f"f{itemsize}")]
+        mc, tn = similarity._topk_blocking(nq, m, d, itemsize, threads)
+        assert mc % blk.MR == 0 and tn % blk.NR == 0 and tn >= blk.NR, (nq, d, mc, tn)
+        assert mc * tn * itemsize <= similarity.TOPK_SCORE_BLOCK_BYTES or tn == blk.NR
+        assert tn * d * itemsize <= similarity.TOPK_TILE_BYTES or tn == blk.NR
+        assert tn <= m or tn == blk.NR, (nq, m, tn)
+        wide = min(
+            similarity.TOPK_SCORE_BLOCK_BYTES / mc / itemsize, similarity.TOPK_TILE_BYTES / d / itemsize, m
+        )
+        assert tn >= min(wide / 2, wide - blk.NR) or tn == blk.NR, (nq, d, mc, tn)
+
+
 @pytest.mark.parametrize("k", [1, 5, 70])
 def test_topk_across_many_tiles(k, dtype, rng, monkeypatch):
     """Tiny tiles: tile edges, and a k larger than one tile (the first-k fill spans tiles)."""
     blk = fastla._gemm_kernels.BLOCKING[np.dtype(dtype)]
-    monkeypatch.setattr(similarity, "_topk_blocking", lambda nq, it, th: (blk.MR, blk.NR))
+    monkeypatch.setattr(similarity, "_topk_blocking", lambda nq, m, d, it, th: (blk.MR, blk.NR))
     _packed_topk(monkeypatch)
     q = rng.standard_normal((2 * blk.MR + 1, 12)).astype(dtype)
     c = rng.standard_normal((max(5 * blk.NR, 2 * k) + 3, 12)).astype(dtype)  # NR is 8 on AVX2
@@ -596,7 +623,7 @@ def test_topk_float16_corpus_exact_at_full_vector_widths(rng, topk_path):
 def test_topk_float16_corpus_is_not_copied(rng):
     """The numba impl reads a float16 corpus in place: the call allocates far less than the float32
     copy that converting it would take (tracemalloc sees every allocation of the compiled path)."""
-    c = rng.standard_normal((40_000, 64)).astype(np.float16)
+    c = rng.standard_normal((120_000, 64)).astype(np.float16)  # 15 MB: its scratch is a few MB
     for nq in (1, 200):  # streamed, packed
         peak = _topk_peak_bytes(rng.standard_normal((nq, 64)).astype(np.float32), c, 10)
         assert peak < c.nbytes / 2, (nq, peak, c.nbytes)

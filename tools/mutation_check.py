@@ -41,6 +41,22 @@ class Mutant:
 
 MUTANTS = [
     Mutant(
+        "topk-tile-wider-than-its-budget",
+        "similarity.py",
+        "    tn = max(blk.NR, min(tn, m) // blk.NR * blk.NR)",
+        "    tn = max(blk.NR, m // blk.NR * blk.NR)",
+        ("tests/test_similarity.py::test_topk_blocking_bounds",),
+        "the fused top-k's corpus tile spans the whole corpus: its packed copy and score blocks unbounded",
+    ),
+    Mutant(
+        "topk-tile-ignores-the-corpus-size",
+        "similarity.py",
+        "    tn = max(blk.NR, min(tn, m) // blk.NR * blk.NR)",
+        "    tn = max(blk.NR, tn // blk.NR * blk.NR)",
+        ("tests/test_similarity.py::test_topk_blocking_bounds",),
+        "a tile wider than the corpus: scratch for rows that do not exist",
+    ),
+    Mutant(
         "lu-lane-pivot-only-on-zero",
         "_lane_solver.py",
         'g = builder.fcmp_ordered(">", val, best)',
