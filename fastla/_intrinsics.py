@@ -53,6 +53,27 @@ def prefetch_line(builder, ptr):
     builder.call(fn, args)
 
 
+def transpose_vectors(builder, rows):
+    """The transpose of ``rows`` (v vectors of v lanes, v a power of two): ``log2(v)`` stages of
+    shuffles, each swapping the off-diagonal b x b blocks of every 2b x 2b block."""
+    from llvmlite import ir
+
+    v, rows, b = len(rows), list(rows), 1
+    i32 = ir.IntType(32)
+    while b < v:  # swap the off-diagonal blocks of size b
+        lo = ir.Constant(ir.VectorType(i32, v), [j if not j & b else v + j - b for j in range(v)])
+        hi = ir.Constant(ir.VectorType(i32, v), [j + b if not j & b else v + j for j in range(v)])
+        for p in range(v):
+            if not p & b:
+                q = p + b
+                rows[p], rows[q] = (
+                    builder.shuffle_vector(rows[p], rows[q], lo),
+                    builder.shuffle_vector(rows[p], rows[q], hi),
+                )
+        b *= 2
+    return rows
+
+
 def masked_load(builder, ptr, count, align, passthru=None):
     """Load the first ``count`` elements of the vector at ``ptr`` (a pointer to an LLVM vector
     type) through ``llvm.masked.load``, never touching memory past them; the other lanes are

@@ -367,27 +367,6 @@ def lane_solve_one(typingctx, N, K, W, B, X):
     return sig, _lane_codegen(n, k, 1, itemsize)
 
 
-def _transpose(builder, rows):
-    """The transpose of ``rows`` (v vectors of v lanes, v a power of two): ``log2(v)`` stages of
-    shuffles, each swapping the off-diagonal b x b blocks of every 2b x 2b block."""
-    from llvmlite import ir
-
-    v, rows, b = len(rows), list(rows), 1
-    i32 = ir.IntType(32)
-    while b < v:  # swap the off-diagonal blocks of size b
-        lo = ir.Constant(ir.VectorType(i32, v), [j if not j & b else v + j - b for j in range(v)])
-        hi = ir.Constant(ir.VectorType(i32, v), [j + b if not j & b else v + j for j in range(v)])
-        for p in range(v):
-            if not p & b:
-                q = p + b
-                rows[p], rows[q] = (
-                    builder.shuffle_vector(rows[p], rows[q], lo),
-                    builder.shuffle_vector(rows[p], rows[q], hi),
-                )
-        b *= 2
-    return rows
-
-
 def _group_at(builder, data, base, vty):
     """``data + base`` (an element pointer and an ``i64`` element offset) as a pointer to ``vty``."""
     return builder.bitcast(builder.gep(data, [base]), vty.as_pointer())
@@ -397,7 +376,8 @@ def _load_block(builder, data, base, m, c0, vty, itemsize):
     """Elements ``c0 .. c0 + v - 1`` (fewer at the end) of each of the v = ``vty.count`` systems of m
     elements stored one after another from element ``base`` of ``data``, as vectors: vector e holds
     element ``c0 + e`` of every system (lane t: system t). The v x v block is loaded as rows (masked
-    past the m-th element: never beyond the group) and transposed in registers (:func:`_transpose`)."""
+    past the m-th element: never beyond the group) and transposed in registers
+    (:func:`fastla._intrinsics.transpose_vectors`)."""
     from llvmlite import ir
 
     i64, v = ir.IntType(64), vty.count
@@ -409,7 +389,7 @@ def _load_block(builder, data, base, m, c0, vty, itemsize):
             rows.append(builder.load(ptr, align=itemsize))
         else:
             rows.append(_intrinsics.masked_load(builder, ptr, cols, itemsize))
-    return _transpose(builder, rows)[:cols]
+    return _intrinsics.transpose_vectors(builder, rows)[:cols]
 
 
 def _load_group(builder, data, base, m, vty, itemsize):
@@ -430,7 +410,7 @@ def _store_group(builder, vectors, data, base, vty, itemsize):
     undef = ir.Constant(vty, ir.Undefined)
     for c0 in range(0, m, v):
         cols = min(v, m - c0)
-        rows = _transpose(builder, vectors[c0 : c0 + cols] + [undef] * (v - cols))
+        rows = _intrinsics.transpose_vectors(builder, vectors[c0 : c0 + cols] + [undef] * (v - cols))
         for t in range(v):
             ptr = _group_at(builder, data, builder.add(base, ir.Constant(i64, t * m + c0)), vty)
             if cols == v:

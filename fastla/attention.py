@@ -515,16 +515,16 @@ def _sdpa_loop(q, k, v, mask, plan):
 @jit(inline="always")
 def _pack_queries(q, b, i0, rows, npq, qp):
     """Queries ``i0 : i0 + rows`` of ``q[b]`` (L x E) transposed into ``npq`` NR-wide panels of
-    ``qp`` (zero pad): the B operand of the score tile (``fastla._gemm_kernels.pack_b_panel``'s step,
-    inlined: that packer's own library, called through its symbol, cost the kernel's cold compile
-    more)."""
+    ``qp`` (zero pad): the B operand of the score tile (``fastla._gemm_kernels.pack_b_panel``'s step
+    element by element, :func:`fastla._gemm_kernels.pack_elements`, inlined: that packer's own
+    library, called through its symbol, cost the kernel's cold compile more)."""
     _, L, E = q.shape
     nr = _gk.tile_nr(qp)
     qf = q.reshape(q.size)
     for pn in range(npq):
         j0 = i0 + pn * nr
         cols = max(0, min(nr, rows - pn * nr))
-        _gk.pack_cols(qf, (b * L + j0) * E, 1, E, E, cols, qp[:0], 0, qp, pn * E * nr)
+        _gk.pack_elements(qf, (b * L + j0) * E, 1, E, E, cols, qp[:0], 0, qp, pn * E * nr, 0, 0)
 
 
 @jit(inline="always")

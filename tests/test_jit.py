@@ -197,6 +197,48 @@ def test_pack_rows_lays_out_micro_panels(dtype, order, scaled, rng):
     assert np.all(out[:off] == 7) and np.all(out[off + panels * kc * mr :] == 7)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", ["columns", "rows", "strided", "integers"])
+@pytest.mark.parametrize("scaled", [False, True])
+def test_pack_cols_lays_out_a_panel(dtype, layout, scaled, rng):
+    """``pack_cols`` (the GEMM's B packing, the top-k corpus, attention's queries) of a block with
+    contiguous columns (``B.T`` of a row-major matrix: whole v x v blocks by ``pack_block``, with
+    a tail of columns and of depth), with contiguous rows, strided, and of integers (element by
+    element, converted): exactly the element times its column's scale, NR wide, zero past the
+    last column, the rest of the output untouched."""
+    blk = gk.BLOCKING[np.dtype(dtype)]
+    v = gk._block_lanes(dtype)
+    kc, cols, off = 2 * v + 3, min(blk.NR, 2 * v + 5) if blk.NR > v else blk.NR, 6
+    src_dtype = np.int64 if layout == "integers" else dtype
+    y = rng.standard_normal((cols + 4, 3 * kc + 2)) * (100 if layout == "integers" else 1)
+    y = y.astype(src_dtype)
+    block = {
+        "columns": y.T,
+        "integers": y.T,
+        "rows": np.ascontiguousarray(y.T),
+        "strided": y.T[::2, :],
+    }[layout][1 : 1 + kc, 2 : 2 + cols]
+    base = block.base if block.base is not None else block
+    while base.base is not None:
+        base = base.base
+    flat = base.reshape(-1)
+    item = block.itemsize
+    at = (block.__array_interface__["data"][0] - flat.__array_interface__["data"][0]) // item
+    rs, cs = (st // item for st in block.strides)
+    assert (rs == 1) == (layout in ("columns", "integers"))
+    col_scale = (rng.random(cols + 5) + 0.5).astype(dtype) if scaled else np.empty(0, dtype)
+    out = np.full(off + kc * blk.NR + 4, 7.0, dtype)
+    gk.pack_cols(flat, at, rs, cs, kc, cols, col_scale, 4, out, off)
+    want = np.zeros((kc, blk.NR), dtype)
+    if layout == "integers":  # as the scalar code: the integer (times the scale) in float64
+        wide = block.astype(np.float64) * (col_scale[4 : 4 + cols].astype(np.float64) if scaled else 1)
+        want[:, :cols] = wide.astype(dtype)
+    else:
+        want[:, :cols] = block * col_scale[4 : 4 + cols] if scaled else block
+    np.testing.assert_array_equal(out[off : off + kc * blk.NR].reshape(kc, blk.NR), want)
+    assert np.all(out[:off] == 7) and np.all(out[off + kc * blk.NR :] == 7)
+
+
 @needs_jit
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_microkernel_asm_uses_vector_fma_without_spills(dtype):

@@ -41,6 +41,31 @@ class Mutant:
 
 MUTANTS = [
     Mutant(
+        "pack-block-untransposed",
+        "_gemm_kernels.py",
+        "        rows = _intrinsics.transpose_vectors(builder, cols)\n",
+        "        rows = list(cols)\n",
+        ("tests/test_jit.py", "-k", "pack_cols"),
+        "the block packer stores each column's vector as a panel row (no transpose)",
+    ),
+    Mutant(
+        "pack-block-scales-by-row",
+        "_gemm_kernels.py",
+        "            products = [builder.fmul(r, factors) for r in rows]",
+        "            products = [builder.fmul(r, builder.shuffle_vector(factors, factors, ir.Constant("
+        "ir.VectorType(ir.IntType(32), v), [e] * v))) for e, r in enumerate(rows)]",
+        ("tests/test_jit.py", "-k", "pack_cols"),
+        "the block packer scales each panel row by one factor (the depth's) instead of each column by its own",
+    ),
+    Mutant(
+        "pack-cols-skips-the-depth-tail",
+        "_gemm_kernels.py",
+        "        j0 = jv if p < pv else 0",
+        "        j0 = jv",
+        ("tests/test_jit.py", "-k", "pack_cols"),
+        "the depth past the last whole block is packed only for the tail columns",
+    ),
+    Mutant(
         "topk-tile-wider-than-its-budget",
         "similarity.py",
         "    tn = max(blk.NR, min(tn, m) // blk.NR * blk.NR)",
@@ -145,12 +170,12 @@ MUTANTS = [
         "a user's cached function calling fastla.kernels out of line cannot load in a new process",
     ),
     Mutant(
-        "lu-lane-transpose-skips-a-stage",
-        "_lane_solver.py",
+        "transpose-vectors-skips-a-stage",
+        "_intrinsics.py",
         "while b < v:  # swap the off-diagonal",
         "while b < v // 2:  # swap the off-diagonal",
-        ("tests/test_lu.py", "-k", "lanes"),
-        "batched tiny solver's in-register transpose leaves the widest blocks unswapped",
+        ("tests/test_lu.py", "tests/test_jit.py", "-k", "lanes or pack_cols"),
+        "the in-register transpose (batched tiny solver, block packer) leaves the widest blocks unswapped",
     ),
     Mutant(
         "solve-rows-pivot-ties-go-right",
