@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import fastla
+from fastla import attention
 from tests.helpers import counted_in_loops, fresh_ir, impl_names, variant
 
 sdpa = fastla.scaled_dot_product_attention
@@ -448,3 +449,18 @@ def test_small_calls_run_on_one_thread_and_larger_on_all(monkeypatch):
         np.testing.assert_allclose(
             got, fastla.scaled_dot_product_attention(q, q, q, backend="numpy"), rtol=2e-5, atol=2e-6
         )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_flash_running_max_sees_every_key(dtype):
+    """One key scoring 1100 above the rest, at each position of a key tile (whole groups of the
+    running max's tree and the tail past them): the output is that key's value. A maximum that
+    missed it would leave exp(score - max) to overflow."""
+    L, S = attention.FEW_ROWS + 7, 2 * attention.COLUMN_GROUP + 5  # the flash kernel, not the rows'
+    q = np.ones((1, 1, L, 1), dtype)
+    v = np.arange(S, dtype=dtype).reshape(1, 1, S, 1)
+    for j in range(S):
+        k = np.full((1, 1, S, 1), -1000, dtype)
+        k[0, 0, j, 0] = 100
+        out = fastla.scaled_dot_product_attention(q, k, v, backend="numba")
+        np.testing.assert_array_equal(out, np.full((1, 1, L, 1), j, dtype), err_msg=f"key {j}")

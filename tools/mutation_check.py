@@ -41,6 +41,14 @@ class Mutant:
 
 MUTANTS = [
     Mutant(
+        "attention-group-max-skips-a-key",
+        "attention.py",
+        "_max2(st[b2 + r], st[b3 + r])",
+        "_max2(st[b2 + r], st[b2 + r])",
+        ("tests/test_attention.py",),
+        "the flash kernel's running max over a group of keys never sees its last",
+    ),
+    Mutant(
         "pack-block-untransposed",
         "_gemm_kernels.py",
         "        rows = _intrinsics.transpose_vectors(builder, cols)\n",
@@ -55,7 +63,7 @@ MUTANTS = [
         "            products = [builder.fmul(r, builder.shuffle_vector(factors, factors, ir.Constant("
         "ir.VectorType(ir.IntType(32), v), [e] * v))) for e, r in enumerate(rows)]",
         ("tests/test_jit.py", "-k", "pack_cols"),
-        "the block packer scales each panel row by one factor (the depth's) instead of each column by its own",
+        "the block packer scales each panel row by the depth's factor, not each column by its own",
     ),
     Mutant(
         "pack-cols-skips-the-depth-tail",
