@@ -618,7 +618,44 @@ def _choose_threading_layer():
     return True
 
 
+def _defer_numba_blas_probe():
+    """Keep Numba's start-up from importing ``scipy.linalg`` for fastla's kernels.
+
+    Numba's CPU target imports ``numba.np.arraymath`` at its first compile or cache load, and that
+    module probes for BLAS at import (``_HAVE_BLAS = _check_blas()``: ``import
+    scipy.linalg.cython_blas``, all of ``scipy.linalg``, 0.13 s of a 0.25 s warm first call here),
+    for the ``np.dot``-style calls that fastla's kernels never make. Where SciPy is installed the
+    probe's answer is yes, so that one call answers yes without the import; every later call (Numba
+    compiling a user's ``np.dot`` or ``np.linalg`` call) is Numba's own check, import included.
+    Without SciPy, or once ``arraymath`` is imported, nothing changes. Returns whether it deferred."""
+    if not JIT_ENABLED or "numba.np.arraymath" in sys.modules:
+        return False
+    import importlib.util
+
+    try:
+        if importlib.util.find_spec("scipy") is None:
+            return False
+        from numba.np import linalg
+    except (ImportError, ValueError):
+        return False
+    real = getattr(linalg, "ensure_blas", None)
+    if real is None or getattr(real, "_fastla_deferred", False):
+        return False
+
+    def ensure_blas():
+        probing = sys.modules.get("numba.np.arraymath")
+        if probing is not None and not hasattr(probing, "_HAVE_BLAS"):
+            return None  # arraymath's import-time probe, SciPy installed: yes
+        return real()
+
+    ensure_blas._fastla_deferred = True
+    ensure_blas.__doc__ = real.__doc__
+    linalg.ensure_blas = ensure_blas
+    return True
+
+
 _NEEDS_LOCK = _choose_threading_layer()
+_BLAS_PROBE_DEFERRED = _defer_numba_blas_probe()
 _PARALLEL_LOCK = threading.RLock()
 
 

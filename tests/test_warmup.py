@@ -105,6 +105,50 @@ def test_import_compiles_nothing(tmp_path):
 
 
 @needs_jit
+def test_a_kernels_first_call_leaves_scipy_linalg_unimported(tmp_path):
+    """Numba's start-up probe for BLAS (``import scipy.linalg``, 0.13 s of a warm first call) is
+    deferred where SciPy is installed: a kernel's first call imports no ``scipy.linalg``; Numba
+    still knows BLAS is there, its later checks import it, and a user's ``np.dot`` in compiled code
+    still uses it."""
+    proc = _python(
+        """
+        import sys, numpy as np, numba, fastla
+        fastla.softmax(np.ones((4, 10)), backend="numba")
+        print("after kernel:", "scipy.linalg" in sys.modules, sys.modules["numba.np.arraymath"]._HAVE_BLAS)
+        numba.np.linalg.ensure_blas()  # any later check is Numba's own: the import, its guards
+        print("after a check:", "scipy.linalg.cython_blas" in sys.modules)
+
+        @numba.njit
+        def dot(a, b):
+            return np.dot(a, b)
+
+        print("after np.dot:", dot(np.ones(3), np.arange(3.0)), "scipy.linalg" in sys.modules)
+        """,
+        tmp_path,
+    )
+    assert "after kernel: False True" in proc.stdout, proc.stdout
+    assert "after a check: True" in proc.stdout, proc.stdout
+    assert "after np.dot: 3.0 True" in proc.stdout, proc.stdout
+
+
+@needs_jit
+def test_without_scipy_numbas_blas_probe_is_its_own(tmp_path):
+    """Without SciPy nothing is deferred: Numba's probe finds no BLAS (its loop fallbacks), and the
+    kernels run."""
+    proc = _python(
+        """
+        import sys
+        sys.modules["scipy"] = None  # as if not installed
+        import numpy as np, numba, fastla
+        out = fastla.softmax(np.zeros((2, 4)), backend="numba")
+        print(fastla._jit._BLAS_PROBE_DEFERRED, sys.modules["numba.np.arraymath"]._HAVE_BLAS, out[0, 0])
+        """,
+        tmp_path,
+    )
+    assert proc.stdout.strip() == "False False 0.25", proc.stdout
+
+
+@needs_jit
 @needs_cache
 def test_warmup_fills_the_cache_then_a_new_process_loads_it(tmp_path):
     proc = _python(

@@ -49,6 +49,22 @@ MUTANTS = [
         "the flash kernel's running max over a group of keys never sees its last",
     ),
     Mutant(
+        "numba-blas-probe-not-deferred",
+        "_jit.py",
+        "            return None  # arraymath's import-time probe, SciPy installed: yes",
+        "            return real()  # arraymath's import-time probe, SciPy installed: yes",
+        ("tests/test_warmup.py", "-k", "scipy_linalg or probe"),
+        "Numba's start-up BLAS probe imports scipy.linalg again (0.13 s of every warm first call)",
+    ),
+    Mutant(
+        "numba-blas-probe-deferred-for-every-caller",
+        "_jit.py",
+        "        if probing is not None and not hasattr(probing, \"_HAVE_BLAS\"):",
+        "        if True:",
+        ("tests/test_warmup.py", "-k", "scipy_linalg or probe"),
+        "every BLAS check answers yes without importing: a user's np.dot would find no BLAS symbols",
+    ),
+    Mutant(
         "pack-block-untransposed",
         "_gemm_kernels.py",
         "        rows = _intrinsics.transpose_vectors(builder, cols)\n",
