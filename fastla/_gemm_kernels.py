@@ -596,7 +596,7 @@ def pack_block(typingctx, d, src, cs, scale, s0, scaled, out, dst):
     ``t, e < v``. Column ``t`` is one vector load, the block is transposed in registers
     (:func:`fastla._intrinsics.transpose_vectors`) and row ``e`` is one vector store, where the
     packing loop gathered a column's elements one by one across rows ``cs`` apart (the top-k
-    corpus, ``B.T`` of a product, attention's queries). The same products as the loop: bit for bit
+    corpus, ``B.T`` of a product). The same products as the loop: bit for bit
     its values. ``d``, ``scale`` and ``out`` are 1-D; the caller keeps the block inside them."""
     from llvmlite import ir
 

@@ -14,6 +14,9 @@ are in :mod:`fastla._host`. This module decides:
   them can be loaded, and otherwise serialise fastla's parallel regions with a lock
   (:func:`run_parallel`). TBB's runtime, from the ``tbb`` wheel, is loaded first
   (:func:`_preload_tbb`). A user's own ``NUMBA_THREADING_LAYER`` is respected.
+* Numba's start-up: its BLAS probe, which imports all of ``scipy.linalg`` for ``np.dot``-style
+  calls fastla's kernels never make, is deferred to the first compile that needs BLAS
+  (:func:`_defer_numba_blas_probe`);
 * how intrinsics are declared: an intrinsic (hand-written LLVM IR) has no Python body, and
   :func:`intrinsic` pairs each with a plain-Python twin that is used when JIT is off or Numba is
   absent (the tests check the two agree).

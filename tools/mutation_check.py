@@ -59,7 +59,7 @@ MUTANTS = [
     Mutant(
         "numba-blas-probe-deferred-for-every-caller",
         "_jit.py",
-        "        if probing is not None and not hasattr(probing, \"_HAVE_BLAS\"):",
+        '        if probing is not None and not hasattr(probing, "_HAVE_BLAS"):',
         "        if True:",
         ("tests/test_warmup.py", "-k", "scipy_linalg or probe"),
         "every BLAS check answers yes without importing: a user's np.dot would find no BLAS symbols",
