@@ -168,6 +168,21 @@ def test_small_tiles_match_twins(dtype, k, masked, rng):
     np.testing.assert_array_equal(c_ir[outside], c0[outside])
 
 
+def _flat_parts(block):
+    """A 2-D view as the packers address it: the flat array of the memory it views (a view, in
+    its owner's order), the element offset of ``block[0, 0]`` in it, and the row and column strides
+    in elements."""
+    base = block
+    while base.base is not None:
+        base = base.base
+    flat = base.reshape(-1, order="A")
+    assert np.shares_memory(flat, base)  # a view: the offset below is into the same memory
+    item = block.itemsize
+    at = (block.__array_interface__["data"][0] - flat.__array_interface__["data"][0]) // item
+    rs, cs = (st // item for st in block.strides)
+    return flat, at, rs, cs
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("order", ["C", "F", "strided"])
 @pytest.mark.parametrize("scaled", [False, True])
@@ -180,11 +195,7 @@ def test_pack_rows_lays_out_micro_panels(dtype, order, scaled, rng):
     mc, kc, off = 2 * mr + 3, 7, 5
     x = rng.standard_normal((mc + 4, 2 * kc + 3)).astype(dtype)
     block = {"C": x, "F": np.asfortranarray(x), "strided": x[:, ::2]}[order][2 : 2 + mc, 1 : 1 + kc]
-    base = block.base if block.base is not None else block
-    flat = base.reshape(-1, order="A")
-    item = np.dtype(dtype).itemsize
-    at = (block.__array_interface__["data"][0] - flat.__array_interface__["data"][0]) // item
-    rs, cs = (st // item for st in block.strides)
+    flat, at, rs, cs = _flat_parts(block)
     row_scale = (rng.random(mc + 3) + 0.5).astype(dtype) if scaled else np.empty(0, dtype)
     panels = -(-mc // mr)
     out = np.full(off + panels * kc * mr + 4, 7.0, dtype)
@@ -218,13 +229,7 @@ def test_pack_cols_lays_out_a_panel(dtype, layout, scaled, rng):
         "rows": np.ascontiguousarray(y.T),
         "strided": y.T[::2, :],
     }[layout][1 : 1 + kc, 2 : 2 + cols]
-    base = block.base if block.base is not None else block
-    while base.base is not None:
-        base = base.base
-    flat = base.reshape(-1)
-    item = block.itemsize
-    at = (block.__array_interface__["data"][0] - flat.__array_interface__["data"][0]) // item
-    rs, cs = (st // item for st in block.strides)
+    flat, at, rs, cs = _flat_parts(block)
     assert (rs == 1) == (layout in ("columns", "integers"))
     col_scale = (rng.random(cols + 5) + 0.5).astype(dtype) if scaled else np.empty(0, dtype)
     out = np.full(off + kc * blk.NR + 4, 7.0, dtype)
