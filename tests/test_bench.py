@@ -295,6 +295,27 @@ def test_runner_verify_catches_a_wrong_result():
     runner.verify(w, "anchor:copy", np.zeros(1))  # other libraries' outputs are not checked
 
 
+def test_runner_verify_by_chunks_keeps_assert_allclose_rules():
+    """verify() compares a large result a chunk at a time: one wrong element in the last chunk
+    fails, NaNs where NumPy's result has them pass, a NaN where it has none fails, and the
+    absolute tolerance scales with the largest finite value (an infinity does not widen it)."""
+    w = W.Workload("softmax", "verify-chunks test", lambda rng: ((np.zeros(1),), {}))
+    n = 3 * runner.CHUNK + 5
+    want = np.linspace(-2.0, 2.0, n)
+    want[7] = np.nan
+    want[runner.CHUNK + 1] = np.inf
+    runner._REFERENCE[w.id] = want
+    try:
+        runner.verify(w, "numba", want + 1e-9)
+        for where, value in ((n - 1, 2.0 + 1e-5), (3, np.nan), (runner.CHUNK + 1, -np.inf)):
+            bad = want.copy()
+            bad[where] = value
+            with pytest.raises(AssertionError, match=r"verify-chunks test\] numba vs numpy"):
+                runner.verify(w, "numba", bad)
+    finally:
+        del runner._REFERENCE[w.id]
+
+
 def test_fresh_inputs_are_copies_with_the_same_values_and_layout():
     calls = []
 
