@@ -41,6 +41,30 @@ class Mutant:
 
 MUTANTS = [
     Mutant(
+        "attention-sum-rescaled-after-the-tile",
+        "attention.py",
+        """            for r in range(_U(nr)):
+                l[mo + r] *= alpha[mo + r]
+            for c in range(cols):
+                base = _U(sb + c * nr)
+                for r in range(_U(nr)):
+                    e = _math.exp(st[base + r] - m[mo + r])
+                    st[base + r] = e
+                    l[mo + r] += e
+""",
+        """            for c in range(cols):
+                base = _U(sb + c * nr)
+                for r in range(_U(nr)):
+                    e = _math.exp(st[base + r] - m[mo + r])
+                    st[base + r] = e
+                    l[mo + r] += e
+            for r in range(_U(nr)):
+                l[mo + r] *= alpha[mo + r]
+""",
+        ("tests/test_attention.py",),
+        "the flash kernel's row sums rescale the tile's own exponentials by the change of maximum too",
+    ),
+    Mutant(
         "attention-group-max-skips-a-key",
         "attention.py",
         "_max2(st[b2 + r], st[b3 + r])",
