@@ -41,28 +41,12 @@ class Mutant:
 
 MUTANTS = [
     Mutant(
-        "attention-sum-rescaled-after-the-tile",
+        "attention-sum-rescales-the-tile",
         "attention.py",
-        """            for r in range(_U(nr)):
-                l[mo + r] *= alpha[mo + r]
-            for c in range(cols):
-                base = _U(sb + c * nr)
-                for r in range(_U(nr)):
-                    e = _math.exp(st[base + r] - m[mo + r])
-                    st[base + r] = e
-                    l[mo + r] += e
-""",
-        """            for c in range(cols):
-                base = _U(sb + c * nr)
-                for r in range(_U(nr)):
-                    e = _math.exp(st[base + r] - m[mo + r])
-                    st[base + r] = e
-                    l[mo + r] += e
-            for r in range(_U(nr)):
-                l[mo + r] *= alpha[mo + r]
-""",
+        "                    l[mo + r] += e\n",
+        "                    l[mo + r] += e * alpha[mo + r]\n",
         ("tests/test_attention.py",),
-        "the flash kernel's row sums rescale the tile's own exponentials by the change of maximum too",
+        "the flash kernel's row sums scale the tile's own exponentials by the change of maximum too",
     ),
     Mutant(
         "attention-group-max-skips-a-key",
