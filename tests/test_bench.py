@@ -312,6 +312,10 @@ def test_runner_verify_by_chunks_keeps_assert_allclose_rules():
             bad[where] = value
             with pytest.raises(AssertionError, match=r"verify-chunks test\] numba vs numpy"):
                 runner.verify(w, "numba", bad)
+        runner._REFERENCE[w.id] = np.arange(5) % 2 == 0  # booleans: assert_allclose's own rules
+        runner.verify(w, "numba", np.arange(5) % 2 == 0)
+        with pytest.raises(AssertionError):
+            runner.verify(w, "numba", np.arange(5) % 2 == 1)
     finally:
         del runner._REFERENCE[w.id]
 
