@@ -310,7 +310,10 @@ def test_runner_verify_by_chunks_keeps_assert_allclose_rules():
         for where, value in ((n - 1, 2.0 + 1e-5), (3, np.nan), (runner.CHUNK + 1, -np.inf)):
             bad = want.copy()
             bad[where] = value
-            with pytest.raises(AssertionError, match=r"verify-chunks test\] numba vs numpy"):
+            first = where // runner.CHUNK * runner.CHUNK  # the message names the chunk's place
+            with pytest.raises(
+                AssertionError, match=rf"verify-chunks test\] numba vs numpy, flat elements {first} "
+            ):
                 runner.verify(w, "numba", bad)
         runner._REFERENCE[w.id] = np.arange(5) % 2 == 0  # booleans: assert_allclose's own rules
         runner.verify(w, "numba", np.arange(5) % 2 == 0)

@@ -171,14 +171,20 @@ def verify(workload, impl, result):
         tol = 2e-3 if want.dtype == np.float32 else 1e-7
         scale = max([1.0] + [float(np.max(c[np.isfinite(c)], initial=1.0)) for c in _chunks(np.abs(want))])
         numeric = "b" not in (got.dtype.kind, want.dtype.kind)  # (NumPy has no boolean subtract)
-        for g, c in zip(_chunks(got), _chunks(want), strict=True):
+        for part, (g, c) in enumerate(zip(_chunks(got), _chunks(want), strict=True)):
             # the reference's infinities go to assert_allclose: |inf - (-inf)| <= inf would pass
             close = (
                 numeric and np.isfinite(c).all() and (np.abs(g - c) <= tol * scale + tol * np.abs(c)).all()
             )
             if not close:  # a miss, a NaN, an infinity or booleans
+                where = f"flat elements {part * CHUNK} to {part * CHUNK + c.size - 1} of {want.shape}"
                 np.testing.assert_allclose(
-                    g, c, rtol=tol, atol=tol * scale, equal_nan=True, err_msg=f"{workload.id} {impl} vs numpy"
+                    g,
+                    c,
+                    rtol=tol,
+                    atol=tol * scale,
+                    equal_nan=True,
+                    err_msg=f"{workload.id} {impl} vs numpy, {where}",
                 )
 
 
