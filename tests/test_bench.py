@@ -323,6 +323,21 @@ def test_runner_verify_by_chunks_keeps_assert_allclose_rules():
         del runner._REFERENCE[w.id]
 
 
+def test_settle_calls_the_impl_untimed_for_its_seconds():
+    """Before the timed rounds the impl runs for SETTLE_S (once at least, however slow a call)."""
+    now, calls = [0.0], []
+
+    def fn(x, k=0):
+        calls.append((x, k))
+        now[0] += 0.04
+
+    runner.settle(fn, (1,), {"k": 2}, seconds=0.15, clock=lambda: now[0])
+    assert calls == [(1, 2)] * 4  # 0.04, 0.08, 0.12, then 0.16 >= 0.15
+    calls.clear()
+    runner.settle(fn, (1,), {}, seconds=0.0, clock=lambda: now[0])
+    assert calls == [(1, 0)]
+
+
 def test_fresh_inputs_are_copies_with_the_same_values_and_layout():
     calls = []
 

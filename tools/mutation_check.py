@@ -1117,6 +1117,22 @@ MUTANTS = [
         "a threshold of 0 sends a product too thin for the packed kernel to it, and explain disagrees",
     ),
     Mutant(
+        "bench-settle-one-call",
+        "bench/runner.py",
+        "        if clock() - start >= seconds:",
+        "        if True:",
+        ("tests/test_bench.py", "-k", "settle"),
+        "the untimed calls before an impl's rounds stop after one: its rounds start in the last impl's wake",
+    ),
+    Mutant(
+        "bench-verify-chunks-skip-the-infinities",
+        "bench/runner.py",
+        "numeric and np.isfinite(c).all() and",
+        "numeric and",
+        ("tests/test_bench.py", "-k", "verify"),
+        "the result check by chunks passes an infinity of the wrong sign",
+    ),
+    Mutant(
         "bench-overhead-ignores-the-pairs",
         "bench/report.py",
         '        if g[t["impl"]].paired_extra_us is not None:',

@@ -14,13 +14,31 @@ import time
 
 from fastla.bench import workloads as _w
 
-#: Seconds between an impl's untimed warm-up call and its timed rounds. OpenBLAS's idle threads
-#: spin for a while after a call (and OpenMP's after a parallel region), taking cores from whatever
-#: runs next (OpenBLAS's default is ~2^28 cycles, under 0.15 s at 2 GHz): timed straight after
-#: NumPy's BLAS-backed top-k, one streaming top-k query measured 0.69-0.75x the bare product in
-#: three runs and 1.05x in one; with the pause 0.83x, the bare product's own time 2.65 -> 2.3 ms
-#: (it had followed fastla's OpenMP threads). Each impl, anchors too, starts from idle threads.
+#: Seconds of untimed calls between an impl's first (warm-up) call and its timed rounds
+#: (:func:`settle`). OpenBLAS's idle threads spin for a while after a call (and OpenMP's after a
+#: parallel region), taking cores from whatever runs next (OpenBLAS's default is ~2^28 cycles,
+#: under 0.15 s at 2 GHz): timed straight after NumPy's BLAS-backed top-k, one streaming top-k query
+#: measured 0.69-0.75x the bare product in three runs and 1.05x in one; with a 0.15 s pause 0.83x,
+#: the bare product's own time 2.65 -> 2.3 ms (it had followed fastla's OpenMP threads). Each impl,
+#: anchors too, starts its timed rounds after the previous impl's threads went idle.
 SETTLE_S = 0.15
+
+
+def settle(fn, args, kwargs, seconds=SETTLE_S, clock=time.perf_counter):
+    """Call ``fn`` untimed for ``seconds`` (once at least) before its timed rounds: the previous
+    impl's threads stop spinning meanwhile (see ``SETTLE_S``), and the calls reach the steady state
+    the timed rounds measure. A pause did the first and not the second: on a virtual machine that
+    hands freed memory back to its host (Linux's free page reporting, here in 2 MiB blocks), the
+    first calls that allocate large arrays after a phase that freed many (the numpy impl before)
+    fault their pages in from the host, ~80 ms a 4096^2 float32 softmax against ~9; pytest-benchmark
+    sized the rounds by such a call (3-5 rounds) and the median was the slow phase's, in five of five
+    runs once the result check before the rounds stopped taking 1.3 s."""
+    start = clock()
+    while True:
+        fn(*args, **kwargs)
+        if clock() - start >= seconds:
+            return
+
 
 #: batch pairs of :func:`paired_extra_us`, and each batch's least duration
 PAIRS = 21
@@ -223,7 +241,7 @@ def run(benchmark, workload, impl):
             _REFERENCE.setdefault(workload.id, result)
         verify(workload, impl, result)
         if not getattr(benchmark, "disabled", False):  # timed runs only (not the smoke tests)
-            time.sleep(SETTLE_S)  # the previous impl's BLAS / OpenMP threads stop spinning first
+            settle(fn, args, kwargs)
         timed = benchmark(fn, *args, **kwargs)
         anchor = workload.paired_anchor()
         if impl == "auto" and anchor is not None and not getattr(benchmark, "disabled", False):
