@@ -516,6 +516,73 @@ def widen(typingctx, x):
     return nb_types.float32(x), codegen
 
 
+# --------------------------------------------------------------------------- bit masks
+
+#: scores :func:`above_mask` compares at once: the bits of its mask
+MASK_LANES = 64
+
+
+def _above_mask_twin(a, start, thr):
+    above = np.flatnonzero(a[int(start) : int(start) + MASK_LANES] > thr)
+    return np.uint64(sum(1 << int(t) for t in above))
+
+
+@intrinsic(_above_mask_twin)
+def above_mask(typingctx, a, start, thr):
+    """The ``MASK_LANES`` elements ``a[start : start + MASK_LANES]`` of a 1-D float array that
+    exceed ``thr`` (NaN does not), as the bits of a ``uint64`` (bit ``t`` for ``a[start + t]``): one
+    vector load and compare (``vcmpps`` into a mask register on AVX-512, ``vmovmskps`` on AVX2), no
+    bounds check (the caller's range is whole). Read a bit at a time with :func:`lowest_bit`."""
+    if not (isinstance(a, nb_types.Array) and a.ndim == 1 and a.layout == "C"):
+        return None
+    if not (
+        isinstance(a.dtype, nb_types.Float)
+        and isinstance(start, nb_types.Integer)
+        and isinstance(thr, nb_types.Float)
+    ):
+        return None
+
+    def codegen(context, builder, sig, args):
+        from llvmlite import ir
+
+        data, _, (stride,) = array_parts(context, builder, sig.args[0], args[0])
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        fty = context.get_value_type(a.dtype)
+        vty = ir.VectorType(fty, MASK_LANES)
+        first = builder.mul(context.cast(builder, args[1], sig.args[1], nb_types.int64), stride)
+        ptr = builder.bitcast(builder.gep(data, [first]), vty.as_pointer())
+        values = builder.load(ptr, align=a.dtype.bitwidth // 8)
+        limit = context.cast(builder, args[2], sig.args[2], a.dtype)
+        one = builder.insert_element(vty(ir.Undefined), limit, i32(0))
+        splat = builder.shuffle_vector(
+            one, vty(ir.Undefined), ir.VectorType(i32, MASK_LANES)([0] * MASK_LANES)
+        )
+        return builder.bitcast(builder.fcmp_ordered(">", values, splat), i64)
+
+    return nb_types.uint64(a, start, thr), codegen
+
+
+def _lowest_bit_twin(x):
+    x = int(x)
+    return (x & -x).bit_length() - 1
+
+
+@intrinsic(_lowest_bit_twin)
+def lowest_bit(typingctx, x):
+    """The position of the lowest set bit of a nonzero ``uint64`` (``tzcnt``; undefined for 0)."""
+    if x != nb_types.uint64:
+        return None
+
+    def codegen(context, builder, sig, args):
+        from llvmlite import ir
+
+        i1, i64 = ir.IntType(1), ir.IntType(64)
+        fn = llvm_function(builder, "llvm.cttz.i64", i64, (i64, i1))
+        return builder.call(fn, [args[0], i1(1)])
+
+    return nb_types.int64(x), codegen
+
+
 # --------------------------------------------------------------------------- read-only views
 #
 # Numba compiles a kernel once per argument *type*, and an array's type includes its layout (C, F,

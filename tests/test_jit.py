@@ -47,6 +47,38 @@ def test_widen_matches_twin_and_numpy():
 
 
 @_jit.jit
+def _masks(a, thr):
+    n = a.size - _intrinsics.MASK_LANES + 1
+    masks = np.empty(n, np.uint64)
+    lowest = np.full(n, -1, np.int64)
+    for s in range(n):
+        masks[s] = _intrinsics.above_mask(a, s, thr)
+        if masks[s] != 0:
+            lowest[s] = _intrinsics.lowest_bit(masks[s])
+    return masks, lowest
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_above_mask_and_lowest_bit_match_twins(dtype, rng):
+    """``above_mask``: bit t set exactly where ``a[start + t] > thr`` (NaN never; the threshold in
+    the array's precision), at every start, the top bit (lane 63) too; ``lowest_bit`` its lowest
+    set bit. The twins (the JIT-off path) agree."""
+    lanes = _intrinsics.MASK_LANES
+    a = rng.standard_normal(3 * lanes).astype(dtype)
+    a[[5, 70, 130]] = np.nan
+    a[[9, 100]] = [np.inf, -np.inf]
+    a[lanes - 1] = 3.0  # lane 63 of the first mask
+    for thr in (0.5, -np.inf, np.inf, a[20]):
+        masks, lowest = _masks(a, dtype(thr))
+        for s in range(0, len(masks), 7):
+            want = sum(1 << t for t in range(lanes) if a[s + t] > dtype(thr))
+            assert int(masks[s]) == want == int(_intrinsics._above_mask_twin(a, s, dtype(thr)))
+            if want:
+                assert lowest[s] == (want & -want).bit_length() - 1 == _intrinsics._lowest_bit_twin(masks[s])
+    assert int(_masks(a, dtype(2.5))[0][0]) >> (lanes - 1) == 1
+
+
+@_jit.jit
 def _scale_rows(x, col):
     for i in range(x.shape[0]):
         for j in range(x.shape[1]):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import fastla
-from fastla import similarity
+from fastla import _jit, similarity
 from tests.helpers import counted_in_loops, eps, fresh_ir, impl_names, variant
 
 
@@ -495,6 +495,44 @@ def test_rank_sort_orders_by_the_ranking_rule(dtype, rng):
         np.testing.assert_array_equal(got_i[:count], idx[order])
         np.testing.assert_array_equal(got_s[:count], s[order])
         assert (got_i[count:] == idx[count:]).all()
+
+
+@_jit.jit
+def _select(s, idx, n, k):
+    similarity._select_best(s, idx, n, k)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_select_best_keeps_the_best_k_by_the_ranking_rule(dtype, rng):
+    """A candidate pool's compaction (:func:`similarity._select_best`): its first ``k`` entries
+    become the best ``k`` of the first ``n`` (decreasing score, NaN last, ties, 0.0 and -0.0 too,
+    to the lower index; pools of distinct indices in any order), the ``k``-th best at ``k - 1``,
+    each score with its index; the entries past ``n`` untouched. Continuous, tied, sorted and
+    reversed scores (a median-of-three pivot's bad cases), small and large pools, k from 1 to n."""
+    values = np.array([0.0, -0.0, 1.5, -1.5, np.inf, -np.inf, np.nan, 2.0], dtype)
+    for trial in range(120):
+        n = int(rng.integers(1, 40 if trial % 3 else 2500))
+        k = int(rng.integers(1, n + 1)) if trial % 5 else n
+        kind = trial % 4
+        if kind == 0:
+            s = rng.standard_normal(n)
+        elif kind == 1:
+            s = rng.choice(values, n)
+        elif kind == 2:
+            s = rng.integers(-2, 3, n).astype(float)  # long runs of ties
+        else:
+            s = np.sort(rng.standard_normal(n))[:: 1 if trial % 8 < 4 else -1]
+        s = s.astype(dtype)
+        idx = rng.permutation(10 * n)[:n].astype(np.intp)
+        rank = sorted(range(n), key=lambda p: (np.isnan(s[p]), 0 if np.isnan(s[p]) else -s[p], idx[p]))
+        got_s = np.concatenate([s, np.full(3, 9, dtype)])
+        got_i = np.concatenate([idx, np.full(3, -5, np.intp)])
+        _select(got_s, got_i, n, k)
+        assert sorted(got_i[:k]) == sorted(idx[rank[:k]]), (n, k, kind)
+        assert got_i[k - 1] == idx[rank[k - 1]], (n, k, kind)
+        where = {v: p for p, v in enumerate(idx)}
+        np.testing.assert_array_equal(got_s[:k], s[[where[v] for v in got_i[:k]]])
+        assert (got_i[n:] == -5).all() and (got_s[n:] == 9).all()
 
 
 def test_topk_corpus_norms(dtype, rng, topk_path):
