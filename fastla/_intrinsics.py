@@ -3,8 +3,9 @@
 Each intrinsic is paired with a plain-Python twin through :func:`fastla._jit.intrinsic`: with the
 JIT off (or Numba absent) the twin runs instead, and the tests check the two agree. Here: the
 same-width bit casts of the exp kernels, the read-only views every kernel receives its inputs as,
-the vector-width request of the vectorised loops, and :func:`llvm_function` for the intrinsics of
-other modules (the GEMM micro-kernel's FMA, the lane solver's selects).
+the vector-width request of the vectorised loops, the compare masks of the top-k merge, and
+:func:`llvm_function` for the intrinsics of other modules (the GEMM micro-kernel's FMA, the lane
+solver's selects).
 """
 
 from __future__ import annotations
