@@ -1065,6 +1065,23 @@ def _swap(s_row, i_row, a, b):
 #: whatever is left (a median-of-three pivot that keeps missing)
 _SELECT_SMALL = 16
 _SELECT_PASSES = 48
+#: the gaps of :func:`_shell_sort` (Ciura's), down to 1: an insertion sort
+_SHELL_GAPS = (701, 301, 132, 57, 23, 10, 4, 1)
+
+
+@jit(inline="always")
+def _shell_sort(a, lo, hi):
+    """Sort ``a[lo:hi]`` in place (int64): insertion sorts over shrinking gaps. The end of
+    :func:`_kth_smallest` (a few values, or what a run of bad pivots left), where ``np.sort``
+    compiled Numba's quicksort into the top-k's kernels: 1 s of their cold first call."""
+    for gap in _SHELL_GAPS:
+        for i in range(lo + gap, hi):
+            x = a[i]
+            j = i
+            while j >= lo + gap and a[j - gap] > x:
+                a[j] = a[j - gap]
+                j -= gap
+            a[j] = x
 
 
 @jit(python_wrapper=False)
@@ -1099,8 +1116,8 @@ def _kth_smallest(a, b, n, kth):
         else:
             base, m, target = hi + 1, m - hi - 1, target - hi - 1
         src, dst = dst, src
-    rest = np.sort(src[base : base + m])
-    return rest[target]
+    _shell_sort(src, base, base + m)
+    return src[base + target]
 
 
 @jit(python_wrapper=False)
@@ -1119,7 +1136,7 @@ def _select_best(s_row, i_row, n, k):
         key = _sort_key(s_row[p])
         keys[p] = key
         a[p] = key
-    kth = _kth_smallest(a, b, n, k - 1)
+    kth = _ool(_kth_smallest, (a, b, n, k - 1))  # compiled once, for one signature
     below = 0
     ties = 0
     last = -1  # the highest index that ties with the k-th key
@@ -1134,7 +1151,7 @@ def _select_best(s_row, i_row, n, k):
             if keys[p] == kth:
                 a[t] = i_row[p]
                 t += 1
-        last = _kth_smallest(a, b, ties, k - below - 1)
+        last = _ool(_kth_smallest, (a, b, ties, k - below - 1))
     at = 0  # where the k-th best lands
     w = 0
     for p in range(n):

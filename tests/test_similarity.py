@@ -498,6 +498,34 @@ def test_rank_sort_orders_by_the_ranking_rule(dtype, rng):
 
 
 @_jit.jit
+def _kth_and_sorted(a, kth, lo, hi):
+    b = np.empty_like(a)
+    value = similarity._kth_smallest(a.copy(), b, a.size, kth)
+    s = a.copy()
+    similarity._shell_sort(s, lo, hi)
+    return value, s
+
+
+def test_kth_smallest_and_the_shell_sort_it_ends_with(rng):
+    """The compaction's selection (:func:`similarity._kth_smallest`) against ``np.partition`` on
+    distinct, heavily tied, sorted and reversed int64 values, every k; the shell sort it finishes
+    with (and falls back on after a run of bad pivots) sorts exactly ``a[lo:hi]``, long ranges
+    (every gap) and short."""
+    for trial in range(60):
+        n = int(rng.integers(1, 3000))
+        a = rng.integers(-(2**62), 2**62, n) if trial % 3 else rng.integers(-3, 3, n)
+        if trial % 5 == 4:
+            a = np.sort(a)[:: 1 if trial % 2 else -1].copy()
+        kth = int(rng.integers(0, n))
+        lo, hi = sorted(int(x) for x in rng.integers(0, n + 1, 2))
+        value, s = _kth_and_sorted(a, kth, lo, hi)
+        assert value == np.partition(a, kth)[kth], (n, kth)
+        want = a.copy()
+        want[lo:hi] = np.sort(a[lo:hi])
+        np.testing.assert_array_equal(s, want)
+
+
+@_jit.jit
 def _select(s, idx, n, k):
     similarity._select_best(s, idx, n, k)
 

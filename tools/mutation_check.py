@@ -571,10 +571,18 @@ MUTANTS = [
     Mutant(
         "topk-select-one-tie-too-many",
         "similarity.py",
-        "        last = _kth_smallest(a, b, ties, k - below - 1)",
-        "        last = _kth_smallest(a, b, ties, k - below)",
+        "        last = _ool(_kth_smallest, (a, b, ties, k - below - 1))",
+        "        last = _ool(_kth_smallest, (a, b, ties, k - below))",
         ("tests/test_similarity.py",),
         "the pool's compaction keeps one more of the entries tied with the k-th best than has places",
+    ),
+    Mutant(
+        "topk-shell-sort-skips-the-last",
+        "similarity.py",
+        "        for i in range(lo + gap, hi):\n",
+        "        for i in range(lo + gap, hi - 1):\n",
+        ("tests/test_similarity.py",),
+        "the selection's closing sort leaves the range's last value where it was",
     ),
     Mutant(
         "topk-select-kth-left-in-place",
