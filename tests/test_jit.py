@@ -240,6 +240,37 @@ def test_pack_rows_lays_out_micro_panels(dtype, order, scaled, rng):
     assert np.all(out[:off] == 7) and np.all(out[off + panels * kc * mr :] == 7)
 
 
+@_jit.jit
+def _pack_both(half, wide, p0, kc, j0, cols, col_scale, out_half, out_wide):
+    gk.pack_b_half_panel(half, p0, kc, j0, cols, col_scale, out_half, 3)
+    gk.pack_b_panel(wide, p0, kc, j0, cols, col_scale, out_wide, 3)
+
+
+@pytest.mark.parametrize("layout", ["columns", "rows", "strided"])
+@pytest.mark.parametrize("scaled", [False, True])
+def test_half_panels_are_the_float32_panels_of_the_widened_matrix(layout, scaled, rng):
+    """``pack_b_half_panel`` (the float16 top-k corpus: whole v x v blocks widened in registers by
+    ``pack_half_block`` where columns are contiguous, element by element elsewhere and at the
+    tails) writes bit for bit what ``pack_b_panel`` writes for the float32 matrix of the same values:
+    every depth and column offset, tails of depth and of columns, scaled or not, infinities and NaN
+    included, the rest of the output untouched."""
+    nr = gk.BLOCKING[np.dtype(np.float32)].NR
+    v = gk._block_lanes(np.float32)
+    y16 = (rng.standard_normal((nr + 9, 3 * v + 7)) * 50).astype(np.float16)
+    y16[3, 5], y16[4, 6], y16[5, 7] = np.inf, -np.inf, np.nan
+    mat = {"columns": y16.T, "rows": np.ascontiguousarray(y16.T), "strided": y16.T[::2, :]}[layout]
+    half = gk.operand(mat.view(np.uint16))
+    wide = gk.operand(mat.astype(np.float32))
+    col_scale = (rng.random(nr + 9) + 0.5).astype(np.float32) if scaled else np.empty(0, np.float32)
+    for p0, kc, j0, cols in [(0, mat.shape[0], 0, nr), (1, 2 * v + 3, 2, nr - 3), (3, v - 1, 5, v + 1)]:
+        kc, cols = min(kc, mat.shape[0] - p0), min(cols, mat.shape[1] - j0)
+        out_half = np.full(3 + kc * nr + 4, 7.0, np.float32)
+        out_wide = out_half.copy()
+        _pack_both(half, wide, p0, kc, j0, cols, col_scale, out_half, out_wide)
+        np.testing.assert_array_equal(out_half.view(np.uint32), out_wide.view(np.uint32))
+        assert (out_half[:3] == 7).all() and (out_half[3 + kc * nr :] == 7).all()
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("layout", ["columns", "rows", "strided", "integers"])
 @pytest.mark.parametrize("scaled", [False, True])

@@ -577,6 +577,14 @@ MUTANTS = [
         "the pool's compaction keeps one more of the entries tied with the k-th best than has places",
     ),
     Mutant(
+        "half-pack-skips-the-depth-tail",
+        "_gemm_kernels.py",
+        "        for j in range(jv if pb < pv else 0, cols):\n",
+        "        for j in range(jv, cols):\n",
+        ("tests/test_jit.py", "-k", "half_panels"),
+        "the float16 panel packer leaves the blocked columns' last depths (past whole blocks) unpacked",
+    ),
+    Mutant(
         "topk-shell-sort-skips-the-last",
         "similarity.py",
         "        for i in range(lo + gap, hi):\n",
