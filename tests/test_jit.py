@@ -637,3 +637,31 @@ def test_streaming_topk_runs_its_threads_through_the_entry_address(dtype, monkey
     c = rng.standard_normal((500, 16)).astype(dtype)
     scores, _ = fl.cosine_topk(q, c, k=4, backend="numba")
     assert np.isnan(scores).all()
+
+
+@needs_jit
+def test_perf_map_names_the_compiled_kernels(tmp_path):
+    """``tools/perf_map.py SCRIPT``: runs the script, then writes ``/tmp/perf-<pid>.map``, one
+    ``START SIZE NAME`` line (hexadecimal) per function of Numba's JIT engine, by address, sizes
+    positive and no two ranges overlapping, fastla's kernels among the names."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    script = tmp_path / "run.py"
+    script.write_text("import numpy as np, fastla\nfastla.softmax(np.ones((3, 5)), backend='numba')\n")
+    tool = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "perf_map.py")
+    proc = subprocess.run([sys.executable, tool, str(script)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    path = re.search(r"functions named in (\S+)", proc.stderr).group(1)
+    try:
+        with open(path) as f:
+            rows = [line.split(" ", 2) for line in f.read().splitlines()]
+    finally:
+        os.remove(path)
+    starts = [int(a, 16) for a, _, _ in rows]
+    sizes = [int(s, 16) for _, s, _ in rows]
+    assert starts == sorted(starts) and all(s > 0 for s in sizes)
+    assert all(a + s <= b for a, s, b in zip(starts[:-1], sizes[:-1], starts[1:], strict=True))
+    assert any("fastla" in name and "softmax" in name for _, _, name in rows)
