@@ -581,11 +581,12 @@ def _block_lanes_typer(typingctx, src, out):
 block_lanes = _jit.intrinsic(lambda src, out: _block_lanes(out.dtype, src.dtype))(_block_lanes_typer)
 
 
-def _pack_block_twin(d, src, cs, scale, s0, scaled, out, dst):
-    v, nr = _block_lanes(out.dtype, d.dtype), BLOCKING[out.dtype].NR
+def _pack_block_twin(d, src, cs, scale, s0, scaled, out, dst, v=None, read=lambda x: x):
+    """:func:`pack_block` as Python (and :func:`pack_half_block`'s, with ``read`` widening)."""
+    v, nr = _block_lanes(out.dtype, d.dtype) if v is None else v, BLOCKING[out.dtype].NR
     for t in range(v):
         for e in range(v):
-            x = d[src + e + t * cs]
+            x = read(d[src + e + t * cs])
             out[dst + e * nr + t] = x * scale[s0 + t] if scaled else x
 
 
@@ -606,11 +607,8 @@ def pack_block(typingctx, d, src, cs, scale, s0, scaled, out, dst):
 
 
 def _pack_half_block_twin(d, src, cs, scale, s0, scaled, out, dst):
-    v, nr = _block_lanes(out.dtype), BLOCKING[out.dtype].NR
-    for t in range(v):
-        for e in range(v):
-            x = _intrinsics._widen_twin(d[src + e + t * cs])
-            out[dst + e * nr + t] = x * scale[s0 + t] if scaled else x
+    v = _block_lanes(out.dtype)
+    _pack_block_twin(d, src, cs, scale, s0, scaled, out, dst, v, _intrinsics._widen_twin)
 
 
 @_jit.intrinsic(_pack_half_block_twin)
