@@ -494,6 +494,32 @@ def ldexp(typingctx, x, n):
     return x(x, n), codegen
 
 
+def _clamp_twin(x, lo, hi):
+    xc = x if x > lo else lo  # NaN compares false: lo, as compiled (the caller restores NaN)
+    return xc if xc < hi else hi
+
+
+@intrinsic(_clamp_twin)
+def clamp(typingctx, x, lo, hi):
+    """``min(max(x, lo), hi)`` for floats of one type, ``lo <= hi``, where a NaN ``x`` gives an
+    unspecified value: for a caller that restores NaN itself (``exp``'s ``x if x == x``). LLVM's
+    ``maxnum``/``minnum`` with the ``nnan`` flag: one ``vmaxps``/``vminps`` each per vector. The same
+    clamp as two compare-and-selects keeps NaN's result defined, and LLVM merged the pair into two
+    masked compares and two blends (their masks spilled): measured on Zen 4, a float32 row of 4096
+    (exp, store, sum; L1-resident) 0.29 -> 0.23 ns an element. The twin gives ``lo`` for NaN."""
+    if not (isinstance(x, nb_types.Float) and lo == x and hi == x):
+        return None
+
+    def codegen(context, builder, sig, args):
+        fty = context.get_value_type(sig.return_type)
+        mx = llvm_function(builder, f"llvm.maxnum.f{x.bitwidth}", fty, (fty, fty))
+        mn = llvm_function(builder, f"llvm.minnum.f{x.bitwidth}", fty, (fty, fty))
+        v = builder.call(mx, [args[0], args[1]], fastmath=("nnan",))
+        return builder.call(mn, [v, args[2]], fastmath=("nnan",))
+
+    return x(x, lo, hi), codegen
+
+
 def _widen_twin(x):
     return np.float32(x.view(np.float16)) if isinstance(x, np.uint16) else x
 

@@ -7,7 +7,8 @@ branches, only selects, FMAs and a bit-cast.
 
 Algorithm (Cody & Waite range reduction + polynomial), for float64:
 
-* clamp ``x`` to [-746, 710] (keeps the integer conversion defined; NaN is restored at the end);
+* clamp ``x`` to [-746, 710] (keeps the integer conversion defined; NaN is restored at the end), with
+  :func:`fastla._intrinsics.clamp` (one min and one max instruction per vector);
 * ``n = floor(x / ln 2 + 1/2)``, ``r = x - n ln2_hi - n ln2_lo`` with ``ln2_hi`` having trailing zero
   bits so ``n * ln2_hi`` is exact: ``|r| <= ln(2)/2``;
 * ``e^r`` by its Taylor polynomial of degree 13 (truncation error < 5e-18 relative), Horner form;
@@ -59,8 +60,7 @@ _HI_F = _F32(89.0)
 
 
 def _exp_f64(x):
-    xc = x if x > -746.0 else -746.0  # NaN compares false: clamped here, restored below
-    xc = xc if xc < 710.0 else 710.0
+    xc = _intrinsics.clamp(x, -746.0, 710.0)  # NaN: any value here, restored below
     nf = np.floor(xc * _LOG2E + 0.5)  # a float floor: math.floor gives int64, and AVX2 has no
     # vector int64 -> float conversion (the whole loop then stayed scalar on Zen 1-3)
     r = xc - nf * _LN2_HI
@@ -92,8 +92,7 @@ def _exp_f64(x):
 
 
 def _exp_f32(x):
-    xc = x if x > _LO_F else _LO_F
-    xc = xc if xc < _HI_F else _HI_F
+    xc = _intrinsics.clamp(x, _LO_F, _HI_F)
     nf = np.floor(xc * _LOG2E_F + _HALF_F)
     r = xc - nf * _LN2_HI_F
     r = r - nf * _LN2_LO_F
