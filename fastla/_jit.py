@@ -29,6 +29,7 @@ import functools
 import os
 import sys
 import threading
+import types
 import typing
 
 import numpy as np
@@ -96,15 +97,55 @@ def package_source_stamp():
     return digest.hexdigest()
 
 
+def _is_fastla(obj):
+    """Whether ``obj`` is a fastla module, or a function, dispatcher or other object defined in one."""
+    name = obj.__name__ if isinstance(obj, types.ModuleType) else getattr(obj, "__module__", None)
+    return isinstance(name, str) and (name == "fastla" or name.startswith("fastla."))
+
+
+def _compiles_in_fastla(py_func, seen=None):
+    """Whether compiling ``py_func`` (a user's ``cache=True`` function) may compile fastla's code
+    into it: a global or closure variable its code names is a fastla module or object
+    (``fastla.kernels.exp``, ``from fastla.kernels import softmax``, ``import fastla.kernels as
+    K``), directly or through another jitted function it calls (to any depth)."""
+    seen = set() if seen is None else seen
+    if id(py_func) in seen or not hasattr(py_func, "__code__"):
+        return False
+    seen.add(id(py_func))
+    names, stack = set(), [py_func.__code__]
+    while stack:  # the function's code and the code objects nested in it (comprehensions, lambdas)
+        code = stack.pop()
+        names.update(code.co_names)
+        stack.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+    glb = getattr(py_func, "__globals__", {})
+    values = [glb[n] for n in names if n in glb]
+    for cell in getattr(py_func, "__closure__", None) or ():
+        try:
+            values.append(cell.cell_contents)
+        except ValueError:  # an empty cell
+            continue
+    for v in values:
+        if _is_fastla(v):
+            return True
+        inner = getattr(v, "py_func", None)  # another Numba dispatcher: what it compiles in
+        if inner is not None and _compiles_in_fastla(inner, seen):
+            return True
+    return False
+
+
 def _install_package_wide_cache_stamp():
-    """Make a change to *any* fastla source file invalidate *every* cached fastla kernel.
+    """Make a change to *any* fastla source file invalidate *every* cached fastla kernel, and every
+    cached user function that compiles fastla's code in.
 
     Numba judges a cached function fresh by its own source file only, but fastla's kernels compile
     in code from other modules (LU's factorisation inlines the GEMM driver; softmax the exp): after
     an edit or upgrade of one module, a stale cache of another could run against the new code and
-    crash. This wraps whichever locator numba picks for fastla's files and adds the package-wide
-    source hash to its stamp. It uses numba's cache-locator hook (``CacheImpl._locator_classes``);
-    if that hook is missing in some numba version, numba's own per-file behaviour remains.
+    crash. A user's ``@njit(cache=True)`` function that calls :mod:`fastla.kernels` inlines them the
+    same way: after ``pip install -U fastla`` Numba would load its old machine code, the old
+    kernels in it, unless its stamp changes too (:func:`_compiles_in_fastla` finds those). This wraps
+    whichever locator numba picks for these files and adds the package-wide source hash to its
+    stamp. It uses numba's cache-locator hook (``CacheImpl._locator_classes``); if that hook is
+    missing in some numba version, numba's own per-file behaviour remains.
     """
     try:
         from numba.core import caching
@@ -134,7 +175,7 @@ def _install_package_wide_cache_stamp():
 
         @classmethod
         def from_function(cls, py_func, py_file):
-            if not os.path.abspath(py_file).startswith(root):
+            if not (os.path.abspath(py_file).startswith(root) or _compiles_in_fastla(py_func)):
                 return None
             for other in impl._locator_classes:
                 if other is not cls:
@@ -374,8 +415,6 @@ def serial(fn):
     The copy gets its own name (``<name>_serial``), hence its own cache entry: Numba's cache key
     does not include the ``parallel`` flag, so one name for both would load the wrong one.
     """
-    import types
-
     py = getattr(fn, "py_func", fn)
     if not JIT_ENABLED:
         return py

@@ -362,6 +362,39 @@ def test_cache_stamp_covers_the_whole_package():
     assert stamp[1] == _jit.package_source_stamp()
 
 
+def test_a_users_function_compiles_in_fastla_through_names_closures_and_calls():
+    """What makes a user's cached function go stale with fastla's sources (see
+    ``test_changed_source_recompiles_the_users_functions_that_compile_it_in``): a fastla module or
+    object among the globals its code names, in nested code, in its closure, or in a jitted
+    function it calls; nothing else."""
+    from fastla import kernels
+
+    k = kernels
+
+    def attribute(x):
+        return kernels.exp(x)
+
+    def nested(x):
+        return (lambda y: kernels.exp(y))(x)
+
+    def closure(x):
+        return k.exp(x)
+
+    def plain(x):
+        return np.exp(x) + 1.0
+
+    class Dispatcher:  # what the walk reads of a Numba dispatcher the function calls
+        py_func = staticmethod(attribute)
+
+    calls = Dispatcher()
+
+    def through(x):
+        return calls(x)
+
+    assert all(_jit._compiles_in_fastla(f) for f in (attribute, nested, closure, through))
+    assert not _jit._compiles_in_fastla(plain)
+
+
 @_jit.jit(python_wrapper=False)
 def _nan_block_task(a, alpha, row_scale, ap, bsrc, bp, c, scratch, sw, ib):
     """Stand-in for ``gk.a_block_task`` with its signature: its C block is NaN."""

@@ -303,6 +303,63 @@ def test_changed_source_recompiles(tmp_path):
     assert run() == ["0", "1"]  # recompiled, not run stale
 
 
+_USER_MODULE = """
+import numba
+import fastla.kernels as K
+from fastla.kernels import softmax
+
+
+@numba.njit(cache=True)
+def uses(x):
+    return K.exp(x)
+
+
+@numba.njit(cache=True)
+def through(x):
+    return uses(x) * 2.0
+
+
+@numba.njit(cache=True)
+def imported(row):
+    return softmax(row)
+
+
+@numba.njit(cache=True)
+def plain(x):
+    return x + 1.0
+"""
+
+
+@needs_jit
+@needs_cache
+def test_changed_source_recompiles_the_users_functions_that_compile_it_in(tmp_path):
+    """A user's ``@njit(cache=True)`` function that compiles fastla's kernels in (a module attribute,
+    an imported name, or through another of the user's jitted functions) goes stale with fastla's
+    sources, as fastla's own kernels do: after an upgrade it is recompiled, never run with the old
+    kernels inlined in it. A user function that does not call fastla keeps its cache."""
+    pkg = tmp_path / "src"
+    skip = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(os.path.join(ROOT, "fastla"), pkg / "fastla", ignore=skip)
+    (pkg / "user_loop.py").write_text(_USER_MODULE)
+    code = """
+        import numpy as np, user_loop as u
+        assert u.uses(0.0) == 1.0 and u.through(0.0) == 2.0 and u.plain(1.0) == 2.0
+        assert np.allclose(u.imported(np.zeros(4)), 0.25)
+        fs = (u.uses, u.through, u.imported, u.plain)
+        print(*["%d%d" % (sum(f.stats.cache_hits.values()), sum(f.stats.cache_misses.values())) for f in fs])
+    """
+    cache = tmp_path / "cache"
+    run = lambda: _python(code, cache, cwd=str(pkg)).stdout.split()[-4:]  # noqa: E731
+    assert run() == ["01", "01", "01", "01"]  # compiled
+    assert run() == ["10", "10", "10", "10"]  # loaded
+    with open(pkg / "fastla" / "ml.py", "a") as f:  # no kernel compiles ml.py in
+        f.write("\n# an edit\n")
+    assert run() == ["10", "10", "10", "10"]  # still loaded
+    with open(pkg / "fastla" / "_math.py", "a") as f:  # the exp the user's functions inline
+        f.write("\n# an edit\n")
+    assert run() == ["01", "01", "01", "10"]  # recompiled, not run stale; plain kept
+
+
 def test_cache_report_names_a_location():
     text = _warmup.cache_report()
     assert text.startswith("cache: ")
