@@ -131,6 +131,40 @@ def test_against_no_confirm_fails_on_first_measurement(pair, capsys):
     assert rc == 1 and "re-measuring" not in text
 
 
+def test_against_an_op_the_candidate_cannot_run_is_a_regression(pair, tmp_path, capsys):
+    """An item the base runs and the candidate cannot (a backend that no longer imports, an op gone)
+    fails the gate at once, without timing: it would otherwise read as "not compared", as a new
+    workload the base lacks does."""
+    base, _, wl = pair
+    raising = (
+        "\ndef wait(name):\n"
+        "    if name == 'b':\n"
+        "        raise RuntimeError('numba cannot be imported')\n"
+        "    time.sleep(0.002)\n"
+    )
+    cand = _checkout(tmp_path / "lost", {}, extra=raising)
+    rc = against.run(ref=str(base), repo=cand, workloads_file=wl, rounds=3, threshold=0.3, min_batch_s=0.005)
+    text = capsys.readouterr().out
+    assert rc == 1, text
+    assert "REGRESSION: wait[b] numba runs on the base and not on the candidate" in text
+    assert "numba cannot be imported" in text and "**LOST**" in text
+    assert "REGRESSION: wait[a]" not in text and "re-measuring" not in text
+    assert "no regressions" not in text
+
+
+def test_against_comparing_nothing_fails(pair, tmp_path, capsys):
+    """Neither side runs any item (say numba importable on neither): the gate fails, never passes
+    vacuously."""
+    _, _, wl = pair
+    nothing = "\ndef wait(name):\n    raise RuntimeError('numba cannot be imported')\n"
+    base = _checkout(tmp_path / "b0", {}, extra=nothing)
+    cand = _checkout(tmp_path / "c0", {}, extra=nothing)
+    rc = against.run(ref=str(base), repo=cand, workloads_file=wl, rounds=1, min_batch_s=0.001)
+    text = capsys.readouterr().out
+    assert rc == 1 and "compared nothing" in text, text
+    assert "no regressions" not in text
+
+
 def test_against_a_failing_worker_is_an_error(tmp_path, pair):
     base, _, wl = pair
     broken = tmp_path / "broken"
@@ -157,6 +191,8 @@ def test_verdict_needs_median_and_minima_beyond_the_threshold():
     assert against.verdict(item([1.0] * 5, [1.1] * 5), 0.15).status == "same"
     missing = against.Item("w[x]", "numba", missing="base: KeyError")
     assert against.verdict(missing, 0.15).status == "not compared: base: KeyError"
+    lost = against.Item("w[x]", "numba", missing="candidate: ImportError", lost=True)
+    assert against.verdict(lost, 0.15).status == "lost: candidate: ImportError"
 
 
 def test_default_ref_is_the_merge_base(tmp_path):

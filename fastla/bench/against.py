@@ -155,6 +155,7 @@ class Item:
     cand: list = dataclasses.field(default_factory=list)
     calls: int = 1
     missing: str = ""  # why it was not timed (absent in the base, failed in the candidate)
+    lost: bool = False  # the base ran it and the candidate could not: a regression, not a gap
 
     @property
     def name(self):
@@ -189,6 +190,9 @@ def measure(base, cand, items, rounds, min_batch_s=0.02, gap_s=0.005, progress=N
             reason = prepared[side.name]["unavailable"].get(str(i))
             if reason and not it.missing:
                 it.missing = f"{side.name}: {reason}"
+                # a workload new to the candidate, or one neither side runs here, is not compared;
+                # one the base ran and the candidate cannot (a backend broken, an op gone) is lost
+                it.lost = side is cand
         one = prepared[cand.name]["one_call_s"][i]
         if one is not None:  # the same batch on both sides, at least min_batch_s long
             it.calls = max(1, min(100_000, math.ceil(min_batch_s / max(one, 1e-9))))
@@ -213,7 +217,7 @@ class Verdict:
     q25: float
     q75: float
     of_minima: float  # candidate's fastest round / base's fastest round
-    status: str  # "slower", "faster", "same" or "not compared: <why>"
+    status: str  # "slower", "faster", "same", "lost: <why>" or "not compared: <why>"
     base_s: float = float("nan")  # median seconds per call
     cand_s: float = float("nan")
 
@@ -231,7 +235,7 @@ def verdict(item, threshold):
     moves the median of a few rounds but rarely both."""
     if item.missing or not item.base:
         why = item.missing or "no rounds"
-        return Verdict(item.name, *(float("nan"),) * 4, f"not compared: {why}")
+        return Verdict(item.name, *(float("nan"),) * 4, f"{'lost' if item.lost else 'not compared'}: {why}")
     paired = [c / b for b, c in zip(item.base, item.cand, strict=True)]
     med = statistics.median(paired)
     mins = min(item.cand) / min(item.base)
@@ -270,6 +274,9 @@ def table(verdicts, threshold):
         if v.status.startswith("not compared"):
             lines.append(f"| {v.name} | - | - | - | - | {v.status} |")
             continue
+        if v.status.startswith("lost"):
+            lines.append(f"| {v.name} | - | - | - | - | **LOST** (the base runs it){v.status[4:]} |")
+            continue
         lines.append(
             f"| {v.name} | {_fmt_s(v.base_s)} | {_fmt_s(v.cand_s)} "
             f"| {v.median:.3f} ({v.q25:.3f}-{v.q75:.3f}) | {v.of_minima:.3f} "
@@ -301,8 +308,9 @@ def run(
     repo=PACKAGE_ROOT,
     workloads_file=None,
 ):
-    """Measure this checkout against ``ref``; print the table; return the exit status (1 when an
-    item is slower beyond ``threshold``, twice in a row with ``confirm``)."""
+    """Measure this checkout against ``ref``; print the table; return the exit status: 1 when an
+    item is slower beyond ``threshold`` (twice in a row with ``confirm``), when an item the base runs
+    is unavailable in the candidate, or when no item could be compared at all."""
     from fastla.bench._against_worker import load_by_path
 
     workloads_file = Path(workloads_file or Path(__file__).with_name("workloads.py"))
@@ -369,9 +377,16 @@ def run(
             )
     for it in slower:
         print(f"REGRESSION: {it.name} slower than the base beyond {threshold:.0%}, in two measurements")
-    if not slower:
+    lost = [v for v in first if v.status.startswith("lost")]
+    for v in lost:
+        print(f"REGRESSION: {v.name} runs on the base and not on the candidate ({v.status[6:]})")
+    compared = [v for v in first if v.status in ("slower", "faster", "same")]
+    if not compared and not lost:  # e.g. numba importable on neither side: a pass would mean nothing
+        print(f"fastla bench --against: compared nothing against {label}: every item was unavailable")
+        return 1
+    if not slower and not lost:
         print(f"no regressions against {label} (threshold {threshold:.0%})")
-    return 1 if slower else 0
+    return 1 if slower or lost else 0
 
 
 def _cache_home():
