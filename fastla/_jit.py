@@ -133,6 +133,16 @@ def _compiles_in_fastla(py_func, seen=None):
     return False
 
 
+def _user_function_compiles_in_fastla(py_func):
+    """:func:`_compiles_in_fastla` for the cache-locator hook, which Numba consults for every cached
+    function of the process (other libraries' too): an object that fails to answer the walk's
+    attribute reads leaves that function to Numba's own locators, never fails its compilation."""
+    try:
+        return _compiles_in_fastla(py_func)
+    except Exception:
+        return False
+
+
 def _install_package_wide_cache_stamp():
     """Make a change to *any* fastla source file invalidate *every* cached fastla kernel, and every
     cached user function that compiles fastla's code in.
@@ -175,7 +185,7 @@ def _install_package_wide_cache_stamp():
 
         @classmethod
         def from_function(cls, py_func, py_file):
-            if not (os.path.abspath(py_file).startswith(root) or _compiles_in_fastla(py_func)):
+            if not (os.path.abspath(py_file).startswith(root) or _user_function_compiles_in_fastla(py_func)):
                 return None
             for other in impl._locator_classes:
                 if other is not cls:

@@ -394,6 +394,19 @@ def test_a_users_function_compiles_in_fastla_through_names_closures_and_calls():
     assert all(_jit._compiles_in_fastla(f) for f in (attribute, nested, closure, through))
     assert not _jit._compiles_in_fastla(plain)
 
+    class Hostile:  # another library's global whose attribute reads raise
+        def __getattr__(self, name):
+            raise RuntimeError(name)
+
+    hostile = Hostile()
+
+    def unrelated(x):
+        return hostile(x)
+
+    with pytest.raises(RuntimeError):
+        _jit._compiles_in_fastla(unrelated)
+    assert _jit._user_function_compiles_in_fastla(unrelated) is False  # the hook never fails a compile
+
 
 @_jit.jit(python_wrapper=False)
 def _nan_block_task(a, alpha, row_scale, ap, bsrc, bp, c, scratch, sw, ib):
