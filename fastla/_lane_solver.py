@@ -452,11 +452,22 @@ def _group_types(N, arrays, T0):
     return N.literal_value, np.dtype(str(arrays[0].dtype))
 
 
+#: How many groups ahead a register-path group (n <= REGISTER_N) prefetches the matrices of one
+#: group (the memory path's groups, 4-16 KiB, prefetch the next one). One group ahead left the loads
+#: of a 100k 8x8 float64 stack 29% of the step's samples (a half-width group, 2 KiB, solved in ~200
+#: ns, less than the memory's latency under the other thread's streaming). Measured on Zen 4 (2
+#: threads, 100k systems, median ms of 60 calls, fresh processes interleaved, five pairs): float64
+#: 8x8 3.94-4.47 -> 3.31-3.78 (three groups ahead 3.41-3.78, six 3.88-4.32), float32 8x8 1.82-2.07 ->
+#: 1.48-1.84, float64 6x6 1.36-1.85 -> 1.27-1.35, 3x3 and 4x4 within noise; 16x16 (a memory-path
+#: group of 16 KiB) 1.53-1.64 -> 1.66-1.75 two groups ahead, hence one there.
+_PREFETCH_GROUPS = 2
+
+
 class _GroupOperands:
     """What both group codegens read first: the stack arrays' data pointers, the group's first
-    system ``t0`` (i64), the element offsets of its matrices and right-hand sides; and the next
-    group's matrices prefetched (the rows are read out of order, and at 100k 8x8 systems the solve
-    streams 51 MB)."""
+    system ``t0`` (i64), the element offsets of its matrices and right-hand sides; and a later
+    group's matrices prefetched (:data:`_PREFETCH_GROUPS`: the rows are read out of order, and at
+    100k 8x8 systems the solve streams 51 MB)."""
 
     def __init__(self, context, builder, sig, args, n, k, v, itemsize):
         from llvmlite import ir
@@ -470,9 +481,8 @@ class _GroupOperands:
         self.a_base = builder.mul(self.t0, ir.Constant(i64, n * n))
         self.b_base = builder.mul(self.t0, ir.Constant(i64, n * k))
         group = v * n * n
-        _prefetch(
-            builder, self.a, builder.add(self.a_base, ir.Constant(i64, group)), group * itemsize, itemsize
-        )
+        ahead = ir.Constant(i64, group * (_PREFETCH_GROUPS if n <= REGISTER_N else 1))
+        _prefetch(builder, self.a, builder.add(self.a_base, ahead), group * itemsize, itemsize)
 
 
 def _memory_codegen(n, k, v, itemsize, unrolled=None):
