@@ -183,8 +183,8 @@ def _matmul_shape_error():
 
 
 @jit
-def _lu_square_error():
-    raise ValueError("fastla.kernels.lu_factor: a must be square (n, n)")
+def _lu_shape_error():
+    raise ValueError("fastla.kernels.lu_factor: a must be 2-D (m, n), lu (m, n) and piv (min(m, n),)")
 
 
 @jit
@@ -1116,21 +1116,25 @@ def _solve_inplace_vec(a, b):
 
 @jit
 def _lu_factor(a, lu, piv):
-    n = a.shape[0]
-    if a.shape[1] != n:
-        _lu_square_error()
+    m, n = a.shape
+    if lu.shape != a.shape or piv.shape[0] != min(m, n):
+        _lu_shape_error()
     _copy2d(lu, a)
     start = n - n  # run-time zeros (see _gemm_kernels' "literal arguments")
-    return _lu._panel(lu, start, n, piv, start)
+    info = _lu._panel(lu, start, min(m, n), piv, start)
+    if n > m:  # a wide matrix: U's columns right of the square part, U12 := L^-1 A12
+        _lu._trsm_unit_lower_rows(lu, start, m)
+    return info
 
 
 def lu_factor(a):
-    """``(lu, piv)`` of a square float matrix, SciPy's convention (``piv`` int32, 0-based); an exactly
-    zero pivot leaves the factors singular (as SciPy, which warns) rather than raising."""
+    """``(lu, piv)`` of a float matrix (m, n), square or not, SciPy's convention (``piv`` int32,
+    0-based, min(m, n) of them); an exactly zero pivot leaves the factors singular (as SciPy, which
+    warns) rather than raising."""
     (a,) = _floats("lu_factor", a)
     if a.ndim != 2:
-        _lu_square_error()
-    lu, piv = np.empty((a.shape[0], a.shape[0]), a.dtype), np.empty(a.shape[0], np.int32)
+        _lu_shape_error()
+    lu, piv = np.empty(a.shape, a.dtype), np.empty(min(a.shape), np.int32)
     _call(_lu_factor, a, lu, piv)
     return lu, piv
 
@@ -1141,8 +1145,7 @@ def _lu_factor_typer(a):
         return None
 
     def impl(a):
-        n = a.shape[0]
-        lu, piv = np.empty((n, n), a.dtype), np.empty(n, np.int32)
+        lu, piv = np.empty(a.shape, a.dtype), np.empty(min(a.shape[0], a.shape[1]), np.int32)
         _ool(_lu_factor, (a, lu, piv))
         return lu, piv
 

@@ -131,13 +131,14 @@ def _swap_rows(m, i, p):
 
 @jit(python_wrapper=False)
 def _panel(a, k0, k1, piv, info):
-    """Unblocked partial-pivoting LU of columns k0:k1 (rows k0:n); swaps whole rows. Returns info."""
+    """Unblocked partial-pivoting LU of columns k0:k1 (rows k0:m, k1 <= min(m, n)); swaps whole
+    rows. Returns info."""
     wide_vectors()
-    n = a.shape[0]
+    m = a.shape[0]
     for j in range(k0, k1):
         p = j
         best = abs(a[j, j])
-        for i in range(j + 1, n):
+        for i in range(j + 1, m):
             v = abs(a[i, j])
             if v > best:  # strict: the first maximum, as LAPACK's idamax
                 best = v
@@ -146,11 +147,11 @@ def _panel(a, k0, k1, piv, info):
         if a[p, j] != 0:
             _swap_rows(a, j, p)
             inv = 1.0 / a[j, j]
-            for i in range(j + 1, n):
+            for i in range(j + 1, m):
                 a[i, j] *= inv
         elif info == 0:
             info = j + 1
-        for i in range(j + 1, n):
+        for i in range(j + 1, m):
             lij = a[i, j]
             for c in range(j + 1, k1):
                 a[i, _U(c)] -= lij * a[j, _U(c)]
@@ -171,22 +172,25 @@ def _trsm_unit_lower_rows(a, k0, k1):
 
 @jit
 def _getrf(a, piv, nb, neg_one, tiles, gemm_at):
-    """Blocked LU in place on C-contiguous square ``a``; returns LAPACK's info (0 or 1-based j).
-    The trailing updates call the packed GEMM's driver through its entry address ``gemm_at``
-    (:data:`GEMM_INTO`), so that a factorisation without one (n <= nb) compiles no GEMM."""
-    n = a.shape[0]
-    flat = a.reshape(n * n)
+    """Blocked LU in place on C-contiguous ``a`` (m, n), LAPACK's getrf: ``piv`` of min(m, n) row
+    interchanges; returns LAPACK's info (0 or 1-based j). The trailing updates call the packed
+    GEMM's driver through its entry address ``gemm_at`` (:data:`GEMM_INTO`), so that a
+    factorisation without one (min(m, n) <= nb) compiles no GEMM."""
+    m, n = a.shape
+    kmax = min(m, n)
+    flat = a.reshape(m * n)
     no_scale = np.empty(0, a.dtype)
     # run-time values, not literals (see _gemm_kernels' "literal arguments")
     accumulate = n > 0
     info = n * 0
-    for k0 in range(0, n, nb):
-        k1 = min(k0 + nb, n)
+    for k0 in range(0, kmax, nb):
+        k1 = min(k0 + nb, kmax)
         info = _panel(a, k0, k1, piv, info)
-        if k1 < n:
+        if k1 < n:  # U12 := L11^-1 A12; a wide matrix's last panel leaves no rows below to update
             _trsm_unit_lower_rows(a, k0, k1)
+        if k1 < n and k1 < m:
             update = (
-                _gk.flat_operand(flat, k1 * n + k0, n, 1, n - k1, k1 - k0),  # L21
+                _gk.flat_operand(flat, k1 * n + k0, n, 1, m - k1, k1 - k0),  # L21
                 _gk.flat_operand(flat, k0 * n + k1, n, 1, k1 - k0, n - k1),  # U12
                 _gk.Dest(flat, k1 * n + k1, n),
                 neg_one,
@@ -267,15 +271,16 @@ def _getrs(lu, piv, b, trans):
 
 
 def _factor_numba(work):
-    """Blocked LU of one C-contiguous square working copy in place; returns (piv, info)."""
-    n = work.shape[0]
-    piv = np.empty(n, dtype=np.int32)
-    if n == 0:
+    """Blocked LU of one C-contiguous (m, n) working copy in place; returns (piv, info)."""
+    m, n = work.shape
+    kmax = min(m, n)
+    piv = np.empty(kmax, dtype=np.int32)
+    if kmax == 0:
         return piv, 0
     blk = _gk.BLOCKING[work.dtype]
-    nb = next(width for limit, width in NB_BY_N if n <= limit)
-    mc = _gk.row_blocking(max(n - nb, 1), work.dtype.itemsize, _jit.threads_here())
-    if n <= nb:  # one panel, no trailing update: the GEMM is not compiled (0 addresses: never called)
+    nb = next(width for limit, width in NB_BY_N if kmax <= limit)
+    mc = _gk.row_blocking(max(m - nb, 1), work.dtype.itemsize, _jit.threads_here())
+    if kmax <= nb:  # one panel, no trailing update: the GEMM is not compiled (0 addresses: never called)
         none = None if not _jit.JIT_ENABLED else 0
         tiles = _gk.Tiles(blk.KC, mc, blk.NC, _gk.Tasks(none, none), 1, np.empty(0, work.dtype))
         gemm_at = none
@@ -289,18 +294,18 @@ def _factor_numba(work):
 
 
 def _factor_loop(work):
-    """Doolittle elimination with partial pivoting, in place, pure Python."""
-    n = work.shape[0]
-    piv = np.empty(n, dtype=np.int32)
+    """Doolittle elimination with partial pivoting of an (m, n) matrix, in place, pure Python."""
+    m, n = work.shape
+    piv = np.empty(min(m, n), dtype=np.int32)
     info = 0
-    for j in range(n):
-        p = max(range(j, n), key=lambda i: abs(work[i, j]))
+    for j in range(min(m, n)):
+        p = max(range(j, m), key=lambda i: abs(work[i, j]))
         piv[j] = p
         if work[p, j] == 0:
             info = info or j + 1
             continue
         work[[j, p]] = work[[p, j]]
-        for i in range(j + 1, n):
+        for i in range(j + 1, m):
             work[i, j] = work[i, j] / work[j, j]
             for c in range(j + 1, n):
                 work[i, c] = work[i, c] - work[i, j] * work[j, c]
@@ -372,13 +377,9 @@ def _prepare_factor(a, overwrite_a=False, check_finite=True):
     dtype, why = _validate.lapack_dtype((a,))
     if check_finite:
         _validate.check_finite(a)
-    forced = None
-    if why is None and a.shape[-1] != a.shape[-2]:  # SciPy factors rectangular matrices (getrf)
-        why = f"a rectangular {a.shape[-2]} x {a.shape[-1]} matrix: LAPACK getrf"
-        forced = ValueError(f"lu_factor: the compiled and loop kernels factor square matrices, got {a.shape}")
     args = FactorArgs(a if why else _validate.native(a, dtype), overwrite_a and a is a_in)
     facts = {"n": a.shape[-1], "batch": math.prod(a.shape[:-2])}
-    return _registry.Prepared(args, compiled=why, facts=facts, forced_error=forced)
+    return _registry.Prepared(args, compiled=why, facts=facts)
 
 
 def _prepare_solve(lu_and_piv, b, trans=0, overwrite_b=False, check_finite=True):
@@ -589,7 +590,8 @@ def lu_factor(a, overwrite_a=False, check_finite=True, *, backend=None):
 
     Parameters
     ----------
-    a : array_like, shape (..., n, n)
+    a : array_like, shape (..., m, n)
+        Square or rectangular (LAPACK's getrf, as SciPy factors it), in every impl.
     overwrite_a : bool
         Allow the factors to be written into ``a`` (when it is a C-contiguous float array).
     check_finite : bool
@@ -598,9 +600,9 @@ def lu_factor(a, overwrite_a=False, check_finite=True, *, backend=None):
 
     Returns
     -------
-    lu : ndarray, shape (..., n, n)
+    lu : ndarray, shape (..., m, n)
         U on and above the diagonal, L (unit diagonal implied) below.
-    piv : ndarray of int32, shape (..., n)
+    piv : ndarray of int32, shape (..., min(m, n))
         Row ``i`` was interchanged with row ``piv[i]`` (0-based, in order).
 
     Warns
@@ -730,13 +732,13 @@ def _warn_singular(info):
 
 
 def _factor_stack(a, overwrite, factor):
-    n = a.shape[-1]
+    m, n = a.shape[-2:]
     inplace = overwrite and a.flags.c_contiguous and a.flags.writeable
     lu = a if inplace else np.array(a, order="C", copy=True)
-    piv = np.empty(a.shape[:-1], dtype=np.int32)
+    piv = np.empty((*a.shape[:-2], min(m, n)), dtype=np.int32)
     batch = math.prod(a.shape[:-2])
-    lu3 = lu.reshape(batch, n, n)
-    piv2 = piv.reshape(batch, n)
+    lu3 = lu.reshape(batch, m, n)
+    piv2 = piv.reshape(batch, min(m, n))
     first_bad = 0
     for t in range(lu3.shape[0]):
         p, info = factor(lu3[t])

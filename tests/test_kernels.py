@@ -125,6 +125,11 @@ def user_lu(a, b):
 
 
 @njit
+def user_lu_factor(a):
+    return kernels.lu_factor(a)
+
+
+@njit
 def user_lu_solve_into(lu, piv, b, out):
     return kernels.lu_solve(lu, piv, b, out)
 
@@ -996,6 +1001,20 @@ def test_lu(dtype, rng):
     np.testing.assert_array_equal(piv, ref_piv)
     np.testing.assert_allclose(lu, ref_lu, rtol=1e-4 if dtype == np.float32 else 1e-10, atol=1e-5)
     np.testing.assert_allclose(x, np.linalg.solve(a, b), rtol=1e-3 if dtype == np.float32 else 1e-9)
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (5, 3), (1, 4), (4, 1), (0, 3)])
+def test_lu_factor_of_a_rectangular_matrix(shape, rng):
+    """SciPy's getrf of an (m, n) matrix, from Python and from compiled code: min(m, n) pivots; a
+    wide matrix's columns right of the square part hold U's rows solved against L."""
+    a = rng.standard_normal(shape)
+    ref_lu, ref_piv = sla.lu_factor(a)
+    for lu, piv in (kernels.lu_factor(a), user_lu_factor(a)):
+        assert lu.shape == shape and piv.shape == (min(shape),) and piv.dtype == np.int32
+        np.testing.assert_array_equal(piv, ref_piv)
+        np.testing.assert_allclose(lu, ref_lu, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match=r"2-D \(m, n\)"):
+        kernels.lu_factor(np.ones(3))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -48,6 +48,45 @@ def test_lu_factor_reconstructs(n, dtype, rng):
             np.testing.assert_array_equal(piv, sla.lu_factor(a)[1])  # same pivots as LAPACK
 
 
+@pytest.mark.parametrize("shape", [(1, 4), (4, 1), (3, 5), (5, 3), (33, 7), (7, 33), (150, 90), (90, 150)])
+def test_lu_factor_of_rectangular_matrices(shape, dtype, rng):
+    """LAPACK's getrf of an (m, n) matrix, as SciPy factors it, in every impl: min(m, n) pivots,
+    P A = L U with L (m, k) unit lower trapezoidal and U (k, n) upper trapezoidal; a min(m, n) of
+    90 takes the blocked path (panels, U12 solves, GEMM updates of the rows below, the last panel of
+    a wide matrix with none)."""
+    m, n = shape
+    k = min(m, n)
+    a = rng.standard_normal(shape).astype(dtype)
+    for name in impl_names("lu_factor", max(shape)):
+        lu, piv = fastla.lu_factor(a, backend=name)
+        assert lu.shape == shape and lu.dtype == dtype and piv.shape == (k,) and piv.dtype == np.int32, name
+        lu64 = lu.astype(np.float64)
+        L = np.tril(lu64, -1)[:, :k] + np.eye(m, k)
+        U = np.triu(lu64)[:k]
+        perm = np.arange(m)
+        for i, p in enumerate(piv):
+            perm[[i, p]] = perm[[p, i]]
+        err = np.abs(L @ U - a[perm]).max()
+        assert err <= 20 * max(shape) * eps(dtype) * np.abs(a).max(), (name, err)
+        if dtype == np.float64:
+            np.testing.assert_array_equal(piv, sla.lu_factor(a)[1])  # same pivots as LAPACK
+
+
+@pytest.mark.parametrize("name", impl_names("lu_factor"))
+def test_lu_factor_of_a_rectangular_stack_warns_as_scipy(name, rng):
+    """A stack of rectangular matrices: SciPy's factors matrix by matrix, and one warning naming the
+    first zero pivot (a zero column inside the square part)."""
+    a = rng.standard_normal((2, 4, 6))
+    a[1, :, 2] = 0
+    with pytest.warns(fastla.LinAlgWarning, match="Diagonal number 3 is exactly zero"):
+        lu, piv = fastla.lu_factor(a, backend=name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = [sla.lu_factor(x) for x in a]
+    np.testing.assert_allclose(lu, np.array([r[0] for r in ref]), rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(piv, np.array([r[1] for r in ref]))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("n", [200, 333])
 def test_blocked_lu_large(n, rng):
@@ -316,14 +355,12 @@ def test_singular_raises(name, rng):
 
 
 def test_lu_factor_of_a_stack_of_empty_matrices():
-    """(2, 0, 0) and, where SciPy factors rectangles, (2, 3, 0): the stack flattened by its size,
-    not -1 (a reshape cannot infer -1 for an empty array)."""
-    for name in impl_names("lu_factor"):
-        lu, piv = fastla.lu_factor(np.zeros((2, 0, 0)), backend=name)
-        assert lu.shape == (2, 0, 0) and piv.shape == (2, 0), name
-    for name in ("auto", "numpy"):
-        lu, piv = fastla.lu_factor(np.zeros((2, 3, 0)), backend=name)
-        assert lu.shape == (2, 3, 0) and piv.shape == (2, 0), name
+    """(2, 0, 0), (2, 3, 0) and (2, 0, 3): the stack flattened by its size, not -1 (a reshape
+    cannot infer -1 for an empty array), min(m, n) = 0 pivots each."""
+    for name in ("auto", *impl_names("lu_factor")):
+        for shape in ((2, 0, 0), (2, 3, 0), (2, 0, 3)):
+            lu, piv = fastla.lu_factor(np.zeros(shape), backend=name)
+            assert lu.shape == shape and piv.shape == (2, 0), (name, shape)
 
 
 @pytest.mark.parametrize("name", impl_names("lu_factor"))
@@ -359,13 +396,11 @@ def test_numpy_stack_factors_as_scipy_per_matrix(dtype, rng):
 def test_check_finite_and_bad_shapes(name):
     with pytest.raises(ValueError, match="infs or NaNs"):
         fastla.lu_factor(np.array([[1.0, np.nan], [0.0, 1.0]]), backend=name)
-    rect = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 7.0]])
-    if name == "numpy":  # SciPy factors rectangular matrices (getrf); auto sends them there
-        for got, ref in zip(fastla.lu_factor(rect, backend=name), sla.lu_factor(rect), strict=True):
-            np.testing.assert_array_equal(got, ref)
-    else:
-        with pytest.raises(ValueError, match="square"):
-            fastla.lu_factor(rect, backend=name)
+    rect = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 7.0]])  # SciPy factors rectangles (getrf): every impl
+    for got, ref in zip(fastla.lu_factor(rect, backend=name), sla.lu_factor(rect), strict=True):
+        np.testing.assert_allclose(got, ref, rtol=1e-15, atol=1e-15)
+    with pytest.raises(ValueError, match="square"):
+        fastla.lu_solve(fastla.lu_factor(rect, backend=name), np.ones(2), backend=name)
     lu_piv = fastla.lu_factor(np.eye(3))
     with pytest.raises(ValueError, match="infs or NaNs"):
         fastla.lu_solve(lu_piv, np.array([1.0, np.inf, 0.0]))
