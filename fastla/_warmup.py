@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-__all__ = ["OPS", "cache_report", "warmup"]
+__all__ = ["OPS", "TARGETS", "cache_report", "warmup"]
 
 
 def _matmul(dt):
@@ -149,6 +149,17 @@ OPS = {
     "power_iteration": _power_iteration,
     "scaled_dot_product_attention": _attention,
 }
+
+
+def _kernels(dt):
+    from fastla import _kernel_calls
+
+    _kernel_calls.run(dt)
+
+
+#: what :func:`warmup` warms: each op's calls (:data:`OPS`), and ``kernels``, ``fastla.kernels`` as
+#: a user's ``@njit`` code calls them (``fastla/_kernel_calls.py``)
+TARGETS = {**OPS, "kernels": _kernels}
 DTYPES = ("float32", "float64")
 
 
@@ -213,13 +224,14 @@ _COST = {
     "power_iteration": 7,
     "cross_entropy": 4,
     "cosine_similarity": 4,
+    "kernels": 28,  # Zen 4, one job per dtype (fastla/_kernel_calls.py): 28 s each
 }
 
 
 def run_one(op, dtype):
     """Run ``op``'s warm-up call for ``dtype`` in this process; return the seconds it took."""
     t0 = time.perf_counter()
-    OPS[op](np.dtype(dtype))
+    TARGETS[op](np.dtype(dtype))
     return time.perf_counter() - t0
 
 
@@ -229,10 +241,10 @@ def run_op(op, dtypes):
 
 
 def _jobs(ops, dtypes):
-    ops = list(OPS) if ops is None else [ops] if isinstance(ops, str) else list(ops)
-    unknown = sorted(set(ops) - set(OPS))
+    ops = list(TARGETS) if ops is None else [ops] if isinstance(ops, str) else list(ops)
+    unknown = sorted(set(ops) - set(TARGETS))
     if unknown:
-        raise ValueError(f"warmup: unknown op(s) {', '.join(unknown)}; known: {', '.join(OPS)}")
+        raise ValueError(f"warmup: unknown op(s) {', '.join(unknown)}; known: {', '.join(TARGETS)}")
     dtypes = [dtypes] if isinstance(dtypes, str) else list(dtypes)
     for dt in dtypes:
         if np.dtype(dt) not in (np.dtype(np.float32), np.dtype(np.float64)):
@@ -240,8 +252,8 @@ def _jobs(ops, dtypes):
     names = list(dict.fromkeys(np.dtype(dt).name for dt in dtypes))
     seen, jobs = set(), []
     for op in sorted(ops, key=lambda o: -_COST.get(o, 0)):  # the slowest first: the best packing
-        if OPS[op] not in seen:  # ops sharing a warm-up call (lu_factor / lu_solve) run it once
-            seen.add(OPS[op])
+        if TARGETS[op] not in seen:  # ops sharing a warm-up call (lu_factor / lu_solve) run it once
+            seen.add(TARGETS[op])
             jobs += [(op, (dt,)) for dt in names]
     return jobs
 
@@ -359,7 +371,8 @@ def warmup(ops=None, dtypes=DTYPES, *, background=False, jobs=None, progress=Tru
     Parameters
     ----------
     ops : str or sequence of str, optional
-        Operations to warm (default: all; see :data:`OPS`).
+        Operations to warm (default: all; see :data:`OPS`), and ``"kernels"``: ``fastla.kernels``
+        as a user's ``@njit`` code calls them (default: included).
     dtypes : str or sequence of str
         ``"float32"`` and/or ``"float64"``.
     background : bool

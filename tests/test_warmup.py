@@ -63,6 +63,27 @@ def test_warmup_arguments():
     assert jobs[0] == ("scaled_dot_product_attention", ("float64",)) and len(jobs) == 4
 
 
+def test_the_kernels_warmup_calls_every_kernel():
+    """``warmup`` warms ``fastla.kernels`` too (by default, or as ``ops="kernels"``), and its calls
+    (``fastla/_kernel_calls.py``) name every public kernel: a kernel added to the module without a
+    call there would compile on a user's first call after a warm-up."""
+    assert ("kernels", ("float32",)) in _warmup._jobs(None, ["float32"])
+    assert _warmup._jobs("kernels", ["float64"]) == [("kernels", ("float64",))]
+    import inspect
+
+    from fastla import _kernel_calls, kernels
+
+    source = inspect.getsource(_kernel_calls)
+    missing = [name for name in kernels.__all__ if f"kernels.{name}(" not in source]
+    assert not missing, missing
+
+
+@needs_jit
+def test_the_kernels_warmup_runs_in_process():
+    for dt in ("float32", "float64"):
+        assert _warmup.run_one("kernels", dt) >= 0
+
+
 def test_warmup_lanes_keep_a_dtype_together():
     """The jobs split into at most ``jobs`` processes, each job once; with a lane per dtype or more,
     no lane mixes dtypes (the kernels ops share compile once per dtype and process)."""
@@ -80,8 +101,8 @@ def test_a_lane_reports_a_failed_job_and_goes_on(monkeypatch, capsys):
     def broken(dt):
         raise RuntimeError("no\nway")
 
-    monkeypatch.setitem(_warmup.OPS, "softmax", broken)
-    monkeypatch.setitem(_warmup.OPS, "cross_entropy", lambda dt: None)
+    monkeypatch.setitem(_warmup.TARGETS, "softmax", broken)
+    monkeypatch.setitem(_warmup.TARGETS, "cross_entropy", lambda dt: None)
     _warmup.run_lane([("softmax", ("float64",)), ("cross_entropy", ("float64",))])
     first, second = capsys.readouterr().out.splitlines()
     assert first == "softmax\tFAIL\tRuntimeError: no way"
