@@ -84,6 +84,49 @@ def test_the_kernels_warmup_runs_in_process():
         assert _warmup.run_one("kernels", dt) >= 0
 
 
+def _cache_misses():
+    """Signatures compiled rather than loaded from the cache, per dispatcher of fastla's modules
+    (``{qualified name: count}``)."""
+    counts = {}
+    for mod_name, mod in list(sys.modules.items()):
+        if mod_name == "fastla" or mod_name.startswith("fastla."):
+            for name, obj in list(vars(mod).items()):
+                stats = getattr(obj, "stats", None) if hasattr(obj, "py_func") else None
+                if stats is not None:
+                    counts[f"{mod_name}.{name}"] = sum(stats.cache_misses.values())
+    return counts
+
+
+@needs_jit
+def test_after_the_kernels_warmup_a_users_function_compiles_no_kernel():
+    """A user's ``@njit`` loop over views of its stacks (``kernels.solve``, ``matmul``, ``gemm``,
+    ``softmax``, ``lu_factor`` / ``lu_solve``, ``cosine_similarity``) finds every kernel signature it
+    needs in the cache the ``kernels`` warm-up filled: compiling it compiles none of fastla's
+    dispatchers (each one it calls is loaded, or was compiled by the warm-up in this process)."""
+    from fastla import _kernel_calls, kernels
+
+    _kernel_calls.run("float64")
+    before = _cache_misses()
+
+    @_jit.user_njit
+    def users_loop(A, B, X, C, R):
+        for i in range(A.shape[0]):
+            kernels.solve(A[i], B[i], X[i])
+            kernels.matmul(A[i], A[i], C[i])
+            kernels.gemm(A[i], C[i], C[i].copy())
+            kernels.softmax(R[i], R[i])
+            lu, piv = kernels.lu_factor(A[i])
+            X[i] = kernels.lu_solve(lu, piv, B[i])
+        return kernels.cosine_similarity(A[0], C[0])
+
+    n = 7
+    A = np.broadcast_to(np.eye(n) * n + 1, (3, n, n)).copy()
+    users_loop(A, np.ones((3, n)), np.empty((3, n)), np.empty((3, n, n)), np.ones((3, 12)))
+    after = _cache_misses()
+    compiled = {name: n - before.get(name, 0) for name, n in after.items() if n != before.get(name, 0)}
+    assert not compiled, compiled
+
+
 def test_warmup_lanes_keep_a_dtype_together():
     """The jobs split into at most ``jobs`` processes, each job once; with a lane per dtype or more,
     no lane mixes dtypes (the kernels ops share compile once per dtype and process)."""

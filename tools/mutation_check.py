@@ -250,6 +250,14 @@ MUTANTS = [
         "fastla.kernels.lu_factor leaves a wide matrix's right columns unsolved (and solves a tall one's)",
     ),
     Mutant(
+        "kernels-warmup-skips-the-lu",
+        "_kernel_calls.py",
+        "    lu, piv = kernels.lu_factor(a)\n",
+        "    lu, piv = a.copy(), np.arange(a.shape[0]).astype(np.int32)\n",
+        ("tests/test_warmup.py", "-k", "compiles_no_kernel"),
+        "the kernels warm-up leaves lu_factor's kernel to a user's first call",
+    ),
+    Mutant(
         "solve-stack-rule-unscaled-by-n",
         "lu.py",
         '    return n <= AUTO_RULE["small_n"] and batch * n >= 4 * AUTO_RULE["small_min_batch"]',
