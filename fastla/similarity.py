@@ -1273,6 +1273,21 @@ _MERGE_CHUNK = _intrinsics.MASK_LANES
 _ONE = np.uint64(1)
 
 
+@jit(inline="always")
+def _append(s_row, i_row, n, k, v, idx):
+    """Append the candidate ``idx`` with score ``v`` to a pool of ``n`` entries (see
+    :func:`_merge_row`); a pool full at ``2k`` is compacted to its best ``k``. Returns the new
+    ``n``: ``k`` right after a compaction (an append alone leaves more than ``k``), when the caller
+    re-reads its threshold, the new ``k``-th best."""
+    s_row[n] = v
+    i_row[n] = idx
+    n += 1
+    if n == 2 * k:
+        _intrinsics.call_out_of_line(_select_best, (s_row, i_row, n, k))
+        n = k
+    return n
+
+
 @jit(python_wrapper=False)
 def _merge_row(sc, off, cols, j0, s_row, i_row, sizes, r):
     """Merge the scores ``sc[off:off+cols]`` of corpus rows ``j0...`` into one query's candidate pool
@@ -1305,24 +1320,16 @@ def _merge_row(sc, off, cols, j0, s_row, i_row, sizes, r):
                 while above != 0:
                     j = c0 + _intrinsics.lowest_bit(above)
                     above &= above - _ONE
-                    s_row[n] = sc[_U(off + j)]
-                    i_row[n] = j0 + j
-                    n += 1
-                    if n == 2 * k:
-                        _intrinsics.call_out_of_line(_select_best, (s_row, i_row, n, k))
-                        n = k
-                        thr = s_row[k - 1]  # higher: the chunk's bits left are compared again
+                    n = _append(s_row, i_row, n, k, sc[_U(off + j)], j0 + j)
+                    if n == k:  # compacted: a higher k-th best; the chunk's bits left compared again
+                        thr = s_row[k - 1]
                         above &= _intrinsics.above_mask(sc, off + c0, thr)
                 continue
             for j in range(c0, c1):
                 v = sc[_U(off + j)]
                 if v > thr or (thr_nan and v == v):  # beats the k-th best (a tie keeps the lower index)
-                    s_row[n] = v
-                    i_row[n] = j0 + j
-                    n += 1
-                    if n == 2 * k:
-                        _intrinsics.call_out_of_line(_select_best, (s_row, i_row, n, k))
-                        n = k
+                    n = _append(s_row, i_row, n, k, v, j0 + j)
+                    if n == k:  # compacted
                         thr = s_row[k - 1]
                         thr_nan = thr != thr
     sizes[r] = n

@@ -595,8 +595,8 @@ MUTANTS = [
     Mutant(
         "topk-pool-compaction-drops-kth",
         "similarity.py",
-        "                        n = k\n                        thr = s_row[k - 1]  # higher",
-        "                        n = k - 1\n                        thr = s_row[k - 1]  # higher",
+        "        _intrinsics.call_out_of_line(_select_best, (s_row, i_row, n, k))\n        n = k\n",
+        "        _intrinsics.call_out_of_line(_select_best, (s_row, i_row, n, k))\n        n = k - 1\n",
         ("tests/test_similarity.py",),
         "compacting a full candidate pool keeps only k - 1 of its best",
     ),
