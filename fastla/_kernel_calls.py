@@ -2,12 +2,12 @@
 ``fastla.warmup`` (``fastla/_warmup.py``).
 
 A user's function that calls a kernel compiles the kernel's own pieces (the out-of-line kernels and
-the ones LLVM inlines) into fastla's cache on its first call: 4-6 s for the products, the softmax
-family or the solvers, cold. These functions make those calls for one dtype, on C-contiguous
-mutable arrays (the type of a user's arrays and of their views ``X[i]``), in every form the kernels
-module offers (``out=`` and allocating, one row or system and 2-D), so that a user's first call
-after ``python -m fastla warmup`` compiles only the user's function. They are ``user_njit``
-functions (cached, as a user's ``cache=True`` code): a second warm-up loads them.
+the ones LLVM inlines) into fastla's cache on its first call: 3.8-5.8 s each for the solvers, the
+softmax family or the products (float64, Zen 4, cold). These functions make those calls for one
+dtype, on C-contiguous mutable arrays (the type of a user's arrays and of their views ``X[i]``), in
+every form the kernels module offers (``out=`` and allocating, one row or system and 2-D), so that
+a user's first call after ``python -m fastla warmup`` compiles only the user's function. They are
+``user_njit`` functions (cached, as a user's ``cache=True`` code): a second warm-up loads them.
 """
 
 from __future__ import annotations

@@ -1275,7 +1275,7 @@ _ONE = np.uint64(1)
 
 @jit(inline="always")
 def _append(s_row, i_row, n, k, v, idx):
-    """Append the candidate ``idx`` with score ``v`` to a pool of ``n`` entries (see
+    """Append the candidate ``idx`` with score ``v`` to a pool of ``n >= k`` entries (see
     :func:`_merge_row`); a pool full at ``2k`` is compacted to its best ``k``. Returns the new
     ``n``: ``k`` right after a compaction (an append alone leaves more than ``k``), when the caller
     re-reads its threshold, the new ``k``-th best."""
