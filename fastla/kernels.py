@@ -183,11 +183,6 @@ def _matmul_shape_error():
 
 
 @jit
-def _lu_shape_error():
-    raise ValueError("fastla.kernels.lu_factor: a must be 2-D (m, n), lu (m, n) and piv (min(m, n),)")
-
-
-@jit
 def _cosine_shape_error():
     raise ValueError("fastla.kernels.cosine_similarity: X (n, d), Y (m, d), out (n, m)")
 
@@ -1116,9 +1111,9 @@ def _solve_inplace_vec(a, b):
 
 @jit
 def _lu_factor(a, lu, piv):
+    """Factor ``a`` (m, n) into ``lu`` (its shape) and ``piv`` (min(m, n)), both allocated by the
+    callers below."""
     m, n = a.shape
-    if lu.shape != a.shape or piv.shape[0] != min(m, n):
-        _lu_shape_error()
     _copy2d(lu, a)
     start = n - n  # run-time zeros (see _gemm_kernels' "literal arguments")
     info = _lu._panel(lu, start, min(m, n), piv, start)
@@ -1133,7 +1128,7 @@ def lu_factor(a):
     warns) rather than raising."""
     (a,) = _floats("lu_factor", a)
     if a.ndim != 2:
-        _lu_shape_error()
+        raise ValueError("fastla.kernels.lu_factor: a must be 2-D (m, n)")
     lu, piv = np.empty(a.shape, a.dtype), np.empty(min(a.shape), np.int32)
     _call(_lu_factor, a, lu, piv)
     return lu, piv
