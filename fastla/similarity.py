@@ -1358,11 +1358,33 @@ class TopkScratch(NamedTuple):
     tiles: np.ndarray
 
 
+def _pack_corpus_panel(b, p0, kc, j0, cols, col_scale, out, off):
+    """One panel of the corpus operand ``b`` packed by ``_gemm_kernels.pack_b_half_panel`` when
+    ``b`` holds a float16 corpus's bits (``uint16``), else by ``pack_b_panel``: picked from ``b``'s
+    type where the pack task compiles, and called through its symbol, so that the float kernels
+    never compile the float16 packer. Not a function argument of the task, as it was: a dispatcher
+    in a kernel's signature is keyed by a per-process identity (Numba's uuid of the dispatcher), so
+    the cached packed top-k never matched in another process and compiled again in each one (0.8 s
+    of its first call, whatever the warm-up had cached)."""
+    pack = _gk.pack_b_half_panel if b.data.dtype == np.uint16 else _gk.pack_b_panel
+    pack(b, p0, kc, j0, cols, col_scale, out, off)
+
+
+@_jit.overload(_pack_corpus_panel)
+def _pack_corpus_panel_typer(b, p0, kc, j0, cols, col_scale, out, off):
+    half = b.types[b.fields.index("data")].dtype == _jit.nb_types.uint16
+    pack = _gk.pack_b_half_panel if half else _gk.pack_b_panel
+
+    def impl(b, p0, kc, j0, cols, col_scale, out, off):
+        _ool(pack, (b, p0, kc, j0, cols, col_scale, out, off))
+
+    return impl
+
+
 @jit(python_wrapper=False)
-def _topk_pack_task(b, inv_c, bp, t, j0, cols, pack, jp):
+def _topk_pack_task(b, inv_c, bp, t, j0, cols, jp):
     """Task ``jp`` of a corpus tile (rows ``j0 : j0 + cols``): its NR-wide panel ``jp``, scaled by
-    the rows' inverse norms, at every depth block, by ``pack`` (``_gemm_kernels.pack_b_panel``, or
-    ``pack_b_half_panel`` for a float16 corpus: see :func:`_corpus_packer`), through its symbol."""
+    the rows' inverse norms, at every depth block (:func:`_pack_corpus_panel`)."""
     d = b.rows
     tn = t.tn
     kc_max = min(t.kc, d)
@@ -1373,7 +1395,7 @@ def _topk_pack_task(b, inv_c, bp, t, j0, cols, pack, jp):
     pack_cols = min(nr, cols - jp * nr)
     for pc in range(0, d, kc_max):
         kc = min(kc_max, d - pc)
-        _ool(pack, (b, pc, kc, j0 + jp * nr, pack_cols, inv_c, bp, pc * tn + jp * kc * nr))
+        _pack_corpus_panel(b, pc, kc, j0 + jp * nr, pack_cols, inv_c, bp, pc * tn + jp * kc * nr)
 
 
 @jit(python_wrapper=False)
@@ -1417,14 +1439,14 @@ def _topk_block_task(q, b, inv_q, alpha, t, scratch, pool, scores, index, j0, co
 
 
 @jit
-def _topk_kernel(q, b, inv_q, inv_c, alpha, t, scratch, pool, scores, index, pack):
+def _topk_kernel(q, b, inv_q, inv_c, alpha, t, scratch, pool, scores, index):
     """Fused top-k: corpus tiles of ``t.tn`` rows (packed once into ``scratch.bp``, shared) and
     query blocks of ``t.mc`` rows per thread (packed into ``scratch.ap``), scored by the GEMM
     macro-kernel into the thread's score block in ``scratch.sc`` and merged at once into each
     query's candidate pool (``pool``: scores, indices and sizes, see :func:`_merge_row`), whose best
     k go to ``scores``/``index`` after the last tile. ``q`` (queries) and ``b`` (the corpus
     transposed) are GEMM operands (``_gemm_kernels.Operand``); ``t`` a :class:`TopkTiling`,
-    ``scratch`` a :class:`TopkScratch`, ``pack`` the corpus's panel packer (:func:`_corpus_packer`).
+    ``scratch`` a :class:`TopkScratch`.
     Per tile, two parallel loops of tasks
     (``fastla._intrinsics.parallel_tasks``, no ``prange``): the panels of the tile, then the
     threads' query blocks."""
@@ -1434,17 +1456,11 @@ def _topk_kernel(q, b, inv_q, inv_c, alpha, t, scratch, pool, scores, index, pac
     for j0 in range(0, ncorp, t.tn):
         cols = min(t.tn, ncorp - j0)
         npan = (cols + nr - 1) // nr
-        panels = (b, inv_c, scratch.bp, t, j0, cols, pack)
+        panels = (b, inv_c, scratch.bp, t, j0, cols)
         # runs of consecutive panels per thread: the corpus rows stream in order (7% faster)
         _intrinsics.parallel_tasks(t.pack_at, _topk_pack_task, panels, npan, threads, True)
         blocks = (q, b, inv_q, alpha, t, scratch, pool, scores, index, j0, cols)
         _intrinsics.parallel_tasks(t.block_at, _topk_block_task, blocks, threads, threads)
-
-
-def _corpus_packer(storage):
-    """The packing routine of the corpus's panels: a function argument of the pack task (compiled
-    per corpus dtype), so that the float kernels never compile the float16 one."""
-    return _gk.pack_b_half_panel if storage == _HALF else _gk.pack_b_panel
 
 
 def _corpus_operand(c):
@@ -1462,7 +1478,7 @@ def _topk_task_examples(storage, block):
     a, b = _gk.operand(rows), _corpus_operand(_c_input(np.zeros((1, 1), storage)))
     t = TopkTiling(1, 1, 1, 1, 0, 0)
     if not block:
-        return (b, flat, flat, t, 0, 0, _corpus_packer(np.dtype(storage)), 0)
+        return (b, flat, flat, t, 0, 0, 0)
     pool = (np.empty((1, 2), dtype), np.empty((1, 2), np.intp), np.zeros(1, np.int64))
     scores, index = np.empty((1, 1), dtype), np.empty((1, 1), np.intp)
     return (a, b, flat, dtype.type(1), t, TopkScratch(flat, flat, flat, flat), pool, scores, index, 0, 0, 0)
@@ -1700,6 +1716,5 @@ def _topk_numba(q, c, k, batch_size, squeeze, c_norms):
             t = TopkTiling(mc, tn, blk.KC, threads, TOPK_PACK.address(c.dtype), TOPK_BLOCK.address(c.dtype))
             pool = (np.empty((nq, 2 * k), dt), np.empty((nq, 2 * k), np.intp), np.zeros(nq, np.int64))
             scratch = TopkScratch(bp, ap, sc, tiles)
-            pack = _corpus_packer(c.dtype)
-            _topk_kernel(a, b, inv_q, inv_c, dt.type(1), t, scratch, pool, scores, idx, pack)
+            _topk_kernel(a, b, inv_q, inv_c, dt.type(1), t, scratch, pool, scores, idx)
     return _topk_result(scores, idx, squeeze)

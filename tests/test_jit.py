@@ -486,7 +486,7 @@ def _nan_topk_block_task(q, b, inv_q, alpha, t, scratch, pool, scores, index, j0
 
 
 @_jit.jit(python_wrapper=False)
-def _nan_topk_pack_task(b, inv_c, bp, t, j0, cols, pack, jp):
+def _nan_topk_pack_task(b, inv_c, bp, t, j0, cols, jp):
     """Stand-in for ``similarity._topk_pack_task`` with its signature: a tile of NaN."""
     for p in range(bp.size):
         bp[p] = np.nan

@@ -26,7 +26,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fastla.__file__)))
 
 
 def _python(code, cache_dir, extra_env=None, cwd=None, check=True):
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir), **(extra_env or {})}
+    """Run ``code`` in a new Python process with ``cache_dir`` as its NUMBA_CACHE_DIR (None: this
+    process's cache)."""
+    env = {**os.environ, **(extra_env or {})}
+    if cache_dir is not None:
+        env["NUMBA_CACHE_DIR"] = str(cache_dir)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [cwd or ROOT, os.environ.get("PYTHONPATH")]))
     proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
@@ -86,15 +90,43 @@ def test_the_kernels_warmup_runs_in_process():
 
 def _cache_misses():
     """Signatures compiled rather than loaded from the cache, per dispatcher of fastla's modules
-    (``{qualified name: count}``)."""
+    and per step of the lane solver (one per n and k, made on demand: ``{qualified name: count}``)."""
+    from fastla import _lane_solver
+
+    found = [
+        (f"{mod_name}.{name}", obj)
+        for mod_name, mod in list(sys.modules.items())
+        if mod_name == "fastla" or mod_name.startswith("fastla.")
+        for name, obj in list(vars(mod).items())
+    ]
+    found += [(f"fastla._lane_solver._STEPS[{key}]", step) for key, step in list(_lane_solver._STEPS.items())]
     counts = {}
-    for mod_name, mod in list(sys.modules.items()):
-        if mod_name == "fastla" or mod_name.startswith("fastla."):
-            for name, obj in list(vars(mod).items()):
-                stats = getattr(obj, "stats", None) if hasattr(obj, "py_func") else None
-                if stats is not None:
-                    counts[f"{mod_name}.{name}"] = sum(stats.cache_misses.values())
+    for name, obj in found:
+        stats = getattr(obj, "stats", None) if hasattr(obj, "py_func") else None
+        if stats is not None:
+            counts[name] = sum(stats.cache_misses.values())
     return counts
+
+
+@needs_jit
+@needs_cache
+def test_a_new_process_loads_every_kernel_the_warmup_compiled():
+    """Every op's warm-up calls, run again in a new process, compile none of fastla's kernels: each
+    one loads from the cache those calls filled (the suite's own warm-up did; the first process here
+    fills whatever it lacks). The packed top-k once took its panel packer as an argument: a
+    dispatcher in a kernel's signature is keyed by a per-process identity (Numba's uuid of it), so
+    that kernel missed the cache in every process (0.8 s of each first call)."""
+    code = """
+        from fastla import _warmup
+        from tests.test_warmup import _cache_misses
+        for op in _warmup.OPS:
+            for dt in _warmup.DTYPES:
+                _warmup.run_one(op, dt)
+        print({name: n for name, n in _cache_misses().items() if n})
+    """
+    _python(code, None)
+    again = _python(code, None)
+    assert again.stdout.strip().splitlines()[-1] == "{}", again.stdout
 
 
 @needs_jit
