@@ -496,6 +496,11 @@ class Entry:
             self._addresses[(impl, dtype)] = found
         return found
 
+    def loaded(self, dtype, impl=None):
+        """Whether :meth:`address` has compiled (or loaded) ``impl`` (default ``fn``) for ``dtype``
+        in this process."""
+        return (self.fn if impl is None else impl, np.dtype(dtype)) in self._addresses
+
     @classmethod
     def takes(cls, fn_type, args_type):
         """Whether the Numba types of a call ``fn(*args)`` are a signature that an :class:`Entry`

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from fastla import _config, _jit, _profile
+from fastla import _config, _first_use, _jit, _profile
 
 
 class BackendUnavailable(RuntimeError):
@@ -100,11 +100,14 @@ class Operation:
         return requested, f"{how}{requested!r}"
 
     def run(self, backend, prep):
-        """Choose the impl for ``prep`` and run it on the clean arguments."""
-        name, _ = self.choose(backend, prep)
+        """Choose the impl for ``prep`` and run it on the clean arguments (a call that runs NumPy
+        until its size's kernel pays for its compile is timed for that: ``fastla._first_use``)."""
+        name, reason = self.choose(backend, prep)
         impl = self.impls[name]
         if impl.needs_numba:
             return _jit.run_parallel(impl.fn, *prep.args, **prep.kwargs)
+        if type(reason) is _first_use.Pending:
+            return reason.run(impl.fn, *prep.args, **prep.kwargs)
         return impl.fn(*prep.args, **prep.kwargs)
 
 

@@ -42,7 +42,7 @@ from fastla import _gemm_kernels as _gk
 from fastla import _intrinsics, _jit, _registry, _validate
 from fastla._intrinsics import wide_vectors
 from fastla._jit import jit
-from fastla._lane_solver import _SPREAD, LANE_RHS, lanes, solve_stack
+from fastla._lane_solver import _SPREAD, LANE_RHS, STEPS, lanes, solve_stack, step_key
 
 __all__ = ["LinAlgWarning", "lu_factor", "lu_solve", "solve"]
 
@@ -511,7 +511,8 @@ def _prepare_linsolve(a, b):
     dtype, why = _validate.compute_dtype((a, b), ints_to_float64=True)
     if why is None:
         a, b = _validate.native(a, dtype), _validate.native(b, dtype)
-    facts = {"n": n, "batch": math.prod(stack), "solve": True}
+    k = 1 if b.ndim == 1 else b.shape[-1]
+    facts = {"n": n, "batch": math.prod(stack), "solve": True, "k": k, "dtype": dtype}
     return _registry.Prepared(SolveArgs(a, b), compiled=why, facts=facts)
 
 
@@ -548,6 +549,10 @@ def _threads_win(n, batch):
 def _rule(prep):
     f = prep.facts
     if _batched_wins(f["n"], f["batch"]):
+        if f.get("solve"):  # the lane solver's step for this n: compiled per size (_first_use)
+            key = step_key(f["dtype"], f["n"], f["k"])
+            if not STEPS.wins(key):
+                return "numpy", STEPS.pending(key, f"stack of {f['batch']} systems of size {f['n']}")
         return (
             "numba",
             lambda: (
@@ -698,8 +703,13 @@ def solve(a, b, *, backend=None):
             if a.ndim == 2 and a.shape[0] == n and 1 <= b.ndim <= 2 and b.shape[0] == n:
                 return _jit.run_parallel(_solve_numba, a, b) if forced else _solve_numpy(a, b)
             if a.ndim == 3 and a.shape[1] == n and b.ndim == 3 and b.shape[:2] == a.shape[:2]:
-                if forced or _batched_wins(n, a.shape[0]) or _threads_win(n, a.shape[0]):
+                if forced or _threads_win(n, a.shape[0]):
                     return _jit.run_parallel(_solve_numba, a, b)
+                if _batched_wins(n, a.shape[0]):
+                    key = step_key(a.dtype, n, b.shape[2])
+                    if STEPS.wins(key):
+                        return _jit.run_parallel(_solve_numba, a, b)
+                    return STEPS.run_numpy(key, _solve_numpy, a, b)
                 return _solve_numpy(a, b)
     return _validate.wrap_like(b, _LINSOLVE.run(backend, _prepare_linsolve(a, b)))
 

@@ -226,6 +226,9 @@ def _rule(prep):
     f = prep.facts
     shape = f"{f['m']}x{f['k']} @ {f['k']}x{f['n']} (batch {f['batch']})"
     if _small_stack_wins(f["m"], f["k"], f["n"], f["batch"], f["b_stacked"]):
+        key = _gk.fixed_key(f["m"], f["k"], f["n"], f["dtype"])  # a per-size kernel (_first_use)?
+        if key is not None and not _gk.FIXED.wins(key):
+            return "numpy", _gk.FIXED.pending(key, f"stack of {f['batch']} small matrices ({shape})")
         return (
             "numba",
             lambda: (
@@ -352,8 +355,13 @@ def matmul(a, b, /, out=None, *, backend=None):
                 return _matmul_numpy(a, b, None)
             if a.ndim == 3 and a.shape[0] == b.shape[0] and a.shape[2] == b.shape[1]:
                 batch, m, k = a.shape
-                if forced or _compiled_wins(m, k, b.shape[2], batch, True, dt):
+                if forced:
                     return _jit.run_parallel(_matmul_numba, a, b, None)
+                if _compiled_wins(m, k, b.shape[2], batch, True, dt):
+                    key = _gk.fixed_key(m, k, b.shape[2], dt)  # a per-size kernel (_first_use)?
+                    if key is None or _gk.FIXED.wins(key):
+                        return _jit.run_parallel(_matmul_numba, a, b, None)
+                    return _gk.FIXED.run_numpy(key, _matmul_numpy, a, b, None)
                 return _matmul_numpy(a, b, None)
     return _OP.run(backend, _prepare(a, b, out))
 

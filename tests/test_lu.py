@@ -464,7 +464,10 @@ def test_scipys_positional_arguments(rng):
         fastla.lu_factor(a, False, True, "numba")  # backend stays keyword-only
 
 
-def test_auto_rule():
+def test_auto_rule(monkeypatch):
+    # the size rule alone: a size whose kernel is not compiled yet waits for the break-even first
+    # (tests/test_first_use.py)
+    monkeypatch.setattr(fastla._first_use, "WAIT_FOR_BREAK_EVEN", False)
     assert fastla.explain("solve", np.ones((1000, 4, 4)), np.ones((1000, 4, 1)))[0] == "numba"
     assert fastla.explain("solve", np.ones((500, 500)), np.ones(500))[0] == "numpy"
     # the stack size from which the lane kernel takes over shrinks as n grows (LAPACK's cost per

@@ -197,7 +197,10 @@ def test_stacks_and_1d(sa, sb, dtype, rng):
         assert np.isscalar(fastla.matmul(a, b, backend="numba"))
 
 
-def test_small_stack_uses_numba_under_auto(rng):
+def test_small_stack_uses_numba_under_auto(rng, monkeypatch):
+    # the size rule alone: a size whose kernel is not compiled yet waits for the break-even first
+    # (tests/test_first_use.py)
+    monkeypatch.setattr(fastla._first_use, "WAIT_FOR_BREAK_EVEN", False)
     a = rng.standard_normal((1000, 4, 4))
     assert fastla.explain("matmul", a, a)[0] == "numba"
     assert fastla.explain("matmul", a[:10], a[:10])[0] == "numpy"  # too short a stack to pay off

@@ -1,0 +1,159 @@
+"""auto and the kernels compiled per size (``fastla._first_use``): NumPy until a size's kernel pays
+for its compile, the kernel at once where it is compiled or cached."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import fastla
+from fastla import _first_use, _gemm_kernels, _jit, _lane_solver, lu
+
+needs_jit = pytest.mark.skipif(not _jit.JIT_ENABLED, reason="a kernel to compile")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fastla.__file__)))
+
+
+def _not_compiled(monkeypatch, sizes, seconds):
+    """``sizes`` with no kernel compiled or cached, its state fresh, compiling estimated at
+    ``seconds``: the break-even comes after that much NumPy time."""
+    monkeypatch.setattr(sizes, "_compiled", lambda key: False)
+    monkeypatch.setattr(sizes, "_cached", lambda key: False)
+    monkeypatch.setattr(sizes, "estimate", lambda key: seconds)
+    monkeypatch.setattr(sizes, "_ready", set())
+    monkeypatch.setattr(sizes, "_probed", set())
+    monkeypatch.setattr(sizes, "spent", {})
+
+
+def _spy(monkeypatch, module, name):
+    calls = []
+    real = getattr(module, name)
+
+    def spy(*args, **kwargs):
+        calls.append(name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, spy)
+    return calls
+
+
+@needs_jit
+def test_a_stack_of_a_new_size_is_solved_by_numpy_until_the_break_even(monkeypatch, rng):
+    """The fast path and the full path both: NumPy while the NumPy calls of this size have taken
+    less time than the estimate, each call's time charged to the size; then the compiled kernel.
+    The answers are NumPy's, then the kernel's (the same to rounding); explain says each step."""
+    _not_compiled(monkeypatch, _lane_solver.STEPS, 0.05)
+    a = rng.standard_normal((300, 5, 5)) + 5 * np.eye(5)
+    b = rng.standard_normal((300, 5, 2))
+    key = _lane_solver.step_key(np.float64, 5, 2)
+    numpy_calls = _spy(monkeypatch, lu, "_solve_numpy")
+    name, reason = fastla.explain("solve", a, b)
+    assert name == "numpy" and "neither compiled nor cached" in reason and "0.000 s so far" in reason, reason
+    calls = 0
+    while fastla.explain("solve", a, b)[0] == "numpy":
+        np.testing.assert_allclose(fastla.solve(a, b), np.linalg.solve(a, b), rtol=1e-12, atol=1e-12)
+        calls += 1
+        assert calls < 10_000
+    assert len(numpy_calls) == calls >= 1  # every call until then ran NumPy, timed
+    assert _lane_solver.STEPS.spent[key] >= 0.05
+    assert "beats a LAPACK call per system" in fastla.explain("solve", a, b)[1]
+    ran = _spy(monkeypatch, lu, "_solve_numba")
+    np.testing.assert_allclose(fastla.solve(a, b), np.linalg.solve(a, b), rtol=1e-10, atol=1e-10)
+    assert ran == ["_solve_numba"]
+    # the full path (a right-hand side broadcast from one (n, k) block) charges its NumPy calls too
+    _not_compiled(monkeypatch, _lane_solver.STEPS, 1e9)
+    fastla.solve(a, b[0])
+    assert _lane_solver.STEPS.spent[key] > 0
+
+
+@needs_jit
+def test_a_stack_of_new_small_products_runs_numpy_until_the_break_even(monkeypatch, rng):
+    """The same for the per-size stacked product (5x5 here: not a vector-tile shape)."""
+    _not_compiled(monkeypatch, _gemm_kernels.FIXED, 0.02)
+    module = sys.modules["fastla.matmul"]
+    a = rng.standard_normal((400, 5, 5))
+    key = _gemm_kernels.fixed_key(5, 5, 5, a.dtype)
+    assert key is not None and _gemm_kernels.fixed_key(4, 4, 4, a.dtype) is None  # 4x4: the tile
+    numpy_calls = _spy(monkeypatch, module, "_matmul_numpy")
+    assert "neither compiled nor cached" in fastla.explain("matmul", a, a)[1]
+    calls = 0
+    while fastla.explain("matmul", a, a)[0] == "numpy":
+        np.testing.assert_allclose(fastla.matmul(a, a), a @ a, rtol=1e-12)
+        calls += 1
+        assert calls < 10_000
+    assert len(numpy_calls) == calls >= 1 and _gemm_kernels.FIXED.spent[key] >= 0.02
+    np.testing.assert_allclose(fastla.matmul(a, a), a @ a, rtol=1e-12)
+    assert len(numpy_calls) == calls  # the kernel ran
+
+
+@needs_jit
+def test_forcing_numba_compiles_at_once(monkeypatch, rng):
+    _not_compiled(monkeypatch, _lane_solver.STEPS, 1e9)
+    a = rng.standard_normal((100, 3, 3)) + 3 * np.eye(3)
+    b = rng.standard_normal((100, 3, 1))
+    assert fastla.explain("solve", a, b)[0] == "numpy"
+    assert fastla.explain("solve", a, b, backend="numba")[0] == "numba"
+    ran = _spy(monkeypatch, lu, "_solve_numba")
+    fastla.solve(a, b, backend="numba")
+    assert ran == ["_solve_numba"]
+
+
+def test_with_the_jit_off_or_the_wait_switched_off_nothing_waits(monkeypatch):
+    sizes = _first_use.Sizes("test kernel", lambda key: False, lambda key: False, lambda key: 1e9)
+    assert sizes.ready("k") is (not _jit.JIT_ENABLED)
+    monkeypatch.setattr(_first_use, "WAIT_FOR_BREAK_EVEN", False)
+    assert sizes.ready("other") and sizes.wins("other")
+
+
+def test_the_disk_probe_reads_an_index_once_per_size_and_says_no_where_it_cannot_tell():
+    probes = []
+
+    def cached(key):
+        probes.append(key)
+        return key == "on disk"
+
+    sizes = _first_use.Sizes("test kernel", lambda key: False, cached, lambda key: 1.0)
+    if _jit.JIT_ENABLED:
+        assert not sizes.ready("new") and not sizes.ready("new")
+        assert sizes.ready("on disk") and sizes.ready("on disk")
+        assert probes == ["new", "on disk"]
+        sizes.run_numpy("new", lambda: None)
+        assert 0 < sizes.spent["new"] < 1.0 and not sizes.wins("new")
+    assert not _first_use.in_disk_cache(object(), ())  # no cache to read
+
+
+def _python(code):
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))},
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.strip().splitlines()[-1]
+
+
+@needs_jit
+@pytest.mark.skipif(not _jit.CACHE, reason="on-disk cache off (a codegen override is set)")
+def test_a_size_whose_kernel_is_cached_runs_it_from_the_first_call():
+    """A process that compiled a size's kernels (forced) leaves them in the cache; the next process
+    finds them there and runs them from its first auto call (the solver's step and the product)."""
+    code = """
+        import numpy as np, fastla
+        a = np.ones((300, 6, 6)) + 6 * np.eye(6)
+        b = np.ones((300, 6, 2))
+        p = np.ones((400, 5, 3))
+        q = np.ones((400, 3, 6))
+        print(fastla.explain("solve", a, b)[0], fastla.explain("matmul", p, q)[0])
+        fastla.solve(a, b, backend="numba")
+        fastla.matmul(p, q, backend="numba")
+        """
+    _python(code)
+    assert _python(code) == "numba numba"
