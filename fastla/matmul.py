@@ -228,7 +228,8 @@ def _rule(prep):
     if _small_stack_wins(f["m"], f["k"], f["n"], f["batch"], f["b_stacked"]):
         key = _gk.fixed_key(f["m"], f["k"], f["n"], f["dtype"])  # a per-size kernel (_first_use)?
         if key is not None and not _gk.FIXED.wins(key):
-            return "numpy", _gk.FIXED.pending(key, f"stack of {f['batch']} small matrices ({shape})")
+            sizes = f"{f['m']}x{f['k']} @ {f['k']}x{f['n']}"
+            return "numpy", _gk.FIXED.pending(key, f"stack of {f['batch']} small matrices ({sizes})")
         return (
             "numba",
             lambda: (
