@@ -1710,13 +1710,16 @@ def small_fixed_kernel(m, k, n):
     return kernel
 
 
-def fixed_key(m, k, n, dtype):
-    """The key in :data:`FIXED` of a stack of m x k @ k x n products of ``dtype`` (one dtype
-    throughout) when it runs the per-size kernel (:func:`small_fixed_kernel`), else None."""
+def stack_key(m, k, n, dtype):
+    """The key in :data:`FIXED` of a stack of m x k @ k x n products of ``dtype`` (a NumPy dtype,
+    one throughout)."""
+    return (dtype.char, m, k, n)
+
+
+def _runs_fixed(m, k, n, itemsize):
+    """Whether such a stack runs the per-size kernel (:func:`small_fixed_kernel`)."""
     fits = 0 < min(m, k, n) and max(m, k, n) <= SMALL_FIXED_MAX
-    if not fits or tiles_beat_unrolled(m, k, n, dtype.itemsize):
-        return None
-    return (dtype, m, k, n)
+    return fits and not tiles_beat_unrolled(m, k, n, itemsize)
 
 
 @functools.cache
@@ -1729,18 +1732,23 @@ def _fixed_signature(dtype):
 
 
 def _fixed_compiled(key):
-    dtype, m, k, n = key
+    """Whether a stack of this key runs without compiling for its size: a kernel that is not
+    per-size (vector tiles, larger products), or its per-size kernel compiled here."""
+    char, m, k, n = key
+    dtype = np.dtype(char)
+    if not _runs_fixed(m, k, n, dtype.itemsize):
+        return True
     kernel = _SMALL_KERNELS.get((m, k, n))
     return kernel is not None and _fixed_signature(dtype) in kernel.overloads
 
 
 def _fixed_cached(key):
-    dtype, m, k, n = key
-    return _first_use.in_disk_cache(small_fixed_kernel(m, k, n), _fixed_signature(dtype))
+    char, m, k, n = key
+    return _first_use.in_disk_cache(small_fixed_kernel(m, k, n), _fixed_signature(np.dtype(char)))
 
 
 #: The per-size stacked products as a family (:mod:`fastla._first_use`), keyed by
-#: :func:`fixed_key`: compiling one took 0.49-0.55 s for every size measured (Zen 4, 2 to 16,
+#: :func:`stack_key`: compiling one took 0.49-0.55 s for every size measured (Zen 4, 2 to 16,
 #: float32 and float64, first call after a full ``fastla warmup``).
 FIXED = _first_use.Sizes("unrolled stacked product", _fixed_compiled, _fixed_cached, lambda key: 0.5)
 

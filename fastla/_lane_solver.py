@@ -809,23 +809,23 @@ STEP = _jit.Entry(_step_any, _step_examples)
 
 
 def step_key(dtype, n, k):
-    """The key of the step a stack of n x n systems with ``k`` right-hand sides runs, in
-    :data:`STEPS`: ``(dtype, n, columns a pass)``."""
-    return (np.dtype(dtype), n, min(max(k, 1), LANE_RHS))
+    """The key in :data:`STEPS` of the step that a stack of n x n systems of ``dtype`` (a NumPy
+    dtype) with ``k`` right-hand sides runs: ``(dtype.char, n, columns a pass)``."""
+    return (dtype.char, n, min(max(k, 1), LANE_RHS))
 
 
 def _step_compiled(key):
-    dtype, n, k = key
+    char, n, k = key
     step = _STEPS.get((n, k))
-    return step is not None and STEP.loaded(dtype, step)
+    return step is not None and STEP.loaded(np.dtype(char), step)
 
 
 def _step_cached(key):
-    dtype, n, k = key
+    char, n, k = key
     step = _STEPS.get((n, k))
     if step is None:
         step = _STEPS[(n, k)] = _make_step(n, k)
-    return _first_use.in_disk_cache(step, STEP.signature(dtype))
+    return _first_use.in_disk_cache(step, STEP.signature(np.dtype(char)))
 
 
 #: The steps as a family of per-size kernels (:mod:`fastla._first_use`), keyed by :func:`step_key`.

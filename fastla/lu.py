@@ -703,13 +703,15 @@ def solve(a, b, *, backend=None):
             if a.ndim == 2 and a.shape[0] == n and 1 <= b.ndim <= 2 and b.shape[0] == n:
                 return _jit.run_parallel(_solve_numba, a, b) if forced else _solve_numpy(a, b)
             if a.ndim == 3 and a.shape[1] == n and b.ndim == 3 and b.shape[:2] == a.shape[:2]:
-                if forced or _threads_win(n, a.shape[0]):
+                if forced:
                     return _jit.run_parallel(_solve_numba, a, b)
                 if _batched_wins(n, a.shape[0]):
-                    key = step_key(a.dtype, n, b.shape[2])
+                    key = (a.dtype.char, n, min(b.shape[2], LANE_RHS) or 1)  # step_key, inlined
                     if STEPS.wins(key):
                         return _jit.run_parallel(_solve_numba, a, b)
                     return STEPS.run_numpy(key, _solve_numpy, a, b)
+                if _threads_win(n, a.shape[0]):
+                    return _jit.run_parallel(_solve_numba, a, b)
                 return _solve_numpy(a, b)
     return _validate.wrap_like(b, _LINSOLVE.run(backend, _prepare_linsolve(a, b)))
 

@@ -226,8 +226,8 @@ def _rule(prep):
     f = prep.facts
     shape = f"{f['m']}x{f['k']} @ {f['k']}x{f['n']} (batch {f['batch']})"
     if _small_stack_wins(f["m"], f["k"], f["n"], f["batch"], f["b_stacked"]):
-        key = _gk.fixed_key(f["m"], f["k"], f["n"], f["dtype"])  # a per-size kernel (_first_use)?
-        if key is not None and not _gk.FIXED.wins(key):
+        key = _gk.stack_key(f["m"], f["k"], f["n"], f["dtype"])  # a per-size kernel (_first_use)?
+        if not _gk.FIXED.wins(key):
             sizes = f"{f['m']}x{f['k']} @ {f['k']}x{f['n']}"
             return "numpy", _gk.FIXED.pending(key, f"stack of {f['batch']} small matrices ({sizes})")
         return (
@@ -359,8 +359,8 @@ def matmul(a, b, /, out=None, *, backend=None):
                 if forced:
                     return _jit.run_parallel(_matmul_numba, a, b, None)
                 if _compiled_wins(m, k, b.shape[2], batch, True, dt):
-                    key = _gk.fixed_key(m, k, b.shape[2], dt)  # a per-size kernel (_first_use)?
-                    if key is None or _gk.FIXED.wins(key):
+                    key = (dt.char, m, k, b.shape[2])  # _gk.stack_key: a per-size kernel (_first_use)?
+                    if _gk.FIXED.wins(key):
                         return _jit.run_parallel(_matmul_numba, a, b, None)
                     return _gk.FIXED.run_numpy(key, _matmul_numpy, a, b, None)
                 return _matmul_numpy(a, b, None)

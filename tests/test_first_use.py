@@ -49,7 +49,7 @@ def test_a_stack_of_a_new_size_is_solved_by_numpy_until_the_break_even(monkeypat
     _not_compiled(monkeypatch, _lane_solver.STEPS, 0.05)
     a = rng.standard_normal((300, 5, 5)) + 5 * np.eye(5)
     b = rng.standard_normal((300, 5, 2))
-    key = _lane_solver.step_key(np.float64, 5, 2)
+    key = _lane_solver.step_key(np.dtype(np.float64), 5, 2)
     numpy_calls = _spy(monkeypatch, lu, "_solve_numpy")
     name, reason = fastla.explain("solve", a, b)
     assert name == "numpy" and "neither compiled nor cached" in reason and "0.000 s so far" in reason, reason
@@ -76,8 +76,8 @@ def test_a_stack_of_new_small_products_runs_numpy_until_the_break_even(monkeypat
     _not_compiled(monkeypatch, _gemm_kernels.FIXED, 0.02)
     module = sys.modules["fastla.matmul"]
     a = rng.standard_normal((400, 5, 5))
-    key = _gemm_kernels.fixed_key(5, 5, 5, a.dtype)
-    assert key is not None and _gemm_kernels.fixed_key(4, 4, 4, a.dtype) is None  # 4x4: the tile
+    key = _gemm_kernels.stack_key(5, 5, 5, a.dtype)
+    assert _gemm_kernels._runs_fixed(5, 5, 5, 8) and not _gemm_kernels._runs_fixed(4, 4, 4, 8)  # 4x4: tiles
     numpy_calls = _spy(monkeypatch, module, "_matmul_numpy")
     assert "neither compiled nor cached" in fastla.explain("matmul", a, a)[1]
     calls = 0

@@ -1399,7 +1399,7 @@ MUTANTS = [
     Mutant(
         "first-use-matmul-fast-path-compiles-at-once",
         "matmul.py",
-        "                    if key is None or _gk.FIXED.wins(key):\n",
+        "                    if _gk.FIXED.wins(key):\n",
         "                    if True:\n",
         ("tests/test_first_use.py",),
         "matmul's fast path compiles a new size's unrolled stacked product at the first call",
