@@ -3,19 +3,16 @@ for its compile, the kernel at once where it is compiled or cached."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
 
 import fastla
 from fastla import _first_use, _gemm_kernels, _jit, _lane_solver, lu
+from tests.test_warmup import _python  # a new process on this process's cache
 
 needs_jit = pytest.mark.skipif(not _jit.JIT_ENABLED, reason="a kernel to compile")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fastla.__file__)))
 
 
 def _not_compiled(monkeypatch, sizes, seconds):
@@ -126,20 +123,6 @@ def test_the_disk_probe_reads_an_index_once_per_size_and_says_no_where_it_cannot
     assert not _first_use.in_disk_cache(object(), ())  # no cache to read
 
 
-def _python(code):
-    proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))},
-        timeout=600,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout.strip().splitlines()[-1]
-
-
 @needs_jit
 @pytest.mark.skipif(not _jit.CACHE, reason="on-disk cache off (a codegen override is set)")
 def test_a_size_whose_kernel_is_cached_runs_it_from_the_first_call():
@@ -155,5 +138,5 @@ def test_a_size_whose_kernel_is_cached_runs_it_from_the_first_call():
         fastla.solve(a, b, backend="numba")
         fastla.matmul(p, q, backend="numba")
         """
-    _python(code)
-    assert _python(code) == "numba numba"
+    _python(code, None)
+    assert _python(code, None).stdout.strip().splitlines()[-1] == "numba numba"
