@@ -510,6 +510,121 @@ def pack_a(a, span, alpha, row_scale, out, off):
     pack_rows(a.data, at, a.rs, a.cs, span.rows, span.depth, alpha, row_scale, i0, out, off)
 
 
+def _row_block_lanes(d, alpha, row_scale, out):
+    """Depth steps of one :func:`pack_row_block` for these argument types: a vector of the width
+    fastla's loops use where the source, ``alpha``, the row scale and the panel share one float
+    dtype; 0 otherwise (those are packed element by element, with the scalar code's conversions)."""
+    nbt = _jit.nb_types
+    if not all(isinstance(a, nbt.Array) and a.ndim == 1 for a in (d, row_scale, out)):
+        return 0
+    if out.dtype not in (nbt.float32, nbt.float64) or out.layout != "C" or d.layout != "C":
+        return 0
+    if not (d.dtype == row_scale.dtype == out.dtype == alpha):
+        return 0
+    return _block_lanes(str(out.dtype))
+
+
+def _row_block_lanes_typer(typingctx, d, alpha, row_scale, out):
+    value = _row_block_lanes(d, alpha, row_scale, out)
+
+    def codegen(context, builder, sig, args):
+        return context.get_constant(_jit.nb_types.intp, value)
+
+    return _jit.nb_types.intp(d, alpha, row_scale, out), codegen
+
+
+#: ``row_block_lanes(d, alpha, row_scale, out)``: :func:`pack_row_block`'s depth steps for these
+#: operands (0: no blocks), a compile-time constant
+row_block_lanes = _jit.intrinsic(lambda d, alpha, row_scale, out: _block_lanes(out.dtype, d.dtype))(
+    _row_block_lanes_typer
+)
+
+
+def _pack_row_block_twin(d, src, rs, alpha, row_scale, r, scaled, out, dst):
+    """:func:`pack_row_block` as Python."""
+    mr, v = BLOCKING[out.dtype].MR, _block_lanes(out.dtype)
+    for t in range(mr):
+        s = alpha * row_scale[r + t] if scaled else alpha
+        for e in range(v):
+            out[dst + e * mr + t] = s * d[src + t * rs + e]
+
+
+@_jit.intrinsic(_pack_row_block_twin)
+def pack_row_block(typingctx, d, src, rs, alpha, row_scale, r, scaled, out, dst):
+    """One MR x v block (v = :func:`row_block_lanes`) of an A micro-panel from rows with unit column
+    stride: ``out[dst + e*MR + t] = s_t * d[src + t*rs + e]`` for ``t < MR, e < v``, where ``s_t`` is
+    ``alpha * row_scale[r + t]`` when ``scaled``, else ``alpha``: :func:`pack_rows`'s values bit for
+    bit. Row ``t`` is one vector load, times ``s_t``; the rows are transposed in registers
+    (:func:`fastla._intrinsics.transpose_vectors`, in blocks of v rows when MR > v) and depth step
+    ``e`` is one store of MR elements. The loop it replaces stored one element at a time, MR apart:
+    packing all of a 1024 x 1024 A (MC x KC blocks) took 0.58 ms in float64 and 0.53 ms in float32,
+    against 0.25 and 0.19 ms so (Zen 4). A store that spills into the next depth step's elements,
+    which the next store overwrites, is a whole vector; one that would pass the block's end is
+    masked. ``d``, ``row_scale`` and ``out`` are 1-D; the caller keeps the block inside them."""
+    from llvmlite import ir
+
+    nbt = _jit.nb_types
+    if not all(isinstance(i, nbt.Integer) for i in (src, rs, r, dst)) or not isinstance(scaled, nbt.Boolean):
+        return None
+    v = _row_block_lanes(d, alpha, row_scale, out)
+    sig = nbt.none(d, src, rs, alpha, row_scale, r, scaled, out, dst)
+    if not v:  # row_block_lanes is 0 for such operands: its (unreached) call emits nothing
+        return sig, lambda context, builder, sig, args: context.get_dummy_value()
+    itemsize = np.dtype(str(out.dtype)).itemsize
+    mr = BLOCKING[np.dtype(str(out.dtype))].MR
+
+    def codegen(context, builder, sig, args):
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        fty = context.get_value_type(sig.args[7].dtype)
+        vty = ir.VectorType(fty, v)
+        src_i, rs_i, r_i, dst_i = (
+            context.cast(builder, args[i], sig.args[i], nbt.int64) for i in (1, 2, 5, 8)
+        )
+        data, scale, panel = (
+            context.make_array(sig.args[k])(context, builder, args[k]).data for k in (0, 4, 7)
+        )
+        alpha = args[3]
+        factors = []
+        before = builder.basic_block
+        with builder.if_then(args[6]):  # row_scale is read only when scaled (else it may be empty)
+            scaled_factors = [
+                builder.fmul(alpha, builder.load(builder.gep(scale, [builder.add(r_i, ir.Constant(i64, t))])))
+                for t in range(mr)
+            ]
+            scaled_at = builder.basic_block
+        for t in range(mr):
+            phi = builder.phi(fty)
+            phi.add_incoming(alpha, before)
+            phi.add_incoming(scaled_factors[t], scaled_at)
+            factors.append(phi)
+        rows = []
+        for t in range(mr):
+            at = builder.add(src_i, builder.mul(rs_i, ir.Constant(i64, t)))
+            x = builder.load(builder.bitcast(builder.gep(data, [at]), vty.as_pointer()), align=itemsize)
+            splat = builder.insert_element(ir.Constant(vty, ir.Undefined), factors[t], ir.Constant(i32, 0))
+            splat = builder.shuffle_vector(
+                splat, ir.Constant(vty, ir.Undefined), ir.Constant(ir.VectorType(i32, v), [0] * v)
+            )
+            rows.append(builder.fmul(splat, x))
+        blocks = []  # (first row, rows, the block's depth steps as vectors of its rows)
+        for c0 in range(0, mr, v):
+            count = min(v, mr - c0)
+            padded = rows[c0 : c0 + count] + [ir.Constant(vty, ir.Undefined)] * (v - count)
+            blocks.append((c0, count, _intrinsics.transpose_vectors(builder, padded)))
+        for e in range(v):  # in order: a store's spill past its MR elements is overwritten by the next
+            for c0, count, steps in blocks:
+                ptr = builder.bitcast(
+                    builder.gep(panel, [builder.add(dst_i, ir.Constant(i64, e * mr + c0))]), vty.as_pointer()
+                )
+                if e * mr + c0 + v <= v * mr:
+                    builder.store(steps[e], ptr, align=itemsize)
+                else:
+                    _intrinsics.masked_store(builder, steps[e], ptr, count, itemsize)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @jit(inline="always")
 def pack_rows(d, at, rs, cs, mc, kc, alpha, row_scale, r0, out, off):
     """Pack the ``mc x kc`` matrix whose element ``(i, p)`` is ``d[at + i*rs + p*cs]``, times ``alpha``
@@ -523,15 +638,23 @@ def pack_rows(d, at, rs, cs, mc, kc, alpha, row_scale, r0, out, off):
     to attention's cold first call, 2.7 -> 2.96 s: not kept.)
     """
     mr = tile_mr(out)
+    v = row_block_lanes(d, alpha, row_scale, out)
     scaled = row_scale.size > 0
     for ir in range(0, mc, mr):
         base = off + (ir // mr) * kc * mr
         rows = min(mr, mc - ir)
+        p0 = 0  # depth steps packed in blocks of v: whole panels with contiguous rows
+        if v and cs == 1 and rows == mr:
+            while p0 + v <= kc:
+                pack_row_block(
+                    d, at + ir * rs + p0, rs, alpha, row_scale, r0 + ir, scaled, out, base + p0 * mr
+                )
+                p0 += v
         for i in range(rows):
             s = alpha * row_scale[_U(r0 + ir + i)] if scaled else alpha
             row = at + (ir + i) * rs
             if cs == 1:
-                for p in range(kc):
+                for p in range(p0, kc):
                     out[_U(base + p * mr + i)] = s * d[_U(row + p)]
             else:
                 for p in range(kc):

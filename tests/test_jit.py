@@ -218,19 +218,25 @@ def _flat_parts(block):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("order", ["C", "F", "strided"])
 @pytest.mark.parametrize("scaled", [False, True])
-def test_pack_rows_lays_out_micro_panels(dtype, order, scaled, rng):
-    """``pack_rows`` (the GEMM's A packing, attention's keys and values) of a row-major, a
+@pytest.mark.parametrize("shape", ["tail panel", "whole blocks", "block tails"])
+def test_pack_rows_lays_out_micro_panels(dtype, order, scaled, shape, rng):
+    """``pack_rows`` (the GEMM's A packing, attention's keys and values) of a row-major (whole
+    panels in blocks of v depth steps, ``pack_row_block``, and the steps past them one by one), a
     column-major (unit row stride: its own loop order) and a strided block: ``alpha`` times the row
     scale times the element, in MR-tall micro-panels ``[panel, depth, row]``, zero past the last
-    row, the rest of the output untouched."""
-    mr = gk.BLOCKING[np.dtype(dtype)].MR
-    mc, kc, off = 2 * mr + 3, 7, 5
+    row, the rest of the output untouched (a last panel of whole blocks ends at the output's end:
+    its last stores must not spill)."""
+    mr, v = gk.BLOCKING[np.dtype(dtype)].MR, gk._block_lanes(dtype)
+    mc, kc = {"tail panel": (2 * mr + 3, 7), "whole blocks": (2 * mr, 2 * v), "block tails": (mr, v + 3)}[
+        shape
+    ]
+    off = 5
     x = rng.standard_normal((mc + 4, 2 * kc + 3)).astype(dtype)
     block = {"C": x, "F": np.asfortranarray(x), "strided": x[:, ::2]}[order][2 : 2 + mc, 1 : 1 + kc]
     flat, at, rs, cs = _flat_parts(block)
     row_scale = (rng.random(mc + 3) + 0.5).astype(dtype) if scaled else np.empty(0, dtype)
     panels = -(-mc // mr)
-    out = np.full(off + panels * kc * mr + 4, 7.0, dtype)
+    out = np.full(off + panels * kc * mr + 2 * v, 7.0, dtype)
     gk.pack_rows(flat, at, rs, cs, mc, kc, dtype(-1.5), row_scale, 3, out, off)
     want = -1.5 * block * (row_scale[3 : 3 + mc, None] if scaled else 1)
     padded = np.zeros((panels * mr, kc), dtype)
@@ -238,6 +244,11 @@ def test_pack_rows_lays_out_micro_panels(dtype, order, scaled, rng):
     got = out[off : off + panels * kc * mr].reshape(panels, kc, mr)
     np.testing.assert_allclose(got, padded.reshape(panels, mr, kc).transpose(0, 2, 1), rtol=1e-6)
     assert np.all(out[:off] == 7) and np.all(out[off + panels * kc * mr :] == 7)
+    # the same values as the element-by-element loop packs them from a column-major copy, bit for bit
+    flat_f, at_f, rs_f, cs_f = _flat_parts(np.asfortranarray(block))
+    loop = np.full_like(out, 7.0)
+    gk.pack_rows(flat_f, at_f, rs_f, cs_f, mc, kc, dtype(-1.5), row_scale, 3, loop, off)
+    np.testing.assert_array_equal(out.view(f"u{out.itemsize}"), loop.view(f"u{out.itemsize}"))
 
 
 @_jit.jit
