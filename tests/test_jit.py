@@ -226,7 +226,7 @@ def test_pack_rows_lays_out_micro_panels(dtype, order, scaled, shape, rng):
     scale times the element, in MR-tall micro-panels ``[panel, depth, row]``, zero past the last
     row, the rest of the output untouched (a last panel of whole blocks ends at the output's end:
     its last stores must not spill)."""
-    mr, v = gk.BLOCKING[np.dtype(dtype)].MR, gk._block_lanes(dtype)
+    mr, v = gk.BLOCKING[np.dtype(dtype)].MR, gk.row_block_steps(dtype)
     mc, kc = {"tail panel": (2 * mr + 3, 7), "whole blocks": (2 * mr, 2 * v), "block tails": (mr, v + 3)}[
         shape
     ]
