@@ -222,7 +222,8 @@ def _flat_parts(block):
 def test_pack_rows_lays_out_micro_panels(dtype, order, scaled, shape, rng):
     """``pack_rows`` (the GEMM's A packing, attention's keys and values) of a row-major (whole
     panels in blocks of v depth steps, ``pack_row_block``, and the steps past them one by one), a
-    column-major (unit row stride: its own loop order) and a strided block: ``alpha`` times the row
+    column-major (unit row stride: a vector per depth step, ``pack_col_panel``) and a strided block
+    (element by element; the other two must match it bit for bit): ``alpha`` times the row
     scale times the element, in MR-tall micro-panels ``[panel, depth, row]``, zero past the last
     row, the rest of the output untouched (a last panel of whole blocks ends at the output's end:
     its last stores must not spill)."""
@@ -244,10 +245,12 @@ def test_pack_rows_lays_out_micro_panels(dtype, order, scaled, shape, rng):
     got = out[off : off + panels * kc * mr].reshape(panels, kc, mr)
     np.testing.assert_allclose(got, padded.reshape(panels, mr, kc).transpose(0, 2, 1), rtol=1e-6)
     assert np.all(out[:off] == 7) and np.all(out[off + panels * kc * mr :] == 7)
-    # the same values as the element-by-element loop packs them from a column-major copy, bit for bit
-    flat_f, at_f, rs_f, cs_f = _flat_parts(np.asfortranarray(block))
+    # the same values as the element-by-element loop packs them from a strided copy, bit for bit
+    spread = np.zeros((mc, 2 * kc), dtype)
+    spread[:, ::2] = block
+    flat_s, at_s, rs_s, cs_s = _flat_parts(spread[:, ::2])
     loop = np.full_like(out, 7.0)
-    gk.pack_rows(flat_f, at_f, rs_f, cs_f, mc, kc, dtype(-1.5), row_scale, 3, loop, off)
+    gk.pack_rows(flat_s, at_s, rs_s, cs_s, mc, kc, dtype(-1.5), row_scale, 3, loop, off)
     np.testing.assert_array_equal(out.view(f"u{out.itemsize}"), loop.view(f"u{out.itemsize}"))
 
 
