@@ -669,8 +669,6 @@ def pack_col_panel(typingctx, d, src, cs, kc, alpha, row_scale, r, scaled, rows,
     w = min(row_block_steps(str(out.dtype)), 1 << (mr - 1).bit_length())
 
     def codegen(context, builder, sig, args):
-        from numba.core import cgutils
-
         i1, i32, i64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
         fty = context.get_value_type(sig.args[9].dtype)
         vty = ir.VectorType(fty, w)
@@ -708,7 +706,7 @@ def pack_col_panel(typingctx, d, src, cs, kc, alpha, row_scale, r, scaled, rows,
             factors.add_incoming(alpha, before)
             factors.add_incoming(scaled_f, scaled_at)
             chunks.append((c0, lanes, live, factors))
-        with cgutils.for_range(builder, kc_i) as loop:
+        with _intrinsics.counted_loop(builder, kc_i) as loop:
             step = builder.add(src_i, builder.mul(loop.index, cs_i))
             at = builder.add(dst_i, builder.mul(loop.index, ir.Constant(i64, mr)))
             for c0, lanes, live, factors in chunks:
