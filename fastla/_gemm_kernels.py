@@ -582,7 +582,7 @@ def pack_row_block(typingctx, d, src, rs, alpha, row_scale, r, scaled, out, dst)
     mr = BLOCKING[np.dtype(str(out.dtype))].MR
 
     def codegen(context, builder, sig, args):
-        i32, i64 = ir.IntType(32), ir.IntType(64)
+        i64 = ir.IntType(64)
         fty = context.get_value_type(sig.args[7].dtype)
         vty = ir.VectorType(fty, v)
         src_i, rs_i, r_i, dst_i = (
@@ -609,11 +609,7 @@ def pack_row_block(typingctx, d, src, rs, alpha, row_scale, r, scaled, out, dst)
         for t in range(mr):
             at = builder.add(src_i, builder.mul(rs_i, ir.Constant(i64, t)))
             x = builder.load(builder.bitcast(builder.gep(data, [at]), vty.as_pointer()), align=itemsize)
-            splat = builder.insert_element(ir.Constant(vty, ir.Undefined), factors[t], ir.Constant(i32, 0))
-            splat = builder.shuffle_vector(
-                splat, ir.Constant(vty, ir.Undefined), ir.Constant(ir.VectorType(i32, v), [0] * v)
-            )
-            rows.append(builder.fmul(splat, x))
+            rows.append(builder.fmul(_splat(builder, factors[t], vty), x))
         blocks = []  # (first row, rows, the block's depth steps as vectors of its rows)
         for c0 in range(0, mr, v):
             count = min(v, mr - c0)
@@ -649,12 +645,14 @@ def pack_col_panel(typingctx, d, src, cs, kc, alpha, row_scale, r, scaled, rows,
     values): ``out[dst + p*MR + t] = s_t * d[src + p*cs + t]`` for ``p < kc, t < rows``, 0 for
     ``rows <= t < MR``, ``s_t`` as in :func:`pack_row_block`: :func:`pack_rows`'s values bit for bit.
     Each depth step is one masked load of the rows, one multiply by the rows' factors and one store
-    (in vectors of up to 8 lanes), where the loop read and stored one element at a time, ``cs`` and
-    MR apart. 1024^3 with A transposed against OpenBLAS on one thread (Zen 4, interleaved with the
-    loop): float64 0.967x -> 0.998x, float32 0.932x -> 0.992x; both operands transposed 0.955x ->
-    0.992x and 0.938x -> 1.001x; attention's cold first call unchanged (3.1-3.2 s against 3.2-3.5).
-    Operands as :func:`row_block_lanes` takes them (else nothing is emitted: the caller does not
-    reach the call)."""
+    (in vectors of up to 8 lanes; a store's lanes past MR spill into the next step's, which that step
+    overwrites, and only the last step's store is masked: AVX2's masked stores are slow on AMD),
+    where the loop read and stored one element at a time, ``cs`` and MR apart. 1024^3 with A
+    transposed against OpenBLAS on one thread (Zen 4, interleaved with the loop): float64 0.967x ->
+    0.998x, float32 0.932x -> 0.992x; both operands transposed 0.955x -> 0.992x and 0.938x ->
+    1.001x; attention's cold first call unchanged (3.1-3.2 s against 3.2-3.5). Operands as
+    :func:`row_block_lanes` takes them (else nothing is emitted: the caller does not reach the
+    call)."""
     from llvmlite import ir
 
     nbt = _jit.nb_types
@@ -706,19 +704,26 @@ def pack_col_panel(typingctx, d, src, cs, kc, alpha, row_scale, r, scaled, rows,
             factors.add_incoming(alpha, before)
             factors.add_incoming(scaled_f, scaled_at)
             chunks.append((c0, lanes, live, factors))
-        with _intrinsics.counted_loop(builder, kc_i) as loop:
-            step = builder.add(src_i, builder.mul(loop.index, cs_i))
-            at = builder.add(dst_i, builder.mul(loop.index, ir.Constant(i64, mr)))
+
+        def depth_step(p, last):
+            step = builder.add(src_i, builder.mul(p, cs_i))
+            at = builder.add(dst_i, builder.mul(p, ir.Constant(i64, mr)))
             for c0, lanes, live, factors in chunks:
                 x = masked_load(data, builder.add(step, ir.Constant(i64, c0)), live)
                 y = builder.select(live, builder.fmul(factors, x), zero)
                 ptr = builder.bitcast(
                     builder.gep(panel, [builder.add(at, ir.Constant(i64, c0))]), vty.as_pointer()
                 )
-                if lanes == w:
+                if lanes == w or not last:  # a spill past the step is the next step's, stored after
                     builder.store(y, ptr, align=itemsize)
                 else:
                     _intrinsics.masked_store(builder, y, ptr, lanes, itemsize)
+
+        last = builder.sub(kc_i, ir.Constant(i64, 1))
+        with _intrinsics.counted_loop(builder, last) as loop:
+            depth_step(loop.index, False)
+        with builder.if_then(builder.icmp_signed(">=", last, ir.Constant(i64, 0))):
+            depth_step(last, True)
         return context.get_dummy_value()
 
     return sig, codegen

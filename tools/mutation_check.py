@@ -100,7 +100,7 @@ MUTANTS = [
     Mutant(
         "pack-row-block-unscaled",
         "_gemm_kernels.py",
-        "            rows.append(builder.fmul(splat, x))",
+        "            rows.append(builder.fmul(_splat(builder, factors[t], vty), x))",
         "            rows.append(x)",
         ("tests/test_jit.py", "-k", "pack_rows"),
         "the row-block packer drops alpha and the row scale",
@@ -112,6 +112,15 @@ MUTANTS = [
         "                y = builder.fmul(factors, x)",
         ("tests/test_jit.py", "-k", "pack_rows"),
         "the column-panel packer's rows past the last hold alpha times 0 (-0.0 for a negative alpha)",
+    ),
+    Mutant(
+        "pack-col-panel-last-step-spills",
+        "_gemm_kernels.py",
+        "                if lanes == w or not last:  # a spill past the step is the next step's, "
+        "stored after",
+        "                if True:",
+        ("tests/test_jit.py", "-k", "pack_rows"),
+        "the column-panel packer's last depth step stores a whole vector, past the panel's end",
     ),
     Mutant(
         "pack-col-panel-reads-past-the-rows",
