@@ -510,6 +510,16 @@ def pack_a(a, span, alpha, row_scale, out, off):
     pack_rows(a.data, at, a.rs, a.cs, span.rows, span.depth, alpha, row_scale, i0, out, off)
 
 
+def _i64_args(context, builder, sig, args, indices):
+    """The integer arguments at ``indices`` of an intrinsic's call, as ``i64`` values."""
+    return [context.cast(builder, args[i], sig.args[i], _jit.nb_types.int64) for i in indices]
+
+
+def _data_args(context, builder, sig, args, indices):
+    """Pointers to the data of the array arguments at ``indices`` of an intrinsic's call."""
+    return [context.make_array(sig.args[k])(context, builder, args[k]).data for k in indices]
+
+
 def row_block_steps(dtype):
     """Depth steps of one :func:`pack_row_block` into a panel of ``dtype``: a vector of the width
     fastla's loops use, at most 8 lanes. Packing all of a 1024 x 1024 float32 A (Zen 4): 0.13-0.16
@@ -585,12 +595,8 @@ def pack_row_block(typingctx, d, src, rs, alpha, row_scale, r, scaled, out, dst)
         i64 = ir.IntType(64)
         fty = context.get_value_type(sig.args[7].dtype)
         vty = ir.VectorType(fty, v)
-        src_i, rs_i, r_i, dst_i = (
-            context.cast(builder, args[i], sig.args[i], nbt.int64) for i in (1, 2, 5, 8)
-        )
-        data, scale, panel = (
-            context.make_array(sig.args[k])(context, builder, args[k]).data for k in (0, 4, 7)
-        )
+        src_i, rs_i, r_i, dst_i = _i64_args(context, builder, sig, args, (1, 2, 5, 8))
+        data, scale, panel = _data_args(context, builder, sig, args, (0, 4, 7))
         alpha = args[3]
         factors = []
         before = builder.basic_block
@@ -671,12 +677,8 @@ def pack_col_panel(typingctx, d, src, cs, kc, alpha, row_scale, r, scaled, rows,
         fty = context.get_value_type(sig.args[9].dtype)
         vty = ir.VectorType(fty, w)
         mty = ir.VectorType(i1, w)
-        src_i, cs_i, kc_i, r_i, rows_i, dst_i = (
-            context.cast(builder, args[i], sig.args[i], nbt.int64) for i in (1, 2, 3, 6, 8, 10)
-        )
-        data, scale, panel = (
-            context.make_array(sig.args[k])(context, builder, args[k]).data for k in (0, 5, 9)
-        )
+        src_i, cs_i, kc_i, r_i, rows_i, dst_i = _i64_args(context, builder, sig, args, (1, 2, 3, 6, 8, 10))
+        data, scale, panel = _data_args(context, builder, sig, args, (0, 5, 9))
         suffix = f"v{w}f{8 * itemsize}.p0"
         load_fn = _intrinsics.llvm_function(
             builder, f"llvm.masked.load.{suffix}", vty, [vty.as_pointer(), i32, mty, vty]
@@ -881,9 +883,7 @@ def _pack_block_typer(half, d, src, cs, scale, s0, scaled, out, dst):
         i64 = ir.IntType(64)
         fty = context.get_value_type(sig.args[6].dtype)
         vty = ir.VectorType(fty, v)
-        src_i, cs_i, s0_i, dst_i = (
-            context.cast(builder, args[i], sig.args[i], nbt.int64) for i in (1, 2, 4, 7)
-        )
+        src_i, cs_i, s0_i, dst_i = _i64_args(context, builder, sig, args, (1, 2, 4, 7))
 
         def element(k, val, at):  # pointer to element ``at`` of 1-D array argument k, any stride
             arr = context.make_array(sig.args[k])(context, builder, val)
