@@ -656,9 +656,10 @@ def pack_col_panel(typingctx, d, src, cs, kc, alpha, row_scale, r, scaled, rows,
     where the loop read and stored one element at a time, ``cs`` and MR apart. 1024^3 with A
     transposed against OpenBLAS on one thread (Zen 4, interleaved with the loop): float64 0.967x ->
     0.998x, float32 0.932x -> 0.992x; both operands transposed 0.955x -> 0.992x and 0.938x ->
-    1.001x; attention's cold first call unchanged (3.1-3.2 s against 3.2-3.5). Operands as
-    :func:`row_block_lanes` takes them (else nothing is emitted: the caller does not reach the
-    call)."""
+    1.001x (then 1.018x and 1.003x with the unmasked stores). The two packers cost attention's cold
+    first call ~0.05 s (2.91-3.19 s, median 3.08, against 2.96-3.04, median 3.01, five interleaved
+    pairs). Operands as :func:`row_block_lanes` takes them (else nothing is emitted: the caller
+    does not reach the call)."""
     from llvmlite import ir
 
     nbt = _jit.nb_types
