@@ -1951,10 +1951,17 @@ def stack_key(m, k, n, dtype):
     return (dtype.char, m, k, n)
 
 
+def fits_fixed(m, k, n):
+    """Whether m x k @ k x n products have a per-size kernel (:func:`small_fixed_kernel`): every side
+    1 to SMALL_FIXED_MAX. ``fastla.matmul``'s small stacks run it there unless the vector tiles beat
+    it (:func:`tiles_beat_unrolled`, operands of one dtype)."""
+    return 0 < min(m, k, n) and max(m, k, n) <= SMALL_FIXED_MAX
+
+
 def _runs_fixed(m, k, n, itemsize):
-    """Whether such a stack runs the per-size kernel (:func:`small_fixed_kernel`)."""
-    fits = 0 < min(m, k, n) and max(m, k, n) <= SMALL_FIXED_MAX
-    return fits and not tiles_beat_unrolled(m, k, n, itemsize)
+    """Whether a stack of such products of one dtype runs its per-size kernel (what :data:`FIXED`
+    judges sizes by, as ``fastla.matmul`` dispatches them)."""
+    return fits_fixed(m, k, n) and not tiles_beat_unrolled(m, k, n, itemsize)
 
 
 @functools.cache

@@ -500,7 +500,7 @@ def _small_or_packed(A, B, C):
     n = B.shape[2]
     if _gk.tiles_beat_unrolled(m, k, n, C.itemsize) and A.dtype == B.dtype == C.dtype:
         _naive_stack(A, B, C)
-    elif 0 < min(m, k, n) and max(m, k, n) <= _gk.SMALL_FIXED_MAX:
+    elif _gk.fits_fixed(m, k, n):
         _gk.small_fixed_kernel(m, k, n)(_intrinsics.kernel_input(A), _intrinsics.kernel_input(B), C)
     elif max(m, k, n) < PACKED_STACK_FROM[C.itemsize]:
         _naive_stack(A, B, C)
