@@ -481,7 +481,7 @@ def borrowed_operand(op):
 def aligned_empty(n, dtype_like):
     """Uninitialised 1-D scratch of ``n`` elements whose first element is 64-byte aligned."""
     size = dtype_like.itemsize
-    raw = np.empty(n + 64 // size, dtype_like.dtype)
+    raw = _intrinsics.empty(n + 64 // size, dtype_like.dtype)
     shift = ((64 - raw.ctypes.data % 64) % 64) // size
     return raw[shift : shift + n]
 

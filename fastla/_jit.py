@@ -170,6 +170,9 @@ def _install_package_wide_cache_stamp():
     class PackageStampLocator(base):
         def __init__(self, inner):
             self._inner = inner
+            # where Numba's warning about a function it cannot cache points (it reads this attribute
+            # of the locator: without it, the warning itself raised AttributeError)
+            self._py_file = getattr(inner, "_py_file", "")
 
         def ensure_cache_path(self):
             return self._inner.ensure_cache_path()

@@ -687,16 +687,17 @@ def _flash_task(inp, ix, t, zero, out, stats, w, phase, task):
     b = task // nqb
     i0 = (task % nqb) * bq
     rows = min(bq, L - i0)
-    # np.empty only: np.zeros and np.full compile np.empty's implementation again inside their own
-    # (0.2-0.3 s of this kernel's cold compile); separate buffers, not views of one, which cost the
+    # empty buffers only (fastla._intrinsics.empty, no np.empty implementation to compile): np.zeros
+    # and np.full compiled np.empty's implementation again inside their own (0.2-0.3 s of this
+    # kernel's cold compile); separate buffers, not views of one, which cost the
     # loops below their vectorisation (measured 3x slower: LLVM cannot prove views do not overlap)
-    qp = np.empty(npq * E * nr, kp.dtype)
+    qp = _intrinsics.empty(npq * E * nr, kp.dtype)
     _pack_queries(q, qi[b], i0, rows, npq, qp)
-    st = np.empty(npq * bk * nr, kp.dtype)
-    acc = np.empty(npq * ev_pad * nr, kp.dtype)
-    m = np.empty(bq, kp.dtype)
-    l = np.empty(bq, kp.dtype)
-    alpha = np.empty(bq, kp.dtype)
+    st = _intrinsics.empty(npq * bk * nr, kp.dtype)
+    acc = _intrinsics.empty(npq * ev_pad * nr, kp.dtype)
+    m = _intrinsics.empty(bq, kp.dtype)
+    l = _intrinsics.empty(bq, kp.dtype)
+    alpha = _intrinsics.empty(bq, kp.dtype)
     for i in range(acc.size):
         acc[i] = zero
     for r in range(bq):
@@ -783,9 +784,9 @@ def _weights_task(inp, ix, t, zero, out, stats, w, phase, task):
     b = task // nqb
     i0 = (task % nqb) * bq
     rows = min(bq, L - i0)
-    qp = np.empty(npq * E * nr, kp.dtype)  # two buffers, not views of one (see _flash_task)
+    qp = _intrinsics.empty(npq * E * nr, kp.dtype)  # two buffers, not views of one (see _flash_task)
     _pack_queries(q, qi[b], i0, rows, npq, qp)
-    st = np.empty(npq * bk * nr, kp.dtype)
+    st = _intrinsics.empty(npq * bk * nr, kp.dtype)
     k_base = ki[b] * s_pad * E
     kv_end = min(S, i0 + rows) if causal else S
     for r in range(rows):
@@ -827,8 +828,8 @@ def _rows_task(inp, ix, t, zero, out, stats, w, phase, task):
     v0 = _U(ix.v[b] * S * Ev)
     uS, uE, uEv = _U(S), _U(E), _U(Ev)
     kv_end = _U(min(S, i0 + rows) if causal else S)  # the group's last row sees the most keys
-    s = np.empty(rows * S, q.dtype)
-    acc = np.empty(rows * Ev, q.dtype)
+    s = _intrinsics.empty(rows * S, q.dtype)
+    acc = _intrinsics.empty(rows * Ev, q.dtype)
     four = kv_end - kv_end % _U(4)
     for jq in range(four // _U(4)):  # four keys a pass: each query element loaded once for the four
         j = jq * _U(4)

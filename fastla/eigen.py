@@ -455,7 +455,7 @@ def _scan_task(a, tile, out, idx):
     t = idx // 2 if idx % 2 == 0 else nt - 1 - idx // 2
     i0 = _U(t * tile)  # unsigned indices: see fastla._jit.U
     rows = _U(min(tile, n - t * tile))
-    mirror = np.empty((tile, tile), a.dtype)
+    mirror = _intrinsics.empty((tile, tile), a.dtype)
     big = _math.abs_bits(a[i0, 0])
     asym = _math.abs_bits(a[i0, 0] - a[i0, 0])
     for jt in range(t + 1):

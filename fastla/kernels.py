@@ -114,6 +114,8 @@ _borrow = _intrinsics.borrow
 # optimised and code-generated them again: a user's @njit function calling kernels.gemm compiled
 # in 1.47 s, now 0.35 s (see _intrinsics.call_out_of_line).
 _ool = _intrinsics.call_out_of_line
+# results and scratch allocated without compiling np.empty's implementation in the user's function
+_empty = _intrinsics.empty
 
 # The serial compiles of the shared parallel kernels (see _jit.serial).
 _softmax_rows = _jit.serial(_sm._softmax_rows)
@@ -346,13 +348,13 @@ def _exp_typer(x, out=None):
     if fresh and row:
 
         def fresh_row(x, out=None):
-            res = np.empty(x.shape, x.dtype)
+            res = _empty(x.shape, x.dtype)
             _exp_row(_borrow(x), _borrow(res))
             return res
 
         return fresh_row
     if fresh:
-        return lambda x, out=None: _ool(_exp_array, (np.ascontiguousarray(x), np.empty(x.shape, x.dtype)))
+        return lambda x, out=None: _ool(_exp_array, (np.ascontiguousarray(x), _empty(x.shape, x.dtype)))
     if row and isinstance(out, nbt.Array) and out.dtype == x.dtype and out.ndim == 1 and out.layout == "C":
 
         def into_row(x, out=None):
@@ -492,7 +494,7 @@ def _logsumexp_rows(x):
     n = x.shape[-1]
     rows = x.size // n if n else (x.shape[0] if x.ndim == 2 else 1)  # an empty row's is -inf
     x2 = np.ascontiguousarray(x).reshape((rows, n))
-    res = np.empty(rows, np.float64)
+    res = _empty(rows, np.float64)
     zero = _zero(x)
     for r in range(x2.shape[0]):
         res[r] = _logsumexp_of(x2[r], zero, x2[min(r + 1, rows - 1)])
@@ -576,7 +578,7 @@ def _matmul_typer(a, b, out=None):
         return None
     if out is None or isinstance(out, nbt.NoneType | nbt.Omitted):
         dt = nbt.float64 if nbt.float64 in (a.dtype, b.dtype) else a.dtype  # np.result_type's
-        return lambda a, b, out=None: _matmul2d(a, b, np.empty((a.shape[0], b.shape[1]), dt))
+        return lambda a, b, out=None: _matmul2d(a, b, _empty((a.shape[0], b.shape[1]), dt))
     return lambda a, b, out=None: _matmul2d(a, b, out)
 
 
@@ -918,7 +920,7 @@ def _try_solve_typer(a, b, out):
 def _try_solve_strided(a, b, out):
     """:func:`try_solve` into a strided ``out``: solved in a C-contiguous copy (the straight-line
     code reads and writes the right-hand side as one contiguous block)."""
-    x = np.empty(out.shape[0], out.dtype)
+    x = _empty(out.shape[0], out.dtype)
     ok = _try_solve(a, b, x)
     _copy1d(out, x)
     return ok
@@ -1010,7 +1012,7 @@ def _solve_typer(a, b, out=None):
     one_system = {1: _solve_vec, 2: _solve_mat}  # by b's rank, for one C-contiguous a
     impl = one_system.get(b.ndim, _solve_into_call) if a.ndim == 2 and a.layout == "C" else _solve_into_call
     if fresh:
-        return lambda a, b, out=None: impl(a, b, np.empty(b.shape, a.dtype))
+        return lambda a, b, out=None: impl(a, b, _empty(b.shape, a.dtype))
     if not isinstance(out, nbt.Array):
         return None
     if out.ndim != b.ndim:
@@ -1026,7 +1028,7 @@ def _solve_typer(a, b, out=None):
         def strided(a, b, out=None):
             if out.shape != b.shape:
                 _solve_shape_error()
-            copy(out, impl(a, b, np.empty(b.shape, a.dtype)))
+            copy(out, impl(a, b, _empty(b.shape, a.dtype)))
             return out
 
         return strided
@@ -1140,7 +1142,7 @@ def _lu_factor_typer(a):
         return None
 
     def impl(a):
-        lu, piv = np.empty(a.shape, a.dtype), np.empty(min(a.shape[0], a.shape[1]), np.int32)
+        lu, piv = _empty(a.shape, a.dtype), _empty(min(a.shape[0], a.shape[1]), np.int32)
         _ool(_lu_factor, (a, lu, piv))
         return lu, piv
 
@@ -1229,7 +1231,7 @@ def _lu_solve_typer(lu, piv, b, out=None):
     vector = b.ndim == 1 and (fresh or (isinstance(out, nbt.Array) and out.ndim == 1 and out.layout == "C"))
     call = _LU_SOLVE[vector]
     if fresh:
-        return lambda lu, piv, b, out=None: call(lu, piv, b, np.empty(b.shape, lu.dtype))
+        return lambda lu, piv, b, out=None: call(lu, piv, b, _empty(b.shape, lu.dtype))
     if not isinstance(out, nbt.Array):
         return None
     if out.ndim != b.ndim:
@@ -1245,7 +1247,7 @@ def _lu_solve_typer(lu, piv, b, out=None):
         def strided(lu, piv, b, out=None):
             if out.shape != b.shape:
                 _lu_solve_shape_error()
-            copy(out, contiguous(lu, piv, b, np.empty(b.shape, lu.dtype)))
+            copy(out, contiguous(lu, piv, b, _empty(b.shape, lu.dtype)))
             return out
 
         return strided
@@ -1261,10 +1263,10 @@ def _unit_scaled(x):
     cosine) and the inverse norms."""
     n = x.shape[0]
     lo, hi = _SQ_F32 if x.itemsize == 4 else _SQ_F64
-    inv = np.empty(n, x.dtype)
-    norms = np.empty(n)
-    exps = np.empty(n, np.int64)
-    xc = np.empty(x.shape, x.dtype)  # a copy: the rows may be rescaled below
+    inv = _empty(n, x.dtype)
+    norms = _empty(n, np.float64)
+    exps = _empty(n, np.int64)
+    xc = _empty(x.shape, x.dtype)  # a copy: the rows may be rescaled below
     _copy2d(xc, x)
     _inv_norms(_intrinsics.as_readonly(xc), lo, hi, inv, norms, exps)
     if np.any(exps != 0):
@@ -1320,13 +1322,13 @@ def _cosine_typer(X, Y, out=None):
     if not (_is_array(X, (2,)) and _is_array(Y, (2,))):
         return None
     if out is None or isinstance(out, nbt.NoneType | nbt.Omitted):
-        return lambda X, Y, out=None: _ool(_cosine, (X, Y, np.empty((X.shape[0], Y.shape[0]), X.dtype)))
+        return lambda X, Y, out=None: _ool(_cosine, (X, Y, _empty((X.shape[0], Y.shape[0]), X.dtype)))
     if isinstance(out, nbt.Array) and out.layout != "C":  # computed contiguously, then copied
 
         def strided(X, Y, out=None):
             if out.shape != (X.shape[0], Y.shape[0]):
                 _cosine_shape_error()
-            _copy2d(out, _ool(_cosine, (X, Y, np.empty((X.shape[0], Y.shape[0]), X.dtype))))
+            _copy2d(out, _ool(_cosine, (X, Y, _empty((X.shape[0], Y.shape[0]), X.dtype))))
             return out
 
         return strided
@@ -1403,7 +1405,7 @@ def _attention_step(q, k, v, scale, m, l, acc):
         raise ValueError(
             "fastla.kernels.attention_step: q (L, E), k (S, E), v (S, Ev), m (L,), l (L,), acc (L, Ev)"
         )
-    s = np.empty(S, acc.dtype)
+    s = _empty(S, acc.dtype)
     zero = _zero(acc)
     for i in range(L):
         for j in range(S):

@@ -179,7 +179,7 @@ def _getrf(a, piv, nb, neg_one, tiles, gemm_at):
     m, n = a.shape
     kmax = min(m, n)
     flat = a.reshape(m * n)
-    no_scale = np.empty(0, a.dtype)
+    no_scale = _intrinsics.empty(0, a.dtype)
     # run-time values, not literals (see _gemm_kernels' "literal arguments")
     accumulate = n > 0
     info = n * 0

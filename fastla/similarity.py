@@ -1130,7 +1130,7 @@ def _select_best(s_row, i_row, n, k):
     and the write position moved past the kept ones only: no branch). The quickselect that moved
     every entry's key, score and index in place before it spent ~190 us a query on the compactions
     of a k = 1000 search over 100 000 rows (Zen 4), a quarter of the search."""
-    scratch = np.empty(3 * n, np.int64)
+    scratch = _intrinsics.empty(3 * n, np.int64)
     keys, a, b = scratch[:n], scratch[n : 2 * n], scratch[2 * n :]
     for p in range(n):
         key = _sort_key(s_row[p])
@@ -1236,10 +1236,10 @@ def _rank_sort(s, idx, m):
     :func:`_sort_key`'s. Skips the bytes every entry shares (most of a float32 score's). 1000 queries'
     best 1000 of 100 000 (Zen 5, 2 threads): 40 ms as a heap sort before, most of what k = 1000
     costs over k = 10 after the merges."""
-    keys = np.empty((2, m), np.int64)  # two buffers: each pass moves entries from one to the other
-    ids = np.empty((2, m), idx.dtype)
-    scores = np.empty((2, m), s.dtype)
-    count = np.empty(256, np.int64)
+    keys = _intrinsics.empty((2, m), np.int64)  # two buffers: each pass moves entries from one to the other
+    ids = _intrinsics.empty((2, m), idx.dtype)
+    scores = _intrinsics.empty((2, m), s.dtype)
+    count = _intrinsics.empty(256, np.int64)
     top = 0
     for p in range(m):
         keys[0, p] = _sort_key(s[p])

@@ -189,8 +189,8 @@ def _short_task(x, out, log, zero, per, task):
     cnt = _U(r1 - r0)
     # log: the exps into a scratch block (out keeps nothing until the end); else out = x - max, row
     # by row (in-place safe: a row is read before it is written), then its exps in place
-    t = np.empty(cnt * nu if log else _U(0), xf.dtype)
-    shifts = np.empty(cnt if log else _U(0), xf.dtype)
+    t = _intrinsics.empty(cnt * nu if log else _U(0), xf.dtype)
+    shifts = _intrinsics.empty(cnt if log else _U(0), xf.dtype)
     for r in range(cnt):
         b = e0 + r * nu
         m = xf[b]
@@ -208,7 +208,7 @@ def _short_task(x, out, log, zero, per, task):
     if log:
         for j in range(cnt * nu):
             t[j] = _math.exp(xf[e0 + j] - t[j])
-        totals = np.empty(cnt, np.float64)
+        totals = _intrinsics.empty(cnt, np.float64)
         for r in range(cnt):
             part = zero
             for j in range(nu):
@@ -290,9 +290,13 @@ def _mid_task(x, out, log, chunk, task):
     p = task // nchunks
     c0 = (task % nchunks) * chunk
     w = min(chunk, post - c0)
-    m = np.full(w, -np.inf, dtype=x.dtype)
-    s = np.zeros(w, dtype=np.float64)
-    f = np.empty(w, dtype=x.dtype)  # the per-column factor, in the row's dtype (see softmax_row)
+    # (empty buffers filled here: np.full and np.zeros compile implementations of their own)
+    m = _intrinsics.empty(w, x.dtype)
+    s = _intrinsics.empty(w, np.float64)
+    f = _intrinsics.empty(w, x.dtype)  # the per-column factor, in the row's dtype (see softmax_row)
+    for c in range(w):
+        m[c] = -np.inf
+        s[c] = 0.0
     for i in range(n):
         for c in range(w):
             v = x[p, i, _U(c0 + c)]

@@ -47,6 +47,34 @@ def test_widen_matches_twin_and_numpy():
 
 
 @_jit.jit
+def _allocated(n, like):
+    a = _intrinsics.empty(n, like.dtype)
+    b = _intrinsics.empty((n, 3), np.int64)
+    for i in range(n):
+        a[i] = i
+        for j in range(3):
+            b[i, j] = 3 * i + j
+    return a, b
+
+
+def test_empty_allocates_as_np_empty():
+    """``empty`` (compiled code's allocation without ``np.empty``'s implementation): the shape,
+    dtype and C order ``np.empty`` gives, memory of its own per call, and NumPy's error for a
+    negative length; the twin is ``np.empty``."""
+    like = np.ones(2, np.float32)
+    a, b = _allocated(5, like)
+    assert (a.dtype, a.shape, b.dtype, b.shape) == (np.float32, (5,), np.int64, (5, 3))
+    assert a.flags.c_contiguous and b.flags.c_contiguous and a.flags.writeable
+    np.testing.assert_array_equal(a, np.arange(5))
+    np.testing.assert_array_equal(b, np.arange(15).reshape(5, 3))
+    a2, _ = _allocated(5, like)
+    assert not np.shares_memory(a, a2) and _allocated(0, like)[0].shape == (0,)
+    with pytest.raises(ValueError, match="negative dimensions"):
+        _allocated(-1, like)
+    assert _intrinsics._empty_twin((2, 3), np.float32).dtype == np.float32
+
+
+@_jit.jit
 def _masks(a, thr):
     n = a.size - _intrinsics.MASK_LANES + 1
     masks = np.empty(n, np.uint64)
