@@ -1897,16 +1897,44 @@ def _scalar_columns(a, b, c, j0):
             _ikj_row(a, b, c, i)
 
 
-@jit(parallel=True)
-def batched_small(a, b, c):
-    """``c[t] = a[t] @ b[t]`` for a stack of small matrices; parallel over the stack.
-
-    For tiny m, k, n the cost is the per-matrix work itself, so the loops are plain
-    (:func:`small_product`).
-    """
-    for t in prange(a.shape[0]):
-        wide_vectors()
+@jit(python_wrapper=False)
+def small_stack_task(a, b, c, parts, task):
+    """Part ``task`` of ``parts`` of :func:`batched_small`'s stack: its contiguous run of products,
+    each by :func:`small_product` (for tiny m, k, n the cost is the per-matrix work itself, so the
+    loops are plain)."""
+    wide_vectors()
+    s = a.shape[0]
+    for t in range(_U(task * s // parts), _U((task + 1) * s // parts)):  # unsigned: no wraparound test
         small_product(a[t], b[t], c[t])
+
+
+@jit
+def batched_small(a, b, c, at, threads):
+    """``c[t] = a[t] @ b[t]`` for a stack of small matrices (read-only C-contiguous ``a`` and ``b``,
+    C-contiguous ``c``, one dtype): one contiguous run of the stack per thread on ``threads``
+    threads, each run a task of :func:`small_stack_task` through its address ``at``
+    (:data:`SMALL_STACK_TASK`; ``fastla._intrinsics.parallel_tasks``). A ``prange`` loop before:
+    its three libraries took ~0.6 s of matmul's cold first call (a 40 x 40 product runs here as a
+    stack of one), and a stack of one started the parallel region that one thread now skips."""
+    _intrinsics.parallel_tasks(at, small_stack_task, (a, b, c, threads), threads, threads)
+
+
+def _small_stack_examples(dtype):
+    ro = _intrinsics.readonly(np.empty((1, 1, 1), dtype))
+    return (ro, ro, np.empty((1, 1, 1), dtype), 1, 0)
+
+
+#: :func:`small_stack_task`, run by :func:`batched_small` through its address
+SMALL_STACK_TASK = _jit.Entry(small_stack_task, _small_stack_examples)
+
+
+def small_stack(a, b, c, threads=None):
+    """``c[t] = a[t] @ b[t]`` for 3-D stacks of small matrices (:func:`batched_small`): ``a`` and
+    ``b`` taken as kernel inputs (C-contiguous, read-only), on up to ``threads`` threads (default:
+    the call's share), never more than the stack has products."""
+    threads = max(1, min(_jit.threads_here() if threads is None else threads, a.shape[0]))
+    at = SMALL_STACK_TASK.address(c.dtype)
+    batched_small(_intrinsics.kernel_input(a), _intrinsics.kernel_input(b), c, at, threads)
 
 
 def tiles_beat_unrolled(m, k, n, itemsize):

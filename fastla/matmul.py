@@ -470,7 +470,7 @@ def _naive2d(a, b, c):
 
 
 def _naive_stack(A, B, C):
-    _gk.batched_small(_intrinsics.kernel_input(A), _intrinsics.kernel_input(B), C)
+    _gk.small_stack(A, B, C)
 
 
 #: One product no larger than this in every dimension runs as a stack of one through the small-
