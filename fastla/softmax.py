@@ -155,8 +155,10 @@ _SHORT_BLOCK = 512
 # (short rows) went 1.86-2.87 -> 1.11-1.14 s. Each is compiled once per dtype with a small driver
 # (``_run_*``) that runs it through its address, contiguous runs of tasks per thread as a
 # ``prange``'s static schedule split them; a row is computed the same way whichever task and thread
-# runs it. The long rows and cross-entropy stay ``prange`` loops: as tasks (one per thread, or of
-# 4096 elements) they measured 7-15% slower (200 000 rows of 40 float32, 100 000 of 100 float64).
+# runs it. The long rows and cross-entropy with probability targets stay ``prange`` loops: as tasks
+# (one per thread, or of 4096 elements) they measured 7-15% slower (200 000 rows of 40 float32,
+# 100 000 of 100 float64); cross-entropy with class indices runs as tasks since its loop takes a
+# view of a row where it uses it (see _ce_index_task), as fast as its ``prange`` loop.
 
 
 @jit(python_wrapper=False)
@@ -351,22 +353,28 @@ def _smoothed(nll, uniform, smoothing):
     return (1.0 - smoothing) * nll + smoothing * uniform
 
 
-@jit(parallel=True)
-def _ce_index_rows(x, target, smoothing, ignore_index, weight, wsum, xw, loss, zero):
-    """Per-row cross-entropy with class indices: ``lse - x[t]`` (+ label smoothing). ``weight``: the
-    class weights (PyTorch's ``weight``: ``w[t] (lse - x[t])``, smoothed by ``sum_c w_c (lse - x_c)
-    / C`` = ``(wsum lse - xw[r]) / C`` with ``wsum = sum_c w_c``, ``xw = x @ w`` (BLAS, by the
-    caller: a row loop of its own here compiled 0.3 s more)), or empty for none.
+@jit(python_wrapper=False)
+def _ce_index_task(x, target, smoothing, ignore_index, weight, wsum, xw, loss, zero, counts, per, task):
+    """Per-row cross-entropy with class indices, rows ``task * per`` to ``(task + 1) * per`` (fewer
+    at the end): ``lse - x[t]`` (+ label smoothing). ``weight``: the class weights (PyTorch's
+    ``weight``: ``w[t] (lse - x[t])``, smoothed by ``sum_c w_c (lse - x_c) / C`` = ``(wsum lse -
+    xw[r]) / C`` with ``wsum = sum_c w_c``, ``xw = x @ w`` (BLAS, by the caller: a row loop of its
+    own here compiled 0.3 s more)), or empty for none.
 
-    Returns ``(kept, bad)``: the entries counted (not ignored, in range: a mean's divisor without
-    weights) and those whose index is outside ``[0, C)`` (loss 0 here; the caller raises), so that a
-    call needs no NumPy passes over the targets beforehand (4 x 10 float64: 18 -> ~10 us a call)."""
+    ``counts[task]`` gets ``(kept, bad)``: the task's entries counted (not ignored, in range: a
+    mean's divisor without weights) and those whose index is outside ``[0, C)`` (loss 0 here; the
+    caller raises), so that a call needs no NumPy passes over the targets beforehand (4 x 10
+    float64: 18 -> ~10 us a call). Each use takes its own view ``x[r]``: one view kept in a local
+    across the row's branches kept its reference-count updates (two runtime calls a row, which
+    Numba's pruning removes from views used where they are made), and such a loop ran 100 000 rows
+    of 10 float64 in 3.0 ms against 2.0 for the ``prange`` loop this replaces (1.9 now; Zen 4)."""
+    wide_vectors()
     rows, n = x.shape
     weighted = weight.size != 0
     kept = 0
     bad = 0
-    for r in prange(rows):
-        wide_vectors()
+    last = _U(rows - 1)
+    for r in range(_U(task * per), _U(min(rows, (task + 1) * per))):
         t = target[r]
         if t == ignore_index or t < 0 or t >= n:
             loss[r] = 0.0
@@ -375,7 +383,7 @@ def _ce_index_rows(x, target, smoothing, ignore_index, weight, wsum, xw, loss, z
         kept += 1
         m = _math.row_max(x[r])
         mm = m if np.isfinite(m) else zero
-        lse = mm + np.log(_exp_sum(x[r], mm, x[r], False, zero, x[min(r + 1, rows - 1)]))
+        lse = mm + np.log(_exp_sum(x[r], mm, x[r], False, zero, x[min(r + _U(1), last)]))
         nll = lse - x[r, t]
         if weighted:
             nll = nll * weight[t]
@@ -386,7 +394,56 @@ def _ce_index_rows(x, target, smoothing, ignore_index, weight, wsum, xw, loss, z
                 uniform = lse - _row_sum(x[r], zero) / n
             nll = _smoothed(nll, uniform, smoothing)
         loss[r] = nll
+    counts[task, 0] = kept
+    counts[task, 1] = bad
+
+
+@jit
+def _ce_index_rows(x, target, smoothing, ignore_index, weight, wsum, xw, loss, zero, at, threads):
+    """:func:`_ce_index_task` over every row on ``threads`` threads (a contiguous run of rows per
+    thread, as a ``prange``'s static schedule split them: the ``prange`` loop this was compiled into
+    three libraries of its own, ~0.6 s of cross-entropy's cold first call), through its address
+    ``at``; returns the ``(kept, bad)`` counts summed over the tasks."""
+    rows = x.shape[0]
+    per = (rows + threads - 1) // threads
+    tasks = (rows + per - 1) // per
+    counts = _intrinsics.empty((tasks, 2), np.int64)
+    # borrowed views (see _lane_solver._drive): with counted ones, every row's view of ``x`` was an
+    # atomic reference-count update on the array both threads read (two threads ran slower than one)
+    bw = _intrinsics.borrow
+    rows_in, rows_out = (bw(x), bw(target), smoothing, ignore_index, bw(weight), wsum, bw(xw)), bw(loss)
+    args = (*rows_in, rows_out, zero, bw(counts), per)
+    _intrinsics.parallel_tasks(at, _ce_index_task, args, tasks, threads)
+    kept = 0
+    bad = 0
+    for task in range(tasks):
+        kept += counts[task, 0]
+        bad += counts[task, 1]
     return kept, bad
+
+
+def _ce_index_examples(dtype):
+    """Example arguments of :func:`_ce_index_task` for ``dtype``, typed as :func:`_ce_numba` passes
+    them."""
+    flat = readonly(np.empty(1, dtype))
+    counts = np.empty((1, 2), np.int64)
+    return (
+        readonly(np.empty((1, 1), dtype)),
+        readonly(np.empty(1, np.int64)),
+        0.0,
+        0,
+        flat,
+        0.0,
+        flat,
+        np.empty(1, dtype),
+        dtype.type(0),
+        counts,
+        1,
+        0,
+    )
+
+
+CE_INDEX = _jit.Entry(_ce_index_task, _ce_index_examples)
 
 
 @jit(parallel=True)
@@ -978,7 +1035,10 @@ def _ce_numba(x, t, kind, reduction, smoothing, ignore_index, weight=None):
                 (none, 0.0) if weight is None else (kernel_input(weight), float(weight.sum(dtype=np.float64)))
             )
             xw = kernel_input(x2 @ w) if weight is not None and smoothing else none
-            kept, bad = _ce_index_rows(x2, tgt, smoothing, ignore_index, w, wsum, xw, loss, x.dtype.type(0))
+            threads = max(1, min(_jit.threads_here(), rows))
+            at = CE_INDEX.address(x.dtype)
+            args = (x2, tgt, float(smoothing), int(ignore_index), w, wsum, xw, loss, x.dtype.type(0))
+            kept, bad = _ce_index_rows(*args, at, threads)
             if bad:
                 _check_indices(t, ignore_index, n)
             if reduction == "mean" and weight is None:  # the kernel counted the divisor
