@@ -2024,6 +2024,10 @@ FIXED = _first_use.Sizes("unrolled stacked product", _fixed_compiled, _fixed_cac
 
 
 def _make_small_fixed(M, K, N):
+    # a prange loop, not tasks of parallel_tasks (0.10-0.15 s to compile a size against 0.35-0.5):
+    # Numba compiles a prange's body with its arrays' data marked non-aliasing, and without that
+    # LLVM reloaded the operands after every store to C (Zen 4, 100 000 products, two threads:
+    # float32 12 x 12 0.50 -> 5.1 ms, float64 3 x 3 0.24 -> 0.42 ms)
     @jit(parallel=True)
     def kernel(a, b, c):
         for t in prange(a.shape[0]):
