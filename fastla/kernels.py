@@ -1295,9 +1295,12 @@ def _cosine(x, y, out):
     big = int(out.itemsize == 8)
     one = _zero(out) + 1
     start = n - n  # a run-time 0
+    # a run-time False: a literal one types as Literal[bool], and the product compiled again for it
+    # (0.7 s of the kernels' warm-up per dtype; kernels.gemm passes a bool)
+    store = start != 0
     flat = out.reshape(out.size)
     tiles = _gk.Tiles(_KC[big], min(n, _MC[big]), _NC[big], _gk.Tasks(None, None), 1, flat[:0])
-    _gemm_into(A, B, _gk.Dest(flat, start, m), one, False, inv_x, inv_y, tiles)
+    _gemm_into(A, B, _gk.Dest(flat, start, m), one, store, inv_x, inv_y, tiles)
     return out
 
 
