@@ -1462,6 +1462,30 @@ MUTANTS = [
         ("tests/test_jit.py", "tests/test_warmup.py", "-k", "compiles_in_fastla or users_functions"),
         "a user function calling fastla only through another jitted function keeps a stale cache",
     ),
+    Mutant(
+        "small-stack-task-drops-the-last-product",
+        "_gemm_kernels.py",
+        "    for t in range(_U(task * s // parts), _U((task + 1) * s // parts)):",
+        "    for t in range(_U(task * s // parts), _U((task + 1) * s // parts) - _U(1)):",
+        ("tests/test_matmul.py",),
+        "each thread's run of the small-product stack leaves its last product unwritten",
+    ),
+    Mutant(
+        "cross-entropy-counts-one-task",
+        "softmax.py",
+        "    for task in range(tasks):\n        kept += counts[task, 0]",
+        "    for task in range(1):\n        kept += counts[task, 0]",
+        ("tests/test_softmax.py", "-k", "cross_entropy"),
+        "the compiled mean's divisor counts the first thread's rows only",
+    ),
+    Mutant(
+        "linked-tasks-skip-the-last-task",
+        "_intrinsics.py",
+        "    def tasks_of(args, tasks):\n        for task in range(tasks):",
+        "    def tasks_of(args, tasks):\n        for task in range(tasks - 1):",
+        ("tests/test_jit.py", "-k", "parallel_tasks"),
+        "parallel_tasks' serial fallback (a call whose types are not the entry's) skips its last task",
+    ),
 ]
 
 
