@@ -1928,11 +1928,23 @@ def _small_stack_examples(dtype):
 SMALL_STACK_TASK = _jit.Entry(small_stack_task, _small_stack_examples)
 
 
+#: itemsize -> the multiply-adds (stack length x m x k x n) below which :func:`small_stack` runs on
+#: one thread: a parallel launch costs ~2 us on Numba's TBB layer, more than a second thread saves
+#: on less. Measured (Zen 4, best of 7, us on one thread / two): float64 100 x 8^3 (51 200) 4.2 /
+#: 6.8, 300 x 8^3 8.2 / 8.8, 30 x 16^3 (122 880) 11.9 / 10.8, 10 x 24^3 13.4 / 10.7; float32
+#: 300 x 8^3 (153 600) 6.7 / 8.2, 10 x 24^3 7.2 / 15.0, 100 x 16^3 (409 600) 17.9 / 15.9.
+SMALL_SERIAL_WORK = {8: 2**17, 4: 2**18}
+
+
 def small_stack(a, b, c, threads=None):
     """``c[t] = a[t] @ b[t]`` for 3-D stacks of small matrices (:func:`batched_small`): ``a`` and
     ``b`` taken as kernel inputs (C-contiguous, read-only), on up to ``threads`` threads (default:
-    the call's share), never more than the stack has products."""
-    threads = max(1, min(_jit.threads_here() if threads is None else threads, a.shape[0]))
+    the call's share, or one below :data:`SMALL_SERIAL_WORK`), never more than the stack has
+    products."""
+    if threads is None:
+        work = a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2]
+        threads = 1 if work < SMALL_SERIAL_WORK[c.itemsize] else _jit.threads_here()
+    threads = max(1, min(threads, a.shape[0]))
     at = SMALL_STACK_TASK.address(c.dtype)
     batched_small(_intrinsics.kernel_input(a), _intrinsics.kernel_input(b), c, at, threads)
 
