@@ -366,3 +366,20 @@ def test_large_float32_error_scaled_by_k(threads, rng):
         assert_matmul_close(fastla.matmul(a, b, backend="numba"), a, b, np.float32)
     finally:
         fastla.set_num_threads(n0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(7, 4, 4, 4), (5, 3, 5, 8), (301, 8, 8, 8)])
+def test_small_stack_splits_the_stack_across_threads(dtype, shape, rng):
+    """The small-product stack's task kernel: every product written, whatever the split (one
+    thread, two, up to the stack's length, uneven runs), and the default thread choice (one below
+    SMALL_SERIAL_WORK, the call's share above: 301 8x8 products in float64)."""
+    from fastla import _jit
+
+    s, m, k, n = shape
+    a = rng.standard_normal((s, m, k)).astype(dtype)
+    b = rng.standard_normal((s, k, n)).astype(dtype)
+    for threads in (1, min(2, _jit.max_threads()), _jit.max_threads(), None):
+        c = np.full((s, m, n), np.nan, dtype)
+        _gemm_kernels.small_stack(a, b, c, threads=threads)
+        assert_matmul_close(c, a, b, dtype)
