@@ -1015,6 +1015,13 @@ def _ce_loop(x, t, kind, reduction, smoothing, ignore_index, weight=None):
     return _reduce(loss.reshape(x.shape[:-1]), kind, t, reduction, ignore_index, weight=weight)
 
 
+#: Logits below which cross-entropy with class indices runs on one thread: a parallel launch costs
+#: ~2 us here (Zen 4, float64, fastla.cross_entropy backend='numba', us on one thread / two: 4 x 10
+#: 8.8 / 13.3, 64 x 10 11.1 / 13.3, 256 x 10 18.5 / 17.3, 64 x 100 15.1 / 15.5, 16 x 1000 21.1 /
+#: 18.4, 1024 x 10 47.9 / 32.6).
+CE_SERIAL_ELEMENTS = 2**12
+
+
 #: an empty class-weight array per compiled dtype (no weights), made once: typed as the kernels take it
 _NO_WEIGHT = {dt: kernel_input(np.empty(0, dt)) for dt in _validate.COMPILED_DTYPES}
 
@@ -1035,7 +1042,7 @@ def _ce_numba(x, t, kind, reduction, smoothing, ignore_index, weight=None):
                 (none, 0.0) if weight is None else (kernel_input(weight), float(weight.sum(dtype=np.float64)))
             )
             xw = kernel_input(x2 @ w) if weight is not None and smoothing else none
-            threads = max(1, min(_jit.threads_here(), rows))
+            threads = 1 if rows * n < CE_SERIAL_ELEMENTS else max(1, min(_jit.threads_here(), rows))
             at = CE_INDEX.address(x.dtype)
             args = (x2, tgt, float(smoothing), int(ignore_index), w, wsum, xw, loss, x.dtype.type(0))
             kept, bad = _ce_index_rows(*args, at, threads)
