@@ -125,13 +125,14 @@ def array_parts(context, builder, ty, val):
 
 
 def _call_entry_twin(address, fn, args):
-    fn(*args)
+    _linked(fn)(args)
 
 
 def _linked(fn):
-    """``fn(*args)`` as a function of ``args`` alone, for ``compile_internal``: the dispatcher a
-    constant of the closure. Passed as an argument, its value would be lowered to the address of the
-    Python object (a "dynamic global"), and Numba caches no function that holds one."""
+    """``fn(*args)`` as a function of ``args`` alone: what :func:`call_entry` runs with the JIT off,
+    and compiles with ``compile_internal`` where the call cannot go through the entry. The
+    dispatcher is a constant of the closure: passed as an argument, its value would be lowered to
+    the address of the Python object (a "dynamic global"), and Numba caches no function holding one."""
 
     def call(args):
         fn(*args)
@@ -140,7 +141,8 @@ def _linked(fn):
 
 
 def _linked_tasks(fn):
-    """:func:`parallel_tasks`'s serial loop of ``fn``, as :func:`_linked` is ``fn``'s call."""
+    """:func:`parallel_tasks`'s serial loop of ``fn`` (its JIT-off form and its linked fallback), as
+    :func:`_linked` is ``fn``'s call."""
 
     def tasks_of(args, tasks):
         for task in range(tasks):
@@ -184,8 +186,7 @@ def call_entry(typingctx, address, fn, args):
 
 
 def _parallel_tasks_twin(address, fn, args, tasks, threads, contiguous=False):
-    for task in range(tasks):
-        fn(*args, task)
+    _linked_tasks(fn)(args, tasks)
 
 
 @intrinsic(_parallel_tasks_twin)
