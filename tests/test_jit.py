@@ -350,6 +350,7 @@ def test_pack_cols_lays_out_a_panel(dtype, layout, scaled, rng):
 
 
 @needs_jit
+@pytest.mark.skipif("fma" not in _host.host_cpu()[1], reason="a target without FMA instructions (SSE only)")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_microkernel_asm_uses_vector_fma_without_spills(dtype):
     """The k loop must be packed FMAs on full-width registers with no stack traffic (no spills)."""
@@ -496,21 +497,25 @@ def test_gemm_callers_reach_its_tasks_through_their_addresses(dtype, entry, monk
     assert np.isnan(gk.gemm(a, b)).all()
     # few rows, or a B that fits L2 and up to SMALL_B_M rows: B's full panels read in place, its
     # narrower last panel packed by the task
+    extra = min(5, blk.NR - 1)  # columns of the narrower last panel
     for rows in (blk.DIRECT_M, blk.SMALL_B_M):
-        few = gk.gemm(a[:rows], rng.standard_normal((30, blk.NR + 5)).astype(dtype))
+        few = gk.gemm(a[:rows], rng.standard_normal((30, blk.NR + extra)).astype(dtype))
         nans = np.isnan(few).sum(axis=1).tolist()
-        assert nans == [few.shape[1] if entry == "A_BLOCK_TASK" else 5] * len(few)
-    # ... unless B is larger than DIRECT_BYTES: then packed whole
-    depth = blk.DIRECT_BYTES // (np.dtype(dtype).itemsize * 64) + 1
-    big = np.ones((depth, 64), dtype)
+        assert nans == [few.shape[1] if entry == "A_BLOCK_TASK" else extra] * len(few)
+    # ... unless B is larger than DIRECT_BYTES: then packed whole (whole panels: none left to pack)
+    width = blk.NR * max(1, 64 // blk.NR)
+    depth = blk.DIRECT_BYTES // (np.dtype(dtype).itemsize * width) + 1
+    big = np.ones((depth, width), dtype)
     assert np.isnan(gk.gemm(np.ones((2, depth), dtype), big)).all()
     in_place = gk.gemm(np.ones((2, depth - 1), dtype), big[1:])
     assert np.isnan(in_place).any() == (entry == "A_BLOCK_TASK")
     wide = rng.standard_normal((50, 70)).astype(dtype)  # past matmul's small-product sizes
     assert np.isnan(fl.matmul(rng.standard_normal((60, 50)).astype(dtype), wide, backend="numba")).any()
-    stack = rng.standard_normal((3, 40, 50)).astype(dtype)  # past the small-product kernels
+    # past the small-product kernels, with a last panel of B narrower than NR (the task packs it)
+    stack = rng.standard_normal((3, 40 + (40 % blk.NR == 0), 50)).astype(dtype)
     assert np.isnan(fl.matmul(stack, stack.transpose(0, 2, 1), backend="numba")).any()
-    assert np.isnan(fl.lu_factor(rng.standard_normal((300, 300)).astype(dtype), backend="numba")[0]).any()
+    odd = rng.standard_normal((301, 301)).astype(dtype)  # odd widths: narrower last panels at any NR
+    assert np.isnan(fl.lu_factor(odd, backend="numba")[0]).any()
     assert np.isnan(fl.cosine_similarity(a, backend="numba")).any()
     assert np.isnan(fl.cosine_similarity(a, b.T, backend="numba")).any()
     monkeypatch.undo()
