@@ -58,6 +58,14 @@ from fastla._jit import jit, prange
 #   (ratio to OpenBLAS, f64/f32): 6x4 0.84/0.82, 12x2 0.80/0.80, 14x2 0.80/0.75, 8x3 0.82/0.76;
 #   more broadcasts per FMA compete with the FMAs for ports.
 # * AVX2 (16 ymm): 6 x 2 -> 12 accumulators (BLIS haswell's 6x8 f64 / 6x16 f32); 8x2 spills.
+#   4 x 3 (OpenBLAS Haswell's 4x12 dgemm tile), measured on Zen 4 running the AVX2 build
+#   (NUMBA_CPU_NAME=haswell with AVX2's features, OpenBLAS's Haswell kernel), float64, ratio to
+#   OpenBLAS, interleaved runs, against 6 x 2: 1024^3 one thread 1.00-1.02x against 0.92-1.00x,
+#   two threads 0.96-1.07x against 0.78-0.92x, 1000x37x1000 0.90-0.95x against 0.33-0.99x; but
+#   thin products that read B in place lose (37x1000x1000 0.62-0.93x against 0.90-1.11x,
+#   5x1000x1000 1.10-1.37x against 1.46-1.55x: the panels of B are read again for every MR rows
+#   of A, more passes with 4 rows; KC 192-384 and JB 1-14 did not recover it); float32 even. Not
+#   taken: it would need a second tile for the in-place path.
 # * SSE only: 4 x 2 vectors.
 _SIMD = _host.simd_bytes()
 _MR, _NV = {64: (6, 4), 32: (6, 2)}.get(_SIMD, (4, 2))
