@@ -149,7 +149,8 @@ def test_v0_seed_and_errors():
             fastla.power_iteration(a, tol=tol)
 
 
-@pytest.mark.parametrize("n,k", [(10, 1), (40, 3), (300, 5)])
+# n = 300 without the JIT: 11 s of kernels run as Python, on the paths n = 40 covers
+@pytest.mark.parametrize("n,k", [(10, 1), (40, 3), pytest.param(300, 5, marks=pytest.mark.slow)])
 def test_tol_zero_is_to_rounding_as_eigsh_default(dtype, n, k, rng):
     """``tol=0``, ``eigsh``'s default ("machine precision"), asks for the rounding floor
     ``10 sqrt(n) eps`` itself (it was a ValueError: a user moving from eigsh with its default got
@@ -362,7 +363,8 @@ def test_one_triangle_product_matches_the_full_one(dtype):
     from fastla import _intrinsics, eigen
 
     rng = np.random.default_rng(11)
-    for n in (1, 3, 4, 5, 255, 256, 257, 515, 771):
+    # 515 and 771 (several blocks) without the JIT: 5 s of Python on the paths 257 covers
+    for n in (1, 3, 4, 5, 255, 256, 257) + ((515, 771) if fastla._jit.JIT_ENABLED else ()):
         s = rng.standard_normal((n, n))
         a = _intrinsics.kernel_input((s + s.T).astype(dtype))
         for width, widths in ((4, (1, 2, 4)), (1, (1,))):
@@ -381,6 +383,7 @@ def test_one_triangle_product_matches_the_full_one(dtype):
         assert vw == float(vec @ w) and ww == float(w @ w)
 
 
+@pytest.mark.slow  # without the JIT: 4 s of kernels run as Python, on paths the tests above cover
 def test_symmetric_power_iteration_reads_one_triangle(monkeypatch):
     """The numba impl reads one triangle of a matrix equal to its transpose, and of one symmetric to
     rounding (``Q diag(l) Q^T``), for one vector (k = 1) and blocks (k > 1); a matrix declared
