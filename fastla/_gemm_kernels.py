@@ -61,7 +61,7 @@ from fastla._jit import jit, prange
 #   4 x 3 (OpenBLAS Haswell's 4x12 dgemm tile), measured on Zen 4 running the AVX2 build
 #   (NUMBA_CPU_NAME=haswell with AVX2's features, OpenBLAS's Haswell kernel), float64, ratio to
 #   OpenBLAS, interleaved runs, against 6 x 2: 1024^3 one thread 1.00-1.02x against 0.92-1.00x,
-#   two threads 0.96-1.07x against 0.78-0.92x, 1000x37x1000 0.90-0.95x against 0.33-0.99x; but
+#   two threads 0.89-1.08x against 0.77-0.92x, 1000x37x1000 0.90-0.95x against 0.33-0.99x; but
 #   thin products that read B in place lose (37x1000x1000 0.62-0.93x against 0.90-1.11x,
 #   5x1000x1000 1.10-1.37x against 1.46-1.55x: the panels of B are read again for every MR rows
 #   of A, more passes with 4 rows; KC 192-384 and JB 1-14 did not recover it); float32 even. Not
