@@ -511,11 +511,11 @@ def test_gemm_callers_reach_its_tasks_through_their_addresses(dtype, entry, monk
     assert np.isnan(in_place).any() == (entry == "A_BLOCK_TASK")
     wide = rng.standard_normal((50, 70)).astype(dtype)  # past matmul's small-product sizes
     assert np.isnan(fl.matmul(rng.standard_normal((60, 50)).astype(dtype), wide, backend="numba")).any()
-    # past the small-product kernels, with a last panel of B narrower than NR (the task packs it)
-    stack = rng.standard_normal((3, 40 + (40 % blk.NR == 0), 50)).astype(dtype)
+    # odd widths (the stack's 41, LU's 301): B's last panel is narrower than NR, even at every tile,
+    # so a task packs it
+    stack = rng.standard_normal((3, 41, 50)).astype(dtype)  # past the small-product kernels
     assert np.isnan(fl.matmul(stack, stack.transpose(0, 2, 1), backend="numba")).any()
-    odd = rng.standard_normal((301, 301)).astype(dtype)  # odd widths: narrower last panels at any NR
-    assert np.isnan(fl.lu_factor(odd, backend="numba")[0]).any()
+    assert np.isnan(fl.lu_factor(rng.standard_normal((301, 301)).astype(dtype), backend="numba")[0]).any()
     assert np.isnan(fl.cosine_similarity(a, backend="numba")).any()
     assert np.isnan(fl.cosine_similarity(a, b.T, backend="numba")).any()
     monkeypatch.undo()
