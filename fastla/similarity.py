@@ -976,18 +976,28 @@ def _mirror_tile_row(c, t, bs):
                 c[i, j] = c[j, i]
 
 
-@jit(parallel=True)
-def _mirror_upper(c, bs):
-    """Copy the strict upper triangle of square C-contiguous ``c`` onto the lower one.
-
-    Tile row ``t`` holds ``t`` tiles to copy; pairing rows ``t`` and ``nt-1-t`` in one task gives
-    every task the same work.
-    """
+@jit(python_wrapper=False)
+def _mirror_task(c, bs, task):
+    """Task ``task`` of :func:`_mirror_upper`: tile rows ``task`` and ``nt - 1 - task`` (one row
+    when they meet). Tile row ``t`` holds ``t`` tiles to copy, so every task gets the same work."""
     nt = (c.shape[0] + bs - 1) // bs
-    for p in prange((nt + 1) // 2):
-        _mirror_tile_row(c, p, bs)
-        if nt - 1 - p != p:
-            _mirror_tile_row(c, nt - 1 - p, bs)
+    _mirror_tile_row(c, task, bs)
+    if nt - 1 - task != task:
+        _mirror_tile_row(c, nt - 1 - task, bs)
+
+
+@jit
+def _mirror_upper(c, bs, at, threads):
+    """Copy the strict upper triangle of square C-contiguous ``c`` onto the lower one, ``bs`` x
+    ``bs`` tiles: :func:`_mirror_task` for each pair of tile rows, through its entry address ``at``
+    (``fastla._intrinsics.parallel_tasks``). A ``prange`` loop before, whose parallel lowering was
+    most of the 0.94 s this step added to ``cosine_similarity(X)``'s cold first call (Zen 4)."""
+    nt = (c.shape[0] + bs - 1) // bs
+    _intrinsics.parallel_tasks(at, _mirror_task, (c, bs), (nt + 1) // 2, threads)
+
+
+#: :func:`_mirror_task` compiled once per dtype, run through its address by :func:`_mirror_upper`.
+MIRROR = _jit.Entry(_mirror_task, lambda dtype: (np.empty((1, 1), dtype), 0, 0))
 
 
 def _matrix_numba_2d(x, y, out):
@@ -1012,7 +1022,7 @@ def _matrix_numba_2d(x, y, out):
                 _gk.operand(x[i0:i1]), _gk.operand(x[i0:].T), _gk.Dest(flat, i0 * n + i0, n), one, False,
                 inv_x[i0:i1], inv_x[i0:], _gk.tiles(dt, blk.KC, mc, blk.NC),
             )  # fmt: skip
-        _mirror_upper(c, 64)
+        _mirror_upper(c, 64, MIRROR.address(dt), threads)
         _unit_diagonal(c, norms)
         return c
     y = _c_input(y)

@@ -1111,6 +1111,14 @@ MUTANTS = [
         "the fused A v pass drops a term of v . Av (non-symmetric power iteration)",
     ),
     Mutant(
+        "cosine-mirror-skips-the-paired-tile-row",
+        "similarity.py",
+        "    if nt - 1 - task != task:",
+        "    if False:",
+        ("tests/test_similarity.py", "-k", "symmetric"),
+        "cosine_similarity(X)'s mirror copies only the first of each task's two tile rows",
+    ),
+    Mutant(
         "one-triangle-drops-a-mirrored-term",
         "eigen.py",
         "            acc[3, j] += x0 * u03 + x1 * u13 + x2 * u23 + x3 * u33",
