@@ -52,6 +52,16 @@ def _solve(dt):
         fastla.solve(a, np.ones((64, n, 1), dt), backend="numba")
     a = np.eye(40, dtype=dt) + 0.5
     fastla.solve(a, np.ones(40, dt), backend="numba")
+    n = _blocked_n()  # one system past the threaded LAPACK calls: blocked LU and its substitution
+    fastla.solve(np.eye(n, dtype=dt) + 0.5, np.ones(n, dt), backend="numba")
+
+
+def _blocked_n():
+    """The least order of one system that ``solve``'s numba impl factors itself (blocked LU, the
+    trailing updates through the GEMM) rather than through LAPACK on the call's threads."""
+    from fastla.lu import THREADED_MAX_N
+
+    return THREADED_MAX_N + 1
 
 
 def _lu(dt):

@@ -230,6 +230,14 @@ def getrs_vector(lu, piv, b):
 
 
 @jit
+def _getrs_one(lu, piv, b):
+    """:func:`getrs_vector` compiled on its own, for one right-hand side: a solve's first call then
+    compiles it alone, not all of :func:`_getrs`'s forms."""
+    wide_vectors()
+    getrs_vector(lu, piv, b)
+
+
+@jit
 def _getrs(lu, piv, b, trans):
     """Solve with the factors in place on C-contiguous ``b`` (n, k): trans 0 (A x = b) or 1 (A^T)."""
     wide_vectors()
@@ -933,7 +941,11 @@ def _solve_systems(A, B):
         piv, info = _factor_numba(work)
         if info:
             raise _singular()
-        _getrs(_intrinsics.readonly(work), piv.astype(np.int64), x[t], 0)
+        lu, rows = _intrinsics.readonly(work), piv.astype(np.int64)
+        if x.shape[2] == 1:
+            _getrs_one(lu, rows, x[t].reshape(n))
+        else:
+            _getrs(lu, rows, x[t], 0)
     return x
 
 
