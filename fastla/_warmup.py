@@ -214,9 +214,43 @@ def _few_rows():
     return FEW_ROWS
 
 
+def _heavy_first_calls():
+    """A first call of an op's heavier path, where the typical first call (:func:`_first_calls`)
+    compiles less: the full compile-time benchmark times these too, so that its table shows the
+    slowest first call a user meets, not only the cheapest. Keyed ``op:path``."""
+    import fastla
+
+    def x(dt, rows):
+        return np.ones((rows, 16), dt) + np.arange(16, dtype=dt)
+
+    def square(dt, n):
+        return np.eye(n, dtype=dt) + 0.5
+
+    return {
+        # past the small-product paths: the packed GEMM (its packers, macro-kernel and driver)
+        "matmul:256x256": lambda dt: fastla.matmul(square(dt, 256), square(dt, 256), backend="numba"),
+        # one system past the threaded LAPACK calls: blocked LU, its GEMM updates, the substitution
+        "solve:n=300": lambda dt: fastla.solve(square(dt, 300), np.ones(300, dt), backend="numba"),
+        "lu_factor:n=300": lambda dt: fastla.lu_factor(square(dt, 300), backend="numba"),
+        # one operand: the upper triangle's products, then its mirror
+        "cosine_similarity:X only": lambda dt: fastla.cosine_similarity(x(dt, 200), backend="numba"),
+        # many queries: the packed top-k (the typical first call's 8 queries stream)
+        "cosine_topk:1000 queries": lambda dt: fastla.cosine_topk(
+            x(dt, 1000), x(dt, 2000), 10, backend="numba"
+        ),
+    }
+
+
+def first_call_names():
+    """The names the compile-time benchmark knows: each op (its typical first call), then the
+    heavier paths of :func:`_heavy_first_calls`."""
+    return [*dict.fromkeys(OPS), *_heavy_first_calls()]
+
+
 def run_first(op, dtype):
-    """Run ``op``'s typical first call for ``dtype`` in this process; return the seconds it took."""
-    call = _first_calls()[op]
+    """Run ``op``'s typical first call for ``dtype`` (or, for an ``op:path`` name, that path's first
+    call: :func:`_heavy_first_calls`) in this process; return the seconds it took."""
+    call = (_heavy_first_calls() if ":" in op else _first_calls())[op]
     t0 = time.perf_counter()
     call(np.dtype(dtype))
     return time.perf_counter() - t0

@@ -382,3 +382,17 @@ def test_report_header_names_the_spin_settings_only_where_set():
     assert "THREAD_TIMEOUT" not in plain and "WAIT_POLICY" not in plain
     machine.update(OPENBLAS_THREAD_TIMEOUT="4", OMP_WAIT_POLICY="passive")
     assert "OPENBLAS_THREAD_TIMEOUT=4; OMP_WAIT_POLICY=passive; threading layer omp" in report.header(machine)
+
+
+def test_compile_benchmark_times_each_ops_heavier_paths_with_it(monkeypatch):
+    """The full set's first calls include the ``op:path`` rows, and an ``--ops`` filter keeps an
+    op's heavier paths with it."""
+    from fastla.bench import compile_time
+
+    monkeypatch.delenv("FASTLA_BENCH_COMPILE_OPS", raising=False)
+    assert compile_time.ops_for("quick", None) == list(compile_time.QUICK_OPS)
+    full = compile_time.ops_for("full", None)
+    assert {"solve", "solve:n=300", "cosine_topk:1000 queries"} <= set(full)
+    assert compile_time.ops_for("full", ["solve"]) == ["solve", "solve:n=300"]
+    monkeypatch.setenv("FASTLA_BENCH_COMPILE_OPS", "all")
+    assert compile_time.ops_for("quick", ["cosine_topk"]) == ["cosine_topk", "cosine_topk:1000 queries"]

@@ -472,6 +472,18 @@ def test_every_op_has_a_first_call():
     assert set(_warmup._first_calls()) == set(_warmup.OPS)
 
 
+def test_heavier_first_calls_name_their_op_and_run():
+    """The compile benchmark's ``op:path`` rows: each names an op and a path, and its call runs."""
+    names = _warmup.first_call_names()
+    heavy = [name for name in names if ":" in name]
+    assert heavy and names[: len(names) - len(heavy)] == list(dict.fromkeys(_warmup.OPS))
+    for name in heavy:
+        op, _, path = name.partition(":")
+        assert op in _warmup.OPS and path, name
+        if _jit.JIT_ENABLED:
+            assert _warmup.run_first(name, np.float64) >= 0
+
+
 @needs_jit
 def test_cache_file_never_shares_a_data_file_between_overloads(tmp_path):
     """The race behind the corruption, made deterministic: a second process adds an overload from an

@@ -55,7 +55,7 @@ def _unknown_ops(args):
         if unknown:
             problems.append(f"unknown op(s) in --ops: {', '.join(unknown)}; known: {', '.join(known)}")
     if args.compile_ops and args.compile_ops not in ("all", "none"):
-        known = list(dict.fromkeys(_warmup.OPS))
+        known = _warmup.first_call_names()
         unknown = [op for op in args.compile_ops.split(",") if op not in known]
         if unknown:
             problems.append(

@@ -27,17 +27,17 @@ QUICK_OPS = ("softmax", "matmul")
 
 def ops_for(set_name, ops):
     """Ops whose first call is measured: ``FASTLA_BENCH_COMPILE_OPS`` (``all``, ``none`` or a comma
-    list) if set, else every op with a warm-up call (full set), :data:`QUICK_OPS` (quick) or softmax
-    (smoke)."""
+    list) if set, else every op's typical first call and the heavier paths' (``op:path``,
+    ``fastla._warmup.first_call_names``: full set), :data:`QUICK_OPS` (quick) or softmax (smoke)."""
     from fastla import _warmup
 
-    every = list(dict.fromkeys(_warmup.OPS))
+    every = _warmup.first_call_names()
     chosen = os.environ.get("FASTLA_BENCH_COMPILE_OPS", "").strip()
     if chosen:
         names = every if chosen == "all" else [] if chosen == "none" else chosen.split(",")
     else:
         names = {"smoke": ["softmax"], "quick": list(QUICK_OPS)}.get(set_name, every)
-    return [op for op in names if ops is None or op in ops]
+    return [op for op in names if ops is None or op.partition(":")[0] in ops]
 
 
 def _child(op):

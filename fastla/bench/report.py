@@ -126,7 +126,9 @@ def load_targets(path, workloads=None):
     targets = data.get("target", [])
     if workloads is not None:
         known = {(w.op, w.name): w for w in workloads}
-        for op in {w.op for w in workloads}:
+        from fastla import _warmup
+
+        for op in {w.op for w in workloads} | set(_warmup.first_call_names()):
             known[("compile", op)] = None
         bad = [
             f"{t.get('op')} [{t.get('size')}]" for t in targets if (t.get("op"), t.get("size")) not in known
