@@ -185,9 +185,11 @@ def _getrf(a, piv, nb, neg_one, tiles, gemm_at):
     info = n * 0
     for k0 in range(0, kmax, nb):
         k1 = min(k0 + nb, kmax)
-        info = _panel(a, k0, k1, piv, info)
+        # both through their symbols (compiled once, in their own libraries): linked, LLVM optimised
+        # them again inside this function (its own compile 0.44 -> 0.30 s, Zen 4)
+        info = _intrinsics.call_out_of_line(_panel, (a, k0, k1, piv, info))
         if k1 < n:  # U12 := L11^-1 A12; a wide matrix's last panel leaves no rows below to update
-            _trsm_unit_lower_rows(a, k0, k1)
+            _intrinsics.call_out_of_line(_trsm_unit_lower_rows, (a, k0, k1))
         if k1 < n and k1 < m:
             update = (
                 _gk.flat_operand(flat, k1 * n + k0, n, 1, m - k1, k1 - k0),  # L21
