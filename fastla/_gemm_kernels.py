@@ -1232,7 +1232,7 @@ def _b_in_place_typer(data, packed):
     return lambda data, packed: (False, _intrinsics.as_readonly(packed))
 
 
-@jit
+@jit(python_wrapper=False)
 def gemm_into(a, b, dst, alpha, accumulate, row_scale, col_scale, tiles):
     """``C = alpha * diag(row_scale) @ a @ b @ diag(col_scale)`` (or ``C += ...`` when ``accumulate``).
 
@@ -1468,8 +1468,8 @@ def gemm(a, b, out=None, *, threads=None):
     a_data, a_off, a_rs, a_cs, _, k = operand_fields(a)
     b_data, b_off, b_rs, b_cs, _, _ = operand_fields(b)
     work = workspace(dtype, elements)
-    gemm_plain(a_data, a_off, a_rs, a_cs, b_data, b_off, b_rs, b_cs, m, k, n, c.reshape(-1), one, none,
-               kc, mc, nc, a_at, pb_at, threads, work, gemm_at)  # fmt: skip
+    gemm_plain(a_data, a_off, a_rs, a_cs, b_data, b_off, b_rs, b_cs, m, k, n, c.reshape(-1), 0, n, one,
+               none, none, kc, mc, nc, a_at, pb_at, threads, work, gemm_at)  # fmt: skip
     return c
 
 
@@ -1499,8 +1499,11 @@ def gemm_plain(
     k,
     n,
     c,
+    c_off,
+    ldc,
     alpha,
-    none,
+    row_scale,
+    col_scale,
     kc,
     mc,
     nc,
@@ -1510,14 +1513,32 @@ def gemm_plain(
     work,
     gemm_at,
 ):
-    """``c = alpha * a @ b`` by :func:`gemm_into` at ``gemm_at`` (its one compiled signature) for a
-    Python caller, which passes the fields of the :class:`Operand` s (:func:`operand_fields`), the
-    flat C-contiguous result ``c``, the fields of :class:`Tiles` and :class:`Tasks` one by one:
-    Numba types a named tuple argument in Python and plain ones in C, so that :func:`gemm_into`'s
-    dispatch alone took ~4 us a call, this one's 0.5 us (Zen 4)."""
+    """``C = alpha * diag(row_scale) @ A @ B @ diag(col_scale)`` by :func:`gemm_into` at ``gemm_at``
+    (its one compiled signature) for a Python caller, which passes the fields of the
+    :class:`Operand` s (:func:`operand_fields`), the flat C-contiguous memory ``c`` of C (the m x n
+    block from ``c_off`` with row stride ``ldc``), the scales (empty: none), and the fields of
+    :class:`Tiles` and :class:`Tasks` one by one: Numba types a named tuple argument in Python and
+    plain ones in C, so that :func:`gemm_into`'s dispatch alone took ~4 us a call, this one's 0.5 us
+    (Zen 4); and :func:`gemm_into` itself compiles no Python wrapper (see :func:`gemm_to`)."""
     tl = Tiles(kc, mc, nc, Tasks(a_at, pb_at), threads, work)
-    start = kc - kc  # a run-time 0 (see "literal arguments")
-    gemm_flat_at(gemm_at, a, a_off, a_rs, a_cs, b, b_off, b_rs, b_cs, m, k, n, c, start, alpha, none, tl)
+    accumulate = m < 0  # a run-time False
+    a_op = flat_operand(a, a_off, a_rs, a_cs, m, k)
+    b_op = flat_operand(b, b_off, b_rs, b_cs, k, n)
+    args = (a_op, b_op, Dest(c, c_off, ldc), alpha, accumulate, row_scale, col_scale, tl)
+    _intrinsics.call_entry(gemm_at, gemm_into, args)
+
+
+def gemm_to(a, b, c, c_off, ldc, alpha, row_scale, col_scale, tl):
+    """``C = alpha * diag(row_scale) @ a @ b @ diag(col_scale)`` for a Python caller, C the block of
+    the flat C-contiguous ``c`` from ``c_off`` with row stride ``ldc``, ``a`` and ``b`` 2-D arrays
+    of any strides, ``tl`` a :class:`Tiles`: :func:`gemm_into` through :func:`gemm_plain`.
+    :func:`gemm_into` has no Python wrapper: the one that unboxed its named tuples was ~40% of its
+    LLVM IR, and every op built on the GEMM compiled it (matmul's 256 x 256 first call, Zen 4)."""
+    a_data, a_off, a_rs, a_cs, m, k = operand_fields(a)
+    b_data, b_off, b_rs, b_cs, _, n = operand_fields(b)
+    gemm_plain(a_data, a_off, a_rs, a_cs, b_data, b_off, b_rs, b_cs, m, k, n, c, c_off, ldc, alpha,
+               row_scale, col_scale, tl.kc, tl.mc, tl.nc, tl.tasks.a_block, tl.tasks.pack_b, tl.threads,
+               tl.work, GEMM_INTO.address(c.dtype))  # fmt: skip
 
 
 @jit(inline="always")

@@ -1018,10 +1018,8 @@ def _matrix_numba_2d(x, y, out):
         for i0 in range(0, n, bs):
             i1 = min(n, i0 + bs)
             mc = _gk.row_blocking(i1 - i0, dt.itemsize, threads)
-            _gk.gemm_into(
-                _gk.operand(x[i0:i1]), _gk.operand(x[i0:].T), _gk.Dest(flat, i0 * n + i0, n), one, False,
-                inv_x[i0:i1], inv_x[i0:], _gk.tiles(dt, blk.KC, mc, blk.NC),
-            )  # fmt: skip
+            tiles = _gk.tiles(dt, blk.KC, mc, blk.NC)
+            _gk.gemm_to(x[i0:i1], x[i0:].T, flat, i0 * n + i0, n, one, inv_x[i0:i1], inv_x[i0:], tiles)
         _mirror_upper(c, 64, MIRROR.address(dt), threads)
         _unit_diagonal(c, norms)
         return c
@@ -1030,9 +1028,8 @@ def _matrix_numba_2d(x, y, out):
     y, inv_y, _ = _inv_norms_numba(y)
     c = np.empty((n, m), dt) if out is None else out
     mc = _gk.row_blocking(n, dt.itemsize, threads)
-    a, b = _gk.operand(x), _gk.operand(y.T)
     tiles = _gk.tiles(dt, blk.KC, mc, blk.NC)
-    _gk.gemm_into(a, b, _gk.Dest(c.reshape(-1), 0, m), one, False, inv_x, inv_y, tiles)
+    _gk.gemm_to(x, y.T, c.reshape(-1), 0, m, one, inv_x, inv_y, tiles)
     return c
 
 
