@@ -964,7 +964,7 @@ def _inv_norms_numba(x):
     return x, inv, norms
 
 
-@jit
+@jit(python_wrapper=False)
 def _mirror_tile_row(c, t, bs):
     """``c[i, j] = c[j, i]`` for ``j < i`` in the rows of tile row ``t`` (``bs`` x ``bs`` tiles)."""
     n = c.shape[0]
@@ -981,9 +981,10 @@ def _mirror_task(c, bs, task):
     """Task ``task`` of :func:`_mirror_upper`: tile rows ``task`` and ``nt - 1 - task`` (one row
     when they meet). Tile row ``t`` holds ``t`` tiles to copy, so every task gets the same work."""
     nt = (c.shape[0] + bs - 1) // bs
-    _mirror_tile_row(c, task, bs)
+    # through its symbol: two linked call sites compiled its code into this task again
+    _ool(_mirror_tile_row, (c, task, bs))
     if nt - 1 - task != task:
-        _mirror_tile_row(c, nt - 1 - task, bs)
+        _ool(_mirror_tile_row, (c, nt - 1 - task, bs))
 
 
 @jit
@@ -1270,9 +1271,10 @@ def _rank_sort(s, idx, m):
 
 @jit(python_wrapper=False)
 def _finish_row(s_row, i_row, n, s_out, i_out):
-    """:func:`_best_into`, then sorted into rank order, best first (:func:`_rank_sort`)."""
-    m = _best_into(s_row, i_row, n, s_out, i_out)
-    _rank_sort(s_out, i_out, m)
+    """:func:`_best_into`, then sorted into rank order, best first (:func:`_rank_sort`); both through
+    their symbols, where linked they were optimised and code-generated again in this function."""
+    m = _ool(_best_into, (s_row, i_row, n, s_out, i_out))
+    _ool(_rank_sort, (s_out, i_out, m))
 
 
 #: scores a merge compares with the k-th best at once (:func:`fastla._intrinsics.above_mask`)

@@ -613,8 +613,8 @@ MUTANTS = [
     Mutant(
         "topk-packed-pool-left-unsorted",
         "similarity.py",
-        "    _rank_sort(s_out, i_out, m)",
-        "    _rank_sort(s_out, i_out, 0)",
+        "    _ool(_rank_sort, (s_out, i_out, m))",
+        "    _ool(_rank_sort, (s_out, i_out, 0))",
         ("tests/test_similarity.py",),
         "the best k of a query's candidate pool are returned in selection order, not rank order",
     ),
