@@ -1237,7 +1237,7 @@ def _radix_pass(src_k, src_i, src_s, dst_k, dst_i, dst_s, m, shift, by_index, co
     return True
 
 
-@jit
+@jit(python_wrapper=False)
 def _rank_sort(s, idx, m):
     """Sort the first ``m`` entries of ``s``/``idx`` into rank order (decreasing score, NaN last,
     ties to the lower index): a stable LSD radix sort by the index's bytes, then by

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import fastla
-from fastla import _jit, similarity
+from fastla import _intrinsics, _jit, similarity
 from tests.helpers import counted_in_loops, eps, fresh_ir, impl_names, variant
 
 
@@ -478,6 +478,12 @@ def test_topk_nan_rows_first_in_the_corpus_give_way(dtype, rng, topk_path):
     _topk_order_exactly(rng.standard_normal((3, d)).astype(dtype), c, (1, 7, 40))
 
 
+@_jit.jit
+def _rank_sort(s, idx, m):
+    """The kernel (compiled without a Python wrapper) from compiled code."""
+    _intrinsics.call_out_of_line(similarity._rank_sort, (s, idx, m))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_rank_sort_orders_by_the_ranking_rule(dtype, rng):
     """The packed top-k's final sort (a radix sort of score keys and indices) against Python's sort
@@ -490,7 +496,7 @@ def test_rank_sort_orders_by_the_ranking_rule(dtype, rng):
     want = sorted(range(m), key=lambda p: (np.isnan(s[p]), -s[p] if not np.isnan(s[p]) else 0, idx[p]))
     for count in (m, 1, 0):
         got_s, got_i = s.copy(), idx.copy()
-        similarity._rank_sort(got_s, got_i, count)
+        _rank_sort(got_s, got_i, count)
         order = want if count == m else list(range(count))
         np.testing.assert_array_equal(got_i[:count], idx[order])
         np.testing.assert_array_equal(got_s[:count], s[order])
