@@ -1521,11 +1521,8 @@ def gemm_plain(
     plain ones in C, so that :func:`gemm_into`'s dispatch alone took ~4 us a call, this one's 0.5 us
     (Zen 4); and :func:`gemm_into` itself compiles no Python wrapper (see :func:`gemm_to`)."""
     tl = Tiles(kc, mc, nc, Tasks(a_at, pb_at), threads, work)
-    accumulate = m < 0  # a run-time False
-    a_op = flat_operand(a, a_off, a_rs, a_cs, m, k)
-    b_op = flat_operand(b, b_off, b_rs, b_cs, k, n)
-    args = (a_op, b_op, Dest(c, c_off, ldc), alpha, accumulate, row_scale, col_scale, tl)
-    _intrinsics.call_entry(gemm_at, gemm_into, args)
+    flat_a, flat_b = (a, a_off, a_rs, a_cs), (b, b_off, b_rs, b_cs)
+    gemm_flat_at(gemm_at, flat_a, flat_b, m, k, n, c, c_off, ldc, alpha, row_scale, col_scale, tl)
 
 
 def gemm_to(a, b, c, c_off, ldc, alpha, row_scale, col_scale, tl):
@@ -1542,15 +1539,18 @@ def gemm_to(a, b, c, c_off, ldc, alpha, row_scale, col_scale, tl):
 
 
 @jit(inline="always")
-def gemm_flat_at(gemm_at, a, a_off, a_rs, a_cs, b, b_off, b_rs, b_cs, m, k, n, c, c_off, alpha, none, tl):
-    """``C = alpha * A @ B`` by :func:`gemm_into` at ``gemm_at`` for a compiled caller holding the
-    operands as flat memory: A (m x k) is ``a[a_off + i*a_rs + p*a_cs]``, B (k x n) likewise, C the
-    C-contiguous m x n block of the flat ``c`` from ``c_off``, ``tl`` a :class:`Tiles`. ``c_off``
-    must be a run-time value (see "literal arguments")."""
+def gemm_flat_at(gemm_at, flat_a, flat_b, m, k, n, c, c_off, ldc, alpha, row_scale, col_scale, tl):
+    """``C = alpha * diag(row_scale) @ A @ B @ diag(col_scale)`` by :func:`gemm_into` at ``gemm_at``
+    for a compiled caller holding the operands as flat memory: A (m x k) is ``a[a_off + i*a_rs +
+    p*a_cs]`` for ``flat_a = (a, a_off, a_rs, a_cs)``, B (k x n) likewise, C the m x n block of the
+    flat ``c`` from ``c_off`` with row stride ``ldc``, empty scales for none, ``tl`` a
+    :class:`Tiles`. ``c_off`` must be a run-time value (see "literal arguments")."""
     accumulate = m < 0  # a run-time False
+    a, a_off, a_rs, a_cs = flat_a
+    b, b_off, b_rs, b_cs = flat_b
     a_op = flat_operand(a, a_off, a_rs, a_cs, m, k)
     b_op = flat_operand(b, b_off, b_rs, b_cs, k, n)
-    args = (a_op, b_op, Dest(c, c_off, n), alpha, accumulate, none, none, tl)
+    args = (a_op, b_op, Dest(c, c_off, ldc), alpha, accumulate, row_scale, col_scale, tl)
     _intrinsics.call_entry(gemm_at, gemm_into, args)
 
 
@@ -1563,7 +1563,8 @@ def stack_task(a, b, c, dims, alpha, none, tiles, work, gemm_at, task):
     batch, m, k, n, per = dims
     tl = Tiles(tiles.kc, tiles.mc, tiles.nc, tiles.tasks, tiles.threads, work[task])
     for t in range(task * per, min(batch, (task + 1) * per)):
-        gemm_flat_at(gemm_at, a, t * m * k, k, 1, b, t * k * n, n, 1, m, k, n, c, t * m * n, alpha, none, tl)
+        flat_a, flat_b = (a, t * m * k, k, 1), (b, t * k * n, n, 1)
+        gemm_flat_at(gemm_at, flat_a, flat_b, m, k, n, c, t * m * n, n, alpha, none, none, tl)
 
 
 def _stack_task_examples(dtype):
