@@ -862,11 +862,18 @@ MUTANTS = [
     Mutant(
         "gemm-flat-result-rows-at-the-depth-stride",
         "_gemm_kernels.py",
-        "    args = (a_op, b_op, Dest(c, c_off, n), alpha, accumulate, none, none, tl)\n",
-        "    args = (a_op, b_op, Dest(c, c_off, k), alpha, accumulate, none, none, tl)\n",
-        ("tests/test_matmul.py", "-k", "shapes_all_impls or stack_of_packed_products"),
-        "compiled callers of the packed GEMM on flat memory (matmul's products, stacks of them) lay "
-        "the result's rows out at A's column count, not B's",
+        "        gemm_flat_at(gemm_at, flat_a, flat_b, m, k, n, c, t * m * n, n, alpha, none, none, tl)\n",
+        "        gemm_flat_at(gemm_at, flat_a, flat_b, m, k, n, c, t * m * n, k, alpha, none, none, tl)\n",
+        ("tests/test_matmul.py", "-k", "stack_of_packed_products"),
+        "a stack of packed products lays each result's rows out at A's column count, not B's",
+    ),
+    Mutant(
+        "gemm-result-rows-at-the-depth-stride",
+        "_gemm_kernels.py",
+        "b_cs, m, k, n, c.reshape(-1), 0, n, one,\n",
+        "b_cs, m, k, n, c.reshape(-1), 0, k, one,\n",
+        ("tests/test_matmul.py", "-k", "shapes_all_impls"),
+        "matmul's packed product lays the result's rows out at A's column count, not B's",
     ),
     Mutant(
         "kernels-lu-solve-accepts-pivot-n",
@@ -1109,6 +1116,15 @@ MUTANTS = [
         "        vw += v[i] * s0 + v[i + 1] * s1 + v[i + 2] * s2",
         ("tests/test_eigen.py",),
         "the fused A v pass drops a term of v . Av (non-symmetric power iteration)",
+    ),
+    Mutant(
+        "cosine-triangle-rows-at-the-block-width",
+        "similarity.py",
+        "x[i0:].T, flat, i0 * n + i0, n, one, inv_x[i0:i1]",
+        "x[i0:].T, flat, i0 * n + i0, n - i0, one, inv_x[i0:i1]",
+        ("tests/test_similarity.py", "-k", "symmetric"),
+        "cosine_similarity(X)'s row blocks of the upper triangle are laid out at the block's width, "
+        "not the result's",
     ),
     Mutant(
         "cosine-mirror-skips-the-paired-tile-row",
