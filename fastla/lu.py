@@ -943,11 +943,11 @@ def _solve_systems(A, B):
         piv, info = _factor_numba(work)
         if info:
             raise _singular()
-        lu, rows = _intrinsics.readonly(work), piv.astype(np.int64)
+        lu, piv64 = _intrinsics.readonly(work), piv.astype(np.int64)
         if x.shape[2] == 1:
-            _getrs_one(lu, rows, x[t].reshape(n))
+            _getrs_one(lu, piv64, x[t].reshape(n))
         else:
-            _getrs(lu, rows, x[t], 0)
+            _getrs(lu, piv64, x[t], 0)
     return x
 
 
