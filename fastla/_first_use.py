@@ -18,10 +18,27 @@ whatever the number of calls still to come, the time spent is at most twice the 
 hindsight (NumPy throughout, or the kernel compiled at the first call), with the estimate exact;
 off by a factor f, at most 1 + max(f, 1/f) times. A forced ``backend="numba"`` compiles at once,
 and with the JIT off nothing waits (there is nothing to compile).
+
+An op's own kernels (its drivers, the GEMM, the row kernels: everything but those per-size ones)
+follow the same rule per op and dtype (:data:`KERNELS`). Their first ``auto`` call compiled them on
+the spot: 1.1-7.1 s on a 2-core Zen 4 where NumPy's call takes 3-80 ms (README, "First use"). Numba's
+cache index is per function and signature, not per op, so whether an op's kernels are cached is
+recorded apart: once an op's compiled kernels have run to completion for a dtype (forced or under
+``auto``, ``fastla warmup`` included), this process knows it, and an empty marker file in the
+kernel cache's directory (``first-use/<tag>/<op>-<dtype char>``) tells later processes; the tag
+hashes fastla's source stamp, the host CPU and Numba's version, the things Numba's own cache
+entries are keyed to, so a marker never outlives the kernels it vouches for through an upgrade.
+The key is per op and dtype, not per path: once one path of an op has run (top-k's streaming
+kernel), another (its packed kernel) compiles at its first call as before.
+``FASTLA_FIRST_CALL=compile`` (read at import) compiles at the first call instead: the test suite,
+the benchmarks and ``fastla tune``, which time steady states, run so.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import os
 import time
 
 from fastla import _jit
@@ -29,6 +46,9 @@ from fastla import _jit
 #: auto waits for the break-even before compiling a size's kernel (tests of the size rules set it
 #: False to read those rules alone)
 WAIT_FOR_BREAK_EVEN = True
+#: ... and before compiling an op's own kernels (:data:`KERNELS`); ``FASTLA_FIRST_CALL=compile``
+#: turns this off
+WAIT_FOR_KERNELS = os.environ.get("FASTLA_FIRST_CALL", "").strip().lower() != "compile"
 
 
 class Sizes:
@@ -38,18 +58,20 @@ class Sizes:
     whether Numba's on-disk cache does (an index read: probed once per key and process), and
     ``seconds(key)`` how long compiling it takes (the estimate the break-even compares with)."""
 
-    def __init__(self, what, compiled, cached, seconds):
+    def __init__(self, what, compiled, cached, seconds, waits=lambda: WAIT_FOR_BREAK_EVEN, per="size"):
         self.what = what
         self._compiled = compiled
         self._cached = cached
         self.estimate = seconds
+        self._waits = waits
+        self.per = per
         self._ready = set()
         self._probed = set()
         self.spent = {}
 
     def ready(self, key):
         """Whether the kernel for ``key`` runs without compiling (compiled here, or cached)."""
-        if key in self._ready or not _jit.JIT_ENABLED or not WAIT_FOR_BREAK_EVEN:
+        if key in self._ready or not _jit.JIT_ENABLED or not self._waits():
             return True
         found = self._compiled(key)
         if not found and key not in self._probed:
@@ -91,9 +113,10 @@ class Pending:
 
     def __call__(self):
         s = self.sizes
+        are, them = ("are", "them") if s.what.endswith("s") else ("is", "it")
         return (
-            f"{self.shape}: the compiled {s.what} for this size is neither compiled nor cached yet, so "
-            f"NumPy runs until its calls of this size have taken as long as compiling it would "
+            f"{self.shape}: the compiled {s.what} for this {s.per} {are} neither compiled nor cached yet, "
+            f"so NumPy runs until its calls of this {s.per} have taken as long as compiling {them} would "
             f"(~{s.estimate(self.key):.1f} s; {s.spent.get(self.key, 0.0):.3f} s so far)"
         )
 
@@ -112,3 +135,94 @@ def in_disk_cache(dispatcher, sig):
         return key in cache._cache_file._load_index()
     except Exception:  # no cache (NullCache has no index), or Numba's internals moved
         return False
+
+
+# --------------------------------------------------------------------------- an op's own kernels
+
+#: Seconds an op's kernels take to compile at its first call: the break-even estimate of
+#: :data:`KERNELS`. Measured on a 2-core Zen 4 (a fresh process and cache, the first ``auto`` call at
+#: a size where it picks the kernels, three runs: README, "First use"; matmul, solve and the LU
+#: ops, which ``auto`` gives to BLAS and LAPACK at such sizes, from the benchmark's heavier
+#: first calls). A slower machine compiles for longer: an estimate off by a factor f costs at most
+#: 1 + max(f, 1/f) times the better choice in hindsight.
+KERNEL_SECONDS = {
+    "matmul": 2.5,
+    "solve": 3.0,
+    "lu_factor": 3.0,
+    "lu_solve": 1.2,
+    "softmax": 2.4,
+    "log_softmax": 2.2,
+    "cross_entropy": 1.2,
+    "cosine_similarity": 3.3,
+    "cosine_topk": 5.0,
+    "power_iteration": 1.4,
+    "scaled_dot_product_attention": 3.5,
+}
+#: (op, dtype char) whose compiled kernels have run to completion in this process
+_RAN: set = set()
+
+
+def kernel_key(op, dtype):
+    """The :data:`KERNELS` key of ``op``'s kernels for arrays of ``dtype``."""
+    return (op, getattr(dtype, "char", "?"))
+
+
+@functools.cache
+def _marker_dir():
+    """This cache's directory of markers for these sources, this CPU and this Numba (None when
+    fastla's kernels are not cached)."""
+    dirs = sorted(_jit.cache_dirs())
+    if not dirs:
+        return None
+    from fastla import _host
+
+    name, features = _host.host_cpu()
+    tag = f"{_jit.package_source_stamp()} {name} {sorted(features)} {_jit.numba.__version__}"
+    return os.path.join(dirs[0], "first-use", hashlib.sha256(tag.encode()).hexdigest()[:16])
+
+
+def _marker(key):
+    folder = _marker_dir()
+    return None if folder is None else os.path.join(folder, f"{key[0]}-{key[1]}")
+
+
+def _kernels_cached(key):
+    path = _marker(key)
+    return path is not None and os.path.exists(path)
+
+
+def ran(key):
+    """Record that the kernels of ``key`` ran to completion: in this process, and (once per process)
+    as a marker for the next ones. A cache that cannot be written is left as it is."""
+    if key in _RAN:
+        return
+    _RAN.add(key)
+    path = _marker(key) if _jit.JIT_ENABLED else None
+    if path is None:
+        return
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "a"):
+            pass
+    except OSError:
+        pass
+
+
+def run_kernels(key, fn, *args):
+    """``fn(*args)`` on fastla's threads (:func:`fastla._jit.run_parallel`), then :func:`ran`."""
+    res = _jit.run_parallel(fn, *args)
+    if key not in _RAN:
+        ran(key)
+    return res
+
+
+#: Each op's own kernels per dtype as a family (see the module docstring), keyed by
+#: :func:`kernel_key`.
+KERNELS = Sizes(
+    "kernels",
+    lambda key: key in _RAN,
+    _kernels_cached,
+    lambda key: KERNEL_SECONDS.get(key[0], 2.0),
+    waits=lambda: WAIT_FOR_BREAK_EVEN and WAIT_FOR_KERNELS,
+    per="op and dtype",
+)

@@ -88,7 +88,14 @@ class Operation:
                 return "numpy", prep.compiled
             if not _jit.NUMBA_AVAILABLE:
                 return "numpy", f"{_jit.NUMBA_IMPORT_ERROR}; using numpy"
-            return self.rule(prep)
+            name, reason = self.rule(prep)
+            if name != "numpy" and self.impls[name].needs_numba:
+                # the op's own kernels: compiled, cached, or NumPy's calls have paid for them?
+                dtype = getattr(prep.args[0], "dtype", None)
+                key = _first_use.kernel_key(self.name, dtype)
+                if not _first_use.KERNELS.wins(key):
+                    return "numpy", _first_use.KERNELS.pending(key, f"{self.name} of {dtype} arrays")
+            return name, reason
         impl = self.impls[requested]
         if impl.needs_numba and not _jit.NUMBA_AVAILABLE:
             raise BackendUnavailable(f"{self.name}: backend {requested!r}: {_jit.NUMBA_IMPORT_ERROR}")
@@ -101,11 +108,15 @@ class Operation:
 
     def run(self, backend, prep):
         """Choose the impl for ``prep`` and run it on the clean arguments (a call that runs NumPy
-        until its size's kernel pays for its compile is timed for that: ``fastla._first_use``)."""
+        until its size's kernel, or its op's kernels, pay for their compile is timed for that; a
+        compiled run is recorded: ``fastla._first_use``)."""
         name, reason = self.choose(backend, prep)
         impl = self.impls[name]
         if impl.needs_numba:
-            return _jit.run_parallel(impl.fn, *prep.args, **prep.kwargs)
+            res = _jit.run_parallel(impl.fn, *prep.args, **prep.kwargs)
+            key = _first_use.kernel_key(self.name, getattr(prep.args[0], "dtype", None))
+            _first_use.ran(key)
+            return res
         if type(reason) is _first_use.Pending:
             return reason.run(impl.fn, *prep.args, **prep.kwargs)
         return impl.fn(*prep.args, **prep.kwargs)

@@ -38,8 +38,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from fastla import _first_use, _intrinsics, _jit, _registry, _validate
 from fastla import _gemm_kernels as _gk
-from fastla import _intrinsics, _jit, _registry, _validate
 from fastla._intrinsics import wide_vectors
 from fastla._jit import jit
 from fastla._lane_solver import _SPREAD, LANE_RHS, STEPS, lanes, solve_stack, step_key
@@ -710,19 +710,21 @@ def solve(a, b, *, backend=None):
         forced = fast == "numba"
         if forced or (fast and not AUTO_RULE["large_numba"]):
             n = a.shape[-1]
+            ops = ("solve", a.dtype.char)  # _first_use.kernel_key: the op's own kernels
             if a.ndim == 2 and a.shape[0] == n and 1 <= b.ndim <= 2 and b.shape[0] == n:
-                return _jit.run_parallel(_solve_numba, a, b) if forced else _solve_numpy(a, b)
+                return _first_use.run_kernels(ops, _solve_numba, a, b) if forced else _solve_numpy(a, b)
             if a.ndim == 3 and a.shape[1] == n and b.ndim == 3 and b.shape[:2] == a.shape[:2]:
                 if forced:
-                    return _jit.run_parallel(_solve_numba, a, b)
+                    return _first_use.run_kernels(ops, _solve_numba, a, b)
                 if _batched_wins(n, a.shape[0]):
                     key = (a.dtype.char, n, min(b.shape[2], LANE_RHS) or 1)  # step_key, inlined
-                    if STEPS.wins(key):
-                        return _jit.run_parallel(_solve_numba, a, b)
-                    return STEPS.run_numpy(key, _solve_numpy, a, b)
-                if _threads_win(n, a.shape[0]):
-                    return _jit.run_parallel(_solve_numba, a, b)
-                return _solve_numpy(a, b)
+                    if not STEPS.wins(key):
+                        return STEPS.run_numpy(key, _solve_numpy, a, b)
+                elif not _threads_win(n, a.shape[0]):
+                    return _solve_numpy(a, b)
+                if not _first_use.KERNELS.wins(ops):  # then the op's own (as the full path's rule)
+                    return _first_use.KERNELS.run_numpy(ops, _solve_numpy, a, b)
+                return _first_use.run_kernels(ops, _solve_numba, a, b)
     return _validate.wrap_like(b, _LINSOLVE.run(backend, _prepare_linsolve(a, b)))
 
 

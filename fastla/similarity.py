@@ -55,8 +55,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from fastla import _first_use, _intrinsics, _jit, _math, _registry, _validate
 from fastla import _gemm_kernels as _gk
-from fastla import _intrinsics, _jit, _math, _registry, _validate
 from fastla._intrinsics import as_readonly, prefetch_span, wide_vectors, widen
 from fastla._jit import jit, prange
 
@@ -457,8 +457,11 @@ def _fast_matrix(x, y, backend):
     if not fast:
         return None
     other = None if y is x else y
+    ops = ("cosine_similarity", dt.char)  # _first_use.kernel_key
     if fast == "numba" or _matrix_kernel_pays(x.shape[0], y.shape[0], x.shape[1]):
-        return _jit.run_parallel(_matrix_numba, x, other, None, "mm")
+        if fast == "numba" or _first_use.KERNELS.wins(ops):
+            return _first_use.run_kernels(ops, _matrix_numba, x, other, None, "mm")
+        return _first_use.KERNELS.run_numpy(ops, _matrix_numpy, x, other, None, "mm")
     return _matrix_numpy(x, other, None, "mm")
 
 
@@ -473,8 +476,11 @@ def _fast_topk(q, c, k, backend):
         return None
     squeeze = q.ndim == 1
     q2 = q[None, :] if squeeze else q
+    ops = ("cosine_topk", dt.char)  # _first_use.kernel_key
     if fast == "numba" or _topk_kernel_pays(q2.shape[0], c.shape[0], c.shape[1]):
-        return _jit.run_parallel(_topk_numba, q2, c, k, None, squeeze, None)
+        if fast == "numba" or _first_use.KERNELS.wins(ops):
+            return _first_use.run_kernels(ops, _topk_numba, q2, c, k, None, squeeze, None)
+        return _first_use.KERNELS.run_numpy(ops, _topk_numpy, q2, c, k, None, squeeze, None)
     return _topk_numpy(q2, c, k, None, squeeze, None)
 
 

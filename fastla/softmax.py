@@ -36,7 +36,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fastla import _intrinsics, _jit, _math, _registry, _validate
+from fastla import _first_use, _intrinsics, _jit, _math, _registry, _validate
 from fastla._intrinsics import kernel_input, prefetch_span, readonly, wide_vectors
 from fastla._jit import jit, prange
 
@@ -535,8 +535,11 @@ def _fast(x, axis, out, backend, log):
         and _registry.fast_path(backend)
     )
     if fast:
-        if fast == "numba" or _compiled_wins(x.size):
-            return _jit.run_parallel(_numba_impl, x, (x.ndim - 1,), None, log)
+        ops = ("log_softmax" if log else "softmax", x.dtype.char)  # _first_use.kernel_key
+        if fast == "numba" or (_compiled_wins(x.size) and _first_use.KERNELS.wins(ops)):
+            return _first_use.run_kernels(ops, _numba_impl, x, (x.ndim - 1,), None, log)
+        if _compiled_wins(x.size):  # the op's kernels neither compiled nor cached yet
+            return _first_use.KERNELS.run_numpy(ops, _numpy_impl, x, -1, None, log)
         return _numpy_impl(x, -1, None, log)
     return None
 
@@ -904,9 +907,12 @@ def cross_entropy(
         # and kernel without its generic preparation (4 x 10: 26 -> 17.6 us; 8.7 us with the index
         # check and the mean's divisor counted in the kernel)
         fast = _registry.fast_path(backend)
-        if fast == "numba" or (fast == "auto" and _compiled_wins(logits.size)):
+        ops = ("cross_entropy", logits.dtype.char)  # _first_use.kernel_key
+        wins = fast == "auto" and _compiled_wins(logits.size) and _first_use.KERNELS.wins(ops)
+        if fast == "numba" or wins:  # (kernels neither compiled nor cached: the full path, timed)
             # (the kernel finds out-of-range indices itself, and _ce_numba raises for them)
-            return _jit.run_parallel(_ce_numba, logits, target, "index", reduction, 0.0, ignore_index)
+            args = (logits, target, "index", reduction, 0.0, ignore_index)
+            return _first_use.run_kernels(ops, _ce_numba, *args)
     prep = _prepare_ce(logits, target, weight, axis, reduction, label_smoothing, ignore_index)
     return _CE.run(backend, prep)
 

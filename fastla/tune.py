@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import fastla
-from fastla import _jit, _profile
+from fastla import _first_use, _jit, _profile
 
 ROUNDS = 7
 MIN_BATCH_S = 0.0005  # one timed batch of calls
@@ -335,7 +335,18 @@ def _progress(done, total, label, stream):
 def run(*, write=True, ops=None, stream=None, out=None, plot_path=None):
     """Measure every sweep (or ``ops``), print the report; write the profile unless ``write`` is
     False; draw the sweep to ``plot_path`` (PNG) when given. Returns ``{"rules", "regret_before",
-    "regret_after"}``."""
+    "regret_after"}``. ``auto`` is timed at its steady state: an op's kernels compile at its first
+    call meanwhile (``fastla._first_use.WAIT_FOR_KERNELS`` off), not after NumPy's calls have paid
+    for them."""
+    waits = _first_use.WAIT_FOR_KERNELS
+    _first_use.WAIT_FOR_KERNELS = False
+    try:
+        return _run(write, ops, stream, out, plot_path)
+    finally:
+        _first_use.WAIT_FOR_KERNELS = waits
+
+
+def _run(write, ops, stream, out, plot_path):
     stream = sys.stderr if stream is None else stream
     out = sys.stdout if out is None else out
     if not _jit.JIT_ENABLED:

@@ -7,6 +7,11 @@ import pytest
 # The suite checks auto against the shipped thresholds: a profile that `python -m fastla tune` wrote
 # on this machine must not change what the tests expect (tests/test_profile.py sets its own).
 os.environ["FASTLA_PROFILE"] = "off"
+# ... nor must whether an op's kernels were compiled or cached before (fastla/_first_use.py: auto
+# runs NumPy until its calls have paid for their compile): the suite's auto compiles them at its
+# first call; tests/test_first_use.py tests the default. In the environment, so that the processes
+# the tests start (examples, dask workers) do the same.
+os.environ["FASTLA_FIRST_CALL"] = "compile"
 
 import fastla
 from tests.helpers import DTYPES, LAYOUTS

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import scipy.special
 
 import fastla
 from fastla import _first_use, _gemm_kernels, _jit, _lane_solver, lu
@@ -140,3 +141,114 @@ def test_a_size_whose_kernel_is_cached_runs_it_from_the_first_call():
         """
     _python(code, None)
     assert _python(code, None).stdout.strip().splitlines()[-1] == "numba numba"
+
+
+# --------------------------------------------------------------------------- an op's own kernels
+
+
+def _kernels_not_compiled(monkeypatch, seconds):
+    """auto waiting for an op's kernels (the default outside this suite, whose conftest sets
+    FASTLA_FIRST_CALL=compile), none of them compiled or cached, compiling estimated at ``seconds``."""
+    monkeypatch.setattr(_first_use, "WAIT_FOR_KERNELS", True)
+    monkeypatch.setattr(_first_use, "_RAN", set())
+    _not_compiled(monkeypatch, _first_use.KERNELS, seconds)
+    monkeypatch.setattr(_first_use.KERNELS, "_compiled", lambda key: key in _first_use._RAN)  # the real test
+
+
+@needs_jit
+def test_an_ops_kernels_run_numpy_until_the_break_even(monkeypatch, rng):
+    """softmax's fast path: NumPy while its calls have taken less than the estimate, each call
+    charged to the op and dtype; then the compiled kernels, recorded as run; explain says each step."""
+    _kernels_not_compiled(monkeypatch, 0.02)
+    module = sys.modules["fastla.softmax"]
+    x = rng.standard_normal((300, 200)).astype(np.float32)
+    key = _first_use.kernel_key("softmax", x.dtype)
+    expect = scipy.special.softmax(x, axis=-1)
+    numpy_calls = _spy(monkeypatch, module, "_numpy_impl")
+    name, reason = fastla.explain("softmax", x)
+    assert name == "numpy" and reason.startswith("softmax of float32 arrays: the compiled kernels"), reason
+    assert "0.000 s so far" in reason
+    calls = 0
+    while fastla.explain("softmax", x)[0] == "numpy":
+        np.testing.assert_allclose(fastla.softmax(x), expect, rtol=1e-6)
+        calls += 1
+        assert calls < 10_000
+    assert len(numpy_calls) == calls >= 1
+    assert _first_use.KERNELS.spent[key] >= 0.02 and key not in _first_use._RAN
+    ran = _spy(monkeypatch, module, "_numba_impl")
+    np.testing.assert_allclose(fastla.softmax(x), expect, rtol=1e-5)
+    assert ran == ["_numba_impl"] and key in _first_use._RAN
+    # float64 is a key of its own: NumPy again
+    assert fastla.explain("softmax", x.astype(np.float64))[0] == "numpy"
+
+
+@needs_jit
+def test_the_full_path_and_other_ops_wait_too_and_forcing_compiles_at_once(monkeypatch, rng):
+    _kernels_not_compiled(monkeypatch, 1e9)
+    logits = rng.standard_normal((200, 30))
+    target = rng.integers(0, 30, 200)
+    weight = rng.random(30)
+    key = _first_use.kernel_key("cross_entropy", logits.dtype)
+    expect = fastla.cross_entropy(logits, target, weight=weight, backend="numpy")
+    # the full path (a class weight): the registry's rule, then the op's kernels
+    assert (
+        "cross_entropy of float64 arrays" in fastla.explain("cross_entropy", logits, target, weight=weight)[1]
+    )
+    np.testing.assert_allclose(fastla.cross_entropy(logits, target, weight=weight), expect, rtol=1e-12)
+    assert _first_use.KERNELS.spent[key] > 0
+    spent = _first_use.KERNELS.spent[key]
+    np.testing.assert_allclose(
+        fastla.cross_entropy(logits, target), fastla.cross_entropy(logits, target, backend="numpy")
+    )
+    assert _first_use.KERNELS.spent[key] > spent  # the fast path's call, charged as well
+    # every op whose rule picks its kernels waits for them; a forced call compiles and records them
+    for op, args in (
+        ("cosine_similarity", (rng.standard_normal((600, 64)),)),
+        ("scaled_dot_product_attention", tuple(rng.standard_normal((1, 2, 256, 32)) for _ in range(3))),
+    ):
+        assert fastla.explain(op, *args)[0] == "numpy", op
+        assert fastla.explain(op, *args, backend="numba")[0] == "numba"
+    fastla.cross_entropy(logits, target, backend="numba")
+    assert key in _first_use._RAN and fastla.explain("cross_entropy", logits, target)[0] == "numba"
+
+
+def test_the_marker_is_per_source_cpu_and_numba_and_a_cache_it_cannot_write_is_left_alone(
+    monkeypatch, tmp_path
+):
+    if _first_use._marker_dir() is None:
+        pytest.skip("fastla's kernels are not cached here")
+    here = _first_use._marker(("softmax", "f"))
+    try:
+        monkeypatch.setattr(_jit, "package_source_stamp", lambda: "another version")
+        _first_use._marker_dir.cache_clear()
+        assert _first_use._marker(("softmax", "f")) != here  # a marker never outlives its sources
+    finally:
+        monkeypatch.undo()
+        _first_use._marker_dir.cache_clear()
+    assert _first_use._marker(("softmax", "f")) == here
+    blocked = tmp_path / "a file"
+    blocked.write_text("")
+    monkeypatch.setattr(_first_use, "_RAN", set())
+    monkeypatch.setattr(_first_use, "_marker", lambda key: str(blocked / "first-use" / "x"))
+    _first_use.ran(("softmax", "f"))  # no directory can be made under a file: no error
+    assert ("softmax", "f") in _first_use._RAN
+
+
+@needs_jit
+@pytest.mark.skipif(not _jit.CACHE, reason="on-disk cache off (a codegen override is set)")
+def test_an_op_that_ran_compiled_runs_compiled_from_a_new_processs_first_call(tmp_path):
+    """The default (FASTLA_FIRST_CALL unset): a fresh cache's first auto call runs NumPy; a process
+    that ran the op's kernels leaves its marker, and the next process runs them from its first
+    call. FASTLA_FIRST_CALL=compile compiles at the first call instead."""
+    code = """
+        import numpy as np, fastla
+        x = np.ones((300, 40), np.float32)
+        t = np.zeros(300, np.int64)
+        print(fastla.explain("cross_entropy", x, t)[0])
+        fastla.cross_entropy(x, t, backend="numba")
+        """
+    default = {"FASTLA_FIRST_CALL": ""}
+    assert _python(code, tmp_path / "a", default).stdout.split()[-1] == "numpy"
+    assert _python(code, tmp_path / "a", default).stdout.split()[-1] == "numba"
+    explain = code.replace('fastla.cross_entropy(x, t, backend="numba")', "")
+    assert _python(explain, tmp_path / "b", {"FASTLA_FIRST_CALL": "compile"}).stdout.split()[-1] == "numba"

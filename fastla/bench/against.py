@@ -108,7 +108,8 @@ class Side:
 
     def __init__(self, name, root, workloads_file, cache_dir):
         self.name = name
-        env = {**os.environ, "FASTLA_PROFILE": "off"}
+        # auto at its steady state: an op's kernels compiled at its first call (fastla._first_use)
+        env = {**os.environ, "FASTLA_PROFILE": "off", "FASTLA_FIRST_CALL": "compile"}
         if cache_dir is not None:  # else this environment's cache (the candidate's, warm from the tests)
             env["NUMBA_CACHE_DIR"] = str(cache_dir)
         env.pop("PYTHONPATH", None)
