@@ -141,13 +141,16 @@ def in_disk_cache(dispatcher, sig):
 
 #: Seconds an op's kernels take to compile at its first call: the break-even estimate of
 #: :data:`KERNELS`. Measured on a 2-core Zen 4 (a fresh process and cache, the first ``auto`` call at
-#: a size where it picks the kernels, three runs: README, "First use"; matmul, solve and the LU
-#: ops, which ``auto`` gives to BLAS and LAPACK at such sizes, from the benchmark's heavier
-#: first calls). A slower machine compiles for longer: an estimate off by a factor f costs at most
-#: 1 + max(f, 1/f) times the better choice in hindsight.
+#: a size where it picks the kernels, three runs: README, "First use"). ``auto`` gives single
+#: products and systems to BLAS and LAPACK there, so matmul's and solve's are their stacks' (the
+#: benchmark's typical first calls: 1.2-1.3 and 0.9-1.0 s; the per-size rule waits for the size's
+#: own kernel before this one), and the LU ops' the blocked LU's, which ``auto`` runs on machines
+#: whose profile says it beats LAPACK (2.8-3.5 s for n = 300). A slower machine compiles for
+#: longer: an estimate off by a factor f costs at most 1 + max(f, 1/f) times the better choice in
+#: hindsight.
 KERNEL_SECONDS = {
-    "matmul": 2.5,
-    "solve": 3.0,
+    "matmul": 1.3,
+    "solve": 1.0,
     "lu_factor": 3.0,
     "lu_solve": 1.2,
     "softmax": 2.4,
