@@ -70,10 +70,14 @@ class Sizes:
         self.spent = {}
 
     def ready(self, key):
-        """Whether the kernel for ``key`` runs without compiling (compiled here, or cached)."""
-        if key in self._ready or not _jit.JIT_ENABLED or not self._waits():
+        """Whether the kernel for ``key`` runs without compiling (compiled here, or cached). A kernel
+        compiled here is remembered as ready, also where nothing waits (``FASTLA_FIRST_CALL=compile``):
+        from then on a call's test is one set lookup."""
+        if key in self._ready or not _jit.JIT_ENABLED:
             return True
         found = self._compiled(key)
+        if not found and not self._waits():
+            return True
         if not found and key not in self._probed:
             self._probed.add(key)
             found = self._cached(key)

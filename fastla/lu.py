@@ -710,9 +710,11 @@ def solve(a, b, *, backend=None):
         forced = fast == "numba"
         if forced or (fast and not AUTO_RULE["large_numba"]):
             n = a.shape[-1]
-            ops = ("solve", a.dtype.char)  # _first_use.kernel_key: the op's own kernels
             if a.ndim == 2 and a.shape[0] == n and 1 <= b.ndim <= 2 and b.shape[0] == n:
-                return _first_use.run_kernels(ops, _solve_numba, a, b) if forced else _solve_numpy(a, b)
+                if forced:
+                    return _first_use.run_kernels(("solve", a.dtype.char), _solve_numba, a, b)
+                return _solve_numpy(a, b)
+            ops = ("solve", a.dtype.char)  # _first_use.kernel_key: the op's own kernels
             if a.ndim == 3 and a.shape[1] == n and b.ndim == 3 and b.shape[:2] == a.shape[:2]:
                 if forced:
                     return _first_use.run_kernels(ops, _solve_numba, a, b)

@@ -854,9 +854,10 @@ MUTANTS = [
     Mutant(
         "solve-fast-path-forced-numba-runs-lapack",
         "lu.py",
-        "                return _first_use.run_kernels(ops, _solve_numba, a, b)"
-        " if forced else _solve_numpy(a, b)\n",
-        "                return _solve_numpy(a, b)\n",
+        "                if forced:\n"
+        '                    return _first_use.run_kernels(("solve", a.dtype.char), _solve_numba, a, b)\n',
+        "                if False:\n"
+        '                    return _first_use.run_kernels(("solve", a.dtype.char), _solve_numba, a, b)\n',
         ("tests/test_fastpath.py", "-k", "explain_names"),
         "solve's fast path runs LAPACK for one system with numba forced",
     ),
