@@ -170,7 +170,8 @@ _RAN: set = set()
 
 
 def kernel_key(op, dtype):
-    """The :data:`KERNELS` key of ``op``'s kernels for arrays of ``dtype``."""
+    """The :data:`KERNELS` key of ``op``'s kernels for arrays of ``dtype`` (the public functions'
+    fast paths build the same tuple in place: a call of this costs them ~0.1 us)."""
     return (op, getattr(dtype, "char", "?"))
 
 

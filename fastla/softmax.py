@@ -536,9 +536,9 @@ def _fast(x, axis, out, backend, log):
     )
     if fast:
         ops = ("log_softmax" if log else "softmax", x.dtype.char)  # _first_use.kernel_key
-        if fast == "numba" or (_compiled_wins(x.size) and _first_use.KERNELS.wins(ops)):
-            return _first_use.run_kernels(ops, _numba_impl, x, (x.ndim - 1,), None, log)
-        if _compiled_wins(x.size):  # the op's kernels neither compiled nor cached yet
+        if fast == "numba" or _compiled_wins(x.size):
+            if fast == "numba" or _first_use.KERNELS.wins(ops):
+                return _first_use.run_kernels(ops, _numba_impl, x, (x.ndim - 1,), None, log)
             return _first_use.KERNELS.run_numpy(ops, _numpy_impl, x, -1, None, log)
         return _numpy_impl(x, -1, None, log)
     return None

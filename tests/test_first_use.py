@@ -252,3 +252,8 @@ def test_an_op_that_ran_compiled_runs_compiled_from_a_new_processs_first_call(tm
     assert _python(code, tmp_path / "a", default).stdout.split()[-1] == "numba"
     explain = code.replace('fastla.cross_entropy(x, t, backend="numba")', "")
     assert _python(explain, tmp_path / "b", {"FASTLA_FIRST_CALL": "compile"}).stdout.split()[-1] == "numba"
+
+
+def test_every_op_has_a_compile_estimate():
+    assert set(fastla.operations()) == set(_first_use.KERNEL_SECONDS)
+    assert all(0.5 <= s <= 10 for s in _first_use.KERNEL_SECONDS.values())
