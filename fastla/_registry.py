@@ -64,6 +64,14 @@ class Operation:
     rule: Callable[[Prepared], tuple[str, str | Callable[[], str]]]  # a reason may be lazy
     public: Callable | None = None
     impls: dict[str, Impl] = field(default_factory=dict)
+    #: the suffix of this call's key among the op's own kernels (``fastla._first_use``) where one of
+    #: its paths compiles kernels of its own (top-k's packed one: ".packed"); None: one key per dtype
+    kernel_path: Callable[[Prepared], str] | None = None
+
+    def kernel_key(self, prep):
+        """The ``fastla._first_use.KERNELS`` key of the kernels this call's compiled impl runs."""
+        path = "" if self.kernel_path is None else self.kernel_path(prep)
+        return _first_use.kernel_key(self.name + path, getattr(prep.args[0], "dtype", None))
 
     def register(self, name, *, needs_numba=False, any_dtype=False):
         """Decorator adding a kernel under ``name``."""
@@ -91,10 +99,10 @@ class Operation:
             name, reason = self.rule(prep)
             if name != "numpy" and self.impls[name].needs_numba:
                 # the op's own kernels: compiled, cached, or NumPy's calls have paid for them?
-                dtype = getattr(prep.args[0], "dtype", None)
-                key = _first_use.kernel_key(self.name, dtype)
+                key = self.kernel_key(prep)
                 if not _first_use.KERNELS.wins(key):
-                    return "numpy", _first_use.KERNELS.pending(key, f"{self.name} of {dtype} arrays")
+                    dtype = getattr(prep.args[0], "dtype", None)
+                    return "numpy", _first_use.KERNELS.pending(key, f"{key[0]} of {dtype} arrays")
             return name, reason
         impl = self.impls[requested]
         if impl.needs_numba and not _jit.NUMBA_AVAILABLE:
@@ -114,8 +122,7 @@ class Operation:
         impl = self.impls[name]
         if impl.needs_numba:
             res = _jit.run_parallel(impl.fn, *prep.args, **prep.kwargs)
-            key = _first_use.kernel_key(self.name, getattr(prep.args[0], "dtype", None))
-            _first_use.ran(key)
+            _first_use.ran(self.kernel_key(prep))
             return res
         if type(reason) is _first_use.Pending:
             return reason.run(impl.fn, *prep.args, **prep.kwargs)

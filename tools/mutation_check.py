@@ -1481,6 +1481,14 @@ MUTANTS = [
         "the full path compiles an op's kernels at auto's first call on a cold cache",
     ),
     Mutant(
+        "first-use-topk-paths-share-a-key",
+        "similarity.py",
+        '    return ".packed" if queries >= AUTO_RULE["topk_packed_min_queries"] else ""\n',
+        '    return ""\n',
+        ("tests/test_first_use.py", "-k", "packed"),
+        "after the streaming top-k ran, the packed kernel compiles at auto's first call on a cold cache",
+    ),
+    Mutant(
         "first-use-kernels-run-not-recorded",
         "_first_use.py",
         "    _RAN.add(key)\n",
