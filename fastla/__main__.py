@@ -27,6 +27,7 @@ def _cmd_info(args):
             value = ", ".join(f"{k}={v}" for k, v in value.items())
         print(f"{key:<{width}}  {value}")
     print(f"{'auto_gemm':<{width}}  {importlib.import_module('fastla.matmul').auto_gemm_summary()}")
+    print(f"{'auto_first_call':<{width}}  {importlib.import_module('fastla._first_use').summary()}")
     return 0
 
 

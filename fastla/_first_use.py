@@ -237,3 +237,19 @@ KERNELS = Sizes(
     waits=lambda: WAIT_FOR_BREAK_EVEN and WAIT_FOR_KERNELS,
     per="op and dtype",
 )
+
+
+def summary():
+    """One line for ``python -m fastla info``: what ``auto`` does before an op's kernels are compiled
+    or cached, and for how many ops and dtypes this cache holds the record of a run."""
+    if not _jit.JIT_ENABLED:
+        return "nothing to compile (the JIT is off)"
+    if not (WAIT_FOR_BREAK_EVEN and WAIT_FOR_KERNELS):
+        return "an op's kernels compile at its first call (FASTLA_FIRST_CALL=compile)"
+    folder = _marker_dir()
+    keys = len(os.listdir(folder)) if folder is not None and os.path.isdir(folder) else 0
+    hint = "" if keys else "; `python -m fastla warmup` compiles them ahead"
+    return (
+        "NumPy until its calls have cost the compile, where an op's kernels are neither compiled nor "
+        f"cached (cached: {keys} op and dtype keys{hint})"
+    )

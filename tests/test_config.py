@@ -238,6 +238,9 @@ def test_cli_info_and_explain():
         or "packed kernel from" in r.stdout
         or "packed kernel float64 " in r.stdout
     )
+    # what auto does before an op's kernels are compiled (this suite's processes compile at once)
+    expect = "compile at its first call" if fastla._jit.JIT_ENABLED else "nothing to compile"
+    assert expect in facts["auto_first_call"], facts["auto_first_call"]
     r = run_python(
         "from fastla.__main__ import main; "
         "main(['explain', 'matmul', '--shape', '1000x1000', '1000x8', '--dtype', 'float32'])"
