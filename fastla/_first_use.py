@@ -227,6 +227,15 @@ def run_kernels(key, fn, *args):
     return res
 
 
+def kernels_or_numpy(key, forced, kernels, numpy, *args):
+    """A fast path's call of an op's compiled ``kernels(*args)`` (:func:`run_kernels`): at once when
+    ``forced``, else once they are compiled or cached or NumPy's calls have paid for them
+    (:data:`KERNELS`); until then ``numpy(*args)``, its time charged to ``key``."""
+    if forced or KERNELS.wins(key):
+        return run_kernels(key, kernels, *args)
+    return KERNELS.run_numpy(key, numpy, *args)
+
+
 #: Each op's own kernels per dtype as a family (see the module docstring), keyed by
 #: :func:`kernel_key`.
 KERNELS = Sizes(

@@ -724,9 +724,8 @@ def solve(a, b, *, backend=None):
                         return STEPS.run_numpy(key, _solve_numpy, a, b)
                 elif not _threads_win(n, a.shape[0]):
                     return _solve_numpy(a, b)
-                if not _first_use.KERNELS.wins(ops):  # then the op's own (as the full path's rule)
-                    return _first_use.KERNELS.run_numpy(ops, _solve_numpy, a, b)
-                return _first_use.run_kernels(ops, _solve_numba, a, b)
+                # then the op's own kernels (as the full path's rule)
+                return _first_use.kernels_or_numpy(ops, False, _solve_numba, _solve_numpy, a, b)
     return _validate.wrap_like(b, _LINSOLVE.run(backend, _prepare_linsolve(a, b)))
 
 

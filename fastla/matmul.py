@@ -349,25 +349,22 @@ def matmul(a, b, /, out=None, *, backend=None):
         fast = fast and _registry.fast_path(backend)
         if fast:
             forced = fast == "numba"
-            ops = ("matmul", dt.char)  # _first_use.kernel_key: the op's own kernels
             if a.ndim == 2 and a.shape[1] == b.shape[0]:
                 m, k = a.shape  # (m below the packed kernel's least: no rule to evaluate)
                 if forced or (m >= GEMM_MIN_ROWS_COLS and _compiled_wins(m, k, b.shape[1], 1, False, dt)):
-                    if forced or _first_use.KERNELS.wins(ops):
-                        return _first_use.run_kernels(ops, _matmul_numba, a, b, None)
-                    return _first_use.KERNELS.run_numpy(ops, _matmul_numpy, a, b, None)
+                    ops = ("matmul", dt.char)  # _first_use.kernel_key: the op's own kernels
+                    return _first_use.kernels_or_numpy(ops, forced, _matmul_numba, _matmul_numpy, a, b, None)
                 return _matmul_numpy(a, b, None)
             if a.ndim == 3 and a.shape[0] == b.shape[0] and a.shape[2] == b.shape[1]:
                 batch, m, k = a.shape
                 if forced:
-                    return _first_use.run_kernels(ops, _matmul_numba, a, b, None)
+                    return _first_use.run_kernels(("matmul", dt.char), _matmul_numba, a, b, None)
                 if _compiled_wins(m, k, b.shape[2], batch, True, dt):
                     key = (dt.char, m, k, b.shape[2])  # _gk.stack_key: a per-size kernel (_first_use)?
                     if not _gk.FIXED.wins(key):
                         return _gk.FIXED.run_numpy(key, _matmul_numpy, a, b, None)
-                    if not _first_use.KERNELS.wins(ops):  # then the op's own (as the full path's rule)
-                        return _first_use.KERNELS.run_numpy(ops, _matmul_numpy, a, b, None)
-                    return _first_use.run_kernels(ops, _matmul_numba, a, b, None)
+                    ops = ("matmul", dt.char)  # then the op's own (as the full path's rule)
+                    return _first_use.kernels_or_numpy(ops, False, _matmul_numba, _matmul_numpy, a, b, None)
                 return _matmul_numpy(a, b, None)
     return _OP.run(backend, _prepare(a, b, out))
 

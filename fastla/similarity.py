@@ -467,11 +467,10 @@ def _fast_matrix(x, y, backend):
     if not fast:
         return None
     other = None if y is x else y
-    ops = ("cosine_similarity", dt.char)  # _first_use.kernel_key
     if fast == "numba" or _matrix_kernel_pays(x.shape[0], y.shape[0], x.shape[1]):
-        if fast == "numba" or _first_use.KERNELS.wins(ops):
-            return _first_use.run_kernels(ops, _matrix_numba, x, other, None, "mm")
-        return _first_use.KERNELS.run_numpy(ops, _matrix_numpy, x, other, None, "mm")
+        ops = ("cosine_similarity", dt.char)  # _first_use.kernel_key
+        args = (x, other, None, "mm")
+        return _first_use.kernels_or_numpy(ops, fast == "numba", _matrix_numba, _matrix_numpy, *args)
     return _matrix_numpy(x, other, None, "mm")
 
 
@@ -486,11 +485,10 @@ def _fast_topk(q, c, k, backend):
         return None
     squeeze = q.ndim == 1
     q2 = q[None, :] if squeeze else q
-    ops = ("cosine_topk" + _topk_path(q2.shape[0]), dt.char)  # _first_use.kernel_key
     if fast == "numba" or _topk_kernel_pays(q2.shape[0], c.shape[0], c.shape[1]):
-        if fast == "numba" or _first_use.KERNELS.wins(ops):
-            return _first_use.run_kernels(ops, _topk_numba, q2, c, k, None, squeeze, None)
-        return _first_use.KERNELS.run_numpy(ops, _topk_numpy, q2, c, k, None, squeeze, None)
+        ops = ("cosine_topk" + _topk_path(q2.shape[0]), dt.char)  # _first_use.kernel_key
+        args = (q2, c, k, None, squeeze, None)
+        return _first_use.kernels_or_numpy(ops, fast == "numba", _topk_numba, _topk_numpy, *args)
     return _topk_numpy(q2, c, k, None, squeeze, None)
 
 

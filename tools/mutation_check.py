@@ -1489,6 +1489,14 @@ MUTANTS = [
         "after the streaming top-k ran, the packed kernel compiles at auto's first call on a cold cache",
     ),
     Mutant(
+        "first-use-kernels-or-numpy-compiles-at-once",
+        "_first_use.py",
+        "    if forced or KERNELS.wins(key):\n",
+        "    if True:\n",
+        ("tests/test_first_use.py", "-k", "packed"),
+        "the fast paths of matmul, solve, cosine and top-k compile an op's kernels at auto's first call",
+    ),
+    Mutant(
         "first-use-kernels-run-not-recorded",
         "_first_use.py",
         "    _RAN.add(key)\n",
