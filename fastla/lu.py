@@ -642,7 +642,10 @@ def lu_factor(a, overwrite_a=False, check_finite=True, *, backend=None):
             if check_finite:
                 _validate.check_finite(a)
             return _lu_factor_numpy(a, overwrite_a)
-    return _FACTOR.run(backend, _prepare_factor(a, overwrite_a, check_finite))
+    lu, piv = _FACTOR.run(backend, _prepare_factor(a, overwrite_a, check_finite))
+    if lu.size == 0:  # SciPy's answer for an empty a: factors of a's own dtype (int, bool, float16)
+        lu = np.empty(lu.shape, np.asarray(a).dtype)
+    return lu, piv
 
 
 @_registry.public(_SOLVE)

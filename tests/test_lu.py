@@ -356,11 +356,30 @@ def test_singular_raises(name, rng):
 
 def test_lu_factor_of_a_stack_of_empty_matrices():
     """(2, 0, 0), (2, 3, 0) and (2, 0, 3): the stack flattened by its size, not -1 (a reshape
-    cannot infer -1 for an empty array), min(m, n) = 0 pivots each."""
+    cannot infer -1 for an empty array), min(m, n) = 0 pivots each. A stack of no matrices
+    (0, 3, 3) factors and solves to empty results, as np.linalg.solve does (SciPy raises there:
+    README, "Deliberate differences")."""
     for name in ("auto", *impl_names("lu_factor")):
         for shape in ((2, 0, 0), (2, 3, 0), (2, 0, 3)):
             lu, piv = fastla.lu_factor(np.zeros(shape), backend=name)
             assert lu.shape == shape and piv.shape == (2, 0), (name, shape)
+        lu, piv = fastla.lu_factor(np.zeros((0, 3, 3)), backend=name)
+        assert (lu.shape, piv.shape) == ((0, 3, 3), (0, 3)), name
+        x = fastla.lu_solve((lu, piv), np.zeros((0, 3, 2)), backend=name)
+        assert x.shape == (0, 3, 2) and x.dtype == np.float64, name
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.bool_, np.float16, np.float32, np.float64])
+def test_lu_factor_of_an_empty_matrix_keeps_its_dtype_as_scipy_does(dtype):
+    """SciPy returns an empty ``a``'s factors as ``np.empty_like(a)``: of ``a``'s own dtype, where a
+    non-empty integer, bool or float16 matrix is factored in float64 / float32."""
+    for name in ("auto", *impl_names("lu_factor")):
+        for shape in ((0, 0), (0, 6), (3, 0), (2, 3, 0)):
+            a = np.empty(shape, dtype)
+            lu, piv = fastla.lu_factor(a, backend=name)
+            expected, expected_piv = sla.lu_factor(a)
+            assert (lu.dtype, lu.shape) == (expected.dtype, expected.shape), (name, shape)
+            assert (piv.dtype, piv.shape) == (expected_piv.dtype, expected_piv.shape), (name, shape)
 
 
 @pytest.mark.parametrize("name", impl_names("lu_factor"))

@@ -1560,6 +1560,14 @@ MUTANTS = [
         ("tests/test_jit.py", "-k", "parallel_tasks"),
         "parallel_tasks' serial fallback (a call whose types are not the entry's) skips its last task",
     ),
+    Mutant(
+        "lu-factor-empty-in-the-compute-dtype",
+        "lu.py",
+        "        lu = np.empty(lu.shape, np.asarray(a).dtype)",
+        "        lu = np.empty(lu.shape, lu.dtype)",
+        ("tests/test_lu.py", "-k", "empty"),
+        "an empty integer, bool or float16 matrix's factors come back in the compute dtype, not SciPy's",
+    ),
 ]
 
 
