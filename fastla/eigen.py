@@ -1100,12 +1100,14 @@ def _prepare_operator(a, k, tol, maxiter, v0, symmetric, seed, return_eigenvecto
     """:func:`_prepare` for a SciPy sparse ``a`` (checked like a dense one: finiteness, symmetry and
     magnitude from its stored entries) or a LinearOperator (symmetric unless told otherwise, as
     ``eigsh`` assumes; its entries are not seen, so neither checked nor scaled)."""
+    sparse = _validate.is_sparse(a)
+    if sparse:
+        dtype = compute_dtype(a.dtype)  # the dtype first, as for a dense a
     check_options(a.shape, k, tol, maxiter)
     exp = 0
-    if _validate.is_sparse(a):
+    if sparse:
         import scipy.sparse as sp
 
-        dtype = compute_dtype(a.dtype)
         a = sp.csr_array(a, dtype=dtype, copy=True)  # a copy: summed and scaled here
         a.sum_duplicates()
         big = float(np.abs(a.data).max(initial=0.0))
@@ -1134,8 +1136,8 @@ def _prepare(a, k=1, tol=None, maxiter=None, v0=None, symmetric=None, seed=None,
     if _validate.is_sparse(a) or _is_linear_operator(a):
         return _prepare_operator(a, k, tol, maxiter, v0, symmetric, seed, return_eigenvectors)
     a = np.asarray(a)
+    dtype = compute_dtype(a.dtype)  # the dtype first, as NumPy checks it
     check_options(a.shape, k, tol, maxiter)
-    dtype = compute_dtype(a.dtype)
     # every sweep reads A: one C-contiguous, read-only typed copy (if it is not one already) keeps
     # each kernel to one compiled signature per dtype (see ``_jit``)
     a = _intrinsics.kernel_input(_validate.native(a, dtype))

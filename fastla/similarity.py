@@ -200,8 +200,8 @@ def _prepare_sparse(X, Y, out, dense_output):
     for name, a in (("X", x), ("Y", y)):
         if a.ndim != 2:
             raise ValueError(f"cosine_similarity: with sparse input, {name} must be 2-D, got shape {a.shape}")
-    check_pair(x, y)
     dtype = _float_dtype(x, y, "cosine_similarity")  # float16 computes in float32
+    check_pair(x, y)
     dense = bool(dense_output) or not (sp.issparse(x) and sp.issparse(y))
     shape = (x.shape[0], y.shape[0])
     if out is not None:
@@ -223,11 +223,11 @@ def _prepare_matrix(X, Y=None, dense_output=True, out=None):
     # subclasses (np.matrix, masked) are viewed as plain arrays, as sklearn does
     x = np.asarray(X)
     y = x if sym else np.asarray(Y)
+    dtype = _float_dtype(x, y, "cosine_similarity")  # the dtype first, as NumPy checks it
     check_pair(x, y)
     kind = ("m" if x.ndim == 2 else "v") + ("m" if y.ndim == 2 else "v")
     sym = sym and kind == "mm"
     shape = {"mm": (x.shape[0], y.shape[0]), "vm": (y.shape[0],), "mv": (x.shape[0],), "vv": ()}[kind]
-    dtype = _float_dtype(x, y, "cosine_similarity")
     x = _validate.native(x, dtype)
     y = x if sym else _validate.native(y, dtype)
     if out is not None:
@@ -288,9 +288,9 @@ def _prepare_topk_sparse(queries, corpus, k, batch_size, corpus_norms):
     for name, x in (("queries", q), ("corpus", c)):
         if _validate.is_sparse(x) and x.ndim != 2:
             raise ValueError(f"cosine_topk: a sparse {name} must be 2-D, got shape {x.shape}")
+    dtype = _float_dtype(q, c, "cosine_topk")
     k, batch_size = check_topk(q, c, k, batch_size)
     c_norms = None if corpus_norms is None else _check_norms(corpus_norms, c.shape[0])
-    dtype = _float_dtype(q, c, "cosine_topk")
     q, c = (x.astype(dtype) if _validate.is_sparse(x) else _validate.native(x, dtype) for x in (q, c))
     q2 = q[None, :] if q.ndim == 1 else q
     facts = {"n": q2.shape[0], "m": c.shape[0], "d": c.shape[1], "k": k, "dtype": dtype, "corpus": c.dtype}
@@ -304,9 +304,9 @@ def _prepare_topk(queries, corpus, k, batch_size=None, corpus_norms=None):
         return _prepare_topk_sparse(queries, corpus, k, batch_size, corpus_norms)
     q = np.asarray(queries)
     c = np.asarray(corpus)
+    dtype = _float_dtype(q, c, "cosine_topk")
     k, batch_size = check_topk(q, c, k, batch_size)
     c_norms = None if corpus_norms is None else _check_norms(corpus_norms, c.shape[0])
-    dtype = _float_dtype(q, c, "cosine_topk")
     q = _validate.native(q, dtype)
     # a float16 corpus searched in float32 stays float16 (see the module docstring)
     c = _validate.native(c, _HALF if c.dtype == _HALF and dtype == np.float32 else dtype)

@@ -630,7 +630,7 @@ def _finish(res, out):
 def _numpy_impl(x, axes, out, log):
     """scipy.special.softmax / log_softmax (NumPy passes); the seed's formula without SciPy."""
     x = np.asanyarray(x)
-    if x.size == 0 and x.dtype.kind != "b":  # bool: SciPy's error, empty or not (README)
+    if x.size == 0 and x.dtype.kind in "iufc":  # bool, object: SciPy's error, empty or not (README)
         res = np.empty(x.shape, dtype=np.result_type(x.dtype, np.float16))
     else:
         res = _scipy_or_seed(log)(x, axis=axes)

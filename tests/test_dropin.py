@@ -184,7 +184,7 @@ def _softmax_anchor(fn):
         # Deliberate difference (README): a zero-size reduction returns an empty result, as torch
         # does, where SciPy raises "zero-size array to reduction operation".
         x = np.asanyarray(x)
-        if x.size == 0 and x.dtype.kind in "iuf":
+        if x.size == 0 and x.dtype.kind in "iufc":
             return np.empty(x.shape, np.result_type(x.dtype, np.float16))
         return fn(x, axis=axis)
 
@@ -396,7 +396,7 @@ def test_mixed_dtypes(case):
 
 def _shape_cases():
     """0-d, empty and zero-size-axis inputs, per op (anchor, args)."""
-    e = np.empty
+    e = np.zeros  # not np.empty: the non-empty operands of an empty product hold values too
     return [
         ("matmul", (np.float64(2.0), np.ones(3))),
         ("matmul", (e((0, 3)), e((3, 2)))),
@@ -438,6 +438,54 @@ def test_shapes_like_the_anchor(i):
     case, args = _shape_cases()[i]
     fn, anchor, _, kwargs = CASES[case]
     check(fn, anchor, args, kwargs, where=f"{case} {[np.shape(a) for a in args]}", loose=case in LOOSE)
+
+
+_VALUES = ("nan", "inf", "subnormal", "subclass")
+
+
+@pytest.mark.parametrize("dtype_variant", [None, *sorted(v for v in VARIANTS if v.startswith("dtype-"))])
+@pytest.mark.parametrize("case", sorted(c for c in CASES if c != "lu_solve"))
+def test_combined_variants_like_the_anchor(case, dtype_variant):
+    """Two or three variants at once, where one alone passes: a dtype, then a layout, then a value
+    (nan, inf, subnormal; on float data) or the subclass. The checks an op makes in turn (dtype,
+    layout, finiteness) meet here, as in a user's data."""
+    fn, anchor, args, kwargs = CASES[case]
+    dtyped = args if dtype_variant is None else _apply(args, VARIANTS[dtype_variant])
+    for layout in (None, *(f"layout-{lay}" for lay in _LAYOUTS)):
+        laid = dtyped if layout is None else _apply_any(dtyped, VARIANTS[layout])
+        for value in (None, *_VALUES):
+            names = [n for n in (dtype_variant, layout, value) if n]
+            if len(names) < 2:
+                continue  # one variant alone: test_like_the_anchor
+            made = laid if value is None else _apply_floats(laid, VARIANTS[value], value)
+            check(fn, anchor, made, kwargs, where=f"{case} / {' + '.join(names)}", loose=case in LOOSE)
+
+
+@pytest.mark.parametrize("dtype_variant", sorted(v for v in VARIANTS if v.startswith("dtype-")))
+@pytest.mark.parametrize("i", range(len(_shape_cases())))
+def test_shapes_of_every_dtype_like_the_anchor(i, dtype_variant):
+    """The 0-d, empty and zero-size-axis inputs in each dtype: the empty-input shortcuts and the
+    dtype rules meet here (an empty integer matrix's lu_factor took the float dtype SciPy gives a
+    non-empty one; a complex 0-d cosine operand got the shape's ValueError before the dtype's
+    TypeError)."""
+    case, args = _shape_cases()[i]
+    fn, anchor, _, kwargs = CASES[case]
+    made = _apply(args, VARIANTS[dtype_variant])
+    where = f"{case} {[np.shape(a) for a in args]} / {dtype_variant}"
+    check(fn, anchor, made, kwargs, where=where, loose=case in LOOSE)
+
+
+def _apply_any(args, make):
+    """``make`` on every array argument, whatever its dtype (a layout of the dtype variant's array);
+    lu_solve's (lu, piv) pair is not among the cases here."""
+    return tuple(make(a) if isinstance(a, np.ndarray) else a for a in args)
+
+
+def _apply_floats(args, make, name):
+    """A value variant on the float arrays (a nan cannot be stored in an integer array); the
+    subclass on every array."""
+    kinds = "biufcO" if name == "subclass" else "fc"
+    return tuple(make(a) if isinstance(a, np.ndarray) and a.dtype.kind in kinds else a for a in args)
 
 
 @pytest.mark.parametrize(

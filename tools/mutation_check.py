@@ -1568,6 +1568,24 @@ MUTANTS = [
         ("tests/test_lu.py", "-k", "empty"),
         "an empty integer, bool or float16 matrix's factors come back in the compute dtype, not SciPy's",
     ),
+    Mutant(
+        "cosine-shape-checked-before-dtype",
+        "similarity.py",
+        '    dtype = _float_dtype(x, y, "cosine_similarity")  # the dtype first, as NumPy checks it\n'
+        "    check_pair(x, y)\n",
+        "    check_pair(x, y)\n"
+        '    dtype = _float_dtype(x, y, "cosine_similarity")  # the dtype first, as NumPy checks it\n',
+        ("tests/test_dropin.py", "-k", "every_dtype"),
+        "a complex or object operand of a wrong shape gets the shape's ValueError, not the dtype's TypeError",
+    ),
+    Mutant(
+        "softmax-empty-object-returned",
+        "softmax.py",
+        'if x.size == 0 and x.dtype.kind in "iufc":',
+        'if x.size == 0 and x.dtype.kind != "b":',
+        ("tests/test_dropin.py", "-k", "every_dtype"),
+        "an empty object array's softmax returns an empty result where SciPy's error is the contract",
+    ),
 ]
 
 
