@@ -31,8 +31,16 @@ entries are keyed to, so a marker never outlives the kernels it vouches for thro
 The key is per op and dtype, and per path only where an op says so (``Operation.kernel_path``:
 top-k's packed kernel); elsewhere, once one path of an op has run (a cosine of two operands),
 another (of one operand) compiles at its first call as before.
-``FASTLA_FIRST_CALL=compile`` (read at import) compiles at the first call instead: the test suite,
-the benchmarks and ``fastla tune``, which time steady states, run so.
+Where the kernels are cached, the call that reaches an op's break-even does not compile them: it
+starts that op's warm-up for the dtype in the background (:class:`Background`: a process of its own
+compiles them into the cache, then its thread loads them into this one), and ``auto`` goes on with
+NumPy until they are loaded. Measured (Zen 4, a fresh cache, a loop of ``softmax`` on 2000 x 1000
+float32: NumPy 2.7-3.1 ms a call, the kernels 0.4 ms): the longest call 1.73-1.93 s compiling in
+the call, 89-91 ms so; the kernels ran from 4.2-4.4 s into the loop against 7.0 s, since the
+process starts, compiles the op's whole warm-up and hands over through the cache.
+``FASTLA_FIRST_CALL=inline`` compiles in the call that reaches the break-even (the per-size
+families always do), and ``FASTLA_FIRST_CALL=compile`` (both read at import) at the first call: the
+test suite, the benchmarks and ``fastla tune``, which time steady states, run so.
 """
 
 from __future__ import annotations
@@ -59,13 +67,18 @@ class Sizes:
     whether Numba's on-disk cache does (an index read: probed once per key and process), and
     ``seconds(key)`` how long compiling it takes (the estimate the break-even compares with)."""
 
-    def __init__(self, what, compiled, cached, seconds, waits=lambda: WAIT_FOR_BREAK_EVEN, per="size"):
+    def __init__(
+        self, what, compiled, cached, seconds, waits=lambda: WAIT_FOR_BREAK_EVEN, per="size", elsewhere=None
+    ):
         self.what = what
         self._compiled = compiled
         self._cached = cached
         self.estimate = seconds
         self._waits = waits
         self.per = per
+        #: ``elsewhere.start(key)`` starts compiling ``key``'s kernels away from the calls, and
+        #: ``elsewhere.busy(key)`` says whether that is still under way (None: compiled in the call)
+        self._elsewhere = elsewhere
         self._ready = set()
         self._probed = set()
         self.spent = {}
@@ -88,17 +101,25 @@ class Sizes:
 
     def wins(self, key):
         """auto's answer for a size whose kernel beats NumPy: run it (it is ready, or NumPy's calls
-        of this size have taken as long as compiling it would), else NumPy. A ready size costs a
-        set lookup (the fast paths' calls: ~0.2 us)."""
-        return key in self._ready or self.ready(key) or self.spent.get(key, 0.0) >= self.estimate(key)
+        of this size have taken as long as compiling it would, and it is not being compiled
+        elsewhere meanwhile), else NumPy. A ready size costs a set lookup (the fast paths' calls:
+        ~0.2 us)."""
+        if key in self._ready or self.ready(key):
+            return True
+        if self.spent.get(key, 0.0) < self.estimate(key):
+            return False
+        return self._elsewhere is None or not self._elsewhere.busy(key)
 
     def run_numpy(self, key, fn, *args, **kwargs):
-        """``fn(*args, **kwargs)`` (the NumPy impl), its time added to ``key``'s."""
+        """``fn(*args, **kwargs)`` (the NumPy impl), its time added to ``key``'s; the call that
+        reaches the break-even starts the compile elsewhere, where this family compiles so."""
         t0 = time.perf_counter()
         try:
             return fn(*args, **kwargs)
         finally:
-            self.spent[key] = self.spent.get(key, 0.0) + time.perf_counter() - t0
+            spent = self.spent[key] = self.spent.get(key, 0.0) + time.perf_counter() - t0
+            if self._elsewhere is not None and spent >= self.estimate(key):
+                self._elsewhere.start(key)
 
     def pending(self, key, shape):
         """The reason auto gives for NumPy meanwhile (``shape`` describes the call's sizes): a
@@ -119,10 +140,12 @@ class Pending:
     def __call__(self):
         s = self.sizes
         are, them = ("are", "them") if s.what.endswith("s") else ("is", "it")
+        busy = s._elsewhere is not None and s._elsewhere.busy(self.key)
         return (
             f"{self.shape}: the compiled {s.what} for this {s.per} {are} neither compiled nor cached yet, "
             f"so NumPy runs until its calls of this {s.per} have taken as long as compiling {them} would "
             f"(~{s.estimate(self.key):.1f} s; {s.spent.get(self.key, 0.0):.3f} s so far)"
+            + (f"; {them} compile in the background meanwhile ({s._elsewhere.what})" if busy else "")
         )
 
     def run(self, fn, *args, **kwargs):
@@ -236,6 +259,51 @@ def kernels_or_numpy(key, forced, kernels, numpy, *args):
     return KERNELS.run_numpy(key, numpy, *args)
 
 
+#: at the break-even, compile an op's kernels in the background (:class:`Background`) where they
+#: are cached, NumPy running meanwhile; False (``FASTLA_FIRST_CALL=inline``): in the call that
+#: reaches it
+COMPILE_IN_BACKGROUND = os.environ.get("FASTLA_FIRST_CALL", "").strip().lower() != "inline"
+
+
+class Background:
+    """An op's kernels compiled away from its calls: at the break-even, ``fastla.warmup`` of the op
+    and dtype with ``background=True`` (a process of its own compiles them into the cache, one job;
+    then its thread loads them here, which records the key as run), once per op and dtype. Until
+    that thread ends, ``auto`` goes on with NumPy: no call waits for a compile, where the call that
+    reached the break-even compiled them for seconds (1-5 s on a 2-core Zen 4: README, "First use").
+    Where the kernels are not cached (nothing a process could hand over), or the job failed or did
+    not run the call's path, the next call compiles them in place, as before."""
+
+    what = "fastla.warmup in a process of its own"
+
+    def __init__(self):
+        self.jobs = {}  # (the op's warm-up call, dtype char) -> the warm-up's thread
+
+    @staticmethod
+    def _job(key):
+        """``(op, (warm-up call, dtype char))``: an op path's kernels come with its op's warm-up, and
+        ops sharing a warm-up call (softmax and log_softmax, the LU pair) share its job."""
+        from fastla import _warmup
+
+        op = key[0].split(".")[0]
+        return op, (_warmup.TARGETS.get(op), key[1])
+
+    def start(self, key):
+        if not COMPILE_IN_BACKGROUND or key[1] not in "fd" or _marker_dir() is None:
+            return
+        op, job = self._job(key)
+        if job[0] is None or job in self.jobs:
+            return
+        from fastla import _warmup
+
+        dtype = "float32" if key[1] == "f" else "float64"
+        self.jobs[job] = _warmup.warmup([op], [dtype], background=True, jobs=1, progress=False)
+
+    def busy(self, key):
+        thread = self.jobs.get(self._job(key)[1])
+        return thread is not None and thread.is_alive()
+
+
 #: Each op's own kernels per dtype as a family (see the module docstring), keyed by
 #: :func:`kernel_key`.
 KERNELS = Sizes(
@@ -245,6 +313,7 @@ KERNELS = Sizes(
     lambda key: KERNEL_SECONDS.get(key[0], 2.0),
     waits=lambda: WAIT_FOR_BREAK_EVEN and WAIT_FOR_KERNELS,
     per="op and dtype",
+    elsewhere=Background(),
 )
 
 
@@ -258,7 +327,8 @@ def summary():
     folder = _marker_dir()
     keys = len(os.listdir(folder)) if folder is not None and os.path.isdir(folder) else 0
     hint = "" if keys else "; `python -m fastla warmup` compiles them ahead"
+    how = "compiled in the background meanwhile" if COMPILE_IN_BACKGROUND else "then compiled in the call"
     return (
         "NumPy until its calls have cost the compile, where an op's kernels are neither compiled nor "
-        f"cached (cached: {keys} op and dtype keys{hint})"
+        f"cached, {how} (cached: {keys} op and dtype keys{hint})"
     )

@@ -4,13 +4,14 @@ for its compile, the kernel at once where it is compiled or cached."""
 from __future__ import annotations
 
 import sys
+import threading
 
 import numpy as np
 import pytest
 import scipy.special
 
 import fastla
-from fastla import _first_use, _gemm_kernels, _jit, _lane_solver, lu
+from fastla import _first_use, _gemm_kernels, _jit, _lane_solver, _warmup, lu
 from tests.test_warmup import _python  # a new process on this process's cache
 
 needs_jit = pytest.mark.skipif(not _jit.JIT_ENABLED, reason="a kernel to compile")
@@ -146,13 +147,16 @@ def test_a_size_whose_kernel_is_cached_runs_it_from_the_first_call():
 # --------------------------------------------------------------------------- an op's own kernels
 
 
-def _kernels_not_compiled(monkeypatch, seconds):
+def _kernels_not_compiled(monkeypatch, seconds, background=False):
     """auto waiting for an op's kernels (the default outside this suite, whose conftest sets
-    FASTLA_FIRST_CALL=compile), none of them compiled or cached, compiling estimated at ``seconds``."""
+    FASTLA_FIRST_CALL=compile), none of them compiled or cached, compiling estimated at ``seconds``;
+    at the break-even compiled in the call, or with ``background`` by the background job."""
     monkeypatch.setattr(_first_use, "WAIT_FOR_KERNELS", True)
+    monkeypatch.setattr(_first_use, "COMPILE_IN_BACKGROUND", background)
     monkeypatch.setattr(_first_use, "_RAN", set())
     _not_compiled(monkeypatch, _first_use.KERNELS, seconds)
     monkeypatch.setattr(_first_use.KERNELS, "_compiled", lambda key: key in _first_use._RAN)  # the real test
+    monkeypatch.setattr(_first_use.KERNELS._elsewhere, "jobs", {})
 
 
 @needs_jit
@@ -210,6 +214,114 @@ def test_the_full_path_and_other_ops_wait_too_and_forcing_compiles_at_once(monke
         assert fastla.explain(op, *args, backend="numba")[0] == "numba"
     fastla.cross_entropy(logits, target, backend="numba")
     assert key in _first_use._RAN and fastla.explain("cross_entropy", logits, target)[0] == "numba"
+
+
+def _fake_background_warmup(monkeypatch, load):
+    """``fastla.warmup`` replaced by a background job held until ``release`` is set, which then
+    runs ``load()`` (the real job's loading of the kernels here) unless it is None (a failed job).
+    Returns (the calls' arguments, release)."""
+    calls, release = [], threading.Event()
+
+    def warmup(ops, dtypes, *, background, jobs, progress):
+        calls.append((ops, dtypes, background, jobs, progress))
+
+        def job():
+            release.wait(60)
+            if load is not None:
+                load()
+
+        thread = threading.Thread(target=job, daemon=True)
+        thread.start()
+        return thread
+
+    monkeypatch.setattr(_warmup, "warmup", warmup)
+    monkeypatch.setattr(_first_use, "_marker_dir", lambda: "a cache")  # the kernels are cached
+    return calls, release
+
+
+@needs_jit
+def test_at_the_break_even_an_ops_kernels_compile_in_the_background_while_numpy_goes_on(monkeypatch, rng):
+    """The default where the kernels are cached: the call that reaches the break-even starts the op's
+    warm-up in the background, once (log_softmax shares softmax's); every call runs NumPy until that
+    job has loaded the kernels here (explain says so), then the kernels run. No call compiles."""
+    _kernels_not_compiled(monkeypatch, 1e-9, background=True)
+    module = sys.modules["fastla.softmax"]
+    x = rng.standard_normal((300, 200)).astype(np.float32)
+    expect = scipy.special.softmax(x, axis=-1)
+    key = _first_use.kernel_key("softmax", x.dtype)
+    calls, release = _fake_background_warmup(monkeypatch, lambda: fastla.softmax(x, backend="numba"))
+    numpy_calls = _spy(monkeypatch, module, "_numpy_impl")
+    np.testing.assert_allclose(fastla.softmax(x), expect, rtol=1e-6)  # reaches the break-even
+    assert calls == [(["softmax"], ["float32"], True, 1, False)]
+    for _ in range(3):
+        name, reason = fastla.explain("softmax", x)
+        assert name == "numpy" and "compile in the background meanwhile" in reason, reason
+        np.testing.assert_allclose(fastla.softmax(x), expect, rtol=1e-6)
+        fastla.log_softmax(x)
+    assert len(numpy_calls) == 7 and len(calls) == 1 and key not in _first_use._RAN
+    release.set()
+    _first_use.KERNELS._elsewhere.jobs[(_warmup.TARGETS["softmax"], "f")].join(60)
+    assert key in _first_use._RAN  # loaded (here: compiled) by the job's thread
+    ran = _spy(monkeypatch, module, "_numba_impl")
+    np.testing.assert_allclose(fastla.softmax(x), expect, rtol=1e-5)
+    assert ran == ["_numba_impl"] and len(numpy_calls) == 7
+
+
+@needs_jit
+def test_a_background_job_that_ends_without_the_kernels_leaves_them_to_the_next_call(monkeypatch, rng):
+    """A failed job (or one whose calls did not run this path) ends without recording the key: the
+    next call compiles the kernels in place, as where nothing runs in the background; where the
+    kernels are not cached at all, no job starts."""
+    _kernels_not_compiled(monkeypatch, 1e-9, background=True)
+    logits = rng.standard_normal((200, 30))
+    target = rng.integers(0, 30, 200)
+    key = _first_use.kernel_key("cross_entropy", logits.dtype)
+    calls, release = _fake_background_warmup(monkeypatch, None)
+    fastla.cross_entropy(logits, target)
+    assert len(calls) == 1 and fastla.explain("cross_entropy", logits, target)[0] == "numpy"
+    release.set()
+    _first_use.KERNELS._elsewhere.jobs[(_warmup.TARGETS["cross_entropy"], "d")].join(60)
+    assert fastla.explain("cross_entropy", logits, target)[0] == "numba"
+    fastla.cross_entropy(logits, target)
+    assert key in _first_use._RAN and len(calls) == 1
+    monkeypatch.setattr(_first_use, "_marker_dir", lambda: None)  # kernels not cached: compiled in place
+    x = rng.standard_normal((300, 200))
+    fastla.softmax(x)
+    assert len(calls) == 1 and fastla.explain("softmax", x)[0] == "numba"
+
+
+@needs_jit
+@pytest.mark.skipif(not _jit.CACHE, reason="on-disk cache off (a codegen override is set)")
+def test_a_fresh_caches_auto_calls_never_compile_in_the_calling_thread(tmp_path):
+    """End to end, the default on an empty cache: a loop of cross_entropy calls runs NumPy, then (the
+    op's kernels compiled by a process of its own and loaded by the background thread) the kernels,
+    and Numba compiles nothing in the thread making the calls."""
+    code = """
+        import threading, time
+        import numpy as np, fastla
+        from numba.core import event
+
+        main, here = threading.main_thread(), []
+
+        class Compiles(event.Listener):
+            def on_start(self, ev):
+                if threading.current_thread() is main:
+                    here.append(ev.data["dispatcher"].py_func.__qualname__)
+
+            def on_end(self, ev):
+                pass
+
+        event.register("numba:compile", Compiles())
+        x = np.random.default_rng(0).standard_normal((3000, 40)).astype(np.float32)
+        t = np.zeros(3000, np.int64)
+        picks, t0 = [], time.monotonic()
+        while time.monotonic() - t0 < 300 and (not picks or picks[-1] != "numba"):
+            picks.append(fastla.explain("cross_entropy", x, t)[0])
+            fastla.cross_entropy(x, t)
+        print(picks[0], picks[-1], here)
+        """
+    out = _python(code, tmp_path, {"FASTLA_FIRST_CALL": ""}).stdout.split()
+    assert out[:2] == ["numpy", "numba"] and out[2:] == ["[]"], out
 
 
 def test_the_marker_is_per_source_cpu_and_numba_and_a_cache_it_cannot_write_is_left_alone(

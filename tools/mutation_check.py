@@ -1586,6 +1586,14 @@ MUTANTS = [
         ("tests/test_dropin.py", "-k", "every_dtype"),
         "an empty object array's softmax returns an empty result where SciPy's error is the contract",
     ),
+    Mutant(
+        "first-use-compiles-while-the-background-job-runs",
+        "_first_use.py",
+        "        return self._elsewhere is None or not self._elsewhere.busy(key)",
+        "        return True",
+        ("tests/test_first_use.py", "-k", "background"),
+        "the call after the break-even compiles the op's kernels in place while its background job runs",
+    ),
 ]
 
 
