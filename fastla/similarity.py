@@ -155,7 +155,7 @@ def check_topk(q, c, k, batch_size):
     return k, batch_size
 
 
-def _float_dtype(x, y, fname):
+def float_dtype(x, y, fname):
     """The float dtype to compute in: float32 or float64 (ints -> float64, float16 -> float32,
     longdouble -> float64), each compiled."""
     for a in (x, y):
@@ -200,7 +200,7 @@ def _prepare_sparse(X, Y, out, dense_output):
     for name, a in (("X", x), ("Y", y)):
         if a.ndim != 2:
             raise ValueError(f"cosine_similarity: with sparse input, {name} must be 2-D, got shape {a.shape}")
-    dtype = _float_dtype(x, y, "cosine_similarity")  # float16 computes in float32
+    dtype = float_dtype(x, y, "cosine_similarity")  # float16 computes in float32
     check_pair(x, y)
     dense = bool(dense_output) or not (sp.issparse(x) and sp.issparse(y))
     shape = (x.shape[0], y.shape[0])
@@ -223,7 +223,7 @@ def _prepare_matrix(X, Y=None, dense_output=True, out=None):
     # subclasses (np.matrix, masked) are viewed as plain arrays, as sklearn does
     x = np.asarray(X)
     y = x if sym else np.asarray(Y)
-    dtype = _float_dtype(x, y, "cosine_similarity")  # the dtype first, as NumPy checks it
+    dtype = float_dtype(x, y, "cosine_similarity")  # the dtype first, as NumPy checks it
     check_pair(x, y)
     kind = ("m" if x.ndim == 2 else "v") + ("m" if y.ndim == 2 else "v")
     sym = sym and kind == "mm"
@@ -288,7 +288,7 @@ def _prepare_topk_sparse(queries, corpus, k, batch_size, corpus_norms):
     for name, x in (("queries", q), ("corpus", c)):
         if _validate.is_sparse(x) and x.ndim != 2:
             raise ValueError(f"cosine_topk: a sparse {name} must be 2-D, got shape {x.shape}")
-    dtype = _float_dtype(q, c, "cosine_topk")
+    dtype = float_dtype(q, c, "cosine_topk")
     k, batch_size = check_topk(q, c, k, batch_size)
     c_norms = None if corpus_norms is None else _check_norms(corpus_norms, c.shape[0])
     q, c = (x.astype(dtype) if _validate.is_sparse(x) else _validate.native(x, dtype) for x in (q, c))
@@ -304,7 +304,7 @@ def _prepare_topk(queries, corpus, k, batch_size=None, corpus_norms=None):
         return _prepare_topk_sparse(queries, corpus, k, batch_size, corpus_norms)
     q = np.asarray(queries)
     c = np.asarray(corpus)
-    dtype = _float_dtype(q, c, "cosine_topk")
+    dtype = float_dtype(q, c, "cosine_topk")
     k, batch_size = check_topk(q, c, k, batch_size)
     c_norms = None if corpus_norms is None else _check_norms(corpus_norms, c.shape[0])
     q = _validate.native(q, dtype)
