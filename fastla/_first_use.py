@@ -48,6 +48,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import threading
 import time
 
 from fastla import _jit
@@ -278,6 +279,7 @@ class Background:
 
     def __init__(self):
         self.jobs = {}  # (the op's warm-up call, dtype char) -> the warm-up's thread
+        self._lock = threading.Lock()  # threads reaching the break-even at once start one job
 
     @staticmethod
     def _job(key):
@@ -297,7 +299,9 @@ class Background:
         from fastla import _warmup
 
         dtype = "float32" if key[1] == "f" else "float64"
-        self.jobs[job] = _warmup.warmup([op], [dtype], background=True, jobs=1, progress=False)
+        with self._lock:
+            if job not in self.jobs:
+                self.jobs[job] = _warmup.warmup([op], [dtype], background=True, jobs=1, progress=False)
 
     def busy(self, key):
         thread = self.jobs.get(self._job(key)[1])
