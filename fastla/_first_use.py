@@ -109,7 +109,12 @@ class Sizes:
             return True
         if self.spent.get(key, 0.0) < self.estimate(key):
             return False
-        return self._elsewhere is None or not self._elsewhere.busy(key)
+        return not self.compiling_elsewhere(key)
+
+    def compiling_elsewhere(self, key):
+        """Whether ``key``'s kernels are being compiled away from the calls (started by
+        :meth:`run_numpy` at the break-even, where the family compiles so)."""
+        return self._elsewhere is not None and self._elsewhere.busy(key)
 
     def run_numpy(self, key, fn, *args, **kwargs):
         """``fn(*args, **kwargs)`` (the NumPy impl), its time added to ``key``'s; the call that
@@ -141,12 +146,12 @@ class Pending:
     def __call__(self):
         s = self.sizes
         are, them = ("are", "them") if s.what.endswith("s") else ("is", "it")
-        busy = s._elsewhere is not None and s._elsewhere.busy(self.key)
+        busy = s.compiling_elsewhere(self.key)
         return (
             f"{self.shape}: the compiled {s.what} for this {s.per} {are} neither compiled nor cached yet, "
             f"so NumPy runs until its calls of this {s.per} have taken as long as compiling {them} would "
             f"(~{s.estimate(self.key):.1f} s; {s.spent.get(self.key, 0.0):.3f} s so far)"
-            + (f"; {them} compile in the background meanwhile ({s._elsewhere.what})" if busy else "")
+            + (f"; {them} compile in the background meanwhile ({Background.what})" if busy else "")
         )
 
     def run(self, fn, *args, **kwargs):

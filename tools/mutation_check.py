@@ -1589,7 +1589,7 @@ MUTANTS = [
     Mutant(
         "first-use-compiles-while-the-background-job-runs",
         "_first_use.py",
-        "        return self._elsewhere is None or not self._elsewhere.busy(key)",
+        "        return not self.compiling_elsewhere(key)",
         "        return True",
         ("tests/test_first_use.py", "-k", "background"),
         "the call after the break-even compiles the op's kernels in place while its background job runs",
