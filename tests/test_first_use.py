@@ -216,10 +216,11 @@ def test_the_full_path_and_other_ops_wait_too_and_forcing_compiles_at_once(monke
     assert key in _first_use._RAN and fastla.explain("cross_entropy", logits, target)[0] == "numba"
 
 
-def _fake_background_warmup(monkeypatch, load):
+def _fake_background_warmup(monkeypatch, load, markers):
     """``fastla.warmup`` replaced by a background job held until ``release`` is set, which then
-    runs ``load()`` (the real job's loading of the kernels here) unless it is None (a failed job).
-    Returns (the calls' arguments, release)."""
+    runs ``load()`` (the real job's loading of the kernels here) unless it is None (a failed job);
+    the kernels count as cached, their run markers going to the folder ``markers``. Returns (the
+    calls' arguments, release)."""
     calls, release = [], threading.Event()
 
     def warmup(ops, dtypes, *, background, jobs, progress):
@@ -235,12 +236,14 @@ def _fake_background_warmup(monkeypatch, load):
         return thread
 
     monkeypatch.setattr(_warmup, "warmup", warmup)
-    monkeypatch.setattr(_first_use, "_marker_dir", lambda: "a cache")  # the kernels are cached
+    monkeypatch.setattr(_first_use, "_marker_dir", lambda: str(markers))  # the kernels are cached
     return calls, release
 
 
 @needs_jit
-def test_at_the_break_even_an_ops_kernels_compile_in_the_background_while_numpy_goes_on(monkeypatch, rng):
+def test_at_the_break_even_an_ops_kernels_compile_in_the_background_while_numpy_goes_on(
+    monkeypatch, rng, tmp_path
+):
     """The default where the kernels are cached: the call that reaches the break-even starts the op's
     warm-up in the background, once (log_softmax shares softmax's); every call runs NumPy until that
     job has loaded the kernels here (explain says so), then the kernels run. No call compiles."""
@@ -249,7 +252,11 @@ def test_at_the_break_even_an_ops_kernels_compile_in_the_background_while_numpy_
     x = rng.standard_normal((300, 200)).astype(np.float32)
     expect = scipy.special.softmax(x, axis=-1)
     key = _first_use.kernel_key("softmax", x.dtype)
-    calls, release = _fake_background_warmup(monkeypatch, lambda: fastla.softmax(x, backend="numba"))
+
+    def load():
+        fastla.softmax(x, backend="numba")
+
+    calls, release = _fake_background_warmup(monkeypatch, load, tmp_path)
     numpy_calls = _spy(monkeypatch, module, "_numpy_impl")
     np.testing.assert_allclose(fastla.softmax(x), expect, rtol=1e-6)  # reaches the break-even
     assert calls == [(["softmax"], ["float32"], True, 1, False)]
@@ -268,7 +275,9 @@ def test_at_the_break_even_an_ops_kernels_compile_in_the_background_while_numpy_
 
 
 @needs_jit
-def test_a_background_job_that_ends_without_the_kernels_leaves_them_to_the_next_call(monkeypatch, rng):
+def test_a_background_job_that_ends_without_the_kernels_leaves_them_to_the_next_call(
+    monkeypatch, rng, tmp_path
+):
     """A failed job (or one whose calls did not run this path) ends without recording the key: the
     next call compiles the kernels in place, as where nothing runs in the background; where the
     kernels are not cached at all, no job starts."""
@@ -276,7 +285,7 @@ def test_a_background_job_that_ends_without_the_kernels_leaves_them_to_the_next_
     logits = rng.standard_normal((200, 30))
     target = rng.integers(0, 30, 200)
     key = _first_use.kernel_key("cross_entropy", logits.dtype)
-    calls, release = _fake_background_warmup(monkeypatch, None)
+    calls, release = _fake_background_warmup(monkeypatch, None, tmp_path)
     fastla.cross_entropy(logits, target)
     assert len(calls) == 1 and fastla.explain("cross_entropy", logits, target)[0] == "numpy"
     release.set()
