@@ -409,7 +409,6 @@ def cosine_similarity(X, Y=None, dense_output=True, *, out=None, backend=None, r
     same = Y is None or Y is X
     x = _as_dask(X, "cosine_similarity: X")
     y = x if same else _as_dask(Y, "cosine_similarity: Y")
-    _sim.float_dtype(x, y, "cosine_similarity")  # the dtype first, as the eager call checks it
     _sim.check_pair(x, y)
     dtype = _meta_dtype(fastla.cosine_similarity, x, y)
     squeeze = (x.ndim == 1, y.ndim == 1)
@@ -483,8 +482,7 @@ def cosine_topk(queries, corpus, k, *, batch_size=None, backend=None, rechunk=Tr
     """Lazy ``(scores, indices)``: compute both together (``dask.compute(scores, indices)``)."""
     q = _as_dask(queries, "cosine_topk: queries")
     c = _as_dask(corpus, "cosine_topk: corpus")
-    _sim.float_dtype(q, c, "cosine_topk")  # the dtype first, as the eager call checks it
-    k, batch_size = _sim.check_topk(q, c, k, batch_size)
+    _, k, batch_size = _sim.check_topk(q, c, k, batch_size)
     dtype = _meta_dtype(lambda a, b: fastla.cosine_topk(a, b, 1)[0], q, c)
     if split_every < 2:
         raise ValueError(f"cosine_topk: split_every must be >= 2, got {split_every}")

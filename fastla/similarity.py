@@ -128,7 +128,10 @@ def _check_ndim(x, name, fname):
 
 
 def check_pair(x, y):
-    """Shape checks of ``cosine_similarity(x, y)`` (``x``, ``y`` need only ``ndim``/``shape``)."""
+    """Dtype, then shape checks of ``cosine_similarity(x, y)`` (``x``, ``y`` need only ``dtype``,
+    ``ndim`` and ``shape``): the dtype first, as NumPy checks it. Returns the compute dtype
+    (:func:`_float_dtype`)."""
+    dtype = _float_dtype(x, y, "cosine_similarity")
     _check_ndim(x, "X", "cosine_similarity")
     _check_ndim(y, "Y", "cosine_similarity")
     if x.shape[-1] != y.shape[-1]:
@@ -136,10 +139,13 @@ def check_pair(x, y):
             f"cosine_similarity: incompatible dimension for X and Y matrices: X.shape == {x.shape} "
             f"while Y.shape == {y.shape}"
         )
+    return dtype
 
 
 def check_topk(q, c, k, batch_size):
-    """Shape and argument checks of ``cosine_topk``; returns ``(k, batch_size)`` as ints."""
+    """Dtype (first, as in :func:`check_pair`), shape and argument checks of ``cosine_topk``;
+    returns ``(compute dtype, k, batch_size)``, the last two as ints."""
+    dtype = _float_dtype(q, c, "cosine_topk")
     _check_ndim(q, "queries", "cosine_topk")
     if c.ndim != 2:
         raise ValueError(f"cosine_topk: corpus must be 2-D (n_corpus, d), got shape {c.shape}")
@@ -152,10 +158,10 @@ def check_topk(q, c, k, batch_size):
         batch_size = _validate.as_int(batch_size, "cosine_topk: batch_size")
         if batch_size < 1:
             raise ValueError(f"cosine_topk: batch_size must be >= 1, got {batch_size}")
-    return k, batch_size
+    return dtype, k, batch_size
 
 
-def float_dtype(x, y, fname):
+def _float_dtype(x, y, fname):
     """The float dtype to compute in: float32 or float64 (ints -> float64, float16 -> float32,
     longdouble -> float64), each compiled."""
     for a in (x, y):
@@ -200,8 +206,7 @@ def _prepare_sparse(X, Y, out, dense_output):
     for name, a in (("X", x), ("Y", y)):
         if a.ndim != 2:
             raise ValueError(f"cosine_similarity: with sparse input, {name} must be 2-D, got shape {a.shape}")
-    dtype = float_dtype(x, y, "cosine_similarity")  # float16 computes in float32
-    check_pair(x, y)
+    dtype = check_pair(x, y)  # float16 computes in float32
     dense = bool(dense_output) or not (sp.issparse(x) and sp.issparse(y))
     shape = (x.shape[0], y.shape[0])
     if out is not None:
@@ -223,8 +228,7 @@ def _prepare_matrix(X, Y=None, dense_output=True, out=None):
     # subclasses (np.matrix, masked) are viewed as plain arrays, as sklearn does
     x = np.asarray(X)
     y = x if sym else np.asarray(Y)
-    dtype = float_dtype(x, y, "cosine_similarity")  # the dtype first, as NumPy checks it
-    check_pair(x, y)
+    dtype = check_pair(x, y)
     kind = ("m" if x.ndim == 2 else "v") + ("m" if y.ndim == 2 else "v")
     sym = sym and kind == "mm"
     shape = {"mm": (x.shape[0], y.shape[0]), "vm": (y.shape[0],), "mv": (x.shape[0],), "vv": ()}[kind]
@@ -288,8 +292,7 @@ def _prepare_topk_sparse(queries, corpus, k, batch_size, corpus_norms):
     for name, x in (("queries", q), ("corpus", c)):
         if _validate.is_sparse(x) and x.ndim != 2:
             raise ValueError(f"cosine_topk: a sparse {name} must be 2-D, got shape {x.shape}")
-    dtype = float_dtype(q, c, "cosine_topk")
-    k, batch_size = check_topk(q, c, k, batch_size)
+    dtype, k, batch_size = check_topk(q, c, k, batch_size)
     c_norms = None if corpus_norms is None else _check_norms(corpus_norms, c.shape[0])
     q, c = (x.astype(dtype) if _validate.is_sparse(x) else _validate.native(x, dtype) for x in (q, c))
     q2 = q[None, :] if q.ndim == 1 else q
@@ -304,8 +307,7 @@ def _prepare_topk(queries, corpus, k, batch_size=None, corpus_norms=None):
         return _prepare_topk_sparse(queries, corpus, k, batch_size, corpus_norms)
     q = np.asarray(queries)
     c = np.asarray(corpus)
-    dtype = float_dtype(q, c, "cosine_topk")
-    k, batch_size = check_topk(q, c, k, batch_size)
+    dtype, k, batch_size = check_topk(q, c, k, batch_size)
     c_norms = None if corpus_norms is None else _check_norms(corpus_norms, c.shape[0])
     q = _validate.native(q, dtype)
     # a float16 corpus searched in float32 stays float16 (see the module docstring)

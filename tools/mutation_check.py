@@ -1571,10 +1571,8 @@ MUTANTS = [
     Mutant(
         "cosine-shape-checked-before-dtype",
         "similarity.py",
-        '    dtype = float_dtype(x, y, "cosine_similarity")  # the dtype first, as NumPy checks it\n'
-        "    check_pair(x, y)\n",
-        "    check_pair(x, y)\n"
-        '    dtype = float_dtype(x, y, "cosine_similarity")  # the dtype first, as NumPy checks it\n',
+        '    dtype = _float_dtype(x, y, "cosine_similarity")\n    _check_ndim(x, "X", "cosine_similarity")',
+        '    _check_ndim(x, "X", "cosine_similarity")\n    dtype = _float_dtype(x, y, "cosine_similarity")',
         ("tests/test_dropin.py", "-k", "every_dtype"),
         "a complex or object operand of a wrong shape gets the shape's ValueError, not the dtype's TypeError",
     ),
