@@ -541,8 +541,7 @@ def power_iteration(
 ):
     """Eager: the matrix is persisted once, each sweep computes ``A V`` as one small graph."""
     a = _as_dask(a, "power_iteration: a")
-    dtype = _eigen.compute_dtype(a.dtype)
-    _eigen.check_options(a.shape, k, tol, maxiter)
+    dtype = _eigen.check_options(a.shape, a.dtype, k, tol, maxiter)
     a = a.astype(dtype).persist()
     if not bool(da.isfinite(a).all().compute()):
         raise ValueError("array must not contain infs or NaNs")

@@ -996,10 +996,12 @@ def magnitude_exponent(dtype, big):
     return 0 if big == 0 or lo <= big <= hi else int(np.frexp(big)[1])
 
 
-def check_options(shape, k, tol, maxiter=None):
-    """Validate the matrix shape, ``k``, ``tol`` and ``maxiter`` (shape only: no data is read). As
-    SciPy's ``eigsh``: a ``k`` or ``maxiter`` that is not an integer is a TypeError, one out of range
+def check_options(shape, dtype, k, tol, maxiter=None):
+    """Validate the matrix dtype (first, as NumPy checks it: :func:`compute_dtype`), its shape,
+    ``k``, ``tol`` and ``maxiter`` (no data is read); return the compute dtype. As SciPy's
+    ``eigsh``: a ``k`` or ``maxiter`` that is not an integer is a TypeError, one out of range
     (``maxiter <= 0``) a ValueError."""
+    dtype = compute_dtype(dtype)
     if len(shape) != 2 or shape[0] != shape[1]:
         raise ValueError(f"power_iteration: a must be a square 2-D array, got shape {shape}")
     n = shape[0]
@@ -1017,6 +1019,7 @@ def check_options(shape, k, tol, maxiter=None):
     if maxiter is not None:
         if _validate.as_int(maxiter, "power_iteration: maxiter") <= 0:
             raise ValueError(f"power_iteration: maxiter must be positive, got {maxiter}")
+    return dtype
 
 
 def compute_dtype(dtype):
@@ -1100,12 +1103,9 @@ def _prepare_operator(a, k, tol, maxiter, v0, symmetric, seed, return_eigenvecto
     """:func:`_prepare` for a SciPy sparse ``a`` (checked like a dense one: finiteness, symmetry and
     magnitude from its stored entries) or a LinearOperator (symmetric unless told otherwise, as
     ``eigsh`` assumes; its entries are not seen, so neither checked nor scaled)."""
-    sparse = _validate.is_sparse(a)
-    if sparse:
-        dtype = compute_dtype(a.dtype)  # the dtype first, as for a dense a
-    check_options(a.shape, k, tol, maxiter)
+    dtype = check_options(a.shape, np.float64 if a.dtype is None else a.dtype, k, tol, maxiter)
     exp = 0
-    if sparse:
+    if _validate.is_sparse(a):
         import scipy.sparse as sp
 
         a = sp.csr_array(a, dtype=dtype, copy=True)  # a copy: summed and scaled here
@@ -1120,7 +1120,6 @@ def _prepare_operator(a, k, tol, maxiter, v0, symmetric, seed, return_eigenvecto
             a.data = np.ldexp(a.data, -exp).astype(dtype)
         why = None  # the CSR product is compiled (numba), SciPy's (numpy) or Python loops (loop)
     else:
-        dtype = compute_dtype(np.float64 if a.dtype is None else a.dtype)
         found = True
         why = "a LinearOperator: power iteration with its own products"  # the numpy impl's
     symmetric = found if symmetric is None else bool(symmetric)
@@ -1136,8 +1135,7 @@ def _prepare(a, k=1, tol=None, maxiter=None, v0=None, symmetric=None, seed=None,
     if _validate.is_sparse(a) or _is_linear_operator(a):
         return _prepare_operator(a, k, tol, maxiter, v0, symmetric, seed, return_eigenvectors)
     a = np.asarray(a)
-    dtype = compute_dtype(a.dtype)  # the dtype first, as NumPy checks it
-    check_options(a.shape, k, tol, maxiter)
+    dtype = check_options(a.shape, a.dtype, k, tol, maxiter)
     # every sweep reads A: one C-contiguous, read-only typed copy (if it is not one already) keeps
     # each kernel to one compiled signature per dtype (see ``_jit``)
     a = _intrinsics.kernel_input(_validate.native(a, dtype))
