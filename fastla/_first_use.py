@@ -12,12 +12,12 @@ vector-tile shapes 0.5 s (NumPy ~0.1 ms).
 
 So ``auto`` runs such a call with NumPy while the kernel for its size is neither compiled in this
 process nor in the on-disk cache, and adds up the time those NumPy calls take. Once they have taken
-as long as compiling the kernel would (:meth:`Sizes.estimate`), the next call compiles it, and the
-kernel runs from then on. That is the break-even rule of renting against buying (ski rental):
-whatever the number of calls still to come, the time spent is at most twice the best choice's in
-hindsight (NumPy throughout, or the kernel compiled at the first call), with the estimate exact;
-off by a factor f, at most 1 + max(f, 1/f) times. A forced ``backend="numba"`` compiles at once,
-and with the JIT off nothing waits (there is nothing to compile).
+as long as compiling the kernel would (:meth:`Sizes.estimate`), the kernel is compiled (in the
+background, below), and it runs from then on. That is the break-even rule of renting against
+buying (ski rental): whatever the number of calls still to come, the time spent is at most twice
+the best choice's in hindsight (NumPy throughout, or the kernel compiled at the first call), with
+the estimate exact; off by a factor f, at most 1 + max(f, 1/f) times. A forced
+``backend="numba"`` compiles at once, and with the JIT off nothing waits (nothing to compile).
 
 An op's own kernels (its drivers, the GEMM, the row kernels: everything but those per-size ones)
 follow the same rule per op and dtype (:data:`KERNELS`). Their first ``auto`` call compiled them on
@@ -38,9 +38,17 @@ NumPy until they are loaded. Measured (Zen 4, a fresh cache, a loop of ``softmax
 float32: NumPy 2.7-3.1 ms a call, the kernels 0.4 ms): the longest call 1.73-1.93 s compiling in
 the call, 89-91 ms so; the kernels ran from 4.2-4.4 s into the loop against 7.0 s, since the
 process starts, compiles the op's whole warm-up and hands over through the cache.
-``FASTLA_FIRST_CALL=inline`` compiles in the call that reaches the break-even (the per-size
-families always do), and ``FASTLA_FIRST_CALL=compile`` (both read at import) at the first call: the
-test suite, the benchmarks and ``fastla tune``, which time steady states, run so.
+A size's kernel goes the same way (:class:`SizeBackground`): the call that reaches its break-even
+starts a process making a forced call of that size on a tiny input (which compiles the op's own
+kernels too where they are not cached), then its thread makes that call here, loading from the
+cache. Measured (Zen 4, 10-15 s loops, a fresh cache and one after ``fastla warmup --ops
+solve,matmul``): a stack of 2000 6x6 float64 systems, the longest call 0.84-0.90 s -> 41-58 ms, the
+kernel from 1.8-2.8 s into the loop -> 2.7-2.8 s; 20 000 5x5 float64 products 0.48-0.49 s -> 41-52
+ms, from 1.0-2.3 s -> 1.8-2.0 s.
+``FASTLA_FIRST_CALL=inline`` compiles in the call that reaches the break-even, and
+``FASTLA_FIRST_CALL=compile`` (both read at import) an op's kernels at the first call and a size's
+in the call that reaches its break-even: the test suite, the benchmarks and ``fastla tune``, which
+time steady states, run so.
 """
 
 from __future__ import annotations
@@ -151,7 +159,7 @@ class Pending:
             f"{self.shape}: the compiled {s.what} for this {s.per} {are} neither compiled nor cached yet, "
             f"so NumPy runs until its calls of this {s.per} have taken as long as compiling {them} would "
             f"(~{s.estimate(self.key):.1f} s; {s.spent.get(self.key, 0.0):.3f} s so far)"
-            + (f"; {them} compile in the background meanwhile ({Background.what})" if busy else "")
+            + (f"; {them} compile in the background meanwhile ({s._elsewhere.what})" if busy else "")
         )
 
     def run(self, fn, *args, **kwargs):
@@ -272,45 +280,111 @@ COMPILE_IN_BACKGROUND = os.environ.get("FASTLA_FIRST_CALL", "").strip().lower() 
 
 
 class Background:
-    """An op's kernels compiled away from its calls: at the break-even, ``fastla.warmup`` of the op
-    and dtype with ``background=True`` (a process of its own compiles them into the cache, one job;
-    then its thread loads them here, which records the key as run), once per op and dtype. Until
-    that thread ends, ``auto`` goes on with NumPy: no call waits for a compile, where the call that
-    reached the break-even compiled them for seconds (1-5 s on a 2-core Zen 4: README, "First use").
-    Where the kernels are not cached (nothing a process could hand over), or the job failed or did
-    not run the call's path, the next call compiles them in place, as before."""
+    """Kernels compiled away from the calls that need them: at the break-even, a process of its own
+    compiles them into the on-disk cache, then a thread loads them into this one (milliseconds), once
+    per job. Until that thread ends, ``auto`` goes on with NumPy: no call waits for a compile, where
+    the call that reached the break-even compiled them for seconds (README, "First use"). Where the
+    kernels are not cached (nothing a process could hand over), or the job failed or did not compile
+    the call's kernels, the next call compiles them in place, as before. Subclasses say which job a
+    key's kernels come with (:meth:`job`, None: none) and start it (:meth:`launch`: a thread)."""
+
+    what = "a process of its own"
+
+    def __init__(self):
+        self.jobs = {}  # job -> its thread
+        self._lock = threading.Lock()  # threads reaching the break-even at once start one job
+
+    def job(self, key):
+        raise NotImplementedError
+
+    def launch(self, key):
+        raise NotImplementedError
+
+    def start(self, key):
+        if not COMPILE_IN_BACKGROUND or _marker_dir() is None:
+            return
+        job = self.job(key)
+        if job is None or job in self.jobs:
+            return
+        with self._lock:
+            if job not in self.jobs:
+                self.jobs[job] = self.launch(key)
+
+    def busy(self, key):
+        thread = self.jobs.get(self.job(key))
+        return thread is not None and thread.is_alive()
+
+
+class OpBackground(Background):
+    """An op's kernels: ``fastla.warmup`` of the op and dtype with ``background=True`` (one job; its
+    thread loads the kernels here, which records the key as run). An op path's kernels come with its
+    op's warm-up, and ops sharing a warm-up call (softmax and log_softmax, the LU pair) share its job
+    ``(warm-up call, dtype char)``."""
 
     what = "fastla.warmup in a process of its own"
 
-    def __init__(self):
-        self.jobs = {}  # (the op's warm-up call, dtype char) -> the warm-up's thread
-        self._lock = threading.Lock()  # threads reaching the break-even at once start one job
-
-    @staticmethod
-    def _job(key):
-        """``(op, (warm-up call, dtype char))``: an op path's kernels come with its op's warm-up, and
-        ops sharing a warm-up call (softmax and log_softmax, the LU pair) share its job."""
+    def job(self, key):
         from fastla import _warmup
 
-        op = key[0].split(".")[0]
-        return op, (_warmup.TARGETS.get(op), key[1])
+        target = _warmup.TARGETS.get(key[0].split(".")[0])
+        return None if target is None or key[1] not in "fd" else (target, key[1])
 
-    def start(self, key):
-        if not COMPILE_IN_BACKGROUND or key[1] not in "fd" or _marker_dir() is None:
-            return
-        op, job = self._job(key)
-        if job[0] is None or job in self.jobs:
-            return
+    def launch(self, key):
         from fastla import _warmup
 
         dtype = "float32" if key[1] == "f" else "float64"
-        with self._lock:
-            if job not in self.jobs:
-                self.jobs[job] = _warmup.warmup([op], [dtype], background=True, jobs=1, progress=False)
+        return _warmup.warmup([key[0].split(".")[0]], [dtype], background=True, jobs=1, progress=False)
 
-    def busy(self, key):
-        thread = self.jobs.get(self._job(key)[1])
-        return thread is not None and thread.is_alive()
+
+class SizeBackground(Background):
+    """One size's kernel of a per-size family (:class:`Sizes`): ``module.function(key)``, a forced
+    call on a tiny input of that size (so the op's own kernels come along where they are not loaded
+    yet), runs in a new process, which compiles into the cache, then in the thread, which loads here
+    and records the op's kernels as run. Only where ``auto`` waits for an op's kernels too
+    (``FASTLA_FIRST_CALL`` unset): with ``compile`` a size's kernel compiles in the call that reaches
+    its break-even, as an op's at its first call."""
+
+    def __init__(self, module, function):
+        super().__init__()
+        self.module, self.function = module, function
+
+    def job(self, key):
+        return key if WAIT_FOR_KERNELS else None
+
+    def launch(self, key):
+        code = f"import {self.module} as m; m.{self.function}({key!r})"
+
+        def work():
+            import importlib
+            import subprocess
+            import sys
+
+            done = subprocess.run(
+                [sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+            )
+            if done.returncode:
+                why = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+                raise RuntimeError(f"compiling {key} failed: {why}")
+            getattr(importlib.import_module(self.module), self.function)(key)  # loads from the cache
+
+        return _thread(work, f"fastla-compile-{key}")
+
+
+def _thread(work, name):
+    """A started daemon thread running ``work()``; its exception, if any, on ``thread.error``."""
+
+    class Job(threading.Thread):
+        error = None
+
+        def run(self):
+            try:
+                work()
+            except Exception as exc:  # reported on the thread; the next call compiles in place
+                self.error = exc
+
+    thread = Job(name=name, daemon=True)
+    thread.start()
+    return thread
 
 
 #: Each op's own kernels per dtype as a family (see the module docstring), keyed by
@@ -322,7 +396,7 @@ KERNELS = Sizes(
     lambda key: KERNEL_SECONDS.get(key[0], 2.0),
     waits=lambda: WAIT_FOR_BREAK_EVEN and WAIT_FOR_KERNELS,
     per="op and dtype",
-    elsewhere=Background(),
+    elsewhere=OpBackground(),
 )
 
 

@@ -2059,10 +2059,26 @@ def _fixed_cached(key):
     return _first_use.in_disk_cache(small_fixed_kernel(m, k, n), _fixed_signature(np.dtype(char)))
 
 
+def compile_stack(key):
+    """Compile (or load from the cache) the per-size kernel of ``key`` and ``matmul``'s kernels
+    around it: a forced ``fastla.matmul`` of a few products of those sizes (the job :data:`FIXED`
+    runs in the background: :class:`fastla._first_use.SizeBackground`)."""
+    import fastla
+
+    char, m, k, n = key
+    fastla.matmul(np.ones((8, m, k), char), np.ones((8, k, n), char), backend="numba")
+
+
 #: The per-size stacked products as a family (:mod:`fastla._first_use`), keyed by
 #: :func:`stack_key`: compiling one took 0.49-0.55 s for every size measured (Zen 4, 2 to 16,
 #: float32 and float64, first call after a full ``fastla warmup``).
-FIXED = _first_use.Sizes("unrolled stacked product", _fixed_compiled, _fixed_cached, lambda key: 0.5)
+FIXED = _first_use.Sizes(
+    "unrolled stacked product",
+    _fixed_compiled,
+    _fixed_cached,
+    lambda key: 0.5,
+    elsewhere=_first_use.SizeBackground(__name__, "compile_stack"),
+)
 
 
 def _make_small_fixed(M, K, N):

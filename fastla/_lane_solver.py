@@ -828,8 +828,25 @@ def _step_cached(key):
     return _first_use.in_disk_cache(step, STEP.signature(np.dtype(char)))
 
 
+def compile_step(key):
+    """Compile (or load from the cache) the step of ``key`` and ``solve``'s kernels around it: a
+    forced ``fastla.solve`` of a few systems of that size (the job :data:`STEPS` runs in the
+    background: :class:`fastla._first_use.SizeBackground`)."""
+    import fastla
+
+    char, n, k = key
+    a = np.ones((8, n, n), char) + n * np.eye(n, dtype=char)
+    fastla.solve(a, np.ones((8, n, k), char), backend="numba")
+
+
 #: The steps as a family of per-size kernels (:mod:`fastla._first_use`), keyed by :func:`step_key`.
 #: Compiling one takes ~0.3 + 0.1 n s: measured on Zen 4 (first call after a full ``fastla
 #: warmup``, one right-hand side, float64) 0.55 s for n = 2, 0.78 for 5, 0.95 for 8, 1.74 for 12,
 #: 2.38 for 16, 2.76 for 20, 3.35 for 32 (the Intel Xeon of :func:`solve_stack` took about twice).
-STEPS = _first_use.Sizes("lane solver step", _step_compiled, _step_cached, lambda key: 0.3 + 0.1 * key[1])
+STEPS = _first_use.Sizes(
+    "lane solver step",
+    _step_compiled,
+    _step_cached,
+    lambda key: 0.3 + 0.1 * key[1],
+    elsewhere=_first_use.SizeBackground(__name__, "compile_step"),
+)

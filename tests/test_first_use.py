@@ -300,6 +300,69 @@ def test_a_background_job_that_ends_without_the_kernels_leaves_them_to_the_next_
 
 
 @needs_jit
+def test_at_a_sizes_break_even_its_kernel_compiles_in_another_process_while_numpy_goes_on(
+    monkeypatch, rng, tmp_path
+):
+    """A per-size kernel (a stack of 5x5 products) under the default: the call that reaches the
+    size's break-even starts one job, whose process compiles the size into the cache (here: this
+    suite's) and whose thread then loads it here; NumPy runs every call meanwhile (explain says
+    so), the kernel after."""
+    monkeypatch.setattr(_first_use, "WAIT_FOR_KERNELS", True)
+    monkeypatch.setattr(_first_use, "COMPILE_IN_BACKGROUND", True)
+    monkeypatch.setattr(_first_use, "_marker_dir", lambda: str(tmp_path))  # the kernels are cached
+    fixed = _gemm_kernels.FIXED
+    _not_compiled(monkeypatch, fixed, 1e-9)
+    monkeypatch.setattr(fixed._elsewhere, "jobs", {})
+    loaded, release = [], threading.Event()
+    real = _gemm_kernels.compile_stack
+
+    def held(key):  # the thread's load, after the job's process has ended
+        release.wait(60)
+        real(key)
+        loaded.append(key)
+
+    monkeypatch.setattr(_gemm_kernels, "compile_stack", held)
+    monkeypatch.setattr(fixed, "_compiled", lambda key: key in loaded)
+    module = sys.modules["fastla.matmul"]
+    a = rng.standard_normal((400, 5, 5))
+    key = _gemm_kernels.stack_key(5, 5, 5, a.dtype)
+    numpy_calls = _spy(monkeypatch, module, "_matmul_numpy")
+    np.testing.assert_allclose(fastla.matmul(a, a), a @ a, rtol=1e-12)  # reaches the break-even
+    assert list(fixed._elsewhere.jobs) == [key]
+    for _ in range(3):
+        name, reason = fastla.explain("matmul", a, a)
+        assert name == "numpy" and "compile in the background meanwhile" in reason, reason
+        np.testing.assert_allclose(fastla.matmul(a, a), a @ a, rtol=1e-12)
+    assert len(numpy_calls) == 4 and not loaded
+    release.set()
+    job = fixed._elsewhere.jobs[key]
+    job.join(120)
+    assert job.error is None and loaded == [key]  # the process succeeded, then the thread loaded
+    ran = _spy(monkeypatch, module, "_matmul_numba")
+    np.testing.assert_allclose(fastla.matmul(a, a), a @ a, rtol=1e-12)
+    assert ran == ["_matmul_numba"] and len(numpy_calls) == 4 and list(fixed._elsewhere.jobs) == [key]
+
+
+@needs_jit
+def test_a_size_job_that_fails_says_why_and_none_starts_where_first_calls_compile(monkeypatch):
+    """A job whose process fails ends with the error on its thread (the next call past the
+    break-even compiles in place); with ``FASTLA_FIRST_CALL=compile`` (this suite's setting) no job
+    starts, and a size's kernel compiles in the call that reaches its break-even, as before."""
+    monkeypatch.setattr(_first_use, "COMPILE_IN_BACKGROUND", True)
+    monkeypatch.setattr(_first_use, "_marker_dir", lambda: "cached")
+    broken = _first_use.SizeBackground("fastla._lane_solver", "no_such_function")
+    monkeypatch.setattr(_first_use, "WAIT_FOR_KERNELS", False)
+    broken.start(("d", 5, 1))
+    assert broken.jobs == {} and not broken.busy(("d", 5, 1))
+    monkeypatch.setattr(_first_use, "WAIT_FOR_KERNELS", True)
+    broken.start(("d", 5, 1))
+    broken.jobs[("d", 5, 1)].join(120)
+    assert "compiling ('d', 5, 1) failed" in str(broken.jobs[("d", 5, 1)].error)
+    assert "no_such_function" in str(broken.jobs[("d", 5, 1)].error)
+    assert not broken.busy(("d", 5, 1))
+
+
+@needs_jit
 @pytest.mark.skipif(not _jit.CACHE, reason="on-disk cache off (a codegen override is set)")
 def test_a_fresh_caches_auto_calls_never_compile_in_the_calling_thread(tmp_path):
     """End to end, the default on an empty cache: a loop of cross_entropy calls runs NumPy, then (the

@@ -1592,6 +1592,22 @@ MUTANTS = [
         ("tests/test_first_use.py", "-k", "background"),
         "the call after the break-even compiles the op's kernels in place while its background job runs",
     ),
+    Mutant(
+        "first-use-size-job-never-loads-here",
+        "_first_use.py",
+        "self.function)(key)  # loads from the cache",
+        "self.function)  # loads nothing",
+        ("tests/test_first_use.py", "-k", "sizes_break_even"),
+        "a size's background job compiles it in its process but never loads it here: auto runs NumPy on",
+    ),
+    Mutant(
+        "first-use-size-job-starts-under-compile",
+        "_first_use.py",
+        "        return key if WAIT_FOR_KERNELS else None",
+        "        return key",
+        ("tests/test_first_use.py", "-k", "size_job"),
+        "FASTLA_FIRST_CALL=compile (the suite, the benchmarks) starts a process per new size",
+    ),
 ]
 
 
