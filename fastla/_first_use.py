@@ -406,12 +406,15 @@ def summary():
     if not _jit.JIT_ENABLED:
         return "nothing to compile (the JIT is off)"
     if not (WAIT_FOR_BREAK_EVEN and WAIT_FOR_KERNELS):
-        return "an op's kernels compile at its first call (FASTLA_FIRST_CALL=compile)"
+        return (
+            "an op's kernels compile at its first call, a size's in the call that reaches its "
+            "break-even (FASTLA_FIRST_CALL=compile)"
+        )
     folder = _marker_dir()
     keys = len(os.listdir(folder)) if folder is not None and os.path.isdir(folder) else 0
     hint = "" if keys else "; `python -m fastla warmup` compiles them ahead"
     how = "compiled in the background meanwhile" if COMPILE_IN_BACKGROUND else "then compiled in the call"
     return (
-        "NumPy until its calls have cost the compile, where an op's kernels are neither compiled nor "
-        f"cached, {how} (cached: {keys} op and dtype keys{hint})"
+        "NumPy until its calls have cost the compile, where an op's kernels or a size's are neither "
+        f"compiled nor cached, {how} (cached: {keys} op and dtype keys{hint})"
     )

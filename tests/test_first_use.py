@@ -367,7 +367,9 @@ def test_a_size_job_that_fails_says_why_and_none_starts_where_first_calls_compil
 def test_a_fresh_caches_auto_calls_never_compile_in_the_calling_thread(tmp_path):
     """End to end, the default on an empty cache: a loop of cross_entropy calls runs NumPy, then (the
     op's kernels compiled by a process of its own and loaded by the background thread) the kernels,
-    and Numba compiles nothing in the thread making the calls."""
+    and so does a loop of stacked 5x5 products (their per-size kernel, and matmul's own kernels with
+    it, compiled by a process of the size's job); Numba compiles nothing in the thread making the
+    calls."""
     code = """
         import threading, time
         import numpy as np, fastla
@@ -384,16 +386,22 @@ def test_a_fresh_caches_auto_calls_never_compile_in_the_calling_thread(tmp_path)
                 pass
 
         event.register("numba:compile", Compiles())
-        x = np.random.default_rng(0).standard_normal((3000, 40)).astype(np.float32)
-        t = np.zeros(3000, np.int64)
-        picks, t0 = [], time.monotonic()
-        while time.monotonic() - t0 < 300 and (not picks or picks[-1] != "numba"):
-            picks.append(fastla.explain("cross_entropy", x, t)[0])
-            fastla.cross_entropy(x, t)
-        print(picks[0], picks[-1], here)
+
+        def loop(op, *args):
+            picks, t0 = [], time.monotonic()
+            while time.monotonic() - t0 < 300 and (not picks or picks[-1] != "numba"):
+                picks.append(fastla.explain(op, *args)[0])
+                getattr(fastla, op)(*args)
+            return [picks[0], picks[-1]]
+
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((3000, 40)).astype(np.float32)
+        s = rng.standard_normal((2000, 5, 5))
+        picks = loop("cross_entropy", x, np.zeros(3000, np.int64)) + loop("matmul", s, s)
+        print(*picks, here)
         """
     out = _python(code, tmp_path, {"FASTLA_FIRST_CALL": ""}).stdout.split()
-    assert out[:2] == ["numpy", "numba"] and out[2:] == ["[]"], out
+    assert out[:4] == ["numpy", "numba", "numpy", "numba"] and out[4:] == ["[]"], out
 
 
 def test_the_marker_is_per_source_cpu_and_numba_and_a_cache_it_cannot_write_is_left_alone(

@@ -1608,6 +1608,14 @@ MUTANTS = [
         ("tests/test_first_use.py", "-k", "size_job"),
         "FASTLA_FIRST_CALL=compile (the suite, the benchmarks) starts a process per new size",
     ),
+    Mutant(
+        "first-use-sizes-compile-in-the-call",
+        "_first_use.py",
+        "        return key if WAIT_FOR_KERNELS else None",
+        "        return None",
+        ("tests/test_first_use.py", "-k", "fresh_caches"),
+        "a size's kernel compiles in the call that reaches its break-even again (no job starts)",
+    ),
 ]
 
 
