@@ -153,13 +153,13 @@ class Pending:
 
     def __call__(self):
         s = self.sizes
-        are, them = ("are", "them") if s.what.endswith("s") else ("is", "it")
+        are, them, verb = ("are", "them", "compile") if s.what.endswith("s") else ("is", "it", "compiles")
         busy = s.compiling_elsewhere(self.key)
         return (
             f"{self.shape}: the compiled {s.what} for this {s.per} {are} neither compiled nor cached yet, "
             f"so NumPy runs until its calls of this {s.per} have taken as long as compiling {them} would "
             f"(~{s.estimate(self.key):.1f} s; {s.spent.get(self.key, 0.0):.3f} s so far)"
-            + (f"; {them} compile in the background meanwhile ({s._elsewhere.what})" if busy else "")
+            + (f"; {them} {verb} in the background meanwhile ({s._elsewhere.what})" if busy else "")
         )
 
     def run(self, fn, *args, **kwargs):
