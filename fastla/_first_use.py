@@ -367,24 +367,9 @@ class SizeBackground(Background):
                 raise RuntimeError(f"compiling {key} failed: {why}")
             getattr(importlib.import_module(self.module), self.function)(key)  # loads from the cache
 
-        return _thread(work, f"fastla-compile-{key}")
+        from fastla import _warmup
 
-
-def _thread(work, name):
-    """A started daemon thread running ``work()``; its exception, if any, on ``thread.error``."""
-
-    class Job(threading.Thread):
-        error = None
-
-        def run(self):
-            try:
-                work()
-            except Exception as exc:  # reported on the thread; the next call compiles in place
-                self.error = exc
-
-    thread = Job(name=name, daemon=True)
-    thread.start()
-    return thread
+        return _warmup.background_thread(work, f"fastla-compile-{key}")
 
 
 #: Each op's own kernels per dtype as a family (see the module docstring), keyed by

@@ -471,17 +471,25 @@ def warmup(ops=None, dtypes=DTYPES, *, background=False, jobs=None, progress=Tru
             run_op(op, dtypes)
         return times
 
-    class Warmup(threading.Thread):
+    return background_thread(work_and_load, "fastla-warmup")
+
+
+def background_thread(work, name):
+    """A started daemon thread running ``work()``: ``thread.result`` holds what it returned, or
+    ``thread.error`` the exception it raised (reported on the thread: a server keeps running, and
+    ``auto``'s next call compiles in place; see ``fastla._first_use.Background``)."""
+
+    class Warmup(threading.Thread):  # fastla.warmup(background=True)'s type (a size's job's too)
         result = None
         error = None
 
         def run(self):
             try:
-                self.result = work_and_load()
-            except Exception as exc:  # reported on the thread; a server keeps running uncached
+                self.result = work()
+            except Exception as exc:
                 self.error = exc
 
-    thread = Warmup(name="fastla-warmup", daemon=True)
+    thread = Warmup(name=name, daemon=True)
     thread.start()
     return thread
 
