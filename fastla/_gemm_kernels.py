@@ -789,13 +789,31 @@ def pack_rows(d, at, rs, cs, mc, kc, alpha, row_scale, r0, out, off):
 @jit(python_wrapper=False)
 def pack_b_panel(b, p0, kc, j0, cols, col_scale, out, off):
     """Pack ``b[p0:p0+kc, j0:j0+cols]`` (``b`` an :class:`Operand`) into one NR-wide micro-panel
-    ``out[off + p, j]`` (zero pad).
+    ``out[off + p * NR + j]``, zero past ``cols``; a non-empty ``col_scale`` multiplies column
+    ``j`` by ``col_scale[j0 + j]``. (Float16 operands: :func:`pack_b_half_panel`.)
 
-    A non-empty ``col_scale`` multiplies column ``j`` by ``col_scale[j]``. (Float16 operands:
-    :func:`pack_b_half_panel`.)
+    Contiguous columns (``b.rs == 1``: ``B.T`` of a row-major matrix, a dense layer's ``x @ W.T``,
+    the top-k corpus) go in whole v x v blocks (:func:`pack_block`), the rest element by element
+    (:func:`pack_elements`). Measured (Zen 4, float32 1024 x 1024 @ B.T, 2 threads): 11.5-11.8 ->
+    10.1-10.3 ms; float64 1 thread 42.1-42.2 -> 41.2-41.3 ms, 256 x 256 2 threads 0.38 -> 0.36 ms;
+    the top-k corpus (100 000 x 256 float32, read from memory) and cosine's 2000 x 256 rows within
+    noise. One function, not a wrapper around an inlined packer: Numba's inlining of that packer
+    (its untyped passes run again, its IR deep-copied block by block) cost every cold first call
+    that packs B ~0.2 s (solve at n = 300, Zen 4, three interleaved pairs: 3.21-3.29 -> 3.03-3.04 s).
     """
     wide_vectors()
-    pack_cols(b.data, b.off + p0 * b.rs + j0 * b.cs, b.rs, b.cs, kc, cols, col_scale, j0, out, off)
+    d, rs, cs = b.data, b.rs, b.cs
+    at = b.off + p0 * rs + j0 * cs
+    scaled = col_scale.size > 0
+    nr = tile_nr(out)
+    v = block_lanes(d, out)
+    pv = kc - kc % v if rs == 1 and v > 0 else 0
+    jv = cols - cols % v if pv > 0 else 0
+    step = max(v, 1)  # (a range's step must not be 0, even where the range is empty)
+    for j in range(0, jv, step):
+        for p in range(0, pv, step):
+            pack_block(d, _U(at + p + j * cs), cs, col_scale, _U(j0 + j), scaled, out, _U(off + p * nr + j))
+    pack_elements(d, at, rs, cs, kc, cols, col_scale, j0, out, off, pv, jv)
 
 
 def _block_lanes(dtype, source=None):
@@ -939,31 +957,8 @@ def _pack_block_typer(half, d, src, cs, scale, s0, scaled, out, dst):
 
 
 @jit(inline="always")
-def pack_cols(d, at, rs, cs, kc, cols, col_scale, c0, out, off):
-    """Pack the ``kc x cols`` matrix whose element ``(p, j)`` is ``d[at + p*rs + j*cs]`` (times
-    ``col_scale[c0 + j]`` when ``col_scale`` is not empty) into one NR-wide micro-panel
-    ``out[off + p * NR + j]``, zero past ``cols``: :func:`pack_b_panel`'s step. Contiguous columns
-    (``rs == 1``: ``B.T`` of a row-major matrix, a dense layer's ``x @ W.T``, the top-k corpus) go
-    in whole v x v blocks (:func:`pack_block`), the rest element by element
-    (:func:`pack_elements`). Measured (Zen 4, float32 1024 x 1024 @ B.T, 2 threads): 11.5-11.8 ->
-    10.1-10.3 ms; float64 1 thread 42.1-42.2 -> 41.2-41.3 ms, 256 x 256 2 threads 0.38 -> 0.36 ms;
-    the top-k corpus (100 000 x 256 float32, read from memory) and cosine's 2000 x 256 rows within
-    noise."""
-    scaled = col_scale.size > 0
-    nr = tile_nr(out)
-    v = block_lanes(d, out)
-    pv = kc - kc % v if rs == 1 and v > 0 else 0
-    jv = cols - cols % v if pv > 0 else 0
-    step = max(v, 1)  # (a range's step must not be 0, even where the range is empty)
-    for j in range(0, jv, step):
-        for p in range(0, pv, step):
-            pack_block(d, _U(at + p + j * cs), cs, col_scale, _U(c0 + j), scaled, out, _U(off + p * nr + j))
-    pack_elements(d, at, rs, cs, kc, cols, col_scale, c0, out, off, pv, jv)
-
-
-@jit(inline="always")
 def pack_elements(d, at, rs, cs, kc, cols, col_scale, c0, out, off, pv, jv):
-    """:func:`pack_cols` element by element, but for the columns before ``jv`` at the depths before
+    """:func:`pack_b_panel` element by element, but for the columns before ``jv`` at the depths before
     ``pv`` (packed already: pass 0 and 0 for the whole matrix). Attention packs its query blocks
     by this alone: the blocks' code cost its cold first call 0.3 s, for 64 query rows a block."""
     nr = tile_nr(out)

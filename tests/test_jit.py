@@ -313,11 +313,19 @@ def test_half_panels_are_the_float32_panels_of_the_widened_matrix(layout, scaled
         assert (out_half[:3] == 7).all() and (out_half[3 + kc * nr :] == 7).all()
 
 
+@_jit.jit
+def _pack_b_panel_of(flat, at, rs, cs, kc, cols, col_scale, j0, out, off):
+    """``pack_b_panel`` of the ``kc x cols`` block whose element ``(p, j)`` is ``flat[at + p*rs +
+    j*cs]``, as the block's columns ``j0 ...`` of an operand (so ``col_scale[j0 + j]`` scales them)."""
+    b = gk.flat_operand(flat, at - j0 * cs, rs, cs, kc, j0 + cols)
+    gk.pack_b_panel(b, 0, kc, j0, cols, col_scale, out, off)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("layout", ["columns", "rows", "strided", "integers"])
 @pytest.mark.parametrize("scaled", [False, True])
-def test_pack_cols_lays_out_a_panel(dtype, layout, scaled, rng):
-    """``pack_cols`` (the GEMM's B packing, the top-k corpus, attention's queries) of a block with
+def test_pack_b_panel_lays_out_a_panel(dtype, layout, scaled, rng):
+    """``pack_b_panel`` (the GEMM's B packing, the top-k corpus) of a block with
     contiguous columns (``B.T`` of a row-major matrix: whole v x v blocks by ``pack_block``, with
     a tail of columns and of depth), with contiguous rows, strided, and of integers (element by
     element, converted): exactly the element times its column's scale, NR wide, zero past the
@@ -338,7 +346,7 @@ def test_pack_cols_lays_out_a_panel(dtype, layout, scaled, rng):
     assert (rs == 1) == (layout in ("columns", "integers"))
     col_scale = (rng.random(cols + 5) + 0.5).astype(dtype) if scaled else np.empty(0, dtype)
     out = np.full(off + kc * blk.NR + 4, 7.0, dtype)
-    gk.pack_cols(flat, at, rs, cs, kc, cols, col_scale, 4, out, off)
+    _pack_b_panel_of(flat, at, rs, cs, kc, cols, col_scale, 4, out, off)
     want = np.zeros((kc, blk.NR), dtype)
     if layout == "integers":  # as the scalar code: the integer (times the scale) in float64
         wide = block.astype(np.float64) * (col_scale[4 : 4 + cols].astype(np.float64) if scaled else 1)

@@ -77,7 +77,7 @@ MUTANTS = [
         "_gemm_kernels.py",
         "        rows = _intrinsics.transpose_vectors(builder, cols)\n",
         "        rows = list(cols)\n",
-        ("tests/test_jit.py", "-k", "pack_cols"),
+        ("tests/test_jit.py", "-k", "pack_b_panel"),
         "the block packer stores each column's vector as a panel row (no transpose)",
     ),
     Mutant(
@@ -86,7 +86,7 @@ MUTANTS = [
         "            products = [builder.fmul(r, factors) for r in rows]",
         "            products = [builder.fmul(r, builder.shuffle_vector(factors, factors, ir.Constant("
         "ir.VectorType(ir.IntType(32), v), [e] * v))) for e, r in enumerate(rows)]",
-        ("tests/test_jit.py", "-k", "pack_cols"),
+        ("tests/test_jit.py", "-k", "pack_b_panel"),
         "the block packer scales each panel row by the depth's factor, not each column by its own",
     ),
     Mutant(
@@ -136,7 +136,7 @@ MUTANTS = [
         "_gemm_kernels.py",
         "        j0 = jv if p < pv else 0",
         "        j0 = jv",
-        ("tests/test_jit.py", "-k", "pack_cols"),
+        ("tests/test_jit.py", "-k", "pack_b_panel"),
         "the depth past the last whole block is packed only for the tail columns",
     ),
     Mutant(
@@ -248,7 +248,7 @@ MUTANTS = [
         "_intrinsics.py",
         "while b < v:  # swap the off-diagonal",
         "while b < v // 2:  # swap the off-diagonal",
-        ("tests/test_lu.py", "tests/test_jit.py", "-k", "lanes or pack_cols"),
+        ("tests/test_lu.py", "tests/test_jit.py", "-k", "lanes or pack_b_panel"),
         "the in-register transpose (batched tiny solver, block packer) leaves the widest blocks unswapped",
     ),
     Mutant(
