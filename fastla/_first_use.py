@@ -352,7 +352,8 @@ class SizeBackground(Background):
         return key if WAIT_FOR_KERNELS else None
 
     def launch(self, key):
-        code = f"import {self.module} as m; m.{self.function}({key!r})"
+        run = f"m.{self.function}({key!r})"
+        code = f"import fastla._warmup as w, {self.module} as m; w.compiling_process(); {run}"
 
         def work():
             import importlib

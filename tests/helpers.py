@@ -112,3 +112,14 @@ def fresh_ir(kernel, sig):
     f = njit(cache=False, fastmath=set(fastla._jit.FASTMATH), error_model="numpy")(kernel.py_func)
     f.compile(sig)
     return f.inspect_llvm(sig)
+
+
+def record_gc(key):
+    """Append this process's garbage-collector thresholds and whether objects are frozen to the file
+    ``key[0]`` (a size job's stand-in: ``fastla._first_use.SizeBackground`` runs it in the job's
+    process, then in the calling one)."""
+    import gc
+    import os
+
+    with open(key[0], "a") as f:
+        f.write(f"{os.getpid()} {gc.get_threshold()} {gc.get_freeze_count() > 0}\n")

@@ -362,6 +362,28 @@ def test_a_size_job_that_fails_says_why_and_none_starts_where_first_calls_compil
     assert not broken.busy(("d", 5, 1))
 
 
+def test_a_size_jobs_process_collects_garbage_as_a_compiling_process(monkeypatch, tmp_path):
+    """The process a size job starts (fastla's own, compiling only) freezes its heap and collects
+    with ``COMPILING_GC_THRESHOLDS`` (``_warmup.compiling_process``); the calling process keeps its
+    own collector's settings."""
+    import gc
+    import os
+
+    monkeypatch.setattr(_first_use, "COMPILE_IN_BACKGROUND", True)
+    monkeypatch.setattr(_first_use, "WAIT_FOR_KERNELS", True)
+    monkeypatch.setattr(_first_use, "_marker_dir", lambda: "cached")
+    record = tmp_path / "gc.txt"
+    job = _first_use.SizeBackground("tests.helpers", "record_gc")
+    job.start((str(record),))
+    job.jobs[(str(record),)].join(120)
+    assert job.jobs[(str(record),)].error is None
+    child, here = record.read_text().splitlines()  # the job's process, then this one's thread
+    assert child.split(" ", 1)[1] == f"{_warmup.COMPILING_GC_THRESHOLDS} True"
+    assert int(child.split()[0]) != os.getpid() and int(here.split()[0]) == os.getpid()
+    assert here.split(" ", 1)[1] == f"{gc.get_threshold()} {gc.get_freeze_count() > 0}"
+    assert gc.get_threshold() != _warmup.COMPILING_GC_THRESHOLDS
+
+
 @needs_jit
 @pytest.mark.skipif(not _jit.CACHE, reason="on-disk cache off (a codegen override is set)")
 def test_a_fresh_caches_auto_calls_never_compile_in_the_calling_thread(tmp_path):

@@ -186,6 +186,17 @@ def test_a_lane_reports_a_failed_job_and_goes_on(monkeypatch, capsys):
 
 
 @needs_jit
+def test_a_lanes_process_collects_garbage_as_a_compiling_process():
+    """A warm-up lane (a process of fastla's own that only compiles) freezes the objects its imports
+    left and collects with ``COMPILING_GC_THRESHOLDS``: Python's defaults scanned the growing heap
+    of compiled kernels every few hundred thousand allocations (README, "First use")."""
+    before = "import gc; print(gc.get_threshold() != w.COMPILING_GC_THRESHOLDS, gc.get_freeze_count() == 0)"
+    after = "print(gc.get_threshold() == w.COMPILING_GC_THRESHOLDS, gc.get_freeze_count() > 1000)"
+    code = _warmup._lane_code([]).replace("w.compiling_process();", before + "; w.compiling_process();")
+    assert code != _warmup._lane_code([])
+    assert _python(code + "; " + after, None).stdout.split() == ["True"] * 4
+
+
 def test_import_compiles_nothing(tmp_path):
     proc = _python(
         """

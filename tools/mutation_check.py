@@ -1616,6 +1616,30 @@ MUTANTS = [
         ("tests/test_first_use.py", "-k", "fresh_caches"),
         "a size's kernel compiles in the call that reaches its break-even again (no job starts)",
     ),
+    Mutant(
+        "warmup-lane-keeps-the-default-collector",
+        "_warmup.py",
+        "w.compiling_process(); w.run_lane(",
+        "w.run_lane(",
+        ("tests/test_warmup.py", "-k", "compiling_process"),
+        "a warm-up lane compiles with Python's garbage-collector thresholds, its imports not frozen",
+    ),
+    Mutant(
+        "size-job-keeps-the-default-collector",
+        "_first_use.py",
+        "w.compiling_process(); {run}",
+        "{run}",
+        ("tests/test_first_use.py", "-k", "compiling_process"),
+        "a size job's process compiles with Python's garbage-collector thresholds",
+    ),
+    Mutant(
+        "compiling-process-freezes-nothing",
+        "_warmup.py",
+        "    gc.freeze()\n",
+        "",
+        ("tests/test_warmup.py", "tests/test_first_use.py", "-k", "compiling_process"),
+        "a compiling process collects less often but still scans its imports' objects",
+    ),
 ]
 
 
