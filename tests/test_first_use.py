@@ -12,7 +12,7 @@ import scipy.special
 
 import fastla
 from fastla import _first_use, _gemm_kernels, _jit, _lane_solver, _warmup, lu
-from tests.test_warmup import _python  # a new process on this process's cache
+from tests.test_warmup import ROOT, _python  # a new process on this process's cache
 
 needs_jit = pytest.mark.skipif(not _jit.JIT_ENABLED, reason="a kernel to compile")
 
@@ -372,6 +372,8 @@ def test_a_size_jobs_process_collects_garbage_as_a_compiling_process(monkeypatch
     monkeypatch.setattr(_first_use, "COMPILE_IN_BACKGROUND", True)
     monkeypatch.setattr(_first_use, "WAIT_FOR_KERNELS", True)
     monkeypatch.setattr(_first_use, "_marker_dir", lambda: "cached")
+    # the job's process imports tests.helpers from this checkout, wherever pytest was started
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
     record = tmp_path / "gc.txt"
     job = _first_use.SizeBackground("tests.helpers", "record_gc")
     job.start((str(record),))

@@ -185,7 +185,6 @@ def test_a_lane_reports_a_failed_job_and_goes_on(monkeypatch, capsys):
     assert op == "cross_entropy" and float(seconds) >= 0
 
 
-@needs_jit
 def test_a_lanes_process_collects_garbage_as_a_compiling_process():
     """A warm-up lane (a process of fastla's own that only compiles) freezes the objects its imports
     left and collects with ``COMPILING_GC_THRESHOLDS``: Python's defaults scanned the growing heap
@@ -197,6 +196,7 @@ def test_a_lanes_process_collects_garbage_as_a_compiling_process():
     assert _python(code + "; " + after, None).stdout.split() == ["True"] * 4
 
 
+@needs_jit
 def test_import_compiles_nothing(tmp_path):
     proc = _python(
         """
