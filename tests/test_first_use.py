@@ -299,6 +299,16 @@ def test_a_background_job_that_ends_without_the_kernels_leaves_them_to_the_next_
     assert len(calls) == 1 and fastla.explain("softmax", x)[0] == "numba"
 
 
+def _size_jobs_may_start(monkeypatch, markers):
+    """The default rule (auto waits for kernels, compiling them in the background), the kernels
+    counting as cached, their run markers under ``markers`` (a test's own folder: a relative fake
+    folder once put marker files into the working tree): the call at a size's break-even starts its
+    job."""
+    monkeypatch.setattr(_first_use, "WAIT_FOR_KERNELS", True)
+    monkeypatch.setattr(_first_use, "COMPILE_IN_BACKGROUND", True)
+    monkeypatch.setattr(_first_use, "_marker_dir", lambda: str(markers))
+
+
 @needs_jit
 def test_at_a_sizes_break_even_its_kernel_compiles_in_another_process_while_numpy_goes_on(
     monkeypatch, rng, tmp_path
@@ -307,9 +317,7 @@ def test_at_a_sizes_break_even_its_kernel_compiles_in_another_process_while_nump
     size's break-even starts one job, whose process compiles the size into the cache (here: this
     suite's) and whose thread then loads it here; NumPy runs every call meanwhile (explain says
     so), the kernel after."""
-    monkeypatch.setattr(_first_use, "WAIT_FOR_KERNELS", True)
-    monkeypatch.setattr(_first_use, "COMPILE_IN_BACKGROUND", True)
-    monkeypatch.setattr(_first_use, "_marker_dir", lambda: str(tmp_path))  # the kernels are cached
+    _size_jobs_may_start(monkeypatch, tmp_path)
     fixed = _gemm_kernels.FIXED
     _not_compiled(monkeypatch, fixed, 1e-9)
     monkeypatch.setattr(fixed._elsewhere, "jobs", {})
@@ -344,12 +352,11 @@ def test_at_a_sizes_break_even_its_kernel_compiles_in_another_process_while_nump
 
 
 @needs_jit
-def test_a_size_job_that_fails_says_why_and_none_starts_where_first_calls_compile(monkeypatch):
+def test_a_size_job_that_fails_says_why_and_none_starts_where_first_calls_compile(monkeypatch, tmp_path):
     """A job whose process fails ends with the error on its thread (the next call past the
     break-even compiles in place); with ``FASTLA_FIRST_CALL=compile`` (this suite's setting) no job
     starts, and a size's kernel compiles in the call that reaches its break-even, as before."""
-    monkeypatch.setattr(_first_use, "COMPILE_IN_BACKGROUND", True)
-    monkeypatch.setattr(_first_use, "_marker_dir", lambda: "cached")
+    _size_jobs_may_start(monkeypatch, tmp_path)
     broken = _first_use.SizeBackground("fastla._lane_solver", "no_such_function")
     monkeypatch.setattr(_first_use, "WAIT_FOR_KERNELS", False)
     broken.start(("d", 5, 1))
@@ -369,9 +376,7 @@ def test_a_size_jobs_process_collects_garbage_as_a_compiling_process(monkeypatch
     import gc
     import os
 
-    monkeypatch.setattr(_first_use, "COMPILE_IN_BACKGROUND", True)
-    monkeypatch.setattr(_first_use, "WAIT_FOR_KERNELS", True)
-    monkeypatch.setattr(_first_use, "_marker_dir", lambda: "cached")
+    _size_jobs_may_start(monkeypatch, tmp_path)
     # the job's process imports tests.helpers from this checkout, wherever pytest was started
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
     record = tmp_path / "gc.txt"
