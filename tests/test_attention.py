@@ -314,6 +314,21 @@ def test_mixed_dtypes_promote_and_float16(rng):
     np.testing.assert_allclose(out16, _reference(q, k, v)[0], atol=3e-2)
 
 
+@pytest.mark.parametrize("mask_dtype", [np.float16, np.float32, np.float64])
+def test_a_float_mask_of_another_dtype_is_added_in_the_operands_dtype(mask_dtype, dtype, rng):
+    """A float mask of any float dtype is cast to the operands' dtype and added (PyTorch 2.13
+    refuses a float64 mask with float32 operands, and its 4-D CPU kernel misreads a float32 mask
+    with float64 ones: results neither masked nor unmasked)."""
+    q, k, v = _qkv(rng, (1, 2), 17, 17, 8, 8, dtype)
+    mask = (rng.standard_normal((17, 17)) * 3).astype(mask_dtype)
+    mask[3, :5] = -np.inf
+    ref, _ = _reference(q, k, v, mask=mask.astype(dtype).astype(np.float64), scale=0.1)
+    for name in impl_names("scaled_dot_product_attention", 99):
+        out = sdpa(q, k, v, mask, scale=0.1, backend=name)
+        assert out.dtype == dtype, name
+        _check(out, ref, dtype)
+
+
 def test_errors(rng):
     q, k, v = _qkv(rng, (2,), 5, 6, 3, 2, np.float64)
     with pytest.raises(ValueError, match="not both"):
