@@ -1048,6 +1048,14 @@ MUTANTS = [
         "the float/bool attention mask is not applied",
     ),
     Mutant(
+        "attention-float-mask-kept-in-its-dtype",
+        "attention.py",
+        "        mask = mask.astype(dtype, copy=False)",
+        "        mask = mask",
+        ("tests/test_attention.py",),
+        "a float mask of another dtype is passed on uncast (the numpy impl then promotes the result)",
+    ),
+    Mutant(
         "attention-online-softmax-no-rescale",
         "attention.py",
         "                l[mo + r] *= alpha[mo + r]",
