@@ -1771,6 +1771,82 @@ _SQUARE_TILES = {
 }
 
 
+#: The wide tile of medium products in a stack (:func:`wide_product`): rows x bytes of C, two of the
+#: host's vectors a row (AVX-512: 8 rows x 2 zmm, 16 accumulators; AVX2: 4 rows x 2 ymm, 8), per depth
+#: step two vector loads of B, ``rows`` broadcasts of A and ``2 rows`` FMAs: bound by the FMAs, where
+#: the 4 x 1-vector tile above is bound by its loads and its four dependent accumulator chains. None
+#: (no wide tile) on an SSE-only target.
+WIDE_TILE = {64: (8, 128), 32: (4, 64)}.get(_SIMD)
+_WIDE_TILE = _small_tile(WIDE_TILE[0], False, WIDE_TILE[1]) if WIDE_TILE else None
+
+
+def wide_lanes(itemsize):
+    """Columns of one :data:`WIDE_TILE` in elements of ``itemsize`` bytes (0: no wide tile)."""
+    return WIDE_TILE[1] // itemsize if WIDE_TILE else 0
+
+
+def wide_tiles_fit(m, k, n, itemsize):
+    """Whether m x k @ k x n products split into whole wide tiles (:func:`wide_product`)."""
+    lanes = wide_lanes(itemsize)
+    return bool(lanes) and k > 0 and m > 0 and m % WIDE_TILE[0] == 0 and n % lanes == 0
+
+
+#: The sides of the products a stack runs in wide tiles when they split into whole ones
+#: (:func:`wide_stack_fits`), instead of the per-size, 4-row-tile or packed kernels. Zen 4, two
+#: threads, ms, 2000 / 20 000 products into a reused output, the wide tiles against the packed
+#: kernel: float64 32x32 2.59 / 36.5 against 3.62 / 49.8 (NumPy 2.82 / 33.6), 48x48 8.34 / 93.5
+#: against 12.1 / 121 (NumPy 14.8 / 146), 64x64 17.9 / 182 against 19.7 / 206 (NumPy 29.8 / 298);
+#: float32 32x32 0.77 / 9.77 against 4.06 / 33.7 (NumPy 1.33 / 15.7), 64x64 7.34 / 99.6 against
+#: 9.48 / 112 (NumPy 11.9 / 126). Below 16 the per-size kernels and the 4-row tiles run faster (100k
+#: float64 products, ms: 16x16 wide 17.8 against 24.9 per-size; 16x8 @ 8x16 7.9 against 7.3).
+WIDE_STACK_SIDES = (16, 64)
+
+
+def wide_stack_fits(m, k, n, itemsize):
+    """Whether a stack of m x k @ k x n products runs in wide tiles (:data:`WIDE_STACK_SIDES`)."""
+    lo, hi = WIDE_STACK_SIDES
+    return lo <= min(m, k, n) and max(m, k, n) <= hi and wide_tiles_fit(m, k, n, itemsize)
+
+
+def wide_fits(a, b, c):
+    """Whether :func:`wide_product` runs for these operands (each 2-D product of the stacks; in
+    compiled code for C-contiguous operands of one float dtype; False as Python)."""
+    return False
+
+
+@_jit.overload(wide_fits)
+def _wide_fits_typer(a, b, c):
+    if not (_WIDE_TILE is not None and _vector_width(a, b, c) and a.layout == b.layout == c.layout == "C"):
+        return lambda a, b, c: False
+    rows, lanes = WIDE_TILE[0], wide_lanes(8 if a.dtype == _jit.nb_types.float64 else 4)
+
+    def impl(a, b, c):
+        m, k = a.shape[-2:]
+        return k > 0 and m > 0 and m % rows == 0 and b.shape[-1] % lanes == 0
+
+    return impl
+
+
+def wide_product(a, b, c):
+    """``c = a @ b`` in whole wide tiles, for the operands :func:`wide_fits` accepts."""
+    c[...] = a @ b
+
+
+@_jit.overload(wide_product)
+def _wide_product_typer(a, b, c):
+    if not (_WIDE_TILE is not None and _vector_width(a, b, c)):
+        return lambda a, b, c: None  # wide_fits is False for these: never called
+    rows, lanes = WIDE_TILE[0], wide_lanes(8 if a.dtype == _jit.nb_types.float64 else 4)
+    tile = _WIDE_TILE
+
+    def impl(a, b, c):
+        for jb in range(b.shape[1] // lanes):
+            for ib in range(a.shape[0] // rows):
+                tile(a, b, c, ib * rows, jb * lanes, lanes)
+
+    return impl
+
+
 def _column_tiles(masked):
     tile_rows, tile_row = _TILES[masked]
     rows = SMALL_TILE_ROWS
@@ -1929,8 +2005,13 @@ def small_stack_task(a, b, c, parts, task):
     loops are plain)."""
     wide_vectors()
     s = a.shape[0]
-    for t in range(_U(task * s // parts), _U((task + 1) * s // parts)):  # unsigned: no wraparound test
-        small_product(a[t], b[t], c[t])
+    lo, hi = _U(task * s // parts), _U((task + 1) * s // parts)  # unsigned: no wraparound test
+    if wide_fits(a, b, c):
+        for t in range(lo, hi):
+            wide_product(a[t], b[t], c[t])
+    else:
+        for t in range(lo, hi):
+            small_product(a[t], b[t], c[t])
 
 
 @jit
@@ -1984,9 +2065,11 @@ def tiles_beat_unrolled(m, k, n, itemsize):
     the straight-line tile); larger tiled products lose (f64 12x12 324 / 460, f32 16x16 207 / 354),
     and so do masked columns (f64 3x3 19 / 33, f32 6x6 60 / 42 the exception). 4x4 with the
     straight-line tile on Zen 4 (100k products into a reused output, ms, min of 30, two runs):
-    float64 0.50 against 0.54 unrolled, float32 0.30-0.60 against 0.45-0.91."""
+    float64 0.50 against 0.54 unrolled, float32 0.30-0.60 against 0.45-0.91. Products in whole wide
+    tiles (:func:`wide_stack_fits`: 16x16 float64 on AVX-512) run in those."""
     square = m == k == n == SMALL_TILE_ROWS
-    return square or (n % (SMALL_VECTOR_BYTES // itemsize) == 0 and n >= 8 and m * n <= 64)
+    small = n % (SMALL_VECTOR_BYTES // itemsize) == 0 and n >= 8 and m * n <= 64
+    return square or small or wide_stack_fits(m, k, n, itemsize)
 
 
 _SMALL_KERNELS = {}

@@ -204,10 +204,18 @@ def _gemm_work(m, k, n, batch, b_stacked):
     return rows * k * n
 
 
+def _wide_stack_shape(m, k, n, dtype):
+    """Products of a compiled float dtype that a stack runs in wide register tiles
+    (:func:`fastla._gemm_kernels.wide_stack_fits`)."""
+    return dtype in PACKED_STACK_SIDES and _gk.wide_stack_fits(m, k, n, dtype.itemsize)
+
+
 def _packed_stack_shape(m, k, n, b_stacked, dtype):
-    """A stack of products every side of which is in :data:`PACKED_STACK_SIDES` for ``dtype``."""
+    """A stack of products every side of which is in :data:`PACKED_STACK_SIDES` for ``dtype``, or
+    that runs in wide tiles (:func:`_wide_stack_shape`)."""
     lo, hi = PACKED_STACK_SIDES.get(dtype, (1, 0))
-    return b_stacked and lo <= min(m, k, n) and max(m, k, n) <= hi
+    packed = lo <= min(m, k, n) and max(m, k, n) <= hi
+    return b_stacked and (packed or _wide_stack_shape(m, k, n, dtype))
 
 
 def _packed_stack_wins(m, k, n, batch, b_stacked, dtype):
@@ -239,11 +247,13 @@ def _rule(prep):
         )
     if _packed_stack_wins(f["m"], f["k"], f["n"], f["batch"], f["b_stacked"], f["dtype"]):
         least = AUTO_RULE["packed_stack_min_batch"]
+        wide = _wide_stack_shape(f["m"], f["k"], f["n"], f["dtype"])
+        kind = "products in wide register tiles" if wide else "packed products"
         return (
             "numba",
             lambda: (
                 f"stack of {f['batch']} {f['dtype']} products ({f['m']}x{f['k']} @ {f['k']}x{f['n']}, "
-                f">= {least} of them): one parallel loop of packed products beats per-matrix BLAS calls"
+                f">= {least} of them): one parallel loop of {kind} beats per-matrix BLAS calls"
             ),
         )
     work = _gemm_work(f["m"], f["k"], f["n"], f["batch"], f["b_stacked"])
@@ -501,7 +511,7 @@ def _small_or_packed(A, B, C):
     _, m, k = A.shape
     n = B.shape[2]
     if _gk.tiles_beat_unrolled(m, k, n, C.itemsize) and A.dtype == B.dtype == C.dtype:
-        _naive_stack(A, B, C)
+        _naive_stack(A, B, C)  # whole wide tiles among them (_gemm_kernels.wide_stack_fits)
     elif _gk.fits_fixed(m, k, n):
         _gk.small_fixed_kernel(m, k, n)(_intrinsics.kernel_input(A), _intrinsics.kernel_input(B), C)
     elif max(m, k, n) < PACKED_STACK_FROM[C.itemsize]:

@@ -249,6 +249,33 @@ def test_the_packed_stack_threshold_decides_the_fast_path_as_explain_says(monkey
         _same(lambda be, x=x, y=y: fastla.matmul(x, y, backend=be))
 
 
+@pytest.mark.parametrize("threshold", [1, 10**9])
+def test_stacks_in_wide_tiles_follow_the_packed_stack_threshold(monkeypatch, threshold):
+    """Stacks of 32x32 products (whole wide tiles on AVX2 and AVX-512 hosts, in both dtypes) run the
+    compiled kernel under ``auto`` from ``packed_stack_min_batch`` products, as explain says (its
+    reason names the wide tiles); a side that is not a whole tile (33, float32 48) stays with NumPy."""
+    module = sys.modules["fastla.matmul"]
+    if not fastla._gemm_kernels.WIDE_TILE:
+        pytest.skip("no wide tile on this target")
+    monkeypatch.setitem(module.AUTO_RULE, "packed_stack_min_batch", threshold)
+    ran = _spy_on_matmul_impls(monkeypatch, module)
+    for m, k, n, dtype, wide in (
+        (32, 32, 32, np.float64, True),
+        (32, 17, 32, np.float32, True),
+        (33, 32, 32, np.float64, False),
+        (48, 48, 48, np.float32, False),
+    ):
+        x = rng.standard_normal((3, m, k)).astype(dtype)
+        y = rng.standard_normal((3, k, n)).astype(dtype)
+        ran.clear()
+        fastla.matmul(x, y)
+        name, reason = fastla.explain("matmul", x, y)
+        assert ran == [name], (x.shape, y.shape, reason)
+        assert name == ("numba" if wide and threshold == 1 else "numpy"), reason
+        assert ("wide register tiles" in reason) == (wide and threshold == 1), reason
+        _same(lambda be, x=x, y=y: fastla.matmul(x, y, backend=be))
+
+
 def _same_results(call):
     """``call(backend)`` under auto (fast path eligible) and with the fast paths closed (the full
     path) agree (:func:`_agree`)."""

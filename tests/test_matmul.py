@@ -370,6 +370,59 @@ def test_large_float32_error_scaled_by_k(threads, rng):
         fastla.set_num_threads(n0)
 
 
+def _wide_shapes(dtype):
+    """(m, k, n) products around the host's wide tile (_gemm_kernels.WIDE_TILE): whole tiles (one,
+    several, with depths 1 to past a tile's width) and near misses (a row or a column short of a
+    whole tile, rows a multiple of half a tile), whose stacks must take the other kernels."""
+    rows = _gemm_kernels.WIDE_TILE[0]
+    lanes = _gemm_kernels.wide_lanes(np.dtype(dtype).itemsize)
+    fit = [
+        (rows, 1, lanes),
+        (rows, 7, lanes),
+        (2 * rows, 33, lanes),
+        (rows, 5, 2 * lanes),
+        (3 * rows, 16, 3 * lanes),
+    ]
+    miss = [
+        (rows + rows // 2, 9, lanes),
+        (rows, 9, lanes + 4),
+        (rows - 1, 9, lanes),
+        (2 * rows, 9, lanes - 1),
+    ]
+    return fit, miss
+
+
+@pytest.mark.skipif(not _gemm_kernels.WIDE_TILE, reason="no wide tile on this target")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_stacks_of_whole_wide_tiles_and_near_misses(dtype, rng):
+    """The stack kernel's wide tiles (wide_fits / wide_product): every row block and column block
+    of products that split into whole tiles, any depth; products that do not (a partial row block
+    or column block) take the other tiles; each on one thread and on every thread."""
+    from fastla import _jit
+
+    fit, miss = _wide_shapes(dtype)
+    for m, k, n in fit + miss:
+        assert _gemm_kernels.wide_tiles_fit(m, k, n, np.dtype(dtype).itemsize) == ((m, k, n) in fit)
+        a = rng.standard_normal((5, m, k)).astype(dtype)
+        b = rng.standard_normal((5, k, n)).astype(dtype)
+        for threads in (1, _jit.max_threads()):
+            c = np.full((5, m, n), np.nan, dtype)
+            _gemm_kernels.small_stack(a, b, c, threads=threads)
+            assert_matmul_close(c, a, b, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("side", [16, 32, 48, 64])
+def test_matmul_of_mid_size_stacks(dtype, side, rng):
+    """Stacks of 16x16 to 64x64 products (wide tiles where they split into whole ones, per-size,
+    small or packed kernels elsewhere) through every impl, and a stack of one: NumPy's results."""
+    a = rng.standard_normal((6, side, side)).astype(dtype)
+    b = rng.standard_normal((6, side, side)).astype(dtype)
+    for name in impl_names("matmul", 99):
+        assert_matmul_close(fastla.matmul(a, b, backend=name), a, b, dtype)
+        assert_matmul_close(fastla.matmul(a[:1], b[:1], backend=name), a[:1], b[:1], dtype)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(7, 4, 4, 4), (5, 3, 5, 8), (301, 8, 8, 8)])
 def test_small_stack_splits_the_stack_across_threads(dtype, shape, rng):
