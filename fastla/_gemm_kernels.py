@@ -1778,6 +1778,9 @@ _SQUARE_TILES = {
 #: (no wide tile) on an SSE-only target.
 WIDE_TILE = {64: (8, 128), 32: (4, 64)}.get(_SIMD)
 _WIDE_TILE = _small_tile(WIDE_TILE[0], False, WIDE_TILE[1]) if WIDE_TILE else None
+#: the same rows of one vector: the last columns of a product whose width is an odd number of
+#: vectors (float32 48 or 16 wide, float64 24 or 40 on AVX-512)
+_HALF_WIDE_TILE = _small_tile(WIDE_TILE[0], False, WIDE_TILE[1] // 2) if WIDE_TILE else None
 
 
 def wide_lanes(itemsize):
@@ -1786,20 +1789,27 @@ def wide_lanes(itemsize):
 
 
 def wide_tiles_fit(m, k, n, itemsize):
-    """Whether m x k @ k x n products split into whole wide tiles (:func:`wide_product`)."""
+    """Whether m x k @ k x n products split into whole wide tiles (:func:`wide_product`): whole
+    blocks of rows, and columns in whole tiles but for one of half a tile's width."""
     lanes = wide_lanes(itemsize)
-    return bool(lanes) and k > 0 and m > 0 and m % WIDE_TILE[0] == 0 and n % lanes == 0
+    return bool(lanes) and k > 0 and m > 0 and m % WIDE_TILE[0] == 0 and n % (lanes // 2) == 0
 
 
 #: The sides of the products a stack runs in wide tiles when they split into whole ones
-#: (:func:`wide_stack_fits`), instead of the per-size, 4-row-tile or packed kernels. Zen 4, two
-#: threads, ms, 2000 / 20 000 products into a reused output, the wide tiles against the packed
-#: kernel: float64 32x32 2.59 / 36.5 against 3.62 / 49.8 (NumPy 2.82 / 33.6), 48x48 8.34 / 93.5
-#: against 12.1 / 121 (NumPy 14.8 / 146), 64x64 17.9 / 182 against 19.7 / 206 (NumPy 29.8 / 298);
-#: float32 32x32 0.77 / 9.77 against 4.06 / 33.7 (NumPy 1.33 / 15.7), 64x64 7.34 / 99.6 against
-#: 9.48 / 112 (NumPy 11.9 / 126). Below 16 the per-size kernels and the 4-row tiles run faster (100k
-#: float64 products, ms: 16x16 wide 17.8 against 24.9 per-size; 16x8 @ 8x16 7.9 against 7.3).
-WIDE_STACK_SIDES = (16, 64)
+#: (:func:`wide_stack_fits`), instead of the per-size, 4-row-tile or packed kernels: up to 128, the
+#: packed stack's range (past it one product is split across the threads). Zen 4, two threads, ms
+#: (medians of three interleaved runs of 15), products into a reused output, wide tiles against the
+#: kernel before and NumPy: float64 32x32 2000 / 20 000 products 2.59 / 36.5 against 3.62 / 49.8
+#: packed (NumPy 2.82 / 33.6), 40x40 7.22 / 70.2 against 11.7 / 115 packed (8.51 / 85.0), 48x48
+#: 8.34 / 93.5 against 12.1 / 121 (14.8 / 146), 56x56 16.2 / 139 against 18.9 / 160 (26.7 / 237),
+#: 64x64 17.9 / 182 against 19.7 / 206 (29.8 / 298); 80x80, 96x96, 128x128 200 / 2000 products
+#: 3.83 / 36.2, 5.27 / 55.9, 11.6 / 112 against 4.69 / 42.4, 5.61 / 59.4, 12.1 / 120 packed; float32
+#: 16x16 0.10 / 1.71 against 0.09 / 2.27 per-size (0.21 / 2.86), 32x32 0.77 / 9.77 against 4.06 /
+#: 33.7 four-row tiles (1.33 / 15.7), 48x48 5.07 / 43.3 against 8.13 / 72.7 packed (6.50 / 67.1),
+#: 96x96 and 128x128 (200 / 2000) 2.02 / 26.6 and 4.89 / 52.4 against 3.23 / 33.7 and 5.73 / 57.4.
+#: Below 16 the per-size kernels and the 4-row tiles run faster (100k float64 products, ms: 16x8 @
+#: 8x16 7.9 against 7.3; 16x16 wide 17.8 against 24.9 per-size).
+WIDE_STACK_SIDES = (16, 128)
 
 
 def wide_stack_fits(m, k, n, itemsize):
@@ -1808,43 +1818,23 @@ def wide_stack_fits(m, k, n, itemsize):
     return lo <= min(m, k, n) and max(m, k, n) <= hi and wide_tiles_fit(m, k, n, itemsize)
 
 
-def wide_fits(a, b, c):
-    """Whether :func:`wide_product` runs for these operands (each 2-D product of the stacks; in
-    compiled code for C-contiguous operands of one float dtype; False as Python)."""
-    return False
+_WIDE_ROWS, _WIDE_BYTES = WIDE_TILE or (1, 0)
 
 
-@_jit.overload(wide_fits)
-def _wide_fits_typer(a, b, c):
-    if not (_WIDE_TILE is not None and _vector_width(a, b, c) and a.layout == b.layout == c.layout == "C"):
-        return lambda a, b, c: False
-    rows, lanes = WIDE_TILE[0], wide_lanes(8 if a.dtype == _jit.nb_types.float64 else 4)
-
-    def impl(a, b, c):
-        m, k = a.shape[-2:]
-        return k > 0 and m > 0 and m % rows == 0 and b.shape[-1] % lanes == 0
-
-    return impl
-
-
+@jit(inline="always")
 def wide_product(a, b, c):
-    """``c = a @ b`` in whole wide tiles, for the operands :func:`wide_fits` accepts."""
-    c[...] = a @ b
-
-
-@_jit.overload(wide_product)
-def _wide_product_typer(a, b, c):
-    if not (_WIDE_TILE is not None and _vector_width(a, b, c)):
-        return lambda a, b, c: None  # wide_fits is False for these: never called
-    rows, lanes = WIDE_TILE[0], wide_lanes(8 if a.dtype == _jit.nb_types.float64 else 4)
-    tile = _WIDE_TILE
-
-    def impl(a, b, c):
-        for jb in range(b.shape[1] // lanes):
-            for ib in range(a.shape[0] // rows):
-                tile(a, b, c, ib * rows, jb * lanes, lanes)
-
-    return impl
+    """``c = a @ b`` in wide tiles, the last columns in a half-width one where the width is an odd
+    number of half tiles: for C-contiguous operands of one float dtype that :func:`wide_tiles_fit`
+    (the caller checks)."""
+    lanes = _WIDE_BYTES // c.itemsize
+    n = b.shape[1]
+    whole = n - n % lanes
+    for jb in range(whole // lanes):
+        for ib in range(a.shape[0] // _WIDE_ROWS):
+            _WIDE_TILE(a, b, c, ib * _WIDE_ROWS, jb * lanes, lanes)
+    if whole < n:
+        for ib in range(a.shape[0] // _WIDE_ROWS):
+            _HALF_WIDE_TILE(a, b, c, ib * _WIDE_ROWS, whole, lanes // 2)
 
 
 def _column_tiles(masked):
@@ -2005,13 +1995,22 @@ def small_stack_task(a, b, c, parts, task):
     loops are plain)."""
     wide_vectors()
     s = a.shape[0]
-    lo, hi = _U(task * s // parts), _U((task + 1) * s // parts)  # unsigned: no wraparound test
-    if wide_fits(a, b, c):
-        for t in range(lo, hi):
-            wide_product(a[t], b[t], c[t])
-    else:
-        for t in range(lo, hi):
-            small_product(a[t], b[t], c[t])
+    for t in range(_U(task * s // parts), _U((task + 1) * s // parts)):  # unsigned: no wraparound test
+        small_product(a[t], b[t], c[t])
+
+
+@jit(python_wrapper=False)
+def wide_stack_task(a, b, c, parts, task):
+    """:func:`small_stack_task` for products in wide tiles (:func:`wide_product`): a task of its own,
+    so that a call compiles the kind of tiles it runs, not both. Cold first calls in a new process
+    (Zen 4, three interleaved runs): one 40 x 40 float64 product (wide tiles) 1.25-1.47 s before the
+    wide tiles, 1.63-1.97 s with both kinds in one task, 0.46-0.66 s so; a 300 x 32 x 32 float64
+    stack 2.87 s before (the packed kernel), 0.45-0.53 s; float32 40 x 40 (the other tiles) and 4 x 4
+    stacks as before (1.28-1.40 and 1.33-1.65 s)."""
+    wide_vectors()
+    s = a.shape[0]
+    for t in range(_U(task * s // parts), _U((task + 1) * s // parts)):
+        wide_product(a[t], b[t], c[t])
 
 
 @jit
@@ -2030,8 +2029,10 @@ def _small_stack_examples(dtype):
     return (ro, ro, np.empty((1, 1, 1), dtype), 1, 0)
 
 
-#: :func:`small_stack_task`, run by :func:`batched_small` through its address
+#: :func:`small_stack_task` and :func:`wide_stack_task`, run by :func:`batched_small` through their
+#: addresses
 SMALL_STACK_TASK = _jit.Entry(small_stack_task, _small_stack_examples)
+WIDE_STACK_TASK = _jit.Entry(wide_stack_task, _small_stack_examples)
 
 
 #: itemsize -> the multiply-adds (stack length x m x k x n) below which :func:`small_stack` runs on
@@ -2051,7 +2052,10 @@ def small_stack(a, b, c, threads=None):
         work = a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2]
         threads = 1 if work < SMALL_SERIAL_WORK[c.itemsize] else _jit.threads_here()
     threads = max(1, min(threads, a.shape[0]))
-    at = SMALL_STACK_TASK.address(c.dtype)
+    _, m, k = a.shape
+    same = a.dtype == b.dtype == c.dtype and c.dtype.kind == "f" and c.flags.c_contiguous
+    wide = same and wide_tiles_fit(m, k, b.shape[2], c.itemsize)
+    at = (WIDE_STACK_TASK if wide else SMALL_STACK_TASK).address(c.dtype)
     batched_small(_intrinsics.kernel_input(a), _intrinsics.kernel_input(b), c, at, threads)
 
 

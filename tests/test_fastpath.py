@@ -229,14 +229,15 @@ def test_the_packed_stack_threshold_decides_the_fast_path_as_explain_says(monkey
     lo32, hi32 = module.PACKED_STACK_SIDES[np.dtype(np.float32)]
     assert lo < lo32  # float32's range starts higher
     ran = _spy_on_matmul_impls(monkeypatch, module)
+    # an odd number of rows: never whole blocks of wide tiles (those: the test below)
     for batch, m, k, n, dtype, inside in (
-        (3, lo, lo + 1, hi, np.float64, True),
-        (2, hi, lo, lo, np.float64, True),
+        (3, lo + 1, lo + 1, hi, np.float64, True),
+        (2, hi - 1, lo, lo, np.float64, True),
         (3, lo - 1, lo, lo, np.float64, False),
-        (3, lo, lo, hi + 1, np.float64, False),
-        (3, lo32, lo32, hi32, np.float32, True),
-        (3, lo, lo, lo, np.float32, False),
-        (3, lo32, lo32, hi32 + 1, np.float32, False),
+        (3, lo + 1, lo, hi + 1, np.float64, False),
+        (3, lo32 + 1, lo32, hi32, np.float32, True),
+        (3, lo + 1, lo, lo, np.float32, False),
+        (3, lo32 + 1, lo32, hi32 + 1, np.float32, False),
     ):
         x = rng.standard_normal((batch, m, k)).astype(dtype)
         y = rng.standard_normal((batch, k, n)).astype(dtype)
@@ -251,9 +252,11 @@ def test_the_packed_stack_threshold_decides_the_fast_path_as_explain_says(monkey
 
 @pytest.mark.parametrize("threshold", [1, 10**9])
 def test_stacks_in_wide_tiles_follow_the_packed_stack_threshold(monkeypatch, threshold):
-    """Stacks of 32x32 products (whole wide tiles on AVX2 and AVX-512 hosts, in both dtypes) run the
-    compiled kernel under ``auto`` from ``packed_stack_min_batch`` products, as explain says (its
-    reason names the wide tiles); a side that is not a whole tile (33, float32 48) stays with NumPy."""
+    """Stacks of 32x32 and 48x48 products (whole wide tiles, the last columns of 48 in a half-width
+    one where the tile is 32 wide, on AVX2 and AVX-512 hosts, in both dtypes) run the compiled
+    kernel under ``auto`` from ``packed_stack_min_batch`` products, as explain says (its reason
+    names the wide tiles); rows or columns that are not whole tiles (33 rows, 36 float32 columns)
+    stay with NumPy."""
     module = sys.modules["fastla.matmul"]
     if not fastla._gemm_kernels.WIDE_TILE:
         pytest.skip("no wide tile on this target")
@@ -262,8 +265,9 @@ def test_stacks_in_wide_tiles_follow_the_packed_stack_threshold(monkeypatch, thr
     for m, k, n, dtype, wide in (
         (32, 32, 32, np.float64, True),
         (32, 17, 32, np.float32, True),
+        (48, 48, 48, np.float32, True),
         (33, 32, 32, np.float64, False),
-        (48, 48, 48, np.float32, False),
+        (32, 32, 36, np.float32, False),
     ):
         x = rng.standard_normal((3, m, k)).astype(dtype)
         y = rng.standard_normal((3, k, n)).astype(dtype)

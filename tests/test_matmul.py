@@ -372,22 +372,28 @@ def test_large_float32_error_scaled_by_k(threads, rng):
 
 def _wide_shapes(dtype):
     """(m, k, n) products around the host's wide tile (_gemm_kernels.WIDE_TILE): whole tiles (one,
-    several, with depths 1 to past a tile's width) and near misses (a row or a column short of a
-    whole tile, rows a multiple of half a tile), whose stacks must take the other kernels."""
+    several, with depths 1 to past a tile's width, the last columns in a half-width tile) and near
+    misses (a row or a column short of a whole block, rows a multiple of half a tile's rows), whose
+    stacks must take the other kernels."""
     rows = _gemm_kernels.WIDE_TILE[0]
     lanes = _gemm_kernels.wide_lanes(np.dtype(dtype).itemsize)
+    half = lanes // 2
     fit = [
         (rows, 1, lanes),
         (rows, 7, lanes),
         (2 * rows, 33, lanes),
         (rows, 5, 2 * lanes),
         (3 * rows, 16, 3 * lanes),
+        (rows, 3, half),
+        (2 * rows, 5, lanes + half),
+        (rows, 9, 2 * lanes + half),
     ]
     miss = [
         (rows + rows // 2, 9, lanes),
-        (rows, 9, lanes + 4),
+        (rows, 9, lanes + half // 2),
         (rows - 1, 9, lanes),
         (2 * rows, 9, lanes - 1),
+        (rows, 9, half + 2),
     ]
     return fit, miss
 
@@ -395,7 +401,7 @@ def _wide_shapes(dtype):
 @pytest.mark.skipif(not _gemm_kernels.WIDE_TILE, reason="no wide tile on this target")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_stacks_of_whole_wide_tiles_and_near_misses(dtype, rng):
-    """The stack kernel's wide tiles (wide_fits / wide_product): every row block and column block
+    """The stack kernel's wide tiles (wide_stack_task / wide_product): every row block and column block
     of products that split into whole tiles, any depth; products that do not (a partial row block
     or column block) take the other tiles; each on one thread and on every thread."""
     from fastla import _jit
