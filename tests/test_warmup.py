@@ -82,6 +82,28 @@ def test_the_kernels_warmup_calls_every_kernel():
     assert not missing, missing
 
 
+def test_the_matmul_warmup_runs_both_stack_tasks(monkeypatch):
+    """matmul's warm-up runs, in each dtype, both tasks a stack of small products can take: the
+    wide tiles' (their own compiled task; a 40 x 40 float32 product is not one) and the other
+    tiles'. A task it skipped would compile at a user's first such call after the warm-up."""
+    from fastla import _gemm_kernels
+
+    if not _gemm_kernels.WIDE_TILE:
+        pytest.skip("no wide tile on this target")
+    picked = []
+    fits = _gemm_kernels.wide_tiles_fit
+
+    def spy(m, k, n, itemsize):
+        picked.append((itemsize, fits(m, k, n, itemsize)))
+        return picked[-1][1]
+
+    monkeypatch.setattr(_gemm_kernels, "wide_tiles_fit", spy)
+    for dt in _warmup.DTYPES:
+        _warmup.run_one("matmul", dt)
+    for itemsize in (4, 8):
+        assert {wide for size, wide in picked if size == itemsize} == {True, False}, picked
+
+
 @needs_jit
 def test_the_kernels_warmup_runs_in_process():
     for dt in ("float32", "float64"):

@@ -862,12 +862,12 @@ MUTANTS = [
         "solve's fast path runs LAPACK for one system with numba forced",
     ),
     Mutant(
-        "gemm-wide-tiles-skip-the-first-row-block",
+        "gemm-wide-tiles-all-in-the-first-columns",
         "_gemm_kernels.py",
         "            _WIDE_TILE(a, b, c, ib * _WIDE_ROWS, jb * lanes, lanes)",
-        "            _WIDE_TILE(a, b, c, ib * _WIDE_ROWS, jb * lanes, lanes) if ib else None",
+        "            _WIDE_TILE(a, b, c, ib * _WIDE_ROWS, 0, lanes)",
         ("tests/test_matmul.py", "-k", "wide or mid_size"),
-        "a product in wide tiles leaves its first block of rows unwritten",
+        "every column block of a product in wide tiles computed over the first one",
     ),
     Mutant(
         "gemm-half-wide-tile-one-half-early",
@@ -892,6 +892,14 @@ MUTANTS = [
         "    return b_stacked and packed",
         ("tests/test_fastpath.py", "-k", "wide_tiles"),
         "auto runs stacks of products in whole wide tiles (32x32) with NumPy",
+    ),
+    Mutant(
+        "warmup-matmul-skips-the-wide-tiles",
+        "_warmup.py",
+        "    for n in (3, 4, 32):  # 32: a stack in wide tiles (their own task; 40 x 40 float32 is not one)",
+        "    for n in (3, 4):",
+        ("tests/test_warmup.py", "-k", "both_stack_tasks"),
+        "matmul's warm-up leaves the wide tiles' task uncompiled in float32",
     ),
     Mutant(
         "gemm-flat-result-rows-at-the-depth-stride",
@@ -1579,8 +1587,8 @@ MUTANTS = [
     Mutant(
         "small-stack-task-drops-the-last-product",
         "_gemm_kernels.py",
-        "    for t in range(_U(task * s // parts), _U((task + 1) * s // parts)):  # unsigned: no wraparound",
-        "    for t in range(_U(task * s // parts), _U((task + 1) * s // parts) - _U(1)):",
+        "    for t in range(_U(task * s // parts), _U((task + 1) * s // parts)):  # unsigned",
+        "    for t in range(_U(task * s // parts), _U((task + 1) * s // parts) - _U(1)):  # unsigned",
         ("tests/test_matmul.py",),
         "each thread's run of the small-product stack leaves its last product unwritten",
     ),
