@@ -72,14 +72,17 @@ AUTO_RULE = {
     # m*k*n of one product (a folded stack: one product) from which the packed kernel runs:
     "gemm_min_work": _shipped_gemm_min_work("float64"),
     "gemm_min_work_f32": _shipped_gemm_min_work("float32"),
-    # a stack of products, every side in PACKED_STACK_SIDES, of at least this many products runs
-    # one packed product per thread at a time (_gemm_kernels.gemm_stack); NumPy calls BLAS once per
-    # product. Zen 4, two threads, ratio to np.matmul by stack length: float64 48x48 0.77 (8), 0.95
-    # (32), 0.99 (64), 1.06 (256), 1.21 (10 000); 96x96 1.2-1.7 and 128x128 1.1-2.3 from 2; float32
-    # (each side timed 0.3 s after the other's last call, three runs) 64x64 0.75-1.07 (64),
-    # 0.97-1.28 (256), 0.96-1.14 (2000); 96x96 1.01-1.35 (64), 1.11-1.47 from 256; 128x128
-    # 1.17-1.36 from 64
-    "packed_stack_min_batch": 256 if _jit.JIT_ENABLED else NEVER,
+    # a stack of products, every side in PACKED_STACK_SIDES or in wide tiles, of at least this many
+    # products runs one product per thread at a time (packed: _gemm_kernels.gemm_stack; wide tiles:
+    # wide_stack_task); NumPy calls BLAS once per product. With the packed kernel alone this was 256
+    # (Zen 4, two threads, ratio to np.matmul by stack length: float64 48x48 0.77 (8), 0.95 (32),
+    # 0.99 (64), 1.06 (256); float32 64x64 0.75-1.07 (64), 0.97-1.28 (256)). With the wide tiles
+    # (tune's timing, 8 / 16 / 32 / 64 products): float64 32x32 1.00 / 1.26 / 1.55 / 1.72, 48x48
+    # 1.34 / 1.56 / 1.65 / 1.86, 72x72 1.79 / 1.90 / 1.96 / 1.98; float32 32x32 0.81 / 1.00 / 1.25 /
+    # 1.58; packed (not whole tiles) float32 72x72 0.88 / 0.96 / 0.99 / 1.00, 100x100 1.22 / 1.27 /
+    # 1.30 / 1.30, float64 100x100 1.33 / 1.38 / 1.41 / 1.31: from 16 no measured stack runs more
+    # than 4% slower than NumPy (at 8, float32 32x32 would: 0.81)
+    "packed_stack_min_batch": 16 if _jit.JIT_ENABLED else NEVER,
 }
 #: dtype -> the sides (m, k and n) of the products the packed-stack rule covers, up to 128, the
 #: largest measured (past it auto's one-product GEMM rule decides, as before), from 48 in float64
@@ -212,10 +215,13 @@ def _wide_stack_shape(m, k, n, dtype):
 
 def _packed_stack_shape(m, k, n, b_stacked, dtype):
     """A stack of products every side of which is in :data:`PACKED_STACK_SIDES` for ``dtype``, or
-    that runs in wide tiles (:func:`_wide_stack_shape`)."""
+    that runs in wide tiles (:func:`_wide_stack_shape`) with a side past ``small_max_dim`` (smaller
+    ones are the small-stack rule's: 16x16 float64 in wide tiles ran 0.87-0.95x NumPy at 8-32
+    products, 1.15x at 64, where that rule starts)."""
     lo, hi = PACKED_STACK_SIDES.get(dtype, (1, 0))
     packed = lo <= min(m, k, n) and max(m, k, n) <= hi
-    return b_stacked and (packed or _wide_stack_shape(m, k, n, dtype))
+    wide = max(m, k, n) > AUTO_RULE["small_max_dim"] and _wide_stack_shape(m, k, n, dtype)
+    return b_stacked and (packed or wide)
 
 
 def _packed_stack_wins(m, k, n, batch, b_stacked, dtype):

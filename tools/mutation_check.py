@@ -888,7 +888,7 @@ MUTANTS = [
     Mutant(
         "matmul-auto-leaves-wide-stacks-to-numpy",
         "matmul.py",
-        "    return b_stacked and (packed or _wide_stack_shape(m, k, n, dtype))",
+        "    return b_stacked and (packed or wide)",
         "    return b_stacked and packed",
         ("tests/test_fastpath.py", "-k", "wide_tiles"),
         "auto runs stacks of products in whole wide tiles (32x32) with NumPy",
@@ -900,6 +900,14 @@ MUTANTS = [
         "    for n in (3, 4):",
         ("tests/test_warmup.py", "-k", "both_stack_tasks"),
         "matmul's warm-up leaves the wide tiles' task uncompiled in float32",
+    ),
+    Mutant(
+        "matmul-auto-wide-rule-takes-small-stacks",
+        "matmul.py",
+        '    wide = max(m, k, n) > AUTO_RULE["small_max_dim"] and _wide_stack_shape(m, k, n, dtype)',
+        "    wide = _wide_stack_shape(m, k, n, dtype)",
+        ("tests/test_matmul.py", "-k", "small_stack_uses_numba_under_auto"),
+        "auto's wide-stack rule takes 16x16 stacks below the small-stack rule's length",
     ),
     Mutant(
         "gemm-flat-result-rows-at-the-depth-stride",
