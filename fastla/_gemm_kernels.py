@@ -1771,28 +1771,29 @@ _SQUARE_TILES = {
 }
 
 
-#: The wide tile of medium products in a stack (:func:`wide_product`): rows x bytes of C, two of the
+#: The wide tile of medium products in a stack (:func:`wide_stack_task`): rows x bytes of C, two of the
 #: host's vectors a row (AVX-512: 8 rows x 2 zmm, 16 accumulators; AVX2: 4 rows x 2 ymm, 8), per depth
 #: step two vector loads of B, ``rows`` broadcasts of A and ``2 rows`` FMAs: bound by the FMAs, where
 #: the 4 x 1-vector tile above is bound by its loads and its four dependent accumulator chains. None
 #: (no wide tile) on an SSE-only target.
 WIDE_TILE = {64: (8, 128), 32: (4, 64)}.get(_SIMD)
-_WIDE_TILE = _small_tile(WIDE_TILE[0], False, WIDE_TILE[1]) if WIDE_TILE else None
+_WIDE_ROWS, _WIDE_BYTES = WIDE_TILE or (1, 0)
+_WIDE_TILE = _small_tile(_WIDE_ROWS, False, _WIDE_BYTES) if WIDE_TILE else None
 #: the same rows of one vector: the last columns of a product whose width is an odd number of
 #: vectors (float32 48 or 16 wide, float64 24 or 40 on AVX-512)
-_HALF_WIDE_TILE = _small_tile(WIDE_TILE[0], False, WIDE_TILE[1] // 2) if WIDE_TILE else None
+_HALF_WIDE_TILE = _small_tile(_WIDE_ROWS, False, _WIDE_BYTES // 2) if WIDE_TILE else None
 
 
 def wide_lanes(itemsize):
     """Columns of one :data:`WIDE_TILE` in elements of ``itemsize`` bytes (0: no wide tile)."""
-    return WIDE_TILE[1] // itemsize if WIDE_TILE else 0
+    return _WIDE_BYTES // itemsize
 
 
 def wide_tiles_fit(m, k, n, itemsize):
-    """Whether m x k @ k x n products split into whole wide tiles (:func:`wide_product`): whole
+    """Whether m x k @ k x n products split into whole wide tiles (:func:`wide_stack_task`): whole
     blocks of rows, and columns in whole tiles but for one of half a tile's width."""
     lanes = wide_lanes(itemsize)
-    return bool(lanes) and k > 0 and m > 0 and m % WIDE_TILE[0] == 0 and n % (lanes // 2) == 0
+    return bool(lanes) and k > 0 and m > 0 and m % _WIDE_ROWS == 0 and n % (lanes // 2) == 0
 
 
 #: The sides of the products a stack runs in wide tiles when they split into whole ones
@@ -1816,25 +1817,6 @@ def wide_stack_fits(m, k, n, itemsize):
     """Whether a stack of m x k @ k x n products runs in wide tiles (:data:`WIDE_STACK_SIDES`)."""
     lo, hi = WIDE_STACK_SIDES
     return lo <= min(m, k, n) and max(m, k, n) <= hi and wide_tiles_fit(m, k, n, itemsize)
-
-
-_WIDE_ROWS, _WIDE_BYTES = WIDE_TILE or (1, 0)
-
-
-@jit(inline="always")
-def wide_product(a, b, c):
-    """``c = a @ b`` in wide tiles, the last columns in a half-width one where the width is an odd
-    number of half tiles: for C-contiguous operands of one float dtype that :func:`wide_tiles_fit`
-    (the caller checks)."""
-    lanes = _WIDE_BYTES // c.itemsize
-    n = b.shape[1]
-    whole = n - n % lanes
-    for jb in range(whole // lanes):
-        for ib in range(a.shape[0] // _WIDE_ROWS):
-            _WIDE_TILE(a, b, c, ib * _WIDE_ROWS, jb * lanes, lanes)
-    if whole < n:
-        for ib in range(a.shape[0] // _WIDE_ROWS):
-            _HALF_WIDE_TILE(a, b, c, ib * _WIDE_ROWS, whole, lanes // 2)
 
 
 def _column_tiles(masked):
@@ -2001,16 +1983,27 @@ def small_stack_task(a, b, c, parts, task):
 
 @jit(python_wrapper=False)
 def wide_stack_task(a, b, c, parts, task):
-    """:func:`small_stack_task` for products in wide tiles (:func:`wide_product`): a task of its own,
-    so that a call compiles the kind of tiles it runs, not both. Cold first calls in a new process
-    (Zen 4, three interleaved runs): one 40 x 40 float64 product (wide tiles) 1.25-1.47 s before the
-    wide tiles, 1.63-1.97 s with both kinds in one task, 0.46-0.66 s so; a 300 x 32 x 32 float64
-    stack 2.87 s before (the packed kernel), 0.45-0.53 s; float32 40 x 40 (the other tiles) and 4 x 4
-    stacks as before (1.28-1.40 and 1.33-1.65 s)."""
+    """:func:`small_stack_task` for products in wide tiles: each ``c[t] = a[t] @ b[t]`` in tiles of
+    :data:`WIDE_TILE`, the last columns in a half-width one where the width is an odd number of half
+    tiles, for C-contiguous stacks of one float dtype that :func:`wide_tiles_fit` (the caller
+    checks). A task of its own, so that a call compiles the kind of tiles it runs, not both. Cold
+    first calls in a new process (Zen 4, three interleaved runs): one 40 x 40 float64 product (wide
+    tiles) 1.25-1.47 s before the wide tiles, 1.63-1.97 s with both kinds in one task, 0.46-0.66 s
+    so; a 300 x 32 x 32 float64 stack 2.87 s before (the packed kernel), 0.45-0.53 s; float32 40 x
+    40 (the other tiles) and 4 x 4 stacks as before (1.28-1.40 and 1.33-1.65 s). The tile loops are
+    written here, not in an inlined function: this task is their one caller."""
     wide_vectors()
-    s = a.shape[0]
+    s, m, n = a.shape[0], a.shape[1], b.shape[2]
+    lanes = _WIDE_BYTES // c.itemsize
+    whole = n - n % lanes
     for t in range(_U(task * s // parts), _U((task + 1) * s // parts)):
-        wide_product(a[t], b[t], c[t])
+        at, bt, ct = a[t], b[t], c[t]
+        for jb in range(whole // lanes):
+            for ib in range(m // _WIDE_ROWS):
+                _WIDE_TILE(at, bt, ct, ib * _WIDE_ROWS, jb * lanes, lanes)
+        if whole < n:
+            for ib in range(m // _WIDE_ROWS):
+                _HALF_WIDE_TILE(at, bt, ct, ib * _WIDE_ROWS, whole, lanes // 2)
 
 
 @jit

@@ -401,7 +401,7 @@ def _wide_shapes(dtype):
 @pytest.mark.skipif(not _gemm_kernels.WIDE_TILE, reason="no wide tile on this target")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_stacks_of_whole_wide_tiles_and_near_misses(dtype, rng):
-    """The stack kernel's wide tiles (wide_stack_task / wide_product): every row block and column block
+    """The stack kernel's wide tiles (wide_stack_task): every row block and column block
     of products that split into whole tiles, any depth; products that do not (a partial row block
     or column block) take the other tiles; each on one thread and on every thread."""
     from fastla import _jit
