@@ -40,7 +40,8 @@ KNOBS = {
     "matmul": ("matmul", "small_min_batch"),
     "matmul_gemm": ("matmul", "gemm_min_work"),  # float64 products
     "matmul_gemm_f32": ("matmul", "gemm_min_work_f32"),  # float32 products
-    "matmul_stack": ("matmul", "packed_stack_min_batch"),  # stacks of mid-size products (timed in f64)
+    # stacks of mid-size products: their work (fastla.matmul.stack_work), timed on float64 stacks
+    "matmul_stack_work": ("matmul", "packed_stack_min_work"),
     "solve": ("lu", "small_min_batch"),
     "softmax": ("softmax", "min_size"),
     "cosine_similarity": ("similarity", "matrix_min_work"),
@@ -53,8 +54,13 @@ KNOBS = {
 FURTHER_KNOBS = {
     "matmul_gemm": "matmul",
     "matmul_gemm_f32": "matmul",
-    "matmul_stack": "matmul",
+    "matmul_stack_work": "matmul",
     "cosine_topk_stream": "cosine_topk",
+}
+#: knobs an earlier fastla measured and this one no longer reads, skipped in a profile: knob -> why
+#: (a stored value means something else now: applied, it would mislead the rule)
+RETIRED = {
+    "matmul_stack": "a count of products, where the rule now compares a stack's work (matmul_stack_work)",
 }
 #: ops whose auto rule reads another op's knob
 SHARES = {"log_softmax": "softmax", "cross_entropy": "softmax", "lu_factor": "solve", "lu_solve": "solve"}
@@ -116,12 +122,12 @@ def use_shipped():
 
 
 def validate_rules(rules):
-    """``{op: value}`` checked against :data:`KNOBS` and the shipped values' types; raises
-    ValueError naming the first problem."""
+    """``{op: value}`` checked against :data:`KNOBS` (a :data:`RETIRED` knob passes: it is skipped)
+    and the shipped values' types; raises ValueError naming the first problem."""
     if not isinstance(rules, dict):
         raise ValueError("rules is not a mapping")
     for op, value in rules.items():
-        if op not in KNOBS:
+        if op not in KNOBS and op not in RETIRED:
             raise ValueError(f"unknown rule {op!r}")
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:  # 0: every size
             raise ValueError(f"rule {op!r}: {value!r} is not a non-negative integer")
@@ -188,11 +194,16 @@ def load():
     if record is None:
         _STATE["status"] = f"shipped defaults (the profile has no entry for {threads} threads)"
         return
-    for op, value in record["rules"].items():
+    rules = {op: value for op, value in record["rules"].items() if op not in RETIRED}
+    for op, value in rules.items():
         module, key = KNOBS[op]
         _rule_dict(module)[key] = value
-    _STATE["rules"] = dict(record["rules"])
+    _STATE["rules"] = rules
     _STATE["status"] = f"tuned profile {path} ({threads} threads, measured {record.get('when', '?')})"
+    retired = sorted(set(record["rules"]) - set(rules))
+    if retired:
+        skipped = "; ".join(f"{op}: {RETIRED[op]}" for op in retired)
+        _STATE["status"] += f"; skipped the retired knobs ({skipped}): `python -m fastla tune` measures again"
 
 
 def write(path, key, threads, record):

@@ -72,23 +72,37 @@ AUTO_RULE = {
     # m*k*n of one product (a folded stack: one product) from which the packed kernel runs:
     "gemm_min_work": _shipped_gemm_min_work("float64"),
     "gemm_min_work_f32": _shipped_gemm_min_work("float32"),
-    # a stack of products, every side in PACKED_STACK_SIDES or in wide tiles, of at least this many
-    # products runs one product per thread at a time (packed: _gemm_kernels.gemm_stack; wide tiles:
-    # wide_stack_task); NumPy calls BLAS once per product. With the packed kernel alone this was 256
-    # (Zen 4, two threads, ratio to np.matmul by stack length: float64 48x48 0.77 (8), 0.95 (32),
-    # 0.99 (64), 1.06 (256); float32 64x64 0.75-1.07 (64), 0.97-1.28 (256)). With the wide tiles
-    # (tune's timing, 8 / 16 / 32 / 64 products): float64 32x32 1.00 / 1.26 / 1.55 / 1.72, 48x48
-    # 1.34 / 1.56 / 1.65 / 1.86, 72x72 1.79 / 1.90 / 1.96 / 1.98; float32 32x32 0.81 / 1.00 / 1.25 /
-    # 1.58; packed (not whole tiles) float32 72x72 0.88 / 0.96 / 0.99 / 1.00, 100x100 1.22 / 1.27 /
-    # 1.30 / 1.30, float64 100x100 1.33 / 1.38 / 1.41 / 1.31: from 16 no measured stack runs more
-    # than 4% slower than NumPy (at 8, float32 32x32 would: 0.81)
-    "packed_stack_min_batch": 16 if _jit.JIT_ENABLED else NEVER,
+    # a stack of at least STACK_MIN_PRODUCTS products, every side in PACKED_STACK_SIDES or in wide
+    # tiles, whose work (:func:`stack_work`: multiply-adds, a float32 one counting half) reaches this
+    # runs one product per thread at a time (packed: _gemm_kernels.gemm_stack; wide tiles:
+    # wide_stack_task); NumPy calls BLAS once per product. The crossover is a stack's work, not its
+    # length: Zen 4, two threads, tune's steady-state timing, ratio to np.matmul by stack length,
+    # wide tiles: float64 24x24 0.90 (4) 0.93 (8) 0.95 (16) 1.08 (24) 1.14 (32); 32x32 0.76 (4) 0.95
+    # (8) 1.13 (12) 1.25 (16); 40x40 0.97 (4) 1.10 (6) 1.21 (8); 48x48 1.13 (4) 1.42 (8); 56x56 1.33
+    # (4); float32 32x32 0.79 (8) 0.99 (16) 1.11 (24) 1.24 (32); 48x48 0.92 (4) 1.13 (8) 1.30 (12);
+    # 64x64 1.20 (4) 1.50 (8): NumPy is overtaken from 280-390 K float64 multiply-adds in a stack
+    # (float32: 520-790 K, twice as many: BLAS's float32 rate is twice its float64 one). A count of
+    # products (16, before) left float64 48x48 stacks of 8-15 at 1.42x to NumPy and sent float64
+    # 24x24 stacks of 16-23 to a kernel 0.95x NumPy's speed. Packed products (not whole tiles):
+    # float32 72x72 0.88 / 0.96 / 0.99 / 1.00 at 8 / 16 / 32 / 64 products, 100x100 1.22-1.30,
+    # float64 100x100 1.31-1.41.
+    "packed_stack_min_work": 393_216 if _jit.JIT_ENABLED else NEVER,
 }
 #: dtype -> the sides (m, k and n) of the products the packed-stack rule covers, up to 128, the
 #: largest measured (past it auto's one-product GEMM rule decides, as before), from 48 in float64
 #: (32x32 stacks ran at 0.89-0.98x NumPy at 64-256 products) and 64 in float32 (48x48: 0.50-0.59x at
 #: 64 products, 0.54-0.79x at 256, 0.92-1.05x at 2000; float32 has BLAS's double flop rate)
 PACKED_STACK_SIDES = {np.dtype(np.float64): (48, 128), np.dtype(np.float32): (64, 128)}
+#: Stacks of fewer products stay with NumPy whatever their work: 128x128 products, a stack of 2 / 4
+#: / 8 (Zen 4, two threads, two runs): float64 0.79-0.80 / 0.77-0.87 / 1.10-1.16x NumPy, float32
+#: 0.78-0.82 / 0.80-0.85 / 0.83-0.97x (96x96 won from 2: 1.36-1.62x).
+STACK_MIN_PRODUCTS = 8
+
+
+def stack_work(m, k, n, batch, itemsize):
+    """The work of a stack of ``batch`` m x k @ k x n products as the packed-stack rule counts it:
+    multiply-adds, a float32 one counting half (``packed_stack_min_work``)."""
+    return batch * m * k * n * itemsize // 8
 
 
 def _gemm_key(dtype):
@@ -225,7 +239,11 @@ def _packed_stack_shape(m, k, n, b_stacked, dtype):
 
 
 def _packed_stack_wins(m, k, n, batch, b_stacked, dtype):
-    return _packed_stack_shape(m, k, n, b_stacked, dtype) and batch >= AUTO_RULE["packed_stack_min_batch"]
+    return (
+        batch >= STACK_MIN_PRODUCTS
+        and _packed_stack_shape(m, k, n, b_stacked, dtype)
+        and stack_work(m, k, n, batch, dtype.itemsize) >= AUTO_RULE["packed_stack_min_work"]
+    )
 
 
 def _compiled_wins(m, k, n, batch, b_stacked, dtype):
@@ -252,14 +270,15 @@ def _rule(prep):
             ),
         )
     if _packed_stack_wins(f["m"], f["k"], f["n"], f["batch"], f["b_stacked"], f["dtype"]):
-        least = AUTO_RULE["packed_stack_min_batch"]
+        least = AUTO_RULE["packed_stack_min_work"]
 
         def stack_reason():  # explain's wording only: not on the call's path
             wide = _wide_stack_shape(f["m"], f["k"], f["n"], f["dtype"])
             kind = "products in wide register tiles" if wide else "packed products"
             return (
-                f"stack of {f['batch']} {f['dtype']} products ({f['m']}x{f['k']} @ {f['k']}x{f['n']}, "
-                f">= {least} of them): one parallel loop of {kind} beats per-matrix BLAS calls"
+                f"stack of {f['batch']} {f['dtype']} products ({f['m']}x{f['k']} @ {f['k']}x{f['n']}; "
+                f"{_stack_work_words(f)} >= packed_stack_min_work={least}): one parallel loop of "
+                f"{kind} beats per-matrix BLAS calls"
             )
 
         return "numba", stack_reason
@@ -275,9 +294,15 @@ def _rule(prep):
         )
 
     def reason():
-        stack = _packed_stack_shape(f["m"], f["k"], f["n"], f["b_stacked"], f["dtype"])
-        least = AUTO_RULE["packed_stack_min_batch"]
-        few = f", and fewer than {least} products for the packed products' loop" if stack else ""
+        few = ""
+        if _packed_stack_shape(f["m"], f["k"], f["n"], f["b_stacked"], f["dtype"]):
+            least = AUTO_RULE["packed_stack_min_work"]
+            few = (
+                f", and fewer than {STACK_MIN_PRODUCTS} products for the packed products' loop"
+                if f["batch"] < STACK_MIN_PRODUCTS
+                else f", and {_stack_work_words(f)} < packed_stack_min_work={least} for the packed "
+                "products' loop"
+            )
         if work == 0:
             return (
                 f"{shape}: too thin a product for the packed kernel (rows or columns < "
@@ -289,6 +314,13 @@ def _rule(prep):
         return f"{shape}: {work} multiply-adds per GEMM < {key}, where BLAS ({_blas_name()}) is faster{few}"
 
     return "numpy", reason
+
+
+def _stack_work_words(f):
+    """A stack's work as explain states it (:func:`stack_work`)."""
+    work = stack_work(f["m"], f["k"], f["n"], f["batch"], f["dtype"].itemsize)
+    half = ", a float32 one counting half" if f["dtype"].itemsize == 4 else ""
+    return f"{work} multiply-adds in the stack{half}"
 
 
 def _blas_name():

@@ -66,11 +66,26 @@ __all__ = ["cosine_similarity", "cosine_topk"]
 #
 # Measured with `python -m fastla bench --ops cosine_similarity,cosine_topk` (2 threads both sides,
 # Zen 4): see AUTO_RULE's comments where the numbers are.
+#: LLVM CPU names on which the packed cosine kernel was measured to overtake NumPy's path at small
+#: products (`python -m fastla tune`, 2 threads): Zen 5 from 4 096-262 144 multiply-adds (twelve
+#: runs); Zen 4 at every swept size (8x8x64 up: float32 64x64x64 28.1-28.4 us against 41.6-42.2,
+#: float64 33-36 against 45; with the 2^20 shipped before, auto's regret there read 1.21-1.29). An
+#: Intel AVX-512 Xeon's crossovers were 1-4 M; a host not measured keeps the lower end of those.
+_SMALL_COSINE_CPUS = ("znver4", "znver5")
+
+
+def _shipped_matrix_min_work():
+    from fastla import _host
+
+    if _jit.JIT_ENABLED and _host.host_cpu()[0] in _SMALL_COSINE_CPUS:
+        return 16_384  # Zen 5's upper end (Zen 4's 8x8x64, 4 096, runs auto's NumPy fast path as fast)
+    return 2**20
+
+
 AUTO_RULE = {
     # n * m * d below this: the product is too small for the packed kernel's setup to pay
-    # (`python -m fastla tune`, 2 threads: crossovers 1-4 M on an Intel AVX-512 Xeon, 4-16 K on a
-    # Zen 5; the lower end of the Xeon's).
-    "matrix_min_work": 2**20,
+    # (:func:`_shipped_matrix_min_work`: by the host)
+    "matrix_min_work": _shipped_matrix_min_work(),
     # top-k: the fused kernel avoids the n x m scores entirely; from this much work on it wins
     # (64 000 on both machines: 10 queries x 100 corpus rows x 64, when the numpy impl partitioned
     # every block of scores; with small blocks sorted whole (SORT_MAX_SCORES), Zen 4, us, numpy /

@@ -35,6 +35,7 @@ chooses between): 1.0 when auto picked the faster one
 from __future__ import annotations
 
 import functools
+import importlib
 import statistics
 import sys
 import time
@@ -114,6 +115,14 @@ def _topk_kernels(fn, args, kwargs):
     }
 
 
+def _matmul_module():
+    return importlib.import_module("fastla.matmul")  # ``fastla.matmul`` is the function
+
+
+#: the stack length of the stacked-products sweep: the least the rule takes
+_STACK = _matmul_module().STACK_MIN_PRODUCTS
+
+
 def _solve_case(p, dt, rng):
     a = _normal(rng, (p, 4, 4), dt) + 4 * np.eye(4, dtype=dt)
     return (a, _normal(rng, (p, 4, 1), dt)), {}
@@ -142,14 +151,14 @@ SWEEPS = (
         )
         for knob, dt in (("matmul_gemm", np.float64), ("matmul_gemm_f32", np.float32))
     ),
-    Sweep(
+    Sweep(  # the shortest stack the rule takes, of ever larger products: its work decides
         "matmul",
-        "48x48 float64 products in a stack",
-        (8, 16, 32, 64, 128, 256, 512, 1024),
-        lambda p: p,
-        lambda p, dt, rng: ((_normal(rng, (p, 48, 48), dt), _normal(rng, (p, 48, 48), dt)), {}),
-        lambda p: f"{p} x 48x48 @ 48x48",
-        knob="matmul_stack",
+        f"multiply-adds in a stack ({_STACK} float64 products of side p)",
+        (24, 32, 40, 48, 56, 64),
+        lambda p: _matmul_module().stack_work(p, p, p, _STACK, 8),
+        lambda p, dt, rng: ((_normal(rng, (_STACK, p, p), dt), _normal(rng, (_STACK, p, p), dt)), {}),
+        lambda p: f"{_STACK} x {p}x{p} @ {p}x{p}",
+        knob="matmul_stack_work",
         never=_profile.NEVER,
         dtypes=(np.float64,),
     ),

@@ -218,59 +218,72 @@ def test_the_gemm_threshold_decides_the_fast_path_as_explain_says(monkeypatch, f
             _same(lambda be, x=x, y=y: fastla.matmul(x, y, backend=be))
 
 
-@pytest.mark.parametrize("threshold", [1, 3, 10**9])
+@pytest.mark.parametrize("threshold", [1, 3 * 2**19, 10**12])
 def test_the_packed_stack_threshold_decides_the_fast_path_as_explain_says(monkeypatch, threshold):
-    """``packed_stack_min_batch``: a stack of at least this many products whose every side is in
-    ``PACKED_STACK_SIDES`` for their dtype runs the packed products' loop; shorter stacks and
-    products with a side outside the range go to NumPy; the fast path and the full path agree."""
+    """``packed_stack_min_work``: a stack of at least ``STACK_MIN_PRODUCTS`` products whose every
+    side is in ``PACKED_STACK_SIDES`` for their dtype, and whose work (multiply-adds, a float32
+    one counting half) reaches the threshold, runs the packed products' loop; shorter stacks,
+    less work and products with a side outside the range go to NumPy; the fast path and the full
+    path agree."""
     module = sys.modules["fastla.matmul"]
-    monkeypatch.setitem(module.AUTO_RULE, "packed_stack_min_batch", threshold)
+    monkeypatch.setitem(module.AUTO_RULE, "packed_stack_min_work", threshold)
+    least = module.STACK_MIN_PRODUCTS
     lo, hi = module.PACKED_STACK_SIDES[np.dtype(np.float64)]
     lo32, hi32 = module.PACKED_STACK_SIDES[np.dtype(np.float32)]
     assert lo < lo32  # float32's range starts higher
     ran = _spy_on_matmul_impls(monkeypatch, module)
     # an odd number of rows: never whole blocks of wide tiles (those: the test below)
     for batch, m, k, n, dtype, inside in (
-        (3, lo + 1, lo + 1, hi, np.float64, True),
-        (2, hi - 1, lo, lo, np.float64, True),
-        (3, lo - 1, lo, lo, np.float64, False),
-        (3, lo + 1, lo, hi + 1, np.float64, False),
-        (3, lo32 + 1, lo32, hi32, np.float32, True),
-        (3, lo + 1, lo, lo, np.float32, False),
-        (3, lo32 + 1, lo32, hi32 + 1, np.float32, False),
+        (least, lo + 1, lo + 1, hi, np.float64, True),
+        (least - 1, hi - 1, hi, hi, np.float64, True),  # a lot of work, too few products
+        (least + 1, hi - 1, lo, lo, np.float64, True),
+        (least, lo - 1, lo, lo, np.float64, False),
+        (least, lo + 1, lo, hi + 1, np.float64, False),
+        (least, lo32 + 1, lo32, hi32, np.float32, True),
+        (least, lo + 1, lo, lo, np.float32, False),
+        (least, lo32 + 1, lo32, hi32 + 1, np.float32, False),
+        # the same shape in both dtypes: float32's work counts half (2.06 M and 1.06 M multiply-adds
+        # here, on either side of the middle threshold)
+        (least, lo32 - 1, lo32, lo32, np.float64, True),
+        (least, lo32 + 1, lo32, lo32, np.float32, True),
     ):
         x = rng.standard_normal((batch, m, k)).astype(dtype)
         y = rng.standard_normal((batch, k, n)).astype(dtype)
+        work = batch * m * k * n * np.dtype(dtype).itemsize // 8
+        assert work == module.stack_work(m, k, n, batch, np.dtype(dtype).itemsize)
         ran.clear()
         fastla.matmul(x, y)
         name, reason = fastla.explain("matmul", x, y)
         assert ran == [name], (x.shape, y.shape, reason)
-        assert name == ("numba" if inside and batch >= threshold else "numpy"), reason
+        assert name == ("numba" if inside and batch >= least and work >= threshold else "numpy"), reason
         assert ("packed products" in reason) == inside, reason
+        assert (f"{work} multiply-adds in the stack" in reason) == (inside and batch >= least), reason
         _same(lambda be, x=x, y=y: fastla.matmul(x, y, backend=be))
 
 
-@pytest.mark.parametrize("threshold", [1, 10**9])
+@pytest.mark.parametrize("threshold", [1, 10**12])
 def test_stacks_in_wide_tiles_follow_the_packed_stack_threshold(monkeypatch, threshold):
     """Stacks of 32x32 and 48x48 products (whole wide tiles, the last columns of 48 in a half-width
     one where the tile is 32 wide, on AVX2 and AVX-512 hosts, in both dtypes) run the compiled
-    kernel under ``auto`` from ``packed_stack_min_batch`` products, as explain says (its reason
-    names the wide tiles); rows or columns that are not whole tiles (33 rows, 36 float32 columns)
-    stay with NumPy."""
+    kernel under ``auto`` from ``packed_stack_min_work``, as explain says (its reason names the
+    wide tiles); rows or columns that are not whole tiles (33 rows, 36 float32 columns) stay with
+    NumPy, and so does a stack shorter than ``STACK_MIN_PRODUCTS``."""
     module = sys.modules["fastla.matmul"]
     if not fastla._gemm_kernels.WIDE_TILE:
         pytest.skip("no wide tile on this target")
-    monkeypatch.setitem(module.AUTO_RULE, "packed_stack_min_batch", threshold)
+    monkeypatch.setitem(module.AUTO_RULE, "packed_stack_min_work", threshold)
+    least = module.STACK_MIN_PRODUCTS
     ran = _spy_on_matmul_impls(monkeypatch, module)
-    for m, k, n, dtype, wide in (
-        (32, 32, 32, np.float64, True),
-        (32, 17, 32, np.float32, True),
-        (48, 48, 48, np.float32, True),
-        (33, 32, 32, np.float64, False),
-        (32, 32, 36, np.float32, False),
+    for batch, m, k, n, dtype, wide in (
+        (least, 32, 32, 32, np.float64, True),
+        (least, 32, 17, 32, np.float32, True),
+        (least, 48, 48, 48, np.float32, True),
+        (least - 1, 48, 48, 48, np.float32, False),
+        (least, 33, 32, 32, np.float64, False),
+        (least, 32, 32, 36, np.float32, False),
     ):
-        x = rng.standard_normal((3, m, k)).astype(dtype)
-        y = rng.standard_normal((3, k, n)).astype(dtype)
+        x = rng.standard_normal((batch, m, k)).astype(dtype)
+        y = rng.standard_normal((batch, k, n)).astype(dtype)
         ran.clear()
         fastla.matmul(x, y)
         name, reason = fastla.explain("matmul", x, y)

@@ -211,6 +211,9 @@ def test_small_stack_uses_numba_under_auto(rng, monkeypatch):
     # products, proportionally fewer larger ones
     rule = sys.modules["fastla.matmul"].AUTO_RULE  # (fastla.matmul is the function)
     compiled = "numba" if fastla._jit.NUMBA_AVAILABLE else "numpy"
+    # whatever the stacked products' work threshold (a tuned one may be low), products no side of
+    # which passes small_max_dim are the small-stack rule's
+    monkeypatch.setitem(rule, "packed_stack_min_work", 1)
     for d in (4, 8, 16):
         least = -(-4 * rule["small_min_batch"] // d)
         for m, want in ((least, compiled), (least - 1, "numpy")):

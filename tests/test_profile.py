@@ -107,6 +107,20 @@ def test_the_shipped_gemm_threshold_follows_the_blas_kernel_width(monkeypatch, a
         _host.blas_kernel.cache_clear()
 
 
+@pytest.mark.parametrize("cpu", ["znver4", "znver5", "skylake-avx512", "znver3", "generic"])
+def test_the_shipped_cosine_threshold_follows_the_measured_hosts(monkeypatch, cpu):
+    """The packed cosine kernel's shipped threshold is low only on the hosts where it was measured
+    to overtake NumPy's path at small products (Zen 4 and Zen 5); every other host keeps the
+    Intel Xeon's 2^20, and so does a run with the JIT off (the kernel is Python there)."""
+    from fastla import _host, similarity
+
+    monkeypatch.setattr(_host, "host_cpu", lambda: (cpu, frozenset()))
+    low = cpu in ("znver4", "znver5") and _jit.JIT_ENABLED
+    assert similarity._shipped_matrix_min_work() == (16_384 if low else 2**20)
+    monkeypatch.setattr(_jit, "JIT_ENABLED", False)
+    assert similarity._shipped_matrix_min_work() == 2**20
+
+
 def test_shipped_defaults_come_back_and_explain_says_so(profile):
     _profile.write(str(profile), _profile.machine_key(), fastla.get_num_threads(), record({"softmax": 4096}))
     _profile.load()
@@ -165,6 +179,27 @@ def test_each_thread_count_has_its_own_entry(profile):
     assert MATMUL_RULE["small_min_batch"] == 2048
     fastla.set_num_threads(top)
     assert MATMUL_RULE["small_min_batch"] == (32 if top > 1 else 2048)
+
+
+def test_a_retired_knob_is_skipped_and_the_rest_of_the_profile_applies(profile):
+    """A profile an earlier fastla wrote with a knob whose unit has changed (``matmul_stack``
+    counted products; ``matmul_stack_work`` counts a stack's work): that value is never applied,
+    with the status saying why, and the profile's other knobs are in force."""
+    assert "matmul_stack" in _profile.RETIRED and "matmul_stack" not in _profile.KNOBS
+    _profile.write(str(profile), _profile.machine_key(), fastla.get_num_threads(), record({"matmul": 64}))
+    data = json.loads(profile.read_text())
+    entry = data["machines"][_profile.machine_key()]["threads"][str(fastla.get_num_threads())]
+    entry["rules"]["matmul_stack"] = 16
+    profile.write_text(json.dumps(data))
+    shipped = MATMUL_RULE["packed_stack_min_work"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # skipped quietly: no warning, the profile is not foreign
+        _profile.load()
+    state = fastla.tune_profile()
+    assert state["rules"] == {"matmul": 64} and MATMUL_RULE["small_min_batch"] == 64
+    assert MATMUL_RULE["packed_stack_min_work"] == shipped
+    assert "tuned profile" in state["status"] and "retired" in state["status"]
+    assert "matmul_stack:" in state["status"]
 
 
 def test_write_refuses_bad_rules(profile):
@@ -273,12 +308,13 @@ def test_a_tune_run_writes_a_profile_that_auto_then_uses(profile, monkeypatch):
     data = json.loads(profile.read_text())
     entry = data["machines"][_profile.machine_key()]["threads"][str(fastla.get_num_threads())]
     assert entry["rules"] == result["rules"]
-    assert set(result["rules"]) == {"matmul", "matmul_gemm", "matmul_gemm_f32", "matmul_stack", "softmax"}
+    knobs = {"matmul", "matmul_gemm", "matmul_gemm_f32", "matmul_stack_work", "softmax"}
+    assert set(result["rules"]) == knobs
     assert fastla.tune_profile()["rules"] == result["rules"]
     assert MATMUL_RULE["small_min_batch"] == result["rules"]["matmul"]
     assert MATMUL_RULE["gemm_min_work"] == result["rules"]["matmul_gemm"]
     assert MATMUL_RULE["gemm_min_work_f32"] == result["rules"]["matmul_gemm_f32"]
-    assert MATMUL_RULE["packed_stack_min_batch"] == result["rules"]["matmul_stack"]
+    assert MATMUL_RULE["packed_stack_min_work"] == result["rules"]["matmul_stack_work"]
     assert "matmul_gemm: threshold in multiply-adds" in text
     assert result["regret_before"] > 0 and result["regret_after"] > 0
 
