@@ -235,8 +235,8 @@ def test_the_packed_stack_threshold_decides_the_fast_path_as_explain_says(monkey
     # an odd number of rows: never whole blocks of wide tiles (those: the test below)
     for batch, m, k, n, dtype, inside in (
         (least, lo + 1, lo + 1, hi, np.float64, True),
-        (least - 1, hi - 1, hi, hi, np.float64, True),  # a lot of work, too few products
-        (least + 1, hi - 1, lo, lo, np.float64, True),
+        (least - 1, lo + 1, lo + 1, hi, np.float64, True),  # enough work, too few products
+        (least, hi - 1, lo, lo, np.float64, True),
         (least, lo - 1, lo, lo, np.float64, False),
         (least, lo + 1, lo, hi + 1, np.float64, False),
         (least, lo32 + 1, lo32, hi32, np.float32, True),
@@ -278,7 +278,7 @@ def test_stacks_in_wide_tiles_follow_the_packed_stack_threshold(monkeypatch, thr
         (least, 32, 32, 32, np.float64, True),
         (least, 32, 17, 32, np.float32, True),
         (least, 48, 48, 48, np.float32, True),
-        (least - 1, 48, 48, 48, np.float32, False),
+        (least - 1, 32, 32, 32, np.float64, False),
         (least, 33, 32, 32, np.float64, False),
         (least, 32, 32, 36, np.float32, False),
     ):
