@@ -7,17 +7,23 @@ For each tunable threshold (:data:`SWEEPS`) the sweep times the public function 
 (or, for a threshold between two compiled kernels, such as top-k's streamed and packed ones, each
 kernel forced), at fastla's current thread count (BLAS left at its default, as a user's call runs).
 
-Timings are interleaved: every impl once per round, 7 rounds, each round one untimed call, then at
-least 8 ms of calls timed in batches of at least 0.5 ms, and the fastest batch is kept: the
-steady-state time of a call. Noise on a shared machine only slows a batch down, and so does the
-switch between BLAS's thread pool and fastla's: the other pool's threads keep spinning for a
-while, and on two cores a call right after the switch stalls for one scheduler slice, ~4 ms once in
-the first ~10 ms (measured on Zen 5 for 128² GEMMs: 20-call batches at 200-450 µs a call against
-25-40 µs). Timing whole rounds let that stall into every round of the fast calls and moved the
-measured crossovers (a 128² float32 GEMM read 32 µs numba / 40 µs NumPy in a whole-round sweep,
-30-40 / 23-27 µs at steady state). Where the faster side changes between neighbouring sizes, or
-auto's regret reads above 1.1, the size is measured again after the whole pass and each impl
-keeps its faster timing (:func:`measure_pass`, :func:`_second_look`).
+Each impl is timed in turn: one untimed call (a compile, on a cold cache), then untimed calls for
+SETTLE_S, then 7 rounds of at least 8 ms of calls timed in batches of at least 0.5 ms, and the
+fastest batch is kept: the steady-state time of a call. Noise on a shared machine only slows a
+batch down, and so does the switch between BLAS's thread pool and fastla's: the other pool's
+threads keep spinning after their last call (OpenBLAS's for ~2^28 cycles, 0.1-0.12 s), and on two
+cores whatever runs meanwhile loses a core's share to them. Measured on Zen 4 (float64 attention,
+4 x 256 x 256 x 64, 1.1 ms a call): the 60 calls after one 300^2 NumPy product ran at 1.6-2.1 ms,
+the ones after 0.1 s of waiting recovered from the sixth call on. Rounds interleaved between the
+impls (every impl once per round, one untimed call each) kept every compiled-side batch inside
+that window: the same kernel read 0.92-1.29 ms through auto against 0.83-0.84 timed alone, auto's
+regret read up to 1.47 where auto ran the very kernel it was compared with, and the crossovers
+leant towards NumPy. (On a Zen 5 the switch had stalled one call for a scheduler slice, ~4 ms,
+once in the first ~10 ms; timing whole rounds let that into every round, and only the fastest
+batch is kept since.) Where the faster side changes between neighbouring sizes, or auto's regret
+reads above 1.1, the size is measured again after the whole pass and each impl keeps its faster
+timing (:func:`measure_pass`, :func:`_second_look`): a second look at another moment of the
+machine, which interleaved rounds had given every size.
 
 The threshold is the swept size (or just past the sweep) with the smallest worst regret over
 every swept point of both dtypes (:func:`crossover`): where the faster side splits cleanly, the
@@ -50,6 +56,8 @@ from fastla import _first_use, _jit, _profile
 ROUNDS = 7
 MIN_BATCH_S = 0.0005  # one timed batch of calls
 MIN_ROUND_S = 0.008  # the timed calls of one impl in one round
+#: untimed calls of an impl before its timed rounds, while the previous impl's threads stop spinning
+SETTLE_S = 0.12
 MIN_BATCHES = 2
 
 
@@ -236,16 +244,16 @@ def _calls_per_batch(fn):
 
 def time_impls(fns, rounds=ROUNDS):
     """Seconds per call of each callable in ``fns`` at steady state: the fastest batch of calls
-    over interleaved rounds (see the module docstring), warm-up excluded."""
-    counts = {}
+    over its rounds, each impl after SETTLE_S of its own untimed calls (see the module
+    docstring), warm-up excluded."""
+    best = dict.fromkeys(fns, float("inf"))
     for name, fn in fns.items():
         fn()  # warm-up (a compile, on a cold cache)
-        counts[name] = _calls_per_batch(fn)
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            n = counts[name]
-            fn()  # untimed: the first call after the previous impl's
+        n = _calls_per_batch(fn)
+        start = time.perf_counter()
+        while time.perf_counter() - start < SETTLE_S:
+            fn()
+        for _ in range(rounds):
             start = time.perf_counter()
             batches = 0
             while batches < MIN_BATCHES or time.perf_counter() - start < MIN_ROUND_S:

@@ -229,6 +229,27 @@ def test_timings_are_steady_state_calls_not_the_stall_after_a_switch(monkeypatch
     assert t == pytest.approx({"a": 10e-6, "b": 40e-6})
 
 
+def test_an_impl_is_timed_after_the_previous_ones_threads_went_idle(monkeypatch):
+    """A fake clock: ``blas`` leaves its threads spinning for 0.1 s after each call (OpenBLAS's
+    idle threads, 2^28 cycles), and any call of ``kernel`` meanwhile takes 1.6x its 100 us. Each
+    impl is timed after tune.SETTLE_S of its own untimed calls, so the kernel's steady state is what
+    the sweep keeps, in either order; rounds interleaved between the two read it 1.6x slower."""
+    assert tune.SETTLE_S > 0.1
+    clock = {"now": 0.0, "spin_until": -1.0}
+    monkeypatch.setattr(tune, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: clock["now"])}))
+
+    def blas():
+        clock["now"] += 300e-6
+        clock["spin_until"] = clock["now"] + 0.1
+
+    def kernel():
+        clock["now"] += 160e-6 if clock["now"] < clock["spin_until"] else 100e-6
+
+    for fns in ({"blas": blas, "kernel": kernel}, {"kernel": kernel, "blas": blas}):
+        t = tune.time_impls(fns, rounds=3)
+        assert t == pytest.approx({"blas": 300e-6, "kernel": 100e-6})
+
+
 def test_second_look_where_the_winner_flips_or_auto_reads_slow():
     sweep = tune.SWEEPS[0]
     numba = [2.0, 2.0, 0.5, 2.0, 0.5, 0.5, 0.5]
@@ -296,6 +317,7 @@ def test_a_tune_run_writes_a_profile_that_auto_then_uses(profile, monkeypatch):
     monkeypatch.setattr(tune, "ROUNDS", 1)
     monkeypatch.setattr(tune, "MIN_ROUND_S", 0.0)
     monkeypatch.setattr(tune, "MIN_BATCH_S", 0.0)
+    monkeypatch.setattr(tune, "SETTLE_S", 0.0)
     out = io.StringIO()
     png = profile.parent / "sweep.png"
     result = tune.run(stream=io.StringIO(), out=out, plot_path=str(png))

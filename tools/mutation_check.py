@@ -918,6 +918,14 @@ MUTANTS = [
         "the packed cosine kernel's low shipped threshold, measured on Zen 4 and 5, applies on every host",
     ),
     Mutant(
+        "tune-times-without-settling",
+        "tune.py",
+        "        while time.perf_counter() - start < SETTLE_S:\n",
+        "        while time.perf_counter() - start < 0:\n",
+        ("tests/test_profile.py", "-k", "went_idle"),
+        "tune times an impl straight after the previous one, inside the spinning of its idle threads",
+    ),
+    Mutant(
         "warmup-matmul-skips-the-wide-tiles",
         "_warmup.py",
         "    for n in (3, 4, 32):  # 32: a stack in wide tiles (their own task; 40 x 40 float32 is not one)",
