@@ -40,7 +40,8 @@ __all__ = ["matmul"]
 #   0.4x (BLAS per matrix wins), hence the 16 limit.
 # * single large GEMMs: OpenBLAS's hand-written assembly wins where its kernel is as wide as the
 #   host's vectors (the packed kernel runs at 0.8-0.9x of its SkylakeX kernel on an Intel AVX-512
-#   Xeon, 0.9-1.1x on a Zen 5), so auto keeps numpy there by default. Where NumPy's OpenBLAS runs a
+#   Xeon, 0.9-1.1x on a Zen 5), so auto keeps numpy there by default, but for the hosts measured
+#   otherwise (PACKED_GEMM_CPUS). Where NumPy's OpenBLAS runs a
 #   narrower kernel than the host has (its Haswell AVX2 kernel on an AVX-512 host, which
 #   OPENBLAS_CORETYPE=Haswell forces), the packed kernel wins from mid sizes on, and auto uses it
 #   from GEMM_NARROW_BLAS_WORK multiply-adds on. The crossover differs by dtype (float32 has twice
@@ -55,13 +56,23 @@ __all__ = ["matmul"]
 #: (even), 192^3 54-61 / 67-76, 256^3 104-105 / 153-155; 1 thread 128^3 40 / 44, 192^3 91 / 131.
 #: (The whole-round sweep this replaced read 0.25-0.99x at 128^3 and shipped 384^3 for both.)
 GEMM_NARROW_BLAS_WORK = {"float64": 128**3, "float32": 192**3}
+#: LLVM CPU names where the packed kernel was measured to beat a BLAS kernel as wide as the host's
+#: from GEMM_NARROW_BLAS_WORK on too. Zen 4 (znver4: AVX-512 on 256-bit units, OpenBLAS's SkylakeX
+#: kernel), steady-state timings with each side timed after its own settle (fastla/tune.py), ratio
+#: to NumPy, three runs: 2 threads float64 64^3 0.80, 96^3 1.19-1.23, 128^3 1.15-1.16, 192^3
+#: 1.14-1.15, 256^3 1.11, 384^3-1024^3 0.99-1.01; float32 96^3 0.76, 128^3 1.05-1.06, 192^3 1.17,
+#: 256^3 1.12, 384^3-1024^3 1.04-1.09; 1 thread float64 96^3 0.84-0.85, 128^3 1.07, 192^3 1.10,
+#: 512^3 1.02-1.03; float32 128^3 0.99, 192^3 1.04, 256^3-512^3 1.06. (Interleaved with NumPy's
+#: calls, the packed kernel had run inside the spinning of OpenBLAS's idle threads, and the sweep
+#: read BLAS faster at every size.) An Intel AVX-512 Xeon measured 0.8-0.9x OpenBLAS at size.
+PACKED_GEMM_CPUS = ("znver4",)
 
 
 def _shipped_gemm_min_work(dtype):
     from fastla import _host
 
     # with the JIT off the packed kernel runs as Python: never the faster one
-    if _jit.JIT_ENABLED and _host.blas_narrower_than_host():
+    if _jit.JIT_ENABLED and (_host.blas_narrower_than_host() or _host.host_cpu()[0] in PACKED_GEMM_CPUS):
         return GEMM_NARROW_BLAS_WORK[dtype]
     return NEVER
 

@@ -918,6 +918,15 @@ MUTANTS = [
         "the packed cosine kernel's low shipped threshold, measured on Zen 4 and 5, applies on every host",
     ),
     Mutant(
+        "matmul-auto-packed-gemm-on-every-host",
+        "matmul.py",
+        "    if _jit.JIT_ENABLED and (_host.blas_narrower_than_host() or _host.host_cpu()[0] in "
+        "PACKED_GEMM_CPUS):\n",
+        "    if _jit.JIT_ENABLED:\n",
+        ("tests/test_profile.py", "-k", "shipped_gemm"),
+        "auto takes the packed GEMM for single products on every host (0.8-0.9x OpenBLAS on an Intel Xeon)",
+    ),
+    Mutant(
         "tune-times-without-settling",
         "tune.py",
         "        while time.perf_counter() - start < SETTLE_S:\n",
