@@ -96,7 +96,10 @@ AUTO_RULE = {
     # products (16, before) left float64 48x48 stacks of 8-15 at 1.42x to NumPy and sent float64
     # 24x24 stacks of 16-23 to a kernel 0.95x NumPy's speed. Packed products (not whole tiles):
     # float32 72x72 0.88 / 0.96 / 0.99 / 1.00 at 8 / 16 / 32 / 64 products, 100x100 1.22-1.30,
-    # float64 100x100 1.31-1.41.
+    # float64 100x100 1.31-1.41. (Those ratios were timed with the sides' rounds interleaved, the
+    # compiled side inside OpenBLAS's spinning: fastla/tune.py. Settled, tune's own sweep of 8
+    # float64 products of side 24-64 put the crossover at 262 K, 512 K and 885 K in three runs,
+    # and a settled grid at 16-24 products for 24x24, 8-12 for 32x32, 6 for 40x40, 4-8 for 48x48.)
     "packed_stack_min_work": 393_216 if _jit.JIT_ENABLED else NEVER,
 }
 #: dtype -> the sides (m, k and n) of the products the packed-stack rule covers, up to 128, the
@@ -104,9 +107,11 @@ AUTO_RULE = {
 #: (32x32 stacks ran at 0.89-0.98x NumPy at 64-256 products) and 64 in float32 (48x48: 0.50-0.59x at
 #: 64 products, 0.54-0.79x at 256, 0.92-1.05x at 2000; float32 has BLAS's double flop rate)
 PACKED_STACK_SIDES = {np.dtype(np.float64): (48, 128), np.dtype(np.float32): (64, 128)}
-#: Stacks of fewer products stay with NumPy whatever their work: 128x128 products, a stack of 2 / 4
-#: / 8 (Zen 4, two threads, two runs): float64 0.79-0.80 / 0.77-0.87 / 1.10-1.16x NumPy, float32
-#: 0.78-0.82 / 0.80-0.85 / 0.83-0.97x (96x96 won from 2: 1.36-1.62x).
+#: Stacks of fewer products stay with NumPy whatever their work: at 2-6 products the ratio swings
+#: with the machine's phases from run to run (Zen 4, two threads, settled timings: float64 48x48
+#: 1.15 / 0.77 at 4 products in two runs, 56x56 0.70 / 0.94 / 1.08 at 2 / 4 / 6, 64x64 0.83 / 1.12
+#: at 2 / 4; float32 64x64 0.63 / 0.85 at 2 / 4), while 96x96 and 128x128 won from 2 (1.3-2.9x;
+#: timed interleaved with NumPy's calls, 128x128 had read 0.77-0.87x at 2-4).
 STACK_MIN_PRODUCTS = 8
 
 
