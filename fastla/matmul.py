@@ -40,10 +40,10 @@ __all__ = ["matmul"]
 #   0.4x (BLAS per matrix wins), hence the 16 limit.
 # * single large GEMMs: OpenBLAS's hand-written assembly wins where its kernel is as wide as the
 #   host's vectors (the packed kernel runs at 0.8-0.9x of its SkylakeX kernel on an Intel AVX-512
-#   Xeon, 0.9-1.1x on a Zen 5), so auto keeps numpy there by default, but for the hosts measured
-#   otherwise (PACKED_GEMM_CPUS). Where NumPy's OpenBLAS runs a
-#   narrower kernel than the host has (its Haswell AVX2 kernel on an AVX-512 host, which
-#   OPENBLAS_CORETYPE=Haswell forces), the packed kernel wins from mid sizes on, and auto uses it
+#   Xeon, 0.9-1.1x on a Zen 5), so auto keeps numpy there by default, but on the hosts measured
+#   otherwise (PACKED_GEMM_CPUS). Where NumPy's OpenBLAS runs a narrower kernel than the host has
+#   (its Haswell AVX2 kernel on an AVX-512 host, which OPENBLAS_CORETYPE=Haswell forces), the
+#   packed kernel wins from mid sizes on, and auto uses it
 #   from GEMM_NARROW_BLAS_WORK multiply-adds on. The crossover differs by dtype (float32 has twice
 #   the BLAS's flop rate), so each dtype has its own threshold: `python -m fastla tune` measures
 #   both on the machine at hand (its "matmul_gemm" knob for float64, "matmul_gemm_f32" for

@@ -78,7 +78,9 @@ def _shipped_matrix_min_work():
     from fastla import _host
 
     if _jit.JIT_ENABLED and _host.host_cpu()[0] in _SMALL_COSINE_CPUS:
-        return 16_384  # Zen 5's upper end (Zen 4's 8x8x64, 4 096, runs auto's NumPy fast path as fast)
+        # at or above Zen 4's crossover (its smallest swept size, 8x8x64, runs auto's NumPy fast path
+        # as fast) and the lower of Zen 5's (timed interleaved, which leant towards NumPy)
+        return 16_384
     return 2**20
 
 

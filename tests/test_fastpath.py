@@ -530,3 +530,11 @@ def test_the_cosine_fast_paths_run_what_explain_names(monkeypatch):
             want = [fastla.explain("cosine_similarity", x, x, backend=backend)[0]]
             want.append(fastla.explain("cosine_topk", x[:16], x, 3, backend=backend)[0])
             assert ran == want == [auto if backend is None else "numba"] * 2, (x.shape, backend)
+    # the matrix's work threshold is n * m * d, whatever the host's shipped value: 20 x 20 rows of 64
+    # at a threshold of exactly their work, and one above it
+    mid = rng.standard_normal((20, 64))
+    for threshold, auto in ((20 * 20 * 64, "numba"), (20 * 20 * 64 + 1, "numpy")):
+        monkeypatch.setitem(similarity.AUTO_RULE, "matrix_min_work", threshold)
+        ran.clear()
+        fastla.cosine_similarity(mid, mid)
+        assert ran == [fastla.explain("cosine_similarity", mid, mid)[0]] == [auto], threshold
