@@ -192,6 +192,7 @@ def in_disk_cache(dispatcher, sig):
 #: hindsight.
 KERNEL_SECONDS = {
     "matmul": 1.3,
+    "matmul.packed": 2.6,  # the packed GEMM (one product past SMALL_2D_MAX, or a stack's products)
     "solve": 1.0,
     "lu_factor": 3.0,
     "lu_solve": 1.2,

@@ -42,6 +42,13 @@ def _matmul(dt):
     for n in (3, 4, 32):  # 32: a stack in wide tiles (their own task; 40 x 40 float32 is not one)
         s = np.ones((64, n, n), dt)
         fastla.matmul(s, s, backend="numba")
+    # the packed GEMM, for one product (past SMALL_2D_MAX) and per product of a stack (sides not in
+    # whole wide tiles): auto takes both where its rules say so, and once the op's kernels count as
+    # compiled its call would compile them in the calling thread (2.5 s, Zen 4)
+    a = np.ones((64, 64), dt)
+    fastla.matmul(a, a, backend="numba")
+    s = np.ones((2, 50, 50), dt)
+    fastla.matmul(s, s, backend="numba")
 
 
 def _solve(dt):

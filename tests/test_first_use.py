@@ -397,8 +397,10 @@ def test_a_fresh_caches_auto_calls_never_compile_in_the_calling_thread(tmp_path)
     """End to end, the default on an empty cache: a loop of cross_entropy calls runs NumPy, then (the
     op's kernels compiled by a process of its own and loaded by the background thread) the kernels,
     and so does a loop of stacked 5x5 products (their per-size kernel, and matmul's own kernels with
-    it, compiled by a process of the size's job); Numba compiles nothing in the thread making the
-    calls."""
+    it, compiled by a process of the size's job); then matmul's packed GEMM, for one product (its
+    threshold set low: this host's shipped rule may keep BLAS) and for a stack of 100x100 products,
+    whose kernels are a first-use key of their own (``matmul.packed``: the runs of the small-product
+    kernels above do not count for it); Numba compiles nothing in the thread making the calls."""
     code = """
         import threading, time
         import numpy as np, fastla
@@ -427,10 +429,18 @@ def test_a_fresh_caches_auto_calls_never_compile_in_the_calling_thread(tmp_path)
         x = rng.standard_normal((3000, 40)).astype(np.float32)
         s = rng.standard_normal((2000, 5, 5))
         picks = loop("cross_entropy", x, np.zeros(3000, np.int64)) + loop("matmul", s, s)
+        import sys
+        sys.modules["fastla.matmul"].AUTO_RULE["gemm_min_work"] = 64**3
+        big = rng.standard_normal((96, 96))
+        stack = rng.standard_normal((16, 100, 100))
+        picks += loop("matmul", big, big) + loop("matmul", stack, stack)
         print(*picks, here)
         """
     out = _python(code, tmp_path, {"FASTLA_FIRST_CALL": ""}).stdout.split()
-    assert out[:4] == ["numpy", "numba", "numpy", "numba"] and out[4:] == ["[]"], out
+    assert out[:4] == ["numpy", "numba", "numpy", "numba"] and out[8:] == ["[]"], out
+    # the packed GEMM's first picks: NumPy while its own job compiles it, or its kernels at once where
+    # this cache holds them already
+    assert out[4] in ("numpy", "numba") and out[6] in ("numpy", "numba") and out[5] == out[7] == "numba", out
 
 
 def test_the_marker_is_per_source_cpu_and_numba_and_a_cache_it_cannot_write_is_left_alone(
@@ -499,3 +509,41 @@ def test_top_ks_packed_kernel_waits_after_its_streaming_one_ran(monkeypatch, rng
     s2, i2 = fastla.cosine_topk(many, corpus, 3, backend="numpy")
     np.testing.assert_array_equal(i, i2)
     np.testing.assert_allclose(s, s2, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_packed_gemms_first_use_key_names_the_calls_that_run_it(monkeypatch, dtype):
+    """matmul's packed GEMM (one product past SMALL_2D_MAX, a folded stack, a stack's products) is a
+    first-use key of its own, ``matmul.packed``: a call runs it exactly when its key names it, on
+    the fast path and the full path alike, and the run is recorded under that key (so that a run of
+    the small-product kernels never counts as the packed GEMM's: its first ``auto`` call would
+    compile it in the calling thread)."""
+    matmul = sys.modules["fastla.matmul"]
+    ran = []
+    monkeypatch.setattr(_gemm_kernels, "gemm", lambda a, b, out: ran.append("gemm"))
+    monkeypatch.setattr(_gemm_kernels, "gemm_stack", lambda A, B, C: ran.append("stack"))
+    monkeypatch.setattr(_first_use, "_RAN", set())
+    monkeypatch.setattr(_first_use, "_marker", lambda key: None)  # the stubs compiled nothing to mark
+    cases = [
+        ((40, 40), (40, 40)),  # small: a stack of one
+        ((49, 20), (20, 8)),  # past SMALL_2D_MAX in one side
+        ((0, 70), (70, 5)),  # empty
+        ((64,), (64, 64)),  # a 1-D operand
+        ((10, 30, 20), (20, 20)),  # a stack folded into one tall product
+        ((5, 4, 4), (5, 4, 4)),  # small stacks
+        ((3, 32, 32), (3, 32, 32)),  # wide tiles
+        ((3, 50, 50), (3, 50, 50)),  # packed products
+        ((2, 2, 40, 33), (2, 2, 33, 40)),  # 4-D
+        ((40, 33), (3, 33, 40)),  # a broadcast 2-D operand
+    ]
+    for sa, sb in cases:
+        a, b = np.ones(sa, dtype), np.ones(sb, dtype)
+        key = matmul._OP.kernel_key(matmul._prepare(a, b, None))
+        fast = lambda a=a, b=b: fastla.matmul(a, b, backend="numba")  # noqa: E731
+        full = lambda a=a, b=b: matmul._OP.run("numba", matmul._prepare(a, b, None))  # noqa: E731
+        for call in (fast, full):
+            ran.clear()
+            _first_use._RAN.clear()
+            call()
+            assert (key[0] == "matmul.packed") == bool(ran), (sa, sb, key, ran)
+            assert _first_use._RAN == {key}, (sa, sb, _first_use._RAN)

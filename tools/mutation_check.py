@@ -935,6 +935,22 @@ MUTANTS = [
         "tune times an impl straight after the previous one, inside the spinning of its idle threads",
     ),
     Mutant(
+        "matmul-fast-path-packed-gemm-under-the-ops-key",
+        "matmul.py",
+        '                    ops = ("matmul.packed" if packed else "matmul", dt.char)\n',
+        '                    ops = ("matmul", dt.char)\n',
+        ("tests/test_first_use.py", "-k", "packed_gemms"),
+        "a product's packed GEMM counts as run with matmul's small kernels (its first auto call compiles)",
+    ),
+    Mutant(
+        "warmup-matmul-skips-the-packed-gemm",
+        "_warmup.py",
+        '    a = np.ones((64, 64), dt)\n    fastla.matmul(a, a, backend="numba")\n',
+        '    a = np.ones((40, 40), dt)\n    fastla.matmul(a, a, backend="numba")\n',
+        ("tests/test_first_use.py", "-k", "never_compile_in_the_calling"),
+        "matmul's warm-up (the packed key's background job) leaves the packed GEMM uncompiled",
+    ),
+    Mutant(
         "warmup-matmul-skips-the-wide-tiles",
         "_warmup.py",
         "    for n in (3, 4, 32):  # 32: a stack in wide tiles (their own task; 40 x 40 float32 is not one)",
