@@ -417,21 +417,20 @@ def matmul(a, b, /, out=None, *, backend=None):
             if a.ndim == 2 and a.shape[1] == b.shape[0]:
                 m, k = a.shape  # (m below the packed kernel's least: no rule to evaluate)
                 if forced or (m >= GEMM_MIN_ROWS_COLS and _compiled_wins(m, k, b.shape[1], 1, False, dt)):
-                    # _first_use.kernel_key: the op's own kernels, the packed GEMM's apart (_kernel_path)
-                    packed = runs_packed(m, k, b.shape[1], 1, False, dt.itemsize)
-                    ops = ("matmul.packed" if packed else "matmul", dt.char)
+                    # _first_use.kernel_key: the op's own kernels, the packed GEMM's apart
+                    ops = ("matmul" + _packed_path(m, k, b.shape[1], 1, False, dt.itemsize), dt.char)
                     return _first_use.kernels_or_numpy(ops, forced, _matmul_numba, _matmul_numpy, a, b, None)
                 return _matmul_numpy(a, b, None)
             if a.ndim == 3 and a.shape[0] == b.shape[0] and a.shape[2] == b.shape[1]:
                 batch, m, k = a.shape
                 if forced:
-                    ops = (_stack_kernels(m, k, b.shape[2], batch, dt), dt.char)  # as _kernel_path
+                    ops = ("matmul" + _packed_path(m, k, b.shape[2], batch, True, dt.itemsize), dt.char)
                     return _first_use.run_kernels(ops, _matmul_numba, a, b, None)
                 if _compiled_wins(m, k, b.shape[2], batch, True, dt):
                     key = (dt.char, m, k, b.shape[2])  # _gk.stack_key: a per-size kernel (_first_use)?
                     if not _gk.FIXED.wins(key):
                         return _gk.FIXED.run_numpy(key, _matmul_numpy, a, b, None)
-                    ops = (_stack_kernels(m, k, b.shape[2], batch, dt), dt.char)  # then the op's own
+                    ops = ("matmul" + _packed_path(m, k, b.shape[2], batch, True, dt.itemsize), dt.char)
                     return _first_use.kernels_or_numpy(ops, False, _matmul_numba, _matmul_numpy, a, b, None)
                 return _matmul_numpy(a, b, None)
     return _OP.run(backend, _prepare(a, b, out))
@@ -543,32 +542,24 @@ def _naive_stack(A, B, C):
     _gk.small_stack(A, B, C)
 
 
-def runs_packed(m, k, n, batch, b_stacked, itemsize):
-    """Whether the numba impl runs this product through the packed GEMM (:func:`_gemm2d` past
-    SMALL_2D_MAX, or :func:`_small_or_packed`'s ``gemm_stack``): its first-use key's path
-    ``".packed"`` (``fastla._first_use``). Those kernels compile on their own (2.4-2.8 s cold, Zen
-    4), so a run of matmul's small-product kernels must not make a first packed call under ``auto``
-    compile them in the calling thread."""
+def _packed_path(m, k, n, batch, b_stacked, itemsize):
+    """``".packed"`` where the numba impl runs this product through the packed GEMM (:func:`_gemm2d`
+    past SMALL_2D_MAX, or :func:`_small_or_packed`'s ``gemm_stack``), else ``""``: the path of its
+    first-use key (``fastla._first_use``, ``Operation.kernel_path``; the fast paths build the same
+    key). Those kernels compile on their own (2.4-2.8 s cold, Zen 4), so a run of matmul's
+    small-product kernels must not make a first packed call under ``auto`` compile them in the
+    calling thread."""
     if not b_stacked:  # one product, or a stack folded into one tall product
         rows = m * batch
-        return not (0 < min(rows, k, n) and max(rows, k, n) <= SMALL_2D_MAX)
+        return "" if 0 < min(rows, k, n) and max(rows, k, n) <= SMALL_2D_MAX else ".packed"
     if _gk.tiles_beat_unrolled(m, k, n, itemsize) or _gk.fits_fixed(m, k, n):
-        return False
-    return max(m, k, n) >= PACKED_STACK_FROM[itemsize]
-
-
-def _stack_kernels(m, k, n, batch, dtype):
-    """The fast path's first-use key name for a stack of one length (:func:`_kernel_path`)."""
-    return "matmul.packed" if runs_packed(m, k, n, batch, True, dtype.itemsize) else "matmul"
+        return ""
+    return ".packed" if max(m, k, n) >= PACKED_STACK_FROM[itemsize] else ""
 
 
 def _kernel_path(prep):
     f = prep.facts
-    return (
-        ".packed"
-        if runs_packed(f["m"], f["k"], f["n"], f["batch"], f["b_stacked"], f["dtype"].itemsize)
-        else ""
-    )
+    return _packed_path(f["m"], f["k"], f["n"], f["batch"], f["b_stacked"], f["dtype"].itemsize)
 
 
 _OP.kernel_path = _kernel_path
