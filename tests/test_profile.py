@@ -73,18 +73,25 @@ def test_an_op_with_two_knobs_names_both_and_which_was_measured(profile):
 
 
 @pytest.mark.parametrize(
-    "architecture, simd, narrower",
+    "architecture, simd, cpu, narrower",
     [
-        ("Haswell", 64, True),
-        ("SkylakeX", 64, False),
-        ("Zen", 32, False),
-        ("Nehalem", 32, True),
-        ("Next", 64, False),
+        ("Haswell", 64, "skylake-avx512", True),
+        ("SkylakeX", 64, "skylake-avx512", False),
+        ("Zen", 32, "skylake-avx512", False),
+        ("Nehalem", 32, "skylake-avx512", True),
+        ("Next", 64, "skylake-avx512", False),
+        ("SkylakeX", 64, "znver4", False),
+        ("SkylakeX", 64, "znver5", False),
+        ("SkylakeX", 64, "generic", False),
     ],
 )
-def test_the_shipped_gemm_threshold_follows_the_blas_kernel_width(monkeypatch, architecture, simd, narrower):
-    """auto takes the packed GEMM by default only where NumPy's OpenBLAS runs narrower vectors than
-    the host (its Haswell kernel on an AVX-512 host); an unknown core type counts as full width."""
+def test_the_shipped_gemm_threshold_follows_the_blas_kernel_width(
+    monkeypatch, architecture, simd, cpu, narrower
+):
+    """auto takes the packed GEMM by default from GEMM_NARROW_BLAS_WORK where NumPy's OpenBLAS runs
+    narrower vectors than the host (its Haswell kernel on an AVX-512 host; an unknown core type
+    counts as full width), and on a host measured to run it faster than a BLAS kernel as wide as its
+    own (Zen 4); elsewhere BLAS always, and so with the JIT off (the packed kernel is Python there)."""
     import threadpoolctl
 
     from fastla import _host
@@ -92,11 +99,11 @@ def test_the_shipped_gemm_threshold_follows_the_blas_kernel_width(monkeypatch, a
     info = [{"user_api": "blas", "internal_api": "openblas", "architecture": architecture}]
     monkeypatch.setattr(threadpoolctl, "threadpool_info", lambda: info)
     monkeypatch.setattr(_host, "simd_bytes", lambda: simd)
-    monkeypatch.setattr(_host, "host_cpu", lambda: ("skylake-avx512", frozenset()))  # not measured faster
+    monkeypatch.setattr(_host, "host_cpu", lambda: (cpu, frozenset()))
     _host.blas_kernel.cache_clear()
     try:
         assert _host.blas_narrower_than_host() is narrower
-        packed = narrower and _jit.JIT_ENABLED  # with the JIT off the packed kernel is Python
+        packed = (narrower or cpu == "znver4") and _jit.JIT_ENABLED
         matmul = sys.modules["fastla.matmul"]
         for dtype in ("float32", "float64"):
             expected = matmul.GEMM_NARROW_BLAS_WORK[dtype] if packed else _profile.NEVER
@@ -104,31 +111,6 @@ def test_the_shipped_gemm_threshold_follows_the_blas_kernel_width(monkeypatch, a
         info[0]["internal_api"] = "mkl"  # MKL's own dispatch: never taken as narrower
         _host.blas_kernel.cache_clear()
         assert not _host.blas_narrower_than_host()
-    finally:
-        _host.blas_kernel.cache_clear()
-
-
-@pytest.mark.parametrize("cpu", ["znver4", "znver5", "skylake-avx512", "generic"])
-def test_the_shipped_gemm_threshold_takes_the_packed_kernel_on_the_hosts_measured_faster(monkeypatch, cpu):
-    """On a host measured to run the packed GEMM faster than a BLAS kernel as wide as its own
-    (Zen 4), auto takes it from GEMM_NARROW_BLAS_WORK as where BLAS is narrower; elsewhere BLAS
-    always, and so with the JIT off."""
-    import threadpoolctl
-
-    from fastla import _host
-
-    info = [{"user_api": "blas", "internal_api": "openblas", "architecture": "SkylakeX"}]
-    monkeypatch.setattr(threadpoolctl, "threadpool_info", lambda: info)
-    monkeypatch.setattr(_host, "simd_bytes", lambda: 64)
-    monkeypatch.setattr(_host, "host_cpu", lambda: (cpu, frozenset()))
-    _host.blas_kernel.cache_clear()
-    try:
-        assert not _host.blas_narrower_than_host()
-        matmul = sys.modules["fastla.matmul"]
-        for dtype in ("float32", "float64"):
-            packed = cpu == "znver4" and _jit.JIT_ENABLED
-            expected = matmul.GEMM_NARROW_BLAS_WORK[dtype] if packed else _profile.NEVER
-            assert matmul._shipped_gemm_min_work(dtype) == expected
         monkeypatch.setattr(_jit, "JIT_ENABLED", False)
         assert matmul._shipped_gemm_min_work("float64") == _profile.NEVER
     finally:
