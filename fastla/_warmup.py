@@ -43,8 +43,8 @@ def _matmul(dt):
         s = np.ones((64, n, n), dt)
         fastla.matmul(s, s, backend="numba")
     # the packed GEMM, for one product (past SMALL_2D_MAX) and per product of a stack (sides not in
-    # whole wide tiles): auto takes both where its rules say so, and once the op's kernels count as
-    # compiled its call would compile them in the calling thread (2.5 s, Zen 4)
+    # whole wide tiles): auto takes both where its rules say so; this warm-up is also the background
+    # job of their first-use key (matmul.packed), which would otherwise load nothing for them
     a = np.ones((64, 64), dt)
     fastla.matmul(a, a, backend="numba")
     s = np.ones((2, 50, 50), dt)
