@@ -285,6 +285,32 @@ def test_confirmed_counts_items_failing_twice():
     assert cli.confirmed({"a"}, 1, set()) == 1  # the second run failed without an item (a mismatch)
 
 
+def test_attentions_gemm_rate_anchor_does_the_same_floating_point_operations():
+    """The ``gemm_rate`` anchor (attention's compute bound) runs a square GEMM whose 2 n^3 is the
+    attention workload's own flops (causal: the pairs j <= i) within 0.1%, so that its time against
+    the fused kernel's is the share of the GEMM rate the kernel runs at; and it runs that GEMM."""
+    rated = [w for w in W.WORKLOADS if "gemm_rate" in w.anchors]
+    assert {w.op for w in rated} == {"scaled_dot_product_attention"}
+    assert any("causal" in w.name for w in rated) and any("quick" in w.sets for w in rated)
+    for w in rated:
+        q_shape, S = _attention_shapes(w.name)
+        n = W.gemm_rate_side(q_shape, S, "causal" in w.name)
+        assert abs(2 * n**3 - w.flops) <= 1e-3 * w.flops, (w.name, n, w.flops)
+    q, k = np.ones((1, 2, 16, 8), np.float32), np.ones((1, 2, 24, 8), np.float32)
+    n = W.gemm_rate_side(q.shape, 24, False)
+    assert 2 * n**3 == pytest.approx(4 * 2 * 16 * 24 * 8, rel=0.1)
+    out = W.ANCHORS["gemm_rate"](q, k, k)
+    assert out.shape == (n, n) and out.dtype == np.float32
+    causal = W.gemm_rate_side(q.shape, 24, True)  # 20: the pairs j <= i only
+    assert causal < n and W.ANCHORS["gemm_rate"](q, k, k, is_causal=True).shape == (causal, causal)
+
+
+def _attention_shapes(name):
+    """``(query shape, S)`` from an attention workload's name, ``"B1 H8 L2048 S2048 E64 f32"``."""
+    dims = {part[0]: int(part[1:]) for part in name.split() if part[0] in "BHLSE" and part[1:].isdigit()}
+    return (dims["B"], dims["H"], dims["L"], dims["E"]), dims["S"]
+
+
 def test_runner_verify_catches_a_wrong_result():
     w = next(w for w in W.WORKLOADS if w.op == "softmax" and "smoke" in w.sets)
     args, kwargs = w.inputs()

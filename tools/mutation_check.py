@@ -41,6 +41,14 @@ class Mutant:
 
 MUTANTS = [
     Mutant(
+        "gemm-rate-anchor-ignores-causal",
+        "bench/workloads.py",
+        "    n = gemm_rate_side(q.shape, k.shape[-2], is_causal)\n",
+        "    n = gemm_rate_side(q.shape, k.shape[-2], False)\n",
+        ("tests/test_bench.py", "-k", "gemm_rate"),
+        "attention's GEMM-rate anchor times the full L x S products for a causal workload (twice its flops)",
+    ),
+    Mutant(
         "attention-sum-rescales-the-tile",
         "attention.py",
         "                    l[mo + r] += e\n",

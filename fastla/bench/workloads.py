@@ -528,19 +528,52 @@ ANCHORS["torch_ce"] = _torch_ce_anchor()
 ANCHOR_REQUIRES["torch_ce"] = "torch"
 
 
-def attention(b, h, L, S, E, dtype, causal=False, sets=("quick", "full"), anchors=("torch",)):
+def attention_flops(b, h, L, S, E, causal=False):
+    """Floating-point operations of attention's two products (``Q Kᵀ`` and ``P V``, 2 each per
+    query-key pair and feature); causal: the pairs ``j <= i`` only."""
+    pairs = b * h * (L * S - (L * (L - 1) // 2 if causal else 0))
+    return 4.0 * pairs * E
+
+
+def gemm_rate_side(q_shape, S, causal):
+    """``n`` of the square GEMM the ``gemm_rate`` anchor runs for queries of shape ``q_shape``
+    (``(..., L, E)``) against ``S`` keys: ``2 n^3`` nearest attention's floating-point operations."""
+    *lead, L, E = q_shape
+    return max(1, round((attention_flops(int(np.prod(lead)), 1, L, S, E, causal) / 2) ** (1 / 3)))
+
+
+@register_anchor("gemm_rate")
+def _gemm_rate(q, k, v, is_causal=False, **kwargs):
+    """Attention's compute bound: NumPy's BLAS GEMM of the same floating-point operations as the
+    attention's two products (a square product of the operands' dtype, n = round((flops / 2)^(1/3)),
+    within 0.1% of them at the benchmarked sizes; into a preallocated output; the operands made once,
+    not timed). The fused kernel's time against it is the share of the machine's GEMM rate it runs
+    at, its softmax and masking included."""
+    n = gemm_rate_side(q.shape, k.shape[-2], is_causal)
+    key = (n, q.dtype)
+    if _gemm_rate.cache.get("key") != key:
+        rng = np.random.default_rng(0)
+        a, b = (rng.standard_normal((n, n)).astype(q.dtype) for _ in range(2))
+        _gemm_rate.cache.update(key=key, a=a, b=b, out=np.empty((n, n), q.dtype))
+    m = _gemm_rate.cache
+    return np.matmul(m["a"], m["b"], out=m["out"])
+
+
+_gemm_rate.cache = {}
+
+
+def attention(b, h, L, S, E, dtype, causal=False, sets=("quick", "full"), anchors=("torch", "gemm_rate")):
     def make(rng):
         q = rng.standard_normal((b, h, L, E)).astype(dtype)
         k = rng.standard_normal((b, h, S, E)).astype(dtype)
         v = rng.standard_normal((b, h, S, E)).astype(dtype)
         return (q, k, v), {"is_causal": causal}
 
-    pairs = b * h * (L * S - (L * (L - 1) // 2 if causal else 0))  # causal: keys j <= i only
     return Workload(
         "scaled_dot_product_attention",
         f"B{b} H{h} L{L} S{S} E{E} {_dt(dtype)}" + (" causal" if causal else ""),
         make,
-        flops=4.0 * pairs * E,
+        flops=attention_flops(b, h, L, S, E, causal),
         sets=sets,
         loop=b * h * L * S * E <= 2e5,
         anchors=anchors,
@@ -554,7 +587,8 @@ WORKLOADS += [
     attention(1, 8, 4096, 4096, 64, np.float32, causal=True, sets=("full",)),
     attention(1, 8, 2048, 2048, 64, np.float32, sets=("quick",)),
     attention(1, 8, 2048, 2048, 64, np.float32, causal=True, sets=("quick",)),
-    attention(1, 8, 1, 2048, 64, np.float32),  # a decoding step: one query row against a key cache
+    # a decoding step: one query row against a key cache (memory-bound: no GEMM-rate anchor)
+    attention(1, 8, 1, 2048, 64, np.float32, anchors=("torch",)),
     attention(1, 8, 1024, 1024, 64, np.float32, sets=("full",)),
     attention(1, 8, 1024, 1024, 64, np.float32, causal=True, sets=("full",)),
     attention(4, 8, 512, 512, 64, np.float32, sets=("full",)),
