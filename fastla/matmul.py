@@ -543,18 +543,16 @@ def _naive_stack(A, B, C):
 
 
 def _packed_path(m, k, n, batch, b_stacked, itemsize):
-    """``".packed"`` where the numba impl runs this product through the packed GEMM (:func:`_gemm2d`
-    past SMALL_2D_MAX, or :func:`_small_or_packed`'s ``gemm_stack``), else ``""``: the path of its
+    """``".packed"`` where the numba impl runs this product through the packed GEMM (by the very
+    choices of :func:`_gemm2d` and :func:`_small_or_packed`: :func:`_small_2d`, :func:`_stack_kernel`),
+    else ``""``: the path of its
     first-use key (``fastla._first_use``, ``Operation.kernel_path``; the fast paths build the same
     key). Those kernels compile on their own (2.4-2.8 s cold, Zen 4), so a run of matmul's
     small-product kernels must not make a first packed call under ``auto`` compile them in the
     calling thread."""
     if not b_stacked:  # one product, or a stack folded into one tall product
-        rows = m * batch
-        return "" if 0 < min(rows, k, n) and max(rows, k, n) <= SMALL_2D_MAX else ".packed"
-    if _gk.tiles_beat_unrolled(m, k, n, itemsize) or _gk.fits_fixed(m, k, n):
-        return ""
-    return ".packed" if max(m, k, n) >= PACKED_STACK_FROM[itemsize] else ""
+        return "" if _small_2d(m * batch, k, n) else ".packed"
+    return ".packed" if _stack_kernel(m, k, n, itemsize) == "packed" else ""
 
 
 def _kernel_path(prep):
@@ -571,10 +569,15 @@ _OP.kernel_path = _kernel_path
 SMALL_2D_MAX = 48
 
 
+def _small_2d(m, k, n):
+    """Whether one m x k @ k x n product runs as a stack of one through the small-product kernel
+    (:func:`_gemm2d`; past SMALL_2D_MAX, the packed GEMM)."""
+    return 0 < min(m, k, n) and max(m, k, n) <= SMALL_2D_MAX
+
+
 def _gemm2d(a, b, c):
     m, k = a.shape
-    n = b.shape[1]
-    if 0 < min(m, k, n) and max(m, k, n) <= SMALL_2D_MAX:
+    if _small_2d(m, k, b.shape[1]):
         _naive_stack(a[None], b[None], c[None])
     else:
         _gk.gemm(a, b, out=c)
@@ -587,17 +590,27 @@ def _gemm2d(a, b, c):
 PACKED_STACK_FROM = {8: 32, 4: 33}
 
 
+def _stack_kernel(m, k, n, itemsize, same_dtype=True):
+    """The kernel that multiplies each m x k @ k x n product of a stack (:func:`_small_or_packed`;
+    :func:`_packed_path` keys the first use by it): ``"small"`` (the small-product kernel, whole wide
+    tiles among them: ``_gemm_kernels.wide_stack_fits``), ``"fixed"`` (a kernel unrolled for the
+    exact shape) or ``"packed"`` (one packed GEMM per thread at a time)."""
+    if _gk.tiles_beat_unrolled(m, k, n, itemsize) and same_dtype:
+        return "small"
+    if _gk.fits_fixed(m, k, n):
+        return "fixed"
+    return "packed" if max(m, k, n) >= PACKED_STACK_FROM[itemsize] else "small"
+
+
 def _small_or_packed(A, B, C):
     _, m, k = A.shape
-    n = B.shape[2]
-    if _gk.tiles_beat_unrolled(m, k, n, C.itemsize) and A.dtype == B.dtype == C.dtype:
-        _naive_stack(A, B, C)  # whole wide tiles among them (_gemm_kernels.wide_stack_fits)
-    elif _gk.fits_fixed(m, k, n):
-        _gk.small_fixed_kernel(m, k, n)(_intrinsics.kernel_input(A), _intrinsics.kernel_input(B), C)
-    elif max(m, k, n) < PACKED_STACK_FROM[C.itemsize]:
-        _naive_stack(A, B, C)
-    else:  # one packed product per thread at a time (a Python loop of packed GEMMs before)
+    kernel = _stack_kernel(m, k, B.shape[2], C.itemsize, A.dtype == B.dtype == C.dtype)
+    if kernel == "fixed":
+        _gk.small_fixed_kernel(m, k, B.shape[2])(_intrinsics.kernel_input(A), _intrinsics.kernel_input(B), C)
+    elif kernel == "packed":  # (a Python loop of packed GEMMs before)
         _gk.gemm_stack(np.ascontiguousarray(A), np.ascontiguousarray(B), C)
+    else:
+        _naive_stack(A, B, C)
 
 
 @_OP.register("numba", needs_numba=True)
