@@ -52,11 +52,13 @@ import numpy as np
 
 import fastla
 from fastla import _first_use, _jit, _profile
+from fastla.bench.runner import settle
 
 ROUNDS = 7
 MIN_BATCH_S = 0.0005  # one timed batch of calls
 MIN_ROUND_S = 0.008  # the timed calls of one impl in one round
 #: untimed calls of an impl before its timed rounds, while the previous impl's threads stop spinning
+#: (the benchmarks' :func:`fastla.bench.runner.settle`, for this long)
 SETTLE_S = 0.12
 MIN_BATCHES = 2
 
@@ -250,9 +252,7 @@ def time_impls(fns, rounds=ROUNDS):
     for name, fn in fns.items():
         fn()  # warm-up (a compile, on a cold cache)
         n = _calls_per_batch(fn)
-        start = time.perf_counter()
-        while time.perf_counter() - start < SETTLE_S:
-            fn()
+        settle(fn, (), {}, SETTLE_S, clock=time.perf_counter)
         for _ in range(rounds):
             start = time.perf_counter()
             batches = 0

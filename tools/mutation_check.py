@@ -937,8 +937,8 @@ MUTANTS = [
     Mutant(
         "tune-times-without-settling",
         "tune.py",
-        "        while time.perf_counter() - start < SETTLE_S:\n",
-        "        while time.perf_counter() - start < 0:\n",
+        "        settle(fn, (), {}, SETTLE_S, clock=time.perf_counter)\n",
+        "        settle(fn, (), {}, 0, clock=time.perf_counter)\n",
         ("tests/test_profile.py", "-k", "went_idle"),
         "tune times an impl straight after the previous one, inside the spinning of its idle threads",
     ),
