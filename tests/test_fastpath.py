@@ -69,6 +69,15 @@ def _inputs():
         "stack-large-mats": (rng.standard_normal((30, 20, 20)), rng.standard_normal((30, 20, 20))),
         "mismatch": (rng.standard_normal((5, 4)), rng.standard_normal((5, 3))),
         "1d": (rng.standard_normal(4), rng.standard_normal((4, 3))),
+        "matvec": (rng.standard_normal((5, 4)), rng.standard_normal(4)),
+        "dot": (rng.standard_normal(4), rng.standard_normal(4)),
+        "stack-vec": (rng.standard_normal((3, 5, 4)), rng.standard_normal(4)),
+        "vec-stack": (rng.standard_normal(4), rng.standard_normal((3, 4, 2))),
+        "stack-shared": (rng.standard_normal((3, 5, 4)), rng.standard_normal((4, 3))),
+        "stack4-shared": (rng.standard_normal((2, 3, 5, 4)), rng.standard_normal((4, 3))),
+        "mismatch-vec": (rng.standard_normal((5, 4)), rng.standard_normal(3)),
+        "mismatch-shared": (rng.standard_normal((3, 5, 4)), rng.standard_normal((3, 3))),
+        "empty-stack-shared": (rng.standard_normal((0, 5, 4)), rng.standard_normal((4, 3))),
     }
     return m
 
@@ -183,6 +192,34 @@ def _spy_on_matmul_impls(monkeypatch, module):
     return ran
 
 
+def test_mixed_ranks_under_auto_run_numpy_from_the_fast_path(monkeypatch):
+    """A 1-D operand, and a stack times one matrix below the GEMM threshold: auto's rule names
+    NumPy, and the fast path calls it directly (``_matmul_numpy``, spied); forced ``numba`` and a
+    1-D ``a`` times a stack take the full path (the registered impls, not the spied names)."""
+    module = sys.modules["fastla.matmul"]
+    ran = _spy_on_matmul_impls(monkeypatch, module)
+    fast = [
+        (rng.standard_normal((70, 40)), rng.standard_normal(40)),
+        (rng.standard_normal(40), rng.standard_normal((40, 70))),
+        (rng.standard_normal(40), rng.standard_normal(40)),
+        (rng.standard_normal((3, 70, 40)), rng.standard_normal(40)),
+        (rng.standard_normal((2, 3, 9, 40)), rng.standard_normal((40, 7))),
+    ]
+    for a, b in fast:
+        for dtype in (np.float32, np.float64):
+            x, y = a.astype(dtype), b.astype(dtype)
+            assert fastla.explain("matmul", x, y)[0] == "numpy"
+            ran.clear()
+            np.testing.assert_array_equal(fastla.matmul(x, y), np.matmul(x, y))
+            assert ran == ["numpy"], (x.shape, y.shape)
+            ran.clear()
+            fastla.matmul(x, y, backend="numba")
+            assert ran == [], (x.shape, y.shape)
+    ran.clear()
+    fastla.matmul(rng.standard_normal(4), rng.standard_normal((300, 4, 4)))
+    assert ran == []
+
+
 @pytest.mark.parametrize("f64_threshold, f32_threshold", [(1, 10**9), (65536, 1), (10**9, 65536), (0, 0)])
 def test_the_gemm_threshold_decides_the_fast_path_as_explain_says(monkeypatch, f64_threshold, f32_threshold):
     """``gemm_min_work`` and ``gemm_min_work_f32`` (the multiply-adds of one product from which
@@ -210,8 +247,9 @@ def test_the_gemm_threshold_decides_the_fast_path_as_explain_says(monkeypatch, f
             ran.clear()
             fastla.matmul(x, y)
             name, reason = fastla.explain("matmul", x, y)
-            if x.ndim == y.ndim:  # the fast path's calls (the full path calls the registered impl)
-                assert ran == [name], (x.shape, y.shape, reason)
+            # the fast path's calls (the full path calls the registered impl): a stack times one
+            # matrix takes it only to NumPy, under auto
+            assert ran == ([name] if x.ndim == y.ndim or name == "numpy" else []), (x.shape, y.shape, reason)
             thin = x.shape[-2] == 63
             assert name == ("numba" if threshold <= 65536 and not thin else "numpy"), reason
             assert ("too thin" in reason) == thin and f"{key}={threshold}" in reason

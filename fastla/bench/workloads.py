@@ -775,6 +775,8 @@ def overhead(op, shapes, anchor):
 
 WORKLOADS += [
     overhead("matmul", [(4, 4), (4, 4)], "np_matmul"),
+    # a dense layer's W @ x on one input vector: a 1-D operand (the fast path's mixed ranks)
+    overhead("matmul", [(64, 64), (64,)], "np_matmul"),
     overhead("solve", [(4, 4), (4, 4)], "np_solve"),
     overhead("softmax", [(4, 10)], "scipy_softmax"),
 ]
