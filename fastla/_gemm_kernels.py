@@ -133,16 +133,27 @@ class Blocking:
         # 1000 x 3072 (24 MB) 0.75x against 0.88-0.92x, 2048 x 2048 (32 MB) 0.75-0.78x against
         # 0.90-0.91x
         self.DIRECT_BYTES = _host.env_int("FASTLA_GEMM_DIRECT_BYTES", caches["L3"] // 4)
-        # SMALL_B_BYTES / SMALL_B_M: B is also read in place when it fits L2 and A has at most
-        # SMALL_B_M rows. Packing B is a pass of k x n copies and a parallel region of its own, a
-        # share of the product that shrinks as 1/m; a B in L2 is read in place as fast as packed.
+        # SMALL_B_BYTES / SMALL_B_M: B is also read in place when it fits L2 (and past it: below)
+        # and A has at most SMALL_B_M rows. Packing B is a pass of k x n copies and a parallel
+        # region of its own, a share of the product that shrinks as 1/m; a B in L2 is read in place
+        # as fast as packed.
         # Measured (Zen 4, n = k = m, ratio to OpenBLAS, three interleaved runs, in place against
         # packed): float64 two threads 128^3 0.86-0.95x against 0.73-0.80x, 192^3 1.02-1.04x
         # against 0.87-0.92x, 256^3 1.02-1.05x against 0.95-0.96x, 384^3 1.01-1.02x against
         # 0.97-0.98x, 512^3 even; one thread 128^3 0.85x against 0.82x, 192^3-384^3 +0-7%; float32
         # two threads 128^3-384^3 +5-60%. Tall products (2000-20000 rows, k = n = 128-300) even
         # within noise; 1024^3 (8 MB of B) 0.88-0.92x in place against 0.97-0.98x packed.
-        self.SMALL_B_BYTES = _host.env_int("FASTLA_GEMM_SMALL_B_BYTES", caches["L2"])
+        # Past L2, up to an eighth of L3 (a B that stays in L3 across the row blocks, as for
+        # DIRECT_BYTES): at L2 (1 MiB) the few-row products with a larger B packed it and lost to
+        # OpenBLAS on two threads, where auto takes the kernel. Zen 4 (32 MiB L3: 4 MiB against
+        # 1 MiB), ratio to OpenBLAS, best of three interleaved runs: float64 two threads 64x384x384
+        # 0.93-0.98x against 1.25-1.29x, 64x512x512 0.95x against 1.18-1.25x, 96x384x512 0.94x
+        # against 1.10-1.12x, 128x384x384 0.95x against 1.10-1.18x, 128x512x512 0.91x against
+        # 1.06x, 256x512x512 0.90-0.94x against 0.99-1.00x, 512^3 0.97x against 1.00-1.01x,
+        # 256x1024x512 (4 MiB) 0.96-0.98x against 1.01-1.19x; one thread 64x384x384 0.95x against
+        # 1.03x, 512^3 1.00x against 0.97x; float32 two threads 128x768x768 0.96x against 1.12x,
+        # 512x1024x1024 0.95x against 0.97x.
+        self.SMALL_B_BYTES = _host.env_int("FASTLA_GEMM_SMALL_B_BYTES", max(caches["L2"], caches["L3"] // 8))
         self.SMALL_B_M = _host.env_int("FASTLA_GEMM_SMALL_B_M", 512)
 
     def as_dict(self):
@@ -1575,7 +1586,7 @@ STACK_TASK = _jit.Entry(stack_task, _stack_task_examples)
 def gemm_stack(a, b, c, *, threads=None):
     """``c[t] = a[t] @ b[t]`` for C-contiguous 3-D stacks of one float dtype, ``c`` C-contiguous:
     the stack split into one contiguous run of products per thread, each product the packed GEMM
-    on one thread (:func:`stack_task`), B read in place where it fits L2 (SMALL_B_BYTES) and A
+    on one thread (:func:`stack_task`), B read in place up to SMALL_B_BYTES and A
     packed into the thread's own row of the workspace. For stacks of products too large for the
     small-product kernels and too small to split one product across threads: before, a Python loop
     of :func:`gemm` calls (10 000 48 x 48 float64 products 343 ms, NumPy 74 ms; Zen 4, two threads).

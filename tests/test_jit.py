@@ -517,6 +517,14 @@ def test_gemm_callers_reach_its_tasks_through_their_addresses(dtype, entry, monk
     assert np.isnan(gk.gemm(np.ones((2, depth), dtype), big)).all()
     in_place = gk.gemm(np.ones((2, depth - 1), dtype), big[1:])
     assert np.isnan(in_place).any() == (entry == "A_BLOCK_TASK")
+    # past DIRECT_M rows (up to SMALL_B_M), a B of up to SMALL_B_BYTES (past L2) is read in place too;
+    # one row deeper, packed whole
+    rows = blk.DIRECT_M + 1
+    depth = blk.SMALL_B_BYTES // (np.dtype(dtype).itemsize * width)
+    big = np.ones((depth + 1, width), dtype)
+    assert np.isnan(gk.gemm(np.ones((rows, depth + 1), dtype), big)).all()
+    in_place = gk.gemm(np.ones((rows, depth), dtype), big[1:])
+    assert np.isnan(in_place).any() == (entry == "A_BLOCK_TASK")
     wide = rng.standard_normal((50, 70)).astype(dtype)  # past matmul's small-product sizes
     assert np.isnan(fl.matmul(rng.standard_normal((60, 50)).astype(dtype), wide, backend="numba")).any()
     # odd widths (the stack's 41, LU's 301): B's last panel is narrower than NR, even at every tile,
