@@ -105,6 +105,7 @@ class Blocking:
         self.MR = _MR
         self.NV = _NV
         self.NR = self.NV * self.W
+        self.NARROW_NR = max(1, self.NV // 2) * self.W  # narrow_kernel's columns
         self.KC = _host.env_int("FASTLA_GEMM_KC", 256 if _SIMD >= 64 else 384)
         mc = (caches["L2"] // 2) // (self.KC * itemsize)
         self.MC = _host.env_int("FASTLA_GEMM_MC", max(self.MR, mc // self.MR * self.MR))
@@ -253,11 +254,12 @@ def _splat(builder, x, vty):
     return builder.shuffle_vector(builder.insert_element(undef, x, ir.Constant(i32, 0)), undef, mask)
 
 
-def _microkernel_twin(kc, A, aoff, B, boff, ldb, C, coff, ldc, load_c, rows=None):
+def _microkernel_twin(kc, A, aoff, B, boff, ldb, C, coff, ldc, load_c, rows=None, vectors=None):
     """Python twin: ``C[tile] (+)= Apanel.T @ Bpanel`` on the same layouts as the IR (the first
-    ``rows`` rows of the MR-tall A micro-panel: all of them by default)."""
+    ``rows`` rows of the MR-tall A micro-panel, and the first ``vectors`` SIMD vectors of its
+    columns: all of them by default)."""
     blk = BLOCKING[A.dtype]
-    mr, nr = blk.MR, blk.NR
+    mr, nr = blk.MR, blk.NR if vectors is None else vectors * blk.W
     a = A[aoff : aoff + kc * mr].reshape(kc, mr)[:, : mr if rows is None else rows]
     b = (
         np.stack([B[boff + p * ldb : boff + p * ldb + nr] for p in range(kc)])
@@ -270,10 +272,11 @@ def _microkernel_twin(kc, A, aoff, B, boff, ldb, C, coff, ldc, load_c, rows=None
         C[row] = C[row] + tile[i] if load_c else tile[i]
 
 
-def _tile_kernel(rows=None):
+def _tile_kernel(rows=None, narrow=False):
     """The typer of the micro-kernel for ``rows`` rows of the MR-tall A micro-panel (all of them:
     :func:`microkernel`; fewer: :func:`edge_kernel`, whose row ``i`` is stored only when ``i <
-    stored``, its last argument)."""
+    stored``, its last argument), on all NV SIMD vectors of its columns or, ``narrow``, on the
+    first half of them (:func:`narrow_kernel`)."""
 
     def typer(typingctx, kc, A, aoff, B, boff, ldb, C, coff, ldc, load_c, *stored):
         from llvmlite import ir
@@ -284,7 +287,8 @@ def _tile_kernel(rows=None):
         if not (A.dtype == B.dtype == C.dtype) or A.dtype not in (nbt.float32, nbt.float64):
             return None
         blk = BLOCKING[np.dtype(str(A.dtype))]
-        mr, nv, w = blk.MR, blk.NV, blk.W
+        mr, w = blk.MR, blk.W
+        nv = _narrow_nv(blk) if narrow else blk.NV
         tall = mr if rows is None else rows
         sig = nbt.void(kc, A, aoff, B, boff, ldb, C, coff, ldc, load_c, *stored)
 
@@ -385,6 +389,25 @@ def edge_kernel(typingctx, kc, A, aoff, B, boff, ldb, C, coff, ldc, load_c, stor
     return _tile_kernel(EDGE_MR)(typingctx, kc, A, aoff, B, boff, ldb, C, coff, ldc, load_c, stored)
 
 
+def _narrow_nv(blk):
+    """SIMD vectors of :func:`narrow_kernel`'s columns: half the tile's (at least one)."""
+    return max(1, blk.NV // 2)
+
+
+def _narrow_kernel_twin(kc, A, aoff, B, boff, ldb, C, coff, ldc, load_c):
+    _microkernel_twin(kc, A, aoff, B, boff, ldb, C, coff, ldc, load_c, vectors=_narrow_nv(BLOCKING[A.dtype]))
+
+
+@_jit.intrinsic(_narrow_kernel_twin)
+def narrow_kernel(typingctx, kc, A, aoff, B, boff, ldb, C, coff, ldc, load_c):
+    """:func:`microkernel` on the first half of the tile's columns (NV / 2 SIMD vectors, NARROW_NR
+    columns): a last panel of B at most that wide (its packed copy, zero-padded to NR) costs half
+    the FMAs of the whole tile, which it spent on the padding. Zen 4, float32 (NR = 64), 192 x 512
+    @ 512 x 96 (a panel and a half) ran as long as 192 x 512 x 128 on one thread (248 against 244
+    us, OpenBLAS 187), 1.65x OpenBLAS's time on two."""
+    return _tile_kernel(narrow=True)(typingctx, kc, A, aoff, B, boff, ldb, C, coff, ldc, load_c)
+
+
 def _tile_typer(attr):
     def typer(typingctx, arr):
         nbt = _jit.nb_types
@@ -415,6 +438,7 @@ def _tile_constant(attr, what):
 tile_mr = _tile_constant("MR", "rows of the micro-kernel's tile")
 tile_nr = _tile_constant("NR", "columns of the micro-kernel's tile")
 tile_jb = _tile_constant("JB", "B panels per pass of :func:`macro_kernel`'s row loop")
+tile_narrow_nr = _tile_constant("NARROW_NR", "columns of :func:`narrow_kernel`'s tile")
 tile_direct_m = _tile_constant("DIRECT_M", "most rows of A for which :func:`gemm_into` reads B in place")
 tile_direct_bytes = _tile_constant("DIRECT_BYTES", "the most bytes of B :func:`gemm_into` reads in place")
 tile_small_b_bytes = _tile_constant(
@@ -1039,8 +1063,10 @@ def macro_kernel(ap, bsrc, bp, c, tile, at):
     ``ldc``), the packed block at ``ap[aoff:]``, all from ``at`` (a :class:`Block`); ``tile`` is
     MR*NR scratch for the edge tiles. Full panel ``jp`` of B is read from ``bsrc`` at ``b0 + jp *
     bstep``, rows ``ldb`` apart: packed panels (``bsrc`` is ``bp``), or B itself in place (see
-    :func:`gemm_into`); a narrower last panel always from its packed copy in ``bp`` (``jp * kc *
-    NR``). The panels go in passes of JB (L2), each pass row panel by row panel, so that an A
+    :func:`gemm_into`); a narrower last panel from its packed copy in ``bp`` (``jp * kc * NR``),
+    unless it is NARROW_NR wide: then from ``bsrc`` as a full one (B in place has those columns,
+    and a packed panel sits at that place), by :func:`narrow_kernel`, which also takes any panel
+    at most that wide. The panels go in passes of JB (L2), each pass row panel by row panel, so that an A
     micro-panel stays in L1 across the pass (see the module docstring).
     """
     aoff, npan, kc, mc, nc = at.aoff, at.npan, at.kc, at.mc, at.nc
@@ -1048,6 +1074,7 @@ def macro_kernel(ap, bsrc, bp, c, tile, at):
     mr = tile_mr(c)
     nr = tile_nr(c)
     jb = tile_jb(c)
+    narrow = tile_narrow_nr(c)
     packed = _intrinsics.as_readonly(bp)
     for j0 in range(0, npan, jb):
         for ir in range(0, mc, mr):
@@ -1056,7 +1083,7 @@ def macro_kernel(ap, bsrc, bp, c, tile, at):
             for jp in range(j0, min(npan, j0 + jb)):
                 cols = min(nr, nc - jp * nr)
                 src, boff, ldb = bsrc, at.b0 + jp * at.bstep, at.ldb
-                if cols < nr:
+                if cols < nr and cols != narrow:  # a narrow kernel's width: where bsrc has it
                     src, boff, ldb = packed, jp * kc * nr, nr
                 c_at = coff + ir * ldc + jp * nr
                 if cols == nr and rows <= EDGE_MR:
@@ -1064,12 +1091,20 @@ def macro_kernel(ap, bsrc, bp, c, tile, at):
                     continue
                 if rows == mr and cols == nr:
                     microkernel(kc, ap, a_at, src, boff, ldb, c, c_at, ldc, load_c)
-                else:  # into the scratch tile, then its rows and columns into C
+                    continue
+                # an edge: into the scratch tile (half its columns for a panel at most that
+                # narrow), then its rows and columns into C
+                if cols <= narrow:
+                    if rows == mr and cols == narrow:
+                        narrow_kernel(kc, ap, a_at, src, boff, ldb, c, c_at, ldc, load_c)
+                        continue
+                    narrow_kernel(kc, ap, a_at, src, boff, ldb, tile, 0, nr, False)
+                else:
                     microkernel(kc, ap, a_at, src, boff, ldb, tile, 0, nr, False)
-                    for i in range(rows):
-                        for j in range(cols):
-                            ci = _U(c_at + i * ldc + j)
-                            c[ci] = c[ci] + tile[_U(i * nr + j)] if load_c else tile[_U(i * nr + j)]
+                for i in range(rows):
+                    for j in range(cols):
+                        ci = _U(c_at + i * ldc + j)
+                        c[ci] = c[ci] + tile[_U(i * nr + j)] if load_c else tile[_U(i * nr + j)]
 
 
 class Block(NamedTuple):
@@ -1254,6 +1289,7 @@ def gemm_into(a, b, dst, alpha, accumulate, row_scale, col_scale, tiles):
     kc_max, mc_max, nc_max, threads = tiles.kc, tiles.mc, tiles.nc, tiles.threads
     mr = tile_mr(c)
     nr = tile_nr(c)
+    narrow = tile_narrow_nr(c)
     m, k = a.rows, a.cols
     n = b.cols
     if m == 0 or n == 0:
@@ -1292,10 +1328,14 @@ def gemm_into(a, b, dst, alpha, accumulate, row_scale, col_scale, tiles):
             kc = min(kc_max, k - pc)
             load_c = accumulate or pc > 0
             # packed from column `first` on: all of them, or in place only the narrower last
-            # panel (none when nc is whole panels), where the packed panels would be
+            # panel (none when nc is whole panels, or ends in one exactly as wide as the narrow
+            # kernel's tile, which reads it in place: see macro_kernel), where the packed panels
+            # would be
             first = nc // nr * nr if direct else 0
+            if direct and nc - first == narrow:
+                first = nc
             panels = (b, pc, kc, jc + first, nc - first, col_scale, bp[first * kc :])
-            _intrinsics.parallel_tasks(pack_b_at, pack_b_task, panels, npan - first // nr, threads)
+            _intrinsics.parallel_tasks(pack_b_at, pack_b_task, panels, (nc - first + nr - 1) // nr, threads)
             b0, bstep, ldb = 0, kc * nr, nr
             if direct:
                 b0, bstep, ldb = b.off + pc * b.rs + jc, nr, b.rs

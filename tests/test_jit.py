@@ -143,6 +143,11 @@ def _call_microkernel(kc, ap, aoff, bp, boff, ldb, c, coff, ldc, load_c):
 
 
 @_jit.jit
+def _call_narrow_kernel(kc, ap, aoff, bp, boff, ldb, c, coff, ldc, load_c):
+    gk.narrow_kernel(kc, ap, aoff, bp, boff, ldb, c, coff, ldc, load_c)
+
+
+@_jit.jit
 def _call_edge_kernel(kc, ap, aoff, bp, boff, ldb, c, coff, ldc, load_c, stored):
     gk.edge_kernel(kc, ap, aoff, bp, boff, ldb, c, coff, ldc, load_c, stored)
 
@@ -151,20 +156,25 @@ def _call_edge_kernel(kc, ap, aoff, bp, boff, ldb, c, coff, ldc, load_c, stored)
 @pytest.mark.parametrize("kc", [0, 1, 5, 64])
 @pytest.mark.parametrize("load_c", [True, False])
 @pytest.mark.parametrize("ldb_extra", [0, 5])
-@pytest.mark.parametrize("rows", [None, 1, 2], ids=["tile", "edge1", "edge2"])
+@pytest.mark.parametrize("rows", [None, 1, 2, "narrow"], ids=["tile", "edge1", "edge2", "narrow"])
 def test_microkernel_matches_twin(dtype, kc, load_c, ldb_extra, rows, rng):
     """Packed B (ldb = NR) and B read in place from a matrix with a longer row (ldb > NR); the MR x
-    NR tile, and the edge kernel's one or two rows (its second row read from the panel but not
-    stored when ``stored`` is 1)."""
+    NR tile, the edge kernel's one or two rows (its second row read from the panel but not stored
+    when ``stored`` is 1), and the narrow kernel's MR x NARROW_NR tile (nothing past its columns
+    stored)."""
     blk = gk.BLOCKING[np.dtype(dtype)]
-    mr, nr = blk.MR, blk.NR
+    mr, nr = blk.MR, blk.NARROW_NR if rows == "narrow" else blk.NR
     ldb = nr + ldb_extra
     ap = rng.standard_normal(3 + kc * mr).astype(dtype)
     bp = rng.standard_normal(5 + kc * ldb).astype(dtype)
     ldc = nr + 7
     c0 = rng.standard_normal(2 + mr * ldc).astype(dtype)
     c_ir, c_py = c0.copy(), c0.copy()
-    if rows is None:
+    if rows == "narrow":
+        _call_narrow_kernel(kc, ap, 3, bp, 5, ldb, c_ir, 2, ldc, load_c)
+        gk._narrow_kernel_twin(kc, ap, 3, bp, 5, ldb, c_py, 2, ldc, load_c)
+        rows = None
+    elif rows is None:
         _call_microkernel(kc, ap, 3, bp, 5, ldb, c_ir, 2, ldc, load_c)
         gk._microkernel_twin(kc, ap, 3, bp, 5, ldb, c_py, 2, ldc, load_c)
     else:
@@ -510,6 +520,9 @@ def test_gemm_callers_reach_its_tasks_through_their_addresses(dtype, entry, monk
         few = gk.gemm(a[:rows], rng.standard_normal((30, blk.NR + extra)).astype(dtype))
         nans = np.isnan(few).sum(axis=1).tolist()
         assert nans == [few.shape[1] if entry == "A_BLOCK_TASK" else extra] * len(few)
+    # a last panel exactly as wide as the narrow kernel's tile is read in place too: none packed
+    few = gk.gemm(a[: blk.DIRECT_M], rng.standard_normal((30, blk.NR + blk.NARROW_NR)).astype(dtype))
+    assert np.isnan(few).any() == (entry == "A_BLOCK_TASK")
     # ... unless B is larger than DIRECT_BYTES: then packed whole (whole panels: none left to pack)
     width = blk.NR * max(1, 64 // blk.NR)
     depth = blk.DIRECT_BYTES // (np.dtype(dtype).itemsize * width) + 1

@@ -44,6 +44,28 @@ def test_block_edges(edge, dtype, rng):
         assert_matmul_close(_gemm_kernels.gemm(a, b), a, b, dtype)  # whatever fastla.matmul picks
 
 
+@pytest.mark.parametrize("rows", ["few", "small_b", "packed"])
+def test_narrow_last_panels(rows, dtype, rng):
+    """A last panel of B as wide as the narrow kernel's tile (read where the full panels are: B in
+    place, or its packed copy), narrower or wider (the narrow kernel or the whole tile on its packed
+    copy, through the scratch tile), with B read in place (few rows of A, or a B within
+    SMALL_B_BYTES) or packed (more rows than SMALL_B_M); two depth blocks, edge rows."""
+    blk = _gemm_kernels.BLOCKING[np.dtype(dtype)]
+    m = {"few": blk.DIRECT_M - 1, "small_b": blk.DIRECT_M + 7, "packed": blk.SMALL_B_M + 5}[rows]
+    k = blk.KC + 3
+    for n in (
+        blk.NARROW_NR,
+        blk.NARROW_NR - 3,
+        blk.NR + blk.NARROW_NR,
+        blk.NR + blk.NARROW_NR + 1,
+        2 * blk.NR - 1,
+    ):
+        a = rng.standard_normal((m, k)).astype(dtype)
+        b = rng.standard_normal((k, n)).astype(dtype)
+        assert_matmul_close(_gemm_kernels.gemm(a, b), a, b, dtype)
+        assert_matmul_close(_gemm_kernels.gemm(a, b, threads=1), a, b, dtype)
+
+
 @pytest.mark.slow
 def test_mc_edge_and_several_blocks(rng):
     """More rows than one MC block, and more than one KC step: the parallel ic loop and C updates."""

@@ -382,12 +382,28 @@ MUTANTS = [
     Mutant(
         "gemm-edge-tile-off-by-one",
         "_gemm_kernels.py",
-        "                        for j in range(cols):\n"
-        "                            ci = _U(c_at + i * ldc + j)",
-        "                        for j in range(cols - 1):\n"
-        "                            ci = _U(c_at + i * ldc + j)",
+        "                    for j in range(cols):\n"
+        "                        ci = _U(c_at + i * ldc + j)",
+        "                    for j in range(cols - 1):\n"
+        "                        ci = _U(c_at + i * ldc + j)",
         ("tests/test_matmul.py",),
         "edge tiles copy one column short",
+    ),
+    Mutant(
+        "gemm-narrow-panel-read-where-none-was-packed",
+        "_gemm_kernels.py",
+        "if cols < nr and cols != narrow:",
+        "if cols < nr:",
+        ("tests/test_matmul.py",),
+        "a last panel of the narrow kernel's width, read in place and so not packed, is read from the packed panels",
+    ),
+    Mutant(
+        "gemm-narrow-kernel-on-a-wider-panel",
+        "_gemm_kernels.py",
+        "                if cols <= narrow:",
+        "                if cols <= narrow + 1:",
+        ("tests/test_matmul.py",),
+        "a panel one column wider than the narrow kernel's tile loses that column",
     ),
     Mutant(
         "gemm-in-place-b-ignores-the-depth",
