@@ -156,9 +156,18 @@ class Blocking:
         # 512x1024x1024 0.95x against 0.97x.
         self.SMALL_B_BYTES = _host.env_int("FASTLA_GEMM_SMALL_B_BYTES", max(caches["L2"], caches["L3"] // 8))
         self.SMALL_B_M = _host.env_int("FASTLA_GEMM_SMALL_B_M", 512)
+        # L2_B_BYTES: a B within L2 is read in place for A of any height: each row block reads it
+        # from L2, and packing it cost two parallel regions a depth step where there was one.
+        # Float32, two threads, Zen 4, 768 rows (past SMALL_B_M), in place against packed, best of
+        # three interleaved runs (ratio to OpenBLAS): 768x384x96 1.04x against 1.13x, 768x768x64
+        # 1.01x against 1.10x, 768x512x96 1.00x against 1.13x, 2048x256x256 0.95x against 1.10x;
+        # float64 2048x512x256 (1 MiB) 0.96x against 0.94x. A larger B stays packed for tall A:
+        # in place 1.03-1.05x against 0.95-0.98x (float32 2048x1024x1024, float64 1024x512x512).
+        self.L2_B_BYTES = _host.env_int("FASTLA_GEMM_L2_B_BYTES", caches["L2"])
 
     def as_dict(self):
         names = ("MR", "NR", "KC", "MC", "NC", "JB", "DIRECT_M", "DIRECT_BYTES", "SMALL_B_BYTES", "SMALL_B_M")
+        names += ("L2_B_BYTES",)
         return {k: getattr(self, k) for k in names}
 
     def __repr__(self):
@@ -445,6 +454,7 @@ tile_small_b_bytes = _tile_constant(
     "SMALL_B_BYTES", "the most bytes of a B read in place for any A up to SMALL_B_M rows"
 )
 tile_small_b_m = _tile_constant("SMALL_B_M", "most rows of A for which a B of SMALL_B_BYTES is read in place")
+tile_l2_b_bytes = _tile_constant("L2_B_BYTES", "the most bytes of a B read in place for A of any height")
 
 
 # --------------------------------------------------------------------------- packing
@@ -1313,13 +1323,15 @@ def gemm_into(a, b, dst, alpha, accumulate, row_scale, col_scale, tiles):
     bp = work[a_len : a_len + b_len]
     scratch = work[a_len + b_len : a_len + b_len + s_len]
     # few rows of A: the micro-kernel reads B's rows in place (BLIS's "sup" idea), as packing B
-    # would cost as much as the product (see DIRECT_M), and so it does a B that fits L2 (see
-    # SMALL_B_BYTES); only a narrower last panel is packed
+    # would cost as much as the product (see DIRECT_M), and so it does a B that fits L2 for any
+    # A (L2_B_BYTES) or up to an eighth of L3 for A of up to SMALL_B_M rows (SMALL_B_BYTES); only
+    # a narrower last panel is packed
     readable, in_place = b_in_place(b.data, bp)
     b_bytes = k * abs(b.rs) * c.itemsize
     direct = readable and b.cs == 1 and col_scale.size == 0
     few_rows = m <= tile_direct_m(c) and b_bytes <= tile_direct_bytes(c)
-    direct = direct and (few_rows or (m <= tile_small_b_m(c) and b_bytes <= tile_small_b_bytes(c)))
+    small_b = b_bytes <= tile_l2_b_bytes(c) or (m <= tile_small_b_m(c) and b_bytes <= tile_small_b_bytes(c))
+    direct = direct and (few_rows or small_b)
     bsrc = in_place if direct else _intrinsics.as_readonly(bp)
     for jc in range(0, n, nc_max):
         nc = min(nc_max, n - jc)

@@ -510,13 +510,16 @@ def test_gemm_callers_reach_its_tasks_through_their_addresses(dtype, entry, monk
     impl = {"A_BLOCK_TASK": _nan_block_task, "PACK_B_TASK": _nan_panel_task}[entry]
     monkeypatch.setattr(gk, entry, _stand_in(getattr(gk, entry), impl))
     blk = gk.BLOCKING[np.dtype(dtype)]
-    a = rng.standard_normal((max(blk.DIRECT_M, blk.SMALL_B_M) + 1, 30)).astype(dtype)  # B packed
+    a = rng.standard_normal((max(blk.DIRECT_M, blk.SMALL_B_M) + 1, 30)).astype(dtype)
     b = rng.standard_normal((30, 50)).astype(dtype)
-    assert np.isnan(gk.gemm(a, b)).all()
-    # few rows, or a B that fits L2 and up to SMALL_B_M rows: B's full panels read in place, its
-    # narrower last panel packed by the task
+    # past SMALL_B_M rows and a B past L2: B packed
+    deep = blk.L2_B_BYTES // (50 * np.dtype(dtype).itemsize) + 1
+    tall = np.ones((len(a), deep), dtype)
+    assert np.isnan(gk.gemm(tall, np.ones((deep, 50), dtype))).all()
+    # few rows, a B up to SMALL_B_BYTES and up to SMALL_B_M rows, or a B within L2 and any rows:
+    # B's full panels read in place, its narrower last panel packed by the task
     extra = min(5, blk.NR - 1)  # columns of the narrower last panel
-    for rows in (blk.DIRECT_M, blk.SMALL_B_M):
+    for rows in (blk.DIRECT_M, blk.SMALL_B_M, len(a)):
         few = gk.gemm(a[:rows], rng.standard_normal((30, blk.NR + extra)).astype(dtype))
         nans = np.isnan(few).sum(axis=1).tolist()
         assert nans == [few.shape[1] if entry == "A_BLOCK_TASK" else extra] * len(few)

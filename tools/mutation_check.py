@@ -395,7 +395,7 @@ MUTANTS = [
         "if cols < nr and cols != narrow:",
         "if cols < nr:",
         ("tests/test_matmul.py",),
-        "a last panel of the narrow kernel's width, read in place and so not packed, is read from the packed panels",
+        "a narrow-kernel-wide last panel (read in place, so not packed) is read from the packed ones",
     ),
     Mutant(
         "gemm-narrow-kernel-on-a-wider-panel",
