@@ -486,18 +486,23 @@ def _rank_sort(s, idx, m):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_rank_sort_orders_by_the_ranking_rule(dtype, rng):
-    """The packed top-k's final sort (a radix sort of score keys and indices) against Python's sort
-    by the rule: decreasing score, NaN last, ties (0.0 and -0.0 too) to the lower index."""
+    """The packed top-k's final sort (a radix sort of score keys and indices; an insertion sort for
+    up to ``_RANK_INSERTION`` entries) against Python's sort by the rule: decreasing score, NaN
+    last, ties (0.0 and -0.0 too) to the lower index."""
     values = np.array([0.0, -0.0, 1.5, -1.5, np.inf, -np.inf, np.nan, 1e-300, -1e-300, 2.0, -2.0], dtype)
     m = 400
     s = rng.choice(values, m).astype(dtype)
     s[::3] = rng.standard_normal(len(s[::3])).astype(dtype)
     idx = rng.permutation(5 * m)[:m].astype(np.intp)
-    want = sorted(range(m), key=lambda p: (np.isnan(s[p]), -s[p] if not np.isnan(s[p]) else 0, idx[p]))
-    for count in (m, 1, 0):
+    few = similarity._RANK_INSERTION
+
+    def rank(p):
+        return (np.isnan(s[p]), -s[p] if not np.isnan(s[p]) else 0, idx[p])
+
+    for count in (m, few + 1, few, 10, 2, 1, 0):
+        order = sorted(range(count), key=rank)
         got_s, got_i = s.copy(), idx.copy()
         _rank_sort(got_s, got_i, count)
-        order = want if count == m else list(range(count))
         np.testing.assert_array_equal(got_i[:count], idx[order])
         np.testing.assert_array_equal(got_s[:count], s[order])
         assert (got_i[count:] == idx[count:]).all()

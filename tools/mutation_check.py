@@ -382,12 +382,18 @@ MUTANTS = [
     Mutant(
         "gemm-edge-tile-off-by-one",
         "_gemm_kernels.py",
-        "                    for j in range(cols):\n"
-        "                        ci = _U(c_at + i * ldc + j)",
-        "                    for j in range(cols - 1):\n"
-        "                        ci = _U(c_at + i * ldc + j)",
+        "                    for j in range(cols):\n                        ci = _U(c_at + i * ldc + j)",
+        "                    for j in range(cols - 1):\n                        ci = _U(c_at + i * ldc + j)",
         ("tests/test_matmul.py",),
         "edge tiles copy one column short",
+    ),
+    Mutant(
+        "rank-sort-few-ties-to-the-higher-index",
+        "similarity.py",
+        "(keys[0, q - 1] == kp and ids[0, q - 1] > ip)",
+        "(keys[0, q - 1] == kp and ids[0, q - 1] < ip)",
+        ("tests/test_similarity.py",),
+        "the insertion sort of a few best entries puts a tie's higher index first",
     ),
     Mutant(
         "gemm-narrow-panel-read-where-none-was-packed",
