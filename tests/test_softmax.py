@@ -57,6 +57,23 @@ def test_layouts_and_no_mutation(fn, ref, op, layout, dtype, rng):
     np.testing.assert_array_equal(x, keep)
 
 
+@pytest.mark.parametrize("fn,ref,op", OPS)
+def test_strided_long_rows(fn, ref, op, dtype, rng):
+    """Rows past the short rows' length along a strided last axis (1-D and 2-D; the compiled
+    impl copies them C-contiguous), with out= too: the reference's values, the input untouched."""
+    one, two = ((rng.standard_normal(shape) * 3).astype(dtype) for shape in ((198,), (3, 160)))
+    for x in (one[::2], two[:, ::2], two[:, ::-3]):
+        assert not x.flags.c_contiguous and not x.flags.f_contiguous
+        keep = x.copy()
+        expected = ref(x.astype(np.float64), axis=-1)
+        for name in impl_names(op, 99):
+            _close(fn(x, backend=name), expected, dtype)
+            out = np.empty(x.shape, dtype)
+            assert fn(x, out=out, backend=name) is out
+            _close(out, expected, dtype)
+        np.testing.assert_array_equal(x, keep)
+
+
 @pytest.mark.parametrize("fn,ref,op,name", OPS_IMPLS)
 def test_extremes_like_scipy(fn, ref, op, name):
     inf, nan = np.inf, np.nan
