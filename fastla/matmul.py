@@ -445,7 +445,7 @@ def _blas_by_rule(sa, sb, dt):
     the GEMM rule leaves to BLAS (a dense layer over a batch, ``(..., m, k) @ (k, n)``). Operands
     whose contracted dimensions differ, and a 1-D ``a`` times a stack, take the full path (its
     errors, its stack rules). Zen 4, float64, a 21x25 @ 25 product: 7.0 us through the full path
-    (its validation and rule), 1.0 us here, np.matmul 0.9."""
+    (its validation and rule), 2.1 us here, np.matmul 0.9."""
     if len(sb) == 1:
         return len(sa) >= 1 and sa[-1] == sb[0]
     if len(sa) == 1:
