@@ -48,10 +48,11 @@ def test_block_edges(edge, dtype, rng):
 def test_narrow_last_panels(rows, dtype, rng):
     """A last panel of B as wide as the narrow kernel's tile (read where the full panels are: B in
     place, or its packed copy), narrower or wider (the narrow kernel or the whole tile on its packed
-    copy, through the scratch tile), with B read in place (few rows of A, or a B within
-    SMALL_B_BYTES) or packed (more rows than SMALL_B_M); two depth blocks, edge rows."""
+    copy, through the scratch tile), with B read in place (few rows of A, or more and a B within
+    SMALL_B_BYTES) or packed (a Fortran-ordered B: its rows are not contiguous, so never read in
+    place); two depth blocks, edge rows."""
     blk = _gemm_kernels.BLOCKING[np.dtype(dtype)]
-    m = {"few": blk.DIRECT_M - 1, "small_b": blk.DIRECT_M + 7, "packed": blk.SMALL_B_M + 5}[rows]
+    m = blk.DIRECT_M - 1 if rows == "few" else blk.DIRECT_M + 7
     k = blk.KC + 3
     for n in (
         blk.NARROW_NR,
@@ -62,6 +63,8 @@ def test_narrow_last_panels(rows, dtype, rng):
     ):
         a = rng.standard_normal((m, k)).astype(dtype)
         b = rng.standard_normal((k, n)).astype(dtype)
+        if rows == "packed":
+            b = np.asfortranarray(b)
         assert_matmul_close(_gemm_kernels.gemm(a, b), a, b, dtype)
         assert_matmul_close(_gemm_kernels.gemm(a, b, threads=1), a, b, dtype)
 
