@@ -3,10 +3,10 @@
 ``fastla tune`` sweeps square products and a few shapes per op; this draws random ones (ranks,
 sizes from 1 to a few hundred, layouts: C, Fortran, transposed, strided; float32 and float64) and
 times each public call under ``auto`` against the NumPy/SciPy/scikit-learn call it replaces, on the
-same inputs: the best of timed batches after a warm-up, each side measured twice, interleaved, with
-a short pause before each (OpenBLAS's idle threads spin ~0.1 s after a call: a fastla call timed
-inside that window is slowed by them, see the README's "Threads"). A line per case, ``SLOW`` where
-fastla took over 1.3x the other's time::
+same inputs, as ``fastla tune`` times its sweeps (:func:`fastla.tune.time_impls`: each side after a
+warm-up and a settle of its own untimed calls, which outlasts the other side's spinning threads, then
+its fastest batch), twice in turn, each side keeping its faster timing. A line per case, ``SLOW``
+where fastla took over 1.3x the other's time::
 
     python -m fastla warmup                 # compiled kernels: auto's steady state, not its first use
     python tools/auto_fuzz.py 1 120         # seed, cases
@@ -21,32 +21,8 @@ not show").
 from __future__ import annotations
 
 import sys
-import time
 
 import numpy as np
-
-
-def best_seconds(fn, budget=0.02):
-    """The fastest batch's time per call, batches of at least 2 ms for ``budget`` seconds after a
-    warm-up call."""
-    fn()
-    n = 1
-    while True:
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        dt = time.perf_counter() - t0
-        if dt > 0.002:
-            break
-        n *= 2
-    best = dt / n
-    end = time.perf_counter() + budget
-    while time.perf_counter() < end:
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        best = min(best, (time.perf_counter() - t0) / n)
-    return best
 
 
 class Cases:
@@ -157,6 +133,8 @@ class Cases:
 
 
 def main(argv):
+    from fastla.tune import time_impls
+
     seed = int(argv[0]) if argv else 0
     cases = int(argv[1]) if len(argv) > 1 else 100
     draw = Cases(np.random.default_rng(seed))
@@ -173,11 +151,8 @@ def main(argv):
         except Exception as exc:  # a case fastla or the other side rejects: say so, go on
             print(f"error {label}: {type(exc).__name__}: {str(exc)[:100]}", flush=True)
             continue
-        times = []
-        for _ in range(2):
-            time.sleep(0.12)
-            times.append((best_seconds(mine), best_seconds(theirs)))
-        t_mine, t_theirs = min(t for t, _ in times), min(t for _, t in times)
+        runs = [time_impls({"fastla": mine, "other": theirs}) for _ in range(2)]
+        t_mine, t_theirs = (min(run[side] for run in runs) for side in ("fastla", "other"))
         ratio = t_mine / t_theirs
         slow += ratio > 1.3
         flag = " SLOW" if ratio > 1.3 else ""
