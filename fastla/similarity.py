@@ -1297,8 +1297,7 @@ def _rank_sort(s, idx, m):
         scores[0, p] = s[p]
         top = max(top, idx[p])
     src = 0
-    few = m <= _RANK_INSERTION
-    if few:  # an insertion sort by (key, index), and no radix pass
+    if m <= _RANK_INSERTION:  # an insertion sort by (key, index)
         for p in range(1, m):
             kp, ip, sp = keys[0, p], ids[0, p], scores[0, p]
             q = p
@@ -1306,15 +1305,16 @@ def _rank_sort(s, idx, m):
                 keys[0, q], ids[0, q], scores[0, q] = keys[0, q - 1], ids[0, q - 1], scores[0, q - 1]
                 q -= 1
             keys[0, q], ids[0, q], scores[0, q] = kp, ip, sp
-    for shift in range(0, 0 if few else 128, 8):  # the index's bytes (to its highest set one), the key's
-        by_index = shift < 64
-        if by_index and (top >> shift) == 0:
-            continue
-        sh = shift % 64
-        a, b = src, 1 - src
-        moved = (keys[a], ids[a], scores[a], keys[b], ids[b], scores[b], m, sh, by_index, count)
-        if _ool(_radix_pass, moved):
-            src = b
+    else:
+        for shift in range(0, 128, 8):  # the index's bytes (up to its highest set one), then the key's
+            by_index = shift < 64
+            if by_index and (top >> shift) == 0:
+                continue
+            sh = shift % 64
+            a, b = src, 1 - src
+            moved = (keys[a], ids[a], scores[a], keys[b], ids[b], scores[b], m, sh, by_index, count)
+            if _ool(_radix_pass, moved):
+                src = b
     for p in range(m):
         s[p] = scores[src, p]
         idx[p] = ids[src, p]
