@@ -202,6 +202,8 @@ def _prepare(a, b, out=None):
         "batch": math.prod(batch),
         "b_stacked": b.ndim > 2,
         "dtype": dtype,
+        # whether the stack kernels read a as it is, or a copy in C order (_copied_a_stays)
+        "a_contiguous": (args.a if why is None else a).flags.c_contiguous,
     }
     return _registry.Prepared(args, compiled=why, facts=facts, forced_error=problem)
 
@@ -262,9 +264,37 @@ def _packed_stack_wins(m, k, n, batch, b_stacked, dtype):
     )
 
 
-def _compiled_wins(m, k, n, batch, b_stacked, dtype):
+#: A stack whose ``a`` is not C-contiguous (``a.mT``, a Fortran-ordered stack) reaches the stack
+#: kernels as a C-ordered copy (they read C-contiguous operands; one product's packed GEMM reads any
+#: strides), while NumPy's BLAS reads a transposed ``a``'s matrices in place, at C order's speed
+#: (Zen 4, OpenBLAS 0.3.31, 3000 8x8 / 16x16 float64 products: 184 / 1058 us against 218 / 926; a
+#: transposed ``b`` 540 / 3300, a Fortran-ordered ``a`` 357 / 2476). The copy costs about as much as
+#: the kernel, so with such an ``a`` the stack rules keep the compiled kernels only where a product's
+#: rows fit one small-product vector (:data:`fastla._gemm_kernels.SMALL_VECTOR_BYTES`: float64 up to
+#: 4 wide, float32 up to 8). Measured there (NumPy's time over the kernel's with its copy, two
+#: threads, 300 / 3000 products): a transposed ``a``, float64 4x4 1.20 / 1.36, 8x8 0.63 / 0.72,
+#: 16x16 0.57 / 0.96; float32 8x8 1.37 / 1.57, 12x12 0.43 / 0.53, 16x16 0.45 / 0.63; in wide tiles
+#: and packed (24-64, 64 / 1000 products) 0.43-0.91; a Fortran-ordered ``a`` float64 8x8 0.59 /
+#: 1.10, 16x16 0.93 / 0.93, 24-64 0.31-1.26. A non-contiguous ``b`` stays with the kernels: NumPy
+#: is slow there too (transposed: 1.1-7.5x the kernel's time at 2-16, 0.7-1.7x at 24-64).
+def _copied_a_stays(m, k, n, itemsize):
+    """Whether a stack of m x k @ k x n products whose ``a`` must be copied to C order still runs the
+    stack kernels under ``auto`` (a small stack whose rows fit one vector); see above."""
+    return max(m, k, n) * itemsize <= _gk.SMALL_VECTOR_BYTES
+
+
+def _stack_rules_win(m, k, n, batch, b_stacked, dtype, a_contiguous=True):
+    """``(small, packed)``: whether the small-stack and the packed-stack rules give this stack to
+    the compiled kernels, with ``a``'s layout (:func:`_copied_a_stays`)."""
+    small = _small_stack_wins(m, k, n, batch, b_stacked)
+    if not a_contiguous:
+        return small and _copied_a_stays(m, k, n, dtype.itemsize), False
+    return small, _packed_stack_wins(m, k, n, batch, b_stacked, dtype)
+
+
+def _compiled_wins(m, k, n, batch, b_stacked, dtype, a_contiguous=True):
     """The auto rule on plain numbers (used by the fast path; :func:`_rule` says the same)."""
-    if _small_stack_wins(m, k, n, batch, b_stacked) or _packed_stack_wins(m, k, n, batch, b_stacked, dtype):
+    if any(_stack_rules_win(m, k, n, batch, b_stacked, dtype, a_contiguous)):
         return True
     work = _gemm_work(m, k, n, batch, b_stacked)
     return work > 0 and work >= AUTO_RULE[_gemm_key(dtype)]  # a thin product is BLAS's, whatever the rule
@@ -273,7 +303,10 @@ def _compiled_wins(m, k, n, batch, b_stacked, dtype):
 def _rule(prep):
     f = prep.facts
     shape = f"{f['m']}x{f['k']} @ {f['k']}x{f['n']} (batch {f['batch']})"
-    if _small_stack_wins(f["m"], f["k"], f["n"], f["batch"], f["b_stacked"]):
+    a_contiguous = f["a_contiguous"]
+    sides = (f["m"], f["k"], f["n"], f["batch"], f["b_stacked"], f["dtype"])
+    small, packed = _stack_rules_win(*sides, a_contiguous)
+    if small:
         key = _gk.stack_key(f["m"], f["k"], f["n"], f["dtype"])  # a per-size kernel (_first_use)?
         if not _gk.FIXED.wins(key):
             sizes = f"{f['m']}x{f['k']} @ {f['k']}x{f['n']}"
@@ -285,7 +318,7 @@ def _rule(prep):
                 "compiled loop over the stack beats per-matrix BLAS calls"
             ),
         )
-    if _packed_stack_wins(f["m"], f["k"], f["n"], f["batch"], f["b_stacked"], f["dtype"]):
+    if packed:
         least = AUTO_RULE["packed_stack_min_work"]
 
         def stack_reason():  # explain's wording only: not on the call's path
@@ -310,6 +343,12 @@ def _rule(prep):
         )
 
     def reason():
+        if not a_contiguous and any(_stack_rules_win(*sides)):
+            return (
+                f"stack of {f['batch']} products ({f['m']}x{f['k']} @ {f['k']}x{f['n']}) whose a is not "
+                "C-contiguous: the stack kernels would copy it to C order, which costs about as much as "
+                f"the product, where BLAS ({_blas_name()}) reads a transposed a in place"
+            )
         few = ""
         if _packed_stack_shape(f["m"], f["k"], f["n"], f["b_stacked"], f["dtype"]):
             least = AUTO_RULE["packed_stack_min_work"]
@@ -427,7 +466,7 @@ def matmul(a, b, /, out=None, *, backend=None):
                 if forced:
                     ops = ("matmul" + _packed_path(m, k, b.shape[2], batch, True, dt.itemsize), dt.char)
                     return _first_use.run_kernels(ops, _matmul_numba, a, b, None)
-                if _compiled_wins(m, k, b.shape[2], batch, True, dt):
+                if _compiled_wins(m, k, b.shape[2], batch, True, dt, a.flags.c_contiguous):
                     key = (dt.char, m, k, b.shape[2])  # _gk.stack_key: a per-size kernel (_first_use)?
                     if not _gk.FIXED.wins(key):
                         return _gk.FIXED.run_numpy(key, _matmul_numpy, a, b, None)
@@ -621,13 +660,44 @@ def _stack_kernel(m, k, n, itemsize, same_dtype=True):
     return "packed" if max(m, k, n) >= PACKED_STACK_FROM[itemsize] else "small"
 
 
+#: A stack operand that is not C-contiguous (``a.mT``, a Fortran-ordered or broadcast stack) reaches
+#: the stack kernels copied to C order in runs of products of at most this many bytes, into this
+#: thread's reused scratch (``_gemm_kernels.workspace``), each run multiplied before the next is
+#: copied: a copy of the whole stack, allocated and freed per call, came from fresh pages whenever
+#: glibc had given the last call's back to the system, and faulting them in cost more than the
+#: kernel (Zen 4, two threads, a stack of 4000 8x8 float64 products with a transposed ``b``: 968
+#: page faults and 2.0 ms a call, np.matmul 0.50 ms, C-ordered operands 0.09 ms). A run fits L2,
+#: so the kernel reads its copy from cache.
+STACK_COPY_BYTES = 1 << 20
+
+
 def _small_or_packed(A, B, C):
+    if A.flags.c_contiguous and B.flags.c_contiguous:
+        _stack_products(A, B, C)
+        return
+    run = max(1, STACK_COPY_BYTES // max(A[0].nbytes, B[0].nbytes, 1)) if A.shape[0] else 1
+    for t in range(0, C.shape[0], run):
+        a, b = _copied(A[t : t + run], "stack a"), _copied(B[t : t + run], "stack b")
+        _stack_products(a, b, C[t : t + run])
+
+
+def _copied(x, purpose):
+    """``x``, or its copy in C order in this thread's scratch for ``purpose`` (valid until the next
+    call that copies for it)."""
+    if x.flags.c_contiguous:
+        return x
+    copy = _gk.workspace(x.dtype, x.size, purpose)[: x.size].reshape(x.shape)
+    np.copyto(copy, x)
+    return copy
+
+
+def _stack_products(A, B, C):
     _, m, k = A.shape
     kernel = _stack_kernel(m, k, B.shape[2], C.itemsize, A.dtype == B.dtype == C.dtype)
     if kernel == "fixed":
         _gk.small_fixed_kernel(m, k, B.shape[2])(_intrinsics.kernel_input(A), _intrinsics.kernel_input(B), C)
     elif kernel == "packed":  # (a Python loop of packed GEMMs before)
-        _gk.gemm_stack(np.ascontiguousarray(A), np.ascontiguousarray(B), C)
+        _gk.gemm_stack(A, B, C)
     else:
         _naive_stack(A, B, C)
 

@@ -256,6 +256,31 @@ def test_the_gemm_threshold_decides_the_fast_path_as_explain_says(monkeypatch, f
             _same(lambda be, x=x, y=y: fastla.matmul(x, y, backend=be))
 
 
+def test_a_stack_whose_a_must_be_copied_goes_to_the_kernels_only_where_rows_fit_a_vector(monkeypatch):
+    """The stack kernels read C-contiguous operands, so a non-contiguous ``a`` (transposed,
+    Fortran-ordered) would be copied, while BLAS reads a transposed ``a`` in place: ``auto`` keeps
+    the kernels for such an ``a`` only where a product's rows fit one small-product vector
+    (``_copied_a_stays``), and a non-contiguous ``b`` does not matter; the fast path and the full
+    path agree, and explain names the layout where it decided."""
+    module = sys.modules["fastla.matmul"]
+    ran = _spy_on_matmul_impls(monkeypatch, module)
+    vector = sys.modules["fastla._gemm_kernels"].SMALL_VECTOR_BYTES
+    for side, dtype, batch in ((4, np.float64, 3000), (8, np.float64, 3000), (8, np.float32, 3000),
+                               (16, np.float32, 300), (64, np.float64, 64)):  # fmt: skip
+        x = rng.standard_normal((batch, side, side)).astype(dtype)
+        y = rng.standard_normal((batch, side, side)).astype(dtype)
+        assert fastla.explain("matmul", x, y)[0] == "numba", (x.shape, dtype)  # the stack rules' own
+        stays = side * np.dtype(dtype).itemsize <= vector
+        for a, b, copied in ((x.mT, y, True), (np.asfortranarray(x), y, True), (x, y.mT, False)):
+            ran.clear()
+            fastla.matmul(a, b)
+            name, reason = fastla.explain("matmul", a, b)
+            assert ran == [name], (x.shape, dtype, reason)
+            assert name == ("numpy" if copied and not stays else "numba"), (x.shape, dtype, reason)
+            assert ("not C-contiguous" in reason) == (name == "numpy"), reason
+        _same(lambda be, a=x.mT, b=y: fastla.matmul(a, b, backend=be))
+
+
 @pytest.mark.parametrize("threshold", [1, 3 * 2**19, 10**12])
 def test_the_packed_stack_threshold_decides_the_fast_path_as_explain_says(monkeypatch, threshold):
     """``packed_stack_min_work``: a stack of at least ``STACK_MIN_PRODUCTS`` products whose every

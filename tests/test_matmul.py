@@ -99,6 +99,36 @@ def test_stack_of_packed_products(threads, dtype, rng):
         fastla.set_num_threads(n0)
 
 
+@pytest.mark.parametrize("side", [3, 4, 33])  # the unrolled, the small-product, the packed kernel
+def test_stacks_copied_to_c_order_run_by_runs_of_products(side, dtype, rng, monkeypatch):
+    """A stack operand that is not C-contiguous (transposed, Fortran-ordered, broadcast, reversed) is
+    copied into the thread's scratch a run of products at a time (``STACK_COPY_BYTES``): every
+    product of an uneven last run is right, the inputs are untouched, and a second call's result
+    does not share the scratch with the first's."""
+    module = sys.modules["fastla.matmul"]
+    kinds = {3: "fixed", 4: "small", 33: "packed"}
+    assert module._stack_kernel(side, side, side, np.dtype(dtype).itemsize) == kinds[side]
+    product = side * side * np.dtype(dtype).itemsize
+    monkeypatch.setattr(module, "STACK_COPY_BYTES", 3 * product)  # runs of 3 products
+    batch = 10  # three runs of 3 and one of 1
+    a = rng.standard_normal((batch, side, side)).astype(dtype)
+    b = rng.standard_normal((batch, side, side)).astype(dtype)
+    for x, y in (
+        (a.mT, b),
+        (a, b.mT),
+        (np.asfortranarray(a), np.asfortranarray(b)),
+        (a, np.broadcast_to(b[0], b.shape)),
+        (a[::-1], b.mT[::-1]),
+    ):
+        x0, y0 = x.copy(), y.copy()
+        c = fastla.matmul(x, y, backend="numba")
+        again = fastla.matmul(y, x, backend="numba")
+        assert_matmul_close(c, x, y, dtype)
+        assert_matmul_close(again, y, x, dtype)
+        np.testing.assert_array_equal(x, x0)
+        np.testing.assert_array_equal(y, y0)
+
+
 def test_python_threads_multiplying_at_once_each_pack_into_their_own_workspace(rng):
     """Python threads inside the packed GEMM at once (a thread pool, Dask's threaded scheduler) get
     the products they would get alone: each packs into its own kept workspace."""
