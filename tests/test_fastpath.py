@@ -263,10 +263,15 @@ def test_a_stack_whose_a_must_be_copied_goes_to_the_kernels_only_where_rows_fit_
     (``_copied_a_stays``), and a non-contiguous ``b`` does not matter; the fast path and the full
     path agree, and explain names the layout where it decided."""
     module = sys.modules["fastla.matmul"]
+    # the stack rules' sizes pass whatever a profile (or the JIT off) set them to; a size's kernel
+    # not compiled yet does not wait for its break-even (tests/test_first_use.py)
+    monkeypatch.setitem(module.AUTO_RULE, "small_min_batch", 64)
+    monkeypatch.setitem(module.AUTO_RULE, "packed_stack_min_work", 1)
+    monkeypatch.setattr(fastla._first_use, "WAIT_FOR_BREAK_EVEN", False)
     ran = _spy_on_matmul_impls(monkeypatch, module)
     vector = sys.modules["fastla._gemm_kernels"].SMALL_VECTOR_BYTES
-    for side, dtype, batch in ((4, np.float64, 3000), (8, np.float64, 3000), (8, np.float32, 3000),
-                               (16, np.float32, 300), (64, np.float64, 64)):  # fmt: skip
+    for side, dtype, batch in ((4, np.float64, 80), (8, np.float64, 80), (8, np.float32, 80),
+                               (16, np.float32, 40), (48, np.float64, 8)):  # fmt: skip
         x = rng.standard_normal((batch, side, side)).astype(dtype)
         y = rng.standard_normal((batch, side, side)).astype(dtype)
         assert fastla.explain("matmul", x, y)[0] == "numba", (x.shape, dtype)  # the stack rules' own
