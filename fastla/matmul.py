@@ -210,16 +210,22 @@ def _prepare(a, b, out=None):
 
 def _small_stack_wins(m, k, n, batch, b_stacked):
     """A stack of small products for the compiled kernel: ``small_min_batch`` is measured on 4x4
-    products (``fastla tune``), and a stack whose largest side is ``d`` qualifies from ``4 *
-    small_min_batch / d`` products (NumPy's BLAS call per product grows with the sides, the
-    kernel's set-up does not). Zen 4, 2 threads, NumPy's time over the kernel's, float64 (float32
-    alike): 4x4 1.09 at 32 products, 1.28 at 64, 1.48 at 128; 8x8 1.11 / 1.26 / 1.58; 16x16 1.08
-    at 16, 1.22 at 32, 1.44 at 64, 1.74 at 128 (the unscaled rule left 128 16x16 products to
-    NumPy at 1.52x the kernel's time)."""
-    side = max(m, k, n)
-    return (
-        side <= AUTO_RULE["small_max_dim"] and b_stacked and batch * side >= 4 * AUTO_RULE["small_min_batch"]
-    )
+    products (``fastla tune``), and a stack of products of ``w = m * k * n`` multiply-adds qualifies
+    from ``small_min_batch * (64 / w) ** (1 / 4)`` products, as many as 4x4 ones for less work
+    (``batch ** 4 * max(w, 64) >= 64 * small_min_batch ** 4``, in integers): NumPy's BLAS call per
+    product grows with its work, far slower than the work, and the kernel's set-up not at all.
+    Measured on Zen 4 (two threads, tune's steady-state timing, NumPy as auto runs it below the
+    threshold against the forced kernel, NumPy's time over the kernel's at 64 / 128 / 192 / 256
+    products, float64; float32 alike): 4x4 0.69 / 0.89 / 1.06 / 1.30, 8x8 0.76 / 0.91 / 1.03 / 1.04,
+    12x12 0.74 / 1.06 / 1.31 / 1.59, 16x16 0.87 / 1.25 / 1.46 / 1.55, 1x10 @ 10x4 0.52 / 0.72 / 0.87
+    / 1.00, 2x8 @ 8x2 0.56 / 0.65 / 0.86 / 1.01, 16x16 @ 16x1 0.57 / 0.78 / 0.98 / 1.23: the rule
+    takes these from 256 / 152 / 112 / 91 / 256 / 256 / 181 products (a side-scaled count before,
+    ``4 * small_min_batch / max(m, k, n)``, took 1x10 @ 10x4 from 103 products and 16x16 @ 16x1
+    from 64, at 0.5-0.7x NumPy's speed: measured against ``backend="numpy"``, whose full path costs
+    ~4-5 us more a call than auto's NumPy, it had read the kernel faster there)."""
+    if max(m, k, n) > AUTO_RULE["small_max_dim"] or not b_stacked:
+        return False
+    return batch**4 * max(m * k * n, 64) >= 64 * AUTO_RULE["small_min_batch"] ** 4
 
 
 #: Thin products stay with BLAS whatever their size: the packed kernel packs a whole operand for

@@ -2,8 +2,9 @@
 machine, write the crossovers to the auto profile (:mod:`fastla._profile`), and report ``auto``'s
 regret before and after.
 
-For each tunable threshold (:data:`SWEEPS`) the sweep times the public function with
-``backend="numpy"``, ``backend="numba"`` and ``auto`` over a range of sizes, in float32 and float64
+For each tunable threshold (:data:`SWEEPS`) the sweep times the public function under ``auto``
+with the threshold set to never (NumPy as ``auto`` runs it: :func:`_calls`), with
+``backend="numba"`` and under ``auto`` over a range of sizes, in float32 and float64
 (or, for a threshold between two compiled kernels, such as top-k's streamed and packed ones, each
 kernel forced), at fastla's current thread count (BLAS left at its default, as a user's call runs).
 
@@ -306,10 +307,25 @@ def _second_look(sweep, rows):
 
 
 def _calls(sweep, fn, args, kwargs, with_auto):
+    """``{side: call}`` of a sweep's point (and ``"auto"``). The NumPy side is the call as ``auto``
+    makes it below the threshold (the knob set to NEVER: its fast path, then NumPy), not
+    ``backend="numpy"``, which takes the full validation path: ~4-5 us more a call, so the NumPy
+    side of small calls read slow and the crossovers came out low (Zen 4, stacks of 4x4 float64
+    products: NumPy through ``backend="numpy"`` 6.6 / 7.4 / 8.2 us at 8 / 32 / 64 products, 2.2 /
+    3.5 us for ``np.matmul`` at 32 / 64, against the kernel's 7.6-8.0; crossover 64 products, where
+    auto's kernel then ran at 0.3-0.5x NumPy's speed)."""
     if sweep.calls is not None:
         fns = sweep.calls(fn, args, kwargs)
     else:
         fns = {side: (lambda side=side: fn(*args, backend=side, **kwargs)) for side in sweep.sides}
+        if sweep.sides[0] == "numpy":
+            module, key = _profile.KNOBS[sweep.knob]
+            rules = importlib.import_module(f"fastla.{module}")
+            explain = functools.partial(fastla.explain, sweep.op, *args, **kwargs)
+            # where auto runs NumPy below the threshold at this size (attention's fewest query rows
+            # run the row kernel whatever the threshold: backend="numpy" there, as before)
+            if _forced_rule(rules, key, _profile.NEVER, explain)()[0] == "numpy":
+                fns["numpy"] = _forced_rule(rules, key, _profile.NEVER, lambda: fn(*args, **kwargs))
     if with_auto:
         fns["auto"] = lambda: fn(*args, **kwargs)
     return fns

@@ -262,18 +262,24 @@ def test_small_stack_uses_numba_under_auto(rng, monkeypatch):
     assert fastla.explain("matmul", a, a)[0] == "numba"
     assert fastla.explain("matmul", a[:10], a[:10])[0] == "numpy"  # too short a stack to pay off
     np.testing.assert_allclose(fastla.matmul(a, a), a @ a, rtol=1e-12)
-    # the stack length from which it pays shrinks as the products grow: small_min_batch 4x4
-    # products, proportionally fewer larger ones
+    # the stack length from which it pays shrinks as the products' work grows, by its fourth root:
+    # small_min_batch 4x4 products (or products of less work), fewer larger ones
     rule = sys.modules["fastla.matmul"].AUTO_RULE  # (fastla.matmul is the function)
     compiled = "numba" if fastla._jit.NUMBA_AVAILABLE else "numpy"
     # whatever the stacked products' work threshold (a tuned one may be low), products no side of
     # which passes small_max_dim are the small-stack rule's
     monkeypatch.setitem(rule, "packed_stack_min_work", 1)
-    for d in (4, 8, 16):
-        least = -(-4 * rule["small_min_batch"] // d)
-        for m, want in ((least, compiled), (least - 1, "numpy")):
-            x = np.ones((m, d, d))
-            assert fastla.explain("matmul", x, x)[0] == want, (m, d)
+    monkeypatch.setitem(rule, "small_min_batch", 256)
+    for (m, k, n), least in (
+        ((4, 4, 4), 256),
+        ((1, 10, 4), 256),  # less work than 4x4: as many
+        ((8, 8, 8), 153),  # 256 * (64 / 512) ** (1 / 4) = 152.2
+        ((16, 16, 16), 91),  # 256 * (64 / 4096) ** (1 / 4) = 90.5
+        ((16, 16, 1), 182),  # 256 * (64 / 256) ** (1 / 4) = 181.02
+    ):
+        for batch, want in ((least, compiled), (least - 1, "numpy")):
+            x, y = np.ones((batch, m, k)), np.ones((batch, k, n))
+            assert fastla.explain("matmul", x, y)[0] == want, (batch, m, k, n)
 
 
 def test_mixed_precision_promotes(rng):

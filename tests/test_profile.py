@@ -4,6 +4,7 @@ explain naming the source, the crossover rule, and a (tiny) tune run end to end.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import sys
@@ -378,6 +379,43 @@ def test_every_sweep_sets_a_knob_of_the_op_it_times():
     assert {s.knob for s in tune.SWEEPS} == set(_profile.KNOBS)
     for s in tune.SWEEPS:
         assert _profile.knob_op(s.knob) == s.op, s.knob
+
+
+def test_each_sweeps_numpy_side_is_autos_own_numpy_call():
+    """A sweep's NumPy side is timed as ``auto`` runs NumPy below the threshold (the knob forced to
+    NEVER: the fast path, then NumPy), not through ``backend="numpy"``'s full validation path, whose
+    extra microseconds made small calls' NumPy side read slow: at the largest swept size auto so
+    forced picks NumPy; at the smallest and the largest the side gives NumPy's result (where the
+    forced auto does not pick NumPy, attention's fewest query rows, it is ``backend="numpy"``), and
+    the rule is restored."""
+    rng = np.random.default_rng(0)
+    for s in tune.SWEEPS:
+        if s.calls is not None:
+            continue
+        module, key = _profile.KNOBS[s.knob]
+        rules = sys.modules[f"fastla.{module}"]
+        before = dict(rules.AUTO_RULE)
+        fn = getattr(fastla, s.op)
+        for p in (s.params[0], s.params[-1]):
+            args, kwargs = s.case(p, np.dtype(s.dtypes[-1]), rng)
+            seen = []  # the backend each call of the public function was given
+
+            def spy(*a, _fn=fn, _seen=seen, **kw):
+                _seen.append(kw.get("backend"))
+                return _fn(*a, **kw)
+
+            fns = tune._calls(s, spy, args, kwargs, with_auto=False)
+            assert set(fns) == set(s.sides), s.knob
+            call = functools.partial(fastla.explain, s.op, *args, **kwargs)
+            explain = tune._forced_rule(rules, key, _profile.NEVER, call)
+            picked, reason = explain()
+            assert picked == "numpy" or p != s.params[-1], (s.knob, p, reason)
+            seen.clear()
+            got, want = fns["numpy"](), fn(*args, backend="numpy", **kwargs)
+            assert seen == ([None] if picked == "numpy" else ["numpy"]), (s.knob, p)
+            for g, w in zip(*(r if isinstance(r, tuple) else (r,) for r in (got, want)), strict=True):
+                np.testing.assert_array_equal(g, w)
+            assert rules.AUTO_RULE == before, s.knob
 
 
 def test_the_topk_stream_sweep_times_each_kernel_forced(monkeypatch):
