@@ -523,15 +523,16 @@ def _compiled_wins(size):
 
 def _fast(x, axis, out, backend, log):
     """The fast path of the common call (see matmul): a plain float32/float64 array of at least one
-    dimension, the last axis, no ``out=``, under auto or numba forced; None when the call needs the
-    full path."""
+    dimension, the last axis (``-1`` or ``x.ndim - 1``: a 1-D row's ``axis=0`` took the full path,
+    14.6 us against 7.5 for a 118-element float64 row, SciPy 7.9), no ``out=``, under auto or numba
+    forced; None when the call needs the full path."""
     fast = (
         out is None
         and type(x) is np.ndarray
-        and axis == -1
         and type(axis) is int
-        and x.dtype in _validate.COMPILED_DTYPES
         and x.ndim
+        and (axis == -1 or axis == x.ndim - 1)
+        and x.dtype in _validate.COMPILED_DTYPES
         and _registry.fast_path(backend)
     )
     if fast:

@@ -124,6 +124,27 @@ def test_softmax_fast_path_is_the_full_path(fn, shape, dtype):
     x = (rng.standard_normal(shape) * 3).astype(dtype)
     _same(lambda be: fn(x, backend=be))
     _same(lambda be: fn(x.astype(dtype).view(np.ndarray)[...], backend=be))
+    for axis in range(-len(shape), len(shape)):  # the last axis by either name, and the others
+        _same(lambda be, axis=axis: fn(x, axis=axis, backend=be))
+
+
+def test_softmax_fast_path_takes_the_last_axis_by_either_name(monkeypatch):
+    """``axis=-1`` and ``axis=x.ndim - 1`` both take the fast path (the full path's ``_prepare``
+    never runs); another axis takes the full path."""
+    module = sys.modules["fastla.softmax"]
+    prepared = []
+    real = module._prepare
+    monkeypatch.setattr(module, "_prepare", lambda *a, **k: prepared.append(a[1]) or real(*a, **k))
+    for shape in ((118,), (4, 10), (2, 3, 5)):
+        x = rng.standard_normal(shape)
+        for axis in (-1, len(shape) - 1):
+            fastla.softmax(x, axis=axis)
+            fastla.log_softmax(x, axis=axis)
+        assert prepared == [], (shape, prepared)
+        if len(shape) > 1:
+            fastla.softmax(x, axis=0)
+            assert prepared == [0], shape
+            prepared.clear()
 
 
 def test_the_fast_path_runs_what_explain_names(monkeypatch):

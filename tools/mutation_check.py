@@ -914,6 +914,14 @@ MUTANTS = [
         "tune times the NumPy side through backend='numpy' (the full path: ~4-5 us more a small call)",
     ),
     Mutant(
+        "softmax-fast-path-only-for-axis-minus-one",
+        "softmax.py",
+        "        and (axis == -1 or axis == x.ndim - 1)\n",
+        "        and axis == -1\n",
+        ("tests/test_fastpath.py", "-k", "either_name"),
+        "softmax's fast path takes the last axis only as -1: a 1-D row's axis=0 pays the full path",
+    ),
+    Mutant(
         "matmul-one-length-stacks-take-k-columns",
         "matmul.py",
         "        c = np.empty((a.shape[0], a.shape[1], b.shape[2]), a.dtype)\n",
