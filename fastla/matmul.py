@@ -219,9 +219,9 @@ def _small_stack_wins(m, k, n, batch, b_stacked):
     products, float64; float32 alike): 4x4 0.69 / 0.89 / 1.06 / 1.30, 8x8 0.76 / 0.91 / 1.03 / 1.04,
     12x12 0.74 / 1.06 / 1.31 / 1.59, 16x16 0.87 / 1.25 / 1.46 / 1.55, 1x10 @ 10x4 0.52 / 0.72 / 0.87
     / 1.00, 2x8 @ 8x2 0.56 / 0.65 / 0.86 / 1.01, 16x16 @ 16x1 0.57 / 0.78 / 0.98 / 1.23: the rule
-    takes these from 256 / 152 / 112 / 91 / 256 / 256 / 181 products (a side-scaled count before,
+    takes these from 256 / 153 / 113 / 91 / 256 / 256 / 182 products (a side-scaled count before,
     ``4 * small_min_batch / max(m, k, n)``, took 1x10 @ 10x4 from 103 products and 16x16 @ 16x1
-    from 64, at 0.5-0.7x NumPy's speed: measured against ``backend="numpy"``, whose full path costs
+    from 64, at 0.5-0.9x NumPy's speed: measured against ``backend="numpy"``, whose full path costs
     ~4-5 us more a call than auto's NumPy, it had read the kernel faster there)."""
     if max(m, k, n) > AUTO_RULE["small_max_dim"] or not b_stacked:
         return False
@@ -282,7 +282,7 @@ def _packed_stack_wins(m, k, n, batch, b_stacked, dtype):
 #: 16x16 0.57 / 0.96; float32 8x8 1.37 / 1.57, 12x12 0.43 / 0.53, 16x16 0.45 / 0.63; in wide tiles
 #: and packed (24-64, 64 / 1000 products) 0.43-0.91; a Fortran-ordered ``a`` float64 8x8 0.59 /
 #: 1.10, 16x16 0.93 / 0.93, 24-64 0.31-1.26. A non-contiguous ``b`` stays with the kernels: NumPy
-#: is slow there too (transposed: 1.1-7.5x the kernel's time at 2-16, 0.7-1.7x at 24-64).
+#: is slow there too (transposed: 1.0-7.5x the kernel's time at 2-16, 0.7-1.7x at 24-64).
 def _copied_a_stays(m, k, n, itemsize):
     """Whether a stack of m x k @ k x n products whose ``a`` must be copied to C order still runs the
     stack kernels under ``auto`` (a small stack whose rows fit one vector); see above."""
@@ -352,8 +352,8 @@ def _rule(prep):
         if not a_contiguous and any(_stack_rules_win(*sides)):
             return (
                 f"stack of {f['batch']} products ({f['m']}x{f['k']} @ {f['k']}x{f['n']}) whose a is not "
-                "C-contiguous: the stack kernels would copy it to C order, which costs about as much as "
-                f"the product, where BLAS ({_blas_name()}) reads a transposed a in place"
+                "C-contiguous: the stack kernels would copy it to C order, at about the products' own "
+                f"cost, where BLAS ({_blas_name()}) reads a transposed a in place"
             )
         few = ""
         if _packed_stack_shape(f["m"], f["k"], f["n"], f["b_stacked"], f["dtype"]):

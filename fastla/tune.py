@@ -311,9 +311,9 @@ def _calls(sweep, fn, args, kwargs, with_auto):
     makes it below the threshold (the knob set to NEVER: its fast path, then NumPy), not
     ``backend="numpy"``, which takes the full validation path: ~4-5 us more a call, so the NumPy
     side of small calls read slow and the crossovers came out low (Zen 4, stacks of 4x4 float64
-    products: NumPy through ``backend="numpy"`` 6.6 / 7.4 / 8.2 us at 8 / 32 / 64 products, 2.2 /
-    3.5 us for ``np.matmul`` at 32 / 64, against the kernel's 7.6-8.0; crossover 64 products, where
-    auto's kernel then ran at 0.3-0.5x NumPy's speed)."""
+    products: NumPy through ``backend="numpy"`` 6.6 / 7.4 / 8.2 us at 8 / 32 / 64 products, as
+    auto runs it 4.7 / 5.9 us at 32 / 64, against the kernel's 7.6-8.0: crossover 64 products,
+    where timed so it is 256, and auto's kernel ran at 0.7-0.9x NumPy's speed from 64 to 128)."""
     if sweep.calls is not None:
         fns = sweep.calls(fn, args, kwargs)
     else:
