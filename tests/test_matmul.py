@@ -110,6 +110,7 @@ def test_stacks_copied_to_c_order_run_by_runs_of_products(side, dtype, rng, monk
     assert module._stack_kernel(side, side, side, np.dtype(dtype).itemsize) == kinds[side]
     product = side * side * np.dtype(dtype).itemsize
     monkeypatch.setattr(module, "STACK_COPY_BYTES", 3 * product)  # runs of 3 products
+    monkeypatch.setattr(_gemm_kernels._WORKSPACES, "by_dtype", {})  # this thread's, none kept yet
     batch = 10  # three runs of 3 and one of 1
     a = rng.standard_normal((batch, side, side)).astype(dtype)
     b = rng.standard_normal((batch, side, side)).astype(dtype)
@@ -127,6 +128,12 @@ def test_stacks_copied_to_c_order_run_by_runs_of_products(side, dtype, rng, monk
         assert_matmul_close(again, y, x, dtype)
         np.testing.assert_array_equal(x, x0)
         np.testing.assert_array_equal(y, y0)
+    # the runs were copied into the thread's kept scratch, which the next call reuses (a copy
+    # allocated per call is what glibc handed back to the system: STACK_COPY_BYTES)
+    kept = _gemm_kernels._WORKSPACES.by_dtype
+    scratch = {p: kept[(p, np.dtype(dtype))] for p in ("stack a", "stack b")}
+    fastla.matmul(a.mT, b.mT, backend="numba")
+    assert all(kept[(p, np.dtype(dtype))] is scratch[p] for p in scratch)
 
 
 def test_python_threads_multiplying_at_once_each_pack_into_their_own_workspace(rng):

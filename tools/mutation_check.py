@@ -906,6 +906,14 @@ MUTANTS = [
         "both operands of a stack are copied into one scratch: B's copy overwrites A's",
     ),
     Mutant(
+        "matmul-copied-stack-allocated-per-call",
+        "matmul.py",
+        "    copy = _gk.workspace(x.dtype, x.size, purpose)[: x.size].reshape(x.shape)\n",
+        "    copy = np.empty(x.shape, x.dtype)\n",
+        ("tests/test_matmul.py", "-k", "copied_to_c_order"),
+        "a stack's C-order copy is allocated per call (glibc hands it back; the next call faults it in)",
+    ),
+    Mutant(
         "tune-times-numpy-through-the-forced-backend",
         "tune.py",
         '        if sweep.sides[0] == "numpy":\n',
