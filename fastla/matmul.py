@@ -678,13 +678,16 @@ STACK_COPY_BYTES = 1 << 20
 
 
 def _small_or_packed(A, B, C):
+    _, m, k = A.shape
+    n = B.shape[2]
+    kernel = _stack_kernel(m, k, n, C.itemsize, A.dtype == B.dtype == C.dtype)  # once, not per run
     if A.flags.c_contiguous and B.flags.c_contiguous:
-        _stack_products(A, B, C)
+        _stack_products(kernel, A, B, C)
         return
-    run = max(1, STACK_COPY_BYTES // max(A[0].nbytes, B[0].nbytes, 1)) if A.shape[0] else 1
+    run = max(1, STACK_COPY_BYTES // max(A.itemsize * m * k, B.itemsize * k * n, 1))
     for t in range(0, C.shape[0], run):
         a, b = _copied(A[t : t + run], "stack a"), _copied(B[t : t + run], "stack b")
-        _stack_products(a, b, C[t : t + run])
+        _stack_products(kernel, a, b, C[t : t + run])
 
 
 def _copied(x, purpose):
@@ -697,10 +700,10 @@ def _copied(x, purpose):
     return copy
 
 
-def _stack_products(A, B, C):
-    _, m, k = A.shape
-    kernel = _stack_kernel(m, k, B.shape[2], C.itemsize, A.dtype == B.dtype == C.dtype)
+def _stack_products(kernel, A, B, C):
+    """``C[t] = A[t] @ B[t]`` by ``kernel`` (:func:`_stack_kernel`) for C-contiguous stacks."""
     if kernel == "fixed":
+        _, m, k = A.shape
         _gk.small_fixed_kernel(m, k, B.shape[2])(_intrinsics.kernel_input(A), _intrinsics.kernel_input(B), C)
     elif kernel == "packed":  # (a Python loop of packed GEMMs before)
         _gk.gemm_stack(A, B, C)
