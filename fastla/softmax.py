@@ -53,7 +53,7 @@ __all__ = ["cross_entropy", "log_softmax", "softmax"]
 # when the kernel wins there (2048 was measured before the fast path, on Zen 4).
 # Over a non-last axis of a C-contiguous array the middle-axis kernel measured 1.45x SciPy on 4096^2
 # float32 (0.86x before its computed indices were made unsigned so that the loops vectorise).
-AUTO_RULE = {"min_size": 0, "rows_only": False}
+AUTO_RULE = {"min_size": 0}
 
 _CHUNK = 512  # trailing elements per task in the middle-axis kernel: vector-friendly, L1-sized
 # Unsigned index where it is computed (c0 + c): a signed one gets Numba's negative-index check per
@@ -144,6 +144,15 @@ def _softmax_rows(x, out, log, zero):
 
 #: Rows shorter than this many elements go to :func:`_short_task` instead.
 _SHORT_ROW = 32
+
+#: Elements below which the task kernels (short rows, the middle axis, cross-entropy with class
+#: indices) run on one thread: a parallel launch costs ~2 us here. Zen 4, float64, backend='numba',
+#: us on one thread / two: cross-entropy 4 x 10 8.8 / 13.3, 64 x 10 11.1 / 13.3, 256 x 10 18.5 /
+#: 17.3, 64 x 100 15.1 / 15.5, 16 x 1000 21.1 / 18.4, 1024 x 10 47.9 / 32.6; softmax's short rows
+#: 100 x 10 8.3 / 10.1, 100 x 20 9.2 / 11.2, 200 x 10 9.7 / 11.5, 400 x 10 13.0 / 13.4, 1000 x 10
+#: 22.4 / 17.6. (The long rows' ``prange`` loop launches its threads whatever the size: a serial
+#: twin would be a kernel more to compile, for ~1 us: 4 x 64 7.3 / 8.2, 64 x 64 11.9 / 12.1.)
+SERIAL_ELEMENTS = 2**12
 #: elements per block of short rows (a few KiB: L1)
 _SHORT_BLOCK = 512
 
@@ -263,7 +272,8 @@ def _rows(x, out, log):
         _softmax_rows(readonly(x), out, log, x.dtype.type(0))
         return
     per = max(1, _SHORT_BLOCK // n)
-    _run_short(readonly(x), out, log, x.dtype.type(0), per, SHORT.address(x.dtype), _jit.threads_here())
+    threads = 1 if x.size < SERIAL_ELEMENTS else _jit.threads_here()
+    _run_short(readonly(x), out, log, x.dtype.type(0), per, SHORT.address(x.dtype), threads)
 
 
 @jit(inline="always")
@@ -282,56 +292,69 @@ def softmax_row(x, out, log, zero, ahead):
             out[j] *= inv
 
 
+@jit(inline="always")
+def _mid_blocks(post, chunk):
+    """Blocks of the leading axis one middle-axis task takes: as many as fill ``chunk`` trailing
+    elements where the trailing axis is shorter (a task per block paid its set-up, three scratch
+    allocations, per ``post`` elements: 49 x 1 x 37 float64 over axis 1, one thread, 16.0 us,
+    SciPy 10.7)."""
+    return max(1, chunk // post)
+
+
 @jit(python_wrapper=False)
 def _mid_task(x, out, log, chunk, task):
     """Softmax along axis 1 of C-contiguous 3-D ``x`` (pre, n, post), vectorised along ``post``:
-    task ``task`` is one ``chunk`` of ``post`` in one of the ``pre`` blocks."""
+    task ``task`` is one ``chunk`` of ``post`` in one group of :func:`_mid_blocks` consecutive
+    ``pre`` blocks."""
     wide_vectors()
     n, post = x.shape[1], x.shape[2]
     nchunks = (post + chunk - 1) // chunk
-    p = task // nchunks
+    blocks = _mid_blocks(post, chunk)
+    g = task // nchunks
     c0 = (task % nchunks) * chunk
     w = min(chunk, post - c0)
     # (empty buffers filled here: np.full and np.zeros compile implementations of their own)
     m = _intrinsics.empty(w, x.dtype)
     s = _intrinsics.empty(w, np.float64)
     f = _intrinsics.empty(w, x.dtype)  # the per-column factor, in the row's dtype (see softmax_row)
-    for c in range(w):
-        m[c] = -np.inf
-        s[c] = 0.0
-    for i in range(n):
+    for p in range(g * blocks, min(x.shape[0], (g + 1) * blocks)):
         for c in range(w):
-            v = x[p, i, _U(c0 + c)]
-            m[c] = v if v > m[c] else m[c]
-    if log:
-        for c in range(w):
-            m[c] = m[c] if np.isfinite(m[c]) else 0.0
+            m[c] = -np.inf
+            s[c] = 0.0
         for i in range(n):
             for c in range(w):
-                s[c] += _math.exp(x[p, i, _U(c0 + c)] - m[c])
-        for c in range(w):  # vectorised: fastla's log, not a libm call per column
-            f[c] = _math.log(s[c])
-        for i in range(n):
+                v = x[p, i, _U(c0 + c)]
+                m[c] = v if v > m[c] else m[c]
+        if log:
             for c in range(w):
-                out[p, i, _U(c0 + c)] = (x[p, i, _U(c0 + c)] - m[c]) - f[c]
-    else:
-        for i in range(n):
+                m[c] = m[c] if np.isfinite(m[c]) else 0.0
+            for i in range(n):
+                for c in range(w):
+                    s[c] += _math.exp(x[p, i, _U(c0 + c)] - m[c])
+            for c in range(w):  # vectorised: fastla's log, not a libm call per column
+                f[c] = _math.log(s[c])
+            for i in range(n):
+                for c in range(w):
+                    out[p, i, _U(c0 + c)] = (x[p, i, _U(c0 + c)] - m[c]) - f[c]
+        else:
+            for i in range(n):
+                for c in range(w):
+                    e = _math.exp(x[p, i, _U(c0 + c)] - m[c])
+                    out[p, i, _U(c0 + c)] = e
+                    s[c] += e
             for c in range(w):
-                e = _math.exp(x[p, i, _U(c0 + c)] - m[c])
-                out[p, i, _U(c0 + c)] = e
-                s[c] += e
-        for c in range(w):
-            f[c] = 1.0 / s[c]
-        for i in range(n):
-            for c in range(w):
-                out[p, i, _U(c0 + c)] *= f[c]
+                f[c] = 1.0 / s[c]
+            for i in range(n):
+                for c in range(w):
+                    out[p, i, _U(c0 + c)] *= f[c]
 
 
 @jit
 def _run_mid(x, out, log, chunk, at, threads):
-    """:func:`_mid_task` for every (block, chunk) on ``threads`` threads, through its address ``at``
-    (None with the JIT off)."""
-    tasks = x.shape[0] * ((x.shape[2] + chunk - 1) // chunk)
+    """:func:`_mid_task` for every (group of blocks, chunk) on ``threads`` threads, through its
+    address ``at`` (None with the JIT off)."""
+    blocks = _mid_blocks(x.shape[2], chunk)
+    tasks = ((x.shape[0] + blocks - 1) // blocks) * ((x.shape[2] + chunk - 1) // chunk)
     bw = _intrinsics.borrow
     _intrinsics.parallel_tasks(at, _mid_task, (bw(x), bw(out), log, chunk), tasks, threads, True)
 
@@ -502,8 +525,7 @@ def _prepare(x, axis, out, log):
         args = SoftmaxArgs(_validate.native(x, dtype), axes, out, log)
     else:
         args = SoftmaxArgs(x_in, axis, out, log)
-    last = (x.ndim - 1,) if x.flags.c_contiguous or not x.flags.f_contiguous else (0,)
-    facts = {"size": x.size, "name": name, "rows": axes == last or x.ndim <= 1}
+    facts = {"size": x.size, "name": name}
     return _registry.Prepared(args, compiled=why, facts=facts)
 
 
@@ -511,8 +533,6 @@ def _rule(prep):
     size = prep.facts["size"]
     if not _compiled_wins(size):
         return "numpy", lambda: f"{size} elements: too small for the compiled kernel to pay off"
-    if AUTO_RULE["rows_only"] and not prep.facts.get("rows", True):
-        return "numpy", lambda: "reduction over a non-contiguous axis: SciPy's passes measured faster"
     return "numba", lambda: f"{size} elements: fused compiled passes beat SciPy's NumPy passes"
 
 
@@ -523,15 +543,17 @@ def _compiled_wins(size):
 
 def _fast(x, axis, out, backend, log):
     """The fast path of the common call (see matmul): a plain float32/float64 array of at least one
-    dimension, the last axis (``-1`` or ``x.ndim - 1``: a 1-D row's ``axis=0`` took the full path,
-    14.6 us against 7.5 for a 118-element float64 row, SciPy 7.9), no ``out=``, under auto or numba
-    forced; None when the call needs the full path."""
+    dimension, one axis given as an int in range, no ``out=``, under auto or numba forced; None
+    when the call needs the full path. The last axis by either name (``-1`` or ``x.ndim - 1``: a
+    1-D row's ``axis=0`` took the full path, 14.6 us against 7.5 for a 118-element float64 row,
+    SciPy 7.9) and the other axes: their full path cost ~5 us more (Zen 4, float64, forced numba,
+    us against SciPy's: 3 x 3 over axis 0 of its F-ordered copy 10.3 / 8.0, 1 x 134 over axis 0 9.2
+    / 7.3, 8 x 16 over axis 0 9.1 / 8.4)."""
     fast = (
         out is None
         and type(x) is np.ndarray
         and type(axis) is int
-        and x.ndim
-        and (axis == -1 or axis == x.ndim - 1)
+        and -x.ndim <= axis < x.ndim
         and x.dtype in _validate.COMPILED_DTYPES
         and _registry.fast_path(backend)
     )
@@ -539,9 +561,9 @@ def _fast(x, axis, out, backend, log):
         ops = ("log_softmax" if log else "softmax", x.dtype.char)  # _first_use.kernel_key
         if fast == "numba" or _compiled_wins(x.size):
             if fast == "numba" or _first_use.KERNELS.wins(ops):
-                return _first_use.run_kernels(ops, _numba_impl, x, (x.ndim - 1,), None, log)
-            return _first_use.KERNELS.run_numpy(ops, _numpy_impl, x, -1, None, log)
-        return _numpy_impl(x, -1, None, log)
+                return _first_use.run_kernels(ops, _numba_impl, x, (axis % x.ndim,), None, log)
+            return _first_use.KERNELS.run_numpy(ops, _numpy_impl, x, axis, None, log)
+        return _numpy_impl(x, axis, None, log)
     return None
 
 
@@ -722,7 +744,8 @@ def _numba_impl(x, axes, out, log):
             _rows(x.reshape(pre, n), res.reshape(pre, n), log)
         else:
             x3, at = readonly(x.reshape(pre, n, post)), MID.address(x.dtype)
-            _run_mid(x3, res.reshape(pre, n, post), log, _CHUNK, at, _jit.threads_here())
+            threads = 1 if x.size < SERIAL_ELEMENTS else _jit.threads_here()
+            _run_mid(x3, res.reshape(pre, n, post), log, _CHUNK, at, threads)
         return res if direct else _finish(res, out)
     x2, moved_shape, keep = _to_rows(x, axes)
     x2 = np.ascontiguousarray(x2)
@@ -1027,13 +1050,6 @@ def _ce_loop(x, t, kind, reduction, smoothing, ignore_index, weight=None):
     return _reduce(loss.reshape(x.shape[:-1]), kind, t, reduction, ignore_index, weight=weight)
 
 
-#: Logits below which cross-entropy with class indices runs on one thread: a parallel launch costs
-#: ~2 us here (Zen 4, float64, fastla.cross_entropy backend='numba', us on one thread / two: 4 x 10
-#: 8.8 / 13.3, 64 x 10 11.1 / 13.3, 256 x 10 18.5 / 17.3, 64 x 100 15.1 / 15.5, 16 x 1000 21.1 /
-#: 18.4, 1024 x 10 47.9 / 32.6).
-CE_SERIAL_ELEMENTS = 2**12
-
-
 #: an empty class-weight array per compiled dtype (no weights), made once: typed as the kernels take it
 _NO_WEIGHT = {dt: kernel_input(np.empty(0, dt)) for dt in _validate.COMPILED_DTYPES}
 
@@ -1054,7 +1070,7 @@ def _ce_numba(x, t, kind, reduction, smoothing, ignore_index, weight=None):
                 (none, 0.0) if weight is None else (kernel_input(weight), float(weight.sum(dtype=np.float64)))
             )
             xw = kernel_input(x2 @ w) if weight is not None and smoothing else none
-            threads = 1 if rows * n < CE_SERIAL_ELEMENTS else max(1, min(_jit.threads_here(), rows))
+            threads = 1 if rows * n < SERIAL_ELEMENTS else max(1, min(_jit.threads_here(), rows))
             at = CE_INDEX.address(x.dtype)
             args = (x2, tgt, float(smoothing), int(ignore_index), w, wsum, xw, loss, x.dtype.type(0))
             kept, bad = _ce_index_rows(*args, at, threads)

@@ -128,23 +128,30 @@ def test_softmax_fast_path_is_the_full_path(fn, shape, dtype):
         _same(lambda be, axis=axis: fn(x, axis=axis, backend=be))
 
 
-def test_softmax_fast_path_takes_the_last_axis_by_either_name(monkeypatch):
-    """``axis=-1`` and ``axis=x.ndim - 1`` both take the fast path (the full path's ``_prepare``
-    never runs); another axis takes the full path."""
+def test_softmax_fast_path_takes_any_axis_given_as_an_int(monkeypatch):
+    """Every axis given as an int in range, the last by either name (``-1`` or ``x.ndim - 1``) and
+    the others, on C-ordered, Fortran-ordered and strided arrays, takes the fast path (the full
+    path's ``_prepare`` never runs); a tuple of axes, ``None``, a NumPy integer or an axis out of
+    range takes the full path (its rules, its errors)."""
     module = sys.modules["fastla.softmax"]
     prepared = []
     real = module._prepare
     monkeypatch.setattr(module, "_prepare", lambda *a, **k: prepared.append(a[1]) or real(*a, **k))
     for shape in ((118,), (4, 10), (2, 3, 5)):
-        x = rng.standard_normal(shape)
-        for axis in (-1, len(shape) - 1):
-            fastla.softmax(x, axis=axis)
-            fastla.log_softmax(x, axis=axis)
+        base = rng.standard_normal(shape)
+        for x in (base, np.asfortranarray(base), rng.standard_normal((*shape[:-1], 2 * shape[-1]))[..., ::2]):
+            for axis in range(-len(shape), len(shape)):
+                fastla.softmax(x, axis=axis)
+                fastla.log_softmax(x, axis=axis, backend="numba")
         assert prepared == [], (shape, prepared)
-        if len(shape) > 1:
-            fastla.softmax(x, axis=0)
-            assert prepared == [0], shape
-            prepared.clear()
+        x = base
+        others = [(0,), None, np.int64(0)]
+        for axis in others:
+            fastla.softmax(x, axis=axis)
+        with pytest.raises(np.exceptions.AxisError):
+            fastla.softmax(x, axis=len(shape))
+        assert prepared == [*others, len(shape)], shape
+        prepared.clear()
 
 
 def test_the_fast_path_runs_what_explain_names(monkeypatch):

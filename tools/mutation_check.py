@@ -924,10 +924,26 @@ MUTANTS = [
     Mutant(
         "softmax-fast-path-only-for-axis-minus-one",
         "softmax.py",
-        "        and (axis == -1 or axis == x.ndim - 1)\n",
+        "        and -x.ndim <= axis < x.ndim\n",
         "        and axis == -1\n",
-        ("tests/test_fastpath.py", "-k", "either_name"),
+        ("tests/test_fastpath.py", "-k", "any_axis"),
         "softmax's fast path takes the last axis only as -1: a 1-D row's axis=0 pays the full path",
+    ),
+    Mutant(
+        "softmax-fast-path-only-for-the-last-axis",
+        "softmax.py",
+        "        and -x.ndim <= axis < x.ndim\n",
+        "        and axis in (-1, x.ndim - 1)\n",
+        ("tests/test_fastpath.py", "-k", "any_axis"),
+        "softmax's fast path takes the last axis only: another axis pays the full path (~5 us)",
+    ),
+    Mutant(
+        "softmax-middle-axis-task-one-block",
+        "softmax.py",
+        "    for p in range(g * blocks, min(x.shape[0], (g + 1) * blocks)):\n",
+        "    for p in range(g * blocks, min(x.shape[0], g * blocks + 1)):\n",
+        ("tests/test_softmax.py", "-k", "against_scipy"),
+        "a middle-axis task computes the first block of its group only (the others left unwritten)",
     ),
     Mutant(
         "matmul-one-length-stacks-take-k-columns",
