@@ -1,4 +1,6 @@
+import ctypes
 import os
+import sys
 import time
 
 import numpy as np
@@ -15,6 +17,26 @@ os.environ["FASTLA_FIRST_CALL"] = "compile"
 
 import fastla
 from tests.helpers import DTYPES, LAYOUTS
+
+#: glibc's ``M_PERTURB`` (``mallopt``): memory malloc hands out is filled with the complement of this
+#: byte and freed memory with the byte itself. A kernel that leaves elements of a fresh result
+#: unwritten then shows garbage (0xA5A5... reads as 1.8e127 in float64, -2.9e-16 in float32), not
+#: the right values an earlier result left in the same memory: a test that ran the NumPy impl,
+#: freed its result, then ran a compiled one whose result landed in the same block passed with a
+#: middle-axis softmax task that computed one block of its group. NumPy keeps arrays under 1 KiB in
+#: a cache of its own (not perturbed), and large ones come from fresh, zeroed pages.
+MALLOC_PERTURB = 0xA5
+
+
+def _perturb_malloc():
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None).mallopt(-6, MALLOC_PERTURB)  # M_PERTURB = -6 (glibc's malloc.h)
+        except (OSError, AttributeError):  # another C library (musl has no mallopt)
+            pass
+
+
+_perturb_malloc()
 
 
 @pytest.fixture(params=DTYPES, ids=lambda d: np.dtype(d).name)

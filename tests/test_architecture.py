@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import ast
 import os
+import platform
 import re
 
+import numpy as np
 import pytest
 
 import fastla
@@ -191,3 +193,17 @@ def test_every_mutant_applies_exactly_once():
         with open(os.path.join(ROOT, "fastla", module)) as f:
             count = f.read().count(old)
         assert count == 1, f"mutant {name}: its original text occurs {count} times in fastla/{module}"
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's M_PERTURB")
+def test_the_suite_perturbs_the_memory_malloc_hands_out():
+    """conftest's ``M_PERTURB`` is in force: an array's memory reused after a free holds the
+    pattern, not the values the freed array held (see ``tests/conftest.py``, ``MALLOC_PERTURB``)."""
+    from tests.conftest import MALLOC_PERTURB
+
+    for _ in range(3):
+        freed = np.ones(4096)  # 32 KiB: malloc's heap, not NumPy's small-array cache or fresh pages
+        del freed
+        fresh = np.empty(4096)
+        assert not (fresh == 1.0).any()
+        assert (fresh.view(np.uint8) == (~MALLOC_PERTURB & 0xFF)).all()
