@@ -712,20 +712,21 @@ def solve(a, b, *, backend=None):
         fast = a.dtype in _validate.COMPILED_DTYPES and _registry.fast_path(backend)
         forced = fast == "numba"
         if forced or (fast and not AUTO_RULE["large_numba"]):
-            n = a.shape[-1]
-            if a.ndim == 2 and a.shape[0] == n and 1 <= b.ndim <= 2 and b.shape[0] == n:
+            sa, sb = a.shape, b.shape  # read once: each read of an ndarray's shape builds a tuple
+            n = sa[-1]
+            if len(sa) == 2 and sa[0] == n and 1 <= len(sb) <= 2 and sb[0] == n:
                 if forced:
                     return _first_use.run_kernels(("solve", a.dtype.char), _solve_numba, a, b)
                 return _solve_numpy(a, b)
             ops = ("solve", a.dtype.char)  # _first_use.kernel_key: the op's own kernels
-            if a.ndim == 3 and a.shape[1] == n and b.ndim == 3 and b.shape[:2] == a.shape[:2]:
+            if len(sa) == 3 and sa[1] == n and len(sb) == 3 and sb[:2] == sa[:2]:
                 if forced:
                     return _first_use.run_kernels(ops, _solve_numba, a, b)
-                if _batched_wins(n, a.shape[0]):
-                    key = (a.dtype.char, n, min(b.shape[2], LANE_RHS) or 1)  # step_key, inlined
+                if _batched_wins(n, sa[0]):
+                    key = (a.dtype.char, n, min(sb[2], LANE_RHS) or 1)  # step_key, inlined
                     if not STEPS.wins(key):
                         return STEPS.run_numpy(key, _solve_numpy, a, b)
-                elif not _threads_win(n, a.shape[0]):
+                elif not _threads_win(n, sa[0]):
                     return _solve_numpy(a, b)
                 # then the op's own kernels (as the full path's rule)
                 return _first_use.kernels_or_numpy(ops, False, _solve_numba, _solve_numpy, a, b)

@@ -299,9 +299,14 @@ def _stack_rules_win(m, k, n, batch, b_stacked, dtype, a_contiguous=True):
 
 
 def _compiled_wins(m, k, n, batch, b_stacked, dtype, a_contiguous=True):
-    """The auto rule on plain numbers (used by the fast path; :func:`_rule` says the same)."""
-    if any(_stack_rules_win(m, k, n, batch, b_stacked, dtype, a_contiguous)):
-        return True
+    """The auto rule on plain numbers (used by the fast path; :func:`_rule` says the same): the
+    stack rules of :func:`_stack_rules_win` (an unstacked ``b`` has none), then the GEMM's."""
+    if b_stacked:
+        small = _small_stack_wins(m, k, n, batch, True)
+        if small and (a_contiguous or _copied_a_stays(m, k, n, dtype.itemsize)):
+            return True
+        if a_contiguous and _packed_stack_wins(m, k, n, batch, True, dtype):
+            return True
     work = _gemm_work(m, k, n, batch, b_stacked)
     return work > 0 and work >= AUTO_RULE[_gemm_key(dtype)]  # a thin product is BLAS's, whatever the rule
 
@@ -456,27 +461,32 @@ def matmul(a, b, /, out=None, *, backend=None):
         # as _prepare + _rule, without building them (~10 us of Python on a 4x4 product).
         dt = a.dtype
         fast = dt is b.dtype and dt in _validate.COMPILED_DTYPES and _registry.fast_path(backend)
-        if fast == "auto" and (a.ndim != b.ndim or a.ndim == 1) and _blas_by_rule(a.shape, b.shape, dt):
-            return _matmul_numpy(a, b, None)
-        if fast and a.ndim == b.ndim:
-            forced = fast == "numba"
-            if a.ndim == 2 and a.shape[1] == b.shape[0]:
-                m, k = a.shape  # (m below the packed kernel's least: no rule to evaluate)
-                if forced or (m >= GEMM_MIN_ROWS_COLS and _compiled_wins(m, k, b.shape[1], 1, False, dt)):
+        if fast:
+            sa, sb = a.shape, b.shape  # read once: each read of an ndarray's shape builds a tuple
+            rank = len(sa)
+            if rank != len(sb) or rank == 1:
+                if fast == "auto" and _blas_by_rule(sa, sb, dt):
+                    return _matmul_numpy(a, b, None)
+            elif rank == 2 and sa[1] == sb[0]:
+                m, k = sa  # (m below the packed kernel's least: no rule to evaluate)
+                n = sb[1]
+                forced = fast == "numba"
+                if forced or (m >= GEMM_MIN_ROWS_COLS and _compiled_wins(m, k, n, 1, False, dt)):
                     # _first_use.kernel_key: the op's own kernels, the packed GEMM's apart
-                    ops = ("matmul" + _packed_path(m, k, b.shape[1], 1, False, dt.itemsize), dt.char)
+                    ops = ("matmul" + _packed_path(m, k, n, 1, False, dt.itemsize), dt.char)
                     return _first_use.kernels_or_numpy(ops, forced, _matmul_numba, _matmul_numpy, a, b, None)
                 return _matmul_numpy(a, b, None)
-            if a.ndim == 3 and a.shape[0] == b.shape[0] and a.shape[2] == b.shape[1]:
-                batch, m, k = a.shape
-                if forced:
-                    ops = ("matmul" + _packed_path(m, k, b.shape[2], batch, True, dt.itemsize), dt.char)
+            elif rank == 3 and sa[0] == sb[0] and sa[2] == sb[1]:
+                batch, m, k = sa
+                n = sb[2]
+                if fast == "numba":
+                    ops = ("matmul" + _packed_path(m, k, n, batch, True, dt.itemsize), dt.char)
                     return _first_use.run_kernels(ops, _matmul_numba, a, b, None)
-                if _compiled_wins(m, k, b.shape[2], batch, True, dt, a.flags.c_contiguous):
-                    key = (dt.char, m, k, b.shape[2])  # _gk.stack_key: a per-size kernel (_first_use)?
+                if _compiled_wins(m, k, n, batch, True, dt, a.flags.c_contiguous):
+                    key = (dt.char, m, k, n)  # _gk.stack_key: a per-size kernel (_first_use)?
                     if not _gk.FIXED.wins(key):
                         return _gk.FIXED.run_numpy(key, _matmul_numpy, a, b, None)
-                    ops = ("matmul" + _packed_path(m, k, b.shape[2], batch, True, dt.itemsize), dt.char)
+                    ops = ("matmul" + _packed_path(m, k, n, batch, True, dt.itemsize), dt.char)
                     return _first_use.kernels_or_numpy(ops, False, _matmul_numba, _matmul_numpy, a, b, None)
                 return _matmul_numpy(a, b, None)
     return _OP.run(backend, _prepare(a, b, out))

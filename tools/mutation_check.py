@@ -867,17 +867,16 @@ MUTANTS = [
     Mutant(
         "matmul-fast-path-forced-numba-takes-the-rule",
         "matmul.py",
-        "                if forced or (m >= GEMM_MIN_ROWS_COLS and "
-        "_compiled_wins(m, k, b.shape[1], 1, False, dt)):\n",
-        "                if m >= GEMM_MIN_ROWS_COLS and _compiled_wins(m, k, b.shape[1], 1, False, dt):\n",
+        "                if forced or (m >= GEMM_MIN_ROWS_COLS and _compiled_wins(m, k, n, 1, False, dt)):\n",
+        "                if m >= GEMM_MIN_ROWS_COLS and _compiled_wins(m, k, n, 1, False, dt):\n",
         ("tests/test_fastpath.py", "-k", "explain_names"),
         "matmul's fast path runs auto's pick for a product with numba forced (NumPy on a small one)",
     ),
     Mutant(
         "matmul-fast-path-ignores-a-copied-stack",
         "matmul.py",
-        "                if _compiled_wins(m, k, b.shape[2], batch, True, dt, a.flags.c_contiguous):\n",
-        "                if _compiled_wins(m, k, b.shape[2], batch, True, dt):\n",
+        "                if _compiled_wins(m, k, n, batch, True, dt, a.flags.c_contiguous):\n",
+        "                if _compiled_wins(m, k, n, batch, True, dt):\n",
         ("tests/test_fastpath.py", "-k", "must_be_copied"),
         "the fast path sends a transposed a of 8x8 float64 products to the stack kernels and their copy",
     ),
