@@ -1046,8 +1046,8 @@ MUTANTS = [
     Mutant(
         "matmul-fast-path-packed-gemm-under-the-ops-key",
         "matmul.py",
-        'ops = ("matmul" + _packed_path(m, k, b.shape[1], 1,',
-        'ops = ("matmul" or _packed_path(m, k, b.shape[1], 1,',
+        'ops = ("matmul" + _packed_path(m, k, n, 1,',
+        'ops = ("matmul" or _packed_path(m, k, n, 1,',
         ("tests/test_first_use.py", "-k", "packed_gemms"),
         "a product's packed GEMM counts as run with matmul's small kernels (its first auto call compiles)",
     ),
