@@ -267,9 +267,23 @@ def _matrix_kernel_pays(n, m, d):
     return n * m * d >= AUTO_RULE["matrix_min_work"]
 
 
+#: The depth below which a top-k's work counts its n x m scores as if they were this deep: the
+#: selection, not the product, is then most of both impls' cost (NumPy's passes over each block of
+#: scores, the kernel's running top-k), and ``n * m * d`` sent thousands of scores of a few
+#: dimensions to NumPy where the kernel was 1.3-3x faster, 17-22x with the ties of d = 1 (every
+#: score +-1). Zen 4, float64, k = 1 / 10, NumPy's time over the kernel's (n x m, d): 10 x 200
+#: (2000 scores) 0.78-0.96 at d = 1-16; 10 x 400 1.4-2.3; 20 x 300, 40 x 200, 80 x 100, 10 x 800,
+#: 4 x 2000 1.3-3.4 at d = 1-16 (0.86 once); 100 x 400 d = 1 8.9-17.7, 30 x 3000 d = 1 18.8-21.6
+#: (all to NumPy before), 1.9-3.9 at d = 2. The crossover sits near 3000 scores at d <= 16 and
+#: nearer 1500 at d = 64 (the rule's ``topk_min_work`` is measured there): 32 puts it at 3000.
+#: Left as it was: k close to m (400 x 42, k = 36: 0.78-0.92 at every d), to the kernel from d = 3.
+TOPK_SELECT_DEPTH = 32
+
+
 def _topk_kernel_pays(n, m, d):
-    """The auto rule's size test for ``cosine_topk`` (by :func:`_rule_topk` and the fast path)."""
-    return n * m * d >= AUTO_RULE["topk_min_work"]
+    """The auto rule's size test for ``cosine_topk`` (by :func:`_rule_topk` and the fast path): the
+    work ``n * m * max(d, TOPK_SELECT_DEPTH)``."""
+    return n * m * max(d, TOPK_SELECT_DEPTH) >= AUTO_RULE["topk_min_work"]
 
 
 def _rule_matrix(prep):
@@ -338,7 +352,16 @@ def _prepare_topk(queries, corpus, k, batch_size=None, corpus_norms=None):
 def _rule_topk(prep):
     f = prep.facts
     if not _topk_kernel_pays(f["n"], f["m"], f["d"]):
-        return "numpy", lambda: f"{f['n']}x{f['m']}x{f['d']}: too small for the fused kernel to pay"
+        least = AUTO_RULE["topk_min_work"]
+
+        def small():
+            depth = f" (depth counted as {TOPK_SELECT_DEPTH})" if f["d"] < TOPK_SELECT_DEPTH else ""
+            return (
+                f"{f['n']}x{f['m']}x{f['d']}{depth}: work below topk_min_work={least}, too small for "
+                "the fused kernel to pay"
+            )
+
+        return "numpy", small
     half = ", the float16 corpus read as float32" if f["corpus"] == _HALF else ""
     packed = AUTO_RULE["topk_packed_min_queries"]
     how = "packed GEMM" if f["n"] >= packed else f"the corpus streamed once (under {packed} queries)"

@@ -626,6 +626,16 @@ def test_the_cosine_fast_paths_run_what_explain_names(monkeypatch):
             want = [fastla.explain("cosine_similarity", x, x, backend=backend)[0]]
             want.append(fastla.explain("cosine_topk", x[:16], x, 3, backend=backend)[0])
             assert ran == want == [auto if backend is None else "numba"] * 2, (x.shape, backend)
+    # top-k's work counts a shallow product's scores as TOPK_SELECT_DEPTH deep: 10 queries of 1 and
+    # of 16 dimensions over 300 corpus rows at a threshold of exactly their work, and one above it
+    depth = similarity.TOPK_SELECT_DEPTH
+    for d in (1, 16):
+        q, c = rng.standard_normal((10, d)), rng.standard_normal((300, d))
+        for threshold, auto in ((10 * 300 * depth, "numba"), (10 * 300 * depth + 1, "numpy")):
+            monkeypatch.setitem(similarity.AUTO_RULE, "topk_min_work", threshold)
+            ran.clear()
+            fastla.cosine_topk(q, c, 3)
+            assert ran == [fastla.explain("cosine_topk", q, c, 3)[0]] == [auto], (d, threshold)
     # the matrix's work threshold is n * m * d, whatever the host's shipped value: 20 x 20 rows of 64
     # at a threshold of exactly their work, and one above it
     mid = rng.standard_normal((20, 64))

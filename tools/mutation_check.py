@@ -921,6 +921,14 @@ MUTANTS = [
         "tune times the NumPy side through backend='numpy' (the full path: ~4-5 us more a small call)",
     ),
     Mutant(
+        "topk-rule-counts-the-product-depth-only",
+        "similarity.py",
+        '    return n * m * max(d, TOPK_SELECT_DEPTH) >= AUTO_RULE["topk_min_work"]\n',
+        '    return n * m * d >= AUTO_RULE["topk_min_work"]\n',
+        ("tests/test_fastpath.py", "-k", "cosine_fast_paths_run"),
+        "top-k's auto rule weighs thousands of scores of a few dimensions by d (NumPy, at 1.3-22x the time)",
+    ),
+    Mutant(
         "softmax-fast-path-only-for-axis-minus-one",
         "softmax.py",
         "        and -x.ndim <= axis < x.ndim\n",
