@@ -727,10 +727,11 @@ def _numba_impl(x, axes, out, log):
         # The F-contiguous array is the C-contiguous transpose: reduce over the mirrored axes.
         res = _numba_impl(x.T, tuple(sorted(x.ndim - 1 - a for a in axes)), None, log).T
         return _finish(res, out)
-    if axes == (x.ndim - 1,) and not x.flags.c_contiguous:
-        # strided rows along the last axis: a C-contiguous copy is the rows the kernel takes, as
-        # _to_rows would give them, without its reshapes and _from_rows' (a strided 99-element
-        # row: 22.8 -> 12 us, SciPy 8.5-9.3; Zen 4)
+    if len(axes) == 1 and not x.flags.c_contiguous:
+        # a strided array, one axis: a C-contiguous copy is what the row and middle-axis kernels
+        # take, without _to_rows' transposes and reshapes and _from_rows' (Zen 4, float64: a
+        # strided 99-element row 22.8 -> 12 us, SciPy 8.5-9.3; 2 x 147 over axis 0, every other
+        # element of a row, 13.5 -> 7.6 us, SciPy 8.8)
         x = np.ascontiguousarray(x)
     if len(axes) == 1 and x.flags.c_contiguous:
         ax = axes[0]
