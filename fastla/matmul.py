@@ -225,7 +225,19 @@ def _small_stack_wins(m, k, n, batch, b_stacked):
     ~4-5 us more a call than auto's NumPy, it had read the kernel faster there)."""
     if max(m, k, n) > AUTO_RULE["small_max_dim"] or not b_stacked:
         return False
+    if m == n == 1:  # a stack of dot products: see DOT_STACK_FACTOR
+        return batch >= DOT_STACK_FACTOR * AUTO_RULE["small_min_batch"]
     return batch**4 * max(m * k * n, 64) >= 64 * AUTO_RULE["small_min_batch"] ** 4
+
+
+#: A stack of 1 x k @ k x 1 products (dot products) takes the small-stack kernel from this many
+#: times ``small_min_batch`` products: NumPy runs them through a dot loop, not a BLAS call per
+#: product (~7.5-8 ns a product), and the kernel's call costs ~9 us before its first product. Zen 4,
+#: two threads, NumPy's time over the kernel's at 300 / 1000 / 4000 products: float64 k = 5 0.29 /
+#: 0.62 / 1.57, k = 16 0.25 / 0.52 / 0.95; float32 k = 5 0.29 / 0.67 / 1.59, k = 16 0.38 / 0.85 /
+#: 1.71 (the rule had taken them from 256). A row or a column of more than one element is a BLAS
+#: call again: 1 x 4 @ 4 x 4, 4 x 4 @ 4 x 1, 2 x 8 @ 8 x 1 0.85-1.25 at 300, 2.1-2.9 at 1000.
+DOT_STACK_FACTOR = 16
 
 
 #: Thin products stay with BLAS whatever their size: the packed kernel packs a whole operand for

@@ -283,6 +283,7 @@ def test_small_stack_uses_numba_under_auto(rng, monkeypatch):
         ((8, 8, 8), 153),  # 256 * (64 / 512) ** (1 / 4) = 152.2
         ((16, 16, 16), 91),  # 256 * (64 / 4096) ** (1 / 4) = 90.5
         ((16, 16, 1), 182),  # 256 * (64 / 256) ** (1 / 4) = 181.02
+        ((1, 5, 1), 256 * sys.modules["fastla.matmul"].DOT_STACK_FACTOR),  # dot products: NumPy's loop
     ):
         for batch, want in ((least, compiled), (least - 1, "numpy")):
             x, y = np.ones((batch, m, k)), np.ones((batch, k, n))

@@ -921,6 +921,14 @@ MUTANTS = [
         "tune times the NumPy side through backend='numpy' (the full path: ~4-5 us more a small call)",
     ),
     Mutant(
+        "matmul-dot-product-stacks-take-the-work-rule",
+        "matmul.py",
+        "    if m == n == 1:  # a stack of dot products: see DOT_STACK_FACTOR\n",
+        "    if False:\n",
+        ("tests/test_matmul.py", "-k", "small_stack_uses_numba"),
+        "a stack of dot products takes the small-stack kernel from 256 products (0.3-0.7x NumPy's speed)",
+    ),
+    Mutant(
         "topk-rule-counts-the-product-depth-only",
         "similarity.py",
         '    return n * m * max(d, TOPK_SELECT_DEPTH) >= AUTO_RULE["topk_min_work"]\n',
