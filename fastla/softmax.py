@@ -153,6 +153,7 @@ _SHORT_ROW = 32
 #: 22.4 / 17.6. (The long rows' ``prange`` loop launches its threads whatever the size: a serial
 #: twin would be a kernel more to compile, for ~1 us: 4 x 64 7.3 / 8.2, 64 x 64 11.9 / 12.1.)
 SERIAL_ELEMENTS = 2**12
+
 #: elements per block of short rows (a few KiB: L1)
 _SHORT_BLOCK = 512
 
@@ -296,8 +297,8 @@ def softmax_row(x, out, log, zero, ahead):
 def _mid_blocks(post, chunk):
     """Blocks of the leading axis one middle-axis task takes: as many as fill ``chunk`` trailing
     elements where the trailing axis is shorter (a task per block paid its set-up, three scratch
-    allocations, per ``post`` elements: 49 x 1 x 37 float64 over axis 1, one thread, 16.0 us,
-    SciPy 10.7)."""
+    allocations, per ``post`` elements: 49 x 1 x 37 float64 over axis 1, one thread, 16.0 -> 10.4
+    us, SciPy 10.7; Zen 4)."""
     return max(1, chunk // post)
 
 
@@ -731,7 +732,7 @@ def _numba_impl(x, axes, out, log):
         # a strided array, one axis: a C-contiguous copy is what the row and middle-axis kernels
         # take, without _to_rows' transposes and reshapes and _from_rows' (Zen 4, float64: a
         # strided 99-element row 22.8 -> 12 us, SciPy 8.5-9.3; 2 x 147 over axis 0, every other
-        # element of a row, 13.5 -> 7.6 us, SciPy 8.8)
+        # element of a row, 13.2 -> 6.5 us, SciPy 9.0)
         x = np.ascontiguousarray(x)
     if len(axes) == 1 and x.flags.c_contiguous:
         ax = axes[0]
