@@ -2106,7 +2106,7 @@ def small_stack(a, b, c, threads=None):
     products."""
     if threads is None:
         work = a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2]
-        threads = 1 if work < SMALL_SERIAL_WORK[c.itemsize] else _jit.threads_here()
+        threads = _jit.threads_for(work, SMALL_SERIAL_WORK[c.itemsize])
     threads = max(1, min(threads, a.shape[0]))
     _, m, k = a.shape
     same = a.dtype == b.dtype == c.dtype and c.dtype.kind == "f" and c.flags.c_contiguous

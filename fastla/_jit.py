@@ -811,6 +811,13 @@ def threads_here():
     return _TLS.share or get_num_threads()
 
 
+def threads_for(work, serial_below):
+    """:func:`threads_here`, or one thread for less ``work`` than ``serial_below`` (each caller's
+    measured threshold, in its own unit: a parallel launch costs ~2 us on Numba's TBB layer, more
+    than a second thread saves on little work)."""
+    return 1 if work < serial_below else threads_here()
+
+
 def _bind_numba_threads():
     from numba.np.ufunc import parallel
 

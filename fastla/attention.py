@@ -1021,7 +1021,7 @@ def _sdpa_numba(q, k, v, mask, plan):
         k, v, S = k[:, :L], v[:, :L], L
     q, k, v = _c(q), _c(k), _c(v)
     unused, no_stats, no_mask = _unused(dt)
-    threads = 1 if nb * L * S * E < SERIAL_WORK else _jit.threads_here()
+    threads = _jit.threads_for(nb * L * S * E, SERIAL_WORK)
     if few:  # the row kernel: no packed operands, no row statistics for a weights pass
         # rows per task: at most ROW_GROUP, and a task for each thread where the rows allow
         groups = max(-(-L // ROW_GROUP), min(L, -(-threads // nb)))

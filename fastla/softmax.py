@@ -273,7 +273,7 @@ def _rows(x, out, log):
         _softmax_rows(readonly(x), out, log, x.dtype.type(0))
         return
     per = max(1, _SHORT_BLOCK // n)
-    threads = 1 if x.size < SERIAL_ELEMENTS else _jit.threads_here()
+    threads = _jit.threads_for(x.size, SERIAL_ELEMENTS)
     _run_short(readonly(x), out, log, x.dtype.type(0), per, SHORT.address(x.dtype), threads)
 
 
@@ -746,7 +746,7 @@ def _numba_impl(x, axes, out, log):
             _rows(x.reshape(pre, n), res.reshape(pre, n), log)
         else:
             x3, at = readonly(x.reshape(pre, n, post)), MID.address(x.dtype)
-            threads = 1 if x.size < SERIAL_ELEMENTS else _jit.threads_here()
+            threads = _jit.threads_for(x.size, SERIAL_ELEMENTS)
             _run_mid(x3, res.reshape(pre, n, post), log, _CHUNK, at, threads)
         return res if direct else _finish(res, out)
     x2, moved_shape, keep = _to_rows(x, axes)
@@ -1072,7 +1072,7 @@ def _ce_numba(x, t, kind, reduction, smoothing, ignore_index, weight=None):
                 (none, 0.0) if weight is None else (kernel_input(weight), float(weight.sum(dtype=np.float64)))
             )
             xw = kernel_input(x2 @ w) if weight is not None and smoothing else none
-            threads = 1 if rows * n < SERIAL_ELEMENTS else max(1, min(_jit.threads_here(), rows))
+            threads = max(1, min(_jit.threads_for(rows * n, SERIAL_ELEMENTS), rows))
             at = CE_INDEX.address(x.dtype)
             args = (x2, tgt, float(smoothing), int(ignore_index), w, wsum, xw, loss, x.dtype.type(0))
             kept, bad = _ce_index_rows(*args, at, threads)

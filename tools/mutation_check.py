@@ -197,9 +197,9 @@ MUTANTS = [
     ),
     Mutant(
         "attention-one-thread-at-the-line",
-        "attention.py",
-        "threads = 1 if nb * L * S * E < SERIAL_WORK else _jit.threads_here()",
-        "threads = 1 if nb * L * S * E <= SERIAL_WORK else _jit.threads_here()",
+        "_jit.py",
+        "    return 1 if work < serial_below else threads_here()\n",
+        "    return 1 if work <= serial_below else threads_here()\n",
         ("tests/test_attention.py", "-k", "one_thread_and_larger"),
         "a call of exactly SERIAL_WORK multiply-adds runs on one thread",
     ),
