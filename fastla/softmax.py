@@ -728,13 +728,13 @@ def _numba_impl(x, axes, out, log):
         # The F-contiguous array is the C-contiguous transpose: reduce over the mirrored axes.
         res = _numba_impl(x.T, tuple(sorted(x.ndim - 1 - a for a in axes)), None, log).T
         return _finish(res, out)
-    if len(axes) == 1 and not x.flags.c_contiguous:
-        # a strided array, one axis: a C-contiguous copy is what the row and middle-axis kernels
-        # take, without _to_rows' transposes and reshapes and _from_rows' (Zen 4, float64: a
-        # strided 99-element row 22.8 -> 12 us, SciPy 8.5-9.3; 2 x 147 over axis 0, every other
-        # element of a row, 13.2 -> 6.5 us, SciPy 9.0)
-        x = np.ascontiguousarray(x)
-    if len(axes) == 1 and x.flags.c_contiguous:
+    if len(axes) == 1:
+        if not x.flags.c_contiguous:
+            # strided: a C-contiguous copy is what the row and middle-axis kernels take, without
+            # _to_rows' transposes and reshapes and _from_rows' (Zen 4, float64: a strided
+            # 99-element row 22.8 -> 12 us, SciPy 8.5-9.3; 2 x 147 over axis 0, every other element
+            # of a row, 13.2 -> 6.5 us, SciPy 9.0)
+            x = np.ascontiguousarray(x)
         ax = axes[0]
         pre = math.prod(x.shape[:ax])
         n = x.shape[ax]
