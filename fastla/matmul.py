@@ -301,24 +301,22 @@ def _copied_a_stays(m, k, n, itemsize):
     return max(m, k, n) * itemsize <= _gk.SMALL_VECTOR_BYTES
 
 
-def _stack_rules_win(m, k, n, batch, b_stacked, dtype, a_contiguous=True):
-    """``(small, packed)``: whether the small-stack and the packed-stack rules give this stack to
-    the compiled kernels, with ``a``'s layout (:func:`_copied_a_stays`)."""
-    small = _small_stack_wins(m, k, n, batch, b_stacked)
-    if not a_contiguous:
-        return small and _copied_a_stays(m, k, n, dtype.itemsize), False
-    return small, _packed_stack_wins(m, k, n, batch, b_stacked, dtype)
+def _stack_rule(m, k, n, batch, b_stacked, dtype, a_contiguous=True):
+    """The stack rule that gives this stack to the compiled kernels, with ``a``'s layout
+    (:func:`_copied_a_stays`): ``"small"`` (the small-stack rule, tried first), ``"packed"`` (the
+    packed-stack rule, for a C-contiguous ``a`` only), or None (an unstacked ``b`` has neither)."""
+    if not b_stacked:
+        return None
+    if _small_stack_wins(m, k, n, batch, True):
+        return "small" if a_contiguous or _copied_a_stays(m, k, n, dtype.itemsize) else None
+    return "packed" if a_contiguous and _packed_stack_wins(m, k, n, batch, True, dtype) else None
 
 
 def _compiled_wins(m, k, n, batch, b_stacked, dtype, a_contiguous=True):
     """The auto rule on plain numbers (used by the fast path; :func:`_rule` says the same): the
-    stack rules of :func:`_stack_rules_win` (an unstacked ``b`` has none), then the GEMM's."""
-    if b_stacked:
-        small = _small_stack_wins(m, k, n, batch, True)
-        if small and (a_contiguous or _copied_a_stays(m, k, n, dtype.itemsize)):
-            return True
-        if a_contiguous and _packed_stack_wins(m, k, n, batch, True, dtype):
-            return True
+    stack rules (:func:`_stack_rule`), then the GEMM's."""
+    if _stack_rule(m, k, n, batch, b_stacked, dtype, a_contiguous):
+        return True
     work = _gemm_work(m, k, n, batch, b_stacked)
     return work > 0 and work >= AUTO_RULE[_gemm_key(dtype)]  # a thin product is BLAS's, whatever the rule
 
@@ -328,8 +326,8 @@ def _rule(prep):
     shape = f"{f['m']}x{f['k']} @ {f['k']}x{f['n']} (batch {f['batch']})"
     a_contiguous = f["a_contiguous"]
     sides = (f["m"], f["k"], f["n"], f["batch"], f["b_stacked"], f["dtype"])
-    small, packed = _stack_rules_win(*sides, a_contiguous)
-    if small:
+    stack = _stack_rule(*sides, a_contiguous)
+    if stack == "small":
         key = _gk.stack_key(f["m"], f["k"], f["n"], f["dtype"])  # a per-size kernel (_first_use)?
         if not _gk.FIXED.wins(key):
             sizes = f"{f['m']}x{f['k']} @ {f['k']}x{f['n']}"
@@ -341,7 +339,7 @@ def _rule(prep):
                 "compiled loop over the stack beats per-matrix BLAS calls"
             ),
         )
-    if packed:
+    if stack == "packed":
         least = AUTO_RULE["packed_stack_min_work"]
 
         def stack_reason():  # explain's wording only: not on the call's path
@@ -366,7 +364,7 @@ def _rule(prep):
         )
 
     def reason():
-        if not a_contiguous and any(_stack_rules_win(*sides)):
+        if not a_contiguous and _stack_rule(*sides):
             return (
                 f"stack of {f['batch']} products ({f['m']}x{f['k']} @ {f['k']}x{f['n']}) whose a is not "
                 "C-contiguous: the stack kernels would copy it to C order, at about the products' own "
