@@ -208,10 +208,11 @@ def _prepare(a, b, out=None):
     return _registry.Prepared(args, compiled=why, facts=facts, forced_error=problem)
 
 
-def _small_stack_wins(m, k, n, batch, b_stacked):
-    """A stack of small products for the compiled kernel: ``small_min_batch`` is measured on 4x4
-    products (``fastla tune``), and a stack of products of ``w = m * k * n`` multiply-adds qualifies
-    from ``small_min_batch * (64 / w) ** (1 / 4)`` products, as many as 4x4 ones for less work
+def _small_stack_wins(m, k, n, batch):
+    """A stack of small products for the compiled kernel (``b`` stacked too: only
+    :func:`_stack_rule` asks): ``small_min_batch`` is measured on 4x4 products (``fastla tune``),
+    and a stack of products of ``w = m * k * n`` multiply-adds qualifies from
+    ``small_min_batch * (64 / w) ** (1 / 4)`` products, as many as 4x4 ones for less work
     (``batch ** 4 * max(w, 64) >= 64 * small_min_batch ** 4``, in integers): NumPy's BLAS call per
     product grows with its work, far slower than the work, and the kernel's set-up not at all.
     Measured on Zen 4 (two threads, tune's steady-state timing, NumPy as auto runs it below the
@@ -223,7 +224,7 @@ def _small_stack_wins(m, k, n, batch, b_stacked):
     ``4 * small_min_batch / max(m, k, n)``, took 1x10 @ 10x4 from 103 products and 16x16 @ 16x1
     from 64, at 0.5-0.9x NumPy's speed: measured against ``backend="numpy"``, whose full path costs
     ~4-5 us more a call than auto's NumPy, it had read the kernel faster there)."""
-    if max(m, k, n) > AUTO_RULE["small_max_dim"] or not b_stacked:
+    if max(m, k, n) > AUTO_RULE["small_max_dim"]:
         return False
     if m == n == 1:  # a stack of dot products: see DOT_STACK_FACTOR
         return batch >= DOT_STACK_FACTOR * AUTO_RULE["small_min_batch"]
@@ -274,7 +275,7 @@ def _packed_stack_shape(m, k, n, b_stacked, dtype):
     return b_stacked and (packed or wide)
 
 
-def _packed_stack_wins(m, k, n, batch, b_stacked, dtype):
+def _packed_stack_wins(m, k, n, batch, dtype):
     """The packed-stack rule: enough products, enough work, then the shape. In that order, the
     cheapest first: the fast path asks it of every stack with a C-contiguous ``a`` that the
     small-stack rule leaves, and the shape's tests cost ~0.8 us of Python a call (Zen 4: a stack of
@@ -283,7 +284,7 @@ def _packed_stack_wins(m, k, n, batch, b_stacked, dtype):
     return (
         batch >= STACK_MIN_PRODUCTS
         and stack_work(m, k, n, batch, dtype.itemsize) >= AUTO_RULE["packed_stack_min_work"]
-        and _packed_stack_shape(m, k, n, b_stacked, dtype)
+        and _packed_stack_shape(m, k, n, True, dtype)
     )
 
 
@@ -312,9 +313,9 @@ def _stack_rule(m, k, n, batch, b_stacked, dtype, a_contiguous=True):
     packed-stack rule, for a C-contiguous ``a`` only), or None (an unstacked ``b`` has neither)."""
     if not b_stacked:
         return None
-    if _small_stack_wins(m, k, n, batch, True):
+    if _small_stack_wins(m, k, n, batch):
         return "small" if a_contiguous or _copied_a_stays(m, k, n, dtype.itemsize) else None
-    return "packed" if a_contiguous and _packed_stack_wins(m, k, n, batch, True, dtype) else None
+    return "packed" if a_contiguous and _packed_stack_wins(m, k, n, batch, dtype) else None
 
 
 def _compiled_wins(m, k, n, batch, b_stacked, dtype, a_contiguous=True):
