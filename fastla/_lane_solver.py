@@ -422,9 +422,9 @@ def _store_group(builder, vectors, data, base, vty, itemsize):
 def _store_results(builder, x, s, ops, itemsize):
     """A group's solutions ``x`` (vectors, element by element of a system's ``(n, k)``) stored to
     the stack where its right-hand sides were read (:func:`_store_group`), and its statuses ``s``
-    to ``info[t0 .. t0 + lanes - 1]`` (``ops`` a :class:`_GroupOperands`)."""
+    to ``info[0 .. lanes - 1]`` (``ops`` a :class:`_GroupOperands`)."""
     _store_group(builder, x, ops.x, ops.b_base, x[0].type, itemsize)
-    builder.store(s, _group_at(builder, ops.info, ops.t0, s.type), align=8)
+    builder.store(s, builder.bitcast(ops.info, s.type.as_pointer()), align=8)
 
 
 def _prefetch(builder, data, base, nbytes, itemsize):
@@ -655,7 +655,7 @@ def _lane_solve_group_twin(N, K, A, B, X, INFO, T0):
     S = np.zeros(v, np.int64)
     _lane_solve_twin(N, K, W, XW, S)
     X[T0 : T0 + v] = XW.transpose(2, 0, 1)
-    INFO[T0 : T0 + v] = S
+    INFO[:v] = S
 
 
 @_jit.intrinsic(_lane_solve_group_twin)
@@ -664,9 +664,10 @@ def lane_solve_group(typingctx, N, K, A, B, X, INFO, T0):
     N, N) and ``B`` (batch, N, K) are read as groups transposed in registers (:func:`_load_group`),
     eliminated by :func:`_eliminate` (for N > :data:`REGISTER_N`, by loops over a lanes-last copy on
     the stack: :func:`_memory_codegen`), and the solutions written to ``X``
-    (batch, N, K) the same way, each system's status (0, or ``j + 1`` for a zero pivot in column j)
-    to ``INFO[T0 + t]``. All C-contiguous; ``X`` may be ``B`` (everything is loaded before anything
-    is stored); the caller guarantees ``T0 + lanes <= batch``.
+    (batch, N, K) the same way, system ``T0 + t``'s status (0, or ``j + 1`` for a zero pivot in
+    column j) to ``INFO[t]`` (at least lanes long: the caller's scratch for the group). All
+    C-contiguous; ``X`` may be ``B`` (everything is loaded before anything is stored); the caller
+    guarantees ``T0 + lanes <= batch``.
 
     No scratch and no scalar copy loops. Measured on Zen 5 (1 thread, 1024 systems in cache, ns a
     group of lanes systems): the scalar loops that copied the right-hand sides into a lanes-last
@@ -705,15 +706,19 @@ _GROUPS = 16  # groups of `lanes` systems per parallel task
 _SPREAD = 8  # scratch blocks between two threads' blocks (no false sharing)
 
 
-def solve_stack(a, b, x, w, xs, s, info):
+def solve_stack(a, b, x, w, xs, s, singular):
     """Solve a stack of n x n systems with k right-hand sides (n <= 32), one system per SIMD lane.
 
     ``a`` (batch, n, n) and ``b`` (batch, n, k) are read-only C-contiguous (see
     :func:`fastla._intrinsics.kernel_input`), ``x`` receives the solutions; ``w`` (``_SPREAD *
     threads``, lanes, n, n), ``xs`` (``_SPREAD * threads``, lanes, n, LANE_RHS-or-k) and ``s``
     (``_SPREAD * threads``, lanes) are per-thread scratch for a short last group and for more than
-    LANE_RHS right-hand sides (solved in passes of LANE_RHS columns); ``info[t]`` receives 0, or
-    ``j + 1`` for a zero pivot in column j of system t. One parallel driver per dtype
+    LANE_RHS right-hand sides (solved in passes of LANE_RHS columns) and for every group's statuses;
+    ``singular`` (``_SPREAD * threads``, zeros) receives 1 in the slot of a thread that met a zero
+    pivot. Per thread, not per system: the caller reads two cache lines after the call, not a
+    status per system that the other thread wrote (measured on Zen 4, 2 threads, 100k 3x3 float64:
+    that read of 800 KB cost ~0.7 ms, more than the whole solve, in the stretches of seconds when
+    the two CPUs reached each other's caches slowly). One parallel driver per dtype
     (:func:`_drive`) calls the straight-line step for this (n, k) (:func:`_make_step`) through its
     address: a new (n, k) compiles only its step (no ``prange`` loop of its own): measured (Intel
     Xeon, first call on 100k systems, fresh cache) 1.8-3.2 s for n = 3-8 and 7.5 s for n = 16,
@@ -723,11 +728,11 @@ def solve_stack(a, b, x, w, xs, s, info):
     step = _STEPS.get((n, k))
     if step is None:
         step = _STEPS[(n, k)] = _make_step(n, k)
-    _drive(a, b, x, w, xs, s, info, STEP.address(a.dtype, step), _jit.threads_here())
+    _drive(a, b, x, w, xs, s, singular, STEP.address(a.dtype, step), _jit.threads_here())
 
 
 @jit
-def _drive(a, b, x, w, xs, s, info, step_at, threads):
+def _drive(a, b, x, w, xs, s, singular, step_at, threads):
     """:func:`solve_stack`'s parallel loop: tasks of ``_GROUPS`` groups, in contiguous runs per
     thread, each task on its thread's scratch, through the step at ``step_at`` (None with the JIT
     off: :func:`_step_any`). ``fastla._intrinsics.parallel_tasks``, not a ``prange``: this driver is
@@ -737,16 +742,16 @@ def _drive(a, b, x, w, xs, s, info, step_at, threads):
     # borrowed (no owner): the tasks' views and calls then update no reference counts, which two
     # threads would otherwise contend for
     bw = _intrinsics.borrow
-    args = (bw(a), bw(b), bw(x), bw(w), bw(xs), bw(s), bw(info))
+    args = (bw(a), bw(b), bw(x), bw(w), bw(xs), bw(s), bw(singular))
     _intrinsics.parallel_tasks(step_at, _step_any, args, tasks, threads, True)
 
 
 @jit
-def _step_any(a, b, x, w, xs, s, info, task):
+def _step_any(a, b, x, w, xs, s, singular, task):
     """The steps' common signature, standing in for them in :func:`_drive`'s typing (never compiled:
     a call whose types are not exactly :data:`STEP`'s fails to compile, loudly); with the JIT off,
     the step for the n and k of the scratch's shapes."""
-    _make_step(w.shape[2], xs.shape[3])(a, b, x, w, xs, s, info, task)
+    _make_step(w.shape[2], xs.shape[3])(a, b, x, w, xs, s, singular, task)
 
 
 _STEPS = {}
@@ -754,12 +759,13 @@ _STEPS = {}
 
 def _make_step(N, K):
     @jit(python_wrapper=False)
-    def step(a, b, x, w, xs, s, info, task):
+    def step(a, b, x, w, xs, s, singular, task):
         """Task ``task``: groups ``task * _GROUPS`` to ``(task + 1) * _GROUPS`` of the stack, each
         solved by :func:`lane_solve_group` for this N and K: in place where the group is whole and
         has K right-hand sides; otherwise copied into the thread's scratch stacks ``ws`` (lanes, N,
-        N) and ``xw`` (lanes, N, K) of ``w``/``xs`` (and statuses ``sw`` of ``s``), a short last
-        group padded with identity systems and the right-hand sides taken K columns a pass. One
+        N) and ``xw`` (lanes, N, K) of ``w``/``xs``, a short last group padded with identity systems
+        and the right-hand sides taken K columns a pass; every group's statuses to the thread's
+        ``sw`` of ``s``, and a 1 to its slot of ``singular`` if any is not 0. One
         call site of the intrinsic (the operands picked first): its code is compiled once per step,
         which for n = 32 is most of the step's compile time (two call sites: 12 s)."""
         slot = _SPREAD * _thread_id()
@@ -768,6 +774,7 @@ def _make_step(N, K):
         g0 = task * _GROUPS
         g1 = min((batch + nl_max - 1) // nl_max, g0 + _GROUPS)
         ws_ro, xw_ro = _intrinsics.as_readonly(ws), _intrinsics.as_readonly(xw)
+        bad = 0
         for g in range(g0, g1):
             t0 = g * nl_max
             nl = min(nl_max, batch - t0)
@@ -780,20 +787,23 @@ def _make_step(N, K):
             for c0 in range(0, k, K):
                 kk = min(K, k - c0)
                 if direct:
-                    src_a, src_b, dst, status, first = a, b, x, info, t0
+                    src_a, src_b, dst, first = a, b, x, t0
                 else:
                     for t in range(nl_max):
                         for i in range(N):
                             for c in range(K):
                                 xw[t, i, c] = b[t0 + t, i, c0 + c] if t < nl and c < kk else 0.0
-                    src_a, src_b, dst, status, first = ws_ro, xw_ro, xw, sw, 0
-                lane_solve_group(N, K, src_a, src_b, dst, status, first)
+                    src_a, src_b, dst, first = ws_ro, xw_ro, xw, 0
+                lane_solve_group(N, K, src_a, src_b, dst, sw, first)
+                for t in range(nl):
+                    bad |= sw[t]
                 if not direct:
                     for t in range(nl):
-                        info[t0 + t] = sw[t]
                         for i in range(N):
                             for c in range(kk):
                                 x[t0 + t, i, c0 + c] = xw[t, i, c]
+        if bad:
+            singular[slot] = 1
 
     return step
 

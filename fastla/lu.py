@@ -937,9 +937,9 @@ def _solve_systems(A, B):
         w = np.empty((slots, nl, n, n), dtype=A.dtype)
         xs = np.empty((slots, nl, n, min(k, LANE_RHS)), dtype=A.dtype)
         s = np.empty((slots, nl), dtype=np.int64)
-        info = np.empty(A.shape[0], dtype=np.int64)  # every system's status is written
-        solve_stack(_intrinsics.kernel_input(A), _intrinsics.kernel_input(B), x, w, xs, s, info)
-        if info.any():
+        singular = np.zeros(slots, dtype=np.int64)
+        solve_stack(_intrinsics.kernel_input(A), _intrinsics.kernel_input(B), x, w, xs, s, singular)
+        if singular.any():
             raise _singular()
         return x
     if n <= THREADED_MAX_N:

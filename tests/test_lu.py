@@ -657,12 +657,12 @@ def _make_group_solvers(unrolled):
     @_jit.jit
     def registers(a, b, x, info, v):
         for g in range(a.shape[0] // v):
-            ls.lane_solve_group(6, 2, a, b, x, info, g * v)
+            ls.lane_solve_group(6, 2, a, b, x, info[g * v :], g * v)
 
     @_jit.jit
     def memory(a, b, x, info, v):
         for g in range(a.shape[0] // v):
-            memory_group(6, 2, a, b, x, info, g * v)
+            memory_group(6, 2, a, b, x, info[g * v :], g * v)
 
     return registers, memory
 

@@ -174,10 +174,18 @@ MUTANTS = [
     Mutant(
         "lu-lane-group-drops-statuses",
         "_lane_solver.py",
-        "builder.store(s, _group_at(builder, ops.info, ops.t0, s.type), align=8)",
-        "builder.store(s.type(None), _group_at(builder, ops.info, ops.t0, s.type), align=8)",
+        "builder.store(s, builder.bitcast(ops.info, s.type.as_pointer()), align=8)",
+        "builder.store(s.type(None), builder.bitcast(ops.info, s.type.as_pointer()), align=8)",
         ("tests/test_lu.py", "-k", "singular or whole_groups"),
         "a whole group solved in registers reports no zero pivot (a singular system goes unnoticed)",
+    ),
+    Mutant(
+        "lu-lane-step-keeps-only-the-last-status",
+        "_lane_solver.py",
+        "bad |= sw[t]",
+        "bad = sw[t]",
+        ("tests/test_lu.py", "-k", "singular or whole_groups"),
+        "a stack task reports a zero pivot only when it is in its last group's last system",
     ),
     Mutant(
         "eigen-scan-on-all-threads-below-the-line",
