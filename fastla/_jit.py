@@ -662,13 +662,79 @@ def _tbb_library():
     return None
 
 
+def _cpu_quota(root="/sys/fs/cgroup", cgroup_file="/proc/self/cgroup"):
+    """The CPUs' worth of time a cgroup grants this process (quota / period: 1.0 for one CPU), or
+    None without a limit: cgroup v2's ``cpu.max``, else v1's ``cpu.cfs_quota_us`` /
+    ``cpu.cfs_period_us``, in the process's own cgroup under ``root`` and at ``root`` itself (a
+    container sees its own cgroup there)."""
+    try:
+        with open(cgroup_file) as f:
+            entries = [line.split(":", 2) for line in f.read().splitlines() if line.count(":") >= 2]
+    except OSError:
+        entries = []
+    places = []
+    for _, controllers, path in entries:
+        if controllers == "":
+            places.append((os.path.join(root, path.lstrip("/")), "v2"))
+        elif "cpu" in controllers.split(","):
+            places.append((os.path.join(root, controllers, path.lstrip("/")), "v1"))
+            places.append((os.path.join(root, "cpu", path.lstrip("/")), "v1"))
+    places += [(root, "v2"), (os.path.join(root, "cpu"), "v1"), (os.path.join(root, "cpu,cpuacct"), "v1")]
+    for where, version in places:
+        try:
+            if version == "v2":
+                with open(os.path.join(where, "cpu.max")) as f:
+                    quota, period = f.read().split()[:2]
+                if quota == "max":
+                    return None
+            else:
+                with open(os.path.join(where, "cpu.cfs_quota_us")) as f:
+                    quota = f.read().strip()
+                with open(os.path.join(where, "cpu.cfs_period_us")) as f:
+                    period = f.read().strip()
+                if int(quota) < 0:
+                    return None
+            return int(quota) / int(period)
+        except (OSError, ValueError, ZeroDivisionError):
+            continue
+    return None
+
+
+def usable_cpus():
+    """The CPUs this process may use: its affinity mask (``os.sched_getaffinity``, else
+    ``os.cpu_count()``), capped by a cgroup CPU quota (:func:`_cpu_quota`; fractional)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    quota = _cpu_quota() if sys.platform.startswith("linux") else None
+    return cpus if quota is None else min(cpus, quota)
+
+
 def _choose_threading_layer():
-    """Pick a layer that survives concurrent launches; return True if a lock is still needed."""
+    """Pick a layer that survives concurrent launches; return True if a lock is still needed.
+
+    Not TBB where the process has less than two CPUs (its affinity or a cgroup quota, as in a
+    container limited to one CPU): oneTBB then starts no worker thread, and Numba's TBB layer, whose
+    start-up hands a task to its task group on the thread that first launches it, waits for that
+    task at interpreter exit; when the launch was on another Python thread than the main one, it
+    waits forever (measured here: a kernel called from a ``threading.Thread`` with the process
+    pinned to one CPU, exit hung 3 times in 3 on TBB; OpenMP and the work queue exited). OpenMP
+    then, else the work queue behind the lock; with one CPU, no second thread to lose."""
     if not JIT_ENABLED:
         return False
-    _preload_tbb()  # Numba's own default order tries TBB first too
     if os.environ.get("NUMBA_THREADING_LAYER"):
+        _preload_tbb()
         return numba.config.THREADING_LAYER in ("workqueue", "default")
+    if usable_cpus() < 2:
+        try:
+            __import__("numba.np.ufunc.omppool")
+        except ImportError:
+            numba.config.THREADING_LAYER = "workqueue"
+            return True
+        numba.config.THREADING_LAYER = "omp"
+        return False
+    _preload_tbb()  # Numba's own default order tries TBB first too
     for mod in ("tbbpool", "omppool"):
         try:
             __import__(f"numba.np.ufunc.{mod}")

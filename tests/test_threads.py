@@ -201,6 +201,7 @@ def _tbb_installed():
 
 @needs_jit
 @pytest.mark.skipif(not _tbb_installed(), reason="the tbb package is not installed")
+@pytest.mark.skipif(_jit.usable_cpus() < 2, reason="one CPU: fastla does not pick TBB there")
 def test_kernels_run_on_numbas_tbb_layer_where_tbb_is_installed():
     """With the ``tbb`` dependency installed (Linux x86-64), fastla's parallel kernels run on
     Numba's TBB layer, whose idle threads give the cores back to BLAS's (README, "Threads"): its
@@ -213,6 +214,68 @@ def test_kernels_run_on_numbas_tbb_layer_where_tbb_is_installed():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["tbb"]
+
+
+@needs_jit
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs os.sched_setaffinity")
+def test_a_process_on_one_cpu_exits_after_a_kernel_ran_on_another_python_thread():
+    """A process limited to one CPU (here its affinity; a container's CPU quota counts the same)
+    whose first kernel runs on a ``threading.Thread`` exits: on Numba's TBB layer, with no worker
+    thread to run it, the task the layer's start-up handed its task group on that thread was waited
+    for at interpreter exit, forever. fastla picks another layer there (``_jit.usable_cpus``)."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    code = (
+        "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
+        "import threading, numpy as np, fastla, numba\n"
+        "out = []\n"
+        "def work():\n"
+        "    out.append(fastla.softmax(np.ones((4, 10)), backend='numba')[0, 0])\n"
+        "t = threading.Thread(target=work); t.start(); t.join()\n"
+        "print(numba.threading_layer(), out[0])\n"
+    )
+    try:
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"the process did not exit (printed {e.stdout!r})")
+    assert r.returncode == 0, r.stderr
+    layer, value = r.stdout.split()
+    assert layer != "tbb" and float(value) == pytest.approx(0.1)
+
+
+def test_the_cpu_quota_is_read_from_cgroup_v2_then_v1(tmp_path):
+    """``_jit._cpu_quota``: the process's own cgroup's ``cpu.max`` (v2) or cfs quota and period
+    (v1), else the mount's root; "max" or a negative quota is no limit; nothing readable is None."""
+    proc = tmp_path / "cgroup"
+    root = tmp_path / "fs"
+    quota = _jit._cpu_quota
+    proc.write_text("0::/user/app\n")
+    assert quota(str(root), str(proc)) is None
+    (root / "user" / "app").mkdir(parents=True)
+    (root / "user" / "app" / "cpu.max").write_text("150000 100000\n")
+    (root / "cpu.max").write_text("max 100000\n")
+    assert quota(str(root), str(proc)) == 1.5
+    (root / "user" / "app" / "cpu.max").unlink()
+    assert quota(str(root), str(proc)) is None  # the root's "max"
+    v1 = root / "cpu,cpuacct" / "job"
+    v1.mkdir(parents=True)
+    (v1 / "cpu.cfs_quota_us").write_text("100000\n")
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    proc.write_text("4:memory:/job\n1:cpu,cpuacct:/job\n")
+    assert quota(str(root), str(proc)) == 1.0
+    (v1 / "cpu.cfs_quota_us").write_text("-1\n")
+    assert quota(str(root), str(proc)) is None
+    assert quota(str(tmp_path / "none"), str(tmp_path / "missing")) is None
+
+
+def test_usable_cpus_is_the_affinity_capped_by_the_quota(monkeypatch):
+    monkeypatch.setattr(_jit.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(_jit.sys, "platform", "linux")
+    monkeypatch.setattr(_jit, "_cpu_quota", lambda: None)
+    assert _jit.usable_cpus() == 4
+    monkeypatch.setattr(_jit, "_cpu_quota", lambda: 1.0)
+    assert _jit.usable_cpus() == 1.0
+    monkeypatch.setattr(_jit, "_cpu_quota", lambda: 16.0)
+    assert _jit.usable_cpus() == 4
 
 
 @needs_jit

@@ -73,6 +73,22 @@ MUTANTS = [
         "Numba's start-up BLAS probe imports scipy.linalg again (0.13 s of every warm first call)",
     ),
     Mutant(
+        "threads-tbb-on-one-cpu",
+        "_jit.py",
+        "    if usable_cpus() < 2:",
+        "    if usable_cpus() < 1:",
+        ("tests/test_threads.py", "-k", "one_cpu"),
+        "a process on one CPU runs on TBB, and one whose first kernel ran on another thread never exits",
+    ),
+    Mutant(
+        "threads-quota-ignored",
+        "_jit.py",
+        "    return cpus if quota is None else min(cpus, quota)",
+        "    return cpus",
+        ("tests/test_threads.py", "-k", "usable_cpus"),
+        "a container's CPU quota is not counted (one CPU's quota on a many-core host still picks TBB)",
+    ),
+    Mutant(
         "numba-blas-probe-deferred-for-every-caller",
         "_jit.py",
         '        if probing is not None and not hasattr(probing, "_HAVE_BLAS"):',
