@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import math
 import os
 import sys
 import threading
@@ -982,10 +983,13 @@ def default_num_threads():
     """fastla's thread count until :func:`set_num_threads`: every thread numba starts
     (``NUMBA_NUM_THREADS``: all cores, or the worker's share in joblib's process workers, which set
     it), capped by ``OMP_NUM_THREADS`` when that is set and ``NUMBA_NUM_THREADS`` is not (Dask's
-    worker processes set ``OMP_NUM_THREADS=1``; PyTorch reads it the same way)."""
+    worker processes set ``OMP_NUM_THREADS=1``; PyTorch reads it the same way), and by a cgroup CPU
+    quota, rounded up (a container given 2 CPUs of a 64-core host: 2 threads, not 64 that the
+    quota then throttles; Numba counts the affinity mask only)."""
     top = max_threads()
     if os.environ.get("NUMBA_NUM_THREADS"):
         return top
+    top = min(top, max(1, math.ceil(usable_cpus())))
     try:
         omp = int(os.environ.get("OMP_NUM_THREADS", "").split(",")[0])
     except ValueError:

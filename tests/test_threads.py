@@ -132,6 +132,25 @@ def test_omp_num_threads_caps_the_default_and_numba_num_threads_wins():
         assert r.stdout.split() == [str(TOP)], r.stderr
 
 
+def test_a_cpu_quota_caps_the_default_and_numba_num_threads_wins(monkeypatch):
+    """A container's CPU quota caps the default count, rounded up (1.5 CPUs: 2 threads); an
+    explicit ``NUMBA_NUM_THREADS`` is still honoured."""
+    monkeypatch.delenv("NUMBA_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(_jit, "max_threads", lambda: 8)
+    try:
+        for quota, expect in ((None, 8), (1.0, 1), (1.5, 2), (0.5, 1), (16.0, 8)):
+            monkeypatch.setattr(_jit, "usable_cpus", lambda q=quota: 8 if q is None else min(8, q))
+            _jit.default_num_threads.cache_clear()
+            assert _jit.default_num_threads() == expect, quota
+        monkeypatch.setenv("NUMBA_NUM_THREADS", "8")
+        _jit.default_num_threads.cache_clear()
+        assert _jit.default_num_threads() == 8
+    finally:
+        monkeypatch.undo()
+        _jit.default_num_threads.cache_clear()
+
+
 def test_preload_tbb_loads_only_a_library_it_finds(monkeypatch, tmp_path):
     """``_jit._preload_tbb`` loads the library :func:`fastla._jit._tbb_library` finds (where the
     ``tbb`` wheel put it) with ``RTLD_GLOBAL``, and reports False, never raising, where there is

@@ -89,6 +89,14 @@ MUTANTS = [
         "a container's CPU quota is not counted (one CPU's quota on a many-core host still picks TBB)",
     ),
     Mutant(
+        "threads-default-ignores-the-quota",
+        "_jit.py",
+        "    top = min(top, max(1, math.ceil(usable_cpus())))",
+        "    top = min(top, max(1, math.floor(usable_cpus())))",
+        ("tests/test_threads.py", "-k", "quota_caps"),
+        "a quota of 1.5 CPUs gets one thread, not two (rounded down: half a CPU left idle)",
+    ),
+    Mutant(
         "numba-blas-probe-deferred-for-every-caller",
         "_jit.py",
         '        if probing is not None and not hasattr(probing, "_HAVE_BLAS"):',
