@@ -721,7 +721,7 @@ def _choose_threading_layer():
     task at interpreter exit; when the launch was on another Python thread than the main one, it
     waits forever (measured here: a kernel called from a ``threading.Thread`` with the process
     pinned to one CPU, exit hung 3 times in 3 on TBB; OpenMP and the work queue exited; with every
-    kernel on the main thread, 2 processes pinned to one CPU each hung at exit in ~36 runs). OpenMP
+    kernel on the main thread, two processes pinned to one CPU each both hung at exit in 2 of 37 runs). OpenMP
     then, else the work queue behind the lock; with one CPU, no second thread to lose."""
     if not JIT_ENABLED:
         return False
