@@ -33,6 +33,9 @@ def machine_facts():
         "simd_bytes": simd_bytes(),
         "caches": cache_sizes(),
         "cores": os.cpu_count(),
+        # what this process may use: its affinity mask, capped by a cgroup CPU quota (a container's);
+        # below 2, fastla's kernels run on OpenMP, not TBB (README, "Threads": one CPU)
+        "usable_cpus": _jit.usable_cpus(),
         "numba": None,
         "llvm": None,
         "threading_layer": _jit.threading_layer(),
