@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 import numpy as np
@@ -100,7 +101,15 @@ def main(argv=None):
 
     tune.add_parser(sub)
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:
+        # the reader went away (`python -m fastla info | head -3`): stop quietly, as Python's
+        # documentation advises, with the output pointed at /dev/null so that the interpreter's
+        # last flush at exit raises nothing either
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

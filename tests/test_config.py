@@ -220,6 +220,20 @@ def test_import_compiles_nothing():
     assert r.returncode == 0, r.stderr
 
 
+def test_cli_output_to_a_closed_pipe_ends_quietly():
+    """``python -m fastla info | head -1``: a reader that goes away ends the command with exit
+    status 1 and no traceback (stdout here is a pipe whose read end is already closed)."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        cmd = [sys.executable, "-m", "fastla", "info"]
+        r = subprocess.run(cmd, stdout=write, stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write)
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr and "BrokenPipeError" not in r.stderr, r.stderr
+
+
 def test_cli_info_and_explain():
     r = run_python(
         "from fastla.__main__ import main; main(['info'])",
