@@ -728,22 +728,18 @@ def _choose_threading_layer():
     if os.environ.get("NUMBA_THREADING_LAYER"):
         _preload_tbb()
         return numba.config.THREADING_LAYER in ("workqueue", "default")
-    if usable_cpus() < 2:
-        try:
-            __import__("numba.np.ufunc.omppool")
-        except ImportError:
-            numba.config.THREADING_LAYER = "workqueue"
-            return True
-        numba.config.THREADING_LAYER = "omp"
-        return False
-    _preload_tbb()  # Numba's own default order tries TBB first too
-    for mod in ("tbbpool", "omppool"):
+    one_cpu = usable_cpus() < 2
+    if not one_cpu:
+        _preload_tbb()  # Numba's own default order tries TBB first too
+    for mod in ("omppool",) if one_cpu else ("tbbpool", "omppool"):
         try:
             __import__(f"numba.np.ufunc.{mod}")
         except ImportError:
             continue
-        numba.config.THREADING_LAYER = "threadsafe"
+        numba.config.THREADING_LAYER = "omp" if one_cpu else "threadsafe"
         return False
+    if one_cpu:  # not Numba's default order, which tries TBB first
+        numba.config.THREADING_LAYER = "workqueue"
     return True
 
 

@@ -75,8 +75,8 @@ MUTANTS = [
     Mutant(
         "threads-tbb-on-one-cpu",
         "_jit.py",
-        "    if usable_cpus() < 2:",
-        "    if usable_cpus() < 1:",
+        "    one_cpu = usable_cpus() < 2",
+        "    one_cpu = usable_cpus() < 1",
         ("tests/test_threads.py", "-k", "one_cpu"),
         "a process on one CPU runs on TBB, and one whose first kernel ran on another thread never exits",
     ),
