@@ -681,7 +681,9 @@ def _cpu_quota(root="/sys/fs/cgroup", cgroup_file="/proc/self/cgroup"):
             places.append((os.path.join(root, controllers, path.lstrip("/")), "v1"))
             places.append((os.path.join(root, "cpu", path.lstrip("/")), "v1"))
     places += [(root, "v2"), (os.path.join(root, "cpu"), "v1"), (os.path.join(root, "cpu,cpuacct"), "v1")]
-    for where, version in places:
+    # each place once: a "cpu" controller line names the same directory twice, and a cgroup path of
+    # "/" the root's again
+    for where, version in dict.fromkeys((os.path.normpath(w), v) for w, v in places):
         try:
             if version == "v2":
                 with open(os.path.join(where, "cpu.max")) as f:
