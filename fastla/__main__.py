@@ -92,7 +92,7 @@ def main(argv=None):
     p_warm.add_argument(
         "--jobs",
         type=int if bench_cli is None else bench_cli.positive(int),
-        help="processes compiling at once (default: one per core)",
+        help="processes compiling at once (default: one per usable CPU: affinity, cgroup quota)",
     )
     p_warm.set_defaults(func=_cmd_warmup)
     if bench_cli is not None:

@@ -84,7 +84,7 @@ def pytest_xdist_node_collection_finished(node, ids):
         _WARMUP["seconds"] = 0.0
         return
     workers = node.config.getoption("numprocesses", None)
-    fastla.warmup(jobs=workers if isinstance(workers, int) else os.cpu_count())
+    fastla.warmup(jobs=workers if isinstance(workers, int) else None)
     _WARMUP["seconds"] = time.perf_counter() - _WARMUP["start"]
 
 

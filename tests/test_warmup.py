@@ -67,6 +67,23 @@ def test_warmup_arguments():
     assert jobs[0] == ("scaled_dot_product_attention", ("float64",)) and len(jobs) == 4
 
 
+@pytest.mark.parametrize(("usable", "lanes"), [(0.5, 1), (1, 1), (1.5, 2), (3, 3)])
+def test_warmup_default_jobs_follow_the_usable_cpus(monkeypatch, usable, lanes):
+    """The default process count is the CPUs this process may use (affinity, a cgroup quota rounded
+    up, as the default thread count), not ``os.cpu_count()``."""
+    from fastla import _jit
+
+    monkeypatch.setattr(_jit, "usable_cpus", lambda: usable)
+    monkeypatch.setattr(_jit, "JIT_ENABLED", True)
+    monkeypatch.setattr(_jit, "NUMBA_AVAILABLE", True)
+    assert _warmup.default_jobs() == lanes
+    seen = []
+    monkeypatch.setattr(_warmup, "_run_all", lambda todo, n_jobs, progress, stream: seen.append(n_jobs) or {})
+    fastla.warmup(["softmax"], ["float64"], progress=False)
+    fastla.warmup(["softmax"], ["float64"], progress=False, jobs=5)  # an explicit count wins
+    assert seen == [lanes, 5]
+
+
 def test_the_kernels_warmup_calls_every_kernel():
     """``warmup`` warms ``fastla.kernels`` too (by default, or as ``ops="kernels"``), and its calls
     (``fastla/_kernel_calls.py``) name every public kernel: a kernel added to the module without a

@@ -97,6 +97,14 @@ MUTANTS = [
         "a quota of 1.5 CPUs gets one thread, not two (rounded down: half a CPU left idle)",
     ),
     Mutant(
+        "warmup-default-jobs-count-every-core",
+        "_warmup.py",
+        "    return max(1, math.ceil(_jit.usable_cpus()))",
+        "    return os.cpu_count() or 1",
+        ("tests/test_warmup.py", "-k", "default_jobs"),
+        "warm-up processes by default one per core of the host, not per usable CPU",
+    ),
+    Mutant(
         "numba-blas-probe-deferred-for-every-caller",
         "_jit.py",
         '        if probing is not None and not hasattr(probing, "_HAVE_BLAS"):',
