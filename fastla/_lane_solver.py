@@ -6,15 +6,21 @@ Each group of ``lanes`` systems is loaded from the stack and transposed in regis
 exact n and number of right-hand sides (:func:`lane_solve_group`, an ``@intrinsic``); the solutions
 are transposed back and stored the same way. Partial pivoting is branch-free: the
 pivot row is found by compare + select per lane and the rows are swapped by selects, so lanes that
-pick different pivots never diverge. Measured on Zen 1 (AVX2, 4 f64 lanes), 100k systems, 2 threads,
-f64, ratio to np.linalg.solve: one system per loop iteration (elimination unrolled for the exact n)
-12x / 9x / 7x for n = 3 / 4 / 8; this kernel 18-20x / 12-16x / 12x. Numba loops over a lane axis
+pick different pivots never diverge. Up to n = :data:`REGISTER_N` the columns are eliminated in the
+order of the LU that NumPy's LAPACK runs (left-looking, its dot products rounded as that LAPACK
+rounds them: :func:`dot_rounding`), so that a system singular in exact arithmetic gets NumPy's
+verdict (see :func:`dot_rounding`); larger n and the one-system kernels are right-looking.
+Measured on Zen 1 (AVX2, 4 f64 lanes), 100k systems, 2 threads, f64, ratio to np.linalg.solve: one
+system per loop iteration (elimination unrolled for the exact n) 12x / 9x / 7x for n = 3 / 4 / 8;
+this kernel 18-20x / 12-16x / 12x. Numba loops over a lane axis
 stayed scalar (LLVM fully unrolls the short lane loops before the loop vectoriser runs, and Numba
 disables the SLP vectoriser): 8x / 6x / 3x. Generated Python with one local per element compiled for
 minutes (n = 8) and was no faster.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 
@@ -55,6 +61,46 @@ HALF_WIDTH_N = (
 )
 
 
+#: :func:`lane_solve_group`'s ``DOTS`` codes: the elimination order of :func:`_eliminate`
+DOT_ORDERS = {0: None, 1: "fused", 2: "unfused"}
+
+#: 3x3 matrices, singular in exact arithmetic, whose last pivot a left-looking LU (OpenBLAS's
+#: getf2) computes as exactly zero with its dot products' multiply-adds fused and not unfused
+#: (the first), or unfused and not fused (the second): found by emulating both orders in exact
+#: arithmetic over random integer matrices of rank 2
+_FUSED_PROBE = ((-2.0, 4.0, 3.0), (9.0, -4.0, -3.0), (-2.0, 4.0, 3.0))
+_UNFUSED_PROBE = ((1.0, -2.0, 0.0), (-4.0, 1.0, 2.0), (-3.0, 6.0, 0.0))
+
+
+@functools.cache
+def lapack_dot_rounding():
+    """How the LAPACK that NumPy calls rounds the dot products of its unblocked LU (OpenBLAS's
+    ``getf2``, which its getrf runs for small n): ``"fused"`` or ``"unfused"``, read off
+    ``np.linalg.det`` (getrf) of the two probe matrices, whose determinant is exactly 0 where their
+    last pivot is (~5 us, once a process); None where neither probe tells (another BLAS, a blocked
+    or recursive getrf). OpenBLAS 0.3.31 on Zen 4: its SkylakeX kernels fuse; its Haswell, Zen and
+    SandyBridge kernels (``OPENBLAS_CORETYPE``) do not."""
+    fused = np.linalg.det(np.array(_FUSED_PROBE)) == 0.0
+    unfused = np.linalg.det(np.array(_UNFUSED_PROBE)) == 0.0
+    return "fused" if fused and not unfused else "unfused" if unfused and not fused else None
+
+
+def dot_rounding():
+    """The batched solver's elimination order (:func:`_eliminate`, n <= :data:`REGISTER_N`):
+    left-looking with LAPACK's dot rounding (:func:`lapack_dot_rounding`), fused where it cannot
+    tell. A stack of systems singular in exact arithmetic then gets NumPy's verdict (LinAlgError or
+    not) where the two LUs round alike: every one of 300 random rank-deficient integer systems for
+    each n = 2 to 5, on both kinds of OpenBLAS kernel (against 63-73% for n = 3 to 5 in the
+    right-looking order before); n = 6: 94-97%, n = 8: 82-86% (OpenBLAS's longer dots and
+    matrix-vector products sum in another order)."""
+    return lapack_dot_rounding() or "fused"
+
+
+def dot_order_code():
+    """:data:`DOT_ORDERS`'s code of :func:`dot_rounding` (the batched solver's order)."""
+    return 1 if dot_rounding() == "fused" else 2
+
+
 def lanes(dtype, n=None):
     """Systems per group for ``dtype`` (and systems of size ``n``): one SIMD register's worth of
     elements, or half of a 512-bit one for the n of :data:`HALF_WIDTH_N`."""
@@ -64,10 +110,21 @@ def lanes(dtype, n=None):
     return max(width // size, 2)
 
 
-def _lane_solve_twin(N, K, W, X, S):
+def _lane_solve_twin(N, K, W, X, S, dots=None):
     """:func:`_eliminate` in Python on ``W`` (n, n, lanes) and ``X`` (n, k, lanes), which receives the
-    solutions (numpy over the lane axis); ``S`` (lanes,) receives the statuses (W is overwritten)."""
+    solutions (numpy over the lane axis); ``S`` (lanes,) receives the statuses (W is overwritten).
+    ``dots``: as :func:`_eliminate`'s, the products of a left-looking column's dots rounded apart
+    (NumPy has no fused multiply-add) whatever the mode."""
+    left = dots is not None
     for j in range(N):
+        if left:
+            for i in range(1, N):
+                depth = min(i, j)
+                if depth:
+                    dot = W[i, 0] * W[0, j]
+                    for q in range(1, depth):
+                        dot = dot + W[i, q] * W[q, j]
+                    W[i, j] = W[i, j] - dot
         col = np.abs(W[j:, j])  # (N - j, lanes)
         best = col[0].copy()
         p = np.full(best.shape, j)
@@ -77,18 +134,25 @@ def _lane_solve_twin(N, K, W, X, S):
             p = np.where(g, j + i, p)
         for i in range(j + 1, N):
             m = p == i
-            for arr, lo in ((W, j), (X, 0)):
+            for arr, lo in ((W, 0 if left else j), (X, 0)):
                 top, row = arr[j, lo:].copy(), arr[i, lo:].copy()
                 arr[j, lo:] = np.where(m, row, top)
                 arr[i, lo:] = np.where(m, top, row)
         S[:] = np.where((S == 0) & (W[j, j] == 0), j + 1, S)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            nrd = -1 / W[j, j]
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            if left:
+                rcp = 1 / W[j, j]
+                nrd = -rcp
+                for i in range(j + 1, N):
+                    W[i, j] = W[i, j] * rcp
+                    X[i] += -W[i, j] * X[j]
+            else:
+                nrd = -1 / W[j, j]
+                for i in range(j + 1, N):
+                    f = W[i, j] * nrd
+                    W[i, j + 1 :] += f * W[j, j + 1 :]
+                    X[i] += f * X[j]
             W[j, j] = nrd
-            for i in range(j + 1, N):
-                f = W[i, j] * nrd
-                W[i, j + 1 :] += f * W[j, j + 1 :]
-                X[i] += f * X[j]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         for i in range(N - 1, -1, -1):
             u = -X[i]
@@ -115,12 +179,21 @@ def _rhs_loader(context, builder, ty, val, itemsize):
     return load
 
 
-def _eliminate(builder, a, x, s):
+def _eliminate(builder, a, x, s, dots=None):
     """Gaussian elimination with partial pivoting and back substitution on LLVM vector values, one
     system per lane: ``a`` (n lists of n vectors) and ``x`` (n lists of k right-hand-side vectors)
     are lists, updated in place (``x`` ends holding the solutions); ``s`` (an ``i64`` vector) is the
     status so far, and the new one is returned: per lane, ``j + 1`` for the first exactly zero pivot
-    (column j) unless ``s`` held one already."""
+    (column j) unless ``s`` held one already.
+
+    ``dots`` None: right-looking (each step updates the rows below it, one FMA an element, as
+    :func:`_row_codegen` and :func:`_memory_codegen` do). ``"fused"`` or ``"unfused"``: left-looking,
+    in the order of OpenBLAS's unblocked LU (``getf2``, which LAPACK's getrf runs for small n):
+    column j is computed from the factored columns, each element minus the dot product of its row
+    of L and its column of U, summed from the first term with each product fused into the sum
+    (``"fused"``) or rounded apart (``"unfused"``), then divided by the pivot as a product with its
+    reciprocal (:func:`dot_rounding`). Same operation count, one subtraction an element more. The
+    right-hand sides are eliminated as LAPACK's getrs does (one FMA an element, column by column)."""
     from llvmlite import ir
 
     n = len(a)
@@ -135,9 +208,27 @@ def _eliminate(builder, a, x, s):
         return _intrinsics.llvm_function(builder, f"llvm.{name}.v{v}f{bits}", vty, [vty] * nargs)
 
     fabs, fma = fn("fabs", 1), fn("fma", 3)
-    zero_f, minus_one, zero_i = splat(vty, 0.0), splat(vty, -1.0), splat(ity, 0)
+    zero_f, minus_one, one, zero_i = splat(vty, 0.0), splat(vty, -1.0), splat(vty, 1.0), splat(ity, 0)
+    left = dots is not None
+    # The left-looking order's operations carry a flag of their own, so that Numba's fastmath pass
+    # (which flags every unflagged float operation with fastla's flags) leaves them exact: with
+    # `contract` LLVM fused `a - l * u` into one FMA, with `reassoc` and `arcp` it may regroup the
+    # sums and turn `a * (1 / p)` into `a / p`. No signed zeros only: an exact zero stays a zero.
+    exact = ("nsz",)
     nrd = [None] * n
     for j in range(n):
+        if left:  # column j from columns 0 .. j-1 (their multipliers stored left of the diagonal)
+            for i in range(1, n):
+                depth = min(i, j)
+                if depth == 0:
+                    continue
+                dot = builder.fmul(a[i][0], a[0][j], flags=exact)
+                for q in range(1, depth):
+                    if dots == "fused":
+                        dot = builder.call(fma, [a[i][q], a[q][j], dot])
+                    else:
+                        dot = builder.fadd(dot, builder.fmul(a[i][q], a[q][j], flags=exact), flags=exact)
+                a[i][j] = builder.fsub(a[i][j], dot, flags=exact)
         best = builder.call(fabs, [a[j][j]])
         p = splat(ity, j)
         for i in range(j + 1, n):
@@ -147,7 +238,9 @@ def _eliminate(builder, a, x, s):
             p = builder.select(g, splat(ity, i), p)
         for i in range(j + 1, n):
             m = builder.icmp_signed("==", p, splat(ity, i))
-            for row_j, row_i, lo in ((a[j], a[i], j), (x[j], x[i], 0)):
+            # left-looking: the whole rows (the multipliers left of j and the columns not yet
+            # computed move with them); right-looking: from column j (nothing left of it is read)
+            for row_j, row_i, lo in ((a[j], a[i], 0 if left else j), (x[j], x[i], 0)):
                 for c in range(lo, len(row_j)):
                     row_j[c], row_i[c] = (
                         builder.select(m, row_i[c], row_j[c]),
@@ -157,6 +250,15 @@ def _eliminate(builder, a, x, s):
             builder.fcmp_ordered("==", a[j][j], zero_f), builder.icmp_signed("==", s, zero_i)
         )
         s = builder.select(first, splat(ity, j + 1), s)
+        if left:
+            rcp = builder.fdiv(one, a[j][j], flags=exact)
+            nrd[j] = builder.fneg(rcp)  # -1 / a_jj exactly
+            for i in range(j + 1, n):
+                a[i][j] = builder.fmul(a[i][j], rcp, flags=exact)  # the multiplier, kept for later columns
+                f = builder.fneg(a[i][j])  # = a_ij * (-1 / a_jj) exactly, as right-looking
+                for c in range(len(x[i])):
+                    x[i][c] = builder.call(fma, [f, x[j][c], x[i][c]])
+            continue
         nrd[j] = builder.fdiv(minus_one, a[j][j])
         for i in range(j + 1, n):
             f = builder.fmul(a[i][j], nrd[j])
@@ -648,22 +750,23 @@ def _memory_codegen(n, k, v, itemsize, unrolled=None):
     return codegen
 
 
-def _lane_solve_group_twin(N, K, A, B, X, INFO, T0):
+def _lane_solve_group_twin(N, K, DOTS, A, B, X, INFO, T0):
     v = lanes(A.dtype, N)
     W = np.array(A[T0 : T0 + v].transpose(1, 2, 0), order="C")  # copies: the twin overwrites both
     XW = np.array(B[T0 : T0 + v].transpose(1, 2, 0), order="C")
     S = np.zeros(v, np.int64)
-    _lane_solve_twin(N, K, W, XW, S)
+    _lane_solve_twin(N, K, W, XW, S, DOT_ORDERS[DOTS])
     X[T0 : T0 + v] = XW.transpose(2, 0, 1)
     INFO[:v] = S
 
 
 @_jit.intrinsic(_lane_solve_group_twin)
-def lane_solve_group(typingctx, N, K, A, B, X, INFO, T0):
+def lane_solve_group(typingctx, N, K, DOTS, A, B, X, INFO, T0):
     """Systems ``T0`` to ``T0 + lanes - 1`` of a stack, solved from the stack itself: ``A`` (batch,
     N, N) and ``B`` (batch, N, K) are read as groups transposed in registers (:func:`_load_group`),
-    eliminated by :func:`_eliminate` (for N > :data:`REGISTER_N`, by loops over a lanes-last copy on
-    the stack: :func:`_memory_codegen`), and the solutions written to ``X``
+    eliminated by :func:`_eliminate` in the order ``DOT_ORDERS[DOTS]`` (a literal; for N >
+    :data:`REGISTER_N`, right-looking by loops over a lanes-last copy on the stack:
+    :func:`_memory_codegen`, which ignores ``DOTS``), and the solutions written to ``X``
     (batch, N, K) the same way, system ``T0 + t``'s status (0, or ``j + 1`` for a zero pivot in
     column j) to ``INFO[t]`` (at least lanes long: the caller's scratch for the group). All
     C-contiguous; ``X`` may be ``B`` (everything is loaded before anything is stored); the caller
@@ -679,14 +782,20 @@ def lane_solve_group(typingctx, N, K, A, B, X, INFO, T0):
 
     nbt = _jit.nb_types
     kinds = _group_types(N, (A, B, X), T0)
-    if kinds is None or not isinstance(K, nbt.IntegerLiteral):
+    if kinds is None or not isinstance(K, nbt.IntegerLiteral) or not isinstance(DOTS, nbt.IntegerLiteral):
         return None
     if not isinstance(INFO, nbt.Array) or (INFO.ndim, INFO.layout, INFO.dtype) != (1, "C", nbt.int64):
         return None
     n, dtype = kinds
     k, v, itemsize = K.literal_value, lanes(dtype, n), dtype.itemsize
+    dots = DOT_ORDERS[DOTS.literal_value]
+    inner = nbt.void(N, K, A, B, X, INFO, T0)  # the codegens' view: the arguments without DOTS
+
+    def without_dots(codegen):
+        return lambda context, builder, sig, args: codegen(context, builder, inner, [*args[:2], *args[3:]])
+
     if n > REGISTER_N:
-        return nbt.void(N, K, A, B, X, INFO, T0), _memory_codegen(n, k, v, itemsize)
+        return nbt.void(N, K, DOTS, A, B, X, INFO, T0), without_dots(_memory_codegen(n, k, v, itemsize))
 
     def codegen(context, builder, sig, args):
         vty = ir.VectorType(context.get_value_type(sig.args[2].dtype), v)
@@ -695,11 +804,11 @@ def lane_solve_group(typingctx, N, K, A, B, X, INFO, T0):
         a = [flat[i * n : (i + 1) * n] for i in range(n)]
         flat = _load_group(builder, ops.b, ops.b_base, n * k, vty, itemsize)
         x = [flat[i * k : (i + 1) * k] for i in range(n)]
-        s = _eliminate(builder, a, x, ir.Constant(ir.VectorType(ir.IntType(64), v), [0] * v))
+        s = _eliminate(builder, a, x, ir.Constant(ir.VectorType(ir.IntType(64), v), [0] * v), dots)
         _store_results(builder, [vec for row in x for vec in row], s, ops, itemsize)
         return context.get_dummy_value()
 
-    return nbt.void(N, K, A, B, X, INFO, T0), codegen
+    return nbt.void(N, K, DOTS, A, B, X, INFO, T0), without_dots(codegen)
 
 
 _GROUPS = 16  # groups of `lanes` systems per parallel task
@@ -758,6 +867,8 @@ _STEPS = {}
 
 
 def _make_step(N, K):
+    D = dot_order_code()  # a closure constant: part of the step's cache key, as N and K
+
     @jit(python_wrapper=False)
     def step(a, b, x, w, xs, s, singular, task):
         """Task ``task``: groups ``task * _GROUPS`` to ``(task + 1) * _GROUPS`` of the stack, each
@@ -794,7 +905,7 @@ def _make_step(N, K):
                             for c in range(K):
                                 xw[t, i, c] = b[t0 + t, i, c0 + c] if t < nl and c < kk else 0.0
                     src_a, src_b, dst, first = ws_ro, xw_ro, xw, 0
-                lane_solve_group(N, K, src_a, src_b, dst, sw, first)
+                lane_solve_group(N, K, D, src_a, src_b, dst, sw, first)
                 for t in range(nl):
                     bad |= sw[t]
                 if not direct:

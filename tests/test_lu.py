@@ -1,5 +1,6 @@
 """lu_factor / lu_solve / solve: every impl against SciPy/NumPy, backward errors, errors."""
 
+import os
 import warnings
 
 import numpy as np
@@ -8,7 +9,7 @@ import scipy
 import scipy.linalg as sla
 
 import fastla
-from fastla import _intrinsics, _jit
+from fastla import _host, _intrinsics, _jit
 from fastla import _lane_solver as ls
 from tests.helpers import ODD_SIZES, eps, impl_names, variant
 
@@ -638,6 +639,110 @@ def test_small_stacks_need_partial_pivoting(n, rng):
         assert err.max() <= max(8 * ref.max(), 4 * n * eps(np.float64)), (kind, err.max(), ref.max())
 
 
+def _rank_deficient_integer_systems(n, count, rng):
+    """Integer matrices singular in exact arithmetic: the last row a copy or a combination of the
+    first two, or the last column a difference of the first two (n >= 2)."""
+    systems = []
+    for t in range(count):
+        a = rng.integers(-5, 6, (n, n)).astype(np.float64)
+        if t % 4 == 0:
+            a[-1] = a[0]
+        elif t % 4 == 1:
+            a[-1] = a[0] + a[min(1, n - 1)]
+        elif t % 4 == 2:
+            a[-1] = 2 * a[0] - 3 * a[min(1, n - 1)]
+        else:
+            a[:, -1] = a[:, 0] - a[:, min(1, n - 1)]
+        systems.append(a)
+    return systems
+
+
+def _raises(call):
+    try:
+        call()
+    except np.linalg.LinAlgError:
+        return True
+    return False
+
+
+def _verdict_differences(systems):
+    """Indices of the systems whose LinAlgError verdict differs between np.linalg.solve and the
+    batched solver (each as a stack of one)."""
+    differ = []
+    for i, a in enumerate(systems):
+        n = a.shape[0]
+        ours = _raises(lambda a=a, n=n: fastla.solve(a[None], np.ones((1, n, 1)), backend="numba"))
+        if ours != _raises(lambda a=a, n=n: np.linalg.solve(a, np.ones(n))):
+            differ.append(i)
+    return differ
+
+
+def _compiled_order_known():
+    if not _jit.JIT_ENABLED:
+        pytest.skip("the compiled elimination order (the JIT-off twin rounds its dots apart)")
+    if ls.lapack_dot_rounding() is None:
+        pytest.skip("NumPy's LAPACK rounds its small LU in neither order fastla knows")
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5])
+def test_small_stacks_of_singular_systems_get_numpys_verdict(n, rng):
+    """A system singular in exact arithmetic: LAPACK reports it where its last pivot rounds to
+    exactly zero, which depends on its order of operations. The batched solver eliminates in the
+    order of the LU NumPy runs (left-looking, its dot products' rounding probed), so each of these
+    gets NumPy's verdict, LinAlgError or a solution (in the right-looking order: 63-73% of them)."""
+    _compiled_order_known()
+    assert _verdict_differences(_rank_deficient_integer_systems(n, 120, rng)) == []
+
+
+def test_a_stack_holding_the_textbook_singular_matrix_raises_as_numpy():
+    """[[1, 2, 3], [4, 5, 6], [7, 8, 9]] inside a stack long enough for auto's compiled solver: NumPy
+    raises LinAlgError (its last pivot is exactly 0); the right-looking order's was -1.6e-16, and
+    the stack came back solved, the system's 'solution' included."""
+    _compiled_order_known()
+    a = np.tile(np.eye(3) * 4 + 1, (5000, 1, 1))
+    a[4321] = np.arange(1.0, 10.0).reshape(3, 3)
+    b = np.ones((5000, 3, 1))
+    with pytest.raises(np.linalg.LinAlgError):
+        np.linalg.solve(a, b)
+    assert fastla.explain("solve", a, b)[0] == "numba"
+    with pytest.raises(np.linalg.LinAlgError, match="Singular matrix"):
+        fastla.solve(a, b)
+
+
+def test_the_elimination_order_follows_the_blas_kernel_numpy_runs(rng):
+    """The probe reads the rounding of the OpenBLAS kernel NumPy runs: in a process running the
+    other kind of kernel (``OPENBLAS_CORETYPE``), the probe reads the other rounding and the verdicts
+    agree again."""
+    import subprocess
+    import sys
+
+    _compiled_order_known()
+    blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+    if "openblas" not in str(blas.get("name", "")).lower():
+        pytest.skip("NumPy's BLAS is not OpenBLAS")
+    if ls.lapack_dot_rounding() == "fused":
+        other = "Haswell"
+    elif "avx512f" in _host.host_cpu()[1]:
+        other = "SkylakeX"
+    else:
+        pytest.skip("OpenBLAS's fused kernels need AVX-512")
+    code = (
+        "import numpy as np\n"
+        "from fastla import _lane_solver as ls\n"
+        "from tests.test_lu import _rank_deficient_integer_systems, _verdict_differences\n"
+        "rng = np.random.default_rng(5)\n"
+        "systems = [a for n in (3, 4) for a in _rank_deficient_integer_systems(n, 60, rng)]\n"
+        "print(ls.lapack_dot_rounding(), len(_verdict_differences(systems)))\n"
+    )
+    env = {**os.environ, "OPENBLAS_CORETYPE": other}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, "-c", code]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = run.stdout.split()
+    assert out == [{"fused": "unfused", "unfused": "fused"}[ls.lapack_dot_rounding()], "0"]
+
+
 def _make_group_solvers(unrolled):
     """Two compiled loops over the whole groups of a stack of 6x6 systems with two right-hand sides:
     one through lane_solve_group (straight-line code over values at this n), one through the
@@ -657,7 +762,8 @@ def _make_group_solvers(unrolled):
     @_jit.jit
     def registers(a, b, x, info, v):
         for g in range(a.shape[0] // v):
-            ls.lane_solve_group(6, 2, a, b, x, info[g * v :], g * v)
+            # DOTS 0: the right-looking order, which _memory_codegen runs
+            ls.lane_solve_group(6, 2, 0, a, b, x, info[g * v :], g * v)
 
     @_jit.jit
     def memory(a, b, x, info, v):
