@@ -89,10 +89,11 @@ def dot_rounding():
     """The batched solver's elimination order (:func:`_eliminate`, n <= :data:`REGISTER_N`):
     left-looking with LAPACK's dot rounding (:func:`lapack_dot_rounding`), fused where it cannot
     tell. A stack of systems singular in exact arithmetic then gets NumPy's verdict (LinAlgError or
-    not) where the two LUs round alike: every one of 300 random rank-deficient integer systems for
-    each n = 2 to 5, on both kinds of OpenBLAS kernel (against 63-73% for n = 3 to 5 in the
-    right-looking order before); n = 6: 94-97%, n = 8: 82-86% (OpenBLAS's longer dots and
-    matrix-vector products sum in another order)."""
+    not) where the two LUs round alike: every one of 300 random rank-deficient integer float64
+    systems for each n = 2 to 5, on both kinds of OpenBLAS kernel (against 63-73% for n = 3 to 5 in
+    the right-looking order before); n = 6: 94-97%, n = 8: 82-86% (OpenBLAS's longer dots and
+    matrix-vector products sum in another order). float32: 75-84% for n = 3 to 5 (63-71% before;
+    OpenBLAS's float32 dot sums in float64 and its matrix-vector kernels by blocks)."""
     return lapack_dot_rounding() or "fused"
 
 
