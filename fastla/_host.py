@@ -46,6 +46,9 @@ def machine_facts():
         # pool spins (README, "Threads": mixing BLAS and fastla calls)
         **{name: os.environ.get(name) for name in SPIN_SETTINGS},
         "blas": [],
+        # the rounding of NumPy's LAPACK's small LU, which the batched solver's elimination follows
+        # (README, "Drop-in behaviour": singular systems; fastla._lane_solver.dot_rounding)
+        "lapack_lu_dots": _lapack_lu_dots(),
         "backends": {
             "numba": "available"
             if _jit.JIT_ENABLED
@@ -71,6 +74,13 @@ def machine_facts():
     except ImportError:
         facts["blas"] = "threadpoolctl not installed"
     return facts
+
+
+def _lapack_lu_dots():
+    from fastla import _lane_solver
+
+    probed = _lane_solver.lapack_dot_rounding()
+    return probed or f"unknown ({_lane_solver.dot_rounding()} assumed)"
 
 
 def _cpu_model():

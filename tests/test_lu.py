@@ -709,6 +709,15 @@ def test_a_stack_holding_the_textbook_singular_matrix_raises_as_numpy():
             fastla.solve(a, b, backend=backend)
 
 
+def test_info_names_the_lapack_rounding_the_solver_follows():
+    from fastla import _host
+
+    probed = ls.lapack_dot_rounding()
+    assert probed in ("fused", "unfused", None)
+    expected = probed or f"unknown ({ls.dot_rounding()} assumed)"
+    assert _host.machine_facts()["lapack_lu_dots"] == expected
+
+
 def test_the_elimination_order_follows_the_blas_kernel_numpy_runs(rng):
     """The probe reads the rounding of the OpenBLAS kernel NumPy runs: in a process running the
     other kind of kernel (``OPENBLAS_CORETYPE``), the probe reads the other rounding and the verdicts
