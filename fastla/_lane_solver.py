@@ -92,8 +92,9 @@ def dot_rounding():
     not) where the two LUs round alike: every one of 300 random rank-deficient integer float64
     systems for each n = 2 to 5, on both kinds of OpenBLAS kernel (against 63-73% for n = 3 to 5 in
     the right-looking order before); n = 6: 94-97%, n = 8: 82-86% (OpenBLAS's longer dots and
-    matrix-vector products sum in another order). float32: 75-84% for n = 3 to 5 (63-71% before;
-    OpenBLAS's float32 dot sums in float64 and its matrix-vector kernels by blocks)."""
+    matrix-vector products sum in another order). float32: 75-84% for n = 3 to 5 (63-71% before):
+    NumPy solves float32 systems in float64 (its ``linalg`` converts single precision to double),
+    where this kernel computes them in float32."""
     return lapack_dot_rounding() or "fused"
 
 
