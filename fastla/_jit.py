@@ -714,6 +714,12 @@ def usable_cpus():
     return cpus if quota is None else min(cpus, quota)
 
 
+def usable_cpu_count():
+    """:func:`usable_cpus` as a whole number, at least 1: a fractional quota rounded up (1.5 CPUs
+    give 2), the default count of fastla's threads and of ``fastla.warmup``'s processes."""
+    return max(1, math.ceil(usable_cpus()))
+
+
 def _choose_threading_layer():
     """Pick a layer that survives concurrent launches; return True if a lock is still needed.
 
@@ -988,7 +994,7 @@ def default_num_threads():
     top = max_threads()
     if os.environ.get("NUMBA_NUM_THREADS"):
         return top
-    top = min(top, max(1, math.ceil(usable_cpus())))
+    top = min(top, usable_cpu_count())
     try:
         omp = int(os.environ.get("OMP_NUM_THREADS", "").split(",")[0])
     except ValueError:

@@ -14,14 +14,13 @@ compiled for exact sizes (stacks of 3x3/4x4 products and systems) are warmed for
 other small sizes compile on their first call.
 
 Numba compiles one function at a time in a process, so the (op, dtype) jobs run in ``jobs``
-processes at once (default: one per usable CPU, :func:`default_jobs`), each a lane of one dtype's
-jobs, the slowest first (:func:`_lanes`). Processes filling the same cache at once do not corrupt
-it (``fastla._jit``'s cache file: hashed data file names, a locked index).
+processes at once (default: one per usable CPU, ``fastla._jit.usable_cpu_count``), each a lane of
+one dtype's jobs, the slowest first (:func:`_lanes`). Processes filling the same cache at once do
+not corrupt it (``fastla._jit``'s cache file: hashed data file names, a locked index).
 """
 
 from __future__ import annotations
 
-import math
 import operator
 import os
 import queue
@@ -444,16 +443,6 @@ def _run_all(jobs, n_jobs, progress, stream):
     return times
 
 
-def default_jobs():
-    """Warm-up processes by default: one per CPU this process may use (its affinity mask, capped by
-    a cgroup CPU quota rounded up: ``fastla._jit.usable_cpus``), as the default thread count, not
-    ``os.cpu_count()``: in a container given 2 CPUs of a 64-core host, 64 compiling processes would
-    share the 2 CPUs at ~0.5 GB each."""
-    from fastla import _jit
-
-    return max(1, math.ceil(_jit.usable_cpus()))
-
-
 def warmup(ops=None, dtypes=DTYPES, *, background=False, jobs=None, progress=True, stream=None):
     """Compile fastla's kernels into Numba's on-disk cache ahead of their first use.
 
@@ -470,8 +459,10 @@ def warmup(ops=None, dtypes=DTYPES, *, background=False, jobs=None, progress=Tru
         into this process, so that the first request finds them ready. ``thread.join()`` waits for
         it; ``thread.result`` then holds the timings (or ``thread.error`` the exception).
     jobs : int, optional
-        Processes compiling at once, at least 1 (default: :func:`default_jobs`, one per CPU this
-        process may use).
+        Processes compiling at once, at least 1 (default: one per CPU this process may use, its
+        affinity mask capped by a cgroup CPU quota rounded up: ``fastla._jit.usable_cpu_count``,
+        as the default thread count; not ``os.cpu_count()``, which in a container given 2 CPUs of
+        a 64-core host started 64 compiling processes of ~0.5 GB each).
     progress : bool
         Print a progress line per job, then the cache location and size (to ``stream``).
     stream : file-like, optional
@@ -495,7 +486,7 @@ def warmup(ops=None, dtypes=DTYPES, *, background=False, jobs=None, progress=Tru
         jobs = operator.index(jobs)
         if jobs < 1:
             raise ValueError(f"warmup: jobs must be at least 1, got {jobs}")
-    n_jobs = jobs or default_jobs()
+    n_jobs = jobs or _jit.usable_cpu_count()
     stream = sys.stderr if stream is None else stream
     if not _jit.NUMBA_AVAILABLE or not _jit.JIT_ENABLED:
         if progress:

@@ -76,7 +76,7 @@ def test_warmup_default_jobs_follow_the_usable_cpus(monkeypatch, usable, lanes):
     monkeypatch.setattr(_jit, "usable_cpus", lambda: usable)
     monkeypatch.setattr(_jit, "JIT_ENABLED", True)
     monkeypatch.setattr(_jit, "NUMBA_AVAILABLE", True)
-    assert _warmup.default_jobs() == lanes
+    assert _jit.usable_cpu_count() == lanes
     seen = []
     monkeypatch.setattr(_warmup, "_run_all", lambda todo, n_jobs, progress, stream: seen.append(n_jobs) or {})
     fastla.warmup(["softmax"], ["float64"], progress=False)
