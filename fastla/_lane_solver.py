@@ -100,7 +100,8 @@ def dot_rounding():
 
 def dot_order_code():
     """:data:`DOT_ORDERS`'s code of :func:`dot_rounding` (the batched solver's order)."""
-    return 1 if dot_rounding() == "fused" else 2
+    order = dot_rounding()
+    return next(code for code, name in DOT_ORDERS.items() if name == order)
 
 
 def lanes(dtype, n=None):
