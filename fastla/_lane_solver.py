@@ -9,7 +9,8 @@ pivot row is found by compare + select per lane and the rows are swapped by sele
 pick different pivots never diverge. Up to n = :data:`REGISTER_N` the columns are eliminated in the
 order of the LU that NumPy's LAPACK runs (left-looking, its dot products rounded as that LAPACK
 rounds them: :func:`dot_rounding`), so that a system singular in exact arithmetic gets NumPy's
-verdict (see :func:`dot_rounding`); larger n and the one-system kernels are right-looking.
+verdict (see :func:`dot_rounding`); larger n and the one-system kernels are right-looking. A float32
+stack is computed in float64, as NumPy's ``linalg.solve`` computes it (:data:`COMPUTE`).
 Measured on Zen 1 (AVX2, 4 f64 lanes), 100k systems, 2 threads, f64, ratio to np.linalg.solve: one
 system per loop iteration (elimination unrolled for the exact n) 12x / 9x / 7x for n = 3 / 4 / 8;
 this kernel 18-20x / 12-16x / 12x. Numba loops over a lane axis
@@ -46,20 +47,24 @@ UNROLLED_N = 16
 LANE_RHS = 4
 
 
-#: itemsize -> the n whose groups are half a 512-bit register on a host that runs 512-bit vectors
-#: on 256-bit units (Zen 4: ``znver4``). Such a group's n * (n + 1) vectors outnumber the 32
-#: registers from n = 6 (float64), and its spills and transposes cost twice the bytes of a 256-bit
-#: group's, where a 512-bit operation buys no throughput. Measured on Zen 4 (50 000 systems, one
-#: right-hand side, ns a system, median of four interleaved runs, 512- against 256-bit groups):
-#: float64 one thread n = 5 27.8 / 22.6, 6 45.8 / 31.6, 7 88.2 / 45.5, 8 124.2 / 93.2; two threads
-#: 6 19.6 / 18.1, 7 36.5 / 24.1, 8 61.0 / 57.6; float32 one thread n = 6 18.3 / 14.4, 7 33.0 /
-#: 22.0, 8 49.2 / 48.9, two threads 7 20.2 / 14.9, 8 33.8 / 28.5; n = 3, 4 and 12, 16 (memory
-#: loops) within noise or better at 512 bits. Unmeasured hosts (Zen 5's 512-bit units, Intel)
-#: keep full-width groups.
-HALF_WIDTH_N = (
-    {8: range(6, REGISTER_N + 1), 4: range(7, REGISTER_N + 1)} if _host.host_cpu()[0] == "znver4" else {}
-)
+#: The n whose groups are half a 512-bit register on a host that runs 512-bit vectors on 256-bit
+#: units (Zen 4: ``znver4``). Such a group's n * (n + 1) vectors outnumber the 32 registers from
+#: n = 6, and its spills and transposes cost twice the bytes of a 256-bit group's, where a 512-bit
+#: operation buys no throughput. Measured on Zen 4 (50 000 float64 systems, one right-hand side, ns a
+#: system, median of four interleaved runs, 512- against 256-bit groups): one thread n = 5 27.8 /
+#: 22.6, 6 45.8 / 31.6, 7 88.2 / 45.5, 8 124.2 / 93.2; two threads 6 19.6 / 18.1, 7 36.5 / 24.1, 8
+#: 61.0 / 57.6; n = 3, 4 and 12, 16 (memory loops) within noise or better at 512 bits. Unmeasured
+#: hosts (Zen 5's 512-bit units, Intel) keep full-width groups.
+HALF_WIDTH_N = range(6, REGISTER_N + 1) if _host.host_cpu()[0] == "znver4" else ()
 
+
+#: What a stack's groups are computed in, float32 stacks too: NumPy's ``linalg.solve`` converts single
+#: precision to double, solves in double (LAPACK's dgesv) and rounds the solutions back, and so does
+#: :func:`lane_solve_group` (in registers: a float32 stack is read and written as float32). Computed in
+#: float32, 20 000 random systems' solutions had median / p99 relative errors against float64 of
+#: 6.9e-8 / 1.9e-6 at 3x3 and 2.0e-7 / 8.6e-6 at 8x8, NumPy's 2.4e-8 / 5.3e-8 and 2.8e-8 / 5.3e-8, and
+#: float32 systems singular in exact arithmetic got NumPy's verdict in 75-84% of stacks.
+COMPUTE = np.dtype(np.float64)
 
 #: :func:`lane_solve_group`'s ``DOTS`` codes: the elimination order of :func:`_eliminate`
 DOT_ORDERS = {0: None, 1: "fused", 2: "unfused"}
@@ -105,10 +110,11 @@ def dot_order_code():
 
 
 def lanes(dtype, n=None):
-    """Systems per group for ``dtype`` (and systems of size ``n``): one SIMD register's worth of
-    elements, or half of a 512-bit one for the n of :data:`HALF_WIDTH_N`."""
-    size, width = np.dtype(dtype).itemsize, _host.simd_bytes()
-    if width == 64 and n in HALF_WIDTH_N.get(size, ()):
+    """Systems per group for a stack of ``dtype`` (and systems of size ``n``): one SIMD register's
+    worth of the elements a group is computed in (float64, whatever ``dtype``: :data:`COMPUTE`), or
+    half of a 512-bit one for the n of :data:`HALF_WIDTH_N`."""
+    size, width = COMPUTE.itemsize, _host.simd_bytes()
+    if width == 64 and n in HALF_WIDTH_N:
         width = 32
     return max(width // size, 2)
 
@@ -524,6 +530,25 @@ def _store_group(builder, vectors, data, base, vty, itemsize):
                 _intrinsics.masked_store(builder, rows[t], ptr, cols, itemsize)
 
 
+class _Widen:
+    """A group's vectors between the stack's element type (``vty``'s) and :data:`COMPUTE`: ``up``
+    extends a list of loaded vectors (exactly), ``down`` rounds a list of results to the nearest
+    (ties to even, as NumPy's cast); both return the list as it is for a float64 stack."""
+
+    def __init__(self, builder, vty):
+        from llvmlite import ir
+
+        self.builder, self.vty = builder, vty
+        self.cty = ir.VectorType(ir.DoubleType(), vty.count)
+        self.same = vty.element == self.cty.element
+
+    def up(self, vectors):
+        return vectors if self.same else [self.builder.fpext(vec, self.cty) for vec in vectors]
+
+    def down(self, vectors):
+        return vectors if self.same else [self.builder.fptrunc(vec, self.vty) for vec in vectors]
+
+
 def _store_results(builder, x, s, ops, itemsize):
     """A group's solutions ``x`` (vectors, element by element of a system's ``(n, k)``) stored to
     the stack where its right-hand sides were read (:func:`_store_group`), and its statuses ``s``
@@ -603,9 +628,11 @@ def _memory_codegen(n, k, v, itemsize, unrolled=None):
 
     def codegen(context, builder, sig, args):
         i64 = ir.IntType(64)
-        fty = context.get_value_type(sig.args[2].dtype)
-        vty, ity = ir.VectorType(fty, v), ir.VectorType(i64, v)
-        bits = 8 * itemsize
+        sty = ir.VectorType(context.get_value_type(sig.args[2].dtype), v)  # the stack's elements
+        wide = _Widen(builder, sty)
+        vty, ity = wide.cty, ir.VectorType(i64, v)  # the working copy's
+        csize = COMPUTE.itemsize
+        bits = 8 * csize
         fabs = _intrinsics.llvm_function(builder, f"llvm.fabs.v{v}f{bits}", vty, [vty])
         fma = _intrinsics.llvm_function(builder, f"llvm.fma.v{v}f{bits}", vty, [vty] * 3)
         ops = _GroupOperands(context, builder, sig, args, n, k, v, itemsize)
@@ -623,10 +650,10 @@ def _memory_codegen(n, k, v, itemsize, unrolled=None):
             return builder.gep(work, [builder.add(row, ir.Constant(i64, c) if isinstance(c, int) else c)])
 
         def load(i, c):
-            return builder.load(slot(i, c), align=itemsize)
+            return builder.load(slot(i, c), align=csize)
 
         def store(val, i, c):
-            builder.store(val, slot(i, c), align=itemsize)
+            builder.store(val, slot(i, c), align=csize)
 
         def splat(ty, value):
             return ir.Constant(ty, [value] * v)
@@ -648,14 +675,15 @@ def _memory_codegen(n, k, v, itemsize, unrolled=None):
             with _intrinsics.counted_loop(builder, ir.Constant(i64, m // v)) as loop:
                 c0 = builder.mul(loop.index, ir.Constant(i64, v))
                 for e, vec in enumerate(
-                    _load_block(builder, data, builder.add(base, c0), m, 0, vty, itemsize)
+                    wide.up(_load_block(builder, data, builder.add(base, c0), m, 0, sty, itemsize))
                 ):
                     f = builder.add(c0, ir.Constant(i64, e))  # element f: (f // per_row, f % per_row)
                     row = builder.udiv(f, ir.Constant(i64, per_row))
                     col = builder.add(builder.urem(f, ir.Constant(i64, per_row)), ir.Constant(i64, col0))
                     store(vec, row, col)
             c0 = m - m % v
-            for e, vec in enumerate(_load_block(builder, data, base, m, c0, vty, itemsize) if m % v else ()):
+            tail = wide.up(_load_block(builder, data, base, m, c0, sty, itemsize)) if m % v else ()
+            for e, vec in enumerate(tail):
                 store(vec, (c0 + e) // per_row, col0 + (c0 + e) % per_row)
         zero_f, minus_one, zero_i = splat(vty, 0.0), splat(vty, -1.0), splat(ity, 0)
         state = [zero_i]  # the statuses so far
@@ -746,7 +774,7 @@ def _memory_codegen(n, k, v, itemsize, unrolled=None):
                     u = builder.call(fma, [load(i, r), load(r, n + c), builder.load(u_slot)])
                     builder.store(u, u_slot)
                 store(builder.fmul(builder.load(u_slot), nrd[i]), i, n + c)
-        x = [load(i, n + c) for i in range(n) for c in range(k)]
+        x = wide.down([load(i, n + c) for i in range(n) for c in range(k)])
         _store_results(builder, x, state[0], ops, itemsize)
         return context.get_dummy_value()
 
@@ -755,8 +783,9 @@ def _memory_codegen(n, k, v, itemsize, unrolled=None):
 
 def _lane_solve_group_twin(N, K, DOTS, A, B, X, INFO, T0):
     v = lanes(A.dtype, N)
-    W = np.array(A[T0 : T0 + v].transpose(1, 2, 0), order="C")  # copies: the twin overwrites both
-    XW = np.array(B[T0 : T0 + v].transpose(1, 2, 0), order="C")
+    # copies in COMPUTE (the twin overwrites both); the solutions rounded back as they are stored
+    W = np.array(A[T0 : T0 + v].transpose(1, 2, 0), COMPUTE, order="C")
+    XW = np.array(B[T0 : T0 + v].transpose(1, 2, 0), COMPUTE, order="C")
     S = np.zeros(v, np.int64)
     _lane_solve_twin(N, K, W, XW, S, DOT_ORDERS[DOTS])
     X[T0 : T0 + v] = XW.transpose(2, 0, 1)
@@ -773,7 +802,8 @@ def lane_solve_group(typingctx, N, K, DOTS, A, B, X, INFO, T0):
     (batch, N, K) the same way, system ``T0 + t``'s status (0, or ``j + 1`` for a zero pivot in
     column j) to ``INFO[t]`` (at least lanes long: the caller's scratch for the group). All
     C-contiguous; ``X`` may be ``B`` (everything is loaded before anything is stored); the caller
-    guarantees ``T0 + lanes <= batch``.
+    guarantees ``T0 + lanes <= batch``. Computed in :data:`COMPUTE`: a float32 stack's vectors are
+    extended as they are loaded and the solutions rounded as they are stored (:class:`_Widen`).
 
     No scratch and no scalar copy loops. Measured on Zen 5 (1 thread, 1024 systems in cache, ns a
     group of lanes systems): the scalar loops that copied the right-hand sides into a lanes-last
@@ -803,12 +833,13 @@ def lane_solve_group(typingctx, N, K, DOTS, A, B, X, INFO, T0):
     def codegen(context, builder, sig, args):
         vty = ir.VectorType(context.get_value_type(sig.args[2].dtype), v)
         ops = _GroupOperands(context, builder, sig, args, n, k, v, itemsize)
-        flat = _load_group(builder, ops.a, ops.a_base, n * n, vty, itemsize)
+        wide = _Widen(builder, vty)
+        flat = wide.up(_load_group(builder, ops.a, ops.a_base, n * n, vty, itemsize))
         a = [flat[i * n : (i + 1) * n] for i in range(n)]
-        flat = _load_group(builder, ops.b, ops.b_base, n * k, vty, itemsize)
+        flat = wide.up(_load_group(builder, ops.b, ops.b_base, n * k, vty, itemsize))
         x = [flat[i * k : (i + 1) * k] for i in range(n)]
         s = _eliminate(builder, a, x, ir.Constant(ir.VectorType(ir.IntType(64), v), [0] * v), dots)
-        _store_results(builder, [vec for row in x for vec in row], s, ops, itemsize)
+        _store_results(builder, wide.down([vec for row in x for vec in row]), s, ops, itemsize)
         return context.get_dummy_value()
 
     return nbt.void(N, K, DOTS, A, B, X, INFO, T0), without_dots(codegen)

@@ -22,7 +22,9 @@ Implementations:
   parallel kernel over the stack that solves one system per SIMD lane: each group of lanes is
   transposed in registers and eliminated by straight-line vector code emitted for the exact n
   (:func:`fastla._lane_solver.lane_solve_group`), pivoting branch-free by compare and select; zero pivots are
-  recorded per system (no ``return`` inside ``prange``, no per-system allocation).
+  recorded per system (no ``return`` inside ``prange``, no per-system allocation). ``solve``
+  computes float32 systems in float64 and rounds the solutions back, as ``np.linalg.solve`` does
+  (in every impl; ``lu_factor``/``lu_solve`` compute float32 in float32, as SciPy does).
 * ``numpy`` — ``scipy.linalg.lu_factor``/``lu_solve`` (LAPACK getrf/getrs) when SciPy is
   importable, else fastla's own kernels; ``solve`` uses ``np.linalg.solve`` (LAPACK gesv).
 * ``loop`` — textbook Doolittle elimination with partial pivoting in pure Python.
@@ -42,7 +44,7 @@ from fastla import _first_use, _intrinsics, _jit, _registry, _validate
 from fastla import _gemm_kernels as _gk
 from fastla._intrinsics import wide_vectors
 from fastla._jit import jit
-from fastla._lane_solver import _SPREAD, LANE_RHS, STEPS, lanes, solve_stack, step_key
+from fastla._lane_solver import _SPREAD, COMPUTE, LANE_RHS, STEPS, lanes, solve_stack, step_key
 
 __all__ = ["LinAlgWarning", "lu_factor", "lu_solve", "solve"]
 
@@ -894,6 +896,13 @@ def _broadcast_system(a, b):
     return A, B, out_shape
 
 
+def _solved_in(dtype):
+    """The dtype that ``np.linalg.solve`` computes a ``dtype`` system in: double precision for single
+    (NumPy's linalg converts float32 to float64 and rounds the solutions back;
+    :data:`fastla._lane_solver.COMPUTE`), ``dtype`` itself otherwise."""
+    return np.promote_types(dtype, COMPUTE)
+
+
 def _as_stack(x, stack, batch, tail):
     """``x`` broadcast to ``(*stack, *tail)`` as ``(batch, *tail)``; only reshaped when its stack
     already is ``stack`` (NumPy's ``broadcast_to`` costs microseconds a call)."""
@@ -944,9 +953,9 @@ def _solve_systems(A, B):
         return x
     if n <= THREADED_MAX_N:
         return _lapack_across_threads(A, B)
-    x = np.array(B, order="C", copy=True)
+    x = np.array(B, _solved_in(B.dtype), order="C", copy=True)
     for t in range(A.shape[0]):
-        work = np.array(A[t], order="C", copy=True)
+        work = np.array(A[t], x.dtype, order="C", copy=True)
         piv, info = _factor_numba(work)
         if info:
             raise _singular()
@@ -955,7 +964,7 @@ def _solve_systems(A, B):
             _getrs_one(lu, piv64, x[t].reshape(n))
         else:
             _getrs(lu, piv64, x[t], 0)
-    return x
+    return x.astype(B.dtype, copy=False)
 
 
 _POOL = [None, None]  # (the process id it was made in, a ThreadPoolExecutor): see _pool
@@ -1009,11 +1018,11 @@ def _lapack_across_threads(A, B):
 def _solve_loop_impl(a, b):
     """Textbook LU + substitution per system (pure Python)."""
     A, B, out_shape = _broadcast_system(a, b)
-    x = np.array(B, order="C", copy=True)
+    x = np.array(B, _solved_in(B.dtype), order="C", copy=True)
     for t in range(A.shape[0]):
-        work = np.array(A[t], copy=True)
+        work = np.array(A[t], x.dtype, copy=True)
         piv, info = _factor_loop(work)
         if info:
             raise _singular()
         _solve_loop(work, piv, x[t], 0)
-    return x.reshape(out_shape)
+    return x.astype(B.dtype, copy=False).reshape(out_shape)

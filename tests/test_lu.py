@@ -567,13 +567,33 @@ def test_small_stack_lanes(n, k, rng):
     scale = np.abs(a[ok]).sum(axis=-1).max(axis=-1)[:, None, None] * np.abs(x[ok]).max() + np.abs(b).max()
     assert np.all(np.abs(r) <= 10 * n * eps(np.float64) * scale)
     np.testing.assert_allclose(x[ok], np.linalg.solve(a[ok], b[ok]), rtol=1e-8, atol=1e-10)
-    if n in (5, 11):  # float32 lanes (twice as many per register): whole groups and a short one
+    if n in (5, 11):  # a float32 stack (computed in float64: the same groups, half the bytes)
         a32, b32 = a.astype(np.float32), b[:, :, :1].astype(np.float32)
         f32 = fastla.solve(a32, b32, backend="numba")
         assert f32.dtype == np.float32
         assert np.isnan(f32[9]).all()
         err = _per_system_backward_error(a32[ok].astype(np.float64), f32[ok].astype(np.float64), b32[ok])
         assert err.max() <= 10 * n * eps(np.float32)
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 8, 12, 32, 100])
+@pytest.mark.parametrize("backend", ["numba", "loop"])
+def test_float32_systems_are_solved_in_float64_as_numpy_solves_them(n, backend, rng):
+    """np.linalg.solve converts float32 systems to float64, solves them there and rounds the
+    solutions back, and so do fastla's impls (the batched solver in registers, for n <= 32; the
+    blocked LU above), so a float32 stack's solutions are its float64 solutions rounded once, bit
+    for bit: whole groups of lanes, a short last one, more right-hand sides than one pass takes.
+    Computed in float32, their errors against float64 had been up to ~160x NumPy's."""
+    batch = {"numba": 2 if n > 32 else 37, "loop": 2 if n > 8 else 9}[backend]
+    a = (rng.standard_normal((batch, n, n)) + np.eye(n)).astype(np.float32)
+    b = rng.standard_normal((batch, n, ls.LANE_RHS + 1)).astype(np.float32)
+    keep = a.copy()
+    x = fastla.solve(a, b, backend=backend)
+    np.testing.assert_array_equal(a, keep)
+    assert x.dtype == np.float32
+    wide = fastla.solve(a.astype(np.float64), b.astype(np.float64), backend=backend)
+    np.testing.assert_array_equal(x, wide.astype(np.float32))
+    np.testing.assert_allclose(x, np.linalg.solve(a, b), rtol=4 * eps(np.float32), atol=1e-6)
 
 
 def test_small_stack_singular_in_one_lane(rng):
@@ -671,8 +691,9 @@ def _verdict_differences(systems):
     differ = []
     for i, a in enumerate(systems):
         n = a.shape[0]
-        ours = _raises(lambda a=a, n=n: fastla.solve(a[None], np.ones((1, n, 1)), backend="numba"))
-        if ours != _raises(lambda a=a, n=n: np.linalg.solve(a, np.ones(n))):
+        ones = np.ones((1, n, 1), a.dtype)
+        ours = _raises(lambda a=a, ones=ones: fastla.solve(a[None], ones, backend="numba"))
+        if ours != _raises(lambda a=a, ones=ones: np.linalg.solve(a, ones[0])):
             differ.append(i)
     return differ
 
@@ -684,14 +705,17 @@ def _compiled_order_known():
         pytest.skip("NumPy's LAPACK rounds its small LU in neither order fastla knows")
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("n", [2, 3, 4, 5])
-def test_small_stacks_of_singular_systems_get_numpys_verdict(n, rng):
+def test_small_stacks_of_singular_systems_get_numpys_verdict(n, dtype, rng):
     """A system singular in exact arithmetic: LAPACK reports it where its last pivot rounds to
     exactly zero, which depends on its order of operations. The batched solver eliminates in the
     order of the LU NumPy runs (left-looking, its dot products' rounding probed), so each of these
-    gets NumPy's verdict, LinAlgError or a solution (in the right-looking order: 63-73% of them)."""
+    gets NumPy's verdict, LinAlgError or a solution (in the right-looking order: 63-73% of them;
+    float32 computed in float32, not in float64 as NumPy computes it: 75-84% of stacks)."""
     _compiled_order_known()
-    assert _verdict_differences(_rank_deficient_integer_systems(n, 120, rng)) == []
+    systems = [a.astype(dtype) for a in _rank_deficient_integer_systems(n, 120, rng)]
+    assert _verdict_differences(systems) == []
 
 
 def test_a_stack_holding_the_textbook_singular_matrix_raises_as_numpy():

@@ -244,6 +244,22 @@ MUTANTS = [
         "the batched solver fuses its dots whatever NumPy's OpenBLAS kernel does",
     ),
     Mutant(
+        "lu-lane-float32-in-float32",
+        "_lane_solver.py",
+        "        self.same = vty.element == self.cty.element\n",
+        "        self.same = True\n",
+        ("tests/test_lu.py", "-k", "float64_as_numpy or numpys_verdict"),
+        "the batched solver computes a float32 stack in float32, where np.linalg.solve computes in float64",
+    ),
+    Mutant(
+        "solve-float32-in-float32",
+        "lu.py",
+        "    return np.promote_types(dtype, COMPUTE)\n",
+        "    return dtype\n",
+        ("tests/test_lu.py", "-k", "float64_as_numpy"),
+        "the blocked LU and the loop impl solve float32 systems in float32 (np.linalg.solve: float64)",
+    ),
+    Mutant(
         "eigen-scan-on-all-threads-below-the-line",
         "eigen.py",
         "threads = 1 if a.shape[0] <= SCAN_SERIAL_MAX_N else _jit.threads_here()",
