@@ -266,16 +266,19 @@ def _splat(builder, x, vty):
 def _microkernel_twin(kc, A, aoff, B, boff, ldb, C, coff, ldc, load_c, rows=None, vectors=None):
     """Python twin: ``C[tile] (+)= Apanel.T @ Bpanel`` on the same layouts as the IR (the first
     ``rows`` rows of the MR-tall A micro-panel, and the first ``vectors`` SIMD vectors of its
-    columns: all of them by default). Each element summed over the depth in order, as the IR sums
-    it (each product rounded apart here): the same rounding in every position of the tile, where a BLAS
-    product of the panels rounded an edge column of OpenBLAS's Haswell kernel apart from the others
-    (two equal corpus rows scored 1 ulp apart, their top-k tie broken out of order)."""
+    columns: all of them by default). Every element's products summed in the same order, as the IR
+    sums them: the same rounding in every position of the tile, where a BLAS product of the panels
+    rounded an edge column of OpenBLAS's Haswell kernel apart from the others (two equal corpus rows
+    scored 1 ulp apart, their top-k tie broken out of order)."""
     blk = BLOCKING[A.dtype]
     mr, nr = blk.MR, blk.NR if vectors is None else vectors * blk.W
     a = A[aoff : aoff + kc * mr].reshape(kc, mr)[:, : mr if rows is None else rows]
-    tile = np.zeros((a.shape[1], nr), C.dtype)
-    for p in range(kc):
-        tile += a[p][:, None] * B[boff + p * ldb : boff + p * ldb + nr]
+    b = (
+        np.stack([B[boff + p * ldb : boff + p * ldb + nr] for p in range(kc)])
+        if kc
+        else np.zeros((0, nr), B.dtype)
+    )
+    tile = np.add.reduce(a.T[:, :, None] * b[None], axis=1)  # (rows, kc, nr) summed over the depth
     for i in range(tile.shape[0]):
         row = slice(coff + i * ldc, coff + i * ldc + nr)
         C[row] = C[row] + tile[i] if load_c else tile[i]
