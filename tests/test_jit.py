@@ -541,7 +541,9 @@ def test_gemm_callers_reach_its_tasks_through_their_addresses(dtype, entry, monk
     assert np.isnan(gk.gemm(np.ones((rows, depth + 1), dtype), big)).all()
     in_place = gk.gemm(np.ones((rows, depth), dtype), big[1:])
     assert np.isnan(in_place).any() == (entry == "A_BLOCK_TASK")
-    wide = rng.standard_normal((50, 70)).astype(dtype)  # past matmul's small-product sizes
+    # past matmul's small-product sizes, its last panel of B one column wide (never NARROW_NR, which
+    # is read in place): 70 columns left a last panel of two, NARROW_NR at SSE's float64 shapes
+    wide = rng.standard_normal((50, blk.NR * (70 // blk.NR) + 1)).astype(dtype)
     assert np.isnan(fl.matmul(rng.standard_normal((60, 50)).astype(dtype), wide, backend="numba")).any()
     # odd widths (the stack's 41, LU's 301): B's last panel is narrower than NR, even at every tile,
     # so a task packs it

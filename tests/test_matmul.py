@@ -56,7 +56,7 @@ def test_narrow_last_panels(rows, dtype, rng):
     k = blk.KC + 3
     for n in (
         blk.NARROW_NR,
-        blk.NARROW_NR - 3,
+        max(1, blk.NARROW_NR - 3),  # SSE's float64 NARROW_NR is 2
         blk.NR + blk.NARROW_NR,
         blk.NR + blk.NARROW_NR + 1,
         2 * blk.NR - 1,
