@@ -109,10 +109,10 @@ def dot_order_code():
     return next(code for code, name in DOT_ORDERS.items() if name == order)
 
 
-def lanes(dtype, n=None):
-    """Systems per group for a stack of ``dtype`` (and systems of size ``n``): one SIMD register's
-    worth of the elements a group is computed in (float64, whatever ``dtype``: :data:`COMPUTE`), or
-    half of a 512-bit one for the n of :data:`HALF_WIDTH_N`."""
+def lanes(n=None):
+    """Systems per group (of systems of size ``n``), float32 and float64 stacks alike: one SIMD
+    register's worth of the elements a group is computed in (:data:`COMPUTE`), or half of a 512-bit
+    one for the n of :data:`HALF_WIDTH_N`."""
     size, width = COMPUTE.itemsize, _host.simd_bytes()
     if width == 64 and n in HALF_WIDTH_N:
         width = 32
@@ -782,7 +782,7 @@ def _memory_codegen(n, k, v, itemsize, unrolled=None):
 
 
 def _lane_solve_group_twin(N, K, DOTS, A, B, X, INFO, T0):
-    v = lanes(A.dtype, N)
+    v = lanes(N)
     # copies in COMPUTE (the twin overwrites both); the solutions rounded back as they are stored
     W = np.array(A[T0 : T0 + v].transpose(1, 2, 0), COMPUTE, order="C")
     XW = np.array(B[T0 : T0 + v].transpose(1, 2, 0), COMPUTE, order="C")
@@ -820,7 +820,7 @@ def lane_solve_group(typingctx, N, K, DOTS, A, B, X, INFO, T0):
     if not isinstance(INFO, nbt.Array) or (INFO.ndim, INFO.layout, INFO.dtype) != (1, "C", nbt.int64):
         return None
     n, dtype = kinds
-    k, v, itemsize = K.literal_value, lanes(dtype, n), dtype.itemsize
+    k, v, itemsize = K.literal_value, lanes(n), dtype.itemsize
     dots = DOT_ORDERS[DOTS.literal_value]
     inner = nbt.void(N, K, A, B, X, INFO, T0)  # the codegens' view: the arguments without DOTS
 

@@ -941,7 +941,7 @@ def _solve_systems(A, B):
     if n <= SMALL_N:
         from fastla._jit import max_threads
 
-        k, nl, slots = B.shape[2], lanes(A.dtype, n), _SPREAD * max_threads()
+        k, nl, slots = B.shape[2], lanes(n), _SPREAD * max_threads()
         x = np.empty(B.shape, dtype=B.dtype)
         w = np.empty((slots, nl, n, n), dtype=A.dtype)
         xs = np.empty((slots, nl, n, min(k, LANE_RHS)), dtype=A.dtype)

@@ -586,7 +586,8 @@ def test_float32_systems_are_solved_in_float64_as_numpy_solves_them(n, k, backen
     straight-line code to n = 8 and in memory above; the blocked LU above 96), so a float32 stack's
     solutions are its float64 solutions rounded once, bit for bit: whole groups of lanes, a short
     last one, more right-hand sides than one pass takes. Computed in float32, their errors against
-    float64 had been up to ~160x NumPy's. (Sizes whose steps other tests compile too.)"""
+    float64 had been up to ~160x NumPy's. n = 11 stands for the memory path (n = 32's float32
+    steps compiled for 27 s on Zen 3; these take 1-2.5 s each)."""
     batch = {"numba": 2 if n > 32 else 37, "loop": 2 if n > 8 else 9}[backend]
     a = (rng.standard_normal((batch, n, n)) + np.eye(n)).astype(np.float32)
     b = rng.standard_normal((batch, n, k)).astype(np.float32)
@@ -792,7 +793,7 @@ def _make_group_solvers(unrolled):
         if kinds is None or not isinstance(K, nbt.IntegerLiteral):
             return None
         n, dtype = kinds
-        codegen = ls._memory_codegen(n, K.literal_value, ls.lanes(dtype, n), dtype.itemsize, unrolled)
+        codegen = ls._memory_codegen(n, K.literal_value, ls.lanes(n), dtype.itemsize, unrolled)
         return nbt.void(N, K, A, B, X, INFO, T0), codegen
 
     @_jit.jit
@@ -818,7 +819,7 @@ def test_lane_groups_in_registers_and_in_memory_agree_bit_for_bit(dtype, unrolle
     (pivoting, ties, a zero pivot, a NaN) they agree bit for bit, statuses too."""
     if not _jit.JIT_ENABLED:
         pytest.skip("compares two compiled codes")
-    v = ls.lanes(dtype, 6)
+    v = ls.lanes(6)
     batch = 4 * v
     a = rng.standard_normal((batch, 6, 6)).astype(dtype)
     a[1] = np.eye(6, dtype=dtype)[::-1]  # every column interchanges rows

@@ -1208,8 +1208,8 @@ MUTANTS = [
     Mutant(
         "solve-scratch-ignores-the-group-width-of-n",
         "lu.py",
-        "        k, nl, slots = B.shape[2], lanes(A.dtype, n), _SPREAD * max_threads()\n",
-        "        k, nl, slots = B.shape[2], lanes(A.dtype), _SPREAD * max_threads()\n",
+        "        k, nl, slots = B.shape[2], lanes(n), _SPREAD * max_threads()\n",
+        "        k, nl, slots = B.shape[2], lanes(), _SPREAD * max_threads()\n",
         ("tests/test_lu.py", "-k", "small_stack_whole_groups or small_stack_lanes"),
         "the stack solver steps by full-width groups where the intrinsic solves half-width ones "
         "(hosts with HALF_WIDTH_N only: the other systems of each group are never solved)",
