@@ -57,18 +57,20 @@ from fastla._jit import jit, prange
 #   (BLIS zen4's 32x6 column-major kernel, transposed). Measured on Zen 4, 1024^3, one thread
 #   (ratio to OpenBLAS, f64/f32): 6x4 0.84/0.82, 12x2 0.80/0.80, 14x2 0.80/0.75, 8x3 0.82/0.76;
 #   more broadcasts per FMA compete with the FMAs for ports.
-# * AVX2 (16 ymm): 6 x 2 -> 12 accumulators (BLIS haswell's 6x8 f64 / 6x16 f32); 8x2 spills.
-#   4 x 3 (OpenBLAS Haswell's 4x12 dgemm tile), measured on Zen 4 running the AVX2 build
-#   (NUMBA_CPU_NAME=haswell with AVX2's features, OpenBLAS's Haswell kernel), float64, ratio to
-#   OpenBLAS, interleaved runs, against 6 x 2: 1024^3 one thread 1.00-1.02x against 0.92-1.00x,
-#   two threads 0.89-1.08x against 0.77-0.92x, 1000x37x1000 0.90-0.95x against 0.33-0.99x; but
-#   thin products that read B in place lose (37x1000x1000 0.62-0.93x against 0.90-1.11x,
-#   5x1000x1000 1.10-1.37x against 1.46-1.55x: the panels of B are read again for every MR rows
-#   of A, more passes with 4 rows; KC 192-384 and JB 1-14 did not recover it); float32 even. Not
-#   taken: it would need a second tile for the in-place path.
+# * AVX2 (16 ymm): 4 x 3 -> 12 accumulators, OpenBLAS Haswell's 4x12 dgemm tile (3 vector loads of
+#   B + 4 broadcasts of A per 12 FMAs, where BLIS haswell's 6 x 2 takes 2 + 6). Measured on Zen 3
+#   (znver3, OpenBLAS's Haswell kernel), ratio to OpenBLAS, 4 x 3 against 6 x 2, interleaved runs:
+#   1024^3 float64 one thread 0.89-1.08x against 0.79-0.89x, two threads 0.94-0.96x against
+#   0.68-1.14x, float32 one thread 0.89-0.95x against 0.84-0.95x; 1000x37x1000 0.75-0.85x against
+#   0.44-0.63x and 1000x64x1000 (the LU's trailing update) 0.78-0.91x against 0.50-0.74x; cosine
+#   5000x256 float32 0.94-0.95x scikit-learn against 0.75-0.76x. It loses where B is read in place
+#   by few rows of A (37x1000x1000 0.65-0.89x against 0.83-1.02x): B's panels are read again for
+#   every MR rows of A, more passes with 4 rows. Zen 4 running the AVX2 build (NUMBA_CPU_NAME=haswell,
+#   OpenBLAS Haswell) measured the same: 1024^3 1.00-1.02x against 0.92-1.00x, 37x1000x1000
+#   0.62-0.93x against 0.90-1.11x. Not measured on Zen 1/2 (half-width FMA units on Zen 1).
 # * SSE only: 4 x 2 vectors.
 _SIMD = _host.simd_bytes()
-_MR, _NV = {64: (6, 4), 32: (6, 2)}.get(_SIMD, (4, 2))
+_MR, _NV = {64: (6, 4), 32: (4, 3)}.get(_SIMD, (4, 2))
 
 
 def gemm_tile(raw, default):
@@ -112,9 +114,11 @@ class Blocking:
         nc = (min(caches["L3"], 16 * 2**20) // 4) // (self.KC * itemsize)
         self.NC = _host.env_int("FASTLA_GEMM_NC", max(self.NR, min(8192, nc) // self.NR * self.NR))
         # JB: packed B panels (KC x NR each) per pass of the macro-kernel's row loop. A B panel that
-        # fits L1 stays there across the row loop (1 a pass: BLIS's order, as AVX2's 6 x 8 tile
-        # has it: 384 x 8 float64 = 24 KiB); a larger one (AVX-512: 64 KiB) streams from L2 in
-        # passes of about half of L2 while A's micro-panel stays in L1 (see the module docstring)
+        # fits L1 stays there across the row loop (1 a pass: BLIS's order, as a 6 x 8 float64 tile
+        # has it: 384 x 8 float64 = 24 KiB); a larger one (AVX-512: 64 KiB, AVX2's 4 x 12: 36 KiB)
+        # streams from L2 in passes of about half of L2 while A's micro-panel stays in L1 (see the
+        # module docstring). AVX2 with KC 256 (a 24 KiB panel, in L1) measured no better on Zen 3
+        # (1023^3 0.76-0.83x OpenBLAS against 0.95-0.97x, 1000x37x1000 0.55-0.58x against 0.73-0.78x)
         panel = self.KC * self.NR * itemsize
         jb = 1 if panel <= caches["L1"] else (caches["L2"] // 2) // panel
         self.JB = _host.env_int("FASTLA_GEMM_JB", max(1, jb))
@@ -154,7 +158,16 @@ class Blocking:
         # 256x1024x512 (4 MiB) 0.96-0.98x against 1.01-1.19x; one thread 64x384x384 0.95x against
         # 1.03x, 512^3 1.00x against 0.97x; float32 two threads 128x768x768 0.96x against 1.12x,
         # 512x1024x1024 0.95x against 0.97x.
-        self.SMALL_B_BYTES = _host.env_int("FASTLA_GEMM_SMALL_B_BYTES", max(caches["L2"], caches["L3"] // 8))
+        # On a 32-byte-SIMD host (AVX2) B is read in place up to a quarter of L2 only, for any A
+        # (L2_B_BYTES below): a micro-panel's row there is 1-1.5 cache lines (NR = 12 float64 or 24
+        # float32 lanes, rows ldb apart), where AVX-512's is 4, and every MR rows of A read it again.
+        # Zen 3 (512 KiB L2, 4 x 3 tile), ratio to OpenBLAS, in place (the Zen 4 bounds) against
+        # packed, two runs: float64 one thread 256^3 0.63-0.71x against 0.95-1.00x, 2000x256x256
+        # 0.63-0.65x against 0.96-1.01x, 512^3 0.49-0.50x against 0.85-0.97x, 128x512x512
+        # 0.56-0.62x against 0.80-0.91x, 64x384x384 0.68-0.72x against 0.87-0.91x; two threads
+        # 512^3 0.32-0.37x against 0.52-0.68x, 256x1024x512 0.34-0.37x against 0.63-0.68x.
+        in_place = max(caches["L2"], caches["L3"] // 8) if _SIMD >= 64 else caches["L2"] // 4
+        self.SMALL_B_BYTES = _host.env_int("FASTLA_GEMM_SMALL_B_BYTES", in_place)
         self.SMALL_B_M = _host.env_int("FASTLA_GEMM_SMALL_B_M", 512)
         # L2_B_BYTES: a B within L2 is read in place for A of any height: each row block reads it
         # from L2, and packing it cost two parallel regions a depth step where there was one.
@@ -163,7 +176,8 @@ class Blocking:
         # 1.01x against 1.10x, 768x512x96 1.00x against 1.13x, 2048x256x256 0.95x against 1.10x;
         # float64 2048x512x256 (1 MiB) 0.96x against 0.94x. A larger B stays packed for tall A:
         # in place 1.03-1.05x against 0.95-0.98x (float32 2048x1024x1024, float64 1024x512x512).
-        self.L2_B_BYTES = _host.env_int("FASTLA_GEMM_L2_B_BYTES", caches["L2"])
+        # (AVX2: a quarter of L2, as SMALL_B_BYTES above)
+        self.L2_B_BYTES = _host.env_int("FASTLA_GEMM_L2_B_BYTES", caches["L2"] if _SIMD >= 64 else in_place)
 
     def as_dict(self):
         names = ("MR", "NR", "KC", "MC", "NC", "JB", "DIRECT_M", "DIRECT_BYTES", "SMALL_B_BYTES", "SMALL_B_M")
