@@ -656,6 +656,43 @@ def test_python_calls_take_byte_swapped_arrays_as_numpy_does(dtype, rng):
     np.testing.assert_allclose(out, np.eye(6)[0], atol=_tol(dtype))
 
 
+def test_python_calls_run_one_compiled_form_per_dtype_whatever_the_layouts(monkeypatch, rng):
+    """From Python, matmul, gemm and cosine_similarity hand their compiled form C-contiguous operands
+    of one dtype, whatever the layouts and dtypes given (converted as np.matmul converts them, or
+    exactly: integers and a float32 operand of a float64 gemm): each other layout or mix of dtypes
+    compiled a form of its own, 2.2-7.6 s each on Zen 3. The answers stay NumPy's."""
+    calls = []
+
+    def spy(fn, *args):
+        arrays = [x for x in args if isinstance(x, np.ndarray)]
+        calls.append((fn.__name__, all(x.flags.c_contiguous for x in arrays), {x.dtype for x in arrays}))
+        return real(fn, *args)
+
+    real = kernels._call
+    monkeypatch.setattr(kernels, "_call", spy)
+    a, b = rng.standard_normal((5, 6)), rng.standard_normal((6, 4))
+    tol = {"rtol": 1e-12, "atol": 1e-12}
+    for x, y in [
+        (np.asfortranarray(a), b),
+        (a, b[:, ::-1].copy()[:, ::-1]),
+        (np.repeat(a, 2, axis=1)[:, ::2], b.T.copy().T),
+    ]:
+        np.testing.assert_allclose(kernels.matmul(x, y), a @ b, **tol)
+        strided = np.zeros((5, 8))
+        kernels.matmul(x, y, strided[:, ::2])
+        np.testing.assert_allclose(strided[:, ::2], a @ b, **tol)
+        np.testing.assert_allclose(kernels.gemm(x, y, np.zeros((5, 4))), a @ b, **tol)
+        np.testing.assert_allclose(kernels.cosine_similarity(x, y.T), _cosine_reference(a, b.T), **tol)
+    ai = np.arange(30).reshape(5, 6) % 7 - 3
+    f32 = b.astype(np.float32)
+    np.testing.assert_allclose(kernels.matmul(ai, f32), ai @ f32, rtol=1e-6)  # np.matmul: float64
+    into = kernels.matmul(ai, f32, np.zeros((5, 4), np.float32))  # computed in float64, then cast
+    np.testing.assert_allclose(into, (ai @ f32).astype(np.float32), rtol=1e-6)
+    np.testing.assert_allclose(kernels.gemm(ai, f32, np.zeros((5, 4))), ai @ f32.astype(np.float64), **tol)
+    assert {name for name, _, _ in calls} == {"_matmul2d", "_gemm", "_cosine"}
+    assert all(contiguous and len(dtypes) == 1 for _, contiguous, dtypes in calls), calls
+
+
 def test_python_calls_take_integers_as_numpy_does_and_refuse_other_dtypes():
     """From Python, integer (and boolean) arrays are promoted to float64 as NumPy's and SciPy's
     linear algebra promote them (an integer LU used to come back in integers, wrong); float16,

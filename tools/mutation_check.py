@@ -44,6 +44,14 @@ class Mutant:
 
 MUTANTS = [
     Mutant(
+        "kernels-python-matmul-compiles-each-layout",
+        "kernels.py",
+        "    a, b = np.ascontiguousarray(a, dtype), np.ascontiguousarray(b, dtype)\n",
+        "",
+        ("tests/test_kernels.py", "-k", "one_compiled_form or integers_as_numpy or small_products"),
+        "kernels.matmul from Python hands its compiled form the operands' own layouts and dtypes",
+    ),
+    Mutant(
         "gemm-rate-anchor-ignores-causal",
         "bench/workloads.py",
         "    n = gemm_rate_side(q.shape, k.shape[-2], is_causal)\n",
