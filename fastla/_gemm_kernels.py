@@ -60,11 +60,11 @@ from fastla._jit import jit, prange
 # * AVX2 (16 ymm): 4 x 3 -> 12 accumulators, OpenBLAS Haswell's 4x12 dgemm tile (3 vector loads of
 #   B + 4 broadcasts of A per 12 FMAs, where BLIS haswell's 6 x 2 takes 2 + 6). Measured on Zen 3
 #   (znver3, OpenBLAS's Haswell kernel), ratio to OpenBLAS, 4 x 3 against 6 x 2, interleaved runs:
-#   1024^3 float64 one thread 0.89-1.08x against 0.79-0.89x, two threads 0.94-0.96x against
-#   0.68-1.14x, float32 one thread 0.89-0.95x against 0.84-0.95x; 1000x37x1000 0.75-0.85x against
-#   0.44-0.63x and 1000x64x1000 (the LU's trailing update) 0.78-0.91x against 0.50-0.74x; cosine
-#   5000x256 float32 0.94-0.95x scikit-learn against 0.75-0.76x. It loses where B is read in place
-#   by few rows of A (37x1000x1000 0.65-0.89x against 0.83-1.02x): B's panels are read again for
+#   1024^3 float64 one thread 0.89-1.14x against 0.71-0.89x, two threads 0.90-0.99x against
+#   0.68-1.18x, float32 one thread 0.85-0.95x against 0.74-0.95x; 1000x37x1000 0.75-0.97x against
+#   0.44-0.66x and 1000x64x1000 (the LU's trailing update) 0.78-0.91x against 0.50-0.74x; cosine
+#   5000x256 float32 0.86-1.08x scikit-learn against 0.75-0.96x. It loses where B is read in place
+#   by few rows of A (37x1000x1000 0.65-0.91x against 0.83-1.02x): B's panels are read again for
 #   every MR rows of A, more passes with 4 rows. Zen 4 running the AVX2 build (NUMBA_CPU_NAME=haswell,
 #   OpenBLAS Haswell) measured the same: 1024^3 1.00-1.02x against 0.92-1.00x, 37x1000x1000
 #   0.62-0.93x against 0.90-1.11x. Not measured on Zen 1/2 (half-width FMA units on Zen 1).
