@@ -287,11 +287,7 @@ def _microkernel_twin(kc, A, aoff, B, boff, ldb, C, coff, ldc, load_c, rows=None
     blk = BLOCKING[A.dtype]
     mr, nr = blk.MR, blk.NR if vectors is None else vectors * blk.W
     a = A[aoff : aoff + kc * mr].reshape(kc, mr)[:, : mr if rows is None else rows]
-    b = (
-        np.stack([B[boff + p * ldb : boff + p * ldb + nr] for p in range(kc)])
-        if kc
-        else np.zeros((0, nr), B.dtype)
-    )
+    b = B[boff + ldb * np.arange(kc)[:, None] + np.arange(nr)]  # (kc, nr): the panel's rows, ldb apart
     tile = np.add.reduce(a.T[:, :, None] * b[None], axis=1)  # (rows, kc, nr) summed over the depth
     for i in range(tile.shape[0]):
         row = slice(coff + i * ldc, coff + i * ldc + nr)
