@@ -42,6 +42,14 @@ class Mutant:
     env: tuple[tuple[str, str], ...] = ()
 
 
+#: Environments under which a mutant's code is live on every host, where this host's kernel shapes
+#: can leave it dead. A 6-row GEMM tile: AVX2's 4 rows are one whole float64 vector (the packers'
+#: partial stores never run), and LLVM drops the undefined lanes of float32's past them.
+SIX_ROW_TILE = (("FASTLA_GEMM_TILE", "6x2"),)
+#: AVX-512's bound for B read in place past L2 (AVX2 hosts read it in place up to a quarter of L2
+#: for any A, where the small-B rule's row bound changes nothing).
+SMALL_B_PAST_L2 = (("FASTLA_GEMM_SMALL_B_BYTES", str(4 * 2**20)),)
+
 MUTANTS = [
     Mutant(
         "kernels-python-matmul-compiles-each-layout",
@@ -147,9 +155,7 @@ MUTANTS = [
         "                if True:\n",
         ("tests/test_jit.py", "-k", "pack_rows"),
         "the row-block packer's last stores are whole vectors, writing past the panel's end",
-        # a 6-row tile on any host: AVX2's 4 rows are one whole float64 vector (no partial store),
-        # and LLVM drops the undefined lanes of float32's past them (the edit changes nothing there)
-        env=(("FASTLA_GEMM_TILE", "6x2"),),
+        env=SIX_ROW_TILE,
     ),
     Mutant(
         "pack-row-block-unscaled",
@@ -175,9 +181,7 @@ MUTANTS = [
         "                if True:",
         ("tests/test_jit.py", "-k", "pack_rows"),
         "the column-panel packer's last depth step stores a whole vector, past the panel's end",
-        # a 6-row tile on any host: AVX2's 4 rows are one whole float64 vector (no partial store),
-        # and LLVM drops the undefined lanes of float32's past them (the edit changes nothing there)
-        env=(("FASTLA_GEMM_TILE", "6x2"),),
+        env=SIX_ROW_TILE,
     ),
     Mutant(
         "pack-col-panel-reads-past-the-rows",
@@ -938,9 +942,7 @@ MUTANTS = [
         "(b_bytes <= tile_small_b_bytes(c))",
         ("tests/test_jit.py", "-k", "reach_its_tasks"),
         "a B that fits L2 is read in place however tall A is (the row bound of the small-B rule lost)",
-        # AVX-512's bound past L2 (AVX2 hosts read B in place up to a quarter of L2 for any A,
-        # where the row bound changes nothing)
-        env=(("FASTLA_GEMM_SMALL_B_BYTES", str(4 * 2**20)),),
+        env=SMALL_B_PAST_L2,
     ),
     Mutant(
         "gemm-small-b-always-packed",
@@ -949,9 +951,7 @@ MUTANTS = [
         "(m < 0)",
         ("tests/test_jit.py", "-k", "reach_its_tasks"),
         "a B that fits L2 is packed for every A past DIRECT_M rows (the small-B rule never taken)",
-        # AVX-512's bound past L2 (AVX2 hosts read B in place up to a quarter of L2 for any A,
-        # where the row bound changes nothing)
-        env=(("FASTLA_GEMM_SMALL_B_BYTES", str(4 * 2**20)),),
+        env=SMALL_B_PAST_L2,
     ),
     Mutant(
         "gemm-stack-skips-the-last-product-of-each-run",
