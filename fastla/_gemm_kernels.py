@@ -88,6 +88,10 @@ def gemm_tile(raw, default):
 _MR, _NV = gemm_tile(os.environ.get("FASTLA_GEMM_TILE"), (_MR, _NV))
 
 
+#: the most L3 (bytes) the blocking counts (``Blocking``; ``fastla._host.cache_sizes``)
+L3_COUNTED = 32 * 2**20
+
+
 class Blocking:
     """Block sizes for one dtype, derived from the host's SIMD width and cache sizes.
 
@@ -111,7 +115,11 @@ class Blocking:
         self.KC = _host.env_int("FASTLA_GEMM_KC", 256 if _SIMD >= 64 else 384)
         mc = (caches["L2"] // 2) // (self.KC * itemsize)
         self.MC = _host.env_int("FASTLA_GEMM_MC", max(self.MR, mc // self.MR * self.MR))
-        nc = (min(caches["L3"], 16 * 2**20) // 4) // (self.KC * itemsize)
+        # L3 counts at most L3_COUNTED bytes here: the bounds below were measured on 32 MiB L3s (an
+        # AMD CCX's), and an Intel server's sysfs L3 is the socket's (480 MiB on a 2-core Xeon guest),
+        # of which a core gets a slice: uncapped, a 60 MiB B was read in place there (next comments)
+        l3 = min(caches["L3"], L3_COUNTED)
+        nc = (min(l3, 16 * 2**20) // 4) // (self.KC * itemsize)
         self.NC = _host.env_int("FASTLA_GEMM_NC", max(self.NR, min(8192, nc) // self.NR * self.NR))
         # JB: packed B panels (KC x NR each) per pass of the macro-kernel's row loop. A B panel that
         # fits L1 stays there across the row loop (1 a pass: BLIS's order, as a 6 x 8 float64 tile
@@ -136,8 +144,11 @@ class Blocking:
         # 0.73-0.87x, 500 x 2000 (8 MB) 0.95-1.03x against 0.82-0.84x, 1000 x 1536 (12 MB)
         # 0.81-0.89x against 0.76-0.86x, 16 MB (1000 x 2000, 1000 x 2048, 2000 x 1000) even,
         # 1000 x 3072 (24 MB) 0.75x against 0.88-0.92x, 2048 x 2048 (32 MB) 0.75-0.78x against
-        # 0.90-0.91x
-        self.DIRECT_BYTES = _host.env_int("FASTLA_GEMM_DIRECT_BYTES", caches["L3"] // 4)
+        # 0.90-0.91x. Intel Xeon (rocketlake, 2 MiB L2, 480 MiB socket L3), 37 rows, in place
+        # against packed: 1000 x 2000 (16 MB) 0.81-0.82x against 0.72-0.78x, 2000 x 2000 (32 MB)
+        # 0.67-0.77x against 0.71-0.78x, 2000 x 4000 (64 MB, the uncapped bound's) 0.45-0.53x against
+        # 0.72-0.73x
+        self.DIRECT_BYTES = _host.env_int("FASTLA_GEMM_DIRECT_BYTES", l3 // 4)
         # SMALL_B_BYTES / SMALL_B_M: B is also read in place when it fits L2 (and past it: below)
         # and A has at most SMALL_B_M rows. Packing B is a pass of k x n copies and a parallel
         # region of its own, a share of the product that shrinks as 1/m; a B in L2 is read in place
@@ -148,7 +159,7 @@ class Blocking:
         # 0.97-0.98x, 512^3 even; one thread 128^3 0.85x against 0.82x, 192^3-384^3 +0-7%; float32
         # two threads 128^3-384^3 +5-60%. Tall products (2000-20000 rows, k = n = 128-300) even
         # within noise; 1024^3 (8 MB of B) 0.88-0.92x in place against 0.97-0.98x packed.
-        # Past L2, up to an eighth of L3 (a B that stays in L3 across the row blocks, as for
+        # Past L2 (AMD), up to an eighth of L3 (a B that stays in L3 across the row blocks, as for
         # DIRECT_BYTES): at L2 (1 MiB) the few-row products with a larger B packed it and lost to
         # OpenBLAS on two threads, where auto takes the kernel. Zen 4 (32 MiB L3: 4 MiB against
         # 1 MiB), ratio to OpenBLAS, best of three interleaved runs: float64 two threads 64x384x384
@@ -166,9 +177,35 @@ class Blocking:
         # 0.63-0.65x against 0.96-1.01x, 512^3 0.49-0.50x against 0.85-0.97x, 128x512x512
         # 0.56-0.62x against 0.80-0.91x, 64x384x384 0.68-0.72x against 0.87-0.91x; two threads
         # 512^3 0.32-0.37x against 0.52-0.68x, 256x1024x512 0.34-0.37x against 0.63-0.68x.
-        in_place = max(caches["L2"], caches["L3"] // 8) if _SIMD >= 64 else caches["L2"] // 4
+        # Intel AVX-512 (measured on one Xeon, rocketlake, 2 MiB L2, OpenBLAS SkylakeX): B read in
+        # place lost past half of L2, and for more than 128 rows already within it, where the AMD
+        # bounds had it (float64 ratio to OpenBLAS, two interleaved runs, each side after 0.15 s
+        # idle; in place against packed unless named). Past L2 (the AMD bound, L3 as sysfs reports
+        # the socket's): one thread 128x768x512 (3 MiB) 0.77x against 1.00-1.02x, 384x640x640
+        # 0.76-0.77x against 1.01-1.04x, 256x2048x2048 (32 MiB) 0.43-0.64x against 0.91-0.93x,
+        # 512x1536x1536 0.63x against 0.93-0.96x; two threads 256x2048x2048 0.56-0.60x against
+        # 0.75-0.84x, 384x640x640 0.84-0.87x against 0.84-0.93x. At L2 and within it (this
+        # bound: half of L2 for up to 128 rows, an eighth for any) against up to L2 for up to 512
+        # rows or any: one thread 512^3 1.07-1.10x against 0.75x, 256^3 0.97-1.00x against
+        # 0.83-0.84x, 2048x512x256 1.12-1.16x against 0.88-0.93x, 1000x64x1000 1.12-1.14x against
+        # 0.85-0.86x, 2000x256x256 1.15-1.16x against 0.90-0.91x, 64x512x256 0.81-0.83x against
+        # 0.84-0.86x (in place either way), 4096x128x128 1.02-1.05x against 1.25-1.32x (in place
+        # either way); two threads 512^3 0.92-1.00x against 0.77-0.94x, 1024x256x256 1.06-1.07x
+        # against 0.81-0.88x, 1000x64x1000 1.07-1.08x against 0.88-0.91x, 128x384x320 0.76-0.78x
+        # against 0.77-0.91x (in place either way); float32 512^3 one thread 0.99-1.02x against
+        # 0.81-0.82x, two 0.93-0.98x against 0.81-0.85x, 2048x512x256 1.00-1.01x against 0.87-0.89x,
+        # 1000x64x1000 0.81-0.96x against 0.94-0.95x. Packing a B within half of L2 for 128 rows or
+        # fewer lost on two threads: 128x384x320 0.68-0.70x against 0.82-0.85x, 64x512x256
+        # 0.62-0.63x against 0.81-0.92x.
+        amd = _host.cpu_vendor() == "AuthenticAMD"
+        if _SIMD < 64:
+            in_place, small_b_m, any_rows = caches["L2"] // 4, 512, caches["L2"] // 4
+        elif amd:
+            in_place, small_b_m, any_rows = max(caches["L2"], l3 // 8), 512, caches["L2"]
+        else:
+            in_place, small_b_m, any_rows = caches["L2"] // 2, 128, caches["L2"] // 8
         self.SMALL_B_BYTES = _host.env_int("FASTLA_GEMM_SMALL_B_BYTES", in_place)
-        self.SMALL_B_M = _host.env_int("FASTLA_GEMM_SMALL_B_M", 512)
+        self.SMALL_B_M = _host.env_int("FASTLA_GEMM_SMALL_B_M", small_b_m)
         # L2_B_BYTES: a B within L2 is read in place for A of any height: each row block reads it
         # from L2, and packing it cost two parallel regions a depth step where there was one.
         # Float32, two threads, Zen 4, 768 rows (past SMALL_B_M), in place against packed, best of
@@ -176,8 +213,8 @@ class Blocking:
         # 1.01x against 1.10x, 768x512x96 1.00x against 1.13x, 2048x256x256 0.95x against 1.10x;
         # float64 2048x512x256 (1 MiB) 0.96x against 0.94x. A larger B stays packed for tall A:
         # in place 1.03-1.05x against 0.95-0.98x (float32 2048x1024x1024, float64 1024x512x512).
-        # (AVX2: a quarter of L2, as SMALL_B_BYTES above)
-        self.L2_B_BYTES = _host.env_int("FASTLA_GEMM_L2_B_BYTES", caches["L2"] if _SIMD >= 64 else in_place)
+        # (AVX2: a quarter of L2, as SMALL_B_BYTES above; Intel AVX-512: an eighth, above)
+        self.L2_B_BYTES = _host.env_int("FASTLA_GEMM_L2_B_BYTES", any_rows)
 
     def as_dict(self):
         names = ("MR", "NR", "KC", "MC", "NC", "JB", "DIRECT_M", "DIRECT_BYTES", "SMALL_B_BYTES", "SMALL_B_M")
@@ -1337,7 +1374,7 @@ def gemm_into(a, b, dst, alpha, accumulate, row_scale, col_scale, tiles):
     scratch = work[a_len + b_len : a_len + b_len + s_len]
     # few rows of A: the micro-kernel reads B's rows in place (BLIS's "sup" idea), as packing B
     # would cost as much as the product (see DIRECT_M), and so it does a B that fits L2 for any
-    # A (L2_B_BYTES) or up to an eighth of L3 for A of up to SMALL_B_M rows (SMALL_B_BYTES); only
+    # A (L2_B_BYTES) or up to SMALL_B_BYTES (AMD: an eighth of L3) for A of up to SMALL_B_M rows; only
     # a narrower last panel is packed
     readable, in_place = b_in_place(b.data, bp)
     b_bytes = k * abs(b.rs) * c.itemsize

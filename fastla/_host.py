@@ -83,15 +83,29 @@ def _lapack_lu_dots():
     return probed or f"unknown ({_lane_solver.dot_rounding()} assumed)"
 
 
-def _cpu_model():
+def _cpuinfo_field(name):
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.startswith(name):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    return None
+
+
+def _cpu_model():
+    return _cpuinfo_field("model name") or platform.processor() or "unknown"
+
+
+@functools.cache
+def cpu_vendor():
+    """The CPU's vendor string (``GenuineIntel``, ``AuthenticAMD``; ``unknown`` where unreadable).
+
+    The GEMM reads a B past L2 in place only on AMD, whose L3 measured fast enough for it (its
+    ``Blocking``, in ``fastla/_gemm_kernels.py``).
+    """
+    return _cpuinfo_field("vendor_id") or "unknown"
 
 
 @functools.cache
@@ -165,9 +179,12 @@ def vector_bytes():
 
 @functools.cache
 def cache_sizes():
-    """Per-core data cache sizes in bytes as ``{"L1": .., "L2": .., "L3": ..}``.
+    """Data cache sizes in bytes as ``{"L1": .., "L2": .., "L3": ..}``, as cpu0 sees them.
 
     Read from Linux sysfs; defaults (32 KiB / 512 KiB / 8 MiB, a Zen 3-like core) where unreadable.
+    L1 and L2 are a core's own; L3 is the whole cache that core shares: an AMD CCX's (32 MiB on Zen
+    3/4), or an Intel server socket's (480 MiB seen on a 2-core Xeon guest), of which a core gets a
+    slice. Users of L3 cap it (``fastla/_gemm_kernels.py``: ``L3_COUNTED``).
     """
     sizes = {"L1": 32 * 1024, "L2": 512 * 1024, "L3": 8 * 1024 * 1024}
     base = "/sys/devices/system/cpu/cpu0/cache"

@@ -410,6 +410,28 @@ def test_host_facts():
         assert blk.NR % blk.W == 0 and blk.MC % blk.MR == 0
 
 
+@pytest.mark.skipif(gk._SIMD < 64, reason="the vendor rule is AVX-512's (AVX2 bounds B by L2 alone)")
+@pytest.mark.parametrize("l3_mib", [32, 480])
+@pytest.mark.parametrize("vendor", ["AuthenticAMD", "GenuineIntel"])
+def test_in_place_bounds_follow_the_vendor_and_cap_a_socket_l3(monkeypatch, vendor, l3_mib):
+    """AMD reads a B past L2 in place (up to an eighth of L3) for up to 512 rows; an Intel Xeon's
+    mesh L3 lost that, so there B stays within half of L2 for up to 128 rows and an eighth of L2
+    for taller A. An L3 as large as a server socket's counts as L3_COUNTED (its bounds were
+    measured on 32 MiB ones): a 480 MiB one read a 60 MiB B in place."""
+    mib = 2**20
+    monkeypatch.setattr(_host, "cache_sizes", lambda: {"L1": 48 * 1024, "L2": 2 * mib, "L3": l3_mib * mib})
+    monkeypatch.setattr(_host, "cpu_vendor", lambda: vendor)
+    for name in ("DIRECT_BYTES", "SMALL_B_BYTES", "SMALL_B_M", "L2_B_BYTES"):
+        monkeypatch.delenv("FASTLA_GEMM_" + name, raising=False)
+    blk = gk.Blocking(8)
+    assert gk.L3_COUNTED == 32 * mib
+    assert blk.DIRECT_BYTES == 8 * mib
+    if vendor == "AuthenticAMD":
+        assert (blk.SMALL_B_BYTES, blk.SMALL_B_M, blk.L2_B_BYTES) == (4 * mib, 512, 2 * mib)
+    else:
+        assert (blk.SMALL_B_BYTES, blk.SMALL_B_M, blk.L2_B_BYTES) == (mib, 128, mib // 4)
+
+
 @needs_jit
 @pytest.mark.skipif(not _jit.CACHE, reason="on-disk cache off (a codegen override is set)")
 def test_cache_stamp_covers_the_whole_package():
