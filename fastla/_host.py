@@ -141,6 +141,18 @@ def native_simd_bytes():
     return 16
 
 
+def env_flag(name, default):
+    """``True`` / ``False`` for the environment variable ``name`` set to ``1`` / ``0``, or ``default``
+    when it is unset or empty; anything else is a ValueError naming the variable (as
+    :func:`env_int`)."""
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    if raw not in ("0", "1"):
+        raise ValueError(f"environment variable {name}={raw!r}: expected 0 or 1")
+    return raw == "1"
+
+
 #: the SIMD widths (bytes) fastla has kernel shapes for: SSE, AVX2, AVX-512
 SIMD_WIDTHS = (16, 32, 64)
 
