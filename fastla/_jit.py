@@ -319,7 +319,7 @@ def _keep_reload_hooks(impl):
 #: host CPU but not these, so a cached kernel compiled without them would be reused wrongly:
 #: while any is set, fastla compiles without the on-disk cache. (FASTLA_GEMM_KC/MC/NC reach the
 #: kernels at run time, JB, DIRECT_M/DIRECT_BYTES, SMALL_B_M/SMALL_B_BYTES and L2_B_BYTES as
-#: compile-time constants, PREFETCH_C as the micro-kernel's code.)
+#: compile-time constants, PREFETCH_C/PREFETCH_B as the micro-kernel's code.)
 CODEGEN_OVERRIDES = (
     "FASTLA_GEMM_TILE",
     "FASTLA_GEMM_JB",
@@ -329,6 +329,7 @@ CODEGEN_OVERRIDES = (
     "FASTLA_GEMM_SMALL_B_M",
     "FASTLA_GEMM_L2_B_BYTES",
     "FASTLA_GEMM_PREFETCH_C",
+    "FASTLA_GEMM_PREFETCH_B",
     "FASTLA_SIMD_BYTES",
     "FASTLA_VECTOR_BYTES",
 )

@@ -49,6 +49,8 @@ SIX_ROW_TILE = (("FASTLA_GEMM_TILE", "6x2"),)
 #: AVX-512's bound for B read in place past L2 (AVX2 hosts read it in place up to a quarter of L2
 #: for any A, where the small-B rule's row bound changes nothing).
 SMALL_B_PAST_L2 = (("FASTLA_GEMM_SMALL_B_BYTES", str(4 * 2**20)),)
+#: The micro-kernel's prefetches, which only Intel hosts emit by default.
+PREFETCHES = (("FASTLA_GEMM_PREFETCH_C", "1"), ("FASTLA_GEMM_PREFETCH_B", "1"))
 
 MUTANTS = [
     Mutant(
@@ -934,6 +936,24 @@ MUTANTS = [
         "class _Workspaces:\n",
         ("tests/test_matmul.py", "-k", "python_threads"),
         "Python threads multiplying at once pack into one shared workspace (a race on the packed operands)",
+    ),
+    Mutant(
+        "gemm-prefetch-c-never-emitted",
+        "_gemm_kernels.py",
+        "            if blk.PREFETCH_C:\n",
+        "            if False:\n",
+        ("tests/test_jit.py", "-k", "asm_uses_vector_fma"),
+        "the micro-kernel never prefetches its C tile (PREFETCH_C set, its code not emitted)",
+        env=PREFETCHES,
+    ),
+    Mutant(
+        "gemm-prefetch-b-never-emitted",
+        "_gemm_kernels.py",
+        "                if blk.PREFETCH_B:  # B's row PREFETCH_B_ROWS ahead (see Blocking)\n",
+        "                if False:\n",
+        ("tests/test_jit.py", "-k", "asm_uses_vector_fma"),
+        "the micro-kernel's k loop never prefetches B's rows ahead (PREFETCH_B set, its code not emitted)",
+        env=PREFETCHES,
     ),
     Mutant(
         "gemm-small-b-in-place-for-any-rows",
