@@ -77,6 +77,22 @@ def _shipped_gemm_min_work(dtype):
     return NEVER
 
 
+#: ``packed_stack_min_work`` on Intel hosts: an Intel AVX-512 Xeon (rocketlake, 2 threads, OpenBLAS
+#: SkylakeX) put the crossover of 8 float64 products at side 56 (1 404 928 multiply-adds) in both of
+#: two `python -m fastla tune --check` runs, where Zen 4's shipped 393 216 sent side 40 and 48 to
+#: the kernel: us, NumPy / kernel, 8 x 40x40 14.6-16.4 / 21.0-23.4 (auto's regret 1.49-1.55), 48x48
+#: 22.2-26.9 / 27.1-28.4 (1.11-1.27), 56x56 34.6 / 31.0, 64x64 57.8 / 43.8.
+INTEL_STACK_MIN_WORK = 1_404_928
+
+
+def _shipped_stack_min_work():
+    from fastla import _host
+
+    if not _jit.JIT_ENABLED:
+        return NEVER
+    return INTEL_STACK_MIN_WORK if _host.cpu_vendor() == "GenuineIntel" else 393_216
+
+
 AUTO_RULE = {
     "small_max_dim": 16,  # m, k, n all <= this counts as "small"
     "small_min_batch": 256,  # and at least this many matrices in the stack
@@ -100,7 +116,8 @@ AUTO_RULE = {
     # compiled side inside OpenBLAS's spinning: fastla/tune.py. Settled, tune's own sweep of 8
     # float64 products of side 24-64 put the crossover at 262 K, 512 K and 885 K in three runs,
     # and a settled grid at 16-24 products for 24x24, 8-12 for 32x32, 6 for 40x40, 4-8 for 48x48.)
-    "packed_stack_min_work": 393_216 if _jit.JIT_ENABLED else NEVER,
+    # (Intel hosts: INTEL_STACK_MIN_WORK, above)
+    "packed_stack_min_work": _shipped_stack_min_work(),
 }
 #: dtype -> the sides (m, k and n) of the products the packed-stack rule covers, up to 128, the
 #: largest measured (past it auto's one-product GEMM rule decides, as before), from 48 in float64

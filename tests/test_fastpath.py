@@ -314,6 +314,19 @@ def test_a_stack_whose_a_must_be_copied_goes_to_the_kernels_only_where_rows_fit_
         _same(lambda be, a=x.mT, b=y: fastla.matmul(a, b, backend=be))
 
 
+@pytest.mark.parametrize("vendor", ["GenuineIntel", "AuthenticAMD", "unknown"])
+def test_the_shipped_packed_stack_threshold_follows_the_vendor(monkeypatch, vendor):
+    """Intel hosts ship the crossover an Intel Xeon measured (INTEL_STACK_MIN_WORK), others Zen 4's;
+    with the JIT off no stack is worth compiling."""
+    from fastla import _host, _jit
+
+    module = sys.modules["fastla.matmul"]
+    monkeypatch.setattr(_host, "cpu_vendor", lambda: vendor)
+    want = module.INTEL_STACK_MIN_WORK if vendor == "GenuineIntel" else 393_216
+    assert module._shipped_stack_min_work() == (want if _jit.JIT_ENABLED else module.NEVER)
+    assert module.INTEL_STACK_MIN_WORK == module.stack_work(56, 56, 56, 8, 8)
+
+
 @pytest.mark.parametrize("threshold", [1, 3 * 2**19, 10**12])
 def test_the_packed_stack_threshold_decides_the_fast_path_as_explain_says(monkeypatch, threshold):
     """``packed_stack_min_work``: a stack of at least ``STACK_MIN_PRODUCTS`` products whose every
