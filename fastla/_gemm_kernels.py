@@ -199,7 +199,8 @@ class Blocking:
         # 1000x64x1000 0.81-0.96x against 0.94-0.95x. Packing a B within half of L2 for 128 rows or
         # fewer lost on two threads: 128x384x320 0.68-0.70x against 0.82-0.85x, 64x512x256
         # 0.62-0.63x against 0.81-0.92x.
-        amd = _host.cpu_vendor() == "AuthenticAMD"
+        vendor = _host.cpu_vendor()
+        amd = vendor == "AuthenticAMD"
         if _SIMD < 64:
             in_place, small_b_m, any_rows = caches["L2"] // 4, 512, caches["L2"] // 4
         elif amd:
@@ -229,7 +230,7 @@ class Blocking:
         # 1.06-1.08x (two); float32 one thread even within the noise (1000x37x1000 0.86-1.00x
         # against 0.83-0.93x, 1000x64x1000 0.81-0.94x against 0.82-0.97x, 1024^3 0.92-1.04x against
         # 1.00-1.03x; five). Not measured on AMD, which keeps the kernel without it.
-        self.PREFETCH_C = _host.env_flag("FASTLA_GEMM_PREFETCH_C", _host.cpu_vendor() == "GenuineIntel")
+        self.PREFETCH_C = _host.env_flag("FASTLA_GEMM_PREFETCH_C", vendor == "GenuineIntel")
         # PREFETCH_B: ... and, each step of its k loop, B's row PREFETCH_B_ROWS ahead. A B read in
         # place has rows ldb apart (8000 bytes for 1000 float64 columns), a stride the hardware's
         # prefetchers did not follow there, so the first row tile of each pass waited on memory for
@@ -240,7 +241,7 @@ class Blocking:
         # 37x1000x1000 0.99-1.03x against 0.80-0.83x, 48x2000x1000 1.00-1.01x against 0.79-0.81x;
         # 1024^3 even (float64 1.04-1.11x against 1.02-1.11x, float32 1.01-1.10x against 0.98-1.00x).
         # 8 rows ahead read as 16, 32 a little lower (37x1000x1000 0.94-0.98x). AMD: not measured.
-        self.PREFETCH_B = _host.env_flag("FASTLA_GEMM_PREFETCH_B", _host.cpu_vendor() == "GenuineIntel")
+        self.PREFETCH_B = _host.env_flag("FASTLA_GEMM_PREFETCH_B", vendor == "GenuineIntel")
 
     def as_dict(self):
         names = ("MR", "NR", "KC", "MC", "NC", "JB", "DIRECT_M", "DIRECT_BYTES", "SMALL_B_BYTES", "SMALL_B_M")
@@ -358,9 +359,9 @@ def _microkernel_twin(kc, A, aoff, B, boff, ldb, C, coff, ldc, load_c, rows=None
 
 
 def _prefetch_rows(builder, base, ld, rows, cols, itemsize, write=True):
-    """Prefetch for writing (``llvm.prefetch``: rw 1, locality 3, data) every cache line of the
-    ``rows`` x ``cols`` block at ``base`` (rows ``ld`` elements apart): each 64-byte step of a row
-    and its last element, which covers a row that does not start on a line."""
+    """Prefetch (``llvm.prefetch``: for writing, or reading when not ``write``; locality 3, data)
+    every cache line of the ``rows`` x ``cols`` block at ``base`` (rows ``ld`` elements apart): each
+    64-byte step of a row and its last element, which covers a row that does not start on a line."""
     from llvmlite import ir
 
     i8p, i32, i64 = ir.IntType(8).as_pointer(), ir.IntType(32), ir.IntType(64)

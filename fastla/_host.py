@@ -102,8 +102,9 @@ def _cpu_model():
 def cpu_vendor():
     """The CPU's vendor string (``GenuineIntel``, ``AuthenticAMD``; ``unknown`` where unreadable).
 
-    The GEMM reads a B past L2 in place only on AMD, whose L3 measured fast enough for it (its
-    ``Blocking``, in ``fastla/_gemm_kernels.py``).
+    Kernel choices measured per vendor read it: the GEMM's in-place bounds and its micro-kernel's
+    prefetches (``Blocking`` in ``fastla/_gemm_kernels.py``) and the stacked-product crossover
+    (``fastla/matmul.py``).
     """
     return _cpuinfo_field("vendor_id") or "unknown"
 

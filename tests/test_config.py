@@ -87,6 +87,15 @@ def test_tuning_variables_with_bad_values_are_errors_naming_them(monkeypatch):
         else:
             with pytest.raises(ValueError, match=f"FASTLA_TEST_KNOB='{raw}': expected"):
                 _host.env_int("FASTLA_TEST_KNOB", 5, allowed)
+    monkeypatch.delenv("FASTLA_TEST_KNOB")
+    assert _host.env_flag("FASTLA_TEST_KNOB", True) is True
+    for raw, want in (("0", False), ("1", True), ("", True), ("yes", None), ("2", None), ("true", None)):
+        monkeypatch.setenv("FASTLA_TEST_KNOB", raw)
+        if want is None:
+            with pytest.raises(ValueError, match=f"FASTLA_TEST_KNOB='{raw}': expected 0 or 1"):
+                _host.env_flag("FASTLA_TEST_KNOB", True)
+        else:
+            assert _host.env_flag("FASTLA_TEST_KNOB", True) is want
     assert _gemm_kernels.gemm_tile("4x2", (6, 4)) == (4, 2)
     assert _gemm_kernels.gemm_tile("", (6, 4)) == (6, 4)
     for raw in ("foo", "3x", "0x4", "4x2x1", "ax4"):
