@@ -149,7 +149,7 @@ class Blocking:
         # 0.90-0.91x. Intel Xeon (rocketlake, 2 MiB L2, 480 MiB socket L3), 37 rows, in place
         # against packed: 1000 x 2000 (16 MB) 0.81-0.82x against 0.72-0.78x, 2000 x 2000 (32 MB)
         # 0.67-0.77x against 0.71-0.78x, 2000 x 4000 (64 MB, the uncapped bound's) 0.45-0.53x against
-        # 0.72-0.73x
+        # 0.72-0.73x: the bound stays a quarter of the capped L3 (8 MiB) there too
         self.DIRECT_BYTES = _host.env_int("FASTLA_GEMM_DIRECT_BYTES", l3 // 4)
         # SMALL_B_BYTES / SMALL_B_M: B is also read in place when it fits L2 (and past it: below)
         # and A has at most SMALL_B_M rows. Packing B is a pass of k x n copies and a parallel

@@ -46,8 +46,9 @@ class Mutant:
 #: can leave it dead. A 6-row GEMM tile: AVX2's 4 rows are one whole float64 vector (the packers'
 #: partial stores never run), and LLVM drops the undefined lanes of float32's past them.
 SIX_ROW_TILE = (("FASTLA_GEMM_TILE", "6x2"),)
-#: AVX-512's bound for B read in place past L2 (AVX2 hosts read it in place up to a quarter of L2
-#: for any A, where the small-B rule's row bound changes nothing).
+#: AMD AVX-512's bound for B read in place past L2 (AVX2 hosts read it in place up to a quarter of
+#: L2 for any A, where the small-B rule's row bound changes nothing; Intel AVX-512 hosts' bounds
+#: are within L2).
 SMALL_B_PAST_L2 = (("FASTLA_GEMM_SMALL_B_BYTES", str(4 * 2**20)),)
 #: The micro-kernel's prefetches, which only Intel hosts emit by default.
 PREFETCHES = (("FASTLA_GEMM_PREFETCH_C", "1"), ("FASTLA_GEMM_PREFETCH_B", "1"))
