@@ -1252,11 +1252,10 @@ class Sweep(NamedTuple):
     """One rank-KC update of :func:`gemm_into` over its row blocks: ``m`` rows of A in blocks of
     ``mc`` (packed ``mc_pad`` tall) at depth ``pc:pc+kc`` against ``npan`` panels (``nc`` columns)
     of B, full panel ``jp`` at ``b0 + jp * bstep``, rows ``ldb`` apart (:class:`Block`); C's block
-    starts at ``coff`` (row stride ``ldc``), added to when ``load_c``. Row block ``ib`` packs A
-    into slot ``ib % slots`` of the packed-A buffer (and of the edge tiles): ``slots`` is the
-    number of threads of the sweep's parallel loop, whose thread ``r`` runs blocks ``r, r + slots,
-    ...`` one after another (``fastla._intrinsics.parallel_tasks``), so that no two blocks in flight
-    share a slot."""
+    starts at ``coff`` (row stride ``ldc``), added to when ``load_c``. ``slots`` is the number of
+    rows of the sweep's parallel loop (``fastla._intrinsics.claimed_tasks``): each row claims the
+    next row block, packs A into the row's slot of the packed-A buffer (and uses its edge tile), and
+    one thread runs a row at a time, so no two blocks in flight share a slot."""
 
     m: int
     mc: int
@@ -1275,23 +1274,23 @@ class Sweep(NamedTuple):
 
 
 @jit(python_wrapper=False)
-def a_block_task(a, alpha, row_scale, ap, bsrc, bp, c, scratch, sw, ib):
-    """Task ``ib`` of a :class:`Sweep`: row block ``ib`` (:func:`a_block`), packed into its thread's
-    slot of ``ap``, with its thread's MR x NR edge tile of ``scratch``."""
+def a_block_task(a, alpha, row_scale, ap, bsrc, bp, c, scratch, sw, ib, slot):
+    """Task ``ib`` of a :class:`Sweep` (claimed by row ``slot``: ``fastla._intrinsics.claimed_tasks``):
+    row block ``ib`` (:func:`a_block`), packed into the row's slot of ``ap``, with the row's MR x NR
+    edge tile of ``scratch``."""
     mr = tile_mr(c)
     nr = tile_nr(c)
     i0 = ib * sw.mc
     mc = min(sw.mc, sw.m - i0)
-    slot = ib % sw.slots
     aoff, coff = slot * sw.mc_pad * sw.kc, sw.coff + i0 * sw.ldc
     at = Block(i0, mc, sw.pc, sw.kc, aoff, sw.npan, sw.nc, coff, sw.ldc, sw.load_c, sw.b0, sw.bstep, sw.ldb)
     a_block(a, alpha, row_scale, ap, bsrc, bp, c, scratch[slot * mr * nr : (slot + 1) * mr * nr], at)
 
 
 @jit(python_wrapper=False)
-def pack_b_task(b, pc, kc, jc, nc, col_scale, bp, jp):
-    """Task ``jp``: panel ``jp`` of B's slab ``pc:pc+kc`` x ``jc:jc+nc`` (:func:`pack_b_panel`,
-    through its symbol)."""
+def pack_b_task(b, pc, kc, jc, nc, col_scale, bp, jp, row):
+    """Task ``jp`` (claimed by any ``row``): panel ``jp`` of B's slab ``pc:pc+kc`` x ``jc:jc+nc``
+    (:func:`pack_b_panel`, through its symbol)."""
     nr = tile_nr(bp)
     cols = min(nr, nc - jp * nr)
     _ool(pack_b_panel, (b, pc, kc, jc + jp * nr, cols, col_scale, bp, jp * kc * nr))
@@ -1447,13 +1446,13 @@ def gemm_into(a, b, dst, alpha, accumulate, row_scale, col_scale, tiles):
             if direct and nc - first == narrow:
                 first = nc
             panels = (b, pc, kc, jc + first, nc - first, col_scale, bp[first * kc :])
-            _intrinsics.parallel_tasks(pack_b_at, pack_b_task, panels, (nc - first + nr - 1) // nr, threads)
+            _intrinsics.claimed_tasks(pack_b_at, pack_b_task, panels, (nc - first + nr - 1) // nr, threads)
             b0, bstep, ldb = 0, kc * nr, nr
             if direct:
                 b0, bstep, ldb = b.off + pc * b.rs + jc, nr, b.rs
             sw = Sweep(m, mc_max, mc_pad, pc, kc, npan, nc, coff + jc, ldc, load_c, b0, bstep, ldb, slots)
             blocks = (a, alpha, row_scale, ap, bsrc, bp, c, scratch, sw)
-            _intrinsics.parallel_tasks(a_block_at, a_block_task, blocks, n_ic, threads)
+            _intrinsics.claimed_tasks(a_block_at, a_block_task, blocks, n_ic, threads)
 
 
 @jit(parallel=True)
@@ -1540,12 +1539,12 @@ def _a_block_task_examples(dtype):
     scalar, flat = dtype.type(1), np.empty(1, dtype)
     ro = _intrinsics.readonly(flat)
     sweep = Sweep(*range(9), True, 0, 0, 0, 1)
-    return (operand(flat.reshape(1, 1)), scalar, flat, flat, ro, flat, flat, flat, sweep, 0)
+    return (operand(flat.reshape(1, 1)), scalar, flat, flat, ro, flat, flat, flat, sweep, 0, 0)
 
 
 def _pack_b_task_examples(dtype):
     flat = np.empty(1, dtype)
-    return (operand(flat.reshape(1, 1)), 0, 0, 0, 0, flat, flat, 0)
+    return (operand(flat.reshape(1, 1)), 0, 0, 0, 0, flat, flat, 0, 0)
 
 
 #: :func:`gemm_into`'s task kernels, run through their addresses by its parallel loops (each

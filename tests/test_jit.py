@@ -500,7 +500,7 @@ def test_a_users_function_compiles_in_fastla_through_names_closures_and_calls():
 
 
 @_jit.jit(python_wrapper=False)
-def _nan_block_task(a, alpha, row_scale, ap, bsrc, bp, c, scratch, sw, ib):
+def _nan_block_task(a, alpha, row_scale, ap, bsrc, bp, c, scratch, sw, ib, slot):
     """Stand-in for ``gk.a_block_task`` with its signature: its C block is NaN."""
     i0 = ib * sw.mc
     for i in range(i0, min(sw.m, i0 + sw.mc)):
@@ -509,7 +509,7 @@ def _nan_block_task(a, alpha, row_scale, ap, bsrc, bp, c, scratch, sw, ib):
 
 
 @_jit.jit(python_wrapper=False)
-def _nan_panel_task(b, pc, kc, jc, nc, col_scale, bp, jp):
+def _nan_panel_task(b, pc, kc, jc, nc, col_scale, bp, jp, row):
     """Stand-in for ``gk.pack_b_task`` with its signature: a panel of NaN."""
     nr = gk.tile_nr(bp)
     for p in range(kc * nr):
@@ -739,6 +739,78 @@ def test_parallel_tasks_runs_every_task_once_on_the_threads_it_is_given(dtype):
                         np.testing.assert_array_equal(owner, owner[np.arange(tasks) // per * per])
                     else:  # thread i's share is tasks i, i + n, ...: one thread per residue class
                         np.testing.assert_array_equal(owner, owner[np.arange(tasks) % n])
+
+
+@_jit.jit(python_wrapper=False)
+def _claim_task(hits, owner, rows, busy, wait, task, row):
+    """A task kernel for the claimed_tasks tests: counts its visit, records its row and thread, and
+    counts a collision in ``busy[row, 1]`` if another task of its row is in flight meanwhile. Task
+    0 then waits (up to ``wait[0]`` steps) until another task has started: which only another
+    thread can start, so that two threads take part however late the second joins."""
+    busy[row, 1] += busy[row, 0]
+    busy[row, 0] = 1
+    hits[task] += 1
+    rows[task] = row
+    owner[task] = _jit.thread_id()
+    if task == 0 and hits.size > 1:
+        k = 0
+        while k < wait[0] and hits[1] == 0:  # the store below makes hits[1] be read again each step
+            wait[1] += 1
+            k += 1
+    s = 0.0
+    for i in range(2000 * (task % 3 + 1)):  # uneven tasks: the rows claim different counts
+        s += i * 0.5
+    busy[row, 1] += busy[row, 0] - 1 + (1 if s < 0 else 0)
+    busy[row, 0] = 0
+
+
+@_jit.jit
+def _claim_task_any(hits, owner, rows, busy, wait, task, row):
+    _claim_task(hits, owner, rows, busy, wait, task, row)
+
+
+def _claim_examples(dtype):
+    i64 = np.zeros(1, np.int64)
+    return (np.zeros(1, dtype), i64, i64, np.zeros((1, 2), np.int64), i64, 0, 0)
+
+
+_CLAIM = _jit.Entry(_claim_task_any, _claim_examples)
+
+
+@_jit.jit
+def _run_claims(at, hits, owner, rows, busy, wait, tasks, threads):
+    _intrinsics.claimed_tasks(at, _claim_task_any, (hits, owner, rows, busy, wait), tasks, threads)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_claimed_tasks_runs_every_task_once_one_at_a_time_per_row(dtype):
+    """``claimed_tasks``: every task exactly once, for any task count and thread count up to
+    fastla's; each passes a row below ``min(threads, tasks)``, every task of a row runs on one
+    thread, and never two of a row at once (per-row scratch needs no lock); with the JIT off, the
+    serial twin (row 0). On two threads or more, task 0 holds its thread until another task starts
+    (up to ~0.1 s), so a second thread takes part."""
+    dtype = np.dtype(dtype)
+    at = _CLAIM.address(dtype, _claim_task)
+    _jit.ensure_threads()
+    top = _jit.max_threads()
+    joined = 0
+    for tasks in (0, 1, 2, 3, 7, 64):
+        for threads in sorted({1, 2, top}):
+            hits, owner = np.zeros(tasks, dtype), np.full(tasks, -1, np.int64)
+            rows, busy = np.full(tasks, -1, np.int64), np.zeros((max(1, top), 2), np.int64)
+            wait = np.array([50_000_000 if threads > 1 and _jit.JIT_ENABLED else 0, 0], np.int64)
+            _jit.run_parallel(_run_claims, at, hits, owner, rows, busy, wait, tasks, threads)
+            np.testing.assert_array_equal(hits, np.ones(tasks, dtype))
+            assert not busy.any(), busy
+            n = min(threads, tasks)
+            assert set(rows) <= set(range(n)), (tasks, threads, rows)
+            if not _jit.JIT_ENABLED:
+                assert set(rows) <= {0}
+            for r in set(rows):
+                assert len(set(owner[rows == r])) == 1, (r, rows, owner)
+            joined += len(set(owner)) > 1
+    if _jit.JIT_ENABLED and top > 1:
+        assert joined, "no call ran its tasks on two threads"
 
 
 @_jit.jit

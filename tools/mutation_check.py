@@ -1925,6 +1925,22 @@ MUTANTS = [
         "parallel_tasks' serial fallback (a call whose types are not the entry's) skips its last task",
     ),
     Mutant(
+        "claimed-tasks-pass-row-zero",
+        "_intrinsics.py",
+        "        values = [*parts, task, index][: len(argtys)]",
+        "        values = [*parts, task, ir.Constant(i64, 0)][: len(argtys)]",
+        ("tests/test_jit.py", "-k", "claimed"),
+        "claimed_tasks passes every task row 0: two threads' GEMM row blocks share one packed-A slot",
+    ),
+    Mutant(
+        "claimed-tasks-take-each-task-twice",
+        "_intrinsics.py",
+        'task = b.atomic_rmw("add", counter, ir.Constant(i64, 1), "monotonic")',
+        'task = b.sdiv(b.atomic_rmw("add", counter, ir.Constant(i64, 1), "monotonic"), ir.Constant(i64, 2))',
+        ("tests/test_jit.py", "-k", "claimed"),
+        "claimed_tasks' rows run each task twice (the counter read as half)",
+    ),
+    Mutant(
         "lu-factor-empty-in-the-compute-dtype",
         "lu.py",
         "        lu = np.empty(lu.shape, np.asarray(a).dtype)",
