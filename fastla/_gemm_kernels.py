@@ -2203,15 +2203,48 @@ def small_stack(a, b, c, threads=None):
     ``b`` taken as kernel inputs (C-contiguous, read-only), on up to ``threads`` threads (default:
     the call's share, or one below :data:`SMALL_SERIAL_WORK`), never more than the stack has
     products."""
-    if threads is None:
-        work = a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2]
-        threads = _jit.threads_for(work, SMALL_SERIAL_WORK[c.itemsize])
-    threads = max(1, min(threads, a.shape[0]))
     _, m, k = a.shape
     same = a.dtype == b.dtype == c.dtype and c.dtype.kind == "f" and c.flags.c_contiguous
-    wide = same and wide_tiles_fit(m, k, b.shape[2], c.itemsize)
-    at = (WIDE_STACK_TASK if wide else SMALL_STACK_TASK).address(c.dtype)
+    at, serial = _small_plan(m, k, b.shape[2], c.dtype, same)
+    if threads is None:
+        threads = _jit.threads_for(a.shape[0] * m * k * b.shape[2], serial)
+    threads = max(1, min(threads, a.shape[0]))
     batched_small(_intrinsics.kernel_input(a), _intrinsics.kernel_input(b), c, at, threads)
+
+
+#: (m, k, n, dtype, whole wide tiles allowed, the two entries) -> :func:`_small_plan`'s answer
+_SMALL_PLANS = {}
+
+
+def _small_plan(m, k, n, dtype, same):
+    """``(task address, SMALL_SERIAL_WORK)`` of a stack of m x k @ k x n ``dtype`` products: the
+    wide tiles' task where ``same`` (one float dtype, a C-contiguous result) and they fit, else the
+    small-product one; built once per shape (~1.3 us of Python a call before: the tiles' test, the
+    entry's address)."""
+    key = (m, k, n, dtype, same, SMALL_STACK_TASK, WIDE_STACK_TASK)  # (tests stand in for entries)
+    plan = _SMALL_PLANS.get(key)
+    if plan is None:
+        wide = same and wide_tiles_fit(m, k, n, dtype.itemsize)
+        at = (WIDE_STACK_TASK if wide else SMALL_STACK_TASK).address(dtype)
+        plan = _SMALL_PLANS[key] = (at, SMALL_SERIAL_WORK[dtype.itemsize])
+    return plan
+
+
+def stack_product(a, b):
+    """``a @ b`` for two C-contiguous 3-D stacks of one float dtype and length, by the small-product
+    kernels (:func:`small_stack`): the call ``fastla.matmul``'s fast path makes once they have run
+    in this process. A stack below :data:`SMALL_SERIAL_WORK` runs on this thread, called directly,
+    without :func:`fastla._jit.run_parallel` (whose thread-count bookkeeping it does not need: it
+    starts no parallel region); a larger one through it."""
+    batch, m, k = a.shape
+    n = b.shape[2]
+    c = np.empty((batch, m, n), a.dtype)
+    at, serial = _small_plan(m, k, n, c.dtype, True)
+    if batch * m * k * n < serial:
+        batched_small(_intrinsics.kernel_input(a), _intrinsics.kernel_input(b), c, at, 1)
+    else:
+        _jit.run_parallel(small_stack, a, b, c)
+    return c
 
 
 def tiles_beat_unrolled(m, k, n, itemsize):

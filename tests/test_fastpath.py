@@ -157,14 +157,14 @@ def test_softmax_fast_path_takes_any_axis_given_as_an_int(monkeypatch):
 def test_the_fast_path_runs_what_explain_names(monkeypatch):
     ran = []
     modules = {"matmul": "fastla.matmul", "solve": "fastla.lu", "softmax": "fastla.softmax"}
-    names = {
-        "matmul": ("_matmul_numpy", "_matmul_numba"),
+    names = {  # matmul's numba impl: its small-product stacks called directly too (_stack_product)
+        "matmul": ("_matmul_numpy", "_matmul_numba", "_stack_product"),
         "solve": ("_solve_numpy", "_solve_numba"),
         "softmax": ("_numpy_impl", "_numba_impl"),
     }
     for op, mod in modules.items():
         module = sys.modules[mod]
-        for impl, attr in zip(("numpy", "numba"), names[op], strict=True):
+        for impl, attr in zip(("numpy", "numba", "numba"), names[op], strict=False):
             original = getattr(module, attr)
 
             def spy(*args, _impl=impl, _original=original, _op=op, **kwargs):
@@ -207,9 +207,10 @@ def test_a_backend_that_is_not_a_name_gets_the_full_paths_error(backend):
 
 
 def _spy_on_matmul_impls(monkeypatch, module):
-    """A list that records ``"numpy"`` or ``"numba"`` for each call of matmul's two impls."""
+    """A list that records ``"numpy"`` or ``"numba"`` for each call of matmul's two impls (the numba
+    impl's small-product stacks called directly, ``_stack_product``, among them)."""
     ran = []
-    for impl, attr in (("numpy", "_matmul_numpy"), ("numba", "_matmul_numba")):
+    for impl, attr in (("numpy", "_matmul_numpy"), ("numba", "_matmul_numba"), ("numba", "_stack_product")):
         original = getattr(module, attr)
 
         def spy(*args, _impl=impl, _original=original, **kwargs):
@@ -657,3 +658,47 @@ def test_the_cosine_fast_paths_run_what_explain_names(monkeypatch):
         ran.clear()
         fastla.cosine_similarity(mid, mid)
         assert ran == [fastla.explain("cosine_similarity", mid, mid)[0]] == [auto], threshold
+
+
+@pytest.mark.skipif(not fastla._jit.JIT_ENABLED, reason="the direct call exists for compiled kernels only")
+def test_auto_reaches_the_small_product_kernels_directly_once_they_ran(monkeypatch):
+    """A stack auto gives to the small-product kernels: once a call of that shape has run them
+    through the registry's path (first use, ``_matmul_numba``), later calls reach them directly
+    (``_stack_product``), with the registry path's results, on one thread or on the call's share;
+    an operand that is not C-contiguous, or an ``out=``, keeps the registry's path (its copies)."""
+    module = sys.modules["fastla.matmul"]
+    ran = []
+    for attr in ("_matmul_numpy", "_matmul_numba", "_stack_product"):
+        original = getattr(module, attr)
+
+        def spy(*args, _attr=attr, _original=original, **kwargs):
+            ran.append(_attr)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(module, attr, spy)
+    # 4x4 (one thread), 8x8 past SMALL_SERIAL_WORK (the call's share), 2x8 @ 8x8, wide 64x32 @ 32x64
+    for batch, m, k, n in ((300, 4, 4, 4), (3000, 8, 8, 8), (1200, 2, 8, 8), (300, 64, 32, 64)):
+        for dtype in (np.float32, np.float64):
+            assert module._stack_kernel(m, k, n, np.dtype(dtype).itemsize) == "small"
+            x = rng.standard_normal((batch, m, k)).astype(dtype)
+            y = rng.standard_normal((batch, k, n)).astype(dtype)
+            name, reason = fastla.explain("matmul", x, y)
+            assert name == "numba", reason
+            expected = fastla.matmul(x, y, backend="numba")  # the registry's path: it runs them
+            for call in range(3):
+                ran.clear()
+                got = fastla.matmul(x, y)
+                first = call == 0 and ran != ["_stack_product"]  # (a shape an earlier test ran)
+                assert ran == (["_matmul_numba"] if first else ["_stack_product"])
+                np.testing.assert_array_equal(got, expected)
+                tol = 1e-4 if dtype == np.float32 else 1e-12
+                np.testing.assert_allclose(got, np.matmul(x, y), rtol=tol, atol=tol)
+            for a, b in ((x.transpose(0, 2, 1).copy().transpose(0, 2, 1), y), (x, np.asfortranarray(y))):
+                ran.clear()
+                np.testing.assert_allclose(fastla.matmul(a, b), expected, rtol=tol, atol=tol)
+                assert "_stack_product" not in ran  # (the rule may give such a stack to NumPy)
+            ran.clear()
+            out = np.empty_like(expected)
+            fastla.matmul(x, y, out=out)
+            assert "_stack_product" not in ran
+            np.testing.assert_array_equal(out, expected)

@@ -1001,7 +1001,7 @@ MUTANTS = [
     Mutant(
         "matmul-fast-path-ignores-a-copied-stack",
         "matmul.py",
-        "                if _compiled_wins(m, k, n, batch, True, dt, a.flags.c_contiguous):\n",
+        "                if _compiled_wins(m, k, n, batch, True, dt, a_c):\n",
         "                if _compiled_wins(m, k, n, batch, True, dt):\n",
         ("tests/test_fastpath.py", "-k", "must_be_copied"),
         "the fast path sends a transposed a of 8x8 float64 products to the stack kernels and their copy",
@@ -1939,6 +1939,14 @@ MUTANTS = [
         'task = b.sdiv(b.atomic_rmw("add", counter, ir.Constant(i64, 1), "monotonic"), ir.Constant(i64, 2))',
         ("tests/test_jit.py", "-k", "claimed"),
         "claimed_tasks' rows run each task twice (the counter read as half)",
+    ),
+    Mutant(
+        "matmul-direct-stack-ignores-b-s-layout",
+        "matmul.py",
+        "if lean is not None and a_c and b.flags.c_contiguous and lean in _first_use._RAN:",
+        "if lean is not None and a_c and lean in _first_use._RAN:",
+        ("tests/test_fastpath.py", "-k", "directly"),
+        "auto's direct call of the small-product kernels takes a stack b that is not C-contiguous",
     ),
     Mutant(
         "lu-factor-empty-in-the-compute-dtype",
