@@ -2191,11 +2191,18 @@ WIDE_STACK_TASK = _jit.Entry(wide_stack_task, _small_stack_examples)
 
 
 #: itemsize -> the multiply-adds (stack length x m x k x n) below which :func:`small_stack` runs on
-#: one thread: a parallel launch costs ~2 us on Numba's TBB layer, more than a second thread saves
-#: on less. Measured (Zen 4, best of 7, us on one thread / two): float64 100 x 8^3 (51 200) 4.2 /
-#: 6.8, 300 x 8^3 8.2 / 8.8, 30 x 16^3 (122 880) 11.9 / 10.8, 10 x 24^3 13.4 / 10.7; float32
-#: 300 x 8^3 (153 600) 6.7 / 8.2, 10 x 24^3 7.2 / 15.0, 100 x 16^3 (409 600) 17.9 / 15.9.
-SMALL_SERIAL_WORK = {8: 2**17, 4: 2**18}
+#: one thread: a parallel launch costs more than a second thread saves on less. Where that costs
+#: ~2 us (Zen 4, Numba's TBB layer; best of 7, us on one thread / two): float64 100 x 8^3 (51 200)
+#: 4.2 / 6.8, 300 x 8^3 8.2 / 8.8, 30 x 16^3 (122 880) 11.9 / 10.8, 10 x 24^3 13.4 / 10.7; float32
+#: 300 x 8^3 (153 600) 6.7 / 8.2, 10 x 24^3 7.2 / 15.0, 100 x 16^3 (409 600) 17.9 / 15.9: the
+#: crossover near 2^17 and 2^18. An AMD EPYC guest (znver2), where a second thread's start cost
+#: 12-17 us, put it near 2^19 and 2^20 (median of 7, us): float64 256 x 8^3 (131 072) 12.5 / 23.5,
+#: 512 x 8^3 20.1 / 27.1, 1024 x 8^3 39.3 / 37.3, 2048 x 8^3 71.9 / 52.8, 64 x 16^3 18.3 / 27.0,
+#: 128 x 16^3 31.9 / 33.2; float32 512 x 8^3 16.1 / 25.5, 1024 x 8^3 28.9 / 32.3, 2048 x 8^3
+#: 53.4 / 45.1, 128 x 16^3 18.0 / 26.6, 256 x 16^3 31.7 / 33.2. The bound sits between the two
+#: (2^18 and 2^19): on either host a stack in the window runs at most ~1.3-1.5x slower than on
+#: the better thread count, where the lower bound had cost the EPYC 1.9x.
+SMALL_SERIAL_WORK = {8: 2**18, 4: 2**19}
 
 
 def small_stack(a, b, c, threads=None):
