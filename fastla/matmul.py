@@ -518,23 +518,25 @@ def matmul(a, b, /, out=None, *, backend=None):
                 a_c = a.flags.c_contiguous
                 if _compiled_wins(m, k, n, batch, True, dt, a_c):
                     lean = _LEAN_STACKS.get((m, k, n, dt))
-                    if lean is not None and a_c and b.flags.c_contiguous and lean in _first_use._RAN:
-                        return _stack_product(a, b)  # (see _LEAN_STACKS)
+                    if lean is not None and a_c and b.flags.c_contiguous and lean[0] in _first_use._RAN:
+                        return _stack_product(a, b, lean[1])  # (see _LEAN_STACKS)
                     key = (dt.char, m, k, n)  # _gk.stack_key: a per-size kernel (_first_use)?
                     if not _gk.FIXED.wins(key):
                         return _gk.FIXED.run_numpy(key, _matmul_numpy, a, b, None)
                     ops = ("matmul" + _packed_path(m, k, n, batch, True, dt.itemsize), dt.char)
-                    if _stack_kernel(m, k, n, dt.itemsize) == "small" and _jit.JIT_ENABLED:
-                        _LEAN_STACKS[(m, k, n, dt)] = ops
+                    kind = _stack_kernel(m, k, n, dt.itemsize)
+                    if kind != "packed" and _jit.JIT_ENABLED:  # (the per-size kernel: compiled or paid)
+                        _LEAN_STACKS[(m, k, n, dt)] = (ops, kind == "fixed")
                     return _first_use.kernels_or_numpy(ops, False, _matmul_numba, _matmul_numpy, a, b, None)
                 return _matmul_numpy(a, b, None)
     return _OP.run(backend, _prepare(a, b, out))
 
 
-#: (m, k, n, dtype) -> the first-use key of the small-product kernels that auto's stacks of such
-#: products run: once that key has run in this process (``fastla._first_use``), the fast path calls
-#: ``_gemm_kernels.stack_product`` directly instead of the registry's path (the first-use checks, the
-#: per-size kernel's test, ``run_parallel``, ``_stacked``: ~11 us of Python a call).
+#: (m, k, n, dtype) -> (the first-use key of the small-product kernels that auto's stacks of such
+#: products run, whether it is the per-size kernel): once that key has run in this process
+#: (``fastla._first_use``), the fast path calls ``_gemm_kernels.stack_product`` directly instead of
+#: the registry's path (the first-use checks, the per-size kernel's test, ``run_parallel``,
+#: ``_stacked``: ~11 us of Python a call). Registered only past the per-size kernel's own test.
 _LEAN_STACKS = {}
 _stack_product = _gk.stack_product  # the numba impl's kernels for those stacks (a name tests spy on)
 
@@ -760,8 +762,7 @@ def _copied(x, purpose):
 def _stack_products(kernel, A, B, C):
     """``C[t] = A[t] @ B[t]`` by ``kernel`` (:func:`_stack_kernel`) for C-contiguous stacks."""
     if kernel == "fixed":
-        _, m, k = A.shape
-        _gk.small_fixed_kernel(m, k, B.shape[2])(_intrinsics.kernel_input(A), _intrinsics.kernel_input(B), C)
+        _gk.fixed_stack(A, B, C)
     elif kernel == "packed":  # (a Python loop of packed GEMMs before)
         _gk.gemm_stack(A, B, C)
     else:

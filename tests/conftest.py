@@ -56,7 +56,10 @@ def rng():
 
 @pytest.fixture(autouse=True)
 def _restore_global_settings():
-    """Tests that change the global backend or thread count must not leak them into other tests."""
+    """Tests that change the global backend or thread count must not leak them into other tests;
+    nor the stacks auto has learnt to call directly (``fastla.matmul._LEAN_STACKS``: a test that
+    fakes a per-size kernel's state must see the path that state takes)."""
+    sys.modules["fastla.matmul"]._LEAN_STACKS.clear()
     before = fastla.get_backend()
     threads = fastla._jit.configured_num_threads()
     yield

@@ -676,20 +676,25 @@ def test_auto_reaches_the_small_product_kernels_directly_once_they_ran(monkeypat
             return _original(*args, **kwargs)
 
         monkeypatch.setattr(module, attr, spy)
-    # 4x4 (one thread), 8x8 past SMALL_SERIAL_WORK (the call's share), 2x8 @ 8x8, wide 64x32 @ 32x64
-    for batch, m, k, n in ((300, 4, 4, 4), (3000, 8, 8, 8), (1200, 2, 8, 8), (300, 64, 32, 64)):
+    # 4x4 (one thread), 8x8 past SMALL_SERIAL_WORK (the call's share), 2x8 @ 8x8, wide 64x32 @ 32x64;
+    # 6x6, the per-size kernel, below the bound and past it
+    cases = ((300, 4, 4, 4), (3000, 8, 8, 8), (1200, 2, 8, 8), (300, 64, 32, 64))
+    cases += ((300, 6, 6, 6), (3000, 6, 6, 6))
+    for batch, m, k, n in cases:
         for dtype in (np.float32, np.float64):
-            assert module._stack_kernel(m, k, n, np.dtype(dtype).itemsize) == "small"
+            kind = module._stack_kernel(m, k, n, np.dtype(dtype).itemsize)
+            assert kind == ("fixed" if m == 6 else "small")
             x = rng.standard_normal((batch, m, k)).astype(dtype)
             y = rng.standard_normal((batch, k, n)).astype(dtype)
+            expected = fastla.matmul(x, y, backend="numba")  # the registry's path: it runs them
             name, reason = fastla.explain("matmul", x, y)
             assert name == "numba", reason
-            expected = fastla.matmul(x, y, backend="numba")  # the registry's path: it runs them
-            for call in range(3):
+            for _ in range(3):
+                first = (m, k, n, np.dtype(dtype)) not in module._LEAN_STACKS  # (the shape's, any length)
                 ran.clear()
                 got = fastla.matmul(x, y)
-                first = call == 0 and ran != ["_stack_product"]  # (a shape an earlier test ran)
                 assert ran == (["_matmul_numba"] if first else ["_stack_product"])
+                assert (m, k, n, np.dtype(dtype)) in module._LEAN_STACKS
                 np.testing.assert_array_equal(got, expected)
                 tol = 1e-4 if dtype == np.float32 else 1e-12
                 np.testing.assert_allclose(got, np.matmul(x, y), rtol=tol, atol=tol)

@@ -1943,8 +1943,8 @@ MUTANTS = [
     Mutant(
         "matmul-direct-stack-ignores-b-s-layout",
         "matmul.py",
-        "if lean is not None and a_c and b.flags.c_contiguous and lean in _first_use._RAN:",
-        "if lean is not None and a_c and lean in _first_use._RAN:",
+        "if lean is not None and a_c and b.flags.c_contiguous and lean[0] in _first_use._RAN:",
+        "if lean is not None and a_c and lean[0] in _first_use._RAN:",
         ("tests/test_fastpath.py", "-k", "directly"),
         "auto's direct call of the small-product kernels takes a stack b that is not C-contiguous",
     ),
