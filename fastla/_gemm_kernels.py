@@ -229,7 +229,7 @@ class Blocking:
         # two threads 2000x128x2000 1.04-1.07x against 0.93-0.98x, 1000x64x1000 1.10x against
         # 1.06-1.08x (two); float32 one thread even within the noise (1000x37x1000 0.86-1.00x
         # against 0.83-0.93x, 1000x64x1000 0.81-0.94x against 0.82-0.97x, 1024^3 0.92-1.04x against
-        # 1.00-1.03x; five). Not measured on AMD, which keeps the kernel without it.
+        # 1.00-1.03x; five). AMD keeps the kernel without it (PREFETCH_B: the EPYC's reads).
         self.PREFETCH_C = _host.env_flag("FASTLA_GEMM_PREFETCH_C", vendor == "GenuineIntel")
         # PREFETCH_B: ... and, each step of its k loop, B's row PREFETCH_B_ROWS ahead. A B read in
         # place has rows ldb apart (8000 bytes for 1000 float64 columns), a stride the hardware's
@@ -240,7 +240,11 @@ class Blocking:
         # 0.97-1.02x against 0.77-0.84x, 5x1000x1000 1.49-1.56x against 1.30-1.31x; float32
         # 37x1000x1000 0.99-1.03x against 0.80-0.83x, 48x2000x1000 1.00-1.01x against 0.79-0.81x;
         # 1024^3 even (float64 1.04-1.11x against 1.02-1.11x, float32 1.01-1.10x against 0.98-1.00x).
-        # 8 rows ahead read as 16, 32 a little lower (37x1000x1000 0.94-0.98x). AMD: not measured.
+        # 8 rows ahead read as 16, 32 a little lower (37x1000x1000 0.94-0.98x). AMD EPYC (znver2,
+        # AVX2 4x3 tile, OpenBLAS Haswell), one thread, float64, medians of three interleaved runs,
+        # neither / C only / C and B: 37x1000x1000 0.74-0.88x / 0.82-0.89x / 0.68-0.86x,
+        # 48x2000x1000 0.73-0.75x / 0.74-0.76x / 0.70-0.76x, 512^3 0.95-0.97x / 0.70-0.97x /
+        # 0.92-0.97x: even within the noise, so AMD keeps the kernel without either.
         self.PREFETCH_B = _host.env_flag("FASTLA_GEMM_PREFETCH_B", vendor == "GenuineIntel")
 
     def as_dict(self):
