@@ -95,7 +95,7 @@ def _shipped_stack_min_work():
 
 AUTO_RULE = {
     "small_max_dim": 16,  # m, k, n all <= this counts as "small"
-    "small_min_batch": 256,  # and at least this many matrices in the stack
+    "small_min_batch": 48,  # and at least this many matrices in the stack (see _small_stack_wins)
     # m*k*n of one product (a folded stack: one product) from which the packed kernel runs:
     "gemm_min_work": _shipped_gemm_min_work("float64"),
     "gemm_min_work_f32": _shipped_gemm_min_work("float32"),
@@ -240,12 +240,26 @@ def _small_stack_wins(m, k, n, batch):
     takes these from 256 / 153 / 113 / 91 / 256 / 256 / 182 products (a side-scaled count before,
     ``4 * small_min_batch / max(m, k, n)``, took 1x10 @ 10x4 from 103 products and 16x16 @ 16x1
     from 64, at 0.5-0.9x NumPy's speed: measured against ``backend="numpy"``, whose full path costs
-    ~4-5 us more a call than auto's NumPy, it had read the kernel faster there)."""
+    ~4-5 us more a call than auto's NumPy, it had read the kernel faster there).
+
+    Since auto calls the kernels directly (:data:`_LEAN_STACKS`), their fixed cost is ~5 us less
+    and the counts fell: on an AMD EPYC (znver2, two threads, auto's NumPy time over the kernel's
+    at 24 / 48 / 96 / 192 products, float64; float32 alike), 4x4 1.20 / 1.49 / 2.10 / 3.15, 8x8
+    1.23 / 1.56 / 2.09 / 2.76, 16x16 1.37 / 1.68 / 1.59 / 2.17, 12x12 (the per-size kernel) 0.89 /
+    1.14 / 1.40 / 1.84, 6x6 0.74 / 0.94 / 1.26 / 1.67, 3x3 0.72 / 0.94 / 1.36 / 2.13, 2x8 @ 8x2
+    0.71 / 0.94 / 1.34 / 2.08, 16x1 @ 1x16 1.13 / 1.61 / 2.31 / 2.91; a row or a column (see
+    VECTOR_STACK_FACTOR) 1x10 @ 10x4 0.59 / 0.69 / 0.87 / 1.21, 1x4 @ 4x4 0.56 / 0.68 / 0.85 /
+    1.21, 4x4 @ 4x1 0.59 / 0.71 / 0.92 / 1.32, 16x16 @ 16x1 0.58 / 0.68 / 0.80 / 0.93, 1x16 @
+    16x16 0.96 / 0.99 / 1.11 / 1.30; 4x1 @ 1x4 0.54 / 0.62 / 0.74 / 1.00. With small_min_batch
+    48 (256 before, whose window had cost 4x4 stacks of up to 255 products 3.4x) a stack in the
+    window below its count runs at most ~1.5x slower than the kernel would (4x4 at 47), bar the
+    4x1 @ 1x4 outer products (1.6x)."""
     if max(m, k, n) > AUTO_RULE["small_max_dim"]:
         return False
     if m == n == 1:  # a stack of dot products: see DOT_STACK_FACTOR
         return batch >= DOT_STACK_FACTOR * AUTO_RULE["small_min_batch"]
-    return batch**4 * max(m * k * n, 64) >= 64 * AUTO_RULE["small_min_batch"] ** 4
+    least = AUTO_RULE["small_min_batch"] * (VECTOR_STACK_FACTOR if m == 1 or n == 1 else 1)
+    return batch**4 * max(m * k * n, 64) >= 64 * least**4
 
 
 #: A stack of 1 x k @ k x 1 products (dot products) takes the small-stack kernel from this many
@@ -256,6 +270,14 @@ def _small_stack_wins(m, k, n, batch):
 #: 1.71 (the rule had taken them from 256). A row or a column of more than one element is a BLAS
 #: call again: 1 x 4 @ 4 x 4, 4 x 4 @ 4 x 1, 2 x 8 @ 8 x 1 0.85-1.25 at 300, 2.1-2.9 at 1000.
 DOT_STACK_FACTOR = 16
+#: A stack of products with one row or one column (``m == 1`` or ``n == 1``, not both: a vector
+#: times a matrix, a matrix times a vector) takes the small-stack kernel from this many times the
+#: count of square products of its work: the kernel's columns or rows are one wide there, NumPy's
+#: BLAS call per product is as cheap as for 4x4. AMD EPYC (znver2), auto's NumPy time over the
+#: kernel's at 48 / 128 / 192 products: 1x10 @ 10x4 0.69 / 0.98 / 1.21, 4x4 @ 4x1 0.71 / 1.06 / 1.32,
+#: 16x16 @ 16x1 0.68 / 0.85 / 0.93 (the rule takes them from 192, 192 and 136 with
+#: small_min_batch 48).
+VECTOR_STACK_FACTOR = 4
 
 
 #: Thin products stay with BLAS whatever their size: the packed kernel packs a whole operand for

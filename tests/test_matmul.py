@@ -1,5 +1,6 @@
 """fastla.matmul: every registry impl against NumPy over the shared input matrix of tests/helpers.py."""
 
+import math
 import sys
 
 import numpy as np
@@ -277,12 +278,15 @@ def test_small_stack_uses_numba_under_auto(rng, monkeypatch):
     # which passes small_max_dim are the small-stack rule's
     monkeypatch.setitem(rule, "packed_stack_min_work", 1)
     monkeypatch.setitem(rule, "small_min_batch", 256)
+    vector = sys.modules["fastla.matmul"].VECTOR_STACK_FACTOR  # a row or a column: as many again
     for (m, k, n), least in (
         ((4, 4, 4), 256),
-        ((1, 10, 4), 256),  # less work than 4x4: as many
+        ((3, 3, 2), 256),  # less work than 4x4: as many
         ((8, 8, 8), 153),  # 256 * (64 / 512) ** (1 / 4) = 152.2
         ((16, 16, 16), 91),  # 256 * (64 / 4096) ** (1 / 4) = 90.5
-        ((16, 16, 1), 182),  # 256 * (64 / 256) ** (1 / 4) = 181.02
+        ((16, 1, 16), 182),  # 256 * (64 / 256) ** (1 / 4) = 181.02
+        ((1, 10, 4), 256 * vector),  # one row, less work than 4x4
+        ((16, 16, 1), math.ceil(256 * vector * (64 / 256) ** (1 / 4))),  # one column (724.08)
         ((1, 5, 1), 256 * sys.modules["fastla.matmul"].DOT_STACK_FACTOR),  # dot products: NumPy's loop
     ):
         for batch, want in ((least, compiled), (least - 1, "numpy")):
