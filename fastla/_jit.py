@@ -872,7 +872,10 @@ def run_serial(fn, *args):
     """``fn(*args)`` with this thread's Numba thread count at 1, put back afterwards: a ``prange``
     kernel then runs its loop on this thread, without waking another (a second thread's start cost
     12-17 us on an AMD EPYC guest, znver2, against ~2 us on Zen 4). For calls whose work is below
-    their op's serial bound; the caller has started the threading layer (:func:`ensure_threads`)."""
+    their op's serial bound. With the JIT off (plain Python: no threads) or the layer not started,
+    just the call."""
+    if not _NUMBA_THREADS:
+        return fn(*args)
     get, put = _NUMBA_THREADS
     before = get()
     if before == 1:
