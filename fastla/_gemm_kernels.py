@@ -2216,29 +2216,28 @@ def small_stack(a, b, c, threads=None):
     products."""
     _, m, k = a.shape
     same = a.dtype == b.dtype == c.dtype and c.dtype.kind == "f" and c.flags.c_contiguous
-    at, serial = _small_plan(m, k, b.shape[2], c.dtype, same)
+    at = _small_task(m, k, b.shape[2], c.dtype, same)
     if threads is None:
-        threads = _jit.threads_for(a.shape[0] * m * k * b.shape[2], serial)
+        threads = _jit.threads_for(a.shape[0] * m * k * b.shape[2], SMALL_SERIAL_WORK[c.itemsize])
     threads = max(1, min(threads, a.shape[0]))
     batched_small(_intrinsics.kernel_input(a), _intrinsics.kernel_input(b), c, at, threads)
 
 
-#: (m, k, n, dtype, whole wide tiles allowed, the two entries) -> :func:`_small_plan`'s answer
-_SMALL_PLANS = {}
+#: (m, k, n, dtype, whole wide tiles allowed, the two entries) -> :func:`_small_task`'s answer
+_SMALL_TASKS = {}
 
 
-def _small_plan(m, k, n, dtype, same):
-    """``(task address, SMALL_SERIAL_WORK)`` of a stack of m x k @ k x n ``dtype`` products: the
-    wide tiles' task where ``same`` (one float dtype, a C-contiguous result) and they fit, else the
-    small-product one; built once per shape (~1.3 us of Python a call before: the tiles' test, the
-    entry's address)."""
+def _small_task(m, k, n, dtype, same):
+    """The task address of a stack of m x k @ k x n ``dtype`` products: the wide tiles' task where
+    ``same`` (one float dtype, a C-contiguous result) and they fit, else the small-product one;
+    looked up once per shape (~1.3 us of Python a call before: the tiles' test, the entry's
+    address)."""
     key = (m, k, n, dtype, same, SMALL_STACK_TASK, WIDE_STACK_TASK)  # (tests stand in for entries)
-    plan = _SMALL_PLANS.get(key)
-    if plan is None:
+    at = _SMALL_TASKS.get(key)
+    if at is None:
         wide = same and wide_tiles_fit(m, k, n, dtype.itemsize)
-        at = (WIDE_STACK_TASK if wide else SMALL_STACK_TASK).address(dtype)
-        plan = _SMALL_PLANS[key] = (at, SMALL_SERIAL_WORK[dtype.itemsize])
-    return plan
+        at = _SMALL_TASKS[key] = (WIDE_STACK_TASK if wide else SMALL_STACK_TASK).address(dtype)
+    return at
 
 
 def stack_product(a, b, fixed=False):
@@ -2257,8 +2256,8 @@ def stack_product(a, b, fixed=False):
         else:
             _jit.run_parallel(fixed_stack, a, b, c)
         return c
-    at, serial = _small_plan(m, k, n, c.dtype, True)
-    if batch * m * k * n < serial:
+    if batch * m * k * n < SMALL_SERIAL_WORK[c.itemsize]:
+        at = _small_task(m, k, n, c.dtype, True)
         batched_small(_intrinsics.kernel_input(a), _intrinsics.kernel_input(b), c, at, 1)
     else:
         _jit.run_parallel(small_stack, a, b, c)

@@ -235,11 +235,12 @@ def claimed_tasks(typingctx, address, fn, args, tasks, threads):
     (``0 <= row < n``; one thread runs a row at a time, so per-row scratch needs no lock).
 
     The threading layer runs rows, not threads: where a worker joins the parallel region late, the
-    thread that launched it runs its own row and then the late one's, serially. TBB (a fresh task
-    arena per region) did so often here (an AMD EPYC guest, znver2): two rows of 1 ms each took
-    1.98-2.03 ms over nine calls, three of 3 ms each 6.3 ms after 0.15 s idle, and a 2000 x 256 x
-    256 float64 GEMM on two threads ran at one thread's speed after any idle time (7.4 ms against
-    3.7 back to back, 7.2 on one thread). Claimed, a late row takes what is left when it starts."""
+    thread that launched it runs its own row and then the late one's, serially. Numba's TBB layer (a
+    fresh task arena per region) did so often on an AMD EPYC guest (znver2, 2 cores): two rows of
+    1 ms each took 1.98-2.03 ms over nine calls back to back, two of 3 ms each 6.3 ms after 0.15 s
+    idle, and a 2000 x 256 x 256 float64 GEMM on two threads ran at one thread's speed after any
+    idle time (7.4 ms against 3.7 back to back, 7.2 on one thread). Claimed, a late row takes what
+    is left when it starts."""
     sig = nb_types.none(address, fn, args, tasks, threads)
     return sig, _tasks_codegen(sig, claimed=True)
 
