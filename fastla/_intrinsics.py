@@ -351,8 +351,8 @@ def _task_trampoline(context, module, data_ty, argtys, claimed=False):
             task = b.load(task_slot)
             b.cbranch(b.icmp_signed("<", task, end), body, done)
         b.position_at_end(body)
-        values = [*parts, task, index][: len(argtys)]
-        context.call_conv.call_function(b, callee, nb_types.none, argtys, values)
+        call_args = [*parts, task, index][: len(argtys)]  # (the row index for a claimed task)
+        context.call_conv.call_function(b, callee, nb_types.none, argtys, call_args)
         if not claimed:
             b.store(b.add(task, step), task_slot)
         b.branch(cond)

@@ -252,8 +252,9 @@ def _small_stack_wins(m, k, n, batch):
     1.21, 4x4 @ 4x1 0.59 / 0.71 / 0.92 / 1.32, 16x16 @ 16x1 0.58 / 0.68 / 0.80 / 0.93, 1x16 @
     16x16 0.96 / 0.99 / 1.11 / 1.30; 4x1 @ 1x4 0.54 / 0.62 / 0.74 / 1.00. With small_min_batch
     48 (256 before, whose window had cost 4x4 stacks of up to 255 products 3.4x) a stack in the
-    window below its count runs at most ~1.5x slower than the kernel would (4x4 at 47), bar the
-    4x1 @ 1x4 outer products (1.6x)."""
+    window below its count runs at most ~1.5x slower than the kernel would (4x4 at 47); past it,
+    the kernel runs slower than NumPy only for outer products (4x1 @ 1x4: 0.62-1.00x NumPy's speed
+    from 48 to 192 products) and, a little, matrix-vector ones (16x16 @ 16x1 0.86-0.93x from 136)."""
     if max(m, k, n) > AUTO_RULE["small_max_dim"]:
         return False
     if m == n == 1:  # a stack of dot products: see DOT_STACK_FACTOR

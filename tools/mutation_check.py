@@ -1935,8 +1935,8 @@ MUTANTS = [
     Mutant(
         "claimed-tasks-pass-row-zero",
         "_intrinsics.py",
-        "        values = [*parts, task, index][: len(argtys)]",
-        "        values = [*parts, task, ir.Constant(i64, 0)][: len(argtys)]",
+        "        call_args = [*parts, task, index][: len(argtys)]",
+        "        call_args = [*parts, task, ir.Constant(i64, 0)][: len(argtys)]",
         ("tests/test_jit.py", "-k", "claimed"),
         "claimed_tasks passes every task row 0: two threads' GEMM row blocks share one packed-A slot",
     ),
