@@ -2244,23 +2244,19 @@ def stack_product(a, b, fixed=False):
     """``a @ b`` for two C-contiguous 3-D stacks of one float dtype and length, by the small-product
     kernels (:func:`small_stack`), or ``fixed``, the per-size kernel (:func:`fixed_stack`): the
     call ``fastla.matmul``'s fast path makes once they have run in this process. A stack below
-    :data:`SMALL_SERIAL_WORK` runs on this thread, called directly, without
+    :data:`SMALL_SERIAL_WORK` (where either kernel runs on one thread) is called directly, without
     :func:`fastla._jit.run_parallel` (whose thread-count bookkeeping it does not need); a larger one
     through it."""
     batch, m, k = a.shape
     n = b.shape[2]
     c = np.empty((batch, m, n), a.dtype)
-    if fixed:
-        if batch * m * k * n < SMALL_SERIAL_WORK[c.itemsize]:
-            fixed_stack(a, b, c)
-        else:
-            _jit.run_parallel(fixed_stack, a, b, c)
-        return c
-    if batch * m * k * n < SMALL_SERIAL_WORK[c.itemsize]:
+    if batch * m * k * n >= SMALL_SERIAL_WORK[c.itemsize]:
+        _jit.run_parallel(fixed_stack if fixed else small_stack, a, b, c)
+    elif fixed:
+        fixed_stack(a, b, c)
+    else:  # small_stack's one-thread call without its checks, which these operands pass (~2 us)
         at = _small_task(m, k, n, c.dtype, True)
         batched_small(_intrinsics.kernel_input(a), _intrinsics.kernel_input(b), c, at, 1)
-    else:
-        _jit.run_parallel(small_stack, a, b, c)
     return c
 
 

@@ -852,20 +852,27 @@ def run_parallel(fn, *args, **kwargs):
         if busy > 1:  # other Python threads are inside fastla kernels now: take a share
             n = max(1, n // busy)
         tls.share = n
-        before = _NUMBA_THREADS[0]()
-        if before != n:
-            _NUMBA_THREADS[1](n)
-        try:
-            if _NEEDS_LOCK:
-                with _PARALLEL_LOCK:
-                    return fn(*args, **kwargs)
-            return fn(*args, **kwargs)
-        finally:
-            if before != n:
-                _NUMBA_THREADS[1](before)
+        if _NEEDS_LOCK:
+            with _PARALLEL_LOCK:
+                return _at_count(n, fn, *args, **kwargs)
+        return _at_count(n, fn, *args, **kwargs)
     finally:
         tls.share = 0
         _ACTIVE.pop()
+
+
+def _at_count(n, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` with this thread's Numba thread count at ``n``, the previous count put
+    back afterwards (the layer started: :func:`ensure_threads`)."""
+    get, put = _NUMBA_THREADS
+    before = get()
+    if before == n:
+        return fn(*args, **kwargs)
+    put(n)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        put(before)
 
 
 def run_serial(fn, *args):
@@ -876,15 +883,7 @@ def run_serial(fn, *args):
     just the call."""
     if not _NUMBA_THREADS:
         return fn(*args)
-    get, put = _NUMBA_THREADS
-    before = get()
-    if before == 1:
-        return fn(*args)
-    put(1)
-    try:
-        return fn(*args)
-    finally:
-        put(before)
+    return _at_count(1, fn, *args)
 
 
 class _Local(threading.local):

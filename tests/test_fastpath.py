@@ -206,14 +206,15 @@ def test_a_backend_that_is_not_a_name_gets_the_full_paths_error(backend):
             call()
 
 
-def _spy_on_matmul_impls(monkeypatch, module):
+def _spy_on_matmul_impls(monkeypatch, module, by_name=False):
     """A list that records ``"numpy"`` or ``"numba"`` for each call of matmul's two impls (the numba
-    impl's small-product stacks called directly, ``_stack_product``, among them)."""
+    impl's small-product stacks called directly, ``_stack_product``, among them), or ``by_name`` the
+    name called."""
     ran = []
     for impl, attr in (("numpy", "_matmul_numpy"), ("numba", "_matmul_numba"), ("numba", "_stack_product")):
         original = getattr(module, attr)
 
-        def spy(*args, _impl=impl, _original=original, **kwargs):
+        def spy(*args, _impl=attr if by_name else impl, _original=original, **kwargs):
             ran.append(_impl)
             return _original(*args, **kwargs)
 
@@ -667,15 +668,7 @@ def test_auto_reaches_the_small_product_kernels_directly_once_they_ran(monkeypat
     (``_stack_product``), with the registry path's results, on one thread or on the call's share;
     an operand that is not C-contiguous, or an ``out=``, keeps the registry's path (its copies)."""
     module = sys.modules["fastla.matmul"]
-    ran = []
-    for attr in ("_matmul_numpy", "_matmul_numba", "_stack_product"):
-        original = getattr(module, attr)
-
-        def spy(*args, _attr=attr, _original=original, **kwargs):
-            ran.append(_attr)
-            return _original(*args, **kwargs)
-
-        monkeypatch.setattr(module, attr, spy)
+    ran = _spy_on_matmul_impls(monkeypatch, module, by_name=True)
     # 4x4 (one thread), 8x8 past SMALL_SERIAL_WORK (the call's share), 2x8 @ 8x8, wide 64x32 @ 32x64;
     # 6x6, the per-size kernel, below the bound and past it
     cases = ((300, 4, 4, 4), (3000, 8, 8, 8), (1200, 2, 8, 8), (300, 64, 32, 64))
