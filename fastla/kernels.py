@@ -1132,7 +1132,11 @@ def _lu_factor(a, lu, piv):
     m, n = a.shape
     _copy2d(lu, a)
     start = n - n  # run-time zeros (see _gemm_kernels' "literal arguments")
-    info = _lu._panel(lu, start, min(m, n), piv, start)
+    k = min(m, n)
+    if k >= _lu.PANEL_COLUMNS_MIN:  # one panel of the whole matrix, factored in a transposed copy
+        info = _lu._panel_columns(lu, start, k, piv, start, _intrinsics.empty((k, m), lu.dtype))
+    else:
+        info = _lu._panel_rows(lu, start, k, piv, start)
     if n > m:  # a wide matrix: U's columns right of the square part, U12 := L^-1 A12
         _lu._trsm_unit_lower_rows(lu, start, m)
     return info

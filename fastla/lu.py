@@ -73,17 +73,22 @@ def _singular_warning_class():
 
 # --------------------------------------------------------------------------- tuning data
 #
-# NB (panel width), measured on Zen 4, one thread, f64, ratio to scipy lu_factor:
+# NB (panel width), one thread, f64, ratio to scipy lu_factor. With the row-by-row panel (Zen 4):
 #   n=1000: NB 32 0.94, 64 0.88, 96 0.81, 128 0.67;  n=2000: 32 0.67, 64 0.84, 96 0.80, 128 0.80.
-# Narrow panels keep the unblocked panel (rank-1 updates of short rows) cheap; too narrow and the
-# trailing GEMM (k = NB) is too thin and re-reads A22 too often. (Before the panel loops used
-# unsigned indices the panel was 3x slower and the whole factorisation ran at 0.63x.)
+# With the panel factored in a transposed copy (_panel_columns; Zen 2, best of 7, two runs):
+#   n=1000: NB 24 0.97, 32 1.01-1.03, 48 1.05, 64 1.06-1.07, 80 1.05, 96 1.02, 128 0.97;
+#   n=2000: 1.01 for every NB from 32 to 128; n = 300 and 500: 32, 48 and 64 within the noise.
+# A wider panel makes the trailing GEMM (k = NB) less thin, so that A22 is read and written fewer
+# times; past ~64 the panel's own updates (rank-4 steps over whole columns) cost more than that saves.
 # Up to n = 64 the whole matrix is one panel: no trailing GEMM to compile or call (Zen 5, f64 / f32:
 # n = 40 10.4 -> 6.7 / 12.6 -> 8.3 us, n = 64 16.3 -> 16.0 / 21.2 -> 18.7 us against NB = 32).
-NB_BY_N = ((64, 64), (1500, 32), (math.inf, 64))
+NB_BY_N = ((math.inf, 64),)
 # Unsigned column indices where a loop starts at a run-time offset: with a signed index Numba
 # checks each access for a negative index, which keeps LLVM from vectorising the row operation.
 _U = _jit.U
+#: The panel's and the U12 solve's flags: contraction alone (FMAs, as with fastla's flags), no
+#: reassociation, so that the updates grouped four at a time round as one at a time.
+_EXACT = frozenset({"contract"})
 
 #: systems up to this n in a stack go to the batched kernel (one system per SIMD lane). n = 17-32 run
 #: there since groups of larger n are eliminated by loops over a copy on the stack
@@ -132,9 +137,11 @@ def _swap_rows(m, i, p):
 
 
 @jit(python_wrapper=False)
-def _panel(a, k0, k1, piv, info):
-    """Unblocked partial-pivoting LU of columns k0:k1 (rows k0:m, k1 <= min(m, n)); swaps whole
-    rows. Returns info."""
+def _panel_rows(a, k0, k1, piv, info):
+    """Unblocked partial-pivoting LU of columns k0:k1 (rows k0:m, k1 <= min(m, n)) in place, row by
+    row: the pivot search, the scaling and each rank-1 update walk the panel's rows (short runs of
+    k1 - k0 elements, a row stride apart); swaps whole rows. Returns info. For narrow panels
+    (:data:`PANEL_COLUMNS_MIN`)."""
     wide_vectors()
     m = a.shape[0]
     for j in range(k0, k1):
@@ -148,7 +155,7 @@ def _panel(a, k0, k1, piv, info):
         piv[j] = p
         if a[p, j] != 0:
             _swap_rows(a, j, p)
-            inv = 1.0 / a[j, j]
+            inv = a.dtype.type(1.0) / a[j, j]  # in the matrix's precision, as getf2
             for i in range(j + 1, m):
                 a[i, j] *= inv
         elif info == 0:
@@ -160,16 +167,193 @@ def _panel(a, k0, k1, piv, info):
     return info
 
 
-@jit(python_wrapper=False)
+#: Panels at least this wide are factored column by column in a transposed copy
+#: (:func:`_panel_columns`); narrower ones row by row (:func:`_panel_rows`). One panel of the whole
+#: n x n matrix, Zen 2, float64, us per factorisation, rows / columns: n = 16 0.87 / 0.96, 24 2.11 /
+#: 2.05, 32 4.22 / 3.68, 64 22.6 / 17.3, 128 173 / 95.
+PANEL_COLUMNS_MIN = 24
+#: Panel steps whose updates of the later columns are applied together (:func:`_panel_columns`).
+_PANEL_BLOCK = 4
+
+
+@jit(inline="always", fastmath=_EXACT)
+def _pivot_row(t, j, rows):
+    """The pivot of column ``j`` of the transposed panel ``t`` (its row ``j``, positions j:rows):
+    the first position of the largest magnitude, as LAPACK's idamax (strictly greater than every
+    earlier one; NaNs never win, a NaN on the diagonal keeps the diagonal). Four running maxima over
+    interleaved positions, so that the compare-and-select chains overlap, combined by value and then
+    by the lower position."""
+    best = abs(t[j, j])
+    b0 = b1 = b2 = b3 = -1.0
+    i0 = i1 = i2 = i3 = j
+    i = j + 1
+    while i + 4 <= rows:
+        v = abs(t[j, _U(i)])
+        if v > b0:
+            b0, i0 = v, i
+        v = abs(t[j, _U(i + 1)])
+        if v > b1:
+            b1, i1 = v, i + 1
+        v = abs(t[j, _U(i + 2)])
+        if v > b2:
+            b2, i2 = v, i + 2
+        v = abs(t[j, _U(i + 3)])
+        if v > b3:
+            b3, i3 = v, i + 3
+        i += 4
+    while i < rows:
+        v = abs(t[j, _U(i)])
+        if v > b0:
+            b0, i0 = v, i
+        i += 1
+    if b1 > b0 or (b1 == b0 and i1 < i0):
+        b0, i0 = b1, i1
+    if b2 > b0 or (b2 == b0 and i2 < i0):
+        b0, i0 = b2, i2
+    if b3 > b0 or (b3 == b0 and i3 < i0):
+        b0, i0 = b3, i3
+    return i0 if b0 > best else j
+
+
+@jit(inline="always", fastmath=_EXACT)
+def _panel_step(t, k0, j, w, rows, piv, info):
+    """Step ``j`` of the transposed panel ``t`` (w, rows), column ``j`` already updated by the steps
+    before it: its pivot, the interchange in every column of the panel, the multipliers scaled.
+    Returns info."""
+    p = _pivot_row(t, j, rows)
+    piv[k0 + j] = k0 + p
+    if t[j, p] != 0:
+        if p != j:
+            for c in range(w):
+                t[c, p], t[c, j] = t[c, j], t[c, p]
+        inv = t.dtype.type(1.0) / t[j, j]
+        for i in range(j + 1, rows):
+            t[j, _U(i)] *= inv
+    elif info == 0:
+        info = k0 + j + 1
+    return info
+
+
+@jit(python_wrapper=False, fastmath=_EXACT)
+def _panel_columns(a, k0, k1, piv, info, t):
+    """:func:`_panel_rows` on a transposed copy of the panel in ``t`` (at least k1 - k0 rows of at
+    least m - k0): there each of the panel's columns is a contiguous run of m - k0 elements, so the
+    pivot search, the scaling and the updates stream whole columns where the row form walks short
+    rows (n = 1000, 32-column panels, Zen 2, float64: the panels of a factorisation 4.4 -> 2.2 ms,
+    of ~22 ms in all). Four steps at a time update the columns right of them together (each element
+    read and stored once for the four), in the row form's order, so the factors are the same bit for
+    bit (:data:`_EXACT`: no reassociation). The interchanges of the columns outside the panel follow
+    it, in order. Returns info."""
+    wide_vectors()
+    m, n = a.shape
+    w = k1 - k0
+    rows = m - k0
+    _transpose_panel(a, k0, w, rows, t, True)
+    j = 0
+    while j + _PANEL_BLOCK <= w:
+        j1, j2, j3 = j + 1, j + 2, j + 3
+        # the block's own columns, left-looking: each updated by the block's earlier steps, then its step
+        info = _panel_step(t, k0, j, w, rows, piv, info)
+        u0 = t[j1, j]
+        for i in range(j1, rows):
+            t[j1, _U(i)] -= t[j, _U(i)] * u0
+        info = _panel_step(t, k0, j1, w, rows, piv, info)
+        u0 = t[j2, j]
+        u1 = t[j2, j1] - t[j, j1] * u0
+        t[j2, j1] = u1
+        for i in range(j2, rows):
+            t[j2, _U(i)] = t[j2, _U(i)] - t[j, _U(i)] * u0 - t[j1, _U(i)] * u1
+        info = _panel_step(t, k0, j2, w, rows, piv, info)
+        u0 = t[j3, j]
+        u1 = t[j3, j1] - t[j, j1] * u0
+        t[j3, j1] = u1
+        u2 = t[j3, j2] - t[j, j2] * u0 - t[j1, j2] * u1
+        t[j3, j2] = u2
+        for i in range(j3, rows):
+            t[j3, _U(i)] = t[j3, _U(i)] - t[j, _U(i)] * u0 - t[j1, _U(i)] * u1 - t[j2, _U(i)] * u2
+        info = _panel_step(t, k0, j3, w, rows, piv, info)
+        # every later column by the block's four steps at once (its rows j:j+4 first: U's entries)
+        for c in range(j + _PANEL_BLOCK, w):
+            u0 = t[c, j]
+            u1 = t[c, j1] - t[j, j1] * u0
+            t[c, j1] = u1
+            u2 = t[c, j2] - t[j, j2] * u0 - t[j1, j2] * u1
+            t[c, j2] = u2
+            u3 = t[c, j3] - t[j, j3] * u0 - t[j1, j3] * u1 - t[j2, j3] * u2
+            t[c, j3] = u3
+            for i in range(j + _PANEL_BLOCK, rows):
+                t[c, _U(i)] = (
+                    t[c, _U(i)] - t[j, _U(i)] * u0 - t[j1, _U(i)] * u1 - t[j2, _U(i)] * u2 - t[j3, _U(i)] * u3
+                )
+        j += _PANEL_BLOCK
+    while j < w:
+        info = _panel_step(t, k0, j, w, rows, piv, info)
+        for c in range(j + 1, w):
+            u0 = t[c, j]
+            for i in range(j + 1, rows):
+                t[c, _U(i)] -= t[j, _U(i)] * u0
+        j += 1
+    _transpose_panel(a, k0, w, rows, t, False)
+    for j in range(k0, k1):  # the rest of each row interchange (LAPACK's laswp left and right)
+        p = piv[j]
+        if p != j:
+            for c in range(k0):
+                a[j, c], a[p, c] = a[p, c], a[j, c]
+            for c in range(k1, n):
+                a[j, _U(c)], a[p, _U(c)] = a[p, _U(c)], a[j, _U(c)]
+    return info
+
+
+@jit(inline="always")
+def _transpose_panel(a, k0, w, rows, t, into):
+    """``t[c, i] = a[k0 + i, k0 + c]`` (``into``) or back, for c < w and i < rows: eight rows of
+    ``a`` at a time, so that each of t's rows is written (read) eight elements in a run (in-flow
+    transposes of a 1000 x 32 panel ~1 ms row by row, Zen 2)."""
+    i = 0
+    while i + 8 <= rows:
+        for c in range(w):
+            for r in range(8):
+                if into:
+                    t[c, _U(i + r)] = a[_U(k0 + i + r), _U(k0 + c)]
+                else:
+                    a[_U(k0 + i + r), _U(k0 + c)] = t[c, _U(i + r)]
+        i += 8
+    for ii in range(i, rows):
+        for c in range(w):
+            if into:
+                t[c, _U(ii)] = a[k0 + ii, k0 + c]
+            else:
+                a[k0 + ii, k0 + c] = t[c, _U(ii)]
+
+
+@jit(inline="always")
+def _panel(a, k0, k1, piv, info, t):
+    """The panel k0:k1 factored by :func:`_panel_columns` in ``t`` when it is
+    :data:`PANEL_COLUMNS_MIN` columns wide or more, else by :func:`_panel_rows`."""
+    if k1 - k0 >= PANEL_COLUMNS_MIN:
+        return _intrinsics.call_out_of_line(_panel_columns, (a, k0, k1, piv, info, t))
+    return _intrinsics.call_out_of_line(_panel_rows, (a, k0, k1, piv, info))
+
+
+@jit(python_wrapper=False, fastmath=_EXACT)
 def _trsm_unit_lower_rows(a, k0, k1):
-    """U12 := L11^-1 A12 for rows k0:k1, columns k1:n (row operations, vectorised along columns)."""
+    """U12 := L11^-1 A12 for rows k0:k1, columns k1:n (row operations, vectorised along columns):
+    four earlier rows subtracted from a row in one pass, in order (n = 1000, Zen 2, float64: the
+    solves of a factorisation 1.3-1.5 -> 0.8-0.9 ms; eight rows at a time 0.8 ms)."""
     wide_vectors()
     n = a.shape[1]
     for i in range(k0 + 1, k1):
-        for r in range(k0, i):
-            lir = a[i, r]
+        r = k0
+        while r + 4 <= i:
+            l0, l1, l2, l3 = a[i, r], a[i, r + 1], a[i, r + 2], a[i, r + 3]
             for c in range(k1, n):
-                a[i, _U(c)] -= lir * a[r, _U(c)]
+                x = a[i, _U(c)] - l0 * a[r, _U(c)] - l1 * a[r + 1, _U(c)]
+                a[i, _U(c)] = x - l2 * a[r + 2, _U(c)] - l3 * a[r + 3, _U(c)]
+            r += 4
+        for rr in range(r, i):
+            lir = a[i, rr]
+            for c in range(k1, n):
+                a[i, _U(c)] -= lir * a[rr, _U(c)]
 
 
 @jit
@@ -185,11 +369,13 @@ def _getrf(a, piv, nb, neg_one, tiles, gemm_at):
     # run-time values, not literals (see _gemm_kernels' "literal arguments")
     accumulate = n > 0
     info = n * 0
+    # the transposed panels' copy (one allocation: each panel's would map and fault its pages afresh)
+    t = _intrinsics.empty((min(nb, kmax) if min(nb, kmax) >= PANEL_COLUMNS_MIN else 0, m), a.dtype)
     for k0 in range(0, kmax, nb):
         k1 = min(k0 + nb, kmax)
         # both through their symbols (compiled once, in their own libraries): linked, LLVM optimised
         # them again inside this function (its own compile 0.44 -> 0.30 s, Zen 4)
-        info = _intrinsics.call_out_of_line(_panel, (a, k0, k1, piv, info))
+        info = _panel(a, k0, k1, piv, info, t)
         if k1 < n:  # U12 := L11^-1 A12; a wide matrix's last panel leaves no rows below to update
             _intrinsics.call_out_of_line(_trsm_unit_lower_rows, (a, k0, k1))
         if k1 < n and k1 < m:

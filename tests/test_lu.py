@@ -11,6 +11,7 @@ import scipy.linalg as sla
 import fastla
 from fastla import _host, _intrinsics, _jit
 from fastla import _lane_solver as ls
+from fastla import lu as lu_module
 from tests.helpers import ODD_SIZES, eps, impl_names, variant
 
 
@@ -99,6 +100,51 @@ def test_blocked_lu_large(n, rng):
     np.testing.assert_allclose(lu, lu_ref, atol=1e-10 * n)
     x = fastla.lu_solve((lu, piv), b, backend="numba")
     assert _backward_error(a, x, b) <= 10 * n * eps(np.float64)
+
+
+@_jit.jit
+def _panel_both_ways(a, k0, k1, piv_rows, piv_cols, scratch):
+    """The panel k0:k1 of ``a`` factored by the row form in ``a`` and by the transposed form in a
+    copy; returns the copy and both infos."""
+    b = a.copy()
+    info_rows = lu_module._panel_rows(a, k0, k1, piv_rows, 0)
+    info_cols = lu_module._panel_columns(b, k0, k1, piv_cols, 0, scratch)
+    return b, info_rows, info_cols
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize(
+    "rows,w,k0,extra",
+    [(24, 24, 0, 0), (27, 27, 0, 5), (100, 32, 0, 40), (203, 64, 7, 30), (90, 26, 64, 0), (61, 30, 3, 9)],
+)
+@pytest.mark.parametrize("kind", ["normal", "ties", "zero column", "nan"])
+def test_transposed_panel_factors_as_the_row_panel_bit_for_bit(rows, w, k0, extra, kind, dtype, rng):
+    """The blocked LU's wide panels (:func:`fastla.lu._panel_columns`: a transposed copy, four steps'
+    updates of the later columns at once, the interchanges outside the panel after it) give the
+    row-by-row form's factors, pivots and info bit for bit: whole blocks and the single steps after
+    them (w = 26, 27, 30), fewer than eight rows left over by the transposes (203, 61), a panel inside
+    a larger matrix (k0 > 0, columns left and right of it interchanged), tied magnitudes (the first
+    one wins, across the pivot search's four interleaved maxima), an exactly zero column (info, no
+    interchange) and a NaN (never the pivot)."""
+    m, n = k0 + rows, k0 + w + extra
+    a = rng.standard_normal((m, n)).astype(dtype)
+    if kind == "ties":  # small integers: most columns hold several entries of the largest magnitude
+        a = rng.integers(-3, 4, (m, n)).astype(dtype)
+    elif kind == "zero column":
+        a[:, k0 + 5] = 0
+    elif kind == "nan":
+        a[k0 + 9, k0 + 2] = np.nan
+    k, first = min(m, n), np.abs(a[k0:, k0])
+    piv_rows, piv_cols = np.zeros(k, np.int32), np.zeros(k, np.int32)
+    scratch = np.full((w, rows + 3), np.nan, dtype)  # wider rows than needed: t's row stride
+    b, info_rows, info_cols = _panel_both_ways(a, k0, k0 + w, piv_rows, piv_cols, scratch)
+    np.testing.assert_array_equal(piv_cols[k0 : k0 + w], piv_rows[k0 : k0 + w])
+    assert info_cols == info_rows
+    assert info_rows == (k0 + 6 if kind == "zero column" else 0)
+    np.testing.assert_array_equal(b, a)  # NaNs compare equal here
+    if kind == "ties":  # the first column's largest magnitude is tied, and the first of them wins
+        assert np.count_nonzero(first == first.max()) > 1
+        assert piv_cols[k0] == k0 + np.argmax(first)
 
 
 @pytest.mark.parametrize("cond", [1e2, 1e6, 1e10])
