@@ -117,8 +117,9 @@ AUTO_RULE = {
     # systems: one call 0.44 ms, split 0.57; 12: 0.66 / 0.43-0.46; 16 64x64: 0.37 / 0.27-0.29; 500
     # 96x96: 32 / 16), so the split waits for ~1 ms of NumPy's time.
     "threaded_min_work": 2**24,
-    # a single large system: ours runs at 0.94-0.98x LAPACK's getrf+getrs (n = 1000, 1 thread),
-    # 0.84x at n = 2000: not a win, so auto keeps LAPACK
+    # a single large system: ours runs at 1.02-1.03x LAPACK's getrf+getrs at n = 1000 on one thread
+    # (Zen 2, the quick set's target; 0.94-0.98x on Zen 4 before the transposed panels) and ~1.0x at
+    # n = 2000, but ~0.8x on two threads, where its panels stay serial: auto keeps LAPACK
     "large_numba": False,
 }
 
