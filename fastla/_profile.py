@@ -34,6 +34,48 @@ ENV = "FASTLA_PROFILE"
 VERSION = 1
 #: A threshold no input reaches: auto never picks the compiled kernel under it.
 NEVER = 2**62
+
+
+class Rules(dict):
+    """An op's ``AUTO_RULE``: a dict that counts its changes (``version``), a profile's or a test's
+    alike, so that a decision cached from its values knows when it is stale
+    (``fastla.matmul._STACK_RULES``)."""
+
+    __slots__ = ("version",)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.version = 0
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        self.version += 1
+
+    def __delitem__(self, key):
+        super().__delitem__(key)
+        self.version += 1
+
+    def _changed(name):  # the other mutators, each counted as one change
+        def method(self, *args, **kwargs):
+            result = getattr(dict, name)(self, *args, **kwargs)
+            self.version += 1
+            return result
+
+        method.__name__ = name
+        return method
+
+    update = _changed("update")
+    pop = _changed("pop")
+    popitem = _changed("popitem")
+    clear = _changed("clear")
+    setdefault = _changed("setdefault")
+    del _changed
+
+    def __ior__(self, other):
+        self.update(other)
+        return self
+
+
 #: The thresholds a profile may set: (module, AUTO_RULE key) per knob, named after the op whose
 #: auto rule reads it (an op's further knobs: :data:`FURTHER_KNOBS`).
 KNOBS = {

@@ -24,7 +24,7 @@ import numpy as np
 
 from fastla import _first_use, _intrinsics, _jit, _registry, _validate
 from fastla import _gemm_kernels as _gk
-from fastla._profile import NEVER
+from fastla._profile import NEVER, Rules
 
 __all__ = ["matmul"]
 
@@ -93,32 +93,34 @@ def _shipped_stack_min_work():
     return INTEL_STACK_MIN_WORK if _host.cpu_vendor() == "GenuineIntel" else 393_216
 
 
-AUTO_RULE = {
-    "small_max_dim": 16,  # m, k, n all <= this counts as "small"
-    "small_min_batch": 48,  # and at least this many matrices in the stack (see _small_stack_wins)
-    # m*k*n of one product (a folded stack: one product) from which the packed kernel runs:
-    "gemm_min_work": _shipped_gemm_min_work("float64"),
-    "gemm_min_work_f32": _shipped_gemm_min_work("float32"),
-    # a stack of at least STACK_MIN_PRODUCTS products, every side in PACKED_STACK_SIDES or in wide
-    # tiles, whose work (:func:`stack_work`: multiply-adds, a float32 one counting half) reaches this
-    # runs one product per thread at a time (packed: _gemm_kernels.gemm_stack; wide tiles:
-    # wide_stack_task); NumPy calls BLAS once per product. The crossover is a stack's work, not its
-    # length: Zen 4, two threads, tune's steady-state timing, ratio to np.matmul by stack length,
-    # wide tiles: float64 24x24 0.90 (4) 0.93 (8) 0.95 (16) 1.08 (24) 1.14 (32); 32x32 0.76 (4) 0.95
-    # (8) 1.13 (12) 1.25 (16); 40x40 0.97 (4) 1.10 (6) 1.21 (8); 48x48 1.13 (4) 1.42 (8); 56x56 1.33
-    # (4); float32 32x32 0.79 (8) 0.99 (16) 1.11 (24) 1.24 (32); 48x48 0.92 (4) 1.13 (8) 1.30 (12);
-    # 64x64 1.20 (4) 1.50 (8): NumPy is overtaken from 280-390 K float64 multiply-adds in a stack
-    # (float32: 520-790 K, twice as many: BLAS's float32 rate is twice its float64 one). A count of
-    # products (16, before) left float64 48x48 stacks of 8-15 at 1.42x to NumPy and sent float64
-    # 24x24 stacks of 16-23 to a kernel 0.95x NumPy's speed. Packed products (not whole tiles):
-    # float32 72x72 0.88 / 0.96 / 0.99 / 1.00 at 8 / 16 / 32 / 64 products, 100x100 1.22-1.30,
-    # float64 100x100 1.31-1.41. (Those ratios were timed with the sides' rounds interleaved, the
-    # compiled side inside OpenBLAS's spinning: fastla/tune.py. Settled, tune's own sweep of 8
-    # float64 products of side 24-64 put the crossover at 262 K, 512 K and 885 K in three runs,
-    # and a settled grid at 16-24 products for 24x24, 8-12 for 32x32, 6 for 40x40, 4-8 for 48x48.)
-    # (Intel hosts: INTEL_STACK_MIN_WORK, above)
-    "packed_stack_min_work": _shipped_stack_min_work(),
-}
+AUTO_RULE = Rules(
+    {
+        "small_max_dim": 16,  # m, k, n all <= this counts as "small"
+        "small_min_batch": 48,  # and at least this many matrices in the stack (see _small_stack_wins)
+        # m*k*n of one product (a folded stack: one product) from which the packed kernel runs:
+        "gemm_min_work": _shipped_gemm_min_work("float64"),
+        "gemm_min_work_f32": _shipped_gemm_min_work("float32"),
+        # a stack of at least STACK_MIN_PRODUCTS products, every side in PACKED_STACK_SIDES or in wide
+        # tiles, whose work (:func:`stack_work`: multiply-adds, a float32 one counting half) reaches this
+        # runs one product per thread at a time (packed: _gemm_kernels.gemm_stack; wide tiles:
+        # wide_stack_task); NumPy calls BLAS once per product. The crossover is a stack's work, not its
+        # length: Zen 4, two threads, tune's steady-state timing, ratio to np.matmul by stack length,
+        # wide tiles: float64 24x24 0.90 (4) 0.93 (8) 0.95 (16) 1.08 (24) 1.14 (32); 32x32 0.76 (4) 0.95
+        # (8) 1.13 (12) 1.25 (16); 40x40 0.97 (4) 1.10 (6) 1.21 (8); 48x48 1.13 (4) 1.42 (8); 56x56 1.33
+        # (4); float32 32x32 0.79 (8) 0.99 (16) 1.11 (24) 1.24 (32); 48x48 0.92 (4) 1.13 (8) 1.30 (12);
+        # 64x64 1.20 (4) 1.50 (8): NumPy is overtaken from 280-390 K float64 multiply-adds in a stack
+        # (float32: 520-790 K, twice as many: BLAS's float32 rate is twice its float64 one). A count of
+        # products (16, before) left float64 48x48 stacks of 8-15 at 1.42x to NumPy and sent float64
+        # 24x24 stacks of 16-23 to a kernel 0.95x NumPy's speed. Packed products (not whole tiles):
+        # float32 72x72 0.88 / 0.96 / 0.99 / 1.00 at 8 / 16 / 32 / 64 products, 100x100 1.22-1.30,
+        # float64 100x100 1.31-1.41. (Those ratios were timed with the sides' rounds interleaved, the
+        # compiled side inside OpenBLAS's spinning: fastla/tune.py. Settled, tune's own sweep of 8
+        # float64 products of side 24-64 put the crossover at 262 K, 512 K and 885 K in three runs,
+        # and a settled grid at 16-24 products for 24x24, 8-12 for 32x32, 6 for 40x40, 4-8 for 48x48.)
+        # (Intel hosts: INTEL_STACK_MIN_WORK, above)
+        "packed_stack_min_work": _shipped_stack_min_work(),
+    }
+)
 #: dtype -> the sides (m, k and n) of the products the packed-stack rule covers, up to 128, the
 #: largest measured (past it auto's one-product GEMM rule decides, as before), from 48 in float64
 #: (32x32 stacks ran at 0.89-0.98x NumPy at 64-256 products) and 64 in float32 (48x48: 0.50-0.59x at
@@ -527,7 +529,7 @@ def matmul(a, b, /, out=None, *, backend=None):
                 m, k = sa  # (m below the packed kernel's least: no rule to evaluate)
                 n = sb[1]
                 forced = fast == "numba"
-                if forced or (m >= GEMM_MIN_ROWS_COLS and _compiled_wins(m, k, n, 1, False, dt)):
+                if forced or (m >= GEMM_MIN_ROWS_COLS and _verdict(m, k, n, 1, False, dt, True)):
                     # _first_use.kernel_key: the op's own kernels, the packed GEMM's apart
                     ops = ("matmul" + _packed_path(m, k, n, 1, False, dt.itemsize), dt.char)
                     return _first_use.kernels_or_numpy(ops, forced, _matmul_numba, _matmul_numpy, a, b, None)
@@ -539,7 +541,7 @@ def matmul(a, b, /, out=None, *, backend=None):
                     ops = ("matmul" + _packed_path(m, k, n, batch, True, dt.itemsize), dt.char)
                     return _first_use.run_kernels(ops, _matmul_numba, a, b, None)
                 a_c = a.flags.c_contiguous
-                if _compiled_wins(m, k, n, batch, True, dt, a_c):
+                if _verdict(m, k, n, batch, True, dt, a_c):
                     lean = _LEAN_STACKS.get((m, k, n, dt))
                     if lean is not None and a_c and b.flags.c_contiguous and lean[0] in _first_use._RAN:
                         return _stack_product(a, b, lean[1])  # (see _LEAN_STACKS)
@@ -553,6 +555,27 @@ def matmul(a, b, /, out=None, *, backend=None):
                     return _first_use.kernels_or_numpy(ops, False, _matmul_numba, _matmul_numpy, a, b, None)
                 return _matmul_numpy(a, b, None)
     return _OP.run(backend, _prepare(a, b, out))
+
+
+#: (m, k, n, batch, b stacked, dtype, a C-contiguous) -> (``AUTO_RULE.version``, the verdict of
+#: :func:`_compiled_wins`): the fast path's auto rule, evaluated once per shape and rule version (the
+#: version counts every change of ``AUTO_RULE``: a profile's, a test's). The rule cost ~1.6 us of
+#: Python a stack on an AMD EPYC (znver2), most of auto's overhead where it gives one to NumPy (16
+#: 4x4 float64 products: 8.3 us against np.matmul's 3.8; with the table 6.3-6.4), ~1 us a 2-D product.
+_VERDICTS = {}
+_VERDICTS_MAX = 4096  # shapes learnt before the table starts again (a bound on its memory)
+
+
+def _verdict(m, k, n, batch, b_stacked, dtype, a_contiguous):
+    """:func:`_compiled_wins` through :data:`_VERDICTS`."""
+    shape = (m, k, n, batch, b_stacked, dtype, a_contiguous)
+    seen = _VERDICTS.get(shape)
+    if seen is None or seen[0] != AUTO_RULE.version:
+        if len(_VERDICTS) >= _VERDICTS_MAX:
+            _VERDICTS.clear()
+        wins = _compiled_wins(m, k, n, batch, b_stacked, dtype, a_contiguous)
+        seen = _VERDICTS[shape] = (AUTO_RULE.version, wins)
+    return seen[1]
 
 
 #: (m, k, n, dtype) -> (the first-use key of the small-product kernels that auto's stacks of such

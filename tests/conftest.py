@@ -58,8 +58,11 @@ def rng():
 def _restore_global_settings():
     """Tests that change the global backend or thread count must not leak them into other tests;
     nor the stacks auto has learnt to call directly (``fastla.matmul._LEAN_STACKS``: a test that
-    fakes a per-size kernel's state must see the path that state takes)."""
+    fakes a per-size kernel's state must see the path that state takes), nor the verdicts of the
+    fast path's rule (``fastla.matmul._VERDICTS``: a test that fakes the host's facts must see the
+    rule decide on them)."""
     sys.modules["fastla.matmul"]._LEAN_STACKS.clear()
+    sys.modules["fastla.matmul"]._VERDICTS.clear()
     before = fastla.get_backend()
     threads = fastla._jit.configured_num_threads()
     yield

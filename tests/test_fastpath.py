@@ -286,6 +286,51 @@ def test_the_gemm_threshold_decides_the_fast_path_as_explain_says(monkeypatch, f
             _same(lambda be, x=x, y=y: fastla.matmul(x, y, backend=be))
 
 
+def test_the_fast_paths_learnt_verdicts_follow_every_change_of_the_rule(monkeypatch):
+    """The fast path keeps its rule's verdict per shape (``_VERDICTS``) with the version of
+    ``AUTO_RULE`` it was taken under: a change of the rule (a profile's, a test's) is seen at the
+    next call of a shape already decided, in both directions, for stacks and 2-D products."""
+    module = sys.modules["fastla.matmul"]
+    monkeypatch.setattr(fastla._first_use, "WAIT_FOR_BREAK_EVEN", False)
+    ran = _spy_on_matmul_impls(monkeypatch, module)
+    stack = rng.standard_normal((20, 4, 4))
+    square = rng.standard_normal((128, 128))
+    for x, key, takes, leaves in (
+        (stack, "small_min_batch", 8, 10**6),
+        (square, "gemm_min_work", 1, module.NEVER),
+    ):
+        for value, name in ((leaves, "numpy"), (takes, "numba"), (leaves, "numpy")):
+            monkeypatch.setitem(module.AUTO_RULE, key, value)
+            for _ in range(2):  # the second call from the learnt verdict
+                ran.clear()
+                fastla.matmul(x, x)
+                assert ran == [name] and fastla.explain("matmul", x, x)[0] == name, (x.shape, key, value)
+    assert any(shape[:4] == (4, 4, 4, 20) for shape in module._VERDICTS)
+
+
+def test_rules_count_every_change():
+    """``fastla._profile.Rules``, every op's ``AUTO_RULE`` type where a verdict is cached: each
+    mutator bumps ``version``; reads do not; it is still a dict to every caller."""
+    rules = fastla._profile.Rules({"a": 1, "b": 2})
+    assert rules == {"a": 1, "b": 2} and isinstance(rules, dict) and rules.version == 0
+    _ = rules["a"], rules.get("b"), dict(rules), list(rules.items())
+    assert rules.version == 0
+    changes = (
+        lambda r: r.__setitem__("a", 3),
+        lambda r: r.__delitem__("a"),
+        lambda r: r.update(c=4),
+        lambda r: r.pop("c"),
+        lambda r: r.setdefault("d", 5),
+        lambda r: r.__ior__({"e": 6}),
+        lambda r: r.popitem(),
+        lambda r: r.clear(),
+    )
+    for i, change in enumerate(changes, 1):
+        change(rules)
+        assert rules.version >= i, change
+    assert rules == {} and type(sys.modules["fastla.matmul"].AUTO_RULE) is fastla._profile.Rules
+
+
 def test_a_stack_whose_a_must_be_copied_goes_to_the_kernels_only_where_rows_fit_a_vector(monkeypatch):
     """The stack kernels read C-contiguous operands, so a non-contiguous ``a`` (transposed,
     Fortran-ordered) would be copied, while BLAS reads a transposed ``a`` in place: ``auto`` keeps
