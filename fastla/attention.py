@@ -29,7 +29,9 @@ Implementations:
   memory O(L·E + tiles), never L x S. The tile is computed *transposed* (keys x queries) so that the
   softmax steps run across queries in SIMD lanes (no horizontal reductions) and the probabilities are
   already in the packed layout the second product reads. Causal blocks skip the keys past the
-  diagonal. The exp is :func:`fastla._math.exp` (vectorised), shared with softmax. Fewer than
+  diagonal. The exp is :func:`fastla._math.exp_nonpositive` (vectorised; its arguments are scores
+  minus their running maximum, at most 0): ``exp``'s bits, but 0 where those are subnormal (the
+  weights of ``return_weights=True`` take ``exp`` itself). Fewer than
   ``FEW_ROWS`` query rows (a decoding step) take the row kernel instead: per group of rows of one
   head, a dot product per key and row on the unpacked keys, the softmax, the weighted sum of the
   value rows; no packing phase, no query block filled with padding.
@@ -733,7 +735,7 @@ def _flash_task(inp, ix, t, zero, out, stats, w, phase, task):
             for r in range(_U(nr)):
                 new = alpha[mo + r]
                 new = new if new != ninf else zero
-                alpha[mo + r] = _math.exp(m[mo + r] - new)
+                alpha[mo + r] = _math.exp_nonpositive(m[mo + r] - new)
                 m[mo + r] = new
             # the exponentials and their sums in one loop (the same order of additions): the sums'
             # loop of their own, a chain of dependent loads and stores of ``l`` a key, was 2.4% of
@@ -745,7 +747,7 @@ def _flash_task(inp, ix, t, zero, out, stats, w, phase, task):
             for c in range(cols):
                 base = _U(sb + c * nr)
                 for r in range(_U(nr)):
-                    e = _math.exp(st[base + r] - m[mo + r])
+                    e = _math.exp_nonpositive(st[base + r] - m[mo + r])
                     st[base + r] = e
                     l[mo + r] += e
             ab = pn * ev_pad * nr
@@ -881,7 +883,7 @@ def _rows_task(inp, ix, t, zero, out, stats, w, phase, task):
         m = m if m != ninf else zero  # a fully masked row: every exponential is 0
         total = zero
         for j in range(end):
-            p = _math.exp(s[sg + j] - m)
+            p = _math.exp_nonpositive(s[sg + j] - m)
             s[sg + j] = p
             total += p
         inv = one / total if total != 0 else zero

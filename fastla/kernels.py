@@ -1439,12 +1439,12 @@ def _attention_step(q, k, v, scale, m, l, acc):
             s[j] = t * scale
         new = max(m[i], _math.row_max(s)) if S else m[i]
         base = new if new != -np.inf else zero  # all keys masked so far: no -inf - -inf
-        alpha = _math.exp(m[i] - base)
+        alpha = _math.exp_nonpositive(m[i] - base)
         l[i] *= alpha
         for e in range(Ev):
             acc[i, e] *= alpha
         for j in range(S):
-            p = _math.exp(s[j] - base)
+            p = _math.exp_nonpositive(s[j] - base)
             l[i] += p
             for e in range(Ev):
                 acc[i, e] += p * v[j, e]

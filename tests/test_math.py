@@ -15,6 +15,12 @@ def _vexp(x, out):
 
 
 @_jit.jit
+def _vexp_nonpositive(x, out):
+    for i in range(x.size):
+        out[i] = _math.exp_nonpositive(x[i])
+
+
+@_jit.jit
 def _rowmax(x):
     return _math.row_max(x)
 
@@ -44,6 +50,33 @@ def test_exp_matches_numpy_over_the_range(dtype):
     np.testing.assert_array_equal(out[np.isinf(ref)], ref[np.isinf(ref)])
     np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
     assert out.dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_exp_nonpositive_is_exp_down_to_the_least_normal_result_then_zero(dtype):
+    """``exp_nonpositive`` (the attention kernels' exp of scores minus their maximum): in a
+    vectorised loop as in the kernels, ``exp``'s bits wherever ``exp`` is a normal float, 0 where it
+    is subnormal (on AVX-512 hosts, where both scale by ``ldexp``, ``exp``'s bits there too); exact
+    at 0 and -0, 0 at -inf, NaN for NaN; its least argument is the boundary itself."""
+    n = 400_000 if _jit.JIT_ENABLED else 4_000
+    lo = -760.0 if dtype == np.float64 else -110.0
+    low = _math._LOW_NONPOS if dtype == np.float64 else _math._LOW_NONPOS_F
+    edges = [low, np.nextafter(dtype(low), dtype(-np.inf)), np.nextafter(dtype(low), dtype(0))]
+    special = np.array([0.0, -0.0, -np.inf, np.nan, -1e-30, -1.0, *edges], dtype)
+    x = np.concatenate(
+        [np.linspace(lo, 0.0, n).astype(dtype), special, -np.abs(_range_inputs(dtype, n // 4))]
+    )
+    out, ref = np.empty_like(x), np.empty_like(x)
+    _vexp_nonpositive(x, out)
+    _vexp(x, ref)
+    tiny = np.finfo(dtype).tiny
+    normal = ref >= tiny
+    np.testing.assert_array_equal(out[normal], ref[normal])
+    below = ~normal & ~np.isnan(x)
+    np.testing.assert_array_equal(out[below], ref[below] if _math.SCALEF else 0)
+    assert np.isnan(out[np.isnan(x)]).all() and out[x == 0].tolist() == [1.0] * int((x == 0).sum())
+    assert (x[normal] >= low).all() and ref[x == dtype(low)][0] >= tiny  # the boundary is exp's own
+    assert ref[x == np.nextafter(dtype(low), dtype(-np.inf))][0] < tiny
 
 
 def test_float32_exp_polynomial_is_the_fitted_one():

@@ -326,6 +326,14 @@ MUTANTS = [
         "the fast path keeps a shape's first verdict after a profile or a test changed the auto rule",
     ),
     Mutant(
+        "exp-nonpositive-keeps-the-clamped-result",
+        "_math.py",
+        "            res = res if x >= _LOW_NONPOS_F else _F32(0.0)\n",
+        "",
+        ("tests/test_math.py", "-k", "nonpositive"),
+        "float32's exp of a score below the least normal result gives that result, not 0 (AVX2 hosts)",
+    ),
+    Mutant(
         "eigen-scan-on-all-threads-below-the-line",
         "eigen.py",
         "threads = 1 if a.shape[0] <= SCAN_SERIAL_MAX_N else _jit.threads_here()",
