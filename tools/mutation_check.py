@@ -334,6 +334,14 @@ MUTANTS = [
         "float32's exp of a score below the least normal result gives that result, not 0 (AVX2 hosts)",
     ),
     Mutant(
+        "gemm-macro-kernel-counts-its-b-source",
+        "_gemm_kernels.py",
+        "    ap, bsrc, c, tile = bw(ap), bw(bsrc), bw(c), bw(tile)\n",
+        "",
+        ("tests/test_jit.py", "-k", "macro_kernel_takes"),
+        "the macro-kernel takes and drops a reference on B's shared owner at every micro-kernel call",
+    ),
+    Mutant(
         "eigen-scan-on-all-threads-below-the-line",
         "eigen.py",
         "threads = 1 if a.shape[0] <= SCAN_SERIAL_MAX_N else _jit.threads_here()",
