@@ -332,8 +332,14 @@ def _rows_pay(n, itemsize):
     2000 in cache, fresh compiles, two runs): n = 8 rows 139-141 ns against one lane 138; one lane
     with every pivot candidate's reciprocal computed in one vector division while the search runs
     (the pivot's taken by a variable-index extract; a select of scalar divisions LLVM folds back into
-    a division of the selected pivot) 145-146 against 138, n = 5-7 within noise."""
-    return 2 <= n <= 4 and 4 * itemsize <= _host.simd_bytes()
+    a division of the selected pivot) 145-146 against 138, n = 5-7 within noise.
+
+    On AVX2 (32-byte vectors, a row of 5 to 8 float64 two of them) rows pay for n = 5 to 8 too:
+    an AMD EPYC (znver2), 100 000 systems in a user's loop, ns a system, one lane -> rows: float64
+    n = 5 103.6 -> 84.1, 6 145.3 -> 118.5, 7 201.1 -> 143.1, 8 277.7 -> 224.1; float32 n = 5 96.8
+    -> 80.9, 7 189.0 -> 158.5, 8 266.9 -> 188.1."""
+    simd = _host.simd_bytes()
+    return (2 <= n <= 4 and 4 * itemsize <= simd) or (simd == 32 and 5 <= n <= REGISTER_N)
 
 
 def _row_codegen(n, k, itemsize):
