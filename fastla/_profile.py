@@ -39,7 +39,7 @@ NEVER = 2**62
 class Rules(dict):
     """An op's ``AUTO_RULE``: a dict that counts its changes (``version``), a profile's or a test's
     alike, so that a decision cached from its values knows when it is stale
-    (``fastla.matmul._STACK_RULES``)."""
+    (``fastla.matmul._VERDICTS``)."""
 
     __slots__ = ("version",)
 

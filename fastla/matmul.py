@@ -562,6 +562,7 @@ def matmul(a, b, /, out=None, *, backend=None):
 #: version counts every change of ``AUTO_RULE``: a profile's, a test's). The rule cost ~1.6 us of
 #: Python a stack on an AMD EPYC (znver2), most of auto's overhead where it gives one to NumPy (16
 #: 4x4 float64 products: 8.3 us against np.matmul's 3.8; with the table 6.3-6.4), ~1 us a 2-D product.
+#: The rule's other inputs (this module's constants, the host's tile shapes) are fixed at import.
 _VERDICTS = {}
 _VERDICTS_MAX = 4096  # shapes learnt before the table starts again (a bound on its memory)
 
