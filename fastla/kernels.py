@@ -1134,7 +1134,10 @@ def _lu_factor(a, lu, piv):
     start = n - n  # run-time zeros (see _gemm_kernels' "literal arguments")
     k = min(m, n)
     if k >= _lu.PANEL_COLUMNS_MIN:  # one panel of the whole matrix, factored in a transposed copy
-        info = _lu._panel_columns(lu, start, k, piv, start, _intrinsics.empty((k, m), lu.dtype))
+        status = _intrinsics.empty(1, np.int64)
+        status[0] = start
+        _lu._panel_columns(lu, start, k, piv, status, _intrinsics.empty((k, m), lu.dtype))
+        info = status[0]
     else:
         info = _lu._panel_rows(lu, start, k, piv, start)
     if n > m:  # a wide matrix: U's columns right of the square part, U12 := L^-1 A12

@@ -216,7 +216,7 @@ def _pivot_row(t, j, rows):
     return i0 if b0 > best else j
 
 
-@jit(inline="always", fastmath=_EXACT)
+@jit(python_wrapper=False, fastmath=_EXACT)
 def _panel_step(t, k0, j, w, rows, piv, info):
     """Step ``j`` of the transposed panel ``t`` (w, rows), column ``j`` already updated by the steps
     before it: its pivot, the interchange in every column of the panel, the multipliers scaled.
@@ -236,7 +236,16 @@ def _panel_step(t, k0, j, w, rows, piv, info):
 
 
 @jit(python_wrapper=False, fastmath=_EXACT)
-def _panel_columns(a, k0, k1, piv, info, t):
+def _column_step(t, c, j, rows):
+    """Column ``c`` of the transposed panel ``t`` updated by step ``j``: its entries below row ``j``
+    less step ``j``'s multipliers times its entry in row ``j`` (one FMA an element)."""
+    u = t[c, j]
+    for i in range(j + 1, rows):
+        t[c, _U(i)] -= t[j, _U(i)] * u
+
+
+@jit(python_wrapper=False, fastmath=_EXACT)
+def _panel_columns(a, k0, k1, piv, status, t):
     """:func:`_panel_rows` on a transposed copy of the panel in ``t`` (at least k1 - k0 rows of at
     least m - k0): there each of the panel's columns is a contiguous run of m - k0 elements, so the
     pivot search, the scaling and the updates stream whole columns where the row form walks short
@@ -244,35 +253,22 @@ def _panel_columns(a, k0, k1, piv, info, t):
     of ~22 ms in all). Four steps at a time update the columns right of them together (each element
     read and stored once for the four), in the row form's order, so the factors are the same bit for
     bit (:data:`_EXACT`: no reassociation). The interchanges of the columns outside the panel follow
-    it, in order. Returns info."""
+    it, in order. ``status[0]`` is LAPACK's info, in and out (see :data:`PANEL_COLUMNS`)."""
     wide_vectors()
+    info = status[0]
     m, n = a.shape
     w = k1 - k0
     rows = m - k0
-    _transpose_panel(a, k0, w, rows, t, True)
+    _intrinsics.call_out_of_line(_transpose_panel, (a, k0, w, rows, t, w >= 0))  # (a run-time True)
     j = 0
     while j + _PANEL_BLOCK <= w:
         j1, j2, j3 = j + 1, j + 2, j + 3
-        # the block's own columns, left-looking: each updated by the block's earlier steps, then its step
-        info = _panel_step(t, k0, j, w, rows, piv, info)
-        u0 = t[j1, j]
-        for i in range(j1, rows):
-            t[j1, _U(i)] -= t[j, _U(i)] * u0
-        info = _panel_step(t, k0, j1, w, rows, piv, info)
-        u0 = t[j2, j]
-        u1 = t[j2, j1] - t[j, j1] * u0
-        t[j2, j1] = u1
-        for i in range(j2, rows):
-            t[j2, _U(i)] = t[j2, _U(i)] - t[j, _U(i)] * u0 - t[j1, _U(i)] * u1
-        info = _panel_step(t, k0, j2, w, rows, piv, info)
-        u0 = t[j3, j]
-        u1 = t[j3, j1] - t[j, j1] * u0
-        t[j3, j1] = u1
-        u2 = t[j3, j2] - t[j, j2] * u0 - t[j1, j2] * u1
-        t[j3, j2] = u2
-        for i in range(j3, rows):
-            t[j3, _U(i)] = t[j3, _U(i)] - t[j, _U(i)] * u0 - t[j1, _U(i)] * u1 - t[j2, _U(i)] * u2
-        info = _panel_step(t, k0, j3, w, rows, piv, info)
+        # the block's own columns, left-looking: each updated by the block's earlier steps, one
+        # step a pass, then its own step (a call: its pivot search compiled once, not five times)
+        for s in range(_PANEL_BLOCK):
+            for r in range(s):
+                _intrinsics.call_out_of_line(_column_step, (t, j + s, j + r, rows))
+            info = _intrinsics.call_out_of_line(_panel_step, (t, k0, j + s, w, rows, piv, info))
         # every later column by the block's four steps at once (its rows j:j+4 first: U's entries)
         for c in range(j + _PANEL_BLOCK, w):
             u0 = t[c, j]
@@ -288,13 +284,11 @@ def _panel_columns(a, k0, k1, piv, info, t):
                 )
         j += _PANEL_BLOCK
     while j < w:
-        info = _panel_step(t, k0, j, w, rows, piv, info)
+        info = _intrinsics.call_out_of_line(_panel_step, (t, k0, j, w, rows, piv, info))
         for c in range(j + 1, w):
-            u0 = t[c, j]
-            for i in range(j + 1, rows):
-                t[c, _U(i)] -= t[j, _U(i)] * u0
+            _intrinsics.call_out_of_line(_column_step, (t, c, j, rows))
         j += 1
-    _transpose_panel(a, k0, w, rows, t, False)
+    _intrinsics.call_out_of_line(_transpose_panel, (a, k0, w, rows, t, w < 0))
     for j in range(k0, k1):  # the rest of each row interchange (LAPACK's laswp left and right)
         p = piv[j]
         if p != j:
@@ -302,10 +296,10 @@ def _panel_columns(a, k0, k1, piv, info, t):
                 a[j, c], a[p, c] = a[p, c], a[j, c]
             for c in range(k1, n):
                 a[j, _U(c)], a[p, _U(c)] = a[p, _U(c)], a[j, _U(c)]
-    return info
+    status[0] = info
 
 
-@jit(inline="always")
+@jit(python_wrapper=False)
 def _transpose_panel(a, k0, w, rows, t, into):
     """``t[c, i] = a[k0 + i, k0 + c]`` (``into``) or back, for c < w and i < rows: eight rows of
     ``a`` at a time, so that each of t's rows is written (read) eight elements in a run (in-flow
@@ -327,13 +321,16 @@ def _transpose_panel(a, k0, w, rows, t, into):
                 a[k0 + ii, k0 + c] = t[c, _U(ii)]
 
 
-@jit(inline="always")
-def _panel(a, k0, k1, piv, info, t):
-    """The panel k0:k1 factored by :func:`_panel_columns` in ``t`` when it is
-    :data:`PANEL_COLUMNS_MIN` columns wide or more, else by :func:`_panel_rows`."""
-    if k1 - k0 >= PANEL_COLUMNS_MIN:
-        return _intrinsics.call_out_of_line(_panel_columns, (a, k0, k1, piv, info, t))
-    return _intrinsics.call_out_of_line(_panel_rows, (a, k0, k1, piv, info))
+def _panel_columns_examples(dtype):
+    a = np.empty((1, 1), dtype)
+    return (a, 0, 0, np.empty(1, np.int32), np.empty(1, np.int64), a)
+
+
+#: :func:`_panel_columns` for the blocked LU through its address: compiled (~1.5 s cold, Zen 2) only
+#: when a factorisation has a panel below its first (min(m, n) > NB); one panel of a small matrix
+#: is factored row by row, as before (`fastla.lu_factor`'s cold first call on a 40 x 40 matrix 1.0
+#: s, 3.0 s with the transposed panel compiled into it).
+PANEL_COLUMNS = _jit.Entry(_panel_columns, _panel_columns_examples)
 
 
 @jit(python_wrapper=False, fastmath=_EXACT)
@@ -358,11 +355,12 @@ def _trsm_unit_lower_rows(a, k0, k1):
 
 
 @jit
-def _getrf(a, piv, nb, neg_one, tiles, gemm_at):
+def _getrf(a, piv, nb, neg_one, tiles, gemm_at, panel_at):
     """Blocked LU in place on C-contiguous ``a`` (m, n), LAPACK's getrf: ``piv`` of min(m, n) row
     interchanges; returns LAPACK's info (0 or 1-based j). The trailing updates call the packed
     GEMM's driver through its entry address ``gemm_at`` (:data:`GEMM_INTO`), so that a
-    factorisation without one (min(m, n) <= nb) compiles no GEMM."""
+    factorisation without one (min(m, n) <= nb) compiles no GEMM; the panels below the first through
+    ``panel_at`` (:data:`PANEL_COLUMNS`), likewise."""
     m, n = a.shape
     kmax = min(m, n)
     flat = a.reshape(m * n)
@@ -371,12 +369,18 @@ def _getrf(a, piv, nb, neg_one, tiles, gemm_at):
     accumulate = n > 0
     info = n * 0
     # the transposed panels' copy (one allocation: each panel's would map and fault its pages afresh)
-    t = _intrinsics.empty((min(nb, kmax) if min(nb, kmax) >= PANEL_COLUMNS_MIN else 0, m), a.dtype)
+    t = _intrinsics.empty((nb if kmax > nb else 0, m), a.dtype)
+    status = _intrinsics.empty(1, np.int64)  # the transposed panel's info, in and out
     for k0 in range(0, kmax, nb):
         k1 = min(k0 + nb, kmax)
         # both through their symbols (compiled once, in their own libraries): linked, LLVM optimised
         # them again inside this function (its own compile 0.44 -> 0.30 s, Zen 4)
-        info = _panel(a, k0, k1, piv, info, t)
+        if kmax > nb and k1 - k0 >= PANEL_COLUMNS_MIN:  # (a single panel: row by row, see PANEL_COLUMNS)
+            status[0] = info
+            _intrinsics.call_entry(panel_at, _panel_columns, (a, k0, k1, piv, status, t))
+            info = status[0]
+        else:
+            info = _intrinsics.call_out_of_line(_panel_rows, (a, k0, k1, piv, info))
         if k1 < n:  # U12 := L11^-1 A12; a wide matrix's last panel leaves no rows below to update
             _intrinsics.call_out_of_line(_trsm_unit_lower_rows, (a, k0, k1))
         if k1 < n and k1 < m:
@@ -482,10 +486,11 @@ def _factor_numba(work):
     if kmax <= nb:  # one panel, no trailing update: the GEMM is not compiled (0 addresses: never called)
         none = None if not _jit.JIT_ENABLED else 0
         tiles = _gk.Tiles(blk.KC, mc, blk.NC, _gk.Tasks(none, none), 1, np.empty(0, work.dtype))
-        gemm_at = none
+        gemm_at = panel_at = none
     else:
         tiles, gemm_at = _gk.tiles(work.dtype, blk.KC, mc, blk.NC), _gk.GEMM_INTO.address(work.dtype)
-    info = _getrf(work, piv, nb, work.dtype.type(-1), tiles, gemm_at)
+        panel_at = PANEL_COLUMNS.address(work.dtype)
+    info = _getrf(work, piv, nb, work.dtype.type(-1), tiles, gemm_at, panel_at)
     return piv, info
 
 
