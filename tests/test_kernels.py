@@ -452,32 +452,31 @@ def test_solve_agrees_with_the_public_batched_solver(n, rng):
     assert f32.dtype == np.float32 and f32.shape == (n,)
 
 
-def _one_lane_twin(N, K, W, B, X):
-    return _ls._lane_solve_one_twin(N, K, W, B, X)
+def _one_system_form(codegen, doc):
+    """An intrinsic ``(N, K, W, B, X) -> status`` that emits ``codegen(n, k, itemsize)`` for one
+    system, whatever this host's ``_lane_solver._rows_pay`` picks."""
+
+    def twin(N, K, W, B, X):
+        return _ls._lane_solve_one_twin(N, K, W, B, X)
+
+    def form(typingctx, N, K, W, B, X):
+        nbt = _jit.nb_types
+        if not (isinstance(N, nbt.IntegerLiteral) and isinstance(K, nbt.IntegerLiteral)):
+            return None
+        itemsize = np.dtype(str(W.dtype)).itemsize
+        return nbt.int64(N, K, W, B, X), codegen(N.literal_value, K.literal_value, itemsize)
+
+    form.__doc__ = doc
+    return _jit.intrinsic(twin)(form)
 
 
-@_jit.intrinsic(_one_lane_twin)
-def _one_lane_solve(typingctx, N, K, W, B, X):
-    """The one-lane straight-line code for any n (what lane_solve_one runs where rows do not pay)."""
-    nbt = _jit.nb_types
-    if not (isinstance(N, nbt.IntegerLiteral) and isinstance(K, nbt.IntegerLiteral)):
-        return None
-    itemsize = np.dtype(str(W.dtype)).itemsize
-    return nbt.int64(N, K, W, B, X), _ls._lane_codegen(N.literal_value, K.literal_value, 1, itemsize)
-
-
-def _rows_twin(N, K, W, B, X):
-    return _ls._lane_solve_one_twin(N, K, W, B, X)
-
-
-@_jit.intrinsic(_rows_twin)
-def _rows_solve(typingctx, N, K, W, B, X):
-    """The row-vector code for any n (what lane_solve_one runs where rows pay, on any host)."""
-    nbt = _jit.nb_types
-    if not (isinstance(N, nbt.IntegerLiteral) and isinstance(K, nbt.IntegerLiteral)):
-        return None
-    itemsize = np.dtype(str(W.dtype)).itemsize
-    return nbt.int64(N, K, W, B, X), _ls._row_codegen(N.literal_value, K.literal_value, itemsize)
+_one_lane_solve = _one_system_form(
+    lambda n, k, itemsize: _ls._lane_codegen(n, k, 1, itemsize),
+    "The one-lane straight-line code for any n (what lane_solve_one runs where rows do not pay).",
+)
+_rows_solve = _one_system_form(
+    _ls._row_codegen, "The row-vector code for any n (what lane_solve_one runs where rows pay)."
+)
 
 
 def _each_n(solver):
