@@ -1194,7 +1194,7 @@ def macro_kernel(ap, bsrc, bp, c, tile, at):
     # share (12% of the samples of a two-thread 2000x256x256 float64 product, AMD EPYC znver2)
     bw = _intrinsics.borrow
     ap, bsrc, c, tile = bw(ap), bw(bsrc), bw(c), bw(tile)
-    packed = _intrinsics.borrow(_intrinsics.as_readonly(bp))
+    packed = bw(_intrinsics.as_readonly(bp))
     for j0 in range(0, npan, jb):
         for ir in range(0, mc, mr):
             rows = min(mr, mc - ir)

@@ -252,14 +252,16 @@ def _panel_columns(a, k0, k1, piv, status, t):
     rows (n = 1000, 32-column panels, Zen 2, float64: the panels of a factorisation 4.4 -> 2.2 ms,
     of ~22 ms in all). Four steps at a time update the columns right of them together (each element
     read and stored once for the four), in the row form's order, so the factors are the same bit for
-    bit (:data:`_EXACT`: no reassociation). The interchanges of the columns outside the panel follow
-    it, in order. ``status[0]`` is LAPACK's info, in and out (see :data:`PANEL_COLUMNS`)."""
+    bit (:data:`_EXACT`: no reassociation). The whole rows of ``a`` are interchanged after it, in
+    order (:func:`_swap_rows`, as the row form does), before its columns are copied back.
+    ``status[0]`` is LAPACK's info, in and out (see :data:`PANEL_COLUMNS`)."""
     wide_vectors()
     info = status[0]
-    m, n = a.shape
+    m = a.shape[0]
     w = k1 - k0
     rows = m - k0
-    _intrinsics.call_out_of_line(_transpose_panel, (a, k0, w, rows, t, w >= 0))  # (a run-time True)
+    into = w >= 0  # True, as a run-time value: one compiled transpose serves both directions
+    _intrinsics.call_out_of_line(_transpose_panel, (a, k0, w, rows, t, into))
     j = 0
     while j + _PANEL_BLOCK <= w:
         j1, j2, j3 = j + 1, j + 2, j + 3
@@ -288,14 +290,11 @@ def _panel_columns(a, k0, k1, piv, status, t):
         for c in range(j + 1, w):
             _intrinsics.call_out_of_line(_column_step, (t, c, j, rows))
         j += 1
-    _intrinsics.call_out_of_line(_transpose_panel, (a, k0, w, rows, t, w < 0))
-    for j in range(k0, k1):  # the rest of each row interchange (LAPACK's laswp left and right)
-        p = piv[j]
-        if p != j:
-            for c in range(k0):
-                a[j, c], a[p, c] = a[p, c], a[j, c]
-            for c in range(k1, n):
-                a[j, _U(c)], a[p, _U(c)] = a[p, _U(c)], a[j, _U(c)]
+    # the row interchanges on the whole rows of ``a`` (LAPACK's laswp left and right), before the
+    # panel's own columns, interchanged in ``t`` already, are copied back over theirs
+    for j in range(k0, k1):
+        _swap_rows(a, j, piv[j])
+    _intrinsics.call_out_of_line(_transpose_panel, (a, k0, w, rows, t, not into))
     status[0] = info
 
 

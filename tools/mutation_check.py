@@ -302,12 +302,12 @@ MUTANTS = [
         "the pivot search's interleaved maxima break a tie towards the later row (LAPACK: the first)",
     ),
     Mutant(
-        "lu-panel-leaves-the-left-columns-uninterchanged",
+        "lu-panel-leaves-the-rows-uninterchanged",
         "lu.py",
-        "            for c in range(k0):",
-        "            for c in range(0):",
+        "        _swap_rows(a, j, piv[j])\n",
+        "        _swap_rows(a, j, piv[j]) if j < 0 else None\n",
         ("tests/test_lu.py", "-k", "transposed_panel or rectangular"),
-        "the transposed panel's interchanges skip the factors left of the panel (L's earlier columns)",
+        "the transposed panel leaves its row interchanges undone in a's columns outside the panel",
     ),
     Mutant(
         "lu-u12-solve-drops-the-fourth-row",
